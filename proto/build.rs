@@ -1,0 +1,14 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = tonic_prost_build::Config::new();
+    // Never set PROTOC globally: raft's own build helper refuses a modern protoc.
+    if std::env::var_os("PROTOC").is_none() {
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    }
+    println!("cargo:rerun-if-changed=drover/v1");
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["drover/v1/control.proto", "drover/v1/raft.proto"],
+        &["."],
+    )?;
+    Ok(())
+}

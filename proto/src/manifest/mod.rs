@@ -1,0 +1,244 @@
+//! Kubernetes `apps/v1` Deployment manifests: the subset drover supports.
+//!
+//! ```text
+//!  files ──split──▶ documents ──strict decode──▶ Deployment ──validate──▶ Parsed
+//!   (name, text)    (index, YAML)  (field paths,     (defaults)   (k8s rules)
+//!                                   unknown keys)
+//! ```
+//!
+//! - `document.rs`: YAML text → one `Node` tree per document
+//!   (duplicate keys kept, merge keys applied, bounded against alias bombs);
+//! - `decode.rs`: strict decoding with field paths, defaults and per-field rules
+//!   (`names.rs`, `image.rs`, [`quantity`]), against the field lists of
+//!   `schema.rs`;
+//! - `validate.rs`: the rules that relate several fields;
+//! - `render.rs`: back to Kubernetes' shape ([`render_kubernetes`]).
+//!
+//! Every error names the file, the document index and the field path, e.g.
+//! `web.yaml[1]: spec.template.spec.containers[0].resources.limits.memory:
+//! invalid quantity "12XB"`. Parsing is all or nothing: one bad document fails
+//! the whole call.
+
+mod decode;
+mod document;
+mod image;
+mod model;
+mod names;
+mod path;
+pub mod quantity;
+mod render;
+mod schema;
+mod validate;
+
+use std::collections::HashMap;
+
+pub use model::*;
+pub use quantity::{format_cpu_millis, format_memory_bytes};
+pub use render::render_kubernetes;
+
+use decode::{decode_document, Problem};
+use document::{check_flow_cost, Documents};
+
+/// Errors one call reports at most; past this the input is garbage, and
+/// listing every problem of a 4 MiB file would only bury the first ones.
+pub const MAX_ERRORS: usize = 1000;
+
+/// How strictly to parse.
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    /// `--validate=false`: unknown or unsupported fields become warnings.
+    pub lenient: bool,
+    /// Skip documents whose kind is not Deployment, with one warning each.
+    pub skip_unsupported_kinds: bool,
+    /// Largest `spec.replicas` accepted.
+    pub max_replicas: u32,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            lenient: false,
+            skip_unsupported_kinds: false,
+            max_replicas: DEFAULT_MAX_REPLICAS,
+        }
+    }
+}
+
+/// Default cap on `spec.replicas`.
+pub const DEFAULT_MAX_REPLICAS: u32 = 10_000;
+
+/// One problem in one place: `web.yaml[1]: spec.replicas: must be ≥ 0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file as the user named it ("web.yaml", "-" for stdin).
+    pub file: String,
+    /// Index of the YAML document in the file (0-based), when the error is in one.
+    pub document: Option<usize>,
+    /// Field path like `spec.template.spec.containers[0].image`; empty for the whole document.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(doc) = self.document {
+            write!(f, "[{doc}]")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error found in one parse, in file and document order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestErrors(pub Vec<ManifestError>);
+
+impl std::fmt::Display for ManifestErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestErrors {}
+
+/// The result of a successful parse.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Parsed {
+    pub deployments: Vec<Deployment>,
+    /// One line each: skipped kinds, unknown fields under `lenient`.
+    pub warnings: Vec<String>,
+}
+
+/// Parse and validate every document of every file, all or nothing.
+///
+/// `files` are `(name, content)` pairs. Also refuses the same namespace/name
+/// twice across the documents of one call, and a file larger than
+/// [`crate::MAX_REQUEST_BYTES`]. Reports at most [`MAX_ERRORS`] errors.
+///
+/// Document indices count every document of the file from 0 in the order
+/// they appear, including the empty ones that are skipped: in `"a\n---\n---\nb"`
+/// the documents are `[0]` a, `[1]` empty, `[2]` b. A `---` on the first line
+/// opens document 0, it does not end an empty one.
+pub fn parse_files(
+    files: &[(String, String)],
+    opts: &ParseOptions,
+) -> Result<Parsed, ManifestErrors> {
+    let mut errors = Vec::new();
+    let mut parsed = Parsed::default();
+    // namespace/name → where it was first defined.
+    let mut defined: HashMap<(String, String), (String, usize)> = HashMap::new();
+    for (file, text) in files {
+        if text.len() > crate::MAX_REQUEST_BYTES {
+            errors.push(ManifestError {
+                file: file.clone(),
+                document: None,
+                path: String::new(),
+                message: format!(
+                    "file is {} bytes, more than the {}-byte limit for one apply",
+                    text.len(),
+                    crate::MAX_REQUEST_BYTES
+                ),
+            });
+            continue;
+        }
+        if let Err(message) = check_flow_cost(text) {
+            errors.push(ManifestError {
+                file: file.clone(),
+                document: None,
+                path: String::new(),
+                message,
+            });
+            continue;
+        }
+        let at = |index: usize, problem: Problem| ManifestError {
+            file: file.clone(),
+            document: Some(index),
+            path: problem.path,
+            message: problem.message,
+        };
+        for (index, document) in Documents::new(text).enumerate() {
+            if errors.len() >= MAX_ERRORS {
+                return Err(too_many(errors, file, index));
+            }
+            let node = match document {
+                Ok(Some(node)) => node,
+                Ok(None) => continue,
+                Err(message) => {
+                    errors.push(at(
+                        index,
+                        Problem {
+                            path: String::new(),
+                            message: format!("invalid YAML: {message}"),
+                        },
+                    ));
+                    continue;
+                }
+            };
+            let report = decode_document(&node, opts);
+            errors.extend(report.errors.into_iter().map(|p| at(index, p)));
+            parsed.warnings.extend(
+                report
+                    .warnings
+                    .into_iter()
+                    .map(|p| at(index, p).to_string()),
+            );
+            let Some(deployment) = report.deployment else {
+                continue;
+            };
+            let problems = validate::validate(&deployment);
+            if !problems.is_empty() {
+                errors.extend(problems.into_iter().map(|p| at(index, p)));
+                continue;
+            }
+            let id = (
+                deployment.metadata.namespace.clone(),
+                deployment.metadata.name.clone(),
+            );
+            if let Some((first_file, first_index)) = defined.get(&id) {
+                errors.push(at(
+                    index,
+                    Problem {
+                        path: "metadata.name".to_string(),
+                        message: format!(
+                            "Deployment \"{}/{}\" is already defined in {first_file}[{first_index}]",
+                            id.0, id.1
+                        ),
+                    },
+                ));
+                continue;
+            }
+            defined.insert(id, (file.clone(), index));
+            parsed.deployments.push(deployment);
+        }
+    }
+    if let Some(first_dropped) = errors.get(MAX_ERRORS) {
+        let (file, index) = (first_dropped.file.clone(), first_dropped.document);
+        return Err(too_many(errors, &file, index.unwrap_or_default()));
+    }
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(ManifestErrors(errors))
+    }
+}
+
+/// The first [`MAX_ERRORS`] errors and a line saying where parsing stopped.
+fn too_many(mut errors: Vec<ManifestError>, file: &str, document: usize) -> ManifestErrors {
+    errors.truncate(MAX_ERRORS);
+    errors.push(ManifestError {
+        file: file.to_string(),
+        document: Some(document),
+        path: String::new(),
+        message: format!("stopped after {MAX_ERRORS} errors"),
+    });
+    ManifestErrors(errors)
+}
