@@ -1,0 +1,399 @@
+//! `drover.v1.Control`: the API droverctl speaks. Every handler validates its
+//! input before anything is proposed, so a refused request changes nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinSet;
+use tonic::{Request, Response, Status};
+
+use drover_proto::manifest::{self, ParseOptions};
+use drover_proto::pb;
+
+use super::{store_error, Cluster};
+use crate::config::validate_address;
+use crate::store::{ApplyOutcome, Command, ObjectRef, StoredDeployment, Write, WriteResult};
+
+pub struct ControlService {
+    pub cluster: Cluster,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn to_pb(d: &StoredDeployment) -> Result<pb::Deployment, Status> {
+    let spec_json =
+        serde_json::to_string(&d.deployment).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(pb::Deployment {
+        namespace: d.deployment.metadata.namespace.clone(),
+        name: d.deployment.metadata.name.clone(),
+        spec_json,
+        generation: d.generation,
+        created_unix_ms: d.created_unix_ms,
+        updated_unix_ms: d.updated_unix_ms,
+        status: Some(pb::DeploymentStatus {
+            replicas: 0,
+            ready: 0,
+            updated: 0,
+            available: 0,
+        }),
+    })
+}
+
+fn outcome_pb(o: ApplyOutcome) -> pb::ApplyOutcome {
+    match o {
+        ApplyOutcome::Created => pb::ApplyOutcome::Created,
+        ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
+        ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
+    }
+}
+
+fn unexpected(r: WriteResult) -> Status {
+    Status::internal(format!("unexpected result from the state machine: {r:?}"))
+}
+
+/// Checks a name the user typed for a lookup or delete, so a typo gets a clear
+/// answer rather than "not found".
+fn check_name(what: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is empty")));
+    }
+    if value.len() > 253
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        return Err(Status::invalid_argument(format!(
+            "{what} {value:?} is not a valid name (lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let total: usize = req.files.iter().map(|f| f.content.len()).sum();
+        if total > drover_proto::MAX_REQUEST_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the manifests total {total} bytes; one apply accepts at most {} bytes",
+                drover_proto::MAX_REQUEST_BYTES
+            )));
+        }
+        if req.files.is_empty() {
+            return Err(Status::invalid_argument("no manifest files given"));
+        }
+        let files: Vec<(String, String)> =
+            req.files.into_iter().map(|f| (f.name, f.content)).collect();
+        let opts = ParseOptions {
+            lenient: req.lenient,
+            skip_unsupported_kinds: req.skip_unsupported_kinds,
+            max_replicas: self.cluster.max_replicas,
+        };
+        let parsed = manifest::parse_files(&files, &opts)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let warnings = parsed.warnings;
+        if parsed.deployments.is_empty() {
+            return Ok(Response::new(pb::ApplyResponse {
+                results: vec![],
+                warnings,
+            }));
+        }
+        if req.dry_run {
+            self.cluster.read_barrier(None).await?;
+            let mut results = Vec::new();
+            for d in &parsed.deployments {
+                let m = &d.metadata;
+                let existing = self
+                    .cluster
+                    .store
+                    .deployment(&m.namespace, &m.name)
+                    .map_err(store_error)?;
+                let (outcome, generation) = match existing {
+                    None => (ApplyOutcome::Created, 1),
+                    Some(old) if old.deployment == *d => (ApplyOutcome::Unchanged, old.generation),
+                    Some(old) => (ApplyOutcome::Configured, old.generation + 1),
+                };
+                results.push(pb::ApplyResult {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                    outcome: outcome_pb(outcome) as i32,
+                    generation,
+                });
+            }
+            return Ok(Response::new(pb::ApplyResponse { results, warnings }));
+        }
+        let command = Command::Apply {
+            deployments: parsed.deployments,
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Applied(results) => Ok(Response::new(pb::ApplyResponse {
+                results: results
+                    .into_iter()
+                    .map(|(r, outcome, generation)| pb::ApplyResult {
+                        namespace: r.namespace,
+                        name: r.name,
+                        outcome: outcome_pb(outcome) as i32,
+                        generation,
+                    })
+                    .collect(),
+                warnings,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster.read_barrier(req.read.as_ref()).await?;
+        let namespace = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+        if let Some(ns) = namespace {
+            check_name("namespace", ns)?;
+        }
+        let (applied_index, _) = self.cluster.store.applied().map_err(store_error)?;
+        let deployments = self
+            .cluster
+            .store
+            .deployments(namespace)
+            .map_err(store_error)?
+            .iter()
+            .map(to_pb)
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListDeploymentsResponse {
+            deployments,
+            applied_index,
+        }))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let req = request.into_inner();
+        check_name("namespace", &req.namespace)?;
+        check_name("deployment name", &req.name)?;
+        self.cluster.read_barrier(req.read.as_ref()).await?;
+        match self
+            .cluster
+            .store
+            .deployment(&req.namespace, &req.name)
+            .map_err(store_error)?
+        {
+            Some(d) => Ok(Response::new(to_pb(&d)?)),
+            None => Err(Status::not_found(format!(
+                "deployment {:?} not found in namespace {:?}",
+                req.name, req.namespace
+            ))),
+        }
+    }
+
+    async fn delete_deployments(
+        &self,
+        request: Request<pb::DeleteDeploymentsRequest>,
+    ) -> Result<Response<pb::DeleteDeploymentsResponse>, Status> {
+        let req = request.into_inner();
+        if req.deployments.is_empty() {
+            return Err(Status::invalid_argument("no deployments named to delete"));
+        }
+        let mut refs = Vec::with_capacity(req.deployments.len());
+        for d in req.deployments {
+            check_name("namespace", &d.namespace)?;
+            check_name("deployment name", &d.name)?;
+            refs.push(ObjectRef {
+                namespace: d.namespace,
+                name: d.name,
+            });
+        }
+        let command = Command::Delete {
+            refs,
+            ignore_not_found: req.ignore_not_found,
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Deleted(deleted) => Ok(Response::new(pb::DeleteDeploymentsResponse {
+                deleted: deleted
+                    .into_iter()
+                    .map(|r| pb::DeploymentRef {
+                        namespace: r.namespace,
+                        name: r.name,
+                    })
+                    .collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn scale(
+        &self,
+        request: Request<pb::ScaleRequest>,
+    ) -> Result<Response<pb::ScaleResponse>, Status> {
+        let req = request.into_inner();
+        check_name("namespace", &req.namespace)?;
+        check_name("deployment name", &req.name)?;
+        if req.replicas > self.cluster.max_replicas {
+            return Err(Status::invalid_argument(format!(
+                "--replicas {} is above this cluster's limit of {} (controller flag --max-replicas)",
+                req.replicas, self.cluster.max_replicas
+            )));
+        }
+        let command = Command::Scale {
+            target: ObjectRef {
+                namespace: req.namespace,
+                name: req.name,
+            },
+            replicas: req.replicas,
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Scaled {
+                previous,
+                replicas,
+                generation,
+            } => Ok(Response::new(pb::ScaleResponse {
+                previous,
+                replicas,
+                generation,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.members_status().await?))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = request.into_inner();
+        if req.id == 0 {
+            return Err(Status::invalid_argument("member id must be 1 or more"));
+        }
+        validate_address(&req.address).map_err(Status::invalid_argument)?;
+        self.cluster
+            .write(Write::AddMember {
+                id: req.id,
+                address: req.address,
+            })
+            .await?;
+        Ok(Response::new(pb::MembershipResponse {
+            members: self.members_status().await?.members,
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster
+            .write(Write::RemoveMember { id: req.id })
+            .await?;
+        Ok(Response::new(pb::MembershipResponse {
+            members: self.members_status().await?.members,
+        }))
+    }
+
+    async fn version(
+        &self,
+        _request: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse {
+            version: drover_proto::VERSION.to_string(),
+            id: self.cluster.handle.id(),
+        }))
+    }
+}
+
+impl ControlService {
+    /// Ask every member for its own status, in parallel, each bounded by a
+    /// short timeout; an unreachable one is reported, not fatal.
+    async fn members_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        let local = self.cluster.local_status().await?;
+        let status = self
+            .cluster
+            .handle
+            .status()
+            .await
+            .map_err(super::node_error)?;
+        let addresses = self.cluster.store.member_addresses().map_err(store_error)?;
+        let mut ids: Vec<u64> = status
+            .voters
+            .iter()
+            .chain(status.learners.iter())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut asks = JoinSet::new();
+        for id in ids.iter().copied().filter(|id| *id != local.id) {
+            let address = addresses
+                .get(&id)
+                .cloned()
+                .or_else(|| self.cluster.transport.address_of(id))
+                .unwrap_or_default();
+            let client = self.cluster.client(&address);
+            asks.spawn(async move {
+                let unreachable = |error: String| pb::MemberStatus {
+                    id,
+                    address: address.clone(),
+                    reachable: false,
+                    error,
+                    ..Default::default()
+                };
+                let mut client = match client {
+                    Ok(c) => c,
+                    Err(e) => return unreachable(e.message().to_string()),
+                };
+                let call = client.status(pb::StatusRequest {});
+                match tokio::time::timeout(Duration::from_secs(1), call).await {
+                    Ok(Ok(r)) => r.into_inner(),
+                    Ok(Err(s)) => unreachable(short_reason(&s)),
+                    Err(_) => unreachable("no answer within 1s".into()),
+                }
+            });
+        }
+        let mut members = vec![local.clone()];
+        while let Some(r) = asks.join_next().await {
+            if let Ok(m) = r {
+                members.push(m);
+            }
+        }
+        members.sort_by_key(|m| m.id);
+        Ok(pb::ClusterStatusResponse {
+            leader_id: local.leader_id,
+            term: local.term,
+            members,
+            answered_by: local.id,
+        })
+    }
+}
+
+/// "connection refused" rather than a transport error chain.
+fn short_reason(s: &Status) -> String {
+    let m = s.message();
+    let lower = format!("{m} {:?}", std::error::Error::source(s)).to_lowercase();
+    if lower.contains("refused") {
+        "connection refused".into()
+    } else if lower.contains("timed out") || lower.contains("deadline") {
+        "timed out".into()
+    } else if m.is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        m.to_string()
+    }
+}

@@ -1,0 +1,799 @@
+//! The raft member task: the single owner of `RawNode<SledStorage>`.
+//!
+//! ```text
+//!   Handle (cloneable) ──Msg──▶ ┌──────────── node task ─────────────┐
+//!   transport (peers) ──Msg──▶  │ tick · step · propose · read_index  │
+//!                               │            on_ready():              │
+//!                               │ 1 send leader messages              │──▶ Transport
+//!                               │ 2 install snapshot (store, then log)│
+//!                               │ 3 apply committed → store, replies  │──▶ waiting clients
+//!                               │ 4 append entries, hard state; fsync │
+//!                               │ 5 send persisted messages           │──▶ Transport
+//!                               │ 6 advance; commit; apply the rest   │
+//!                               └─────────────────────────────────────┘
+//! ```
+//!
+//! The order in `on_ready` is raft-rs's documented one: a follower's votes and
+//! append responses (the persisted messages) leave only after its log and hard
+//! state are on disk. Clients wait on a proposal until its log index is
+//! applied: if the entry applied there is theirs they get its result; if
+//! another leader's entry took the index, theirs was dropped and they may retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
+    Snapshot, SnapshotMetadata,
+};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole, Storage as _};
+use raft_proto::ConfChangeI;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::storage::SledStorage;
+use super::transport::Transport;
+use crate::store::{Command, Member, Store, Write, WriteError, WriteResult};
+
+/// Raft timing and log-size settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub tick: Duration,
+    /// Election timeout in ticks (randomised in [n, 2n)).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many entries were applied since the last compaction.
+    pub snapshot_interval: u64,
+    /// Entries kept behind the applied index at compaction, for slow followers.
+    pub trailing_entries: u64,
+    /// How long a proposal may wait for its entry to apply.
+    pub write_timeout: Duration,
+    /// How long a read waits for its ReadIndex answer before giving up.
+    pub read_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64) -> NodeConfig {
+        NodeConfig {
+            id,
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_interval: 10_000,
+            trailing_entries: 1_000,
+            write_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_ticks,
+            heartbeat_tick: self.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a request to the node did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    #[error("this controller is not the leader")]
+    NotLeader { leader: Option<u64> },
+    /// The write certainly did not commit; retrying is safe.
+    #[error("the write was dropped before it committed ({0}); retry")]
+    Dropped(String),
+    /// The write may or may not have committed.
+    #[error("the write was not confirmed within {0:?}; it may still be applied")]
+    Unconfirmed(Duration),
+    #[error("no leader answered the read in time")]
+    ReadTimeout,
+    #[error("{0}")]
+    Refused(String),
+    #[error("the raft node has stopped")]
+    Stopped,
+}
+
+/// What a member knows about itself, for `cluster status`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    pub state_hash: String,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// The leadership view published on every change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader_id: u64,
+    pub term: u64,
+    pub is_leader: bool,
+}
+
+type WriteReply = oneshot::Sender<Result<Result<WriteResult, WriteError>, NodeError>>;
+
+pub enum Msg {
+    Step(Vec<Message>),
+    Propose {
+        write: Write,
+        reply: WriteReply,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    ReportSnapshot {
+        to: u64,
+        ok: bool,
+    },
+    ReportUnreachable {
+        to: u64,
+    },
+}
+
+/// Cloneable access to a running node.
+#[derive(Clone)]
+pub struct Handle {
+    id: u64,
+    tx: mpsc::Sender<Msg>,
+    leadership: watch::Receiver<Leadership>,
+}
+
+impl Handle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Propose a write on this member. Fails with `NotLeader` on a follower:
+    /// forwarding to the leader is the API layer's job.
+    pub async fn propose(
+        &self,
+        write: Write,
+    ) -> Result<Result<WriteResult, WriteError>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Propose { write, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Linearizable read barrier (raft ReadIndex): returns once this member has
+    /// applied everything committed when the read was issued.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::ReadIndex { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Status { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Hand messages from a peer to the node. Drops them when the node is
+    /// overloaded: raft tolerates lost messages, and a peer must not be able
+    /// to block us.
+    pub fn step(&self, msgs: Vec<Message>) {
+        if let Err(e) = self.tx.try_send(Msg::Step(msgs)) {
+            debug!(error = %e, "raft inbox full; dropping peer messages");
+        }
+    }
+
+    pub fn report(&self, msg: Msg) {
+        let _ = self.tx.try_send(msg);
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        *self.leadership.borrow()
+    }
+
+    /// Wait until some leader is known, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<Leadership> {
+        let mut rx = self.leadership.clone();
+        let found = tokio::time::timeout(timeout, rx.wait_for(|l| l.leader_id != 0)).await;
+        match found {
+            Ok(Ok(l)) => Some(*l),
+            _ => None,
+        }
+    }
+
+    /// Wait until the leadership view differs from `seen`, up to `timeout`.
+    pub async fn wait_for_change(&self, seen: Leadership, timeout: Duration) {
+        let mut rx = self.leadership.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l != seen)).await;
+    }
+}
+
+/// Entry payload of a normal (command) entry.
+#[derive(Serialize, Deserialize)]
+struct Proposal {
+    id: u64,
+    command: Command,
+}
+
+/// Context of a configuration-change entry.
+#[derive(Serialize, Deserialize)]
+struct ConfContext {
+    id: u64,
+    member: Option<Member>,
+}
+
+struct PendingWrite {
+    id: u64,
+    reply: WriteReply,
+    deadline: Instant,
+}
+
+struct PendingRead {
+    reply: oneshot::Sender<Result<(), NodeError>>,
+    deadline: Instant,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    raw: RawNode<SledStorage>,
+    store: Store,
+    db: sled::Db,
+    transport: Arc<dyn Transport>,
+    inbox: mpsc::Receiver<Msg>,
+    leadership: watch::Sender<Leadership>,
+    /// Proposals waiting for their log index to apply, by index.
+    writes: HashMap<u64, PendingWrite>,
+    /// ReadIndex requests waiting for the leader's answer, by request context.
+    reads: HashMap<Vec<u8>, PendingRead>,
+    /// Reads whose index is known, waiting for apply to catch up.
+    ready_reads: Vec<(u64, oneshot::Sender<Result<(), NodeError>>)>,
+}
+
+/// Channel capacity of the node inbox.
+const INBOX: usize = 4096;
+
+/// Create the node's inbox before the node itself, so the transport can report
+/// back to it.
+pub fn channel() -> (mpsc::Sender<Msg>, mpsc::Receiver<Msg>) {
+    mpsc::channel(INBOX)
+}
+
+impl Node {
+    /// Open the node over an already opened storage and store. `storage` must
+    /// be initialised (bootstrapped or joined) by the caller; a joining member
+    /// with an empty `ConfState` waits for the leader's snapshot.
+    pub fn new(
+        cfg: NodeConfig,
+        storage: SledStorage,
+        store: Store,
+        db: sled::Db,
+        transport: Arc<dyn Transport>,
+        tx: mpsc::Sender<Msg>,
+        inbox: mpsc::Receiver<Msg>,
+    ) -> anyhow::Result<(Node, Handle)> {
+        let (applied, _) = store.applied()?;
+        repair_after_crash(&storage, &store, applied)?;
+        let logger = slog::Logger::root(slog::Drain::fuse(slog_stdlog::StdLog), slog::o!());
+        let raw = RawNode::new(&cfg.raft_config(applied), storage, &logger)?;
+        let (leadership, rx) = watch::channel(Leadership::default());
+        let handle = Handle {
+            id: cfg.id,
+            tx,
+            leadership: rx,
+        };
+        let node = Node {
+            cfg,
+            raw,
+            store,
+            db,
+            transport,
+            inbox,
+            leadership,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            ready_reads: Vec::new(),
+        };
+        Ok((node, handle))
+    }
+
+    /// Drive raft until `shutdown` fires. Returns an error only when storage
+    /// fails, which a controller cannot survive.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.expire(Instant::now());
+                }
+                msg = self.inbox.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    // Take everything already queued before writing to disk:
+                    // one fsync then covers many proposals (group commit).
+                    let mut n = 0;
+                    while n < INBOX {
+                        match self.inbox.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+            }
+            self.on_ready().await?;
+        }
+        info!("raft node stopping");
+        self.raw.store().flush().await?;
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Step(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.raw.step(m) {
+                        debug!(error = %e, "raft refused a peer message");
+                    }
+                }
+            }
+            Msg::Propose { write, reply } => self.propose(write, reply),
+            Msg::ReadIndex { reply } => {
+                let ctx = rand::random::<u64>().to_be_bytes().to_vec();
+                self.raw.read_index(ctx.clone());
+                self.reads.insert(
+                    ctx,
+                    PendingRead {
+                        reply,
+                        deadline: Instant::now() + self.cfg.read_timeout,
+                    },
+                );
+            }
+            Msg::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Msg::ReportSnapshot { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Msg::ReportUnreachable { to } => self.raw.report_unreachable(to),
+        }
+    }
+
+    fn propose(&mut self, write: Write, reply: WriteReply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let leader = self.raw.raft.leader_id;
+            let _ = reply.send(Err(NodeError::NotLeader {
+                leader: (leader != 0).then_some(leader),
+            }));
+            return;
+        }
+        let id = rand::random::<u64>();
+        let result = match write {
+            Write::Command(command) => match serde_json::to_vec(&Proposal { id, command }) {
+                Ok(data) => self.raw.propose(vec![], data).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Write::AddMember {
+                id: member,
+                address,
+            } => self.propose_membership(id, member, Some(address)),
+            Write::RemoveMember { id: member } => self.propose_membership(id, member, None),
+        };
+        if let Err(reason) = result {
+            let _ = reply.send(Err(NodeError::Refused(reason)));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        self.writes.insert(
+            index,
+            PendingWrite {
+                id,
+                reply,
+                deadline: Instant::now() + self.cfg.write_timeout,
+            },
+        );
+    }
+
+    /// Add (`address` is `Some`) or remove a member: one change at a time.
+    fn propose_membership(
+        &mut self,
+        id: u64,
+        member: u64,
+        address: Option<String>,
+    ) -> Result<(), String> {
+        if member == 0 {
+            return Err("member id 0 is not allowed; ids start at 1".into());
+        }
+        if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
+            return Err(
+                "another membership change is still in progress; retry when it completes".into(),
+            );
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let is_member = conf.voters.contains(&member) || conf.learners.contains(&member);
+        let (change, ctx) = match address {
+            Some(address) => {
+                if is_member {
+                    return Err(format!("controller {member} is already a member"));
+                }
+                (
+                    ConfChangeType::AddNode,
+                    ConfContext {
+                        id,
+                        member: Some(Member {
+                            id: member,
+                            address,
+                        }),
+                    },
+                )
+            }
+            None => {
+                if !is_member {
+                    return Err(format!("controller {member} is not a member"));
+                }
+                if conf.voters.len() == 1 {
+                    return Err("cannot remove the last member of the cluster".into());
+                }
+                (ConfChangeType::RemoveNode, ConfContext { id, member: None })
+            }
+        };
+        let mut single = ConfChangeSingle {
+            node_id: member,
+            ..Default::default()
+        };
+        single.set_change_type(change);
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let ctx = serde_json::to_vec(&ctx).map_err(|e| e.to_string())?;
+        self.raw
+            .propose_conf_change(ctx, cc)
+            .map_err(|e| e.to_string())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let r = &self.raw.raft;
+        let mut conf = r.prs().conf().to_conf_state();
+        conf.voters.sort_unstable();
+        conf.learners.sort_unstable();
+        let store = self.raw.store();
+        NodeStatus {
+            id: self.cfg.id,
+            role: role_name(r.state).to_string(),
+            term: r.term,
+            leader_id: r.leader_id,
+            commit_index: r.raft_log.committed,
+            applied_index: r.raft_log.applied,
+            last_index: r.raft_log.last_index(),
+            snapshot_index: store.snapshot_index(),
+            state_hash: self
+                .store
+                .state_hash()
+                .unwrap_or_else(|e| format!("error: {e}")),
+            voters: conf.voters,
+            learners: conf.learners,
+        }
+    }
+
+    /// Fail requests whose deadline passed.
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.cfg.write_timeout;
+        let expired: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in expired {
+            if let Some(p) = self.writes.remove(&index) {
+                let _ = p.reply.send(Err(NodeError::Unconfirmed(timeout)));
+            }
+        }
+        let expired: Vec<Vec<u8>> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(ctx, _)| ctx.clone())
+            .collect();
+        for ctx in expired {
+            if let Some(r) = self.reads.remove(&ctx) {
+                let _ = r.reply.send(Err(NodeError::ReadTimeout));
+            }
+        }
+    }
+
+    async fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            self.publish_leadership(ss.leader_id, ss.raft_state);
+        }
+        self.transport.send(rd.take_messages());
+
+        let mut must_flush = rd.must_sync();
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+            must_flush = true;
+        }
+        self.apply_committed(rd.take_committed_entries())?;
+        for rs in rd.take_read_states() {
+            self.read_state(rs);
+        }
+        if !rd.entries().is_empty() {
+            self.raw.store().append(rd.entries())?;
+        }
+        if let Some(hs) = rd.hs() {
+            self.raw.store().set_hard_state(hs)?;
+        }
+        if must_flush {
+            self.raw.store().flush().await?;
+        }
+        self.transport.send(rd.take_persisted_messages());
+
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.store().set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply_committed(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.serve_ready_reads();
+        self.maybe_compact().await?;
+        Ok(())
+    }
+
+    fn publish_leadership(&mut self, leader_id: u64, role: StateRole) {
+        let view = Leadership {
+            leader_id,
+            term: self.raw.raft.term,
+            is_leader: role == StateRole::Leader,
+        };
+        info!(
+            leader = leader_id,
+            term = view.term,
+            role = role_name(role),
+            "raft role changed"
+        );
+        self.leadership.send_replace(view);
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> anyhow::Result<()> {
+        let meta = snap.get_metadata();
+        info!(
+            index = meta.index,
+            term = meta.term,
+            "installing snapshot from the leader"
+        );
+        let meta_bytes = meta.write_to_bytes()?;
+        // Store first, then log: a crash in between leaves the store ahead of
+        // the log, which `repair_after_crash` completes from `meta/snapshot`.
+        self.store
+            .restore(snap.get_data(), meta.index, meta.term, &meta_bytes)?;
+        self.raw.store().apply_snapshot(&snap)?;
+        for m in self.store.members()? {
+            self.transport.set_peer(m.id, m.address);
+        }
+        // Any proposal still waiting at or below the snapshot lost track of
+        // its entry: whether it committed is unknown.
+        let covered: Vec<u64> = self
+            .writes
+            .keys()
+            .copied()
+            .filter(|i| *i <= meta.index)
+            .collect();
+        for index in covered {
+            if let Some(p) = self.writes.remove(&index) {
+                let _ = p.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(&entry)?,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, entry: &Entry) -> anyhow::Result<()> {
+        if entry.data.is_empty() {
+            // A new leader's empty entry.
+            self.store.apply_nothing(entry.index, entry.term)?;
+            self.finish(entry.index, None, Ok(WriteResult::MembershipChanged));
+            return Ok(());
+        }
+        match serde_json::from_slice::<Proposal>(&entry.data) {
+            Ok(p) => {
+                let result = self.store.apply(entry.index, entry.term, &p.command)?;
+                self.finish(entry.index, Some(p.id), result);
+            }
+            Err(e) => {
+                // Only controllers write entries, so this is a version mismatch
+                // or a bug. Skip it the same way on every member.
+                error!(index = entry.index, error = %e, "skipping an undecodable log entry");
+                self.store.apply_nothing(entry.index, entry.term)?;
+                self.finish(entry.index, None, Ok(WriteResult::MembershipChanged));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> anyhow::Result<()> {
+        let cc = match entry.get_entry_type() {
+            EntryType::EntryConfChange => {
+                ConfChange::parse_from_bytes(&entry.data).map(|c| c.into_v2())
+            }
+            _ => ConfChangeV2::parse_from_bytes(&entry.data),
+        };
+        let cc = match cc {
+            Ok(cc) => cc,
+            Err(e) => {
+                error!(index = entry.index, error = %e, "skipping an undecodable configuration change");
+                self.store.apply_nothing(entry.index, entry.term)?;
+                return Ok(());
+            }
+        };
+        let ctx: Option<ConfContext> = serde_json::from_slice(&entry.context).ok();
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => {
+                self.raw.store().set_conf_state(&cs)?;
+                let added = ctx.as_ref().and_then(|c| c.member.clone());
+                let removed = cc
+                    .changes
+                    .iter()
+                    .find(|c| c.get_change_type() == ConfChangeType::RemoveNode)
+                    .map(|c| c.node_id);
+                self.store
+                    .apply_membership(entry.index, entry.term, added.as_ref(), removed)?;
+                if let Some(m) = added {
+                    info!(member = m.id, address = %m.address, "controller added to the cluster");
+                    self.transport.set_peer(m.id, m.address);
+                }
+                if let Some(id) = removed {
+                    info!(member = id, "controller removed from the cluster");
+                    if id == self.cfg.id {
+                        warn!("this controller was removed from the cluster; it no longer votes or serves writes");
+                    } else {
+                        self.transport.remove_peer(id);
+                    }
+                }
+                self.finish(
+                    entry.index,
+                    ctx.map(|c| c.id),
+                    Ok(WriteResult::MembershipChanged),
+                );
+            }
+            Err(e) => {
+                warn!(index = entry.index, error = %e, "configuration change rejected");
+                self.store.apply_nothing(entry.index, entry.term)?;
+                self.finish_err(entry.index, NodeError::Refused(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer the proposal waiting at `index`, if any: with the result when the
+    /// applied entry is the one it proposed, as dropped otherwise.
+    fn finish(&mut self, index: u64, id: Option<u64>, result: Result<WriteResult, WriteError>) {
+        let Some(p) = self.writes.remove(&index) else {
+            return;
+        };
+        if id == Some(p.id) {
+            let _ = p.reply.send(Ok(result));
+        } else {
+            let _ = p
+                .reply
+                .send(Err(NodeError::Dropped("leadership changed".into())));
+        }
+    }
+
+    fn finish_err(&mut self, index: u64, err: NodeError) {
+        if let Some(p) = self.writes.remove(&index) {
+            let _ = p.reply.send(Err(err));
+        }
+    }
+
+    fn read_state(&mut self, rs: ReadState) {
+        if let Some(r) = self.reads.remove(&rs.request_ctx) {
+            self.ready_reads.push((rs.index, r.reply));
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let mut waiting = Vec::new();
+        for (index, reply) in self.ready_reads.drain(..) {
+            if index <= applied {
+                let _ = reply.send(Ok(()));
+            } else {
+                waiting.push((index, reply));
+            }
+        }
+        self.ready_reads = waiting;
+    }
+
+    /// Compact the log once `snapshot_interval` entries were applied past the
+    /// last compaction, keeping `trailing_entries` for slow followers. The
+    /// whole database is flushed first so the state machine on disk is past
+    /// every entry removed (a crash must never need a compacted entry).
+    async fn maybe_compact(&mut self) -> anyhow::Result<()> {
+        let applied = self.raw.raft.raft_log.applied;
+        let first = self.raw.store().first_index_cached();
+        if applied < first + self.cfg.snapshot_interval + self.cfg.trailing_entries {
+            return Ok(());
+        }
+        let compact_to = applied - self.cfg.trailing_entries;
+        self.db.flush_async().await?;
+        self.raw.store().compact(compact_to)?;
+        info!(applied, compacted_below = compact_to, "raft log compacted");
+        Ok(())
+    }
+}
+
+/// Bring storage and store back in line after a crash at any point:
+/// - the store installed a snapshot but the log was not yet truncated to it;
+/// - entries were applied before the hard state carrying their commit index
+///   reached disk (raft-rs#392).
+fn repair_after_crash(storage: &SledStorage, store: &Store, applied: u64) -> anyhow::Result<()> {
+    if applied > storage.last_index()? {
+        if let Some(meta) = store.snapshot_meta()? {
+            let meta = SnapshotMetadata::parse_from_bytes(&meta)?;
+            if meta.index == applied {
+                let mut snap = Snapshot::default();
+                snap.set_metadata(meta);
+                storage.apply_snapshot(&snap)?;
+            }
+        }
+    }
+    storage.repair_commit(applied)?;
+    Ok(())
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}

@@ -1,0 +1,288 @@
+//! Carrying raft messages between members.
+//!
+//! ```text
+//!  node ──send(msgs)──▶ per-peer queue ──▶ sender task ──Raft.Step(batch)──▶ peer
+//!                        (bounded; full → drop)   (batches what is queued)
+//! ```
+//!
+//! Raft tolerates lost, duplicated and reordered messages, so the transport
+//! never blocks the node: a full queue or a failed call drops messages. The
+//! one thing the node must hear about is the fate of a snapshot it sent, so the
+//! sender reports `ReportSnapshot` back; an unreachable peer is reported too.
+//! [`MemTransport`] is the in-process implementation for tests, with partitions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use drover_proto::pb::raft_client::RaftClient;
+use drover_proto::pb::RaftBatch;
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::node::{Handle, Msg};
+
+/// Where a member's outgoing raft messages go.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, msgs: Vec<Message>);
+    /// Learn or update a member's address.
+    fn set_peer(&self, id: u64, address: String);
+    fn remove_peer(&self, id: u64);
+}
+
+/// The node's handle, once it exists: the transport reports back through it.
+pub type NodeSlot = Arc<RwLock<Option<Handle>>>;
+
+const PEER_QUEUE: usize = 8192;
+const MAX_BATCH: usize = 512;
+
+/// Raft over gRPC (`drover.v1.Raft/Step`).
+pub struct GrpcTransport {
+    self_id: u64,
+    self_address: String,
+    node: NodeSlot,
+    peers: Mutex<HashMap<u64, Peer>>,
+}
+
+struct Peer {
+    address: String,
+    queue: mpsc::Sender<Message>,
+}
+
+impl GrpcTransport {
+    pub fn new(self_id: u64, self_address: String, node: NodeSlot) -> GrpcTransport {
+        GrpcTransport {
+            self_id,
+            self_address,
+            node,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address a member is known at.
+    pub fn address_of(&self, id: u64) -> Option<String> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(&id).map(|p| p.address.clone())
+    }
+
+    /// Learn a sender's address from an incoming batch unless already known.
+    pub fn learn(&self, id: u64, address: &str) {
+        if id == self.self_id || address.is_empty() || self.address_of(id).is_some() {
+            return;
+        }
+        self.set_peer(id, address.to_string());
+    }
+
+    fn spawn_peer(&self, id: u64, address: String) -> mpsc::Sender<Message> {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let sender = PeerSender {
+            from: self.self_id,
+            from_address: self.self_address.clone(),
+            to: id,
+            address,
+            node: self.node.clone(),
+        };
+        tokio::spawn(sender.run(rx));
+        tx
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for m in msgs {
+            let Some(peer) = peers.get(&m.to) else {
+                debug!(to = m.to, "no address for raft peer; dropping message");
+                continue;
+            };
+            if peer.queue.try_send(m).is_err() {
+                debug!(to = peer.address, "raft peer queue full; dropping message");
+            }
+        }
+    }
+
+    fn set_peer(&self, id: u64, address: String) {
+        if id == self.self_id {
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.get(&id).is_some_and(|p| p.address == address) {
+            return;
+        }
+        // Dropping the old queue ends the old sender task.
+        let queue = self.spawn_peer(id, address.clone());
+        peers.insert(id, Peer { address, queue });
+    }
+
+    fn remove_peer(&self, id: u64) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&id);
+    }
+}
+
+struct PeerSender {
+    from: u64,
+    from_address: String,
+    to: u64,
+    address: String,
+    node: NodeSlot,
+}
+
+impl PeerSender {
+    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+        let endpoint = match tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            self.address
+        )) {
+            Ok(e) => e
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(10))
+                .tcp_nodelay(true),
+            Err(e) => {
+                warn!(peer = self.to, address = %self.address, error = %e, "invalid raft peer address");
+                return;
+            }
+        };
+        let mut client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
+        let mut failures: u32 = 0;
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let snapshots: Vec<u64> = batch
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                .map(|m| m.to)
+                .collect();
+            let mut encoded = Vec::with_capacity(batch.len());
+            for m in &batch {
+                match m.write_to_bytes() {
+                    Ok(b) => encoded.push(b),
+                    Err(e) => warn!(error = %e, "could not encode a raft message"),
+                }
+            }
+            let request = RaftBatch {
+                from: self.from,
+                from_address: self.from_address.clone(),
+                messages: encoded,
+            };
+            let ok = match client.step(request).await {
+                Ok(_) => {
+                    if failures > 0 {
+                        debug!(peer = self.to, "raft peer reachable again");
+                    }
+                    failures = 0;
+                    true
+                }
+                Err(status) => {
+                    failures += 1;
+                    if failures == 1 || failures % 100 == 0 {
+                        debug!(peer = self.to, address = %self.address, error = %status.message(), failures, "raft peer unreachable");
+                    }
+                    self.report(Msg::ReportUnreachable { to: self.to });
+                    false
+                }
+            };
+            for to in snapshots {
+                self.report(Msg::ReportSnapshot { to, ok });
+            }
+        }
+    }
+
+    fn report(&self, msg: Msg) {
+        let node = self.node.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = node.as_ref() {
+            h.report(msg);
+        }
+    }
+}
+
+/// In-process transport for tests: delivers straight into other nodes' inboxes,
+/// and can cut links to simulate partitions.
+#[derive(Clone, Default)]
+pub struct MemRouter {
+    inner: Arc<RwLock<MemRouterInner>>,
+}
+
+#[derive(Default)]
+struct MemRouterInner {
+    nodes: HashMap<u64, Handle>,
+    /// Directed links that drop everything: (from, to).
+    cut: HashSet<(u64, u64)>,
+}
+
+impl MemRouter {
+    pub fn register(&self, handle: Handle) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.nodes.insert(handle.id(), handle);
+    }
+
+    pub fn unregister(&self, id: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.nodes.remove(&id);
+    }
+
+    /// Cut `id` off from every other node, both directions.
+    pub fn isolate(&self, id: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let others: Vec<u64> = inner.nodes.keys().copied().filter(|o| *o != id).collect();
+        for o in others {
+            inner.cut.insert((id, o));
+            inner.cut.insert((o, id));
+        }
+    }
+
+    pub fn heal(&self) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.cut.clear();
+    }
+
+    /// The transport one node sends through.
+    pub fn transport(&self, from: u64) -> Arc<dyn Transport> {
+        Arc::new(MemTransport {
+            from,
+            router: self.clone(),
+        })
+    }
+}
+
+struct MemTransport {
+    from: u64,
+    router: MemRouter,
+}
+
+impl Transport for MemTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let inner = self.router.inner.read().unwrap_or_else(|e| e.into_inner());
+        for m in msgs {
+            if inner.cut.contains(&(self.from, m.to)) {
+                continue;
+            }
+            if let Some(h) = inner.nodes.get(&m.to) {
+                let to = m.to;
+                let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+                h.step(vec![m]);
+                if is_snapshot {
+                    if let Some(me) = inner.nodes.get(&self.from) {
+                        me.report(Msg::ReportSnapshot { to, ok: true });
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_peer(&self, _id: u64, _address: String) {}
+
+    fn remove_peer(&self, _id: u64) {}
+}

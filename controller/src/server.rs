@@ -1,0 +1,194 @@
+//! Wiring one controller together: sled, store, raft storage, transport, the
+//! raft node task and the gRPC server, with an orderly shutdown.
+//!
+//! ```text
+//!  sled::Db ─┬─ "state" tree ── Store ─────────────┐
+//!            └─ raft trees ──── SledStorage ─ Node ─┤── Cluster ── Control, Raft services
+//!                      GrpcTransport ◀──────────────┘
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, Context};
+use protobuf::Message as _;
+use raft::prelude::{ConfState, SnapshotMetadata};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tracing::{error, info};
+
+use drover_proto::pb;
+
+use crate::api::control::ControlService;
+use crate::api::peer::PeerService;
+use crate::api::Cluster;
+use crate::config::ControllerConfig;
+use crate::raft::node::{self, Node};
+use crate::raft::storage::{SledStorage, SnapshotSource, StorageError};
+use crate::raft::transport::{GrpcTransport, NodeSlot, Transport};
+use crate::store::Store;
+
+/// Serves raft snapshots from the state machine.
+struct StoreSnapshots(Store);
+
+impl SnapshotSource for StoreSnapshots {
+    fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError> {
+        self.0
+            .snapshot_data()
+            .map_err(|e| StorageError::StateMachine(Box::new(e)))
+    }
+}
+
+/// Open (or create) the controller's sled database in `dir`.
+pub fn open_db(dir: &std::path::Path, cache_mb: u64) -> anyhow::Result<sled::Db> {
+    fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting data dir {} to its owner", dir.display()))?;
+    }
+    sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(cache_mb * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.to_string().contains("lock") => anyhow::anyhow!(
+                "data dir {} is in use by another drover-controller (sled holds a lock on it)",
+                dir.display()
+            ),
+            other => anyhow::anyhow!("opening the database in {}: {other}", dir.display()),
+        })
+}
+
+/// Run one controller until `shutdown` fires or its raft node fails.
+pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let advertise = cfg.advertise_address();
+    let db = open_db(&cfg.data_dir, cfg.cache_mb)?;
+    let store = Store::open(&db)?;
+    let storage = SledStorage::open(&db, Arc::new(StoreSnapshots(store.clone())))?;
+
+    if !storage.is_initialized() {
+        if cfg.join {
+            info!(
+                id = cfg.id,
+                "joining an existing cluster: waiting for the leader to send a snapshot"
+            );
+        } else {
+            if cfg.peers.0.is_empty() {
+                bail!("this data dir is empty: pass --peers ID=HOST:PORT,... to bootstrap a new cluster, or --join to join one");
+            }
+            bootstrap(&storage, &store, &cfg.peers.0)?;
+            db.flush_async().await?;
+        }
+    } else if !cfg.peers.0.is_empty() {
+        info!("data dir already holds a cluster: --peers is ignored (membership comes from the replicated log)");
+    }
+
+    let slot: NodeSlot = Arc::new(RwLock::new(None));
+    let transport = Arc::new(GrpcTransport::new(cfg.id, advertise.clone(), slot.clone()));
+    for (id, address) in cfg.peers.0.iter() {
+        transport.set_peer(*id, address.clone());
+    }
+    for (id, address) in store.member_addresses()? {
+        transport.set_peer(id, address);
+    }
+
+    let (tx, rx) = node::channel();
+    let transport_dyn: Arc<dyn Transport> = transport.clone();
+    let (node, handle) = Node::new(
+        cfg.node_config(),
+        storage,
+        store.clone(),
+        db.clone(),
+        transport_dyn,
+        tx,
+        rx,
+    )?;
+    *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
+
+    let cluster = Cluster::new(
+        handle,
+        store,
+        transport,
+        advertise.clone(),
+        std::time::Duration::from_millis(cfg.leader_wait_ms),
+        cfg.max_replicas,
+    );
+
+    let incoming = TcpIncoming::bind(cfg.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?
+        .with_nodelay(Some(true));
+    info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "controller serving");
+
+    let node_stop = shutdown.child_token();
+    let node_task = tokio::spawn(node.run(node_stop.clone()));
+
+    let control = pb::control_server::ControlServer::new(ControlService {
+        cluster: cluster.clone(),
+    })
+    .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES + 64 * 1024)
+    .max_encoding_message_size(64 * 1024 * 1024);
+    let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
+        .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
+
+    let server_stop = shutdown.clone();
+    let server = Server::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .add_service(control)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
+
+    let mut node_task = node_task;
+    let result = tokio::select! {
+        r = server => r.context("gRPC server failed"),
+        r = &mut node_task => {
+            // The node stopped on its own: storage failed.
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("raft node failed")),
+                Err(e) => Err(anyhow::anyhow!("raft node task panicked: {e}")),
+            }
+        }
+    };
+    shutdown.cancel();
+    if !node_task.is_finished() {
+        match node_task.await {
+            Ok(Err(e)) => error!(error = %e, "raft node failed while stopping"),
+            Err(e) => error!(error = %e, "raft node task panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    db.flush_async().await?;
+    info!("controller stopped");
+    result
+}
+
+/// A new cluster: every initial member writes the same snapshot at index 1,
+/// term 1, holding the voters and their addresses.
+pub fn bootstrap(
+    storage: &SledStorage,
+    store: &Store,
+    members: &BTreeMap<u64, String>,
+) -> anyhow::Result<()> {
+    let voters: Vec<u64> = members.keys().copied().collect();
+    let data = Store::initial_data(members)?;
+    let meta = SnapshotMetadata {
+        index: 1,
+        term: 1,
+        conf_state: protobuf::SingularPtrField::some(ConfState {
+            voters: voters.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store.restore(&data, 1, 1, &meta.write_to_bytes()?)?;
+    storage.bootstrap(&voters, data)?;
+    info!(voters = ?voters, "bootstrapped a new cluster");
+    Ok(())
+}

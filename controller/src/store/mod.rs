@@ -1,0 +1,307 @@
+//! The replicated state machine: what every controller agrees on.
+//!
+//! It lives in the `state` tree of the controller's sled database, beside the
+//! raft log. Keys are grouped by prefix:
+//!
+//! ```text
+//!  meta/applied          (index, term) of the last applied entry
+//!  meta/snapshot         SnapshotMetadata of the last snapshot installed here
+//!  deploy/<ns>/<name>    StoredDeployment (JSON)
+//!  member/<id:be64>      Member (JSON): where each controller listens
+//! ```
+//!
+//! [`Store::apply`] is deterministic: the same entries in the same order give the
+//! same bytes on every member. Timestamps arrive inside the command, chosen by
+//! the controller that proposed it, never read from the clock here. Each entry's
+//! effects and the new applied index are written in one sled batch, so a crash
+//! leaves either all of an entry applied or none of it.
+
+mod command;
+mod snapshot;
+
+use std::collections::BTreeMap;
+
+use drover_proto::manifest::Deployment;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use command::{ApplyOutcome, Command, ObjectRef, Write, WriteError, WriteResult};
+
+const APPLIED_KEY: &[u8] = b"meta/applied";
+const SNAPSHOT_META_KEY: &[u8] = b"meta/snapshot";
+const META_PREFIX: &[u8] = b"meta/";
+const DEPLOY_PREFIX: &str = "deploy/";
+const MEMBER_PREFIX: &[u8] = b"member/";
+
+/// Storage failures of the state machine. All are fatal for the controller:
+/// the state on disk is not what drover wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt state entry {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A deployment as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDeployment {
+    pub deployment: Deployment,
+    /// Bumped on every change to the spec (apply that changes it, scale).
+    pub generation: u64,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+}
+
+/// A controller and where its gRPC listener is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub address: String,
+}
+
+/// Handle to the state machine. Cheap to clone; reads may run on any task,
+/// writes only from the raft node task.
+#[derive(Clone)]
+pub struct Store {
+    tree: sled::Tree,
+}
+
+impl Store {
+    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
+        Ok(Store {
+            tree: db.open_tree("state")?,
+        })
+    }
+
+    /// `(index, term)` of the last applied entry; `(0, 0)` for a fresh store.
+    pub fn applied(&self) -> Result<(u64, u64), StoreError> {
+        match self.tree.get(APPLIED_KEY)? {
+            None => Ok((0, 0)),
+            Some(v) => decode_applied(&v),
+        }
+    }
+
+    /// Metadata of the last snapshot installed into this store, if any.
+    pub fn snapshot_meta(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(SNAPSHOT_META_KEY)?.map(|v| v.to_vec()))
+    }
+
+    /// Apply one committed command at `(index, term)`.
+    pub fn apply(
+        &self,
+        index: u64,
+        term: u64,
+        command: &Command,
+    ) -> Result<Result<WriteResult, WriteError>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let outcome = command::execute(self, command, &mut batch)?;
+        batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
+        self.tree.apply_batch(batch)?;
+        Ok(outcome)
+    }
+
+    /// Advance the applied index over an entry that changes no state (a new
+    /// leader's empty entry, an undecodable entry that was logged and skipped).
+    pub fn apply_nothing(&self, index: u64, term: u64) -> Result<(), StoreError> {
+        self.tree
+            .insert(APPLIED_KEY, encode_applied(index, term).to_vec())?;
+        Ok(())
+    }
+
+    /// Record a membership change together with the applied index.
+    pub fn apply_membership(
+        &self,
+        index: u64,
+        term: u64,
+        added: Option<&Member>,
+        removed: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if let Some(m) = added {
+            batch.insert(member_key(m.id), to_json(m)?);
+        }
+        if let Some(id) = removed {
+            batch.remove(member_key(id));
+        }
+        batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredDeployment>, StoreError> {
+        let key = deploy_key(namespace, name);
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => from_json(&key, &v).map(Some),
+        }
+    }
+
+    /// Deployments in one namespace, or all when `namespace` is `None`, sorted
+    /// by namespace then name.
+    pub fn deployments(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<StoredDeployment>, StoreError> {
+        let prefix = match namespace {
+            Some(ns) => format!("{DEPLOY_PREFIX}{ns}/"),
+            None => DEPLOY_PREFIX.to_string(),
+        };
+        self.tree
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                from_json(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    pub fn members(&self) -> Result<Vec<Member>, StoreError> {
+        self.tree
+            .scan_prefix(MEMBER_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                from_json(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    pub fn member_addresses(&self) -> Result<BTreeMap<u64, String>, StoreError> {
+        Ok(self
+            .members()?
+            .into_iter()
+            .map(|m| (m.id, m.address))
+            .collect())
+    }
+
+    /// A short hex digest of every replicated key and value (not `meta/`):
+    /// equal on all members that applied the same entries.
+    pub fn state_hash(&self) -> Result<String, StoreError> {
+        let mut hasher = Sha256::new();
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            if k.starts_with(META_PREFIX) {
+                continue;
+            }
+            hasher.update((k.len() as u64).to_be_bytes());
+            hasher.update(&k);
+            hasher.update((v.len() as u64).to_be_bytes());
+            hasher.update(&v);
+        }
+        let digest = hasher.finalize();
+        Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The replicated state serialised for a raft snapshot, and the index it
+    /// reflects. Called from the node task, so no apply runs concurrently.
+    pub fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StoreError> {
+        let (applied, _) = self.applied()?;
+        let pairs = self
+            .tree
+            .iter()
+            .filter(|kv| !matches!(kv, Ok((k, _)) if k.starts_with(META_PREFIX)));
+        Ok((snapshot::encode(pairs)?, applied))
+    }
+
+    /// The state a brand-new cluster starts from: just its members.
+    pub fn initial_data(members: &BTreeMap<u64, String>) -> Result<Vec<u8>, StoreError> {
+        let mut pairs = Vec::new();
+        for (id, address) in members {
+            let m = Member {
+                id: *id,
+                address: address.clone(),
+            };
+            pairs.push(Ok((
+                sled::IVec::from(member_key(*id)),
+                sled::IVec::from(to_json(&m)?),
+            )));
+        }
+        snapshot::encode(pairs.into_iter())
+    }
+
+    /// Replace the whole state with a snapshot's, atomically, and remember the
+    /// snapshot's metadata (so a crash before the raft log is truncated to match
+    /// can be repaired at start-up).
+    pub fn restore(
+        &self,
+        data: &[u8],
+        index: u64,
+        term: u64,
+        snapshot_meta: &[u8],
+    ) -> Result<(), StoreError> {
+        let pairs = snapshot::decode(data)?;
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.iter() {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
+        batch.insert(SNAPSHOT_META_KEY, snapshot_meta.to_vec());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub(crate) fn get_raw(&self, key: &str) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(key.as_bytes())?)
+    }
+}
+
+pub(crate) fn deploy_key(namespace: &str, name: &str) -> String {
+    format!("{DEPLOY_PREFIX}{namespace}/{name}")
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn encode_applied(index: u64, term: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&index.to_be_bytes());
+    b[8..].copy_from_slice(&term.to_be_bytes());
+    b
+}
+
+fn decode_applied(v: &[u8]) -> Result<(u64, u64), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        key: "meta/applied".into(),
+        reason: format!("expected 16 bytes, found {}", v.len()),
+    };
+    let index = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let term = v
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
+    Ok((u64::from_be_bytes(index), u64::from_be_bytes(term)))
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        key: "(encoding)".into(),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

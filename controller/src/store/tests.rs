@@ -1,0 +1,199 @@
+//! State-machine tests: determinism, all-or-nothing commands, snapshots.
+
+use super::*;
+use crate::fixtures::deployment;
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::Config::new()
+        .path(dir.path())
+        .cache_capacity(8 * 1024 * 1024)
+        .open()
+        .expect("open sled");
+    let store = Store::open(&db).expect("open store");
+    (dir, store)
+}
+
+fn apply(names: &[(&str, u32)], now: i64) -> Command {
+    Command::Apply {
+        deployments: names.iter().map(|(n, r)| deployment(n, *r)).collect(),
+        now_unix_ms: now,
+    }
+}
+
+fn r(name: &str) -> ObjectRef {
+    ObjectRef {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+/// A log exercising every command kind, including refusals.
+fn sample_log() -> Vec<Command> {
+    vec![
+        apply(&[("web", 3), ("api", 2)], 1_000),
+        apply(&[("web", 3)], 2_000),
+        apply(&[("web", 5)], 3_000),
+        Command::Scale {
+            target: r("api"),
+            replicas: 7,
+            now_unix_ms: 4_000,
+        },
+        Command::Delete {
+            refs: vec![r("api"), r("missing")],
+            ignore_not_found: false,
+        },
+        Command::Delete {
+            refs: vec![r("api"), r("missing")],
+            ignore_not_found: true,
+        },
+        apply(&[("worker", 1)], 5_000),
+    ]
+}
+
+#[test]
+fn same_log_gives_same_state_hash_on_every_member() {
+    let members: Vec<_> = (0..3).map(|_| temp_store()).collect();
+    for (_dir, store) in &members {
+        for (i, c) in sample_log().iter().enumerate() {
+            let _ = store.apply(i as u64 + 2, 1, c).expect("apply");
+        }
+    }
+    let hashes: Vec<String> = members
+        .iter()
+        .map(|(_, s)| s.state_hash().expect("hash"))
+        .collect();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "hashes differ: {hashes:?}"
+    );
+    let (_, first) = &members[0];
+    assert_eq!(first.applied().expect("applied"), (8, 1));
+    let names: Vec<String> = first
+        .deployments(None)
+        .expect("list")
+        .into_iter()
+        .map(|d| d.deployment.metadata.name)
+        .collect();
+    assert_eq!(names, ["web", "worker"]);
+}
+
+#[test]
+fn apply_reports_created_unchanged_configured_and_bumps_generation() {
+    let (_dir, store) = temp_store();
+    let outcomes = |res: Result<WriteResult, WriteError>| match res {
+        Ok(WriteResult::Applied(v)) => v.into_iter().map(|(_, o, g)| (o, g)).collect::<Vec<_>>(),
+        other => panic!("unexpected {other:?}"),
+    };
+    let first = store.apply(2, 1, &apply(&[("web", 3)], 10)).expect("apply");
+    assert_eq!(outcomes(first), [(ApplyOutcome::Created, 1)]);
+    let same = store.apply(3, 1, &apply(&[("web", 3)], 20)).expect("apply");
+    assert_eq!(outcomes(same), [(ApplyOutcome::Unchanged, 1)]);
+    let changed = store.apply(4, 1, &apply(&[("web", 4)], 30)).expect("apply");
+    assert_eq!(outcomes(changed), [(ApplyOutcome::Configured, 2)]);
+    let stored = store
+        .deployment("default", "web")
+        .expect("get")
+        .expect("exists");
+    assert_eq!((stored.created_unix_ms, stored.updated_unix_ms), (10, 30));
+}
+
+#[test]
+fn delete_with_a_missing_name_changes_nothing() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1)).expect("apply");
+    let before = store.state_hash().expect("hash");
+    let res = store
+        .apply(
+            3,
+            1,
+            &Command::Delete {
+                refs: vec![r("web"), r("nope")],
+                ignore_not_found: false,
+            },
+        )
+        .expect("apply");
+    assert!(matches!(res, Err(WriteError::NotFound { ref name, .. }) if name == "nope"));
+    assert_eq!(store.state_hash().expect("hash"), before);
+    assert!(store.deployment("default", "web").expect("get").is_some());
+    assert_eq!(
+        store.applied().expect("applied").0,
+        3,
+        "a refused command still advances applied"
+    );
+}
+
+#[test]
+fn scale_of_missing_deployment_is_refused() {
+    let (_dir, store) = temp_store();
+    let res = store
+        .apply(
+            2,
+            1,
+            &Command::Scale {
+                target: r("ghost"),
+                replicas: 3,
+                now_unix_ms: 1,
+            },
+        )
+        .expect("apply");
+    assert!(matches!(res, Err(WriteError::NotFound { .. })));
+}
+
+#[test]
+fn snapshot_restores_identical_state() {
+    let (_a, source) = temp_store();
+    for (i, c) in sample_log().iter().enumerate() {
+        let _ = source.apply(i as u64 + 2, 3, c).expect("apply");
+    }
+    source
+        .apply_membership(
+            20,
+            3,
+            Some(&Member {
+                id: 4,
+                address: "127.0.0.4:7001".into(),
+            }),
+            None,
+        )
+        .expect("membership");
+    let (data, index) = source.snapshot_data().expect("snapshot");
+    assert_eq!(index, 20);
+
+    let (_b, target) = temp_store();
+    let _ = target
+        .apply(2, 1, &apply(&[("stale", 1)], 1))
+        .expect("apply");
+    target.restore(&data, 20, 3, b"meta").expect("restore");
+    assert_eq!(
+        target.state_hash().expect("hash"),
+        source.state_hash().expect("hash")
+    );
+    assert_eq!(target.applied().expect("applied"), (20, 3));
+    assert!(target
+        .deployment("default", "stale")
+        .expect("get")
+        .is_none());
+    assert_eq!(target.members().expect("members").len(), 1);
+    assert_eq!(
+        target.snapshot_meta().expect("meta").as_deref(),
+        Some(&b"meta"[..])
+    );
+}
+
+#[test]
+fn corrupt_snapshot_is_an_error_not_a_panic() {
+    let (_dir, store) = temp_store();
+    for bad in [
+        &b""[..],
+        b"DRS1",
+        b"DRS1\0\0\0\0\0\0\0\x05",
+        b"XXXX\0\0\0\0\0\0\0\0",
+        b"DRS1\0\0\0\0\0\0\0\x01\0\0\0\x09ab",
+    ] {
+        assert!(
+            store.restore(bad, 5, 1, b"").is_err(),
+            "{bad:?} should be refused"
+        );
+    }
+}

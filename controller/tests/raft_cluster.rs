@@ -1,0 +1,347 @@
+//! In-process raft clusters over the in-memory transport: real sled files,
+//! real `RawNode`s, partitions by cutting links in the router.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_controller::raft::node::{self, Handle, Node, NodeConfig, NodeError};
+use drover_controller::raft::storage::{SledStorage, SnapshotSource, StorageError};
+use drover_controller::raft::transport::MemRouter;
+use drover_controller::store::{Command, ObjectRef, Store, Write, WriteResult};
+use tokio_util::sync::CancellationToken;
+
+struct Snapshots(Store);
+
+impl SnapshotSource for Snapshots {
+    fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError> {
+        self.0
+            .snapshot_data()
+            .map_err(|e| StorageError::StateMachine(Box::new(e)))
+    }
+}
+
+struct Member {
+    id: u64,
+    dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+struct Running {
+    handle: Handle,
+    store: Store,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+struct TestCluster {
+    router: MemRouter,
+    members: Vec<Member>,
+    cfg: fn(u64) -> NodeConfig,
+}
+
+fn fast(id: u64) -> NodeConfig {
+    NodeConfig {
+        tick: Duration::from_millis(10),
+        write_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_millis(300),
+        ..NodeConfig::new(id)
+    }
+}
+
+fn fast_small_log(id: u64) -> NodeConfig {
+    NodeConfig {
+        snapshot_interval: 50,
+        trailing_entries: 10,
+        ..fast(id)
+    }
+}
+
+impl TestCluster {
+    async fn start(n: u64, cfg: fn(u64) -> NodeConfig) -> TestCluster {
+        let mut c = TestCluster {
+            router: MemRouter::default(),
+            members: (1..=n)
+                .map(|id| Member {
+                    id,
+                    dir: tempfile::tempdir().expect("tempdir"),
+                    running: None,
+                })
+                .collect(),
+            cfg,
+        };
+        let voters: Vec<u64> = (1..=n).collect();
+        for i in 0..c.members.len() {
+            c.boot(i, &voters).await;
+        }
+        c
+    }
+
+    async fn boot(&mut self, i: usize, voters: &[u64]) {
+        let m = &mut self.members[i];
+        let db = sled::Config::new()
+            .path(m.dir.path())
+            .cache_capacity(8 << 20)
+            .open()
+            .expect("open sled");
+        let store = Store::open(&db).expect("store");
+        let storage = SledStorage::open(&db, Arc::new(Snapshots(store.clone()))).expect("storage");
+        if !storage.is_initialized() && !voters.is_empty() {
+            let addrs: BTreeMap<u64, String> =
+                voters.iter().map(|v| (*v, format!("mem:{v}"))).collect();
+            drover_controller::server::bootstrap(&storage, &store, &addrs).expect("bootstrap");
+        }
+        let (tx, rx) = node::channel();
+        let (node, handle) = Node::new(
+            (self.cfg)(m.id),
+            storage,
+            store.clone(),
+            db,
+            self.router.transport(m.id),
+            tx,
+            rx,
+        )
+        .expect("node");
+        self.router.register(handle.clone());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(node.run(stop.clone()));
+        m.running = Some(Running {
+            handle,
+            store,
+            stop,
+            task,
+        });
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let id = self.members[i].id;
+        self.router.unregister(id);
+        if let Some(r) = self.members[i].running.take() {
+            r.stop.cancel();
+            r.task.await.expect("join").expect("node ran cleanly");
+            // The store and handle hold the sled db; drop them so it can reopen.
+            drop(r.store);
+            drop(r.handle);
+        }
+    }
+
+    fn handle(&self, i: usize) -> &Handle {
+        &self.members[i].running.as_ref().expect("running").handle
+    }
+
+    fn store(&self, i: usize) -> &Store {
+        &self.members[i].running.as_ref().expect("running").store
+    }
+
+    /// Index of the member that leads with the highest term, waiting for one.
+    async fn leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for &i in among {
+                let s = self.handle(i).status().await.expect("status");
+                if s.role == "leader" && best.is_none_or(|(t, _)| s.term > t) {
+                    best = Some((s.term, i));
+                }
+            }
+            if let Some((_, i)) = best {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no leader elected within 10s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every member in `among` applied the same index with the same state hash.
+    async fn converged(&self, among: &[usize]) -> (u64, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut seen = Vec::new();
+            for &i in among {
+                let s = self.handle(i).status().await.expect("status");
+                seen.push((s.applied_index, s.state_hash));
+            }
+            if seen.windows(2).all(|w| w[0] == w[1]) {
+                return seen.swap_remove(0);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not converge: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn apply(name: &str, replicas: u32) -> Write {
+    let d = drover_controller::fixtures::deployment(name, replicas);
+    Write::Command(Command::Apply {
+        deployments: vec![d],
+        now_unix_ms: 1,
+    })
+}
+
+async fn write_ok(h: &Handle, w: Write) -> WriteResult {
+    h.propose(w).await.expect("committed").expect("accepted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_replicate_and_every_member_reaches_the_same_state() {
+    let c = TestCluster::start(3, fast).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    for i in 0..20 {
+        write_ok(c.handle(l), apply(&format!("app-{i}"), i)).await;
+    }
+    let (applied, _) = c.converged(&[0, 1, 2]).await;
+    assert!(applied >= 22);
+    for i in 0..3 {
+        assert_eq!(c.store(i).deployments(None).expect("list").len(), 20);
+    }
+    // A follower refuses to propose and names the leader.
+    let f = (l + 1) % 3;
+    match c.handle(f).propose(apply("x", 1)).await {
+        Err(NodeError::NotLeader { leader: Some(id) }) => assert_eq!(id, c.members[l].id),
+        other => panic!("follower proposal: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_minority_cannot_commit_and_the_majority_can() {
+    let c = TestCluster::start(3, fast).await;
+    let old = c.leader(&[0, 1, 2]).await;
+    write_ok(c.handle(old), apply("before", 1)).await;
+    c.converged(&[0, 1, 2]).await;
+
+    c.router.isolate(c.members[old].id);
+    // The cut-off leader may still accept the proposal, but it must never commit.
+    let stranded = c.handle(old).propose(apply("stranded", 1)).await;
+    assert!(
+        matches!(
+            stranded,
+            Err(NodeError::Unconfirmed(_) | NodeError::NotLeader { .. } | NodeError::Dropped(_))
+        ),
+        "minority write must not commit: {stranded:?}"
+    );
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = c.leader(&rest).await;
+    write_ok(c.handle(new), apply("after", 1)).await;
+    // A linearizable read on the isolated member cannot be served.
+    assert!(c.handle(old).read_barrier().await.is_err());
+
+    c.router.heal();
+    c.converged(&[0, 1, 2]).await;
+    for i in 0..3 {
+        let names: Vec<String> = c
+            .store(i)
+            .deployments(None)
+            .expect("list")
+            .into_iter()
+            .map(|d| d.deployment.metadata.name)
+            .collect();
+        assert_eq!(names, ["after", "before"], "member {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
+    let mut c = TestCluster::start(3, fast_small_log).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let lagging = (l + 1) % 3;
+    c.stop(lagging).await;
+    for i in 0..200 {
+        write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
+    }
+    let s = c.handle(l).status().await.expect("status");
+    assert!(
+        s.snapshot_index > 100,
+        "leader should have compacted: {s:?}"
+    );
+    c.boot(lagging, &[]).await;
+    c.converged(&[0, 1, 2]).await;
+    assert_eq!(c.store(lagging).deployments(None).expect("list").len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_restart_from_their_sled_files() {
+    let mut c = TestCluster::start(3, fast).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    for i in 0..10 {
+        write_ok(c.handle(l), apply(&format!("app-{i}"), 2)).await;
+    }
+    let delete = Write::Command(Command::Delete {
+        refs: vec![ObjectRef {
+            namespace: "default".into(),
+            name: "app-3".into(),
+        }],
+        ignore_not_found: false,
+    });
+    write_ok(c.handle(l), delete).await;
+    let (_, hash) = c.converged(&[0, 1, 2]).await;
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    for i in 0..3 {
+        c.boot(i, &[]).await;
+    }
+    let l = c.leader(&[0, 1, 2]).await;
+    write_ok(c.handle(l), apply("after-restart", 1)).await;
+    let (_, new_hash) = c.converged(&[0, 1, 2]).await;
+    assert_ne!(hash, new_hash);
+    for i in 0..3 {
+        let list = c.store(i).deployments(None).expect("list");
+        assert_eq!(list.len(), 10, "9 survivors + 1 new on member {i}");
+        assert!(list.iter().all(|d| d.deployment.metadata.name != "app-3"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_add_and_remove_a_member() {
+    let mut c = TestCluster::start(3, fast).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    write_ok(c.handle(l), apply("web", 1)).await;
+    // Member 4 starts empty and learns everything from the leader's snapshot.
+    c.members.push(Member {
+        id: 4,
+        dir: tempfile::tempdir().expect("tempdir"),
+        running: None,
+    });
+    c.boot(3, &[]).await;
+    let added = c
+        .handle(l)
+        .propose(Write::AddMember {
+            id: 4,
+            address: "mem:4".into(),
+        })
+        .await;
+    assert!(
+        matches!(added, Ok(Ok(WriteResult::MembershipChanged))),
+        "{added:?}"
+    );
+    c.converged(&[0, 1, 2, 3]).await;
+    let s = c.handle(3).status().await.expect("status");
+    assert_eq!(s.voters, vec![1, 2, 3, 4]);
+    assert_eq!(c.store(3).deployments(None).expect("list").len(), 1);
+
+    let again = c
+        .handle(l)
+        .propose(Write::AddMember {
+            id: 4,
+            address: "mem:4".into(),
+        })
+        .await;
+    assert!(matches!(again, Err(NodeError::Refused(_))), "{again:?}");
+
+    let victim = (l + 1) % 3;
+    let removed = c
+        .handle(l)
+        .propose(Write::RemoveMember {
+            id: c.members[victim].id,
+        })
+        .await;
+    assert!(matches!(removed, Ok(Ok(_))), "{removed:?}");
+    let rest: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    c.converged(&rest).await;
+    let s = c.handle(l).status().await.expect("status");
+    assert_eq!(s.voters.len(), 3);
+    assert!(!s.voters.contains(&c.members[victim].id));
+}
