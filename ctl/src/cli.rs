@@ -1,0 +1,408 @@
+//! The command line as clap sees it: global flags, verbs and their flags.
+//!
+//! Global flags are `global = true` so that, as with kubectl, they may come
+//! before or after the verb (`droverctl -n web get deploy` and
+//! `droverctl get deploy -n web`). `--server` deliberately has no clap `env`
+//! binding: `DROVER_SERVER` is read in [`crate::config`], so that
+//! `config set-context NAME --server A,B` stores only what was typed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// droverctl controls a drover cluster, the way kubectl controls Kubernetes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "droverctl",
+    version = drover_proto::VERSION,
+    about = "droverctl controls a drover cluster, the way kubectl controls Kubernetes",
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every verb accepts.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Controllers to talk to, tried in order [env: DROVER_SERVER] [default: the
+    /// context's servers, else 127.0.0.1:7001]
+    #[arg(long, global = true, value_name = "HOST:PORT[,HOST:PORT...]")]
+    pub server: Option<String>,
+
+    /// The context of the config file to use [default: its current-context]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// The config file [default: ~/.config/drover/config.yaml]
+    #[arg(
+        long,
+        global = true,
+        env = "DROVERCONFIG",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// The namespace [default: the context's namespace, else "default"]
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// How long to wait for an answer before giving up (0 waits forever)
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_timeout
+    )]
+    pub request_timeout: RequestTimeout,
+}
+
+/// `--request-timeout`: `None` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimeout(pub Option<Duration>);
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update deployments from manifest files
+    Apply(ApplyArgs),
+    /// List resources
+    Get(GetArgs),
+    /// Show one or more resources in detail
+    Describe(DescribeArgs),
+    /// Delete resources by file or by name
+    Delete(DeleteArgs),
+    /// Set the number of replicas of a deployment
+    Scale(ScaleArgs),
+    /// Inspect and change the controllers' raft cluster
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Print the client and server versions
+    Version(VersionArgs),
+    /// Print a shell completion script
+    Completion(CompletionArgs),
+    /// Show and edit the config file's contexts
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Manifest file, directory of *.yaml|*.yml|*.json, or - for stdin (repeatable)
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR|-"
+    )]
+    pub filenames: Vec<String>,
+
+    /// Also read directories' subdirectories
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+
+    /// false turns unknown fields into warnings instead of errors
+    #[arg(
+        long,
+        value_name = "true|false",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = parse_validate
+    )]
+    pub validate: bool,
+
+    /// Apply the Deployments of files that also hold other kinds, with a warning per skipped document
+    #[arg(long)]
+    pub skip_unsupported_kinds: bool,
+
+    /// client: only check locally; server: have a controller check, store nothing
+    #[arg(
+        long,
+        value_enum,
+        value_name = "none|client|server",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "none",
+        default_missing_value = "client"
+    )]
+    pub dry_run: DryRun,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// TYPE [NAME...] or TYPE/NAME... (types: deployments, deployment, deploy)
+    #[arg(value_name = "TYPE[/NAME]")]
+    pub resources: Vec<String>,
+
+    /// Output format
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+
+    /// List across all namespaces
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// Answer from the contacted controller's local state, without a quorum round
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// TYPE [NAME...] or TYPE/NAME...; no NAME describes every one in the namespace
+    #[arg(value_name = "TYPE[/NAME]")]
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// TYPE NAME... or TYPE/NAME...
+    #[arg(value_name = "TYPE[/NAME]", conflicts_with = "filenames")]
+    pub resources: Vec<String>,
+
+    /// Delete what these manifests describe (file, directory or - for stdin; repeatable)
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub filenames: Vec<String>,
+
+    /// Also read directories' subdirectories
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+
+    /// Succeed for names that do not exist
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// TYPE NAME... or TYPE/NAME...
+    #[arg(value_name = "TYPE[/NAME]")]
+    pub resources: Vec<String>,
+
+    /// The new number of replicas
+    #[arg(long, value_name = "N")]
+    pub replicas: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every controller's raft role, term, indexes and health
+    Status(ClusterStatusArgs),
+    /// The raft membership
+    Members,
+    /// Add a controller to the raft membership
+    Add(ClusterAddArgs),
+    /// Remove a controller from the raft membership
+    Remove(ClusterRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
+    /// Output format
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<StatusFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterAddArgs {
+    /// The new controller's raft id
+    #[arg(long)]
+    pub id: u64,
+    /// The new controller's gRPC address
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterRemoveArgs {
+    /// The raft id of the controller to remove
+    pub id: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print only the client version, without asking a controller
+    #[arg(long)]
+    pub client: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to generate a completion script for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the config file
+    View,
+    /// Make NAME the current context
+    UseContext(ContextName),
+    /// Create or change a context; takes the global --server and --namespace
+    SetContext(ContextName),
+    /// List the contexts
+    GetContexts,
+    /// Print the current context's name
+    CurrentContext,
+}
+
+#[derive(Debug, Args)]
+pub struct ContextName {
+    /// The context's name
+    pub name: String,
+}
+
+/// `--validate`: `true`/`strict` refuse unknown fields; `false`/`warn`/`ignore` warn.
+fn parse_validate(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "strict" => Ok(true),
+        "false" | "warn" | "ignore" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<RequestTimeout, String> {
+    let d = parse_duration(s)?;
+    Ok(RequestTimeout((!d.is_zero()).then_some(d)))
+}
+
+/// kubectl-style durations: `10s`, `500ms`, `1m30s`, `2h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let invalid = || format!("invalid duration {s:?} (expected e.g. 10s, 500ms, 1m30s)");
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(invalid)?;
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(invalid()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(value * unit).map_err(|_| invalid())?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_like_kubectl() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "abc", "-1s", "1e999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(parse_timeout("0"), Ok(RequestTimeout(None)));
+    }
+
+    #[test]
+    fn global_flags_may_follow_the_verb() {
+        let cli = Cli::try_parse_from([
+            "droverctl",
+            "get",
+            "deploy",
+            "-n",
+            "prod",
+            "--server",
+            "a:1",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.namespace.as_deref(), Some("prod"));
+        assert_eq!(cli.global.server.as_deref(), Some("a:1"));
+    }
+
+    #[test]
+    fn apply_flags_take_kubectl_forms() {
+        let cli = Cli::try_parse_from([
+            "droverctl",
+            "apply",
+            "-f",
+            "a.yaml",
+            "-f",
+            "-",
+            "--validate=false",
+            "--dry-run=server",
+        ])
+        .expect("parses");
+        let Command::Apply(a) = cli.command else {
+            panic!("not apply")
+        };
+        assert_eq!(a.filenames, ["a.yaml", "-"]);
+        assert!(!a.validate);
+        assert_eq!(a.dry_run, DryRun::Server);
+
+        let cli = Cli::try_parse_from(["droverctl", "apply", "-f", "a.yaml", "--dry-run"])
+            .expect("parses");
+        let Command::Apply(a) = cli.command else {
+            panic!("not apply")
+        };
+        assert!(a.validate);
+        assert_eq!(a.dry_run, DryRun::Client);
+
+        assert!(Cli::try_parse_from(["droverctl", "apply"]).is_err());
+        assert!(
+            Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--validate=maybe"]).is_err()
+        );
+    }
+}

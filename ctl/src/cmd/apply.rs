@@ -1,0 +1,178 @@
+//! `droverctl apply -f FILE|DIR|- [-R] [--validate] [--skip-unsupported-kinds] [--dry-run]`
+//!
+//! ```text
+//!  -f inputs ──files::collect──▶ (name, text)… ──parse_files──▶ errors? print, exit 1,
+//!                                                   │           nothing sent
+//!                                                   ▼
+//!                     --dry-run=client: print "created (dry run)" and stop
+//!                                                   ▼
+//!                      ApplyRequest{files,…} ──▶ controller ──▶ one line per result
+//! ```
+//!
+//! The files are sent as read, not as parsed: the controller parses them again
+//! with the same code, so its document indexes and field paths match ours.
+
+use anyhow::bail;
+use drover_proto::manifest::{self, ParseOptions};
+use drover_proto::pb;
+use prost::Message as _;
+
+use super::{print, Env};
+use crate::cli::{ApplyArgs, DryRun};
+use crate::files::{self, human_bytes, human_bytes_ceil};
+use crate::resource::ResourceKind;
+
+pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
+    let inputs = files::collect(
+        &args.filenames,
+        args.recursive,
+        &mut std::io::stdin().lock(),
+        drover_proto::MAX_REQUEST_BYTES,
+    )?;
+    let opts = ParseOptions {
+        lenient: !args.validate,
+        skip_unsupported_kinds: args.skip_unsupported_kinds,
+        ..ParseOptions::default()
+    };
+    let parsed = manifest::parse_files(&inputs, &opts)?;
+    if parsed.deployments.is_empty() {
+        warn_all(&parsed.warnings);
+        bail!("no objects passed to apply");
+    }
+    if let Some(ns) = env.global.namespace.as_deref() {
+        check_namespace(ns, &parsed.deployments)?;
+    }
+
+    if args.dry_run == DryRun::Client {
+        warn_all(&parsed.warnings);
+        let lines: String = parsed
+            .deployments
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} created (dry run)\n",
+                    ResourceKind::Deployment.slash_name(&d.metadata.name)
+                )
+            })
+            .collect();
+        return print(&lines);
+    }
+
+    let request = pb::ApplyRequest {
+        files: inputs
+            .into_iter()
+            .map(|(name, content)| pb::ManifestFile { name, content })
+            .collect(),
+        dry_run: args.dry_run == DryRun::Server,
+        lenient: opts.lenient,
+        skip_unsupported_kinds: opts.skip_unsupported_kinds,
+    };
+    let size = request.encoded_len();
+    if size > drover_proto::MAX_REQUEST_BYTES {
+        bail!(
+            "the apply request is {}; one apply accepts at most {}",
+            human_bytes_ceil(size as u64),
+            human_bytes(drover_proto::MAX_REQUEST_BYTES as u64)
+        );
+    }
+    let (mut client, _) = env.client()?;
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.apply(request).await }
+        })
+        .await?;
+    warn_all(&response.warnings);
+    print(&result_lines(&response.results, args.dry_run))
+}
+
+/// `deployment.apps/web created`, one per result, marked for dry runs.
+pub fn result_lines(results: &[pb::ApplyResult], dry_run: DryRun) -> String {
+    let suffix = match dry_run {
+        DryRun::None => "",
+        DryRun::Client => " (dry run)",
+        DryRun::Server => " (server dry run)",
+    };
+    results
+        .iter()
+        .map(|r| {
+            let outcome = match pb::ApplyOutcome::try_from(r.outcome) {
+                Ok(pb::ApplyOutcome::Created) => "created",
+                Ok(pb::ApplyOutcome::Configured) => "configured",
+                Ok(pb::ApplyOutcome::Unchanged) => "unchanged",
+                _ => "applied",
+            };
+            format!(
+                "{} {outcome}{suffix}\n",
+                ResourceKind::Deployment.slash_name(&r.name)
+            )
+        })
+        .collect()
+}
+
+/// Apply stores each deployment in the namespace its manifest names (the
+/// controller parses the files itself); an explicit `-n` that disagrees would
+/// silently be ignored, so it is refused instead, as kubectl does.
+fn check_namespace(flag: &str, deployments: &[manifest::Deployment]) -> anyhow::Result<()> {
+    for d in deployments {
+        if d.metadata.namespace != flag {
+            bail!(
+                "the namespace from the provided object {:?} does not match the namespace {flag:?}; \
+                 set metadata.namespace in the manifest of deployment {:?}",
+                d.metadata.namespace,
+                d.metadata.name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        crate::print_warning(w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::fixtures::model;
+
+    fn result(name: &str, outcome: pb::ApplyOutcome) -> pb::ApplyResult {
+        pb::ApplyResult {
+            namespace: "default".into(),
+            name: name.into(),
+            outcome: outcome as i32,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn one_line_per_result() {
+        let results = [
+            result("web", pb::ApplyOutcome::Created),
+            result("api", pb::ApplyOutcome::Configured),
+            result("db", pb::ApplyOutcome::Unchanged),
+        ];
+        assert_eq!(
+            result_lines(&results, DryRun::None),
+            "deployment.apps/web created\n\
+             deployment.apps/api configured\n\
+             deployment.apps/db unchanged\n"
+        );
+        assert_eq!(
+            result_lines(&results[..1], DryRun::Server),
+            "deployment.apps/web created (server dry run)\n"
+        );
+    }
+
+    #[test]
+    fn an_explicit_namespace_must_match_the_manifests() {
+        let web = model("web", 1);
+        assert!(check_namespace("default", std::slice::from_ref(&web)).is_ok());
+        let e = check_namespace("prod", &[web]).unwrap_err();
+        assert!(e.to_string().starts_with(
+            "the namespace from the provided object \"default\" does not match the namespace \"prod\""
+        ));
+    }
+}

@@ -1,0 +1,83 @@
+//! One file per verb. Each takes its parsed arguments and the [`Env`] (global
+//! flags, and through them the config file and a [`Client`]), prints results to
+//! stdout and returns an error for `error: ...` on stderr.
+
+pub mod apply;
+pub mod cluster;
+pub mod completion;
+pub mod config;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod scale;
+pub mod version;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::client::Client;
+use crate::config::{self as cfg, ConfigFile, Overrides, Settings};
+
+/// What every verb may need: the global flags and what they resolve to.
+pub struct Env {
+    pub global: GlobalArgs,
+}
+
+impl Env {
+    pub fn config_path(&self) -> anyhow::Result<PathBuf> {
+        cfg::config_path(self.global.config.as_deref())
+    }
+
+    pub fn load_config(&self) -> anyhow::Result<(PathBuf, ConfigFile)> {
+        let path = self.config_path()?;
+        let file = ConfigFile::load(&path)?;
+        Ok((path, file))
+    }
+
+    /// Servers and namespace from flags, `DROVER_SERVER` and the config file.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let (_, file) = self.load_config()?;
+        let env_server = std::env::var("DROVER_SERVER").ok();
+        cfg::resolve(
+            &Overrides {
+                server_flag: self.global.server.as_deref(),
+                server_env: env_server.as_deref(),
+                context_flag: self.global.context.as_deref(),
+                namespace_flag: self.global.namespace.as_deref(),
+            },
+            &file,
+        )
+    }
+
+    /// A client for the resolved servers, and the settings it came from.
+    pub fn client(&self) -> anyhow::Result<(Client, Settings)> {
+        let settings = self.settings()?;
+        let client = Client::new(settings.servers.clone(), self.global.request_timeout.0);
+        Ok((client, settings))
+    }
+}
+
+/// Run the verb the command line names.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let env = Env { global: cli.global };
+    match cli.command {
+        Command::Apply(args) => apply::run(&env, args).await,
+        Command::Get(args) => get::run(&env, args).await,
+        Command::Describe(args) => describe::run(&env, args).await,
+        Command::Delete(args) => delete::run(&env, args).await,
+        Command::Scale(args) => scale::run(&env, args).await,
+        Command::Cluster(cmd) => cluster::run(&env, cmd).await,
+        Command::Version(args) => version::run(&env, args).await,
+        Command::Completion(args) => completion::run(args),
+        Command::Config(cmd) => config::run(&env, cmd),
+    }
+}
+
+/// Write to stdout; a closed pipe surfaces as an error that `main` treats as success.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! `droverctl`: everything lives in the library; this only hands over the exit code.
+
+fn main() -> std::process::ExitCode {
+    drover_ctl::main()
+}

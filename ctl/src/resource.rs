@@ -1,0 +1,240 @@
+//! Resource types as typed on the command line: `deployments`, `deploy web`,
+//! `deployment/web api`... and the kubectl-style names printed back
+//! (`deployment.apps/web`, `deployment.apps "web"`).
+
+/// The resource types droverctl can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Deployment,
+}
+
+/// Types drover will have but droverctl cannot handle yet.
+const COMING: [(&str, &[&str]); 3] = [
+    ("replicas", &["replica", "po", "pod", "pods"]),
+    ("nodes", &["node", "no"]),
+    ("events", &["event", "ev"]),
+];
+
+impl ResourceKind {
+    pub const ALL: [ResourceKind; 1] = [ResourceKind::Deployment];
+
+    /// `deployments`, `Deployment`, `deploy`, `deployments.apps`, ...
+    pub fn parse(word: &str) -> Result<ResourceKind, ResourceError> {
+        let lower = word.to_ascii_lowercase();
+        let bare = lower.strip_suffix(".apps").unwrap_or(&lower);
+        for kind in Self::ALL {
+            if kind.plural() == bare || kind.aliases().contains(&bare) {
+                return Ok(kind);
+            }
+        }
+        let coming = COMING
+            .iter()
+            .any(|(plural, aliases)| *plural == bare || aliases.contains(&bare));
+        if coming {
+            Err(ResourceError::NotYet(word.to_string()))
+        } else if word.is_empty() {
+            Err(ResourceError::Missing)
+        } else {
+            Err(ResourceError::Unknown(word.to_string()))
+        }
+    }
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceKind::Deployment => "deployments",
+        }
+    }
+
+    pub fn singular(self) -> &'static str {
+        match self {
+            ResourceKind::Deployment => "deployment",
+        }
+    }
+
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            ResourceKind::Deployment => &["deployment", "deploy"],
+        }
+    }
+
+    /// `deployment.apps`, kubectl's qualified name for printing.
+    pub fn qualified(self) -> &'static str {
+        match self {
+            ResourceKind::Deployment => "deployment.apps",
+        }
+    }
+
+    /// `deployment.apps/web`
+    pub fn slash_name(self, name: &str) -> String {
+        format!("{}/{name}", self.qualified())
+    }
+
+    /// `deployment.apps "web"`
+    pub fn quoted_name(self, name: &str) -> String {
+        format!("{} \"{name}\"", self.qualified())
+    }
+}
+
+/// `deployments (aliases: deployment, deploy)` for every supported type.
+pub fn supported_types() -> String {
+    ResourceKind::ALL
+        .iter()
+        .map(|k| format!("{} (aliases: {})", k.plural(), k.aliases().join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceError {
+    #[error(
+        "you must specify the type of resource; supported types: {}",
+        supported_types()
+    )]
+    Missing,
+    #[error("unknown resource type {0:?}; supported types: {types}", types = supported_types())]
+    Unknown(String),
+    #[error("droverctl does not handle {0:?} yet; supported types: {types}", types = supported_types())]
+    NotYet(String),
+    #[error("a resource name may not be empty (in {0:?})")]
+    EmptyName(String),
+    #[error("there is no need to give a resource type as a separate argument when passing arguments in TYPE/NAME form (e.g. droverctl get deployment/web)")]
+    MixedForms,
+}
+
+/// The arguments of `get`/`describe`/`delete`/`scale`: one type and the names given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub kind: ResourceKind,
+    /// Empty means "all of this type".
+    pub names: Vec<String>,
+}
+
+impl Selection {
+    /// `TYPE [NAME...]` or `TYPE/NAME...`.
+    pub fn parse(args: &[String]) -> Result<Selection, ResourceError> {
+        let Some(first) = args.first() else {
+            return Err(ResourceError::Missing);
+        };
+        if !first.contains('/') {
+            let kind = ResourceKind::parse(first)?;
+            let names = &args[1..];
+            if names.iter().any(|n| n.contains('/')) {
+                return Err(ResourceError::MixedForms);
+            }
+            if names.iter().any(|n| n.is_empty()) {
+                return Err(ResourceError::EmptyName(String::new()));
+            }
+            return Ok(Selection {
+                kind,
+                names: names.to_vec(),
+            });
+        }
+        let mut kind = None;
+        let mut names = Vec::new();
+        for arg in args {
+            let Some((ty, name)) = arg.split_once('/') else {
+                return Err(ResourceError::MixedForms);
+            };
+            if name.is_empty() || name.contains('/') {
+                return Err(ResourceError::EmptyName(arg.clone()));
+            }
+            // Only one kind exists today; several would be listed in turn.
+            kind = Some(ResourceKind::parse(ty)?);
+            names.push(name.to_string());
+        }
+        let kind = kind.ok_or(ResourceError::Missing)?;
+        Ok(Selection { kind, names })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_kubectl_spelling_of_deployments_is_accepted() {
+        for word in [
+            "deployments",
+            "deployment",
+            "deploy",
+            "Deployment",
+            "deployments.apps",
+            "deploy.apps",
+        ] {
+            assert_eq!(
+                ResourceKind::parse(word),
+                Ok(ResourceKind::Deployment),
+                "{word}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_types_say_what_is_supported() {
+        let e = ResourceKind::parse("nodes").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "droverctl does not handle \"nodes\" yet; supported types: deployments (aliases: deployment, deploy)"
+        );
+        let e = ResourceKind::parse("services").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown resource type \"services\"; supported types: deployments (aliases: deployment, deploy)"
+        );
+    }
+
+    #[test]
+    fn type_then_names_or_type_slash_name() {
+        assert_eq!(
+            Selection::parse(&args(&["deploy"])).unwrap(),
+            Selection {
+                kind: ResourceKind::Deployment,
+                names: vec![]
+            }
+        );
+        assert_eq!(
+            Selection::parse(&args(&["deployment", "web", "api"]))
+                .unwrap()
+                .names,
+            ["web", "api"]
+        );
+        assert_eq!(
+            Selection::parse(&args(&["deployment/web", "deploy/api"]))
+                .unwrap()
+                .names,
+            ["web", "api"]
+        );
+    }
+
+    #[test]
+    fn malformed_selections_are_refused() {
+        assert_eq!(Selection::parse(&[]), Err(ResourceError::Missing));
+        assert_eq!(
+            Selection::parse(&args(&["deployment/web", "api"])),
+            Err(ResourceError::MixedForms)
+        );
+        assert_eq!(
+            Selection::parse(&args(&["deployment", "deploy/web"])),
+            Err(ResourceError::MixedForms)
+        );
+        assert!(matches!(
+            Selection::parse(&args(&["deployment/"])),
+            Err(ResourceError::EmptyName(_))
+        ));
+        assert!(matches!(
+            Selection::parse(&args(&["pods/web"])),
+            Err(ResourceError::NotYet(_))
+        ));
+    }
+
+    #[test]
+    fn names_print_like_kubectl() {
+        let k = ResourceKind::Deployment;
+        assert_eq!(k.slash_name("web"), "deployment.apps/web");
+        assert_eq!(k.quoted_name("web"), "deployment.apps \"web\"");
+    }
+}
