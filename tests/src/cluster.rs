@@ -1,0 +1,458 @@
+//! Controller processes and the clients that talk to them.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use drover_proto::pb;
+use drover_proto::pb::control_client::ControlClient;
+use tonic::transport::Channel;
+
+/// Path of a drover binary built in the same cargo profile as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("DROVER_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace, or cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on `ip` (bound and released: another process could take it
+/// in between, which a start-up failure would show plainly).
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding a port on {ip}"))?;
+    Ok(l.local_addr()?.port())
+}
+
+pub struct Controller {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Controller {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Extra flags every controller of a cluster starts with.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub extra_args: Vec<String>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub controllers: Vec<Controller>,
+    options: Options,
+    peers: String,
+}
+
+impl Cluster {
+    /// Start `n` controllers on 127.0.0.1..n and wait until they elected a leader.
+    pub async fn start(n: u64) -> anyhow::Result<Cluster> {
+        Cluster::start_with(n, Options::default()).await
+    }
+
+    pub async fn start_with(n: u64, options: Options) -> anyhow::Result<Cluster> {
+        let mut dir = tempfile::Builder::new().prefix("drover-test-").tempdir()?;
+        // DROVER_KEEP_TEST_DIR=1 keeps data dirs and logs for a post-mortem.
+        if std::env::var_os("DROVER_KEEP_TEST_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping test dir {}", dir.path().display());
+        }
+        let mut controllers = Vec::new();
+        for id in 1..=n {
+            let ip = format!("127.0.0.{id}");
+            let port = free_port(&ip)?;
+            controllers.push(Controller {
+                id,
+                address: format!("{ip}:{port}"),
+                data_dir: dir.path().join(format!("controller-{id}")),
+                log: dir.path().join(format!("controller-{id}.log")),
+                child: None,
+            });
+        }
+        let peers = controllers
+            .iter()
+            .map(|c| format!("{}={}", c.id, c.address))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir,
+            controllers,
+            options,
+            peers,
+        };
+        for i in 0..cluster.controllers.len() {
+            cluster.spawn(i, &[])?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize, extra: &[String]) -> anyhow::Result<()> {
+        let c = &mut self.controllers[i];
+        let log = File::options().create(true).append(true).open(&c.log)?;
+        let mut cmd = Command::new(bin("drover-controller"));
+        cmd.arg("--id")
+            .arg(c.id.to_string())
+            .arg("--listen")
+            .arg(&c.address)
+            .arg("--data-dir")
+            .arg(&c.data_dir)
+            .args(&self.options.extra_args)
+            .args(extra)
+            .env("DROVER_LOG", "info,raft=info,sled=warn,h2=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if !extra.iter().any(|a| a == "--join") {
+            cmd.arg("--peers").arg(&self.peers);
+        }
+        c.child = Some(cmd.spawn().context("starting drover-controller")?);
+        Ok(())
+    }
+
+    /// Start a brand-new controller that joins the cluster (after `cluster add`).
+    pub fn spawn_joiner(&mut self, id: u64) -> anyhow::Result<usize> {
+        let ip = format!("127.0.0.{id}");
+        let port = free_port(&ip)?;
+        self.controllers.push(Controller {
+            id,
+            address: format!("{ip}:{port}"),
+            data_dir: self.dir.path().join(format!("controller-{id}")),
+            log: self.dir.path().join(format!("controller-{id}.log")),
+            child: None,
+        });
+        let i = self.controllers.len() - 1;
+        self.spawn(i, &["--join".to_string()])?;
+        Ok(i)
+    }
+
+    /// The address a joiner would get, before it starts: reserve it.
+    pub fn addresses(&self) -> Vec<String> {
+        self.controllers.iter().map(|c| c.address.clone()).collect()
+    }
+
+    /// `--server` value naming every controller.
+    pub fn servers(&self) -> String {
+        self.addresses().join(",")
+    }
+
+    /// SIGKILL controller `i`: no shutdown, no flush.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.controllers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM controller `i` and wait for it to exit.
+    pub fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.controllers[i].child.take() {
+            // SAFETY: kill(2) on a pid we own; no memory is touched.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!(
+                        "controller {} ignored SIGTERM for 10s",
+                        self.controllers[i].id
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Start controller `i` again from its data dir.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let joined = self.controllers[i].id > self.peers.split(',').count() as u64;
+        let extra = if joined {
+            vec!["--join".to_string()]
+        } else {
+            vec![]
+        };
+        self.spawn(i, &extra)
+    }
+
+    pub async fn client(&self, i: usize) -> anyhow::Result<ControlClient<Channel>> {
+        connect(&self.controllers[i].address).await
+    }
+
+    /// Status as controller `i` sees itself (through `cluster status`).
+    pub async fn member_status(&self, i: usize) -> anyhow::Result<pb::MemberStatus> {
+        let mut c = self.client(i).await?;
+        let s = tokio::time::timeout(
+            Duration::from_secs(3),
+            c.cluster_status(pb::ClusterStatusRequest {}),
+        )
+        .await
+        .map_err(|_| anyhow!("controller {} did not answer status in 3s", i + 1))??
+        .into_inner();
+        s.members
+            .into_iter()
+            .find(|m| m.id == self.controllers[i].id)
+            .ok_or_else(|| anyhow!("controller {} did not report itself", i + 1))
+    }
+
+    /// Wait until one running controller is leader and the others agree; returns its index.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            let mut views = Vec::new();
+            for (i, c) in self.controllers.iter().enumerate() {
+                if !c.is_running() {
+                    continue;
+                }
+                match self.member_status(i).await {
+                    Ok(s) => views.push((i, s)),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            if let Some((i, leader)) = views.iter().find(|(_, s)| s.role == "leader") {
+                let agreed = views
+                    .iter()
+                    .all(|(_, s)| s.leader_id == leader.id && s.term == leader.term);
+                if agreed {
+                    return Ok(*i);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {timeout:?} (last error: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Wait until every running controller applied the same index with the same state hash.
+    pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<(u64, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for (i, c) in self.controllers.iter().enumerate() {
+                if c.is_running() {
+                    seen.push(
+                        self.member_status(i)
+                            .await
+                            .map(|s| (s.applied_index, s.state_hash))
+                            .ok(),
+                    );
+                }
+            }
+            if let Some(Some(first)) = seen.first() {
+                if seen.iter().all(|s| s.as_ref() == Some(first)) {
+                    return Ok(first.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("controllers did not converge within {timeout:?}: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// droverctl against every controller of this cluster.
+    pub fn ctl(&self) -> Ctl {
+        Ctl {
+            server: self.servers(),
+            home: self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// droverctl against one controller only.
+    pub fn ctl_at(&self, i: usize) -> Ctl {
+        Ctl {
+            server: self.controllers[i].address.clone(),
+            home: self.dir.path().to_path_buf(),
+        }
+    }
+
+    fn dump_logs(&self) {
+        for c in &self.controllers {
+            let mut text = String::new();
+            if let Ok(mut f) = File::open(&c.log) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = f.seek(SeekFrom::Start(len.saturating_sub(6000)));
+                let _ = f.read_to_string(&mut text);
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "----- controller {} log (tail) -----\n{text}",
+                c.id
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for i in 0..self.controllers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub async fn connect(address: &str) -> anyhow::Result<ControlClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    Ok(ControlClient::new(channel))
+}
+
+/// Runs `droverctl` as a user would, with its own empty config home.
+pub struct Ctl {
+    pub server: String,
+    home: PathBuf,
+}
+
+impl Ctl {
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(bin("droverctl"));
+        cmd.arg("--server")
+            .arg(&self.server)
+            .args(args)
+            .env("HOME", &self.home)
+            .env("DROVERCONFIG", self.home.join("droverctl-config.yaml"))
+            .env_remove("DROVER_SERVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().expect("droverctl starts");
+        if let (Some(data), Some(mut input)) = (stdin, child.stdin.take()) {
+            let _ = input.write_all(data);
+        }
+        child.wait_with_output().expect("droverctl runs")
+    }
+}
+
+/// stdout of a successful droverctl run; panics with its stderr otherwise.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "droverctl failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr of a failed droverctl run; panics if it succeeded.
+pub fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "droverctl should have failed:\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A Deployment manifest with one busybox container.
+pub fn manifest(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels:
+    app: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+      - name: main
+        image: drover/busybox:1
+        command: ["sh", "-c", "while true; do echo hi; sleep 1; done"]
+        resources:
+          requests:
+            cpu: 100m
+            memory: 16Mi
+"#
+    )
+}
+
+/// Apply one manifest through the gRPC API, as droverctl would.
+pub async fn apply(
+    client: &mut ControlClient<Channel>,
+    name: &str,
+    replicas: u32,
+) -> Result<pb::ApplyResponse, tonic::Status> {
+    client
+        .apply(pb::ApplyRequest {
+            files: vec![pb::ManifestFile {
+                name: format!("{name}.yaml"),
+                content: manifest(name, replicas),
+            }],
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Deployment names as one controller sees them.
+pub async fn names(
+    client: &mut ControlClient<Channel>,
+    stale: bool,
+) -> anyhow::Result<Vec<String>> {
+    let list = client
+        .list_deployments(pb::ListDeploymentsRequest {
+            namespace: String::new(),
+            read: Some(pb::ReadOptions { stale }),
+        })
+        .await?
+        .into_inner();
+    Ok(list.deployments.into_iter().map(|d| d.name).collect())
+}
