@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=drover/v1");
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["drover/v1/control.proto", "drover/v1/raft.proto"],
+        &[
+            "drover/v1/control.proto",
+            "drover/v1/raft.proto",
+            "drover/v1/agent.proto",
+        ],
         &["."],
     )?;
     Ok(())
