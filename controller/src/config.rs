@@ -67,7 +67,7 @@ pub struct ControllerConfig {
     pub leader_wait_ms: u64,
 
     /// How long a write waits to be committed and applied.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 8_000)]
     pub write_timeout_ms: u64,
 
     /// Largest spec.replicas accepted.

@@ -82,6 +82,7 @@ impl Cluster {
                     Forwarded::Unknown(_) => {}
                 },
                 Err(NodeError::NotLeader { leader: None }) | Err(NodeError::Dropped(_)) => {}
+                Err(NodeError::Unconfirmed(_)) if idempotent => {}
                 Err(e) => return Err(node_error(e)),
             }
             let now = Instant::now();
@@ -121,6 +122,8 @@ impl Cluster {
             }
             // The leader says it is not (or no longer) leader, or dropped it.
             Err(s) if s.code() == Code::Aborted => Forwarded::Retry,
+            // The leader took it but could not confirm it.
+            Err(s) if s.code() == Code::DeadlineExceeded => Forwarded::Unknown(s),
             Err(s) if s.code() == Code::Unavailable => {
                 debug!(leader, address = %address, error = %s.message(), "forwarding to the leader failed");
                 Forwarded::Unknown(Status::unavailable(format!(

@@ -66,7 +66,7 @@ impl NodeConfig {
             heartbeat_ticks: 2,
             snapshot_interval: 10_000,
             trailing_entries: 1_000,
-            write_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(8),
             read_timeout: Duration::from_secs(1),
         }
     }
@@ -95,8 +95,11 @@ pub enum NodeError {
     /// The write certainly did not commit; retrying is safe.
     #[error("the write was dropped before it committed ({0}); retry")]
     Dropped(String),
-    /// The write may or may not have committed.
-    #[error("the write was not confirmed within {0:?}; it may still be applied")]
+    /// The write may or may not have committed (timed out, or the leader that
+    /// took it lost its leadership; zero duration for the latter).
+    #[error(
+        "the write was not confirmed (leadership changed or {0:?} passed); it may still be applied"
+    )]
     Unconfirmed(Duration),
     #[error("no leader answered the read in time")]
     ReadTimeout,
@@ -271,8 +274,9 @@ pub struct Node {
     writes: HashMap<u64, PendingWrite>,
     /// ReadIndex requests waiting for the leader's answer, by request context.
     reads: HashMap<Vec<u8>, PendingRead>,
-    /// Reads whose index is known, waiting for apply to catch up.
-    ready_reads: Vec<(u64, oneshot::Sender<Result<(), NodeError>>)>,
+    /// Reads whose index is known, waiting for apply to catch up (which may
+    /// never happen if the leader that answered died), by index.
+    ready_reads: Vec<(u64, PendingRead)>,
 }
 
 /// Channel capacity of the node inbox.
@@ -532,6 +536,14 @@ impl Node {
                 let _ = r.reply.send(Err(NodeError::ReadTimeout));
             }
         }
+        let (late, waiting): (Vec<_>, Vec<_>) = self
+            .ready_reads
+            .drain(..)
+            .partition(|(_, r)| r.deadline <= now);
+        self.ready_reads = waiting;
+        for (_, r) in late {
+            let _ = r.reply.send(Err(NodeError::ReadTimeout));
+        }
     }
 
     async fn on_ready(&mut self) -> anyhow::Result<()> {
@@ -582,6 +594,13 @@ impl Node {
             term: self.raw.raft.term,
             is_leader: role == StateRole::Leader,
         };
+        if !view.is_leader && !self.writes.is_empty() {
+            // A deposed leader cannot tell whether its uncommitted entries will
+            // be kept by the next leader: say so now rather than at the timeout.
+            for (_, p) in self.writes.drain() {
+                let _ = p.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
+            }
+        }
         info!(
             leader = leader_id,
             term = view.term,
@@ -735,18 +754,18 @@ impl Node {
 
     fn read_state(&mut self, rs: ReadState) {
         if let Some(r) = self.reads.remove(&rs.request_ctx) {
-            self.ready_reads.push((rs.index, r.reply));
+            self.ready_reads.push((rs.index, r));
         }
     }
 
     fn serve_ready_reads(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
         let mut waiting = Vec::new();
-        for (index, reply) in self.ready_reads.drain(..) {
+        for (index, read) in self.ready_reads.drain(..) {
             if index <= applied {
-                let _ = reply.send(Ok(()));
+                let _ = read.reply.send(Ok(()));
             } else {
-                waiting.push((index, reply));
+                waiting.push((index, read));
             }
         }
         self.ready_reads = waiting;
