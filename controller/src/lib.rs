@@ -17,6 +17,8 @@
 pub mod api;
 pub mod config;
 pub mod fixtures;
+pub mod orchestrator;
 pub mod raft;
+pub mod scheduler;
 pub mod server;
 pub mod store;

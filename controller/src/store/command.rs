@@ -4,12 +4,23 @@
 //! A [`Write`] is what a client asks for; the raft node turns membership writes
 //! into raft configuration changes and everything else into a [`Command`]
 //! entry. Applying a command is a pure function of the current state and the
-//! command: refusals (`WriteError`) are decided the same way on every member.
+//! command: refusals (`WriteError`) are decided the same way on every member,
+//! and a refused command writes nothing.
+//!
+//! Commands run against a [`View`]: the store plus the command's own pending
+//! writes, so a command reads what it wrote earlier (two replicas created in
+//! one entry see each other) and lands as one atomic sled batch.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use drover_proto::manifest::Deployment;
 
+use super::objects::{
+    node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaRecord, Resources,
+    REPLICA_PREFIX,
+};
 use super::{deploy_key, from_json, to_json, Store, StoreError, StoredDeployment};
 
 /// A namespaced object name.
@@ -23,6 +34,18 @@ impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
+}
+
+/// What an agent says about itself when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub address: String,
+    pub runtime: String,
+    pub agent_version: String,
+    pub incarnation: String,
 }
 
 /// A state-machine command, as stored in a raft entry.
@@ -42,6 +65,30 @@ pub enum Command {
     Scale {
         target: ObjectRef,
         replicas: u32,
+        now_unix_ms: i64,
+    },
+    /// An agent (re)connected: create or refresh its node, mark it Ready.
+    RegisterNode {
+        node: NodeRegistration,
+        now_unix_ms: i64,
+    },
+    /// The orchestrator's decisions: replicas to create and to remove.
+    /// Creating a replica whose deployment slot is taken, or removing one that
+    /// is gone, is skipped, so a decision made on slightly old state is harmless.
+    Reconcile {
+        create: Vec<ReplicaRecord>,
+        remove: Vec<ObjectRef>,
+    },
+    /// The scheduler's decisions for unbound replicas.
+    Schedule {
+        place: Vec<(ObjectRef, String)>,
+        unschedulable: Vec<(ObjectRef, String)>,
+    },
+    /// Statuses agents reported, batched: `(node, replica, status)`. A status
+    /// counts only for a replica bound to that node: an agent speaks for its
+    /// own node only.
+    ReportStatus {
+        reports: Vec<(String, ObjectRef, ReplicaObserved)>,
         now_unix_ms: i64,
     },
 }
@@ -72,6 +119,8 @@ pub enum WriteResult {
         generation: u64,
     },
     MembershipChanged,
+    /// Cluster-internal commands: how many objects changed.
+    Changed(usize),
 }
 
 /// A write the state machine refused; nothing was changed.
@@ -81,103 +130,304 @@ pub enum WriteError {
     NotFound { namespace: String, name: String },
 }
 
+/// The store as one command sees it: committed state plus its own writes.
+pub(super) struct View<'a> {
+    store: &'a Store,
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl<'a> View<'a> {
+    pub(super) fn new(store: &'a Store) -> View<'a> {
+        View {
+            store,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.writes.get(key) {
+            Some(Some(v)) => from_json(key, v).map(Some),
+            Some(None) => Ok(None),
+            None => match self.store.get_raw(key)? {
+                Some(v) => from_json(key, &v).map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<(), StoreError> {
+        self.writes.insert(key, Some(to_json(value)?));
+        Ok(())
+    }
+
+    fn remove(&mut self, key: String) {
+        self.writes.insert(key, None);
+    }
+
+    /// Committed keys under `prefix` (this command's own writes are not listed).
+    fn committed_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.store
+            .tree
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    pub(super) fn into_batch(self, batch: &mut sled::Batch) {
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k.as_bytes(), v),
+                None => batch.remove(k.as_bytes()),
+            }
+        }
+    }
+}
+
 pub(super) fn execute(
-    store: &Store,
+    view: &mut View<'_>,
     command: &Command,
-    batch: &mut sled::Batch,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     match command {
         Command::Apply {
             deployments,
             now_unix_ms,
-        } => {
-            let mut results = Vec::with_capacity(deployments.len());
-            for d in deployments {
-                let target = ObjectRef {
-                    namespace: d.metadata.namespace.clone(),
-                    name: d.metadata.name.clone(),
-                };
-                let key = deploy_key(&target.namespace, &target.name);
-                let existing: Option<StoredDeployment> = match store.get_raw(&key)? {
-                    Some(v) => Some(from_json(&key, &v)?),
-                    None => None,
-                };
-                let (stored, outcome) = match existing {
-                    None => (
-                        StoredDeployment {
-                            deployment: d.clone(),
-                            generation: 1,
-                            created_unix_ms: *now_unix_ms,
-                            updated_unix_ms: *now_unix_ms,
-                        },
-                        ApplyOutcome::Created,
-                    ),
-                    Some(old) if old.deployment == *d => {
-                        results.push((target, ApplyOutcome::Unchanged, old.generation));
-                        continue;
-                    }
-                    Some(old) => (
-                        StoredDeployment {
-                            deployment: d.clone(),
-                            generation: old.generation + 1,
-                            created_unix_ms: old.created_unix_ms,
-                            updated_unix_ms: *now_unix_ms,
-                        },
-                        ApplyOutcome::Configured,
-                    ),
-                };
-                batch.insert(key.as_bytes(), to_json(&stored)?);
-                results.push((target, outcome, stored.generation));
-            }
-            Ok(Ok(WriteResult::Applied(results)))
-        }
+        } => apply(view, deployments, *now_unix_ms),
         Command::Delete {
             refs,
             ignore_not_found,
-        } => {
-            let mut deleted = Vec::new();
-            for r in refs {
-                let key = deploy_key(&r.namespace, &r.name);
-                if store.get_raw(&key)?.is_some() {
-                    batch.remove(key.as_bytes());
-                    if !deleted.contains(r) {
-                        deleted.push(r.clone());
-                    }
-                } else if !ignore_not_found {
-                    *batch = sled::Batch::default();
-                    return Ok(Err(WriteError::NotFound {
-                        namespace: r.namespace.clone(),
-                        name: r.name.clone(),
-                    }));
-                }
-            }
-            Ok(Ok(WriteResult::Deleted(deleted)))
-        }
+        } => delete(view, refs, *ignore_not_found),
         Command::Scale {
             target,
             replicas,
             now_unix_ms,
-        } => {
-            let key = deploy_key(&target.namespace, &target.name);
-            let Some(raw) = store.get_raw(&key)? else {
-                return Ok(Err(WriteError::NotFound {
-                    namespace: target.namespace.clone(),
-                    name: target.name.clone(),
-                }));
-            };
-            let mut stored: StoredDeployment = from_json(&key, &raw)?;
-            let previous = stored.deployment.spec.replicas;
-            if previous != *replicas {
-                stored.deployment.spec.replicas = *replicas;
-                stored.generation += 1;
-                stored.updated_unix_ms = *now_unix_ms;
-                batch.insert(key.as_bytes(), to_json(&stored)?);
+        } => scale(view, target, *replicas, *now_unix_ms),
+        Command::RegisterNode { node, now_unix_ms } => register_node(view, node, *now_unix_ms),
+        Command::Reconcile { create, remove } => reconcile(view, create, remove),
+        Command::Schedule {
+            place,
+            unschedulable,
+        } => schedule(view, place, unschedulable),
+        Command::ReportStatus {
+            reports,
+            now_unix_ms,
+        } => report_status(view, reports, *now_unix_ms),
+    }
+}
+
+fn apply(
+    view: &mut View<'_>,
+    deployments: &[Deployment],
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let mut results = Vec::with_capacity(deployments.len());
+    for d in deployments {
+        let target = ObjectRef {
+            namespace: d.metadata.namespace.clone(),
+            name: d.metadata.name.clone(),
+        };
+        let key = deploy_key(&target.namespace, &target.name);
+        let (stored, outcome) = match view.get::<StoredDeployment>(&key)? {
+            None => (
+                StoredDeployment {
+                    deployment: d.clone(),
+                    generation: 1,
+                    created_unix_ms: now,
+                    updated_unix_ms: now,
+                },
+                ApplyOutcome::Created,
+            ),
+            Some(old) if old.deployment == *d => {
+                results.push((target, ApplyOutcome::Unchanged, old.generation));
+                continue;
             }
-            Ok(Ok(WriteResult::Scaled {
-                previous,
-                replicas: *replicas,
-                generation: stored.generation,
-            }))
+            Some(old) => (
+                StoredDeployment {
+                    deployment: d.clone(),
+                    generation: old.generation + 1,
+                    created_unix_ms: old.created_unix_ms,
+                    updated_unix_ms: now,
+                },
+                ApplyOutcome::Configured,
+            ),
+        };
+        view.put(key, &stored)?;
+        results.push((target, outcome, stored.generation));
+    }
+    Ok(Ok(WriteResult::Applied(results)))
+}
+
+fn delete(
+    view: &mut View<'_>,
+    refs: &[ObjectRef],
+    ignore_not_found: bool,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let mut deleted = Vec::new();
+    for r in refs {
+        let key = deploy_key(&r.namespace, &r.name);
+        if view.get::<StoredDeployment>(&key)?.is_some() {
+            view.remove(key);
+            deleted.push(r.clone());
+        } else if !ignore_not_found && !deleted.contains(r) {
+            return Ok(Err(WriteError::NotFound {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+            }));
         }
     }
+    Ok(Ok(WriteResult::Deleted(deleted)))
+}
+
+fn scale(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    replicas: u32,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let key = deploy_key(&target.namespace, &target.name);
+    let Some(mut stored) = view.get::<StoredDeployment>(&key)? else {
+        return Ok(Err(WriteError::NotFound {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        }));
+    };
+    let previous = stored.deployment.spec.replicas;
+    if previous != replicas {
+        stored.deployment.spec.replicas = replicas;
+        stored.generation += 1;
+        stored.updated_unix_ms = now;
+        view.put(key, &stored)?;
+    }
+    Ok(Ok(WriteResult::Scaled {
+        previous,
+        replicas,
+        generation: stored.generation,
+    }))
+}
+
+fn register_node(
+    view: &mut View<'_>,
+    node: &NodeRegistration,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let key = node_key(&node.name);
+    let existing = view.get::<NodeRecord>(&key)?;
+    let record = NodeRecord {
+        name: node.name.clone(),
+        labels: node.labels.clone(),
+        capacity: node.capacity,
+        address: node.address.clone(),
+        runtime: node.runtime.clone(),
+        agent_version: node.agent_version.clone(),
+        incarnation: node.incarnation.clone(),
+        registered_unix_ms: existing.as_ref().map_or(now, |n| n.registered_unix_ms),
+        condition: NodeCondition::Ready,
+        condition_since_unix_ms: match &existing {
+            Some(n) if n.condition == NodeCondition::Ready => n.condition_since_unix_ms,
+            _ => now,
+        },
+        cordoned: existing.as_ref().is_some_and(|n| n.cordoned),
+    };
+    if existing.as_ref() == Some(&record) {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    view.put(key, &record)?;
+    Ok(Ok(WriteResult::Changed(1)))
+}
+
+fn reconcile(
+    view: &mut View<'_>,
+    create: &[ReplicaRecord],
+    remove: &[ObjectRef],
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let mut changed = 0;
+    for r in remove {
+        let key = replica_key(&r.namespace, &r.name);
+        if view.get::<ReplicaRecord>(&key)?.is_some() {
+            view.remove(key);
+            changed += 1;
+        }
+    }
+    if create.is_empty() {
+        return Ok(Ok(WriteResult::Changed(changed)));
+    }
+    // Slots already taken per deployment, from committed state and this command.
+    let mut taken: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
+    for key in view.committed_keys(REPLICA_PREFIX)? {
+        if let Some(r) = view.get::<ReplicaRecord>(&key)? {
+            taken
+                .entry((r.namespace, r.deployment))
+                .or_default()
+                .push(r.slot);
+        }
+    }
+    for r in create {
+        let slots = taken
+            .entry((r.namespace.clone(), r.deployment.clone()))
+            .or_default();
+        if slots.contains(&r.slot) || view.get::<ReplicaRecord>(&r.key())?.is_some() {
+            continue;
+        }
+        slots.push(r.slot);
+        view.put(r.key(), r)?;
+        changed += 1;
+    }
+    Ok(Ok(WriteResult::Changed(changed)))
+}
+
+fn schedule(
+    view: &mut View<'_>,
+    place: &[(ObjectRef, String)],
+    unschedulable: &[(ObjectRef, String)],
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let mut changed = 0;
+    for (r, node) in place {
+        let key = replica_key(&r.namespace, &r.name);
+        let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if replica.node.is_some() || view.get::<NodeRecord>(&node_key(node))?.is_none() {
+            continue;
+        }
+        replica.node = Some(node.clone());
+        replica.pending_reason.clear();
+        view.put(key, &replica)?;
+        changed += 1;
+    }
+    for (r, reason) in unschedulable {
+        let key = replica_key(&r.namespace, &r.name);
+        let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if replica.node.is_some() || replica.pending_reason == *reason {
+            continue;
+        }
+        replica.pending_reason = reason.clone();
+        view.put(key, &replica)?;
+        changed += 1;
+    }
+    Ok(Ok(WriteResult::Changed(changed)))
+}
+
+fn report_status(
+    view: &mut View<'_>,
+    reports: &[(String, ObjectRef, ReplicaObserved)],
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let mut changed = 0;
+    for (node, r, observed) in reports {
+        let key = replica_key(&r.namespace, &r.name);
+        let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if replica.node.as_deref() != Some(node.as_str()) {
+            continue;
+        }
+        let mut observed = observed.clone();
+        observed.reported_unix_ms = now;
+        replica.observed = observed;
+        view.put(key, &replica)?;
+        changed += 1;
+    }
+    Ok(Ok(WriteResult::Changed(changed)))
 }

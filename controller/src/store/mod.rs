@@ -8,6 +8,8 @@
 //!  meta/snapshot         SnapshotMetadata of the last snapshot installed here
 //!  deploy/<ns>/<name>    StoredDeployment (JSON)
 //!  member/<id:be64>      Member (JSON): where each controller listens
+//!  node/<name>           NodeRecord (JSON): a host with an agent
+//!  replica/<ns>/<name>   ReplicaRecord (JSON): one copy of a deployment
 //! ```
 //!
 //! [`Store::apply`] is deterministic: the same entries in the same order give the
@@ -17,6 +19,7 @@
 //! leaves either all of an entry applied or none of it.
 
 mod command;
+pub mod objects;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -25,7 +28,12 @@ use drover_proto::manifest::Deployment;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use command::{ApplyOutcome, Command, ObjectRef, Write, WriteError, WriteResult};
+pub use command::{
+    ApplyOutcome, Command, NodeRegistration, ObjectRef, Write, WriteError, WriteResult,
+};
+pub use objects::{
+    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
+};
 
 const APPLIED_KEY: &[u8] = b"meta/applied";
 const SNAPSHOT_META_KEY: &[u8] = b"meta/snapshot";
@@ -64,7 +72,7 @@ pub struct Member {
 /// writes only from the raft node task.
 #[derive(Clone)]
 pub struct Store {
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
 }
 
 impl Store {
@@ -94,8 +102,12 @@ impl Store {
         term: u64,
         command: &Command,
     ) -> Result<Result<WriteResult, WriteError>, StoreError> {
+        let mut view = command::View::new(self);
+        let outcome = command::execute(&mut view, command)?;
         let mut batch = sled::Batch::default();
-        let outcome = command::execute(self, command, &mut batch)?;
+        if outcome.is_ok() {
+            view.into_batch(&mut batch);
+        }
         batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
         self.tree.apply_batch(batch)?;
         Ok(outcome)
@@ -151,6 +163,30 @@ impl Store {
             Some(ns) => format!("{DEPLOY_PREFIX}{ns}/"),
             None => DEPLOY_PREFIX.to_string(),
         };
+        self.scan(&prefix)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.scan(objects::NODE_PREFIX)
+    }
+
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let key = objects::node_key(name);
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => from_json(&key, &v).map(Some),
+        }
+    }
+
+    /// Replicas in one namespace, or all, sorted by namespace then name.
+    pub fn replicas(&self, namespace: Option<&str>) -> Result<Vec<ReplicaRecord>, StoreError> {
+        match namespace {
+            Some(ns) => self.scan(&format!("{}{ns}/", objects::REPLICA_PREFIX)),
+            None => self.scan(objects::REPLICA_PREFIX),
+        }
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
         self.tree
             .scan_prefix(prefix.as_bytes())
             .map(|kv| {
@@ -165,7 +201,7 @@ impl Store {
             .scan_prefix(MEMBER_PREFIX)
             .map(|kv| {
                 let (k, v) = kv?;
-                from_json(&String::from_utf8_lossy(&k), &v)
+                from_json(&format!("member/{:?}", k.get(7..)), &v)
             })
             .collect()
     }

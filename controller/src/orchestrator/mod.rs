@@ -1,0 +1,213 @@
+//! The orchestrator: deployments → exactly `replicas` replica objects each.
+//!
+//! ```text
+//!  deployments ─┐
+//!               ├─ reconcile() ──▶ Plan { create, remove } ──▶ Command::Reconcile
+//!  replicas   ──┘   (pure)
+//! ```
+//!
+//! Every deployment owns slots `0..replicas`; slot `s` is run by the replica
+//! named `<deployment>-<revision>-<s>`, where the revision is a hash of the pod
+//! template. Scaling down removes the highest slots; a template change
+//! replaces the deployment's replicas (gradual rollouts come with revisions);
+//! a deleted deployment loses all its replicas.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use drover_proto::manifest::PodTemplate;
+
+use crate::store::{ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
+
+/// Hex digits of the template hash in replica names.
+const REVISION_LEN: usize = 5;
+
+/// A stable short hash of a pod template: the same template gives the same
+/// revision on every controller and across versions of this process.
+pub fn revision(template: &PodTemplate) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .take(REVISION_LEN)
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
+}
+
+pub fn replica_name(deployment: &str, revision: &str, slot: u32) -> String {
+    format!("{deployment}-{revision}-{slot}")
+}
+
+/// What the orchestrator wants changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub create: Vec<ReplicaRecord>,
+    pub remove: Vec<ObjectRef>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Compare desired deployments with existing replicas. `now` stamps created replicas.
+pub fn reconcile(
+    deployments: &[StoredDeployment],
+    replicas: &[ReplicaRecord],
+    now_unix_ms: i64,
+) -> Plan {
+    let mut by_deployment: BTreeMap<(&str, &str), Vec<&ReplicaRecord>> = BTreeMap::new();
+    for r in replicas {
+        by_deployment
+            .entry((r.namespace.as_str(), r.deployment.as_str()))
+            .or_default()
+            .push(r);
+    }
+    let mut plan = Plan::default();
+    for d in deployments {
+        let meta = &d.deployment.metadata;
+        let existing = by_deployment
+            .remove(&(meta.namespace.as_str(), meta.name.as_str()))
+            .unwrap_or_default();
+        let rev = revision(&d.deployment.spec.template);
+        let desired = d.deployment.spec.replicas;
+        let mut kept = Vec::new();
+        for r in existing {
+            if r.revision != rev || r.slot >= desired || kept.contains(&r.slot) {
+                plan.remove.push(object_ref(r));
+            } else {
+                kept.push(r.slot);
+            }
+        }
+        for slot in (0..desired).filter(|s| !kept.contains(s)) {
+            plan.create.push(ReplicaRecord {
+                namespace: meta.namespace.clone(),
+                name: replica_name(&meta.name, &rev, slot),
+                deployment: meta.name.clone(),
+                slot,
+                revision: rev.clone(),
+                node: None,
+                pending_reason: String::new(),
+                created_unix_ms: now_unix_ms,
+                observed: ReplicaObserved::default(),
+            });
+        }
+    }
+    // Whatever is left belongs to deleted deployments.
+    for r in by_deployment.into_values().flatten() {
+        plan.remove.push(object_ref(r));
+    }
+    plan.remove.sort();
+    plan
+}
+
+fn object_ref(r: &ReplicaRecord) -> ObjectRef {
+    ObjectRef {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::deployment;
+
+    fn stored(name: &str, replicas: u32) -> StoredDeployment {
+        StoredDeployment {
+            deployment: deployment(name, replicas),
+            generation: 1,
+            created_unix_ms: 0,
+            updated_unix_ms: 0,
+        }
+    }
+
+    /// Apply a plan to a replica list, as the store would.
+    fn run(
+        deployments: &[StoredDeployment],
+        mut replicas: Vec<ReplicaRecord>,
+    ) -> Vec<ReplicaRecord> {
+        let plan = reconcile(deployments, &replicas, 7);
+        replicas.retain(|r| !plan.remove.contains(&object_ref(r)));
+        replicas.extend(plan.create);
+        replicas.sort_by(|a, b| (&a.deployment, a.slot).cmp(&(&b.deployment, b.slot)));
+        replicas
+    }
+
+    fn names(replicas: &[ReplicaRecord]) -> Vec<String> {
+        replicas.iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_new_deployment_gets_one_replica_per_slot_with_readable_names() {
+        let d = stored("web", 3);
+        let rev = revision(&d.deployment.spec.template);
+        let replicas = run(&[d], vec![]);
+        assert_eq!(
+            names(&replicas),
+            [0, 1, 2].map(|s| format!("web-{rev}-{s}"))
+        );
+        assert!(replicas
+            .iter()
+            .all(|r| r.node.is_none() && r.created_unix_ms == 7));
+        assert_eq!(rev.len(), 5);
+    }
+
+    #[test]
+    fn reconcile_is_idempotent() {
+        let ds = [stored("web", 3), stored("api", 2)];
+        let replicas = run(&ds, vec![]);
+        assert!(reconcile(&ds, &replicas, 8).is_empty());
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_slots_and_scale_up_refills() {
+        let replicas = run(&[stored("web", 5)], vec![]);
+        let down = run(&[stored("web", 2)], replicas);
+        assert_eq!(down.iter().map(|r| r.slot).collect::<Vec<_>>(), [0, 1]);
+        let up = run(&[stored("web", 4)], down.clone());
+        assert_eq!(up.iter().map(|r| r.slot).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(up[..2], down[..], "existing replicas are kept as they are");
+    }
+
+    #[test]
+    fn a_template_change_replaces_every_replica() {
+        let old = run(&[stored("web", 2)], vec![]);
+        let mut changed = stored("web", 2);
+        changed.deployment.spec.template.spec.containers[0].image = "drover/busybox:2".into();
+        let new = run(&[changed], old.clone());
+        assert_eq!(new.len(), 2);
+        assert!(new.iter().all(|r| old.iter().all(|o| o.name != r.name)));
+        assert!(new.iter().all(|r| r.revision != old[0].revision));
+    }
+
+    #[test]
+    fn a_deleted_deployment_loses_its_replicas_and_others_stay() {
+        let replicas = run(&[stored("web", 2), stored("api", 1)], vec![]);
+        let left = run(&[stored("api", 1)], replicas);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].deployment, "api");
+    }
+
+    #[test]
+    fn duplicate_slots_are_collapsed() {
+        let mut replicas = run(&[stored("web", 1)], vec![]);
+        let mut twin = replicas[0].clone();
+        twin.name.push_str("-twin");
+        replicas.push(twin);
+        let plan = reconcile(&[stored("web", 1)], &replicas, 0);
+        assert_eq!(plan.remove.len(), 1);
+        assert!(plan.create.is_empty());
+    }
+
+    #[test]
+    fn the_revision_is_stable_and_ignores_replica_count() {
+        let a = revision(&stored("web", 1).deployment.spec.template);
+        let b = revision(&stored("web", 9).deployment.spec.template);
+        assert_eq!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,119 @@
+//! The cluster's runtime objects: nodes (one per agent) and replicas (one per
+//! running copy of a deployment), as the store keeps them.
+//!
+//! ```text
+//!  node/<name>                 NodeRecord     registered by its agent's Hello
+//!  replica/<ns>/<name>         ReplicaRecord  created by the orchestrator,
+//!                                             bound to a node by the scheduler,
+//!                                             status reported by the agent
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) const NODE_PREFIX: &str = "node/";
+pub(crate) const REPLICA_PREFIX: &str = "replica/";
+
+pub(crate) fn node_key(name: &str) -> String {
+    format!("{NODE_PREFIX}{name}")
+}
+
+pub(crate) fn replica_key(namespace: &str, name: &str) -> String {
+    format!("{REPLICA_PREFIX}{namespace}/{name}")
+}
+
+/// CPU in millicores and memory in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeCondition {
+    Ready,
+    NotReady,
+}
+
+/// A host with an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    /// Where the agent serves logs.
+    pub address: String,
+    pub runtime: String,
+    pub agent_version: String,
+    /// The agent process that registered last.
+    pub incarnation: String,
+    pub registered_unix_ms: i64,
+    pub condition: NodeCondition,
+    pub condition_since_unix_ms: i64,
+    /// Cordoned nodes get no new replicas.
+    pub cordoned: bool,
+}
+
+/// What an agent last reported about a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ReplicaPhase {
+    /// Not bound to a node yet, or bound and not yet reported.
+    #[default]
+    Pending,
+    Running,
+    CrashLoopBackOff,
+    Failed,
+    Terminating,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicaObserved {
+    pub phase: ReplicaPhase,
+    pub ready: bool,
+    pub restarts: u32,
+    pub last_exit_code: Option<i64>,
+    pub reason: String,
+    pub message: String,
+    pub container_id: String,
+    pub image: String,
+    pub started_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    pub next_restart_unix_ms: i64,
+    /// When the agent's report was committed.
+    pub reported_unix_ms: i64,
+}
+
+/// One copy of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub namespace: String,
+    /// `<deployment>-<revision>-<slot>`.
+    pub name: String,
+    pub deployment: String,
+    pub slot: u32,
+    /// Hash of the pod template this replica runs.
+    pub revision: String,
+    pub node: Option<String>,
+    /// Why the scheduler could not place it, while unbound.
+    pub pending_reason: String,
+    pub created_unix_ms: i64,
+    pub observed: ReplicaObserved,
+}
+
+impl ReplicaRecord {
+    /// The id agents and Docker use: unique in the cluster, `<ns>.<name>`
+    /// (namespaces are DNS labels, so the first dot separates the two).
+    pub fn agent_id(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+
+    pub fn key(&self) -> String {
+        replica_key(&self.namespace, &self.name)
+    }
+}
+
+/// Split an agent id back into namespace and name.
+pub fn parse_agent_id(id: &str) -> Option<(&str, &str)> {
+    id.split_once('.')
+}
