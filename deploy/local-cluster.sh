@@ -37,8 +37,9 @@ up() {
   done
   "$target/droverctl" config set-context local --server "$servers" >/dev/null
   "$target/droverctl" config use-context local >/dev/null
+  # Wait for an elected leader (a few hundred milliseconds normally).
   for _ in $(seq 1 100); do
-    if "$target/droverctl" cluster status >/dev/null 2>&1; then break; fi
+    if "$target/droverctl" cluster status 2>/dev/null | grep -q '^leader: [0-9]'; then break; fi
     sleep 0.1
   done
   "$target/droverctl" cluster status

@@ -16,7 +16,9 @@
 
 pub mod api;
 pub mod config;
+pub mod dispatcher;
 pub mod fixtures;
+pub mod leader;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

@@ -133,14 +133,23 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     })
     .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES + 64 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
+    let dispatcher = crate::dispatcher::Dispatcher::start(cluster.clone(), shutdown.clone());
+    let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
+        .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    tokio::spawn(crate::leader::run(cluster.clone(), shutdown.clone()));
     let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
         .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
 
     let server_stop = shutdown.clone();
+    // No per-request timeout: agent sessions are long-lived streams; unary
+    // handlers bound their own waits (leader wait, write timeout).
     let server = Server::builder()
-        .timeout(std::time::Duration::from_secs(60))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
         .add_service(control)
+        .add_service(dispatcher)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
 

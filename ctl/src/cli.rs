@@ -76,6 +76,8 @@ pub enum Command {
     Get(GetArgs),
     /// Show one or more resources in detail
     Describe(DescribeArgs),
+    /// Print the output of a replica's container, from the agent that runs it
+    Logs(LogsArgs),
     /// Delete resources by file or by name
     Delete(DeleteArgs),
     /// Set the number of replicas of a deployment
@@ -145,7 +147,7 @@ pub enum DryRun {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// TYPE [NAME...] or TYPE/NAME... (types: deployments, deployment, deploy)
+    /// TYPE [NAME...] or TYPE/NAME... (types: deployments|deploy, replicas|po, nodes|no)
     #[arg(value_name = "TYPE[/NAME]")]
     pub resources: Vec<String>,
 
@@ -156,6 +158,10 @@ pub struct GetArgs {
     /// List across all namespaces
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+
+    /// Only the replicas of this deployment (get replicas)
+    #[arg(long, value_name = "NAME")]
+    pub deployment: Option<String>,
 
     /// Answer from the contacted controller's local state, without a quorum round
     #[arg(long)]
@@ -172,9 +178,30 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// TYPE [NAME...] or TYPE/NAME...; no NAME describes every one in the namespace
+    /// deployment|replica|node [NAME...] or TYPE/NAME...; no NAME describes every one (in the namespace)
     #[arg(value_name = "TYPE[/NAME]")]
     pub resources: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The replica (as `get replicas` names it), or replica/NAME
+    #[arg(value_name = "REPLICA")]
+    pub replica: String,
+
+    /// Keep streaming new output until the replica stops or Ctrl-C
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Only the last N lines (-1: all of them)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = -1,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(-1..=i64::from(u32::MAX))
+    )]
+    pub tail: i64,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +397,23 @@ mod tests {
         .expect("parses");
         assert_eq!(cli.global.namespace.as_deref(), Some("prod"));
         assert_eq!(cli.global.server.as_deref(), Some("a:1"));
+    }
+
+    #[test]
+    fn logs_flags_take_kubectl_forms() {
+        let cli = Cli::try_parse_from(["droverctl", "logs", "web-1", "-f", "--tail", "20"])
+            .expect("parses");
+        let Command::Logs(l) = cli.command else {
+            panic!("not logs")
+        };
+        assert_eq!((l.replica.as_str(), l.follow, l.tail), ("web-1", true, 20));
+        let cli = Cli::try_parse_from(["droverctl", "logs", "web-1", "--tail=-1"]).expect("parses");
+        let Command::Logs(l) = cli.command else {
+            panic!("not logs")
+        };
+        assert_eq!((l.follow, l.tail), (false, -1));
+        assert!(Cli::try_parse_from(["droverctl", "logs", "web-1", "--tail", "-2"]).is_err());
+        assert!(Cli::try_parse_from(["droverctl", "logs"]).is_err());
     }
 
     #[test]

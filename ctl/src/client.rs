@@ -249,7 +249,7 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 /// True when the call failed in the connection, not in the controller: such a
 /// `Status` carries the transport error as its source, while one sent by a
 /// controller arrives in trailers with none.
-fn is_transport_failure(status: &Status) -> bool {
+pub(crate) fn is_transport_failure(status: &Status) -> bool {
     status.source().is_some()
         && matches!(
             status.code(),
@@ -258,7 +258,7 @@ fn is_transport_failure(status: &Status) -> bool {
 }
 
 /// Something that speaks HTTP/2 but not gRPC (a proxy, another service) answered.
-fn not_grpc(status: &Status) -> Option<String> {
+pub(crate) fn not_grpc(status: &Status) -> Option<String> {
     let message = status.message();
     if !message.starts_with("grpc-status header missing") {
         return None;
@@ -270,7 +270,7 @@ fn not_grpc(status: &Status) -> Option<String> {
     Some(format!("not a drover controller{http}"))
 }
 
-fn transport_reason(status: &Status) -> String {
+pub(crate) fn transport_reason(status: &Status) -> String {
     match status.source() {
         Some(source) => error_chain_reason(source),
         None => status_sentence(status),

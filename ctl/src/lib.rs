@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Results go to stdout; errors go to stderr as `error: <one sentence>`, one line
-//! per error, and the exit code is 1. Exit code 0 means every part succeeded.
+//! per error, and the exit code is 1. Exit code 0 means every part succeeded;
+//! 130 means Ctrl-C ended a streaming command (`logs -f`).
 
 pub mod cli;
 pub mod client;
@@ -29,6 +30,12 @@ use clap::Parser;
 #[derive(Debug, thiserror::Error)]
 #[error("{0} error(s) already reported")]
 pub struct AlreadyReported(pub usize);
+
+/// Ctrl-C ended a streaming command (`logs -f`): no message, and exit code
+/// 130 as a shell reports a command ended by SIGINT.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
 
 /// Parse the command line, run the command and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
@@ -58,6 +65,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(cmd::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => ExitCode::from(130),
         Err(e) => {
             report(&e);
             ExitCode::FAILURE

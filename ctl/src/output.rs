@@ -2,7 +2,11 @@
 //! `-o name|yaml|json`, and the aligned key/value blocks of `describe`.
 //!
 //! Everything here is a pure function of its inputs (the clock is passed in),
-//! so each format is unit-tested exactly.
+//! so each format is unit-tested exactly. Deployments are here; nodes and
+//! replicas have a module each.
+
+pub mod nodes;
+pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +42,24 @@ impl Table {
 
     /// Render with every column padded to its widest cell; no trailing spaces.
     pub fn render(&self) -> String {
+        self.render_with(COLUMN_GAP, "")
+    }
+
+    /// A table inside a describe text: columns `gap` apart (kubectl's
+    /// describers use 2), every line after `indent`, a `----` line under the
+    /// headers.
+    pub fn render_described(&self, gap: usize, indent: &str) -> String {
+        let mut t = self.clone();
+        let rule = t
+            .headers
+            .iter()
+            .map(|h| "-".repeat(h.chars().count()))
+            .collect();
+        t.rows.insert(0, rule);
+        t.render_with(gap, indent)
+    }
+
+    fn render_with(&self, gap: usize, indent: &str) -> String {
         let columns = std::iter::once(&self.headers)
             .chain(&self.rows)
             .map(Vec::len)
@@ -51,11 +73,11 @@ impl Table {
         }
         let mut out = String::new();
         for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::new();
+            let mut line = indent.to_string();
             for (i, cell) in row.iter().enumerate() {
                 line.push_str(cell);
                 if i + 1 < row.len() {
-                    let pad = widths[i] - cell.chars().count() + COLUMN_GAP;
+                    let pad = widths[i] - cell.chars().count() + gap;
                     line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
@@ -426,6 +448,35 @@ pub fn none() -> String {
     "<none>".to_string()
 }
 
+/// `text`, or `<none>` when it is empty.
+pub fn or_none(text: &str) -> String {
+    if text.is_empty() {
+        none()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Text from a remote party (a Docker error, a scheduling reason) made fit
+/// for one table cell or describe line: control characters become spaces.
+pub fn one_line(text: &str) -> String {
+    let spaced: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    spaced.trim().to_string()
+}
+
+/// `part` as a whole percentage of `whole`, rounded down as kubectl does;
+/// None when `whole` is 0.
+pub fn percent(part: u64, whole: u64) -> Option<u64> {
+    if whole == 0 {
+        return None;
+    }
+    let p = u128::from(part) * 100 / u128::from(whole);
+    Some(u64::try_from(p).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Hand-built deployments for output tests.
@@ -612,6 +663,34 @@ mod tests {
             names(ResourceKind::Deployment, &items),
             "deployment.apps/web\ndeployment.apps/api\n"
         );
+    }
+
+    #[test]
+    fn described_tables_are_indented_and_ruled() {
+        let mut t = Table::new(["Type", "Reason", "Message"]);
+        t.push(vec![
+            "Warning".into(),
+            "FailedScheduling".into(),
+            "0/3 nodes".into(),
+        ]);
+        assert_eq!(
+            t.render_described(2, "  "),
+            "  Type     Reason            Message\n\
+            \x20 ----     ------            -------\n\
+            \x20 Warning  FailedScheduling  0/3 nodes\n"
+        );
+    }
+
+    #[test]
+    fn remote_text_is_one_line_and_percentages_round_down() {
+        assert_eq!(
+            one_line(" port is\nalready\tallocated\r\n"),
+            "port is already allocated"
+        );
+        assert_eq!(percent(500, 2000), Some(25));
+        assert_eq!(percent(64, 2048), Some(3));
+        assert_eq!(percent(1, 0), None);
+        assert_eq!(percent(u64::MAX, 1), Some(u64::MAX));
     }
 
     #[test]

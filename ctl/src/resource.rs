@@ -1,32 +1,39 @@
 //! Resource types as typed on the command line: `deployments`, `deploy web`,
-//! `deployment/web api`... and the kubectl-style names printed back
-//! (`deployment.apps/web`, `deployment.apps "web"`).
+//! `deployment/web api`, `po`, `no/n1`... and the kubectl-style names printed
+//! back (`deployment.apps/web`, `deployment.apps "web"`, `replica/web-7f9c2-3`).
 
 /// The resource types droverctl can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResourceKind {
     Deployment,
+    Replica,
+    Node,
 }
 
 /// Types drover will have but droverctl cannot handle yet.
-const COMING: [(&str, &[&str]); 3] = [
-    ("replicas", &["replica", "po", "pod", "pods"]),
-    ("nodes", &["node", "no"]),
-    ("events", &["event", "ev"]),
-];
+const COMING: [(&str, &[&str]); 1] = [("events", &["event", "ev"])];
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 1] = [ResourceKind::Deployment];
+    pub const ALL: [ResourceKind; 3] = [
+        ResourceKind::Deployment,
+        ResourceKind::Replica,
+        ResourceKind::Node,
+    ];
 
     /// `deployments`, `Deployment`, `deploy`, `deployments.apps`, ...
     pub fn parse(word: &str) -> Result<ResourceKind, ResourceError> {
         let lower = word.to_ascii_lowercase();
-        let bare = lower.strip_suffix(".apps").unwrap_or(&lower);
         for kind in Self::ALL {
+            // Only deployments have an API group (`deployments.apps`).
+            let bare = match kind {
+                ResourceKind::Deployment => lower.strip_suffix(".apps").unwrap_or(&lower),
+                ResourceKind::Replica | ResourceKind::Node => &lower,
+            };
             if kind.plural() == bare || kind.aliases().contains(&bare) {
                 return Ok(kind);
             }
         }
+        let bare = lower.strip_suffix(".apps").unwrap_or(&lower);
         let coming = COMING
             .iter()
             .any(|(plural, aliases)| *plural == bare || aliases.contains(&bare));
@@ -42,25 +49,42 @@ impl ResourceKind {
     pub fn plural(self) -> &'static str {
         match self {
             ResourceKind::Deployment => "deployments",
+            ResourceKind::Replica => "replicas",
+            ResourceKind::Node => "nodes",
         }
     }
 
     pub fn singular(self) -> &'static str {
         match self {
             ResourceKind::Deployment => "deployment",
+            ResourceKind::Replica => "replica",
+            ResourceKind::Node => "node",
         }
     }
 
     pub fn aliases(self) -> &'static [&'static str] {
         match self {
             ResourceKind::Deployment => &["deployment", "deploy"],
+            ResourceKind::Replica => &["replica", "po", "pod", "pods"],
+            ResourceKind::Node => &["node", "no"],
         }
     }
 
-    /// `deployment.apps`, kubectl's qualified name for printing.
+    /// `deployment.apps`, kubectl's qualified name for printing (`node` for
+    /// nodes, which like kubectl's have no API group).
     pub fn qualified(self) -> &'static str {
         match self {
             ResourceKind::Deployment => "deployment.apps",
+            ResourceKind::Replica => "replica",
+            ResourceKind::Node => "node",
+        }
+    }
+
+    /// False for nodes, which belong to no namespace.
+    pub fn namespaced(self) -> bool {
+        match self {
+            ResourceKind::Deployment | ResourceKind::Replica => true,
+            ResourceKind::Node => false,
         }
     }
 
@@ -75,7 +99,7 @@ impl ResourceKind {
     }
 }
 
-/// `deployments (aliases: deployment, deploy)` for every supported type.
+/// `deployments (aliases: deployment, deploy); replicas (...); ...` for every supported type.
 pub fn supported_types() -> String {
     ResourceKind::ALL
         .iter()
@@ -99,6 +123,8 @@ pub enum ResourceError {
     EmptyName(String),
     #[error("there is no need to give a resource type as a separate argument when passing arguments in TYPE/NAME form (e.g. droverctl get deployment/web)")]
     MixedForms,
+    #[error("{0:?} and {1:?} are of different types; give one resource type at a time")]
+    MixedKinds(String, String),
 }
 
 /// The arguments of `get`/`describe`/`delete`/`scale`: one type and the names given.
@@ -129,7 +155,7 @@ impl Selection {
                 names: names.to_vec(),
             });
         }
-        let mut kind = None;
+        let mut kind: Option<(ResourceKind, &String)> = None;
         let mut names = Vec::new();
         for arg in args {
             let Some((ty, name)) = arg.split_once('/') else {
@@ -138,11 +164,17 @@ impl Selection {
             if name.is_empty() || name.contains('/') {
                 return Err(ResourceError::EmptyName(arg.clone()));
             }
-            // Only one kind exists today; several would be listed in turn.
-            kind = Some(ResourceKind::parse(ty)?);
+            let this = ResourceKind::parse(ty)?;
+            match kind {
+                None => kind = Some((this, arg)),
+                Some((first, first_arg)) if first != this => {
+                    return Err(ResourceError::MixedKinds(first_arg.clone(), arg.clone()));
+                }
+                Some(_) => {}
+            }
             names.push(name.to_string());
         }
-        let kind = kind.ok_or(ResourceError::Missing)?;
+        let (kind, _) = kind.ok_or(ResourceError::Missing)?;
         Ok(Selection { kind, names })
     }
 }
@@ -174,16 +206,33 @@ mod tests {
     }
 
     #[test]
+    fn every_kubectl_spelling_of_replicas_and_nodes_is_accepted() {
+        for word in ["replicas", "replica", "po", "pod", "pods", "Pods"] {
+            assert_eq!(
+                ResourceKind::parse(word),
+                Ok(ResourceKind::Replica),
+                "{word}"
+            );
+        }
+        for word in ["nodes", "node", "no", "NODES"] {
+            assert_eq!(ResourceKind::parse(word), Ok(ResourceKind::Node), "{word}");
+        }
+        assert!(ResourceKind::parse("nodes.apps").is_err());
+    }
+
+    #[test]
     fn unsupported_types_say_what_is_supported() {
-        let e = ResourceKind::parse("nodes").unwrap_err();
+        const TYPES: &str = "deployments (aliases: deployment, deploy); \
+            replicas (aliases: replica, po, pod, pods); nodes (aliases: node, no)";
+        let e = ResourceKind::parse("events").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "droverctl does not handle \"nodes\" yet; supported types: deployments (aliases: deployment, deploy)"
+            format!("droverctl does not handle \"events\" yet; supported types: {TYPES}")
         );
         let e = ResourceKind::parse("services").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown resource type \"services\"; supported types: deployments (aliases: deployment, deploy)"
+            format!("unknown resource type \"services\"; supported types: {TYPES}")
         );
     }
 
@@ -226,9 +275,21 @@ mod tests {
             Err(ResourceError::EmptyName(_))
         ));
         assert!(matches!(
-            Selection::parse(&args(&["pods/web"])),
+            Selection::parse(&args(&["events/web"])),
             Err(ResourceError::NotYet(_))
         ));
+        let e = Selection::parse(&args(&["deploy/web", "no/n1"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"deploy/web\" and \"no/n1\" are of different types; give one resource type at a time"
+        );
+        assert_eq!(
+            Selection::parse(&args(&["po/a", "replica/b"])).unwrap(),
+            Selection {
+                kind: ResourceKind::Replica,
+                names: vec!["a".into(), "b".into()]
+            }
+        );
     }
 
     #[test]
@@ -236,5 +297,7 @@ mod tests {
         let k = ResourceKind::Deployment;
         assert_eq!(k.slash_name("web"), "deployment.apps/web");
         assert_eq!(k.quoted_name("web"), "deployment.apps \"web\"");
+        assert_eq!(ResourceKind::Replica.slash_name("web-1"), "replica/web-1");
+        assert_eq!(ResourceKind::Node.slash_name("n1"), "node/n1");
     }
 }

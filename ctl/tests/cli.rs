@@ -4,18 +4,24 @@
 //!
 //! ```text
 //!  #[test] ──std::process::Command──▶ droverctl ──gRPC──▶ FakeController (own thread + runtime)
+//!                                         └──────gRPC──▶ FakeAgent (logs; own thread + runtime)
 //! ```
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use drover_proto::manifest::{self, ParseOptions};
 use drover_proto::pb;
+use drover_proto::pb::agent_server::{Agent, AgentServer};
 use drover_proto::pb::control_server::{Control, ControlServer};
+use drover_proto::pb::ReplicaState;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 const WEB: &str = "\
@@ -44,6 +50,10 @@ spec:
 #[derive(Default)]
 struct State {
     deployments: BTreeMap<(String, String), pb::Deployment>,
+    /// What ListNodes answers, as set by a test.
+    nodes: Vec<pb::Node>,
+    /// What ListReplicas answers (filtered by namespace and deployment), as set by a test.
+    replicas: Vec<pb::Replica>,
 }
 
 /// A controller that keeps deployments in memory and parses with the real parser.
@@ -233,6 +243,32 @@ impl Control for FakeController {
         }))
     }
 
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.gate()?;
+        let nodes = self.lock().nodes.clone();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_replicas(
+        &self,
+        r: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        self.gate()?;
+        let r = r.into_inner();
+        let replicas = self
+            .lock()
+            .replicas
+            .iter()
+            .filter(|x| r.namespace.is_empty() || x.namespace == r.namespace)
+            .filter(|x| r.deployment.is_empty() || x.deployment == r.deployment)
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListReplicasResponse { replicas }))
+    }
+
     async fn cluster_status(
         &self,
         _: Request<pb::ClusterStatusRequest>,
@@ -295,6 +331,20 @@ impl Control for FakeController {
 
 /// Serve `fake` on a free loopback port from a thread of its own.
 fn serve(fake: FakeController) -> SocketAddr {
+    serve_on_thread(move |incoming| async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(ControlServer::new(fake))
+            .serve_with_incoming(incoming)
+            .await;
+    })
+}
+
+/// Bind a free loopback port and run `server` on it from a thread of its own.
+fn serve_on_thread<F, Fut>(server: F) -> SocketAddr
+where
+    F: FnOnce(TcpListenerStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
@@ -305,14 +355,71 @@ fn serve(fake: FakeController) -> SocketAddr {
             .expect("runtime");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(ControlServer::new(fake))
-                .serve_with_incoming(incoming)
-                .await;
+            server(TcpListenerStream::new(listener)).await;
         });
     });
     addr
+}
+
+/// An agent's Logs service that answers every request with two chunks, one
+/// per stream (and then, when following, stays open without more output),
+/// and remembers the requests.
+#[derive(Clone, Default)]
+struct FakeAgent {
+    requests: Arc<Mutex<Vec<pb::LogsRequest>>>,
+}
+
+type ChunkStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Agent for FakeAgent {
+    type LogsStream = ChunkStream;
+
+    async fn logs(
+        &self,
+        r: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = r.into_inner();
+        let known = r.replica == "default.web-7f9c2-0";
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r.clone());
+        if !known {
+            return Err(Status::not_found(format!(
+                "no replica {:?} on this node",
+                r.replica
+            )));
+        }
+        let chunks = vec![
+            Ok(pb::LogChunk {
+                data: b"hello from web\n".to_vec(),
+                stream: "stdout".into(),
+            }),
+            Ok(pb::LogChunk {
+                data: b"warning: low disk\n".to_vec(),
+                stream: "stderr".into(),
+            }),
+        ];
+        let chunks = tokio_stream::iter(chunks);
+        if r.follow {
+            use tokio_stream::StreamExt as _;
+            return Ok(Response::new(Box::pin(
+                chunks.chain(tokio_stream::pending()),
+            )));
+        }
+        Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+fn serve_agent(agent: FakeAgent) -> SocketAddr {
+    serve_on_thread(move |incoming| async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(agent))
+            .serve_with_incoming(incoming)
+            .await;
+    })
 }
 
 /// A port nothing listens on.
@@ -731,11 +838,11 @@ fn oversized_and_missing_files_are_refused_before_reading() {
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     let home = tempfile::tempdir().unwrap();
-    let r = droverctl(home.path(), &["get", "pods"], None);
+    let r = droverctl(home.path(), &["get", "events"], None);
     assert_eq!(r.code, 1);
     assert!(
         r.stderr
-            .starts_with("error: droverctl does not handle \"pods\" yet"),
+            .starts_with("error: droverctl does not handle \"events\" yet"),
         "{}",
         r.stderr
     );
@@ -795,4 +902,495 @@ fn drover_server_env_beats_the_context_and_the_flag_beats_both() {
         &[("DROVERCONFIG", other.to_str().unwrap())],
     );
     assert_eq!(r.stdout, "CURRENT   NAME   SERVERS   NAMESPACE\n");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Twenty minutes ago: prints as `20m` however long the test takes.
+fn twenty_minutes_ago() -> i64 {
+    now_ms() - 20 * 60 * 1000 - 500
+}
+
+fn node(name: &str, labels: &[(&str, &str)]) -> pb::Node {
+    pb::Node {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        condition: "Ready".into(),
+        condition_since_unix_ms: twenty_minutes_ago(),
+        cordoned: false,
+        cpu_millis: 2000,
+        memory_bytes: 4 << 30,
+        allocated_cpu_millis: 500,
+        allocated_memory_bytes: 64 << 20,
+        replicas: 1,
+        address: "127.0.0.1:7101".into(),
+        runtime: "process".into(),
+        agent_version: "0.1.0".into(),
+        registered_unix_ms: twenty_minutes_ago(),
+    }
+}
+
+fn replica(namespace: &str, name: &str, slot: u32, node: &str, state: ReplicaState) -> pb::Replica {
+    let deployment = name.split('-').next().unwrap_or_default().to_string();
+    pb::Replica {
+        namespace: namespace.into(),
+        name: name.into(),
+        deployment,
+        slot,
+        revision: "7f9c2".into(),
+        node: node.into(),
+        pending_reason: String::new(),
+        created_unix_ms: twenty_minutes_ago(),
+        status: Some(pb::ReplicaStatus {
+            replica: format!("{namespace}.{name}"),
+            state: state as i32,
+            ready: state == ReplicaState::Running,
+            image: "drover/busybox:1".into(),
+            revision: "7f9c2".into(),
+            ..Default::default()
+        }),
+        node_address: if node.is_empty() {
+            String::new()
+        } else {
+            "127.0.0.1:7101".into()
+        },
+        host_ports: vec![8080],
+    }
+}
+
+const PENDING_REASON: &str =
+    "0/2 nodes are available: 1 insufficient memory, 1 node(s) were cordoned";
+
+/// A fake with two nodes and three replicas: a running one with restarts, an
+/// unscheduled one in "default", and one in "prod".
+fn setup_cluster() -> (tempfile::TempDir, FakeController, String) {
+    let (home, fake, server) = setup();
+    {
+        let mut state = fake.lock();
+        let mut n2 = node("n2", &[]);
+        n2.cordoned = true;
+        n2.condition = "NotReady".into();
+        n2.allocated_cpu_millis = 0;
+        n2.allocated_memory_bytes = 0;
+        n2.replicas = 0;
+        state.nodes = vec![n2, node("n1", &[("zone", "a"), ("disk", "ssd")])];
+        let mut running = replica("default", "web-7f9c2-0", 0, "n1", ReplicaState::Running);
+        if let Some(s) = running.status.as_mut() {
+            s.restarts = 2;
+            s.last_exit_code = Some(1);
+            s.finished_unix_ms = twenty_minutes_ago();
+            s.container_id = format!("0123456789ab{}", "e".repeat(52));
+        }
+        let mut pending = replica("default", "web-7f9c2-1", 1, "", ReplicaState::Pending);
+        pending.pending_reason = PENDING_REASON.into();
+        let mut api = replica("prod", "api-1a2b3-0", 0, "n1", ReplicaState::Failed);
+        api.host_ports.clear();
+        if let Some(s) = api.status.as_mut() {
+            s.reason = "ErrImagePull".into();
+            s.ready = false;
+        }
+        state.replicas = vec![pending, api, running];
+    }
+    (home, fake, server)
+}
+
+#[test]
+fn get_nodes_shows_status_capacity_and_allocation() {
+    let (home, _fake, server) = setup_cluster();
+    let h = home.path();
+    let r = droverctl(h, &["get", "nodes", "--server", &server], None);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
+    let expected = [
+        "NAME   STATUS                        AGE   LABELS            CPU   MEMORY   ALLOCATED",
+        "n1     Ready                         20m   disk=ssd,zone=a   2     4Gi      cpu 500m (25%), mem 64Mi (1%)",
+        "n2     NotReady,SchedulingDisabled   20m   <none>            2     4Gi      cpu 0 (0%), mem 0 (0%)",
+    ];
+    assert_eq!(r.stdout, expected.join("\n") + "\n");
+
+    let r = droverctl(
+        h,
+        &["get", "no", "n1", "-o", "wide", "--server", &server],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let expected = [
+        "NAME   STATUS   AGE   LABELS            CPU   MEMORY   ALLOCATED                       ADDRESS          RUNTIME   VERSION   REPLICAS",
+        "n1     Ready    20m   disk=ssd,zone=a   2     4Gi      cpu 500m (25%), mem 64Mi (1%)   127.0.0.1:7101   process   0.1.0     1",
+    ];
+    assert_eq!(r.stdout, expected.join("\n") + "\n");
+
+    let r = droverctl(
+        h,
+        &["get", "node/n2", "-o", "name", "--server", &server],
+        None,
+    );
+    assert_eq!(r.stdout, "node/n2\n");
+    let r = droverctl(
+        h,
+        &["get", "nodes", "-o", "json", "--server", &server],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["kind"], "List");
+    assert_eq!(v["items"][0]["metadata"]["name"], "n1");
+    assert_eq!(v["items"][1]["spec"]["unschedulable"], true);
+    assert_eq!(v["items"][1]["status"]["conditions"][0]["status"], "False");
+
+    let r = droverctl(h, &["get", "node", "n1", "nope", "--server", &server], None);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.starts_with("NAME "), "{}", r.stdout);
+    assert_eq!(r.stderr, "error: node \"nope\" not found\n");
+}
+
+#[test]
+fn get_replicas_plain_wide_and_across_namespaces() {
+    let (home, _fake, server) = setup_cluster();
+    let h = home.path();
+    let r = droverctl(h, &["get", "po", "--server", &server], None);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
+    let expected = [
+        "NAME          READY   STATUS    RESTARTS      AGE   NODE     PORTS",
+        "web-7f9c2-0   1/1     Running   2 (20m ago)   20m   n1       8080/TCP",
+        "web-7f9c2-1   0/1     Pending   0             20m   <none>   8080/TCP",
+    ];
+    assert_eq!(r.stdout, expected.join("\n") + "\n");
+
+    let r = droverctl(
+        h,
+        &["get", "replicas", "-o", "wide", "--server", &server],
+        None,
+    );
+    let expected = [
+        "NAME          READY   STATUS    RESTARTS      AGE   NODE     PORTS      CONTAINER-ID   IMAGE              REVISION",
+        "web-7f9c2-0   1/1     Running   2 (20m ago)   20m   n1       8080/TCP   0123456789ab   drover/busybox:1   7f9c2",
+        "web-7f9c2-1   0/1     Pending   0             20m   <none>   8080/TCP   <none>         drover/busybox:1   7f9c2",
+    ];
+    assert_eq!(r.stdout, expected.join("\n") + "\n");
+
+    let r = droverctl(h, &["get", "pods", "-A", "--server", &server], None);
+    let expected = [
+        "NAMESPACE   NAME          READY   STATUS         RESTARTS      AGE   NODE     PORTS",
+        "default     web-7f9c2-0   1/1     Running        2 (20m ago)   20m   n1       8080/TCP",
+        "default     web-7f9c2-1   0/1     Pending        0             20m   <none>   8080/TCP",
+        "prod        api-1a2b3-0   0/1     ErrImagePull   0             20m   n1       <none>",
+    ];
+    assert_eq!(r.stdout, expected.join("\n") + "\n");
+
+    let r = droverctl(
+        h,
+        &[
+            "get",
+            "replicas",
+            "--deployment",
+            "api",
+            "-n",
+            "prod",
+            "-o",
+            "name",
+            "--server",
+            &server,
+        ],
+        None,
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "replica/api-1a2b3-0\n"));
+    let r = droverctl(
+        h,
+        &[
+            "get",
+            "replicas",
+            "--deployment",
+            "nope",
+            "--server",
+            &server,
+        ],
+        None,
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "", "No resources found in default namespace.\n")
+    );
+
+    let r = droverctl(
+        h,
+        &[
+            "get",
+            "replica",
+            "web-7f9c2-1",
+            "gone-1",
+            "--server",
+            &server,
+        ],
+        None,
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    assert_eq!(
+        r.stderr,
+        "error: replica \"gone-1\" not found in namespace \"default\"\n"
+    );
+    let r = droverctl(
+        h,
+        &["get", "deploy", "--deployment", "web", "--server", &server],
+        None,
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .starts_with("error: --deployment only applies to replicas"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn describe_a_pending_replica_and_a_node() {
+    let (home, _fake, server) = setup_cluster();
+    let h = home.path();
+    let r = droverctl(
+        h,
+        &["describe", "replica", "web-7f9c2-1", "--server", &server],
+        None,
+    );
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "Name:           web-7f9c2-1");
+    assert!(lines.contains(&"Node:           <none>"), "{}", r.stdout);
+    assert!(lines.contains(&"Status:         Pending"), "{}", r.stdout);
+    assert!(lines.contains(&"Ready:          False"), "{}", r.stdout);
+    assert_eq!(
+        lines[lines.len() - 4..],
+        [
+            "Events:",
+            "  Type     Reason            Message",
+            "  ----     ------            -------",
+            &format!("  Warning  FailedScheduling  {PENDING_REASON}"),
+        ]
+    );
+
+    let r = droverctl(h, &["describe", "no", "n1", "--server", &server], None);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
+    assert!(
+        r.stdout
+            .contains("Labels:             disk=ssd\n                    zone=a\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("  cpu       500m (25%)\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.ends_with(
+            "Replicas:  (2 in total)\n\
+             \x20 NAMESPACE  NAME         STATUS        READY  RESTARTS     AGE\n\
+             \x20 ---------  ----         ------        -----  --------     ---\n\
+             \x20 default    web-7f9c2-0  Running       1/1    2 (20m ago)  20m\n\
+             \x20 prod       api-1a2b3-0  ErrImagePull  0/1    0            20m\n"
+        ),
+        "{}",
+        r.stdout
+    );
+
+    let r = droverctl(
+        h,
+        &["describe", "replica", "nope", "--server", &server],
+        None,
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "error: replica \"nope\" not found in namespace \"default\"\n"
+    );
+}
+
+#[test]
+fn logs_of_an_unscheduled_replica_say_why() {
+    let (home, _fake, server) = setup_cluster();
+    let r = droverctl(
+        home.path(),
+        &["logs", "web-7f9c2-1", "--server", &server],
+        None,
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""));
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: replica \"web-7f9c2-1\" is not scheduled to a node yet ({PENDING_REASON})\n"
+        )
+    );
+    let r = droverctl(home.path(), &["logs", "nope", "--server", &server], None);
+    assert_eq!(
+        r.stderr,
+        "error: replica \"nope\" not found in namespace \"default\"\n"
+    );
+}
+
+#[test]
+fn logs_stream_from_the_agent_of_the_replicas_node() {
+    let (home, fake, server) = setup_cluster();
+    let agent = FakeAgent::default();
+    let agent_addr = serve_agent(agent.clone()).to_string();
+    for r in fake.lock().replicas.iter_mut() {
+        if !r.node.is_empty() {
+            r.node_address = agent_addr.clone();
+        }
+    }
+    let r = droverctl(
+        home.path(),
+        &["logs", "web-7f9c2-0", "--tail", "5", "--server", &server],
+        None,
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "hello from web\n", "warning: low disk\n")
+    );
+    let requests = agent
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        requests,
+        [pb::LogsRequest {
+            replica: "default.web-7f9c2-0".into(),
+            follow: false,
+            tail: 5
+        }]
+    );
+
+    // The agent's own refusal is passed on in one sentence.
+    let r = droverctl(
+        home.path(),
+        &["logs", "api-1a2b3-0", "-n", "prod", "--server", &server],
+        None,
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        format!("error: the agent of node \"n1\" at {agent_addr} refused the logs request: no replica \"prod.api-1a2b3-0\" on this node\n")
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn logs_follow_streams_until_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+
+    let (home, fake, server) = setup_cluster();
+    let agent = FakeAgent::default();
+    let agent_addr = serve_agent(agent.clone()).to_string();
+    for r in fake.lock().replicas.iter_mut() {
+        r.node_address = agent_addr.clone();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_droverctl"))
+        .args(["logs", "replica/web-7f9c2-0", "-f", "--server", &server])
+        .env("HOME", home.path())
+        .env_remove("DROVER_SERVER")
+        .env_remove("DROVERCONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn droverctl");
+    // The first line of each stream, read as it comes.
+    let first_line = |pipe: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep reading so nothing blocks on a full pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        rx
+    };
+    let stdout = first_line(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = first_line(Box::new(child.stderr.take().expect("stderr")));
+    let wait = std::time::Duration::from_secs(10);
+    let (out, err) = (stdout.recv_timeout(wait), stderr.recv_timeout(wait));
+    // The stream stays open: the command is still running.
+    let still_running = child.try_wait().expect("try_wait").is_none();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("droverctl ran");
+    assert_eq!(out.as_deref(), Ok("hello from web\n"));
+    assert_eq!(err.as_deref(), Ok("warning: low disk\n"));
+    assert!(still_running);
+    assert_eq!(status.code(), Some(130));
+    let requests = agent
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        requests,
+        [pb::LogsRequest {
+            replica: "default.web-7f9c2-0".into(),
+            follow: true,
+            tail: 0
+        }]
+    );
+}
+
+#[test]
+fn logs_from_an_unreachable_agent_name_the_node_and_address() {
+    let (home, fake, server) = setup_cluster();
+    let dead = dead_addr();
+    for r in fake.lock().replicas.iter_mut() {
+        r.node_address = if r.node.is_empty() {
+            String::new()
+        } else {
+            dead.clone()
+        };
+    }
+    let r = droverctl(
+        home.path(),
+        &["logs", "web-7f9c2-0", "--server", &server],
+        None,
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""));
+    assert_eq!(
+        r.stderr,
+        format!("error: cannot reach the agent of node \"n1\" at {dead}: connection refused\n")
+    );
+}
+
+#[test]
+fn replicas_and_nodes_cannot_be_deleted_or_scaled() {
+    let (home, _fake, server) = setup_cluster();
+    let r = droverctl(
+        home.path(),
+        &["delete", "po", "web-7f9c2-0", "--server", &server],
+        None,
+    );
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (
+            1,
+            "error: droverctl cannot delete replicas; scale or delete their deployment instead\n"
+        )
+    );
+    let r = droverctl(
+        home.path(),
+        &["scale", "node/n1", "--replicas", "2", "--server", &server],
+        None,
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .starts_with("error: only deployments can be scaled, not nodes"),
+        "{}",
+        r.stderr
+    );
 }

@@ -65,8 +65,29 @@ pub struct Options {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controllers: Vec<Controller>,
+    pub agents: Vec<Agent>,
     options: Options,
     peers: String,
+}
+
+/// A drover-agent process, on 127.0.1.<n>.
+pub struct Agent {
+    pub name: String,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub runtime: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Cluster {
@@ -102,6 +123,7 @@ impl Cluster {
         let mut cluster = Cluster {
             dir,
             controllers,
+            agents: Vec::new(),
             options,
             peers,
         };
@@ -299,7 +321,108 @@ impl Cluster {
         }
     }
 
+    /// Start an agent named `name` with `runtime` (`process`, `docker`, `sim`)
+    /// and the given extra flags; returns its index.
+    pub fn start_agent(
+        &mut self,
+        name: &str,
+        runtime: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<usize> {
+        let n = self.agents.len() + 1;
+        let ip = format!("127.0.1.{n}");
+        let port = free_port(&ip)?;
+        self.agents.push(Agent {
+            name: name.to_string(),
+            address: format!("{ip}:{port}"),
+            data_dir: self.dir.path().join(format!("agent-{name}")),
+            log: self.dir.path().join(format!("agent-{name}.log")),
+            runtime: runtime.to_string(),
+            child: None,
+        });
+        let i = self.agents.len() - 1;
+        self.spawn_agent(i, extra)?;
+        Ok(i)
+    }
+
+    fn spawn_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let servers = self.servers();
+        let a = &mut self.agents[i];
+        let log = File::options().create(true).append(true).open(&a.log)?;
+        let child = Command::new(bin("drover-agent"))
+            .arg("--name")
+            .arg(&a.name)
+            .arg("--controllers")
+            .arg(&servers)
+            .arg("--runtime")
+            .arg(&a.runtime)
+            .arg("--data-dir")
+            .arg(&a.data_dir)
+            .arg("--listen")
+            .arg(&a.address)
+            .args(extra)
+            .env("DROVER_LOG", "info,h2=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting drover-agent")?;
+        a.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL agent `i` (its replicas keep running, as on a real host whose
+    /// agent crashed).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.agents[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        self.kill_agent(i);
+        self.spawn_agent(i, extra)
+    }
+
+    /// Poll `check` every 50 ms until it returns `Some`, or fail after `timeout`
+    /// with the last value it saw.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match check().await {
+                Ok(v) => return Ok(v),
+                Err(last) if Instant::now() > deadline => {
+                    bail!("{what}: not reached within {timeout:?}; last: {last}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     fn dump_logs(&self) {
+        for a in &self.agents {
+            let mut text = String::new();
+            if let Ok(mut f) = File::open(&a.log) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = f.seek(SeekFrom::Start(len.saturating_sub(6000)));
+                let _ = f.read_to_string(&mut text);
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "----- agent {} log (tail) -----\n{text}",
+                a.name
+            );
+        }
         for c in &self.controllers {
             let mut text = String::new();
             if let Ok(mut f) = File::open(&c.log) {
@@ -320,6 +443,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
+        }
+        for i in 0..self.agents.len() {
+            self.kill_agent(i);
         }
         for i in 0..self.controllers.len() {
             self.kill(i);
@@ -395,11 +521,19 @@ pub fn err(out: &Output) -> String {
 
 /// A Deployment manifest with one busybox container.
 pub fn manifest(name: &str, replicas: u32) -> String {
+    manifest_noted(name, replicas, "")
+}
+
+/// The same manifest with an annotation that differs per `note`: each new
+/// note is a real change to store, without touching the replica count.
+pub fn manifest_noted(name: &str, replicas: u32, note: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: {name}
+  annotations:
+    drover.io/note: "{note}"
   labels:
     app: {name}
 spec:
@@ -430,11 +564,21 @@ pub async fn apply(
     name: &str,
     replicas: u32,
 ) -> Result<pb::ApplyResponse, tonic::Status> {
+    apply_noted(client, name, replicas, "").await
+}
+
+/// Apply [`manifest_noted`].
+pub async fn apply_noted(
+    client: &mut ControlClient<Channel>,
+    name: &str,
+    replicas: u32,
+    note: &str,
+) -> Result<pb::ApplyResponse, tonic::Status> {
     client
         .apply(pb::ApplyRequest {
             files: vec![pb::ManifestFile {
                 name: format!("{name}.yaml"),
-                content: manifest(name, replicas),
+                content: manifest_noted(name, replicas, note),
             }],
             ..Default::default()
         })

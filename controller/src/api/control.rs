@@ -1,7 +1,8 @@
 //! `drover.v1.Control`: the API droverctl speaks. Every handler validates its
 //! input before anything is proposed, so a refused request changes nothing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tonic::{Request, Response, Status};
@@ -9,22 +10,40 @@ use tonic::{Request, Response, Status};
 use drover_proto::manifest::{self, ParseOptions};
 use drover_proto::pb;
 
-use super::{store_error, Cluster};
+use super::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
-use crate::store::{ApplyOutcome, Command, ObjectRef, StoredDeployment, Write, WriteResult};
+use crate::dispatcher::observed_to_pb;
+use crate::orchestrator::revision;
+use crate::store::{
+    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaPhase, ReplicaRecord, StoredDeployment,
+    Write, WriteResult,
+};
 
 pub struct ControlService {
     pub cluster: Cluster,
 }
 
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// kubectl's READY / UP-TO-DATE / AVAILABLE for one deployment.
+fn deployment_status(d: &StoredDeployment, replicas: &[ReplicaRecord]) -> pb::DeploymentStatus {
+    let m = &d.deployment.metadata;
+    let rev = revision(&d.deployment.spec.template);
+    let mine: Vec<&ReplicaRecord> = replicas
+        .iter()
+        .filter(|r| r.namespace == m.namespace && r.deployment == m.name)
+        .collect();
+    let ready = mine
+        .iter()
+        .filter(|r| r.observed.ready && r.observed.phase == ReplicaPhase::Running)
+        .count() as u32;
+    pb::DeploymentStatus {
+        replicas: mine.len() as u32,
+        ready,
+        updated: mine.iter().filter(|r| r.revision == rev).count() as u32,
+        available: ready,
+    }
 }
 
-fn to_pb(d: &StoredDeployment) -> Result<pb::Deployment, Status> {
+fn to_pb(d: &StoredDeployment, replicas: &[ReplicaRecord]) -> Result<pb::Deployment, Status> {
     let spec_json =
         serde_json::to_string(&d.deployment).map_err(|e| Status::internal(e.to_string()))?;
     Ok(pb::Deployment {
@@ -34,12 +53,7 @@ fn to_pb(d: &StoredDeployment) -> Result<pb::Deployment, Status> {
         generation: d.generation,
         created_unix_ms: d.created_unix_ms,
         updated_unix_ms: d.updated_unix_ms,
-        status: Some(pb::DeploymentStatus {
-            replicas: 0,
-            ready: 0,
-            updated: 0,
-            available: 0,
-        }),
+        status: Some(deployment_status(d, replicas)),
     })
 }
 
@@ -57,7 +71,7 @@ fn unexpected(r: WriteResult) -> Status {
 
 /// Checks a name the user typed for a lookup or delete, so a typo gets a clear
 /// answer rather than "not found".
-fn check_name(what: &str, value: &str) -> Result<(), Status> {
+pub(crate) fn check_name(what: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{what} is empty")));
     }
@@ -162,13 +176,18 @@ impl pb::control_server::Control for ControlService {
             check_name("namespace", ns)?;
         }
         let (applied_index, _) = self.cluster.store.applied().map_err(store_error)?;
+        let replicas = self
+            .cluster
+            .store
+            .replicas(namespace)
+            .map_err(store_error)?;
         let deployments = self
             .cluster
             .store
             .deployments(namespace)
             .map_err(store_error)?
             .iter()
-            .map(to_pb)
+            .map(|d| to_pb(d, &replicas))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
@@ -190,7 +209,14 @@ impl pb::control_server::Control for ControlService {
             .deployment(&req.namespace, &req.name)
             .map_err(store_error)?
         {
-            Some(d) => Ok(Response::new(to_pb(&d)?)),
+            Some(d) => {
+                let replicas = self
+                    .cluster
+                    .store
+                    .replicas(Some(&req.namespace))
+                    .map_err(store_error)?;
+                Ok(Response::new(to_pb(&d, &replicas)?))
+            }
             None => Err(Status::not_found(format!(
                 "deployment {:?} not found in namespace {:?}",
                 req.name, req.namespace
@@ -266,6 +292,145 @@ impl pb::control_server::Control for ControlService {
             })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster.read_barrier(req.read.as_ref()).await?;
+        let store = &self.cluster.store;
+        let deployments: HashMap<(String, String), StoredDeployment> = store
+            .deployments(None)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|d| {
+                (
+                    (
+                        d.deployment.metadata.namespace.clone(),
+                        d.deployment.metadata.name.clone(),
+                    ),
+                    d,
+                )
+            })
+            .collect();
+        let mut usage: HashMap<String, (u64, u64, u32)> = HashMap::new();
+        for r in store.replicas(None).map_err(store_error)? {
+            let (Some(node), Some(d)) = (
+                r.node.as_ref(),
+                deployments.get(&(r.namespace.clone(), r.deployment.clone())),
+            ) else {
+                continue;
+            };
+            let u = usage.entry(node.clone()).or_default();
+            for c in &d.deployment.spec.template.spec.containers {
+                u.0 += c.resources.requests.cpu_millis.unwrap_or(0);
+                u.1 += c.resources.requests.memory_bytes.unwrap_or(0);
+            }
+            u.2 += 1;
+        }
+        let nodes = store
+            .nodes()
+            .map_err(store_error)?
+            .into_iter()
+            .map(|n| {
+                let (cpu, mem, count) = usage.get(&n.name).copied().unwrap_or_default();
+                pb::Node {
+                    condition: match n.condition {
+                        NodeCondition::Ready => "Ready".into(),
+                        NodeCondition::NotReady => "NotReady".into(),
+                    },
+                    labels: n.labels.into_iter().collect(),
+                    condition_since_unix_ms: n.condition_since_unix_ms,
+                    cordoned: n.cordoned,
+                    cpu_millis: n.capacity.cpu_millis,
+                    memory_bytes: n.capacity.memory_bytes,
+                    allocated_cpu_millis: cpu,
+                    allocated_memory_bytes: mem,
+                    replicas: count,
+                    address: n.address,
+                    runtime: n.runtime,
+                    agent_version: n.agent_version,
+                    registered_unix_ms: n.registered_unix_ms,
+                    name: n.name,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_replicas(
+        &self,
+        request: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        let req = request.into_inner();
+        let namespace = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+        if let Some(ns) = namespace {
+            check_name("namespace", ns)?;
+        }
+        self.cluster.read_barrier(req.read.as_ref()).await?;
+        let store = &self.cluster.store;
+        let addresses: HashMap<String, String> = store
+            .nodes()
+            .map_err(store_error)?
+            .into_iter()
+            .map(|n| (n.name, n.address))
+            .collect();
+        let deployments: HashMap<(String, String), StoredDeployment> = store
+            .deployments(namespace)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|d| {
+                (
+                    (
+                        d.deployment.metadata.namespace.clone(),
+                        d.deployment.metadata.name.clone(),
+                    ),
+                    d,
+                )
+            })
+            .collect();
+        let replicas = store
+            .replicas(namespace)
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|r| req.deployment.is_empty() || r.deployment == req.deployment)
+            .map(|r| {
+                let host_ports = deployments
+                    .get(&(r.namespace.clone(), r.deployment.clone()))
+                    .map(|d| {
+                        d.deployment
+                            .spec
+                            .template
+                            .spec
+                            .containers
+                            .iter()
+                            .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port.map(u32::from)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                pb::Replica {
+                    status: Some(observed_to_pb(&r)),
+                    node_address: r
+                        .node
+                        .as_ref()
+                        .and_then(|n| addresses.get(n))
+                        .cloned()
+                        .unwrap_or_default(),
+                    node: r.node.clone().unwrap_or_default(),
+                    namespace: r.namespace,
+                    name: r.name,
+                    deployment: r.deployment,
+                    slot: r.slot,
+                    revision: r.revision,
+                    pending_reason: r.pending_reason,
+                    created_unix_ms: r.created_unix_ms,
+                    host_ports,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListReplicasResponse { replicas }))
     }
 
     async fn cluster_status(

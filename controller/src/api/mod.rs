@@ -239,6 +239,14 @@ pub(crate) fn node_error(e: NodeError) -> Status {
     }
 }
 
+/// Wall-clock time for commands (chosen by the proposer, never read in apply).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub(crate) fn store_error(e: StoreError) -> Status {
     Status::internal(format!("reading the controller's state failed: {e}"))
 }

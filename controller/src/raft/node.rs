@@ -162,6 +162,7 @@ pub struct Handle {
     id: u64,
     tx: mpsc::Sender<Msg>,
     leadership: watch::Receiver<Leadership>,
+    applied: watch::Receiver<u64>,
 }
 
 impl Handle {
@@ -220,6 +221,17 @@ impl Handle {
         *self.leadership.borrow()
     }
 
+    /// The applied index, updated after every batch of applied entries: wait
+    /// on it to react to changes of the replicated state.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Leadership changes, to wait on.
+    pub fn leadership_watch(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
     /// Wait until some leader is known, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<Leadership> {
         let mut rx = self.leadership.clone();
@@ -270,6 +282,7 @@ pub struct Node {
     transport: Arc<dyn Transport>,
     inbox: mpsc::Receiver<Msg>,
     leadership: watch::Sender<Leadership>,
+    applied: watch::Sender<u64>,
     /// Proposals waiting for their log index to apply, by index.
     writes: HashMap<u64, PendingWrite>,
     /// ReadIndex requests waiting for the leader's answer, by request context.
@@ -306,10 +319,12 @@ impl Node {
         let logger = slog::Logger::root(slog::Drain::fuse(slog_stdlog::StdLog), slog::o!());
         let raw = RawNode::new(&cfg.raft_config(applied), storage, &logger)?;
         let (leadership, rx) = watch::channel(Leadership::default());
+        let (applied_tx, applied_rx) = watch::channel(applied);
         let handle = Handle {
             id: cfg.id,
             tx,
             leadership: rx,
+            applied: applied_rx,
         };
         let node = Node {
             cfg,
@@ -319,6 +334,7 @@ impl Node {
             transport,
             inbox,
             leadership,
+            applied: applied_tx,
             writes: HashMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -583,6 +599,12 @@ impl Node {
         self.transport.send(light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.applied.send_if_modified(|a| {
+            let now = self.raw.raft.raft_log.applied;
+            let changed = *a != now;
+            *a = now;
+            changed
+        });
         self.serve_ready_reads();
         self.maybe_compact().await?;
         Ok(())

@@ -45,6 +45,15 @@ pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
             bail!("give TYPE NAME... or -f FILE (e.g. droverctl delete deployment web)");
         }
         let selection = Selection::parse(&args.resources)?;
+        match selection.kind {
+            ResourceKind::Deployment => {}
+            ResourceKind::Replica => {
+                bail!("droverctl cannot delete replicas; scale or delete their deployment instead")
+            }
+            ResourceKind::Node => {
+                bail!("droverctl cannot delete nodes; only deployments can be deleted")
+            }
+        }
         if selection.names.is_empty() {
             bail!(
                 "resource(s) were provided, but no name was specified (e.g. droverctl delete {} web)",

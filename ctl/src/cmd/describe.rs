@@ -1,49 +1,86 @@
-//! `droverctl describe deployment [NAME...]`: kubectl's multi-line view.
+//! `droverctl describe deployment|replica|node [NAME...]`: kubectl's multi-line view.
 //!
 //! The text is built as `key:\tvalue` lines and aligned by
 //! [`output::align_tabs`], the same way kubectl's describers feed a tabwriter.
+//! The `Events:` of a replica are derived from its current state (the API
+//! keeps no event history yet): why it is not scheduled, why it cannot start,
+//! why it is backing off.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use drover_proto::manifest::quantity::{format_cpu_millis, format_memory_bytes};
 use drover_proto::manifest::{self, IntOrPercent, PortRef, Probe, ProbeHandler, Strategy};
-use drover_proto::pb;
+use drover_proto::pb::{self, ReplicaState};
 
-use super::get::{fetch_named, not_found};
+use super::get::{fetch_named, list_nodes, list_replicas, not_found, pick};
 use super::{print, Env};
 use crate::cli::DescribeArgs;
-use crate::output::{self, labels_inline, rfc1123z};
-use crate::resource::Selection;
+use crate::output::{
+    self, age, human_duration, labels_inline, nodes, now_ms, one_line, or_none, replicas, rfc1123z,
+    Table,
+};
+use crate::resource::{ResourceKind, Selection};
 use crate::AlreadyReported;
 
 pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
     let selection = Selection::parse(&args.resources)?;
     let (mut client, settings) = env.client()?;
     let namespace = settings.namespace;
-    let (items, missing) = if selection.names.is_empty() {
-        let mut items = client
-            .call(|mut c| {
-                let request = pb::ListDeploymentsRequest {
-                    namespace: namespace.clone(),
-                    read: None,
-                };
-                async move { c.list_deployments(request).await }
-            })
-            .await?
-            .deployments;
-        items.sort_by(|a, b| a.name.cmp(&b.name));
-        if items.is_empty() {
-            crate::print_note(&super::get::no_resources(&namespace, false));
+    let listed = selection.names.is_empty();
+    let now = now_ms();
+    let (texts, missing) = match selection.kind {
+        ResourceKind::Deployment => {
+            let (items, missing) = if listed {
+                let mut items = client
+                    .call(|mut c| {
+                        let request = pb::ListDeploymentsRequest {
+                            namespace: namespace.clone(),
+                            read: None,
+                        };
+                        async move { c.list_deployments(request).await }
+                    })
+                    .await?
+                    .deployments;
+                items.sort_by(|a, b| a.name.cmp(&b.name));
+                (items, Vec::new())
+            } else {
+                fetch_named(&mut client, &namespace, &selection.names, None).await?
+            };
+            let mut texts = Vec::new();
+            for d in &items {
+                texts.push(describe_deployment(d, &output::model_of(d)?));
+            }
+            (texts, missing)
         }
-        (items, Vec::new())
-    } else {
-        fetch_named(&mut client, &namespace, &selection.names, None).await?
+        ResourceKind::Replica => {
+            let all = list_replicas(&mut client, &namespace, "", None).await?;
+            let (items, missing) = pick(all, &selection.names, |r| &r.name);
+            let texts = items.iter().map(|r| describe_replica(r, now)).collect();
+            (texts, missing)
+        }
+        ResourceKind::Node => {
+            let all = list_nodes(&mut client, None).await?;
+            let (items, missing) = pick(all, &selection.names, |n| &n.name);
+            let bound = if items.is_empty() {
+                Vec::new()
+            } else {
+                list_replicas(&mut client, "", "", None).await?
+            };
+            let texts = items
+                .iter()
+                .map(|n| {
+                    let mine: Vec<pb::Replica> =
+                        bound.iter().filter(|r| r.node == n.name).cloned().collect();
+                    describe_node(n, &mine, now)
+                })
+                .collect();
+            (texts, missing)
+        }
     };
-
-    let mut texts = Vec::new();
-    for d in &items {
-        texts.push(describe_deployment(d, &output::model_of(d)?));
+    if listed && texts.is_empty() {
+        let everywhere = !selection.kind.namespaced();
+        crate::print_note(&super::get::no_resources(&namespace, everywhere));
     }
     print(&texts.join("\n"))?;
     if missing.is_empty() {
@@ -53,6 +90,221 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
         crate::print_error(&not_found(selection.kind, name, &namespace));
     }
     Err(AlreadyReported(missing.len()).into())
+}
+
+/// The reason a replica's container last exited (`Error`, `OOMKilled`...),
+/// when its status carries one: agents report the exit reason while the
+/// container runs again, backs off or is being restarted.
+fn exit_reason(r: &pb::Replica, s: &pb::ReplicaStatus) -> Option<String> {
+    let reason = one_line(&s.reason);
+    let exit_state = matches!(
+        replicas::state(r),
+        ReplicaState::Running | ReplicaState::CrashLoopBackOff | ReplicaState::Pending
+    );
+    (s.last_exit_code.is_some()
+        && exit_state
+        && !reason.is_empty()
+        && reason != "ContainerCreating")
+        .then_some(reason)
+}
+
+/// The whole describe text of one replica.
+pub fn describe_replica(r: &pb::Replica, now_ms: i64) -> String {
+    let s = replicas::status_of(r);
+    let state = replicas::state(r);
+    let status = replicas::status_text(r);
+    let exit = exit_reason(r, &s);
+    let mut w = String::new();
+    line(&mut w, 0, "Name", &r.name);
+    line(&mut w, 0, "Namespace", &r.namespace);
+    line(&mut w, 0, "Deployment", &r.deployment);
+    line(&mut w, 0, "Slot", &r.slot.to_string());
+    line(&mut w, 0, "Revision", &or_none(&r.revision));
+    let node = match (r.node.as_str(), r.node_address.as_str()) {
+        ("", _) => "<none>".to_string(),
+        (node, "") => node.to_string(),
+        (node, address) => format!("{node}/{address}"),
+    };
+    line(&mut w, 0, "Node", &node);
+    if r.created_unix_ms > 0 {
+        line(&mut w, 0, "Created", &rfc1123z(r.created_unix_ms));
+    }
+    line(&mut w, 0, "Image", &or_none(&one_line(&s.image)));
+    line(
+        &mut w,
+        0,
+        "Container ID",
+        &or_none(&one_line(&s.container_id)),
+    );
+    line(&mut w, 0, "Status", &status);
+    let reason = one_line(&s.reason);
+    if !reason.is_empty() && reason != status && exit.is_none() {
+        line(&mut w, 0, "Reason", &reason);
+    }
+    let message = one_line(&s.message);
+    if !message.is_empty() {
+        line(&mut w, 0, "Message", &message);
+    }
+    if state == ReplicaState::Running && s.started_unix_ms > 0 {
+        line(&mut w, 0, "Started", &rfc1123z(s.started_unix_ms));
+    }
+    line(&mut w, 0, "Ready", if s.ready { "True" } else { "False" });
+    line(&mut w, 0, "Restart Count", &s.restarts.to_string());
+    let backing_off = matches!(state, ReplicaState::CrashLoopBackOff | ReplicaState::Failed);
+    if backing_off && s.next_restart_unix_ms > 0 {
+        let when = s.next_restart_unix_ms.saturating_sub(now_ms);
+        let relative = if when > 0 {
+            format!(
+                "in {}",
+                human_duration(std::time::Duration::from_millis(when.unsigned_abs()))
+            )
+        } else {
+            "due now".to_string()
+        };
+        line(
+            &mut w,
+            0,
+            "Next Restart",
+            &format!("{} ({relative})", rfc1123z(s.next_restart_unix_ms)),
+        );
+    }
+    if let Some(code) = s.last_exit_code {
+        line(&mut w, 0, "Last State", "Terminated");
+        if let Some(reason) = &exit {
+            line(&mut w, 1, "Reason", reason);
+        }
+        line(&mut w, 1, "Exit Code", &code.to_string());
+        // While it runs again, `started` is the new run's start, not the last one's.
+        if state != ReplicaState::Running && s.started_unix_ms > 0 {
+            line(&mut w, 1, "Started", &rfc1123z(s.started_unix_ms));
+        }
+        if s.finished_unix_ms > 0 {
+            line(&mut w, 1, "Finished", &rfc1123z(s.finished_unix_ms));
+        }
+    }
+    let events = replica_events(r, &s, state);
+    if events.is_empty() {
+        line(&mut w, 0, "Events", "<none>");
+    } else {
+        heading(&mut w, 0, "Events");
+        let mut t = Table::new(["Type", "Reason", "Message"]);
+        for (kind, reason, message) in events {
+            t.push(vec![kind.into(), reason.into(), message]);
+        }
+        w.push_str(&t.render_described(2, "  "));
+    }
+    output::align_tabs(&w)
+}
+
+/// What kubectl would list as the replica's recent warnings, from its state.
+fn replica_events(
+    r: &pb::Replica,
+    s: &pb::ReplicaStatus,
+    state: ReplicaState,
+) -> Vec<(&'static str, &'static str, String)> {
+    let mut events = Vec::new();
+    if r.node.is_empty() {
+        let reason = match one_line(&r.pending_reason) {
+            reason if reason.is_empty() => "not scheduled to a node yet".to_string(),
+            reason => reason,
+        };
+        events.push(("Warning", "FailedScheduling", reason));
+        return events;
+    }
+    let message = one_line(&s.message);
+    match state {
+        ReplicaState::Failed => {
+            let reason = one_line(&s.reason);
+            let text = match (reason.is_empty(), message.is_empty()) {
+                (_, false) => message,
+                (false, true) => reason,
+                (true, true) => "the container cannot be started".to_string(),
+            };
+            events.push(("Warning", "Failed", text));
+        }
+        ReplicaState::CrashLoopBackOff => {
+            let text = if message.is_empty() {
+                "Back-off restarting failed container".to_string()
+            } else {
+                message
+            };
+            events.push(("Warning", "BackOff", text));
+        }
+        _ => {}
+    }
+    events
+}
+
+/// The whole describe text of one node; `bound` are the replicas on it.
+pub fn describe_node(n: &pb::Node, bound: &[pb::Replica], now_ms: i64) -> String {
+    let mut w = String::new();
+    line(&mut w, 0, "Name", &n.name);
+    multi(&mut w, 0, "Labels", labels_lines(&nodes::labels(n)));
+    let condition = match one_line(&n.condition) {
+        c if c.is_empty() => "Unknown".to_string(),
+        c => c,
+    };
+    let status = if n.condition_since_unix_ms > 0 {
+        format!(
+            "{condition} since {} ({} ago)",
+            rfc1123z(n.condition_since_unix_ms),
+            age(n.condition_since_unix_ms, now_ms)
+        )
+    } else {
+        condition
+    };
+    line(&mut w, 0, "Status", &status);
+    line(
+        &mut w,
+        0,
+        "Cordoned",
+        if n.cordoned { "true" } else { "false" },
+    );
+    line(&mut w, 0, "Address", &or_none(&one_line(&n.address)));
+    line(&mut w, 0, "Runtime", &or_none(&one_line(&n.runtime)));
+    line(
+        &mut w,
+        0,
+        "Agent Version",
+        &or_none(&one_line(&n.agent_version)),
+    );
+    if n.registered_unix_ms > 0 {
+        line(
+            &mut w,
+            0,
+            "CreationTimestamp",
+            &rfc1123z(n.registered_unix_ms),
+        );
+    }
+    heading(&mut w, 0, "Capacity");
+    line(&mut w, 1, "cpu", &format_cpu_millis(n.cpu_millis));
+    line(&mut w, 1, "memory", &format_memory_bytes(n.memory_bytes));
+    heading(&mut w, 0, "Allocated resources");
+    let mut t = Table::new(["Resource", "Requests"]);
+    t.push(vec!["cpu".into(), nodes::allocated_cpu(n)]);
+    t.push(vec!["memory".into(), nodes::allocated_memory(n)]);
+    w.push_str(&t.render_described(2, "  "));
+    line(
+        &mut w,
+        0,
+        "Replicas",
+        &format!("({} in total)", bound.len()),
+    );
+    if !bound.is_empty() {
+        let mut t = Table::new(["NAMESPACE", "NAME", "STATUS", "READY", "RESTARTS", "AGE"]);
+        for r in bound {
+            t.push(vec![
+                r.namespace.clone(),
+                r.name.clone(),
+                replicas::status_text(r),
+                replicas::ready(r),
+                replicas::restarts(r, now_ms),
+                age(r.created_unix_ms, now_ms),
+            ]);
+        }
+        w.push_str(&t.render_described(2, "  "));
+    }
+    output::align_tabs(&w)
 }
 
 /// The whole describe text of one deployment.
@@ -312,6 +564,8 @@ fn list(w: &mut String, level: usize, key: &str, items: &[String]) {
 mod tests {
     use super::*;
     use crate::output::fixtures::{api, labels, model};
+    use crate::output::nodes::fixtures::node;
+    use crate::output::replicas::fixtures::replica;
     use drover_proto::manifest::*;
 
     const T0: i64 = 1_717_243_200_000;
@@ -376,6 +630,153 @@ mod tests {
             "  Node-Selectors:  <none>",
         ];
         assert_eq!(text, expected.join("\n") + "\n");
+    }
+
+    #[test]
+    fn describe_replica_pending_shows_the_scheduling_reason() {
+        let mut r = replica(3, "", ReplicaState::Pending, T0);
+        r.pending_reason =
+            "0/3 nodes are available: 2 insufficient memory, 1 node(s) were cordoned".into();
+        let expected = [
+            "Name:           web-7f9c2-3",
+            "Namespace:      default",
+            "Deployment:     web",
+            "Slot:           3",
+            "Revision:       7f9c2",
+            "Node:           <none>",
+            "Created:        Sat, 01 Jun 2024 12:00:00 +0000",
+            "Image:          drover/busybox:1",
+            "Container ID:   <none>",
+            "Status:         Pending",
+            "Ready:          False",
+            "Restart Count:  0",
+            "Events:",
+            "  Type     Reason            Message",
+            "  ----     ------            -------",
+            "  Warning  FailedScheduling  0/3 nodes are available: 2 insufficient memory, 1 node(s) were cordoned",
+        ];
+        assert_eq!(describe_replica(&r, T0 + 5_000), expected.join("\n") + "\n");
+    }
+
+    #[test]
+    fn describe_replica_crash_looping_shows_the_last_state_and_next_restart() {
+        let mut r = replica(1, "n1", ReplicaState::CrashLoopBackOff, T0);
+        if let Some(s) = r.status.as_mut() {
+            s.restarts = 3;
+            s.last_exit_code = Some(1);
+            s.reason = "Error".into();
+            s.message = "back-off 8s restarting the container (exit code 1)".into();
+            s.container_id = "c0ffee".into();
+            s.started_unix_ms = T0 + 60_000;
+            s.finished_unix_ms = T0 + 62_000;
+            s.next_restart_unix_ms = T0 + 70_000;
+        }
+        let expected = [
+            "Name:           web-7f9c2-1",
+            "Namespace:      default",
+            "Deployment:     web",
+            "Slot:           1",
+            "Revision:       7f9c2",
+            "Node:           n1/127.0.0.1:7101",
+            "Created:        Sat, 01 Jun 2024 12:00:00 +0000",
+            "Image:          drover/busybox:1",
+            "Container ID:   c0ffee",
+            "Status:         CrashLoopBackOff",
+            "Message:        back-off 8s restarting the container (exit code 1)",
+            "Ready:          False",
+            "Restart Count:  3",
+            "Next Restart:   Sat, 01 Jun 2024 12:01:10 +0000 (in 6s)",
+            "Last State:     Terminated",
+            "  Reason:     Error",
+            "  Exit Code:  1",
+            "  Started:    Sat, 01 Jun 2024 12:01:00 +0000",
+            "  Finished:   Sat, 01 Jun 2024 12:01:02 +0000",
+            "Events:",
+            "  Type     Reason   Message",
+            "  ----     ------   -------",
+            "  Warning  BackOff  back-off 8s restarting the container (exit code 1)",
+        ];
+        assert_eq!(
+            describe_replica(&r, T0 + 64_000),
+            expected.join("\n") + "\n"
+        );
+    }
+
+    #[test]
+    fn describe_replica_failed_and_running() {
+        let mut r = replica(2, "n1", ReplicaState::Failed, T0);
+        if let Some(s) = r.status.as_mut() {
+            s.reason = "PortInUse".into();
+            s.message = "Bind for 0.0.0.0:8080 failed:\nport is already allocated".into();
+        }
+        let text = describe_replica(&r, T0);
+        assert!(text.contains("\nStatus:         PortInUse\n"), "{text}");
+        assert!(!text.contains("Reason:"), "{text}");
+        assert!(text.contains(
+            "  Warning  Failed  Bind for 0.0.0.0:8080 failed: port is already allocated\n"
+        ));
+
+        let mut r = replica(0, "n1", ReplicaState::Running, T0);
+        if let Some(s) = r.status.as_mut() {
+            s.restarts = 1;
+            s.last_exit_code = Some(137);
+            s.reason = "OOMKilled".into();
+            s.started_unix_ms = T0 + 10_000;
+            s.finished_unix_ms = T0 + 9_000;
+        }
+        let text = describe_replica(&r, T0 + 20_000);
+        assert!(
+            text.contains(
+                "\nStarted:        Sat, 01 Jun 2024 12:00:10 +0000\nReady:          True\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Last State:     Terminated\n  Reason:     OOMKilled\n  Exit Code:  137\n  Finished:   Sat, 01 Jun 2024 12:00:09 +0000\n"), "{text}");
+        assert!(
+            text.ends_with("  Finished:   Sat, 01 Jun 2024 12:00:09 +0000\nEvents:  <none>\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn describe_node_lists_its_replicas() {
+        let mut n = node("n1", T0);
+        n.cordoned = true;
+        let mut running = replica(0, "n1", ReplicaState::Running, T0);
+        running.namespace = "prod".into();
+        let bound = [
+            running,
+            replica(2, "n1", ReplicaState::Pending, T0 + 290_000),
+        ];
+        let expected = [
+            "Name:               n1",
+            "Labels:             zone=a",
+            "Status:             Ready since Sat, 01 Jun 2024 12:00:00 +0000 (5m ago)",
+            "Cordoned:           true",
+            "Address:            127.0.0.1:7101",
+            "Runtime:            docker",
+            "Agent Version:      0.1.0",
+            "CreationTimestamp:  Sat, 01 Jun 2024 12:00:00 +0000",
+            "Capacity:",
+            "  cpu:     2",
+            "  memory:  2Gi",
+            "Allocated resources:",
+            "  Resource  Requests",
+            "  --------  --------",
+            "  cpu       500m (25%)",
+            "  memory    64Mi (3%)",
+            "Replicas:  (2 in total)",
+            "  NAMESPACE  NAME         STATUS             READY  RESTARTS  AGE",
+            "  ---------  ----         ------             -----  --------  ---",
+            "  prod       web-7f9c2-0  Running            1/1    0         5m",
+            "  default    web-7f9c2-2  ContainerCreating  0/1    0         10s",
+        ];
+        assert_eq!(
+            describe_node(&n, &bound, T0 + 300_000),
+            expected.join("\n") + "\n"
+        );
+        let text = describe_node(&node("n2", T0), &[], T0);
+        assert!(text.ends_with("Replicas:  (0 in total)\n"), "{text}");
     }
 
     #[test]

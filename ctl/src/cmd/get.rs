@@ -1,64 +1,84 @@
-//! `droverctl get deployments [NAME...] [-o wide|yaml|json|name] [-A] [--stale]`
+//! `droverctl get deployments|replicas|nodes [NAME...] [-o wide|yaml|json|name] [-A] [--stale]`
 //!
-//! Without names: one List call (the whole namespace, or every namespace with
-//! `-A`). With names: one Get per name; the ones found are printed, each
+//! Deployments without names: one List call (the whole namespace, or every
+//! namespace with `-A`); with names: one Get per name. Replicas and nodes are
+//! always listed (replicas in the namespace, optionally of one
+//! `--deployment`) and then picked by name. Found ones are printed, each
 //! missing one is an `error:` line and the exit code is 1, as with kubectl.
 
 use anyhow::bail;
 use drover_proto::pb;
+use serde_json::Value;
 use tonic::Code;
 
 use super::{print, Env};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{Client, ClientError};
-use crate::output::{self, now_ms};
+use crate::output::{self, nodes, now_ms, replicas};
 use crate::resource::{ResourceKind, Selection};
 use crate::AlreadyReported;
 
 pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     let selection = Selection::parse(&args.resources)?;
-    if args.all_namespaces && !selection.names.is_empty() {
+    let kind = selection.kind;
+    if args.deployment.is_some() && kind != ResourceKind::Replica {
+        bail!(
+            "--deployment only applies to replicas (e.g. droverctl get replicas --deployment web)"
+        );
+    }
+    if args.all_namespaces && !selection.names.is_empty() && kind.namespaced() {
         bail!("a resource cannot be retrieved by name across all namespaces");
     }
     let (mut client, settings) = env.client()?;
     let namespace = settings.namespace;
     let read = Some(pb::ReadOptions { stale: args.stale });
-
-    let (items, missing) = if selection.names.is_empty() {
-        let list_ns = if args.all_namespaces {
-            String::new()
-        } else {
-            namespace.clone()
-        };
-        let mut items = client
-            .call(|mut c| {
-                let request = pb::ListDeploymentsRequest {
-                    namespace: list_ns.clone(),
-                    read,
-                };
-                async move { c.list_deployments(request).await }
-            })
-            .await?
-            .deployments;
-        items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        (items, Vec::new())
+    let listed = selection.names.is_empty();
+    let list_ns = if args.all_namespaces {
+        String::new()
     } else {
-        fetch_named(&mut client, &namespace, &selection.names, read).await?
+        namespace.clone()
     };
 
-    let listed = selection.names.is_empty();
-    let text = render(
-        selection.kind,
-        &items,
-        args.output,
-        args.all_namespaces,
-        listed,
-    )?;
+    let (text, missing) = match kind {
+        ResourceKind::Deployment => {
+            let (items, missing) = if listed {
+                let mut items = client
+                    .call(|mut c| {
+                        let request = pb::ListDeploymentsRequest {
+                            namespace: list_ns.clone(),
+                            read,
+                        };
+                        async move { c.list_deployments(request).await }
+                    })
+                    .await?
+                    .deployments;
+                items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+                (items, Vec::new())
+            } else {
+                fetch_named(&mut client, &namespace, &selection.names, read).await?
+            };
+            let text = render(kind, &items, args.output, args.all_namespaces, listed)?;
+            (text, missing)
+        }
+        ResourceKind::Replica => {
+            let deployment = args.deployment.as_deref().unwrap_or_default();
+            let all = list_replicas(&mut client, &list_ns, deployment, read).await?;
+            let (items, missing) = pick(all, &selection.names, |r| &r.name);
+            let text = render_replicas(&items, args.output, args.all_namespaces, listed)?;
+            (text, missing)
+        }
+        ResourceKind::Node => {
+            let all = list_nodes(&mut client, read).await?;
+            let (items, missing) = pick(all, &selection.names, |n| &n.name);
+            (render_nodes(&items, args.output, listed)?, missing)
+        }
+    };
     match text {
         Some(text) => print(&text)?,
         None => {
             if missing.is_empty() {
-                crate::print_note(&no_resources(&namespace, args.all_namespaces));
+                let everywhere = args.all_namespaces || !kind.namespaced();
+                crate::print_note(&no_resources(&namespace, everywhere));
             }
         }
     }
@@ -66,9 +86,65 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for name in &missing {
-        crate::print_error(&not_found(selection.kind, name, &namespace));
+        crate::print_error(&not_found(kind, name, &namespace));
     }
     Err(AlreadyReported(missing.len()).into())
+}
+
+/// Every replica in `namespace` ("" = all), of `deployment` ("" = all), in list order.
+pub async fn list_replicas(
+    client: &mut Client,
+    namespace: &str,
+    deployment: &str,
+    read: Option<pb::ReadOptions>,
+) -> Result<Vec<pb::Replica>, ClientError> {
+    let mut items = client
+        .call(|mut c| {
+            let request = pb::ListReplicasRequest {
+                namespace: namespace.to_string(),
+                deployment: deployment.to_string(),
+                read,
+            };
+            async move { c.list_replicas(request).await }
+        })
+        .await?
+        .replicas;
+    replicas::sort(&mut items);
+    Ok(items)
+}
+
+/// Every node, by name.
+pub async fn list_nodes(
+    client: &mut Client,
+    read: Option<pb::ReadOptions>,
+) -> Result<Vec<pb::Node>, ClientError> {
+    let mut items = client
+        .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { read }).await })
+        .await?
+        .nodes;
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(items)
+}
+
+/// All `items` when no names are given; else the named ones in the order
+/// named, and the names matching none.
+pub fn pick<T: Clone>(
+    items: Vec<T>,
+    names: &[String],
+    name_of: impl Fn(&T) -> &str,
+) -> (Vec<T>, Vec<String>) {
+    if names.is_empty() {
+        return (items, Vec::new());
+    }
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match items.iter().find(|item| name_of(item) == name) {
+            Some(item) => found.push(item.clone()),
+            None => missing.push(name.clone()),
+        }
+    }
+    (found, missing)
 }
 
 /// Get each name; the ones that do not exist come back in the second list.
@@ -100,12 +176,16 @@ pub async fn fetch_named(
     Ok((items, missing))
 }
 
-/// `deployment "x" not found in namespace "default"`
+/// `deployment "x" not found in namespace "default"`; `node "x" not found`.
 pub fn not_found(kind: ResourceKind, name: &str, namespace: &str) -> String {
-    format!(
-        "{} {name:?} not found in namespace {namespace:?}",
-        kind.singular()
-    )
+    if kind.namespaced() {
+        format!(
+            "{} {name:?} not found in namespace {namespace:?}",
+            kind.singular()
+        )
+    } else {
+        format!("{} {name:?} not found", kind.singular())
+    }
 }
 
 /// kubectl's note, on stderr, for an empty table.
@@ -129,32 +209,81 @@ pub fn render(
     all_namespaces: bool,
     listed: bool,
 ) -> anyhow::Result<Option<String>> {
+    render_as(
+        items,
+        format,
+        listed,
+        |wide| {
+            let rows: Vec<_> = items
+                .iter()
+                .map(|d| (d.clone(), output::model_of(d).ok()))
+                .collect();
+            output::deployments_table(&rows, wide, all_namespaces, now_ms())
+        },
+        || output::names(kind, items),
+        |d| Ok(output::kubernetes_object(d, &output::model_of(d)?)),
+    )
+}
+
+/// [`render`] for replicas.
+pub fn render_replicas(
+    items: &[pb::Replica],
+    format: Option<OutputFormat>,
+    all_namespaces: bool,
+    listed: bool,
+) -> anyhow::Result<Option<String>> {
+    render_as(
+        items,
+        format,
+        listed,
+        |wide| replicas::table(items, wide, all_namespaces, now_ms()),
+        || replicas::names(items),
+        |r| Ok(replicas::kubernetes_object(r)),
+    )
+}
+
+/// [`render`] for nodes.
+pub fn render_nodes(
+    items: &[pb::Node],
+    format: Option<OutputFormat>,
+    listed: bool,
+) -> anyhow::Result<Option<String>> {
+    render_as(
+        items,
+        format,
+        listed,
+        |wide| nodes::table(items, wide, now_ms()),
+        || nodes::names(items),
+        |n| Ok(nodes::kubernetes_object(n)),
+    )
+}
+
+/// The output formats, given how to print a table (`wide` or not), the
+/// `-o name` lines and one object.
+fn render_as<T>(
+    items: &[T],
+    format: Option<OutputFormat>,
+    listed: bool,
+    table: impl FnOnce(bool) -> String,
+    names: impl FnOnce() -> String,
+    object: impl Fn(&T) -> anyhow::Result<Value>,
+) -> anyhow::Result<Option<String>> {
     match format {
         None | Some(OutputFormat::Wide) => {
             if items.is_empty() {
                 return Ok(None);
             }
-            let rows: Vec<_> = items
-                .iter()
-                .map(|d| (d.clone(), output::model_of(d).ok()))
-                .collect();
-            let wide = format == Some(OutputFormat::Wide);
-            Ok(Some(output::deployments_table(
-                &rows,
-                wide,
-                all_namespaces,
-                now_ms(),
-            )))
+            Ok(Some(table(format == Some(OutputFormat::Wide))))
         }
         Some(OutputFormat::Name) if items.is_empty() => Ok(None),
-        Some(OutputFormat::Name) => Ok(Some(output::names(kind, items))),
+        Some(OutputFormat::Name) => Ok(Some(names())),
         Some(f @ (OutputFormat::Yaml | OutputFormat::Json)) => {
             if !listed && items.is_empty() {
                 return Ok(Some(String::new()));
             }
             let objects = items
                 .iter()
-                .map(|d| Ok(output::kubernetes_object(d, &output::model_of(d)?)))
+                .map(object)
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let value = if !listed && objects.len() == 1 {
                 objects.into_iter().next().unwrap_or_default()
@@ -188,6 +317,24 @@ mod tests {
             no_resources("default", false),
             "No resources found in default namespace.\n"
         );
+        assert_eq!(
+            not_found(ResourceKind::Replica, "web-1", "prod"),
+            "replica \"web-1\" not found in namespace \"prod\""
+        );
+        assert_eq!(
+            not_found(ResourceKind::Node, "n9", "default"),
+            "node \"n9\" not found"
+        );
+    }
+
+    #[test]
+    fn picking_by_name_keeps_the_order_named_and_reports_the_rest() {
+        let items = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let names = ["c".to_string(), "x".to_string(), "a".to_string()];
+        let (found, missing) = pick(items.clone(), &names, |s| s.as_str());
+        assert_eq!(found, ["c", "a"]);
+        assert_eq!(missing, ["x"]);
+        assert_eq!(pick(items.clone(), &[], |s| s.as_str()).0, items);
     }
 
     #[test]

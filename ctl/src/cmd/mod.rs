@@ -9,6 +9,7 @@ pub mod config;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
 pub mod scale;
 pub mod version;
 
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => apply::run(&env, args).await,
         Command::Get(args) => get::run(&env, args).await,
         Command::Describe(args) => describe::run(&env, args).await,
+        Command::Logs(args) => logs::run(&env, args).await,
         Command::Delete(args) => delete::run(&env, args).await,
         Command::Scale(args) => scale::run(&env, args).await,
         Command::Cluster(cmd) => cluster::run(&env, cmd).await,

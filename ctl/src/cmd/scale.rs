@@ -7,11 +7,17 @@ use tonic::Code;
 use super::get::not_found;
 use super::{print, Env};
 use crate::cli::ScaleArgs;
-use crate::resource::Selection;
+use crate::resource::{ResourceKind, Selection};
 use crate::AlreadyReported;
 
 pub async fn run(env: &Env, args: ScaleArgs) -> anyhow::Result<()> {
     let selection = Selection::parse(&args.resources)?;
+    if selection.kind != ResourceKind::Deployment {
+        bail!(
+            "only deployments can be scaled, not {} (e.g. droverctl scale deployment web --replicas 3)",
+            selection.kind.plural()
+        );
+    }
     if selection.names.is_empty() {
         bail!(
             "resource(s) were provided, but no name was specified (e.g. droverctl scale {} web --replicas 3)",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use drover_tests::cluster::{apply, connect};
+use drover_tests::cluster::{apply_noted, connect};
 use drover_tests::Cluster;
 
 #[derive(Parser)]
@@ -85,12 +85,12 @@ async fn store(
     // 1. Latency: one client, sequential applies to the leader, each a change.
     let mut client = c.client(leader).await?;
     for i in 0..20 {
-        apply(&mut client, "warmup", i % 3 + 1).await?;
+        apply_noted(&mut client, "warmup", 0, &(i % 3 + 1).to_string()).await?;
     }
     let mut samples = Vec::with_capacity(latency_ops);
     for i in 0..latency_ops {
         let t = Instant::now();
-        apply(&mut client, "latency", (i % 50) as u32 + 1)
+        apply_noted(&mut client, "latency", 0, &i.to_string())
             .await
             .context("latency apply")?;
         samples.push(t.elapsed());
@@ -107,7 +107,7 @@ async fn store(
     let mut fsamples = Vec::with_capacity(latency_ops / 4);
     for i in 0..latency_ops / 4 {
         let t = Instant::now();
-        apply(&mut fclient, "latency-f", (i % 50) as u32 + 1)
+        apply_noted(&mut fclient, "latency-f", 0, &i.to_string())
             .await
             .context("latency apply")?;
         fsamples.push(t.elapsed());
@@ -135,7 +135,14 @@ async fn store(
             let mut i = 0u32;
             while Instant::now() < stop_at {
                 i += 1;
-                match apply(&mut client, &format!("load-{n}"), i % 50 + 1).await {
+                match apply_noted(
+                    &mut client,
+                    &format!("load-{n}"),
+                    0,
+                    &(i % 50 + 1).to_string(),
+                )
+                .await
+                {
                     Ok(_) => done.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -159,13 +166,13 @@ async fn store(
         let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
         let survivor = (leader + 1) % 3;
         let mut client = c.client(survivor).await?;
-        apply(&mut client, "failover", 1).await?;
+        apply_noted(&mut client, "failover", 0, "start").await?;
         let t = Instant::now();
         c.kill(leader);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match apply(&mut client, "failover", attempt % 50 + 2).await {
+            match apply_noted(&mut client, "failover", 0, &(attempt % 50 + 2).to_string()).await {
                 Ok(_) => break,
                 Err(e) if t.elapsed() > Duration::from_secs(30) => {
                     anyhow::bail!("no write within 30s of the kill: {e}")

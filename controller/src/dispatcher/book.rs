@@ -1,0 +1,128 @@
+//! The assignment book: every node's full assignment set, rebuilt from the
+//! store once per applied change (while leading) and shared by all sessions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use drover_proto::pb;
+
+use crate::api::Cluster;
+use crate::orchestrator::revision;
+use crate::store::{Store, StoreError};
+
+/// Annotations of a deployment that agents act on.
+const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
+
+/// Node name → its assignments, sorted by replica id.
+#[derive(Debug, Default)]
+pub struct Assignments {
+    by_node: HashMap<String, Arc<Vec<pb::Assignment>>>,
+}
+
+impl Assignments {
+    pub fn for_node(&self, node: &str) -> Arc<Vec<pb::Assignment>> {
+        self.by_node.get(node).cloned().unwrap_or_default()
+    }
+
+    /// Build from the store. Replicas whose revision is not the deployment's
+    /// current template are left out: they are about to be replaced, and the
+    /// store keeps only the current template.
+    pub fn build(store: &Store, previous: &Assignments) -> Result<Assignments, StoreError> {
+        let deployments: HashMap<(String, String), _> = store
+            .deployments(None)?
+            .into_iter()
+            .map(|d| {
+                let m = &d.deployment.metadata;
+                let key = (m.namespace.clone(), m.name.clone());
+                let rev = revision(&d.deployment.spec.template);
+                let template =
+                    serde_json::to_string(&d.deployment.spec.template).unwrap_or_default();
+                let annotations: HashMap<String, String> = m
+                    .annotations
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (key, (rev, template, annotations))
+            })
+            .collect();
+        let mut by_node: HashMap<String, Vec<pb::Assignment>> = HashMap::new();
+        for r in store.replicas(None)? {
+            let Some(node) = r.node.clone() else { continue };
+            let Some((rev, template, annotations)) =
+                deployments.get(&(r.namespace.clone(), r.deployment.clone()))
+            else {
+                continue;
+            };
+            if *rev != r.revision {
+                continue;
+            }
+            by_node.entry(node).or_default().push(pb::Assignment {
+                replica: r.agent_id(),
+                namespace: r.namespace.clone(),
+                deployment: r.deployment.clone(),
+                slot: r.slot,
+                revision: r.revision.clone(),
+                template_json: template.clone(),
+                annotations: annotations.clone(),
+            });
+        }
+        let by_node = by_node
+            .into_iter()
+            .map(|(node, mut list)| {
+                list.sort_by(|a, b| a.replica.cmp(&b.replica));
+                // Keep the old Arc when nothing changed, so sessions compare cheaply.
+                let shared = match previous.by_node.get(&node) {
+                    Some(old) if **old == list => old.clone(),
+                    _ => Arc::new(list),
+                };
+                (node, shared)
+            })
+            .collect();
+        Ok(Assignments { by_node })
+    }
+}
+
+/// Publishes [`Assignments`] to the sessions.
+#[derive(Clone)]
+pub struct AssignmentBook {
+    rx: watch::Receiver<Arc<Assignments>>,
+}
+
+impl AssignmentBook {
+    pub fn start(cluster: Cluster, shutdown: CancellationToken) -> AssignmentBook {
+        let (tx, rx) = watch::channel(Arc::new(Assignments::default()));
+        tokio::spawn(async move {
+            let mut applied = cluster.handle.applied();
+            let mut leadership = cluster.handle.leadership_watch();
+            loop {
+                if leadership.borrow_and_update().is_leader {
+                    let previous = tx.borrow().clone();
+                    match Assignments::build(&cluster.store, &previous) {
+                        Ok(a) => {
+                            tx.send_replace(Arc::new(a));
+                        }
+                        Err(e) => warn!(error = %e, "could not build the assignment book"),
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = applied.changed() => if r.is_err() { return },
+                    r = leadership.changed() => if r.is_err() { return },
+                }
+                // Let a burst of applies settle into one rebuild.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        AssignmentBook { rx }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Assignments>> {
+        self.rx.clone()
+    }
+}

@@ -1,0 +1,67 @@
+//! Replica status between the agent protocol and the store.
+
+use drover_proto::pb;
+use drover_proto::pb::ReplicaState;
+
+use crate::store::objects::parse_agent_id;
+use crate::store::{ObjectRef, ReplicaObserved, ReplicaPhase, ReplicaRecord};
+
+/// An agent's report, as the store keeps it; `None` for an id that is not
+/// `<namespace>.<name>`.
+pub fn observed_from_pb(s: &pb::ReplicaStatus) -> Option<(ObjectRef, ReplicaObserved)> {
+    let (namespace, name) = parse_agent_id(&s.replica)?;
+    let phase = match s.state() {
+        ReplicaState::Running => ReplicaPhase::Running,
+        ReplicaState::CrashLoopBackOff => ReplicaPhase::CrashLoopBackOff,
+        ReplicaState::Failed => ReplicaPhase::Failed,
+        ReplicaState::Terminating | ReplicaState::Gone => ReplicaPhase::Terminating,
+        ReplicaState::Pending | ReplicaState::Unspecified => ReplicaPhase::Pending,
+    };
+    Some((
+        ObjectRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        },
+        ReplicaObserved {
+            phase,
+            ready: s.ready,
+            restarts: s.restarts,
+            last_exit_code: s.last_exit_code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            container_id: s.container_id.clone(),
+            image: s.image.clone(),
+            started_unix_ms: s.started_unix_ms,
+            finished_unix_ms: s.finished_unix_ms,
+            next_restart_unix_ms: s.next_restart_unix_ms,
+            reported_unix_ms: 0,
+        },
+    ))
+}
+
+/// A stored replica's last report, in wire form.
+pub fn observed_to_pb(r: &ReplicaRecord) -> pb::ReplicaStatus {
+    let o = &r.observed;
+    let state = match o.phase {
+        ReplicaPhase::Pending => ReplicaState::Pending,
+        ReplicaPhase::Running => ReplicaState::Running,
+        ReplicaPhase::CrashLoopBackOff => ReplicaState::CrashLoopBackOff,
+        ReplicaPhase::Failed => ReplicaState::Failed,
+        ReplicaPhase::Terminating => ReplicaState::Terminating,
+    };
+    pb::ReplicaStatus {
+        replica: r.agent_id(),
+        state: state as i32,
+        ready: o.ready,
+        restarts: o.restarts,
+        last_exit_code: o.last_exit_code,
+        reason: o.reason.clone(),
+        message: o.message.clone(),
+        container_id: o.container_id.clone(),
+        image: o.image.clone(),
+        started_unix_ms: o.started_unix_ms,
+        finished_unix_ms: o.finished_unix_ms,
+        next_restart_unix_ms: o.next_restart_unix_ms,
+        revision: r.revision.clone(),
+    }
+}

@@ -1,0 +1,328 @@
+//! The dispatcher: agent sessions on the leader.
+//!
+//! ```text
+//!  agent ──Hello, Heartbeat, StatusReport──▶ Session ──┬─▶ RegisterNode (raft)
+//!        ◀──────── AssignmentSet (full) ─────────────┐ ├─▶ heartbeats (leader memory)
+//!                                                    │ └─▶ StatusBatcher ─100 ms─▶ ReportStatus (raft)
+//!                          AssignmentBook ◀─applied─┘
+//!                    (node → assignments, rebuilt once per applied change)
+//! ```
+//!
+//! Only the leader serves sessions; a follower refuses with
+//! FAILED_PRECONDITION naming `leader=<address>` so the agent moves. When this
+//! controller loses leadership every session ends and agents reconnect to the
+//! new leader, which rebuilds everything from the store. Heartbeat times are
+//! the only state kept in memory.
+
+mod book;
+mod convert;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use drover_proto::pb;
+use drover_proto::pb::agent_message::Kind;
+
+use crate::api::control::check_name;
+use crate::api::{now_unix_ms, Cluster};
+use crate::store::{Command, NodeRegistration, ObjectRef, ReplicaObserved, Resources, Write};
+
+pub use book::{AssignmentBook, Assignments};
+pub use convert::{observed_from_pb, observed_to_pb};
+
+/// How long status reports are collected before one raft entry carries them.
+const STATUS_BATCH: Duration = Duration::from_millis(100);
+
+/// When each node's agent was last heard from (leader memory only).
+#[derive(Clone, Default)]
+pub struct Heartbeats(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Heartbeats {
+    pub fn beat(&self, node: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(node.to_string(), Instant::now());
+    }
+
+    pub fn last(&self, node: &str) -> Option<Instant> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(node).copied()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+struct LiveSession {
+    incarnation: String,
+    id: u64,
+}
+
+type Report = (String, ObjectRef, ReplicaObserved);
+
+/// The `drover.v1.Dispatcher` service.
+#[derive(Clone)]
+pub struct Dispatcher {
+    cluster: Cluster,
+    book: AssignmentBook,
+    sessions: Arc<Mutex<HashMap<String, LiveSession>>>,
+    pub heartbeats: Heartbeats,
+    reports: mpsc::Sender<Report>,
+    next_session: Arc<AtomicU64>,
+}
+
+impl Dispatcher {
+    /// Start the dispatcher's background tasks (assignment book, status batcher).
+    pub fn start(cluster: Cluster, shutdown: CancellationToken) -> Dispatcher {
+        let book = AssignmentBook::start(cluster.clone(), shutdown.clone());
+        let (reports, rx) = mpsc::channel(16 * 1024);
+        tokio::spawn(batch_statuses(cluster.clone(), rx, shutdown));
+        Dispatcher {
+            cluster,
+            book,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            heartbeats: Heartbeats::default(),
+            reports,
+            next_session: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn not_leader(&self) -> Status {
+        let l = self.cluster.handle.leadership();
+        match self.cluster.transport.address_of(l.leader_id) {
+            Some(address) if l.leader_id != 0 => Status::failed_precondition(format!(
+                "controller {} is not the leader; leader={address}",
+                self.cluster.handle.id()
+            )),
+            _ => Status::unavailable("no leader elected yet; retry shortly"),
+        }
+    }
+
+    fn report(&self, node: &str, statuses: Vec<pb::ReplicaStatus>) {
+        for s in statuses {
+            let Some((target, observed)) = observed_from_pb(&s) else {
+                debug!(node, replica = %s.replica, "ignoring a status for an unknown replica id");
+                continue;
+            };
+            if self
+                .reports
+                .try_send((node.to_string(), target, observed))
+                .is_err()
+            {
+                warn!(node, "status queue full; dropping a replica status");
+            }
+        }
+    }
+
+    /// Take the name for this session, refusing a second live agent.
+    fn claim(&self, node: &str, incarnation: &str) -> Result<u64, Status> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = sessions.get(node) {
+            if live.incarnation != incarnation {
+                return Err(Status::already_exists(format!(
+                    "node name {node:?} is in use by another live agent; give this agent another --name, \
+                     or stop the other one"
+                )));
+            }
+        }
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        sessions.insert(
+            node.to_string(),
+            LiveSession {
+                incarnation: incarnation.to_string(),
+                id,
+            },
+        );
+        Ok(id)
+    }
+
+    fn release(&self, node: &str, id: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(node).is_some_and(|s| s.id == id) {
+            sessions.remove(node);
+        }
+    }
+}
+
+fn registration(hello: &pb::Hello) -> NodeRegistration {
+    let capacity = hello.capacity.unwrap_or_default();
+    NodeRegistration {
+        name: hello.node.clone(),
+        labels: hello.labels.clone().into_iter().collect(),
+        capacity: Resources {
+            cpu_millis: capacity.cpu_millis,
+            memory_bytes: capacity.memory_bytes,
+        },
+        address: hello.address.clone(),
+        runtime: hello.runtime.clone(),
+        agent_version: hello.version.clone(),
+        incarnation: hello.incarnation.clone(),
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for Dispatcher {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        if !self.cluster.handle.leadership().is_leader {
+            return Err(self.not_leader());
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(pb::AgentMessage {
+                kind: Some(Kind::Hello(h)),
+            }))) => h,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ))
+            }
+        };
+        check_name("node name", &hello.node)?;
+        if hello.incarnation.is_empty() {
+            return Err(Status::invalid_argument("Hello.incarnation is empty"));
+        }
+        let node = hello.node.clone();
+        let session_id = self.claim(&node, &hello.incarnation)?;
+        let registered = self
+            .cluster
+            .write(Write::Command(Command::RegisterNode {
+                node: registration(&hello),
+                now_unix_ms: now_unix_ms(),
+            }))
+            .await;
+        if let Err(e) = registered {
+            self.release(&node, session_id);
+            return Err(e);
+        }
+        info!(node = %node, address = %hello.address, runtime = %hello.runtime, "agent session opened");
+        self.heartbeats.beat(&node);
+        self.report(&node, hello.replicas);
+
+        let (tx, rx) = mpsc::channel(8);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let reason = this.serve(&node, &mut inbound, &tx).await;
+            this.release(&node, session_id);
+            info!(node = %node, reason = %reason, "agent session closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Dispatcher {
+    /// Run one session until it ends; returns why it ended.
+    async fn serve(
+        &self,
+        node: &str,
+        inbound: &mut Streaming<pb::AgentMessage>,
+        tx: &mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    ) -> String {
+        let mut book = self.book.subscribe();
+        let mut leadership = self.cluster.handle.leadership_watch();
+        let term = leadership.borrow_and_update().term;
+        let mut sent: Option<Arc<Vec<pb::Assignment>>> = None;
+        let mut version = 0u64;
+        loop {
+            // Send the node's full set whenever it differs from what the agent has.
+            let current = { book.borrow_and_update().for_node(node) };
+            if sent.as_ref().is_none_or(|s| s != &current) {
+                version += 1;
+                let msg = pb::ControllerMessage {
+                    kind: Some(pb::controller_message::Kind::Assignments(
+                        pb::AssignmentSet {
+                            version,
+                            assignments: current.as_ref().clone(),
+                        },
+                    )),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return "agent went away".into();
+                }
+                sent = Some(current);
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(pb::AgentMessage { kind: Some(Kind::Heartbeat(_)) })) => self.heartbeats.beat(node),
+                    Ok(Some(pb::AgentMessage { kind: Some(Kind::Status(report)) })) => {
+                        self.heartbeats.beat(node);
+                        self.report(node, report.replicas);
+                    }
+                    Ok(Some(_)) => {
+                        let _ = tx.send(Err(Status::invalid_argument("Hello may only be sent once per session"))).await;
+                        return "protocol error".into();
+                    }
+                    Ok(None) => return "agent closed the stream".into(),
+                    Err(e) => return format!("stream error: {}", e.message()),
+                },
+                changed = book.changed() => if changed.is_err() {
+                    return "controller stopping".into();
+                },
+                r = leadership.changed() => {
+                    if r.is_err() {
+                        return "controller stopping".into();
+                    }
+                    let now = *leadership.borrow_and_update();
+                    if !now.is_leader || now.term != term {
+                        let _ = tx.send(Err(self.not_leader())).await;
+                        return "leadership moved".into();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Collect agents' status reports and commit them in one entry every 100 ms.
+async fn batch_statuses(
+    cluster: Cluster,
+    mut rx: mpsc::Receiver<Report>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        let mut batch: HashMap<ObjectRef, (String, ReplicaObserved)> = HashMap::new();
+        batch.insert(first.1, (first.0, first.2));
+        let deadline = tokio::time::Instant::now() + STATUS_BATCH;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                r = rx.recv() => match r {
+                    Some((node, target, observed)) => { batch.insert(target, (node, observed)); }
+                    None => break,
+                },
+            }
+        }
+        let mut reports: Vec<Report> = batch.into_iter().map(|(t, (n, o))| (n, t, o)).collect();
+        reports.sort_by(|a, b| a.1.cmp(&b.1));
+        let n = reports.len();
+        let write = Write::Command(Command::ReportStatus {
+            reports,
+            now_unix_ms: now_unix_ms(),
+        });
+        if let Err(e) = cluster.write(write).await {
+            debug!(error = %e.message(), statuses = n, "could not commit replica statuses; agents resend on reconnect");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The control loops only the leader runs: orchestrator and scheduler.
+//!
+//! ```text
+//!  leadership ──is_leader──▶ start loops ──(ReadIndex: state is current)──▶
+//!      loop { wait for an applied change ─▶ orchestrator::reconcile ─▶ Reconcile entry
+//!                                         ─▶ scheduler::schedule      ─▶ Schedule entry }
+//!  leadership lost ─▶ cancel
+//! ```
+//!
+//! Everything is rebuilt from the store each round: a new leader needs nothing
+//! from the old one. Decisions go through raft like any write; the state
+//! machine skips those that became stale (a slot taken, a replica gone).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::{now_unix_ms, Cluster};
+use crate::orchestrator;
+use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
+use crate::store::{
+    Command, NodeCondition, ObjectRef, ReplicaRecord, Resources, Store, StoreError, Write,
+};
+
+/// Shortest pause between two rounds, so a stream of status batches does not
+/// make the loops spin.
+const MIN_ROUND: Duration = Duration::from_millis(20);
+/// A round runs at least this often even when nothing was applied.
+const MAX_ROUND: Duration = Duration::from_secs(2);
+
+/// Run the leader loops whenever this controller leads, until `shutdown`.
+pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
+    let mut leadership = cluster.handle.leadership_watch();
+    loop {
+        let view = *leadership.borrow_and_update();
+        if view.is_leader {
+            let token = shutdown.child_token();
+            let task = tokio::spawn(loops(cluster.clone(), token.clone()));
+            info!(term = view.term, "leading: control loops started");
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => { token.cancel(); let _ = task.await; return; }
+                    r = leadership.changed() => {
+                        if r.is_err() { token.cancel(); return; }
+                        let now = *leadership.borrow_and_update();
+                        if !now.is_leader || now.term != view.term { break; }
+                    }
+                }
+            }
+            token.cancel();
+            let _ = task.await;
+            info!("no longer leading: control loops stopped");
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = leadership.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn loops(cluster: Cluster, token: CancellationToken) {
+    // The state is current once a ReadIndex round succeeds: the leader has
+    // committed an entry of its term and applied everything before it.
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            r = cluster.read_barrier(None) => if r.is_ok() { break },
+        }
+    }
+    let mut applied = cluster.handle.applied();
+    loop {
+        if let Err(e) = round(&cluster).await {
+            warn!(error = %e, "control loop round failed");
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(MAX_ROUND) => {}
+        }
+        tokio::time::sleep(MIN_ROUND).await;
+    }
+}
+
+/// One pass of the orchestrator and then the scheduler.
+async fn round(cluster: &Cluster) -> Result<(), String> {
+    let store = &cluster.store;
+    let plan = orchestrator::reconcile(
+        &store.deployments(None).map_err(|e| e.to_string())?,
+        &store.replicas(None).map_err(|e| e.to_string())?,
+        now_unix_ms(),
+    );
+    if !plan.is_empty() {
+        debug!(
+            create = plan.create.len(),
+            remove = plan.remove.len(),
+            "orchestrator"
+        );
+        let write = Write::Command(Command::Reconcile {
+            create: plan.create,
+            remove: plan.remove,
+        });
+        cluster
+            .write(write)
+            .await
+            .map_err(|s| s.message().to_string())?;
+    }
+    let (place, unschedulable) = schedule(store).map_err(|e| e.to_string())?;
+    if !place.is_empty() || !unschedulable.is_empty() {
+        debug!(
+            place = place.len(),
+            unschedulable = unschedulable.len(),
+            "scheduler"
+        );
+        let write = Write::Command(Command::Schedule {
+            place,
+            unschedulable,
+        });
+        cluster
+            .write(write)
+            .await
+            .map_err(|s| s.message().to_string())?;
+    }
+    Ok(())
+}
+
+type Placements = (Vec<(ObjectRef, String)>, Vec<(ObjectRef, String)>);
+
+/// Feed the store's view to the pure scheduler; keep only decisions that
+/// change something (an unchanged pending reason is not rewritten).
+pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
+    let deployments: HashMap<(String, String), _> = store
+        .deployments(None)?
+        .into_iter()
+        .map(|d| {
+            let m = &d.deployment.metadata;
+            ((m.namespace.clone(), m.name.clone()), d.deployment)
+        })
+        .collect();
+    let nodes: Vec<NodeInfo> = store
+        .nodes()?
+        .into_iter()
+        .map(|n| NodeInfo {
+            name: n.name,
+            labels: n.labels,
+            allocatable: n.capacity,
+            ready: n.condition == NodeCondition::Ready,
+            cordoned: n.cordoned,
+        })
+        .collect();
+    let replicas = store.replicas(None)?;
+    let mut pending = Vec::new();
+    let mut placed = Vec::new();
+    let mut reasons: HashMap<String, (&ReplicaRecord, ObjectRef)> = HashMap::new();
+    for r in &replicas {
+        let Some(d) = deployments.get(&(r.namespace.clone(), r.deployment.clone())) else {
+            continue;
+        };
+        let pod = &d.spec.template.spec;
+        let requests = pod
+            .containers
+            .iter()
+            .fold(Resources::default(), |acc, c| Resources {
+                cpu_millis: acc.cpu_millis + c.resources.requests.cpu_millis.unwrap_or(0),
+                memory_bytes: acc.memory_bytes + c.resources.requests.memory_bytes.unwrap_or(0),
+            });
+        let host_ports = pod
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .filter_map(|p| p.host_port.map(|h| (h, p.protocol)))
+            .collect();
+        let deployment = format!("{}/{}", r.namespace, r.deployment);
+        match &r.node {
+            Some(node) => placed.push(Placed {
+                node: node.clone(),
+                deployment,
+                requests,
+                host_ports,
+            }),
+            None => {
+                let id = r.agent_id();
+                reasons.insert(
+                    id.clone(),
+                    (
+                        r,
+                        ObjectRef {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                        },
+                    ),
+                );
+                pending.push(Pending {
+                    replica: id,
+                    deployment,
+                    requests,
+                    node_selector: pod.node_selector.clone(),
+                    host_ports,
+                });
+            }
+        }
+    }
+    let mut place = Vec::new();
+    let mut unschedulable = Vec::new();
+    for decision in scheduler::schedule(&pending, &nodes, &placed) {
+        match decision {
+            Decision::Place { replica, node } => {
+                if let Some((_, target)) = reasons.get(&replica) {
+                    place.push((target.clone(), node));
+                }
+            }
+            Decision::Unschedulable { replica, reason } => {
+                if let Some((record, target)) = reasons.get(&replica) {
+                    if record.pending_reason != reason {
+                        unschedulable.push((target.clone(), reason));
+                    }
+                }
+            }
+        }
+    }
+    Ok((place, unschedulable))
+}
