@@ -197,3 +197,155 @@ fn corrupt_snapshot_is_an_error_not_a_panic() {
         );
     }
 }
+
+fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
+    ReplicaRecord {
+        namespace: "default".into(),
+        name: name.into(),
+        deployment: deployment.into(),
+        slot,
+        revision: "abcde".into(),
+        node: None,
+        pending_reason: String::new(),
+        created_unix_ms: 1,
+        observed: ReplicaObserved::default(),
+    }
+}
+
+fn node_registration(name: &str) -> Command {
+    Command::RegisterNode {
+        node: NodeRegistration {
+            name: name.into(),
+            labels: Default::default(),
+            capacity: Resources {
+                cpu_millis: 2000,
+                memory_bytes: 1 << 30,
+            },
+            address: "127.0.1.1:7101".into(),
+            runtime: "process".into(),
+            agent_version: "0.1.0".into(),
+            incarnation: "i1".into(),
+        },
+        now_unix_ms: 5,
+    }
+}
+
+#[test]
+fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
+    let (_dir, store) = temp_store();
+    let create = Command::Reconcile {
+        create: vec![
+            replica("web-a-0", "web", 0),
+            replica("web-a-1", "web", 1),
+            replica("web-b-1", "web", 1),
+        ],
+        remove: vec![],
+    };
+    let _ = store.apply(2, 1, &create).expect("apply");
+    let names: Vec<String> = store
+        .replicas(None)
+        .expect("list")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["web-a-0", "web-a-1"],
+        "slot 1 was taken earlier in the same entry"
+    );
+    // Remove and re-create a slot in one entry.
+    let swap = Command::Reconcile {
+        create: vec![replica("web-c-1", "web", 1)],
+        remove: vec![r("web-a-1")],
+    };
+    let _ = store.apply(3, 1, &swap).expect("apply");
+    let names: Vec<String> = store
+        .replicas(None)
+        .expect("list")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["web-a-0", "web-c-1"]);
+}
+
+#[test]
+fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
+    let _ = store
+        .apply(
+            4,
+            1,
+            &Command::Reconcile {
+                create: vec![replica("web-a-0", "web", 0)],
+                remove: vec![],
+            },
+        )
+        .expect("apply");
+    let _ = store
+        .apply(
+            5,
+            1,
+            &Command::Schedule {
+                place: vec![(r("web-a-0"), "n1".into())],
+                unschedulable: vec![],
+            },
+        )
+        .expect("apply");
+    let running = ReplicaObserved {
+        phase: ReplicaPhase::Running,
+        ready: true,
+        ..Default::default()
+    };
+    let report = Command::ReportStatus {
+        reports: vec![("n2".into(), r("web-a-0"), running.clone())],
+        now_unix_ms: 9,
+    };
+    let _ = store.apply(6, 1, &report).expect("apply");
+    let rec = store.replicas(None).expect("list").remove(0);
+    assert_eq!(
+        rec.observed.phase,
+        ReplicaPhase::Pending,
+        "n2 cannot report for n1's replica"
+    );
+    let report = Command::ReportStatus {
+        reports: vec![("n1".into(), r("web-a-0"), running)],
+        now_unix_ms: 9,
+    };
+    let _ = store.apply(7, 1, &report).expect("apply");
+    let rec = store.replicas(None).expect("list").remove(0);
+    assert_eq!(
+        (rec.observed.phase, rec.observed.reported_unix_ms),
+        (ReplicaPhase::Running, 9)
+    );
+}
+
+#[test]
+fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let create = Command::Reconcile {
+        create: vec![replica("web-a-0", "web", 0)],
+        remove: vec![],
+    };
+    let _ = store.apply(3, 1, &create).expect("apply");
+    let to_ghost = Command::Schedule {
+        place: vec![(r("web-a-0"), "ghost".into())],
+        unschedulable: vec![],
+    };
+    let _ = store.apply(4, 1, &to_ghost).expect("apply");
+    assert_eq!(store.replicas(None).expect("list")[0].node, None);
+    let place = |node: &str| Command::Schedule {
+        place: vec![(r("web-a-0"), node.into())],
+        unschedulable: vec![],
+    };
+    let _ = store.apply(5, 1, &place("n1")).expect("apply");
+    let _ = store.apply(6, 1, &node_registration("n2")).expect("apply");
+    let _ = store.apply(7, 1, &place("n2")).expect("apply");
+    assert_eq!(
+        store.replicas(None).expect("list")[0].node.as_deref(),
+        Some("n1"),
+        "bound replicas stay"
+    );
+}
