@@ -450,7 +450,46 @@ impl Drop for Cluster {
         for i in 0..self.controllers.len() {
             self.kill(i);
         }
+        // Process-runtime replicas outlive their agent by design; whatever
+        // still runs inside this cluster's dir belongs to this test.
+        kill_processes_under(self.dir.path());
     }
+}
+
+/// How many processes have their working directory inside `dir`.
+pub fn processes_under(dir: &Path) -> usize {
+    pids_under(dir).len()
+}
+
+fn pids_under(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            cwd.starts_with(dir).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL every process (and its process group) whose working directory is
+/// inside `dir`. Returns how many were found.
+pub fn kill_processes_under(dir: &Path) -> usize {
+    let pids = pids_under(dir);
+    for &pid in &pids {
+        // SAFETY: plain kill(2)/getpgid(2) calls on pids read from /proc.
+        unsafe {
+            let pgid = libc::getpgid(pid);
+            if pgid > 1 {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    pids.len()
 }
 
 pub async fn connect(address: &str) -> anyhow::Result<ControlClient<Channel>> {

@@ -1,0 +1,96 @@
+//! What the controller asks this node to run, decoded from the wire.
+//!
+//! An [`Assignment`] is the agent's own type: the generated
+//! `drover_proto::pb::Assignment` stays at the edge and is converted once, here.
+//! Decoding checks what every runtime relies on (the template parses, it has
+//! exactly one container), so the rest of the agent never re-checks it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use drover_proto::manifest::{Container, PodTemplate};
+use drover_proto::pb;
+
+use crate::backoff::BackoffPolicy;
+use crate::error::AgentError;
+
+/// One replica this node must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Cluster-unique replica name, `<deployment>-<revision>-<slot>`.
+    pub replica: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub slot: u32,
+    /// Hash of the pod template: a different revision means a different spec.
+    pub revision: String,
+    pub template: PodTemplate,
+    /// Deployment annotations (`drover.io/restart-backoff-*`).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Assignment {
+    /// Decode a wire assignment. On failure the error names the replica so its
+    /// status can say why it will not run.
+    pub fn from_pb(a: pb::Assignment) -> Result<Assignment, (String, AgentError)> {
+        let template: PodTemplate = match serde_json::from_str(&a.template_json) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err((
+                    a.replica,
+                    AgentError::InvalidSpec(format!("the pod template does not decode: {e}")),
+                ))
+            }
+        };
+        if template.spec.containers.len() != 1 {
+            return Err((
+                a.replica,
+                AgentError::InvalidSpec(format!(
+                    "a replica must have exactly one container, this one has {}",
+                    template.spec.containers.len()
+                )),
+            ));
+        }
+        if a.replica.is_empty() {
+            return Err((
+                a.replica,
+                AgentError::InvalidSpec("the assignment has no replica name".into()),
+            ));
+        }
+        Ok(Assignment {
+            replica: a.replica,
+            namespace: a.namespace,
+            deployment: a.deployment,
+            slot: a.slot,
+            revision: a.revision,
+            template,
+            annotations: a.annotations.into_iter().collect(),
+        })
+    }
+
+    /// The replica's one container (decoding guarantees there is exactly one).
+    pub fn container(&self) -> &Container {
+        // `from_pb` refuses templates without exactly one container; an
+        // Assignment built by hand with none gets a default (empty) container
+        // rather than a panic, which the runtimes refuse as an invalid spec.
+        static EMPTY: std::sync::OnceLock<Container> = std::sync::OnceLock::new();
+        self.template
+            .spec
+            .containers
+            .first()
+            .unwrap_or_else(|| EMPTY.get_or_init(Container::default))
+    }
+
+    /// How long a stop waits between the polite signal and SIGKILL.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.template.spec.termination_grace_period_seconds,
+        ))
+    }
+
+    /// The restart backoff for this replica's deployment, and warnings about
+    /// annotations that could not be used.
+    pub fn backoff_policy(&self) -> (BackoffPolicy, Vec<String>) {
+        BackoffPolicy::from_annotations(&self.annotations)
+    }
+}

@@ -1,0 +1,296 @@
+//! The agent's settings: its command line, and what is resolved from it and
+//! from the host (capacity from `/proc/meminfo` and the CPU count).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use drover_proto::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
+use drover_proto::pb;
+
+use crate::error::{AgentError, Result};
+
+/// Which runtime runs the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// Docker containers through the local engine (default).
+    Docker,
+    /// Plain child processes running the container's command (raw_exec).
+    Process,
+    /// Hollow replicas for scale benchmarks: nothing runs.
+    Sim,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Process => "process",
+            RuntimeKind::Sim => "sim",
+        }
+    }
+}
+
+/// drover-agent: runs the replicas the cluster assigns to this host.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "drover-agent", version = drover_proto::VERSION)]
+pub struct AgentConfig {
+    /// This node's name, unique in the cluster (DNS-1123 subdomain).
+    /// Default: the host name.
+    #[arg(long, env = "DROVER_NODE")]
+    pub name: Option<String>,
+
+    /// Controller addresses, HOST:PORT,... Any member will do: followers
+    /// redirect the agent to the leader.
+    #[arg(
+        long,
+        env = "DROVER_CONTROLLERS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub controllers: Vec<String>,
+
+    /// Node labels, KEY=VALUE,... (matched by nodeSelector).
+    #[arg(long, env = "DROVER_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// How replicas run.
+    #[arg(long, env = "DROVER_RUNTIME", value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+
+    /// Directory for the agent's state (process runtime state and logs).
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = "/var/lib/drover/agent")]
+    pub data_dir: PathBuf,
+
+    /// Address the agent's gRPC service (logs) binds.
+    #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:7101")]
+    pub listen: SocketAddr,
+
+    /// Address controllers and droverctl use to reach this agent (default: --listen).
+    #[arg(long, env = "DROVER_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// CPU offered to the cluster, as a quantity (2, 1500m). Default: the host's CPUs.
+    #[arg(long)]
+    pub cpu: Option<String>,
+
+    /// Memory offered to the cluster, as a quantity (4Gi, 512Mi). Default: the host's memory.
+    #[arg(long)]
+    pub memory: Option<String>,
+
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_ms: u64,
+
+    /// An image pull taking longer fails the start with ErrImagePull (seconds).
+    #[arg(long, default_value_t = 120)]
+    pub image_pull_timeout_secs: u64,
+
+    /// Log format on stderr: text or json (filter with DROVER_LOG).
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("label {s:?} has an empty key"));
+    }
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+/// Everything the agent needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: String,
+    pub controllers: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: pb::Resources,
+    pub data_dir: PathBuf,
+    pub advertise: String,
+    pub heartbeat: Duration,
+}
+
+impl AgentConfig {
+    /// Resolve defaults (host name, capacity) and check every value.
+    pub fn settings(&self, listen: SocketAddr) -> Result<Settings> {
+        let node = match &self.name {
+            Some(n) => n.clone(),
+            None => host_name()?,
+        };
+        check_node_name(&node)?;
+        let controllers: Vec<String> = self
+            .controllers
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if controllers.is_empty() {
+            return Err(AgentError::Config(
+                "--controllers needs at least one HOST:PORT".into(),
+            ));
+        }
+        if self.heartbeat_ms == 0 {
+            return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
+        }
+        Ok(Settings {
+            node,
+            controllers,
+            labels: self.labels.iter().cloned().collect(),
+            capacity: capacity(self.cpu.as_deref(), self.memory.as_deref())?,
+            data_dir: self.data_dir.clone(),
+            advertise: self.advertise.clone().unwrap_or_else(|| listen.to_string()),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+        })
+    }
+}
+
+/// The capacity offered: the flags where given, else the host's.
+pub fn capacity(cpu: Option<&str>, memory: Option<&str>) -> Result<pb::Resources> {
+    let cpu_millis = match cpu {
+        Some(q) => {
+            parse_cpu_millis(q).map_err(|e| AgentError::Config(format!("--cpu {q:?}: {e}")))?
+        }
+        None => {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1)
+                * 1000
+        }
+    };
+    let memory_bytes = match memory {
+        Some(q) => {
+            parse_memory_bytes(q).map_err(|e| AgentError::Config(format!("--memory {q:?}: {e}")))?
+        }
+        None => host_memory(Path::new("/proc/meminfo"))?,
+    };
+    Ok(pb::Resources {
+        cpu_millis,
+        memory_bytes,
+    })
+}
+
+/// `MemTotal` from a meminfo file, in bytes.
+pub fn host_memory(meminfo: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(meminfo).map_err(|e| {
+        AgentError::Config(format!(
+            "cannot read {} to learn the host's memory ({e}); pass --memory",
+            meminfo.display()
+        ))
+    })?;
+    parse_meminfo(&text).ok_or_else(|| {
+        AgentError::Config(format!(
+            "{} has no MemTotal line; pass --memory",
+            meminfo.display()
+        ))
+    })
+}
+
+fn parse_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut parts = line["MemTotal:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") | None => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+fn host_name() -> Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| AgentError::Config("cannot read the host name; pass --name".into()))
+}
+
+/// Node names are DNS-1123 subdomains, like Kubernetes node names.
+pub fn check_node_name(name: &str) -> Result<()> {
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(AgentError::Config(format!(
+            "node name {name:?} is invalid: use lower case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit (e.g. node-1)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_flags_parse_as_kubernetes_quantities() {
+        let r = capacity(Some("2"), Some("4Gi")).expect("capacity");
+        assert_eq!(r.cpu_millis, 2000);
+        assert_eq!(r.memory_bytes, 4 * 1024 * 1024 * 1024);
+        let r = capacity(Some("1500m"), Some("512M")).expect("capacity");
+        assert_eq!((r.cpu_millis, r.memory_bytes), (1500, 512_000_000));
+        let e = capacity(Some("two"), None).expect_err("invalid cpu");
+        assert!(e.to_string().contains("--cpu"), "{e}");
+    }
+
+    #[test]
+    fn host_capacity_is_detected() {
+        let r = capacity(None, None).expect("host capacity");
+        assert!(r.cpu_millis >= 1000);
+        assert!(r.memory_bytes > 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn meminfo_total_is_read_in_bytes() {
+        let text = "MemTotal:       24583856 kB\nMemFree:        20000000 kB\n";
+        assert_eq!(parse_meminfo(text), Some(24_583_856 * 1024));
+        assert_eq!(parse_meminfo("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn node_names_follow_dns_1123() {
+        assert!(check_node_name("n1").is_ok());
+        assert!(check_node_name("rack-2.host-3").is_ok());
+        assert!(check_node_name("N1").is_err());
+        assert!(check_node_name("-a").is_err());
+        assert!(check_node_name("").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cfg = AgentConfig::try_parse_from([
+            "drover-agent",
+            "--name",
+            "n1",
+            "--controllers",
+            "127.0.0.1:7001,127.0.0.2:7001",
+            "--labels",
+            "zone=a,disk=ssd",
+            "--runtime",
+            "process",
+            "--cpu",
+            "2",
+            "--memory",
+            "4Gi",
+        ])
+        .expect("flags");
+        assert_eq!(cfg.runtime, RuntimeKind::Process);
+        let s = cfg.settings(cfg.listen).expect("settings");
+        assert_eq!(s.controllers, vec!["127.0.0.1:7001", "127.0.0.2:7001"]);
+        assert_eq!(s.labels["zone"], "a");
+        assert_eq!(s.labels["disk"], "ssd");
+        assert_eq!(s.advertise, "127.0.0.1:7101");
+        assert_eq!(s.capacity.cpu_millis, 2000);
+    }
+}

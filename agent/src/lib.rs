@@ -1,0 +1,126 @@
+//! drover-agent: runs the replicas the cluster assigns to one host.
+//!
+//! ```text
+//!   controllers ◀──── session (Hello, heartbeats, status) ────┐
+//!        │                                                    │
+//!        └── AssignmentSet (full) ──▶ supervisor ── reconcile ─┤
+//!                                        │  ▲                  │ statuses
+//!                                        ▼  │ events           │
+//!                                      Runtime (docker | process | sim)
+//!                                        ▲
+//!   droverctl logs ──▶ Agent service ────┘
+//! ```
+//!
+//! - [`session`]: the stream to the leader, reconnects, leader redirects.
+//! - [`supervisor`]: the task that owns replica state and runs actions.
+//! - [`reconcile`] and [`backoff`]: pure decisions, unit-tested.
+//! - [`runtime`]: the trait and its Docker, process and simulated runtimes.
+//! - [`status`]: replica status derived from the same state, diffed for reports.
+//! - [`server`]: the Agent gRPC service (logs).
+
+pub mod assignment;
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod fixtures;
+pub mod reconcile;
+pub mod runtime;
+pub mod server;
+pub mod session;
+pub mod status;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tracing::{info, warn};
+
+pub use crate::config::{AgentConfig, RuntimeKind, Settings};
+pub use crate::error::{AgentError, Result};
+use crate::runtime::docker::DockerConfig;
+use crate::runtime::{DockerRuntime, ProcessRuntime, Runtime, SimRuntime};
+use crate::session::SessionConfig;
+use crate::supervisor::{Supervisor, SupervisorConfig};
+
+/// Run the agent as configured on the command line until `shutdown`.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    let incoming = TcpIncoming::bind(cfg.listen)
+        .map_err(|e| AgentError::Config(format!("cannot listen on {}: {e}", cfg.listen)))?
+        .with_nodelay(Some(true));
+    // With --listen HOST:0 the advertised address is the port actually bound.
+    let bound = incoming.local_addr().unwrap_or(cfg.listen);
+    let settings = cfg.settings(bound)?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        AgentError::io(
+            format!(
+                "creating the data directory {} (choose another with --data-dir)",
+                settings.data_dir.display()
+            ),
+            e,
+        )
+    })?;
+    if cfg.listen.ip().is_unspecified() && cfg.advertise.is_none() {
+        warn!(listen = %cfg.listen, "listening on all addresses without --advertise: controllers cannot reach this agent's logs");
+    }
+    match cfg.runtime {
+        RuntimeKind::Docker => {
+            let mut docker = DockerConfig::new(settings.node.clone());
+            docker.pull_timeout = Duration::from_secs(cfg.image_pull_timeout_secs);
+            let runtime = DockerRuntime::connect(docker).await?;
+            run_with(Arc::new(runtime), settings, incoming, shutdown).await
+        }
+        RuntimeKind::Process => {
+            let runtime = ProcessRuntime::open(&settings.data_dir, &settings.node)?;
+            run_with(Arc::new(runtime), settings, incoming, shutdown).await
+        }
+        RuntimeKind::Sim => {
+            run_with(Arc::new(SimRuntime::new()), settings, incoming, shutdown).await
+        }
+    }
+}
+
+/// Run the agent over an already built runtime: the supervisor, the Agent
+/// service on `incoming`, and the session, until `shutdown` (or until the
+/// controllers refuse the node name). Containers are left running.
+pub async fn run_with<R: Runtime>(
+    runtime: Arc<R>,
+    settings: Settings,
+    incoming: TcpIncoming,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let stop = shutdown.child_token();
+    let (supervisor, supervisor_task) =
+        Supervisor::start(runtime.clone(), SupervisorConfig::default(), stop.clone()).await?;
+    let server = tokio::spawn(server::serve(runtime.clone(), incoming, stop.clone()));
+    let session_cfg = SessionConfig {
+        labels: settings.labels.clone(),
+        capacity: settings.capacity,
+        address: settings.advertise.clone(),
+        runtime: runtime.kind().to_string(),
+        heartbeat: settings.heartbeat,
+        ..SessionConfig::new(settings.node.clone(), settings.controllers.clone())
+    };
+    info!(
+        node = %settings.node,
+        runtime = runtime.kind(),
+        controllers = %settings.controllers.join(","),
+        address = %settings.advertise,
+        cpu_millis = settings.capacity.cpu_millis,
+        memory_bytes = settings.capacity.memory_bytes,
+        "agent starting"
+    );
+    let result = session::run(session_cfg, supervisor, stop.clone()).await;
+    stop.cancel();
+    if let Err(e) = supervisor_task.await {
+        warn!(error = %e, "the supervisor task failed");
+    }
+    match server.await {
+        Ok(Err(e)) => warn!(error = %e, "the Agent service stopped with an error"),
+        Err(e) => warn!(error = %e, "the Agent service task failed"),
+        Ok(Ok(())) => {}
+    }
+    info!("agent stopped; containers keep running");
+    result
+}

@@ -1,0 +1,711 @@
+//! The process runtime: a replica's `command` + `args` run as a plain child
+//! process of the agent (like Nomad's raw_exec), for hosts without Docker and
+//! for lab hosts that are themselves containers.
+//!
+//! ```text
+//!   <data-dir>/process/
+//!     state.json                  every container: pid, start time, labels,
+//!                                 exit (written before each answer)
+//!     logs/<container>.stdout     the child writes straight into these files,
+//!     logs/<container>.stderr     so it survives an agent restart (no pipes)
+//!     work/<replica>/             working directory unless workingDir is set
+//! ```
+//!
+//! Each child leads its own process group, so a stop signals the whole tree
+//! (SIGTERM, then SIGKILL after the grace period) and a Ctrl-C aimed at the
+//! agent's terminal does not reach it. Exits of the agent's own children come
+//! from `wait()`; after an agent restart the children are orphans the agent
+//! cannot wait for, so adopted processes are watched through `/proc` (pid and
+//! kernel start time, to rule out pid reuse) and their exit code is unknown
+//! (-1). Images, host ports and resource limits do not apply here.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info, warn};
+
+use super::{
+    now_unix_ms, tail_lines, ContainerState, ExecOutput, Exit, LogChunk, LogOptions, LogSource,
+    LogStream, Observed, Runtime, RuntimeEvent, UnixMs, EVENT_CAPACITY,
+};
+use crate::assignment::Assignment;
+use crate::error::{AgentError, Result};
+
+/// How often adopted processes and followed logs are polled.
+const POLL: Duration = Duration::from_millis(200);
+/// After SIGKILL, how long to wait for the kernel to reap the group.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Only this much of a log file is read for a tail.
+const TAIL_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// One process "container" as written to the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    container_id: String,
+    replica: String,
+    namespace: String,
+    deployment: String,
+    revision: String,
+    image: String,
+    restarts: u32,
+    /// Also the process group id.
+    pid: i32,
+    /// Field 22 of /proc/<pid>/stat: tells the process from a later one that
+    /// reused its pid.
+    start_ticks: u64,
+    started_unix_ms: UnixMs,
+    env: Vec<(String, String)>,
+    working_dir: PathBuf,
+    /// terminationGracePeriodSeconds of the replica.
+    #[serde(default)]
+    grace_secs: Option<u64>,
+    exit: Option<ExitRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct ExitRecord {
+    code: i64,
+    finished_unix_ms: UnixMs,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    node: String,
+    containers: Vec<Entry>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    node: String,
+    /// By container id.
+    entries: Mutex<BTreeMap<String, Entry>>,
+    events: broadcast::Sender<RuntimeEvent>,
+    cancel: CancellationToken,
+}
+
+/// Runs replicas as child processes.
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+    _watchers: DropGuard,
+}
+
+impl ProcessRuntime {
+    /// Open (or create) the runtime's state under `data_dir/process` and
+    /// adopt the processes it lists that still run.
+    pub fn open(data_dir: &Path, node: &str) -> Result<ProcessRuntime> {
+        let dir = data_dir.join("process");
+        for sub in ["logs", "work"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| AgentError::io(format!("creating {}", dir.join(sub).display()), e))?;
+        }
+        let state_path = dir.join("state.json");
+        let state: StateFile = match std::fs::read(&state_path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    let aside = dir.join("state.json.corrupt");
+                    warn!(path = %state_path.display(), error = %e, aside = %aside.display(),
+                        "process runtime state is unreadable; starting empty");
+                    let _ = std::fs::rename(&state_path, &aside);
+                    StateFile::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+            Err(e) => {
+                return Err(AgentError::io(
+                    format!("reading {}", state_path.display()),
+                    e,
+                ))
+            }
+        };
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let cancel = CancellationToken::new();
+        let mut entries = BTreeMap::new();
+        let mut adopted = Vec::new();
+        for mut e in state.containers {
+            if e.exit.is_none() {
+                if is_alive(e.pid, e.start_ticks) {
+                    adopted.push(e.container_id.clone());
+                } else {
+                    // It ended while no agent was watching.
+                    e.exit = Some(ExitRecord {
+                        code: -1,
+                        finished_unix_ms: now_unix_ms(),
+                    });
+                }
+            }
+            entries.insert(e.container_id.clone(), e);
+        }
+        let inner = Arc::new(Inner {
+            dir,
+            node: node.to_string(),
+            entries: Mutex::new(entries),
+            events,
+            cancel: cancel.clone(),
+        });
+        inner.persist()?;
+        for id in adopted {
+            info!(container = %id, "adopting a running process");
+            tokio::spawn(watch_adopted(inner.clone(), id));
+        }
+        Ok(ProcessRuntime {
+            inner,
+            _watchers: cancel.drop_guard(),
+        })
+    }
+
+    /// The directory holding the state file, logs and work directories.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // (every update is a single insert or field write): keep going.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write the state file (atomically: temp file, then rename).
+    fn persist(&self) -> Result<()> {
+        let state = StateFile {
+            node: self.node.clone(),
+            containers: self.lock().values().cloned().collect(),
+        };
+        self.write_state(&state)
+    }
+
+    fn write_state(&self, state: &StateFile) -> Result<()> {
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| AgentError::io("encoding the process state", std::io::Error::other(e)))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| AgentError::io(format!("writing {}", path.display()), e))
+    }
+
+    fn log_paths(&self, container_id: &str) -> (PathBuf, PathBuf) {
+        let logs = self.dir.join("logs");
+        (
+            logs.join(format!("{container_id}.stdout")),
+            logs.join(format!("{container_id}.stderr")),
+        )
+    }
+
+    /// Record an exit (once) and tell subscribers.
+    fn on_exit(&self, container_id: &str, exit: Exit) {
+        let replica = {
+            let mut entries = self.lock();
+            let Some(e) = entries.get_mut(container_id) else {
+                return;
+            };
+            if e.exit.is_some() {
+                return;
+            }
+            e.exit = Some(ExitRecord {
+                code: exit.code,
+                finished_unix_ms: exit.finished_unix_ms,
+            });
+            e.replica.clone()
+        };
+        if let Err(e) = self.persist() {
+            warn!(error = %e, "could not record a process exit in the state file");
+        }
+        debug!(container = container_id, replica = %replica, code = exit.code, "process exited");
+        let _ = self.events.send(RuntimeEvent::Exited {
+            replica,
+            container_id: container_id.to_string(),
+            exit,
+        });
+    }
+
+    fn exited(&self, container_id: &str) -> bool {
+        self.lock()
+            .get(container_id)
+            .is_none_or(|e| e.exit.is_some())
+    }
+
+    /// The replica's newest container.
+    fn newest(&self, replica: &str) -> Option<Entry> {
+        self.lock()
+            .values()
+            .filter(|e| e.replica == replica)
+            .max_by_key(|e| (e.exit.is_none(), e.started_unix_ms))
+            .cloned()
+    }
+}
+
+impl Entry {
+    fn observed(&self) -> Observed {
+        Observed {
+            replica: self.replica.clone(),
+            namespace: self.namespace.clone(),
+            deployment: self.deployment.clone(),
+            revision: self.revision.clone(),
+            container_id: self.container_id.clone(),
+            image: self.image.clone(),
+            restarts: self.restarts,
+            started_unix_ms: self.started_unix_ms,
+            grace: self.grace_secs.map(Duration::from_secs),
+            state: match self.exit {
+                None => ContainerState::Running,
+                Some(x) => ContainerState::Exited(Exit {
+                    code: x.code,
+                    oom_killed: false,
+                    finished_unix_ms: x.finished_unix_ms,
+                }),
+            },
+        }
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn list(&self) -> Result<Vec<Observed>> {
+        let mut out: Vec<Observed> = self.inner.lock().values().map(Entry::observed).collect();
+        out.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(out)
+    }
+
+    async fn start(&self, assignment: &Assignment, restarts: u32) -> Result<Observed> {
+        let c = assignment.container();
+        let argv: Vec<String> = c.command.iter().chain(c.args.iter()).cloned().collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err(AgentError::InvalidSpec(
+                "the process runtime needs the container's command or args (there is no image to take them from)".into(),
+            ));
+        };
+        let working_dir = match &c.working_dir {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                if !dir.is_dir() {
+                    return Err(AgentError::StartFailed(format!(
+                        "working directory {} does not exist on this host",
+                        dir.display()
+                    )));
+                }
+                dir
+            }
+            None => {
+                let dir = self.inner.dir.join("work").join(&assignment.replica);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
+                dir
+            }
+        };
+        let container_id = format!("proc-{:016x}", rand::random::<u64>());
+        let (out_path, err_path) = self.inner.log_paths(&container_id);
+        let open = |p: &Path| {
+            std::fs::File::create(p)
+                .map_err(|e| AgentError::io(format!("creating {}", p.display()), e))
+        };
+        let (stdout, stderr) = (open(&out_path)?, open(&err_path)?);
+        let env: Vec<(String, String)> = c
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&working_dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            // Its own group: stop signals the tree; terminal signals miss it.
+            .process_group(0)
+            // Replicas outlive the agent (they are adopted on restart).
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| {
+            let _ = std::fs::remove_file(&out_path);
+            let _ = std::fs::remove_file(&err_path);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                AgentError::StartFailed(format!("cannot run {program:?}: no such file or command"))
+            } else {
+                AgentError::StartFailed(format!("cannot run {program:?}: {e}"))
+            }
+        })?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| AgentError::StartFailed(format!("{program:?} exited at once")))?;
+        let entry = Entry {
+            container_id: container_id.clone(),
+            replica: assignment.replica.clone(),
+            namespace: assignment.namespace.clone(),
+            deployment: assignment.deployment.clone(),
+            revision: assignment.revision.clone(),
+            image: c.image.clone(),
+            restarts,
+            pid,
+            start_ticks: stat(pid).map(|s| s.start_ticks).unwrap_or(0),
+            started_unix_ms: now_unix_ms(),
+            env,
+            working_dir,
+            grace_secs: Some(assignment.grace().as_secs()),
+            exit: None,
+        };
+        let observed = entry.observed();
+        self.inner.lock().insert(container_id.clone(), entry);
+        self.inner.persist()?;
+        info!(replica = %assignment.replica, container = %container_id, pid, "process started");
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => Exit {
+                    code: status
+                        .code()
+                        .map(i64::from)
+                        .or_else(|| status.signal().map(|s| 128 + i64::from(s)))
+                        .unwrap_or(-1),
+                    oom_killed: false,
+                    finished_unix_ms: now_unix_ms(),
+                },
+                Err(e) => {
+                    warn!(container = %container_id, error = %e, "waiting for a child failed");
+                    Exit {
+                        code: -1,
+                        oom_killed: false,
+                        finished_unix_ms: now_unix_ms(),
+                    }
+                }
+            };
+            inner.on_exit(&container_id, exit);
+        });
+        Ok(observed)
+    }
+
+    async fn stop(&self, container_id: &str, grace: Duration) -> Result<()> {
+        let pid = {
+            let entries = self.inner.lock();
+            let e = entries
+                .get(container_id)
+                .ok_or_else(|| AgentError::NoSuchContainer {
+                    id: container_id.to_string(),
+                })?;
+            if e.exit.is_some() {
+                return Ok(());
+            }
+            e.pid
+        };
+        signal_group(pid, Signal::SIGTERM);
+        if wait_exited(&self.inner, container_id, grace).await {
+            return Ok(());
+        }
+        info!(
+            container = container_id,
+            ?grace,
+            "grace period over; killing the process group"
+        );
+        signal_group(pid, Signal::SIGKILL);
+        if wait_exited(&self.inner, container_id, KILL_WAIT).await {
+            Ok(())
+        } else {
+            Err(AgentError::Timeout {
+                what: format!("stopping process container {container_id}"),
+                after: grace + KILL_WAIT,
+            })
+        }
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<()> {
+        let Some(entry) = self.inner.lock().remove(container_id) else {
+            return Ok(());
+        };
+        // Safe even after the leader exited: a pid is not reused while a
+        // process group with that id still exists, so this reaches only
+        // stragglers of this container's own group.
+        signal_group(entry.pid, Signal::SIGKILL);
+        let (out, err) = self.inner.log_paths(container_id);
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(err);
+        let default_dir = self.inner.dir.join("work").join(&entry.replica);
+        let replica_left = self
+            .inner
+            .lock()
+            .values()
+            .any(|e| e.replica == entry.replica);
+        if entry.working_dir == default_dir && !replica_left {
+            let _ = std::fs::remove_dir_all(&default_dir);
+        }
+        self.inner.persist()
+    }
+
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    async fn logs(&self, replica: &str, opts: LogOptions) -> Result<LogStream> {
+        let entry = self
+            .inner
+            .newest(replica)
+            .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
+        let (out, err) = self.inner.log_paths(&entry.container_id);
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let files = [(LogSource::Stdout, out), (LogSource::Stderr, err)];
+            let mut offsets = [0u64; 2];
+            for (i, (source, path)) in files.iter().enumerate() {
+                match read_initial(path, opts.tail).await {
+                    Ok((data, end)) => {
+                        offsets[i] = end;
+                        if !data.is_empty()
+                            && tx
+                                .send(Ok(LogChunk {
+                                    source: *source,
+                                    data,
+                                }))
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if !opts.follow {
+                return;
+            }
+            loop {
+                // Read what is there first, then stop if the process is gone:
+                // the last lines it wrote are not lost.
+                let done = inner.exited(&entry.container_id);
+                let mut any = false;
+                for (i, (source, path)) in files.iter().enumerate() {
+                    match read_from(path, offsets[i]).await {
+                        Ok(data) if !data.is_empty() => {
+                            offsets[i] += data.len() as u64;
+                            any = true;
+                            if tx
+                                .send(Ok(LogChunk {
+                                    source: *source,
+                                    data,
+                                }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        // Removed while following: the stream simply ends.
+                        Err(_) => return,
+                    }
+                }
+                if done && !any {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn exec(
+        &self,
+        replica: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let entry = self
+            .inner
+            .newest(replica)
+            .filter(|e| e.exit.is_none())
+            .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
+        let Some((program, args)) = command.split_first() else {
+            return Err(AgentError::InvalidSpec("the exec command is empty".into()));
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .envs(entry.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&entry.working_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| AgentError::StartFailed(format!("cannot run {program:?}: {e}")))?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => {
+                let mut output = out.stdout;
+                output.extend_from_slice(&out.stderr);
+                Ok(ExecOutput {
+                    exit_code: out
+                        .status
+                        .code()
+                        .map(i64::from)
+                        .or_else(|| out.status.signal().map(|s| 128 + i64::from(s)))
+                        .unwrap_or(-1),
+                    output,
+                })
+            }
+            Ok(Err(e)) => Err(AgentError::io(format!("running {program:?}"), e)),
+            Err(_) => Err(AgentError::Timeout {
+                what: format!("exec in replica {replica}"),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// Wait until the container's exit is recorded, up to `limit`.
+async fn wait_exited(inner: &Inner, container_id: &str, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if inner.exited(container_id) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll an adopted (non-child) process until it is gone.
+async fn watch_adopted(inner: Arc<Inner>, container_id: String) {
+    let (pid, start_ticks) = match inner.lock().get(&container_id) {
+        Some(e) => (e.pid, e.start_ticks),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        if !is_alive(pid, start_ticks) {
+            inner.on_exit(
+                &container_id,
+                Exit {
+                    code: -1,
+                    oom_killed: false,
+                    finished_unix_ms: now_unix_ms(),
+                },
+            );
+            return;
+        }
+    }
+}
+
+fn signal_group(pgid: i32, signal: Signal) {
+    if pgid <= 1 {
+        return;
+    }
+    if let Err(e) = killpg(Pid::from_raw(pgid), signal) {
+        if e != nix::errno::Errno::ESRCH {
+            warn!(pgid, ?signal, error = %e, "could not signal a process group");
+        }
+    }
+}
+
+struct Stat {
+    state: char,
+    start_ticks: u64,
+}
+
+/// The state and start time of a process, from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `comm` (field 2) may hold spaces and parentheses: fields resume after
+    // the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Whether `pid` still is the process that was started (not a zombie, not a
+/// later process that reused the pid).
+fn is_alive(pid: i32, start_ticks: u64) -> bool {
+    match stat(pid) {
+        Some(s) => {
+            !matches!(s.state, 'Z' | 'X' | 'x')
+                && (start_ticks == 0 || s.start_ticks == start_ticks)
+        }
+        None => false,
+    }
+}
+
+/// The initial part of a log: all of it, or its last `tail` lines. Returns the
+/// bytes and the offset where following continues.
+async fn read_initial(path: &Path, tail: Option<u32>) -> Result<(Vec<u8>, u64)> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(AgentError::io(format!("opening {}", path.display()), e)),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?
+        .len();
+    let start = match tail {
+        Some(_) => len.saturating_sub(TAIL_WINDOW),
+        None => 0,
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
+    let mut data = Vec::new();
+    (&mut file)
+        .take(len - start)
+        .read_to_end(&mut data)
+        .await
+        .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
+    let end = start + data.len() as u64;
+    if let Some(n) = tail {
+        data = tail_lines(&data, n).to_vec();
+    }
+    Ok((data, end))
+}
+
+/// What was appended to a log since `offset`.
+async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut data = Vec::new();
+    file.take(1024 * 1024).read_to_end(&mut data).await?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = std::process::id() as i32;
+        let s = stat(me).expect("stat of self");
+        assert_ne!(s.state, 'Z');
+        assert!(is_alive(me, s.start_ticks));
+        assert!(!is_alive(me, s.start_ticks + 1));
+        assert!(!is_alive(i32::MAX, 0));
+    }
+}

@@ -1,0 +1,85 @@
+//! The agent's own gRPC service (`drover.v1.Agent`): container logs, streamed
+//! from the runtime to droverctl (through whoever asks).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use drover_proto::pb;
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::error::AgentError;
+use crate::runtime::{LogOptions, Runtime};
+
+/// Serves `Agent.Logs` from a runtime.
+pub struct AgentService<R> {
+    runtime: Arc<R>,
+}
+
+impl<R> AgentService<R> {
+    pub fn new(runtime: Arc<R>) -> AgentService<R> {
+        AgentService { runtime }
+    }
+}
+
+fn to_status(e: AgentError) -> Status {
+    match e {
+        AgentError::UnknownReplica(_) | AgentError::NoSuchContainer { .. } => {
+            Status::not_found(e.to_string())
+        }
+        AgentError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<R: Runtime> pb::agent_server::Agent for AgentService<R> {
+    type LogsStream = LogsStream;
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = request.into_inner();
+        debug!(replica = %req.replica, follow = req.follow, tail = req.tail, "logs requested");
+        let opts = LogOptions {
+            follow: req.follow,
+            tail: (req.tail > 0).then_some(req.tail),
+        };
+        let stream = self
+            .runtime
+            .logs(&req.replica, opts)
+            .await
+            .map_err(to_status)?;
+        let stream = stream.map(|chunk| {
+            chunk
+                .map(|c| pb::LogChunk {
+                    data: c.data,
+                    stream: c.source.as_str().to_string(),
+                })
+                .map_err(to_status)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serve the Agent service on `incoming` until `shutdown`.
+pub async fn serve<R: Runtime>(
+    runtime: Arc<R>,
+    incoming: TcpIncoming,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    Server::builder()
+        .add_service(pb::agent_server::AgentServer::new(AgentService::new(
+            runtime,
+        )))
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| AgentError::Config(format!("the Agent gRPC server failed: {e}")))
+}

@@ -1,0 +1,423 @@
+//! The agent's session with the leader: one bidirectional `Dispatcher.Session`
+//! stream at a time, re-opened for as long as the agent runs.
+//!
+//! ```text
+//!   ┌─▶ pick an address: the leader a follower named, else the next controller
+//!   │     connect ──fail──────────────────────────────┐
+//!   │     send Hello{node, labels, capacity, address,  │
+//!   │                incarnation, replicas: all}       │
+//!   │     ┌─ every 500 ms ─▶ Heartbeat                  │
+//!   │     ├─ status change ─▶ StatusReport{changed only}│
+//!   │     └─ AssignmentSet ─▶ supervisor.assign(full set)
+//!   │     stream ends / error:                          │
+//!   │       FAILED_PRECONDITION "…leader=H:P…" ─▶ go to H:P at once
+//!   │       ALREADY_EXISTS (name held by a live agent) ─▶ exit with its sentence
+//!   │       anything else ─▶ wait (100 ms doubling to 5 s, jittered) ◀┘
+//!   └────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Every set is the full assignment list, so a cut stream needs no replay:
+//! the next session's first set is reconciled like any other. While no
+//! controller answers, the supervisor keeps its last set and the containers
+//! keep running. A session that delivered at least one set resets the
+//! reconnect delay, so a leader change costs one short pause.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::pb;
+use drover_proto::pb::dispatcher_client::DispatcherClient;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tonic::Code;
+use tracing::{debug, info, instrument, warn};
+
+use crate::error::{AgentError, Result};
+use crate::status::{self, StatusMap};
+use crate::supervisor::SupervisorHandle;
+
+/// Who this agent is and how it talks to the controllers.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub node: String,
+    /// Controller addresses (host:port), tried in turn.
+    pub controllers: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: pb::Resources,
+    /// Where this agent's Agent service (logs) is reachable.
+    pub address: String,
+    /// "docker", "process" or "sim".
+    pub runtime: String,
+    /// Random per agent process.
+    pub incarnation: String,
+    pub heartbeat: Duration,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl SessionConfig {
+    /// Defaults for everything but identity and addresses.
+    pub fn new(node: impl Into<String>, controllers: Vec<String>) -> SessionConfig {
+        SessionConfig {
+            node: node.into(),
+            controllers,
+            labels: BTreeMap::new(),
+            capacity: pb::Resources::default(),
+            address: String::new(),
+            runtime: String::new(),
+            incarnation: format!("{:016x}", rand::random::<u64>()),
+            heartbeat: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How one session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// A follower named the leader.
+    Redirect(String),
+    /// Another live agent holds the node name.
+    NameInUse(String),
+    /// Connection failed or the stream broke; `productive` if it delivered
+    /// an assignment set first.
+    Lost {
+        reason: String,
+        productive: bool,
+    },
+}
+
+/// Keep a session with the leader until `shutdown`. Returns an error only
+/// when continuing is pointless (the node name is taken).
+pub async fn run(
+    cfg: SessionConfig,
+    supervisor: SupervisorHandle,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    if cfg.controllers.is_empty() {
+        return Err(AgentError::Config("no controller addresses given".into()));
+    }
+    let mut next = 0usize;
+    let mut redirect: Option<String> = None;
+    let mut redirects_in_a_row = 0u32;
+    let mut delay = cfg.reconnect_min;
+    // For telling a person, now and then, that no controller answers.
+    let mut failures = 0u32;
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        let addr = match redirect.take() {
+            Some(leader) => leader,
+            None => {
+                let a = cfg.controllers[next % cfg.controllers.len()].clone();
+                next = next.wrapping_add(1);
+                a
+            }
+        };
+        let ended = session(&cfg, &addr, &supervisor, &shutdown).await;
+        let wait = match ended {
+            Ended::Shutdown => return Ok(()),
+            Ended::NameInUse(message) => return Err(AgentError::NameInUse(message)),
+            Ended::Redirect(leader) => {
+                info!(controller = %addr, leader = %leader, "redirected to the leader");
+                redirects_in_a_row += 1;
+                redirect = Some(leader);
+                // Follow a redirect at once; a chain of them (an election in
+                // progress) backs off like any failure.
+                if redirects_in_a_row <= 2 {
+                    Duration::ZERO
+                } else {
+                    grow(&mut delay, &cfg)
+                }
+            }
+            Ended::Lost { reason, productive } => {
+                redirects_in_a_row = 0;
+                if productive {
+                    info!(controller = %addr, reason = %reason, "session ended; reconnecting");
+                    delay = cfg.reconnect_min;
+                    failures = 0;
+                } else {
+                    failures += 1;
+                    let quiet = last_warning.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+                    if failures >= cfg.controllers.len() as u32 && !quiet {
+                        warn!(controller = %addr, reason = %reason, attempts = failures,
+                            "no controller accepts a session; replicas keep running; retrying");
+                        last_warning = Some(tokio::time::Instant::now());
+                    } else {
+                        debug!(controller = %addr, reason = %reason, "no session");
+                    }
+                }
+                grow(&mut delay, &cfg)
+            }
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The jittered wait for this attempt; doubles `delay` for the next one.
+fn grow(delay: &mut Duration, cfg: &SessionConfig) -> Duration {
+    let d = *delay;
+    *delay = (d * 2).min(cfg.reconnect_max);
+    jitter(d)
+}
+
+/// A random duration in [d/2, d]: agents that lost the same leader do not
+/// all come back in the same millisecond.
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    if ms < 2 {
+        return d;
+    }
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+/// The address in a follower's refusal: `… leader=HOST:PORT …`.
+pub fn leader_hint(message: &str) -> Option<String> {
+    let rest = &message[message.find("leader=")? + "leader=".len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ';' | ')' | ']' | '"' | '\''))
+        .collect();
+    let addr = addr.trim_end_matches('.').to_string();
+    (!addr.is_empty() && addr.contains(':')).then_some(addr)
+}
+
+/// An error and its sources, `outer: inner: root` (tonic's transport error
+/// alone says only "transport error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn classify(status: &tonic::Status, productive: bool) -> Ended {
+    match status.code() {
+        Code::FailedPrecondition => match leader_hint(status.message()) {
+            Some(leader) => Ended::Redirect(leader),
+            None => Ended::Lost {
+                reason: format!("not the leader and no leader known: {}", status.message()),
+                productive,
+            },
+        },
+        Code::AlreadyExists => Ended::NameInUse(status.message().to_string()),
+        code => Ended::Lost {
+            reason: format!("{code:?}: {}", status.message()),
+            productive,
+        },
+    }
+}
+
+fn hello(cfg: &SessionConfig, replicas: &StatusMap) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            node: cfg.node.clone(),
+            labels: cfg.labels.clone().into_iter().collect(),
+            capacity: Some(cfg.capacity),
+            address: cfg.address.clone(),
+            runtime: cfg.runtime.clone(),
+            version: drover_proto::VERSION.to_string(),
+            incarnation: cfg.incarnation.clone(),
+            replicas: replicas.values().cloned().collect(),
+        })),
+    }
+}
+
+/// A message to the controller: a full or stuck stream ends the session.
+async fn send(tx: &mpsc::Sender<pb::AgentMessage>, msg: pb::AgentMessage) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), tx.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// One session with `addr`, from connect to the end of the stream.
+#[instrument(skip_all, fields(node = %cfg.node, controller = %addr))]
+async fn session(
+    cfg: &SessionConfig,
+    addr: &str,
+    supervisor: &SupervisorHandle,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let lost = |reason: String| Ended::Lost {
+        reason,
+        productive: false,
+    };
+    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            // A leader that vanishes without closing TCP is noticed in seconds.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true),
+        Err(e) => return lost(format!("invalid controller address {addr:?}: {e}")),
+    };
+    let channel = tokio::select! {
+        _ = shutdown.cancelled() => return Ended::Shutdown,
+        c = endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return lost(format!("cannot connect: {}", error_chain(&e))),
+        },
+    };
+    let mut client = DispatcherClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
+    let mut statuses = supervisor.statuses();
+    let mut last_sent: Arc<StatusMap> = statuses.borrow_and_update().clone();
+    if !send(&tx, hello(cfg, &last_sent)).await {
+        return lost("could not queue Hello".into());
+    }
+    let opened = tokio::select! {
+        _ = shutdown.cancelled() => return Ended::Shutdown,
+        r = tokio::time::timeout(cfg.connect_timeout * 2, client.session(ReceiverStream::new(rx))) => r,
+    };
+    let mut inbound = match opened {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return classify(&status, false),
+        Err(_) => return lost("the controller did not answer the session".into()),
+    };
+    debug!(controller = %addr, node = %cfg.node, "session open");
+
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut productive = false;
+    let mut last_version = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            _ = heartbeat.tick() => {
+                let msg = pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {})) };
+                if !send(&tx, msg).await {
+                    return Ended::Lost { reason: "the controller stopped reading".into(), productive };
+                }
+            }
+            changed = statuses.changed() => {
+                if changed.is_err() {
+                    // The supervisor is gone: the agent is shutting down.
+                    return Ended::Shutdown;
+                }
+                let next = statuses.borrow_and_update().clone();
+                let replicas = status::changed(&last_sent, &next);
+                last_sent = next;
+                if !replicas.is_empty() {
+                    debug!(replicas = replicas.len(), "reporting status");
+                    let msg = pb::AgentMessage {
+                        kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas })),
+                    };
+                    if !send(&tx, msg).await {
+                        return Ended::Lost { reason: "the controller stopped reading".into(), productive };
+                    }
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::Assignments(set)) })) => {
+                    if set.version < last_version {
+                        debug!(version = set.version, last = last_version, "ignoring an older assignment set");
+                        continue;
+                    }
+                    if !productive {
+                        info!(controller = %addr, node = %cfg.node, "session established");
+                    }
+                    last_version = set.version;
+                    productive = true;
+                    debug!(version = set.version, replicas = set.assignments.len(), "assignment set");
+                    if supervisor.assign(set.assignments).await.is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ended::Lost { reason: "the controller closed the session".into(), productive },
+                Err(status) => {
+                    let ended = classify(&status, productive);
+                    if let Ended::Lost { reason, .. } = &ended {
+                        warn!(controller = %addr, reason = %reason, "session broke");
+                    }
+                    return ended;
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_hints_are_parsed_from_follower_messages() {
+        assert_eq!(
+            leader_hint("not the leader; leader=127.0.0.2:7001"),
+            Some("127.0.0.2:7001".into())
+        );
+        assert_eq!(
+            leader_hint("this controller is a follower (leader=10.0.0.3:7001), retry there"),
+            Some("10.0.0.3:7001".into())
+        );
+        assert_eq!(
+            leader_hint("leader=host-a.lab:7001."),
+            Some("host-a.lab:7001".into())
+        );
+        assert_eq!(leader_hint("not the leader; leader= unknown"), None);
+        assert_eq!(leader_hint("no leader elected"), None);
+    }
+
+    #[test]
+    fn refusals_are_classified() {
+        let s = tonic::Status::failed_precondition("follower; leader=127.0.0.3:7001");
+        assert_eq!(
+            classify(&s, false),
+            Ended::Redirect("127.0.0.3:7001".into())
+        );
+        let s = tonic::Status::already_exists("node n1 is held by a live agent");
+        assert_eq!(
+            classify(&s, true),
+            Ended::NameInUse("node n1 is held by a live agent".into())
+        );
+        assert!(matches!(
+            classify(&tonic::Status::unavailable("x"), true),
+            Ended::Lost {
+                productive: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn reconnect_delays_double_to_the_cap_with_jitter() {
+        let cfg = SessionConfig::new("n1", vec!["127.0.0.1:1".into()]);
+        let mut delay = cfg.reconnect_min;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            waits.push(grow(&mut delay, &cfg));
+        }
+        let bounds = [100u64, 200, 400, 800, 1600, 3200, 5000, 5000];
+        for (w, max) in waits.iter().zip(bounds) {
+            let w = w.as_millis() as u64;
+            assert!(
+                w >= max / 2 && w <= max,
+                "wait {w}ms not in [{}, {max}]",
+                max / 2
+            );
+        }
+    }
+}

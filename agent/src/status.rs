@@ -1,0 +1,335 @@
+//! Replica status as the controller sees it: derived, never stored.
+//!
+//! The supervisor recomputes every replica's status from the same inputs the
+//! reconcile uses and publishes the whole map; the session sends only what
+//! changed since its last report ([`changed`]). A replica that leaves the map
+//! (stopped and removed) is reported once as GONE. Deriving status instead of
+//! emitting "report" actions means no transition can be forgotten.
+//!
+//! ```text
+//!   busy stopping / unassigned & present ─▶ TERMINATING
+//!   running                              ─▶ RUNNING (reason: last exit, if any)
+//!   exited, backing off                  ─▶ CRASH_LOOP_BACK_OFF (+ next restart)
+//!   start failed                         ─▶ FAILED (ErrImagePull, PortInUse, …)
+//!   otherwise                            ─▶ PENDING (ContainerCreating)
+//! ```
+
+use std::collections::BTreeMap;
+
+use drover_proto::pb::{ReplicaState, ReplicaStatus};
+
+use crate::assignment::Assignment;
+use crate::reconcile::{Busy, Failure, Record};
+use crate::runtime::{ContainerState, Exit, Observed};
+
+/// Every replica's status, by name.
+pub type StatusMap = BTreeMap<String, ReplicaStatus>;
+
+/// What the agent knows about one replica.
+pub struct Inputs<'a> {
+    pub name: &'a str,
+    /// None: not assigned (or no assignment set received yet).
+    pub assigned: Option<&'a Assignment>,
+    /// Whether an assignment set has been received at all.
+    pub have_assignments: bool,
+    pub container: Option<&'a Observed>,
+    pub record: Option<&'a Record>,
+    pub busy: Option<Busy>,
+}
+
+/// The status of one replica.
+pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
+    let record = i.record;
+    let container = i.container;
+    let exit: Option<Exit> = match container.map(|c| c.state) {
+        Some(ContainerState::Exited(e)) => Some(e),
+        _ => record.and_then(|r| r.last_exit),
+    };
+    let mut s = ReplicaStatus {
+        replica: i.name.to_string(),
+        ready: false,
+        restarts: record.map_or_else(|| container.map_or(0, |c| c.restarts), |r| r.restarts),
+        last_exit_code: exit.map(|e| e.code),
+        container_id: container
+            .map(|c| c.container_id.clone())
+            .unwrap_or_default(),
+        image: container
+            .map(|c| c.image.clone())
+            .or_else(|| i.assigned.map(|a| a.container().image.clone()))
+            .unwrap_or_default(),
+        started_unix_ms: container.map_or(0, |c| c.started_unix_ms),
+        finished_unix_ms: exit.map_or(0, |e| e.finished_unix_ms),
+        revision: i
+            .assigned
+            .map(|a| a.revision.clone())
+            .or_else(|| container.map(|c| c.revision.clone()))
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let unassigned = i.have_assignments && i.assigned.is_none();
+    let state = if i.busy == Some(Busy::Stopping) || (unassigned && container.is_some()) {
+        ReplicaState::Terminating
+    } else {
+        match container.map(|c| c.state) {
+            Some(ContainerState::Running) => {
+                // No readiness probes yet: a running container is ready.
+                s.ready = true;
+                if s.restarts > 0 {
+                    if let Some(e) = exit {
+                        s.reason = e.reason().to_string();
+                    }
+                }
+                ReplicaState::Running
+            }
+            Some(ContainerState::Exited(e)) if i.busy == Some(Busy::Starting) => {
+                s.reason = e.reason().to_string();
+                ReplicaState::Pending
+            }
+            Some(ContainerState::Exited(e)) => {
+                s.reason = e.reason().to_string();
+                if let Some(r) = record {
+                    s.next_restart_unix_ms = r.next_attempt_unix_ms.unwrap_or(0);
+                    if let Some(d) = r.delay {
+                        s.message = format!(
+                            "back-off {} restarting the container (exit code {})",
+                            human(d),
+                            e.code
+                        );
+                    }
+                }
+                ReplicaState::CrashLoopBackOff
+            }
+            Some(ContainerState::Created) => {
+                s.reason = "ContainerCreating".into();
+                ReplicaState::Pending
+            }
+            None => match record.and_then(|r| r.failure.as_ref()) {
+                Some(f) if i.busy.is_none() => failed(&mut s, f, record),
+                _ => {
+                    s.reason = "ContainerCreating".into();
+                    ReplicaState::Pending
+                }
+            },
+        }
+    };
+    s.state = state as i32;
+    s
+}
+
+fn failed(s: &mut ReplicaStatus, f: &Failure, record: Option<&Record>) -> ReplicaState {
+    s.reason = f.reason.clone();
+    s.message = f.message.clone();
+    s.next_restart_unix_ms = record.and_then(|r| r.next_attempt_unix_ms).unwrap_or(0);
+    ReplicaState::Failed
+}
+
+fn human(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// What to report after `prev`: every replica whose status differs, and a
+/// GONE status for every replica that disappeared.
+pub fn changed(prev: &StatusMap, next: &StatusMap) -> Vec<ReplicaStatus> {
+    let mut out: Vec<ReplicaStatus> = next
+        .iter()
+        .filter(|(name, s)| prev.get(*name) != Some(*s))
+        .map(|(_, s)| s.clone())
+        .collect();
+    out.extend(
+        prev.keys()
+            .filter(|k| !next.contains_key(*k))
+            .map(|k| gone(k)),
+    );
+    out
+}
+
+/// The status of a replica that was stopped and removed.
+pub fn gone(replica: &str) -> ReplicaStatus {
+    ReplicaStatus {
+        replica: replica.to_string(),
+        state: ReplicaState::Gone as i32,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn observed(state: ContainerState) -> Observed {
+        Observed {
+            replica: "web-r-0".into(),
+            namespace: "default".into(),
+            deployment: "web".into(),
+            revision: "rev1".into(),
+            container_id: "c1".into(),
+            image: "drover/busybox:1".into(),
+            restarts: 0,
+            started_unix_ms: 1000,
+            state,
+            grace: None,
+        }
+    }
+
+    fn status(
+        a: Option<&Assignment>,
+        c: Option<&Observed>,
+        r: Option<&Record>,
+        busy: Option<Busy>,
+    ) -> ReplicaStatus {
+        replica_status(&Inputs {
+            name: "web-r-0",
+            assigned: a,
+            have_assignments: true,
+            container: c,
+            record: r,
+            busy,
+        })
+    }
+
+    #[test]
+    fn a_running_container_is_running_and_ready() {
+        let a = fixtures::assignment("web-r-0");
+        let s = status(
+            Some(&a),
+            Some(&observed(ContainerState::Running)),
+            None,
+            None,
+        );
+        assert_eq!(s.state(), ReplicaState::Running);
+        assert!(s.ready);
+        assert_eq!(s.container_id, "c1");
+        assert_eq!(s.revision, "rev1");
+        assert_eq!(s.last_exit_code, None);
+    }
+
+    #[test]
+    fn backing_off_shows_crash_loop_with_exit_code_reason_and_next_restart() {
+        let a = fixtures::assignment("web-r-0");
+        let exit = Exit {
+            code: 137,
+            oom_killed: true,
+            finished_unix_ms: 5000,
+        };
+        let r = Record {
+            restarts: 2,
+            delay: Some(std::time::Duration::from_secs(4)),
+            next_attempt_unix_ms: Some(9000),
+            handled_exit: Some("c1".into()),
+            ..Default::default()
+        };
+        let s = status(
+            Some(&a),
+            Some(&observed(ContainerState::Exited(exit))),
+            Some(&r),
+            None,
+        );
+        assert_eq!(s.state(), ReplicaState::CrashLoopBackOff);
+        assert_eq!(s.reason, "OOMKilled");
+        assert_eq!(s.last_exit_code, Some(137));
+        assert_eq!(s.restarts, 2);
+        assert_eq!(s.next_restart_unix_ms, 9000);
+        assert_eq!(s.finished_unix_ms, 5000);
+        assert!(s.message.contains("back-off 4s"), "{}", s.message);
+    }
+
+    #[test]
+    fn after_a_restart_running_keeps_the_last_exit() {
+        let a = fixtures::assignment("web-r-0");
+        let r = Record {
+            restarts: 1,
+            last_exit: Some(Exit {
+                code: 1,
+                oom_killed: false,
+                finished_unix_ms: 10,
+            }),
+            ..Default::default()
+        };
+        let s = status(
+            Some(&a),
+            Some(&observed(ContainerState::Running)),
+            Some(&r),
+            None,
+        );
+        assert_eq!(s.state(), ReplicaState::Running);
+        assert_eq!(
+            (s.restarts, s.last_exit_code, s.reason.as_str()),
+            (1, Some(1), "Error")
+        );
+    }
+
+    #[test]
+    fn a_failed_start_is_failed_with_the_engine_message() {
+        let a = fixtures::assignment("web-r-0");
+        let r = Record {
+            failure: Some(Failure {
+                reason: "ErrImagePull".into(),
+                message: "pull access denied for nope".into(),
+                retryable: true,
+                revision: "rev1".into(),
+            }),
+            next_attempt_unix_ms: Some(42),
+            ..Default::default()
+        };
+        let s = status(Some(&a), None, Some(&r), None);
+        assert_eq!(s.state(), ReplicaState::Failed);
+        assert_eq!(s.reason, "ErrImagePull");
+        assert_eq!(s.message, "pull access denied for nope");
+        assert_eq!(s.next_restart_unix_ms, 42);
+        assert_eq!(s.image, "drover/busybox:1");
+    }
+
+    #[test]
+    fn starting_is_pending_and_unassigned_is_terminating() {
+        let a = fixtures::assignment("web-r-0");
+        assert_eq!(
+            status(Some(&a), None, None, Some(Busy::Starting)).state(),
+            ReplicaState::Pending
+        );
+        assert_eq!(
+            status(None, Some(&observed(ContainerState::Running)), None, None).state(),
+            ReplicaState::Terminating
+        );
+        // Before the first assignment set, what runs is just running.
+        let s = replica_status(&Inputs {
+            name: "web-r-0",
+            assigned: None,
+            have_assignments: false,
+            container: Some(&observed(ContainerState::Running)),
+            record: None,
+            busy: None,
+        });
+        assert_eq!(s.state(), ReplicaState::Running);
+    }
+
+    #[test]
+    fn changes_include_new_differing_and_gone_replicas() {
+        let a = fixtures::assignment("web-r-0");
+        let running = status(
+            Some(&a),
+            Some(&observed(ContainerState::Running)),
+            None,
+            None,
+        );
+        let pending = status(Some(&a), None, None, Some(Busy::Starting));
+        let prev: StatusMap = [
+            ("web-r-0".to_string(), pending),
+            ("old-r-0".to_string(), gone("old-r-0")),
+            ("same-r-0".to_string(), gone("same-r-0")),
+        ]
+        .into();
+        let next: StatusMap = [
+            ("web-r-0".to_string(), running.clone()),
+            ("same-r-0".to_string(), gone("same-r-0")),
+        ]
+        .into();
+        let out = changed(&prev, &next);
+        assert_eq!(out, vec![running, gone("old-r-0")]);
+        assert!(changed(&next, &next).is_empty());
+    }
+}

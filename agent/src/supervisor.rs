@@ -1,0 +1,616 @@
+//! The supervisor: the one task that owns the node's replica state and
+//! carries out what the reconcile decides.
+//!
+//! ```text
+//!   SupervisorHandle::assign ──▶ ┌──────────── supervisor task ────────────┐
+//!   runtime events ────────────▶ │ assignments · containers (cache)        │
+//!   task outcomes ─────────────▶ │ records (backoff) · busy                │
+//!   backoff timer / resync ────▶ │                                          │
+//!                                │ reconcile(..., now) → actions            │
+//!                                │   bookkeeping: applied here              │
+//!                                │   runtime work: one task per replica ────┼──▶ Runtime
+//!                                │ statuses → watch channel ────────────────┼──▶ session
+//!                                └──────────────────────────────────────────┘
+//! ```
+//!
+//! The container cache starts from a full `list()` and then follows events
+//! and task outcomes; a periodic (and on-demand) re-list corrects drift. A
+//! re-list that raced with local changes keeps the cache for the replicas
+//! touched meanwhile. Until the first assignment set arrives nothing is
+//! reconciled: an agent that restarts while no controller answers keeps every
+//! container running. On shutdown the supervisor stops deciding and leaves
+//! containers as they are (the next agent adopts them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::pb;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+
+use crate::assignment::Assignment;
+use crate::error::{AgentError, Result};
+use crate::reconcile::{self, Action, Busy, Failure, Record};
+use crate::runtime::{now_unix_ms, ContainerState, Exit, Observed, Runtime, RuntimeEvent, UnixMs};
+use crate::status::{self, StatusMap};
+
+/// Supervisor settings.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Full re-list interval.
+    pub resync: Duration,
+    /// On shutdown, how long in-flight starts and stops may finish.
+    pub drain: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            resync: Duration::from_secs(30),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+enum Msg {
+    Assign(Vec<pb::Assignment>),
+}
+
+/// Cloneable access to the supervisor.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    tx: mpsc::Sender<Msg>,
+    statuses: watch::Receiver<Arc<StatusMap>>,
+}
+
+impl SupervisorHandle {
+    /// Replace the node's assignments with this full set.
+    pub async fn assign(&self, assignments: Vec<pb::Assignment>) -> Result<()> {
+        self.tx
+            .send(Msg::Assign(assignments))
+            .await
+            .map_err(|_| AgentError::Config("the supervisor has stopped".into()))
+    }
+
+    /// Every replica's current status, updated on each change.
+    pub fn statuses(&self) -> watch::Receiver<Arc<StatusMap>> {
+        self.statuses.clone()
+    }
+}
+
+/// One piece of runtime work for a replica.
+enum Step {
+    Stop {
+        container_id: String,
+        grace: Duration,
+    },
+    Remove {
+        container_id: String,
+    },
+    Start {
+        assignment: Box<Assignment>,
+        restarts: u32,
+    },
+}
+
+enum Done {
+    Stopped,
+    Removed {
+        container_id: String,
+    },
+    Started(Observed),
+    StartFailed {
+        error: AgentError,
+        assignment: Box<Assignment>,
+    },
+    Failed(AgentError),
+}
+
+enum Outcome {
+    Steps {
+        replica: String,
+        done: Vec<Done>,
+    },
+    Listed {
+        since_epoch: u64,
+        result: Result<Vec<Observed>>,
+    },
+}
+
+/// The task owning the node's replica state.
+pub struct Supervisor<R: Runtime> {
+    runtime: Arc<R>,
+    cfg: SupervisorConfig,
+    inbox: mpsc::Receiver<Msg>,
+    events: broadcast::Receiver<RuntimeEvent>,
+    events_open: bool,
+    /// None until the first assignment set.
+    assignments: Option<BTreeMap<String, Assignment>>,
+    /// Assignments that did not decode, with why.
+    invalid: BTreeMap<String, Failure>,
+    /// By container id.
+    containers: BTreeMap<String, Observed>,
+    records: BTreeMap<String, Record>,
+    busy: BTreeMap<String, Busy>,
+    tasks: JoinSet<Outcome>,
+    /// Local-change counter and, per replica, the epoch of its last change:
+    /// lets a re-list that raced with local changes keep the newer cache.
+    epoch: u64,
+    touched: BTreeMap<String, u64>,
+    listing: bool,
+    /// Exits of containers not in the cache yet: a container that dies at
+    /// once can be reported before its start task returns.
+    early_exits: BTreeMap<String, Exit>,
+    statuses: watch::Sender<Arc<StatusMap>>,
+}
+
+/// Early exits kept at most (they are matched within milliseconds).
+const EARLY_EXITS: usize = 256;
+
+impl<R: Runtime> Supervisor<R> {
+    /// List what already runs, publish its status, and start the task.
+    pub async fn start(
+        runtime: Arc<R>,
+        cfg: SupervisorConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(SupervisorHandle, tokio::task::JoinHandle<()>)> {
+        // Subscribe before listing: an exit between the two is not lost.
+        let events = runtime.events();
+        let listed = runtime.list().await?;
+        info!(
+            containers = listed.len(),
+            runtime = runtime.kind(),
+            "found existing containers"
+        );
+        let containers = listed
+            .into_iter()
+            .map(|o| (o.container_id.clone(), o))
+            .collect();
+        let (tx, inbox) = mpsc::channel(16);
+        let (statuses, rx) = watch::channel(Arc::new(StatusMap::new()));
+        let mut sup = Supervisor {
+            runtime,
+            cfg,
+            inbox,
+            events,
+            events_open: true,
+            assignments: None,
+            invalid: BTreeMap::new(),
+            containers,
+            records: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            epoch: 0,
+            touched: BTreeMap::new(),
+            listing: false,
+            early_exits: BTreeMap::new(),
+            statuses,
+        };
+        sup.publish();
+        let handle = SupervisorHandle { tx, statuses: rx };
+        let task = tokio::spawn(sup.run(shutdown));
+        Ok((handle, task))
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut resync = tokio::time::interval(self.cfg.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            let now = now_unix_ms();
+            let wake = reconcile::next_wakeup(&self.records, &self.busy, now).map(|at| {
+                let wait = (at - now).clamp(0, 24 * 3600 * 1000) as u64;
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = self.inbox.recv() => match msg {
+                    Some(Msg::Assign(set)) => self.assign(set),
+                    None => break,
+                },
+                ev = self.events.recv(), if self.events_open => match ev {
+                    Ok(ev) => self.on_event(ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "runtime events were dropped; re-listing");
+                        self.relist();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        warn!("the runtime's event stream closed; relying on periodic re-lists");
+                        self.events_open = false;
+                    }
+                },
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => match joined {
+                    Ok(outcome) => self.on_outcome(outcome),
+                    Err(e) => warn!(error = %e, "a runtime task failed"),
+                },
+                _ = sleep_until(wake) => {}
+                _ = resync.tick() => self.relist(),
+            }
+            self.reconcile();
+            self.publish();
+        }
+        self.drain().await;
+    }
+
+    /// Let in-flight work finish (briefly) so no half-made container is
+    /// left; containers themselves keep running.
+    async fn drain(&mut self) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        info!(
+            tasks = self.tasks.len(),
+            "waiting for in-flight container operations"
+        );
+        let deadline = tokio::time::Instant::now() + self.cfg.drain;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(outcome))) => self.on_outcome(outcome),
+                Ok(Some(Err(_))) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    warn!("in-flight container operations did not finish; abandoning them");
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn touch(&mut self, replica: &str) {
+        self.epoch += 1;
+        self.touched.insert(replica.to_string(), self.epoch);
+    }
+
+    fn assign(&mut self, set: Vec<pb::Assignment>) {
+        let previous = self.assignments.take().unwrap_or_default();
+        let mut next = BTreeMap::new();
+        self.invalid.clear();
+        for a in set {
+            match Assignment::from_pb(a) {
+                Ok(a) => {
+                    let changed = previous
+                        .get(&a.replica)
+                        .is_none_or(|p| p.revision != a.revision);
+                    if changed {
+                        for w in a.backoff_policy().1 {
+                            warn!(replica = %a.replica, deployment = %a.deployment, warning = %w, "restart backoff");
+                        }
+                    }
+                    next.insert(a.replica.clone(), a);
+                }
+                Err((replica, e)) => {
+                    warn!(replica = %replica, error = %e, "assignment cannot be run");
+                    self.invalid.insert(replica, Failure::from_error(&e, ""));
+                }
+            }
+        }
+        debug!(replicas = next.len(), "assignment set received");
+        self.assignments = Some(next);
+    }
+
+    fn on_event(&mut self, ev: RuntimeEvent) {
+        match ev {
+            RuntimeEvent::Exited {
+                replica,
+                container_id,
+                exit,
+            } => {
+                let Some(c) = self.containers.get_mut(&container_id) else {
+                    if self.early_exits.len() >= EARLY_EXITS {
+                        self.early_exits.pop_first();
+                    }
+                    self.early_exits.insert(container_id, exit);
+                    return;
+                };
+                if !matches!(c.state, ContainerState::Exited(_)) {
+                    info!(replica = %replica, container = %container_id, code = exit.code,
+                        oom_killed = exit.oom_killed, "container exited");
+                    c.state = ContainerState::Exited(exit);
+                    self.touch(&replica);
+                }
+            }
+            RuntimeEvent::Removed {
+                replica,
+                container_id,
+            } => {
+                if self.containers.remove(&container_id).is_some() {
+                    info!(replica = %replica, container = %container_id, "container removed outside the agent");
+                    self.touch(&replica);
+                }
+            }
+            RuntimeEvent::Resync => self.relist(),
+        }
+    }
+
+    /// Start a background re-list unless one is running.
+    fn relist(&mut self) {
+        if self.listing {
+            return;
+        }
+        self.listing = true;
+        let runtime = self.runtime.clone();
+        let since_epoch = self.epoch;
+        self.tasks.spawn(async move {
+            Outcome::Listed {
+                since_epoch,
+                result: runtime.list().await,
+            }
+        });
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        let now = now_unix_ms();
+        match outcome {
+            Outcome::Listed {
+                since_epoch,
+                result,
+            } => {
+                self.listing = false;
+                match result {
+                    Ok(list) => self.apply_list(list, since_epoch),
+                    Err(e) => warn!(error = %e, "re-listing containers failed"),
+                }
+            }
+            Outcome::Steps { replica, done } => {
+                self.busy.remove(&replica);
+                self.touch(&replica);
+                for d in done {
+                    self.apply_done(&replica, d, now);
+                }
+            }
+        }
+    }
+
+    fn apply_done(&mut self, replica: &str, done: Done, now: UnixMs) {
+        match done {
+            Done::Stopped => {}
+            Done::Removed { container_id } => {
+                self.containers.remove(&container_id);
+                if let Some(r) = self.records.get_mut(replica) {
+                    if r.container_id.as_deref() == Some(&container_id) {
+                        r.container_id = None;
+                    }
+                }
+            }
+            Done::Started(mut o) => {
+                info!(replica, container = %o.container_id, restarts = o.restarts, "replica started");
+                if let Some(exit) = self.early_exits.remove(&o.container_id) {
+                    o.state = ContainerState::Exited(exit);
+                }
+                self.records
+                    .entry(replica.to_string())
+                    .or_default()
+                    .started(&o.container_id, o.restarts);
+                self.containers.insert(o.container_id.clone(), o);
+            }
+            Done::StartFailed { error, assignment } => {
+                warn!(replica, reason = error.reason(), error = %error, "replica failed to start");
+                let (policy, _) = assignment.backoff_policy();
+                let failure = Failure::from_error(&error, &assignment.revision);
+                self.records
+                    .entry(replica.to_string())
+                    .or_default()
+                    .start_failed(failure, &policy, now);
+            }
+            Done::Failed(error) => {
+                warn!(replica, error = %error, "container operation failed; retrying in 1s");
+                self.records
+                    .entry(replica.to_string())
+                    .or_default()
+                    .retry_io_at = Some(now + 1000);
+            }
+        }
+    }
+
+    fn apply_list(&mut self, list: Vec<Observed>, since_epoch: u64) {
+        let keep: std::collections::BTreeSet<String> = self
+            .touched
+            .iter()
+            .filter(|(_, e)| **e > since_epoch)
+            .map(|(r, _)| r.clone())
+            .chain(self.busy.keys().cloned())
+            .collect();
+        self.containers.retain(|_, c| keep.contains(&c.replica));
+        for o in list {
+            if !keep.contains(&o.replica) {
+                self.containers.insert(o.container_id.clone(), o);
+            }
+        }
+        // Old touch marks only matter for lists started before them.
+        let epoch = self.epoch;
+        self.touched.retain(|_, e| *e > since_epoch || *e == epoch);
+    }
+
+    fn reconcile(&mut self) {
+        let Some(assignments) = &self.assignments else {
+            return;
+        };
+        let observed: Vec<Observed> = self.containers.values().cloned().collect();
+        let now = now_unix_ms();
+        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        if actions.is_empty() {
+            return;
+        }
+        // Group per replica, keeping order: a replica's steps run in sequence
+        // in one task, different replicas in parallel.
+        let mut groups: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+        for a in actions {
+            groups.entry(a.replica().to_string()).or_default().push(a);
+        }
+        for (replica, actions) in groups {
+            let mut steps = Vec::new();
+            let mut busy = Busy::Stopping;
+            for action in actions {
+                match action {
+                    Action::Adopt {
+                        container_id,
+                        restarts,
+                        ..
+                    } => {
+                        info!(replica = %replica, container = %container_id, restarts, "adopted a running container");
+                        self.records
+                            .entry(replica.clone())
+                            .or_default()
+                            .started(&container_id, restarts);
+                    }
+                    Action::BackOff {
+                        container_id,
+                        exit,
+                        restarts,
+                        delay,
+                        restart_at,
+                        ..
+                    } => {
+                        info!(replica = %replica, container = %container_id, code = exit.code,
+                            reason = exit.reason(), ?delay, "container exited; restarting after backoff");
+                        let r = self.records.entry(replica.clone()).or_default();
+                        r.container_id = Some(container_id.clone());
+                        r.handled_exit = Some(container_id);
+                        r.last_exit = Some(exit);
+                        r.restarts = restarts;
+                        r.delay = Some(delay);
+                        r.next_attempt_unix_ms = Some(restart_at);
+                    }
+                    Action::Forget { .. } => {
+                        self.records.remove(&replica);
+                        self.touched.remove(&replica);
+                    }
+                    Action::Stop {
+                        container_id,
+                        grace,
+                        ..
+                    } => steps.push(Step::Stop {
+                        container_id,
+                        grace,
+                    }),
+                    Action::Remove { container_id, .. } => {
+                        steps.push(Step::Remove { container_id })
+                    }
+                    Action::Start { restarts, .. } => {
+                        if let Some(a) = assignments.get(&replica) {
+                            busy = Busy::Starting;
+                            steps.push(Step::Start {
+                                assignment: Box::new(a.clone()),
+                                restarts,
+                            });
+                        }
+                    }
+                    Action::Restart {
+                        container_id,
+                        restarts,
+                        ..
+                    } => {
+                        if let Some(a) = assignments.get(&replica) {
+                            busy = Busy::Starting;
+                            steps.push(Step::Remove { container_id });
+                            steps.push(Step::Start {
+                                assignment: Box::new(a.clone()),
+                                restarts,
+                            });
+                        }
+                    }
+                }
+            }
+            if steps.is_empty() {
+                continue;
+            }
+            self.busy.insert(replica.clone(), busy);
+            let runtime = self.runtime.clone();
+            self.tasks.spawn(run_steps(runtime, replica, steps));
+        }
+    }
+
+    /// Recompute every status and publish the map if it changed.
+    fn publish(&mut self) {
+        let (current, _) = reconcile::by_replica(self.containers.values());
+        let empty = BTreeMap::new();
+        let assignments = self.assignments.as_ref().unwrap_or(&empty);
+        let mut names: std::collections::BTreeSet<&str> =
+            assignments.keys().map(String::as_str).collect();
+        names.extend(current.keys().copied());
+        names.extend(self.busy.keys().map(String::as_str));
+        let mut map = StatusMap::new();
+        for name in names {
+            let s = status::replica_status(&status::Inputs {
+                name,
+                assigned: assignments.get(name),
+                have_assignments: self.assignments.is_some(),
+                container: current.get(name).copied(),
+                record: self.records.get(name),
+                busy: self.busy.get(name).copied(),
+            });
+            map.insert(name.to_string(), s);
+        }
+        for (name, f) in &self.invalid {
+            let mut s = status::gone(name);
+            s.state = pb::ReplicaState::Failed as i32;
+            s.reason = f.reason.clone();
+            s.message = f.message.clone();
+            map.insert(name.clone(), s);
+        }
+        self.statuses.send_if_modified(|old| {
+            if **old == map {
+                false
+            } else {
+                *old = Arc::new(map);
+                true
+            }
+        });
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carry out one replica's steps in order, stopping at the first failure.
+#[instrument(skip_all, fields(replica = %replica))]
+async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step>) -> Outcome {
+    let mut done = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step {
+            Step::Stop {
+                container_id,
+                grace,
+            } => match runtime.stop(&container_id, grace).await {
+                Ok(()) => done.push(Done::Stopped),
+                Err(AgentError::NoSuchContainer { .. }) => {
+                    done.push(Done::Removed { container_id });
+                }
+                Err(e) => {
+                    done.push(Done::Failed(e));
+                    break;
+                }
+            },
+            Step::Remove { container_id } => match runtime.remove(&container_id).await {
+                Ok(()) | Err(AgentError::NoSuchContainer { .. }) => {
+                    debug!(replica = %replica, container = %container_id, "container removed");
+                    done.push(Done::Removed { container_id });
+                }
+                Err(e) => {
+                    done.push(Done::Failed(e));
+                    break;
+                }
+            },
+            Step::Start {
+                assignment,
+                restarts,
+            } => match runtime.start(&assignment, restarts).await {
+                Ok(o) => done.push(Done::Started(o)),
+                Err(error) => {
+                    done.push(Done::StartFailed { error, assignment });
+                    break;
+                }
+            },
+        }
+    }
+    Outcome::Steps { replica, done }
+}

@@ -1,0 +1,365 @@
+//! The process runtime with real child processes: start, stop with a grace
+//! period, exits, logs, exec, adoption by a new runtime instance, and the
+//! supervisor restarting a crasher with backoff.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{collect_logs, eventually, shell};
+use drover_agent::backoff::{ANNOTATION_INITIAL, ANNOTATION_MAX};
+use drover_agent::fixtures;
+use drover_agent::runtime::{ContainerState, LogOptions, ProcessRuntime, Runtime, RuntimeEvent};
+use drover_agent::supervisor::{Supervisor, SupervisorConfig};
+use drover_agent::AgentError;
+use drover_proto::pb::ReplicaState;
+use tokio_util::sync::CancellationToken;
+
+/// Removes every container of a runtime when dropped (kills leftovers of a
+/// failed test).
+struct Cleanup<'a>(&'a ProcessRuntime);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let rt = self.0;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                for o in rt.list().await.unwrap_or_default() {
+                    let _ = rt.remove(&o.container_id).await;
+                }
+            })
+        });
+    }
+}
+
+async fn next_exit(
+    events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
+    container_id: &str,
+) -> drover_agent::runtime::Exit {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(RuntimeEvent::Exited {
+                    container_id: id,
+                    exit,
+                    ..
+                }) if id == container_id => return exit,
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("an exit event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_logs_and_stop_with_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let mut events = rt.events();
+
+    let mut a = shell(
+        "web-r-0",
+        "echo \"hello $GREETING\"; pwd; echo oops >&2; exec sleep 30",
+    );
+    let c = &mut a.template.spec.containers[0];
+    c.env = vec![drover_proto::manifest::EnvVar {
+        name: "GREETING".into(),
+        value: "from drover".into(),
+    }];
+    c.working_dir = Some("/tmp".into());
+
+    let o = rt.start(&a, 2).await.expect("start");
+    assert_eq!(o.state, ContainerState::Running);
+    assert_eq!(o.restarts, 2);
+    let listed = rt.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].container_id, o.container_id);
+    assert_eq!(listed[0].replica, "web-r-0");
+    assert_eq!(listed[0].revision, "rev1");
+
+    let (out, err) = eventually("output", Duration::from_secs(5), || async {
+        let logs = rt.logs("web-r-0", LogOptions::default()).await.ok()?;
+        let (out, err) = collect_logs(logs).await;
+        (out.contains("/tmp") && err.contains("oops")).then_some((out, err))
+    })
+    .await;
+    assert_eq!(out, "hello from drover\n/tmp\n");
+    assert_eq!(err, "oops\n");
+
+    let started = Instant::now();
+    rt.stop(&o.container_id, Duration::from_secs(10))
+        .await
+        .expect("stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "SIGTERM should end sleep at once"
+    );
+    let exit = next_exit(&mut events, &o.container_id).await;
+    assert_eq!(exit.code, 128 + 15, "killed by SIGTERM");
+    assert_eq!(exit.reason(), "Error");
+    assert!(matches!(
+        rt.list().await.expect("list")[0].state,
+        ContainerState::Exited(_)
+    ));
+
+    rt.remove(&o.container_id).await.expect("remove");
+    assert!(rt.list().await.expect("list").is_empty());
+    assert!(matches!(
+        rt.logs("web-r-0", LogOptions::default()).await,
+        Err(AgentError::UnknownReplica(_))
+    ));
+    let logs_left = std::fs::read_dir(rt.dir().join("logs"))
+        .expect("logs dir")
+        .count();
+    assert_eq!(logs_left, 0, "remove deletes the log files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let mut events = rt.events();
+    // The sleep child inherits the ignored SIGTERM: only SIGKILL to the
+    // whole group ends the tree.
+    let o = rt
+        .start(
+            &shell("stubborn-r-0", "trap '' TERM; sleep 30; echo survived"),
+            0,
+        )
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    rt.stop(&o.container_id, Duration::from_millis(700))
+        .await
+        .expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(650),
+        "waited the grace period: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "then killed: {took:?}");
+    let exit = next_exit(&mut events, &o.container_id).await;
+    assert_eq!(exit.code, 128 + 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_are_reported_with_their_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let mut events = rt.events();
+    let o = rt
+        .start(&shell("crasher-r-0", "echo bye; exit 3"), 0)
+        .await
+        .expect("start");
+    let exit = next_exit(&mut events, &o.container_id).await;
+    assert_eq!(exit.code, 3);
+    let o = rt
+        .start(&shell("done-r-0", "true"), 0)
+        .await
+        .expect("start");
+    let exit = next_exit(&mut events, &o.container_id).await;
+    assert_eq!((exit.code, exit.reason()), (0, "Completed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_logs_stream_until_the_process_ends_and_tail_keeps_the_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    rt.start(
+        &shell(
+            "ticker-r-0",
+            "for i in 1 2 3 4; do echo line$i; sleep 0.2; done",
+        ),
+        0,
+    )
+    .await
+    .expect("start");
+    let stream = rt
+        .logs(
+            "ticker-r-0",
+            LogOptions {
+                follow: true,
+                tail: None,
+            },
+        )
+        .await
+        .expect("logs");
+    let (out, _) = tokio::time::timeout(Duration::from_secs(10), collect_logs(stream))
+        .await
+        .expect("follow ends when the process exits");
+    assert_eq!(out, "line1\nline2\nline3\nline4\n");
+
+    let stream = rt
+        .logs(
+            "ticker-r-0",
+            LogOptions {
+                follow: false,
+                tail: Some(2),
+            },
+        )
+        .await
+        .expect("logs");
+    assert_eq!(collect_logs(stream).await.0, "line3\nline4\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_in_the_replicas_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let mut a = shell("web-r-0", "exec sleep 30");
+    a.template.spec.containers[0].env = vec![drover_proto::manifest::EnvVar {
+        name: "PROBE".into(),
+        value: "ok".into(),
+    }];
+    rt.start(&a, 0).await.expect("start");
+    let cmd = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+    let out = rt
+        .exec("web-r-0", &cmd("echo $PROBE"), Duration::from_secs(5))
+        .await
+        .expect("exec");
+    assert_eq!((out.exit_code, out.output.as_slice()), (0, &b"ok\n"[..]));
+    let out = rt
+        .exec("web-r-0", &cmd("exit 4"), Duration::from_secs(5))
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, 4);
+    let slow = rt
+        .exec("web-r-0", &cmd("sleep 5"), Duration::from_millis(200))
+        .await;
+    assert!(matches!(slow, Err(AgentError::Timeout { .. })), "{slow:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_adopts_running_processes_with_the_same_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let o = first
+        .start(&shell("web-r-0", "exec sleep 30"), 1)
+        .await
+        .expect("start");
+    let gone = first
+        .start(&shell("short-r-0", "exit 0"), 0)
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // "Restart" the agent: the old runtime goes away, its child keeps running.
+    drop(first);
+
+    let second = ProcessRuntime::open(dir.path(), "n1").expect("reopen");
+    let _cleanup = Cleanup(&second);
+    let listed = second.list().await.expect("list");
+    let web = listed
+        .iter()
+        .find(|c| c.replica == "web-r-0")
+        .expect("web adopted");
+    assert_eq!(web.container_id, o.container_id);
+    assert_eq!(web.state, ContainerState::Running);
+    assert_eq!(web.restarts, 1);
+    let short = listed
+        .iter()
+        .find(|c| c.replica == "short-r-0")
+        .expect("short listed");
+    assert_eq!(short.container_id, gone.container_id);
+    assert!(matches!(short.state, ContainerState::Exited(_)));
+
+    // The adopted process is still under the agent's control.
+    let mut events = second.events();
+    second
+        .stop(&o.container_id, Duration::from_secs(5))
+        .await
+        .expect("stop adopted");
+    let exit = next_exit(&mut events, &o.container_id).await;
+    assert_eq!(exit.code, -1, "an adopted process's exit code is unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_fail_with_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let no_command = rt.start(&fixtures::assignment("web-r-0"), 0).await;
+    assert!(
+        matches!(&no_command, Err(AgentError::InvalidSpec(m)) if m.contains("command")),
+        "{no_command:?}"
+    );
+    let missing = rt
+        .start(&fixtures::with_command("web-r-1", &["/no/such/binary"]), 0)
+        .await;
+    assert!(
+        matches!(missing, Err(AgentError::StartFailed(_))),
+        "{missing:?}"
+    );
+    assert!(rt.list().await.expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_restarts_a_crasher_with_backoff_and_counts_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
+    let _cleanup = Cleanup(&rt);
+    let shutdown = CancellationToken::new();
+    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), shutdown.clone())
+        .await
+        .expect("supervisor");
+    let mut crasher = shell("crasher-r-0", "echo crashing; exit 1");
+    crasher.annotations = BTreeMap::from([
+        (ANNOTATION_INITIAL.to_string(), "200ms".to_string()),
+        (ANNOTATION_MAX.to_string(), "400ms".to_string()),
+    ]);
+    let steady = shell("steady-r-0", "exec sleep 30");
+    sup.assign(vec![fixtures::to_pb(&crasher), fixtures::to_pb(&steady)])
+        .await
+        .expect("assign");
+
+    let mut statuses = sup.statuses();
+    let mut seen_backoff = false;
+    let crash = eventually("three restarts", Duration::from_secs(15), || {
+        let map = statuses.borrow_and_update().clone();
+        if let Some(s) = map.get("crasher-r-0") {
+            if s.state() == ReplicaState::CrashLoopBackOff {
+                seen_backoff = true;
+                assert!(s.next_restart_unix_ms > 0, "{s:?}");
+            }
+        }
+        async move {
+            let s = map.get("crasher-r-0")?;
+            (s.restarts >= 3).then(|| s.clone())
+        }
+    })
+    .await;
+    assert!(seen_backoff, "CrashLoopBackOff was reported while waiting");
+    assert_eq!(crash.last_exit_code, Some(1));
+    assert_eq!(crash.reason, "Error");
+    let steady_status = statuses
+        .borrow()
+        .get("steady-r-0")
+        .cloned()
+        .expect("steady");
+    assert_eq!(steady_status.state(), ReplicaState::Running);
+    assert_eq!(steady_status.restarts, 0);
+
+    // Unassign everything: both are stopped, removed and leave the map.
+    sup.assign(vec![]).await.expect("assign");
+    eventually("all gone", Duration::from_secs(10), || {
+        let empty = statuses.borrow().is_empty();
+        async move { empty.then_some(()) }
+    })
+    .await;
+    assert!(rt.list().await.expect("list").is_empty());
+
+    shutdown.cancel();
+    task.await.expect("supervisor task");
+}

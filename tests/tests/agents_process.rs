@@ -1,0 +1,153 @@
+//! Agents with the process runtime, end to end: three controllers and three
+//! agents as real processes; replicas are real child processes on the agents.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use drover_proto::pb;
+use drover_tests::cluster::{apply, ok};
+use drover_tests::Cluster;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Replica name → (node, container id) for one deployment, once every replica
+/// is Running; `Err` describes what is still missing.
+async fn running(
+    c: &Cluster,
+    deployment: &str,
+    want: usize,
+) -> Result<BTreeMap<String, (String, String)>, String> {
+    let up = (0..c.controllers.len())
+        .find(|i| c.controllers[*i].is_running())
+        .ok_or("no controller running")?;
+    let mut client = c.client(up).await.map_err(|e| e.to_string())?;
+    let list = client
+        .list_replicas(pb::ListReplicasRequest {
+            namespace: "default".into(),
+            deployment: deployment.into(),
+            read: None,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut out = BTreeMap::new();
+    for r in &list.replicas {
+        let s = r.status.clone().unwrap_or_default();
+        if s.state() != pb::ReplicaState::Running {
+            return Err(format!(
+                "{} is {:?} on {:?} ({})",
+                r.name,
+                s.state(),
+                r.node,
+                r.pending_reason
+            ));
+        }
+        out.insert(r.name.clone(), (r.node.clone(), s.container_id.clone()));
+    }
+    if out.len() != want {
+        return Err(format!("{} of {want} replicas running", out.len()));
+    }
+    Ok(out)
+}
+
+fn per_node(replicas: &BTreeMap<String, (String, String)>) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for (node, _) in replicas.values() {
+        *count.entry(node.clone()).or_default() += 1;
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_spread_scale_and_survive_a_leader_kill() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    for name in ["n1", "n2", "n3"] {
+        c.start_agent(name, "process", &["--cpu", "4", "--memory", "4Gi"])
+            .expect("agent");
+    }
+    c.wait_for("3 nodes Ready", T, || async {
+        let out = c.ctl().run(&["get", "nodes", "-o", "name"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.lines().count() == 3 {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("nodes");
+
+    let mut client = c.client(1).await.expect("client");
+    apply(&mut client, "worker", 6).await.expect("apply");
+    let six = c
+        .wait_for("6 running", T, || running(&c, "worker", 6))
+        .await
+        .expect("6 replicas");
+    assert_eq!(
+        per_node(&six).values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "spread evenly: {six:?}"
+    );
+
+    apply(&mut client, "worker", 9).await.expect("scale up");
+    let nine = c
+        .wait_for("9 running", T, || running(&c, "worker", 9))
+        .await
+        .expect("9");
+    assert_eq!(
+        per_node(&nine).values().copied().collect::<Vec<_>>(),
+        [3, 3, 3]
+    );
+    for (name, placed) in &six {
+        assert_eq!(
+            nine.get(name),
+            Some(placed),
+            "scale-up must not touch existing replica {name}"
+        );
+    }
+
+    // Kill the leader: agents move to the new one, and nothing is restarted.
+    let leader = c.wait_for_leader(T).await.expect("leader");
+    c.kill(leader);
+    c.wait_for_leader(T).await.expect("new leader");
+    let survivor = (leader + 1) % 3;
+    let mut client = c.client(survivor).await.expect("client");
+    apply(&mut client, "worker", 3)
+        .await
+        .expect("scale down through the new leader");
+    let three = c
+        .wait_for("3 running", T, || running(&c, "worker", 3))
+        .await
+        .expect("3");
+    for (name, placed) in &three {
+        assert_eq!(
+            nine.get(name),
+            Some(placed),
+            "replica {name} was restarted or moved"
+        );
+    }
+    let out = ok(&c.ctl().run(&["get", "replicas"]));
+    assert_eq!(out.lines().count(), 4, "header + 3 replicas:\n{out}");
+
+    ok(&c.ctl().run(&["delete", "deployment", "worker"]));
+    c.wait_for("all gone", T, || async {
+        let out = c.ctl().run(&["get", "replicas", "-o", "name"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("replicas removed");
+    // And the replicas' processes are really gone from the hosts.
+    c.wait_for("no replica processes left", T, || async {
+        match drover_tests::cluster::processes_under(c.dir.path()) {
+            0 => Ok(()),
+            n => Err(format!("{n} processes still run in the agents' work dirs")),
+        }
+    })
+    .await
+    .expect("processes stopped");
+}
