@@ -151,3 +151,41 @@ async fn replicas_spread_scale_and_survive_a_leader_kill() {
     .await
     .expect("processes stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_agent_with_the_same_name_is_refused() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    c.start_agent("twin", "process", &[]).expect("agent");
+    c.wait_for("node registered", T, || async {
+        let out = c.ctl().run(&["get", "nodes", "-o", "name"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.trim() == "node/twin" {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("first agent registered");
+
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "twin",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "process",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("impostor"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("second agent runs");
+    assert_eq!(out.status.code(), Some(1), "the impostor must exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another live agent"), "{stderr}");
+    // The first agent is unaffected.
+    let nodes = ok(&c.ctl().run(&["get", "nodes"]));
+    assert!(nodes.contains("twin") && nodes.contains("Ready"), "{nodes}");
+}

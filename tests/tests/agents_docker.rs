@@ -1,0 +1,343 @@
+//! Agents with the Docker runtime, end to end: real controllers, real agents,
+//! real containers on this machine's Docker engine.
+//!
+//! Gated on a Docker socket: skipped (with a note) when there is none, unless
+//! `DROVER_REQUIRE_DOCKER=1`, which CI sets so the suite cannot silently skip.
+//! Every container a test makes carries its agents' unique node names and is
+//! removed at the end, even when the test fails.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use drover_proto::pb;
+use drover_tests::cluster::ok;
+use drover_tests::Cluster;
+
+const T: Duration = Duration::from_secs(90);
+
+/// False (after printing why) when Docker is absent and not required.
+fn docker_available() -> bool {
+    let present = Path::new("/var/run/docker.sock").exists()
+        && Command::new("docker")
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if present {
+        let built = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/images/build.sh"
+        ))
+        .output()
+        .expect("run deploy/images/build.sh");
+        assert!(
+            built.status.success(),
+            "building drover/busybox:1 failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        return true;
+    }
+    assert!(
+        std::env::var("DROVER_REQUIRE_DOCKER").as_deref() != Ok("1"),
+        "DROVER_REQUIRE_DOCKER=1 but the Docker engine is not reachable"
+    );
+    eprintln!("skipping: no Docker engine (set DROVER_REQUIRE_DOCKER=1 to make this a failure)");
+    false
+}
+
+/// Removes every container of the given nodes when dropped.
+struct Containers(Vec<String>);
+
+impl Containers {
+    fn ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for node in &self.0 {
+            let out = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=drover.node={node}"),
+                ])
+                .output()
+                .expect("docker ps");
+            ids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(String::from),
+            );
+        }
+        ids
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let ids = self.ids();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+fn inspect(id: &str) -> serde_json::Value {
+    let out = Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .expect("docker inspect");
+    assert!(
+        out.status.success(),
+        "docker inspect {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect json");
+    v[0].clone()
+}
+
+/// A name no other test (or earlier run) uses: containers are shared by the
+/// whole Docker engine.
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{:05x}{}",
+        nanos & 0xfffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn web(name: &str, replicas: u32, host_port: Option<u16>) -> String {
+    let ports = match host_port {
+        Some(p) => {
+            format!("        ports:\n        - containerPort: 8080\n          hostPort: {p}\n")
+        }
+        None => "        ports:\n        - containerPort: 8080\n".to_string(),
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: httpd
+        image: drover/busybox:1
+        command: ["sh", "-c"]
+        args: ["mkdir -p /www && echo hello-$GREETING > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        env:
+        - name: GREETING
+          value: drover
+{ports}        resources:
+          requests: {{cpu: 50m, memory: 16Mi}}
+          limits: {{cpu: 250m, memory: 32Mi}}
+"#
+    )
+}
+
+/// Replica name → (node, container id) once `want` replicas of `deployment` run.
+async fn running(
+    c: &Cluster,
+    deployment: &str,
+    want: usize,
+) -> Result<BTreeMap<String, (String, String)>, String> {
+    let up = (0..c.controllers.len())
+        .find(|i| c.controllers[*i].is_running())
+        .ok_or("no controller")?;
+    let mut client = c.client(up).await.map_err(|e| e.to_string())?;
+    let list = client
+        .list_replicas(pb::ListReplicasRequest {
+            namespace: "default".into(),
+            deployment: deployment.into(),
+            read: None,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut out = BTreeMap::new();
+    for r in &list.replicas {
+        let s = r.status.clone().unwrap_or_default();
+        if s.state() != pb::ReplicaState::Running {
+            return Err(format!(
+                "{} is {:?} ({} {})",
+                r.name,
+                s.state(),
+                s.reason,
+                s.message
+            ));
+        }
+        out.insert(r.name.clone(), (r.node.clone(), s.container_id.clone()));
+    }
+    if out.len() == want {
+        Ok(out)
+    } else {
+        Err(format!("{} of {want} running", out.len()))
+    }
+}
+
+fn http_get(port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_with_their_spec_survive_an_agent_restart_and_are_removed() {
+    if !docker_available() {
+        return;
+    }
+    let nodes = [unique("dk-a"), unique("dk-b")];
+    let containers = Containers(nodes.to_vec());
+    let mut c = Cluster::start(3).await.expect("cluster");
+    for n in &nodes {
+        c.start_agent(n, "docker", &["--cpu", "4", "--memory", "4Gi"])
+            .expect("agent");
+    }
+    let name = unique("web");
+    let file = c.dir.path().join("web.yaml");
+    std::fs::write(&file, web(&name, 3, None)).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
+    let placed = c
+        .wait_for("3 running", T, || running(&c, &name, 3))
+        .await
+        .expect("3 replicas");
+    let ids = containers.ids();
+    assert_eq!(ids.len(), 3, "one container per replica: {ids:?}");
+
+    for (replica, (node, id)) in &placed {
+        let v = inspect(id);
+        let labels = &v["Config"]["Labels"];
+        assert_eq!(labels["drover.node"], node.as_str(), "{replica}");
+        assert_eq!(labels["drover.deployment"], name.as_str());
+        assert_eq!(labels["drover.replica"], format!("default.{replica}"));
+        let env: Vec<String> =
+            serde_json::from_value(v["Config"]["Env"].clone()).unwrap_or_default();
+        assert!(env.contains(&"GREETING=drover".to_string()), "{env:?}");
+        assert_eq!(v["HostConfig"]["Memory"], 32 * 1024 * 1024);
+        assert_eq!(v["HostConfig"]["NanoCpus"], 250_000_000);
+        assert_eq!(v["HostConfig"]["RestartPolicy"]["Name"], "no");
+        assert_eq!(v["State"]["Running"], true);
+    }
+
+    // Restart one agent: it adopts its containers; nothing is recreated.
+    let started: BTreeMap<String, serde_json::Value> = placed
+        .values()
+        .map(|(_, id)| (id.clone(), inspect(id)["State"]["StartedAt"].clone()))
+        .collect();
+    c.restart_agent(0, &["--cpu", "4", "--memory", "4Gi"])
+        .expect("restart agent");
+    c.wait_for("agent back", T, || async {
+        let out = c.ctl().run(&["get", "nodes"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.matches("Ready").count() == 2 {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("agent reconnected");
+    let after = c
+        .wait_for("still 3 running", T, || running(&c, &name, 3))
+        .await
+        .expect("3 replicas");
+    assert_eq!(
+        after, placed,
+        "same replicas, nodes and container ids after the agent restart"
+    );
+    for (id, at) in &started {
+        assert_eq!(
+            &inspect(id)["State"]["StartedAt"],
+            at,
+            "container {id} was restarted"
+        );
+    }
+
+    ok(&c.ctl().run(&["delete", "-f", &file.to_string_lossy()]));
+    c.wait_for("containers removed", T, || async {
+        match containers.ids().len() {
+            0 => Ok(()),
+            n => Err(format!("{n} containers left")),
+        }
+    })
+    .await
+    .expect("containers removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_port_serves_and_a_missing_image_is_reported() {
+    if !docker_available() {
+        return;
+    }
+    let node = unique("dk-p");
+    let _containers = Containers(vec![node.clone()]);
+    let mut c = Cluster::start(3).await.expect("cluster");
+    c.start_agent(&node, "docker", &["--cpu", "4", "--memory", "4Gi"])
+        .expect("agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let name = unique("web");
+    let file = c.dir.path().join("web.yaml");
+    std::fs::write(&file, web(&name, 1, Some(port))).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
+    c.wait_for("running", T, || running(&c, &name, 1))
+        .await
+        .expect("running");
+    let body = c
+        .wait_for("httpd answers", T, || async {
+            http_get(port).and_then(|b| {
+                if b.contains("hello-drover") {
+                    Ok(b)
+                } else {
+                    Err(b)
+                }
+            })
+        })
+        .await
+        .expect("httpd on its host port");
+    assert!(body.starts_with("HTTP/1."), "{body}");
+
+    // An image no registry has: reported as ErrImagePull, not a hang.
+    let missing = unique("ghost");
+    let manifest = web(&missing, 1, None).replace("drover/busybox:1", "drover/no-such-image:9");
+    let file = c.dir.path().join("ghost.yaml");
+    std::fs::write(&file, manifest).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
+    let reason = c
+        .wait_for("ErrImagePull", T, || async {
+            let out = c.ctl().run(&["get", "replicas", "--deployment", &missing]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("ErrImagePull") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+        .await
+        .expect("the missing image is reported");
+    assert!(reason.contains("0/1"), "{reason}");
+}
