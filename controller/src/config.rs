@@ -70,6 +70,11 @@ pub struct ControllerConfig {
     #[arg(long, default_value_t = 8_000)]
     pub write_timeout_ms: u64,
 
+    /// A node whose agent was not heard from for this long is NotReady and its
+    /// replicas are rescheduled (a new leader first grants one full timeout).
+    #[arg(long, default_value_t = 3_000)]
+    pub node_timeout_ms: u64,
+
     /// Largest spec.replicas accepted.
     #[arg(long, default_value_t = drover_proto::manifest::DEFAULT_MAX_REPLICAS)]
     pub max_replicas: u32,

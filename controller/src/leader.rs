@@ -1,9 +1,11 @@
-//! The control loops only the leader runs: orchestrator and scheduler.
+//! The control loops only the leader runs: orchestrator, scheduler and node
+//! monitor.
 //!
 //! ```text
 //!  leadership ──is_leader──▶ start loops ──(ReadIndex: state is current)──▶
 //!      loop { wait for an applied change ─▶ orchestrator::reconcile ─▶ Reconcile entry
 //!                                         ─▶ scheduler::schedule      ─▶ Schedule entry }
+//!      loop { every node-timeout/10      ─▶ nodes::assess           ─▶ NodeDown / NodeUp }
 //!  leadership lost ─▶ cancel
 //! ```
 //!
@@ -12,12 +14,14 @@
 //! machine skips those that became stale (a slot taken, a replica gone).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::{now_unix_ms, Cluster};
+use crate::dispatcher::Heartbeats;
+use crate::nodes::{self, Verdict};
 use crate::orchestrator;
 use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
 use crate::store::{
@@ -30,14 +34,22 @@ const MIN_ROUND: Duration = Duration::from_millis(20);
 /// A round runs at least this often even when nothing was applied.
 const MAX_ROUND: Duration = Duration::from_secs(2);
 
+/// Settings of the leader loops.
+#[derive(Clone)]
+pub struct LoopConfig {
+    /// No heartbeat for this long: the node is NotReady and its replicas move.
+    pub node_timeout: Duration,
+    pub heartbeats: Heartbeats,
+}
+
 /// Run the leader loops whenever this controller leads, until `shutdown`.
-pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
+pub async fn run(cluster: Cluster, cfg: LoopConfig, shutdown: CancellationToken) {
     let mut leadership = cluster.handle.leadership_watch();
     loop {
         let view = *leadership.borrow_and_update();
         if view.is_leader {
             let token = shutdown.child_token();
-            let task = tokio::spawn(loops(cluster.clone(), token.clone()));
+            let task = tokio::spawn(loops(cluster.clone(), cfg.clone(), token.clone()));
             info!(term = view.term, "leading: control loops started");
             loop {
                 tokio::select! {
@@ -61,7 +73,8 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
     }
 }
 
-async fn loops(cluster: Cluster, token: CancellationToken) {
+async fn loops(cluster: Cluster, cfg: LoopConfig, token: CancellationToken) {
+    let leading_since = Instant::now();
     // The state is current once a ReadIndex round succeeds: the leader has
     // committed an entry of its term and applied everything before it.
     loop {
@@ -70,6 +83,7 @@ async fn loops(cluster: Cluster, token: CancellationToken) {
             r = cluster.read_barrier(None) => if r.is_ok() { break },
         }
     }
+    tokio::spawn(monitor(cluster.clone(), cfg, leading_since, token.clone()));
     let mut applied = cluster.handle.applied();
     loop {
         if let Err(e) = round(&cluster).await {
@@ -81,6 +95,60 @@ async fn loops(cluster: Cluster, token: CancellationToken) {
             _ = tokio::time::sleep(MAX_ROUND) => {}
         }
         tokio::time::sleep(MIN_ROUND).await;
+    }
+}
+
+/// The node monitor: turn heartbeat silence into NotReady (and back).
+async fn monitor(
+    cluster: Cluster,
+    cfg: LoopConfig,
+    leading_since: Instant,
+    token: CancellationToken,
+) {
+    let period =
+        (cfg.node_timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let observed: Vec<nodes::Observed> = match cluster.store.nodes() {
+            Ok(list) => list
+                .into_iter()
+                .map(|n| nodes::Observed {
+                    last_heartbeat: cfg.heartbeats.last(&n.name),
+                    name: n.name,
+                    condition: n.condition,
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "node monitor could not read nodes");
+                continue;
+            }
+        };
+        for verdict in nodes::assess(&observed, leading_since, Instant::now(), cfg.node_timeout) {
+            let command = match &verdict {
+                Verdict::Down(node) => {
+                    warn!(node = %node, timeout = ?cfg.node_timeout, "node NotReady: no heartbeat; moving its replicas");
+                    Command::NodeDown {
+                        node: node.clone(),
+                        now_unix_ms: now_unix_ms(),
+                    }
+                }
+                Verdict::Up(node) => {
+                    info!(node = %node, "node Ready again");
+                    Command::NodeUp {
+                        node: node.clone(),
+                        now_unix_ms: now_unix_ms(),
+                    }
+                }
+            };
+            if let Err(e) = cluster.write(Write::Command(command)).await {
+                warn!(verdict = ?verdict, error = %e.message(), "node monitor could not commit a node condition");
+            }
+        }
     }
 }
 

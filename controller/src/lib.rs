@@ -19,6 +19,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod fixtures;
 pub mod leader;
+pub mod nodes;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

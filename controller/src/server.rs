@@ -134,10 +134,14 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES + 64 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
     let dispatcher = crate::dispatcher::Dispatcher::start(cluster.clone(), shutdown.clone());
+    let loops = crate::leader::LoopConfig {
+        node_timeout: std::time::Duration::from_millis(cfg.node_timeout_ms),
+        heartbeats: dispatcher.heartbeats.clone(),
+    };
+    tokio::spawn(crate::leader::run(cluster.clone(), loops, shutdown.clone()));
     let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
         .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(64 * 1024 * 1024);
-    tokio::spawn(crate::leader::run(cluster.clone(), shutdown.clone()));
     let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
         .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);

@@ -82,6 +82,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Set the number of replicas of a deployment
     Scale(ScaleArgs),
+    /// Mark a node unschedulable: no new replicas are placed on it
+    Cordon(CordonArgs),
+    /// Mark a node schedulable again
+    Uncordon(CordonArgs),
     /// Inspect and change the controllers' raft cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -232,6 +236,13 @@ pub struct ScaleArgs {
     /// The new number of replicas
     #[arg(long, value_name = "N")]
     pub replicas: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CordonArgs {
+    /// Node name (or node/NAME)
+    #[arg(value_name = "NODE")]
+    pub node: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -269,6 +269,21 @@ impl Control for FakeController {
         Ok(Response::new(pb::ListReplicasResponse { replicas }))
     }
 
+    async fn cordon_node(
+        &self,
+        r: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::CordonNodeResponse>, Status> {
+        self.gate()?;
+        let r = r.into_inner();
+        let mut state = self.lock();
+        let Some(node) = state.nodes.iter_mut().find(|n| n.name == r.node) else {
+            return Err(Status::not_found(format!("node {:?} not found", r.node)));
+        };
+        let changed = node.cordoned != r.cordoned;
+        node.cordoned = r.cordoned;
+        Ok(Response::new(pb::CordonNodeResponse { changed }))
+    }
+
     async fn cluster_status(
         &self,
         _: Request<pb::ClusterStatusRequest>,

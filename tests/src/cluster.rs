@@ -380,6 +380,13 @@ impl Cluster {
         }
     }
 
+    /// A host failure: SIGKILL agent `i` and every replica process it started
+    /// (process runtime; Docker containers are the caller's to kill).
+    pub fn kill_agent_host(&mut self, i: usize) -> usize {
+        self.kill_agent(i);
+        kill_processes_under(&self.agents[i].data_dir)
+    }
+
     pub fn restart_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
         self.kill_agent(i);
         self.spawn_agent(i, extra)

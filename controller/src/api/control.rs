@@ -433,6 +433,22 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListReplicasResponse { replicas }))
     }
 
+    async fn cordon_node(
+        &self,
+        request: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::CordonNodeResponse>, Status> {
+        let req = request.into_inner();
+        check_name("node name", &req.node)?;
+        let command = Command::Cordon {
+            node: req.node,
+            cordoned: req.cordoned,
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Changed(n) => Ok(Response::new(pb::CordonNodeResponse { changed: n > 0 })),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,

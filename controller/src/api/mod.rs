@@ -223,7 +223,9 @@ pub(crate) fn member_status(s: &NodeStatus, address: &str, uptime: Duration) -> 
 
 pub(crate) fn write_error(e: WriteError) -> Status {
     match e {
-        WriteError::NotFound { .. } => Status::not_found(e.to_string()),
+        WriteError::NotFound { .. } | WriteError::NodeNotFound(_) => {
+            Status::not_found(e.to_string())
+        }
     }
 }
 

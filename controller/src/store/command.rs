@@ -72,6 +72,13 @@ pub enum Command {
         node: NodeRegistration,
         now_unix_ms: i64,
     },
+    /// The node monitor saw no heartbeat for the node timeout: mark the node
+    /// NotReady and unbind its replicas so they are scheduled elsewhere.
+    NodeDown { node: String, now_unix_ms: i64 },
+    /// A NotReady node's agent is heard from again.
+    NodeUp { node: String, now_unix_ms: i64 },
+    /// Cordon (no new replicas) or uncordon a node.
+    Cordon { node: String, cordoned: bool },
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
@@ -128,6 +135,8 @@ pub enum WriteResult {
 pub enum WriteError {
     #[error("deployment {name:?} not found in namespace {namespace:?}")]
     NotFound { namespace: String, name: String },
+    #[error("node {0:?} not found")]
+    NodeNotFound(String),
 }
 
 /// The store as one command sees it: committed state plus its own writes.
@@ -203,6 +212,13 @@ pub(super) fn execute(
             now_unix_ms,
         } => scale(view, target, *replicas, *now_unix_ms),
         Command::RegisterNode { node, now_unix_ms } => register_node(view, node, *now_unix_ms),
+        Command::NodeDown { node, now_unix_ms } => {
+            node_condition(view, node, NodeCondition::NotReady, *now_unix_ms)
+        }
+        Command::NodeUp { node, now_unix_ms } => {
+            node_condition(view, node, NodeCondition::Ready, *now_unix_ms)
+        }
+        Command::Cordon { node, cordoned } => cordon(view, node, *cordoned),
         Command::Reconcile { create, remove } => reconcile(view, create, remove),
         Command::Schedule {
             place,
@@ -332,6 +348,56 @@ fn register_node(
         return Ok(Ok(WriteResult::Changed(0)));
     }
     view.put(key, &record)?;
+    Ok(Ok(WriteResult::Changed(1)))
+}
+
+fn node_condition(
+    view: &mut View<'_>,
+    name: &str,
+    condition: NodeCondition,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let key = node_key(name);
+    let Some(mut node) = view.get::<NodeRecord>(&key)? else {
+        return Ok(Err(WriteError::NodeNotFound(name.to_string())));
+    };
+    if node.condition == condition {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    node.condition = condition;
+    node.condition_since_unix_ms = now;
+    view.put(key, &node)?;
+    let mut changed = 1;
+    if condition == NodeCondition::NotReady {
+        for key in view.committed_keys(REPLICA_PREFIX)? {
+            let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
+                continue;
+            };
+            if r.node.as_deref() == Some(name) {
+                r.node = None;
+                r.observed = ReplicaObserved::default();
+                view.put(key, &r)?;
+                changed += 1;
+            }
+        }
+    }
+    Ok(Ok(WriteResult::Changed(changed)))
+}
+
+fn cordon(
+    view: &mut View<'_>,
+    name: &str,
+    cordoned: bool,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let key = node_key(name);
+    let Some(mut node) = view.get::<NodeRecord>(&key)? else {
+        return Ok(Err(WriteError::NodeNotFound(name.to_string())));
+    };
+    if node.cordoned == cordoned {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    node.cordoned = cordoned;
+    view.put(key, &node)?;
     Ok(Ok(WriteResult::Changed(1)))
 }
 

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cluster;
 pub mod completion;
 pub mod config;
+pub mod cordon;
 pub mod delete;
 pub mod describe;
 pub mod get;
@@ -69,6 +70,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(&env, args).await,
         Command::Delete(args) => delete::run(&env, args).await,
         Command::Scale(args) => scale::run(&env, args).await,
+        Command::Cordon(args) => cordon::run(&env, args, true).await,
+        Command::Uncordon(args) => cordon::run(&env, args, false).await,
         Command::Cluster(cmd) => cluster::run(&env, cmd).await,
         Command::Version(args) => version::run(&env, args).await,
         Command::Completion(args) => completion::run(args),
