@@ -15,6 +15,7 @@
 //! - [`supervisor`]: the task that owns replica state and runs actions.
 //! - [`reconcile`] and [`backoff`]: pure decisions, unit-tested.
 //! - [`runtime`]: the trait and its Docker, process and simulated runtimes.
+//! - [`probe`]: liveness/readiness probes: a pure state machine, checks, workers.
 //! - [`status`]: replica status derived from the same state, diffed for reports.
 //! - [`server`]: the Agent gRPC service (logs).
 
@@ -23,6 +24,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod probe;
 pub mod reconcile;
 pub mod runtime;
 pub mod server;

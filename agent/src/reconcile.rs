@@ -60,6 +60,17 @@ pub struct Record {
     pub failure: Option<Failure>,
     /// A stop or remove failed: leave the replica alone until then.
     pub retry_io_at: Option<UnixMs>,
+    /// The liveness probe failure that got a container killed, until another
+    /// container of the replica exits for its own reasons.
+    pub unhealthy: Option<Unhealthy>,
+}
+
+/// A container killed because its liveness probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    pub container_id: String,
+    /// The probe's failure, e.g. `HTTP probe failed with statuscode: 500`.
+    pub message: String,
 }
 
 /// A start that did not work.

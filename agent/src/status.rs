@@ -8,18 +8,23 @@
 //!
 //! ```text
 //!   busy stopping / unassigned & present ─▶ TERMINATING
-//!   running                              ─▶ RUNNING (reason: last exit, if any)
+//!   running                              ─▶ RUNNING (reason: last exit, if any;
+//!                                           ready: readiness probe verdict)
 //!   exited, backing off                  ─▶ CRASH_LOOP_BACK_OFF (+ next restart)
 //!   start failed                         ─▶ FAILED (ErrImagePull, PortInUse, …)
 //!   otherwise                            ─▶ PENDING (ContainerCreating)
 //! ```
+//!
+//! A running container is ready at once without a readiness probe, and only
+//! once its probe passes with one. A container killed by its liveness probe
+//! shows reason `Unhealthy` and kubelet's "Liveness probe failed: …".
 
 use std::collections::BTreeMap;
 
 use drover_proto::pb::{ReplicaState, ReplicaStatus};
 
 use crate::assignment::Assignment;
-use crate::reconcile::{Busy, Failure, Record};
+use crate::reconcile::{Busy, Failure, Record, Unhealthy};
 use crate::runtime::{ContainerState, Exit, Observed};
 
 /// Every replica's status, by name.
@@ -35,6 +40,17 @@ pub struct Inputs<'a> {
     pub container: Option<&'a Observed>,
     pub record: Option<&'a Record>,
     pub busy: Option<Busy>,
+    /// The readiness probe's standing verdict, when one is running.
+    pub readiness: Option<Readiness<'a>>,
+}
+
+/// A readiness probe's verdict for one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness<'a> {
+    pub container_id: &'a str,
+    pub ready: bool,
+    /// The failure that made it not ready, if it failed.
+    pub message: Option<&'a str>,
 }
 
 /// The status of one replica.
@@ -72,26 +88,54 @@ pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
     } else {
         match container.map(|c| c.state) {
             Some(ContainerState::Running) => {
-                // No readiness probes yet: a running container is ready.
-                s.ready = true;
+                let c = container.map_or("", |c| c.container_id.as_str());
+                let probed = i
+                    .assigned
+                    .is_some_and(|a| a.container().readiness_probe.is_some());
+                match i.readiness.filter(|r| r.container_id == c) {
+                    Some(r) => {
+                        s.ready = r.ready;
+                        if let (false, Some(m)) = (r.ready, r.message) {
+                            s.message = format!("Readiness probe failed: {m}");
+                        }
+                    }
+                    None => s.ready = !probed,
+                }
                 if s.restarts > 0 {
                     if let Some(e) = exit {
                         s.reason = e.reason().to_string();
                     }
                 }
+                if let Some(u) = unhealthy(record) {
+                    s.reason = "Unhealthy".into();
+                    s.message = if u.container_id == c {
+                        format!("Liveness probe failed: {}", u.message)
+                    } else {
+                        format!("restarted after: Liveness probe failed: {}", u.message)
+                    };
+                }
                 ReplicaState::Running
             }
             Some(ContainerState::Exited(e)) if i.busy == Some(Busy::Starting) => {
                 s.reason = e.reason().to_string();
+                if let Some(u) = unhealthy(record) {
+                    s.reason = "Unhealthy".into();
+                    s.message = format!("Liveness probe failed: {}", u.message);
+                }
                 ReplicaState::Pending
             }
             Some(ContainerState::Exited(e)) => {
                 s.reason = e.reason().to_string();
+                let liveness = unhealthy(record).map(|u| {
+                    s.reason = "Unhealthy".into();
+                    format!("Liveness probe failed: {}; ", u.message)
+                });
                 if let Some(r) = record {
                     s.next_restart_unix_ms = r.next_attempt_unix_ms.unwrap_or(0);
                     if let Some(d) = r.delay {
                         s.message = format!(
-                            "back-off {} restarting the container (exit code {})",
+                            "{}back-off {} restarting the container (exit code {})",
+                            liveness.unwrap_or_default(),
                             human(d),
                             e.code
                         );
@@ -114,6 +158,10 @@ pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
     };
     s.state = state as i32;
     s
+}
+
+fn unhealthy(record: Option<&Record>) -> Option<&Unhealthy> {
+    record.and_then(|r| r.unhealthy.as_ref())
 }
 
 fn failed(s: &mut ReplicaStatus, f: &Failure, record: Option<&Record>) -> ReplicaState {
@@ -189,6 +237,7 @@ mod tests {
             container: c,
             record: r,
             busy,
+            readiness: None,
         })
     }
 
@@ -264,6 +313,91 @@ mod tests {
     }
 
     #[test]
+    fn readiness_follows_the_probe_of_the_current_container_only() {
+        let mut a = fixtures::assignment("web-r-0");
+        a.template.spec.containers[0].readiness_probe = Some(drover_proto::manifest::Probe {
+            handler: drover_proto::manifest::ProbeHandler::Exec {
+                command: vec!["true".into()],
+            },
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            timeout_seconds: 1,
+            failure_threshold: 3,
+            success_threshold: 1,
+        });
+        let c = observed(ContainerState::Running);
+        let with = |readiness| {
+            replica_status(&Inputs {
+                name: "web-r-0",
+                assigned: Some(&a),
+                have_assignments: true,
+                container: Some(&c),
+                record: None,
+                busy: None,
+                readiness,
+            })
+        };
+        assert!(!with(None).ready, "a probed container starts not ready");
+        let passed = Readiness {
+            container_id: "c1",
+            ready: true,
+            message: None,
+        };
+        assert!(with(Some(passed)).ready);
+        let stale = Readiness {
+            container_id: "old",
+            ..passed
+        };
+        assert!(!with(Some(stale)).ready, "another container's verdict");
+        let failed = with(Some(Readiness {
+            container_id: "c1",
+            ready: false,
+            message: Some("HTTP probe failed with statuscode: 503"),
+        }));
+        assert!(!failed.ready);
+        assert_eq!(failed.state(), ReplicaState::Running);
+        assert_eq!(
+            failed.message,
+            "Readiness probe failed: HTTP probe failed with statuscode: 503"
+        );
+    }
+
+    #[test]
+    fn a_liveness_kill_shows_unhealthy_while_backing_off() {
+        let a = fixtures::assignment("web-r-0");
+        let r = Record {
+            restarts: 0,
+            delay: Some(std::time::Duration::from_secs(1)),
+            next_attempt_unix_ms: Some(9000),
+            handled_exit: Some("c1".into()),
+            unhealthy: Some(Unhealthy {
+                container_id: "c1".into(),
+                message: "command exited with code 1".into(),
+            }),
+            ..Default::default()
+        };
+        let exit = Exit {
+            code: 143,
+            oom_killed: false,
+            finished_unix_ms: 5000,
+        };
+        let s = status(
+            Some(&a),
+            Some(&observed(ContainerState::Exited(exit))),
+            Some(&r),
+            None,
+        );
+        assert_eq!(s.state(), ReplicaState::CrashLoopBackOff);
+        assert_eq!(s.reason, "Unhealthy");
+        assert!(
+            s.message
+                .starts_with("Liveness probe failed: command exited with code 1; back-off 1s"),
+            "{}",
+            s.message
+        );
+    }
+
+    #[test]
     fn a_failed_start_is_failed_with_the_engine_message() {
         let a = fixtures::assignment("web-r-0");
         let r = Record {
@@ -303,6 +437,7 @@ mod tests {
             container: Some(&observed(ContainerState::Running)),
             record: None,
             busy: None,
+            readiness: None,
         });
         assert_eq!(s.state(), ReplicaState::Running);
     }

@@ -6,6 +6,7 @@
 //!   runtime events ────────────▶ │ assignments · containers (cache)        │
 //!   task outcomes ─────────────▶ │ records (backoff) · busy                │
 //!   backoff timer / resync ────▶ │                                          │
+//!   probe verdicts ────────────▶ │ probes: workers per running container ───┼──▶ Runtime
 //!                                │ reconcile(..., now) → actions            │
 //!                                │   bookkeeping: applied here              │
 //!                                │   runtime work: one task per replica ────┼──▶ Runtime
@@ -20,6 +21,13 @@
 //! reconciled: an agent that restarts while no controller answers keeps every
 //! container running. On shutdown the supervisor stops deciding and leaves
 //! containers as they are (the next agent adopts them).
+//!
+//! Probes: every running container of an assigned replica gets one worker per
+//! probe in its spec ([`crate::probe::worker`]); a new container gets new
+//! workers, so probing starts over. Readiness verdicts set the status's
+//! `ready`; a liveness failure kills the container (Stop with the replica's
+//! grace period), after which the normal exit path backs off and restarts it,
+//! counting a restart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,14 +36,16 @@ use std::time::Duration;
 use drover_proto::pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, instrument, warn};
 
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
-use crate::reconcile::{self, Action, Busy, Failure, Record};
+use crate::probe::worker::{self, ProbeReport, Target};
+use crate::probe::{ProbeKind, Verdict};
+use crate::reconcile::{self, Action, Busy, Failure, Record, Unhealthy};
 use crate::runtime::{now_unix_ms, ContainerState, Exit, Observed, Runtime, RuntimeEvent, UnixMs};
-use crate::status::{self, StatusMap};
+use crate::status::{self, Readiness, StatusMap};
 
 /// Supervisor settings.
 #[derive(Debug, Clone)]
@@ -87,6 +97,11 @@ enum Step {
         container_id: String,
         grace: Duration,
     },
+    /// Stop a container whose liveness probe failed.
+    Kill {
+        container_id: String,
+        grace: Duration,
+    },
     Remove {
         container_id: String,
     },
@@ -98,6 +113,9 @@ enum Step {
 
 enum Done {
     Stopped,
+    Killed {
+        container_id: String,
+    },
     Removed {
         container_id: String,
     },
@@ -145,6 +163,19 @@ pub struct Supervisor<R: Runtime> {
     /// once can be reported before its start task returns.
     early_exits: BTreeMap<String, Exit>,
     statuses: watch::Sender<Arc<StatusMap>>,
+    /// Probe workers by replica, for its current running container.
+    probes: BTreeMap<String, Probing>,
+    probe_tx: mpsc::Sender<ProbeReport>,
+    probe_rx: mpsc::Receiver<ProbeReport>,
+}
+
+/// The probes of one running container.
+struct Probing {
+    container_id: String,
+    ready: bool,
+    readiness_failure: Option<String>,
+    /// Cancels the workers when this entry is dropped.
+    _workers: DropGuard,
 }
 
 /// Early exits kept at most (they are matched within milliseconds).
@@ -171,6 +202,7 @@ impl<R: Runtime> Supervisor<R> {
             .collect();
         let (tx, inbox) = mpsc::channel(16);
         let (statuses, rx) = watch::channel(Arc::new(StatusMap::new()));
+        let (probe_tx, probe_rx) = mpsc::channel(64);
         let mut sup = Supervisor {
             runtime,
             cfg,
@@ -188,6 +220,9 @@ impl<R: Runtime> Supervisor<R> {
             listing: false,
             early_exits: BTreeMap::new(),
             statuses,
+            probes: BTreeMap::new(),
+            probe_tx,
+            probe_rx,
         };
         sup.publish();
         let handle = SupervisorHandle { tx, statuses: rx };
@@ -226,12 +261,15 @@ impl<R: Runtime> Supervisor<R> {
                     Ok(outcome) => self.on_outcome(outcome),
                     Err(e) => warn!(error = %e, "a runtime task failed"),
                 },
+                Some(report) = self.probe_rx.recv() => self.on_probe(report),
                 _ = sleep_until(wake) => {}
                 _ = resync.tick() => self.relist(),
             }
             self.reconcile();
+            self.sync_probes();
             self.publish();
         }
+        self.probes.clear();
         self.drain().await;
     }
 
@@ -369,6 +407,19 @@ impl<R: Runtime> Supervisor<R> {
     fn apply_done(&mut self, replica: &str, done: Done, now: UnixMs) {
         match done {
             Done::Stopped => {}
+            Done::Killed { container_id } => {
+                // The runtime usually reports the exit first; when it has
+                // not, the container is known to be stopped all the same.
+                if let Some(c) = self.containers.get_mut(&container_id) {
+                    if c.state == ContainerState::Running {
+                        c.state = ContainerState::Exited(Exit {
+                            code: 143,
+                            oom_killed: false,
+                            finished_unix_ms: now,
+                        });
+                    }
+                }
+            }
             Done::Removed { container_id } => {
                 self.containers.remove(&container_id);
                 if let Some(r) = self.records.get_mut(replica) {
@@ -469,6 +520,13 @@ impl<R: Runtime> Supervisor<R> {
                         info!(replica = %replica, container = %container_id, code = exit.code,
                             reason = exit.reason(), ?delay, "container exited; restarting after backoff");
                         let r = self.records.entry(replica.clone()).or_default();
+                        if r.unhealthy
+                            .as_ref()
+                            .is_some_and(|u| u.container_id != container_id)
+                        {
+                            // This exit was the container's own doing.
+                            r.unhealthy = None;
+                        }
                         r.container_id = Some(container_id.clone());
                         r.handled_exit = Some(container_id);
                         r.last_exit = Some(exit);
@@ -525,6 +583,119 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
+    /// Give every running container of an assigned replica its probe
+    /// workers, and stop the workers of containers that no longer run.
+    fn sync_probes(&mut self) {
+        let empty = BTreeMap::new();
+        let assignments = self.assignments.as_ref().unwrap_or(&empty);
+        let (current, _) = reconcile::by_replica(self.containers.values());
+        let running: BTreeMap<&str, &Observed> = current
+            .into_iter()
+            .filter(|(name, c)| {
+                c.is_running()
+                    && self.busy.get(*name) != Some(&Busy::Stopping)
+                    && assignments
+                        .get(*name)
+                        .is_some_and(|a| a.revision == c.revision)
+            })
+            .collect();
+        self.probes.retain(|name, p| {
+            running
+                .get(name.as_str())
+                .is_some_and(|c| c.container_id == p.container_id)
+        });
+        for (name, c) in running {
+            if self.probes.contains_key(name) {
+                continue;
+            }
+            let Some(a) = assignments.get(name) else {
+                continue;
+            };
+            let spec = a.container();
+            let cancel = CancellationToken::new();
+            let target = Target {
+                replica: name.to_string(),
+                container_id: c.container_id.clone(),
+                started_unix_ms: c.started_unix_ms,
+                container: spec.clone(),
+            };
+            for (kind, probe) in [
+                (ProbeKind::Liveness, &spec.liveness_probe),
+                (ProbeKind::Readiness, &spec.readiness_probe),
+            ] {
+                if let Some(probe) = probe {
+                    worker::spawn(
+                        self.runtime.clone(),
+                        target.clone(),
+                        kind,
+                        probe.clone(),
+                        self.probe_tx.clone(),
+                        cancel.child_token(),
+                    );
+                }
+            }
+            self.probes.insert(
+                name.to_string(),
+                Probing {
+                    container_id: c.container_id.clone(),
+                    ready: spec.readiness_probe.is_none(),
+                    readiness_failure: None,
+                    _workers: cancel.drop_guard(),
+                },
+            );
+        }
+    }
+
+    /// A probe's verdict flipped for a container.
+    fn on_probe(&mut self, report: ProbeReport) {
+        let Some(p) = self
+            .probes
+            .get_mut(&report.replica)
+            .filter(|p| p.container_id == report.container_id)
+        else {
+            return; // from a container already replaced
+        };
+        match (report.kind, report.verdict) {
+            (ProbeKind::Readiness, verdict) => {
+                p.ready = verdict == Verdict::Success;
+                p.readiness_failure = (!p.ready).then_some(report.message);
+            }
+            (ProbeKind::Liveness, Verdict::Success) => {}
+            (ProbeKind::Liveness, Verdict::Failure) => {
+                p.ready = false;
+                if self.busy.contains_key(&report.replica) {
+                    return;
+                }
+                let Some(grace) = self
+                    .assignments
+                    .as_ref()
+                    .and_then(|a| a.get(&report.replica))
+                    .map(|a| a.grace())
+                else {
+                    return;
+                };
+                warn!(replica = %report.replica, container = %report.container_id,
+                    reason = "Unhealthy", message = %report.message,
+                    "liveness probe failed; killing the container to restart it");
+                self.records
+                    .entry(report.replica.clone())
+                    .or_default()
+                    .unhealthy = Some(Unhealthy {
+                    container_id: report.container_id.clone(),
+                    message: report.message,
+                });
+                self.touch(&report.replica);
+                self.busy.insert(report.replica.clone(), Busy::Starting);
+                let steps = vec![Step::Kill {
+                    container_id: report.container_id,
+                    grace,
+                }];
+                let runtime = self.runtime.clone();
+                self.tasks.spawn(run_steps(runtime, report.replica, steps));
+            }
+        }
+    }
+
     /// Recompute every status and publish the map if it changed.
     fn publish(&mut self) {
         let (current, _) = reconcile::by_replica(self.containers.values());
@@ -543,6 +714,11 @@ impl<R: Runtime> Supervisor<R> {
                 container: current.get(name).copied(),
                 record: self.records.get(name),
                 busy: self.busy.get(name).copied(),
+                readiness: self.probes.get(name).map(|p| Readiness {
+                    container_id: &p.container_id,
+                    ready: p.ready,
+                    message: p.readiness_failure.as_deref(),
+                }),
             });
             map.insert(name.to_string(), s);
         }
@@ -582,6 +758,19 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
                 grace,
             } => match runtime.stop(&container_id, grace).await {
                 Ok(()) => done.push(Done::Stopped),
+                Err(AgentError::NoSuchContainer { .. }) => {
+                    done.push(Done::Removed { container_id });
+                }
+                Err(e) => {
+                    done.push(Done::Failed(e));
+                    break;
+                }
+            },
+            Step::Kill {
+                container_id,
+                grace,
+            } => match runtime.stop(&container_id, grace).await {
+                Ok(()) => done.push(Done::Killed { container_id }),
                 Err(AgentError::NoSuchContainer { .. }) => {
                     done.push(Done::Removed { container_id });
                 }

@@ -20,6 +20,7 @@
 //! failed pull → `ImagePull` with Docker's message.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -485,6 +486,51 @@ impl Runtime for DockerRuntime {
                 what: format!("exec in replica {replica}"),
                 after: timeout,
             })?
+    }
+
+    async fn probe_address(&self, replica: &str, port: u16) -> Result<SocketAddr> {
+        let id = self.replica_container(replica).await?;
+        let inspected = self.inspect(&id).await?;
+        probe_address_of(&inspected, port).ok_or_else(|| AgentError::Docker {
+            action: format!("finding an address for port {port} of replica {replica}"),
+            message: "the container has no IP address and no host port for it".into(),
+        })
+    }
+}
+
+/// Where a probe reaches `port` of an inspected container: its IP on its
+/// (first, by name) network; else the host port mapped to it, on loopback;
+/// else loopback itself (host networking).
+fn probe_address_of(inspected: &ContainerInspectResponse, port: u16) -> Option<SocketAddr> {
+    let settings = inspected.network_settings.as_ref();
+    let mut networks: Vec<_> = settings
+        .and_then(|n| n.networks.as_ref())
+        .map(|n| n.iter().collect())
+        .unwrap_or_default();
+    networks.sort_by(|a, b| a.0.cmp(b.0));
+    let ip = networks
+        .iter()
+        .filter_map(|(_, e)| e.ip_address.as_deref())
+        .find_map(|ip| ip.parse::<IpAddr>().ok());
+    if let Some(ip) = ip {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let mapped = settings
+        .and_then(|n| n.ports.as_ref())
+        .and_then(|ports| ports.get(&format!("{port}/tcp")))
+        .and_then(|b| b.as_ref())
+        .and_then(|b| {
+            b.iter()
+                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
+        });
+    let mode = inspected
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref());
+    match (mapped, mode) {
+        (Some(host_port), _) => Some(SocketAddr::from(([127, 0, 0, 1], host_port))),
+        (None, Some("host")) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        _ => None,
     }
 }
 

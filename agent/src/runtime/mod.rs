@@ -3,7 +3,7 @@
 //! ```text
 //!                    ┌──────────── Runtime ────────────┐
 //!   Supervisor ────▶ │ list · start · stop · remove     │
-//!   Logs server ───▶ │ logs · exec                      │
+//!   Logs server ───▶ │ logs · exec · probe_address      │
 //!                    │ events() ─▶ Exited / Removed /   │──▶ Supervisor
 //!                    │             Resync               │
 //!                    └──────┬───────────┬──────────┬────┘
@@ -27,6 +27,7 @@ pub mod process;
 pub mod sim;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -223,6 +224,15 @@ pub trait Runtime: Send + Sync + 'static {
         command: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
+
+    /// Where the agent connects to reach the replica's container port `port`
+    /// (httpGet and tcpSocket probes): the container's address on its
+    /// network, a mapped host port, or loopback for plain processes.
+    fn probe_address(
+        &self,
+        replica: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<SocketAddr>> + Send;
 }
 
 /// Capacity of every runtime's event channel.

@@ -20,6 +20,7 @@
 //! (-1). Images, host ports and resource limits do not apply here.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -570,6 +571,15 @@ impl Runtime for ProcessRuntime {
                 after: timeout,
             }),
         }
+    }
+
+    /// Processes share the host's network: the port is on loopback.
+    async fn probe_address(&self, replica: &str, port: u16) -> Result<SocketAddr> {
+        self.inner
+            .newest(replica)
+            .filter(|e| e.exit.is_none())
+            .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 }
 

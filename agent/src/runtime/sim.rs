@@ -4,6 +4,7 @@
 //! need to crash a replica on cue ([`SimRuntime::crash`]).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -155,5 +156,13 @@ impl Runtime for SimRuntime {
             exit_code: 0,
             output: Vec::new(),
         })
+    }
+
+    /// Simulated replicas have no network: httpGet and tcpSocket probes
+    /// against them fail with this error (exec probes pass).
+    async fn probe_address(&self, replica: &str, _port: u16) -> Result<SocketAddr> {
+        Err(AgentError::StartFailed(format!(
+            "replica {replica} is simulated and listens on no port"
+        )))
     }
 }
