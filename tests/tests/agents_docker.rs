@@ -148,6 +148,9 @@ spec:
 {ports}        resources:
           requests: {{cpu: 50m, memory: 16Mi}}
           limits: {{cpu: 250m, memory: 32Mi}}
+        readinessProbe:
+          httpGet: {{path: /, port: 8080}}
+          periodSeconds: 1
 "#
     )
 }
@@ -320,6 +323,18 @@ async fn a_host_port_serves_and_a_missing_image_is_reported() {
         .await
         .expect("httpd on its host port");
     assert!(body.starts_with("HTTP/1."), "{body}");
+    // The httpGet readiness probe passes against the httpd: READY 1/1.
+    c.wait_for("READY 1/1", T, || async {
+        let out = c.ctl().run(&["get", "deployment", &name]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(" 1/1 ") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("readiness gates READY");
 
     // An image no registry has: reported as ErrImagePull, not a hang.
     let missing = unique("ghost");
@@ -340,4 +355,45 @@ async fn a_host_port_serves_and_a_missing_image_is_reported() {
         .await
         .expect("the missing image is reported");
     assert!(reason.contains("0/1"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_readiness_probe_keeps_a_running_container_not_ready() {
+    if !docker_available() {
+        return;
+    }
+    let node = unique("dk-r");
+    let _containers = Containers(vec![node.clone()]);
+    let mut c = Cluster::start(3).await.expect("cluster");
+    c.start_agent(&node, "docker", &["--cpu", "4", "--memory", "4Gi"])
+        .expect("agent");
+    let name = unique("noready");
+    // The httpd serves nothing at /healthz: 404, never ready.
+    let manifest = web(&name, 1, None).replace(
+        "httpGet: {path: /, port: 8080}",
+        "httpGet: {path: /healthz, port: 8080}",
+    );
+    let file = c.dir.path().join("noready.yaml");
+    std::fs::write(&file, manifest).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
+    c.wait_for("running", T, || running(&c, &name, 1))
+        .await
+        .expect("running");
+    let text = c
+        .wait_for("probe failure reported", T, || async {
+            let out = c
+                .ctl()
+                .run(&["get", "replicas", "--deployment", &name, "-o", "json"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("Readiness probe failed") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+        .await
+        .expect("readiness failure in the status");
+    assert!(text.contains("404"), "{text}");
+    let deployments = ok(&c.ctl().run(&["get", "deployment", &name]));
+    assert!(deployments.contains(" 0/1 "), "{deployments}");
 }
