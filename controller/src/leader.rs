@@ -199,14 +199,7 @@ type Placements = (Vec<(ObjectRef, String)>, Vec<(ObjectRef, String)>);
 /// Feed the store's view to the pure scheduler; keep only decisions that
 /// change something (an unchanged pending reason is not rewritten).
 pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
-    let deployments: HashMap<(String, String), _> = store
-        .deployments(None)?
-        .into_iter()
-        .map(|d| {
-            let m = &d.deployment.metadata;
-            ((m.namespace.clone(), m.name.clone()), d.deployment)
-        })
-        .collect();
+    let deployments = store.deployments_by_key(None)?;
     let nodes: Vec<NodeInfo> = store
         .nodes()?
         .into_iter()
@@ -223,7 +216,10 @@ pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
     let mut placed = Vec::new();
     let mut reasons: HashMap<String, (&ReplicaRecord, ObjectRef)> = HashMap::new();
     for r in &replicas {
-        let Some(d) = deployments.get(&(r.namespace.clone(), r.deployment.clone())) else {
+        let Some(d) = deployments
+            .get(&(r.namespace.clone(), r.deployment.clone()))
+            .map(|d| &d.deployment)
+        else {
             continue;
         };
         let pod = &d.spec.template.spec;

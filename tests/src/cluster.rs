@@ -392,6 +392,48 @@ impl Cluster {
         self.spawn_agent(i, extra)
     }
 
+    /// A deployment's replicas in `default`, once exactly `want` exist and all
+    /// are Running (asked of the first running controller); `Err` says what is
+    /// still missing, for [`Cluster::wait_for`].
+    pub async fn running_replicas(
+        &self,
+        deployment: &str,
+        want: usize,
+    ) -> Result<Vec<pb::Replica>, String> {
+        let up = (0..self.controllers.len())
+            .find(|i| self.controllers[*i].is_running())
+            .ok_or("no controller running")?;
+        let mut client = self.client(up).await.map_err(|e| e.to_string())?;
+        let list = client
+            .list_replicas(pb::ListReplicasRequest {
+                namespace: "default".into(),
+                deployment: deployment.into(),
+                read: None,
+            })
+            .await
+            .map_err(|e| e.message().to_string())?
+            .into_inner();
+        for r in &list.replicas {
+            let s = r.status.clone().unwrap_or_default();
+            if s.state() != pb::ReplicaState::Running {
+                return Err(format!(
+                    "{} is {:?} on {:?} ({} {} {})",
+                    r.name,
+                    s.state(),
+                    r.node,
+                    r.pending_reason,
+                    s.reason,
+                    s.message
+                ));
+            }
+        }
+        if list.replicas.len() == want {
+            Ok(list.replicas)
+        } else {
+            Err(format!("{} of {want} replicas", list.replicas.len()))
+        }
+    }
+
     /// Poll `check` every 50 ms until it returns `Some`, or fail after `timeout`
     /// with the last value it saw.
     pub async fn wait_for<T, F, Fut>(

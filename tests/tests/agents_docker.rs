@@ -13,7 +13,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use drover_proto::pb;
 use drover_tests::cluster::ok;
 use drover_tests::Cluster;
 
@@ -161,38 +160,14 @@ async fn running(
     deployment: &str,
     want: usize,
 ) -> Result<BTreeMap<String, (String, String)>, String> {
-    let up = (0..c.controllers.len())
-        .find(|i| c.controllers[*i].is_running())
-        .ok_or("no controller")?;
-    let mut client = c.client(up).await.map_err(|e| e.to_string())?;
-    let list = client
-        .list_replicas(pb::ListReplicasRequest {
-            namespace: "default".into(),
-            deployment: deployment.into(),
-            read: None,
+    let replicas = c.running_replicas(deployment, want).await?;
+    Ok(replicas
+        .into_iter()
+        .map(|r| {
+            let id = r.status.map(|s| s.container_id).unwrap_or_default();
+            (r.name, (r.node, id))
         })
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner();
-    let mut out = BTreeMap::new();
-    for r in &list.replicas {
-        let s = r.status.clone().unwrap_or_default();
-        if s.state() != pb::ReplicaState::Running {
-            return Err(format!(
-                "{} is {:?} ({} {})",
-                r.name,
-                s.state(),
-                s.reason,
-                s.message
-            ));
-        }
-        out.insert(r.name.clone(), (r.node.clone(), s.container_id.clone()));
-    }
-    if out.len() == want {
-        Ok(out)
-    } else {
-        Err(format!("{} of {want} running", out.len()))
-    }
+        .collect())
 }
 
 fn http_get(port: u16) -> Result<String, String> {

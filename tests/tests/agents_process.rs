@@ -4,50 +4,25 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_proto::pb;
 use drover_tests::cluster::{apply, ok};
 use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Replica name → (node, container id) for one deployment, once every replica
-/// is Running; `Err` describes what is still missing.
+/// Replica name → (node, container id) once `want` replicas of `deployment` run.
 async fn running(
     c: &Cluster,
     deployment: &str,
     want: usize,
 ) -> Result<BTreeMap<String, (String, String)>, String> {
-    let up = (0..c.controllers.len())
-        .find(|i| c.controllers[*i].is_running())
-        .ok_or("no controller running")?;
-    let mut client = c.client(up).await.map_err(|e| e.to_string())?;
-    let list = client
-        .list_replicas(pb::ListReplicasRequest {
-            namespace: "default".into(),
-            deployment: deployment.into(),
-            read: None,
+    let replicas = c.running_replicas(deployment, want).await?;
+    Ok(replicas
+        .into_iter()
+        .map(|r| {
+            let id = r.status.map(|s| s.container_id).unwrap_or_default();
+            (r.name, (r.node, id))
         })
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner();
-    let mut out = BTreeMap::new();
-    for r in &list.replicas {
-        let s = r.status.clone().unwrap_or_default();
-        if s.state() != pb::ReplicaState::Running {
-            return Err(format!(
-                "{} is {:?} on {:?} ({})",
-                r.name,
-                s.state(),
-                r.node,
-                r.pending_reason
-            ));
-        }
-        out.insert(r.name.clone(), (r.node.clone(), s.container_id.clone()));
-    }
-    if out.len() != want {
-        return Err(format!("{} of {want} replicas running", out.len()));
-    }
-    Ok(out)
+        .collect())
 }
 
 fn per_node(replicas: &BTreeMap<String, (String, String)>) -> BTreeMap<String, usize> {

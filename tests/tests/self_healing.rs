@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use drover_proto::pb;
 use drover_tests::cluster::{apply, ok};
 use drover_tests::Cluster;
 
@@ -17,32 +16,11 @@ async fn placement(
     deployment: &str,
     want: usize,
 ) -> Result<BTreeMap<String, usize>, String> {
-    let up = (0..c.controllers.len())
-        .find(|i| c.controllers[*i].is_running())
-        .ok_or("no controller")?;
-    let mut client = c.client(up).await.map_err(|e| e.to_string())?;
-    let list = client
-        .list_replicas(pb::ListReplicasRequest {
-            namespace: "default".into(),
-            deployment: deployment.into(),
-            read: None,
-        })
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner();
     let mut per_node = BTreeMap::new();
-    for r in &list.replicas {
-        let state = r.status.as_ref().map(|s| s.state()).unwrap_or_default();
-        if state != pb::ReplicaState::Running {
-            return Err(format!("{} is {state:?} on {:?}", r.name, r.node));
-        }
-        *per_node.entry(r.node.clone()).or_default() += 1;
+    for r in c.running_replicas(deployment, want).await? {
+        *per_node.entry(r.node).or_default() += 1;
     }
-    if list.replicas.len() == want {
-        Ok(per_node)
-    } else {
-        Err(format!("{} replicas, want {want}", list.replicas.len()))
-    }
+    Ok(per_node)
 }
 
 async fn three_agents() -> Cluster {

@@ -301,20 +301,7 @@ impl pb::control_server::Control for ControlService {
         let req = request.into_inner();
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let store = &self.cluster.store;
-        let deployments: HashMap<(String, String), StoredDeployment> = store
-            .deployments(None)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|d| {
-                (
-                    (
-                        d.deployment.metadata.namespace.clone(),
-                        d.deployment.metadata.name.clone(),
-                    ),
-                    d,
-                )
-            })
-            .collect();
+        let deployments = store.deployments_by_key(None).map_err(store_error)?;
         let mut usage: HashMap<String, (u64, u64, u32)> = HashMap::new();
         for r in store.replicas(None).map_err(store_error)? {
             let (Some(node), Some(d)) = (
@@ -377,20 +364,7 @@ impl pb::control_server::Control for ControlService {
             .into_iter()
             .map(|n| (n.name, n.address))
             .collect();
-        let deployments: HashMap<(String, String), StoredDeployment> = store
-            .deployments(namespace)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|d| {
-                (
-                    (
-                        d.deployment.metadata.namespace.clone(),
-                        d.deployment.metadata.name.clone(),
-                    ),
-                    d,
-                )
-            })
-            .collect();
+        let deployments = store.deployments_by_key(namespace).map_err(store_error)?;
         let replicas = store
             .replicas(namespace)
             .map_err(store_error)?

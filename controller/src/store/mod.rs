@@ -166,6 +166,21 @@ impl Store {
         self.scan(&prefix)
     }
 
+    /// Deployments keyed by `(namespace, name)`, for joining with replicas.
+    pub fn deployments_by_key(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<std::collections::HashMap<(String, String), StoredDeployment>, StoreError> {
+        Ok(self
+            .deployments(namespace)?
+            .into_iter()
+            .map(|d| {
+                let m = &d.deployment.metadata;
+                ((m.namespace.clone(), m.name.clone()), d)
+            })
+            .collect())
+    }
+
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         self.scan(objects::NODE_PREFIX)
     }
