@@ -434,6 +434,22 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::running_replicas`] as replica name → (node, container id).
+    pub async fn running_placements(
+        &self,
+        deployment: &str,
+        want: usize,
+    ) -> Result<std::collections::BTreeMap<String, (String, String)>, String> {
+        let replicas = self.running_replicas(deployment, want).await?;
+        Ok(replicas
+            .into_iter()
+            .map(|r| {
+                let id = r.status.map(|s| s.container_id).unwrap_or_default();
+                (r.name, (r.node, id))
+            })
+            .collect())
+    }
+
     /// Poll `check` every 50 ms until it returns `Some`, or fail after `timeout`
     /// with the last value it saw.
     pub async fn wait_for<T, F, Fut>(

@@ -154,22 +154,6 @@ spec:
     )
 }
 
-/// Replica name → (node, container id) once `want` replicas of `deployment` run.
-async fn running(
-    c: &Cluster,
-    deployment: &str,
-    want: usize,
-) -> Result<BTreeMap<String, (String, String)>, String> {
-    let replicas = c.running_replicas(deployment, want).await?;
-    Ok(replicas
-        .into_iter()
-        .map(|r| {
-            let id = r.status.map(|s| s.container_id).unwrap_or_default();
-            (r.name, (r.node, id))
-        })
-        .collect())
-}
-
 fn http_get(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
@@ -198,7 +182,7 @@ async fn containers_run_with_their_spec_survive_an_agent_restart_and_are_removed
     std::fs::write(&file, web(&name, 3, None)).expect("manifest");
     ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
     let placed = c
-        .wait_for("3 running", T, || running(&c, &name, 3))
+        .wait_for("3 running", T, || c.running_placements(&name, 3))
         .await
         .expect("3 replicas");
     let ids = containers.ids();
@@ -238,7 +222,7 @@ async fn containers_run_with_their_spec_survive_an_agent_restart_and_are_removed
     .await
     .expect("agent reconnected");
     let after = c
-        .wait_for("still 3 running", T, || running(&c, &name, 3))
+        .wait_for("still 3 running", T, || c.running_placements(&name, 3))
         .await
         .expect("3 replicas");
     assert_eq!(
@@ -282,7 +266,7 @@ async fn a_host_port_serves_and_a_missing_image_is_reported() {
     let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, web(&name, 1, Some(port))).expect("manifest");
     ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
-    c.wait_for("running", T, || running(&c, &name, 1))
+    c.wait_for("running", T, || c.running_placements(&name, 1))
         .await
         .expect("running");
     let body = c
@@ -351,7 +335,7 @@ async fn a_failing_readiness_probe_keeps_a_running_container_not_ready() {
     let file = c.dir.path().join("noready.yaml");
     std::fs::write(&file, manifest).expect("manifest");
     ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
-    c.wait_for("running", T, || running(&c, &name, 1))
+    c.wait_for("running", T, || c.running_placements(&name, 1))
         .await
         .expect("running");
     let text = c

@@ -9,22 +9,6 @@ use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Replica name → (node, container id) once `want` replicas of `deployment` run.
-async fn running(
-    c: &Cluster,
-    deployment: &str,
-    want: usize,
-) -> Result<BTreeMap<String, (String, String)>, String> {
-    let replicas = c.running_replicas(deployment, want).await?;
-    Ok(replicas
-        .into_iter()
-        .map(|r| {
-            let id = r.status.map(|s| s.container_id).unwrap_or_default();
-            (r.name, (r.node, id))
-        })
-        .collect())
-}
-
 fn per_node(replicas: &BTreeMap<String, (String, String)>) -> BTreeMap<String, usize> {
     let mut count = BTreeMap::new();
     for (node, _) in replicas.values() {
@@ -55,7 +39,7 @@ async fn replicas_spread_scale_and_survive_a_leader_kill() {
     let mut client = c.client(1).await.expect("client");
     apply(&mut client, "worker", 6).await.expect("apply");
     let six = c
-        .wait_for("6 running", T, || running(&c, "worker", 6))
+        .wait_for("6 running", T, || c.running_placements("worker", 6))
         .await
         .expect("6 replicas");
     assert_eq!(
@@ -66,7 +50,7 @@ async fn replicas_spread_scale_and_survive_a_leader_kill() {
 
     apply(&mut client, "worker", 9).await.expect("scale up");
     let nine = c
-        .wait_for("9 running", T, || running(&c, "worker", 9))
+        .wait_for("9 running", T, || c.running_placements("worker", 9))
         .await
         .expect("9");
     assert_eq!(
@@ -91,7 +75,7 @@ async fn replicas_spread_scale_and_survive_a_leader_kill() {
         .await
         .expect("scale down through the new leader");
     let three = c
-        .wait_for("3 running", T, || running(&c, "worker", 3))
+        .wait_for("3 running", T, || c.running_placements("worker", 3))
         .await
         .expect("3");
     for (name, placed) in &three {
