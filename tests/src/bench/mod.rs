@@ -1,0 +1,161 @@
+//! The benchmarks behind `bench <subcommand>`: each prints one line per
+//! figure and asserts nothing.
+//!
+//! - [`store`]: the replicated store alone (commit latency, throughput, failover).
+//! - [`placement`]: a thousand simulated agents in this process; time from
+//!   apply to every replica Running, and the controllers' memory.
+//! - [`docker_start`]: replica start through drover against plain
+//!   `docker run -d`, on the same Docker engine.
+//! - [`measure`]: the polling clock, percentiles and `/proc` memory they share.
+
+pub mod docker_start;
+pub mod measure;
+pub mod placement;
+pub mod store;
+
+use anyhow::Context;
+use drover_proto::pb;
+use drover_proto::pb::control_client::ControlClient;
+use tonic::transport::Channel;
+
+/// The workload image (`deploy/images/build.sh` builds it).
+pub const IMAGE: &str = "drover/busybox:1";
+
+/// The worker's command: a line a second, forever.
+pub const WORKER_SCRIPT: &str = "while true; do echo tick; sleep 1; done";
+
+/// Largest list answer a benchmark reads (10,000 replicas are a few MB; the
+/// controller encodes up to 64 MiB).
+const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
+
+/// A Control client that accepts list answers of any size a controller sends.
+pub async fn client(address: &str) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(drover_tests::cluster::connect(address)
+        .await?
+        .max_decoding_message_size(MAX_LIST_BYTES))
+}
+
+/// The worker Deployment: `replicas` copies of [`WORKER_SCRIPT`] with small
+/// requests, killed at once on delete (a shell as PID 1 ignores SIGTERM, so
+/// any grace period would only be waited out).
+pub fn worker_manifest(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels:
+    app: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: worker
+        image: {IMAGE}
+        command: ["sh", "-c", "{WORKER_SCRIPT}"]
+        resources:
+          requests:
+            cpu: 10m
+            memory: 8Mi
+"#
+    )
+}
+
+/// Apply [`worker_manifest`] through the API, as droverctl would.
+pub async fn apply_worker(
+    client: &mut ControlClient<Channel>,
+    name: &str,
+    replicas: u32,
+) -> anyhow::Result<()> {
+    client
+        .apply(pb::ApplyRequest {
+            files: vec![pb::ManifestFile {
+                name: format!("{name}.yaml"),
+                content: worker_manifest(name, replicas),
+            }],
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| format!("applying deployment {name}"))?;
+    Ok(())
+}
+
+/// Replicas of one deployment (or all, for `""`), stale or linearizable.
+pub async fn list_replicas(
+    client: &mut ControlClient<Channel>,
+    deployment: &str,
+    stale: bool,
+) -> Result<Vec<pb::Replica>, String> {
+    client
+        .list_replicas(pb::ListReplicasRequest {
+            namespace: "default".into(),
+            deployment: deployment.into(),
+            read: Some(pb::ReadOptions { stale }),
+        })
+        .await
+        .map(|r| r.into_inner().replicas)
+        .map_err(|s| format!("listing replicas: {}", s.message()))
+}
+
+/// Nodes whose condition is Ready, out of all registered.
+pub async fn ready_nodes(
+    client: &mut ControlClient<Channel>,
+    stale: bool,
+) -> Result<(usize, usize), String> {
+    let nodes = client
+        .list_nodes(pb::ListNodesRequest {
+            read: Some(pb::ReadOptions { stale }),
+        })
+        .await
+        .map_err(|s| format!("listing nodes: {}", s.message()))?
+        .into_inner()
+        .nodes;
+    let ready = nodes.iter().filter(|n| n.condition == "Ready").count();
+    Ok((ready, nodes.len()))
+}
+
+/// How far a set of replicas has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: usize,
+    /// Bound to a node.
+    pub scheduled: usize,
+    /// Reported Running by their agent.
+    pub running: usize,
+}
+
+impl Progress {
+    pub fn of(replicas: &[pb::Replica]) -> Progress {
+        Progress {
+            total: replicas.len(),
+            scheduled: replicas.iter().filter(|r| !r.node.is_empty()).count(),
+            running: replicas
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.state() == pb::ReplicaState::Running)
+                })
+                .count(),
+        }
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} replicas, {} scheduled, {} running",
+            self.total, self.scheduled, self.running
+        )
+    }
+}

@@ -1,0 +1,457 @@
+//! Placement throughput: many simulated agents, many replicas, three
+//! controllers; how fast does every replica reach Running?
+//!
+//! ```text
+//!   controllers ×3 (release processes, raft, sled fsync on)
+//!        ▲ sessions: Hello, heartbeats, status      ▲ Apply ×D        ▲ ListReplicas
+//!        │           ◀── AssignmentSet              │ (N clients      │ every --sample-ms
+//!   ┌────┴──────────── bench process ───────────────┴─ in flight) ────┴──────────┐
+//!   │ sim-0001 … sim-N: drover_agent::run_with(SimRuntime), one listener and     │
+//!   │ data dir each; a sim replica "runs" the instant it is started              │
+//!   └────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The clock starts when the first apply is sent and stops at the first
+//! progress sample (a stale read from a follower) showing every replica
+//! Running, confirmed by a linearizable read at the leader. Samples are
+//! 250 ms apart by default, so the times are upper bounds at that resolution.
+//! A warm-up replica goes through the whole path first, so the clock never
+//! includes the first moments of a new leader.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use drover_agent::runtime::SimRuntime;
+use drover_agent::Settings;
+use drover_proto::pb;
+use drover_proto::pb::control_client::ControlClient;
+use drover_tests::Cluster;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Channel;
+
+use super::measure::{cores, cpu_time, memory_of, own_cpu_time, poll_until, secs, Memory, Poll};
+use super::{apply_worker, client, list_replicas, ready_nodes, Progress};
+
+/// The throughput the issue asks for.
+const TARGET_PER_SEC: f64 = 10_000.0;
+/// How often a progress line goes to stderr while waiting.
+const SAY_EVERY: Duration = Duration::from_secs(5);
+/// The deployment that goes through the pipeline before the clock starts.
+const WARM_UP: &str = "warm-up";
+/// Attempts per apply before the benchmark gives up.
+const APPLY_ATTEMPTS: u32 = 5;
+
+pub struct Config {
+    pub agents: usize,
+    pub deployments: usize,
+    pub replicas: u32,
+    /// Applies in flight at once.
+    pub clients: usize,
+    /// For registration, and again for placement.
+    pub timeout: Duration,
+    /// How often progress is sampled.
+    pub sample: Duration,
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let total = cfg.deployments * cfg.replicas as usize;
+    println!(
+        "drover placement benchmark: 3 controllers, {} sim agents in the bench process, \
+         {} deployments × {} replicas = {total}, progress sampled every {} ms, {} cores",
+        cfg.agents,
+        cfg.deployments,
+        cfg.replicas,
+        cfg.sample.as_millis(),
+        cores()
+    );
+    let c = Cluster::start(3).await?;
+    let started = Instant::now();
+    let fleet = SimFleet::start(&c, cfg.agents)?;
+    let result = measure(&c, &fleet, started, &cfg, total).await;
+    print_memory(&c, cfg.agents).await;
+    let failed = fleet.stop().await;
+    if !failed.is_empty() {
+        eprintln!(
+            "{} sim agents stopped with an error; first: {}",
+            failed.len(),
+            failed[0]
+        );
+    }
+    result
+}
+
+async fn measure(
+    c: &Cluster,
+    fleet: &SimFleet,
+    started: Instant,
+    cfg: &Config,
+    total: usize,
+) -> anyhow::Result<()> {
+    let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+    let follower = (leader + 1) % c.controllers.len();
+    // Progress is read from a follower (stale), keeping the leader's CPU
+    // for the work being measured.
+    let watcher = client(&c.controllers[follower].address).await?;
+
+    // Registration: every agent has a session and its node is Ready.
+    let want = cfg.agents;
+    poll_until("every sim agent Ready", cfg.sample, cfg.timeout, || {
+        let (mut watcher, failures) = (watcher.clone(), fleet.failures());
+        async move {
+            if let Some(first) = failures.first() {
+                return Err(format!("{} agents failed; first: {first}", failures.len()));
+            }
+            match ready_nodes(&mut watcher, true).await? {
+                (ready, _) if ready == want => Ok(()),
+                (ready, all) => Err(format!("{ready} of {want} Ready ({all} registered)")),
+            }
+        }
+    })
+    .await?;
+    println!(
+        "{} sim agents registered and Ready: {}",
+        cfg.agents,
+        secs(started.elapsed())
+    );
+
+    let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+    let leader_address = c.controllers[leader].address.clone();
+    let mut confirm = client(&leader_address).await?;
+    warm_up(&mut confirm, cfg).await?;
+
+    // Placement: apply everything while sampling progress.
+    let cpu_before = CpuUse::now(c);
+    let t0 = Instant::now();
+    let applies = tokio::spawn(apply_all(
+        leader_address,
+        cfg.deployments,
+        cfg.replicas,
+        cfg.clients,
+    ));
+    let mut watcher = watcher;
+    let mut poll = Poll::new(cfg.sample, cfg.timeout);
+    let mut seen = Progress::default();
+    let mut scheduled_at = None;
+    let mut running_at = None;
+    let mut said = Instant::now();
+    while poll.next().await {
+        match list_replicas(&mut watcher, "", true).await {
+            Ok(replicas) => seen = Progress::of(&replicas),
+            Err(e) => eprintln!("  {:>8}: {e}", secs(t0.elapsed())),
+        }
+        let at = t0.elapsed();
+        if seen.total == total && seen.scheduled == total && scheduled_at.is_none() {
+            scheduled_at = Some(at);
+        }
+        if seen.total == total && seen.running == total {
+            let confirmed = list_replicas(&mut confirm, "", false)
+                .await
+                .map(|r| Progress::of(&r));
+            if confirmed.is_ok_and(|p| p.total == total && p.running == total) {
+                running_at = Some((at, CpuUse::now(c)));
+                break;
+            }
+        }
+        if said.elapsed() >= SAY_EVERY {
+            eprintln!("  {:>8}: {seen}", secs(at));
+            said = Instant::now();
+        }
+    }
+    let applied = applies
+        .await
+        .map_err(|e| anyhow!("the apply task failed: {e}"))??;
+    println!(
+        "{} deployments applied, {} in flight: {} ({:.0} applies/s)",
+        cfg.deployments,
+        cfg.clients,
+        secs(applied),
+        cfg.deployments as f64 / applied.as_secs_f64()
+    );
+    match scheduled_at {
+        Some(at) => println!(
+            "time to all {total} replicas scheduled (bound to a node): {}",
+            secs(at)
+        ),
+        None => println!(
+            "not every replica was scheduled within {:?}: {seen}",
+            cfg.timeout
+        ),
+    }
+    let Some((at, cpu_after)) = running_at else {
+        println!(
+            "not every replica was Running within {:?}: {seen}",
+            cfg.timeout
+        );
+        if let Ok(replicas) = list_replicas(&mut confirm, "", false).await {
+            eprintln!("{}", describe_stuck(&replicas));
+        }
+        anyhow::bail!("placement did not complete");
+    };
+    let rate = total as f64 / at.as_secs_f64();
+    println!(
+        "time to all {total} replicas Running (apply → agents' status committed): {} → {rate:.0} placements/s \
+         (target ≥ {TARGET_PER_SEC:.0}/s: {})",
+        secs(at),
+        if rate >= TARGET_PER_SEC { "met" } else { "missed" }
+    );
+    println!(
+        "CPU used from apply to all Running ({} cores × {} = {:.2} core-s available): {}",
+        cores(),
+        secs(at),
+        cores() as f64 * at.as_secs_f64(),
+        cpu_after.since(&cpu_before, leader)
+    );
+    Ok(())
+}
+
+/// CPU time used so far by each controller and by this process.
+struct CpuUse {
+    /// (controller id, CPU time).
+    controllers: Vec<(u64, Option<Duration>)>,
+    bench: Option<Duration>,
+}
+
+impl CpuUse {
+    fn now(c: &Cluster) -> CpuUse {
+        CpuUse {
+            controllers: c
+                .controllers
+                .iter()
+                .map(|ctl| (ctl.id, ctl.pid().and_then(cpu_time)))
+                .collect(),
+            bench: own_cpu_time(),
+        }
+    }
+
+    /// "controller 2 (leader) 2.10 s, controller 1 0.80 s, …, bench process 1.20 s"
+    fn since(&self, before: &CpuUse, leader: usize) -> String {
+        let used = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => secs(a.saturating_sub(b)),
+            _ => "?".to_string(),
+        };
+        let mut parts: Vec<String> = self
+            .controllers
+            .iter()
+            .zip(&before.controllers)
+            .enumerate()
+            .map(|(i, ((id, a), (_, b)))| {
+                let role = if i == leader { " (leader)" } else { "" };
+                format!("controller {id}{role} {}", used(*a, *b))
+            })
+            .collect();
+        parts.push(format!(
+            "bench process (agents + polling) {}",
+            used(self.bench, before.bench)
+        ));
+        parts.join(", ")
+    }
+}
+
+/// The replicas that are not Running, grouped by what they report, with a
+/// few names each: where to start looking when placement stalls.
+fn describe_stuck(replicas: &[pb::Replica]) -> String {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in replicas {
+        let status = r.status.clone().unwrap_or_default();
+        if status.state() == pb::ReplicaState::Running {
+            continue;
+        }
+        let key = if r.node.is_empty() {
+            format!("unscheduled ({})", r.pending_reason)
+        } else {
+            format!("{:?} {} {}", status.state(), status.reason, status.message)
+        };
+        groups
+            .entry(key)
+            .or_default()
+            .push(format!("{}@{}", r.name, r.node));
+    }
+    let mut text = String::from("replicas not Running, by reported state:");
+    for (key, names) in &groups {
+        let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+        text.push_str(&format!(
+            "\n  {:>6} × {}  e.g. {}",
+            names.len(),
+            key.trim(),
+            shown.join(", ")
+        ));
+    }
+    text
+}
+
+/// One replica through the whole path (orchestrator, scheduler, dispatcher,
+/// agent, status) and deleted again, so the clock starts with the leader's
+/// control loops running rather than with whatever follows an election.
+async fn warm_up(api: &mut ControlClient<Channel>, cfg: &Config) -> anyhow::Result<()> {
+    let (every, timeout) = (cfg.sample, cfg.timeout);
+    apply_worker(api, WARM_UP, 1).await?;
+    poll_until("the warm-up replica Running", every, timeout, || {
+        let mut api = api.clone();
+        async move {
+            match Progress::of(&list_replicas(&mut api, WARM_UP, false).await?) {
+                p if p.total == 1 && p.running == 1 => Ok(()),
+                p => Err(p.to_string()),
+            }
+        }
+    })
+    .await?;
+    api.delete_deployments(pb::DeleteDeploymentsRequest {
+        deployments: vec![pb::DeploymentRef {
+            namespace: "default".into(),
+            name: WARM_UP.into(),
+        }],
+        ignore_not_found: false,
+    })
+    .await
+    .map_err(|s| anyhow!("deleting the warm-up deployment: {}", s.message()))?;
+    poll_until("the warm-up replica gone", every, timeout, || {
+        let mut api = api.clone();
+        async move {
+            match list_replicas(&mut api, WARM_UP, false).await?.len() {
+                0 => Ok(()),
+                n => Err(format!("{n} left")),
+            }
+        }
+    })
+    .await
+}
+
+/// Apply `deployments` worker deployments with `clients` applies in flight,
+/// all to `address`; returns how long until the last was acknowledged.
+async fn apply_all(
+    address: String,
+    deployments: usize,
+    replicas: u32,
+    clients: usize,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients.max(1) {
+        let (next, address) = (next.clone(), address.clone());
+        tasks.spawn(async move {
+            let mut api = client(&address).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= deployments {
+                    return anyhow::Ok(());
+                }
+                let name = format!("place-{i:04}");
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match apply_worker(&mut api, &name, replicas).await {
+                        Ok(()) => break,
+                        Err(e) if attempt >= APPLY_ATTEMPTS => return Err(e),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| anyhow!("an apply client failed: {e}"))??;
+    }
+    Ok(t.elapsed())
+}
+
+async fn print_memory(c: &Cluster, agents: usize) {
+    let leader = c.wait_for_leader(Duration::from_secs(10)).await.ok();
+    for (i, ctl) in c.controllers.iter().enumerate() {
+        let role = if Some(i) == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        println!(
+            "controller {} ({role}) memory at the end: {}",
+            ctl.id,
+            memory_of(ctl.pid())
+        );
+    }
+    if let Some(m) = Memory::of_self() {
+        println!("bench process ({agents} sim agents, their sessions and listeners) memory: {m}");
+    }
+}
+
+/// `n` agents inside this process, each with the sim runtime, its own
+/// session to the controllers, its own Agent service listener on
+/// 127.0.0.1:0 and its own data dir under the cluster's temp dir.
+struct SimFleet {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl SimFleet {
+    fn start(c: &Cluster, n: usize) -> anyhow::Result<SimFleet> {
+        let stop = CancellationToken::new();
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = JoinSet::new();
+        let controllers = c.addresses();
+        // Room for everything: a bench about the control plane, not about fit.
+        let capacity = drover_agent::config::capacity(Some("64"), Some("256Gi"))?;
+        for i in 1..=n {
+            let node = format!("sim-{i:04}");
+            let data_dir = c.dir.path().join("sim-agents").join(&node);
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let incoming = TcpIncoming::bind(([127, 0, 0, 1], 0).into())
+                .with_context(|| format!("binding the Agent service of {node}"))?
+                .with_nodelay(Some(true));
+            let bound = incoming.local_addr()?;
+            let settings = Settings {
+                node: node.clone(),
+                controllers: controllers.clone(),
+                labels: BTreeMap::new(),
+                capacity,
+                data_dir,
+                advertise: bound.to_string(),
+                heartbeat: Duration::from_millis(500),
+            };
+            let (stop, failures) = (stop.child_token(), failures.clone());
+            tasks.spawn(async move {
+                let runtime = Arc::new(SimRuntime::new());
+                if let Err(e) = drover_agent::run_with(runtime, settings, incoming, stop).await {
+                    let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    f.push(format!("{node}: {e}"));
+                }
+            });
+        }
+        Ok(SimFleet {
+            stop,
+            tasks,
+            failures,
+        })
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stop every agent (their sim replicas vanish with them); returns the
+    /// errors agents stopped with.
+    async fn stop(mut self) -> Vec<String> {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            eprintln!(
+                "{} sim agents did not stop within 30s; aborting them",
+                self.tasks.len()
+            );
+            self.tasks.abort_all();
+        }
+        self.failures()
+    }
+}

@@ -1,0 +1,146 @@
+//! The replicated store alone: three controllers on 127.0.0.1/.2/.3 with
+//! fsync on (sled flush before raft's persisted messages), measuring apply
+//! commit latency with one client, throughput with many concurrent clients,
+//! and leader failover (SIGKILL the leader → first acknowledged write) over
+//! repeated kills.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use drover_tests::cluster::{apply_noted, connect};
+use drover_tests::Cluster;
+
+use super::measure::{cores, ms, percentile};
+
+pub async fn run(
+    latency_ops: usize,
+    clients: usize,
+    seconds: u64,
+    kills: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "drover store benchmark: 3 controllers on loopback, sled fsync on, {} cores",
+        cores()
+    );
+    let mut c = Cluster::start(3).await?;
+    let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+
+    // 1. Latency: one client, sequential applies to the leader, each a change.
+    let mut client = c.client(leader).await?;
+    for i in 0..20 {
+        apply_noted(&mut client, "warmup", 0, &(i % 3 + 1).to_string()).await?;
+    }
+    let mut samples = Vec::with_capacity(latency_ops);
+    for i in 0..latency_ops {
+        let t = Instant::now();
+        apply_noted(&mut client, "latency", 0, &i.to_string())
+            .await
+            .context("latency apply")?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "apply commit latency, 1 client, {latency_ops} applies via the leader: p50 {}  p99 {}  max {}",
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.99)),
+        ms(percentile(&samples, 1.0))
+    );
+    let follower = (leader + 1) % 3;
+    let mut fclient = c.client(follower).await?;
+    let mut fsamples = Vec::with_capacity(latency_ops / 4);
+    for i in 0..latency_ops / 4 {
+        let t = Instant::now();
+        apply_noted(&mut fclient, "latency-f", 0, &i.to_string())
+            .await
+            .context("latency apply")?;
+        fsamples.push(t.elapsed());
+    }
+    fsamples.sort();
+    println!(
+        "apply commit latency, 1 client, {} applies via a follower (forwarded): p50 {}  p99 {}",
+        latency_ops / 4,
+        ms(percentile(&fsamples, 0.50)),
+        ms(percentile(&fsamples, 0.99))
+    );
+
+    // 2. Throughput: `clients` concurrent clients, each its own connection.
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let address = c.controllers[leader].address.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..clients {
+        let (done, failed, address) = (done.clone(), failed.clone(), address.clone());
+        tasks.spawn(async move {
+            let Ok(mut client) = connect(&address).await else {
+                return;
+            };
+            let mut i = 0u32;
+            while Instant::now() < stop_at {
+                i += 1;
+                match apply_noted(
+                    &mut client,
+                    &format!("load-{n}"),
+                    0,
+                    &(i % 50 + 1).to_string(),
+                )
+                .await
+                {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+    let t = Instant::now();
+    while tasks.join_next().await.is_some() {}
+    let elapsed = t.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "throughput, {clients} concurrent clients for {seconds}s: {:.0} applies/s ({n} acknowledged, {} failed)",
+        n as f64 / elapsed,
+        failed.load(Ordering::Relaxed)
+    );
+
+    // 3. Failover: SIGKILL the leader, time until a write is acknowledged.
+    let mut detect = Vec::new();
+    for round in 0..kills {
+        c.wait_converged(Duration::from_secs(60)).await?;
+        let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+        let survivor = (leader + 1) % 3;
+        let mut client = c.client(survivor).await?;
+        apply_noted(&mut client, "failover", 0, "start").await?;
+        let t = Instant::now();
+        c.kill(leader);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match apply_noted(&mut client, "failover", 0, &(attempt % 50 + 2).to_string()).await {
+                Ok(_) => break,
+                Err(e) if t.elapsed() > Duration::from_secs(30) => {
+                    anyhow::bail!("no write within 30s of the kill: {e}")
+                }
+                Err(_) => {}
+            }
+        }
+        let took = t.elapsed();
+        detect.push(took);
+        println!(
+            "  kill {:>2}: leader {} killed → first acknowledged write after {}",
+            round + 1,
+            leader + 1,
+            ms(took)
+        );
+        c.restart(leader)?;
+    }
+    detect.sort();
+    println!(
+        "leader failover (SIGKILL → first acknowledged write), {kills} kills: median {}  p99 {}  max {}",
+        ms(percentile(&detect, 0.50)),
+        ms(percentile(&detect, 0.99)),
+        ms(percentile(&detect, 1.0))
+    );
+    Ok(())
+}
