@@ -22,7 +22,7 @@
 //! keep running. A session that delivered at least one set resets the
 //! reconnect delay, so a leader change costs one short pause.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -302,6 +302,8 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut productive = false;
     let mut last_version = 0u64;
+    // Replicas in the last assignment set, to spot ones newly given to us.
+    let mut assigned: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
@@ -341,6 +343,24 @@ async fn session(
                     last_version = set.version;
                     productive = true;
                     debug!(version = set.version, replicas = set.assignments.len(), "assignment set");
+                    // A replica newly assigned here may already run here (it
+                    // was moved away while this node looked dead, and back):
+                    // the controller reset its status, and an unchanged status
+                    // is otherwise never resent. Report it now.
+                    let now_assigned: BTreeSet<String> = set.assignments.iter().map(|a| a.replica.clone()).collect();
+                    let fresh: Vec<pb::ReplicaStatus> = now_assigned
+                        .difference(&assigned)
+                        .filter_map(|id| last_sent.get(id).cloned())
+                        .collect();
+                    assigned = now_assigned;
+                    if !fresh.is_empty() {
+                        let msg = pb::AgentMessage {
+                            kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: fresh })),
+                        };
+                        if !send(&tx, msg).await {
+                            return Ended::Lost { reason: "the controller stopped reading".into(), productive };
+                        }
+                    }
                     if supervisor.assign(set.assignments).await.is_err() {
                         return Ended::Shutdown;
                     }

@@ -33,7 +33,10 @@ fn deployment_status(d: &StoredDeployment, replicas: &[ReplicaRecord]) -> pb::De
         .collect();
     let ready = mine
         .iter()
-        .filter(|r| r.observed.ready && r.observed.phase == ReplicaPhase::Running)
+        .filter(|r| {
+            r.current_status()
+                .is_some_and(|o| o.ready && o.phase == ReplicaPhase::Running)
+        })
         .count() as u32;
     pb::DeploymentStatus {
         replicas: mine.len() as u32,

@@ -35,13 +35,16 @@ pub fn observed_from_pb(s: &pb::ReplicaStatus) -> Option<(ObjectRef, ReplicaObse
             finished_unix_ms: s.finished_unix_ms,
             next_restart_unix_ms: s.next_restart_unix_ms,
             reported_unix_ms: 0,
+            node: String::new(),
         },
     ))
 }
 
-/// A stored replica's last report, in wire form.
+/// A stored replica's last report from its current node, in wire form
+/// (Pending when its node has not reported yet).
 pub fn observed_to_pb(r: &ReplicaRecord) -> pb::ReplicaStatus {
-    let o = &r.observed;
+    let none = ReplicaObserved::default();
+    let o = r.current_status().unwrap_or(&none);
     let state = match o.phase {
         ReplicaPhase::Pending => ReplicaState::Pending,
         ReplicaPhase::Running => ReplicaState::Running,

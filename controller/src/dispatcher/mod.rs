@@ -302,20 +302,22 @@ async fn batch_statuses(
             _ = shutdown.cancelled() => return,
             r = rx.recv() => match r { Some(r) => r, None => return },
         };
-        let mut batch: HashMap<ObjectRef, (String, ReplicaObserved)> = HashMap::new();
-        batch.insert(first.1, (first.0, first.2));
+        // Keyed by node and replica: while a replica moves, its old node's last
+        // word must not replace its new node's (the store ignores the old one).
+        let mut batch: HashMap<(String, ObjectRef), ReplicaObserved> = HashMap::new();
+        batch.insert((first.0, first.1), first.2);
         let deadline = tokio::time::Instant::now() + STATUS_BATCH;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 r = rx.recv() => match r {
-                    Some((node, target, observed)) => { batch.insert(target, (node, observed)); }
+                    Some((node, target, observed)) => { batch.insert((node, target), observed); }
                     None => break,
                 },
             }
         }
-        let mut reports: Vec<Report> = batch.into_iter().map(|(t, (n, o))| (n, t, o)).collect();
-        reports.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut reports: Vec<Report> = batch.into_iter().map(|((n, t), o)| (n, t, o)).collect();
+        reports.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         let n = reports.len();
         let write = Write::Command(Command::ReportStatus {
             reports,

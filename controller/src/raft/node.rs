@@ -67,7 +67,9 @@ impl NodeConfig {
             snapshot_interval: 10_000,
             trailing_entries: 1_000,
             write_timeout: Duration::from_secs(8),
-            read_timeout: Duration::from_secs(1),
+            // Short: a read that raft dropped silently (no leader yet, or a
+            // new leader without a committed entry of its term) is retried soon.
+            read_timeout: Duration::from_millis(250),
         }
     }
 

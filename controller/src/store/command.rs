@@ -374,8 +374,9 @@ fn node_condition(
                 continue;
             };
             if r.node.as_deref() == Some(name) {
+                // The last report stays, tagged with its node: it counts again
+                // only if the replica is placed back there.
                 r.node = None;
-                r.observed = ReplicaObserved::default();
                 view.put(key, &r)?;
                 changed += 1;
             }
@@ -491,6 +492,7 @@ fn report_status(
         }
         let mut observed = observed.clone();
         observed.reported_unix_ms = now;
+        observed.node = node.clone();
         replica.observed = observed;
         view.put(key, &replica)?;
         changed += 1;

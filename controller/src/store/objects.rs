@@ -82,6 +82,11 @@ pub struct ReplicaObserved {
     pub next_restart_unix_ms: i64,
     /// When the agent's report was committed.
     pub reported_unix_ms: i64,
+    /// The node whose agent reported this. It counts only while the replica
+    /// is bound to that node: a replica moved elsewhere is Pending until its
+    /// new node reports, and one moved away and back is again what was said.
+    #[serde(default)]
+    pub node: String,
 }
 
 /// One copy of a deployment.
@@ -102,6 +107,11 @@ pub struct ReplicaRecord {
 }
 
 impl ReplicaRecord {
+    /// The last report, if it came from the node the replica is bound to now.
+    pub fn current_status(&self) -> Option<&ReplicaObserved> {
+        (self.node.as_deref() == Some(self.observed.node.as_str())).then_some(&self.observed)
+    }
+
     /// The id agents and Docker use: unique in the cluster, `<ns>.<name>`
     /// (namespaces are DNS labels, so the first dot separates the two).
     pub fn agent_id(&self) -> String {

@@ -349,3 +349,68 @@ fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
         "bound replicas stay"
     );
 }
+
+#[test]
+fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
+    let (_dir, store) = temp_store();
+    for (i, n) in ["n1", "n2"].iter().enumerate() {
+        let _ = store
+            .apply(2 + i as u64, 1, &node_registration(n))
+            .expect("apply");
+    }
+    let create = Command::Reconcile {
+        create: vec![replica("web-a-0", "web", 0)],
+        remove: vec![],
+    };
+    let _ = store.apply(4, 1, &create).expect("apply");
+    let place = |node: &str| Command::Schedule {
+        place: vec![(r("web-a-0"), node.into())],
+        unschedulable: vec![],
+    };
+    let _ = store.apply(5, 1, &place("n1")).expect("apply");
+    let running = ReplicaObserved {
+        phase: ReplicaPhase::Running,
+        ready: true,
+        ..Default::default()
+    };
+    let report = Command::ReportStatus {
+        reports: vec![("n1".into(), r("web-a-0"), running)],
+        now_unix_ms: 9,
+    };
+    let _ = store.apply(6, 1, &report).expect("apply");
+    let get = || store.replicas(None).expect("list").remove(0);
+    assert!(get()
+        .current_status()
+        .is_some_and(|o| o.phase == ReplicaPhase::Running));
+
+    let down = Command::NodeDown {
+        node: "n1".into(),
+        now_unix_ms: 10,
+    };
+    let _ = store.apply(7, 1, &down).expect("apply");
+    assert_eq!(get().node, None);
+    assert!(
+        get().current_status().is_none(),
+        "an unbound replica has no current status"
+    );
+    // Back onto n1 within the same breath: n1's report holds again, even if
+    // its agent never saw the replica leave and so never reports it anew.
+    let _ = store
+        .apply(
+            8,
+            1,
+            &Command::NodeUp {
+                node: "n1".into(),
+                now_unix_ms: 11,
+            },
+        )
+        .expect("apply");
+    let _ = store.apply(9, 1, &place("n1")).expect("apply");
+    assert!(get()
+        .current_status()
+        .is_some_and(|o| o.phase == ReplicaPhase::Running));
+    // Moved to n2 instead: Pending until n2 reports.
+    let _ = store.apply(10, 1, &down).expect("apply");
+    let _ = store.apply(11, 1, &place("n2")).expect("apply");
+    assert!(get().current_status().is_none());
+}
