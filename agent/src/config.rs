@@ -84,6 +84,13 @@ pub struct AgentConfig {
     #[arg(long, default_value_t = 500)]
     pub heartbeat_ms: u64,
 
+    /// Stop this node's replicas after this long without any controller
+    /// (e.g. 30s, 2m): no duplicates during a partition, at the price of
+    /// downtime. Off by default: replicas keep running while the control plane
+    /// is unreachable.
+    #[arg(long, value_name = "DURATION", value_parser = crate::backoff::parse_duration)]
+    pub stop_after_disconnect: Option<Duration>,
+
     /// An image pull taking longer fails the start with ErrImagePull (seconds).
     #[arg(long, default_value_t = 120)]
     pub image_pull_timeout_secs: u64,
@@ -113,6 +120,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub advertise: String,
     pub heartbeat: Duration,
+    pub stop_after_disconnect: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -145,6 +153,7 @@ impl AgentConfig {
             data_dir: self.data_dir.clone(),
             advertise: self.advertise.clone().unwrap_or_else(|| listen.to_string()),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            stop_after_disconnect: self.stop_after_disconnect,
         })
     }
 }

@@ -102,6 +102,7 @@ pub async fn run_with<R: Runtime>(
         address: settings.advertise.clone(),
         runtime: runtime.kind().to_string(),
         heartbeat: settings.heartbeat,
+        stop_after_disconnect: settings.stop_after_disconnect,
         ..SessionConfig::new(settings.node.clone(), settings.controllers.clone())
     };
     info!(

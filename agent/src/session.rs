@@ -58,6 +58,8 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Fencing: stop every local replica after this long without a session.
+    pub stop_after_disconnect: Option<Duration>,
 }
 
 impl SessionConfig {
@@ -75,6 +77,7 @@ impl SessionConfig {
             connect_timeout: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            stop_after_disconnect: None,
         }
     }
 }
@@ -112,6 +115,10 @@ pub async fn run(
     // For telling a person, now and then, that no controller answers.
     let mut failures = 0u32;
     let mut last_warning: Option<tokio::time::Instant> = None;
+    // Since when no session has delivered assignments (start counts), and
+    // whether the replicas were stopped for it.
+    let mut last_contact = tokio::time::Instant::now();
+    let mut fenced = false;
     loop {
         let addr = match redirect.take() {
             Some(leader) => leader,
@@ -140,6 +147,8 @@ pub async fn run(
             Ended::Lost { reason, productive } => {
                 redirects_in_a_row = 0;
                 if productive {
+                    last_contact = tokio::time::Instant::now();
+                    fenced = false;
                     info!(controller = %addr, reason = %reason, "session ended; reconnecting");
                     delay = cfg.reconnect_min;
                     failures = 0;
@@ -157,6 +166,20 @@ pub async fn run(
                 grow(&mut delay, &cfg)
             }
         };
+        let mut wait = wait;
+        if let (Some(limit), false) = (cfg.stop_after_disconnect, fenced) {
+            let silent = last_contact.elapsed();
+            if silent >= limit {
+                warn!(without_controller = ?silent, "no controller for --stop-after-disconnect: stopping this node's replicas");
+                if supervisor.assign(Vec::new()).await.is_err() {
+                    return Ok(());
+                }
+                fenced = true;
+            } else {
+                // Wake up in time to fence.
+                wait = wait.min(limit - silent);
+            }
+        }
         if !wait.is_zero() {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

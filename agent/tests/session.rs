@@ -46,6 +46,7 @@ impl TestAgent {
             data_dir: dir.path().to_path_buf(),
             advertise: address.clone(),
             heartbeat: Duration::from_millis(100),
+            stop_after_disconnect: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(

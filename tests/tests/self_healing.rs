@@ -198,3 +198,48 @@ async fn a_crashing_replica_is_restarted_with_growing_backoff() {
         "{table}"
     );
 }
+
+/// `--stop-after-disconnect`: an agent that loses every controller stops its
+/// replicas after the given time; one without the flag keeps them running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_after_disconnect_fences_only_the_agents_that_ask_for_it() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    let fenced = c
+        .start_agent("fenced", "process", &["--stop-after-disconnect", "2s"])
+        .expect("agent");
+    let keeper = c.start_agent("keeper", "process", &[]).expect("agent");
+    let mut client = c.client(0).await.expect("client");
+    apply(&mut client, "worker", 2).await.expect("apply");
+    let p = c
+        .wait_for("2 running", T, || placement(&c, "worker", 2))
+        .await
+        .expect("running");
+    assert_eq!(p.len(), 2, "one replica per agent: {p:?}");
+    let dirs = [
+        c.agents[fenced].data_dir.clone(),
+        c.agents[keeper].data_dir.clone(),
+    ];
+    let processes = |i: usize| drover_tests::cluster::processes_under(&dirs[i]);
+    assert!(processes(fenced) > 0 && processes(keeper) > 0);
+
+    for i in 0..3 {
+        c.kill(i);
+    }
+    let lost = Instant::now();
+    c.wait_for("the fenced agent's replica stopped", T, || async {
+        match processes(fenced) {
+            0 => Ok(()),
+            n => Err(format!("{n} processes still run")),
+        }
+    })
+    .await
+    .expect("fencing");
+    assert!(
+        lost.elapsed() >= Duration::from_secs(2),
+        "fenced before the 2 s were up"
+    );
+    assert!(
+        processes(keeper) > 0,
+        "the agent without the flag keeps its replica running"
+    );
+}

@@ -413,6 +413,7 @@ impl SimFleet {
                 data_dir,
                 advertise: bound.to_string(),
                 heartbeat: Duration::from_millis(500),
+                stop_after_disconnect: None,
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {
