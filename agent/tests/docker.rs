@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use bollard::Docker;
-use common::{collect_logs, eventually};
+use common::{collect_logs, eventually, next_exit};
 use drover_agent::assignment::Assignment;
 use drover_agent::fixtures;
 use drover_agent::runtime::docker::DockerConfig;
-use drover_agent::runtime::{
-    labels, ContainerState, DockerRuntime, LogOptions, Runtime, RuntimeEvent,
-};
+use drover_agent::runtime::{labels, ContainerState, DockerRuntime, LogOptions, Runtime};
 use drover_agent::supervisor::{Supervisor, SupervisorConfig};
 use drover_agent::AgentError;
 use drover_proto::manifest::{ContainerPort, EnvVar, Protocol};
@@ -163,28 +161,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn next_exit(
-    events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
-    container_id: &str,
-) -> drover_agent::runtime::Exit {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(RuntimeEvent::Exited {
-                    container_id: id,
-                    exit,
-                    ..
-                }) if id == container_id => return exit,
-                Ok(_) => {}
-                Err(e) => panic!("event stream: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .expect("an exit event from Docker")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_docker_start_maps_the_spec_and_stop_remove_clean_up() {
     if !docker_or_skip("integration_docker_start_maps_the_spec_and_stop_remove_clean_up") {
@@ -285,7 +261,7 @@ async fn integration_docker_start_maps_the_spec_and_stop_remove_clean_up() {
         stopping.elapsed() >= Duration::from_millis(900),
         "grace honoured"
     );
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(30)).await;
     assert_eq!(exit.code, 137, "SIGKILL after the grace period");
     assert!(!exit.oom_killed);
     // Stopping again is fine.
@@ -479,7 +455,7 @@ async fn integration_docker_memory_limit_kill_is_reported_as_oom() {
     let mut a = shell(&t.replica("hog-0"), "x=a; while true; do x=\"$x$x\"; done");
     a.template.spec.containers[0].resources.limits.memory_bytes = Some(16 * 1024 * 1024);
     let o = rt.start(&a, 0).await.expect("start");
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(30)).await;
     assert!(exit.oom_killed, "{exit:?}");
     assert_eq!(exit.reason(), "OOMKilled");
     assert_eq!(exit.code, 137);

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{collect_logs, eventually, shell};
+use common::{collect_logs, eventually, next_exit, shell};
 use drover_agent::backoff::{ANNOTATION_INITIAL, ANNOTATION_MAX};
 use drover_agent::fixtures;
-use drover_agent::runtime::{ContainerState, LogOptions, ProcessRuntime, Runtime, RuntimeEvent};
+use drover_agent::runtime::{ContainerState, LogOptions, ProcessRuntime, Runtime};
 use drover_agent::supervisor::{Supervisor, SupervisorConfig};
 use drover_agent::AgentError;
 use drover_proto::pb::ReplicaState;
@@ -35,28 +35,6 @@ impl Drop for Cleanup<'_> {
             })
         });
     }
-}
-
-async fn next_exit(
-    events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
-    container_id: &str,
-) -> drover_agent::runtime::Exit {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(RuntimeEvent::Exited {
-                    container_id: id,
-                    exit,
-                    ..
-                }) if id == container_id => return exit,
-                Ok(_) => {}
-                Err(e) => panic!("event stream: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .expect("an exit event")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +81,7 @@ async fn start_logs_and_stop_with_sigterm() {
         started.elapsed() < Duration::from_secs(3),
         "SIGTERM should end sleep at once"
     );
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(10)).await;
     assert_eq!(exit.code, 128 + 15, "killed by SIGTERM");
     assert_eq!(exit.reason(), "Error");
     assert!(matches!(
@@ -149,7 +127,7 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
         "waited the grace period: {took:?}"
     );
     assert!(took < Duration::from_secs(5), "then killed: {took:?}");
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(10)).await;
     assert_eq!(exit.code, 128 + 9);
 }
 
@@ -163,13 +141,13 @@ async fn exits_are_reported_with_their_code() {
         .start(&shell("crasher-r-0", "echo bye; exit 3"), 0)
         .await
         .expect("start");
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(10)).await;
     assert_eq!(exit.code, 3);
     let o = rt
         .start(&shell("done-r-0", "true"), 0)
         .await
         .expect("start");
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(10)).await;
     assert_eq!((exit.code, exit.reason()), (0, "Completed"));
 }
 
@@ -282,7 +260,7 @@ async fn a_new_runtime_adopts_running_processes_with_the_same_ids() {
         .stop(&o.container_id, Duration::from_secs(5))
         .await
         .expect("stop adopted");
-    let exit = next_exit(&mut events, &o.container_id).await;
+    let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(10)).await;
     assert_eq!(exit.code, -1, "an adopted process's exit code is unknown");
 }
 

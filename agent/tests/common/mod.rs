@@ -48,3 +48,28 @@ pub async fn collect_logs(mut stream: drover_agent::runtime::LogStream) -> (Stri
 }
 
 pub mod fake;
+
+/// The next exit of `container_id` on the runtime's event stream, or panic
+/// after `limit`.
+pub async fn next_exit(
+    events: &mut tokio::sync::broadcast::Receiver<drover_agent::runtime::RuntimeEvent>,
+    container_id: &str,
+    limit: Duration,
+) -> drover_agent::runtime::Exit {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(drover_agent::runtime::RuntimeEvent::Exited {
+                    container_id: id,
+                    exit,
+                    ..
+                }) if id == container_id => return exit,
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .expect("an exit event from the runtime")
+}
