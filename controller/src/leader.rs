@@ -169,6 +169,7 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
         let write = Write::Command(Command::Reconcile {
             create: plan.create,
             remove: plan.remove,
+            now_unix_ms: now_unix_ms(),
         });
         cluster
             .write(write)
@@ -185,6 +186,7 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
         let write = Write::Command(Command::Schedule {
             place,
             unschedulable,
+            now_unix_ms: now_unix_ms(),
         });
         cluster
             .write(write)

@@ -274,6 +274,7 @@ async fn members_restart_from_their_sled_files() {
             name: "app-3".into(),
         }],
         ignore_not_found: false,
+        now_unix_ms: 0,
     });
     write_ok(c.handle(l), delete).await;
     let (_, hash) = c.converged(&[0, 1, 2]).await;

@@ -151,7 +151,7 @@ pub enum DryRun {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// TYPE [NAME...] or TYPE/NAME... (types: deployments|deploy, replicas|po, nodes|no)
+    /// TYPE [NAME...] or TYPE/NAME... (types: deployments|deploy, replicas|po, nodes|no, events|ev)
     #[arg(value_name = "TYPE[/NAME]")]
     pub resources: Vec<String>,
 
@@ -170,6 +170,14 @@ pub struct GetArgs {
     /// Answer from the contacted controller's local state, without a quorum round
     #[arg(long)]
     pub stale: bool,
+
+    /// After listing, keep printing new events as they happen (get events)
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+
+    /// Only the events about this object: TYPE/NAME, e.g. replica/web-1a2b3-0, node/n1 (get events)
+    #[arg(long = "for", value_name = "TYPE/NAME")]
+    pub for_object: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

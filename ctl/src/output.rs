@@ -5,6 +5,7 @@
 //! so each format is unit-tested exactly. Deployments are here; nodes and
 //! replicas have a module each.
 
+pub mod events;
 pub mod nodes;
 pub mod replicas;
 

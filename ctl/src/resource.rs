@@ -8,16 +8,16 @@ pub enum ResourceKind {
     Deployment,
     Replica,
     Node,
+    /// Only `get` lists events; they have no names of their own to act on.
+    Event,
 }
 
-/// Types drover will have but droverctl cannot handle yet.
-const COMING: [(&str, &[&str]); 1] = [("events", &["event", "ev"])];
-
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 3] = [
+    pub const ALL: [ResourceKind; 4] = [
         ResourceKind::Deployment,
         ResourceKind::Replica,
         ResourceKind::Node,
+        ResourceKind::Event,
     ];
 
     /// `deployments`, `Deployment`, `deploy`, `deployments.apps`, ...
@@ -27,19 +27,13 @@ impl ResourceKind {
             // Only deployments have an API group (`deployments.apps`).
             let bare = match kind {
                 ResourceKind::Deployment => lower.strip_suffix(".apps").unwrap_or(&lower),
-                ResourceKind::Replica | ResourceKind::Node => &lower,
+                ResourceKind::Replica | ResourceKind::Node | ResourceKind::Event => &lower,
             };
             if kind.plural() == bare || kind.aliases().contains(&bare) {
                 return Ok(kind);
             }
         }
-        let bare = lower.strip_suffix(".apps").unwrap_or(&lower);
-        let coming = COMING
-            .iter()
-            .any(|(plural, aliases)| *plural == bare || aliases.contains(&bare));
-        if coming {
-            Err(ResourceError::NotYet(word.to_string()))
-        } else if word.is_empty() {
+        if word.is_empty() {
             Err(ResourceError::Missing)
         } else {
             Err(ResourceError::Unknown(word.to_string()))
@@ -51,6 +45,7 @@ impl ResourceKind {
             ResourceKind::Deployment => "deployments",
             ResourceKind::Replica => "replicas",
             ResourceKind::Node => "nodes",
+            ResourceKind::Event => "events",
         }
     }
 
@@ -59,6 +54,7 @@ impl ResourceKind {
             ResourceKind::Deployment => "deployment",
             ResourceKind::Replica => "replica",
             ResourceKind::Node => "node",
+            ResourceKind::Event => "event",
         }
     }
 
@@ -67,6 +63,7 @@ impl ResourceKind {
             ResourceKind::Deployment => &["deployment", "deploy"],
             ResourceKind::Replica => &["replica", "po", "pod", "pods"],
             ResourceKind::Node => &["node", "no"],
+            ResourceKind::Event => &["event", "ev"],
         }
     }
 
@@ -77,13 +74,14 @@ impl ResourceKind {
             ResourceKind::Deployment => "deployment.apps",
             ResourceKind::Replica => "replica",
             ResourceKind::Node => "node",
+            ResourceKind::Event => "event",
         }
     }
 
     /// False for nodes, which belong to no namespace.
     pub fn namespaced(self) -> bool {
         match self {
-            ResourceKind::Deployment | ResourceKind::Replica => true,
+            ResourceKind::Deployment | ResourceKind::Replica | ResourceKind::Event => true,
             ResourceKind::Node => false,
         }
     }
@@ -117,8 +115,6 @@ pub enum ResourceError {
     Missing,
     #[error("unknown resource type {0:?}; supported types: {types}", types = supported_types())]
     Unknown(String),
-    #[error("droverctl does not handle {0:?} yet; supported types: {types}", types = supported_types())]
-    NotYet(String),
     #[error("a resource name may not be empty (in {0:?})")]
     EmptyName(String),
     #[error("there is no need to give a resource type as a separate argument when passing arguments in TYPE/NAME form (e.g. droverctl get deployment/web)")]
@@ -223,12 +219,8 @@ mod tests {
     #[test]
     fn unsupported_types_say_what_is_supported() {
         const TYPES: &str = "deployments (aliases: deployment, deploy); \
-            replicas (aliases: replica, po, pod, pods); nodes (aliases: node, no)";
-        let e = ResourceKind::parse("events").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("droverctl does not handle \"events\" yet; supported types: {TYPES}")
-        );
+            replicas (aliases: replica, po, pod, pods); nodes (aliases: node, no); \
+            events (aliases: event, ev)";
         let e = ResourceKind::parse("services").unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -275,8 +267,8 @@ mod tests {
             Err(ResourceError::EmptyName(_))
         ));
         assert!(matches!(
-            Selection::parse(&args(&["events/web"])),
-            Err(ResourceError::NotYet(_))
+            Selection::parse(&args(&["services/web"])),
+            Err(ResourceError::Unknown(_))
         ));
         let e = Selection::parse(&args(&["deploy/web", "no/n1"])).unwrap_err();
         assert_eq!(

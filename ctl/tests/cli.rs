@@ -342,7 +342,28 @@ impl Control for FakeController {
             id: self.id,
         }))
     }
+    async fn list_events(
+        &self,
+        _: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        self.gate()?;
+        Ok(Response::new(pb::ListEventsResponse::default()))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        Err(Status::unimplemented(
+            "this test server keeps no events; the end-to-end suites watch real ones",
+        ))
+    }
 }
+
+type EventStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 /// Serve `fake` on a free loopback port from a thread of its own.
 fn serve(fake: FakeController) -> SocketAddr {
@@ -853,13 +874,19 @@ fn oversized_and_missing_files_are_refused_before_reading() {
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     let home = tempfile::tempdir().unwrap();
-    let r = droverctl(home.path(), &["get", "events"], None);
+    let r = droverctl(home.path(), &["get", "services"], None);
     assert_eq!(r.code, 1);
     assert!(
         r.stderr
-            .starts_with("error: droverctl does not handle \"events\" yet"),
+            .starts_with("error: unknown resource type \"services\""),
         "{}",
         r.stderr
+    );
+    let r = droverctl(home.path(), &["get", "replicas", "-w"], None);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "error: --watch is supported for events only (droverctl get events -w)\n"
     );
     let r = droverctl(home.path(), &["frobnicate"], None);
     assert_eq!(r.code, 1);
@@ -1209,7 +1236,8 @@ fn describe_a_pending_replica_and_a_node() {
              \x20 NAMESPACE  NAME         STATUS        READY  RESTARTS     AGE\n\
              \x20 ---------  ----         ------        -----  --------     ---\n\
              \x20 default    web-7f9c2-0  Running       1/1    2 (20m ago)  20m\n\
-             \x20 prod       api-1a2b3-0  ErrImagePull  0/1    0            20m\n"
+             \x20 prod       api-1a2b3-0  ErrImagePull  0/1    0            20m\n\
+             Events:  <none>\n"
         ),
         "{}",
         r.stdout

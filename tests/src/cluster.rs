@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -578,15 +579,60 @@ impl Ctl {
         self.run_with_stdin(args, None)
     }
 
-    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    /// The droverctl command line for `args`, as a user would type it.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("droverctl"));
         cmd.arg("--server")
             .arg(&self.server)
             .args(args)
             .env("HOME", &self.home)
             .env("DROVERCONFIG", self.home.join("droverctl-config.yaml"))
-            .env_remove("DROVER_SERVER")
+            .env_remove("DROVER_SERVER");
+        cmd
+    }
+
+    /// Start a long-running droverctl (`get events -w`, `logs -f`) whose
+    /// output is collected as it comes; it is killed when dropped.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = self
+            .command(args)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("droverctl starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let streams: [Option<Box<dyn Read + Send>>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let output = Arc::clone(&output);
+            readers.push(std::thread::spawn(move || {
+                let mut lines = std::io::BufReader::new(stream);
+                let mut line = String::new();
+                while matches!(std::io::BufRead::read_line(&mut lines, &mut line), Ok(n) if n > 0) {
+                    output
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_str(&line);
+                    line.clear();
+                }
+            }));
+        }
+        Running { child, output }
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -598,6 +644,33 @@ impl Ctl {
             let _ = input.write_all(data);
         }
         child.wait_with_output().expect("droverctl runs")
+    }
+}
+
+/// A droverctl still running, and what it printed so far (stdout and stderr).
+pub struct Running {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Running {
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether it exited already, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

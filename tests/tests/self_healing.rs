@@ -52,6 +52,19 @@ async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
         .await
         .expect("6 running");
 
+    // A user following events sees the failure as it happens.
+    let watch = c.ctl().spawn(&["get", "events", "-w"]);
+    c.wait_for("the watch lists past events", T, || async {
+        let out = watch.output();
+        if out.contains("RegisteredNode") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await
+    .expect("watch started");
+
     let killed = Instant::now();
     let processes = c.kill_agent_host(0);
     assert!(
@@ -77,6 +90,47 @@ async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
             .any(|l| l.starts_with("n1 ") && l.contains("NotReady")),
         "{out}"
     );
+    c.wait_for("the watch shows n1 lost", T, || async {
+        let out = watch.output();
+        let seen = out
+            .lines()
+            .any(|l| l.contains("Warning") && l.contains("NodeNotReady") && l.contains("node/n1"))
+            && out.contains("NodeLost");
+        if seen {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await
+    .expect("NodeNotReady watched");
+    // The same history for one moved replica, in get events and describe.
+    let moved_name = ok(&c.ctl().run(&["get", "events", "-o", "json"]));
+    let events: serde_json::Value = serde_json::from_str(&moved_name).expect("json");
+    let lost = events["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|e| e["reason"] == "NodeLost"))
+        .and_then(|e| e["involvedObject"]["name"].as_str())
+        .expect("a NodeLost event names its replica")
+        .to_string();
+    let mine = ok(&c
+        .ctl()
+        .run(&["get", "events", "--for", &format!("replica/{lost}")]));
+    let reasons: Vec<&str> = mine
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let lost_at = reasons
+        .iter()
+        .position(|r| *r == "NodeLost")
+        .expect("NodeLost");
+    assert!(
+        reasons[..lost_at].contains(&"Scheduled") && reasons[lost_at..].contains(&"Scheduled"),
+        "scheduled on n1, lost, scheduled elsewhere: {mine}"
+    );
+    let described = ok(&c.ctl().run(&["describe", "replica", &lost]));
+    assert!(described.contains("NodeLost"), "{described}");
 
     // The host comes back: it is Ready again, gets nothing back, runs nothing.
     c.restart_agent(0, &["--cpu", "4", "--memory", "4Gi"])
@@ -95,6 +149,19 @@ async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
     })
     .await
     .expect("n1 back");
+    c.wait_for("the watch shows n1 back", T, || async {
+        let out = watch.output();
+        let back = out
+            .lines()
+            .any(|l| l.contains("NodeReady") && l.contains("node/n1"));
+        if back {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await
+    .expect("NodeReady watched");
     let after = c
         .wait_for("6 running", T, || placement(&c, "worker", 6))
         .await

@@ -4,7 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use drover_proto::manifest::{self, ParseOptions};
@@ -14,6 +19,7 @@ use super::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
 use crate::dispatcher::observed_to_pb;
 use crate::orchestrator::revision;
+use crate::store::events::{EventFilter, EventRecord};
 use crate::store::{
     ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaPhase, ReplicaRecord, StoredDeployment,
     Write, WriteResult,
@@ -21,6 +27,42 @@ use crate::store::{
 
 pub struct ControlService {
     pub cluster: Cluster,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+fn event_filter(req: &pb::ListEventsRequest) -> Result<EventFilter, Status> {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    if !req.namespace.is_empty() {
+        check_name("namespace", &req.namespace)?;
+    }
+    let kind = some(&req.object_kind);
+    if let Some(k) = &kind {
+        if !["node", "replica", "deployment"].contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "object kind {k:?} has no events; use Node, Replica or Deployment"
+            )));
+        }
+    }
+    Ok(EventFilter {
+        namespace: some(&req.namespace),
+        kind,
+        name: some(&req.object_name),
+        after_seq: req.after_seq,
+    })
+}
+
+fn event_to_pb(e: EventRecord) -> pb::Event {
+    pb::Event {
+        seq: e.seq,
+        time_unix_ms: e.time_unix_ms,
+        r#type: e.event_type.as_str().to_string(),
+        reason: e.reason,
+        object_kind: e.object.kind,
+        namespace: e.object.namespace,
+        name: e.object.name,
+        message: e.message,
+    }
 }
 
 /// kubectl's READY / UP-TO-DATE / AVAILABLE for one deployment.
@@ -247,6 +289,7 @@ impl pb::control_server::Control for ControlService {
         let command = Command::Delete {
             refs,
             ignore_not_found: req.ignore_not_found,
+            now_unix_ms: now_unix_ms(),
         };
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Deleted(deleted) => Ok(Response::new(pb::DeleteDeploymentsResponse {
@@ -410,6 +453,68 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListReplicasResponse { replicas }))
     }
 
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = event_filter(&req)?;
+        self.cluster.read_barrier(req.read.as_ref()).await?;
+        let events = self
+            .cluster
+            .store
+            .events(&filter, req.limit as usize)
+            .map_err(store_error)?
+            .into_iter()
+            .map(event_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let req = request.into_inner();
+        let mut filter = event_filter(&req)?;
+        self.cluster.read_barrier(req.read.as_ref()).await?;
+        let store = self.cluster.store.clone();
+        let mut applied = self.cluster.handle.applied();
+        let first = store
+            .events(&filter, req.limit as usize)
+            .map_err(store_error)?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                for e in batch {
+                    filter.after_seq = e.seq;
+                    if tx.send(Ok(event_to_pb(e))).await.is_err() {
+                        return;
+                    }
+                }
+                // Until something new is applied here, or the client leaves.
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                        return;
+                    },
+                    () = tx.closed() => return,
+                }
+                batch = match store.events(&filter, 0) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_error(e))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn cordon_node(
         &self,
         request: Request<pb::CordonNodeRequest>,
@@ -419,6 +524,7 @@ impl pb::control_server::Control for ControlService {
         let command = Command::Cordon {
             node: req.node,
             cordoned: req.cordoned,
+            now_unix_ms: now_unix_ms(),
         };
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Changed(n) => Ok(Response::new(pb::CordonNodeResponse { changed: n > 0 })),

@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use drover_proto::manifest::Deployment;
 
+use super::events::{
+    event_key, name_list, EventRecord, InvolvedObject, NewEvent, EVENT_PREFIX, RETAINED,
+};
 use super::objects::{
-    node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaRecord, Resources,
-    REPLICA_PREFIX,
+    node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord,
+    Resources, REPLICA_PREFIX,
 };
 use super::{deploy_key, from_json, to_json, Store, StoreError, StoredDeployment};
 
@@ -61,6 +64,8 @@ pub enum Command {
     Delete {
         refs: Vec<ObjectRef>,
         ignore_not_found: bool,
+        #[serde(default)]
+        now_unix_ms: i64,
     },
     Scale {
         target: ObjectRef,
@@ -78,18 +83,27 @@ pub enum Command {
     /// A NotReady node's agent is heard from again.
     NodeUp { node: String, now_unix_ms: i64 },
     /// Cordon (no new replicas) or uncordon a node.
-    Cordon { node: String, cordoned: bool },
+    Cordon {
+        node: String,
+        cordoned: bool,
+        #[serde(default)]
+        now_unix_ms: i64,
+    },
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
     Reconcile {
         create: Vec<ReplicaRecord>,
         remove: Vec<ObjectRef>,
+        #[serde(default)]
+        now_unix_ms: i64,
     },
     /// The scheduler's decisions for unbound replicas.
     Schedule {
         place: Vec<(ObjectRef, String)>,
         unschedulable: Vec<(ObjectRef, String)>,
+        #[serde(default)]
+        now_unix_ms: i64,
     },
     /// Statuses agents reported, batched: `(node, replica, status)`. A status
     /// counts only for a replica bound to that node: an agent speaks for its
@@ -143,6 +157,8 @@ pub enum WriteError {
 pub(super) struct View<'a> {
     store: &'a Store,
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Events the command recorded, with the command's time.
+    events: Vec<(i64, NewEvent)>,
 }
 
 impl<'a> View<'a> {
@@ -150,7 +166,60 @@ impl<'a> View<'a> {
         View {
             store,
             writes: BTreeMap::new(),
+            events: Vec::new(),
         }
+    }
+
+    fn record(&mut self, now: i64, event: NewEvent) {
+        self.events.push((now, event));
+    }
+
+    /// Number the recorded events after the last stored one, write them, and
+    /// drop the oldest beyond [`RETAINED`].
+    pub(super) fn store_events(&mut self) -> Result<(), StoreError> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let last = match self.store.tree.scan_prefix(EVENT_PREFIX).keys().next_back() {
+            Some(k) => {
+                let k = k?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                key[EVENT_PREFIX.len()..]
+                    .parse::<u64>()
+                    .map_err(|e| StoreError::Corrupt {
+                        key,
+                        reason: e.to_string(),
+                    })?
+            }
+            None => 0,
+        };
+        let newest = last + self.events.len() as u64;
+        let first_kept = newest.saturating_sub(RETAINED) + 1;
+        for (i, (now, e)) in std::mem::take(&mut self.events).into_iter().enumerate() {
+            let seq = last + 1 + i as u64;
+            if seq < first_kept {
+                continue;
+            }
+            let record = EventRecord {
+                seq,
+                time_unix_ms: now,
+                event_type: e.event_type,
+                reason: e.reason.to_string(),
+                object: e.object,
+                message: e.message,
+            };
+            self.put(event_key(seq), &record)?;
+        }
+        let stale = self
+            .store
+            .tree
+            .range(EVENT_PREFIX.as_bytes()..event_key(first_kept).as_bytes())
+            .keys();
+        for k in stale {
+            let k = k?;
+            self.remove(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(())
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
@@ -205,7 +274,8 @@ pub(super) fn execute(
         Command::Delete {
             refs,
             ignore_not_found,
-        } => delete(view, refs, *ignore_not_found),
+            now_unix_ms,
+        } => delete(view, refs, *ignore_not_found, *now_unix_ms),
         Command::Scale {
             target,
             replicas,
@@ -218,12 +288,21 @@ pub(super) fn execute(
         Command::NodeUp { node, now_unix_ms } => {
             node_condition(view, node, NodeCondition::Ready, *now_unix_ms)
         }
-        Command::Cordon { node, cordoned } => cordon(view, node, *cordoned),
-        Command::Reconcile { create, remove } => reconcile(view, create, remove),
+        Command::Cordon {
+            node,
+            cordoned,
+            now_unix_ms,
+        } => cordon(view, node, *cordoned, *now_unix_ms),
+        Command::Reconcile {
+            create,
+            remove,
+            now_unix_ms,
+        } => reconcile(view, create, remove, *now_unix_ms),
         Command::Schedule {
             place,
             unschedulable,
-        } => schedule(view, place, unschedulable),
+            now_unix_ms,
+        } => schedule(view, place, unschedulable, *now_unix_ms),
         Command::ReportStatus {
             reports,
             now_unix_ms,
@@ -277,12 +356,21 @@ fn delete(
     view: &mut View<'_>,
     refs: &[ObjectRef],
     ignore_not_found: bool,
+    now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let mut deleted = Vec::new();
     for r in refs {
         let key = deploy_key(&r.namespace, &r.name);
         if view.get::<StoredDeployment>(&key)?.is_some() {
             view.remove(key);
+            view.record(
+                now,
+                NewEvent::normal(
+                    "Deleted",
+                    InvolvedObject::deployment(&r.namespace, &r.name),
+                    "Deployment deleted; its replicas will be stopped".into(),
+                ),
+            );
             deleted.push(r.clone());
         } else if !ignore_not_found && !deleted.contains(r) {
             return Ok(Err(WriteError::NotFound {
@@ -313,6 +401,14 @@ fn scale(
         stored.generation += 1;
         stored.updated_unix_ms = now;
         view.put(key, &stored)?;
+        view.record(
+            now,
+            NewEvent::normal(
+                "Scaled",
+                InvolvedObject::deployment(&target.namespace, &target.name),
+                format!("Scaled from {previous} to {replicas} replicas"),
+            ),
+        );
     }
     Ok(Ok(WriteResult::Scaled {
         previous,
@@ -347,8 +443,45 @@ fn register_node(
     if existing.as_ref() == Some(&record) {
         return Ok(Ok(WriteResult::Changed(0)));
     }
+    let object = InvolvedObject::node(&node.name);
+    match &existing {
+        None => view.record(
+            now,
+            NewEvent::normal(
+                "RegisteredNode",
+                object,
+                format!(
+                    "Node {} registered (runtime {}, agent at {})",
+                    node.name, node.runtime, node.address
+                ),
+            ),
+        ),
+        Some(old) => {
+            if old.incarnation != record.incarnation {
+                view.record(
+                    now,
+                    NewEvent::normal(
+                        "AgentStarted",
+                        object.clone(),
+                        format!("The agent on node {} (re)started and connected", node.name),
+                    ),
+                );
+            }
+            if old.condition != NodeCondition::Ready {
+                view.record(now, node_ready_event(&node.name));
+            }
+        }
+    }
     view.put(key, &record)?;
     Ok(Ok(WriteResult::Changed(1)))
+}
+
+fn node_ready_event(name: &str) -> NewEvent {
+    NewEvent::normal(
+        "NodeReady",
+        InvolvedObject::node(name),
+        format!("Node {name} status is now: Ready"),
+    )
 }
 
 fn node_condition(
@@ -368,19 +501,45 @@ fn node_condition(
     node.condition_since_unix_ms = now;
     view.put(key, &node)?;
     let mut changed = 1;
-    if condition == NodeCondition::NotReady {
-        for key in view.committed_keys(REPLICA_PREFIX)? {
-            let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
-                continue;
-            };
-            if r.node.as_deref() == Some(name) {
-                // The last report stays, tagged with its node: it counts again
-                // only if the replica is placed back there.
-                r.node = None;
-                view.put(key, &r)?;
-                changed += 1;
-            }
+    if condition == NodeCondition::Ready {
+        view.record(now, node_ready_event(name));
+        return Ok(Ok(WriteResult::Changed(changed)));
+    }
+    let mut moved = Vec::new();
+    for key in view.committed_keys(REPLICA_PREFIX)? {
+        let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if r.node.as_deref() == Some(name) {
+            // The last report stays, tagged with its node: it counts again
+            // only if the replica is placed back there.
+            r.node = None;
+            view.put(key, &r)?;
+            moved.push(r);
+            changed += 1;
         }
+    }
+    view.record(
+        now,
+        NewEvent::warning(
+            "NodeNotReady",
+            InvolvedObject::node(name),
+            format!(
+                "Node {name} status is now: NotReady (no heartbeat from its agent); \
+                 rescheduling its {} replica(s)",
+                moved.len()
+            ),
+        ),
+    );
+    for r in moved {
+        view.record(
+            now,
+            NewEvent::warning(
+                "NodeLost",
+                InvolvedObject::replica(&r.namespace, &r.name),
+                format!("Node {name} is NotReady; rescheduling the replica to another node"),
+            ),
+        );
     }
     Ok(Ok(WriteResult::Changed(changed)))
 }
@@ -389,6 +548,7 @@ fn cordon(
     view: &mut View<'_>,
     name: &str,
     cordoned: bool,
+    now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let key = node_key(name);
     let Some(mut node) = view.get::<NodeRecord>(&key)? else {
@@ -399,6 +559,19 @@ fn cordon(
     }
     node.cordoned = cordoned;
     view.put(key, &node)?;
+    let (reason, state) = if cordoned {
+        ("NodeNotSchedulable", "NotSchedulable (cordoned)")
+    } else {
+        ("NodeSchedulable", "Schedulable")
+    };
+    view.record(
+        now,
+        NewEvent::normal(
+            reason,
+            InvolvedObject::node(name),
+            format!("Node {name} status is now: {state}"),
+        ),
+    );
     Ok(Ok(WriteResult::Changed(1)))
 }
 
@@ -406,18 +579,51 @@ fn reconcile(
     view: &mut View<'_>,
     create: &[ReplicaRecord],
     remove: &[ObjectRef],
+    now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let mut changed = 0;
+    // Names per deployment, for one event each way.
+    let mut removed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut created: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for r in remove {
         let key = replica_key(&r.namespace, &r.name);
-        if view.get::<ReplicaRecord>(&key)?.is_some() {
+        if let Some(old) = view.get::<ReplicaRecord>(&key)? {
             view.remove(key);
+            removed
+                .entry((old.namespace, old.deployment))
+                .or_default()
+                .push(old.name);
             changed += 1;
         }
     }
-    if create.is_empty() {
-        return Ok(Ok(WriteResult::Changed(changed)));
+    if !create.is_empty() {
+        changed += create_replicas(view, create, &mut created)?;
     }
+    for (verb, reason, names) in [
+        ("Created", "SuccessfulCreate", created),
+        ("Deleted", "SuccessfulDelete", removed),
+    ] {
+        for ((namespace, deployment), names) in names {
+            view.record(
+                now,
+                NewEvent::normal(
+                    reason,
+                    InvolvedObject::deployment(&namespace, &deployment),
+                    format!("{verb} replica(s): {}", name_list(&names)),
+                ),
+            );
+        }
+    }
+    Ok(Ok(WriteResult::Changed(changed)))
+}
+
+/// Create replicas whose slot is free; returns how many were created.
+fn create_replicas(
+    view: &mut View<'_>,
+    create: &[ReplicaRecord],
+    created: &mut BTreeMap<(String, String), Vec<String>>,
+) -> Result<usize, StoreError> {
+    let mut changed = 0;
     // Slots already taken per deployment, from committed state and this command.
     let mut taken: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
     for key in view.committed_keys(REPLICA_PREFIX)? {
@@ -437,15 +643,20 @@ fn reconcile(
         }
         slots.push(r.slot);
         view.put(r.key(), r)?;
+        created
+            .entry((r.namespace.clone(), r.deployment.clone()))
+            .or_default()
+            .push(r.name.clone());
         changed += 1;
     }
-    Ok(Ok(WriteResult::Changed(changed)))
+    Ok(changed)
 }
 
 fn schedule(
     view: &mut View<'_>,
     place: &[(ObjectRef, String)],
     unschedulable: &[(ObjectRef, String)],
+    now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let mut changed = 0;
     for (r, node) in place {
@@ -459,6 +670,14 @@ fn schedule(
         replica.node = Some(node.clone());
         replica.pending_reason.clear();
         view.put(key, &replica)?;
+        view.record(
+            now,
+            NewEvent::normal(
+                "Scheduled",
+                InvolvedObject::replica(&r.namespace, &r.name),
+                format!("Successfully assigned {r} to {node}"),
+            ),
+        );
         changed += 1;
     }
     for (r, reason) in unschedulable {
@@ -471,6 +690,14 @@ fn schedule(
         }
         replica.pending_reason = reason.clone();
         view.put(key, &replica)?;
+        view.record(
+            now,
+            NewEvent::warning(
+                "FailedScheduling",
+                InvolvedObject::replica(&r.namespace, &r.name),
+                reason.clone(),
+            ),
+        );
         changed += 1;
     }
     Ok(Ok(WriteResult::Changed(changed)))
@@ -493,9 +720,87 @@ fn report_status(
         let mut observed = observed.clone();
         observed.reported_unix_ms = now;
         observed.node = node.clone();
+        let before = replica.current_status().cloned().unwrap_or_default();
+        for event in status_events(&replica, &before, &observed, now) {
+            view.record(now, event);
+        }
         replica.observed = observed;
         view.put(key, &replica)?;
         changed += 1;
     }
     Ok(Ok(WriteResult::Changed(changed)))
+}
+
+/// The lifecycle events one status report implies, against the last report
+/// from the same node. Reports are batched, so several steps may arrive at
+/// once (an exit and the back-off after it): each gets its event.
+fn status_events(
+    replica: &ReplicaRecord,
+    before: &ReplicaObserved,
+    after: &ReplicaObserved,
+    now: i64,
+) -> Vec<NewEvent> {
+    let object = || InvolvedObject::replica(&replica.namespace, &replica.name);
+    let mut events = Vec::new();
+    if after.finished_unix_ms > 0 && after.finished_unix_ms != before.finished_unix_ms {
+        let code = after
+            .last_exit_code
+            .map_or_else(|| "an unknown code".to_string(), |c| c.to_string());
+        let why = if after.reason.is_empty() || after.reason == "CrashLoopBackOff" {
+            String::new()
+        } else {
+            format!(" ({})", after.reason)
+        };
+        let message = format!("Container exited with code {code}{why}");
+        events.push(match after.last_exit_code {
+            Some(0) => NewEvent::normal("Completed", object(), message),
+            _ => NewEvent::warning("Exited", object(), message),
+        });
+    }
+    if after.phase == ReplicaPhase::CrashLoopBackOff
+        && before.phase != ReplicaPhase::CrashLoopBackOff
+    {
+        let wait = if after.next_restart_unix_ms > now {
+            format!(" in {}s", (after.next_restart_unix_ms - now + 999) / 1000)
+        } else {
+            String::new()
+        };
+        events.push(NewEvent::warning(
+            "BackOff",
+            object(),
+            format!("Back-off restarting failed container{wait}"),
+        ));
+    }
+    if after.phase == ReplicaPhase::Failed && before.phase != ReplicaPhase::Failed {
+        let message = if after.message.is_empty() {
+            after.reason.clone()
+        } else {
+            after.message.clone()
+        };
+        events.push(NewEvent::warning("Failed", object(), message));
+    }
+    if after.phase == ReplicaPhase::Running
+        && after.started_unix_ms > 0
+        && after.started_unix_ms != before.started_unix_ms
+    {
+        let on = if after.image.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", after.image)
+        };
+        events.push(NewEvent::normal(
+            "Started",
+            object(),
+            format!("Started container on node {}{on}", after.node),
+        ));
+    }
+    if after.phase == ReplicaPhase::Running && before.ready && !after.ready {
+        let message = if after.message.is_empty() {
+            "Readiness probe failed".to_string()
+        } else {
+            after.message.clone()
+        };
+        events.push(NewEvent::warning("Unhealthy", object(), message));
+    }
+    events
 }

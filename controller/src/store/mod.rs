@@ -10,6 +10,7 @@
 //!  member/<id:be64>      Member (JSON): where each controller listens
 //!  node/<name>           NodeRecord (JSON): a host with an agent
 //!  replica/<ns>/<name>   ReplicaRecord (JSON): one copy of a deployment
+//!  event/<seq:020>       EventRecord (JSON): node and replica lifecycle, newest last
 //! ```
 //!
 //! [`Store::apply`] is deterministic: the same entries in the same order give the
@@ -19,6 +20,7 @@
 //! leaves either all of an entry applied or none of it.
 
 mod command;
+pub mod events;
 pub mod objects;
 mod snapshot;
 
@@ -106,6 +108,7 @@ impl Store {
         let outcome = command::execute(&mut view, command)?;
         let mut batch = sled::Batch::default();
         if outcome.is_ok() {
+            view.store_events()?;
             view.into_batch(&mut batch);
         }
         batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
@@ -209,6 +212,30 @@ impl Store {
                 from_json(&String::from_utf8_lossy(&k), &v)
             })
             .collect()
+    }
+
+    /// Stored events that pass `filter`, oldest first, at most `limit` of the
+    /// newest ones (0: all).
+    pub fn events(
+        &self,
+        filter: &events::EventFilter,
+        limit: usize,
+    ) -> Result<Vec<events::EventRecord>, StoreError> {
+        let start = events::event_key(filter.after_seq.saturating_add(1));
+        let mut found = Vec::new();
+        for kv in self.tree.range(start.as_bytes()..).take_while(
+            |kv| !matches!(kv, Ok((k, _)) if !k.starts_with(events::EVENT_PREFIX.as_bytes())),
+        ) {
+            let (k, v) = kv?;
+            let e: events::EventRecord = from_json(&String::from_utf8_lossy(&k), &v)?;
+            if filter.matches(&e) {
+                found.push(e);
+            }
+        }
+        if limit > 0 && found.len() > limit {
+            found.drain(..found.len() - limit);
+        }
+        Ok(found)
     }
 
     pub fn members(&self) -> Result<Vec<Member>, StoreError> {

@@ -42,10 +42,12 @@ fn sample_log() -> Vec<Command> {
         Command::Delete {
             refs: vec![r("api"), r("missing")],
             ignore_not_found: false,
+            now_unix_ms: 0,
         },
         Command::Delete {
             refs: vec![r("api"), r("missing")],
             ignore_not_found: true,
+            now_unix_ms: 0,
         },
         apply(&[("worker", 1)], 5_000),
     ]
@@ -110,6 +112,7 @@ fn delete_with_a_missing_name_changes_nothing() {
             &Command::Delete {
                 refs: vec![r("web"), r("nope")],
                 ignore_not_found: false,
+                now_unix_ms: 0,
             },
         )
         .expect("apply");
@@ -240,6 +243,7 @@ fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
             replica("web-b-1", "web", 1),
         ],
         remove: vec![],
+        now_unix_ms: 0,
     };
     let _ = store.apply(2, 1, &create).expect("apply");
     let names: Vec<String> = store
@@ -257,6 +261,7 @@ fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
     let swap = Command::Reconcile {
         create: vec![replica("web-c-1", "web", 1)],
         remove: vec![r("web-a-1")],
+        now_unix_ms: 0,
     };
     let _ = store.apply(3, 1, &swap).expect("apply");
     let names: Vec<String> = store
@@ -280,6 +285,7 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
             &Command::Reconcile {
                 create: vec![replica("web-a-0", "web", 0)],
                 remove: vec![],
+                now_unix_ms: 0,
             },
         )
         .expect("apply");
@@ -290,6 +296,7 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
             &Command::Schedule {
                 place: vec![(r("web-a-0"), "n1".into())],
                 unschedulable: vec![],
+                now_unix_ms: 0,
             },
         )
         .expect("apply");
@@ -328,17 +335,20 @@ fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
     let create = Command::Reconcile {
         create: vec![replica("web-a-0", "web", 0)],
         remove: vec![],
+        now_unix_ms: 0,
     };
     let _ = store.apply(3, 1, &create).expect("apply");
     let to_ghost = Command::Schedule {
         place: vec![(r("web-a-0"), "ghost".into())],
         unschedulable: vec![],
+        now_unix_ms: 0,
     };
     let _ = store.apply(4, 1, &to_ghost).expect("apply");
     assert_eq!(store.replicas(None).expect("list")[0].node, None);
     let place = |node: &str| Command::Schedule {
         place: vec![(r("web-a-0"), node.into())],
         unschedulable: vec![],
+        now_unix_ms: 0,
     };
     let _ = store.apply(5, 1, &place("n1")).expect("apply");
     let _ = store.apply(6, 1, &node_registration("n2")).expect("apply");
@@ -361,11 +371,13 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     let create = Command::Reconcile {
         create: vec![replica("web-a-0", "web", 0)],
         remove: vec![],
+        now_unix_ms: 0,
     };
     let _ = store.apply(4, 1, &create).expect("apply");
     let place = |node: &str| Command::Schedule {
         place: vec![(r("web-a-0"), node.into())],
         unschedulable: vec![],
+        now_unix_ms: 0,
     };
     let _ = store.apply(5, 1, &place("n1")).expect("apply");
     let running = ReplicaObserved {
@@ -413,4 +425,213 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     let _ = store.apply(10, 1, &down).expect("apply");
     let _ = store.apply(11, 1, &place("n2")).expect("apply");
     assert!(get().current_status().is_none());
+}
+
+fn all_events(store: &Store) -> Vec<events::EventRecord> {
+    store
+        .events(&events::EventFilter::default(), 0)
+        .expect("events")
+}
+
+fn reasons(store: &Store) -> Vec<(String, String)> {
+    all_events(store)
+        .into_iter()
+        .map(|e| (e.reason, e.object.name))
+        .collect()
+}
+
+#[test]
+fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
+    let (_dir, store) = temp_store();
+    let mut index = 1;
+    let mut run = |c: Command| {
+        index += 1;
+        let _ = store.apply(index, 1, &c).expect("apply");
+    };
+    run(node_registration("n1"));
+    run(Command::Reconcile {
+        create: vec![replica("web-a-0", "web", 0), replica("web-a-1", "web", 1)],
+        remove: vec![],
+        now_unix_ms: 10,
+    });
+    run(Command::Schedule {
+        place: vec![(r("web-a-0"), "n1".into()), (r("web-a-1"), "n1".into())],
+        unschedulable: vec![],
+        now_unix_ms: 20,
+    });
+    run(Command::NodeDown {
+        node: "n1".into(),
+        now_unix_ms: 30,
+    });
+    run(Command::NodeUp {
+        node: "n1".into(),
+        now_unix_ms: 40,
+    });
+    let got = reasons(&store);
+    let want: Vec<(String, String)> = [
+        ("RegisteredNode", "n1"),
+        ("SuccessfulCreate", "web"),
+        ("Scheduled", "web-a-0"),
+        ("Scheduled", "web-a-1"),
+        ("NodeNotReady", "n1"),
+        ("NodeLost", "web-a-0"),
+        ("NodeLost", "web-a-1"),
+        ("NodeReady", "n1"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let events = all_events(&store);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(events[4].time_unix_ms, 30, "time comes from the command");
+    assert!(
+        events[4].message.contains("2 replica(s)"),
+        "{}",
+        events[4].message
+    );
+    assert_eq!(
+        events[2].message,
+        "Successfully assigned default/web-a-0 to n1"
+    );
+    // A reader resumes after the last sequence it saw.
+    let filter = events::EventFilter {
+        after_seq: 6,
+        ..Default::default()
+    };
+    let rest = store.events(&filter, 0).expect("events");
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].reason, "NodeLost");
+}
+
+#[test]
+fn a_crash_loop_is_told_as_exit_then_back_off_then_start() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store
+        .apply(
+            3,
+            1,
+            &Command::Reconcile {
+                create: vec![replica("web-a-0", "web", 0)],
+                remove: vec![],
+                now_unix_ms: 0,
+            },
+        )
+        .expect("apply");
+    let _ = store
+        .apply(
+            4,
+            1,
+            &Command::Schedule {
+                place: vec![(r("web-a-0"), "n1".into())],
+                unschedulable: vec![],
+                now_unix_ms: 0,
+            },
+        )
+        .expect("apply");
+    let running = ReplicaObserved {
+        phase: ReplicaPhase::Running,
+        started_unix_ms: 1_000,
+        ..Default::default()
+    };
+    let crashed = ReplicaObserved {
+        phase: ReplicaPhase::CrashLoopBackOff,
+        restarts: 1,
+        last_exit_code: Some(3),
+        reason: "Error".into(),
+        started_unix_ms: 1_000,
+        finished_unix_ms: 2_000,
+        next_restart_unix_ms: 4_000,
+        ..Default::default()
+    };
+    let restarted = ReplicaObserved {
+        phase: ReplicaPhase::Running,
+        restarts: 1,
+        last_exit_code: Some(3),
+        started_unix_ms: 4_000,
+        finished_unix_ms: 2_000,
+        ..Default::default()
+    };
+    for (i, (observed, now)) in [
+        (running.clone(), 1_100),
+        (running, 1_200),
+        (crashed, 2_100),
+        (restarted, 4_100),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let report = Command::ReportStatus {
+            reports: vec![("n1".into(), r("web-a-0"), observed)],
+            now_unix_ms: now,
+        };
+        let _ = store.apply(5 + i as u64, 1, &report).expect("apply");
+    }
+    let filter = events::EventFilter {
+        kind: Some("Replica".into()),
+        name: Some("web-a-0".into()),
+        ..Default::default()
+    };
+    let got: Vec<(String, String)> = store
+        .events(&filter, 0)
+        .expect("events")
+        .into_iter()
+        .map(|e| (e.reason, e.message))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("Scheduled", "Successfully assigned default/web-a-0 to n1"),
+        ("Started", "Started container on node n1"),
+        ("Exited", "Container exited with code 3 (Error)"),
+        ("BackOff", "Back-off restarting failed container in 2s"),
+        ("Started", "Started container on node n1"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want, "a repeated report adds nothing");
+}
+
+#[test]
+fn only_the_newest_events_are_kept() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let flips = events::RETAINED + 10;
+    for i in 0..flips {
+        let c = Command::Cordon {
+            node: "n1".into(),
+            cordoned: i % 2 == 0,
+            now_unix_ms: i as i64,
+        };
+        let _ = store.apply(3 + i, 1, &c).expect("apply");
+    }
+    let events = all_events(&store);
+    assert_eq!(events.len() as u64, events::RETAINED);
+    let newest = flips + 1;
+    assert_eq!(events.last().map(|e| e.seq), Some(newest));
+    assert_eq!(
+        events.first().map(|e| e.seq),
+        Some(newest - events::RETAINED + 1)
+    );
+    let last_two = store
+        .events(&events::EventFilter::default(), 2)
+        .expect("events");
+    assert_eq!(
+        last_two.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [newest - 1, newest]
+    );
+}
+
+#[test]
+fn a_refused_command_records_no_event() {
+    let (_dir, store) = temp_store();
+    let c = Command::Cordon {
+        node: "ghost".into(),
+        cordoned: true,
+        now_unix_ms: 1,
+    };
+    let outcome = store.apply(2, 1, &c).expect("apply");
+    assert!(outcome.is_err());
+    assert!(all_events(&store).is_empty());
 }

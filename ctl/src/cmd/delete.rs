@@ -53,6 +53,9 @@ pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
             ResourceKind::Node => {
                 bail!("droverctl cannot delete nodes; only deployments can be deleted")
             }
+            ResourceKind::Event => {
+                bail!("droverctl cannot delete events; the oldest are dropped as new ones come")
+            }
         }
         if selection.names.is_empty() {
             bail!(

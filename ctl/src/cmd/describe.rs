@@ -2,9 +2,9 @@
 //!
 //! The text is built as `key:\tvalue` lines and aligned by
 //! [`output::align_tabs`], the same way kubectl's describers feed a tabwriter.
-//! The `Events:` of a replica are derived from its current state (the API
-//! keeps no event history yet): why it is not scheduled, why it cannot start,
-//! why it is backing off.
+//! `Events:` are the object's stored events (`get events` shows the same);
+//! for a replica whose events were already dropped, the section says what its
+//! current state implies: why it is not scheduled, cannot start or backs off.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,9 +13,12 @@ use drover_proto::manifest::quantity::{format_cpu_millis, format_memory_bytes};
 use drover_proto::manifest::{self, IntOrPercent, PortRef, Probe, ProbeHandler, Strategy};
 use drover_proto::pb::{self, ReplicaState};
 
+use anyhow::bail;
+
 use super::get::{fetch_named, list_nodes, list_replicas, not_found, pick};
 use super::{print, Env};
 use crate::cli::DescribeArgs;
+use crate::client::{Client, ClientError};
 use crate::output::{
     self, age, human_duration, labels_inline, nodes, now_ms, one_line, or_none, replicas, rfc1123z,
     Table,
@@ -47,16 +50,22 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
             } else {
                 fetch_named(&mut client, &namespace, &selection.names, None).await?
             };
+            let events = list_events(&mut client, &namespace, "Deployment", &items).await?;
             let mut texts = Vec::new();
             for d in &items {
-                texts.push(describe_deployment(d, &output::model_of(d)?));
+                let mine = events_of(&events, &d.namespace, &d.name);
+                texts.push(describe_deployment(d, &output::model_of(d)?, &mine, now));
             }
             (texts, missing)
         }
         ResourceKind::Replica => {
             let all = list_replicas(&mut client, &namespace, "", None).await?;
             let (items, missing) = pick(all, &selection.names, |r| &r.name);
-            let texts = items.iter().map(|r| describe_replica(r, now)).collect();
+            let events = list_events(&mut client, &namespace, "Replica", &items).await?;
+            let texts = items
+                .iter()
+                .map(|r| describe_replica(r, &events_of(&events, &r.namespace, &r.name), now))
+                .collect();
             (texts, missing)
         }
         ResourceKind::Node => {
@@ -67,15 +76,19 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
             } else {
                 list_replicas(&mut client, "", "", None).await?
             };
+            let events = list_events(&mut client, "", "Node", &items).await?;
             let texts = items
                 .iter()
                 .map(|n| {
                     let mine: Vec<pb::Replica> =
                         bound.iter().filter(|r| r.node == n.name).cloned().collect();
-                    describe_node(n, &mine, now)
+                    describe_node(n, &mine, &events_of(&events, "", &n.name), now)
                 })
                 .collect();
             (texts, missing)
+        }
+        ResourceKind::Event => {
+            bail!("droverctl describe does not handle events; list them with droverctl get events")
         }
     };
     if listed && texts.is_empty() {
@@ -90,6 +103,59 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
         crate::print_error(&not_found(selection.kind, name, &namespace));
     }
     Err(AlreadyReported(missing.len()).into())
+}
+
+/// The stored events about objects of `kind` in `namespace` ("" = all), when
+/// there is anything to describe.
+async fn list_events<T>(
+    client: &mut Client,
+    namespace: &str,
+    kind: &str,
+    items: &[T],
+) -> Result<Vec<pb::Event>, ClientError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .call(|mut c| {
+            let request = pb::ListEventsRequest {
+                namespace: namespace.to_string(),
+                object_kind: kind.to_string(),
+                ..Default::default()
+            };
+            async move { c.list_events(request).await }
+        })
+        .await?
+        .events)
+}
+
+/// The events about one object, oldest first.
+fn events_of(events: &[pb::Event], namespace: &str, name: &str) -> Vec<pb::Event> {
+    events
+        .iter()
+        .filter(|e| e.name == name && e.namespace == namespace)
+        .cloned()
+        .collect()
+}
+
+/// The `Events:` section: the object's stored events, oldest first, in
+/// kubectl's columns.
+fn events_section(w: &mut String, events: &[pb::Event], now_ms: i64) {
+    if events.is_empty() {
+        line(w, 0, "Events", "<none>");
+        return;
+    }
+    heading(w, 0, "Events");
+    let mut t = Table::new(["Type", "Reason", "Age", "Message"]);
+    for e in events {
+        t.push(vec![
+            one_line(&e.r#type),
+            one_line(&e.reason),
+            age(e.time_unix_ms, now_ms),
+            one_line(&e.message),
+        ]);
+    }
+    w.push_str(&t.render_described(2, "  "));
 }
 
 /// The reason a replica's container last exited (`Error`, `OOMKilled`...),
@@ -109,7 +175,10 @@ fn exit_reason(r: &pb::Replica, s: &pb::ReplicaStatus) -> Option<String> {
 }
 
 /// The whole describe text of one replica.
-pub fn describe_replica(r: &pb::Replica, now_ms: i64) -> String {
+///
+/// `events` are the replica's stored events; without any (the oldest are
+/// dropped), the section says what its current state implies.
+pub fn describe_replica(r: &pb::Replica, events: &[pb::Event], now_ms: i64) -> String {
     let s = replicas::status_of(r);
     let state = replicas::state(r);
     let status = replicas::status_text(r);
@@ -182,13 +251,13 @@ pub fn describe_replica(r: &pb::Replica, now_ms: i64) -> String {
             line(&mut w, 1, "Finished", &rfc1123z(s.finished_unix_ms));
         }
     }
-    let events = replica_events(r, &s, state);
-    if events.is_empty() {
-        line(&mut w, 0, "Events", "<none>");
+    let derived = replica_events(r, &s, state);
+    if !events.is_empty() || derived.is_empty() {
+        events_section(&mut w, events, now_ms);
     } else {
         heading(&mut w, 0, "Events");
         let mut t = Table::new(["Type", "Reason", "Message"]);
-        for (kind, reason, message) in events {
+        for (kind, reason, message) in derived {
             t.push(vec![kind.into(), reason.into(), message]);
         }
         w.push_str(&t.render_described(2, "  "));
@@ -236,7 +305,12 @@ fn replica_events(
 }
 
 /// The whole describe text of one node; `bound` are the replicas on it.
-pub fn describe_node(n: &pb::Node, bound: &[pb::Replica], now_ms: i64) -> String {
+pub fn describe_node(
+    n: &pb::Node,
+    bound: &[pb::Replica],
+    events: &[pb::Event],
+    now_ms: i64,
+) -> String {
     let mut w = String::new();
     line(&mut w, 0, "Name", &n.name);
     multi(&mut w, 0, "Labels", labels_lines(&nodes::labels(n)));
@@ -304,11 +378,17 @@ pub fn describe_node(n: &pb::Node, bound: &[pb::Replica], now_ms: i64) -> String
         }
         w.push_str(&t.render_described(2, "  "));
     }
+    events_section(&mut w, events, now_ms);
     output::align_tabs(&w)
 }
 
 /// The whole describe text of one deployment.
-pub fn describe_deployment(d: &pb::Deployment, m: &manifest::Deployment) -> String {
+pub fn describe_deployment(
+    d: &pb::Deployment,
+    m: &manifest::Deployment,
+    events: &[pb::Event],
+    now_ms: i64,
+) -> String {
     let status = d.status.unwrap_or_default();
     let spec = &m.spec;
     let mut w = String::new();
@@ -397,6 +477,7 @@ pub fn describe_deployment(d: &pb::Deployment, m: &manifest::Deployment) -> Stri
         "Node-Selectors",
         labels_lines(&template.spec.node_selector),
     );
+    events_section(&mut w, events, now_ms);
     output::align_tabs(&w)
 }
 
@@ -599,7 +680,7 @@ mod tests {
             success_threshold: 1,
         });
         let d = api(&web, T0, 1);
-        let text = describe_deployment(&d, &web);
+        let text = describe_deployment(&d, &web, &[], T0);
         let expected = [
             "Name:                   web",
             "Namespace:              default",
@@ -628,6 +709,7 @@ mod tests {
             "    Environment:",
             "      MODE:  fast",
             "  Node-Selectors:  <none>",
+            "Events:  <none>",
         ];
         assert_eq!(text, expected.join("\n") + "\n");
     }
@@ -655,7 +737,10 @@ mod tests {
             "  ----     ------            -------",
             "  Warning  FailedScheduling  0/3 nodes are available: 2 insufficient memory, 1 node(s) were cordoned",
         ];
-        assert_eq!(describe_replica(&r, T0 + 5_000), expected.join("\n") + "\n");
+        assert_eq!(
+            describe_replica(&r, &[], T0 + 5_000),
+            expected.join("\n") + "\n"
+        );
     }
 
     #[test]
@@ -697,7 +782,7 @@ mod tests {
             "  Warning  BackOff  back-off 8s restarting the container (exit code 1)",
         ];
         assert_eq!(
-            describe_replica(&r, T0 + 64_000),
+            describe_replica(&r, &[], T0 + 64_000),
             expected.join("\n") + "\n"
         );
     }
@@ -709,7 +794,7 @@ mod tests {
             s.reason = "PortInUse".into();
             s.message = "Bind for 0.0.0.0:8080 failed:\nport is already allocated".into();
         }
-        let text = describe_replica(&r, T0);
+        let text = describe_replica(&r, &[], T0);
         assert!(text.contains("\nStatus:         PortInUse\n"), "{text}");
         assert!(!text.contains("Reason:"), "{text}");
         assert!(text.contains(
@@ -724,7 +809,7 @@ mod tests {
             s.started_unix_ms = T0 + 10_000;
             s.finished_unix_ms = T0 + 9_000;
         }
-        let text = describe_replica(&r, T0 + 20_000);
+        let text = describe_replica(&r, &[], T0 + 20_000);
         assert!(
             text.contains(
                 "\nStarted:        Sat, 01 Jun 2024 12:00:10 +0000\nReady:          True\n"
@@ -770,13 +855,30 @@ mod tests {
             "  ---------  ----         ------             -----  --------  ---",
             "  prod       web-7f9c2-0  Running            1/1    0         5m",
             "  default    web-7f9c2-2  ContainerCreating  0/1    0         10s",
+            "Events:",
+            "  Type    Reason              Age  Message",
+            "  ----    ------              ---  -------",
+            "  Normal  NodeNotSchedulable  60s  Node n1 status is now: NotSchedulable (cordoned)",
         ];
+        let events = [pb::Event {
+            seq: 1,
+            time_unix_ms: T0 + 240_000,
+            r#type: "Normal".into(),
+            reason: "NodeNotSchedulable".into(),
+            object_kind: "Node".into(),
+            namespace: String::new(),
+            name: "n1".into(),
+            message: "Node n1 status is now: NotSchedulable (cordoned)".into(),
+        }];
         assert_eq!(
-            describe_node(&n, &bound, T0 + 300_000),
+            describe_node(&n, &bound, &events, T0 + 300_000),
             expected.join("\n") + "\n"
         );
-        let text = describe_node(&node("n2", T0), &[], T0);
-        assert!(text.ends_with("Replicas:  (0 in total)\n"), "{text}");
+        let text = describe_node(&node("n2", T0), &[], &[], T0);
+        assert!(
+            text.ends_with("Replicas:  (0 in total)\nEvents:    <none>\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,3 +1,4 @@
+//! `droverctl get deployments|replicas|nodes [NAME...]` (events: see `events.rs`)
 //! `droverctl get deployments|replicas|nodes [NAME...] [-o wide|yaml|json|name] [-A] [--stale]`
 //!
 //! Deployments without names: one List call (the whole namespace, or every
@@ -21,6 +22,15 @@ use crate::AlreadyReported;
 pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     let selection = Selection::parse(&args.resources)?;
     let kind = selection.kind;
+    if kind == ResourceKind::Event {
+        return super::events::run(env, &args, &selection.names).await;
+    }
+    if args.watch {
+        bail!("--watch is supported for events only (droverctl get events -w)");
+    }
+    if args.for_object.is_some() {
+        bail!("--for only applies to events (e.g. droverctl get events --for node/n1)");
+    }
     if args.deployment.is_some() && kind != ResourceKind::Replica {
         bail!(
             "--deployment only applies to replicas (e.g. droverctl get replicas --deployment web)"
@@ -72,6 +82,7 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
             let (items, missing) = pick(all, &selection.names, |n| &n.name);
             (render_nodes(&items, args.output, listed)?, missing)
         }
+        ResourceKind::Event => bail!("events are listed by droverctl get events"),
     };
     match text {
         Some(text) => print(&text)?,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod events;
 pub mod get;
 pub mod logs;
 pub mod scale;

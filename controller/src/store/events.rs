@@ -1,0 +1,219 @@
+//! Events: what happened to nodes, replicas and deployments, newest last.
+//!
+//! Commands record events while they apply (a node went NotReady, a replica
+//! was scheduled, a container exited), so events are replicated state like
+//! everything else: every controller holds the same list, a new leader shows
+//! the same history, and `get events -w` can follow any member.
+//!
+//! ```text
+//!  event/<seq:020>   EventRecord (JSON); seq counts up from 1
+//! ```
+//!
+//! Sequence numbers come from the last stored key, and only the newest
+//! [`RETAINED`] events are kept (the oldest are removed in the same batch that
+//! adds new ones), so the list is bounded and apply stays deterministic.
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) const EVENT_PREFIX: &str = "event/";
+
+/// How many events the store keeps.
+pub const RETAINED: u64 = 2000;
+
+pub(crate) fn event_key(seq: u64) -> String {
+    format!("{EVENT_PREFIX}{seq:020}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvolvedObject {
+    /// `Node`, `Replica` or `Deployment`.
+    pub kind: String,
+    /// Empty for nodes (cluster-scoped).
+    pub namespace: String,
+    pub name: String,
+}
+
+impl InvolvedObject {
+    pub fn node(name: &str) -> InvolvedObject {
+        InvolvedObject {
+            kind: "Node".into(),
+            namespace: String::new(),
+            name: name.into(),
+        }
+    }
+
+    pub fn replica(namespace: &str, name: &str) -> InvolvedObject {
+        InvolvedObject {
+            kind: "Replica".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn deployment(namespace: &str, name: &str) -> InvolvedObject {
+        InvolvedObject {
+            kind: "Deployment".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// An event before the store numbers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub reason: &'static str,
+    pub object: InvolvedObject,
+    pub message: String,
+}
+
+impl NewEvent {
+    pub fn normal(reason: &'static str, object: InvolvedObject, message: String) -> NewEvent {
+        NewEvent {
+            event_type: EventType::Normal,
+            reason,
+            object,
+            message,
+        }
+    }
+
+    pub fn warning(reason: &'static str, object: InvolvedObject, message: String) -> NewEvent {
+        NewEvent {
+            event_type: EventType::Warning,
+            reason,
+            object,
+            message,
+        }
+    }
+}
+
+/// An event as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// The time carried by the command that recorded it.
+    pub time_unix_ms: i64,
+    pub event_type: EventType,
+    pub reason: String,
+    pub object: InvolvedObject,
+    pub message: String,
+}
+
+/// Which events a reader wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Events of objects in this namespace, plus cluster-scoped (node) events,
+    /// as kubectl shows node events in every namespace's list. `None`: all.
+    pub namespace: Option<String>,
+    /// Only events of this kind of object (`Node`, `Replica`, `Deployment`).
+    pub kind: Option<String>,
+    /// Only events of the object with this name.
+    pub name: Option<String>,
+    /// Only events with a sequence number above this.
+    pub after_seq: u64,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &EventRecord) -> bool {
+        e.seq > self.after_seq
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| e.object.namespace.is_empty() || e.object.namespace == *ns)
+            && self
+                .kind
+                .as_ref()
+                .is_none_or(|k| e.object.kind.eq_ignore_ascii_case(k))
+            && self.name.as_ref().is_none_or(|n| e.object.name == *n)
+    }
+}
+
+/// Names in a message: the first few, then how many more.
+pub(crate) fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, kind: &str, namespace: &str, name: &str) -> EventRecord {
+        EventRecord {
+            seq,
+            time_unix_ms: 0,
+            event_type: EventType::Normal,
+            reason: "Test".into(),
+            object: InvolvedObject {
+                kind: kind.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_sequence() {
+        assert!(event_key(9) < event_key(10));
+        assert!(event_key(99_999) < event_key(100_000));
+    }
+
+    #[test]
+    fn namespace_filter_keeps_node_events() {
+        let f = EventFilter {
+            namespace: Some("default".into()),
+            ..EventFilter::default()
+        };
+        assert!(f.matches(&event(1, "Node", "", "n1")));
+        assert!(f.matches(&event(2, "Replica", "default", "web-1")));
+        assert!(!f.matches(&event(3, "Replica", "other", "web-1")));
+    }
+
+    #[test]
+    fn object_and_sequence_filters() {
+        let f = EventFilter {
+            kind: Some("replica".into()),
+            name: Some("web-1".into()),
+            after_seq: 5,
+            ..EventFilter::default()
+        };
+        assert!(f.matches(&event(6, "Replica", "default", "web-1")));
+        assert!(!f.matches(&event(5, "Replica", "default", "web-1")));
+        assert!(!f.matches(&event(7, "Replica", "default", "web-2")));
+        assert!(!f.matches(&event(8, "Node", "", "web-1")));
+    }
+
+    #[test]
+    fn long_name_lists_are_cut() {
+        let names: Vec<String> = (0..7).map(|i| format!("r{i}")).collect();
+        assert_eq!(name_list(&names), "r0, r1, r2, r3, r4 and 2 more");
+        assert_eq!(name_list(&names[..2]), "r0, r1");
+    }
+}
