@@ -203,7 +203,8 @@ async fn integration_docker_start_maps_the_spec_and_stop_remove_clean_up() {
         .expect("inspect");
     assert_eq!(
         inspected.name.as_deref(),
-        Some(format!("/drover-{replica}").as_str())
+        Some(format!("/drover-{replica}_{}", t.node).as_str()),
+        "the node is part of the name: agents sharing an engine never collide"
     );
     let config = inspected.config.expect("config");
     let l = config.labels.expect("labels");

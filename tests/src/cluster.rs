@@ -381,11 +381,21 @@ impl Cluster {
         }
     }
 
-    /// A host failure: SIGKILL agent `i` and every replica process it started
-    /// (process runtime; Docker containers are the caller's to kill).
+    /// A host failure: SIGKILL agent `i` and everything it ran: every replica
+    /// process it started (process runtime) or every running container
+    /// labelled with its node (Docker). Returns how many were killed.
     pub fn kill_agent_host(&mut self, i: usize) -> usize {
         self.kill_agent(i);
-        kill_processes_under(&self.agents[i].data_dir)
+        let a = &self.agents[i];
+        if a.runtime == "docker" {
+            let running = containers_of(&a.name, false);
+            if !running.is_empty() {
+                let _ = Command::new("docker").arg("kill").args(&running).output();
+            }
+            running.len()
+        } else {
+            kill_processes_under(&a.data_dir)
+        }
     }
 
     pub fn restart_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
@@ -644,6 +654,26 @@ impl Ctl {
             let _ = input.write_all(data);
         }
         child.wait_with_output().expect("droverctl runs")
+    }
+}
+
+/// Ids of the Docker containers labelled with `node` (`all`: stopped ones too).
+pub fn containers_of(node: &str, all: bool) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.arg("ps").arg("-q");
+    if all {
+        cmd.arg("-a");
+    }
+    let out = cmd
+        .arg("--filter")
+        .arg(format!("label=drover.node={node}"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -14,5 +14,6 @@
 //! whole dir (data and logs) for a post-mortem.
 
 pub mod cluster;
+pub mod scenarios;
 
 pub use cluster::{bin, Cluster, Ctl};

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use drover_tests::cluster::ok;
+use drover_tests::cluster::{containers_of, ok};
 use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(90);
@@ -52,24 +52,7 @@ struct Containers(Vec<String>);
 
 impl Containers {
     fn ids(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        for node in &self.0 {
-            let out = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=drover.node={node}"),
-                ])
-                .output()
-                .expect("docker ps");
-            ids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(String::from),
-            );
-        }
-        ids
+        self.0.iter().flat_map(|n| containers_of(n, true)).collect()
     }
 }
 
@@ -355,4 +338,94 @@ async fn a_failing_readiness_probe_keeps_a_running_container_not_ready() {
     assert!(text.contains("404"), "{text}");
     let deployments = ok(&c.ctl().run(&["get", "deployment", &name]));
     assert!(deployments.contains(" 0/1 "), "{deployments}");
+}
+
+/// The crasher in a container: restarted with growing waits, CrashLoopBackOff
+/// and its exit code shown, as with the process runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_container_is_restarted_with_growing_backoff() {
+    if !docker_available() {
+        return;
+    }
+    let node = unique("dk-crash");
+    let _containers = Containers(vec![node.clone()]);
+    let mut c = Cluster::start(3).await.expect("cluster");
+    c.start_agent(&node, "docker", &[]).expect("agent");
+    let seen = drover_tests::scenarios::crash_loop(&c, 4, T).await;
+    assert!(seen.restarts.len() >= 4, "restarts seen: {seen:?}");
+    assert!(seen.backoff_seen, "CrashLoopBackOff was never reported");
+    assert_eq!(seen.exit_code_in_backoff, Some(1), "{seen:?}");
+    assert!(seen.gaps_grow(), "gaps not growing: {:?}", seen.gaps());
+}
+
+/// A Docker host fails (its agent and its containers are killed): its
+/// replicas run on the other node within the node timeout plus a little; when
+/// it returns, its dead containers are removed and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_docker_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
+    if !docker_available() {
+        return;
+    }
+    let nodes = [unique("dk-a"), unique("dk-b")];
+    let containers = Containers(nodes.to_vec());
+    let mut c = Cluster::start(3).await.expect("cluster");
+    for n in &nodes {
+        c.start_agent(n, "docker", &["--cpu", "4", "--memory", "4Gi"])
+            .expect("agent");
+    }
+    let name = unique("web");
+    let file = c.dir.path().join("web.yaml");
+    std::fs::write(&file, web(&name, 4, None)).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
+    let placed = c
+        .wait_for("4 running on both nodes", T, || async {
+            let p = c.running_placements(&name, 4).await?;
+            if p.values().any(|(n, _)| *n == nodes[0]) {
+                Ok(p)
+            } else {
+                Err(format!("nothing on {}: {p:?}", nodes[0]))
+            }
+        })
+        .await
+        .expect("4 replicas");
+
+    let killed = std::time::Instant::now();
+    let dead = c.kill_agent_host(0);
+    let on_a = placed.values().filter(|(n, _)| *n == nodes[0]).count();
+    assert_eq!(dead, on_a, "every container of {} was killed", nodes[0]);
+    let moved = c
+        .wait_for("replicas moved off the dead host", T, || async {
+            let p = c.running_placements(&name, 4).await?;
+            if p.values().all(|(n, _)| *n == nodes[1]) {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        })
+        .await
+        .expect("rescheduled");
+    eprintln!(
+        "docker host failure → 4 replicas Running on {} in {:?}",
+        nodes[1],
+        killed.elapsed()
+    );
+
+    // The host returns: its agent removes the dead containers it finds.
+    c.restart_agent(0, &["--cpu", "4", "--memory", "4Gi"])
+        .expect("restart");
+    c.wait_for("dead host's containers removed", T, || async {
+        match containers_of(&nodes[0], true) {
+            ids if ids.is_empty() => Ok(()),
+            ids => Err(format!("{} containers left on {}", ids.len(), nodes[0])),
+        }
+    })
+    .await
+    .expect("cleaned up");
+    let after = c
+        .wait_for("still 4 running", T, || c.running_placements(&name, 4))
+        .await
+        .expect("4 replicas");
+    assert_eq!(after, moved, "nothing moved back or doubled");
+    assert_eq!(containers_of(&nodes[1], false).len(), 4, "4 containers run");
+    drop(containers);
 }

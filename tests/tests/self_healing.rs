@@ -218,47 +218,11 @@ async fn a_cordoned_node_gets_no_new_replicas() {
 async fn a_crashing_replica_is_restarted_with_growing_backoff() {
     let mut c = Cluster::start(3).await.expect("cluster");
     c.start_agent("n1", "process", &[]).expect("agent");
-    // The crasher, faster: exits at once, backoff 1 s doubling.
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/examples/crasher.yaml"
-    ))
-    .expect("crasher example");
-    let manifest = example.replace("sleep 3; ", "");
-    let file = c.dir.path().join("crasher.yaml");
-    std::fs::write(&file, manifest).expect("write");
-    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
-
-    // Record when each restart is first seen.
-    let start = Instant::now();
-    let mut seen: Vec<(u32, Duration)> = Vec::new();
-    let mut backoff_seen = false;
-    while seen.len() < 4 && start.elapsed() < T {
-        let out = c.ctl().run(&["get", "replicas", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let item = &v["items"][0];
-        let restarts = item["status"]["restartCount"].as_u64().unwrap_or(0) as u32;
-        if item["status"]["state"]
-            .as_str()
-            .is_some_and(|s| s.contains("CrashLoopBackOff"))
-        {
-            backoff_seen = true;
-            assert_eq!(item["status"]["lastExitCode"], 1, "{item}");
-        }
-        if restarts > 0 && seen.last().is_none_or(|(r, _)| restarts > *r) {
-            seen.push((restarts, start.elapsed()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(seen.len() >= 4, "restarts seen: {seen:?}");
-    assert!(backoff_seen, "CrashLoopBackOff was never reported");
-    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
-    // 1 s, 2 s, 4 s...: each wait clearly longer than the one before.
-    assert!(
-        gaps.windows(2)
-            .all(|g| g[1] > g[0] + Duration::from_millis(500)),
-        "gaps not growing: {gaps:?}"
-    );
+    let seen = drover_tests::scenarios::crash_loop(&c, 4, T).await;
+    assert!(seen.restarts.len() >= 4, "restarts seen: {seen:?}");
+    assert!(seen.backoff_seen, "CrashLoopBackOff was never reported");
+    assert_eq!(seen.exit_code_in_backoff, Some(1), "{seen:?}");
+    assert!(seen.gaps_grow(), "gaps not growing: {:?}", seen.gaps());
     let table = ok(&c.ctl().run(&["get", "replicas"]));
     assert!(
         table.contains("CrashLoopBackOff") || table.contains("Running"),

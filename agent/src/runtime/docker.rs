@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   start:  image present? ──no──▶ pull (per imagePullPolicy, with a timeout)
-//!             └─▶ create "drover-<replica>" (labels, env, cmd, ports, limits,
+//!             └─▶ create "drover-<replica>_<node>" (labels, env, cmd, ports, limits,
 //!                 restart policy "no") ─▶ start ─▶ inspect
 //!           a start that fails removes what it created
 //!   events: GET /events {type=container, label=drover.node=<node>,
@@ -347,7 +347,7 @@ impl Runtime for DockerRuntime {
         }
         self.ensure_image(&container.image, container.image_pull_policy)
             .await?;
-        let name = container_name(&assignment.replica);
+        let name = container_name(&assignment.replica, &self.cfg.node);
         let body = container_body(assignment, &self.cfg.node, restarts);
         let id = self.create(&name, body).await?;
         if let Err(e) = self.docker.start_container(&id, None).await {

@@ -57,9 +57,13 @@ pub mod labels {
     pub const RESTARTS: &str = "drover.restarts";
 }
 
-/// The container name drover gives a replica.
-pub fn container_name(replica: &str) -> String {
-    format!("drover-{replica}")
+/// The container name drover gives a replica on a node:
+/// `drover-<namespace>.<replica>_<node>`. The node is part of it because
+/// agents of a lab may share one Docker engine: a replica moved off a dead
+/// node must not collide with the dead node's leftover container. `_` never
+/// occurs in namespace, replica or node names, so the parts stay apart.
+pub fn container_name(replica: &str, node: &str) -> String {
+    format!("drover-{replica}_{node}")
 }
 
 /// How a container ended.
