@@ -6,11 +6,14 @@
 //!   apply to every replica Running, and the controllers' memory.
 //! - [`docker_start`]: replica start through drover against plain
 //!   `docker run -d`, on the same Docker engine.
+//! - [`recovery`]: kill a whole agent host, again and again; time until the
+//!   node is NotReady and until every replica runs elsewhere.
 //! - [`measure`]: the polling clock, percentiles and `/proc` memory they share.
 
 pub mod docker_start;
 pub mod measure;
 pub mod placement;
+pub mod recovery;
 pub mod store;
 
 use anyhow::Context;

@@ -5,6 +5,7 @@
 //! target/release/bench store
 //! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100]
 //! target/release/bench docker-start [--replicas 20]
+//! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker]
 //! ```
 //!
 //! Each subcommand prints one line per figure (the lines the README's
@@ -75,6 +76,22 @@ enum What {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Host failure: kill an agent host, time NotReady and all-Running-again.
+    Recovery {
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        #[arg(long, default_value_t = 30)]
+        replicas: u32,
+        /// Host kills (the agent is restarted between them).
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// process or docker.
+        #[arg(long, default_value = "process")]
+        runtime: String,
+        /// Give up on any one wait after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -126,6 +143,22 @@ async fn run(what: What) -> anyhow::Result<()> {
             bench::docker_start::run(bench::docker_start::Config {
                 replicas,
                 rounds,
+                timeout: Duration::from_secs(timeout_secs),
+            })
+            .await
+        }
+        What::Recovery {
+            agents,
+            replicas,
+            kills,
+            runtime,
+            timeout_secs,
+        } => {
+            bench::recovery::run(bench::recovery::Config {
+                agents,
+                replicas,
+                kills,
+                runtime,
                 timeout: Duration::from_secs(timeout_secs),
             })
             .await
