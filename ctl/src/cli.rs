@@ -84,8 +84,13 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Mark a node unschedulable: no new replicas are placed on it
     Cordon(CordonArgs),
-    /// Mark a node schedulable again
+    /// Mark a node schedulable again (and stop a drain)
     Uncordon(CordonArgs),
+    /// Cordon a node and move its replicas elsewhere, new before old; wait until it is empty
+    Drain(DrainArgs),
+    /// Manage the rollout of a deployment: status, history, undo, pause, resume
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Inspect and change the controllers' raft cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -140,6 +145,14 @@ pub struct ApplyArgs {
         default_missing_value = "client"
     )]
     pub dry_run: DryRun,
+
+    /// Wait until every applied deployment's rollout completes; exit 1 if one fails
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: give up after this long (0 waits forever)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait, requires = "wait")]
+    pub timeout: WaitLimit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -243,6 +256,71 @@ pub struct CordonArgs {
     /// Node name (or node/NAME)
     #[arg(value_name = "NODE")]
     pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Node name (or node/NAME)
+    #[arg(value_name = "NODE")]
+    pub node: String,
+
+    /// Give up waiting after this long (0 waits forever); the drain goes on
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_wait)]
+    pub timeout: WaitLimit,
+}
+
+/// `--timeout` of a wait: `None` (given as `0`) means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitLimit(pub Option<Duration>);
+
+fn parse_wait(s: &str) -> Result<WaitLimit, String> {
+    let d = parse_duration(s)?;
+    Ok(WaitLimit((!d.is_zero()).then_some(d)))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show a deployment's rollout progress until it completes (or fails)
+    Status(RolloutStatusArgs),
+    /// List a deployment's revisions
+    History(RolloutTarget),
+    /// Roll a deployment back to the previous revision (or --to-revision N)
+    Undo(RolloutUndoArgs),
+    /// Stop replacing replicas until `rollout resume`
+    Pause(RolloutTarget),
+    /// Continue a paused rollout
+    Resume(RolloutTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutTarget {
+    /// deployment NAME, or deployment/NAME
+    #[arg(value_name = "RESOURCE", required = true, num_args = 1..=2)]
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    #[command(flatten)]
+    pub target: RolloutTarget,
+
+    /// Keep watching until the rollout completes (default true, as kubectl)
+    #[arg(short = 'w', long, value_name = "true|false", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub watch: bool,
+
+    /// Give up after this long (0 waits forever)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
+    pub timeout: WaitLimit,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutUndoArgs {
+    #[command(flatten)]
+    pub target: RolloutTarget,
+
+    /// The revision to roll back to (default: the previous one)
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub to_revision: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,7 +21,13 @@ use super::objects::{
     node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaRecord, Resources,
     REPLICA_PREFIX,
 };
-use super::{deploy_key, from_json, to_json, Store, StoreError, StoredDeployment};
+use super::{
+    deploy_key, from_json, to_json, Revision, RolloutState, Store, StoreError, StoredDeployment,
+};
+use crate::orchestrator::revision;
+
+/// The annotation `rollout history` shows as CHANGE-CAUSE.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
 /// A namespaced object name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -77,8 +83,35 @@ pub enum Command {
     NodeDown { node: String, now_unix_ms: i64 },
     /// A NotReady node's agent is heard from again.
     NodeUp { node: String, now_unix_ms: i64 },
-    /// Cordon (no new replicas) or uncordon a node.
+    /// Cordon (no new replicas) or uncordon a node. Uncordon also ends a drain.
     Cordon { node: String, cordoned: bool },
+    /// Cordon a node and have its replicas replaced elsewhere.
+    Drain { node: String },
+    /// `rollout undo`: make an earlier revision's template current again
+    /// (the previous one when `to_revision` is `None`).
+    /// An automatic rollback carries the failure that caused it.
+    Undo {
+        target: ObjectRef,
+        to_revision: Option<u64>,
+        reason: Option<String>,
+        now_unix_ms: i64,
+    },
+    /// `rollout pause` / `rollout resume` (which restarts the progress clock).
+    PauseRollout {
+        target: ObjectRef,
+        paused: bool,
+        now_unix_ms: i64,
+    },
+    /// The leader's record of a rollout's progress: when it last progressed,
+    /// how many updated replicas were available then, and why it failed
+    /// (once its progress deadline passed).
+    RolloutProgress {
+        target: ObjectRef,
+        revision: String,
+        progress_unix_ms: i64,
+        available_updated: u32,
+        failed: Option<String>,
+    },
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
@@ -126,6 +159,11 @@ pub enum WriteResult {
         generation: u64,
     },
     MembershipChanged,
+    /// `rollout undo`: the revision now current, and whether anything changed.
+    RolledBack {
+        revision: u64,
+        changed: bool,
+    },
     /// Cluster-internal commands: how many objects changed.
     Changed(usize),
 }
@@ -137,6 +175,17 @@ pub enum WriteError {
     NotFound { namespace: String, name: String },
     #[error("node {0:?} not found")]
     NodeNotFound(String),
+    #[error("{}", no_revision(.name, .revision))]
+    NoRevision { name: String, revision: Option<u64> },
+}
+
+fn no_revision(name: &str, revision: &Option<u64>) -> String {
+    match revision {
+        Some(n) => format!(
+            "deployment {name:?} has no revision {n}: see `droverctl rollout history deployment {name}`"
+        ),
+        None => format!("deployment {name:?} has no previous revision to roll back to"),
+    }
 }
 
 /// The store as one command sees it: committed state plus its own writes.
@@ -218,7 +267,32 @@ pub(super) fn execute(
         Command::NodeUp { node, now_unix_ms } => {
             node_condition(view, node, NodeCondition::Ready, *now_unix_ms)
         }
-        Command::Cordon { node, cordoned } => cordon(view, node, *cordoned),
+        Command::Cordon { node, cordoned } => cordon(view, node, *cordoned, false),
+        Command::Drain { node } => cordon(view, node, true, true),
+        Command::Undo {
+            target,
+            to_revision,
+            reason,
+            now_unix_ms,
+        } => undo(view, target, *to_revision, reason, *now_unix_ms),
+        Command::PauseRollout {
+            target,
+            paused,
+            now_unix_ms,
+        } => pause(view, target, *paused, *now_unix_ms),
+        Command::RolloutProgress {
+            target,
+            revision,
+            progress_unix_ms,
+            available_updated,
+            failed,
+        } => rollout_progress(
+            view,
+            target,
+            revision,
+            (*progress_unix_ms, *available_updated),
+            failed,
+        ),
         Command::Reconcile { create, remove } => reconcile(view, create, remove),
         Command::Schedule {
             place,
@@ -243,13 +317,15 @@ fn apply(
             name: d.metadata.name.clone(),
         };
         let key = deploy_key(&target.namespace, &target.name);
-        let (stored, outcome) = match view.get::<StoredDeployment>(&key)? {
+        let (mut stored, outcome) = match view.get::<StoredDeployment>(&key)? {
             None => (
                 StoredDeployment {
                     deployment: d.clone(),
                     generation: 1,
                     created_unix_ms: now,
                     updated_unix_ms: now,
+                    revisions: Vec::new(),
+                    rollout: RolloutState::default(),
                 },
                 ApplyOutcome::Created,
             ),
@@ -263,14 +339,85 @@ fn apply(
                     generation: old.generation + 1,
                     created_unix_ms: old.created_unix_ms,
                     updated_unix_ms: now,
+                    revisions: old.revisions,
+                    rollout: old.rollout,
                 },
                 ApplyOutcome::Configured,
             ),
         };
+        let in_use = revisions_in_use(view, &target)?;
+        record_revision(&mut stored, now, &in_use);
         view.put(key, &stored)?;
         results.push((target, outcome, stored.generation));
     }
     Ok(Ok(WriteResult::Applied(results)))
+}
+
+/// Revision hashes that replicas of a deployment run now.
+fn revisions_in_use(view: &View<'_>, target: &ObjectRef) -> Result<Vec<String>, StoreError> {
+    let prefix = format!("{REPLICA_PREFIX}{}/{}-", target.namespace, target.name);
+    let mut hashes = Vec::new();
+    for key in view.committed_keys(&prefix)? {
+        if let Some(r) = view.get::<ReplicaRecord>(&key)? {
+            if r.deployment == target.name && !hashes.contains(&r.revision) {
+                hashes.push(r.revision);
+            }
+        }
+    }
+    Ok(hashes)
+}
+
+/// Make the deployment's current template its newest revision. A template
+/// seen before (a rollback, or re-applying an old file) moves its revision to
+/// the next number, as Kubernetes does; scaling never gets here with a new
+/// template. Old revisions beyond `revisionHistoryLimit` are dropped unless a
+/// replica still runs them.
+fn record_revision(stored: &mut StoredDeployment, now: i64, in_use: &[String]) {
+    let template = &stored.deployment.spec.template;
+    let hash = revision(template);
+    let change_cause = stored
+        .deployment
+        .metadata
+        .annotations
+        .get(CHANGE_CAUSE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let revisions = &mut stored.revisions;
+    if let Some(last) = revisions.last_mut() {
+        if last.hash == hash {
+            if !change_cause.is_empty() {
+                last.change_cause = change_cause;
+            }
+            return;
+        }
+    }
+    let number = revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+    revisions.retain(|r| r.hash != hash);
+    revisions.push(Revision {
+        number,
+        hash,
+        template: template.clone(),
+        created_unix_ms: now,
+        change_cause,
+    });
+    // A new template is a new rollout: it starts progressing now.
+    stored.rollout.progress_unix_ms = now;
+    stored.rollout.available_updated = 0;
+    stored.rollout.failed = None;
+    stored.rollout.rolled_back = None;
+    let limit = stored.deployment.spec.revision_history_limit as usize;
+    let current = revisions.len() - 1;
+    let mut kept_old = 0;
+    let mut keep = vec![true; revisions.len()];
+    for i in (0..current).rev() {
+        if kept_old < limit {
+            kept_old += 1;
+        } else if !in_use.contains(&revisions[i].hash) {
+            keep[i] = false;
+        }
+    }
+    let mut flags = keep.into_iter();
+    revisions.retain(|_| flags.next().unwrap_or(true));
 }
 
 fn delete(
@@ -343,6 +490,7 @@ fn register_node(
             _ => now,
         },
         cordoned: existing.as_ref().is_some_and(|n| n.cordoned),
+        draining: existing.as_ref().is_some_and(|n| n.draining),
     };
     if existing.as_ref() == Some(&record) {
         return Ok(Ok(WriteResult::Changed(0)));
@@ -385,20 +533,132 @@ fn node_condition(
     Ok(Ok(WriteResult::Changed(changed)))
 }
 
+/// Cordon, uncordon (which also ends a drain) or drain a node.
 fn cordon(
     view: &mut View<'_>,
     name: &str,
     cordoned: bool,
+    draining: bool,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let key = node_key(name);
     let Some(mut node) = view.get::<NodeRecord>(&key)? else {
         return Ok(Err(WriteError::NodeNotFound(name.to_string())));
     };
-    if node.cordoned == cordoned {
+    // Cordoning a draining node leaves the drain running.
+    let draining = draining || (cordoned && node.draining);
+    if node.cordoned == cordoned && node.draining == draining {
         return Ok(Ok(WriteResult::Changed(0)));
     }
     node.cordoned = cordoned;
+    node.draining = draining;
     view.put(key, &node)?;
+    Ok(Ok(WriteResult::Changed(1)))
+}
+
+fn stored_deployment(
+    view: &View<'_>,
+    target: &ObjectRef,
+) -> Result<Result<(String, StoredDeployment), WriteError>, StoreError> {
+    let key = deploy_key(&target.namespace, &target.name);
+    Ok(match view.get::<StoredDeployment>(&key)? {
+        Some(d) => Ok((key, d)),
+        None => Err(WriteError::NotFound {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        }),
+    })
+}
+
+fn undo(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    to_revision: Option<u64>,
+    reason: &Option<String>,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let (key, mut stored) = match stored_deployment(view, target)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    let current = stored.current_revision_number();
+    let wanted = match to_revision {
+        Some(n) => stored.revisions.iter().find(|r| r.number == n),
+        None => stored.revisions.iter().rev().nth(1),
+    };
+    let Some(wanted) = wanted.cloned() else {
+        return Ok(Err(WriteError::NoRevision {
+            name: target.name.clone(),
+            revision: to_revision,
+        }));
+    };
+    if wanted.number == current {
+        return Ok(Ok(WriteResult::RolledBack {
+            revision: current,
+            changed: false,
+        }));
+    }
+    stored.deployment.spec.template = wanted.template;
+    stored.generation += 1;
+    stored.updated_unix_ms = now;
+    let in_use = revisions_in_use(view, target)?;
+    record_revision(&mut stored, now, &in_use);
+    stored.rollout.rolled_back = reason.clone();
+    let revision = stored.current_revision_number();
+    view.put(key, &stored)?;
+    Ok(Ok(WriteResult::RolledBack {
+        revision,
+        changed: true,
+    }))
+}
+
+fn pause(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    paused: bool,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let (key, mut stored) = match stored_deployment(view, target)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    if stored.rollout.paused == paused {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    stored.rollout.paused = paused;
+    // A paused rollout does not time out; resumed, its deadline starts over.
+    if !paused {
+        stored.rollout.progress_unix_ms = now;
+    }
+    view.put(key, &stored)?;
+    Ok(Ok(WriteResult::Changed(1)))
+}
+
+/// Skipped (no error) when the deployment is gone or its template changed
+/// since the leader looked: the record is about one revision's rollout.
+fn rollout_progress(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    revision_hash: &str,
+    (progress, available_updated): (i64, u32),
+    failed: &Option<String>,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let Ok((key, mut stored)) = stored_deployment(view, target)? else {
+        return Ok(Ok(WriteResult::Changed(0)));
+    };
+    if revision(&stored.deployment.spec.template) != revision_hash {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    let next = RolloutState {
+        progress_unix_ms: progress,
+        available_updated,
+        failed: failed.clone(),
+        ..stored.rollout.clone()
+    };
+    if stored.rollout == next {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    stored.rollout = next;
+    view.put(key, &stored)?;
     Ok(Ok(WriteResult::Changed(1)))
 }
 
@@ -418,19 +678,25 @@ fn reconcile(
     if create.is_empty() {
         return Ok(Ok(WriteResult::Changed(changed)));
     }
-    // Slots already taken per deployment, from committed state and this command.
-    let mut taken: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
+    // Slots already taken per deployment revision, from committed state and
+    // this command. A rollout runs two revisions side by side, so the same
+    // slot number may exist once per revision.
+    let mut taken: BTreeMap<(String, String, String), Vec<u32>> = BTreeMap::new();
     for key in view.committed_keys(REPLICA_PREFIX)? {
         if let Some(r) = view.get::<ReplicaRecord>(&key)? {
             taken
-                .entry((r.namespace, r.deployment))
+                .entry((r.namespace, r.deployment, r.revision))
                 .or_default()
                 .push(r.slot);
         }
     }
     for r in create {
         let slots = taken
-            .entry((r.namespace.clone(), r.deployment.clone()))
+            .entry((
+                r.namespace.clone(),
+                r.deployment.clone(),
+                r.revision.clone(),
+            ))
             .or_default();
         if slots.contains(&r.slot) || view.get::<ReplicaRecord>(&r.key())?.is_some() {
             continue;
@@ -493,6 +759,11 @@ fn report_status(
         let mut observed = observed.clone();
         observed.reported_unix_ms = now;
         observed.node = node.clone();
+        observed.ready_since_unix_ms = match replica.current_status() {
+            _ if !observed.ready => 0,
+            Some(previous) if previous.ready => previous.ready_since_unix_ms,
+            _ => now,
+        };
         replica.observed = observed;
         view.put(key, &replica)?;
         changed += 1;

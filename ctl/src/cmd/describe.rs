@@ -309,7 +309,7 @@ pub fn describe_node(n: &pb::Node, bound: &[pb::Replica], now_ms: i64) -> String
 
 /// The whole describe text of one deployment.
 pub fn describe_deployment(d: &pb::Deployment, m: &manifest::Deployment) -> String {
-    let status = d.status.unwrap_or_default();
+    let status = d.status.clone().unwrap_or_default();
     let spec = &m.spec;
     let mut w = String::new();
     line(&mut w, 0, "Name", &d.name);

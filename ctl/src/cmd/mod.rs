@@ -9,8 +9,10 @@ pub mod config;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod drain;
 pub mod get;
 pub mod logs;
+pub mod rollout;
 pub mod scale;
 pub mod version;
 
@@ -72,6 +74,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => scale::run(&env, args).await,
         Command::Cordon(args) => cordon::run(&env, args, true).await,
         Command::Uncordon(args) => cordon::run(&env, args, false).await,
+        Command::Drain(args) => drain::run(&env, args).await,
+        Command::Rollout(cmd) => rollout::run(&env, cmd).await,
         Command::Cluster(cmd) => cluster::run(&env, cmd).await,
         Command::Version(args) => version::run(&env, args).await,
         Command::Completion(args) => completion::run(args),
