@@ -88,6 +88,8 @@ pub enum Command {
     Uncordon(CordonArgs),
     /// Cordon a node and move its replicas elsewhere, new before old; wait until it is empty
     Drain(DrainArgs),
+    /// Show what apply would change, as a unified diff (exit 1 when something would)
+    Diff(DiffArgs),
     /// Manage the rollout of a deployment: status, history, undo, pause, resume
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -256,6 +258,22 @@ pub struct CordonArgs {
     /// Node name (or node/NAME)
     #[arg(value_name = "NODE")]
     pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Manifest file, directory of *.yaml|*.yml|*.json, or - for stdin (repeatable)
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR|-"
+    )]
+    pub filenames: Vec<String>,
+
+    /// Also read directories' subdirectories
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
 }
 
 #[derive(Debug, Args)]
@@ -536,6 +554,52 @@ mod tests {
         assert!(Cli::try_parse_from(["droverctl", "apply"]).is_err());
         assert!(
             Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--validate=maybe"]).is_err()
+        );
+    }
+
+    #[test]
+    fn drain_rollout_and_wait_flags_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parses").command;
+        let Command::Drain(d) = parse(&["droverctl", "drain", "node/n1"]) else {
+            panic!("not drain")
+        };
+        assert_eq!(d.timeout, WaitLimit(Some(Duration::from_secs(300))));
+        let Command::Drain(d) = parse(&["droverctl", "drain", "n1", "--timeout", "0"]) else {
+            panic!("not drain")
+        };
+        assert_eq!(d.timeout, WaitLimit(None), "0 waits forever");
+        let Command::Rollout(RolloutCommand::Undo(u)) = parse(&[
+            "droverctl",
+            "rollout",
+            "undo",
+            "deployment",
+            "web",
+            "--to-revision",
+            "2",
+        ]) else {
+            panic!("not undo")
+        };
+        assert_eq!((u.target.resources.len(), u.to_revision), (2, 2));
+        let Command::Rollout(RolloutCommand::Status(s)) = parse(&[
+            "droverctl",
+            "rollout",
+            "status",
+            "deploy/web",
+            "--watch=false",
+        ]) else {
+            panic!("not status")
+        };
+        assert!(!s.watch);
+        let Command::Apply(a) =
+            parse(&["droverctl", "apply", "-f", "a", "--wait", "--timeout", "1m"])
+        else {
+            panic!("not apply")
+        };
+        assert!(a.wait);
+        assert_eq!(a.timeout, WaitLimit(Some(Duration::from_secs(60))));
+        assert!(
+            Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--timeout", "1m"]).is_err(),
+            "--timeout belongs to --wait"
         );
     }
 }

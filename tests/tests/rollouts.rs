@@ -377,3 +377,56 @@ async fn a_new_leader_continues_a_rollout_within_the_bounds() {
         .await
         .expect("rolled out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_the_change_and_a_server_dry_run_stores_nothing() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let v1 = Spec::default();
+    let v2 = Spec {
+        word: "two",
+        ..Spec::default()
+    };
+    let diff = |spec: &Spec<'_>| {
+        c.ctl()
+            .run_with_stdin(&["diff", "-f", "-"], Some(manifest(spec).as_bytes()))
+    };
+    let new = diff(&v1);
+    assert_eq!(
+        new.status.code(),
+        Some(1),
+        "a new deployment is a difference"
+    );
+    assert!(String::from_utf8_lossy(&new.stdout).contains("+++ merged/default/web"));
+    ok(&apply(&c, &v1, &[]));
+    let same = diff(&v1);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    assert!(same.stdout.is_empty());
+
+    let changed = diff(&v2);
+    assert_eq!(changed.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert!(text.contains("--- live/default/web"), "{text}");
+    assert!(
+        text.contains("-        - while true; do echo one; sleep 1; done"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+        - while true; do echo two; sleep 1; done"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(['+', '-'])).count(),
+        4,
+        "{text}"
+    );
+
+    let out = ok(&apply(&c, &v2, &["--dry-run=server"]));
+    assert!(out.contains("configured (server dry run)"), "{out}");
+    assert_eq!(
+        diff(&v2).status.code(),
+        Some(1),
+        "the dry run stored nothing"
+    );
+    let history = ok(&c.ctl().run(&["rollout", "history", "deployment", "web"]));
+    assert_eq!(history.lines().count(), 3, "one revision: {history}");
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod drain;
 pub mod get;
 pub mod logs;
@@ -75,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cordon(args) => cordon::run(&env, args, true).await,
         Command::Uncordon(args) => cordon::run(&env, args, false).await,
         Command::Drain(args) => drain::run(&env, args).await,
+        Command::Diff(args) => diff::run(&env, args).await,
         Command::Rollout(cmd) => rollout::run(&env, cmd).await,
         Command::Cluster(cmd) => cluster::run(&env, cmd).await,
         Command::Version(args) => version::run(&env, args).await,
