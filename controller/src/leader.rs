@@ -13,7 +13,7 @@
 //! from the old one. Decisions go through raft like any write; the state
 //! machine skips those that became stale (a slot taken, a replica gone).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -22,10 +22,11 @@ use tracing::{debug, info, warn};
 use crate::api::{now_unix_ms, Cluster};
 use crate::dispatcher::Heartbeats;
 use crate::nodes::{self, Verdict};
-use crate::orchestrator;
+use crate::orchestrator::{self, rollout};
 use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
 use crate::store::{
-    Command, NodeCondition, ObjectRef, ReplicaRecord, Resources, Store, StoreError, Write,
+    Command, NodeCondition, ObjectRef, ReplicaRecord, Resources, Store, StoreError,
+    StoredDeployment, Write,
 };
 
 /// Shortest pause between two rounds, so a stream of status batches does not
@@ -155,11 +156,21 @@ async fn monitor(
 /// One pass of the orchestrator and then the scheduler.
 async fn round(cluster: &Cluster) -> Result<(), String> {
     let store = &cluster.store;
-    let plan = orchestrator::reconcile(
-        &store.deployments(None).map_err(|e| e.to_string())?,
-        &store.replicas(None).map_err(|e| e.to_string())?,
-        now_unix_ms(),
-    );
+    let now = now_unix_ms();
+    let deployments = store.deployments(None).map_err(|e| e.to_string())?;
+    let replicas = store.replicas(None).map_err(|e| e.to_string())?;
+    let draining: HashSet<String> = store
+        .nodes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|n| n.draining)
+        .map(|n| n.name)
+        .collect();
+    record_progress(cluster, &deployments, &replicas, &draining, now).await?;
+    let plan = orchestrator::reconcile(&deployments, &replicas, &draining, now);
+    for r in &plan.dropped_without_replacement {
+        warn!(replica = %r, "draining: no other node can take this replica; removing it without a replacement");
+    }
     if !plan.is_empty() {
         debug!(
             create = plan.create.len(),
@@ -192,6 +203,67 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
             .write(write)
             .await
             .map_err(|s| s.message().to_string())?;
+    }
+    Ok(())
+}
+
+/// Record rollout progress and failures (progress deadline), and roll failed
+/// rollouts back when their deployment asks for it.
+async fn record_progress(
+    cluster: &Cluster,
+    deployments: &[StoredDeployment],
+    replicas: &[ReplicaRecord],
+    draining: &HashSet<String>,
+    now: i64,
+) -> Result<(), String> {
+    let by_deployment = orchestrator::group(replicas);
+    for d in deployments {
+        let meta = &d.deployment.metadata;
+        let mine = by_deployment
+            .get(&(meta.namespace.as_str(), meta.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let counts = rollout::counts(d, mine, draining, now);
+        let Some((progress_unix_ms, available_updated, failed)) =
+            rollout::progress(d, &counts, now)
+        else {
+            continue;
+        };
+        let target = ObjectRef {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+        };
+        if let Some(reason) = &failed {
+            warn!(deployment = %target, reason = %reason, "rollout failed");
+        }
+        let write = Write::Command(Command::RolloutProgress {
+            target: target.clone(),
+            revision: orchestrator::revision(&d.deployment.spec.template),
+            progress_unix_ms,
+            available_updated,
+            failed: failed.clone(),
+        });
+        cluster
+            .write(write)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        if let Some(reason) = failed.filter(|_| rollout::wants_auto_rollback(d)) {
+            info!(deployment = %target, "rollout failed: rolling back to the previous revision");
+            let write = Write::Command(Command::Undo {
+                target,
+                to_revision: None,
+                reason: Some(format!(
+                    "rolled back from revision {} by {}: {reason}",
+                    d.current_revision_number(),
+                    rollout::AUTO_ROLLBACK_ANNOTATION
+                )),
+                now_unix_ms: now,
+            });
+            cluster
+                .write(write)
+                .await
+                .map_err(|s| s.message().to_string())?;
+        }
     }
     Ok(())
 }

@@ -84,8 +84,15 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Mark a node unschedulable: no new replicas are placed on it
     Cordon(CordonArgs),
-    /// Mark a node schedulable again
+    /// Mark a node schedulable again (and stop a drain)
     Uncordon(CordonArgs),
+    /// Cordon a node and move its replicas elsewhere, new before old; wait until it is empty
+    Drain(DrainArgs),
+    /// Show what apply would change, as a unified diff (exit 1 when something would)
+    Diff(DiffArgs),
+    /// Manage the rollout of a deployment: status, history, undo, pause, resume
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Inspect and change the controllers' raft cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -140,6 +147,14 @@ pub struct ApplyArgs {
         default_missing_value = "client"
     )]
     pub dry_run: DryRun,
+
+    /// Wait until every applied deployment's rollout completes; exit 1 if one fails
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: give up after this long (0 waits forever)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait, requires = "wait")]
+    pub timeout: WaitLimit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,6 +266,87 @@ pub struct CordonArgs {
     /// Node name (or node/NAME)
     #[arg(value_name = "NODE")]
     pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Manifest file, directory of *.yaml|*.yml|*.json, or - for stdin (repeatable)
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR|-"
+    )]
+    pub filenames: Vec<String>,
+
+    /// Also read directories' subdirectories
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Node name (or node/NAME)
+    #[arg(value_name = "NODE")]
+    pub node: String,
+
+    /// Give up waiting after this long (0 waits forever); the drain goes on
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_wait)]
+    pub timeout: WaitLimit,
+}
+
+/// `--timeout` of a wait: `None` (given as `0`) means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitLimit(pub Option<Duration>);
+
+fn parse_wait(s: &str) -> Result<WaitLimit, String> {
+    let d = parse_duration(s)?;
+    Ok(WaitLimit((!d.is_zero()).then_some(d)))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show a deployment's rollout progress until it completes (or fails)
+    Status(RolloutStatusArgs),
+    /// List a deployment's revisions
+    History(RolloutTarget),
+    /// Roll a deployment back to the previous revision (or --to-revision N)
+    Undo(RolloutUndoArgs),
+    /// Stop replacing replicas until `rollout resume`
+    Pause(RolloutTarget),
+    /// Continue a paused rollout
+    Resume(RolloutTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutTarget {
+    /// deployment NAME, or deployment/NAME
+    #[arg(value_name = "RESOURCE", required = true, num_args = 1..=2)]
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    #[command(flatten)]
+    pub target: RolloutTarget,
+
+    /// Keep watching until the rollout completes (default true, as kubectl)
+    #[arg(short = 'w', long, value_name = "true|false", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub watch: bool,
+
+    /// Give up after this long (0 waits forever)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
+    pub timeout: WaitLimit,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutUndoArgs {
+    #[command(flatten)]
+    pub target: RolloutTarget,
+
+    /// The revision to roll back to (default: the previous one)
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub to_revision: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,6 +562,52 @@ mod tests {
         assert!(Cli::try_parse_from(["droverctl", "apply"]).is_err());
         assert!(
             Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--validate=maybe"]).is_err()
+        );
+    }
+
+    #[test]
+    fn drain_rollout_and_wait_flags_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parses").command;
+        let Command::Drain(d) = parse(&["droverctl", "drain", "node/n1"]) else {
+            panic!("not drain")
+        };
+        assert_eq!(d.timeout, WaitLimit(Some(Duration::from_secs(300))));
+        let Command::Drain(d) = parse(&["droverctl", "drain", "n1", "--timeout", "0"]) else {
+            panic!("not drain")
+        };
+        assert_eq!(d.timeout, WaitLimit(None), "0 waits forever");
+        let Command::Rollout(RolloutCommand::Undo(u)) = parse(&[
+            "droverctl",
+            "rollout",
+            "undo",
+            "deployment",
+            "web",
+            "--to-revision",
+            "2",
+        ]) else {
+            panic!("not undo")
+        };
+        assert_eq!((u.target.resources.len(), u.to_revision), (2, 2));
+        let Command::Rollout(RolloutCommand::Status(s)) = parse(&[
+            "droverctl",
+            "rollout",
+            "status",
+            "deploy/web",
+            "--watch=false",
+        ]) else {
+            panic!("not status")
+        };
+        assert!(!s.watch);
+        let Command::Apply(a) =
+            parse(&["droverctl", "apply", "-f", "a", "--wait", "--timeout", "1m"])
+        else {
+            panic!("not apply")
+        };
+        assert!(a.wait);
+        assert_eq!(a.timeout, WaitLimit(Some(Duration::from_secs(60))));
+        assert!(
+            Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--timeout", "1m"]).is_err(),
+            "--timeout belongs to --wait"
         );
     }
 }

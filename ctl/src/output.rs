@@ -297,7 +297,7 @@ pub fn model_of(d: &pb::Deployment) -> anyhow::Result<manifest::Deployment> {
 }
 
 fn status_of(d: &pb::Deployment) -> pb::DeploymentStatus {
-    d.status.unwrap_or_default()
+    d.status.clone().unwrap_or_default()
 }
 
 /// One row of `get deployments`: `[NAMESPACE] NAME READY UP-TO-DATE AVAILABLE AGE [wide...]`.
@@ -555,6 +555,7 @@ pub(crate) mod fixtures {
                 ready,
                 updated: model.spec.replicas,
                 available: ready,
+                ..Default::default()
             }),
         }
     }

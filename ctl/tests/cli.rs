@@ -139,6 +139,7 @@ impl Control for FakeController {
                             ready: 1,
                             updated: d.spec.replicas,
                             available: 1,
+                            ..Default::default()
                         }),
                     },
                 );
@@ -267,6 +268,29 @@ impl Control for FakeController {
             .cloned()
             .collect();
         Ok(Response::new(pb::ListReplicasResponse { replicas }))
+    }
+
+    async fn drain_node(
+        &self,
+        _: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        Err(Status::unimplemented("the fake controller does not drain"))
+    }
+
+    async fn rollout_undo(
+        &self,
+        _: Request<pb::RolloutUndoRequest>,
+    ) -> Result<Response<pb::RolloutUndoResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller keeps no revisions",
+        ))
+    }
+
+    async fn rollout_pause(
+        &self,
+        _: Request<pb::RolloutPauseRequest>,
+    ) -> Result<Response<pb::RolloutPauseResponse>, Status> {
+        Err(Status::unimplemented("the fake controller has no rollouts"))
     }
 
     async fn cordon_node(

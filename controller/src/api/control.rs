@@ -1,7 +1,7 @@
 //! `drover.v1.Control`: the API droverctl speaks. Every handler validates its
 //! input before anything is proposed, so a refused request changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -18,11 +18,11 @@ use drover_proto::pb;
 use super::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
 use crate::dispatcher::observed_to_pb;
-use crate::orchestrator::revision;
+use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::{
-    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaPhase, ReplicaRecord, StoredDeployment,
-    Write, WriteResult,
+    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, StoredDeployment, Write,
+    WriteResult,
 };
 
 pub struct ControlService {
@@ -65,30 +65,65 @@ fn event_to_pb(e: EventRecord) -> pb::Event {
     }
 }
 
-/// kubectl's READY / UP-TO-DATE / AVAILABLE for one deployment.
-fn deployment_status(d: &StoredDeployment, replicas: &[ReplicaRecord]) -> pb::DeploymentStatus {
+/// kubectl's READY / UP-TO-DATE / AVAILABLE for one deployment: replicas
+/// that report ready, that run the current template, and that have been
+/// ready for `minReadySeconds`.
+fn deployment_status(
+    d: &StoredDeployment,
+    replicas: &[ReplicaRecord],
+    draining: &HashSet<String>,
+) -> pb::DeploymentStatus {
     let m = &d.deployment.metadata;
-    let rev = revision(&d.deployment.spec.template);
     let mine: Vec<&ReplicaRecord> = replicas
         .iter()
         .filter(|r| r.namespace == m.namespace && r.deployment == m.name)
         .collect();
-    let ready = mine
+    let c = rollout::counts(d, &mine, draining, now_unix_ms());
+    let revisions = d
+        .revisions
         .iter()
-        .filter(|r| {
-            r.current_status()
-                .is_some_and(|o| o.ready && o.phase == ReplicaPhase::Running)
+        .map(|r| pb::Revision {
+            number: r.number,
+            hash: r.hash.clone(),
+            created_unix_ms: r.created_unix_ms,
+            change_cause: r.change_cause.clone(),
+            template_json: serde_json::to_string(&r.template).unwrap_or_default(),
+            replicas: mine.iter().filter(|x| x.revision == r.hash).count() as u32,
         })
-        .count() as u32;
+        .collect();
     pb::DeploymentStatus {
-        replicas: mine.len() as u32,
-        ready,
-        updated: mine.iter().filter(|r| r.revision == rev).count() as u32,
-        available: ready,
+        replicas: c.total,
+        ready: c.ready,
+        updated: c.updated,
+        available: c.available,
+        revision: d.current_revision_number(),
+        paused: d.rollout.paused,
+        failed: d.rollout.failed.clone().unwrap_or_default(),
+        rolled_back: d.rollout.rolled_back.clone().unwrap_or_default(),
+        complete: rollout::is_complete(d.deployment.spec.replicas, &c),
+        updated_available: c.updated_available,
+        revisions,
+        progress_unix_ms: d.rollout.progress_unix_ms,
     }
 }
 
-fn to_pb(d: &StoredDeployment, replicas: &[ReplicaRecord]) -> Result<pb::Deployment, Status> {
+/// Names of the nodes being drained.
+fn draining_nodes(cluster: &Cluster) -> Result<HashSet<String>, Status> {
+    Ok(cluster
+        .store
+        .nodes()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|n| n.draining)
+        .map(|n| n.name)
+        .collect())
+}
+
+fn to_pb(
+    d: &StoredDeployment,
+    replicas: &[ReplicaRecord],
+    draining: &HashSet<String>,
+) -> Result<pb::Deployment, Status> {
     let spec_json =
         serde_json::to_string(&d.deployment).map_err(|e| Status::internal(e.to_string()))?;
     Ok(pb::Deployment {
@@ -98,7 +133,7 @@ fn to_pb(d: &StoredDeployment, replicas: &[ReplicaRecord]) -> Result<pb::Deploym
         generation: d.generation,
         created_unix_ms: d.created_unix_ms,
         updated_unix_ms: d.updated_unix_ms,
-        status: Some(deployment_status(d, replicas)),
+        status: Some(deployment_status(d, replicas, draining)),
     })
 }
 
@@ -226,13 +261,14 @@ impl pb::control_server::Control for ControlService {
             .store
             .replicas(namespace)
             .map_err(store_error)?;
+        let draining = draining_nodes(&self.cluster)?;
         let deployments = self
             .cluster
             .store
             .deployments(namespace)
             .map_err(store_error)?
             .iter()
-            .map(|d| to_pb(d, &replicas))
+            .map(|d| to_pb(d, &replicas, &draining))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
@@ -260,7 +296,8 @@ impl pb::control_server::Control for ControlService {
                     .store
                     .replicas(Some(&req.namespace))
                     .map_err(store_error)?;
-                Ok(Response::new(to_pb(&d, &replicas)?))
+                let draining = draining_nodes(&self.cluster)?;
+                Ok(Response::new(to_pb(&d, &replicas, &draining)?))
             }
             None => Err(Status::not_found(format!(
                 "deployment {:?} not found in namespace {:?}",
@@ -513,6 +550,69 @@ impl pb::control_server::Control for ControlService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let req = request.into_inner();
+        check_name("node name", &req.node)?;
+        let command = Command::Drain {
+            node: req.node,
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Changed(n) => Ok(Response::new(pb::DrainNodeResponse { changed: n > 0 })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn rollout_undo(
+        &self,
+        request: Request<pb::RolloutUndoRequest>,
+    ) -> Result<Response<pb::RolloutUndoResponse>, Status> {
+        let req = request.into_inner();
+        check_name("namespace", &req.namespace)?;
+        check_name("deployment name", &req.name)?;
+        let command = Command::Undo {
+            target: ObjectRef {
+                namespace: req.namespace,
+                name: req.name,
+            },
+            to_revision: (req.to_revision > 0).then_some(req.to_revision),
+            reason: None,
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::RolledBack { revision, changed } => {
+                Ok(Response::new(pb::RolloutUndoResponse { revision, changed }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn rollout_pause(
+        &self,
+        request: Request<pb::RolloutPauseRequest>,
+    ) -> Result<Response<pb::RolloutPauseResponse>, Status> {
+        let req = request.into_inner();
+        check_name("namespace", &req.namespace)?;
+        check_name("deployment name", &req.name)?;
+        let command = Command::PauseRollout {
+            target: ObjectRef {
+                namespace: req.namespace,
+                name: req.name,
+            },
+            paused: req.paused,
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Changed(n) => {
+                Ok(Response::new(pb::RolloutPauseResponse { changed: n > 0 }))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn cordon_node(

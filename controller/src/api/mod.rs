@@ -226,6 +226,7 @@ pub(crate) fn write_error(e: WriteError) -> Status {
         WriteError::NotFound { .. } | WriteError::NodeNotFound(_) => {
             Status::not_found(e.to_string())
         }
+        WriteError::NoRevision { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 

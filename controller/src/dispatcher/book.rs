@@ -29,9 +29,9 @@ impl Assignments {
         self.by_node.get(node).cloned().unwrap_or_default()
     }
 
-    /// Build from the store. Replicas whose revision is not the deployment's
-    /// current template are left out: they are about to be replaced, and the
-    /// store keeps only the current template.
+    /// Build from the store. Each replica runs its own revision's template
+    /// (during a rollout, old and new side by side); a replica whose revision
+    /// is no longer kept is left out, so it stops.
     pub fn build(store: &Store, previous: &Assignments) -> Result<Assignments, StoreError> {
         let deployments: HashMap<(String, String), _> = store
             .deployments(None)?
@@ -39,29 +39,41 @@ impl Assignments {
             .map(|d| {
                 let m = &d.deployment.metadata;
                 let key = (m.namespace.clone(), m.name.clone());
-                let rev = revision(&d.deployment.spec.template);
-                let template =
-                    serde_json::to_string(&d.deployment.spec.template).unwrap_or_default();
+                let current = revision(&d.deployment.spec.template);
+                let mut templates: HashMap<String, String> = d
+                    .revisions
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.hash.clone(),
+                            serde_json::to_string(&r.template).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                templates.insert(
+                    current,
+                    serde_json::to_string(&d.deployment.spec.template).unwrap_or_default(),
+                );
                 let annotations: HashMap<String, String> = m
                     .annotations
                     .iter()
                     .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                (key, (rev, template, annotations))
+                (key, (templates, annotations))
             })
             .collect();
         let mut by_node: HashMap<String, Vec<pb::Assignment>> = HashMap::new();
         for r in store.replicas(None)? {
             let Some(node) = r.node.clone() else { continue };
-            let Some((rev, template, annotations)) =
+            let Some((templates, annotations)) =
                 deployments.get(&(r.namespace.clone(), r.deployment.clone()))
             else {
                 continue;
             };
-            if *rev != r.revision {
+            let Some(template) = templates.get(&r.revision) else {
                 continue;
-            }
+            };
             by_node.entry(node).or_default().push(pb::Assignment {
                 replica: r.agent_id(),
                 namespace: r.namespace.clone(),

@@ -36,6 +36,7 @@ pub fn observed_from_pb(s: &pb::ReplicaStatus) -> Option<(ObjectRef, ReplicaObse
             next_restart_unix_ms: s.next_restart_unix_ms,
             reported_unix_ms: 0,
             node: String::new(),
+            ready_since_unix_ms: 0,
         },
     ))
 }

@@ -6,19 +6,22 @@
 //!  replicas   ──┘   (pure)
 //! ```
 //!
-//! Every deployment owns slots `0..replicas`; slot `s` is run by the replica
-//! named `<deployment>-<revision>-<s>`, where the revision is a hash of the pod
-//! template. Scaling down removes the highest slots; a template change
-//! replaces the deployment's replicas (gradual rollouts come with revisions);
-//! a deleted deployment loses all its replicas.
+//! A replica is named `<deployment>-<revision>-<slot>`, where the revision is
+//! a hash of the pod template and the slot a number unique within the
+//! revision (the lowest free one). Scaling down removes the highest slots; a
+//! template change is rolled out by [`rollout::plan`] within the strategy's
+//! bounds; a replica on a draining node is replaced before it is removed; a
+//! deleted deployment loses all its replicas.
 
-use std::collections::BTreeMap;
+pub mod rollout;
+
+use std::collections::{BTreeMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
 use drover_proto::manifest::PodTemplate;
 
-use crate::store::{ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
+use crate::store::{ObjectRef, ReplicaRecord, StoredDeployment};
 
 /// Hex digits of the template hash in replica names.
 const REVISION_LEN: usize = 5;
@@ -45,6 +48,9 @@ pub fn replica_name(deployment: &str, revision: &str, slot: u32) -> String {
 pub struct Plan {
     pub create: Vec<ReplicaRecord>,
     pub remove: Vec<ObjectRef>,
+    /// Replicas on draining nodes removed with no replacement running,
+    /// because none could be placed (the leader logs them).
+    pub dropped_without_replacement: Vec<ObjectRef>,
 }
 
 impl Plan {
@@ -53,48 +59,27 @@ impl Plan {
     }
 }
 
-/// Compare desired deployments with existing replicas. `now` stamps created replicas.
+/// Compare desired deployments with existing replicas. `draining` names the
+/// nodes being drained; `now` stamps created replicas and decides which
+/// replicas have been ready for `minReadySeconds`.
 pub fn reconcile(
     deployments: &[StoredDeployment],
     replicas: &[ReplicaRecord],
+    draining: &HashSet<String>,
     now_unix_ms: i64,
 ) -> Plan {
-    let mut by_deployment: BTreeMap<(&str, &str), Vec<&ReplicaRecord>> = BTreeMap::new();
-    for r in replicas {
-        by_deployment
-            .entry((r.namespace.as_str(), r.deployment.as_str()))
-            .or_default()
-            .push(r);
-    }
+    let mut by_deployment = group(replicas);
     let mut plan = Plan::default();
     for d in deployments {
         let meta = &d.deployment.metadata;
         let existing = by_deployment
             .remove(&(meta.namespace.as_str(), meta.name.as_str()))
             .unwrap_or_default();
-        let rev = revision(&d.deployment.spec.template);
-        let desired = d.deployment.spec.replicas;
-        let mut kept = Vec::new();
-        for r in existing {
-            if r.revision != rev || r.slot >= desired || kept.contains(&r.slot) {
-                plan.remove.push(object_ref(r));
-            } else {
-                kept.push(r.slot);
-            }
-        }
-        for slot in (0..desired).filter(|s| !kept.contains(s)) {
-            plan.create.push(ReplicaRecord {
-                namespace: meta.namespace.clone(),
-                name: replica_name(&meta.name, &rev, slot),
-                deployment: meta.name.clone(),
-                slot,
-                revision: rev.clone(),
-                node: None,
-                pending_reason: String::new(),
-                created_unix_ms: now_unix_ms,
-                observed: ReplicaObserved::default(),
-            });
-        }
+        let actions = rollout::plan(d, &existing, draining, now_unix_ms);
+        plan.create.extend(actions.create);
+        plan.remove.extend(actions.remove);
+        plan.dropped_without_replacement
+            .extend(actions.dropped_without_replacement);
     }
     // Whatever is left belongs to deleted deployments.
     for r in by_deployment.into_values().flatten() {
@@ -102,6 +87,18 @@ pub fn reconcile(
     }
     plan.remove.sort();
     plan
+}
+
+/// Replicas grouped by `(namespace, deployment)`.
+pub fn group(replicas: &[ReplicaRecord]) -> BTreeMap<(&str, &str), Vec<&ReplicaRecord>> {
+    let mut by_deployment: BTreeMap<(&str, &str), Vec<&ReplicaRecord>> = BTreeMap::new();
+    for r in replicas {
+        by_deployment
+            .entry((r.namespace.as_str(), r.deployment.as_str()))
+            .or_default()
+            .push(r);
+    }
+    by_deployment
 }
 
 fn object_ref(r: &ReplicaRecord) -> ObjectRef {
@@ -122,6 +119,8 @@ mod tests {
             generation: 1,
             created_unix_ms: 0,
             updated_unix_ms: 0,
+            revisions: Vec::new(),
+            rollout: Default::default(),
         }
     }
 
@@ -130,7 +129,7 @@ mod tests {
         deployments: &[StoredDeployment],
         mut replicas: Vec<ReplicaRecord>,
     ) -> Vec<ReplicaRecord> {
-        let plan = reconcile(deployments, &replicas, 7);
+        let plan = reconcile(deployments, &replicas, &HashSet::new(), 7);
         replicas.retain(|r| !plan.remove.contains(&object_ref(r)));
         replicas.extend(plan.create);
         replicas.sort_by(|a, b| (&a.deployment, a.slot).cmp(&(&b.deployment, b.slot)));
@@ -160,7 +159,7 @@ mod tests {
     fn reconcile_is_idempotent() {
         let ds = [stored("web", 3), stored("api", 2)];
         let replicas = run(&ds, vec![]);
-        assert!(reconcile(&ds, &replicas, 8).is_empty());
+        assert!(reconcile(&ds, &replicas, &HashSet::new(), 8).is_empty());
     }
 
     #[test]
@@ -178,7 +177,11 @@ mod tests {
         let old = run(&[stored("web", 2)], vec![]);
         let mut changed = stored("web", 2);
         changed.deployment.spec.template.spec.containers[0].image = "drover/busybox:2".into();
-        let new = run(&[changed], old.clone());
+        // Nothing is ready here, so the rollout is bounded by surge alone.
+        let mut new = old.clone();
+        for _ in 0..4 {
+            new = run(std::slice::from_ref(&changed), new);
+        }
         assert_eq!(new.len(), 2);
         assert!(new.iter().all(|r| old.iter().all(|o| o.name != r.name)));
         assert!(new.iter().all(|r| r.revision != old[0].revision));
@@ -198,7 +201,7 @@ mod tests {
         let mut twin = replicas[0].clone();
         twin.name.push_str("-twin");
         replicas.push(twin);
-        let plan = reconcile(&[stored("web", 1)], &replicas, 0);
+        let plan = reconcile(&[stored("web", 1)], &replicas, &HashSet::new(), 0);
         assert_eq!(plan.remove.len(), 1);
         assert!(plan.create.is_empty());
     }

@@ -24,7 +24,13 @@ use super::objects::{
     node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord,
     Resources, REPLICA_PREFIX,
 };
-use super::{deploy_key, from_json, to_json, Store, StoreError, StoredDeployment};
+use super::{
+    deploy_key, from_json, to_json, Revision, RolloutState, Store, StoreError, StoredDeployment,
+};
+use crate::orchestrator::revision;
+
+/// The annotation `rollout history` shows as CHANGE-CAUSE.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
 /// A namespaced object name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -82,12 +88,43 @@ pub enum Command {
     NodeDown { node: String, now_unix_ms: i64 },
     /// A NotReady node's agent is heard from again.
     NodeUp { node: String, now_unix_ms: i64 },
-    /// Cordon (no new replicas) or uncordon a node.
+    /// Cordon (no new replicas) or uncordon a node. Uncordon also ends a drain.
     Cordon {
         node: String,
         cordoned: bool,
         #[serde(default)]
         now_unix_ms: i64,
+    },
+    /// Cordon a node and have its replicas replaced elsewhere.
+    Drain {
+        node: String,
+        #[serde(default)]
+        now_unix_ms: i64,
+    },
+    /// `rollout undo`: make an earlier revision's template current again
+    /// (the previous one when `to_revision` is `None`).
+    /// An automatic rollback carries the failure that caused it.
+    Undo {
+        target: ObjectRef,
+        to_revision: Option<u64>,
+        reason: Option<String>,
+        now_unix_ms: i64,
+    },
+    /// `rollout pause` / `rollout resume` (which restarts the progress clock).
+    PauseRollout {
+        target: ObjectRef,
+        paused: bool,
+        now_unix_ms: i64,
+    },
+    /// The leader's record of a rollout's progress: when it last progressed,
+    /// how many updated replicas were available then, and why it failed
+    /// (once its progress deadline passed).
+    RolloutProgress {
+        target: ObjectRef,
+        revision: String,
+        progress_unix_ms: i64,
+        available_updated: u32,
+        failed: Option<String>,
     },
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
@@ -140,6 +177,11 @@ pub enum WriteResult {
         generation: u64,
     },
     MembershipChanged,
+    /// `rollout undo`: the revision now current, and whether anything changed.
+    RolledBack {
+        revision: u64,
+        changed: bool,
+    },
     /// Cluster-internal commands: how many objects changed.
     Changed(usize),
 }
@@ -151,6 +193,17 @@ pub enum WriteError {
     NotFound { namespace: String, name: String },
     #[error("node {0:?} not found")]
     NodeNotFound(String),
+    #[error("{}", no_revision(.name, .revision))]
+    NoRevision { name: String, revision: Option<u64> },
+}
+
+fn no_revision(name: &str, revision: &Option<u64>) -> String {
+    match revision {
+        Some(n) => format!(
+            "deployment {name:?} has no revision {n}: see `droverctl rollout history deployment {name}`"
+        ),
+        None => format!("deployment {name:?} has no previous revision to roll back to"),
+    }
 }
 
 /// The store as one command sees it: committed state plus its own writes.
@@ -292,7 +345,32 @@ pub(super) fn execute(
             node,
             cordoned,
             now_unix_ms,
-        } => cordon(view, node, *cordoned, *now_unix_ms),
+        } => cordon(view, node, *cordoned, false, *now_unix_ms),
+        Command::Drain { node, now_unix_ms } => cordon(view, node, true, true, *now_unix_ms),
+        Command::Undo {
+            target,
+            to_revision,
+            reason,
+            now_unix_ms,
+        } => undo(view, target, *to_revision, reason, *now_unix_ms),
+        Command::PauseRollout {
+            target,
+            paused,
+            now_unix_ms,
+        } => pause(view, target, *paused, *now_unix_ms),
+        Command::RolloutProgress {
+            target,
+            revision,
+            progress_unix_ms,
+            available_updated,
+            failed,
+        } => rollout_progress(
+            view,
+            target,
+            revision,
+            (*progress_unix_ms, *available_updated),
+            failed,
+        ),
         Command::Reconcile {
             create,
             remove,
@@ -322,13 +400,15 @@ fn apply(
             name: d.metadata.name.clone(),
         };
         let key = deploy_key(&target.namespace, &target.name);
-        let (stored, outcome) = match view.get::<StoredDeployment>(&key)? {
+        let (mut stored, outcome) = match view.get::<StoredDeployment>(&key)? {
             None => (
                 StoredDeployment {
                     deployment: d.clone(),
                     generation: 1,
                     created_unix_ms: now,
                     updated_unix_ms: now,
+                    revisions: Vec::new(),
+                    rollout: RolloutState::default(),
                 },
                 ApplyOutcome::Created,
             ),
@@ -342,14 +422,85 @@ fn apply(
                     generation: old.generation + 1,
                     created_unix_ms: old.created_unix_ms,
                     updated_unix_ms: now,
+                    revisions: old.revisions,
+                    rollout: old.rollout,
                 },
                 ApplyOutcome::Configured,
             ),
         };
+        let in_use = revisions_in_use(view, &target)?;
+        record_revision(&mut stored, now, &in_use);
         view.put(key, &stored)?;
         results.push((target, outcome, stored.generation));
     }
     Ok(Ok(WriteResult::Applied(results)))
+}
+
+/// Revision hashes that replicas of a deployment run now.
+fn revisions_in_use(view: &View<'_>, target: &ObjectRef) -> Result<Vec<String>, StoreError> {
+    let prefix = format!("{REPLICA_PREFIX}{}/{}-", target.namespace, target.name);
+    let mut hashes = Vec::new();
+    for key in view.committed_keys(&prefix)? {
+        if let Some(r) = view.get::<ReplicaRecord>(&key)? {
+            if r.deployment == target.name && !hashes.contains(&r.revision) {
+                hashes.push(r.revision);
+            }
+        }
+    }
+    Ok(hashes)
+}
+
+/// Make the deployment's current template its newest revision. A template
+/// seen before (a rollback, or re-applying an old file) moves its revision to
+/// the next number, as Kubernetes does; scaling never gets here with a new
+/// template. Old revisions beyond `revisionHistoryLimit` are dropped unless a
+/// replica still runs them.
+fn record_revision(stored: &mut StoredDeployment, now: i64, in_use: &[String]) {
+    let template = &stored.deployment.spec.template;
+    let hash = revision(template);
+    let change_cause = stored
+        .deployment
+        .metadata
+        .annotations
+        .get(CHANGE_CAUSE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let revisions = &mut stored.revisions;
+    if let Some(last) = revisions.last_mut() {
+        if last.hash == hash {
+            if !change_cause.is_empty() {
+                last.change_cause = change_cause;
+            }
+            return;
+        }
+    }
+    let number = revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+    revisions.retain(|r| r.hash != hash);
+    revisions.push(Revision {
+        number,
+        hash,
+        template: template.clone(),
+        created_unix_ms: now,
+        change_cause,
+    });
+    // A new template is a new rollout: it starts progressing now.
+    stored.rollout.progress_unix_ms = now;
+    stored.rollout.available_updated = 0;
+    stored.rollout.failed = None;
+    stored.rollout.rolled_back = None;
+    let limit = stored.deployment.spec.revision_history_limit as usize;
+    let current = revisions.len() - 1;
+    let mut kept_old = 0;
+    let mut keep = vec![true; revisions.len()];
+    for i in (0..current).rev() {
+        if kept_old < limit {
+            kept_old += 1;
+        } else if !in_use.contains(&revisions[i].hash) {
+            keep[i] = false;
+        }
+    }
+    let mut flags = keep.into_iter();
+    revisions.retain(|_| flags.next().unwrap_or(true));
 }
 
 fn delete(
@@ -439,6 +590,7 @@ fn register_node(
             _ => now,
         },
         cordoned: existing.as_ref().is_some_and(|n| n.cordoned),
+        draining: existing.as_ref().is_some_and(|n| n.draining),
     };
     if existing.as_ref() == Some(&record) {
         return Ok(Ok(WriteResult::Changed(0)));
@@ -544,25 +696,33 @@ fn node_condition(
     Ok(Ok(WriteResult::Changed(changed)))
 }
 
+/// Cordon, uncordon (which also ends a drain) or drain a node.
 fn cordon(
     view: &mut View<'_>,
     name: &str,
     cordoned: bool,
+    draining: bool,
     now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let key = node_key(name);
     let Some(mut node) = view.get::<NodeRecord>(&key)? else {
         return Ok(Err(WriteError::NodeNotFound(name.to_string())));
     };
-    if node.cordoned == cordoned {
+    // Cordoning a draining node leaves the drain running.
+    let draining = draining || (cordoned && node.draining);
+    if node.cordoned == cordoned && node.draining == draining {
         return Ok(Ok(WriteResult::Changed(0)));
     }
     node.cordoned = cordoned;
+    node.draining = draining;
     view.put(key, &node)?;
-    let (reason, state) = if cordoned {
-        ("NodeNotSchedulable", "NotSchedulable (cordoned)")
-    } else {
-        ("NodeSchedulable", "Schedulable")
+    let (reason, state) = match (cordoned, draining) {
+        (true, true) => (
+            "NodeDraining",
+            "NotSchedulable (draining: its replicas are replaced elsewhere)",
+        ),
+        (true, false) => ("NodeNotSchedulable", "NotSchedulable (cordoned)"),
+        (false, _) => ("NodeSchedulable", "Schedulable"),
     };
     view.record(
         now,
@@ -572,6 +732,113 @@ fn cordon(
             format!("Node {name} status is now: {state}"),
         ),
     );
+    Ok(Ok(WriteResult::Changed(1)))
+}
+
+fn stored_deployment(
+    view: &View<'_>,
+    target: &ObjectRef,
+) -> Result<Result<(String, StoredDeployment), WriteError>, StoreError> {
+    let key = deploy_key(&target.namespace, &target.name);
+    Ok(match view.get::<StoredDeployment>(&key)? {
+        Some(d) => Ok((key, d)),
+        None => Err(WriteError::NotFound {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        }),
+    })
+}
+
+fn undo(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    to_revision: Option<u64>,
+    reason: &Option<String>,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let (key, mut stored) = match stored_deployment(view, target)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    let current = stored.current_revision_number();
+    let wanted = match to_revision {
+        Some(n) => stored.revisions.iter().find(|r| r.number == n),
+        None => stored.revisions.iter().rev().nth(1),
+    };
+    let Some(wanted) = wanted.cloned() else {
+        return Ok(Err(WriteError::NoRevision {
+            name: target.name.clone(),
+            revision: to_revision,
+        }));
+    };
+    if wanted.number == current {
+        return Ok(Ok(WriteResult::RolledBack {
+            revision: current,
+            changed: false,
+        }));
+    }
+    stored.deployment.spec.template = wanted.template;
+    stored.generation += 1;
+    stored.updated_unix_ms = now;
+    let in_use = revisions_in_use(view, target)?;
+    record_revision(&mut stored, now, &in_use);
+    stored.rollout.rolled_back = reason.clone();
+    let revision = stored.current_revision_number();
+    view.put(key, &stored)?;
+    Ok(Ok(WriteResult::RolledBack {
+        revision,
+        changed: true,
+    }))
+}
+
+fn pause(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    paused: bool,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let (key, mut stored) = match stored_deployment(view, target)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    if stored.rollout.paused == paused {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    stored.rollout.paused = paused;
+    // A paused rollout does not time out; resumed, its deadline starts over.
+    if !paused {
+        stored.rollout.progress_unix_ms = now;
+    }
+    view.put(key, &stored)?;
+    Ok(Ok(WriteResult::Changed(1)))
+}
+
+/// Skipped (no error) when the deployment is gone or its template changed
+/// since the leader looked: the record is about one revision's rollout.
+fn rollout_progress(
+    view: &mut View<'_>,
+    target: &ObjectRef,
+    revision_hash: &str,
+    (progress, available_updated): (i64, u32),
+    failed: &Option<String>,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    let Ok((key, mut stored)) = stored_deployment(view, target)? else {
+        return Ok(Ok(WriteResult::Changed(0)));
+    };
+    if revision(&stored.deployment.spec.template) != revision_hash {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    let next = RolloutState {
+        progress_unix_ms: progress,
+        available_updated,
+        failed: failed.clone(),
+        ..stored.rollout.clone()
+    };
+    if stored.rollout == next {
+        return Ok(Ok(WriteResult::Changed(0)));
+    }
+    stored.rollout = next;
+    view.put(key, &stored)?;
     Ok(Ok(WriteResult::Changed(1)))
 }
 
@@ -624,19 +891,25 @@ fn create_replicas(
     created: &mut BTreeMap<(String, String), Vec<String>>,
 ) -> Result<usize, StoreError> {
     let mut changed = 0;
-    // Slots already taken per deployment, from committed state and this command.
-    let mut taken: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
+    // Slots already taken per deployment revision, from committed state and
+    // this command. A rollout runs two revisions side by side, so the same
+    // slot number may exist once per revision.
+    let mut taken: BTreeMap<(String, String, String), Vec<u32>> = BTreeMap::new();
     for key in view.committed_keys(REPLICA_PREFIX)? {
         if let Some(r) = view.get::<ReplicaRecord>(&key)? {
             taken
-                .entry((r.namespace, r.deployment))
+                .entry((r.namespace, r.deployment, r.revision))
                 .or_default()
                 .push(r.slot);
         }
     }
     for r in create {
         let slots = taken
-            .entry((r.namespace.clone(), r.deployment.clone()))
+            .entry((
+                r.namespace.clone(),
+                r.deployment.clone(),
+                r.revision.clone(),
+            ))
             .or_default();
         if slots.contains(&r.slot) || view.get::<ReplicaRecord>(&r.key())?.is_some() {
             continue;
@@ -720,6 +993,11 @@ fn report_status(
         let mut observed = observed.clone();
         observed.reported_unix_ms = now;
         observed.node = node.clone();
+        observed.ready_since_unix_ms = match replica.current_status() {
+            _ if !observed.ready => 0,
+            Some(previous) if previous.ready => previous.ready_since_unix_ms,
+            _ => now,
+        };
         let before = replica.current_status().cloned().unwrap_or_default();
         for event in status_events(&replica, &before, &observed, now) {
             view.record(now, event);

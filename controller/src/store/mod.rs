@@ -26,12 +26,13 @@ mod snapshot;
 
 use std::collections::BTreeMap;
 
-use drover_proto::manifest::Deployment;
+use drover_proto::manifest::{Deployment, PodTemplate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use command::{
     ApplyOutcome, Command, NodeRegistration, ObjectRef, Write, WriteError, WriteResult,
+    CHANGE_CAUSE_ANNOTATION,
 };
 pub use objects::{
     NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
@@ -61,6 +62,61 @@ pub struct StoredDeployment {
     pub generation: u64,
     pub created_unix_ms: i64,
     pub updated_unix_ms: i64,
+    /// Templates this deployment ran, oldest first; the last is the current
+    /// one. Kept up to `revisionHistoryLimit` old ones, plus any a replica
+    /// still runs (a rollout in progress).
+    #[serde(default)]
+    pub revisions: Vec<Revision>,
+    #[serde(default)]
+    pub rollout: RolloutState,
+}
+
+impl StoredDeployment {
+    /// The revision with this template hash, if it is still kept.
+    pub fn revision_by_hash(&self, hash: &str) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.hash == hash)
+    }
+
+    /// The number of the current revision (0 for a deployment stored before
+    /// revisions existed and not changed since).
+    pub fn current_revision_number(&self) -> u64 {
+        self.revisions.last().map_or(0, |r| r.number)
+    }
+}
+
+/// One template a deployment has run, as `rollout history` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// 1, 2, …; a rollback moves the old template to the next number.
+    pub number: u64,
+    /// The template hash in replica names (`<deployment>-<hash>-<slot>`).
+    pub hash: String,
+    pub template: PodTemplate,
+    /// When this template became current.
+    pub created_unix_ms: i64,
+    /// The `kubernetes.io/change-cause` annotation when it became current.
+    pub change_cause: String,
+}
+
+/// Where the current rollout stands, as the leader's planner records it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RolloutState {
+    /// `rollout pause`: no replicas are replaced until resumed.
+    #[serde(default)]
+    pub paused: bool,
+    /// When the rollout last made progress (a new template, a new replica
+    /// becoming available); the progress deadline counts from here.
+    #[serde(default)]
+    pub progress_unix_ms: i64,
+    /// Updated replicas available when progress was last recorded.
+    #[serde(default)]
+    pub available_updated: u32,
+    /// Why the rollout failed, once its progress deadline passed.
+    #[serde(default)]
+    pub failed: Option<String>,
+    /// Set when the current revision is an automatic rollback: why.
+    #[serde(default)]
+    pub rolled_back: Option<String>,
 }
 
 /// A controller and where its gRPC listener is.

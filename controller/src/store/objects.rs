@@ -53,6 +53,10 @@ pub struct NodeRecord {
     pub condition_since_unix_ms: i64,
     /// Cordoned nodes get no new replicas.
     pub cordoned: bool,
+    /// Draining nodes are cordoned and have their replicas replaced elsewhere,
+    /// each new replica running before the old one is removed.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// What an agent last reported about a replica.
@@ -87,6 +91,12 @@ pub struct ReplicaObserved {
     /// new node reports, and one moved away and back is again what was said.
     #[serde(default)]
     pub node: String,
+    /// When the replica last became ready (set by the store from the commit
+    /// time of the report that first said so; 0 while not ready). A replica
+    /// is available once it has been ready for the deployment's
+    /// `minReadySeconds`.
+    #[serde(default)]
+    pub ready_since_unix_ms: i64,
 }
 
 /// One copy of a deployment.
@@ -104,6 +114,10 @@ pub struct ReplicaRecord {
     pub pending_reason: String,
     pub created_unix_ms: i64,
     pub observed: ReplicaObserved,
+    /// The replica on a draining node that this one replaces: the old one is
+    /// removed once this one is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl ReplicaRecord {
@@ -120,6 +134,22 @@ impl ReplicaRecord {
 
     pub fn key(&self) -> String {
         replica_key(&self.namespace, &self.name)
+    }
+
+    /// Running and ready now, as its node last reported.
+    pub fn is_ready(&self) -> bool {
+        self.current_status()
+            .is_some_and(|o| o.ready && o.phase == ReplicaPhase::Running)
+    }
+
+    /// Ready for at least `min_ready_seconds` at `now` (Kubernetes'
+    /// "available"). With 0 seconds, ready is available.
+    pub fn is_available(&self, min_ready_seconds: u32, now_unix_ms: i64) -> bool {
+        self.is_ready()
+            && self.current_status().is_some_and(|o| {
+                min_ready_seconds == 0
+                    || o.ready_since_unix_ms + i64::from(min_ready_seconds) * 1000 <= now_unix_ms
+            })
     }
 }
 

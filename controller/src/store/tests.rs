@@ -212,6 +212,7 @@ fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
         pending_reason: String::new(),
         created_unix_ms: 1,
         observed: ReplicaObserved::default(),
+        replaces: None,
     }
 }
 
@@ -425,6 +426,191 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     let _ = store.apply(10, 1, &down).expect("apply");
     let _ = store.apply(11, 1, &place("n2")).expect("apply");
     assert!(get().current_status().is_none());
+}
+
+fn with_image(image: &str, cause: &str) -> Command {
+    let mut d = deployment("web", 2);
+    d.spec.template.spec.containers[0].image = image.into();
+    if !cause.is_empty() {
+        d.metadata
+            .annotations
+            .insert(CHANGE_CAUSE_ANNOTATION.into(), cause.into());
+    }
+    Command::Apply {
+        deployments: vec![d],
+        now_unix_ms: 100,
+    }
+}
+
+fn revision_numbers(store: &Store) -> Vec<(u64, String)> {
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    d.revisions
+        .iter()
+        .map(|r| (r.number, r.template.spec.containers[0].image.clone()))
+        .collect()
+}
+
+#[test]
+fn template_changes_make_revisions_and_scaling_does_not() {
+    let (_dir, store) = temp_store();
+    let mut index = 0;
+    let mut run = |c: &Command| {
+        index += 1;
+        store.apply(index, 1, c).expect("apply").expect("accepted")
+    };
+    run(&with_image("busybox:1", "first"));
+    run(&Command::Scale {
+        target: r("web"),
+        replicas: 5,
+        now_unix_ms: 101,
+    });
+    run(&with_image("busybox:2", "second"));
+    run(&with_image("busybox:3", ""));
+    assert_eq!(
+        revision_numbers(&store),
+        [
+            (1, "busybox:1".into()),
+            (2, "busybox:2".into()),
+            (3, "busybox:3".into())
+        ]
+    );
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    assert_eq!(d.revisions[1].change_cause, "second");
+    // Re-applying an old template moves its revision to the next number.
+    run(&with_image("busybox:1", ""));
+    assert_eq!(
+        revision_numbers(&store),
+        [
+            (2, "busybox:2".into()),
+            (3, "busybox:3".into()),
+            (4, "busybox:1".into())
+        ]
+    );
+    // Undo goes back to the previous revision; to a missing one is refused.
+    let undo = |to| Command::Undo {
+        target: r("web"),
+        to_revision: to,
+        reason: None,
+        now_unix_ms: 200,
+    };
+    assert_eq!(
+        run(&undo(None)),
+        WriteResult::RolledBack {
+            revision: 5,
+            changed: true
+        }
+    );
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    assert_eq!(
+        d.deployment.spec.template.spec.containers[0].image,
+        "busybox:3"
+    );
+    let refused = store.apply(99, 1, &undo(Some(42))).expect("apply");
+    assert!(matches!(refused, Err(WriteError::NoRevision { .. })));
+}
+
+#[test]
+fn revision_history_limit_keeps_the_newest_old_revisions() {
+    let (_dir, store) = temp_store();
+    for (i, image) in ["a:1", "a:2", "a:3", "a:4"].iter().enumerate() {
+        let mut d = deployment("web", 1);
+        d.spec.revision_history_limit = 1;
+        d.spec.template.spec.containers[0].image = (*image).into();
+        let c = Command::Apply {
+            deployments: vec![d],
+            now_unix_ms: i as i64,
+        };
+        store
+            .apply(i as u64 + 1, 1, &c)
+            .expect("apply")
+            .expect("ok");
+    }
+    assert_eq!(
+        revision_numbers(&store),
+        [(3, "a:3".into()), (4, "a:4".into())]
+    );
+}
+
+#[test]
+fn ready_since_is_the_commit_time_of_the_first_ready_report() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(1, 1, &node_registration("n1")).expect("apply");
+    let create = Command::Reconcile {
+        create: vec![replica("web-a-0", "web", 0)],
+        remove: vec![],
+        now_unix_ms: 0,
+    };
+    let _ = store.apply(2, 1, &create).expect("apply");
+    let place = Command::Schedule {
+        place: vec![(r("web-a-0"), "n1".into())],
+        unschedulable: vec![],
+        now_unix_ms: 0,
+    };
+    let _ = store.apply(3, 1, &place).expect("apply");
+    let report = |ready, now| Command::ReportStatus {
+        reports: vec![(
+            "n1".into(),
+            r("web-a-0"),
+            ReplicaObserved {
+                phase: ReplicaPhase::Running,
+                ready,
+                ..Default::default()
+            },
+        )],
+        now_unix_ms: now,
+    };
+    let since = |store: &Store| {
+        store.replicas(None).expect("list")[0]
+            .observed
+            .ready_since_unix_ms
+    };
+    let _ = store.apply(4, 1, &report(false, 10)).expect("apply");
+    assert_eq!(since(&store), 0);
+    let _ = store.apply(5, 1, &report(true, 20)).expect("apply");
+    let _ = store.apply(6, 1, &report(true, 30)).expect("apply");
+    assert_eq!(since(&store), 20, "still ready: the first time counts");
+    let _ = store.apply(7, 1, &report(false, 40)).expect("apply");
+    let _ = store.apply(8, 1, &report(true, 50)).expect("apply");
+    assert_eq!(since(&store), 50);
+}
+
+#[test]
+fn drain_cordons_and_uncordon_ends_it() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(1, 1, &node_registration("n1")).expect("apply");
+    let node = |store: &Store| store.node("n1").expect("read").expect("n1");
+    let _ = store
+        .apply(
+            2,
+            1,
+            &Command::Drain {
+                node: "n1".into(),
+                now_unix_ms: 0,
+            },
+        )
+        .expect("apply");
+    assert!(node(&store).cordoned && node(&store).draining);
+    let cordon = |cordoned| Command::Cordon {
+        node: "n1".into(),
+        cordoned,
+        now_unix_ms: 0,
+    };
+    let _ = store.apply(3, 1, &cordon(true)).expect("apply");
+    assert!(
+        node(&store).draining,
+        "cordoning again leaves the drain running"
+    );
+    let _ = store.apply(4, 1, &cordon(false)).expect("apply");
+    assert!(!node(&store).cordoned && !node(&store).draining);
 }
 
 fn all_events(store: &Store) -> Vec<events::EventRecord> {

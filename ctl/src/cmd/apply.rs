@@ -83,7 +83,13 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         })
         .await?;
     warn_all(&response.warnings);
-    print(&result_lines(&response.results, args.dry_run))
+    print(&result_lines(&response.results, args.dry_run))?;
+    if args.wait && args.dry_run == DryRun::None {
+        for r in &response.results {
+            super::rollout::wait(&mut client, &r.namespace, &r.name, args.timeout.0).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `deployment.apps/web created`, one per result, marked for dry runs.

@@ -389,7 +389,7 @@ pub fn describe_deployment(
     events: &[pb::Event],
     now_ms: i64,
 ) -> String {
-    let status = d.status.unwrap_or_default();
+    let status = d.status.clone().unwrap_or_default();
     let spec = &m.spec;
     let mut w = String::new();
     line(&mut w, 0, "Name", &d.name);
@@ -477,8 +477,72 @@ pub fn describe_deployment(
         "Node-Selectors",
         labels_lines(&template.spec.node_selector),
     );
+    rollout_state(&mut w, &status, m);
     events_section(&mut w, events, now_ms);
     output::align_tabs(&w)
+}
+
+/// kubectl's Conditions (Available, Progressing) and the revision table.
+fn rollout_state(w: &mut String, status: &pb::DeploymentStatus, m: &manifest::Deployment) {
+    let desired = m.spec.replicas;
+    let max_unavailable = match &m.spec.strategy {
+        Strategy::RollingUpdate {
+            max_unavailable, ..
+        } => match max_unavailable {
+            IntOrPercent::Int(n) => *n,
+            IntOrPercent::Percent(p) => desired * p / 100,
+        },
+        Strategy::Recreate => desired,
+    };
+    let (available, available_reason) = if status.available + max_unavailable >= desired {
+        ("True", "MinimumReplicasAvailable")
+    } else {
+        ("False", "MinimumReplicasUnavailable")
+    };
+    let (progressing, progressing_reason) = if !status.failed.is_empty() {
+        ("False", "ProgressDeadlineExceeded")
+    } else if status.paused {
+        ("Unknown", "DeploymentPaused")
+    } else if status.complete {
+        ("True", "NewReplicaSetAvailable")
+    } else {
+        ("True", "ReplicaSetUpdated")
+    };
+    heading(w, 0, "Conditions");
+    let mut t = Table::new(["Type", "Status", "Reason"]);
+    t.push(vec![
+        "Available".into(),
+        available.into(),
+        available_reason.into(),
+    ]);
+    t.push(vec![
+        "Progressing".into(),
+        progressing.into(),
+        progressing_reason.into(),
+    ]);
+    w.push_str(&t.render_described(2, "  "));
+    if !status.failed.is_empty() {
+        line(w, 0, "RolloutFailure", &status.failed);
+    }
+    if !status.rolled_back.is_empty() {
+        line(w, 0, "RolledBack", &status.rolled_back);
+    }
+    if status.revisions.is_empty() {
+        line(w, 0, "Revisions", "<none>");
+        return;
+    }
+    heading(w, 0, "Revisions");
+    let mut t = Table::new(["Revision", "Hash", "Replicas", "Changed", "Change-Cause"]);
+    for r in &status.revisions {
+        t.push(vec![
+            r.number.to_string(),
+            r.hash.clone(),
+            r.replicas.to_string(),
+            rfc1123z(r.created_unix_ms),
+            or_none(&r.change_cause),
+        ]);
+    }
+    w.push_str(&t.render_described(2, "  "));
 }
 
 fn container(w: &mut String, c: &manifest::Container) {
@@ -709,7 +773,13 @@ mod tests {
             "    Environment:",
             "      MODE:  fast",
             "  Node-Selectors:  <none>",
-            "Events:  <none>",
+            "Conditions:",
+            "  Type         Status  Reason",
+            "  ----         ------  ------",
+            "  Available    False   MinimumReplicasUnavailable",
+            "  Progressing  True    ReplicaSetUpdated",
+            "Revisions:  <none>",
+            "Events:     <none>",
         ];
         assert_eq!(text, expected.join("\n") + "\n");
     }

@@ -9,9 +9,12 @@ pub mod config;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod diff;
+pub mod drain;
 pub mod events;
 pub mod get;
 pub mod logs;
+pub mod rollout;
 pub mod scale;
 pub mod version;
 
@@ -73,6 +76,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => scale::run(&env, args).await,
         Command::Cordon(args) => cordon::run(&env, args, true).await,
         Command::Uncordon(args) => cordon::run(&env, args, false).await,
+        Command::Drain(args) => drain::run(&env, args).await,
+        Command::Diff(args) => diff::run(&env, args).await,
+        Command::Rollout(cmd) => rollout::run(&env, cmd).await,
         Command::Cluster(cmd) => cluster::run(&env, cmd).await,
         Command::Version(args) => version::run(&env, args).await,
         Command::Completion(args) => completion::run(args),

@@ -1,0 +1,432 @@
+//! Rolling updates end to end with the process runtime: the bounds hold while
+//! replicas are replaced (sampled every 100 ms), a revision that never becomes
+//! ready stalls, fails at its progress deadline and rolls back by itself,
+//! `rollout undo` restores the previous template, and a leader change in the
+//! middle of a rollout does not stop it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::pb;
+use drover_tests::cluster::{err, ok};
+use drover_tests::Cluster;
+
+const T: Duration = Duration::from_secs(90);
+
+struct Spec<'a> {
+    replicas: u32,
+    surge: u32,
+    unavailable: u32,
+    /// What each replica prints: a new word is a new template.
+    word: &'a str,
+    /// A readiness probe command that never passes.
+    never_ready: bool,
+    deadline_seconds: u32,
+    auto_rollback: bool,
+    cause: &'a str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec {
+            replicas: 6,
+            surge: 1,
+            unavailable: 1,
+            word: "one",
+            never_ready: false,
+            deadline_seconds: 600,
+            auto_rollback: false,
+            cause: "",
+        }
+    }
+}
+
+fn manifest(s: &Spec<'_>) -> String {
+    let probe = if s.never_ready {
+        "        readinessProbe:\n          exec:\n            command: [\"false\"]\n          periodSeconds: 1\n"
+    } else {
+        "        readinessProbe:\n          exec:\n            command: [\"true\"]\n          periodSeconds: 1\n"
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations:
+    drover.io/auto-rollback: "{auto}"
+    kubernetes.io/change-cause: "{cause}"
+spec:
+  replicas: {replicas}
+  minReadySeconds: 1
+  progressDeadlineSeconds: {deadline}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: {surge}
+      maxUnavailable: {unavailable}
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: main
+        image: drover/busybox:1
+        command: ["sh", "-c", "while true; do echo {word}; sleep 1; done"]
+{probe}        resources:
+          requests:
+            cpu: 50m
+            memory: 8Mi
+"#,
+        auto = s.auto_rollback,
+        cause = s.cause,
+        replicas = s.replicas,
+        deadline = s.deadline_seconds,
+        surge = s.surge,
+        unavailable = s.unavailable,
+        word = s.word,
+    )
+}
+
+async fn three_agents(controllers: u64) -> Cluster {
+    let mut c = Cluster::start(controllers).await.expect("cluster");
+    for name in ["n1", "n2", "n3"] {
+        c.start_agent(name, "process", &["--cpu", "4", "--memory", "4Gi"])
+            .expect("agent");
+    }
+    c.wait_for("3 nodes Ready", T, || async {
+        let out = c.ctl().run(&["get", "nodes"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.matches(" Ready ").count() == 3 {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("nodes");
+    c
+}
+
+fn apply(c: &Cluster, spec: &Spec<'_>, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["apply", "-f", "-"];
+    args.extend_from_slice(extra);
+    c.ctl()
+        .run_with_stdin(&args, Some(manifest(spec).as_bytes()))
+}
+
+/// One look at the deployment, as the controllers see it.
+#[derive(Debug, Clone)]
+struct Sample {
+    total: u32,
+    available: u32,
+    revisions: usize,
+}
+
+/// Samples `web` every 100 ms from any controller that answers, until stopped.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(addresses: Vec<String>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (stop, samples) = (stop.clone(), samples.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    for address in &addresses {
+                        let Ok(mut client) = drover_tests::cluster::connect(address).await else {
+                            continue;
+                        };
+                        let request = pb::GetDeploymentRequest {
+                            namespace: "default".into(),
+                            name: "web".into(),
+                            read: None,
+                        };
+                        let asked = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            client.get_deployment(request),
+                        )
+                        .await;
+                        if let Ok(Ok(d)) = asked {
+                            let s = d.into_inner().status.unwrap_or_default();
+                            let revisions = s.revisions.iter().filter(|r| r.replicas > 0).count();
+                            samples.lock().expect("samples").push(Sample {
+                                total: s.replicas,
+                                available: s.available,
+                                revisions,
+                            });
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Sampler {
+            stop,
+            samples,
+            task,
+        }
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let samples = self.samples.lock().expect("samples").clone();
+        samples
+    }
+}
+
+fn assert_bounds(samples: &[Sample], desired: u32, surge: u32, unavailable: u32) {
+    assert!(samples.len() > 10, "too few samples: {samples:?}");
+    for s in samples {
+        assert!(
+            s.total <= desired + surge,
+            "{} replicas > {desired} + maxSurge {surge}: {s:?}",
+            s.total
+        );
+        assert!(
+            s.available + unavailable >= desired,
+            "{} available < {desired} - maxUnavailable {unavailable}: {s:?}",
+            s.available
+        );
+    }
+    assert!(
+        samples.iter().any(|s| s.revisions == 2),
+        "never saw old and new replicas side by side: the update was not gradual"
+    );
+}
+
+async fn words_running(c: &Cluster, word: &str, want: usize) -> Result<(), String> {
+    let replicas = c.running_replicas("web", want).await?;
+    let out = c.ctl().run(&["get", "deployment", "web", "-o", "json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains(&format!("echo {word};")) {
+        return Err(format!("template is not {word:?} yet"));
+    }
+    let revisions: std::collections::BTreeSet<String> =
+        replicas.iter().map(|r| r.revision.clone()).collect();
+    if revisions.len() == 1 {
+        Ok(())
+    } else {
+        Err(format!("revisions still mixed: {revisions:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_keeps_the_bounds_and_undo_restores_the_template() {
+    let c = three_agents(1).await;
+    let v1 = Spec {
+        cause: "first",
+        ..Spec::default()
+    };
+    let out = ok(&apply(&c, &v1, &["--wait", "--timeout", "90s"]));
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let listed = ok(&c.ctl().run(&["get", "deployments"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains(" 6/6 ")),
+        "{listed}"
+    );
+
+    let sampler = Sampler::start(c.addresses());
+    let v2 = Spec {
+        word: "two",
+        cause: "second",
+        ..Spec::default()
+    };
+    let out = ok(&apply(&c, &v2, &["--wait", "--timeout", "90s"]));
+    let samples = sampler.finish().await;
+    eprintln!("apply --wait printed:\n{out}");
+    assert!(
+        out.contains("Waiting for deployment"),
+        "progress lines: {out}"
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_bounds(&samples, 6, 1, 1);
+    c.wait_for("6 of the new revision", T, || words_running(&c, "two", 6))
+        .await
+        .expect("rolled out");
+
+    let history = ok(&c.ctl().run(&["rollout", "history", "deployment", "web"]));
+    let rows: Vec<&str> = history.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{history}");
+    assert!(
+        rows[0].starts_with("1 ") && rows[0].ends_with("first"),
+        "{history}"
+    );
+    assert!(
+        rows[1].starts_with("2 ") && rows[1].ends_with("second"),
+        "{history}"
+    );
+
+    let out = ok(&c.ctl().run(&["rollout", "undo", "deployment", "web"]));
+    assert!(out.contains("rolled back (now revision 3)"), "{out}");
+    let out = ok(&c
+        .ctl()
+        .run(&["rollout", "status", "deployment", "web", "--timeout", "90s"]));
+    assert!(out.contains("successfully rolled out"), "{out}");
+    c.wait_for("6 of the old template again", T, || {
+        words_running(&c, "one", 6)
+    })
+    .await
+    .expect("undone");
+    let history = ok(&c.ctl().run(&["rollout", "history", "deployment", "web"]));
+    let numbers: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        numbers,
+        ["2", "3"],
+        "the undone-to template moved to revision 3: {history}"
+    );
+    let e = err(&c
+        .ctl()
+        .run(&["rollout", "undo", "deployment", "web", "--to-revision", "9"]));
+    assert!(e.contains("has no revision 9"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_never_becomes_ready_fails_at_its_deadline_and_rolls_back() {
+    let c = three_agents(1).await;
+    let v1 = Spec {
+        replicas: 4,
+        surge: 1,
+        unavailable: 0,
+        deadline_seconds: 6,
+        auto_rollback: true,
+        ..Spec::default()
+    };
+    ok(&apply(&c, &v1, &["--wait", "--timeout", "90s"]));
+
+    let sampler = Sampler::start(c.addresses());
+    let broken = Spec {
+        word: "broken",
+        never_ready: true,
+        ..v1
+    };
+    let e = err(&apply(&c, &broken, &["--wait", "--timeout", "90s"]));
+    let samples = sampler.finish().await;
+    eprintln!("apply --wait of a never-ready revision:\n{e}");
+    assert!(e.contains("rolled back from revision 2"), "{e}");
+    assert!(e.contains("ProgressDeadlineExceeded"), "{e}");
+    assert_bounds(&samples, 4, 1, 0);
+    c.wait_for("back on the first template", T, || {
+        words_running(&c, "one", 4)
+    })
+    .await
+    .expect("rolled back");
+    let listed = ok(&c.ctl().run(&["get", "deployments"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains(" 4/4 ")),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_continues_a_rollout_within_the_bounds() {
+    let mut c = three_agents(3).await;
+    let v1 = Spec::default();
+    ok(&apply(&c, &v1, &["--wait", "--timeout", "90s"]));
+    let sampler = Sampler::start(c.addresses());
+    let v2 = Spec {
+        word: "two",
+        ..Spec::default()
+    };
+    ok(&apply(&c, &v2, &[]));
+    // Kill the leader once old and new replicas run side by side.
+    c.wait_for("a rollout in progress", T, || async {
+        let s = c.running_replicas("web", 7).await;
+        match s {
+            Ok(list) if list.iter().any(|r| r.revision != list[0].revision) => Ok(()),
+            Ok(_) => Err("one revision".into()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect("mid-rollout");
+    let leader = c.wait_for_leader(T).await.expect("leader");
+    c.kill(leader);
+    let survivor = (0..3).find(|i| *i != leader).expect("another controller");
+    let out = ok(&c.ctl_at(survivor).run(&[
+        "rollout",
+        "status",
+        "deployment",
+        "web",
+        "--timeout",
+        "90s",
+    ]));
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let samples = sampler.finish().await;
+    assert_bounds(&samples, 6, 1, 1);
+    c.wait_for("6 of the new revision", T, || words_running(&c, "two", 6))
+        .await
+        .expect("rolled out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_the_change_and_a_server_dry_run_stores_nothing() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let v1 = Spec::default();
+    let v2 = Spec {
+        word: "two",
+        ..Spec::default()
+    };
+    let diff = |spec: &Spec<'_>| {
+        c.ctl()
+            .run_with_stdin(&["diff", "-f", "-"], Some(manifest(spec).as_bytes()))
+    };
+    let new = diff(&v1);
+    assert_eq!(
+        new.status.code(),
+        Some(1),
+        "a new deployment is a difference"
+    );
+    assert!(String::from_utf8_lossy(&new.stdout).contains("+++ merged/default/web"));
+    ok(&apply(&c, &v1, &[]));
+    let same = diff(&v1);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    assert!(same.stdout.is_empty());
+
+    let changed = diff(&v2);
+    assert_eq!(changed.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert!(text.contains("--- live/default/web"), "{text}");
+    assert!(
+        text.contains("-        - while true; do echo one; sleep 1; done"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+        - while true; do echo two; sleep 1; done"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(['+', '-'])).count(),
+        4,
+        "{text}"
+    );
+
+    let out = ok(&apply(&c, &v2, &["--dry-run=server"]));
+    assert!(out.contains("configured (server dry run)"), "{out}");
+    assert_eq!(
+        diff(&v2).status.code(),
+        Some(1),
+        "the dry run stored nothing"
+    );
+    let history = ok(&c.ctl().run(&["rollout", "history", "deployment", "web"]));
+    assert_eq!(history.lines().count(), 3, "one revision: {history}");
+}
