@@ -54,6 +54,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     // With --listen HOST:0 the advertised address is the port actually bound.
     let bound = incoming.local_addr().unwrap_or(cfg.listen);
     let settings = cfg.settings(bound)?;
+    if settings.security.is_insecure() {
+        warn!("--insecure: the session with the controllers and the logs service are plaintext and unauthenticated");
+    }
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
         AgentError::io(
             format!(
@@ -95,7 +98,12 @@ pub async fn run_with<R: Runtime>(
     let stop = shutdown.child_token();
     let (supervisor, supervisor_task) =
         Supervisor::start(runtime.clone(), SupervisorConfig::default(), stop.clone()).await?;
-    let server = tokio::spawn(server::serve(runtime.clone(), incoming, stop.clone()));
+    let server = tokio::spawn(server::serve(
+        runtime.clone(),
+        incoming,
+        settings.security.clone(),
+        stop.clone(),
+    ));
     let session_cfg = SessionConfig {
         labels: settings.labels.clone(),
         capacity: settings.capacity,
@@ -103,6 +111,7 @@ pub async fn run_with<R: Runtime>(
         runtime: runtime.kind().to_string(),
         heartbeat: settings.heartbeat,
         stop_after_disconnect: settings.stop_after_disconnect,
+        security: settings.security.clone(),
         ..SessionConfig::new(settings.node.clone(), settings.controllers.clone())
     };
     info!(

@@ -5,6 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use drover_proto::pb;
+use drover_proto::pki::authz::{self, AuthorizeLayer};
+use drover_proto::pki::Security;
 use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -73,9 +75,23 @@ impl<R: Runtime> pb::agent_server::Agent for AgentService<R> {
 pub async fn serve<R: Runtime>(
     runtime: Arc<R>,
     incoming: TcpIncoming,
+    security: Security,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Security::Tls(material) = &security {
+        let tls = material
+            .server_config()
+            .map_err(|e| AgentError::Config(format!("the node certificate: {e}")))?;
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| AgentError::Config(format!("TLS for the Agent service: {e}")))?;
+    }
+    builder
+        .layer(AuthorizeLayer::new(
+            authz::agent_policy,
+            !security.is_insecure(),
+        ))
         .add_service(pb::agent_server::AgentServer::new(AgentService::new(
             runtime,
         )))

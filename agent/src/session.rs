@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use drover_proto::pb;
 use drover_proto::pb::dispatcher_client::DispatcherClient;
+use drover_proto::pki::{self, Security};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tonic::Code;
 use tracing::{debug, info, instrument, warn};
 
@@ -60,6 +60,8 @@ pub struct SessionConfig {
     pub reconnect_max: Duration,
     /// Fencing: stop every local replica after this long without a session.
     pub stop_after_disconnect: Option<Duration>,
+    /// Mutual TLS with the node certificate, or plaintext (`--insecure`).
+    pub security: Security,
 }
 
 impl SessionConfig {
@@ -78,6 +80,7 @@ impl SessionConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             stop_after_disconnect: None,
+            security: Security::Insecure,
         }
     }
 }
@@ -285,7 +288,7 @@ async fn session(
         reason,
         productive: false,
     };
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+    let endpoint = match cfg.security.endpoint(addr, pki::CONTROLLER_SERVER_NAME) {
         Ok(e) => e
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::pb;
 use drover_proto::pb::raft_client::RaftClient;
+use drover_proto::pki::{self, Security};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
@@ -35,6 +36,8 @@ pub struct Cluster {
     pub max_replicas: u32,
     pub started: Instant,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How this controller connects to its peers.
+    pub security: Security,
 }
 
 impl Cluster {
@@ -45,6 +48,7 @@ impl Cluster {
         self_address: String,
         leader_wait: Duration,
         max_replicas: u32,
+        security: Security,
     ) -> Cluster {
         Cluster {
             handle,
@@ -55,6 +59,7 @@ impl Cluster {
             max_replicas,
             started: Instant::now(),
             channels: Arc::new(Mutex::new(HashMap::new())),
+            security,
         }
     }
 
@@ -140,10 +145,10 @@ impl Cluster {
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| {
-                        Status::internal(format!("invalid member address {address:?}: {e}"))
-                    })?
+                let endpoint = self
+                    .security
+                    .endpoint(address, pki::CONTROLLER_SERVER_NAME)
+                    .map_err(|e| Status::internal(format!("member address: {e}")))?
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(15))
                     .tcp_nodelay(true);
