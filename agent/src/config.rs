@@ -12,6 +12,7 @@ use drover_proto::pb;
 use drover_proto::pki::{self, Role, Security, TlsDir, TlsMaterial};
 
 use crate::error::{AgentError, Result};
+use crate::join::JoinPlan;
 
 /// Which runtime runs the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,8 +108,23 @@ pub struct AgentConfig {
 
     /// Talk to the controllers and serve logs in plaintext, with no
     /// authentication (only for a cluster whose controllers run --insecure).
-    #[arg(long, conflicts_with = "tls_dir")]
+    #[arg(long, conflicts_with_all = ["tls_dir", "join_token"])]
     pub insecure: bool,
+
+    /// Join the cluster with this token (from droverctl token create) when the
+    /// tls dir holds no certificate yet; later starts need no token.
+    #[arg(
+        long,
+        env = "DROVER_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<String>,
+
+    /// The cluster's CA certificate, to check the controllers when joining
+    /// (the token pins its fingerprint). Default: the tls dir's ca.crt.
+    #[arg(long, env = "DROVER_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
@@ -132,8 +148,13 @@ pub struct Settings {
     pub advertise: String,
     pub heartbeat: Duration,
     pub stop_after_disconnect: Option<Duration>,
-    /// How the agent connects to controllers and serves logs.
+    /// How the agent connects to controllers and serves logs (before a
+    /// pending join: plaintext, unused).
     pub security: Security,
+    /// A join to do before starting (`--join-token`, no certificate yet).
+    pub join: Option<JoinPlan>,
+    /// Where the node certificate lives, to renew it; None: no renewal.
+    pub tls_dir: Option<TlsDir>,
 }
 
 impl AgentConfig {
@@ -158,7 +179,8 @@ impl AgentConfig {
         if self.heartbeat_ms == 0 {
             return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
         }
-        let security = self.security(&node)?;
+        let (security, join) = self.security(&node)?;
+        let tls_dir = (!self.insecure).then(|| self.tls_dir());
         Ok(Settings {
             node,
             controllers,
@@ -169,6 +191,8 @@ impl AgentConfig {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             stop_after_disconnect: self.stop_after_disconnect,
             security,
+            join,
+            tls_dir,
         })
     }
 }
@@ -183,19 +207,31 @@ impl AgentConfig {
         )
     }
 
-    fn security(&self, node: &str) -> Result<Security> {
+    fn security(&self, node: &str) -> Result<(Security, Option<JoinPlan>)> {
         if self.insecure {
-            return Ok(Security::Insecure);
+            return Ok((Security::Insecure, None));
         }
         let dir = self.tls_dir();
         if !dir.has_identity() {
+            if let Some(token) = &self.join_token {
+                let ca_path = self.ca.clone().unwrap_or_else(|| dir.ca_cert());
+                let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| {
+                    AgentError::Config(format!(
+                        "joining needs the cluster's CA certificate: cannot read {} ({e}); pass --ca FILE",
+                        ca_path.display()
+                    ))
+                })?;
+                let plan =
+                    JoinPlan::new(token, ca_pem, &ca_path.display().to_string(), dir.clone())?;
+                return Ok((Security::Insecure, Some(plan)));
+            }
             return Err(AgentError::Config(format!(
                 "no node certificate in {}: join with --join-token (from droverctl token create --role agent), issue one (droverctl pki client --dir PKI_DIR --role agent --name {node} --out {}), or pass --insecure for a cluster without TLS",
                 dir.path.display(),
                 dir.path.display()
             )));
         }
-        load_node_tls(&dir, node)
+        Ok((load_node_tls(&dir, node)?, None))
     }
 }
 

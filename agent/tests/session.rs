@@ -49,6 +49,8 @@ impl TestAgent {
             stop_after_disconnect: None,
             // The fake controller speaks plaintext.
             security: drover_proto::pki::Security::Insecure,
+            join: None,
+            tls_dir: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(

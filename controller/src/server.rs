@@ -21,12 +21,13 @@ use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
 use drover_proto::pki::authz::{self, AuthorizeLayer};
-use drover_proto::pki::{Role, Security, TlsDir, TlsMaterial};
+use drover_proto::pki::{Ca, Role, Security, TlsDir, TlsMaterial};
 
 use drover_proto::pb;
 
 use crate::api::control::ControlService;
 use crate::api::peer::PeerService;
+use crate::api::security::{SecurityService, Signer};
 use crate::api::Cluster;
 use crate::config::ControllerConfig;
 use crate::raft::node::{self, Node};
@@ -93,7 +94,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         info!("data dir already holds a cluster: --peers is ignored (membership comes from the replicated log)");
     }
 
-    let (security, server_tls) = tls(&cfg)?;
+    let (security, server_tls, signer) = tls(&cfg)?;
     let slot: NodeSlot = Arc::new(RwLock::new(None));
     let transport = Arc::new(GrpcTransport::new(
         cfg.id,
@@ -153,6 +154,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
         .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(64 * 1024 * 1024);
+    let security_service = pb::security_server::SecurityServer::new(SecurityService {
+        cluster: cluster.clone(),
+        signer,
+    });
     let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
         .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
@@ -176,6 +181,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         .add_service(control)
         .add_service(dispatcher)
         .add_service(peer)
+        .add_service(security_service)
         .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
 
     let mut node_task = node_task;
@@ -204,10 +210,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
 }
 
 /// The client security for outgoing links and the listener's TLS settings.
-fn tls(cfg: &ControllerConfig) -> anyhow::Result<(Security, Option<ServerTlsConfig>)> {
+type Tls = (Security, Option<ServerTlsConfig>, Option<Arc<Signer>>);
+
+fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
     let Some(dir) = &cfg.tls_dir else {
         warn!("--insecure: every link is plaintext and unauthenticated; anyone who can reach this port can change the cluster");
-        return Ok((Security::Insecure, None));
+        return Ok((Security::Insecure, None, None));
     };
     let dir = TlsDir::new(dir);
     let material = TlsMaterial::read_dir(&dir).map_err(|e| {
@@ -225,7 +233,18 @@ fn tls(cfg: &ControllerConfig) -> anyhow::Result<(Security, Option<ServerTlsConf
         ),
     }
     let server = material.server_config()?;
-    Ok((Security::tls(material), Some(server)))
+    let signer = if dir.can_sign() {
+        let ca = Ca::read_from(&dir.path)
+            .map_err(|e| anyhow::anyhow!("cannot load the CA from --tls-dir: {e}"))?;
+        Some(Arc::new(Signer {
+            fingerprint: drover_proto::pki::ca_fingerprint(ca.cert_pem())?,
+            ca,
+            node_validity: cfg.node_cert_validity,
+        }))
+    } else {
+        None
+    };
+    Ok((Security::tls(material), Some(server), signer))
 }
 
 /// A new cluster: every initial member writes the same snapshot at index 1,

@@ -115,6 +115,36 @@ pub enum Command {
     /// Create the cluster CA and certificates
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Join tokens for agents (and controllers)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token; only the token is printed on stdout (shown once)
+    Create(TokenCreateArgs),
+    /// List join tokens (ids, never secrets)
+    List,
+    /// Revoke a join token: joins with it are refused from now on
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// What the token lets its holder join as: agent or controller
+    #[arg(long, value_name = "agent|controller", default_value = "agent")]
+    pub role: String,
+
+    /// How long the token can be used
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_validity)]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (the 8 hex digits `token list` shows)
+    pub id: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -75,7 +75,7 @@ impl ClientError {
 pub struct Client {
     servers: Vec<String>,
     timeout: Option<Duration>,
-    connected: Option<(usize, ControlClient<Channel>)>,
+    connected: Option<(usize, Channel)>,
     security: Security,
 }
 
@@ -107,9 +107,23 @@ impl Client {
     ///
     /// `rpc` is called once per attempt with a fresh handle and builds its
     /// request anew each time (a tonic request is consumed by the call).
-    pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> Result<T, ClientError>
+    pub async fn call<T, F, Fut>(&mut self, rpc: F) -> Result<T, ClientError>
     where
         F: FnMut(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(control_client, rpc).await
+    }
+
+    /// [`Client::call`] for another service on the controllers: `make` wraps
+    /// the channel in that service's client.
+    pub async fn call_with<C, T, F, Fut>(
+        &mut self,
+        make: fn(Channel) -> C,
+        mut rpc: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(C) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = self.timeout.map(|t| Instant::now() + t);
@@ -132,7 +146,7 @@ impl Client {
                     break;
                 }
                 let client = match self.connection(i, left).await {
-                    Ok(c) => c,
+                    Ok(c) => make(c),
                     Err(reason) => {
                         let reason = self.plaintext_hint(reason);
                         attempts.push(Attempt { server, reason });
@@ -227,11 +241,7 @@ impl Client {
     }
 
     /// The cached connection to server `i`, or a new one.
-    async fn connection(
-        &mut self,
-        i: usize,
-        left: Option<Duration>,
-    ) -> Result<ControlClient<Channel>, String> {
+    async fn connection(&mut self, i: usize, left: Option<Duration>) -> Result<Channel, String> {
         if let Some((j, c)) = &self.connected {
             if *j == i {
                 return Ok(c.clone());
@@ -245,11 +255,13 @@ impl Client {
 }
 
 /// Open a channel to `server` (HOST:PORT), giving up after `wait`.
-async fn connect(
-    server: &str,
-    wait: Duration,
-    security: &Security,
-) -> Result<ControlClient<Channel>, String> {
+fn control_client(channel: Channel) -> ControlClient<Channel> {
+    ControlClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(usize::MAX)
+}
+
+async fn connect(server: &str, wait: Duration, security: &Security) -> Result<Channel, String> {
     let endpoint = security
         .endpoint(server, pki::CONTROLLER_SERVER_NAME)
         .map_err(|e| e.to_string())?
@@ -264,9 +276,7 @@ async fn connect(
     match tokio::time::timeout(wait + Duration::from_millis(100), endpoint.connect()).await {
         Err(_) => Err("timed out".to_string()),
         Ok(Err(e)) => Err(error_chain_reason(&e)),
-        Ok(Ok(channel)) => Ok(ControlClient::new(channel)
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .max_encoding_message_size(usize::MAX)),
+        Ok(Ok(channel)) => Ok(channel),
     }
 }
 

@@ -304,3 +304,151 @@ fn a_controller_without_tls_flags_refuses_to_start() {
         "{stderr}"
     );
 }
+
+async fn node_ready(c: &Cluster, node: &str) -> Result<(), String> {
+    let out = c.ctl().run(&["get", "nodes"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ready = text
+        .lines()
+        .any(|l| l.split_whitespace().take(2).eq([node, "Ready"]));
+    if ready {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_with_a_token_and_a_revoked_token_lets_nobody_else_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let out = c
+        .ctl()
+        .run(&["token", "create", "--role", "agent", "--ttl", "1h"]);
+    let token = ok(&out).trim().to_string();
+    assert!(token.starts_with("drover-1-"), "{token}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains(&token),
+        "the token is printed once, on stdout"
+    );
+
+    // The first agent joins: it has no certificate, only the token and the CA.
+    let join_flag = format!("--join-token={token}");
+    let ca_flag = format!("--ca={ca}");
+    let first = c
+        .start_agent("j1", "sim", &[&join_flag, &ca_flag])
+        .expect("agent");
+    c.wait_for("j1 Ready", T, || node_ready(&c, "j1"))
+        .await
+        .expect("j1 joined");
+    let tls = TlsDir::new(c.agents[first].data_dir.join("tls"));
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&tls.key()), 0o600);
+    assert_eq!(mode(&tls.path), 0o700);
+    let cert = std::fs::read_to_string(tls.cert()).expect("cert");
+    assert_eq!(
+        pki::cert_info(&cert).expect("info").identity,
+        Some(Identity::new(Role::Agent, "j1"))
+    );
+
+    // Revoke it.
+    let list = ok(&c.ctl().run(&["token", "list"]));
+    let id = list
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a token row")
+        .to_string();
+    assert!(list.contains("active"), "{list}");
+    assert!(
+        !list.contains(&token[20..]),
+        "no secret in the list: {list}"
+    );
+    assert_eq!(
+        ok(&c.ctl().run(&["token", "revoke", &id])),
+        format!("token {id} revoked\n")
+    );
+    assert!(ok(&c.ctl().run(&["token", "list"])).contains("revoked"));
+
+    // A second agent with the revoked token is refused, with a sentence.
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "j2",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-j2"))
+        .args(["--listen", "127.0.1.200:0", &join_flag, &ca_flag])
+        .env("DROVER_LOG", "error")
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("revoked"), "{stderr}");
+    assert!(!stderr.contains(&token), "no token in the error: {stderr}");
+    assert!(node_ready(&c, "j2").await.is_err(), "j2 never registered");
+
+    // The first keeps working with its certificate, across a restart without the token.
+    c.restart_agent(first, &[]).expect("restart");
+    c.wait_for("j1 Ready again", T, || node_ready(&c, "j1"))
+        .await
+        .expect("j1 back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_are_renewed_before_they_expire() {
+    let mut c = Cluster::start_with(
+        1,
+        Options {
+            extra_args: vec!["--node-cert-validity".into(), "6s".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let join_flag = format!("--join-token={token}");
+    let ca_flag = format!("--ca={ca}");
+    let i = c
+        .start_agent("r1", "sim", &[&join_flag, &ca_flag])
+        .expect("agent");
+    c.wait_for("r1 Ready", T, || node_ready(&c, "r1"))
+        .await
+        .expect("joined");
+    let tls = TlsDir::new(c.agents[i].data_dir.join("tls"));
+    let first = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert"))
+        .expect("info")
+        .not_after;
+    // Two renewals: the second one authenticates with the first renewed
+    // certificate, after the joined one has expired.
+    let log = c.agents[i].log.clone();
+    c.wait_for("two renewals", T, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match text.matches("renewed the node certificate").count() {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n} renewals")),
+            }
+        }
+    })
+    .await
+    .expect("renewed");
+    let now = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert"))
+        .expect("info")
+        .not_after;
+    assert!(now > first, "the certificate on disk is a newer one");
+    assert!(
+        SystemTime::now() > first,
+        "the joined certificate has expired by now"
+    );
+    node_ready(&c, "r1").await.expect("still Ready");
+}

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod peer;
+pub mod security;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -228,9 +229,10 @@ pub(crate) fn member_status(s: &NodeStatus, address: &str, uptime: Duration) -> 
 
 pub(crate) fn write_error(e: WriteError) -> Status {
     match e {
-        WriteError::NotFound { .. } | WriteError::NodeNotFound(_) => {
-            Status::not_found(e.to_string())
-        }
+        WriteError::NotFound { .. }
+        | WriteError::NodeNotFound(_)
+        | WriteError::TokenNotFound(_) => Status::not_found(e.to_string()),
+        WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
     }
 }
 

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use drover_proto::manifest::Deployment;
 
 use super::objects::{
-    node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaRecord, Resources,
-    REPLICA_PREFIX,
+    node_key, replica_key, token_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaRecord,
+    Resources, TokenRecord, REPLICA_PREFIX,
 };
 use super::{deploy_key, from_json, to_json, Store, StoreError, StoredDeployment};
 
@@ -98,6 +98,10 @@ pub enum Command {
         reports: Vec<(String, ObjectRef, ReplicaObserved)>,
         now_unix_ms: i64,
     },
+    /// A new join token (an id taken already is refused).
+    CreateToken { token: TokenRecord },
+    /// Revoke a join token: joins with it are refused from now on.
+    RevokeToken { id: String },
 }
 
 /// What a client may ask the cluster to write.
@@ -137,6 +141,10 @@ pub enum WriteError {
     NotFound { namespace: String, name: String },
     #[error("node {0:?} not found")]
     NodeNotFound(String),
+    #[error("join token {0:?} not found (droverctl token list shows them)")]
+    TokenNotFound(String),
+    #[error("join token id {0:?} is taken")]
+    TokenExists(String),
 }
 
 /// The store as one command sees it: committed state plus its own writes.
@@ -228,6 +236,24 @@ pub(super) fn execute(
             reports,
             now_unix_ms,
         } => report_status(view, reports, *now_unix_ms),
+        Command::CreateToken { token } => {
+            let key = token_key(&token.id);
+            if view.get::<TokenRecord>(&key)?.is_some() {
+                return Ok(Err(WriteError::TokenExists(token.id.clone())));
+            }
+            view.put(key, token)?;
+            Ok(Ok(WriteResult::Changed(1)))
+        }
+        Command::RevokeToken { id } => {
+            let key = token_key(id);
+            let Some(mut token) = view.get::<TokenRecord>(&key)? else {
+                return Ok(Err(WriteError::TokenNotFound(id.clone())));
+            };
+            let changed = usize::from(!token.revoked);
+            token.revoked = true;
+            view.put(key, &token)?;
+            Ok(Ok(WriteResult::Changed(changed)))
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub use command::{
     ApplyOutcome, Command, NodeRegistration, ObjectRef, Write, WriteError, WriteResult,
 };
 pub use objects::{
-    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
+    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,
 };
 
 const APPLIED_KEY: &[u8] = b"meta/applied";
@@ -179,6 +179,19 @@ impl Store {
                 ((m.namespace.clone(), m.name.clone()), d)
             })
             .collect())
+    }
+
+    /// Join tokens, by id.
+    pub fn tokens(&self) -> Result<Vec<objects::TokenRecord>, StoreError> {
+        self.scan(objects::TOKEN_PREFIX)
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<objects::TokenRecord>, StoreError> {
+        let key = objects::token_key(id);
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => from_json(&key, &v).map(Some),
+        }
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {

@@ -13,6 +13,7 @@ pub mod get;
 pub mod logs;
 pub mod pki;
 pub mod scale;
+pub mod token;
 pub mod version;
 
 use std::io::Write;
@@ -87,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion(args) => completion::run(args),
         Command::Config(cmd) => config::run(&env, cmd),
         Command::Pki(cmd) => pki::run(cmd),
+        Command::Token(cmd) => token::run(&env, cmd).await,
     }
 }
 

@@ -26,6 +26,7 @@
 pub mod authz;
 mod files;
 mod tls;
+pub mod token;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -409,9 +410,11 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // A little slack for clocks that differ between hosts.
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(validity.as_secs().max(1) as i64);
+    // A little slack for clocks that differ between hosts (a quarter of a
+    // short lifetime at most, so renewal at 2/3 still comes before expiry).
+    let secs = validity.as_secs().max(1) as i64;
+    params.not_before = now - time::Duration::seconds((secs / 4).min(300));
+    params.not_after = now + time::Duration::seconds(secs);
     let serial: [u8; 16] = rand_serial();
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
 }

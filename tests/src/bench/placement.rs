@@ -418,6 +418,8 @@ impl SimFleet {
                 heartbeat: Duration::from_millis(500),
                 stop_after_disconnect: None,
                 security,
+                join: None,
+                tls_dir: None,
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {
