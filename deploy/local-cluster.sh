@@ -7,6 +7,11 @@
 # share this machine's network, so host ports collide across them: the
 # isolated hosts of `droverctl lab up` (coming) lift that.
 #
+# Every link is mutual TLS: the first `up` creates a cluster CA and the
+# controllers' and admin's certificates under .drover-local/pki (droverctl pki
+# init), gives each agent a node certificate, and writes a droverctl context
+# 'local' holding the admin's certificate paths.
+#
 #   deploy/local-cluster.sh up [--apply FILE] [--agents N] [--runtime docker|process]
 #   deploy/local-cluster.sh status              processes and `droverctl cluster status`
 #   deploy/local-cluster.sh down                stop controllers and agents (data and replicas are kept)
@@ -37,21 +42,33 @@ up() {
   cargo build --release --quiet -p drover-controller -p drover-ctl -p drover-agent
   if [ "$runtime" = docker ]; then deploy/images/build.sh; fi
   mkdir -p "$dir"
+  if [ ! -f "$dir/pki/ca.key" ]; then
+    "$target/droverctl" pki init --dir "$dir/pki" \
+      --controller 1=127.0.0.1 --controller 2=127.0.0.2 --controller 3=127.0.0.3 >/dev/null
+    echo "created the cluster CA and certificates in $dir/pki"
+  fi
   for i in 1 2 3; do
     if running "c$i"; then echo "controller $i already running (pid $(cat "$dir/c$i.pid"))"; continue; fi
     nohup "$target/drover-controller" --id "$i" --listen "127.0.0.$i:7001" \
-      --data-dir "$dir/controller-$i" --peers "$peers" >"$dir/controller-$i.log" 2>&1 &
+      --data-dir "$dir/controller-$i" --peers "$peers" --tls-dir "$dir/pki/controller-$i" \
+      >"$dir/controller-$i.log" 2>&1 &
     echo $! >"$dir/c$i.pid"
     echo "started controller $i on 127.0.0.$i:7001 (log: $dir/controller-$i.log)"
   done
   for i in $(seq 1 "$agents"); do
     if running "n$i"; then echo "agent n$i already running (pid $(cat "$dir/n$i.pid"))"; continue; fi
+    if [ ! -f "$dir/agent-n$i/tls/tls.crt" ]; then
+      "$target/droverctl" pki client --dir "$dir/pki" --role agent --name "n$i" \
+        --host "127.0.1.$i" --out "$dir/agent-n$i/tls" >/dev/null
+    fi
     nohup "$target/drover-agent" --name "n$i" --controllers "$servers" --runtime "$runtime" \
       --listen "127.0.1.$i:7101" --data-dir "$dir/agent-n$i" >"$dir/agent-n$i.log" 2>&1 &
     echo $! >"$dir/n$i.pid"
     echo "started agent n$i ($runtime runtime) on 127.0.1.$i:7101 (log: $dir/agent-n$i.log)"
   done
-  "$target/droverctl" config set-context local --server "$servers" >/dev/null
+  "$target/droverctl" config set-context local --server "$servers" \
+    --ca "$dir/pki/admin-admin/ca.crt" --cert "$dir/pki/admin-admin/tls.crt" \
+    --key "$dir/pki/admin-admin/tls.key" >/dev/null
   "$target/droverctl" config use-context local >/dev/null
   # Wait for an elected leader (a few hundred milliseconds normally).
   for _ in $(seq 1 100); do

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "drover/v1/control.proto",
             "drover/v1/raft.proto",
             "drover/v1/agent.proto",
+            "drover/v1/security.proto",
         ],
         &["."],
     )?;

@@ -9,8 +9,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use drover_proto::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
 use drover_proto::pb;
+use drover_proto::pki::{self, Role, Security, TlsDir, TlsMaterial};
 
 use crate::error::{AgentError, Result};
+use crate::join::JoinPlan;
 
 /// Which runtime runs the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +100,31 @@ pub struct AgentConfig {
     /// Log format on stderr: text or json (filter with DROVER_LOG).
     #[arg(long, default_value = "text")]
     pub log_format: String,
+
+    /// Directory holding this node's ca.crt, tls.crt and tls.key.
+    /// Default: DATA_DIR/tls (where --join-token stores them).
+    #[arg(long, env = "DROVER_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Talk to the controllers and serve logs in plaintext, with no
+    /// authentication (only for a cluster whose controllers run --insecure).
+    #[arg(long, conflicts_with_all = ["tls_dir", "join_token"])]
+    pub insecure: bool,
+
+    /// Join the cluster with this token (from droverctl token create) when the
+    /// tls dir holds no certificate yet; later starts need no token.
+    #[arg(
+        long,
+        env = "DROVER_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<String>,
+
+    /// The cluster's CA certificate, to check the controllers when joining
+    /// (the token pins its fingerprint). Default: the tls dir's ca.crt.
+    #[arg(long, env = "DROVER_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
@@ -121,6 +148,13 @@ pub struct Settings {
     pub advertise: String,
     pub heartbeat: Duration,
     pub stop_after_disconnect: Option<Duration>,
+    /// How the agent connects to controllers and serves logs (before a
+    /// pending join: plaintext, unused).
+    pub security: Security,
+    /// A join to do before starting (`--join-token`, no certificate yet).
+    pub join: Option<JoinPlan>,
+    /// Where the node certificate lives, to renew it; None: no renewal.
+    pub tls_dir: Option<TlsDir>,
 }
 
 impl AgentConfig {
@@ -145,6 +179,8 @@ impl AgentConfig {
         if self.heartbeat_ms == 0 {
             return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
         }
+        let (security, join) = self.security(&node)?;
+        let tls_dir = (!self.insecure).then(|| self.tls_dir());
         Ok(Settings {
             node,
             controllers,
@@ -154,7 +190,68 @@ impl AgentConfig {
             advertise: self.advertise.clone().unwrap_or_else(|| listen.to_string()),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             stop_after_disconnect: self.stop_after_disconnect,
+            security,
+            join,
+            tls_dir,
         })
+    }
+}
+
+impl AgentConfig {
+    /// The tls dir: --tls-dir, else DATA_DIR/tls.
+    pub fn tls_dir(&self) -> TlsDir {
+        TlsDir::new(
+            self.tls_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("tls")),
+        )
+    }
+
+    fn security(&self, node: &str) -> Result<(Security, Option<JoinPlan>)> {
+        if self.insecure {
+            return Ok((Security::Insecure, None));
+        }
+        let dir = self.tls_dir();
+        if !dir.has_identity() {
+            if let Some(token) = &self.join_token {
+                let ca_path = self.ca.clone().unwrap_or_else(|| dir.ca_cert());
+                let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| {
+                    AgentError::Config(format!(
+                        "joining needs the cluster's CA certificate: cannot read {} ({e}); pass --ca FILE",
+                        ca_path.display()
+                    ))
+                })?;
+                let plan =
+                    JoinPlan::new(token, ca_pem, &ca_path.display().to_string(), dir.clone())?;
+                return Ok((Security::Insecure, Some(plan)));
+            }
+            return Err(AgentError::Config(format!(
+                "no node certificate in {}: join with --join-token (from droverctl token create --role agent), issue one (droverctl pki client --dir PKI_DIR --role agent --name {node} --out {}), or pass --insecure for a cluster without TLS",
+                dir.path.display(),
+                dir.path.display()
+            )));
+        }
+        Ok((load_node_tls(&dir, node)?, None))
+    }
+}
+
+/// This node's certificate from its tls dir, checked to name this node.
+pub fn load_node_tls(dir: &TlsDir, node: &str) -> Result<Security> {
+    let material = TlsMaterial::read_dir(dir)
+        .map_err(|e| AgentError::Config(format!("cannot load the node certificate: {e}")))?;
+    let (cert, _) = material
+        .identity
+        .as_ref()
+        .ok_or_else(|| AgentError::Config("no node certificate".into()))?;
+    let info = pki::cert_info(cert)
+        .map_err(|e| AgentError::Config(format!("{}: {e}", dir.cert().display())))?;
+    match info.identity {
+        Some(id) if id.role == Role::Agent && id.name == node => Ok(Security::tls(material)),
+        other => Err(AgentError::Config(format!(
+            "{} is not this node's certificate (it names {}, this is agent {node:?}): remove it and join again, or pass --name",
+            dir.cert().display(),
+            other.map_or("no drover identity".to_string(), |i| i.to_string())
+        ))),
     }
 }
 
@@ -292,6 +389,7 @@ mod tests {
             "2",
             "--memory",
             "4Gi",
+            "--insecure",
         ])
         .expect("flags");
         assert_eq!(cfg.runtime, RuntimeKind::Process);

@@ -24,6 +24,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod join;
 pub mod probe;
 pub mod reconcile;
 pub mod runtime;
@@ -35,6 +36,7 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_proto::pki::Security;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
@@ -53,7 +55,22 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         .with_nodelay(Some(true));
     // With --listen HOST:0 the advertised address is the port actually bound.
     let bound = incoming.local_addr().unwrap_or(cfg.listen);
-    let settings = cfg.settings(bound)?;
+    let mut settings = cfg.settings(bound)?;
+    if let Some(plan) = settings.join.take() {
+        settings.security = join::join(
+            &plan,
+            &settings.node,
+            &settings.advertise,
+            &settings.controllers,
+            &shutdown,
+        )
+        .await?;
+    } else if cfg.join_token.is_some() && !settings.security.is_insecure() {
+        info!("this node already has a certificate: --join-token is not needed and was not used");
+    }
+    if settings.security.is_insecure() {
+        warn!("--insecure: the session with the controllers and the logs service are plaintext and unauthenticated");
+    }
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
         AgentError::io(
             format!(
@@ -92,10 +109,31 @@ pub async fn run_with<R: Runtime>(
     incoming: TcpIncoming,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    if settings.join.is_some() {
+        return Err(AgentError::Config(
+            "join the cluster before starting the agent (drover_agent::join::join)".into(),
+        ));
+    }
     let stop = shutdown.child_token();
+    let (security_tx, security) = tokio::sync::watch::channel(settings.security.clone());
+    if let (Some(dir), Security::Tls(_)) = (&settings.tls_dir, &settings.security) {
+        tokio::spawn(join::keep_renewed(
+            dir.clone(),
+            settings.node.clone(),
+            settings.advertise.clone(),
+            settings.controllers.clone(),
+            security_tx,
+            stop.clone(),
+        ));
+    }
     let (supervisor, supervisor_task) =
         Supervisor::start(runtime.clone(), SupervisorConfig::default(), stop.clone()).await?;
-    let server = tokio::spawn(server::serve(runtime.clone(), incoming, stop.clone()));
+    let server = tokio::spawn(server::serve(
+        runtime.clone(),
+        incoming,
+        security.clone(),
+        stop.clone(),
+    ));
     let session_cfg = SessionConfig {
         labels: settings.labels.clone(),
         capacity: settings.capacity,
@@ -103,6 +141,7 @@ pub async fn run_with<R: Runtime>(
         runtime: runtime.kind().to_string(),
         heartbeat: settings.heartbeat,
         stop_after_disconnect: settings.stop_after_disconnect,
+        security,
         ..SessionConfig::new(settings.node.clone(), settings.controllers.clone())
     };
     info!(

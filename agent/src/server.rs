@@ -5,7 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use drover_proto::pb;
+use drover_proto::pki::authz::{self, AuthorizeLayer};
+use drover_proto::pki::Security;
 use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -69,17 +72,70 @@ impl<R: Runtime> pb::agent_server::Agent for AgentService<R> {
     }
 }
 
-/// Serve the Agent service on `incoming` until `shutdown`.
+/// Serve the Agent service on `incoming` until `shutdown`. When the node
+/// certificate is renewed the server restarts on the same address with it
+/// (connections being served finish on the old one).
 pub async fn serve<R: Runtime>(
     runtime: Arc<R>,
     incoming: TcpIncoming,
+    mut security: watch::Receiver<Security>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    Server::builder()
-        .add_service(pb::agent_server::AgentServer::new(AgentService::new(
-            runtime,
-        )))
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| AgentError::Config(format!("the Agent gRPC server failed: {e}")))
+    let address = incoming.local_addr().ok();
+    let mut incoming = Some(incoming);
+    loop {
+        let current = security.borrow_and_update().clone();
+        let listener = match incoming.take() {
+            Some(l) => l,
+            None => {
+                let Some(addr) = address else {
+                    return Err(AgentError::Config(
+                        "the Agent service lost its listening address".into(),
+                    ));
+                };
+                TcpIncoming::bind(addr)
+                    .map_err(|e| AgentError::Config(format!("cannot listen on {addr} again: {e}")))?
+                    .with_nodelay(Some(true))
+            }
+        };
+        let mut builder = Server::builder();
+        if let Security::Tls(material) = &current {
+            let tls = material
+                .server_config()
+                .map_err(|e| AgentError::Config(format!("the node certificate: {e}")))?;
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| AgentError::Config(format!("TLS for the Agent service: {e}")))?;
+        }
+        let stop = shutdown.clone();
+        let mut changes = security.clone();
+        let renewed = CancellationToken::new();
+        let restart = renewed.clone();
+        builder
+            .layer(AuthorizeLayer::new(
+                authz::agent_policy,
+                !current.is_insecure(),
+            ))
+            .add_service(pb::agent_server::AgentServer::new(AgentService::new(
+                runtime.clone(),
+            )))
+            .serve_with_incoming_shutdown(listener, async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = changes.changed() => {
+                        if r.is_ok() {
+                            restart.cancel();
+                        } else {
+                            stop.cancelled().await;
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|e| AgentError::Config(format!("the Agent gRPC server failed: {e}")))?;
+        if !renewed.is_cancelled() || shutdown.is_cancelled() {
+            return Ok(());
+        }
+        debug!("restarting the Agent service with the renewed certificate");
+    }
 }

@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use drover_proto::pb;
 use drover_proto::pb::dispatcher_client::DispatcherClient;
+use drover_proto::pki::{self, Security};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tonic::Code;
 use tracing::{debug, info, instrument, warn};
 
@@ -60,6 +60,9 @@ pub struct SessionConfig {
     pub reconnect_max: Duration,
     /// Fencing: stop every local replica after this long without a session.
     pub stop_after_disconnect: Option<Duration>,
+    /// Mutual TLS with the node certificate (renewed: each connection takes
+    /// the latest), or plaintext (`--insecure`).
+    pub security: watch::Receiver<Security>,
 }
 
 impl SessionConfig {
@@ -78,6 +81,7 @@ impl SessionConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             stop_after_disconnect: None,
+            security: watch::channel(Security::Insecure).1,
         }
     }
 }
@@ -219,7 +223,7 @@ pub fn leader_hint(message: &str) -> Option<String> {
 
 /// An error and its sources, `outer: inner: root` (tonic's transport error
 /// alone says only "transport error").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -285,7 +289,8 @@ async fn session(
         reason,
         productive: false,
     };
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+    let security = cfg.security.borrow().clone();
+    let endpoint = match security.endpoint(addr, pki::CONTROLLER_SERVER_NAME) {
         Ok(e) => e
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)

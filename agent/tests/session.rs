@@ -47,6 +47,10 @@ impl TestAgent {
             advertise: address.clone(),
             heartbeat: Duration::from_millis(100),
             stop_after_disconnect: None,
+            // The fake controller speaks plaintext.
+            security: drover_proto::pki::Security::Insecure,
+            join: None,
+            tls_dir: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(

@@ -86,6 +86,41 @@ pub struct ControllerConfig {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
+
+    /// Directory holding this controller's ca.crt, tls.crt and tls.key (from
+    /// `droverctl pki init`), and ca.key to sign agents' certificates.
+    #[arg(long, env = "DROVER_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Serve and connect in plaintext, with no authentication at all (a lab on
+    /// a private network only).
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub insecure: bool,
+
+    /// How long the node certificates this controller signs for agents are valid.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_validity)]
+    pub node_cert_validity: Duration,
+}
+
+/// `30d`, `12h`, `90m`, `45s`.
+pub fn parse_validity(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30d, 12h, 90m or 45s"))?;
+    let secs = match unit {
+        "d" => n * 86_400,
+        "h" => n * 3_600,
+        "m" => n * 60,
+        "s" | "" => n,
+        _ => return Err(format!("{s:?} is not a duration like 30d, 12h, 90m or 45s")),
+    };
+    if secs == 0 {
+        return Err("a validity must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// `--peers`: member id → address.
@@ -168,6 +203,9 @@ impl ControllerConfig {
         }
         if self.join && !self.peers.0.is_empty() {
             return Err("--join and --peers exclude each other: a joining controller learns the members from the leader".into());
+        }
+        if self.tls_dir.is_none() && !self.insecure {
+            return Err("pass --tls-dir DIR (a directory made by droverctl pki init) to serve over mutual TLS, or --insecure to run without TLS or authentication".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(format!(

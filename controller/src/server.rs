@@ -17,12 +17,17 @@ use raft::prelude::{ConfState, SnapshotMetadata};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tracing::{error, info};
+use tonic::transport::ServerTlsConfig;
+use tracing::{error, info, warn};
+
+use drover_proto::pki::authz::{self, AuthorizeLayer};
+use drover_proto::pki::{Ca, Role, Security, TlsDir, TlsMaterial};
 
 use drover_proto::pb;
 
 use crate::api::control::ControlService;
 use crate::api::peer::PeerService;
+use crate::api::security::{SecurityService, Signer};
 use crate::api::Cluster;
 use crate::config::ControllerConfig;
 use crate::raft::node::{self, Node};
@@ -89,8 +94,14 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         info!("data dir already holds a cluster: --peers is ignored (membership comes from the replicated log)");
     }
 
+    let (security, server_tls, signer) = tls(&cfg)?;
     let slot: NodeSlot = Arc::new(RwLock::new(None));
-    let transport = Arc::new(GrpcTransport::new(cfg.id, advertise.clone(), slot.clone()));
+    let transport = Arc::new(GrpcTransport::new(
+        cfg.id,
+        advertise.clone(),
+        slot.clone(),
+        security.clone(),
+    ));
     for (id, address) in cfg.peers.0.iter() {
         transport.set_peer(*id, address.clone());
     }
@@ -118,6 +129,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         advertise.clone(),
         std::time::Duration::from_millis(cfg.leader_wait_ms),
         cfg.max_replicas,
+        security.clone(),
     );
 
     let incoming = TcpIncoming::bind(cfg.listen)
@@ -142,6 +154,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
         .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(64 * 1024 * 1024);
+    let security_service = pb::security_server::SecurityServer::new(SecurityService {
+        cluster: cluster.clone(),
+        signer,
+    });
     let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
         .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
@@ -149,12 +165,23 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let server_stop = shutdown.clone();
     // No per-request timeout: agent sessions are long-lived streams; unary
     // handlers bound their own waits (leader wait, write timeout).
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder
+            .tls_config(tls)
+            .context("configuring TLS for the listener")?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+        .layer(AuthorizeLayer::new(
+            authz::controller_policy,
+            !security.is_insecure(),
+        ))
         .add_service(control)
         .add_service(dispatcher)
         .add_service(peer)
+        .add_service(security_service)
         .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
 
     let mut node_task = node_task;
@@ -180,6 +207,44 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     db.flush_async().await?;
     info!("controller stopped");
     result
+}
+
+/// The client security for outgoing links and the listener's TLS settings.
+type Tls = (Security, Option<ServerTlsConfig>, Option<Arc<Signer>>);
+
+fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
+    let Some(dir) = &cfg.tls_dir else {
+        warn!("--insecure: every link is plaintext and unauthenticated; anyone who can reach this port can change the cluster");
+        return Ok((Security::Insecure, None, None));
+    };
+    let dir = TlsDir::new(dir);
+    let material = TlsMaterial::read_dir(&dir).map_err(|e| {
+        anyhow::anyhow!("cannot load this controller's certificates from --tls-dir: {e}")
+    })?;
+    let (cert, _) = material.identity.as_ref().context("no certificate")?;
+    match drover_proto::pki::cert_info(cert).ok().and_then(|i| i.identity) {
+        Some(id) if id.role == Role::Controller => {
+            info!(name = %id.name, tls_dir = %dir.path.display(), signs_agents = dir.can_sign(), "mutual TLS on every link")
+        }
+        other => bail!(
+            "{} is not a controller certificate (it names {}): use the one droverctl pki init made for this controller",
+            dir.cert().display(),
+            other.map_or("no drover identity".to_string(), |i| i.to_string())
+        ),
+    }
+    let server = material.server_config()?;
+    let signer = if dir.can_sign() {
+        let ca = Ca::read_from(&dir.path)
+            .map_err(|e| anyhow::anyhow!("cannot load the CA from --tls-dir: {e}"))?;
+        Some(Arc::new(Signer {
+            fingerprint: drover_proto::pki::ca_fingerprint(ca.cert_pem())?,
+            ca,
+            node_validity: cfg.node_cert_validity,
+        }))
+    } else {
+        None
+    };
+    Ok((Security::tls(material), Some(server), signer))
 }
 
 /// A new cluster: every initial member writes the same snapshot at index 1,

@@ -62,6 +62,22 @@ pub struct GlobalArgs {
         value_parser = parse_timeout
     )]
     pub request_timeout: RequestTimeout,
+
+    /// The cluster's CA certificate [default: the context's ca]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Your client certificate [default: the context's cert]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// The client certificate's private key [default: the context's key]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Talk plaintext with no authentication, to a cluster running --insecure
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 /// `--request-timeout`: `None` means no limit.
@@ -103,6 +119,110 @@ pub enum Command {
     /// Show and edit the config file's contexts
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create the cluster CA and certificates
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Join tokens for agents (and controllers)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token; only the token is printed on stdout (shown once)
+    Create(TokenCreateArgs),
+    /// List join tokens (ids, never secrets)
+    List,
+    /// Revoke a join token: joins with it are refused from now on
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// What the token lets its holder join as: agent or controller
+    #[arg(long, value_name = "agent|controller", default_value = "agent")]
+    pub role: String,
+
+    /// How long the token can be used
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_validity)]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (the 8 hex digits `token list` shows)
+    pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a cluster CA, a certificate per controller and an admin client certificate
+    Init(PkiInitArgs),
+    /// Issue a certificate signed by the CA (client certs for people; agent or controller certs)
+    #[command(visible_alias = "issue")]
+    Client(PkiClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PkiInitArgs {
+    /// Directory to create the CA and certificates in
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// A controller: its name and the host (IP or DNS name) it is reached at (repeatable)
+    #[arg(long = "controller", value_name = "NAME=HOST[:PORT]", required = true)]
+    pub controllers: Vec<String>,
+
+    /// How long the controller and admin certificates are valid
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_validity)]
+    pub validity: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiClientArgs {
+    /// The directory made by pki init (its ca.crt and ca.key sign)
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// admin (everything), viewer (read-only), agent (one node) or controller
+    #[arg(long, value_name = "ROLE", default_value = "admin")]
+    pub role: String,
+
+    /// The holder's name (a person, a node, a controller)
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+
+    /// Where to write ca.crt, tls.crt and tls.key [default: DIR/ROLE-NAME]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Extra host names or IPs a controller or agent certificate is valid for (repeatable)
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+
+    /// How long the certificate is valid
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_validity)]
+    pub validity: Duration,
+}
+
+/// `365d`, `12h`, `90m`, `45s`.
+pub fn parse_validity(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a duration like 365d, 12h, 90m or 45s");
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => n.saturating_mul(86_400),
+        "h" => n.saturating_mul(3_600),
+        "m" => n.saturating_mul(60),
+        "s" => n,
+        _ => return Err(bad()),
+    };
+    if secs == 0 {
+        return Err("a duration must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]

@@ -21,8 +21,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use drover_proto::pb::control_client::ControlClient;
+use drover_proto::pki::{self, Security};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// How long to wait for one TCP + HTTP/2 connection.
@@ -47,7 +48,7 @@ pub struct Attempt {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No configured server accepted a connection (or each died mid-call).
-    #[error("no controller reachable at {}; is the cluster up?", list_attempts(.0))]
+    #[error("no controller reachable at {}{}", list_attempts(.0), hint(.0))]
     Unreachable(Vec<Attempt>),
     /// Servers were reachable but none answered within the request timeout.
     #[error("no answer from the controllers within {}: {}", seconds(*.timeout), list_attempts(.attempts))]
@@ -74,17 +75,24 @@ impl ClientError {
 pub struct Client {
     servers: Vec<String>,
     timeout: Option<Duration>,
-    connected: Option<(usize, ControlClient<Channel>)>,
+    connected: Option<(usize, Channel)>,
+    security: Security,
 }
 
 impl Client {
     /// `servers` are checked `HOST:PORT`s; `timeout` bounds each call (None: no bound).
-    pub fn new(servers: Vec<String>, timeout: Option<Duration>) -> Client {
+    pub fn new(servers: Vec<String>, timeout: Option<Duration>, security: Security) -> Client {
         Client {
             servers,
             timeout,
             connected: None,
+            security,
         }
+    }
+
+    /// How this client connects (droverctl logs reuses it for agents).
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     /// The server the last successful call went to.
@@ -99,9 +107,23 @@ impl Client {
     ///
     /// `rpc` is called once per attempt with a fresh handle and builds its
     /// request anew each time (a tonic request is consumed by the call).
-    pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> Result<T, ClientError>
+    pub async fn call<T, F, Fut>(&mut self, rpc: F) -> Result<T, ClientError>
     where
         F: FnMut(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(control_client, rpc).await
+    }
+
+    /// [`Client::call`] for another service on the controllers: `make` wraps
+    /// the channel in that service's client.
+    pub async fn call_with<C, T, F, Fut>(
+        &mut self,
+        make: fn(Channel) -> C,
+        mut rpc: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(C) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = self.timeout.map(|t| Instant::now() + t);
@@ -124,8 +146,9 @@ impl Client {
                     break;
                 }
                 let client = match self.connection(i, left).await {
-                    Ok(c) => c,
+                    Ok(c) => make(c),
                     Err(reason) => {
+                        let reason = self.plaintext_hint(reason);
                         attempts.push(Attempt { server, reason });
                         continue;
                     }
@@ -160,7 +183,7 @@ impl Client {
                         self.connected = None;
                         attempts.push(Attempt {
                             server,
-                            reason: transport_reason(&status),
+                            reason: self.plaintext_hint(transport_reason(&status)),
                         });
                     }
                     Err(status) if not_grpc(&status).is_some() => {
@@ -203,28 +226,45 @@ impl Client {
         }
     }
 
+    /// A TLS server hangs up on a plaintext client without a word: say so.
+    fn plaintext_hint(&self, reason: String) -> String {
+        let hung_up = reason == "connection closed"
+            || reason == "connection reset"
+            || reason.contains("frame with invalid size");
+        if self.security.is_insecure() && hung_up {
+            "TLS: the connection was closed, as a TLS server does to a plaintext client; \
+             pass --ca, --cert and --key instead of --insecure"
+                .to_string()
+        } else {
+            reason
+        }
+    }
+
     /// The cached connection to server `i`, or a new one.
-    async fn connection(
-        &mut self,
-        i: usize,
-        left: Option<Duration>,
-    ) -> Result<ControlClient<Channel>, String> {
+    async fn connection(&mut self, i: usize, left: Option<Duration>) -> Result<Channel, String> {
         if let Some((j, c)) = &self.connected {
             if *j == i {
                 return Ok(c.clone());
             }
         }
         let wait = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
-        let client = connect(&self.servers[i], wait).await?;
+        let client = connect(&self.servers[i], wait, &self.security).await?;
         self.connected = Some((i, client.clone()));
         Ok(client)
     }
 }
 
 /// Open a channel to `server` (HOST:PORT), giving up after `wait`.
-async fn connect(server: &str, wait: Duration) -> Result<ControlClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|_| format!("{server:?} is not a valid HOST:PORT"))?
+fn control_client(channel: Channel) -> ControlClient<Channel> {
+    ControlClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(usize::MAX)
+}
+
+async fn connect(server: &str, wait: Duration, security: &Security) -> Result<Channel, String> {
+    let endpoint = security
+        .endpoint(server, pki::CONTROLLER_SERVER_NAME)
+        .map_err(|e| e.to_string())?
         .connect_timeout(wait)
         .tcp_nodelay(true)
         // A stopped controller (SIGSTOP, a hung host) accepts TCP and then never
@@ -236,9 +276,7 @@ async fn connect(server: &str, wait: Duration) -> Result<ControlClient<Channel>,
     match tokio::time::timeout(wait + Duration::from_millis(100), endpoint.connect()).await {
         Err(_) => Err("timed out".to_string()),
         Ok(Err(e)) => Err(error_chain_reason(&e)),
-        Ok(Ok(channel)) => Ok(ControlClient::new(channel)
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .max_encoding_message_size(usize::MAX)),
+        Ok(Ok(channel)) => Ok(channel),
     }
 }
 
@@ -277,6 +315,31 @@ pub(crate) fn transport_reason(status: &Status) -> String {
     }
 }
 
+/// A TLS handshake failure as what to fix; every such reason starts with "TLS: ".
+pub fn tls_reason(text: &str) -> Option<String> {
+    let reason = if text.contains("invalid peer certificate: UnknownIssuer") {
+        "TLS: the server's certificate is not signed by the CA given with --ca; use this cluster's ca.crt"
+            .to_string()
+    } else if text.contains("invalid peer certificate: Expired") {
+        "TLS: the server's certificate has expired; renew it (droverctl pki client --role ...)"
+            .to_string()
+    } else if text.contains("NotValidForName") {
+        "TLS: the server's certificate is not for this kind of server (a controller's or this node's); check the address".to_string()
+    } else if let Some((_, rest)) = text.split_once("invalid peer certificate: ") {
+        format!("TLS: the server's certificate was refused ({rest})")
+    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        "TLS: the server does not speak TLS; if the cluster runs --insecure, pass --insecure"
+            .to_string()
+    } else if let Some((_, alert)) = text.split_once("received fatal alert: ") {
+        format!(
+            "TLS: the server refused your client certificate ({alert}); use one issued by this cluster's CA"
+        )
+    } else {
+        return None;
+    };
+    Some(reason)
+}
+
 /// The most telling reason in an error chain: `connection refused`,
 /// `timed out`, `dns lookup failed: ...`, else the innermost message.
 pub fn error_chain_reason(err: &(dyn std::error::Error + 'static)) -> String {
@@ -285,6 +348,9 @@ pub fn error_chain_reason(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         let text = e.to_string();
+        if let Some(reason) = tls_reason(&text) {
+            return reason;
+        }
         if text.starts_with("dns error") {
             dns = true;
         }
@@ -381,6 +447,15 @@ fn list_attempts(attempts: &[Attempt]) -> String {
         .join(", ")
 }
 
+/// "is the cluster up?" unless the failures were TLS, which says what to fix.
+fn hint(attempts: &[Attempt]) -> &'static str {
+    if attempts.iter().any(|a| a.reason.starts_with("TLS: ")) {
+        ""
+    } else {
+        "; is the cluster up?"
+    }
+}
+
 fn seconds(d: Duration) -> String {
     let ms = d.as_millis();
     if ms % 1000 == 0 {
@@ -466,7 +541,11 @@ mod tests {
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         ];
-        let mut client = Client::new(servers.clone(), Some(Duration::from_secs(5)));
+        let mut client = Client::new(
+            servers.clone(),
+            Some(Duration::from_secs(5)),
+            Security::Insecure,
+        );
         let e = client
             .call(|mut c| async move { c.version(pb::VersionRequest {}).await })
             .await
@@ -485,6 +564,7 @@ mod tests {
         let mut client = Client::new(
             vec!["no-such-host.invalid:7001".into()],
             Some(Duration::from_secs(5)),
+            Security::Insecure,
         );
         let e = client
             .call(|mut c| async move { c.version(pb::VersionRequest {}).await })

@@ -22,6 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use drover_proto::pki::{self, Security, TlsMaterial};
 use serde::{Deserialize, Serialize};
 
 /// Where the config lives unless `--config` or `DROVERCONFIG` say otherwise.
@@ -56,7 +57,19 @@ pub struct Context {
     pub servers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Keys a newer droverctl wrote (credentials, one day); kept on rewrite.
+    /// The cluster's CA certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The client certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The client key file (a path: the key itself never enters this file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The cluster runs --insecure: plaintext, no authentication.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// Keys a newer droverctl wrote; kept on rewrite.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_norway::Value>,
 }
@@ -68,6 +81,21 @@ pub struct Settings {
     pub namespace: String,
     /// The context used, if any.
     pub context: Option<String>,
+    pub credentials: Credentials,
+}
+
+/// How droverctl proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Nothing configured.
+    Missing,
+    /// `--insecure`, or a context that says so.
+    Insecure,
+    Tls {
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    },
 }
 
 /// The inputs to [`resolve`] that come from flags and the environment.
@@ -77,6 +105,10 @@ pub struct Overrides<'a> {
     pub server_env: Option<&'a str>,
     pub context_flag: Option<&'a str>,
     pub namespace_flag: Option<&'a str>,
+    pub ca_flag: Option<&'a Path>,
+    pub cert_flag: Option<&'a Path>,
+    pub key_flag: Option<&'a Path>,
+    pub insecure_flag: bool,
 }
 
 /// Combine flags, environment and config file by the precedence above.
@@ -111,11 +143,76 @@ pub fn resolve(o: &Overrides<'_>, file: &ConfigFile) -> anyhow::Result<Settings>
         .or_else(|| context.and_then(|c| c.namespace.clone()))
         .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let any_flag = o.ca_flag.is_some() || o.cert_flag.is_some() || o.key_flag.is_some();
+    let credentials = if o.insecure_flag {
+        Credentials::Insecure
+    } else if any_flag || context.is_some_and(|c| c.ca.is_some() || c.cert.is_some()) {
+        let pick = |flag: Option<&Path>, ctx: Option<&PathBuf>| {
+            flag.map(Path::to_path_buf).or_else(|| ctx.cloned())
+        };
+        Credentials::Tls {
+            ca: pick(o.ca_flag, context.and_then(|c| c.ca.as_ref())),
+            cert: pick(o.cert_flag, context.and_then(|c| c.cert.as_ref())),
+            key: pick(o.key_flag, context.and_then(|c| c.key.as_ref())),
+        }
+    } else if context.is_some_and(|c| c.insecure) {
+        Credentials::Insecure
+    } else {
+        Credentials::Missing
+    };
     Ok(Settings {
         servers,
         namespace,
         context: context.map(|c| c.name.clone()),
+        credentials,
     })
+}
+
+impl Credentials {
+    /// Read the certificate files, checking what can be checked before any
+    /// connection: every path given, cert and key together, the cert in date.
+    pub fn load(&self) -> anyhow::Result<Security> {
+        let (ca, cert, key) = match self {
+            Credentials::Insecure => return Ok(Security::Insecure),
+            Credentials::Missing => bail!(
+                "no credentials for the cluster: pass --ca, --cert and --key (files from droverctl pki init or pki client), \
+                 store them in a context with droverctl config set-context NAME --ca FILE --cert FILE --key FILE, \
+                 or pass --insecure for a cluster that runs without TLS"
+            ),
+            Credentials::Tls { ca, cert, key } => (ca, cert, key),
+        };
+        let Some(ca) = ca else {
+            bail!("--cert needs --ca too: the cluster's ca.crt, to check the controllers' certificates")
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            (Some(_), None) => bail!("--cert needs --key: the private key of that certificate"),
+            (None, Some(_)) => bail!("--key needs --cert: the certificate of that key"),
+        };
+        let material = TlsMaterial::read_files(ca, identity)
+            .map_err(|e| anyhow::anyhow!("cannot read your credentials: {e}"))?;
+        if let (Some((cert_pem, _)), Some(path)) = (&material.identity, cert) {
+            let info =
+                pki::cert_info(cert_pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let now = std::time::SystemTime::now();
+            if info.not_after < now {
+                bail!(
+                    "your client certificate {} expired on {}: issue a new one with droverctl pki client",
+                    path.display(),
+                    pki::rfc3339(info.not_after)
+                );
+            }
+            if info.not_before > now {
+                bail!(
+                    "your client certificate {} is not valid before {}: check this machine's clock",
+                    path.display(),
+                    pki::rfc3339(info.not_before)
+                );
+            }
+        }
+        Ok(Security::tls(material))
+    }
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {

@@ -502,7 +502,9 @@ fn droverctl(home: &Path, args: &[&str], stdin: Option<&str>) -> Run {
 /// Like [`droverctl`], with some environment variables set.
 fn droverctl_env(home: &Path, args: &[&str], stdin: Option<&str>, vars: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_droverctl"));
+    // The fake controller and agents here speak plaintext.
     cmd.args(args)
+        .arg("--insecure")
         .env("HOME", home)
         .env_remove("DROVER_SERVER")
         .env_remove("DROVERCONFIG")
@@ -1359,7 +1361,14 @@ fn logs_follow_streams_until_ctrl_c() {
         r.node_address = agent_addr.clone();
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_droverctl"))
-        .args(["logs", "replica/web-7f9c2-0", "-f", "--server", &server])
+        .args([
+            "logs",
+            "replica/web-7f9c2-0",
+            "-f",
+            "--server",
+            &server,
+            "--insecure",
+        ])
         .env("HOME", home.path())
         .env_remove("DROVER_SERVER")
         .env_remove("DROVERCONFIG")

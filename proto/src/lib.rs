@@ -8,6 +8,7 @@
 //!   controller runs it again as the authority.
 
 pub mod manifest;
+pub mod pki;
 
 /// Generated `drover.v1` types, clients and servers.
 pub mod pb {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use drover_proto::pb;
 use drover_proto::pb::control_client::ControlClient;
+use drover_proto::pki::{self, Identity, Role, Security, TlsDir, TlsMaterial};
 use tonic::transport::Channel;
 
 /// Path of a drover binary built in the same cargo profile as the running test.
@@ -61,12 +62,79 @@ impl Controller {
 #[derive(Clone, Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
+    /// Run every process with `--insecure` (plaintext, no PKI) instead of
+    /// mutual TLS under a CA made for this cluster.
+    pub insecure: bool,
+}
+
+/// This cluster's CA and the admin credentials clients use.
+pub struct Pki {
+    /// Holds `ca.crt` and `ca.key`.
+    pub dir: PathBuf,
+    pub ca: pki::Ca,
+    /// The admin's tls dir (ca.crt, tls.crt, tls.key).
+    pub admin: TlsDir,
+}
+
+impl Pki {
+    fn create(dir: &Path) -> anyhow::Result<Pki> {
+        let (ca, ca_key) = pki::Ca::generate("test")?;
+        pki::create_private_dir(dir)?;
+        let root = TlsDir::new(dir);
+        pki::write_public(&root.ca_cert(), ca.cert_pem())?;
+        pki::write_secret(&root.ca_key(), &ca_key)?;
+        let admin = TlsDir::new(dir.join("admin"));
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            admin,
+        };
+        pki.issue(&pki.admin, Identity::new(Role::Admin, "admin"), vec![])?;
+        Ok(pki)
+    }
+
+    /// Issue a certificate into `into` (with the CA key for controllers, which sign).
+    pub fn issue(
+        &self,
+        into: &TlsDir,
+        identity: Identity,
+        hosts: Vec<String>,
+    ) -> anyhow::Result<()> {
+        let role = identity.role;
+        let issued = self.ca.issue(&pki::CertRequest {
+            identity,
+            hosts,
+            validity: pki::DEFAULT_VALIDITY,
+        })?;
+        let ca_key = if role == Role::Controller {
+            Some(std::fs::read_to_string(TlsDir::new(&self.dir).ca_key())?)
+        } else {
+            None
+        };
+        into.write(self.ca.cert_pem(), &issued, ca_key.as_deref())?;
+        Ok(())
+    }
+
+    /// A client identity of `role` named `name`, in its own tls dir under the PKI dir.
+    pub fn client(&self, role: Role, name: &str) -> anyhow::Result<TlsDir> {
+        let dir = TlsDir::new(self.dir.join(format!("{role}-{name}")));
+        self.issue(&dir, Identity::new(role, name), vec![])?;
+        Ok(dir)
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        TlsDir::new(&self.dir).ca_cert()
+    }
 }
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controllers: Vec<Controller>,
     pub agents: Vec<Agent>,
+    /// None with [`Options::insecure`].
+    pub pki: Option<Pki>,
+    /// How the harness's own clients connect (the admin's certificate).
+    pub security: Security,
     options: Options,
     peers: String,
 }
@@ -121,10 +189,21 @@ impl Cluster {
             .map(|c| format!("{}={}", c.id, c.address))
             .collect::<Vec<_>>()
             .join(",");
+        let pki = if options.insecure {
+            None
+        } else {
+            Some(Pki::create(&dir.path().join("pki"))?)
+        };
+        let security = match &pki {
+            Some(p) => Security::tls(TlsMaterial::read_dir(&p.admin)?),
+            None => Security::Insecure,
+        };
         let mut cluster = Cluster {
             dir,
             controllers,
             agents: Vec::new(),
+            pki,
+            security,
             options,
             peers,
         };
@@ -136,6 +215,22 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize, extra: &[String]) -> anyhow::Result<()> {
+        let tls = match &self.pki {
+            Some(pki) => {
+                let c = &self.controllers[i];
+                let dir = TlsDir::new(self.dir.path().join(format!("tls-controller-{}", c.id)));
+                if !dir.has_identity() {
+                    let host = c.address.rsplit_once(':').map_or("", |(h, _)| h);
+                    pki.issue(
+                        &dir,
+                        Identity::new(Role::Controller, c.id.to_string()),
+                        vec![host.to_string()],
+                    )?;
+                }
+                vec!["--tls-dir".to_string(), dir.path.display().to_string()]
+            }
+            None => vec!["--insecure".to_string()],
+        };
         let c = &mut self.controllers[i];
         let log = File::options().create(true).append(true).open(&c.log)?;
         let mut cmd = Command::new(bin("drover-controller"));
@@ -145,6 +240,7 @@ impl Cluster {
             .arg(&c.address)
             .arg("--data-dir")
             .arg(&c.data_dir)
+            .args(&tls)
             .args(&self.options.extra_args)
             .args(extra)
             .env("DROVER_LOG", "info,raft=info,sled=warn,h2=warn")
@@ -230,7 +326,7 @@ impl Cluster {
     }
 
     pub async fn client(&self, i: usize) -> anyhow::Result<ControlClient<Channel>> {
-        connect(&self.controllers[i].address).await
+        connect(&self.controllers[i].address, &self.security).await
     }
 
     /// Status as controller `i` sees itself (through `cluster status`).
@@ -306,11 +402,31 @@ impl Cluster {
         }
     }
 
+    /// Credentials for an in-process agent named `node`: a node certificate
+    /// issued into `dir` (or plaintext in an insecure cluster).
+    pub fn agent_security(&self, node: &str, dir: &Path) -> anyhow::Result<Security> {
+        let Some(pki) = &self.pki else {
+            return Ok(Security::Insecure);
+        };
+        let dir = TlsDir::new(dir);
+        pki.issue(&dir, Identity::new(Role::Agent, node), vec![])?;
+        Ok(Security::tls(TlsMaterial::read_dir(&dir)?))
+    }
+
+    /// The droverctl flags for the admin's credentials (or `--insecure`).
+    pub fn ctl_credentials(&self) -> Vec<String> {
+        match &self.pki {
+            Some(p) => Ctl::tls_args(&p.admin),
+            None => vec!["--insecure".to_string()],
+        }
+    }
+
     /// droverctl against every controller of this cluster.
     pub fn ctl(&self) -> Ctl {
         Ctl {
             server: self.servers(),
             home: self.dir.path().to_path_buf(),
+            credentials: self.ctl_credentials(),
         }
     }
 
@@ -319,6 +435,7 @@ impl Cluster {
         Ctl {
             server: self.controllers[i].address.clone(),
             home: self.dir.path().to_path_buf(),
+            credentials: self.ctl_credentials(),
         }
     }
 
@@ -348,6 +465,28 @@ impl Cluster {
 
     fn spawn_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
         let servers = self.servers();
+        let mut tls: Vec<String> = Vec::new();
+        match &self.pki {
+            // An agent given a --join-token (or its own --tls-dir) gets its
+            // certificate itself; the others get one issued here, as an
+            // operator would with `droverctl pki client --role agent`.
+            Some(pki) => {
+                let a = &self.agents[i];
+                let dir = TlsDir::new(a.data_dir.join("tls"));
+                let own = extra
+                    .iter()
+                    .any(|x| x.starts_with("--join-token") || x.starts_with("--tls-dir"));
+                if !own && !dir.has_identity() {
+                    let host = a.address.rsplit_once(':').map_or("", |(h, _)| h);
+                    pki.issue(
+                        &dir,
+                        Identity::new(Role::Agent, a.name.clone()),
+                        vec![host.to_string()],
+                    )?;
+                }
+            }
+            None => tls.push("--insecure".to_string()),
+        }
         let a = &mut self.agents[i];
         let log = File::options().create(true).append(true).open(&a.log)?;
         let child = Command::new(bin("drover-agent"))
@@ -361,6 +500,7 @@ impl Cluster {
             .arg(&a.data_dir)
             .arg("--listen")
             .arg(&a.address)
+            .args(&tls)
             .args(extra)
             .env("DROVER_LOG", "info,h2=warn")
             .stdin(Stdio::null())
@@ -568,8 +708,10 @@ pub fn kill_processes_under(dir: &Path) -> usize {
     pids.len()
 }
 
-pub async fn connect(address: &str) -> anyhow::Result<ControlClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+/// A Control client for one controller, as the holder of `security`.
+pub async fn connect(address: &str, security: &Security) -> anyhow::Result<ControlClient<Channel>> {
+    let channel = security
+        .endpoint(address, pki::CONTROLLER_SERVER_NAME)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect()
@@ -582,9 +724,41 @@ pub async fn connect(address: &str) -> anyhow::Result<ControlClient<Channel>> {
 pub struct Ctl {
     pub server: String,
     home: PathBuf,
+    /// `--ca/--cert/--key` of the admin, or `--insecure`.
+    pub credentials: Vec<String>,
 }
 
 impl Ctl {
+    /// The flags that make droverctl use the certificate in `dir`.
+    pub fn tls_args(dir: &TlsDir) -> Vec<String> {
+        vec![
+            "--ca".into(),
+            dir.ca_cert().display().to_string(),
+            "--cert".into(),
+            dir.cert().display().to_string(),
+            "--key".into(),
+            dir.key().display().to_string(),
+        ]
+    }
+
+    /// The same droverctl, as the holder of another certificate.
+    pub fn as_identity(&self, dir: &TlsDir) -> Ctl {
+        Ctl {
+            server: self.server.clone(),
+            home: self.home.clone(),
+            credentials: Ctl::tls_args(dir),
+        }
+    }
+
+    /// The same droverctl with these credential flags instead (none, wrong CA...).
+    pub fn with_credentials(&self, credentials: Vec<String>) -> Ctl {
+        Ctl {
+            server: self.server.clone(),
+            home: self.home.clone(),
+            credentials,
+        }
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with_stdin(args, None)
     }
@@ -594,6 +768,7 @@ impl Ctl {
         let mut cmd = Command::new(bin("droverctl"));
         cmd.arg("--server")
             .arg(&self.server)
+            .args(&self.credentials)
             .args(args)
             .env("HOME", &self.home)
             .env("DROVERCONFIG", self.home.join("droverctl-config.yaml"))

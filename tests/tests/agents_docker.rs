@@ -373,6 +373,19 @@ async fn a_dead_docker_hosts_replicas_move_and_its_return_leaves_no_duplicates()
         c.start_agent(n, "docker", &["--cpu", "4", "--memory", "4Gi"])
             .expect("agent");
     }
+    // Both nodes must be Ready before the apply, or every replica lands on
+    // the first to register and the host failure would move nothing.
+    c.wait_for("both nodes Ready", T, || async {
+        let out = c.ctl().run(&["get", "nodes"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.matches(" Ready ").count() == 2 {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("nodes Ready");
     let name = unique("web");
     let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, web(&name, 4, None)).expect("manifest");

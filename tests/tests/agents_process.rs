@@ -127,6 +127,9 @@ async fn a_second_live_agent_with_the_same_name_is_refused() {
     .await
     .expect("first agent registered");
 
+    // Even with a valid certificate for the name (copied from the first host).
+    c.agent_security("twin", &c.dir.path().join("impostor/tls"))
+        .expect("certificate");
     let out = std::process::Command::new(drover_tests::bin("drover-agent"))
         .args([
             "--name",

@@ -135,6 +135,7 @@ async fn concurrent_applies_during_a_leader_kill_are_all_kept() {
     for client_no in 0..8 {
         let addresses = addresses.clone();
         let acknowledged = acknowledged.clone();
+        let security = c.security.clone();
         clients.spawn(async move {
             let mut server = client_no % addresses.len();
             for n in 0..25 {
@@ -142,7 +143,7 @@ async fn concurrent_applies_during_a_leader_kill_are_all_kept() {
                 // Each apply is tried once per controller at most; an error is
                 // "not acknowledged", which is allowed, a lost ack is not.
                 for _ in 0..addresses.len() {
-                    let Ok(mut client) = connect(&addresses[server]).await else {
+                    let Ok(mut client) = connect(&addresses[server], &security).await else {
                         server = (server + 1) % addresses.len();
                         continue;
                     };

@@ -62,8 +62,9 @@ async fn drain_moves_everything_off_a_node_new_before_old() {
     let lowest = Arc::new(Mutex::new(u32::MAX));
     let sampler = tokio::spawn({
         let (stop, lowest, address) = (stop.clone(), lowest.clone(), c.addresses()[0].clone());
+        let security = c.security.clone();
         async move {
-            let mut client = drover_tests::cluster::connect(&address)
+            let mut client = drover_tests::cluster::connect(&address, &security)
                 .await
                 .expect("client");
             while !stop.load(Ordering::SeqCst) {

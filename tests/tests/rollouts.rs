@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_proto::pb;
+use drover_proto::pki::Security;
 use drover_tests::cluster::{err, ok};
 use drover_tests::Cluster;
 
@@ -135,7 +136,7 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(addresses: Vec<String>) -> Sampler {
+    fn start(addresses: Vec<String>, security: Security) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
@@ -143,7 +144,9 @@ impl Sampler {
             async move {
                 while !stop.load(Ordering::SeqCst) {
                     for address in &addresses {
-                        let Ok(mut client) = drover_tests::cluster::connect(address).await else {
+                        let Ok(mut client) =
+                            drover_tests::cluster::connect(address, &security).await
+                        else {
                             continue;
                         };
                         let request = pb::GetDeploymentRequest {
@@ -239,7 +242,7 @@ async fn a_rolling_update_keeps_the_bounds_and_undo_restores_the_template() {
         "{listed}"
     );
 
-    let sampler = Sampler::start(c.addresses());
+    let sampler = Sampler::start(c.addresses(), c.security.clone());
     let v2 = Spec {
         word: "two",
         cause: "second",
@@ -311,7 +314,7 @@ async fn a_revision_that_never_becomes_ready_fails_at_its_deadline_and_rolls_bac
     };
     ok(&apply(&c, &v1, &["--wait", "--timeout", "90s"]));
 
-    let sampler = Sampler::start(c.addresses());
+    let sampler = Sampler::start(c.addresses(), c.security.clone());
     let broken = Spec {
         word: "broken",
         never_ready: true,
@@ -342,7 +345,7 @@ async fn a_new_leader_continues_a_rollout_within_the_bounds() {
     let mut c = three_agents(3).await;
     let v1 = Spec::default();
     ok(&apply(&c, &v1, &["--wait", "--timeout", "90s"]));
-    let sampler = Sampler::start(c.addresses());
+    let sampler = Sampler::start(c.addresses(), c.security.clone());
     let v2 = Spec {
         word: "two",
         ..Spec::default()

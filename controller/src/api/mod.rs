@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod peer;
+pub mod security;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::pb;
 use drover_proto::pb::raft_client::RaftClient;
+use drover_proto::pki::{self, Security};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
@@ -35,6 +37,8 @@ pub struct Cluster {
     pub max_replicas: u32,
     pub started: Instant,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How this controller connects to its peers.
+    pub security: Security,
 }
 
 impl Cluster {
@@ -45,6 +49,7 @@ impl Cluster {
         self_address: String,
         leader_wait: Duration,
         max_replicas: u32,
+        security: Security,
     ) -> Cluster {
         Cluster {
             handle,
@@ -55,6 +60,7 @@ impl Cluster {
             max_replicas,
             started: Instant::now(),
             channels: Arc::new(Mutex::new(HashMap::new())),
+            security,
         }
     }
 
@@ -140,10 +146,10 @@ impl Cluster {
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| {
-                        Status::internal(format!("invalid member address {address:?}: {e}"))
-                    })?
+                let endpoint = self
+                    .security
+                    .endpoint(address, pki::CONTROLLER_SERVER_NAME)
+                    .map_err(|e| Status::internal(format!("member address: {e}")))?
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(15))
                     .tcp_nodelay(true);
@@ -223,9 +229,10 @@ pub(crate) fn member_status(s: &NodeStatus, address: &str, uptime: Duration) -> 
 
 pub(crate) fn write_error(e: WriteError) -> Status {
     match e {
-        WriteError::NotFound { .. } | WriteError::NodeNotFound(_) => {
-            Status::not_found(e.to_string())
-        }
+        WriteError::NotFound { .. }
+        | WriteError::NodeNotFound(_)
+        | WriteError::TokenNotFound(_) => Status::not_found(e.to_string()),
+        WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
         WriteError::NoRevision { .. } => Status::failed_precondition(e.to_string()),
     }
 }

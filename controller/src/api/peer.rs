@@ -1,9 +1,12 @@
 //! `drover.v1.Raft`: raft messages, forwarded writes and status between members.
 //!
 //! Raft messages are rust-protobuf 2 bytes; that decoder has known recursion
-//! issues on hostile input (RUSTSEC-2024-0437), so only peers may reach it —
-//! enforced by mutual TLS once the security work lands. Until then a message
-//! that fails to decode is refused and logged, never stepped.
+//! issues on hostile input (RUSTSEC-2024-0437), so only peers may reach it:
+//! the listener's [`AuthorizeLayer`](drover_proto::pki::authz::AuthorizeLayer)
+//! refuses every `drover.v1.Raft` call whose client certificate is not a
+//! controller's before the request body is read, and [`PeerService::step`]
+//! checks again before decoding. A message that fails to decode is refused and
+//! logged, never stepped.
 
 use protobuf::Message as _;
 use raft::prelude::Message;
@@ -11,6 +14,8 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use drover_proto::pb;
+use drover_proto::pki::authz::Caller;
+use drover_proto::pki::Role;
 
 use super::{node_error, Cluster};
 use crate::store::Write;
@@ -23,6 +28,18 @@ pub struct PeerService {
 impl pb::raft_server::Raft for PeerService {
     async fn step(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::StepAck>, Status> {
         let remote = request.remote_addr();
+        // The layer already refused non-controllers; this keeps the decoder
+        // safe even if the service is ever mounted without it.
+        match Caller::of(&request) {
+            Caller::Insecure => {}
+            Caller::Verified(id) if id.role == Role::Controller => {}
+            other => {
+                warn!(remote = ?remote, caller = ?other, "refusing raft messages from a non-controller");
+                return Err(Status::permission_denied(
+                    "raft messages are accepted from controllers only",
+                ));
+            }
+        }
         let batch = request.into_inner();
         let me = self.cluster.handle.id();
         let mut msgs = Vec::with_capacity(batch.messages.len());

@@ -32,6 +32,8 @@ use tracing::{debug, info, warn};
 
 use drover_proto::pb;
 use drover_proto::pb::agent_message::Kind;
+use drover_proto::pki::authz::Caller;
+use drover_proto::pki::Role;
 
 use crate::api::control::check_name;
 use crate::api::{now_unix_ms, Cluster};
@@ -154,6 +156,25 @@ impl Dispatcher {
     }
 }
 
+/// An agent speaks only for the node its certificate names (Kubernetes'
+/// NodeRestriction): its registration, heartbeats and status reports all ride
+/// on a session bound to that node.
+fn node_restriction(caller: &Caller, node: &str) -> Result<(), Status> {
+    match caller {
+        Caller::Insecure => Ok(()),
+        Caller::Verified(id) if id.role == Role::Agent && id.name == node => Ok(()),
+        Caller::Verified(id) => {
+            warn!(caller = %id, node = %node, "refused an agent session for another node");
+            Err(Status::permission_denied(format!(
+                "this certificate belongs to {id}; it cannot open a session as node {node:?}"
+            )))
+        }
+        Caller::Anonymous => Err(Status::unauthenticated(
+            "an agent session needs the node's certificate",
+        )),
+    }
+}
+
 fn registration(hello: &pb::Hello) -> NodeRegistration {
     let capacity = hello.capacity.unwrap_or_default();
     NodeRegistration {
@@ -183,6 +204,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         if !self.cluster.handle.leadership().is_leader {
             return Err(self.not_leader());
         }
+        let caller = Caller::of(&request);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
             Ok(Ok(Some(pb::AgentMessage {
@@ -197,6 +219,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
             }
         };
         check_name("node name", &hello.node)?;
+        node_restriction(&caller, &hello.node)?;
         if hello.incarnation.is_empty() {
             return Err(Status::invalid_argument("Hello.incarnation is empty"));
         }

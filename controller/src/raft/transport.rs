@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use drover_proto::pb::raft_client::RaftClient;
 use drover_proto::pb::RaftBatch;
+use drover_proto::pki::{self, Security};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
@@ -44,6 +45,7 @@ pub struct GrpcTransport {
     self_address: String,
     node: NodeSlot,
     peers: Mutex<HashMap<u64, Peer>>,
+    security: Security,
 }
 
 struct Peer {
@@ -52,12 +54,18 @@ struct Peer {
 }
 
 impl GrpcTransport {
-    pub fn new(self_id: u64, self_address: String, node: NodeSlot) -> GrpcTransport {
+    pub fn new(
+        self_id: u64,
+        self_address: String,
+        node: NodeSlot,
+        security: Security,
+    ) -> GrpcTransport {
         GrpcTransport {
             self_id,
             self_address,
             node,
             peers: Mutex::new(HashMap::new()),
+            security,
         }
     }
 
@@ -83,6 +91,7 @@ impl GrpcTransport {
             to: id,
             address,
             node: self.node.clone(),
+            security: self.security.clone(),
         };
         tokio::spawn(sender.run(rx));
         tx
@@ -131,14 +140,15 @@ struct PeerSender {
     to: u64,
     address: String,
     node: NodeSlot,
+    security: Security,
 }
 
 impl PeerSender {
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            self.address
-        )) {
+        let endpoint = match self
+            .security
+            .endpoint(&self.address, pki::CONTROLLER_SERVER_NAME)
+        {
             Ok(e) => e
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(Duration::from_secs(10))

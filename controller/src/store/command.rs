@@ -21,8 +21,8 @@ use super::events::{
     event_key, name_list, EventRecord, InvolvedObject, NewEvent, EVENT_PREFIX, RETAINED,
 };
 use super::objects::{
-    node_key, replica_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord,
-    Resources, REPLICA_PREFIX,
+    node_key, replica_key, token_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase,
+    ReplicaRecord, Resources, TokenRecord, REPLICA_PREFIX,
 };
 use super::{
     deploy_key, from_json, to_json, Revision, RolloutState, Store, StoreError, StoredDeployment,
@@ -149,6 +149,10 @@ pub enum Command {
         reports: Vec<(String, ObjectRef, ReplicaObserved)>,
         now_unix_ms: i64,
     },
+    /// A new join token (an id taken already is refused).
+    CreateToken { token: TokenRecord },
+    /// Revoke a join token: joins with it are refused from now on.
+    RevokeToken { id: String },
 }
 
 /// What a client may ask the cluster to write.
@@ -195,6 +199,10 @@ pub enum WriteError {
     NodeNotFound(String),
     #[error("{}", no_revision(.name, .revision))]
     NoRevision { name: String, revision: Option<u64> },
+    #[error("join token {0:?} not found (droverctl token list shows them)")]
+    TokenNotFound(String),
+    #[error("join token id {0:?} is taken")]
+    TokenExists(String),
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -385,6 +393,24 @@ pub(super) fn execute(
             reports,
             now_unix_ms,
         } => report_status(view, reports, *now_unix_ms),
+        Command::CreateToken { token } => {
+            let key = token_key(&token.id);
+            if view.get::<TokenRecord>(&key)?.is_some() {
+                return Ok(Err(WriteError::TokenExists(token.id.clone())));
+            }
+            view.put(key, token)?;
+            Ok(Ok(WriteResult::Changed(1)))
+        }
+        Command::RevokeToken { id } => {
+            let key = token_key(id);
+            let Some(mut token) = view.get::<TokenRecord>(&key)? else {
+                return Ok(Err(WriteError::TokenNotFound(id.clone())));
+            };
+            let changed = usize::from(!token.revoked);
+            token.revoked = true;
+            view.put(key, &token)?;
+            Ok(Ok(WriteResult::Changed(changed)))
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub use command::{
     CHANGE_CAUSE_ANNOTATION,
 };
 pub use objects::{
-    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
+    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,
 };
 
 const APPLIED_KEY: &[u8] = b"meta/applied";
@@ -238,6 +238,19 @@ impl Store {
                 ((m.namespace.clone(), m.name.clone()), d)
             })
             .collect())
+    }
+
+    /// Join tokens, by id.
+    pub fn tokens(&self) -> Result<Vec<objects::TokenRecord>, StoreError> {
+        self.scan(objects::TOKEN_PREFIX)
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<objects::TokenRecord>, StoreError> {
+        let key = objects::token_key(id);
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => from_json(&key, &v).map(Some),
+        }
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {

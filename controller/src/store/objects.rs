@@ -6,6 +6,7 @@
 //!  replica/<ns>/<name>         ReplicaRecord  created by the orchestrator,
 //!                                             bound to a node by the scheduler,
 //!                                             status reported by the agent
+//!  token/<id>                  TokenRecord    a join token (its secret's hash only)
 //! ```
 
 use std::collections::BTreeMap;
@@ -14,6 +15,30 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) const NODE_PREFIX: &str = "node/";
 pub(crate) const REPLICA_PREFIX: &str = "replica/";
+
+pub(crate) const TOKEN_PREFIX: &str = "token/";
+
+pub(crate) fn token_key(id: &str) -> String {
+    format!("{TOKEN_PREFIX}{id}")
+}
+
+/// A join token as the store keeps it: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// "agent" or "controller".
+    pub role: String,
+    pub secret_sha256: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    pub fn secret_hash(&self) -> &str {
+        &self.secret_sha256
+    }
+}
 
 pub(crate) fn node_key(name: &str) -> String {
     format!("{NODE_PREFIX}{name}")

@@ -821,3 +821,41 @@ fn a_refused_command_records_no_event() {
     assert!(outcome.is_err());
     assert!(all_events(&store).is_empty());
 }
+
+#[test]
+fn join_tokens_are_stored_as_hashes_and_revoked_once() {
+    let (_dir, store) = temp_store();
+    let token = TokenRecord {
+        id: "0a1b2c3d".into(),
+        role: "agent".into(),
+        secret_sha256: "ab".repeat(32),
+        created_unix_ms: 1_000,
+        expires_unix_ms: 2_000,
+        revoked: false,
+    };
+    let create = Command::CreateToken {
+        token: token.clone(),
+    };
+    assert!(store.apply(2, 1, &create).expect("apply").is_ok());
+    assert_eq!(
+        store.apply(3, 1, &create).expect("apply"),
+        Err(WriteError::TokenExists("0a1b2c3d".into()))
+    );
+    let revoke = |id: &str| Command::RevokeToken { id: id.into() };
+    assert_eq!(
+        store.apply(4, 1, &revoke("ffffffff")).expect("apply"),
+        Err(WriteError::TokenNotFound("ffffffff".into()))
+    );
+    assert_eq!(
+        store.apply(5, 1, &revoke("0a1b2c3d")).expect("apply"),
+        Ok(WriteResult::Changed(1))
+    );
+    assert_eq!(
+        store.apply(6, 1, &revoke("0a1b2c3d")).expect("apply"),
+        Ok(WriteResult::Changed(0))
+    );
+    let stored = store.token("0a1b2c3d").expect("read").expect("present");
+    assert!(stored.revoked);
+    assert_eq!(stored.secret_sha256, token.secret_sha256);
+    assert_eq!(store.tokens().expect("list").len(), 1);
+}

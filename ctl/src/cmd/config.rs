@@ -1,8 +1,10 @@
 //! `droverctl config {view | use-context NAME | set-context NAME [--server A,B]
 //! [--namespace N] | get-contexts | current-context}`
 //!
-//! `set-context` takes the global `--server` and `-n/--namespace` flags as the
-//! values to store (only as typed: `DROVER_SERVER` is not stored).
+//! `set-context` takes the global `--server`, `-n/--namespace`, `--ca`,
+//! `--cert`, `--key` and `--insecure` flags as the values to store (only as
+//! typed: `DROVER_SERVER` is not stored). Certificates and keys are stored as
+//! paths, never their contents.
 
 use anyhow::bail;
 
@@ -34,6 +36,7 @@ pub fn run(env: &Env, cmd: ConfigCommand) -> anyhow::Result<()> {
                 .map(parse_servers)
                 .transpose()?;
             let created = file.set_context(&name, servers, env.global.namespace.clone());
+            set_credentials(&mut file, &name, env)?;
             file.save(&path)?;
             let verb = if created { "created" } else { "modified" };
             print(&format!("Context {name:?} {verb}.\n"))
@@ -44,6 +47,33 @@ pub fn run(env: &Env, cmd: ConfigCommand) -> anyhow::Result<()> {
             _ => bail!("current-context is not set"),
         },
     }
+}
+
+/// Store the global --ca/--cert/--key (as absolute paths) and --insecure.
+fn set_credentials(file: &mut ConfigFile, name: &str, env: &Env) -> anyhow::Result<()> {
+    let absolute = |p: &std::path::Path| -> anyhow::Result<std::path::PathBuf> {
+        std::path::absolute(p)
+            .map_err(|e| anyhow::anyhow!("cannot resolve the path {}: {e}", p.display()))
+    };
+    let g = &env.global;
+    let Some(ctx) = file.contexts.iter_mut().find(|c| c.name == name) else {
+        return Ok(());
+    };
+    if let Some(p) = &g.ca {
+        ctx.ca = Some(absolute(p)?);
+    }
+    if let Some(p) = &g.cert {
+        ctx.cert = Some(absolute(p)?);
+    }
+    if let Some(p) = &g.key {
+        ctx.key = Some(absolute(p)?);
+    }
+    if g.insecure {
+        ctx.insecure = true;
+    } else if g.ca.is_some() || g.cert.is_some() {
+        ctx.insecure = false;
+    }
+    Ok(())
 }
 
 /// The config as YAML, credentials redacted.

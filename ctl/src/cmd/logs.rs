@@ -20,7 +20,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use drover_proto::pb;
 use drover_proto::pb::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use drover_proto::pki::{self, Security};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::get::{list_replicas, not_found};
@@ -54,7 +55,15 @@ pub async fn run(env: &Env, args: LogsArgs) -> anyhow::Result<()> {
         follow: args.follow,
         tail,
     };
-    stream_logs(&node, &address, request, env.global.request_timeout.0).await
+    let security = client.security().clone();
+    stream_logs(
+        &node,
+        &address,
+        request,
+        env.global.request_timeout.0,
+        &security,
+    )
+    .await
 }
 
 /// `web-7f9c2-3` or `replica/web-7f9c2-3` (any spelling of the type).
@@ -118,9 +127,10 @@ async fn stream_logs(
     address: &str,
     request: pb::LogsRequest,
     timeout: Option<Duration>,
+    security: &Security,
 ) -> anyhow::Result<()> {
     let wait = timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT));
-    let mut agent = connect(node, address, wait).await?;
+    let mut agent = connect(node, address, wait, security).await?;
     let call = agent.logs(request);
     let answer = match timeout {
         Some(t) => tokio::time::timeout(t, call).await.map_err(|_| {
@@ -169,8 +179,11 @@ async fn connect(
     node: &str,
     address: &str,
     wait: Duration,
+    security: &Security,
 ) -> anyhow::Result<AgentClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    // The agent must prove it is the node the controllers named.
+    let endpoint = security
+        .endpoint(address, &pki::agent_server_name(node))
         .map_err(|_| anyhow!("node {node:?} has an invalid agent address {address:?}"))?
         .connect_timeout(wait)
         .tcp_nodelay(true)

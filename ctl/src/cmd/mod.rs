@@ -14,8 +14,10 @@ pub mod drain;
 pub mod events;
 pub mod get;
 pub mod logs;
+pub mod pki;
 pub mod rollout;
 pub mod scale;
+pub mod token;
 pub mod version;
 
 use std::io::Write;
@@ -51,6 +53,10 @@ impl Env {
                 server_env: env_server.as_deref(),
                 context_flag: self.global.context.as_deref(),
                 namespace_flag: self.global.namespace.as_deref(),
+                ca_flag: self.global.ca.as_deref(),
+                cert_flag: self.global.cert.as_deref(),
+                key_flag: self.global.key.as_deref(),
+                insecure_flag: self.global.insecure,
             },
             &file,
         )
@@ -59,7 +65,12 @@ impl Env {
     /// A client for the resolved servers, and the settings it came from.
     pub fn client(&self) -> anyhow::Result<(Client, Settings)> {
         let settings = self.settings()?;
-        let client = Client::new(settings.servers.clone(), self.global.request_timeout.0);
+        let security = settings.credentials.load()?;
+        let client = Client::new(
+            settings.servers.clone(),
+            self.global.request_timeout.0,
+            security,
+        );
         Ok((client, settings))
     }
 }
@@ -83,6 +94,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version(args) => version::run(&env, args).await,
         Command::Completion(args) => completion::run(args),
         Command::Config(cmd) => config::run(&env, cmd),
+        Command::Pki(cmd) => pki::run(cmd),
+        Command::Token(cmd) => token::run(&env, cmd).await,
     }
 }
 

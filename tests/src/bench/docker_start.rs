@@ -62,7 +62,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         c.start_agent(name, "docker", &["--cpu", "8", "--memory", "8Gi"])?;
     }
     let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
-    let api = client(&c.controllers[leader].address).await?;
+    let api = client(&c.controllers[leader].address, &c.security).await?;
     poll_until("both agents Ready", SAMPLE_EVERY, cfg.timeout, || {
         let mut api = api.clone();
         async move {
@@ -171,7 +171,7 @@ async fn run_drover(
 ) -> anyhow::Result<(Duration, Duration)> {
     let name = format!("bench-worker-r{round}");
     let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
-    let mut api = client(&c.controllers[leader].address).await?;
+    let mut api = client(&c.controllers[leader].address, &c.security).await?;
     let want = replicas as usize;
 
     let t = Instant::now();

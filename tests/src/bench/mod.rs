@@ -32,8 +32,11 @@ pub const WORKER_SCRIPT: &str = "while true; do echo tick; sleep 1; done";
 const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
 
 /// A Control client that accepts list answers of any size a controller sends.
-pub async fn client(address: &str) -> anyhow::Result<ControlClient<Channel>> {
-    Ok(drover_tests::cluster::connect(address)
+pub async fn client(
+    address: &str,
+    security: &drover_proto::pki::Security,
+) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(drover_tests::cluster::connect(address, security)
         .await?
         .max_decoding_message_size(MAX_LIST_BYTES))
 }

@@ -96,7 +96,7 @@ async fn measure(
     let follower = (leader + 1) % c.controllers.len();
     // Progress is read from a follower (stale), keeping the leader's CPU
     // for the work being measured.
-    let watcher = client(&c.controllers[follower].address).await?;
+    let watcher = client(&c.controllers[follower].address, &c.security).await?;
 
     // Registration: every agent has a session and its node is Ready.
     let want = cfg.agents;
@@ -121,7 +121,7 @@ async fn measure(
 
     let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
     let leader_address = c.controllers[leader].address.clone();
-    let mut confirm = client(&leader_address).await?;
+    let mut confirm = client(&leader_address, &c.security).await?;
     warm_up(&mut confirm, cfg).await?;
 
     // Placement: apply everything while sampling progress.
@@ -129,6 +129,7 @@ async fn measure(
     let t0 = Instant::now();
     let applies = tokio::spawn(apply_all(
         leader_address,
+        c.security.clone(),
         cfg.deployments,
         cfg.replicas,
         cfg.clients,
@@ -325,6 +326,7 @@ async fn warm_up(api: &mut ControlClient<Channel>, cfg: &Config) -> anyhow::Resu
 /// all to `address`; returns how long until the last was acknowledged.
 async fn apply_all(
     address: String,
+    security: drover_proto::pki::Security,
     deployments: usize,
     replicas: u32,
     clients: usize,
@@ -333,9 +335,9 @@ async fn apply_all(
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     for _ in 0..clients.max(1) {
-        let (next, address) = (next.clone(), address.clone());
+        let (next, address, security) = (next.clone(), address.clone(), security.clone());
         tasks.spawn(async move {
-            let mut api = client(&address).await?;
+            let mut api = client(&address, &security).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= deployments {
@@ -405,6 +407,7 @@ impl SimFleet {
                 .with_context(|| format!("binding the Agent service of {node}"))?
                 .with_nodelay(Some(true));
             let bound = incoming.local_addr()?;
+            let security = c.agent_security(&node, &data_dir.join("tls"))?;
             let settings = Settings {
                 node: node.clone(),
                 controllers: controllers.clone(),
@@ -414,6 +417,9 @@ impl SimFleet {
                 advertise: bound.to_string(),
                 heartbeat: Duration::from_millis(500),
                 stop_after_disconnect: None,
+                security,
+                join: None,
+                tls_dir: None,
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {

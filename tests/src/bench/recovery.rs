@@ -88,7 +88,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         c.start_agent(name, &cfg.runtime, &["--cpu", "16", "--memory", "16Gi"])?;
     }
     let leader = c.wait_for_leader(cfg.timeout).await?;
-    let mut api = client(&c.controllers[leader].address).await?;
+    let mut api = client(&c.controllers[leader].address, &c.security).await?;
     apply_worker(&mut api, DEPLOYMENT, cfg.replicas).await?;
     let want = cfg.replicas as usize;
     settled(&c, want, None, cfg.timeout).await?;

@@ -73,8 +73,9 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..clients {
         let (done, failed, address) = (done.clone(), failed.clone(), address.clone());
+        let security = c.security.clone();
         tasks.spawn(async move {
-            let Ok(mut client) = connect(&address).await else {
+            let Ok(mut client) = connect(&address, &security).await else {
                 return;
             };
             let mut i = 0u32;

@@ -1,0 +1,109 @@
+use super::*;
+
+fn der(pem_text: &str) -> Vec<u8> {
+    first_pem_der(pem_text, "CERTIFICATE").expect("a certificate")
+}
+
+#[test]
+fn issued_certificates_carry_role_and_name() {
+    let (ca, ca_key) = Ca::generate("test").expect("ca");
+    let issued = ca
+        .issue(&CertRequest {
+            identity: Identity::new(Role::Controller, "c1"),
+            hosts: vec!["127.0.0.1".into(), "ctl.example".into()],
+            validity: DEFAULT_VALIDITY,
+        })
+        .expect("issue");
+    assert_eq!(
+        identity_of(&der(&issued.cert_pem)),
+        Some(Identity::new(Role::Controller, "c1"))
+    );
+    // The CA reloads from its PEM files and still signs.
+    let again = Ca::load(ca.cert_pem(), &ca_key).expect("reload");
+    let viewer = again
+        .issue(&CertRequest {
+            identity: Identity::new(Role::Viewer, "ann"),
+            hosts: vec!["ignored.example".into()],
+            validity: Duration::from_secs(60),
+        })
+        .expect("issue viewer");
+    let info = cert_info(&viewer.cert_pem).expect("info");
+    assert_eq!(info.identity, Some(Identity::new(Role::Viewer, "ann")));
+    let left = info
+        .not_after
+        .duration_since(SystemTime::now())
+        .expect("in the future");
+    assert!(left <= Duration::from_secs(60), "{left:?}");
+}
+
+#[test]
+fn a_csr_is_signed_with_the_cas_own_identity_not_the_requested_one() {
+    let (ca, _) = Ca::generate("test").expect("ca");
+    // The CSR asks to be a controller; the CA decides it is agent "n1".
+    let (csr, key) = new_csr(&Identity::new(Role::Controller, "evil")).expect("csr");
+    assert!(key.contains("PRIVATE KEY"));
+    let cert = ca
+        .sign_csr(
+            &csr,
+            &CertRequest {
+                identity: Identity::new(Role::Agent, "n1"),
+                hosts: vec![],
+                validity: DEFAULT_NODE_VALIDITY,
+            },
+        )
+        .expect("sign");
+    assert_eq!(
+        identity_of(&der(&cert)),
+        Some(Identity::new(Role::Agent, "n1"))
+    );
+    assert!(ca
+        .sign_csr(
+            "not a csr",
+            &CertRequest {
+                identity: Identity::new(Role::Agent, "n1"),
+                hosts: vec![],
+                validity: DEFAULT_NODE_VALIDITY,
+            }
+        )
+        .is_err());
+}
+
+#[test]
+fn fingerprints_names_and_roles() {
+    let (ca, _) = Ca::generate("test").expect("ca");
+    let fp = ca_fingerprint(ca.cert_pem()).expect("fingerprint");
+    assert_eq!(fp.len(), 64);
+    assert!(fp.chars().all(|c| c.is_ascii_hexdigit()));
+    for bad in ["", "Upper", "-x", "a/b", &"x".repeat(64)] {
+        assert!(check_name(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!("viewer".parse::<Role>().expect("role"), Role::Viewer);
+    assert!("root".parse::<Role>().is_err());
+    assert_eq!(identity_of(b"garbage"), None);
+}
+
+#[test]
+fn keys_are_written_for_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = std::env::temp_dir().join(format!("drover-pki-{}", rand::random::<u64>()));
+    let dir = TlsDir::new(tmp.join("tls"));
+    let (ca, ca_key) = Ca::generate("test").expect("ca");
+    let issued = ca
+        .issue(&CertRequest {
+            identity: Identity::new(Role::Admin, "admin"),
+            hosts: vec![],
+            validity: DEFAULT_VALIDITY,
+        })
+        .expect("issue");
+    dir.write(ca.cert_pem(), &issued, Some(&ca_key))
+        .expect("write");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path), 0o700);
+    assert_eq!(mode(&dir.key()), 0o600);
+    assert_eq!(mode(&dir.ca_key()), 0o600);
+    assert_eq!(mode(&dir.cert()), 0o644);
+    let m = TlsMaterial::read_dir(&dir).expect("read back");
+    assert!(m.identity.is_some());
+    assert!(m.server_config().is_ok());
+    let _ = std::fs::remove_dir_all(tmp);
+}

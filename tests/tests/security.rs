@@ -1,0 +1,454 @@
+//! Mutual TLS and authorisation, end to end: who may call what, refused with
+//! one sentence that says what to fix, and nothing written when refused.
+//!
+//! ```text
+//!  droverctl / raw gRPC clients ──(no cert | wrong CA | expired | viewer | agent)──▶ controller
+//!  agent cert for n1 ──Dispatcher.Session as "n2"──▶ refused (NodeRestriction)
+//!  admin cert ──Raft.Step(crafted bytes)──▶ refused before the protobuf 2 decoder
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use drover_proto::pb;
+use drover_proto::pb::dispatcher_client::DispatcherClient;
+use drover_proto::pb::raft_client::RaftClient;
+use drover_proto::pki::{self, Identity, Role, Security, TlsDir, TlsMaterial};
+use drover_tests::cluster::{connect, err, manifest, names, ok, Options};
+use drover_tests::Cluster;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+
+fn as_holder(dir: &TlsDir) -> Security {
+    Security::tls(TlsMaterial::read_dir(dir).expect("credentials"))
+}
+
+fn write_manifest(c: &Cluster, name: &str) -> String {
+    let path = c.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest(name, 1)).expect("manifest");
+    path.display().to_string()
+}
+
+fn one_line(stderr: &str) {
+    assert_eq!(stderr.lines().count(), 1, "one sentence expected: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_droverctl_is_refused_and_nothing_is_written() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let file = write_manifest(&c, "web");
+    let ctl = c.ctl();
+
+    // Nothing configured at all.
+    let e = err(&ctl.with_credentials(vec![]).run(&["apply", "-f", &file]));
+    one_line(&e);
+    assert!(e.contains("--ca, --cert and --key"), "{e}");
+
+    // The CA but no client certificate: the controller refuses the call.
+    let ca_only = vec!["--ca".to_string(), pki.ca_cert().display().to_string()];
+    let e = err(&ctl.with_credentials(ca_only).run(&["apply", "-f", &file]));
+    one_line(&e);
+    assert!(e.contains("needs a client certificate"), "{e}");
+
+    // A certificate from another CA: the controller's certificate does not
+    // check out against it (and ours would not against the cluster's).
+    let other = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(drover_tests::bin("droverctl"))
+        .args(["pki", "init", "--dir"])
+        .arg(other.path().join("pki"))
+        .args(["--controller", "x=127.0.0.1"])
+        .output()
+        .expect("pki init");
+    assert!(out.status.success(), "{out:?}");
+    let foreign = TlsDir::new(other.path().join("pki/admin-admin"));
+    let e = err(&ctl.as_identity(&foreign).run(&["apply", "-f", &file]));
+    one_line(&e);
+    assert!(e.contains("not signed by"), "{e}");
+
+    // An expired certificate is caught before connecting.
+    let expired = TlsDir::new(c.dir.path().join("expired"));
+    let issued = pki
+        .ca
+        .issue(&pki::CertRequest {
+            identity: Identity::new(Role::Admin, "late"),
+            hosts: vec![],
+            validity: Duration::from_secs(1),
+        })
+        .expect("issue");
+    expired
+        .write(pki.ca.cert_pem(), &issued, None)
+        .expect("write");
+    let not_after = pki::cert_info(&issued.cert_pem).expect("info").not_after;
+    c.wait_for("the certificate to expire", T, || async {
+        if SystemTime::now() > not_after {
+            Ok(())
+        } else {
+            Err("still valid".to_string())
+        }
+    })
+    .await
+    .expect("expiry");
+    let e = err(&ctl.as_identity(&expired).run(&["apply", "-f", &file]));
+    one_line(&e);
+    assert!(e.contains("expired") && e.contains("pki client"), "{e}");
+
+    // None of it reached the store.
+    let mut admin = c.client(0).await.expect("admin client");
+    assert!(names(&mut admin, false).await.expect("list").is_empty());
+    // And the admin's own droverctl works.
+    ok(&ctl.run(&["apply", "-f", &file]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_read_only_and_agents_cannot_use_the_control_api() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let file = write_manifest(&c, "web");
+    ok(&c.ctl().run(&["apply", "-f", &file]));
+
+    let viewer = c
+        .ctl()
+        .as_identity(&pki.client(Role::Viewer, "ann").expect("viewer"));
+    assert!(ok(&viewer.run(&["get", "deployments"])).contains("web"));
+    ok(&viewer.run(&["describe", "deployment", "web"]));
+    ok(&viewer.run(&["cluster", "status"]));
+    for args in [
+        vec!["apply", "-f", file.as_str()],
+        vec!["delete", "deployment", "web"],
+        vec!["scale", "deployment/web", "--replicas", "3"],
+    ] {
+        let e = err(&viewer.run(&args));
+        one_line(&e);
+        assert!(e.contains("viewer \"ann\" may not call"), "{args:?}: {e}");
+    }
+
+    // An agent's certificate opens no Control call, not even a read.
+    let agent_dir = pki.client(Role::Agent, "n1").expect("agent cert");
+    let mut as_agent = connect(&c.controllers[0].address, &as_holder(&agent_dir))
+        .await
+        .expect("TLS works");
+    let refused = names(&mut as_agent, false).await.expect_err("refused");
+    let status = refused.downcast_ref::<tonic::Status>().expect("a status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Still one deployment with one replica: nothing the viewer tried landed.
+    let mut admin = c.client(0).await.expect("admin");
+    let d = admin
+        .get_deployment(pb::GetDeploymentRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            read: None,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(d.generation, 1, "the viewer changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_certificate_cannot_speak_for_another_node() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let n1 = pki.client(Role::Agent, "n1").expect("cert");
+    let channel = as_holder(&n1)
+        .endpoint(&c.controllers[0].address, pki::CONTROLLER_SERVER_NAME)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut dispatcher = DispatcherClient::new(channel);
+    let hello = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            node: "n2".into(),
+            address: "127.0.1.9:7101".into(),
+            runtime: "sim".into(),
+            incarnation: "x".into(),
+            ..Default::default()
+        })),
+    };
+    let refused = dispatcher
+        .session(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("agent \"n1\"") && refused.message().contains("\"n2\""),
+        "{}",
+        refused.message()
+    );
+    let nodes = c.ctl().run(&["get", "nodes", "-o", "name"]);
+    assert_eq!(ok(&nodes).trim(), "", "no node registered");
+
+    // A real agent with its own certificate registers fine.
+    let mut c = c;
+    c.start_agent("n1", "sim", &[]).expect("agent");
+    c.wait_for("n1 Ready", T, || async {
+        let out = ok(&c.ctl().run(&["get", "nodes"]));
+        if out.contains("n1") && out.contains("Ready") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await
+    .expect("n1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_raft_bytes_from_a_non_controller_never_reach_the_log() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let before = c.member_status(0).await.expect("status");
+    // Bytes that would make rust-protobuf 2 recurse deeply: nested groups.
+    // 0x0b: field 1, start group.
+    let crafted = vec![0x0bu8; 100_000];
+    let batch = || pb::RaftBatch {
+        from: 99,
+        from_address: "127.0.0.99:1".into(),
+        messages: vec![crafted.clone(), b"\x08\x01garbage".to_vec()],
+    };
+    let admin = pki.client(Role::Admin, "mallory").expect("cert");
+    let no_cert = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&admin).expect("material")
+    });
+    for (who, security) in [("an admin", as_holder(&admin)), ("no certificate", no_cert)] {
+        let channel = security
+            .endpoint(&c.controllers[0].address, pki::CONTROLLER_SERVER_NAME)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut raft = RaftClient::new(channel);
+        let refused = raft.step(batch()).await.expect_err("refused");
+        assert!(
+            matches!(
+                refused.code(),
+                Code::PermissionDenied | Code::Unauthenticated
+            ),
+            "{who}: {refused:?}"
+        );
+        let refused = raft
+            .forward(pb::ForwardRequest {
+                write: br#"{"Command":{"Delete":{}}}"#.to_vec(),
+            })
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                refused.code(),
+                Code::PermissionDenied | Code::Unauthenticated
+            ),
+            "{who}: {refused:?}"
+        );
+    }
+    let after = c.member_status(0).await.expect("status");
+    assert_eq!(
+        (after.last_index, after.term, &after.state_hash),
+        (before.last_index, before.term, &before.state_hash),
+        "the raft log and state are unchanged"
+    );
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert!(
+        log.contains("refused a call") && log.contains("/drover.v1.Raft/Step"),
+        "the refusal is logged"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insecure_cluster_works_only_with_insecure_clients() {
+    let c = Cluster::start_with(
+        1,
+        Options {
+            insecure: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("cluster");
+    let file = write_manifest(&c, "web");
+    ok(&c.ctl().run(&["apply", "-f", &file]));
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert!(log.contains("--insecure"), "a start-up warning: {log}");
+
+    // A TLS client against the plaintext controller says what is wrong.
+    let secure = Cluster::start(1).await.expect("secure cluster");
+    let admin = &secure.pki.as_ref().expect("pki").admin;
+    let e = err(&c.ctl().as_identity(admin).run(&["get", "deployments"]));
+    one_line(&e);
+    assert!(e.contains("TLS"), "{e}");
+    // And a plaintext client against the TLS controller too.
+    let e = err(&secure
+        .ctl()
+        .with_credentials(vec!["--insecure".into()])
+        .run(&["get", "deployments"]));
+    one_line(&e);
+    assert!(e.contains("TLS"), "{e}");
+}
+
+#[test]
+fn a_controller_without_tls_flags_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(drover_tests::bin("drover-controller"))
+        .args(["--id", "1", "--peers", "1=127.0.0.1:1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tls-dir") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}
+
+async fn node_ready(c: &Cluster, node: &str) -> Result<(), String> {
+    let out = c.ctl().run(&["get", "nodes"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ready = text
+        .lines()
+        .any(|l| l.split_whitespace().take(2).eq([node, "Ready"]));
+    if ready {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_with_a_token_and_a_revoked_token_lets_nobody_else_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let out = c
+        .ctl()
+        .run(&["token", "create", "--role", "agent", "--ttl", "1h"]);
+    let token = ok(&out).trim().to_string();
+    assert!(token.starts_with("drover-1-"), "{token}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains(&token),
+        "the token is printed once, on stdout"
+    );
+
+    // The first agent joins: it has no certificate, only the token and the CA.
+    let join_flag = format!("--join-token={token}");
+    let ca_flag = format!("--ca={ca}");
+    let first = c
+        .start_agent("j1", "sim", &[&join_flag, &ca_flag])
+        .expect("agent");
+    c.wait_for("j1 Ready", T, || node_ready(&c, "j1"))
+        .await
+        .expect("j1 joined");
+    let tls = TlsDir::new(c.agents[first].data_dir.join("tls"));
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&tls.key()), 0o600);
+    assert_eq!(mode(&tls.path), 0o700);
+    let cert = std::fs::read_to_string(tls.cert()).expect("cert");
+    assert_eq!(
+        pki::cert_info(&cert).expect("info").identity,
+        Some(Identity::new(Role::Agent, "j1"))
+    );
+
+    // Revoke it.
+    let list = ok(&c.ctl().run(&["token", "list"]));
+    let id = list
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a token row")
+        .to_string();
+    assert!(list.contains("active"), "{list}");
+    assert!(
+        !list.contains(&token[20..]),
+        "no secret in the list: {list}"
+    );
+    assert_eq!(
+        ok(&c.ctl().run(&["token", "revoke", &id])),
+        format!("token {id} revoked\n")
+    );
+    assert!(ok(&c.ctl().run(&["token", "list"])).contains("revoked"));
+
+    // A second agent with the revoked token is refused, with a sentence.
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "j2",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-j2"))
+        .args(["--listen", "127.0.1.200:0", &join_flag, &ca_flag])
+        .env("DROVER_LOG", "error")
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("revoked"), "{stderr}");
+    assert!(!stderr.contains(&token), "no token in the error: {stderr}");
+    assert!(node_ready(&c, "j2").await.is_err(), "j2 never registered");
+
+    // The first keeps working with its certificate, across a restart without the token.
+    c.restart_agent(first, &[]).expect("restart");
+    c.wait_for("j1 Ready again", T, || node_ready(&c, "j1"))
+        .await
+        .expect("j1 back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_are_renewed_before_they_expire() {
+    let mut c = Cluster::start_with(
+        1,
+        Options {
+            extra_args: vec!["--node-cert-validity".into(), "6s".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let join_flag = format!("--join-token={token}");
+    let ca_flag = format!("--ca={ca}");
+    let i = c
+        .start_agent("r1", "sim", &[&join_flag, &ca_flag])
+        .expect("agent");
+    c.wait_for("r1 Ready", T, || node_ready(&c, "r1"))
+        .await
+        .expect("joined");
+    let tls = TlsDir::new(c.agents[i].data_dir.join("tls"));
+    let first = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert"))
+        .expect("info")
+        .not_after;
+    // Two renewals: the second one authenticates with the first renewed
+    // certificate, after the joined one has expired.
+    let log = c.agents[i].log.clone();
+    c.wait_for("two renewals", T, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match text.matches("renewed the node certificate").count() {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n} renewals")),
+            }
+        }
+    })
+    .await
+    .expect("renewed");
+    let now = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert"))
+        .expect("info")
+        .not_after;
+    assert!(now > first, "the certificate on disk is a newer one");
+    assert!(
+        SystemTime::now() > first,
+        "the joined certificate has expired by now"
+    );
+    node_ready(&c, "r1").await.expect("still Ready");
+}
