@@ -6,11 +6,14 @@
 //!   apply to every replica Running, and the controllers' memory.
 //! - [`docker_start`]: replica start through drover against plain
 //!   `docker run -d`, on the same Docker engine.
+//! - [`rollout`]: a rolling update of 50 replicas with the process runtime and
+//!   Docker, beside `docker service update --image` on the same engine.
 //! - [`measure`]: the polling clock, percentiles and `/proc` memory they share.
 
 pub mod docker_start;
 pub mod measure;
 pub mod placement;
+pub mod rollout;
 pub mod store;
 
 use anyhow::Context;
