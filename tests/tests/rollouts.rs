@@ -249,8 +249,12 @@ async fn a_rolling_update_keeps_the_bounds_and_undo_restores_the_template() {
     let samples = sampler.finish().await;
     eprintln!("apply --wait printed:\n{out}");
     assert!(
-        out.contains("Waiting for deployment"),
+        out.contains("deployment.apps/web: 0 of 6 updated"),
         "progress lines: {out}"
+    );
+    assert!(
+        out.contains("deployment.apps/web: 6 of 6 updated, 6 ready, 6 available"),
+        "{out}"
     );
     assert!(out.contains("successfully rolled out"), "{out}");
     assert_bounds(&samples, 6, 1, 1);
