@@ -309,7 +309,7 @@ async fn a_revision_that_never_becomes_ready_fails_at_its_deadline_and_rolls_bac
         replicas: 4,
         surge: 1,
         unavailable: 0,
-        deadline_seconds: 6,
+        deadline_seconds: 10,
         auto_rollback: true,
         ..Spec::default()
     };
