@@ -841,6 +841,67 @@ mod tests {
             prop_assert!(sim.step().is_noop(), "stalled");
         }
 
+        /// Recreate never runs old and new replicas at the same time.
+        #[test]
+        fn recreate_never_mixes_revisions(
+            desired in 1u32..25,
+            readiness in proptest::collection::vec(any::<u64>(), 1..40),
+        ) {
+            let mut sim = Sim::settled(stored(desired, Rollout::Recreate));
+            let old = sim.replicas[0].revision.clone();
+            sim.change_template("drover/busybox:2");
+            for bits in readiness {
+                sim.step();
+                let revisions: HashSet<&str> =
+                    sim.replicas.iter().map(|r| r.revision.as_str()).collect();
+                prop_assert!(revisions.len() <= 1, "mixed: {revisions:?}");
+                sim.bind_all();
+                let mut i = 0u32;
+                sim.make_ready(|_| { i += 1; bits & (1 << (i % 64)) != 0 });
+            }
+            for _ in 0..3 {
+                sim.step();
+                sim.bind_all();
+                sim.make_ready(|_| true);
+            }
+            prop_assert!(is_complete(desired, &sim.counts()));
+            prop_assert!(sim.replicas.iter().all(|r| r.revision != old));
+        }
+
+        /// A drain during a rolling update: the bounds hold (a drained
+        /// replica and its replacement count once) and both finish.
+        #[test]
+        fn a_drain_during_a_rollout_keeps_the_bounds_and_both_finish(
+            desired in 1u32..20,
+            surge in int_or_percent(),
+            unavailable in int_or_percent(),
+            readiness in proptest::collection::vec(any::<u64>(), 1..30),
+        ) {
+            prop_assume!(!(is_zero(surge) && is_zero(unavailable)));
+            let strategy = rolling(surge, unavailable);
+            let b = bounds(&strategy, desired);
+            let mut sim = Sim::settled(stored(desired, strategy));
+            sim.change_template("drover/busybox:2");
+            sim.draining.insert("n3".into());
+            for bits in readiness {
+                sim.step();
+                let c = sim.counts();
+                prop_assert!(c.total <= desired + b.surge, "{c:?}");
+                prop_assert!(c.available + b.unavailable >= desired, "{c:?}");
+                sim.bind_all();
+                let mut i = 0u32;
+                sim.make_ready(|_| { i += 1; bits & (1 << (i % 64)) != 0 });
+            }
+            for _ in 0..(4 * desired + 8) {
+                sim.step();
+                sim.bind_all();
+                sim.make_ready(|_| true);
+            }
+            prop_assert!(is_complete(desired, &sim.counts()), "{:?}", sim.counts());
+            prop_assert!(sim.replicas.iter().all(|r| r.node.as_deref() != Some("n3")));
+            prop_assert!(sim.replicas.len() as u32 == desired);
+        }
+
         /// Draining one of three nodes moves every replica off it, keeping at
         /// least `desired` available throughout.
         #[test]
