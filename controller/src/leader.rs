@@ -3,14 +3,17 @@
 //!
 //! ```text
 //!  leadership ──is_leader──▶ start loops ──(ReadIndex: state is current)──▶
-//!      loop { wait for an applied change ─▶ orchestrator::reconcile ─▶ Reconcile entry
-//!                                         ─▶ scheduler::schedule      ─▶ Schedule entry }
+//!      loop { wait for an applied change ─▶ rollout::progress        ─▶ RolloutProgress (+ Undo)
+//!             (or 2 s: minReadySeconds,  ─▶ orchestrator::reconcile ─▶ Reconcile entry
+//!              progress deadlines)       ─▶ scheduler::schedule      ─▶ Schedule entry }
 //!      loop { every node-timeout/10      ─▶ nodes::assess           ─▶ NodeDown / NodeUp }
 //!  leadership lost ─▶ cancel
 //! ```
 //!
 //! Everything is rebuilt from the store each round: a new leader needs nothing
-//! from the old one. Decisions go through raft like any write; the state
+//! from the old one, and continues a rollout or a drain where it stands (the
+//! times a rollout is judged by are in the store, stamped by the leader that
+//! proposed them). Decisions go through raft like any write; the state
 //! machine skips those that became stale (a slot taken, a replica gone).
 
 use std::collections::{HashMap, HashSet};
