@@ -443,13 +443,16 @@ pub fn is_complete(desired: u32, c: &Counts) -> bool {
     c.updated == desired && c.updated_available == desired && c.total == desired
 }
 
-/// Whether a failed rollout should roll back by itself.
+/// Whether a failed rollout should roll back by itself: asked for, there is
+/// a revision to go back to, and the current one is not itself an automatic
+/// rollback (two broken revisions must not take turns forever).
 pub fn wants_auto_rollback(d: &StoredDeployment) -> bool {
-    d.deployment
-        .metadata
-        .annotations
-        .get(AUTO_ROLLBACK_ANNOTATION)
-        .is_some_and(|v| v == "true")
+    d.rollout.rolled_back.is_none()
+        && d.deployment
+            .metadata
+            .annotations
+            .get(AUTO_ROLLBACK_ANNOTATION)
+            .is_some_and(|v| v == "true")
         && d.revisions.len() >= 2
 }
 
@@ -748,6 +751,53 @@ mod tests {
         let a = sim.step();
         assert_eq!(a.remove.len(), 1);
         assert_eq!(a.dropped_without_replacement, a.remove);
+    }
+
+    #[test]
+    fn a_failed_rollout_records_its_deadline_and_rolls_back_once() {
+        let mut d = stored(2, rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)));
+        d.deployment.spec.progress_deadline_seconds = 10;
+        d.rollout.progress_unix_ms = 1_000;
+        let stuck = Counts {
+            total: 3,
+            updated: 1,
+            ready: 2,
+            available: 2,
+            updated_available: 0,
+        };
+        assert_eq!(progress(&d, &stuck, 11_000), None, "within the deadline");
+        let (since, available, failed) = progress(&d, &stuck, 11_001).expect("a record");
+        assert_eq!((since, available), (1_000, 0));
+        assert!(failed.is_some_and(|f| f.starts_with("ProgressDeadlineExceeded")));
+        let better = Counts {
+            updated_available: 1,
+            ..stuck
+        };
+        assert_eq!(
+            progress(&d, &better, 11_001),
+            Some((11_001, 1, None)),
+            "progress resets the clock"
+        );
+
+        let revision = |number| crate::store::Revision {
+            number,
+            hash: format!("h{number}"),
+            template: d.deployment.spec.template.clone(),
+            created_unix_ms: 0,
+            change_cause: String::new(),
+        };
+        d.revisions = vec![revision(1), revision(2)];
+        assert!(!wants_auto_rollback(&d), "not asked for");
+        d.deployment
+            .metadata
+            .annotations
+            .insert(AUTO_ROLLBACK_ANNOTATION.into(), "true".into());
+        assert!(wants_auto_rollback(&d));
+        d.rollout.rolled_back = Some("rolled back from revision 2".into());
+        assert!(
+            !wants_auto_rollback(&d),
+            "a rollback that fails too stays put"
+        );
     }
 
     impl Actions {

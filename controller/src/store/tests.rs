@@ -631,11 +631,13 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
         "a new revision starts progressing"
     );
     let progress = |revision: &str, failed: Option<&str>| Command::RolloutProgress {
-        target: r("web"),
-        revision: revision.into(),
-        progress_unix_ms: 150,
-        available_updated: 1,
-        failed: failed.map(String::from),
+        records: vec![RolloutRecord {
+            target: r("web"),
+            revision: revision.into(),
+            progress_unix_ms: 150,
+            available_updated: 1,
+            failed: failed.map(String::from),
+        }],
     };
     let stale = store
         .apply(2, 1, &progress("zzzzz", Some("late")))
