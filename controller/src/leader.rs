@@ -3,14 +3,17 @@
 //!
 //! ```text
 //!  leadership ──is_leader──▶ start loops ──(ReadIndex: state is current)──▶
-//!      loop { wait for an applied change ─▶ orchestrator::reconcile ─▶ Reconcile entry
-//!                                         ─▶ scheduler::schedule      ─▶ Schedule entry }
+//!      loop { wait for an applied change ─▶ rollout::progress        ─▶ RolloutProgress (+ Undo)
+//!             (or 2 s: minReadySeconds,  ─▶ orchestrator::reconcile ─▶ Reconcile entry
+//!              progress deadlines)       ─▶ scheduler::schedule      ─▶ Schedule entry }
 //!      loop { every node-timeout/10      ─▶ nodes::assess           ─▶ NodeDown / NodeUp }
 //!  leadership lost ─▶ cancel
 //! ```
 //!
 //! Everything is rebuilt from the store each round: a new leader needs nothing
-//! from the old one. Decisions go through raft like any write; the state
+//! from the old one, and continues a rollout or a drain where it stands (the
+//! times a rollout is judged by are in the store, stamped by the leader that
+//! proposed them). Decisions go through raft like any write; the state
 //! machine skips those that became stale (a slot taken, a replica gone).
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +28,7 @@ use crate::nodes::{self, Verdict};
 use crate::orchestrator::{self, rollout};
 use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
 use crate::store::{
-    Command, NodeCondition, ObjectRef, ReplicaRecord, Resources, Store, StoreError,
+    Command, NodeCondition, ObjectRef, ReplicaRecord, Resources, RolloutRecord, Store, StoreError,
     StoredDeployment, Write,
 };
 
@@ -207,8 +210,10 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
-/// Record rollout progress and failures (progress deadline), and roll failed
-/// rollouts back when their deployment asks for it.
+/// Record rollout progress and failures (progress deadline) in one entry,
+/// then roll failed rollouts back when their deployment asks for it. A
+/// failure recorded by an earlier leader whose rollback never committed is
+/// rolled back here too.
 async fn record_progress(
     cluster: &Cluster,
     deployments: &[StoredDeployment],
@@ -217,53 +222,60 @@ async fn record_progress(
     now: i64,
 ) -> Result<(), String> {
     let by_deployment = orchestrator::group(replicas);
+    let mut records = Vec::new();
+    let mut rollbacks = Vec::new();
     for d in deployments {
         let meta = &d.deployment.metadata;
+        let target = ObjectRef {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+        };
         let mine = by_deployment
             .get(&(meta.namespace.as_str(), meta.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
         let counts = rollout::counts(d, mine, draining, now);
-        let Some((progress_unix_ms, available_updated, failed)) =
+        let mut failed = d.rollout.failed.clone();
+        if let Some((progress_unix_ms, available_updated, now_failed)) =
             rollout::progress(d, &counts, now)
-        else {
-            continue;
-        };
-        let target = ObjectRef {
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone(),
-        };
-        if let Some(reason) = &failed {
-            warn!(deployment = %target, reason = %reason, "rollout failed");
+        {
+            if let Some(reason) = &now_failed {
+                warn!(deployment = %target, reason = %reason, "rollout failed");
+            }
+            failed = now_failed.clone();
+            records.push(RolloutRecord {
+                target: target.clone(),
+                revision: orchestrator::revision(&d.deployment.spec.template),
+                progress_unix_ms,
+                available_updated,
+                failed: now_failed,
+            });
         }
-        let write = Write::Command(Command::RolloutProgress {
-            target: target.clone(),
-            revision: orchestrator::revision(&d.deployment.spec.template),
-            progress_unix_ms,
-            available_updated,
-            failed: failed.clone(),
+        if let Some(reason) = failed.filter(|_| rollout::wants_auto_rollback(d)) {
+            rollbacks.push((target, d.current_revision_number(), reason));
+        }
+    }
+    if !records.is_empty() {
+        cluster
+            .write(Write::Command(Command::RolloutProgress { records }))
+            .await
+            .map_err(|s| s.message().to_string())?;
+    }
+    for (target, revision, reason) in rollbacks {
+        info!(deployment = %target, "rollout failed: rolling back to the previous revision");
+        let write = Write::Command(Command::Undo {
+            target,
+            to_revision: None,
+            reason: Some(format!(
+                "rolled back from revision {revision} by {}: {reason}",
+                rollout::AUTO_ROLLBACK_ANNOTATION
+            )),
+            now_unix_ms: now,
         });
         cluster
             .write(write)
             .await
             .map_err(|s| s.message().to_string())?;
-        if let Some(reason) = failed.filter(|_| rollout::wants_auto_rollback(d)) {
-            info!(deployment = %target, "rollout failed: rolling back to the previous revision");
-            let write = Write::Command(Command::Undo {
-                target,
-                to_revision: None,
-                reason: Some(format!(
-                    "rolled back from revision {} by {}: {reason}",
-                    d.current_revision_number(),
-                    rollout::AUTO_ROLLBACK_ANNOTATION
-                )),
-                now_unix_ms: now,
-            });
-            cluster
-                .write(write)
-                .await
-                .map_err(|s| s.message().to_string())?;
-        }
     }
     Ok(())
 }

@@ -252,8 +252,12 @@ async fn a_rolling_update_keeps_the_bounds_and_undo_restores_the_template() {
     let samples = sampler.finish().await;
     eprintln!("apply --wait printed:\n{out}");
     assert!(
-        out.contains("Waiting for deployment"),
+        out.contains("deployment.apps/web: 0 of 6 updated"),
         "progress lines: {out}"
+    );
+    assert!(
+        out.contains("deployment.apps/web: 6 of 6 updated, 6 ready, 6 available"),
+        "{out}"
     );
     assert!(out.contains("successfully rolled out"), "{out}");
     assert_bounds(&samples, 6, 1, 1);
@@ -308,7 +312,7 @@ async fn a_revision_that_never_becomes_ready_fails_at_its_deadline_and_rolls_bac
         replicas: 4,
         surge: 1,
         unavailable: 0,
-        deadline_seconds: 6,
+        deadline_seconds: 10,
         auto_rollback: true,
         ..Spec::default()
     };

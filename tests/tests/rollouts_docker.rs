@@ -141,6 +141,8 @@ spec:
     metadata:
       labels: {{app: {name}}}
     spec:
+      # httpd as PID 1 ignores SIGTERM: old containers would wait out 30 s.
+      terminationGracePeriodSeconds: 1
       containers:
       - name: httpd
         image: drover/busybox:1

@@ -13,7 +13,7 @@ use drover_proto::pb;
 
 use crate::api::Cluster;
 use crate::orchestrator::revision;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredDeployment};
 
 /// Annotations of a deployment that agents act on.
 const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
@@ -33,45 +33,37 @@ impl Assignments {
     /// (during a rollout, old and new side by side); a replica whose revision
     /// is no longer kept is left out, so it stops.
     pub fn build(store: &Store, previous: &Assignments) -> Result<Assignments, StoreError> {
-        let deployments: HashMap<(String, String), _> = store
-            .deployments(None)?
-            .into_iter()
+        let stored = store.deployments(None)?;
+        let deployments: HashMap<(String, String), Templates<'_>> = stored
+            .iter()
             .map(|d| {
                 let m = &d.deployment.metadata;
-                let key = (m.namespace.clone(), m.name.clone());
-                let current = revision(&d.deployment.spec.template);
-                let mut templates: HashMap<String, String> = d
-                    .revisions
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.hash.clone(),
-                            serde_json::to_string(&r.template).unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                templates.insert(
-                    current,
-                    serde_json::to_string(&d.deployment.spec.template).unwrap_or_default(),
-                );
                 let annotations: HashMap<String, String> = m
                     .annotations
                     .iter()
                     .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                (key, (templates, annotations))
+                let templates = Templates {
+                    current: revision(&d.deployment.spec.template),
+                    current_json: serde_json::to_string(&d.deployment.spec.template)
+                        .unwrap_or_default(),
+                    deployment: d,
+                    old: HashMap::new(),
+                    annotations,
+                };
+                ((m.namespace.clone(), m.name.clone()), templates)
             })
             .collect();
+        let mut deployments = deployments;
         let mut by_node: HashMap<String, Vec<pb::Assignment>> = HashMap::new();
         for r in store.replicas(None)? {
             let Some(node) = r.node.clone() else { continue };
-            let Some((templates, annotations)) =
-                deployments.get(&(r.namespace.clone(), r.deployment.clone()))
+            let Some(templates) = deployments.get_mut(&(r.namespace.clone(), r.deployment.clone()))
             else {
                 continue;
             };
-            let Some(template) = templates.get(&r.revision) else {
+            let Some(template) = templates.json(&r.revision) else {
                 continue;
             };
             by_node.entry(node).or_default().push(pb::Assignment {
@@ -80,8 +72,8 @@ impl Assignments {
                 deployment: r.deployment.clone(),
                 slot: r.slot,
                 revision: r.revision.clone(),
-                template_json: template.clone(),
-                annotations: annotations.clone(),
+                template_json: template,
+                annotations: templates.annotations.clone(),
             });
         }
         let by_node = by_node
@@ -97,6 +89,34 @@ impl Assignments {
             })
             .collect();
         Ok(Assignments { by_node })
+    }
+}
+
+/// One deployment's templates as agents get them: the current one always
+/// encoded, an old revision's only once a replica still runs it (during a
+/// rollout), so a long revision history costs nothing here.
+struct Templates<'a> {
+    deployment: &'a StoredDeployment,
+    current: String,
+    current_json: String,
+    old: HashMap<String, Option<String>>,
+    annotations: HashMap<String, String>,
+}
+
+impl Templates<'_> {
+    fn json(&mut self, hash: &str) -> Option<String> {
+        if hash == self.current {
+            return Some(self.current_json.clone());
+        }
+        let deployment = self.deployment;
+        self.old
+            .entry(hash.to_string())
+            .or_insert_with(|| {
+                deployment
+                    .revision_by_hash(hash)
+                    .map(|r| serde_json::to_string(&r.template).unwrap_or_default())
+            })
+            .clone()
     }
 }
 

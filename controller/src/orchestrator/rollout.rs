@@ -443,13 +443,16 @@ pub fn is_complete(desired: u32, c: &Counts) -> bool {
     c.updated == desired && c.updated_available == desired && c.total == desired
 }
 
-/// Whether a failed rollout should roll back by itself.
+/// Whether a failed rollout should roll back by itself: asked for, there is
+/// a revision to go back to, and the current one is not itself an automatic
+/// rollback (two broken revisions must not take turns forever).
 pub fn wants_auto_rollback(d: &StoredDeployment) -> bool {
-    d.deployment
-        .metadata
-        .annotations
-        .get(AUTO_ROLLBACK_ANNOTATION)
-        .is_some_and(|v| v == "true")
+    d.rollout.rolled_back.is_none()
+        && d.deployment
+            .metadata
+            .annotations
+            .get(AUTO_ROLLBACK_ANNOTATION)
+            .is_some_and(|v| v == "true")
         && d.revisions.len() >= 2
 }
 
@@ -750,6 +753,53 @@ mod tests {
         assert_eq!(a.dropped_without_replacement, a.remove);
     }
 
+    #[test]
+    fn a_failed_rollout_records_its_deadline_and_rolls_back_once() {
+        let mut d = stored(2, rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)));
+        d.deployment.spec.progress_deadline_seconds = 10;
+        d.rollout.progress_unix_ms = 1_000;
+        let stuck = Counts {
+            total: 3,
+            updated: 1,
+            ready: 2,
+            available: 2,
+            updated_available: 0,
+        };
+        assert_eq!(progress(&d, &stuck, 11_000), None, "within the deadline");
+        let (since, available, failed) = progress(&d, &stuck, 11_001).expect("a record");
+        assert_eq!((since, available), (1_000, 0));
+        assert!(failed.is_some_and(|f| f.starts_with("ProgressDeadlineExceeded")));
+        let better = Counts {
+            updated_available: 1,
+            ..stuck
+        };
+        assert_eq!(
+            progress(&d, &better, 11_001),
+            Some((11_001, 1, None)),
+            "progress resets the clock"
+        );
+
+        let revision = |number| crate::store::Revision {
+            number,
+            hash: format!("h{number}"),
+            template: d.deployment.spec.template.clone(),
+            created_unix_ms: 0,
+            change_cause: String::new(),
+        };
+        d.revisions = vec![revision(1), revision(2)];
+        assert!(!wants_auto_rollback(&d), "not asked for");
+        d.deployment
+            .metadata
+            .annotations
+            .insert(AUTO_ROLLBACK_ANNOTATION.into(), "true".into());
+        assert!(wants_auto_rollback(&d));
+        d.rollout.rolled_back = Some("rolled back from revision 2".into());
+        assert!(
+            !wants_auto_rollback(&d),
+            "a rollback that fails too stays put"
+        );
+    }
+
     impl Actions {
         fn is_noop(&self) -> bool {
             self.create.is_empty() && self.remove.is_empty()
@@ -839,6 +889,67 @@ mod tests {
             prop_assert!(c.available + b.unavailable >= desired);
             prop_assert!(c.total <= desired + b.surge);
             prop_assert!(sim.step().is_noop(), "stalled");
+        }
+
+        /// Recreate never runs old and new replicas at the same time.
+        #[test]
+        fn recreate_never_mixes_revisions(
+            desired in 1u32..25,
+            readiness in proptest::collection::vec(any::<u64>(), 1..40),
+        ) {
+            let mut sim = Sim::settled(stored(desired, Rollout::Recreate));
+            let old = sim.replicas[0].revision.clone();
+            sim.change_template("drover/busybox:2");
+            for bits in readiness {
+                sim.step();
+                let revisions: HashSet<&str> =
+                    sim.replicas.iter().map(|r| r.revision.as_str()).collect();
+                prop_assert!(revisions.len() <= 1, "mixed: {revisions:?}");
+                sim.bind_all();
+                let mut i = 0u32;
+                sim.make_ready(|_| { i += 1; bits & (1 << (i % 64)) != 0 });
+            }
+            for _ in 0..3 {
+                sim.step();
+                sim.bind_all();
+                sim.make_ready(|_| true);
+            }
+            prop_assert!(is_complete(desired, &sim.counts()));
+            prop_assert!(sim.replicas.iter().all(|r| r.revision != old));
+        }
+
+        /// A drain during a rolling update: the bounds hold (a drained
+        /// replica and its replacement count once) and both finish.
+        #[test]
+        fn a_drain_during_a_rollout_keeps_the_bounds_and_both_finish(
+            desired in 1u32..20,
+            surge in int_or_percent(),
+            unavailable in int_or_percent(),
+            readiness in proptest::collection::vec(any::<u64>(), 1..30),
+        ) {
+            prop_assume!(!(is_zero(surge) && is_zero(unavailable)));
+            let strategy = rolling(surge, unavailable);
+            let b = bounds(&strategy, desired);
+            let mut sim = Sim::settled(stored(desired, strategy));
+            sim.change_template("drover/busybox:2");
+            sim.draining.insert("n3".into());
+            for bits in readiness {
+                sim.step();
+                let c = sim.counts();
+                prop_assert!(c.total <= desired + b.surge, "{c:?}");
+                prop_assert!(c.available + b.unavailable >= desired, "{c:?}");
+                sim.bind_all();
+                let mut i = 0u32;
+                sim.make_ready(|_| { i += 1; bits & (1 << (i % 64)) != 0 });
+            }
+            for _ in 0..(4 * desired + 8) {
+                sim.step();
+                sim.bind_all();
+                sim.make_ready(|_| true);
+            }
+            prop_assert!(is_complete(desired, &sim.counts()), "{:?}", sim.counts());
+            prop_assert!(sim.replicas.iter().all(|r| r.node.as_deref() != Some("n3")));
+            prop_assert!(sim.replicas.len() as u32 == desired);
         }
 
         /// Draining one of three nodes moves every replica off it, keeping at

@@ -116,16 +116,9 @@ pub enum Command {
         paused: bool,
         now_unix_ms: i64,
     },
-    /// The leader's record of a rollout's progress: when it last progressed,
-    /// how many updated replicas were available then, and why it failed
-    /// (once its progress deadline passed).
-    RolloutProgress {
-        target: ObjectRef,
-        revision: String,
-        progress_unix_ms: i64,
-        available_updated: u32,
-        failed: Option<String>,
-    },
+    /// The leader's records of rollouts' progress, one entry for all the
+    /// deployments that changed in a round.
+    RolloutProgress { records: Vec<RolloutRecord> },
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
@@ -153,6 +146,18 @@ pub enum Command {
     CreateToken { token: TokenRecord },
     /// Revoke a join token: joins with it are refused from now on.
     RevokeToken { id: String },
+}
+
+/// A rollout's progress as the leader saw it: when it last progressed, how
+/// many updated replicas were available then, and why it failed (once its
+/// progress deadline passed). It is about one revision of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub target: ObjectRef,
+    pub revision: String,
+    pub progress_unix_ms: i64,
+    pub available_updated: u32,
+    pub failed: Option<String>,
 }
 
 /// What a client may ask the cluster to write.
@@ -366,19 +371,7 @@ pub(super) fn execute(
             paused,
             now_unix_ms,
         } => pause(view, target, *paused, *now_unix_ms),
-        Command::RolloutProgress {
-            target,
-            revision,
-            progress_unix_ms,
-            available_updated,
-            failed,
-        } => rollout_progress(
-            view,
-            target,
-            revision,
-            (*progress_unix_ms, *available_updated),
-            failed,
-        ),
+        Command::RolloutProgress { records } => rollout_progress(view, records),
         Command::Reconcile {
             create,
             remove,
@@ -839,33 +832,34 @@ fn pause(
     Ok(Ok(WriteResult::Changed(1)))
 }
 
-/// Skipped (no error) when the deployment is gone or its template changed
-/// since the leader looked: the record is about one revision's rollout.
+/// A record is skipped (no error) when its deployment is gone or its
+/// template changed since the leader looked: it is about one revision.
 fn rollout_progress(
     view: &mut View<'_>,
-    target: &ObjectRef,
-    revision_hash: &str,
-    (progress, available_updated): (i64, u32),
-    failed: &Option<String>,
+    records: &[RolloutRecord],
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let Ok((key, mut stored)) = stored_deployment(view, target)? else {
-        return Ok(Ok(WriteResult::Changed(0)));
-    };
-    if revision(&stored.deployment.spec.template) != revision_hash {
-        return Ok(Ok(WriteResult::Changed(0)));
+    let mut changed = 0;
+    for record in records {
+        let Ok((key, mut stored)) = stored_deployment(view, &record.target)? else {
+            continue;
+        };
+        if revision(&stored.deployment.spec.template) != record.revision {
+            continue;
+        }
+        let next = RolloutState {
+            progress_unix_ms: record.progress_unix_ms,
+            available_updated: record.available_updated,
+            failed: record.failed.clone(),
+            ..stored.rollout.clone()
+        };
+        if stored.rollout == next {
+            continue;
+        }
+        stored.rollout = next;
+        view.put(key, &stored)?;
+        changed += 1;
     }
-    let next = RolloutState {
-        progress_unix_ms: progress,
-        available_updated,
-        failed: failed.clone(),
-        ..stored.rollout.clone()
-    };
-    if stored.rollout == next {
-        return Ok(Ok(WriteResult::Changed(0)));
-    }
-    stored.rollout = next;
-    view.put(key, &stored)?;
-    Ok(Ok(WriteResult::Changed(1)))
+    Ok(Ok(WriteResult::Changed(changed)))
 }
 
 fn reconcile(

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use command::{
-    ApplyOutcome, Command, NodeRegistration, ObjectRef, Write, WriteError, WriteResult,
-    CHANGE_CAUSE_ANNOTATION,
+    ApplyOutcome, Command, NodeRegistration, ObjectRef, RolloutRecord, Write, WriteError,
+    WriteResult, CHANGE_CAUSE_ANNOTATION,
 };
 pub use objects::{
     NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,

@@ -50,6 +50,28 @@ fn sample_log() -> Vec<Command> {
             now_unix_ms: 0,
         },
         apply(&[("worker", 1)], 5_000),
+        with_image("busybox:2", "second"),
+        Command::PauseRollout {
+            target: r("web"),
+            paused: true,
+            now_unix_ms: 6_000,
+        },
+        Command::Undo {
+            target: r("web"),
+            to_revision: None,
+            reason: None,
+            now_unix_ms: 7_000,
+        },
+        Command::Undo {
+            target: r("web"),
+            to_revision: Some(99),
+            reason: None,
+            now_unix_ms: 7_500,
+        },
+        Command::Drain {
+            node: "missing".into(),
+            now_unix_ms: 8_000,
+        },
     ]
 }
 
@@ -70,7 +92,10 @@ fn same_log_gives_same_state_hash_on_every_member() {
         "hashes differ: {hashes:?}"
     );
     let (_, first) = &members[0];
-    assert_eq!(first.applied().expect("applied"), (8, 1));
+    assert_eq!(
+        first.applied().expect("applied"),
+        (sample_log().len() as u64 + 1, 1)
+    );
     let names: Vec<String> = first
         .deployments(None)
         .expect("list")
@@ -858,4 +883,97 @@ fn join_tokens_are_stored_as_hashes_and_revoked_once() {
     assert!(stored.revoked);
     assert_eq!(stored.secret_sha256, token.secret_sha256);
     assert_eq!(store.tokens().expect("list").len(), 1);
+}
+
+#[test]
+fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
+    let (_dir, store) = temp_store();
+    let _ = store
+        .apply(1, 1, &with_image("busybox:1", ""))
+        .expect("apply");
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    let hash = d.revisions[0].hash.clone();
+    assert_eq!(
+        d.rollout.progress_unix_ms, 100,
+        "a new revision starts progressing"
+    );
+    let progress = |revision: &str, failed: Option<&str>| Command::RolloutProgress {
+        records: vec![RolloutRecord {
+            target: r("web"),
+            revision: revision.into(),
+            progress_unix_ms: 150,
+            available_updated: 1,
+            failed: failed.map(String::from),
+        }],
+    };
+    let stale = store
+        .apply(2, 1, &progress("zzzzz", Some("late")))
+        .expect("apply");
+    assert_eq!(
+        stale,
+        Ok(WriteResult::Changed(0)),
+        "another revision's record is skipped"
+    );
+    let _ = store
+        .apply(3, 1, &progress(&hash, Some("ProgressDeadlineExceeded")))
+        .expect("apply");
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    assert_eq!(
+        d.rollout.failed.as_deref(),
+        Some("ProgressDeadlineExceeded")
+    );
+    assert_eq!(
+        (d.rollout.progress_unix_ms, d.rollout.available_updated),
+        (150, 1)
+    );
+
+    let pause = |paused, now| Command::PauseRollout {
+        target: r("web"),
+        paused,
+        now_unix_ms: now,
+    };
+    let _ = store.apply(4, 1, &pause(true, 300)).expect("apply");
+    assert!(
+        store
+            .deployment("default", "web")
+            .expect("read")
+            .expect("web")
+            .rollout
+            .paused
+    );
+    let _ = store.apply(5, 1, &pause(false, 400)).expect("apply");
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    assert!(!d.rollout.paused);
+    assert_eq!(
+        d.rollout.progress_unix_ms, 400,
+        "resumed: the deadline starts over"
+    );
+
+    // A new template clears the failure.
+    let _ = store
+        .apply(6, 1, &with_image("busybox:2", ""))
+        .expect("apply");
+    let d = store
+        .deployment("default", "web")
+        .expect("read")
+        .expect("web");
+    assert_eq!(d.rollout.failed, None);
+    let missing = Command::PauseRollout {
+        target: r("nope"),
+        paused: true,
+        now_unix_ms: 1,
+    };
+    assert!(matches!(
+        store.apply(7, 1, &missing).expect("apply"),
+        Err(WriteError::NotFound { .. })
+    ));
 }

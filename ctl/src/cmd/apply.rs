@@ -86,7 +86,14 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
     print(&result_lines(&response.results, args.dry_run))?;
     if args.wait && args.dry_run == DryRun::None {
         for r in &response.results {
-            super::rollout::wait(&mut client, &r.namespace, &r.name, args.timeout.0).await?;
+            super::rollout::wait(
+                &mut client,
+                &r.namespace,
+                &r.name,
+                args.timeout.0,
+                super::rollout::Show::Counts,
+            )
+            .await?;
         }
     }
     Ok(())

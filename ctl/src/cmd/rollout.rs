@@ -9,6 +9,7 @@
 //!        └─ --timeout                                         ─▶ exit 1 with where it stands
 //! ```
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -121,32 +122,61 @@ fn stage(d: &pb::Deployment, desired: u32, started_at_revision: u64) -> Stage {
     }
 }
 
+/// How [`wait`] shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// kubectl's `rollout status` lines.
+    Kubectl,
+    /// Updated/ready/available of desired: a bar redrawn in place on a
+    /// terminal, a line per change otherwise (`apply --wait`).
+    Counts,
+}
+
 /// Follow one deployment's rollout until it completes, fails or `timeout`
-/// passes, printing a line whenever the progress changes.
+/// passes, showing progress whenever it changes.
 pub async fn wait(
     client: &mut Client,
     namespace: &str,
     name: &str,
     timeout: Option<Duration>,
+    show: Show,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let first = fetch(client, namespace, name).await?;
     let revision = first.status.clone().unwrap_or_default().revision;
+    let bar = show == Show::Counts && std::io::stdout().is_terminal();
     let mut last = String::new();
     let mut d = first;
     loop {
         let desired = output::model_of(&d)?.spec.replicas;
-        match stage(&d, desired, revision) {
-            Stage::Done(line) => return print(&format!("{line}\n")),
-            Stage::Failed(line) => bail!("{line}"),
-            Stage::Waiting(line) => {
-                if line != last {
-                    print(&format!("{line}\n"))?;
-                    last = line;
-                }
+        let stage = stage(&d, desired, revision);
+        let line = match (&stage, show) {
+            (Stage::Waiting(line), Show::Kubectl) => line.clone(),
+            (_, Show::Counts) => counts_line(&d, desired, bar),
+            _ => String::new(),
+        };
+        if line != last && !line.is_empty() {
+            if bar {
+                print(&format!("\r\x1b[2K{line}"))?;
+            } else {
+                print(&format!("{line}\n"))?;
             }
+            last = line;
+        }
+        let end_bar = || if bar { print("\n") } else { Ok(()) };
+        match stage {
+            Stage::Done(line) => {
+                end_bar()?;
+                return print(&format!("{line}\n"));
+            }
+            Stage::Failed(line) => {
+                end_bar()?;
+                bail!("{line}");
+            }
+            Stage::Waiting(_) => {}
         }
         if let Some(limit) = timeout.filter(|t| started.elapsed() >= *t) {
+            end_bar()?;
             bail!(
                 "timed out after {}s waiting for deployment {name:?}: {}",
                 limit.as_secs(),
@@ -158,11 +188,41 @@ pub async fn wait(
     }
 }
 
+/// `deployment.apps/web: 3 of 6 updated, 5 ready, 4 available`, with a bar
+/// of the updated-and-available share on a terminal.
+fn counts_line(d: &pb::Deployment, desired: u32, bar: bool) -> String {
+    let s = d.status.clone().unwrap_or_default();
+    let counts = format!(
+        "{} of {desired} updated, {} ready, {} available",
+        s.updated, s.ready, s.available
+    );
+    if !bar {
+        return format!("deployment.apps/{}: {counts}", d.name);
+    }
+    const WIDTH: u32 = 24;
+    let done = (s.updated_available.min(desired) * WIDTH)
+        .checked_div(desired)
+        .unwrap_or(WIDTH);
+    format!(
+        "deployment.apps/{} [{}{}] {counts}",
+        d.name,
+        "#".repeat(done as usize),
+        "-".repeat((WIDTH - done) as usize)
+    )
+}
+
 async fn status(env: &Env, args: RolloutStatusArgs) -> anyhow::Result<()> {
     let name = deployment_name(&args.target)?;
     let (mut client, settings) = env.client()?;
     if args.watch {
-        return wait(&mut client, &settings.namespace, &name, args.timeout.0).await;
+        return wait(
+            &mut client,
+            &settings.namespace,
+            &name,
+            args.timeout.0,
+            Show::Kubectl,
+        )
+        .await;
     }
     let d = fetch(&mut client, &settings.namespace, &name).await?;
     let desired = output::model_of(&d)?.spec.replicas;
@@ -257,5 +317,81 @@ async fn pause(env: &Env, target: RolloutTarget, paused: bool) -> anyhow::Result
             bail!("{}", not_found(ResourceKind::Deployment, &name, &namespace))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(status: pb::DeploymentStatus) -> pb::Deployment {
+        pb::Deployment {
+            name: "web".into(),
+            status: Some(status),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stages_read_like_kubectl() {
+        let waiting = |s: pb::DeploymentStatus| match stage(&deployment(s), 4, 2) {
+            Stage::Waiting(line) => line,
+            other => panic!("{other:?}"),
+        };
+        let updating = pb::DeploymentStatus {
+            replicas: 5,
+            updated: 1,
+            revision: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            waiting(updating),
+            "Waiting for deployment \"web\" rollout to finish: 1 out of 4 new replicas have been updated..."
+        );
+        let old_left = pb::DeploymentStatus {
+            replicas: 5,
+            updated: 4,
+            revision: 2,
+            ..Default::default()
+        };
+        assert!(waiting(old_left).ends_with("1 old replicas are pending termination..."));
+        let done = pb::DeploymentStatus {
+            complete: true,
+            revision: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            stage(&deployment(done), 4, 2),
+            Stage::Done("deployment \"web\" successfully rolled out".into())
+        );
+        let rolled_back = pb::DeploymentStatus {
+            complete: true,
+            revision: 3,
+            rolled_back: "rolled back from revision 2 by drover.io/auto-rollback: ...".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            stage(&deployment(rolled_back), 4, 2),
+            Stage::Failed(line) if line.contains("rolled back from revision 2")
+        ));
+    }
+
+    #[test]
+    fn the_bar_fills_with_updated_available_replicas() {
+        let d = deployment(pb::DeploymentStatus {
+            updated: 3,
+            ready: 5,
+            available: 4,
+            updated_available: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            counts_line(&d, 4, true),
+            "deployment.apps/web [############------------] 3 of 4 updated, 5 ready, 4 available"
+        );
+        assert_eq!(
+            counts_line(&d, 4, false),
+            "deployment.apps/web: 3 of 4 updated, 5 ready, 4 available"
+        );
     }
 }

@@ -8,12 +8,15 @@
 //!   `docker run -d`, on the same Docker engine.
 //! - [`recovery`]: kill a whole agent host, again and again; time until the
 //!   node is NotReady and until every replica runs elsewhere.
+//! - [`rollout`]: a rolling update of 50 replicas with the process runtime and
+//!   Docker, beside `docker service update --image` on the same engine.
 //! - [`measure`]: the polling clock, percentiles and `/proc` memory they share.
 
 pub mod docker_start;
 pub mod measure;
 pub mod placement;
 pub mod recovery;
+pub mod rollout;
 pub mod store;
 
 use anyhow::Context;

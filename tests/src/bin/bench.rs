@@ -6,6 +6,7 @@
 //! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100]
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker]
+//! target/release/bench rollout [--replicas 50] [--process-only]
 //! ```
 //!
 //! Each subcommand prints one line per figure (the lines the README's
@@ -92,6 +93,18 @@ enum What {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Rolling update time: process runtime, Docker, and Swarm's service update.
+    Rollout {
+        /// Replicas of the updated deployment (and tasks of the Swarm service).
+        #[arg(long, default_value_t = 50)]
+        replicas: u32,
+        /// Give up on one rollout after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Only the process-runtime side (no Docker, no Swarm).
+        #[arg(long)]
+        process_only: bool,
+    },
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -160,6 +173,18 @@ async fn run(what: What) -> anyhow::Result<()> {
                 kills,
                 runtime,
                 timeout: Duration::from_secs(timeout_secs),
+            })
+            .await
+        }
+        What::Rollout {
+            replicas,
+            timeout_secs,
+            process_only,
+        } => {
+            bench::rollout::run(bench::rollout::Config {
+                replicas,
+                timeout: Duration::from_secs(timeout_secs),
+                process_only,
             })
             .await
         }
