@@ -257,7 +257,10 @@ async fn record_progress(
     }
     if !records.is_empty() {
         cluster
-            .write(Write::Command(Command::RolloutProgress { records }))
+            .write(Write::Command(Command::RolloutProgress {
+                records,
+                now_unix_ms: now_unix_ms(),
+            }))
             .await
             .map_err(|s| s.message().to_string())?;
     }

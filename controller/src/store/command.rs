@@ -118,7 +118,11 @@ pub enum Command {
     },
     /// The leader's records of rollouts' progress, one entry for all the
     /// deployments that changed in a round.
-    RolloutProgress { records: Vec<RolloutRecord> },
+    RolloutProgress {
+        records: Vec<RolloutRecord>,
+        #[serde(default)]
+        now_unix_ms: i64,
+    },
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
@@ -371,7 +375,10 @@ pub(super) fn execute(
             paused,
             now_unix_ms,
         } => pause(view, target, *paused, *now_unix_ms),
-        Command::RolloutProgress { records } => rollout_progress(view, records),
+        Command::RolloutProgress {
+            records,
+            now_unix_ms,
+        } => rollout_progress(view, records, *now_unix_ms),
         Command::Reconcile {
             create,
             remove,
@@ -804,6 +811,18 @@ fn undo(
     stored.rollout.rolled_back = reason.clone();
     let revision = stored.current_revision_number();
     view.put(key, &stored)?;
+    let object = InvolvedObject::deployment(&target.namespace, &target.name);
+    let message = format!(
+        "Rolled back to the template of revision {} (now revision {revision})",
+        wanted.number
+    );
+    view.record(
+        now,
+        match reason {
+            Some(why) => NewEvent::warning("RolledBack", object, format!("{why}; {message}")),
+            None => NewEvent::normal("RolledBack", object, message),
+        },
+    );
     Ok(Ok(WriteResult::RolledBack {
         revision,
         changed: true,
@@ -829,6 +848,22 @@ fn pause(
         stored.rollout.progress_unix_ms = now;
     }
     view.put(key, &stored)?;
+    let (reason, message) = if paused {
+        (
+            "RolloutPaused",
+            "Rollout paused: no replicas are replaced until it is resumed",
+        )
+    } else {
+        ("RolloutResumed", "Rollout resumed")
+    };
+    view.record(
+        now,
+        NewEvent::normal(
+            reason,
+            InvolvedObject::deployment(&target.namespace, &target.name),
+            message.into(),
+        ),
+    );
     Ok(Ok(WriteResult::Changed(1)))
 }
 
@@ -837,6 +872,7 @@ fn pause(
 fn rollout_progress(
     view: &mut View<'_>,
     records: &[RolloutRecord],
+    now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let mut changed = 0;
     for record in records {
@@ -854,6 +890,16 @@ fn rollout_progress(
         };
         if stored.rollout == next {
             continue;
+        }
+        if let (None, Some(why)) = (&stored.rollout.failed, &next.failed) {
+            view.record(
+                now,
+                NewEvent::warning(
+                    "ProgressDeadlineExceeded",
+                    InvolvedObject::deployment(&record.target.namespace, &record.target.name),
+                    why.clone(),
+                ),
+            );
         }
         stored.rollout = next;
         view.put(key, &stored)?;

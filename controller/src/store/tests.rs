@@ -908,6 +908,7 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
             available_updated: 1,
             failed: failed.map(String::from),
         }],
+        now_unix_ms: 160,
     };
     let stale = store
         .apply(2, 1, &progress("zzzzz", Some("late")))
@@ -956,6 +957,20 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
     assert_eq!(
         d.rollout.progress_unix_ms, 400,
         "resumed: the deadline starts over"
+    );
+    let told: Vec<(String, i64)> = all_events(&store)
+        .into_iter()
+        .filter(|e| e.object.kind == "Deployment")
+        .map(|e| (e.reason, e.time_unix_ms))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("ProgressDeadlineExceeded".to_string(), 160),
+            ("RolloutPaused".to_string(), 300),
+            ("RolloutResumed".to_string(), 400)
+        ],
+        "a failure is told once, when it happens"
     );
 
     // A new template clears the failure.
