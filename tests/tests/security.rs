@@ -124,6 +124,11 @@ async fn viewers_read_only_and_agents_cannot_use_the_control_api() {
         assert!(e.contains("viewer \"ann\" may not call"), "{args:?}: {e}");
     }
 
+    // Nor may a viewer mint join tokens.
+    let e = err(&viewer.run(&["token", "create"]));
+    one_line(&e);
+    assert!(e.contains("may not call CreateToken"), "{e}");
+
     // An agent's certificate opens no Control call, not even a read.
     let agent_dir = pki.client(Role::Agent, "n1").expect("agent cert");
     let mut as_agent = connect(&c.controllers[0].address, &as_holder(&agent_dir))
@@ -394,6 +399,67 @@ async fn an_agent_joins_with_a_token_and_a_revoked_token_lets_nobody_else_in() {
     assert!(stderr.contains("revoked"), "{stderr}");
     assert!(!stderr.contains(&token), "no token in the error: {stderr}");
     assert!(node_ready(&c, "j2").await.is_err(), "j2 never registered");
+
+    // An expired token is refused too.
+    let short = ok(&c.ctl().run(&["token", "create", "--ttl", "1s"]))
+        .trim()
+        .to_string();
+    let expiry = SystemTime::now() + Duration::from_secs(1);
+    c.wait_for("the token to expire", T, || async {
+        if SystemTime::now() > expiry {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await
+    .expect("expired");
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "j3",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-j3"))
+        .args(["--listen", "127.0.1.202:0", &ca_flag])
+        .arg(format!("--join-token={short}"))
+        .env("DROVER_LOG", "error")
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expired"), "{stderr}");
+
+    // A CA file that is not the token's is caught before any connection.
+    let other = pki::Ca::generate("other").expect("ca").0;
+    let other_ca = c.dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, other.cert_pem()).expect("write");
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "j4",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-j4"))
+        .args(["--listen", "127.0.1.203:0", &join_flag])
+        .arg(format!("--ca={}", other_ca.display()))
+        .env("DROVER_LOG", "error")
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not the one the join token was made for"),
+        "{stderr}"
+    );
 
     // The first keeps working with its certificate, across a restart without the token.
     c.restart_agent(first, &[]).expect("restart");
