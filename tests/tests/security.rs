@@ -614,3 +614,51 @@ async fn no_token_or_key_material_appears_in_any_log() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_joins_with_a_controller_token() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create", "--role", "controller"]))
+        .trim()
+        .to_string();
+    let first = c.controllers[0].address.clone();
+    let joiner = c
+        .spawn_joiner_with(
+            2,
+            &[
+                format!("--join-token={token}"),
+                format!("--ca={ca}"),
+                format!("--join-via={first}"),
+            ],
+        )
+        .expect("joiner");
+    // First the certificate (a join needs a quorum to read the token), then
+    // the membership change.
+    let tls = TlsDir::new(c.dir.path().join("tls-controller-2"));
+    c.wait_for("the joiner's certificate", T, || async {
+        if tls.has_identity() {
+            Ok(())
+        } else {
+            Err("none yet".to_string())
+        }
+    })
+    .await
+    .expect("certificate");
+    let address = c.controllers[joiner].address.clone();
+    ok(&c
+        .ctl_at(0)
+        .run(&["cluster", "add", "--id", "2", "--address", &address]));
+    c.wait_converged(T).await.expect("the new member caught up");
+    let cert = std::fs::read_to_string(tls.cert()).expect("cert");
+    assert_eq!(
+        pki::cert_info(&cert).expect("info").identity,
+        Some(Identity::new(Role::Controller, "2"))
+    );
+    assert!(!tls.can_sign(), "a joined controller gets no CA key");
+    // It serves droverctl like any member.
+    let mut client = c.client(joiner).await.expect("client");
+    assert!(names(&mut client, false).await.expect("list").is_empty());
+    let log = std::fs::read_to_string(&c.controllers[joiner].log).expect("log");
+    assert!(!log.contains(&token), "no token in the joiner's log");
+}
