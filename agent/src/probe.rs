@@ -30,6 +30,7 @@
 //! and [`check`] carries out one probe against a runtime.
 
 pub mod check;
+mod insecure_tls;
 pub mod worker;
 
 use drover_proto::manifest::Probe;

@@ -18,6 +18,7 @@ use drover_agent::status::StatusMap;
 use drover_agent::supervisor::{Supervisor, SupervisorConfig, SupervisorHandle};
 use drover_proto::manifest::{ContainerPort, HttpHeader, HttpScheme, PortRef, Probe, ProbeHandler};
 use drover_proto::pb::{ReplicaState, ReplicaStatus};
+use drover_proto::pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -308,24 +309,87 @@ async fn an_http_get_readiness_probe_needs_a_2xx_or_3xx_answer_and_sends_headers
     assert!(first.contains("X-Probe: drover\r\n"), "{first}");
 }
 
+/// An HTTPS server with a certificate nobody trusts (a fresh CA's), answering 200.
+async fn https_server() -> u16 {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto, ServerConfig};
+
+    let (ca, _) = pki::Ca::generate("probe-test").expect("ca");
+    let issued = ca
+        .issue(&pki::CertRequest {
+            identity: pki::Identity::new(pki::Role::Agent, "replica"),
+            hosts: vec!["127.0.0.1".into()],
+            validity: std::time::Duration::from_secs(3600),
+        })
+        .expect("cert");
+    let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("cert der");
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key der");
+    let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = acceptor.accept(conn).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_probes_fail_with_a_clear_message() {
+async fn https_probes_speak_tls_without_checking_the_certificate() {
     let node = Node::start().await;
+    let https = https_server().await;
+    let status = Arc::new(AtomicU16::new(200));
+    let plain = http_server(status, Arc::new(Mutex::new(Vec::new()))).await;
+    let https_probe = |port| {
+        probe(
+            ProbeHandler::HttpGet {
+                path: "/".into(),
+                port: PortRef::Number(port),
+                scheme: HttpScheme::Https,
+                http_headers: vec![],
+            },
+            1,
+        )
+    };
     let mut a = shell("web-r-0", "exec sleep 60");
-    a.template.spec.containers[0].readiness_probe = Some(probe(
-        ProbeHandler::HttpGet {
-            path: "/".into(),
-            port: PortRef::Number(1),
-            scheme: HttpScheme::Https,
-            http_headers: vec![],
-        },
-        1,
-    ));
+    a.template.spec.containers[0].readiness_probe = Some(https_probe(https));
     node.assign(&a).await;
+    node.wait_for("ready over HTTPS", "web-r-0", |s| running(s) && s.ready)
+        .await;
+
+    // HTTPS against a plaintext server never completes a handshake: not ready.
+    let mut b = shell("web-r-1", "exec sleep 60");
+    b.template.spec.containers[0].readiness_probe = Some(https_probe(plain));
+    node.assign(&b).await;
     let s = node
-        .wait_for("an HTTPS failure", "web-r-0", |s| {
-            s.message.contains("HTTPS probes are not supported yet")
+        .wait_for("a failed HTTPS probe", "web-r-1", |s| {
+            running(s) && s.message.contains("Readiness probe failed")
         })
         .await;
-    assert!(!s.ready);
+    assert!(!s.ready, "{s:?}");
 }

@@ -97,6 +97,26 @@ pub struct ControllerConfig {
     #[arg(long, conflicts_with = "tls_dir")]
     pub insecure: bool,
 
+    /// Get this controller's certificate with a join token (from
+    /// `droverctl token create --role controller`) when --tls-dir holds none
+    /// yet; needs --join-via. Such a controller has no CA key: it cannot sign.
+    #[arg(
+        long,
+        env = "DROVER_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<String>,
+
+    /// Running controllers to present the join token to, HOST:PORT,...
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub join_via: Vec<String>,
+
+    /// The cluster's CA certificate for --join-token (its fingerprint must be
+    /// the token's). Default: --tls-dir's ca.crt.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
     /// How long the node certificates this controller signs for agents are valid.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_validity)]
     pub node_cert_validity: Duration,
@@ -203,6 +223,12 @@ impl ControllerConfig {
         }
         if self.join && !self.peers.0.is_empty() {
             return Err("--join and --peers exclude each other: a joining controller learns the members from the leader".into());
+        }
+        if self.join_token.is_some() && (self.tls_dir.is_none() || self.join_via.is_empty()) {
+            return Err("--join-token needs --tls-dir (where the certificate goes) and --join-via (controllers to ask)".into());
+        }
+        for a in &self.join_via {
+            validate_address(a).map_err(|e| format!("--join-via: {e}"))?;
         }
         if self.tls_dir.is_none() && !self.insecure {
             return Err("pass --tls-dir DIR (a directory made by droverctl pki init) to serve over mutual TLS, or --insecure to run without TLS or authentication".into());

@@ -21,7 +21,8 @@ use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
 use drover_proto::pki::authz::{self, AuthorizeLayer};
-use drover_proto::pki::{Ca, Role, Security, TlsDir, TlsMaterial};
+use drover_proto::pki::token::JoinToken;
+use drover_proto::pki::{self, Ca, Identity, Role, Security, TlsDir, TlsMaterial};
 
 use drover_proto::pb;
 
@@ -94,6 +95,14 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         info!("data dir already holds a cluster: --peers is ignored (membership comes from the replicated log)");
     }
 
+    if let (Some(token), Some(dir)) = (&cfg.join_token, &cfg.tls_dir) {
+        let dir = TlsDir::new(dir);
+        if dir.has_identity() {
+            info!("this controller already has a certificate: --join-token is not needed and was not used");
+        } else {
+            join_pki(&cfg, token, &dir, &advertise).await?;
+        }
+    }
     let (security, server_tls, signer) = tls(&cfg)?;
     let slot: NodeSlot = Arc::new(RwLock::new(None));
     let transport = Arc::new(GrpcTransport::new(
@@ -245,6 +254,86 @@ fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
         None
     };
     Ok((Security::tls(material), Some(server), signer))
+}
+
+/// Get this controller's certificate from a running controller with a join
+/// token, and store it in `dir`. Retries for a minute while no controller
+/// answers or none has a quorum (a join reads the token linearizably).
+async fn join_pki(
+    cfg: &ControllerConfig,
+    token: &str,
+    dir: &TlsDir,
+    advertise: &str,
+) -> anyhow::Result<()> {
+    let token = JoinToken::parse(token)?;
+    let ca_path = cfg.ca.clone().unwrap_or_else(|| dir.ca_cert());
+    let ca_pem = fs::read_to_string(&ca_path).map_err(|e| {
+        anyhow::anyhow!(
+            "--join-token needs the cluster's CA certificate: cannot read {} ({e}); pass --ca FILE",
+            ca_path.display()
+        )
+    })?;
+    if pki::ca_fingerprint(&ca_pem)? != token.ca_fingerprint {
+        bail!(
+            "the CA in {} is not the one the join token was made for: use the cluster's ca.crt",
+            ca_path.display()
+        );
+    }
+    let name = cfg.id.to_string();
+    let (csr, key_pem) = pki::new_csr(&Identity::new(Role::Controller, name.clone()))?;
+    let anonymous = Security::tls(TlsMaterial {
+        ca_pem,
+        identity: None,
+    });
+    let request = pb::JoinRequest {
+        token: token.reveal(),
+        node: name,
+        csr_pem: csr,
+        address: advertise.to_string(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        for addr in &cfg.join_via {
+            let endpoint = anonymous
+                .endpoint(addr, pki::CONTROLLER_SERVER_NAME)?
+                .connect_timeout(std::time::Duration::from_secs(2));
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let answer = pb::security_client::SecurityClient::new(channel)
+                .join(request.clone())
+                .await;
+            match answer {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let issued = pki::Issued {
+                        cert_pem: resp.cert_pem,
+                        key_pem,
+                    };
+                    dir.write(&resp.ca_pem, &issued, None)?;
+                    info!(token = %token.id, tls_dir = %dir.path.display(), "joined with a token: controller certificate stored (no CA key: this controller does not sign)");
+                    return Ok(());
+                }
+                // No quorum right now, or a controller stopping: ask again.
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    last = format!("{addr}: {}", s.message());
+                }
+                Err(s) => bail!(
+                    "the cluster refused this controller's join: {}",
+                    s.message()
+                ),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("could not join: no controller in --join-via answered within 60s (last: {last})");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// A new cluster: every initial member writes the same snapshot at index 1,

@@ -559,6 +559,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tls_failures_say_what_to_fix() {
+        let reason = |t: &str| tls_reason(t).expect("a TLS reason");
+        assert!(reason("invalid peer certificate: UnknownIssuer").contains("--ca"));
+        assert!(
+            reason("received corrupt message of type InvalidContentType")
+                .contains("pass --insecure")
+        );
+        assert!(reason("received fatal alert: CertificateExpired")
+            .contains("refused your client certificate"));
+        assert!(reason("invalid peer certificate: Expired").contains("expired"));
+        assert_eq!(tls_reason("connection refused"), None);
+        let tls = ClientError::Unreachable(vec![attempt(
+            "a:1",
+            &reason("invalid peer certificate: UnknownIssuer"),
+        )]);
+        assert!(
+            !tls.to_string().contains("is the cluster up"),
+            "a TLS failure is not a down cluster: {tls}"
+        );
+    }
+
     #[tokio::test]
     async fn unresolvable_names_say_dns() {
         let mut client = Client::new(

@@ -470,6 +470,51 @@ mod tests {
     }
 
     #[test]
+    fn credentials_come_from_flags_over_the_context() {
+        let file = ConfigFile::parse(
+            "current-context: lab\n\
+             contexts:\n\
+             - name: lab\n  ca: /p/ca.crt\n  cert: /p/tls.crt\n  key: /p/tls.key\n\
+             - name: open\n  insecure: true\n",
+        )
+        .expect("parses");
+        let s = resolve(&Overrides::default(), &file).expect("resolves");
+        assert_eq!(
+            s.credentials,
+            Credentials::Tls {
+                ca: Some("/p/ca.crt".into()),
+                cert: Some("/p/tls.crt".into()),
+                key: Some("/p/tls.key".into()),
+            }
+        );
+        let flag = Path::new("/other/tls.crt");
+        let o = Overrides {
+            cert_flag: Some(flag),
+            ..Overrides::default()
+        };
+        match resolve(&o, &file).expect("resolves").credentials {
+            Credentials::Tls { cert, ca, .. } => {
+                assert_eq!(cert.as_deref(), Some(flag));
+                assert_eq!(ca.as_deref(), Some(Path::new("/p/ca.crt")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let o = Overrides {
+            context_flag: Some("open"),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            resolve(&o, &file).expect("resolves").credentials,
+            Credentials::Insecure
+        );
+        let e = Credentials::Missing.load().expect_err("refused");
+        assert!(e.to_string().contains("--ca, --cert and --key"), "{e}");
+        // The context stores paths only; view shows them, there is nothing secret.
+        let shown = serde_norway::to_string(&file.redacted()).expect("yaml");
+        assert!(shown.contains("/p/tls.key"), "{shown}");
+    }
+
+    #[test]
     fn server_flag_beats_env_beats_context_beats_default() {
         let file = lab();
         let mut o = Overrides {

@@ -219,7 +219,9 @@ impl Cluster {
             Some(pki) => {
                 let c = &self.controllers[i];
                 let dir = TlsDir::new(self.dir.path().join(format!("tls-controller-{}", c.id)));
-                if !dir.has_identity() {
+                // A controller given a --join-token gets its certificate itself.
+                let joins = extra.iter().any(|a| a.starts_with("--join-token"));
+                if !joins && !dir.has_identity() {
                     let host = c.address.rsplit_once(':').map_or("", |(h, _)| h);
                     pki.issue(
                         &dir,
@@ -256,6 +258,11 @@ impl Cluster {
 
     /// Start a brand-new controller that joins the cluster (after `cluster add`).
     pub fn spawn_joiner(&mut self, id: u64) -> anyhow::Result<usize> {
+        self.spawn_joiner_with(id, &[])
+    }
+
+    /// [`Cluster::spawn_joiner`] with extra flags (e.g. `--join-token=...`).
+    pub fn spawn_joiner_with(&mut self, id: u64, extra: &[String]) -> anyhow::Result<usize> {
         let ip = format!("127.0.0.{id}");
         let port = free_port(&ip)?;
         self.controllers.push(Controller {
@@ -266,7 +273,9 @@ impl Cluster {
             child: None,
         });
         let i = self.controllers.len() - 1;
-        self.spawn(i, &["--join".to_string()])?;
+        let mut flags = vec!["--join".to_string()];
+        flags.extend(extra.iter().cloned());
+        self.spawn(i, &flags)?;
         Ok(i)
     }
 

@@ -124,6 +124,11 @@ async fn viewers_read_only_and_agents_cannot_use_the_control_api() {
         assert!(e.contains("viewer \"ann\" may not call"), "{args:?}: {e}");
     }
 
+    // Nor may a viewer mint join tokens.
+    let e = err(&viewer.run(&["token", "create"]));
+    one_line(&e);
+    assert!(e.contains("may not call CreateToken"), "{e}");
+
     // An agent's certificate opens no Control call, not even a read.
     let agent_dir = pki.client(Role::Agent, "n1").expect("agent cert");
     let mut as_agent = connect(&c.controllers[0].address, &as_holder(&agent_dir))
@@ -395,6 +400,67 @@ async fn an_agent_joins_with_a_token_and_a_revoked_token_lets_nobody_else_in() {
     assert!(!stderr.contains(&token), "no token in the error: {stderr}");
     assert!(node_ready(&c, "j2").await.is_err(), "j2 never registered");
 
+    // An expired token is refused too.
+    let short = ok(&c.ctl().run(&["token", "create", "--ttl", "1s"]))
+        .trim()
+        .to_string();
+    let expiry = SystemTime::now() + Duration::from_secs(1);
+    c.wait_for("the token to expire", T, || async {
+        if SystemTime::now() > expiry {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await
+    .expect("expired");
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "j3",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-j3"))
+        .args(["--listen", "127.0.1.202:0", &ca_flag])
+        .arg(format!("--join-token={short}"))
+        .env("DROVER_LOG", "error")
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expired"), "{stderr}");
+
+    // A CA file that is not the token's is caught before any connection.
+    let other = pki::Ca::generate("other").expect("ca").0;
+    let other_ca = c.dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, other.cert_pem()).expect("write");
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "j4",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-j4"))
+        .args(["--listen", "127.0.1.203:0", &join_flag])
+        .arg(format!("--ca={}", other_ca.display()))
+        .env("DROVER_LOG", "error")
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not the one the join token was made for"),
+        "{stderr}"
+    );
+
     // The first keeps working with its certificate, across a restart without the token.
     c.restart_agent(first, &[]).expect("restart");
     c.wait_for("j1 Ready again", T, || node_ready(&c, "j1"))
@@ -451,4 +517,148 @@ async fn node_certificates_are_renewed_before_they_expire() {
         "the joined certificate has expired by now"
     );
     node_ready(&c, "r1").await.expect("still Ready");
+}
+
+/// Every file under `dir` whose name ends with `.key`.
+fn key_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            key_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "key") {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_key_material_appears_in_any_log() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let join_flag = format!("--join-token={token}");
+    let ca_flag = format!("--ca={ca}");
+    c.start_agent("g1", "process", &[&join_flag, &ca_flag])
+        .expect("agent");
+    c.start_agent("g2", "sim", &[]).expect("agent");
+    for n in ["g1", "g2"] {
+        c.wait_for("Ready", T, || node_ready(&c, n)).await.expect(n);
+    }
+    let file = write_manifest(&c, "web");
+    ok(&c.ctl().run(&["apply", "-f", &file]));
+    ok(&c.ctl().run(&["scale", "deployment/web", "--replicas", "2"]));
+    // A refused join with a tampered token is logged too, without the token.
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('0') { '1' } else { '0' });
+    let out = std::process::Command::new(drover_tests::bin("drover-agent"))
+        .args([
+            "--name",
+            "g3",
+            "--controllers",
+            &c.servers(),
+            "--runtime",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("agent-g3"))
+        .args(["--listen", "127.0.1.201:0", &ca_flag])
+        .arg(format!("--join-token={tampered}"))
+        .output()
+        .expect("agent runs");
+    assert_eq!(out.status.code(), Some(1));
+    let ctl_out = c.ctl().run(&["token", "list"]);
+
+    let mut keys = Vec::new();
+    key_files(c.dir.path(), &mut keys);
+    assert!(keys.len() >= 6, "keys found: {keys:?}");
+    // The secret part of the token, and every line of every key's PEM body.
+    let secret = token.rsplit('-').next().expect("secret").to_string();
+    let mut needles = vec![token.clone(), tampered.clone(), secret];
+    for k in &keys {
+        let pem = std::fs::read_to_string(k).expect("key");
+        needles.extend(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                .map(str::to_string),
+        );
+    }
+    let mut logs: Vec<(String, String)> = std::fs::read_dir(c.dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            (e.path().display().to_string(), text)
+        })
+        .collect();
+    logs.push((
+        "g3 stderr".into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    ));
+    logs.push((
+        "token list".into(),
+        String::from_utf8_lossy(&ctl_out.stdout).into(),
+    ));
+    assert!(logs.len() >= 5, "{} logs", logs.len());
+    for (name, text) in &logs {
+        assert!(!text.contains("PRIVATE KEY"), "{name} holds a private key");
+        for needle in &needles {
+            assert!(
+                !text.contains(needle.as_str()),
+                "{name} holds secret material"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_joins_with_a_controller_token() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create", "--role", "controller"]))
+        .trim()
+        .to_string();
+    let first = c.controllers[0].address.clone();
+    let joiner = c
+        .spawn_joiner_with(
+            2,
+            &[
+                format!("--join-token={token}"),
+                format!("--ca={ca}"),
+                format!("--join-via={first}"),
+            ],
+        )
+        .expect("joiner");
+    // First the certificate (a join needs a quorum to read the token), then
+    // the membership change.
+    let tls = TlsDir::new(c.dir.path().join("tls-controller-2"));
+    c.wait_for("the joiner's certificate", T, || async {
+        if tls.has_identity() {
+            Ok(())
+        } else {
+            Err("none yet".to_string())
+        }
+    })
+    .await
+    .expect("certificate");
+    let address = c.controllers[joiner].address.clone();
+    ok(&c
+        .ctl_at(0)
+        .run(&["cluster", "add", "--id", "2", "--address", &address]));
+    c.wait_converged(T).await.expect("the new member caught up");
+    let cert = std::fs::read_to_string(tls.cert()).expect("cert");
+    assert_eq!(
+        pki::cert_info(&cert).expect("info").identity,
+        Some(Identity::new(Role::Controller, "2"))
+    );
+    assert!(!tls.can_sign(), "a joined controller gets no CA key");
+    // It serves droverctl like any member.
+    let mut client = c.client(joiner).await.expect("client");
+    assert!(names(&mut client, false).await.expect("list").is_empty());
+    let log = std::fs::read_to_string(&c.controllers[joiner].log).expect("log");
+    assert!(!log.contains(&token), "no token in the joiner's log");
 }

@@ -7,8 +7,8 @@
 //!   runtime gives for the port ([`Runtime::probe_address`]); a status from
 //!   200 to 399 passes, redirects are not followed. Headers from the manifest
 //!   are sent and replace the defaults of the same name (`Host`,
-//!   `User-Agent`, `Accept`), as kubelet does. HTTPS needs a TLS client the
-//!   agent does not have yet: such probes fail with a message that says so.
+//!   `User-Agent`, `Accept`), as kubelet does. `scheme: HTTPS` speaks the
+//!   same over TLS without checking the replica's certificate, as kubelet does.
 //! - `tcpSocket` passes when a TCP connection opens.
 //!
 //! A named port is looked up among the container's `ports[].name`; a name
@@ -55,13 +55,8 @@ pub async fn run<R: Runtime>(
                 scheme,
                 http_headers,
             } => {
-                if *scheme == HttpScheme::Https {
-                    return Err("HTTPS probes are not supported yet by the drover agent; \
-                                use scheme HTTP or a tcpSocket probe"
-                        .to_string());
-                }
                 let addr = address(runtime, replica, container, port).await?;
-                http_get(addr, path, http_headers).await
+                http_get(addr, path, http_headers, *scheme == HttpScheme::Https).await
             }
         }
     };
@@ -194,11 +189,32 @@ pub fn status_code(line: &str) -> Option<u16> {
     code.parse().ok()
 }
 
-async fn http_get(addr: SocketAddr, path: &str, headers: &[HttpHeader]) -> Result<(), String> {
+async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[HttpHeader],
+    tls: bool,
+) -> Result<(), String> {
     let request = http_request(addr, path, headers)?;
-    let mut stream = TcpStream::connect(addr)
+    let scheme = if tls { "https" } else { "http" };
+    let tcp = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("Get \"http://{addr}{path}\": dial tcp {addr}: {e}"))?;
+        .map_err(|e| format!("Get \"{scheme}://{addr}{path}\": dial tcp {addr}: {e}"))?;
+    if tls {
+        let stream = super::insecure_tls::connect(tcp, addr)
+            .await
+            .map_err(|e| format!("Get \"https://{addr}{path}\": TLS handshake: {e}"))?;
+        exchange(stream, addr, &request).await
+    } else {
+        exchange(tcp, addr, &request).await
+    }
+}
+
+/// Send the request and judge the status line.
+async fn exchange<S>(mut stream: S, addr: SocketAddr, request: &str) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
         .write_all(request.as_bytes())
         .await

@@ -9,10 +9,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use drover_tests::cluster::{apply_noted, connect};
+use drover_tests::cluster::{apply_noted, connect, Options};
 use drover_tests::Cluster;
 
 use super::measure::{cores, ms, percentile};
+
+/// Latency and throughput of one cluster.
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    throughput: f64,
+}
 
 pub async fn run(
     latency_ops: usize,
@@ -24,88 +31,38 @@ pub async fn run(
         "drover store benchmark: 3 controllers on loopback, sled fsync on, {} cores",
         cores()
     );
+    // The same measurements on a plaintext cluster first (stopped before the
+    // TLS one starts, so they do not share the cores), then on mutual TLS.
+    let insecure = {
+        println!("-- --insecure (plaintext) --");
+        let c = Cluster::start_with(
+            3,
+            Options {
+                insecure: true,
+                ..Options::default()
+            },
+        )
+        .await?;
+        measure(&c, latency_ops, clients, seconds).await?
+    };
+    println!("-- mutual TLS (the default) --");
     let mut c = Cluster::start(3).await?;
-    let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
-
-    // 1. Latency: one client, sequential applies to the leader, each a change.
-    let mut client = c.client(leader).await?;
-    for i in 0..20 {
-        apply_noted(&mut client, "warmup", 0, &(i % 3 + 1).to_string()).await?;
-    }
-    let mut samples = Vec::with_capacity(latency_ops);
-    for i in 0..latency_ops {
-        let t = Instant::now();
-        apply_noted(&mut client, "latency", 0, &i.to_string())
-            .await
-            .context("latency apply")?;
-        samples.push(t.elapsed());
-    }
-    samples.sort();
+    let tls = measure(&c, latency_ops, clients, seconds).await?;
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     println!(
-        "apply commit latency, 1 client, {latency_ops} applies via the leader: p50 {}  p99 {}  max {}",
-        ms(percentile(&samples, 0.50)),
-        ms(percentile(&samples, 0.99)),
-        ms(percentile(&samples, 1.0))
-    );
-    let follower = (leader + 1) % 3;
-    let mut fclient = c.client(follower).await?;
-    let mut fsamples = Vec::with_capacity(latency_ops / 4);
-    for i in 0..latency_ops / 4 {
-        let t = Instant::now();
-        apply_noted(&mut fclient, "latency-f", 0, &i.to_string())
-            .await
-            .context("latency apply")?;
-        fsamples.push(t.elapsed());
-    }
-    fsamples.sort();
-    println!(
-        "apply commit latency, 1 client, {} applies via a follower (forwarded): p50 {}  p99 {}",
-        latency_ops / 4,
-        ms(percentile(&fsamples, 0.50)),
-        ms(percentile(&fsamples, 0.99))
+        "TLS / --insecure: latency p50 {} vs {} ({:.2}x), p99 {} vs {} ({:.2}x), throughput {:.0} vs {:.0} applies/s ({:.2}x)",
+        ms(tls.p50),
+        ms(insecure.p50),
+        ratio(tls.p50, insecure.p50),
+        ms(tls.p99),
+        ms(insecure.p99),
+        ratio(tls.p99, insecure.p99),
+        tls.throughput,
+        insecure.throughput,
+        tls.throughput / insecure.throughput.max(1e-9)
     );
 
-    // 2. Throughput: `clients` concurrent clients, each its own connection.
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(seconds);
-    let address = c.controllers[leader].address.clone();
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..clients {
-        let (done, failed, address) = (done.clone(), failed.clone(), address.clone());
-        let security = c.security.clone();
-        tasks.spawn(async move {
-            let Ok(mut client) = connect(&address, &security).await else {
-                return;
-            };
-            let mut i = 0u32;
-            while Instant::now() < stop_at {
-                i += 1;
-                match apply_noted(
-                    &mut client,
-                    &format!("load-{n}"),
-                    0,
-                    &(i % 50 + 1).to_string(),
-                )
-                .await
-                {
-                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        });
-    }
-    let t = Instant::now();
-    while tasks.join_next().await.is_some() {}
-    let elapsed = t.elapsed().as_secs_f64();
-    let n = done.load(Ordering::Relaxed);
-    println!(
-        "throughput, {clients} concurrent clients for {seconds}s: {:.0} applies/s ({n} acknowledged, {} failed)",
-        n as f64 / elapsed,
-        failed.load(Ordering::Relaxed)
-    );
-
-    // 3. Failover: SIGKILL the leader, time until a write is acknowledged.
+    // 3. Failover (TLS cluster): SIGKILL the leader, time until a write is acknowledged.
     let mut detect = Vec::new();
     for round in 0..kills {
         c.wait_converged(Duration::from_secs(60)).await?;
@@ -144,4 +101,95 @@ pub async fn run(
         ms(percentile(&detect, 1.0))
     );
     Ok(())
+}
+
+/// Latency (one client, sequential applies via the leader, then via a
+/// follower), then throughput (`clients` concurrent clients for `seconds`).
+async fn measure(
+    c: &Cluster,
+    latency_ops: usize,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<Figures> {
+    let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+    let mut client = c.client(leader).await?;
+    for i in 0..20 {
+        apply_noted(&mut client, "warmup", 0, &(i % 3 + 1).to_string()).await?;
+    }
+    let mut samples = Vec::with_capacity(latency_ops);
+    for i in 0..latency_ops {
+        let t = Instant::now();
+        apply_noted(&mut client, "latency", 0, &i.to_string())
+            .await
+            .context("latency apply")?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "apply commit latency, 1 client, {latency_ops} applies via the leader: p50 {}  p99 {}  max {}",
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.99)),
+        ms(percentile(&samples, 1.0))
+    );
+    let follower = (leader + 1) % 3;
+    let mut fclient = c.client(follower).await?;
+    let mut fsamples = Vec::with_capacity(latency_ops / 4);
+    for i in 0..latency_ops / 4 {
+        let t = Instant::now();
+        apply_noted(&mut fclient, "latency-f", 0, &i.to_string())
+            .await
+            .context("latency apply")?;
+        fsamples.push(t.elapsed());
+    }
+    fsamples.sort();
+    println!(
+        "apply commit latency, 1 client, {} applies via a follower (forwarded): p50 {}  p99 {}",
+        latency_ops / 4,
+        ms(percentile(&fsamples, 0.50)),
+        ms(percentile(&fsamples, 0.99))
+    );
+
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let address = c.controllers[leader].address.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..clients {
+        let (done, failed, address) = (done.clone(), failed.clone(), address.clone());
+        let security = c.security.clone();
+        tasks.spawn(async move {
+            let Ok(mut client) = connect(&address, &security).await else {
+                return;
+            };
+            let mut i = 0u32;
+            while Instant::now() < stop_at {
+                i += 1;
+                match apply_noted(
+                    &mut client,
+                    &format!("load-{n}"),
+                    0,
+                    &(i % 50 + 1).to_string(),
+                )
+                .await
+                {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+    let t = Instant::now();
+    while tasks.join_next().await.is_some() {}
+    let elapsed = t.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    let throughput = n as f64 / elapsed;
+    println!(
+        "throughput, {clients} concurrent clients for {seconds}s: {throughput:.0} applies/s ({n} acknowledged, {} failed)",
+        failed.load(Ordering::Relaxed)
+    );
+    Ok(Figures {
+        p50: percentile(&samples, 0.50),
+        p99: percentile(&samples, 0.99),
+        throughput,
+    })
 }
