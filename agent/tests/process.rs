@@ -341,3 +341,40 @@ async fn the_supervisor_restarts_a_crasher_with_backoff_and_counts_restarts() {
     shutdown.cancel();
     task.await.expect("supervisor task");
 }
+
+/// Starts racing each other all succeed, and every started process is one
+/// the runtime knows: concurrent writes of the state file once made a start
+/// fail after its process was spawned, leaving an orphan beside the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_all_succeed_and_leave_no_orphan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
+    let _cleanup = Cleanup(&rt);
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let rt = rt.clone();
+        starts.spawn(async move {
+            let a = shell(&format!("r{i}-r-0"), "exec sleep 30");
+            rt.start(&a, 0).await
+        });
+    }
+    let mut started = Vec::new();
+    while let Some(joined) = starts.join_next().await {
+        let o = joined.expect("task").expect("every start succeeds");
+        started.push(o.container_id);
+    }
+    let mut listed: Vec<String> = rt
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|o| o.is_running())
+        .map(|o| o.container_id)
+        .collect();
+    started.sort();
+    listed.sort();
+    assert_eq!(listed, started, "exactly the started processes run");
+    // The state file holds them all, as a restarted agent would read it.
+    let reopened = ProcessRuntime::open(dir.path(), "n1").expect("reopen");
+    assert_eq!(reopened.list().await.expect("list").len(), 16);
+}

@@ -91,6 +91,10 @@ struct Inner {
     node: String,
     /// By container id.
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Held while the state file is written: concurrent starts and removes
+    /// would otherwise race on the temporary file, and an older snapshot
+    /// could land after a newer one.
+    persisting: Mutex<()>,
     events: broadcast::Sender<RuntimeEvent>,
     cancel: CancellationToken,
 }
@@ -152,6 +156,7 @@ impl ProcessRuntime {
             dir,
             node: node.to_string(),
             entries: Mutex::new(entries),
+            persisting: Mutex::new(()),
             events,
             cancel: cancel.clone(),
         });
@@ -181,6 +186,9 @@ impl Inner {
 
     /// Write the state file (atomically: temp file, then rename).
     fn persist(&self) -> Result<()> {
+        let _writing = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
+        // The snapshot is taken under the write lock, so the last file
+        // written is the newest state.
         let state = StateFile {
             node: self.node.clone(),
             containers: self.lock().values().cloned().collect(),
@@ -364,7 +372,16 @@ impl Runtime for ProcessRuntime {
         };
         let observed = entry.observed();
         self.inner.lock().insert(container_id.clone(), entry);
-        self.inner.persist()?;
+        if let Err(e) = self.inner.persist() {
+            // A start that fails leaves nothing running: the supervisor will
+            // start the replica again, and must not find an orphan beside it.
+            signal_group(pid, Signal::SIGKILL);
+            self.inner.lock().remove(&container_id);
+            let _ = child.wait().await;
+            let _ = std::fs::remove_file(&out_path);
+            let _ = std::fs::remove_file(&err_path);
+            return Err(e);
+        }
         info!(replica = %assignment.replica, container = %container_id, pid, "process started");
         let inner = self.inner.clone();
         tokio::spawn(async move {
