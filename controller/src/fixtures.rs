@@ -1,4 +1,5 @@
-//! Test fixtures: small valid objects, as the manifest parser would produce them.
+//! Test fixtures: small valid objects, as the manifest parser would produce them,
+//! and sled databases opened the way tests need them.
 
 use std::collections::BTreeMap;
 
@@ -45,5 +46,29 @@ pub fn deployment(name: &str, replicas: u32) -> Deployment {
                 },
             },
         },
+    }
+}
+
+/// Open (or reopen) a test's sled db at `path` with a cache of `cache_mb`.
+/// A db just dropped in this process may still hold its file lock for a
+/// moment, until sled's background flusher lets go of it: wait for the lock,
+/// for up to 10 s, rather than fail.
+pub fn open_test_db(path: &std::path::Path, cache_mb: u64) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_mb << 20)
+            .open()
+        {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("open sled at {}: {e}", path.display()),
+        }
     }
 }

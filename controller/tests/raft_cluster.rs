@@ -79,11 +79,7 @@ impl TestCluster {
 
     async fn boot(&mut self, i: usize, voters: &[u64]) {
         let m = &mut self.members[i];
-        let db = sled::Config::new()
-            .path(m.dir.path())
-            .cache_capacity(8 << 20)
-            .open()
-            .expect("open sled");
+        let db = drover_controller::fixtures::open_test_db(m.dir.path(), 8);
         let store = Store::open(&db).expect("store");
         let storage = SledStorage::open(&db, Arc::new(Snapshots(store.clone()))).expect("storage");
         if !storage.is_initialized() && !voters.is_empty() {

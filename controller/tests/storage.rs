@@ -75,11 +75,7 @@ fn logger() -> slog::Logger {
 }
 
 fn open_db(path: &Path) -> sled::Db {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(16 << 20)
-        .open()
-        .expect("open sled")
+    drover_controller::fixtures::open_test_db(path, 16)
 }
 
 fn config(id: u64, applied: u64) -> Config {

@@ -939,11 +939,7 @@ mod tests {
     }
 
     fn open_db(path: &std::path::Path) -> sled::Db {
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(16 << 20)
-            .open()
-            .expect("open sled")
+        crate::fixtures::open_test_db(path, 16)
     }
 
     impl Fixture {
