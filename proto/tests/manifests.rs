@@ -1526,3 +1526,88 @@ fn quantity_formatting() {
         assert_eq!(parse_cpu_millis(&format_cpu_millis(millis)), Ok(millis));
     }
 }
+
+// ----- kind: List (kubectl's multi-object output) ------------------------------
+
+const LIST_OF_TWO: &str = r#"apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: ""
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: web}
+  spec:
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec:
+        containers: [{name: web, image: "busybox:1"}]
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: api, namespace: prod}
+  spec:
+    replicas: 2
+    selector: {matchLabels: {app: api}}
+    template:
+      metadata: {labels: {app: api}}
+      spec:
+        containers: [{name: api, image: "busybox:1"}]
+"#;
+
+#[test]
+fn a_list_applies_each_of_its_items() {
+    let parsed = parse_ok("backup.yaml", LIST_OF_TWO);
+    let names: Vec<(String, String, u32)> = parsed
+        .deployments
+        .iter()
+        .map(|d| {
+            (
+                d.metadata.namespace.clone(),
+                d.metadata.name.clone(),
+                d.spec.replicas,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("default".to_string(), "web".to_string(), 1),
+            ("prod".to_string(), "api".to_string(), 2)
+        ]
+    );
+    assert!(
+        parse_ok("empty.yaml", "apiVersion: v1\nkind: List\nitems: []\n")
+            .deployments
+            .is_empty()
+    );
+}
+
+#[test]
+fn errors_inside_a_list_name_the_item() {
+    let bad = LIST_OF_TWO.replace("replicas: 2", "replicas: [2]");
+    assert_eq!(
+        error_of(&bad),
+        "web.yaml[0]: items[1].spec.replicas: expected an integer, found a list"
+    );
+    let twice = LIST_OF_TWO.replace("name: api, namespace: prod", "name: web");
+    assert!(
+        error_of(&twice).starts_with(
+            "web.yaml[0]: items[1].metadata.name: Deployment \"default/web\" is already defined"
+        ),
+        "{}",
+        error_of(&twice)
+    );
+    assert_eq!(
+        error_of("apiVersion: v2\nkind: List\nitems: []\n"),
+        "web.yaml[0]: apiVersion: a List must have apiVersion: v1"
+    );
+    assert_eq!(
+        error_of("apiVersion: v1\nkind: List\nitems: {a: 1}\n"),
+        "web.yaml[0]: items: expected a list of objects, found an object"
+    );
+    assert!(
+        error_of("apiVersion: v1\nkind: List\nextra: 1\nitems: []\n")
+            .starts_with("web.yaml[0]: extra: unknown field in a List")
+    );
+}

@@ -370,3 +370,42 @@ async fn a_fourth_controller_joins_and_a_member_is_removed() {
         "{status}"
     );
 }
+
+/// `get deployments -A -o yaml` is a backup: its `kind: List` applies back,
+/// every deployment as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_yaml_output_applies_back_as_a_backup() {
+    let c = Cluster::start(3).await.expect("cluster");
+    let file = c.dir.path().join("two.yaml");
+    let two = format!(
+        "{}---\n{}",
+        manifest("web", 2),
+        manifest("api", 3).replace("name: api\n", "name: api\n  namespace: prod\n")
+    );
+    std::fs::write(&file, two).expect("write");
+    ok(&c.ctl().run(&["apply", "-f", &file.to_string_lossy()]));
+    let backup = ok(&c.ctl().run(&["get", "deployments", "-A", "-o", "yaml"]));
+    assert!(backup.contains("kind: List"), "{backup}");
+    let saved = c.dir.path().join("backup.yaml");
+    std::fs::write(&saved, &backup).expect("write backup");
+
+    ok(&c.ctl().run(&["delete", "-f", &file.to_string_lossy()]));
+    let out = ok(&c.ctl().run(&["apply", "-f", &saved.to_string_lossy()]));
+    assert_eq!(
+        out, "deployment.apps/web created\ndeployment.apps/api created\n",
+        "both come back"
+    );
+    let listed = ok(&c.ctl().run(&["get", "deployments", "-A", "-o", "yaml"]));
+    let specs = |text: &str| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_norway::from_str(text).expect("yaml");
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|d| {
+                serde_json::json!([d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]])
+            })
+            .collect()
+    };
+    assert_eq!(specs(&listed), specs(&backup), "the same specs");
+}

@@ -43,6 +43,18 @@ pub(crate) struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// The same problem inside the object at `prefix` (`items[2]`).
+    pub(crate) fn under(self, prefix: &str) -> Problem {
+        let path = match (prefix.is_empty(), self.path.is_empty()) {
+            (true, _) => self.path,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{}", self.path),
+        };
+        Problem { path, ..self }
+    }
+}
+
 /// What decoding one document found.
 #[derive(Debug, Default)]
 pub(crate) struct DocumentReport {

@@ -183,41 +183,45 @@ pub fn parse_files(
                     continue;
                 }
             };
-            let report = decode_document(&node, opts);
-            errors.extend(report.errors.into_iter().map(|p| at(index, p)));
-            parsed.warnings.extend(
-                report
-                    .warnings
-                    .into_iter()
-                    .map(|p| at(index, p).to_string()),
-            );
-            let Some(deployment) = report.deployment else {
-                continue;
+            let objects = match list_items(&node) {
+                Ok(objects) => objects,
+                Err(problem) => {
+                    errors.push(at(index, problem));
+                    continue;
+                }
             };
-            let problems = validate::validate(&deployment);
-            if !problems.is_empty() {
-                errors.extend(problems.into_iter().map(|p| at(index, p)));
-                continue;
-            }
-            let id = (
-                deployment.metadata.namespace.clone(),
-                deployment.metadata.name.clone(),
-            );
-            if let Some((first_file, first_index)) = defined.get(&id) {
-                errors.push(at(
-                    index,
-                    Problem {
+            for (prefix, node) in objects {
+                let at = |p: Problem| at(index, p.under(&prefix));
+                let report = decode_document(node, opts);
+                errors.extend(report.errors.into_iter().map(at));
+                parsed
+                    .warnings
+                    .extend(report.warnings.into_iter().map(|p| at(p).to_string()));
+                let Some(deployment) = report.deployment else {
+                    continue;
+                };
+                let problems = validate::validate(&deployment);
+                if !problems.is_empty() {
+                    errors.extend(problems.into_iter().map(at));
+                    continue;
+                }
+                let id = (
+                    deployment.metadata.namespace.clone(),
+                    deployment.metadata.name.clone(),
+                );
+                if let Some((first_file, first_index)) = defined.get(&id) {
+                    errors.push(at(Problem {
                         path: "metadata.name".to_string(),
                         message: format!(
                             "Deployment \"{}/{}\" is already defined in {first_file}[{first_index}]",
                             id.0, id.1
                         ),
-                    },
-                ));
-                continue;
+                    }));
+                    continue;
+                }
+                defined.insert(id, (file.clone(), index));
+                parsed.deployments.push(deployment);
             }
-            defined.insert(id, (file.clone(), index));
-            parsed.deployments.push(deployment);
         }
     }
     if let Some(first_dropped) = errors.get(MAX_ERRORS) {
@@ -229,6 +233,64 @@ pub fn parse_files(
     } else {
         Err(ManifestErrors(errors))
     }
+}
+
+/// The objects of one document: the document itself, or, for kubectl's
+/// `kind: List` (what `get -o yaml` prints for several objects), each of its
+/// `items`, with the path prefix (`items[2]`) their errors are reported under.
+fn list_items(node: &document::Node) -> Result<Vec<(String, &document::Node)>, Problem> {
+    use document::Node;
+    if node.get("kind").and_then(Node::as_str) != Some("List") {
+        return Ok(vec![(String::new(), node)]);
+    }
+    let Node::Map(entries) = node else {
+        return Ok(vec![(String::new(), node)]);
+    };
+    let mut items = Vec::new();
+    for (key, value) in entries {
+        match key.as_str() {
+            Some("kind") => {}
+            // Server-set list metadata (resourceVersion) means nothing here.
+            Some("metadata") => {}
+            Some("apiVersion") => {
+                if value.as_str() != Some("v1") {
+                    return Err(Problem {
+                        path: "apiVersion".into(),
+                        message: "a List must have apiVersion: v1".into(),
+                    });
+                }
+            }
+            Some("items") => match value {
+                Node::Seq(list) => items.extend(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, item)| (format!("items[{i}]"), item)),
+                ),
+                Node::Null => {}
+                other => {
+                    return Err(Problem {
+                        path: "items".into(),
+                        message: format!("expected a list of objects, found {}", other.kind()),
+                    })
+                }
+            },
+            Some(other) => {
+                return Err(Problem {
+                    path: other.to_string(),
+                    message:
+                        "unknown field in a List (it holds apiVersion, kind, metadata and items)"
+                            .into(),
+                })
+            }
+            None => {
+                return Err(Problem {
+                    path: String::new(),
+                    message: format!("a mapping key must be a string, found {}", key.kind()),
+                })
+            }
+        }
+    }
+    Ok(items)
 }
 
 /// The first [`MAX_ERRORS`] errors and a line saying where parsing stopped.
