@@ -610,6 +610,51 @@ impl Cluster {
             .collect())
     }
 
+    /// Node name → replicas of `deployment` Running there, once exactly
+    /// `want` run in total ([`Cluster::running_replicas`]).
+    pub async fn placement(
+        &self,
+        deployment: &str,
+        want: usize,
+    ) -> Result<std::collections::BTreeMap<String, usize>, String> {
+        let mut per_node = std::collections::BTreeMap::new();
+        for r in self.running_replicas(deployment, want).await? {
+            *per_node.entry(r.node).or_default() += 1;
+        }
+        Ok(per_node)
+    }
+
+    /// Wait until `droverctl get nodes` shows `n` nodes Ready: replicas
+    /// applied before every agent registered all land on the first ones.
+    pub async fn wait_nodes_ready(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for(&format!("{n} nodes Ready"), timeout, || async {
+            let out = self.ctl().run(&["get", "nodes"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.matches(" Ready ").count() == n {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        })
+        .await
+    }
+
+    /// `controllers` controllers and one agent per name (4 CPUs, 4 GiB each)
+    /// with `runtime`, every node Ready.
+    pub async fn with_agents(
+        controllers: u64,
+        runtime: &str,
+        names: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let mut c = Cluster::start(controllers).await?;
+        for name in names {
+            c.start_agent(name, runtime, &["--cpu", "4", "--memory", "4Gi"])?;
+        }
+        c.wait_nodes_ready(names.len(), Duration::from_secs(60))
+            .await?;
+        Ok(c)
+    }
+
     /// Poll `check` every 50 ms until it returns `Some`, or fail after `timeout`
     /// with the last value it saw.
     pub async fn wait_for<T, F, Fut>(

@@ -14,6 +14,7 @@
 //! whole dir (data and logs) for a post-mortem.
 
 pub mod cluster;
+pub mod docker;
 pub mod scenarios;
 
 pub use cluster::{bin, Cluster, Ctl};

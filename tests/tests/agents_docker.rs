@@ -9,65 +9,14 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use drover_tests::cluster::{containers_of, ok};
+use drover_tests::docker::{available as docker_available, unique, Containers};
 use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(90);
-
-/// False (after printing why) when Docker is absent and not required.
-fn docker_available() -> bool {
-    let present = Path::new("/var/run/docker.sock").exists()
-        && Command::new("docker")
-            .arg("info")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if present {
-        let built = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/images/build.sh"
-        ))
-        .output()
-        .expect("run deploy/images/build.sh");
-        assert!(
-            built.status.success(),
-            "building drover/busybox:1 failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        return true;
-    }
-    assert!(
-        std::env::var("DROVER_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "DROVER_REQUIRE_DOCKER=1 but the Docker engine is not reachable"
-    );
-    eprintln!("skipping: no Docker engine (set DROVER_REQUIRE_DOCKER=1 to make this a failure)");
-    false
-}
-
-/// Removes every container of the given nodes when dropped.
-struct Containers(Vec<String>);
-
-impl Containers {
-    fn ids(&self) -> Vec<String> {
-        self.0.iter().flat_map(|n| containers_of(n, true)).collect()
-    }
-}
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let ids = self.ids();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-    }
-}
 
 fn inspect(id: &str) -> serde_json::Value {
     let out = Command::new("docker")
@@ -81,22 +30,6 @@ fn inspect(id: &str) -> serde_json::Value {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect json");
     v[0].clone()
-}
-
-/// A name no other test (or earlier run) uses: containers are shared by the
-/// whole Docker engine.
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{:05x}{}",
-        nanos & 0xfffff,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn web(name: &str, replicas: u32, host_port: Option<u16>) -> String {
@@ -375,17 +308,7 @@ async fn a_dead_docker_hosts_replicas_move_and_its_return_leaves_no_duplicates()
     }
     // Both nodes must be Ready before the apply, or every replica lands on
     // the first to register and the host failure would move nothing.
-    c.wait_for("both nodes Ready", T, || async {
-        let out = c.ctl().run(&["get", "nodes"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.matches(" Ready ").count() == 2 {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    })
-    .await
-    .expect("nodes Ready");
+    c.wait_nodes_ready(2, T).await.expect("nodes Ready");
     let name = unique("web");
     let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, web(&name, 4, None)).expect("manifest");

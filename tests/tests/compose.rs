@@ -28,24 +28,9 @@ use drover_tests::cluster::containers_of;
 
 const T: Duration = Duration::from_secs(90);
 
-fn require_docker() -> bool {
-    std::env::var("DROVER_REQUIRE_DOCKER").as_deref() == Ok("1")
-}
-
+/// Docker (with the workload image) and docker-compose, or a skip with a note.
 fn docker_available() -> bool {
-    let present = Path::new("/var/run/docker.sock").exists()
-        && Command::new("docker")
-            .arg("info")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !present {
-        assert!(
-            !require_docker(),
-            "DROVER_REQUIRE_DOCKER=1 but the Docker engine is not reachable"
-        );
-        eprintln!(
-            "skipping: no Docker engine (set DROVER_REQUIRE_DOCKER=1 to make this a failure)"
-        );
+    if !drover_tests::docker::available() {
         return false;
     }
     let compose = Command::new("docker-compose")
@@ -54,20 +39,12 @@ fn docker_available() -> bool {
         .is_ok_and(|o| o.status.success());
     if !compose {
         assert!(
-            !require_docker(),
+            !drover_tests::docker::required(),
             "DROVER_REQUIRE_DOCKER=1 but docker-compose is not installed (Debian: apt-get install docker-compose)"
         );
         eprintln!("skipping: docker-compose is not installed");
         return false;
     }
-    let built = Command::new(repo().join("deploy/images/build.sh"))
-        .output()
-        .expect("run deploy/images/build.sh");
-    assert!(
-        built.status.success(),
-        "building drover/busybox:1 failed: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
     true
 }
 

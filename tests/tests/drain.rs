@@ -2,7 +2,6 @@
 //! moves off the node, each replacement running before its original stops,
 //! and `uncordon` makes the node schedulable again.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,46 +11,15 @@ use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(60);
 
-async fn three_agents() -> Cluster {
-    let mut c = Cluster::start(1).await.expect("cluster");
-    for name in ["n1", "n2", "n3"] {
-        c.start_agent(name, "process", &["--cpu", "4", "--memory", "4Gi"])
-            .expect("agent");
-    }
-    c.wait_for("3 nodes Ready", T, || async {
-        let out = c.ctl().run(&["get", "nodes"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.matches(" Ready ").count() == 3 {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    })
-    .await
-    .expect("nodes");
-    c
-}
-
-/// Node name → replicas Running there, once exactly `want` run in total.
-async fn placement(
-    c: &Cluster,
-    deployment: &str,
-    want: usize,
-) -> Result<BTreeMap<String, usize>, String> {
-    let mut per_node = BTreeMap::new();
-    for r in c.running_replicas(deployment, want).await? {
-        *per_node.entry(r.node).or_default() += 1;
-    }
-    Ok(per_node)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_everything_off_a_node_new_before_old() {
-    let c = three_agents().await;
+    let c = Cluster::with_agents(1, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     let mut client = c.client(0).await.expect("client");
     apply(&mut client, "worker", 6).await.expect("apply");
     let before = c
-        .wait_for("6 running", T, || placement(&c, "worker", 6))
+        .wait_for("6 running", T, || c.placement("worker", 6))
         .await
         .expect("6 running");
     let on_n1 = before.get("n1").copied().unwrap_or(0);
@@ -94,7 +62,7 @@ async fn drain_moves_everything_off_a_node_new_before_old() {
         "{out}"
     );
     let after = c
-        .wait_for("6 running elsewhere", T, || placement(&c, "worker", 6))
+        .wait_for("6 running elsewhere", T, || c.placement("worker", 6))
         .await
         .expect("6 running");
     assert_eq!(after.get("n1"), None, "{after:?}");
@@ -126,7 +94,7 @@ async fn drain_moves_everything_off_a_node_new_before_old() {
         .run(&["scale", "deployment", "worker", "--replicas", "12"]));
     assert!(out.contains("scaled"), "{out}");
     let spread = c
-        .wait_for("12 running", T, || placement(&c, "worker", 12))
+        .wait_for("12 running", T, || c.placement("worker", 12))
         .await
         .expect("12 running");
     assert!(spread.get("n1").is_some_and(|n| *n > 0), "{spread:?}");
@@ -134,7 +102,9 @@ async fn drain_moves_everything_off_a_node_new_before_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_of_an_unknown_node_is_refused_and_an_unplaceable_replica_goes_without_replacement() {
-    let c = three_agents().await;
+    let c = Cluster::with_agents(1, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     let e = err(&c.ctl().run(&["drain", "n9"]));
     assert!(e.contains("node \"n9\" not found"), "{e}");
 
@@ -164,7 +134,7 @@ spec:
     ok(&c
         .ctl()
         .run_with_stdin(&["apply", "-f", "-"], Some(manifest.as_bytes())));
-    c.wait_for("3 running", T, || placement(&c, "pinned", 3))
+    c.wait_for("3 running", T, || c.placement("pinned", 3))
         .await
         .expect("3 running");
     let out = c.ctl().run(&["drain", "n2", "--timeout", "20s"]);

@@ -93,26 +93,6 @@ spec:
     )
 }
 
-async fn three_agents(controllers: u64) -> Cluster {
-    let mut c = Cluster::start(controllers).await.expect("cluster");
-    for name in ["n1", "n2", "n3"] {
-        c.start_agent(name, "process", &["--cpu", "4", "--memory", "4Gi"])
-            .expect("agent");
-    }
-    c.wait_for("3 nodes Ready", T, || async {
-        let out = c.ctl().run(&["get", "nodes"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.matches(" Ready ").count() == 3 {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    })
-    .await
-    .expect("nodes");
-    c
-}
-
 fn apply(c: &Cluster, spec: &Spec<'_>, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["apply", "-f", "-"];
     args.extend_from_slice(extra);
@@ -227,7 +207,9 @@ async fn words_running(c: &Cluster, word: &str, want: usize) -> Result<(), Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_keeps_the_bounds_and_undo_restores_the_template() {
-    let c = three_agents(1).await;
+    let c = Cluster::with_agents(1, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     let v1 = Spec {
         cause: "first",
         ..Spec::default()
@@ -307,7 +289,9 @@ async fn a_rolling_update_keeps_the_bounds_and_undo_restores_the_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_that_never_becomes_ready_fails_at_its_deadline_and_rolls_back() {
-    let c = three_agents(1).await;
+    let c = Cluster::with_agents(1, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     let v1 = Spec {
         replicas: 4,
         surge: 1,
@@ -346,7 +330,9 @@ async fn a_revision_that_never_becomes_ready_fails_at_its_deadline_and_rolls_bac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_continues_a_rollout_within_the_bounds() {
-    let mut c = three_agents(3).await;
+    let mut c = Cluster::with_agents(3, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     let v1 = Spec::default();
     ok(&apply(&c, &v1, &["--wait", "--timeout", "90s"]));
     let sampler = Sampler::start(c.addresses(), c.security.clone());

@@ -10,120 +10,13 @@
 
 use std::io::{Read, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use drover_tests::cluster::ok;
+use drover_tests::docker::{available as docker_available, unique, Containers};
 use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(120);
-
-fn docker_available() -> bool {
-    let present = Path::new("/var/run/docker.sock").exists()
-        && Command::new("docker")
-            .arg("info")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if present {
-        let built = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/images/build.sh"
-        ))
-        .output()
-        .expect("run deploy/images/build.sh");
-        assert!(
-            built.status.success(),
-            "building drover/busybox:1 failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        return true;
-    }
-    assert!(
-        std::env::var("DROVER_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "DROVER_REQUIRE_DOCKER=1 but the Docker engine is not reachable"
-    );
-    eprintln!("skipping: no Docker engine (set DROVER_REQUIRE_DOCKER=1 to make this a failure)");
-    false
-}
-
-/// Removes every container of the given nodes when dropped.
-struct Containers(Vec<String>);
-
-impl Containers {
-    fn ids(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        for node in &self.0 {
-            let out = Command::new("docker")
-                .args(["ps", "-q", "--filter", &format!("label=drover.node={node}")])
-                .output()
-                .expect("docker ps");
-            ids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(String::from),
-            );
-        }
-        ids
-    }
-
-    /// Container IPs of the running containers.
-    fn addresses(&self) -> Vec<String> {
-        let ids = self.ids();
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let out = Command::new("docker")
-            .args([
-                "inspect",
-                "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-            ])
-            .args(&ids)
-            .output()
-            .expect("docker inspect");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(String::from))
-            .collect()
-    }
-}
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        for node in &self.0 {
-            let out = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=drover.node={node}"),
-                ])
-                .output();
-            if let Ok(out) = out {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker")
-                        .arg("rm")
-                        .arg("-f")
-                        .args(&ids)
-                        .output();
-                }
-            }
-        }
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{:05x}", nanos & 0xfffff)
-}
 
 fn web(name: &str, page: &str) -> String {
     format!(

@@ -2,7 +2,6 @@
 //! replicas run elsewhere; it returns and its stale copies are stopped;
 //! cordoned nodes get no new replicas.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drover_tests::cluster::{apply, ok};
@@ -10,45 +9,14 @@ use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Node name → replicas Running there, once exactly `want` run in total.
-async fn placement(
-    c: &Cluster,
-    deployment: &str,
-    want: usize,
-) -> Result<BTreeMap<String, usize>, String> {
-    let mut per_node = BTreeMap::new();
-    for r in c.running_replicas(deployment, want).await? {
-        *per_node.entry(r.node).or_default() += 1;
-    }
-    Ok(per_node)
-}
-
-async fn three_agents() -> Cluster {
-    let mut c = Cluster::start(3).await.expect("cluster");
-    for name in ["n1", "n2", "n3"] {
-        c.start_agent(name, "process", &["--cpu", "4", "--memory", "4Gi"])
-            .expect("agent");
-    }
-    c.wait_for("3 nodes Ready", T, || async {
-        let out = c.ctl().run(&["get", "nodes"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.matches(" Ready ").count() == 3 {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    })
-    .await
-    .expect("nodes");
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
-    let mut c = three_agents().await;
+    let mut c = Cluster::with_agents(3, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     let mut client = c.client(0).await.expect("client");
     apply(&mut client, "worker", 6).await.expect("apply");
-    c.wait_for("6 running", T, || placement(&c, "worker", 6))
+    c.wait_for("6 running", T, || c.placement("worker", 6))
         .await
         .expect("6 running");
 
@@ -73,7 +41,7 @@ async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
     );
     let moved = c
         .wait_for("replicas moved off n1", T, || async {
-            let p = placement(&c, "worker", 6).await?;
+            let p = c.placement("worker", 6).await?;
             if p.contains_key("n1") {
                 Err(format!("{p:?}"))
             } else {
@@ -163,7 +131,7 @@ async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
     .await
     .expect("NodeReady watched");
     let after = c
-        .wait_for("6 running", T, || placement(&c, "worker", 6))
+        .wait_for("6 running", T, || c.placement("worker", 6))
         .await
         .expect("still 6");
     assert_eq!(after, moved, "no replica moved back or doubled");
@@ -176,7 +144,9 @@ async fn a_dead_hosts_replicas_move_and_its_return_leaves_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cordoned_node_gets_no_new_replicas() {
-    let c = three_agents().await;
+    let c = Cluster::with_agents(3, "process", &["n1", "n2", "n3"])
+        .await
+        .expect("cluster");
     assert_eq!(
         ok(&c.ctl().run(&["cordon", "n3"])).trim(),
         "node/n3 cordoned"
@@ -190,7 +160,7 @@ async fn a_cordoned_node_gets_no_new_replicas() {
     let mut client = c.client(0).await.expect("client");
     apply(&mut client, "worker", 4).await.expect("apply");
     let p = c
-        .wait_for("4 running", T, || placement(&c, "worker", 4))
+        .wait_for("4 running", T, || c.placement("worker", 4))
         .await
         .expect("4 running");
     assert_eq!(p.get("n3"), None, "cordoned n3 got replicas: {p:?}");
@@ -200,7 +170,7 @@ async fn a_cordoned_node_gets_no_new_replicas() {
     );
     apply(&mut client, "worker", 6).await.expect("scale");
     let p = c
-        .wait_for("6 running", T, || placement(&c, "worker", 6))
+        .wait_for("6 running", T, || c.placement("worker", 6))
         .await
         .expect("6 running");
     assert_eq!(
@@ -242,7 +212,7 @@ async fn stop_after_disconnect_fences_only_the_agents_that_ask_for_it() {
     let mut client = c.client(0).await.expect("client");
     apply(&mut client, "worker", 2).await.expect("apply");
     let p = c
-        .wait_for("2 running", T, || placement(&c, "worker", 2))
+        .wait_for("2 running", T, || c.placement("worker", 2))
         .await
         .expect("running");
     assert_eq!(p.len(), 2, "one replica per agent: {p:?}");
