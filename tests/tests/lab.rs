@@ -1,9 +1,13 @@
 //! `droverctl lab`, run as a user runs it: real network namespaces, a bridge,
-//! iptables partitions, controllers with TLS, agents joining with a token.
-//! Needs root (CI runs as root); without root every test says so and returns.
+//! iptables partitions, controllers with TLS, agents joining with a token,
+//! and the seeded chaos runner. Needs root (CI runs as root); without root
+//! every test says so and returns.
 //!
 //! Every test owns a lab in its own temp dir and a [`LabGuard`] that runs
 //! `lab down` when the test ends, passed or failed.
+//!
+//! `DROVER_CHAOS_SOAK=ROUNDS` (and optionally `DROVER_CHAOS_SEED=S`) turns on
+//! the long soak.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -89,15 +93,26 @@ impl LabGuard {
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // lab down removes the dir: keep the state file and logs.
+            let keep =
+                std::env::temp_dir().join(format!("drover-lab-failed-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            if let Ok(entries) = std::fs::read_dir(self.dir()) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".log") || name == "lab.json" {
+                        let _ = std::fs::copy(e.path(), keep.join(&name));
+                    }
+                }
+            }
+            eprintln!("the lab's logs are kept in {}", keep.display());
+        }
         if self.dir().join("lab.json").exists() {
             let out = self.lab_output("down", &[]);
             if !out.status.success() {
                 eprintln!("lab down failed: {}", String::from_utf8_lossy(&out.stderr));
             }
-        }
-        if std::thread::panicking() {
-            // The logs are gone with the lab; the state file's names help.
-            eprintln!("lab dir was {}", self.dir().display());
         }
     }
 }
@@ -253,4 +268,48 @@ fn partition_drops_traffic_both_ways_and_heal_restores_it() {
     lab.lab("heal", &[]);
     assert_eq!(tcp_connect(Some(ns1), ip2, 7101, 10), Some(true));
     assert_eq!(tcp_connect(Some(ns2), ip1, 7101, 10), Some(true));
+}
+
+fn chaos(rounds: u32, seed: u64) {
+    let lab = LabGuard::new();
+    lab.lab("up", &["--controllers", "3", "--agents", "3"]);
+    let out = lab.lab_output(
+        "chaos",
+        &["--rounds", &rounds.to_string(), "--seed", &seed.to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "chaos seed {seed} found violations:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("no violations"), "{stdout}");
+    assert!(stdout.contains(&format!("{rounds} round(s)")), "{stdout}");
+}
+
+#[test]
+fn a_short_seeded_chaos_run_finds_no_violation() {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return;
+    }
+    chaos(15, 20261129);
+}
+
+#[test]
+fn chaos_soak() {
+    let Some(rounds) = std::env::var("DROVER_CHAOS_SOAK")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    else {
+        eprintln!("skipped: set DROVER_CHAOS_SOAK=ROUNDS for the long soak");
+        return;
+    };
+    assert!(is_root(), "the chaos soak needs root");
+    let seed = std::env::var("DROVER_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    chaos(rounds, seed);
 }

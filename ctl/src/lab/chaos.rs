@@ -684,7 +684,15 @@ impl Runner<'_> {
             };
             let got = per_deployment.get(name).copied().unwrap_or(0);
             if got != want {
-                return Err(format!("{name}: {got} replicas run, {want} desired"));
+                let which: Vec<String> = running
+                    .iter()
+                    .filter(|(_, (d, _))| d == name)
+                    .map(|(r, (_, hosts))| format!("{r} on {hosts:?}"))
+                    .collect();
+                return Err(format!(
+                    "{name}: {got} replicas run, {want} desired ({})",
+                    which.join(", ")
+                ));
             }
         }
         for (name, got) in &per_deployment {
