@@ -153,13 +153,16 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
     } else {
         format!(" --dir {}", dir.display())
     };
-    let first_agent = lab
-        .agents()
-        .next()
-        .map(|h| h.ip.clone())
-        .unwrap_or_default();
+    // With the process runtime a replica's host port is on its host's address.
+    let curl = match lab.agents().next() {
+        Some(h) if lab.runtime == "process" => format!(
+            "  curl http://{}:PORT/      (a replica's hostPort, on its host's address)\n",
+            h.ip
+        ),
+        _ => String::new(),
+    };
     print(&format!(
-        "\nnext:\n  {me} get nodes\n  {me} get replicas -o wide\n  curl http://{first_agent}:8080/      (a replica's host port, on its host's address)\n  {me} lab kill n1{dir_flag}        (or stop|start|pause|resume|partition|heal)\n  {me} lab chaos --rounds 20{dir_flag}\n  {me} lab down{dir_flag}\n"
+        "\nnext:\n  {me} get nodes\n  {me} get replicas -o wide\n{curl}  {me} lab kill n1{dir_flag}        (or stop|start|pause|resume|partition|heal)\n  {me} lab chaos --rounds 20{dir_flag}\n  {me} lab down{dir_flag}\n"
     ))
 }
 
