@@ -5,7 +5,7 @@
 # the Docker runtime when a Docker engine answers (building the workload image
 # drover/busybox:1 locally first), the process runtime otherwise. All agents
 # share this machine's network, so host ports collide across them: the
-# isolated hosts of `droverctl lab up` (coming) lift that.
+# isolated hosts of `droverctl lab up` lift that (each agent its own network namespace).
 #
 # Every link is mutual TLS: the first `up` creates a cluster CA and the
 # controllers' and admin's certificates under .drover-local/pki (droverctl pki

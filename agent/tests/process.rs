@@ -378,3 +378,32 @@ async fn concurrent_starts_all_succeed_and_leave_no_orphan() {
     let reopened = ProcessRuntime::open(dir.path(), "n1").expect("reopen");
     assert_eq!(reopened.list().await.expect("list").len(), 16);
 }
+
+/// Regression (found by `droverctl lab chaos`, seed 5): a start whose state
+/// file could not be written failed after its process was spawned, and
+/// nobody waited for that process: its exit was never seen and the replica
+/// stayed "Running" after it died (and a retry started it a second time).
+/// The write fails here because a directory sits where its temp file goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_state_write_neither_fails_the_start_nor_loses_the_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let blocker = rt.dir().join("state.json.tmp");
+    std::fs::create_dir_all(blocker.join("x")).expect("blocking the temp file");
+
+    let o = rt
+        .start(&shell("web-r-0", "exec sleep 30"), 0)
+        .await
+        .expect("the process runs, so the start succeeds");
+    rt.stop(&o.container_id, Duration::from_secs(1))
+        .await
+        .expect("its exit is seen");
+    let list = rt.list().await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert!(
+        matches!(list[0].state, ContainerState::Exited(_)),
+        "{list:?}"
+    );
+    std::fs::remove_dir_all(&blocker).expect("unblocking");
+}

@@ -125,6 +125,106 @@ pub enum Command {
     /// Join tokens for agents (and controllers)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A real multi-host lab cluster on this machine, and failure injection (needs root)
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Start controllers and agents, each in its own network namespace, with TLS
+    Up(LabUpArgs),
+    /// Remove every process, namespace, veth, bridge and container of the lab
+    Down(LabDir),
+    /// Show the hosts: address, pid, running/paused/stopped, partitions
+    Status(LabDir),
+    /// SIGKILL every process of a host (an agent's replicas too)
+    Kill(LabHost),
+    /// Stop a host's daemon with SIGTERM and wait for it to exit
+    Stop(LabHost),
+    /// Start a stopped or killed host's daemon again, with the same data dir
+    Start(LabHost),
+    /// Freeze every process of a host (SIGSTOP)
+    Pause(LabHost),
+    /// Unfreeze a paused host (SIGCONT)
+    Resume(LabHost),
+    /// Drop all traffic between a host and the others (or --from HOST,...), both directions
+    Partition(LabPartitionArgs),
+    /// Remove every partition
+    Heal(LabDir),
+    /// Interleave applies, scales and deletes with seeded faults, checking drover's guarantees
+    Chaos(LabChaosArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LabDir {
+    /// The lab's directory: state file, PKI, data dirs and logs
+    #[arg(long, value_name = "DIR", default_value = ".drover-lab")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub dir: LabDir,
+
+    /// How many controllers (hosts c1..cN)
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub controllers: u32,
+
+    /// How many agents (hosts n1..nM)
+    #[arg(long, value_name = "M", default_value_t = 3)]
+    pub agents: u32,
+
+    /// How agents run replicas: process (inside the host's namespace) or docker
+    /// (containers on the local engine, sharing its network)
+    #[arg(long, value_name = "process|docker", default_value = "process",
+          value_parser = ["process", "docker"])]
+    pub runtime: String,
+
+    /// Apply this manifest once the agents are Ready, and wait for its replicas
+    #[arg(long, value_name = "FILE")]
+    pub apply: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabHost {
+    /// A host of the lab: c1..cN (controllers) or n1..nM (agents)
+    pub host: String,
+
+    #[command(flatten)]
+    pub dir: LabDir,
+}
+
+#[derive(Debug, Args)]
+pub struct LabPartitionArgs {
+    /// The host to cut off
+    pub host: String,
+
+    /// Cut it off only from these hosts [default: every other host]
+    #[arg(long, value_name = "HOST,...", value_delimiter = ',')]
+    pub from: Vec<String>,
+
+    #[command(flatten)]
+    pub dir: LabDir,
+}
+
+#[derive(Debug, Args)]
+pub struct LabChaosArgs {
+    /// How many rounds (one operation, one fault, heal, check)
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub rounds: u32,
+
+    /// The seed of the schedule: the same seed replays the same operations and faults
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// How long a deployment may take to converge after a heal before it is a violation
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_validity)]
+    pub converge_within: Duration,
+
+    #[command(flatten)]
+    pub dir: LabDir,
 }
 
 #[derive(Debug, Subcommand)]

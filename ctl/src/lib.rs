@@ -18,6 +18,7 @@ pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod files;
+pub mod lab;
 pub mod output;
 pub mod resource;
 

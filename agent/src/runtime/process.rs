@@ -91,9 +91,9 @@ struct Inner {
     node: String,
     /// By container id.
     entries: Mutex<BTreeMap<String, Entry>>,
-    /// Held while the state file is written: concurrent starts and removes
-    /// would otherwise race on the temporary file, and an older snapshot
-    /// could land after a newer one.
+    /// Held while the state file is written: concurrent writers would share
+    /// its temp file (one rename then fails) and could put an older snapshot
+    /// over a newer one.
     persisting: Mutex<()>,
     events: broadcast::Sender<RuntimeEvent>,
     cancel: CancellationToken,
@@ -186,9 +186,7 @@ impl Inner {
 
     /// Write the state file (atomically: temp file, then rename).
     fn persist(&self) -> Result<()> {
-        let _writing = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
-        // The snapshot is taken under the write lock, so the last file
-        // written is the newest state.
+        let _writing = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
         let state = StateFile {
             node: self.node.clone(),
             containers: self.lock().values().cloned().collect(),
@@ -372,19 +370,12 @@ impl Runtime for ProcessRuntime {
         };
         let observed = entry.observed();
         self.inner.lock().insert(container_id.clone(), entry);
-        if let Err(e) = self.inner.persist() {
-            // A start that fails leaves nothing running: the supervisor will
-            // start the replica again, and must not find an orphan beside it.
-            signal_group(pid, Signal::SIGKILL);
-            self.inner.lock().remove(&container_id);
-            let _ = child.wait().await;
-            let _ = std::fs::remove_file(&out_path);
-            let _ = std::fs::remove_file(&err_path);
-            return Err(e);
-        }
         info!(replica = %assignment.replica, container = %container_id, pid, "process started");
+        // Wait for it before anything can fail: the process runs from here on.
         let inner = self.inner.clone();
+        let waited_id = container_id.clone();
         tokio::spawn(async move {
+            let container_id = waited_id;
             let exit = match child.wait().await {
                 Ok(status) => Exit {
                     code: status
@@ -406,6 +397,12 @@ impl Runtime for ProcessRuntime {
             };
             inner.on_exit(&container_id, exit);
         });
+        // The process runs and is tracked in memory: a failed write of the
+        // state file only risks losing it across an agent restart, so it is
+        // a warning, not a failed start (which would start it a second time).
+        if let Err(e) = self.inner.persist() {
+            warn!(container = %container_id, error = %e, "cannot write the process state file");
+        }
         Ok(observed)
     }
 
@@ -725,6 +722,35 @@ async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (found by `droverctl lab chaos`): concurrent writers of
+    /// the state file shared one temp file, so one's rename failed.
+    #[test]
+    fn concurrent_state_writes_all_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let inner = Arc::new(Inner {
+            dir: dir.path().to_path_buf(),
+            node: "n1".into(),
+            entries: Mutex::new(BTreeMap::new()),
+            persisting: Mutex::new(()),
+            events,
+            cancel: CancellationToken::new(),
+        });
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let inner = inner.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|_| inner.persist().map_err(|e| e.to_string()))
+                        .collect::<std::result::Result<Vec<()>, String>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread").expect("every write succeeds");
+        }
+    }
 
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod drain;
 pub mod events;
 pub mod get;
+pub mod lab;
 pub mod logs;
 pub mod pki;
 pub mod rollout;
@@ -96,6 +97,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(cmd) => config::run(&env, cmd),
         Command::Pki(cmd) => pki::run(cmd),
         Command::Token(cmd) => token::run(&env, cmd).await,
+        Command::Lab(cmd) => lab::run(&env, cmd).await,
     }
 }
 

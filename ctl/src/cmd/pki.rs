@@ -50,16 +50,27 @@ fn init(args: PkiInitArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| parse_controller(c))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let root = TlsDir::new(&args.dir);
+    let out = create(&args.dir, &controllers, args.validity)?;
+    print(&out)
+}
+
+/// Create a CA in `dir`, a certificate per controller `(name, host)` and the
+/// admin's client certificate (what `pki init` does; `lab up` uses it too).
+/// Returns what was written, for the user.
+pub fn create(
+    dir: &Path,
+    controllers: &[(String, String)],
+    validity: std::time::Duration,
+) -> anyhow::Result<String> {
+    let root = TlsDir::new(dir);
     if root.ca_key().exists() {
         bail!(
             "{} already holds a CA: remove it first or choose another --dir",
-            args.dir.display()
+            dir.display()
         );
     }
-    pki::create_private_dir(&args.dir)?;
-    let cluster_name = args
-        .dir
+    pki::create_private_dir(dir)?;
+    let cluster_name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "drover".into());
@@ -67,26 +78,26 @@ fn init(args: PkiInitArgs) -> anyhow::Result<()> {
     pki::write_secret(&root.ca_key(), &ca_key)?;
     pki::write_public(&root.ca_cert(), ca.cert_pem())?;
     let mut out = format!("CA written to {}\n", root.ca_cert().display());
-    for (name, host) in &controllers {
-        let dir = issue_into(
+    for (name, host) in controllers {
+        let cdir = issue_into(
             &ca,
             Identity::new(Role::Controller, name.clone()),
             vec![host.clone()],
-            args.validity,
-            &args.dir.join(format!("controller-{name}")),
+            validity,
+            &dir.join(format!("controller-{name}")),
             Some(&ca_key),
         )?;
         out.push_str(&format!(
             "controller {name}: drover-controller --tls-dir {}\n",
-            dir.display()
+            cdir.display()
         ));
     }
     let admin = issue_into(
         &ca,
         Identity::new(Role::Admin, "admin"),
         vec![],
-        args.validity,
-        &args.dir.join("admin-admin"),
+        validity,
+        &dir.join("admin-admin"),
         None,
     )?;
     out.push_str(&format!(
@@ -96,7 +107,7 @@ fn init(args: PkiInitArgs) -> anyhow::Result<()> {
         admin.join("tls.crt").display(),
         admin.join("tls.key").display()
     ));
-    print(&out)
+    Ok(out)
 }
 
 fn client(args: PkiClientArgs) -> anyhow::Result<()> {

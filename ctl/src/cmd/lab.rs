@@ -1,0 +1,272 @@
+//! `droverctl lab up|down|status|kill|stop|start|pause|resume|partition|heal|chaos`
+//!
+//! The plumbing lives in [`crate::lab`]; this file parses, prints and, for
+//! `up --apply`, runs droverctl's own `apply` and `get` against the new lab.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use drover_proto::pb;
+
+use super::{print, Env};
+use crate::cli::{Cli, Command, LabCommand, LabUpArgs};
+use crate::lab::{self, chaos, sys, Lab, UpOptions};
+use crate::output::Table;
+
+pub async fn run(env: &Env, cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up(args) => up(env, args).await,
+        LabCommand::Down(d) => {
+            let done = lab::down(&d.dir)?;
+            print(&format!("{}\n", done.join("\n")))
+        }
+        LabCommand::Status(d) => print(&status(&Lab::load(&d.dir)?)),
+        LabCommand::Kill(h) => {
+            let mut lab = Lab::load(&h.dir.dir)?;
+            let n = lab.kill(&h.host)?;
+            print(&format!(
+                "killed {} ({n} process(es)/container(s))\n",
+                h.host
+            ))
+        }
+        LabCommand::Stop(h) => {
+            let mut lab = Lab::load(&h.dir.dir)?;
+            lab.stop(&h.host)?;
+            print(&format!("stopped {}\n", h.host))
+        }
+        LabCommand::Start(h) => {
+            let mut lab = Lab::load(&h.dir.dir)?;
+            let pid = lab.start(&h.host)?;
+            print(&format!("started {} (pid {pid})\n", h.host))
+        }
+        LabCommand::Pause(h) => {
+            let mut lab = Lab::load(&h.dir.dir)?;
+            lab.pause(&h.host, true)?;
+            print(&format!("paused {}\n", h.host))
+        }
+        LabCommand::Resume(h) => {
+            let mut lab = Lab::load(&h.dir.dir)?;
+            lab.pause(&h.host, false)?;
+            print(&format!("resumed {}\n", h.host))
+        }
+        LabCommand::Partition(p) => {
+            let mut lab = Lab::load(&p.dir.dir)?;
+            let from = lab.partition(&p.host, &p.from)?;
+            print(&format!(
+                "partitioned {} from {} (both directions; droverctl still reaches every host)\n",
+                p.host,
+                from.join(", ")
+            ))
+        }
+        LabCommand::Heal(d) => {
+            let mut lab = Lab::load(&d.dir)?;
+            let n = lab.heal()?;
+            print(&format!("healed {n} partition(s)\n"))
+        }
+        LabCommand::Chaos(args) => {
+            let lab = Lab::load(&args.dir.dir)?;
+            let seed = args.seed.unwrap_or_else(chaos::random_seed);
+            let report = chaos::run(
+                lab,
+                chaos::Options {
+                    rounds: args.rounds,
+                    seed,
+                    converge_within: args.converge_within,
+                },
+                &mut |line| {
+                    let _ = print(&format!("{line}\n"));
+                },
+            )
+            .await?;
+            print(&report.summary())?;
+            if report.interrupted {
+                return Err(crate::Interrupted.into());
+            }
+            if !report.violations.is_empty() {
+                anyhow::bail!(
+                    "{} violation(s) with seed {seed}: replay with droverctl lab chaos --seed {seed} --rounds {}",
+                    report.violations.len(),
+                    args.rounds
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
+    let dir = args.dir.dir.clone();
+    if lab::exists(&dir) {
+        anyhow::bail!(
+            "a lab already exists in {}: see it with droverctl lab status, or remove it with droverctl lab down{}",
+            dir.display(),
+            if dir == Path::new(".drover-lab") {
+                String::new()
+            } else {
+                format!(" --dir {}", dir.display())
+            }
+        );
+    }
+    if let Some(missing) = sys::missing_prerequisite() {
+        anyhow::bail!(missing);
+    }
+    let controller_bin = lab::find_binary("drover-controller")?;
+    let agent_bin = lab::find_binary("drover-agent")?;
+    if args.runtime == "docker" {
+        ensure_image()?;
+    }
+    let opts = UpOptions {
+        dir: dir.clone(),
+        controllers: args.controllers,
+        agents: args.agents,
+        runtime: args.runtime.clone(),
+        controller_bin,
+        agent_bin,
+        config: Some(env.config_path()?),
+        controller_args: Vec::new(),
+        agent_args: Vec::new(),
+    };
+    let lab = lab::up(&opts, &mut |line| {
+        let _ = print(&format!("{line}\n"));
+    })
+    .await?;
+    print(&format!(
+        "context {:?} is now current ({})\n\n",
+        lab::CONTEXT,
+        env.config_path()?.display()
+    ))?;
+    print(&status(&lab))?;
+    if let Some(file) = &args.apply {
+        let file = file.display().to_string();
+        run_self(env, &["apply", "-f", &file]).await?;
+        wait_running(&lab, Duration::from_secs(120)).await;
+        run_self(env, &["get", "deployments"]).await?;
+        run_self(env, &["get", "replicas"]).await?;
+    }
+    let me = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "droverctl".into());
+    let dir_flag = if dir == Path::new(".drover-lab") {
+        String::new()
+    } else {
+        format!(" --dir {}", dir.display())
+    };
+    // With the process runtime a replica's host port is on its host's address.
+    let curl = match lab.agents().next() {
+        Some(h) if lab.runtime == "process" => format!(
+            "  curl http://{}:PORT/      (a replica's hostPort, on its host's address)\n",
+            h.ip
+        ),
+        _ => String::new(),
+    };
+    print(&format!(
+        "\nnext:\n  {me} get nodes\n  {me} get replicas -o wide\n{curl}  {me} lab kill n1{dir_flag}        (or stop|start|pause|resume|partition|heal)\n  {me} lab chaos --rounds 20{dir_flag}\n  {me} lab down{dir_flag}\n"
+    ))
+}
+
+/// Run another droverctl verb against the lab's context.
+async fn run_self(env: &Env, args: &[&str]) -> anyhow::Result<()> {
+    let mut argv = vec!["droverctl", "--context", lab::CONTEXT];
+    argv.extend_from_slice(args);
+    let mut cli = Cli::try_parse_from(&argv)?;
+    cli.global.config = env.global.config.clone();
+    if matches!(cli.command, Command::Lab(_)) {
+        anyhow::bail!("lab cannot run itself");
+    }
+    Box::pin(super::run(cli)).await
+}
+
+/// Until every replica is Running (or `limit`): the first start of a replica
+/// may take a moment.
+async fn wait_running(lab: &Lab, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(mut client) = lab.client(lab.servers(), Duration::from_secs(3)) {
+            if let Ok(resp) =
+                client
+                    .call(|mut c| async move {
+                        c.list_replicas(pb::ListReplicasRequest::default()).await
+                    })
+                    .await
+            {
+                let running = |r: &pb::Replica| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.state == pb::ReplicaState::Running as i32)
+                };
+                if !resp.replicas.is_empty() && resp.replicas.iter().all(running) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The Docker runtime's workload image: build it on first use.
+fn ensure_image() -> anyhow::Result<()> {
+    if !sys::docker_available() {
+        anyhow::bail!("--runtime docker needs a running Docker engine (docker info failed); use --runtime process");
+    }
+    if sys::run("docker", &["image", "inspect", "drover/busybox:1"]).is_ok() {
+        return Ok(());
+    }
+    let script = Path::new("deploy/images/build.sh");
+    if !script.exists() {
+        anyhow::bail!("the image drover/busybox:1 is missing: build it with deploy/images/build.sh from drover's source tree");
+    }
+    let status = std::process::Command::new(script)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", script.display()))?;
+    if !status.success() {
+        anyhow::bail!("{} failed: see its message above", script.display());
+    }
+    Ok(())
+}
+
+/// `HOST ROLE ADDRESS NAMESPACE PID STATE PARTITIONED-FROM`.
+pub fn status(lab: &Lab) -> String {
+    let mut t = Table::new([
+        "HOST",
+        "ROLE",
+        "ADDRESS",
+        "NAMESPACE",
+        "PID",
+        "STATE",
+        "PARTITIONED-FROM",
+    ]);
+    for h in &lab.hosts {
+        let state = lab.state(h);
+        let parts = lab.partitions_of(&h.name);
+        t.push(vec![
+            h.name.clone(),
+            match h.role {
+                lab::Role::Controller => "controller".into(),
+                lab::Role::Agent => format!("agent/{}", lab.runtime),
+            },
+            h.address(),
+            h.ns.clone(),
+            match (state, h.pid) {
+                (lab::HostState::Stopped, _) | (_, None) => "-".into(),
+                (_, Some(p)) => p.to_string(),
+            },
+            state.to_string(),
+            if parts.is_empty() {
+                "-".into()
+            } else {
+                parts.join(",")
+            },
+        ]);
+    }
+    format!(
+        "lab {} in {}: bridge {} ({}.0/24, this machine is {}.1)\n{}",
+        lab.id,
+        lab.dir.display(),
+        lab.bridge,
+        lab.net,
+        lab.net,
+        t.render()
+    )
+}

@@ -1,0 +1,905 @@
+//! `droverctl lab`: a real multi-host drover cluster on one Linux machine.
+//!
+//! ```text
+//!  root namespace: droverctl ── bridge drv<ID> 10.213.<ID>.1/24
+//!                                 │ veth drv<ID>-c1 … drv<ID>-n3
+//!        ┌────────────────────────┼──────────────────────────┐
+//!   netns drv<ID>-c1         netns drv<ID>-c2   …       netns drv<ID>-n1
+//!   eth0 10.213.<ID>.11      eth0 .12                   eth0 10.213.<ID>.101
+//!   drover-controller :7001  drover-controller          drover-agent :7101
+//!                                                         └─ replicas (process runtime)
+//! ```
+//!
+//! Every controller and agent is its own host: a network namespace with one
+//! address, joined to a bridge by a veth pair, so a replica's host port is
+//! per host and a partition (iptables DROP inside the namespaces, both
+//! directions) really drops packets. The lab's directory (`--dir`, default
+//! `.drover-lab`) holds `lab.json` (what was made: ids, names, pids,
+//! partitions), the cluster's PKI, each host's data dir and log. `lab down`
+//! works from that file alone, so it cleans up even after every process died.
+//!
+//! The controllers run with mutual TLS from the first start (a CA made like
+//! `pki init`); agents join with a join token as on real hosts.
+
+pub mod chaos;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use drover_proto::pb;
+use drover_proto::pb::security_client::SecurityClient;
+use drover_proto::pki::Security;
+use serde::{Deserialize, Serialize};
+
+use crate::client::Client;
+use crate::config::{ConfigFile, Credentials};
+
+/// The state file inside the lab directory.
+pub const STATE_FILE: &str = "lab.json";
+/// The lab's /24 networks are 10.213.<ID>.0/24.
+pub const NET_PREFIX: &str = "10.213";
+pub const CONTROLLER_PORT: u16 = 7001;
+pub const AGENT_PORT: u16 = 7101;
+/// The droverctl context `lab up` writes.
+pub const CONTEXT: &str = "lab";
+pub const MAX_CONTROLLERS: u32 = 7;
+pub const MAX_AGENTS: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Controller,
+    Agent,
+}
+
+/// One host: a namespace, its address, and the daemon it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub role: Role,
+    pub ip: String,
+    pub ns: String,
+    pub veth: String,
+    /// The daemon's pid while started by the lab (None: stopped or killed).
+    pub pid: Option<u32>,
+    /// The daemon's command line, to start it again with the same data dir.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// `IP:PORT` of its daemon.
+    pub fn address(&self) -> String {
+        let port = match self.role {
+            Role::Controller => CONTROLLER_PORT,
+            Role::Agent => AGENT_PORT,
+        };
+        format!("{}:{port}", self.ip)
+    }
+}
+
+/// A host cut off from others, both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub host: String,
+    pub from: Vec<String>,
+}
+
+/// What a host's daemon is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostState {
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HostState::Running => "running",
+            HostState::Paused => "paused",
+            HostState::Stopped => "stopped",
+        })
+    }
+}
+
+/// A lab as its state file records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lab {
+    pub id: u32,
+    /// Absolute path of the lab directory.
+    pub dir: PathBuf,
+    pub bridge: String,
+    /// The bridge's FORWARD accept rule was added (Docker's policy is DROP).
+    #[serde(default)]
+    pub forward_rule: bool,
+    /// `10.213.<ID>`: the lab's /24 without the last byte.
+    pub net: String,
+    pub runtime: String,
+    pub hosts: Vec<Host>,
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+    /// The config file whose context `lab` was written, to remove it on down.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+}
+
+/// What `lab up` was asked for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub controllers: u32,
+    pub agents: u32,
+    pub runtime: String,
+    pub controller_bin: PathBuf,
+    pub agent_bin: PathBuf,
+    /// Where to write the `lab` context (None: write none).
+    pub config: Option<PathBuf>,
+    /// Extra flags for every controller (e.g. faster elections in tests).
+    pub controller_args: Vec<String>,
+    /// Extra flags for every agent.
+    pub agent_args: Vec<String>,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
+
+/// Whether `dir` holds a lab.
+pub fn exists(dir: &Path) -> bool {
+    state_path(dir).exists()
+}
+
+/// `drover-controller` / `drover-agent`: beside the running droverctl, then on PATH.
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let beside = dir.join(name);
+            if beside.is_file() {
+                return Ok(beside);
+            }
+            // Test binaries live in target/<profile>/deps.
+            if dir.ends_with("deps") {
+                if let Some(up) = dir.parent() {
+                    if up.join(name).is_file() {
+                        return Ok(up.join(name));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!("{name} is neither beside droverctl nor on PATH: build it first with `cargo build --release` and run target/release/droverctl")
+}
+
+impl Lab {
+    /// Read the lab in `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Lab> {
+        let path = state_path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no lab in {}: start one with droverctl lab up (or pass --dir)",
+                dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a lab state file; remove the directory by hand if nothing runs from it",
+                path.display()
+            )
+        })
+    }
+
+    /// Write the state file (temp file, then rename).
+    pub fn save(&self) -> anyhow::Result<()> {
+        let path = state_path(&self.dir);
+        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The host named `name`, or an error listing the lab's hosts.
+    pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
+        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no host {name:?} in this lab (hosts: {})",
+                self.hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    fn host_mut(&mut self, name: &str) -> anyhow::Result<&mut Host> {
+        self.host(name)?;
+        Ok(self
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .expect("checked above"))
+    }
+
+    pub fn controllers(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.role == Role::Controller)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.role == Role::Agent)
+    }
+
+    /// Every controller's `IP:PORT`.
+    pub fn servers(&self) -> Vec<String> {
+        self.controllers().map(Host::address).collect()
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// The admin's credentials, as a context would name them.
+    pub fn admin_credentials(&self) -> Credentials {
+        let admin = self.pki_dir().join("admin-admin");
+        Credentials::Tls {
+            ca: Some(admin.join("ca.crt")),
+            cert: Some(admin.join("tls.crt")),
+            key: Some(admin.join("tls.key")),
+        }
+    }
+
+    /// A client for the lab's controllers with the admin's certificate.
+    pub fn client(&self, servers: Vec<String>, timeout: Duration) -> anyhow::Result<Client> {
+        let security: Security = self.admin_credentials().load()?;
+        Ok(Client::new(servers, Some(timeout), security))
+    }
+
+    /// What the host's daemon is doing.
+    pub fn state(&self, host: &Host) -> HostState {
+        match host.pid.and_then(|pid| sys::process_state(pid, &host.ns)) {
+            None => HostState::Stopped,
+            Some('T') | Some('t') => HostState::Paused,
+            Some(_) => HostState::Running,
+        }
+    }
+
+    /// The partitions this host is on either side of.
+    pub fn partitions_of(&self, host: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.partitions {
+            if p.host == host {
+                out.extend(p.from.iter().cloned());
+            } else if p.from.iter().any(|f| f == host) {
+                out.push(p.host.clone());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Start the host's daemon (again); an error if it runs.
+    pub fn start(&mut self, name: &str) -> anyhow::Result<u32> {
+        let host = self.host(name)?.clone();
+        match self.state(&host) {
+            HostState::Stopped => {}
+            HostState::Running => bail!("{name} is already running (pid {:?})", host.pid),
+            HostState::Paused => {
+                bail!("{name} is paused: resume it with droverctl lab resume {name}")
+            }
+        }
+        let pid = sys::spawn_detached(&host.ns, &host.argv, &host.env, &host.log)?;
+        self.host_mut(name)?.pid = Some(pid);
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// SIGKILL every process of the host (its daemon and, for an agent, its
+    /// replicas: processes in its namespace, containers labelled with its name).
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<usize> {
+        let host = self.host(name)?.clone();
+        let pids = sys::netns_pids(&host.ns);
+        // A stopped process cannot die until continued.
+        sys::signal("KILL", &pids);
+        sys::signal("CONT", &pids);
+        let mut killed = pids.len();
+        if host.role == Role::Agent && self.runtime == "docker" {
+            let ids = sys::docker_containers(&host.name);
+            if !ids.is_empty() {
+                let mut args = vec!["kill"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = sys::run("docker", &args);
+                killed += ids.len();
+            }
+        }
+        self.wait_gone(&host, Duration::from_secs(10));
+        self.host_mut(name)?.pid = None;
+        self.save()?;
+        Ok(killed)
+    }
+
+    /// SIGTERM the daemon and wait for it to exit (SIGKILL after 20 s).
+    pub fn stop(&mut self, name: &str) -> anyhow::Result<()> {
+        let host = self.host(name)?.clone();
+        if let Some(pid) = host.pid {
+            if self.state(&host) != HostState::Stopped {
+                sys::signal("TERM", &[pid]);
+                sys::signal("CONT", &[pid]);
+                if !self.wait_gone(&host, Duration::from_secs(20)) {
+                    sys::signal("KILL", &[pid]);
+                    self.wait_gone(&host, Duration::from_secs(5));
+                }
+            }
+        }
+        self.host_mut(name)?.pid = None;
+        self.save()
+    }
+
+    fn wait_gone(&self, host: &Host, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.state(host) == HostState::Stopped {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT (`resume`) every process of the host.
+    pub fn pause(&mut self, name: &str, pause: bool) -> anyhow::Result<()> {
+        let host = self.host(name)?.clone();
+        if self.state(&host) == HostState::Stopped {
+            bail!("{name} is not running: start it with droverctl lab start {name}");
+        }
+        let pids = sys::netns_pids(&host.ns);
+        sys::signal(if pause { "STOP" } else { "CONT" }, &pids);
+        Ok(())
+    }
+
+    /// Drop every packet between `name` and `from` (default: every other
+    /// host), both directions. The root namespace (droverctl) stays reachable.
+    pub fn partition(&mut self, name: &str, from: &[String]) -> anyhow::Result<Vec<String>> {
+        let host = self.host(name)?.clone();
+        let others: Vec<Host> = if from.is_empty() {
+            self.hosts
+                .iter()
+                .filter(|h| h.name != name)
+                .cloned()
+                .collect()
+        } else {
+            let mut v = Vec::new();
+            for f in from {
+                if f == name {
+                    bail!("cannot partition {name} from itself");
+                }
+                v.push(self.host(f)?.clone());
+            }
+            v
+        };
+        for other in &others {
+            drop_between(&host, &other.ip)?;
+            drop_between(other, &host.ip)?;
+        }
+        let names: Vec<String> = others.iter().map(|h| h.name.clone()).collect();
+        self.partitions.push(Partition {
+            host: name.to_string(),
+            from: names.clone(),
+        });
+        self.save()?;
+        Ok(names)
+    }
+
+    /// Remove every partition.
+    pub fn heal(&mut self) -> anyhow::Result<usize> {
+        for h in &self.hosts {
+            if sys::netns_exists(&h.ns) {
+                sys::in_ns(&h.ns, "iptables", &["-F", "INPUT"])?;
+            }
+        }
+        let n = self.partitions.len();
+        self.partitions.clear();
+        self.save()?;
+        Ok(n)
+    }
+}
+
+/// In `host`'s namespace, drop everything arriving from `ip`.
+fn drop_between(host: &Host, ip: &str) -> anyhow::Result<()> {
+    sys::in_ns(
+        &host.ns,
+        "iptables",
+        &["-I", "INPUT", "-s", ip, "-j", "DROP"],
+    )?;
+    Ok(())
+}
+
+/// Create the namespaces, bridge and veths, the PKI; start controllers with
+/// TLS, then agents with a join token; write the `lab` context. Returns the
+/// lab and lines for the user. On failure everything made so far is removed.
+pub async fn up(opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Lab> {
+    if exists(&opts.dir) {
+        bail!(
+            "a lab already exists in {}: remove it first with droverctl lab down{}",
+            opts.dir.display(),
+            dir_flag(&opts.dir)
+        );
+    }
+    if let Some(missing) = sys::missing_prerequisite() {
+        bail!(missing);
+    }
+    if opts.controllers == 0 || opts.controllers > MAX_CONTROLLERS {
+        bail!("--controllers must be between 1 and {MAX_CONTROLLERS}");
+    }
+    if opts.agents > MAX_AGENTS {
+        bail!("--agents must be at most {MAX_AGENTS}");
+    }
+    if opts.runtime == "docker" {
+        // Docker agents own the containers labelled with their node name.
+        for i in 1..=opts.agents {
+            if !sys::docker_containers(&format!("n{i}")).is_empty() {
+                bail!("containers labelled drover.node=n{i} already exist (another cluster's agent n{i}?): remove them or use --runtime process");
+            }
+        }
+    }
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    let dir = std::fs::canonicalize(&opts.dir)?;
+    let mut lab = claim_network(&dir, opts)?;
+    lab.save()?;
+    match build(&mut lab, opts, progress).await {
+        Ok(()) => Ok(lab),
+        Err(e) => {
+            progress(&format!("lab up failed ({e:#}); removing what it made"));
+            let _ = down(&dir);
+            Err(e)
+        }
+    }
+}
+
+fn dir_flag(dir: &Path) -> String {
+    if dir == Path::new(".drover-lab") {
+        String::new()
+    } else {
+        format!(" --dir {}", dir.display())
+    }
+}
+
+/// Pick the first free lab id (no route into its /24, no bridge, no
+/// namespaces of that name) and claim it by creating the bridge.
+fn claim_network(dir: &Path, opts: &UpOptions) -> anyhow::Result<Lab> {
+    let routes = sys::ip(&["-4", "route", "show", "table", "all"]).unwrap_or_default();
+    for id in 1..=250u32 {
+        let net = format!("{NET_PREFIX}.{id}");
+        let bridge = format!("drv{id}");
+        if routes.contains(&format!("{net}.")) || sys::link_exists(&bridge) {
+            continue;
+        }
+        let mut hosts = Vec::new();
+        for i in 1..=opts.controllers {
+            hosts.push(new_host(id, &net, dir, Role::Controller, i));
+        }
+        for i in 1..=opts.agents {
+            hosts.push(new_host(id, &net, dir, Role::Agent, i));
+        }
+        if hosts
+            .iter()
+            .any(|h| sys::netns_exists(&h.ns) || sys::link_exists(&h.veth))
+        {
+            continue;
+        }
+        // Creating the bridge is the claim: a concurrent `lab up` fails here.
+        if sys::ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
+            continue;
+        }
+        return Ok(Lab {
+            id,
+            dir: dir.to_path_buf(),
+            bridge,
+            forward_rule: false,
+            net,
+            runtime: opts.runtime.clone(),
+            hosts,
+            partitions: Vec::new(),
+            config: None,
+        });
+    }
+    bail!("no free lab network: 10.213.1.0/24 to 10.213.250.0/24 are all in use (remove old labs with droverctl lab down)")
+}
+
+fn new_host(id: u32, net: &str, dir: &Path, role: Role, i: u32) -> Host {
+    let (name, last) = match role {
+        Role::Controller => (format!("c{i}"), 10 + i),
+        Role::Agent => (format!("n{i}"), 100 + i),
+    };
+    Host {
+        ns: format!("drv{id}-{name}"),
+        veth: format!("drv{id}-{name}"),
+        ip: format!("{net}.{last}"),
+        log: dir.join(format!("{name}.log")),
+        name,
+        role,
+        pid: None,
+        argv: Vec::new(),
+        env: Vec::new(),
+    }
+}
+
+async fn build(
+    lab: &mut Lab,
+    opts: &UpOptions,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<()> {
+    let gateway = format!("{}.1", lab.net);
+    sys::ip(&["addr", "add", &format!("{gateway}/24"), "dev", &lab.bridge])?;
+    sys::ip(&["link", "set", &lab.bridge, "up"])?;
+    // Docker sets the FORWARD policy to DROP and makes bridged traffic pass
+    // iptables: let the lab's hosts talk.
+    if sys::run(
+        "iptables",
+        &[
+            "-I",
+            "FORWARD",
+            "-i",
+            &lab.bridge,
+            "-o",
+            &lab.bridge,
+            "-j",
+            "ACCEPT",
+        ],
+    )
+    .is_ok()
+    {
+        lab.forward_rule = true;
+    }
+    lab.save()?;
+    for h in lab.hosts.clone() {
+        let peer = format!("{}p", h.veth);
+        sys::ip(&["netns", "add", &h.ns])?;
+        sys::ip(&[
+            "link", "add", &h.veth, "type", "veth", "peer", "name", &peer,
+        ])?;
+        sys::ip(&["link", "set", &peer, "netns", &h.ns])?;
+        sys::ip(&["-n", &h.ns, "link", "set", &peer, "name", "eth0"])?;
+        sys::ip(&[
+            "-n",
+            &h.ns,
+            "addr",
+            "add",
+            &format!("{}/24", h.ip),
+            "dev",
+            "eth0",
+        ])?;
+        sys::ip(&["-n", &h.ns, "link", "set", "eth0", "up"])?;
+        sys::ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
+        sys::ip(&["-n", &h.ns, "route", "add", "default", "via", &gateway])?;
+        sys::ip(&["link", "set", &h.veth, "master", &lab.bridge, "up"])?;
+    }
+    progress(&format!(
+        "created {} hosts on bridge {} ({}.0/24)",
+        lab.hosts.len(),
+        lab.bridge,
+        lab.net
+    ));
+
+    // PKI: a CA, one certificate per controller (for its address), the admin's.
+    let controllers: Vec<(String, String)> = lab
+        .controllers()
+        .map(|h| (h.name.trim_start_matches('c').to_string(), h.ip.clone()))
+        .collect();
+    crate::cmd::pki::create(
+        &lab.pki_dir(),
+        &controllers,
+        Duration::from_secs(365 * 24 * 3600),
+    )?;
+    let peers = lab
+        .controllers()
+        .map(|h| format!("{}={}", h.name.trim_start_matches('c'), h.address()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let names: Vec<String> = lab.controllers().map(|h| h.name.clone()).collect();
+    let pki = lab.pki_dir();
+    for name in &names {
+        let id = name.trim_start_matches('c').to_string();
+        let host = lab.host_mut(name)?;
+        let data = lab_dir_of(&host.log, name);
+        let mut argv = vec![
+            opts.controller_bin.display().to_string(),
+            "--id".into(),
+            id.clone(),
+            "--listen".into(),
+            host.address(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--peers".into(),
+            peers.clone(),
+            "--tls-dir".into(),
+            pki.join(format!("controller-{id}")).display().to_string(),
+        ];
+        argv.extend(opts.controller_args.iter().cloned());
+        host.argv = argv;
+        host.env = vec![(
+            "DROVER_LOG".into(),
+            "info,raft=info,sled=warn,h2=warn".into(),
+        )];
+        lab.start(name)?;
+    }
+    progress(&format!(
+        "started {} controllers with mutual TLS: {}",
+        names.len(),
+        lab.servers().join(", ")
+    ));
+    wait_for_leader(lab, Duration::from_secs(60)).await?;
+
+    // Agents join with a token, as on real hosts.
+    if lab.agents().next().is_some() {
+        let token = create_token(lab).await?;
+        let ca = lab.pki_dir().join("ca.crt");
+        let servers = lab.servers().join(",");
+        let toolbox = toolbox(&lab.dir)?;
+        let names: Vec<String> = lab.agents().map(|h| h.name.clone()).collect();
+        for name in &names {
+            let runtime = lab.runtime.clone();
+            let host = lab.host_mut(name)?;
+            let data = lab_dir_of(&host.log, name);
+            let mut argv = vec![
+                opts.agent_bin.display().to_string(),
+                "--name".into(),
+                name.clone(),
+                "--controllers".into(),
+                servers.clone(),
+                "--runtime".into(),
+                runtime,
+                "--listen".into(),
+                host.address(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--join-token".into(),
+                token.clone(),
+                "--ca".into(),
+                ca.display().to_string(),
+            ];
+            argv.extend(opts.agent_args.iter().cloned());
+            host.argv = argv;
+            let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+            host.env = vec![
+                ("DROVER_LOG".into(), "info,h2=warn".into()),
+                match &toolbox {
+                    Some(dir) => ("PATH".into(), format!("{path}:{}", dir.display())),
+                    None => ("PATH".into(), path),
+                },
+            ];
+            lab.start(name)?;
+        }
+        progress(&format!(
+            "started {} agents ({} runtime), joining with a token",
+            names.len(),
+            lab.runtime
+        ));
+        wait_for_nodes(lab, names.len(), Duration::from_secs(60)).await?;
+    }
+
+    if let Some(path) = &opts.config {
+        write_context(lab, path)?;
+        lab.config = Some(path.clone());
+        lab.save()?;
+    }
+    Ok(())
+}
+
+/// `<lab dir>/<host>`: the host's data dir.
+fn lab_dir_of(log: &Path, name: &str) -> PathBuf {
+    log.parent().unwrap_or(Path::new(".")).join(name)
+}
+
+/// For the process runtime: busybox applets the host lacks (httpd, for the
+/// examples), as links in `<lab dir>/bin`, appended to the agents' PATH.
+fn toolbox(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(busybox) = find_binary("busybox") else {
+        return Ok(None);
+    };
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for applet in ["httpd", "nc", "wget"] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink(&busybox, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+    Ok(Some(bin))
+}
+
+/// Wait until a controller reports an elected leader.
+pub async fn wait_for_leader(lab: &Lab, limit: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        let mut client = lab.client(lab.servers(), Duration::from_secs(3))?;
+        match client
+            .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+            .await
+        {
+            Ok(s) if s.leader_id != 0 => return Ok(s.leader_id),
+            Ok(_) => last = "no leader elected".into(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "the controllers elected no leader within {}s ({last}); see the logs in {}",
+        limit.as_secs(),
+        lab.dir.display()
+    )
+}
+
+async fn create_token(lab: &Lab) -> anyhow::Result<String> {
+    let mut client = lab.client(lab.servers(), Duration::from_secs(10))?;
+    let resp = client
+        .call_with(SecurityClient::new, |mut c| async move {
+            c.create_token(pb::CreateTokenRequest {
+                role: "agent".into(),
+                ttl_seconds: 24 * 3600,
+            })
+            .await
+        })
+        .await
+        .context("creating the agents' join token")?;
+    Ok(resp.token)
+}
+
+/// Wait until `n` nodes are Ready.
+pub async fn wait_for_nodes(lab: &Lab, n: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut ready = 0;
+    while Instant::now() < deadline {
+        let mut client = lab.client(lab.servers(), Duration::from_secs(3))?;
+        if let Ok(resp) = client
+            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { read: None }).await })
+            .await
+        {
+            ready = resp.nodes.iter().filter(|n| n.condition == "Ready").count();
+            if ready >= n {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "only {ready} of {n} agents became Ready within {}s; see the n*.log files in {}",
+        limit.as_secs(),
+        lab.dir.display()
+    )
+}
+
+/// Write the `lab` context (servers, CA, admin certificate) and make it current.
+fn write_context(lab: &Lab, path: &Path) -> anyhow::Result<()> {
+    let mut file = ConfigFile::load(path)?;
+    file.set_context(CONTEXT, Some(lab.servers()), None);
+    let admin = lab.pki_dir().join("admin-admin");
+    if let Some(ctx) = file.contexts.iter_mut().find(|c| c.name == CONTEXT) {
+        ctx.ca = Some(admin.join("ca.crt"));
+        ctx.cert = Some(admin.join("tls.crt"));
+        ctx.key = Some(admin.join("tls.key"));
+        ctx.insecure = false;
+    }
+    file.current_context = Some(CONTEXT.to_string());
+    file.save(path)
+}
+
+/// Remove everything the lab in `dir` made: processes, containers,
+/// namespaces (and so their veth ends), veths, the bridge, its FORWARD rule,
+/// its context and the directory. Works from the state file alone; every
+/// step is tried even when an earlier one fails. Returns what it removed.
+pub fn down(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let lab = Lab::load(dir)?;
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    for h in &lab.hosts {
+        let pids = sys::netns_pids(&h.ns);
+        sys::signal("KILL", &pids);
+        sys::signal("CONT", &pids);
+        if !pids.is_empty() {
+            done.push(format!("killed {} process(es) on {}", pids.len(), h.name));
+        }
+    }
+    if lab.runtime == "docker" {
+        for h in lab.agents() {
+            let ids = sys::docker_containers(&h.name);
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                match sys::run("docker", &args) {
+                    Ok(_) => done.push(format!("removed {} container(s) of {}", ids.len(), h.name)),
+                    Err(e) => failures.push(format!("{e:#}")),
+                }
+            }
+        }
+    }
+    // Processes must be gone before their namespace is deleted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.hosts.iter().any(|h| !sys::netns_pids(&h.ns).is_empty()) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for h in &lab.hosts {
+        if sys::netns_exists(&h.ns) {
+            match sys::ip(&["netns", "del", &h.ns]) {
+                Ok(_) => done.push(format!("deleted namespace {}", h.ns)),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        // Deleting the namespace deletes the pair, asynchronously.
+        if sys::link_exists(&h.veth) {
+            if let Err(e) = sys::ip(&["link", "del", &h.veth]) {
+                if sys::link_exists(&h.veth) {
+                    failures.push(format!("{e:#}"));
+                }
+            }
+        }
+        let peer = format!("{}p", h.veth);
+        if sys::link_exists(&peer) {
+            let _ = sys::ip(&["link", "del", &peer]);
+        }
+    }
+    if lab.forward_rule {
+        let _ = sys::run(
+            "iptables",
+            &[
+                "-D",
+                "FORWARD",
+                "-i",
+                &lab.bridge,
+                "-o",
+                &lab.bridge,
+                "-j",
+                "ACCEPT",
+            ],
+        );
+    }
+    if sys::link_exists(&lab.bridge) {
+        match sys::ip(&["link", "del", &lab.bridge]) {
+            Ok(_) => done.push(format!("deleted bridge {}", lab.bridge)),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    if let Some(path) = &lab.config {
+        if let Ok(mut file) = ConfigFile::load(path) {
+            let ours = file
+                .context(CONTEXT)
+                .is_some_and(|c| c.servers == lab.servers());
+            if ours {
+                file.contexts.retain(|c| c.name != CONTEXT);
+                if file.current_context.as_deref() == Some(CONTEXT) {
+                    file.current_context = None;
+                }
+                if file.save(path).is_ok() {
+                    done.push(format!("removed context {CONTEXT}"));
+                }
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "lab down left something behind (the state file is kept; run it again):\n{}",
+            failures.join("\n")
+        );
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    done.push(format!("removed {}", dir.display()));
+    Ok(done)
+}

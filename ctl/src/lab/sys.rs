@@ -1,0 +1,189 @@
+//! The host's plumbing, by the standard tools: `ip` (network namespaces,
+//! veth pairs, a bridge, addresses, routes), `iptables` inside a namespace
+//! (partitions), `kill` and `/proc` (process state), `docker` (containers of
+//! a Docker-runtime agent).
+//!
+//! Every function runs one command and turns its failure into one sentence
+//! naming the command and what it printed.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+
+/// Run `program args...`; its stdout on success, else an error quoting stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program} (is it installed and on PATH?)"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            err.trim().lines().next().unwrap_or("no message")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip args...`.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run("ip", args)
+}
+
+/// `ip netns exec NS program args...`.
+pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    ip(&all)
+}
+
+/// Why this process cannot build a lab, or None when it can: root, `ip` with
+/// netns support, and `iptables`.
+pub fn missing_prerequisite() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        })
+        .unwrap_or_default();
+    if uid != "0" {
+        return Some(
+            "lab needs root to create network namespaces, veth pairs and a bridge: run it with sudo (or as root)"
+                .into(),
+        );
+    }
+    if let Err(e) = ip(&["netns", "list"]) {
+        return Some(format!(
+            "lab needs iproute2 with network namespace support (`ip netns`): {e:#}"
+        ));
+    }
+    if let Err(e) = run("iptables", &["--version"]) {
+        return Some(format!(
+            "lab needs iptables to drop traffic for partitions: {e:#}"
+        ));
+    }
+    None
+}
+
+/// Whether a network interface of this name exists in the root namespace.
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether a named network namespace exists.
+pub fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+/// The pids of every process in a network namespace (empty when it is gone).
+pub fn netns_pids(ns: &str) -> Vec<u32> {
+    if !netns_exists(ns) {
+        return Vec::new();
+    }
+    ip(&["netns", "pids", ns])
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The state of a process as `/proc/PID/stat` has it (`R`, `S`, `T`, `Z`...),
+/// if it exists and lives in network namespace `ns`, so a recycled pid is not
+/// taken for ours.
+pub fn process_state(pid: u32, ns: &str) -> Option<char> {
+    let ns_ino = std::fs::metadata(Path::new("/run/netns").join(ns))
+        .ok()?
+        .ino();
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let link = link.to_string_lossy();
+    let ino: u64 = link
+        .strip_prefix("net:[")
+        .and_then(|l| l.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())?;
+    if ino != ns_ino {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) STATE ...: comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let state = after.split_whitespace().next()?.chars().next()?;
+    (state != 'Z' && state != 'X').then_some(state)
+}
+
+/// Send a signal (`KILL`, `TERM`, `STOP`, `CONT`) to pids; ignores those gone.
+pub fn signal(sig: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let mut args = vec![format!("-{sig}")];
+    args.extend(pids.iter().map(u32::to_string));
+    let _ = Command::new("kill")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Start `argv` inside namespace `ns`, detached: its own session, stdin from
+/// /dev/null, stdout and stderr appended to `log`, re-parented to init (so it
+/// outlives droverctl and never becomes our zombie). Returns its pid.
+pub fn spawn_detached(
+    ns: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<u32> {
+    // sh forks the job and prints its pid; setsid and `ip netns exec` both
+    // exec in place, so that pid is the daemon's.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"log=$1; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!"#)
+        .arg("sh")
+        .arg(log)
+        .args(["setsid", "ip", "netns", "exec", ns])
+        .args(argv)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run sh to start a lab process")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("starting {} printed no pid: {text:?}", argv.join(" ")))
+}
+
+/// Whether the Docker engine answers.
+pub fn docker_available() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Ids of the containers (running or not) labelled `drover.node=<node>`.
+pub fn docker_containers(node: &str) -> Vec<String> {
+    run(
+        "docker",
+        &[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=drover.node={node}"),
+        ],
+    )
+    .map(|out| out.split_whitespace().map(str::to_string).collect())
+    .unwrap_or_default()
+}
