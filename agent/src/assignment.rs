@@ -68,6 +68,19 @@ impl Assignment {
         })
     }
 
+    /// The replica's host name, as Kubernetes gives a pod its name: the
+    /// replica name without its namespace, at most 63 characters (a DNS label).
+    pub fn hostname(&self) -> &str {
+        let name = self
+            .replica
+            .split_once('.')
+            .map_or(self.replica.as_str(), |(_, name)| name);
+        match name.char_indices().nth(63) {
+            Some((end, _)) => &name[..end],
+            None => name,
+        }
+    }
+
     /// The replica's one container (decoding guarantees there is exactly one).
     pub fn container(&self) -> &Container {
         // `from_pb` refuses templates without exactly one container; an
@@ -92,5 +105,20 @@ impl Assignment {
     /// annotations that could not be used.
     pub fn backoff_policy(&self) -> (BackoffPolicy, Vec<String>) {
         BackoffPolicy::from_annotations(&self.annotations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fixtures;
+
+    #[test]
+    fn the_host_name_is_the_replica_name_without_its_namespace() {
+        let a = fixtures::assignment("default.web-1a2b3-0");
+        assert_eq!(a.hostname(), "web-1a2b3-0");
+        let bare = fixtures::assignment("web-1a2b3-0");
+        assert_eq!(bare.hostname(), "web-1a2b3-0");
+        let long = fixtures::assignment(&format!("default.{}", "x".repeat(80)));
+        assert_eq!(long.hostname().len(), 63, "a DNS label at most");
     }
 }

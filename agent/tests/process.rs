@@ -407,3 +407,23 @@ async fn a_failed_state_write_neither_fails_the_start_nor_loses_the_exit() {
     );
     std::fs::remove_dir_all(&blocker).expect("unblocking");
 }
+
+/// A replica's HOSTNAME is its name, as a container's host name would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_sees_its_name_as_hostname() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let a = shell("default.web-r-0", "echo \"I am $HOSTNAME\"; exec sleep 30");
+    rt.start(&a, 0).await.expect("start");
+    let out = eventually("output", Duration::from_secs(5), || async {
+        let logs = rt
+            .logs("default.web-r-0", LogOptions::default())
+            .await
+            .ok()?;
+        let (out, _) = collect_logs(logs).await;
+        out.contains("I am").then_some(out)
+    })
+    .await;
+    assert_eq!(out, "I am web-r-0\n");
+}

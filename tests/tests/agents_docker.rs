@@ -110,6 +110,11 @@ async fn containers_run_with_their_spec_survive_an_agent_restart_and_are_removed
         assert_eq!(labels["drover.node"], node.as_str(), "{replica}");
         assert_eq!(labels["drover.deployment"], name.as_str());
         assert_eq!(labels["drover.replica"], format!("default.{replica}"));
+        assert_eq!(
+            v["Config"]["Hostname"],
+            replica.as_str(),
+            "named like a pod"
+        );
         let env: Vec<String> =
             serde_json::from_value(v["Config"]["Env"].clone()).unwrap_or_default();
         assert!(env.contains(&"GREETING=drover".to_string()), "{env:?}");

@@ -593,6 +593,8 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
         ..Default::default()
     };
     ContainerCreateBody {
+        // The replica's name, as Kubernetes names a pod's host.
+        hostname: Some(assignment.hostname().to_string()),
         image: Some(c.image.clone()),
         // Kubernetes: `command` replaces ENTRYPOINT, `args` replaces CMD. An
         // explicit entrypoint also drops the image's CMD (Docker's merge rule),

@@ -323,11 +323,12 @@ impl Runtime for ProcessRuntime {
                 .map_err(|e| AgentError::io(format!("creating {}", p.display()), e))
         };
         let (stdout, stderr) = (open(&out_path)?, open(&err_path)?);
-        let env: Vec<(String, String)> = c
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
-            .collect();
+        // HOSTNAME is the replica's name, as a container's would be; the
+        // manifest's own env may still set it.
+        let env: Vec<(String, String)> =
+            std::iter::once(("HOSTNAME".to_string(), assignment.hostname().to_string()))
+                .chain(c.env.iter().map(|e| (e.name.clone(), e.value.clone())))
+                .collect();
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
