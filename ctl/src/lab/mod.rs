@@ -544,6 +544,7 @@ async fn build(
     opts: &UpOptions,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()> {
+    prepare_workload(&lab.runtime, progress)?;
     let gateway = format!("{}.1", lab.net);
     sys::ip(&["addr", "add", &format!("{gateway}/24"), "dev", &lab.bridge])?;
     sys::ip(&["link", "set", &lab.bridge, "up"])?;
@@ -704,6 +705,53 @@ async fn build(
 /// `<lab dir>/<host>`: the host's data dir.
 fn lab_dir_of(log: &Path, name: &str) -> PathBuf {
     log.parent().unwrap_or(Path::new(".")).join(name)
+}
+
+/// The examples' workload image, built locally on first use.
+const WORKLOAD_IMAGE: &str = "drover/busybox:1";
+
+/// What the examples need to run: with Docker, the workload image (built on
+/// first use by `deploy/images/build.sh`, no registry needed); with the
+/// process runtime, busybox for the applets the examples call.
+fn prepare_workload(runtime: &str, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    if runtime != "docker" {
+        if find_binary("busybox").is_err() {
+            progress(
+                "warning: busybox is not installed: the examples' httpd, nc and wget will not \
+                 run (Debian: apt-get install busybox-static)",
+            );
+        }
+        return Ok(());
+    }
+    if sys::run("docker", &["image", "inspect", WORKLOAD_IMAGE]).is_ok() {
+        return Ok(());
+    }
+    let Some(script) = build_script() else {
+        progress(&format!(
+            "warning: {WORKLOAD_IMAGE} is not on this Docker engine and deploy/images/build.sh \
+             is not here to build it: the examples will fail with ErrImagePull until it is built"
+        ));
+        return Ok(());
+    };
+    progress(&format!(
+        "building the workload image {WORKLOAD_IMAGE} ({}), once",
+        script.display()
+    ));
+    let script = script.display().to_string();
+    sys::run(&script, &[]).map(|_| ())
+}
+
+/// `deploy/images/build.sh` of this source tree: under the current directory,
+/// or two levels above droverctl (`target/release/droverctl`).
+fn build_script() -> Option<PathBuf> {
+    let relative = Path::new("deploy/images/build.sh");
+    let mut candidates = vec![relative.to_path_buf()];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            candidates.push(root.join(relative));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
 }
 
 /// For the process runtime: busybox applets the host lacks (httpd, for the
