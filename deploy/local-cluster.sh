@@ -76,6 +76,13 @@ up() {
     sleep 0.1
   done
   "$target/droverctl" cluster status
+  # Every agent Ready before anything is applied: replicas are spread over the
+  # nodes registered at the time, and a late agent would get none of them.
+  for _ in $(seq 1 150); do
+    ready="$("$target/droverctl" get nodes 2>/dev/null | awk 'NR>1 && $2=="Ready"' | wc -l)"
+    if [ "$ready" -ge "$agents" ]; then break; fi
+    sleep 0.2
+  done
   if [ -n "$apply" ]; then
     "$target/droverctl" apply -f "$apply"
     # Until the replicas run (or 60 s): the first start may pull nothing but
