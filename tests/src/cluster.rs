@@ -641,14 +641,14 @@ impl Cluster {
 
     /// `controllers` controllers and one agent per name (4 CPUs, 4 GiB each)
     /// with `runtime`, every node Ready.
-    pub async fn with_agents(
+    pub async fn with_agents<S: AsRef<str>>(
         controllers: u64,
         runtime: &str,
-        names: &[&str],
+        names: &[S],
     ) -> anyhow::Result<Cluster> {
         let mut c = Cluster::start(controllers).await?;
         for name in names {
-            c.start_agent(name, runtime, &["--cpu", "4", "--memory", "4Gi"])?;
+            c.start_agent(name.as_ref(), runtime, &["--cpu", "4", "--memory", "4Gi"])?;
         }
         c.wait_nodes_ready(names.len(), Duration::from_secs(60))
             .await?;

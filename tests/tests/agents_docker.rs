@@ -88,11 +88,9 @@ async fn containers_run_with_their_spec_survive_an_agent_restart_and_are_removed
     }
     let nodes = [unique("dk-a"), unique("dk-b")];
     let containers = Containers(nodes.to_vec());
-    let mut c = Cluster::start(3).await.expect("cluster");
-    for n in &nodes {
-        c.start_agent(n, "docker", &["--cpu", "4", "--memory", "4Gi"])
-            .expect("agent");
-    }
+    let mut c = Cluster::with_agents(3, "docker", &nodes)
+        .await
+        .expect("cluster");
     let name = unique("web");
     let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, web(&name, 3, None)).expect("manifest");
@@ -306,14 +304,11 @@ async fn a_dead_docker_hosts_replicas_move_and_its_return_leaves_no_duplicates()
     }
     let nodes = [unique("dk-a"), unique("dk-b")];
     let containers = Containers(nodes.to_vec());
-    let mut c = Cluster::start(3).await.expect("cluster");
-    for n in &nodes {
-        c.start_agent(n, "docker", &["--cpu", "4", "--memory", "4Gi"])
-            .expect("agent");
-    }
-    // Both nodes must be Ready before the apply, or every replica lands on
+    // Both nodes are Ready before the apply, or every replica would land on
     // the first to register and the host failure would move nothing.
-    c.wait_nodes_ready(2, T).await.expect("nodes Ready");
+    let mut c = Cluster::with_agents(3, "docker", &nodes)
+        .await
+        .expect("cluster");
     let name = unique("web");
     let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, web(&name, 4, None)).expect("manifest");

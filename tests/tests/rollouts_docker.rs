@@ -71,11 +71,9 @@ async fn a_docker_rolling_update_with_max_unavailable_zero_keeps_every_replica_s
     }
     let nodes = [unique("ro-a"), unique("ro-b")];
     let containers = Containers(nodes.to_vec());
-    let mut c = Cluster::start(1).await.expect("cluster");
-    for n in &nodes {
-        c.start_agent(n, "docker", &["--cpu", "4", "--memory", "4Gi"])
-            .expect("agent");
-    }
+    let c = Cluster::with_agents(1, "docker", &nodes)
+        .await
+        .expect("cluster");
     let name = unique("roll");
     let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, web(&name, "one")).expect("manifest");

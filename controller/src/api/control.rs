@@ -519,6 +519,10 @@ impl pb::control_server::Control for ControlService {
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let store = self.cluster.store.clone();
         let mut applied = self.cluster.handle.applied();
+        // Every event up to `newest` is in the scan that follows reading it
+        // (events are only appended), so the next scan starts past it: events
+        // that do not match are read once, not on every applied entry.
+        let mut newest = store.last_event_seq().map_err(store_error)?;
         let first = store
             .events(&filter, req.limit as usize)
             .map_err(store_error)?;
@@ -527,20 +531,31 @@ impl pb::control_server::Control for ControlService {
             let mut batch = first;
             loop {
                 for e in batch {
-                    filter.after_seq = e.seq;
+                    newest = newest.max(e.seq);
                     if tx.send(Ok(event_to_pb(e))).await.is_err() {
                         return;
                     }
                 }
-                // Until something new is applied here, or the client leaves.
-                tokio::select! {
-                    changed = applied.changed() => if changed.is_err() {
-                        let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
-                        return;
-                    },
-                    () = tx.closed() => return,
-                }
-                batch = match store.events(&filter, 0) {
+                filter.after_seq = newest;
+                // Until a new event is applied here, or the client leaves.
+                let scanned = loop {
+                    tokio::select! {
+                        changed = applied.changed() => if changed.is_err() {
+                            let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                            return;
+                        },
+                        () = tx.closed() => return,
+                    }
+                    match store.last_event_seq() {
+                        Ok(seq) if seq <= filter.after_seq => continue,
+                        Ok(seq) => {
+                            newest = seq;
+                            break store.events(&filter, 0);
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                batch = match scanned {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(store_error(e))).await;

@@ -250,19 +250,7 @@ impl<'a> View<'a> {
         if self.events.is_empty() {
             return Ok(());
         }
-        let last = match self.store.tree.scan_prefix(EVENT_PREFIX).keys().next_back() {
-            Some(k) => {
-                let k = k?;
-                let key = String::from_utf8_lossy(&k).into_owned();
-                key[EVENT_PREFIX.len()..]
-                    .parse::<u64>()
-                    .map_err(|e| StoreError::Corrupt {
-                        key,
-                        reason: e.to_string(),
-                    })?
-            }
-            None => 0,
-        };
+        let last = self.store.last_event_seq()?;
         let newest = last + self.events.len() as u64;
         let first_kept = newest.saturating_sub(RETAINED) + 1;
         for (i, (now, e)) in std::mem::take(&mut self.events).into_iter().enumerate() {

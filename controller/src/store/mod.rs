@@ -291,10 +291,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<events::EventRecord>, StoreError> {
         let start = events::event_key(filter.after_seq.saturating_add(1));
+        let end = events::event_key(u64::MAX);
         let mut found = Vec::new();
-        for kv in self.tree.range(start.as_bytes()..).take_while(
-            |kv| !matches!(kv, Ok((k, _)) if !k.starts_with(events::EVENT_PREFIX.as_bytes())),
-        ) {
+        for kv in self.tree.range(start.as_bytes()..=end.as_bytes()) {
             let (k, v) = kv?;
             let e: events::EventRecord = from_json(&String::from_utf8_lossy(&k), &v)?;
             if filter.matches(&e) {
@@ -305,6 +304,25 @@ impl Store {
             found.drain(..found.len() - limit);
         }
         Ok(found)
+    }
+
+    /// The sequence number of the newest stored event (0: none yet).
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let Some(k) = self
+            .tree
+            .scan_prefix(events::EVENT_PREFIX)
+            .keys()
+            .next_back()
+        else {
+            return Ok(0);
+        };
+        let key = String::from_utf8_lossy(&k?).into_owned();
+        key[events::EVENT_PREFIX.len()..]
+            .parse::<u64>()
+            .map_err(|e| StoreError::Corrupt {
+                key,
+                reason: e.to_string(),
+            })
     }
 
     pub fn members(&self) -> Result<Vec<Member>, StoreError> {

@@ -241,6 +241,24 @@ fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
     }
 }
 
+/// The orchestrator creating replica `web-a-0` (slot 0 of `web`).
+fn create_web_a0() -> Command {
+    Command::Reconcile {
+        create: vec![replica("web-a-0", "web", 0)],
+        remove: vec![],
+        now_unix_ms: 0,
+    }
+}
+
+/// The scheduler binding `web-a-0` to `node`.
+fn place_web_a0(node: &str) -> Command {
+    Command::Schedule {
+        place: vec![(r("web-a-0"), node.into())],
+        unschedulable: vec![],
+        now_unix_ms: 0,
+    }
+}
+
 fn node_registration(name: &str) -> Command {
     Command::RegisterNode {
         node: NodeRegistration {
@@ -304,28 +322,8 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
     let (_dir, store) = temp_store();
     let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
     let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
-    let _ = store
-        .apply(
-            4,
-            1,
-            &Command::Reconcile {
-                create: vec![replica("web-a-0", "web", 0)],
-                remove: vec![],
-                now_unix_ms: 0,
-            },
-        )
-        .expect("apply");
-    let _ = store
-        .apply(
-            5,
-            1,
-            &Command::Schedule {
-                place: vec![(r("web-a-0"), "n1".into())],
-                unschedulable: vec![],
-                now_unix_ms: 0,
-            },
-        )
-        .expect("apply");
+    let _ = store.apply(4, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
     let running = ReplicaObserved {
         phase: ReplicaPhase::Running,
         ready: true,
@@ -358,27 +356,12 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
 fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
     let (_dir, store) = temp_store();
     let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let create = Command::Reconcile {
-        create: vec![replica("web-a-0", "web", 0)],
-        remove: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(3, 1, &create).expect("apply");
-    let to_ghost = Command::Schedule {
-        place: vec![(r("web-a-0"), "ghost".into())],
-        unschedulable: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(4, 1, &to_ghost).expect("apply");
+    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(4, 1, &place_web_a0("ghost")).expect("apply");
     assert_eq!(store.replicas(None).expect("list")[0].node, None);
-    let place = |node: &str| Command::Schedule {
-        place: vec![(r("web-a-0"), node.into())],
-        unschedulable: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(5, 1, &place("n1")).expect("apply");
+    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
     let _ = store.apply(6, 1, &node_registration("n2")).expect("apply");
-    let _ = store.apply(7, 1, &place("n2")).expect("apply");
+    let _ = store.apply(7, 1, &place_web_a0("n2")).expect("apply");
     assert_eq!(
         store.replicas(None).expect("list")[0].node.as_deref(),
         Some("n1"),
@@ -394,18 +377,8 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
             .apply(2 + i as u64, 1, &node_registration(n))
             .expect("apply");
     }
-    let create = Command::Reconcile {
-        create: vec![replica("web-a-0", "web", 0)],
-        remove: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(4, 1, &create).expect("apply");
-    let place = |node: &str| Command::Schedule {
-        place: vec![(r("web-a-0"), node.into())],
-        unschedulable: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(5, 1, &place("n1")).expect("apply");
+    let _ = store.apply(4, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
     let running = ReplicaObserved {
         phase: ReplicaPhase::Running,
         ready: true,
@@ -443,13 +416,13 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
             },
         )
         .expect("apply");
-    let _ = store.apply(9, 1, &place("n1")).expect("apply");
+    let _ = store.apply(9, 1, &place_web_a0("n1")).expect("apply");
     assert!(get()
         .current_status()
         .is_some_and(|o| o.phase == ReplicaPhase::Running));
     // Moved to n2 instead: Pending until n2 reports.
     let _ = store.apply(10, 1, &down).expect("apply");
-    let _ = store.apply(11, 1, &place("n2")).expect("apply");
+    let _ = store.apply(11, 1, &place_web_a0("n2")).expect("apply");
     assert!(get().current_status().is_none());
 }
 
@@ -569,18 +542,8 @@ fn revision_history_limit_keeps_the_newest_old_revisions() {
 fn ready_since_is_the_commit_time_of_the_first_ready_report() {
     let (_dir, store) = temp_store();
     let _ = store.apply(1, 1, &node_registration("n1")).expect("apply");
-    let create = Command::Reconcile {
-        create: vec![replica("web-a-0", "web", 0)],
-        remove: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(2, 1, &create).expect("apply");
-    let place = Command::Schedule {
-        place: vec![(r("web-a-0"), "n1".into())],
-        unschedulable: vec![],
-        now_unix_ms: 0,
-    };
-    let _ = store.apply(3, 1, &place).expect("apply");
+    let _ = store.apply(2, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(3, 1, &place_web_a0("n1")).expect("apply");
     let report = |ready, now| Command::ReportStatus {
         reports: vec![(
             "n1".into(),
@@ -720,28 +683,8 @@ fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
 fn a_crash_loop_is_told_as_exit_then_back_off_then_start() {
     let (_dir, store) = temp_store();
     let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store
-        .apply(
-            3,
-            1,
-            &Command::Reconcile {
-                create: vec![replica("web-a-0", "web", 0)],
-                remove: vec![],
-                now_unix_ms: 0,
-            },
-        )
-        .expect("apply");
-    let _ = store
-        .apply(
-            4,
-            1,
-            &Command::Schedule {
-                place: vec![(r("web-a-0"), "n1".into())],
-                unschedulable: vec![],
-                now_unix_ms: 0,
-            },
-        )
-        .expect("apply");
+    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(4, 1, &place_web_a0("n1")).expect("apply");
     let running = ReplicaObserved {
         phase: ReplicaPhase::Running,
         started_unix_ms: 1_000,

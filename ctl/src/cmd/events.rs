@@ -47,16 +47,13 @@ pub async fn run(env: &Env, args: &GetArgs, names: &[String]) -> anyhow::Result<
         limit: 0,
         read: Some(pb::ReadOptions { stale: args.stale }),
     };
-    let listed = {
-        let request = request.clone();
-        client
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.list_events(request).await }
-            })
-            .await?
-            .events
-    };
+    let listed = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.list_events(request).await }
+        })
+        .await?
+        .events;
     let wide = args.output == Some(OutputFormat::Wide);
     let headers = events::headers(wide, args.all_namespaces);
     let now = now_ms();
