@@ -854,6 +854,8 @@ fn random_input_never_panics() {
                 lenient: true,
                 skip_unsupported_kinds: true,
                 max_replicas: 3,
+                namespace: Some("fuzz".into()),
+                enforce_namespace: true,
             },
         ] {
             if let Err(errors) = parse_files(&[("fuzz.yaml".to_string(), text.clone())], &opts) {
@@ -1123,6 +1125,44 @@ fn the_same_deployment_twice_is_refused() {
         ("b.yaml".to_string(), other),
     ];
     assert!(parse_files(&files, &ParseOptions::default()).is_ok());
+}
+
+#[test]
+fn dash_n_fills_in_a_missing_namespace_and_refuses_a_different_one() {
+    let with_ns = |ns: &str| ParseOptions {
+        namespace: Some(ns.to_string()),
+        enforce_namespace: true,
+        ..ParseOptions::default()
+    };
+    // No metadata.namespace: -n decides, as kubectl does.
+    let parsed = parse_with("web.yaml", WEB, &with_ns("foo")).expect("applies into foo");
+    assert_eq!(parsed.deployments[0].metadata.namespace, "foo");
+    // The same namespace given twice is fine.
+    let same = WEB.replace("name: web\nspec", "name: web\n  namespace: foo\nspec");
+    let parsed = parse_with("web.yaml", &same, &with_ns("foo")).expect("same namespace");
+    assert_eq!(parsed.deployments[0].metadata.namespace, "foo");
+    // An explicit, different namespace is refused naming both.
+    assert_eq!(
+        errors_with(&same, &with_ns("bar")),
+        [
+            "web.yaml[0]: metadata.namespace: the namespace from the provided object \"foo\" \
+          does not match the namespace \"bar\" given with -n; drop -n or pass -n foo"
+        ]
+    );
+    // Without -n an unnamed namespace is still "default".
+    assert_eq!(
+        parse_ok("web.yaml", WEB).deployments[0].metadata.namespace,
+        "default"
+    );
+    // A context's namespace is only a default: a manifest may name another.
+    let context = ParseOptions {
+        namespace: Some("team".into()),
+        ..ParseOptions::default()
+    };
+    let parsed = parse_with("web.yaml", WEB, &context).expect("no namespace");
+    assert_eq!(parsed.deployments[0].metadata.namespace, "team");
+    let parsed = parse_with("web.yaml", &same, &context).expect("its own namespace");
+    assert_eq!(parsed.deployments[0].metadata.namespace, "foo");
 }
 
 // ----- Kubernetes validation ---------------------------------------------

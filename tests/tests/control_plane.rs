@@ -409,3 +409,52 @@ async fn get_yaml_output_applies_back_as_a_backup() {
     };
     assert_eq!(specs(&listed), specs(&backup), "the same specs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dash_n_puts_a_manifest_without_a_namespace_into_that_namespace() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let file = c.dir.path().join("web.yaml");
+    std::fs::write(&file, manifest("web", 1)).expect("write");
+    let file = file.to_string_lossy().into_owned();
+
+    let out = ok(&c.ctl().run(&["-n", "foo", "apply", "-f", &file]));
+    assert_eq!(out, "deployment.apps/web created\n");
+    let listed = ok(&c.ctl().run(&["get", "deployments", "-A", "-o", "name"]));
+    assert_eq!(listed, "deployment.apps/web\n", "one deployment");
+    let in_foo = ok(&c
+        .ctl()
+        .run(&["-n", "foo", "get", "deployments", "-o", "name"]));
+    assert_eq!(in_foo, "deployment.apps/web\n", "and it is in foo");
+    let in_default = ok(&c.ctl().run(&["get", "deployments", "-o", "name"]));
+    assert_eq!(in_default, "", "nothing went to default");
+
+    // diff -n compares against the object in foo: the same spec, exit 0.
+    let same = c.ctl().run(&["-n", "foo", "diff", "-f", &file]);
+    assert!(same.status.success(), "{}", err(&same));
+
+    // A manifest that names another namespace is refused, naming both, and changes nothing.
+    let prod = c.dir.path().join("prod.yaml");
+    std::fs::write(
+        &prod,
+        manifest("api", 1).replace("name: api\n", "name: api\n  namespace: prod\n"),
+    )
+    .expect("write");
+    let prod = prod.to_string_lossy().into_owned();
+    for verb in ["apply", "diff", "delete"] {
+        let refused = c.ctl().run(&["-n", "foo", verb, "-f", &prod]);
+        assert!(!refused.status.success(), "{verb} must refuse");
+        let e = err(&refused);
+        assert!(
+            e.contains("the namespace from the provided object \"prod\" does not match the namespace \"foo\""),
+            "{verb}: {e}"
+        );
+    }
+    let listed = ok(&c.ctl().run(&["get", "deployments", "-A", "-o", "name"]));
+    assert_eq!(listed, "deployment.apps/web\n", "nothing changed");
+
+    // delete -n -f removes it from foo.
+    let out = ok(&c.ctl().run(&["-n", "foo", "delete", "-f", &file]));
+    assert_eq!(out, "deployment.apps \"web\" deleted\n");
+    let listed = ok(&c.ctl().run(&["get", "deployments", "-A", "-o", "name"]));
+    assert_eq!(listed, "", "gone");
+}

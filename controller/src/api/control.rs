@@ -190,6 +190,8 @@ impl pb::control_server::Control for ControlService {
             lenient: req.lenient,
             skip_unsupported_kinds: req.skip_unsupported_kinds,
             max_replicas: self.cluster.max_replicas,
+            namespace: Some(req.namespace).filter(|ns| !ns.is_empty()),
+            enforce_namespace: req.enforce_namespace,
         };
         let parsed = manifest::parse_files(&files, &opts)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -29,18 +29,15 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         &mut std::io::stdin().lock(),
         drover_proto::MAX_REQUEST_BYTES,
     )?;
-    let opts = ParseOptions {
+    let opts = env.parse_options(ParseOptions {
         lenient: !args.validate,
         skip_unsupported_kinds: args.skip_unsupported_kinds,
         ..ParseOptions::default()
-    };
+    })?;
     let parsed = manifest::parse_files(&inputs, &opts)?;
     if parsed.deployments.is_empty() {
         warn_all(&parsed.warnings);
         bail!("no objects passed to apply");
-    }
-    if let Some(ns) = env.global.namespace.as_deref() {
-        check_namespace(ns, &parsed.deployments)?;
     }
 
     if args.dry_run == DryRun::Client {
@@ -66,6 +63,8 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run == DryRun::Server,
         lenient: opts.lenient,
         skip_unsupported_kinds: opts.skip_unsupported_kinds,
+        namespace: opts.namespace.clone().unwrap_or_default(),
+        enforce_namespace: opts.enforce_namespace,
     };
     let size = request.encoded_len();
     if size > drover_proto::MAX_REQUEST_BYTES {
@@ -123,23 +122,6 @@ pub fn result_lines(results: &[pb::ApplyResult], dry_run: DryRun) -> String {
         .collect()
 }
 
-/// Apply stores each deployment in the namespace its manifest names (the
-/// controller parses the files itself); an explicit `-n` that disagrees would
-/// silently be ignored, so it is refused instead, as kubectl does.
-fn check_namespace(flag: &str, deployments: &[manifest::Deployment]) -> anyhow::Result<()> {
-    for d in deployments {
-        if d.metadata.namespace != flag {
-            bail!(
-                "the namespace from the provided object {:?} does not match the namespace {flag:?}; \
-                 set metadata.namespace in the manifest of deployment {:?}",
-                d.metadata.namespace,
-                d.metadata.name
-            );
-        }
-    }
-    Ok(())
-}
-
 fn warn_all(warnings: &[String]) {
     for w in warnings {
         crate::print_warning(w);
@@ -149,7 +131,6 @@ fn warn_all(warnings: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::fixtures::model;
 
     fn result(name: &str, outcome: pb::ApplyOutcome) -> pb::ApplyResult {
         pb::ApplyResult {
@@ -177,15 +158,5 @@ mod tests {
             result_lines(&results[..1], DryRun::Server),
             "deployment.apps/web created (server dry run)\n"
         );
-    }
-
-    #[test]
-    fn an_explicit_namespace_must_match_the_manifests() {
-        let web = model("web", 1);
-        assert!(check_namespace("default", std::slice::from_ref(&web)).is_ok());
-        let e = check_namespace("prod", &[web]).unwrap_err();
-        assert!(e.to_string().starts_with(
-            "the namespace from the provided object \"default\" does not match the namespace \"prod\""
-        ));
     }
 }

@@ -22,11 +22,11 @@ pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
             &mut std::io::stdin().lock(),
             drover_proto::MAX_REQUEST_BYTES,
         )?;
-        let opts = ParseOptions {
+        let opts = env.parse_options(ParseOptions {
             lenient: true,
             skip_unsupported_kinds: true,
             ..ParseOptions::default()
-        };
+        })?;
         let parsed = manifest::parse_files(&inputs, &opts)?;
         let refs: Vec<pb::DeploymentRef> = parsed
             .deployments

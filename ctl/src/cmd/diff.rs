@@ -25,7 +25,7 @@ pub async fn run(env: &Env, args: DiffArgs) -> anyhow::Result<()> {
         &mut std::io::stdin().lock(),
         drover_proto::MAX_REQUEST_BYTES,
     )?;
-    let parsed = manifest::parse_files(&inputs, &ParseOptions::default())?;
+    let parsed = manifest::parse_files(&inputs, &env.parse_options(ParseOptions::default())?)?;
     if parsed.deployments.is_empty() {
         bail!("no objects passed to diff");
     }

@@ -24,6 +24,8 @@ pub mod version;
 use std::io::Write;
 use std::path::PathBuf;
 
+use drover_proto::manifest::ParseOptions;
+
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::client::Client;
 use crate::config::{self as cfg, ConfigFile, Overrides, Settings};
@@ -61,6 +63,23 @@ impl Env {
             },
             &file,
         )
+    }
+
+    /// How `-f` files are read: objects that name no namespace go into
+    /// `-n`'s, or else the context's. A namespace given with `-n` must also
+    /// agree with any the manifest names, as kubectl enforces; the context's
+    /// is only a default.
+    pub fn parse_options(&self, base: ParseOptions) -> anyhow::Result<ParseOptions> {
+        let settings = self.settings()?;
+        Ok(ParseOptions {
+            namespace: Some(settings.namespace),
+            enforce_namespace: self
+                .global
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| !ns.is_empty()),
+            ..base
+        })
     }
 
     /// A client for the resolved servers, and the settings it came from.

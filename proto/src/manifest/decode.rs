@@ -504,7 +504,12 @@ impl Decoder<'_> {
 
     fn object_meta(&mut self, node: Option<&Node>, path: &FieldPath) -> Option<ObjectMeta> {
         let mut name = None;
-        let mut namespace = Some("default".to_string());
+        let mut namespace = Some(
+            self.opts
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        );
         let mut labels = Some(BTreeMap::new());
         let mut annotations = Some(BTreeMap::new());
         let mut name_seen = false;
@@ -518,7 +523,8 @@ impl Decoder<'_> {
             "namespace" => {
                 namespace = d
                     .string(value, &path)
-                    .filter(|ns| d.check(&path, ns, "namespace", names::dns1123_label(ns)));
+                    .filter(|ns| d.check(&path, ns, "namespace", names::dns1123_label(ns)))
+                    .filter(|ns| d.namespace_matches_flag(ns, &path));
             }
             "labels" => labels = d.string_map(value, &path, StringMap::Labels),
             "annotations" => {
@@ -552,6 +558,23 @@ impl Decoder<'_> {
             return false;
         }
         self.check(path, name, "name", names::dns1123_subdomain(name))
+    }
+
+    /// A manifest's own namespace must agree with `-n` when both are given.
+    fn namespace_matches_flag(&mut self, namespace: &str, path: &FieldPath) -> bool {
+        match self.opts.namespace.as_deref() {
+            Some(flag) if self.opts.enforce_namespace && flag != namespace => {
+                self.error(
+                    path,
+                    format!(
+                        "the namespace from the provided object {namespace:?} does not match \
+                         the namespace {flag:?} given with -n; drop -n or pass -n {namespace}"
+                    ),
+                );
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Reports `result` as `invalid <what> "<value>": <reason>`.

@@ -52,6 +52,12 @@ pub struct ParseOptions {
     pub skip_unsupported_kinds: bool,
     /// Largest `spec.replicas` accepted.
     pub max_replicas: u32,
+    /// The namespace of objects whose manifest names none (`-n`, else the
+    /// context's); `None` means "default".
+    pub namespace: Option<String>,
+    /// The namespace came from `-n`: a manifest that names another one is
+    /// refused, as kubectl does. A context's namespace is only a default.
+    pub enforce_namespace: bool,
 }
 
 impl Default for ParseOptions {
@@ -60,6 +66,8 @@ impl Default for ParseOptions {
             lenient: false,
             skip_unsupported_kinds: false,
             max_replicas: DEFAULT_MAX_REPLICAS,
+            namespace: None,
+            enforce_namespace: false,
         }
     }
 }
@@ -133,6 +141,17 @@ pub fn parse_files(
     opts: &ParseOptions,
 ) -> Result<Parsed, ManifestErrors> {
     let mut errors = Vec::new();
+    if let Some(ns) = &opts.namespace {
+        if let Err(reason) = names::dns1123_label(ns) {
+            errors.push(ManifestError {
+                file: "--namespace".into(),
+                document: None,
+                path: String::new(),
+                message: format!("invalid namespace {ns:?}: {reason}"),
+            });
+            return Err(ManifestErrors(errors));
+        }
+    }
     let mut parsed = Parsed::default();
     // namespace/name → where it was first defined.
     let mut defined: HashMap<(String, String), (String, usize)> = HashMap::new();
