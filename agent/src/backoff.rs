@@ -14,6 +14,7 @@
 //! back to the default and produces a warning for the log. Everything here is
 //! pure: the caller passes in how long the container ran.
 
+use drover_proto::duration;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -62,22 +63,27 @@ impl BackoffPolicy {
             let Some(text) = annotations.get(key) else {
                 return default;
             };
-            match parse_duration(text) {
+            match duration::parse(text) {
                 Ok(d) if d.is_zero() => {
                     warnings.push(format!(
-                        "annotation {key}={text:?} must be longer than zero; using {default:?}"
+                        "annotation {key}={text:?} must be longer than zero; using {}",
+                        duration::short(default)
                     ));
                     default
                 }
                 Ok(d) if d > LONGEST => {
                     warnings.push(format!(
-                        "annotation {key}={text:?} is longer than 24h; using {default:?}"
+                        "annotation {key}={text:?} is longer than 24h; using {}",
+                        duration::short(default)
                     ));
                     default
                 }
                 Ok(d) => d,
                 Err(e) => {
-                    warnings.push(format!("annotation {key}={text:?}: {e}; using {default:?}"));
+                    warnings.push(format!(
+                        "annotation {key}={text:?}: {e}; using {}",
+                        duration::short(default)
+                    ));
                     default
                 }
             }
@@ -86,8 +92,10 @@ impl BackoffPolicy {
         policy.max = read(ANNOTATION_MAX, DEFAULT_MAX);
         if policy.max < policy.initial {
             warnings.push(format!(
-                "restart backoff max {:?} is below initial {:?}; using {:?} for both",
-                policy.max, policy.initial, policy.initial
+                "restart backoff max {} is below initial {}; using {} for both",
+                duration::short(policy.max),
+                duration::short(policy.initial),
+                duration::short(policy.initial)
             ));
             policy.max = policy.initial;
         }
@@ -106,52 +114,6 @@ impl BackoffPolicy {
             _ => self.initial,
         }
     }
-}
-
-/// Parses a Go-style duration: a sequence of decimal numbers with units
-/// `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, e.g. `500ms`, `1.5s`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!("invalid duration (expected a number at {rest:?})"));
-        }
-        let number: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid number {:?}", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        let seconds = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err("missing unit (use ms, s, m or h, e.g. 500ms)".into()),
-            other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
-        };
-        total += number * seconds;
-        rest = &rest[unit_len..];
-    }
-    if !total.is_finite() || total > 1e12 {
-        return Err("duration too large".into());
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]
@@ -218,11 +180,11 @@ mod tests {
 
     #[test]
     fn invalid_annotations_fall_back_with_a_warning() {
-        let (p, warnings) = policy(&[(ANNOTATION_INITIAL, "fast"), (ANNOTATION_MAX, "10")]);
+        let (p, warnings) = policy(&[(ANNOTATION_INITIAL, "fast"), (ANNOTATION_MAX, "10x")]);
         assert_eq!(p, BackoffPolicy::default());
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains(ANNOTATION_INITIAL), "{warnings:?}");
-        assert!(warnings[1].contains("missing unit"), "{warnings:?}");
+        assert!(warnings[1].contains("unknown unit"), "{warnings:?}");
 
         let (p, warnings) = policy(&[(ANNOTATION_INITIAL, "0s")]);
         assert_eq!(p.initial, DEFAULT_INITIAL);
@@ -235,21 +197,5 @@ mod tests {
         assert_eq!(p.initial, Duration::from_secs(60));
         assert_eq!(p.max, Duration::from_secs(60));
         assert_eq!(warnings.len(), 1);
-    }
-
-    #[test]
-    fn go_durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(ms(500)));
-        assert_eq!(parse_duration("2s"), Ok(ms(2000)));
-        assert_eq!(parse_duration("1m"), Ok(ms(60_000)));
-        assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
-        assert_eq!(parse_duration("1.5s"), Ok(ms(1500)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration(" 250ms "), Ok(ms(250)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("5 s").is_err());
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 }

@@ -90,7 +90,7 @@ pub struct AgentConfig {
     /// (e.g. 30s, 2m): no duplicates during a partition, at the price of
     /// downtime. Off by default: replicas keep running while the control plane
     /// is unreachable.
-    #[arg(long, value_name = "DURATION", value_parser = crate::backoff::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = drover_proto::duration::parse)]
     pub stop_after_disconnect: Option<Duration>,
 
     /// An image pull taking longer fails the start with ErrImagePull (seconds).

@@ -47,7 +47,7 @@ pub enum AgentError {
     Docker { action: String, message: String },
 
     /// An operation on the engine or a process took longer than allowed.
-    #[error("{what} timed out after {after:?}")]
+    #[error("{what} timed out after {}", drover_proto::duration::short(*after))]
     Timeout { what: String, after: Duration },
 
     /// A file or process operation failed.

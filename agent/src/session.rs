@@ -248,7 +248,7 @@ fn classify(status: &tonic::Status, productive: bool) -> Ended {
         },
         Code::AlreadyExists => Ended::NameInUse(status.message().to_string()),
         code => Ended::Lost {
-            reason: format!("{code:?}: {}", status.message()),
+            reason: format!("{}: {}", code.description(), status.message()),
             productive,
         },
     }

@@ -136,7 +136,7 @@ pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
                         s.message = format!(
                             "{}back-off {} restarting the container (exit code {})",
                             liveness.unwrap_or_default(),
-                            human(d),
+                            drover_proto::duration::short(d),
                             e.code
                         );
                     }
@@ -169,14 +169,6 @@ fn failed(s: &mut ReplicaStatus, f: &Failure, record: Option<&Record>) -> Replic
     s.message = f.message.clone();
     s.next_restart_unix_ms = record.and_then(|r| r.next_attempt_unix_ms).unwrap_or(0);
     ReplicaState::Failed
-}
-
-fn human(d: std::time::Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 /// What to report after `prev`: every replica whose status differs, and a

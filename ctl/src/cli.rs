@@ -520,7 +520,7 @@ pub struct DrainArgs {
 pub struct WaitLimit(pub Option<Duration>);
 
 fn parse_wait(s: &str) -> Result<WaitLimit, String> {
-    let d = parse_duration(s)?;
+    let d = drover_proto::duration::parse(s)?;
     Ok(WaitLimit((!d.is_zero()).then_some(d)))
 }
 
@@ -653,45 +653,8 @@ fn parse_validate(s: &str) -> Result<bool, String> {
 }
 
 fn parse_timeout(s: &str) -> Result<RequestTimeout, String> {
-    let d = parse_duration(s)?;
+    let d = drover_proto::duration::parse(s)?;
     Ok(RequestTimeout((!d.is_zero()).then_some(d)))
-}
-
-/// kubectl-style durations: `10s`, `500ms`, `1m30s`, `2h`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let invalid = || format!("invalid duration {s:?} (expected e.g. 10s, 500ms, 1m30s)");
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(invalid)?;
-        if digits == 0 {
-            return Err(invalid());
-        }
-        let value: f64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * unit).map_err(|_| invalid())?;
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -705,17 +668,14 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_like_kubectl() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "10x", "abc", "-1s", "1e999s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
-        }
+    fn zero_means_no_limit() {
         assert_eq!(parse_timeout("0"), Ok(RequestTimeout(None)));
+        assert_eq!(
+            parse_timeout("1m30s"),
+            Ok(RequestTimeout(Some(Duration::from_secs(90))))
+        );
+        assert_eq!(parse_wait("0s"), Ok(WaitLimit(None)));
+        assert!(parse_wait("10x").is_err());
     }
 
     #[test]

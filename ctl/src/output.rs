@@ -162,71 +162,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A UTC civil date and time.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    /// 0 = Sunday.
-    weekday: u32,
-}
-
-fn civil(unix_ms: i64) -> Civil {
-    let secs = unix_ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: (tod / 3600) as u32,
-        minute: (tod % 3600 / 60) as u32,
-        second: (tod % 60) as u32,
-        // 1970-01-01 was a Thursday.
-        weekday: (days + 4).rem_euclid(7) as u32,
-    }
-}
-
-/// `2024-06-01T12:00:00Z`, as Kubernetes writes `creationTimestamp`.
-pub fn rfc3339(unix_ms: i64) -> String {
-    let c = civil(unix_ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
-}
-
-/// `Sat, 01 Jun 2024 12:00:00 +0000`, as `kubectl describe` shows times.
-pub fn rfc1123z(unix_ms: i64) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let c = civil(unix_ms);
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} +0000",
-        DAYS[c.weekday as usize % 7],
-        c.day,
-        MONTHS[(c.month as usize + 11) % 12],
-        c.year,
-        c.hour,
-        c.minute,
-        c.second
-    )
-}
+pub use drover_proto::timestamp::{rfc1123z, rfc3339};
 
 /// Lines of `key:<TAB>value` aligned like Go's tabwriter (padding 2), which
 /// kubectl's describe uses: consecutive lines with a tab form a block whose
@@ -602,15 +538,6 @@ mod tests {
         assert_eq!(age(T0, T0 - 500), "0s");
         assert_eq!(age(T0, T0 - 5_000), "<invalid>");
         assert_eq!(age(0, T0), "<unknown>");
-    }
-
-    #[test]
-    fn timestamps_are_utc() {
-        assert_eq!(rfc3339(T0), "2024-06-01T12:00:00Z");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc1123z(T0 + 1_999), "Sat, 01 Jun 2024 12:00:01 +0000");
-        assert_eq!(rfc1123z(0), "Thu, 01 Jan 1970 00:00:00 +0000");
     }
 
     #[test]

@@ -6,9 +6,13 @@
 //!   parsing, strict decoding and validation with errors that name the file,
 //!   document index and field path. droverctl runs it for early errors; the
 //!   controller runs it again as the authority.
+//! - [`duration`] and [`timestamp`]: durations and times as people type and
+//!   read them, one grammar and one format for every binary.
 
+pub mod duration;
 pub mod manifest;
 pub mod pki;
+pub mod timestamp;
 
 /// Generated `drover.v1` types, clients and servers.
 pub mod pb {

@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use drover_proto::duration;
 use drover_proto::manifest::{Container, HttpHeader, HttpScheme, PortRef, ProbeHandler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,7 +64,10 @@ pub async fn run<R: Runtime>(
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => ProbeResult::Success,
         Ok(Err(message)) => ProbeResult::Failure(message),
-        Err(_) => ProbeResult::Failure(format!("probe timed out after {}", human(timeout))),
+        Err(_) => ProbeResult::Failure(format!(
+            "probe timed out after {}",
+            duration::short(timeout)
+        )),
     }
 }
 
@@ -93,7 +97,7 @@ async fn exec<R: Runtime>(
         }
         Err(AgentError::Timeout { after, .. }) => Err(format!(
             "command {command:?} timed out after {}",
-            human(after)
+            duration::short(after)
         )),
         Err(e) => Err(format!("command {command:?} could not run: {e}")),
     }
@@ -246,14 +250,6 @@ where
         None => Err(format!(
             "{addr} answered with no HTTP status line: {line:?}"
         )),
-    }
-}
-
-fn human(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 

@@ -106,8 +106,8 @@ impl DockerRuntime {
             Ok(Err(e)) => return Err(unavailable(e.to_string())),
             Err(_) => {
                 return Err(unavailable(format!(
-                    "no answer within {:?}",
-                    cfg.connect_timeout
+                    "no answer within {}",
+                    drover_proto::duration::short(cfg.connect_timeout)
                 )))
             }
         }
@@ -229,8 +229,8 @@ impl DockerRuntime {
             Err(_) => Err(AgentError::ImagePull {
                 image: image.to_string(),
                 message: format!(
-                    "pulling {image} did not finish within {:?}",
-                    self.cfg.pull_timeout
+                    "pulling {image} did not finish within {}",
+                    drover_proto::duration::short(self.cfg.pull_timeout)
                 ),
             }),
         }
@@ -625,7 +625,7 @@ fn observed_from_inspect(c: &ContainerInspectResponse) -> Option<Observed> {
     let state = c.state.as_ref();
     let started = state
         .and_then(|s| s.started_at.as_deref())
-        .and_then(parse_rfc3339_ms)
+        .and_then(drover_proto::timestamp::parse_rfc3339_ms)
         .unwrap_or(0);
     let status = state.and_then(|s| s.status);
     let container_state = match status {
@@ -640,7 +640,7 @@ fn observed_from_inspect(c: &ContainerInspectResponse) -> Option<Observed> {
             oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),
             finished_unix_ms: state
                 .and_then(|s| s.finished_at.as_deref())
-                .and_then(parse_rfc3339_ms)
+                .and_then(drover_proto::timestamp::parse_rfc3339_ms)
                 .unwrap_or(0),
         }),
     };
@@ -861,68 +861,6 @@ pub fn split_image_ref(image: &str) -> (String, Option<String>) {
     }
 }
 
-/// Parse Docker's RFC 3339 timestamps (`2024-05-01T10:00:00.123456789Z`,
-/// offsets allowed) into Unix milliseconds. Docker's zero time
-/// (`0001-01-01T00:00:00Z`) and anything before 1970 give None.
-pub fn parse_rfc3339_ms(s: &str) -> Option<UnixMs> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(frac.len());
-        let mut ms_digits: String = frac[..digits].chars().take(3).collect();
-        while ms_digits.len() < 3 {
-            ms_digits.push('0');
-        }
-        millis = ms_digits.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let h: i64 = rest.get(1..3)?.parse().ok()?;
-            let m: i64 = rest.get(4..6)?.parse().ok()?;
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    if year < 1970 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    Some(secs * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1082,20 +1020,5 @@ mod tests {
             "Error starting userland proxy: listen tcp4 0.0.0.0:8080: bind: address already in use"
         ));
         assert!(!is_port_in_use("No such image: x"));
-    }
-
-    #[test]
-    fn docker_timestamps_parse_to_unix_millis() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T10:00:00.123456789Z"),
-            Some(1_714_557_600_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T12:00:00.5+02:00"),
-            Some(1_714_557_600_500)
-        );
-        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339_ms("garbage"), None);
     }
 }

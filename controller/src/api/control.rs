@@ -773,7 +773,7 @@ fn short_reason(s: &Status) -> String {
     } else if lower.contains("timed out") || lower.contains("deadline") {
         "timed out".into()
     } else if m.is_empty() {
-        format!("{:?}", s.code())
+        s.code().description().to_string()
     } else {
         m.to_string()
     }

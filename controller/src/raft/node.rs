@@ -100,7 +100,8 @@ pub enum NodeError {
     /// The write may or may not have committed (timed out, or the leader that
     /// took it lost its leadership; zero duration for the latter).
     #[error(
-        "the write was not confirmed (leadership changed or {0:?} passed); it may still be applied"
+        "the write was not confirmed (leadership changed or {} passed); it may still be applied",
+        drover_proto::duration::short(*.0)
     )]
     Unconfirmed(Duration),
     #[error("no leader answered the read in time")]

@@ -65,7 +65,7 @@ pub async fn run(env: &Env, args: DrainArgs) -> anyhow::Result<()> {
             bail!(
                 "node {node:?} still holds {} replica(s) after {}: {}; the drain goes on in the background (`droverctl uncordon {node}` stops it)",
                 left.len(),
-                humanize(limit),
+                drover_proto::duration::short(limit),
                 names.join(", ")
             );
         }
@@ -75,17 +75,10 @@ pub async fn run(env: &Env, args: DrainArgs) -> anyhow::Result<()> {
 
 /// Why a replica is still on the node, from what the cluster says about it.
 fn why_left(r: &pb::Replica) -> String {
-    let s = r.status.clone().unwrap_or_default();
-    match s.state() {
-        pb::ReplicaState::Running if s.ready => "waiting for its replacement to be ready".into(),
-        state => format!("{state:?}"),
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+    match r.status.as_ref() {
+        Some(s) if s.state() == pb::ReplicaState::Running && s.ready => {
+            "waiting for its replacement to be ready".into()
+        }
+        _ => crate::output::replicas::status_text(r),
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use drover_proto::pb;
+use indicatif::{ProgressBar, ProgressStyle};
 use tonic::Code;
 
 use super::get::not_found;
@@ -144,7 +145,9 @@ pub async fn wait(
     let started = Instant::now();
     let first = fetch(client, namespace, name).await?;
     let revision = first.status.clone().unwrap_or_default().revision;
-    let bar = show == Show::Counts && std::io::stdout().is_terminal();
+    // On a terminal `apply --wait` redraws one bar in place; elsewhere
+    // (logs, CI) it prints a line whenever the counts change.
+    let bar = (show == Show::Counts && std::io::stdout().is_terminal()).then(|| progress_bar(name));
     let mut last = String::new();
     let mut d = first;
     loop {
@@ -152,31 +155,36 @@ pub async fn wait(
         let stage = stage(&d, desired, revision);
         let line = match (&stage, show) {
             (Stage::Waiting(line), Show::Kubectl) => line.clone(),
-            (_, Show::Counts) => counts_line(&d, desired, bar),
+            (_, Show::Counts) => format!("deployment.apps/{}: {}", d.name, counts(&d, desired)),
             _ => String::new(),
         };
-        if line != last && !line.is_empty() {
-            if bar {
-                print(&format!("\r\x1b[2K{line}"))?;
-            } else {
-                print(&format!("{line}\n"))?;
-            }
-            last = line;
+        if let Some(bar) = &bar {
+            let s = d.status.clone().unwrap_or_default();
+            bar.set_length(u64::from(desired));
+            bar.set_position(u64::from(s.updated_available.min(desired)));
+            bar.set_message(counts(&d, desired));
+        } else if line != last && !line.is_empty() {
+            print(&format!("{line}\n"))?;
         }
-        let end_bar = || if bar { print("\n") } else { Ok(()) };
+        last = line;
+        let end_bar = || {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+        };
         match stage {
             Stage::Done(line) => {
-                end_bar()?;
+                end_bar();
                 return print(&format!("{line}\n"));
             }
             Stage::Failed(line) => {
-                end_bar()?;
+                end_bar();
                 bail!("{line}");
             }
             Stage::Waiting(_) => {}
         }
         if let Some(limit) = timeout.filter(|t| started.elapsed() >= *t) {
-            end_bar()?;
+            end_bar();
             bail!(
                 "timed out after {}s waiting for deployment {name:?}: {}",
                 limit.as_secs(),
@@ -188,27 +196,24 @@ pub async fn wait(
     }
 }
 
-/// `deployment.apps/web: 3 of 6 updated, 5 ready, 4 available`, with a bar
-/// of the updated-and-available share on a terminal.
-fn counts_line(d: &pb::Deployment, desired: u32, bar: bool) -> String {
+/// `3 of 6 updated, 5 ready, 4 available`.
+fn counts(d: &pb::Deployment, desired: u32) -> String {
     let s = d.status.clone().unwrap_or_default();
-    let counts = format!(
+    format!(
         "{} of {desired} updated, {} ready, {} available",
         s.updated, s.ready, s.available
-    );
-    if !bar {
-        return format!("deployment.apps/{}: {counts}", d.name);
-    }
-    const WIDTH: u32 = 24;
-    let done = (s.updated_available.min(desired) * WIDTH)
-        .checked_div(desired)
-        .unwrap_or(WIDTH);
-    format!(
-        "deployment.apps/{} [{}{}] {counts}",
-        d.name,
-        "#".repeat(done as usize),
-        "-".repeat((WIDTH - done) as usize)
     )
+}
+
+/// `deployment.apps/web [############------------] 3 of 4 updated, ...`: the
+/// bar is the share of desired replicas that are updated and available.
+fn progress_bar(name: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template("deployment.apps/{prefix} [{bar:24}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("#>-");
+    ProgressBar::new(0)
+        .with_style(style)
+        .with_prefix(name.to_string())
 }
 
 async fn status(env: &Env, args: RolloutStatusArgs) -> anyhow::Result<()> {
@@ -377,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn the_bar_fills_with_updated_available_replicas() {
+    fn progress_counts_updated_ready_and_available() {
         let d = deployment(pb::DeploymentStatus {
             updated: 3,
             ready: 5,
@@ -385,13 +390,11 @@ mod tests {
             updated_available: 2,
             ..Default::default()
         });
-        assert_eq!(
-            counts_line(&d, 4, true),
-            "deployment.apps/web [############------------] 3 of 4 updated, 5 ready, 4 available"
-        );
-        assert_eq!(
-            counts_line(&d, 4, false),
-            "deployment.apps/web: 3 of 4 updated, 5 ready, 4 available"
-        );
+        assert_eq!(counts(&d, 4), "3 of 4 updated, 5 ready, 4 available");
+        let bar = progress_bar("web");
+        bar.set_length(4);
+        bar.set_position(2);
+        assert_eq!(bar.prefix(), "web");
+        assert_eq!(bar.position(), 2);
     }
 }
