@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use drover_proto::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
+use drover_manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
+use drover_pki::{self as pki, Role, Security, TlsDir, TlsMaterial};
 use drover_proto::pb;
-use drover_proto::pki::{self, Role, Security, TlsDir, TlsMaterial};
 
 use crate::error::{AgentError, Result};
 use crate::join::JoinPlan;

@@ -36,7 +36,7 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::pki::Security;
+use drover_pki::Security;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};

@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use drover_proto::manifest::{Container, HttpHeader, HttpScheme, PortRef, ProbeHandler};
+use drover_manifest::{Container, HttpHeader, HttpScheme, PortRef, ProbeHandler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -260,7 +260,7 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_proto::manifest::ContainerPort;
+    use drover_manifest::ContainerPort;
 
     #[test]
     fn named_ports_resolve_through_the_container_ports() {

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use drover_proto::manifest::{self, ParseOptions};
+use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::pb;
 
 use super::{now_unix_ms, store_error, Cluster};

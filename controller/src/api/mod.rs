@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use drover_pki::{self as pki, Security};
 use drover_proto::pb;
 use drover_proto::pb::raft_client::RaftClient;
-use drover_proto::pki::{self, Security};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;

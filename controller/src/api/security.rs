@@ -14,10 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_pki::authz::Caller;
+use drover_pki::token::{hashes_equal, JoinToken};
+use drover_pki::{self as pki, Ca, CertRequest, Identity, Role};
 use drover_proto::pb;
-use drover_proto::pki::authz::Caller;
-use drover_proto::pki::token::{hashes_equal, JoinToken};
-use drover_proto::pki::{self, Ca, CertRequest, Identity, Role};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 

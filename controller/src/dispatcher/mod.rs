@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use drover_pki::authz::Caller;
+use drover_pki::Role;
 use drover_proto::pb;
 use drover_proto::pb::agent_message::Kind;
-use drover_proto::pki::authz::Caller;
-use drover_proto::pki::Role;
 
 use crate::api::control::check_name;
 use crate::api::{now_unix_ms, Cluster};

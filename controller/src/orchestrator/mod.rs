@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
-use drover_proto::manifest::PodTemplate;
+use drover_manifest::PodTemplate;
 
 use crate::store::{ObjectRef, ReplicaRecord, StoredDeployment};
 

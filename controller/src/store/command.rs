@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use drover_proto::manifest::Deployment;
+use drover_manifest::Deployment;
 
 use super::events::{
     event_key, name_list, EventRecord, InvolvedObject, NewEvent, EVENT_PREFIX, RETAINED,

@@ -26,7 +26,7 @@ mod snapshot;
 
 use std::collections::BTreeMap;
 
-use drover_proto::manifest::{Deployment, PodTemplate};
+use drover_manifest::{Deployment, PodTemplate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

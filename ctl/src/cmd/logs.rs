@@ -18,9 +18,9 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use drover_pki::{self as pki, Security};
 use drover_proto::pb;
 use drover_proto::pb::agent_client::AgentClient;
-use drover_proto::pki::{self, Security};
 use tonic::transport::Channel;
 use tonic::Status;
 

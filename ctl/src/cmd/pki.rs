@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use drover_proto::pki::{self, Ca, CertRequest, Identity, Role, TlsDir};
+use drover_pki::{self as pki, Ca, CertRequest, Identity, Role, TlsDir};
 
 use super::print;
 use crate::cli::{PkiClientArgs, PkiCommand, PkiInitArgs};

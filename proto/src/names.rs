@@ -7,7 +7,7 @@
 //! caller adds the field path and the offending value.
 
 /// Longest DNS-1123 label, label name or label value.
-pub(crate) const MAX_LABEL_LEN: usize = 63;
+pub const MAX_LABEL_LEN: usize = 63;
 /// Longest DNS-1123 subdomain.
 const MAX_SUBDOMAIN_LEN: usize = 253;
 /// Longest IANA service name (a port name).
@@ -22,7 +22,7 @@ fn too_long(max: usize) -> String {
 }
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (namespaces, container names).
-pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
+pub fn dns1123_label(s: &str) -> Result<(), String> {
     if s.len() > MAX_LABEL_LEN {
         return Err(too_long(MAX_LABEL_LEN));
     }
@@ -51,7 +51,7 @@ fn is_dns1123_label(s: &str) -> bool {
 }
 
 /// DNS-1123 labels joined by `.`, at most 253 characters (object names, key prefixes).
-pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), String> {
+pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
     if s.len() > MAX_SUBDOMAIN_LEN {
         return Err(too_long(MAX_SUBDOMAIN_LEN));
     }
@@ -86,7 +86,7 @@ fn is_label_name(s: &str) -> bool {
 /// A label or annotation key: `[prefix/]name`, the prefix a DNS-1123
 /// subdomain, the name at most 63 characters of `[-A-Za-z0-9_.]` starting and
 /// ending with an alphanumeric character.
-pub(crate) fn qualified_name(s: &str) -> Result<(), String> {
+pub fn qualified_name(s: &str) -> Result<(), String> {
     let name = match s.split_once('/') {
         Some((prefix, name)) => {
             if prefix.is_empty() {
@@ -118,7 +118,7 @@ pub(crate) fn qualified_name(s: &str) -> Result<(), String> {
 
 /// A label value: empty, or at most 63 characters of `[-A-Za-z0-9_.]` starting
 /// and ending with an alphanumeric character.
-pub(crate) fn label_value(s: &str) -> Result<(), String> {
+pub fn label_value(s: &str) -> Result<(), String> {
     if s.len() > MAX_LABEL_LEN {
         return Err(too_long(MAX_LABEL_LEN));
     }
@@ -136,7 +136,7 @@ pub(crate) fn label_value(s: &str) -> Result<(), String> {
 
 /// A port name (IANA_SVC_NAME): at most 15 characters of `[a-z0-9-]`, at
 /// least one letter, no leading, trailing or doubled `-`.
-pub(crate) fn iana_svc_name(s: &str) -> Result<(), String> {
+pub fn iana_svc_name(s: &str) -> Result<(), String> {
     if s.len() > MAX_SVC_NAME_LEN {
         return Err(too_long(MAX_SVC_NAME_LEN));
     }
@@ -159,7 +159,7 @@ pub(crate) fn iana_svc_name(s: &str) -> Result<(), String> {
 }
 
 /// An environment variable name: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-pub(crate) fn env_var_name(s: &str) -> Result<(), String> {
+pub fn env_var_name(s: &str) -> Result<(), String> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
     match s.as_bytes().first() {
         Some(first) if !first.is_ascii_digit() && s.bytes().all(allowed) => Ok(()),
@@ -173,7 +173,7 @@ pub(crate) fn env_var_name(s: &str) -> Result<(), String> {
 }
 
 /// An HTTP header name: `[-A-Za-z0-9]+`.
-pub(crate) fn http_header_name(s: &str) -> Result<(), String> {
+pub fn http_header_name(s: &str) -> Result<(), String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         Ok(())
     } else {

@@ -1,5 +1,11 @@
-//! The cluster's PKI: one CA, certificates that carry a role and a name, and
-//! the TLS settings every drover link is built from.
+//! drover's PKI: one CA, certificates that carry a role and a name, join
+//! tokens, the TLS settings every drover link is built from, the per-RPC
+//! authorization layer ([`authz`]) and the tls-dir files with their modes.
+//!
+//! **What it may depend on:** `drover-proto` (names), the crypto crates
+//! (rcgen, x509-parser, pem, sha2, rand), tonic and tower for TLS settings and
+//! the authorization layer, and the filesystem for tls dirs only. Never the
+//! manifest library, the controller or the agent.
 //!
 //! ```text
 //!   droverctl pki init ──▶ ca.crt + ca.key ──signs──▶ controller certs (tls dirs)
