@@ -29,7 +29,7 @@ use drover_proto::pb;
 use crate::api::control::ControlService;
 use crate::api::peer::PeerService;
 use crate::api::security::{SecurityService, Signer};
-use crate::api::Cluster;
+use crate::cluster::Cluster;
 use crate::config::ControllerConfig;
 use crate::raft::node::{self, Node};
 use crate::raft::storage::{SledStorage, SnapshotSource, StorageError};

@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status};
 use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::{names, pb};
 
-use super::{now_unix_ms, store_error, Cluster};
+use crate::cluster::wire::observed_to_pb;
+use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
-use crate::dispatcher::observed_to_pb;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::{
@@ -151,7 +151,7 @@ fn unexpected(r: WriteResult) -> Status {
 
 /// Checks a name the user typed for a lookup or delete, so a typo gets a clear
 /// answer rather than "not found": the one name rule, [`names::check_name`].
-pub(crate) fn check_name(what: &str, value: &str) -> Result<(), Status> {
+fn check_name(what: &str, value: &str) -> Result<(), Status> {
     names::check_name(what, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
@@ -696,7 +696,7 @@ impl ControlService {
             .handle
             .status()
             .await
-            .map_err(super::node_error)?;
+            .map_err(crate::cluster::node_error)?;
         let addresses = self.cluster.store.member_addresses().map_err(store_error)?;
         let mut ids: Vec<u64> = status
             .voters

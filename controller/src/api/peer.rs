@@ -17,7 +17,7 @@ use drover_pki::authz::Caller;
 use drover_pki::Role;
 use drover_proto::pb;
 
-use super::{node_error, Cluster};
+use crate::cluster::{node_error, Cluster};
 use crate::store::Write;
 
 pub struct PeerService {

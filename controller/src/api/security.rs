@@ -21,7 +21,7 @@ use drover_proto::{names, pb};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{now_unix_ms, store_error, Cluster};
+use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::store::{Command, TokenRecord, Write};
 
 /// Tokens live this long unless `--ttl` says otherwise.

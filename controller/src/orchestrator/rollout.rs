@@ -42,7 +42,8 @@ use drover_manifest::{IntOrPercent, Strategy};
 
 use crate::store::{ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
 
-use super::{replica_name, revision};
+use super::replica_name;
+use crate::store::revision;
 
 /// The strategy's bounds for `desired` replicas, resolved to counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -98,6 +98,22 @@ pub struct Revision {
     pub change_cause: String,
 }
 
+/// Hex digits of the template hash in replica names.
+const REVISION_LEN: usize = 5;
+
+/// A stable short hash of a pod template: the same template gives the same
+/// revision on every controller and across versions of this process.
+pub fn revision(template: &PodTemplate) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .take(REVISION_LEN)
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
+}
+
 /// Where the current rollout stands, as the leader's planner records it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RolloutState {
