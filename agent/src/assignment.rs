@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_proto::manifest::{Container, PodTemplate};
+use drover_manifest::{Container, PodTemplate};
 use drover_proto::pb;
 
 use crate::backoff::BackoffPolicy;

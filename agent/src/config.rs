@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use drover_proto::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
-use drover_proto::pb;
-use drover_proto::pki::{self, Role, Security, TlsDir, TlsMaterial};
+use drover_manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
+use drover_pki::{self as pki, Role, Security, TlsDir, TlsMaterial};
+use drover_proto::{names, pb};
 
 use crate::error::{AgentError, Result};
 use crate::join::JoinPlan;
@@ -314,25 +314,14 @@ fn host_name() -> Result<String> {
         .ok_or_else(|| AgentError::Config("cannot read the host name; pass --name".into()))
 }
 
-/// Node names are DNS-1123 subdomains, like Kubernetes node names.
+/// A node name follows the one name rule ([`names::check_name`], a DNS-1123
+/// subdomain like a Kubernetes node name) and must leave the agent's
+/// certificate server name `<node>.agent.drover` a DNS name, so a bad name
+/// fails at start-up, not at the join or the first `droverctl logs`.
 pub fn check_node_name(name: &str) -> Result<()> {
-    let label_ok = |l: &str| {
-        let b = l.as_bytes();
-        !b.is_empty()
-            && b.len() <= 63
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-    };
-    if name.len() <= 253 && name.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(AgentError::Config(format!(
-            "node name {name:?} is invalid: use lower case letters, digits, '-' and '.', \
-             starting and ending with a letter or digit (e.g. node-1)"
-        )))
-    }
+    names::check_name("node name", name).map_err(|e| AgentError::Config(e.to_string()))?;
+    pki::agent_server_name(name).map_err(|e| AgentError::Config(e.to_string()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -371,6 +360,11 @@ mod tests {
         assert!(check_node_name("N1").is_err());
         assert!(check_node_name("-a").is_err());
         assert!(check_node_name("").is_err());
+        assert!(check_node_name("a_b").is_err());
+        assert!(check_node_name(&"a".repeat(63)).is_ok());
+        // Valid names that would not leave `<node>.agent.drover` a DNS name.
+        assert!(check_node_name(&"a".repeat(64)).is_err());
+        assert!(check_node_name(&vec!["a".repeat(60); 4].join(".")).is_err());
     }
 
     #[test]

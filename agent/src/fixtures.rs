@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::manifest::{Container, PodSpec, PodTemplate, PullPolicy, TemplateMeta};
+use drover_manifest::{Container, PodSpec, PodTemplate, PullPolicy, TemplateMeta};
 use drover_proto::pb;
 
 use crate::assignment::Assignment;

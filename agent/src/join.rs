@@ -14,10 +14,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use drover_pki::token::JoinToken;
+use drover_pki::{self as pki, Identity, Issued, Role, Security, TlsDir, TlsMaterial};
 use drover_proto::pb;
 use drover_proto::pb::security_client::SecurityClient;
-use drover_proto::pki::token::JoinToken;
-use drover_proto::pki::{self, Identity, Issued, Role, Security, TlsDir, TlsMaterial};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;

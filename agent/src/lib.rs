@@ -18,6 +18,11 @@
 //! - [`probe`]: liveness/readiness probes: a pure state machine, checks, workers.
 //! - [`status`]: replica status derived from the same state, diffed for reports.
 //! - [`server`]: the Agent gRPC service (logs).
+//!
+//! **Crates it may depend on:** `drover-proto` (wire types, names,
+//! quantities), `drover-manifest` (the container spec types it runs) and
+//! `drover-pki` (its node certificate, joins, the authorization layer); never
+//! the controller or droverctl: it speaks to them only over gRPC.
 
 pub mod assignment;
 pub mod backoff;
@@ -36,7 +41,7 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::pki::Security;
+use drover_pki::Security;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};

@@ -33,7 +33,7 @@ pub mod check;
 mod insecure_tls;
 pub mod worker;
 
-use drover_proto::manifest::Probe;
+use drover_manifest::Probe;
 
 use crate::runtime::UnixMs;
 
@@ -214,7 +214,7 @@ impl ProbeState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_proto::manifest::ProbeHandler;
+    use drover_manifest::ProbeHandler;
 
     const T0: UnixMs = 1_700_000_000_000;
 

@@ -4,9 +4,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use drover_pki::authz::{self, AuthorizeLayer};
+use drover_pki::Security;
 use drover_proto::pb;
-use drover_proto::pki::authz::{self, AuthorizeLayer};
-use drover_proto::pki::Security;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -26,9 +26,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_pki::{self as pki, Security};
 use drover_proto::pb;
 use drover_proto::pb::dispatcher_client::DispatcherClient;
-use drover_proto::pki::{self, Security};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;

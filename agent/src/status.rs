@@ -307,8 +307,8 @@ mod tests {
     #[test]
     fn readiness_follows_the_probe_of_the_current_container_only() {
         let mut a = fixtures::assignment("web-r-0");
-        a.template.spec.containers[0].readiness_probe = Some(drover_proto::manifest::Probe {
-            handler: drover_proto::manifest::ProbeHandler::Exec {
+        a.template.spec.containers[0].readiness_probe = Some(drover_manifest::Probe {
+            handler: drover_manifest::ProbeHandler::Exec {
                 command: vec!["true".into()],
             },
             initial_delay_seconds: 0,

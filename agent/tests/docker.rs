@@ -23,7 +23,7 @@ use drover_agent::runtime::docker::DockerConfig;
 use drover_agent::runtime::{labels, ContainerState, DockerRuntime, LogOptions, Runtime};
 use drover_agent::supervisor::{Supervisor, SupervisorConfig};
 use drover_agent::AgentError;
-use drover_proto::manifest::{ContainerPort, EnvVar, Protocol};
+use drover_manifest::{ContainerPort, EnvVar, Protocol};
 use drover_proto::pb::ReplicaState;
 use tokio_util::sync::CancellationToken;
 
@@ -297,7 +297,7 @@ async fn integration_docker_missing_image_fails_fast_with_err_image_pull() {
     eprintln!("ErrImagePull message: {}", err.status_message());
     assert!(rt.list().await.expect("list").is_empty());
 
-    a.template.spec.containers[0].image_pull_policy = drover_proto::manifest::PullPolicy::Never;
+    a.template.spec.containers[0].image_pull_policy = drover_manifest::PullPolicy::Never;
     let err = rt.start(&a, 0).await.expect_err("never pull");
     assert!(
         matches!(&err, AgentError::ImagePull { message, .. } if message.contains("Never")),

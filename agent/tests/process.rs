@@ -49,7 +49,7 @@ async fn start_logs_and_stop_with_sigterm() {
         "echo \"hello $GREETING\"; pwd; echo oops >&2; exec sleep 30",
     );
     let c = &mut a.template.spec.containers[0];
-    c.env = vec![drover_proto::manifest::EnvVar {
+    c.env = vec![drover_manifest::EnvVar {
         name: "GREETING".into(),
         value: "from drover".into(),
     }];
@@ -199,7 +199,7 @@ async fn exec_runs_in_the_replicas_environment() {
     let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
     let _cleanup = Cleanup(&rt);
     let mut a = shell("web-r-0", "exec sleep 30");
-    a.template.spec.containers[0].env = vec![drover_proto::manifest::EnvVar {
+    a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
         name: "PROBE".into(),
         value: "ok".into(),
     }];

@@ -48,7 +48,7 @@ impl TestAgent {
             heartbeat: Duration::from_millis(100),
             stop_after_disconnect: None,
             // The fake controller speaks plaintext.
-            security: drover_proto::pki::Security::Insecure,
+            security: drover_pki::Security::Insecure,
             join: None,
             tls_dir: None,
         };

@@ -76,7 +76,7 @@ pub struct ControllerConfig {
     pub node_timeout_ms: u64,
 
     /// Largest spec.replicas accepted.
-    #[arg(long, default_value_t = drover_proto::manifest::DEFAULT_MAX_REPLICAS)]
+    #[arg(long, default_value_t = drover_manifest::DEFAULT_MAX_REPLICAS)]
     pub max_replicas: u32,
 
     /// sled page cache size in MiB.

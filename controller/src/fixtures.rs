@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::manifest::{
+use drover_manifest::{
     Container, Deployment, DeploymentSpec, IntOrPercent, LabelSelector, ObjectMeta, PodSpec,
     PodTemplate, Strategy, TemplateMeta,
 };

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::{now_unix_ms, Cluster};
+use crate::cluster::{now_unix_ms, Cluster};
 use crate::dispatcher::Heartbeats;
 use crate::nodes::{self, Verdict};
 use crate::orchestrator::{self, rollout};
@@ -245,7 +245,7 @@ async fn record_progress(
             failed = now_failed.clone();
             records.push(RolloutRecord {
                 target: target.clone(),
-                revision: orchestrator::revision(&d.deployment.spec.template),
+                revision: crate::store::revision(&d.deployment.spec.template),
                 progress_unix_ms,
                 available_updated,
                 failed: now_failed,

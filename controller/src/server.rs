@@ -20,16 +20,16 @@ use tonic::transport::Server;
 use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
-use drover_proto::pki::authz::{self, AuthorizeLayer};
-use drover_proto::pki::token::JoinToken;
-use drover_proto::pki::{self, Ca, Identity, Role, Security, TlsDir, TlsMaterial};
+use drover_pki::authz::{self, AuthorizeLayer};
+use drover_pki::token::JoinToken;
+use drover_pki::{self as pki, Ca, Identity, Role, Security, TlsDir, TlsMaterial};
 
 use drover_proto::pb;
 
 use crate::api::control::ControlService;
 use crate::api::peer::PeerService;
 use crate::api::security::{SecurityService, Signer};
-use crate::api::Cluster;
+use crate::cluster::Cluster;
 use crate::config::ControllerConfig;
 use crate::raft::node::{self, Node};
 use crate::raft::storage::{SledStorage, SnapshotSource, StorageError};
@@ -231,7 +231,7 @@ fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
         anyhow::anyhow!("cannot load this controller's certificates from --tls-dir: {e}")
     })?;
     let (cert, _) = material.identity.as_ref().context("no certificate")?;
-    match drover_proto::pki::cert_info(cert).ok().and_then(|i| i.identity) {
+    match drover_pki::cert_info(cert).ok().and_then(|i| i.identity) {
         Some(id) if id.role == Role::Controller => {
             info!(name = %id.name, tls_dir = %dir.path.display(), signs_agents = dir.can_sign(), "mutual TLS on every link")
         }
@@ -246,7 +246,7 @@ fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
         let ca = Ca::read_from(&dir.path)
             .map_err(|e| anyhow::anyhow!("cannot load the CA from --tls-dir: {e}"))?;
         Some(Arc::new(Signer {
-            fingerprint: drover_proto::pki::ca_fingerprint(ca.cert_pem())?,
+            fingerprint: drover_pki::ca_fingerprint(ca.cert_pem())?,
             ca,
             node_validity: cfg.node_cert_validity,
         }))

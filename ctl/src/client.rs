@@ -20,8 +20,8 @@ use std::error::Error as _;
 use std::future::Future;
 use std::time::Duration;
 
+use drover_pki::{self as pki, Security};
 use drover_proto::pb::control_client::ControlClient;
-use drover_proto::pki::{self, Security};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};

@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use drover_proto::pki::{self, Security, TlsMaterial};
+use drover_pki::{self as pki, Security, TlsMaterial};
 use serde::{Deserialize, Serialize};
 
 /// Where the config lives unless `--config` or `DROVERCONFIG` say otherwise.

@@ -12,6 +12,11 @@
 //! Results go to stdout; errors go to stderr as `error: <one sentence>`, one line
 //! per error, and the exit code is 1. Exit code 0 means every part succeeded;
 //! 130 means Ctrl-C ended a streaming command (`logs -f`).
+//!
+//! **Crates it may depend on:** `drover-proto` (wire types, names),
+//! `drover-manifest` (early manifest errors, rendering) and `drover-pki`
+//! (`pki init`, tokens, TLS to controllers and agents); the controller and
+//! the agent only as processes it starts (`lab`), never as libraries.
 
 pub mod cli;
 pub mod client;

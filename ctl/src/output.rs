@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drover_proto::manifest;
+use drover_manifest as manifest;
 use drover_proto::pb;
 use serde_json::{json, Value};
 
@@ -418,7 +418,7 @@ pub fn percent(part: u64, whole: u64) -> Option<u64> {
 pub(crate) mod fixtures {
     //! Hand-built deployments for output tests.
 
-    use drover_proto::manifest::*;
+    use drover_manifest::*;
     use drover_proto::pb;
     use std::collections::BTreeMap;
 

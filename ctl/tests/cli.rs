@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use drover_proto::manifest::{self, ParseOptions};
+use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::pb;
 use drover_proto::pb::agent_server::{Agent, AgentServer};
 use drover_proto::pb::control_server::{Control, ControlServer};

@@ -1,17 +1,26 @@
-//! drover's wire API and manifest model.
+//! drover's wire API and the shared model every crate agrees on.
 //!
 //! - [`pb`]: the generated `drover.v1` gRPC types and services. They stay at the
 //!   edge: the controller and droverctl convert to their own types.
-//! - [`manifest`]: the Kubernetes `apps/v1` Deployment subset drover accepts —
-//!   parsing, strict decoding and validation with errors that name the file,
-//!   document index and field path. droverctl runs it for early errors; the
-//!   controller runs it again as the authority.
+//! - [`names`]: the name grammars (DNS-1123 labels and subdomains, label keys
+//!   and values, port, environment variable and header names).
+//! - [`quantity`]: Kubernetes resource quantities (`500m`, `64Mi`).
+//! - [`image`]: container image references (Docker's grammar).
 //! - [`duration`] and [`timestamp`]: durations and times as people type and
-//!   read them, one grammar and one format for every binary.
+//!   read them, one grammar and one format for every binary (formatting
+//!   only: no clock is read here).
+//! - the size limits and version every binary shares.
+//!
+//! **What it may depend on.** Nothing of drover's, and no I/O: no files, no
+//! sockets, no certificates, no clocks. Everything here is a pure function or
+//! a plain type, so every other crate (`drover-manifest`, `drover-pki`, the
+//! controller, the agent, droverctl) may depend on it. Only the generated
+//! `pb` code pulls in tonic and prost.
 
 pub mod duration;
-pub mod manifest;
-pub mod pki;
+pub mod image;
+pub mod names;
+pub mod quantity;
 pub mod timestamp;
 
 /// Generated `drover.v1` types, clients and servers.

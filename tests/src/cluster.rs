@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use drover_pki::{self as pki, Identity, Role, Security, TlsDir, TlsMaterial};
 use drover_proto::pb;
 use drover_proto::pb::control_client::ControlClient;
-use drover_proto::pki::{self, Identity, Role, Security, TlsDir, TlsMaterial};
 use tonic::transport::Channel;
 
 /// Path of a drover binary built in the same cargo profile as the running test.

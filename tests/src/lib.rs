@@ -12,6 +12,10 @@
 //! `DROVER_BIN_DIR`. Logs go to each controller's file in the cluster's temp
 //! dir and are printed when a test panics; `DROVER_KEEP_TEST_DIR=1` keeps the
 //! whole dir (data and logs) for a post-mortem.
+//!
+//! **Crates it may depend on:** any drover crate — `drover-proto`,
+//! `drover-pki` and `drover-agent` as libraries; the controller and droverctl
+//! as the binaries it starts. No other crate depends on it.
 
 pub mod cluster;
 pub mod docker;

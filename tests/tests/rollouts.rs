@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_pki::Security;
 use drover_proto::pb;
-use drover_proto::pki::Security;
 use drover_tests::cluster::{err, ok};
 use drover_tests::Cluster;
 

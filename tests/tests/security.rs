@@ -9,10 +9,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use drover_pki::{self as pki, Identity, Role, Security, TlsDir, TlsMaterial};
 use drover_proto::pb;
 use drover_proto::pb::dispatcher_client::DispatcherClient;
 use drover_proto::pb::raft_client::RaftClient;
-use drover_proto::pki::{self, Identity, Role, Security, TlsDir, TlsMaterial};
 use drover_tests::cluster::{connect, err, manifest, names, ok, Options};
 use drover_tests::Cluster;
 use tonic::Code;

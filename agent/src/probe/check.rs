@@ -18,8 +18,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use drover_manifest::{Container, HttpHeader, HttpScheme, PortRef, ProbeHandler};
 use drover_proto::duration;
-use drover_proto::manifest::{Container, HttpHeader, HttpScheme, PortRef, ProbeHandler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -256,7 +256,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_proto::manifest::ContainerPort;
+    use drover_manifest::ContainerPort;
 
     #[test]
     fn named_ports_resolve_through_the_container_ports() {

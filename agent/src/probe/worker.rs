@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use drover_proto::manifest::{Container, Probe};
+use drover_manifest::{Container, Probe};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};

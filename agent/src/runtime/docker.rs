@@ -34,7 +34,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
-use drover_proto::manifest::PullPolicy;
+use drover_manifest::PullPolicy;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -865,7 +865,7 @@ pub fn split_image_ref(image: &str) -> (String, Option<String>) {
 mod tests {
     use super::*;
     use crate::fixtures;
-    use drover_proto::manifest::{ContainerPort, EnvVar, Protocol};
+    use drover_manifest::{ContainerPort, EnvVar, Protocol};
 
     #[test]
     fn labels_name_the_replica_node_and_revision() {
@@ -966,7 +966,7 @@ mod tests {
 
     #[test]
     fn quantities_from_the_manifest_become_nano_cpus_and_bytes() {
-        use drover_proto::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
+        use drover_manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
         let mut a = fixtures::assignment("web-abc12-0");
         let limits = &mut a.template.spec.containers[0].resources.limits;
         limits.cpu_millis = Some(parse_cpu_millis("0.5").expect("cpu"));

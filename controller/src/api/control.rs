@@ -12,12 +12,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use drover_proto::manifest::{self, ParseOptions};
-use drover_proto::pb;
+use drover_manifest::{self as manifest, ParseOptions};
+use drover_proto::{names, pb};
 
-use super::{now_unix_ms, store_error, Cluster};
+use crate::cluster::wire::observed_to_pb;
+use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
-use crate::dispatcher::observed_to_pb;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::{
@@ -150,21 +150,9 @@ fn unexpected(r: WriteResult) -> Status {
 }
 
 /// Checks a name the user typed for a lookup or delete, so a typo gets a clear
-/// answer rather than "not found".
-pub(crate) fn check_name(what: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(Status::invalid_argument(format!("{what} is empty")));
-    }
-    if value.len() > 253
-        || !value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-    {
-        return Err(Status::invalid_argument(format!(
-            "{what} {value:?} is not a valid name (lowercase letters, digits, '-' and '.')"
-        )));
-    }
-    Ok(())
+/// answer rather than "not found": the one name rule, [`names::check_name`].
+fn check_name(what: &str, value: &str) -> Result<(), Status> {
+    names::check_name(what, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -710,7 +698,7 @@ impl ControlService {
             .handle
             .status()
             .await
-            .map_err(super::node_error)?;
+            .map_err(crate::cluster::node_error)?;
         let addresses = self.cluster.store.member_addresses().map_err(store_error)?;
         let mut ids: Vec<u64> = status
             .voters

@@ -2,7 +2,7 @@
 //!
 //! Raft messages are rust-protobuf 2 bytes; that decoder has known recursion
 //! issues on hostile input (RUSTSEC-2024-0437), so only peers may reach it:
-//! the listener's [`AuthorizeLayer`](drover_proto::pki::authz::AuthorizeLayer)
+//! the listener's [`AuthorizeLayer`](drover_pki::authz::AuthorizeLayer)
 //! refuses every `drover.v1.Raft` call whose client certificate is not a
 //! controller's before the request body is read, and [`PeerService::step`]
 //! checks again before decoding. A message that fails to decode is refused and
@@ -13,11 +13,11 @@ use raft::prelude::Message;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
+use drover_pki::authz::Caller;
+use drover_pki::Role;
 use drover_proto::pb;
-use drover_proto::pki::authz::Caller;
-use drover_proto::pki::Role;
 
-use super::{node_error, Cluster};
+use crate::cluster::{node_error, Cluster};
 use crate::store::Write;
 
 pub struct PeerService {

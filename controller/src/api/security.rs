@@ -14,14 +14,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::pb;
-use drover_proto::pki::authz::Caller;
-use drover_proto::pki::token::{hashes_equal, JoinToken};
-use drover_proto::pki::{self, Ca, CertRequest, Identity, Role};
+use drover_pki::authz::Caller;
+use drover_pki::token::{hashes_equal, JoinToken};
+use drover_pki::{self as pki, Ca, CertRequest, Identity, Role};
+use drover_proto::{names, pb};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{now_unix_ms, store_error, Cluster};
+use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::store::{Command, TokenRecord, Write};
 
 /// Tokens live this long unless `--ttl` says otherwise.
@@ -127,7 +127,8 @@ impl pb::security_server::Security for SecurityService {
             .role
             .parse()
             .map_err(|e: pki::PkiError| Status::internal(e.to_string()))?;
-        pki::check_name(&req.node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        names::check_name("node name", &req.node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let cert_pem = self.sign(
             &req.csr_pem,
             Identity::new(role, req.node.clone()),

@@ -11,9 +11,8 @@ use tracing::warn;
 
 use drover_proto::pb;
 
-use crate::api::Cluster;
-use crate::orchestrator::revision;
-use crate::store::{Store, StoreError, StoredDeployment};
+use crate::cluster::Cluster;
+use crate::store::{revision, Store, StoreError, StoredDeployment};
 
 /// Annotations of a deployment that agents act on.
 const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";

@@ -15,7 +15,6 @@
 //! the only state kept in memory.
 
 mod book;
-mod convert;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -30,17 +29,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use drover_proto::pb;
+use drover_pki::authz::Caller;
+use drover_pki::Role;
 use drover_proto::pb::agent_message::Kind;
-use drover_proto::pki::authz::Caller;
-use drover_proto::pki::Role;
+use drover_proto::{names, pb};
 
-use crate::api::control::check_name;
-use crate::api::{now_unix_ms, Cluster};
+use crate::cluster::wire::observed_from_pb;
+use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, NodeRegistration, ObjectRef, ReplicaObserved, Resources, Write};
 
 pub use book::{AssignmentBook, Assignments};
-pub use convert::{observed_from_pb, observed_to_pb};
 
 /// How long status reports are collected before one raft entry carries them.
 const STATUS_BATCH: Duration = Duration::from_millis(100);
@@ -218,7 +216,8 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                 ))
             }
         };
-        check_name("node name", &hello.node)?;
+        names::check_name("node name", &hello.node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         node_restriction(&caller, &hello.node)?;
         if hello.incarnation.is_empty() {
             return Err(Status::invalid_argument("Hello.incarnation is empty"));

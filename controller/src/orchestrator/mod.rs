@@ -17,27 +17,7 @@ pub mod rollout;
 
 use std::collections::{BTreeMap, HashSet};
 
-use sha2::{Digest, Sha256};
-
-use drover_proto::manifest::PodTemplate;
-
 use crate::store::{ObjectRef, ReplicaRecord, StoredDeployment};
-
-/// Hex digits of the template hash in replica names.
-const REVISION_LEN: usize = 5;
-
-/// A stable short hash of a pod template: the same template gives the same
-/// revision on every controller and across versions of this process.
-pub fn revision(template: &PodTemplate) -> String {
-    let json = serde_json::to_vec(template).unwrap_or_default();
-    let digest = Sha256::digest(&json);
-    digest
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0xf])
-        .take(REVISION_LEN)
-        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-        .collect()
-}
 
 pub fn replica_name(deployment: &str, revision: &str, slot: u32) -> String {
     format!("{deployment}-{revision}-{slot}")
@@ -112,6 +92,7 @@ fn object_ref(r: &ReplicaRecord) -> ObjectRef {
 mod tests {
     use super::*;
     use crate::fixtures::deployment;
+    use crate::store::revision;
 
     fn stored(name: &str, replicas: u32) -> StoredDeployment {
         StoredDeployment {

@@ -38,11 +38,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use drover_proto::manifest::{IntOrPercent, Strategy};
+use drover_manifest::{IntOrPercent, Strategy};
 
 use crate::store::{ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
 
-use super::{replica_name, revision};
+use super::replica_name;
+use crate::store::revision;
 
 /// The strategy's bounds for `desired` replicas, resolved to counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,7 +459,7 @@ pub fn wants_auto_rollback(d: &StoredDeployment) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use drover_proto::manifest::Strategy as Rollout;
+    use drover_manifest::Strategy as Rollout;
     use proptest::prelude::{any, prop_assert, prop_assume, prop_oneof, proptest, ProptestConfig};
     use proptest::strategy::Strategy as _;
 

@@ -15,9 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use drover_pki::{self as pki, Security};
 use drover_proto::pb::raft_client::RaftClient;
 use drover_proto::pb::RaftBatch;
-use drover_proto::pki::{self, Security};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;

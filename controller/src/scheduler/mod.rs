@@ -51,7 +51,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-use drover_proto::manifest::Protocol;
+use drover_manifest::Protocol;
 
 use filter::{EligibleNodes, FailureHistogram};
 use score::Score;

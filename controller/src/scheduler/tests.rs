@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use drover_proto::manifest::Protocol;
+use drover_manifest::Protocol;
 
 use super::{schedule, Decision, NodeInfo, Pending, Placed, Resources};
 

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use drover_proto::manifest::Protocol;
+use drover_manifest::Protocol;
 
 use super::{NodeInfo, Pending, Placed, Resources};
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use drover_proto::manifest::Deployment;
+use drover_manifest::Deployment;
 
 use super::events::{
     event_key, name_list, EventRecord, InvolvedObject, NewEvent, EVENT_PREFIX, RETAINED,
@@ -25,9 +25,9 @@ use super::objects::{
     ReplicaRecord, Resources, TokenRecord, REPLICA_PREFIX,
 };
 use super::{
-    deploy_key, from_json, to_json, Revision, RolloutState, Store, StoreError, StoredDeployment,
+    deploy_key, from_json, revision, to_json, Revision, RolloutState, Store, StoreError,
+    StoredDeployment,
 };
-use crate::orchestrator::revision;
 
 /// The annotation `rollout history` shows as CHANGE-CAUSE.
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";

@@ -26,7 +26,7 @@ mod snapshot;
 
 use std::collections::BTreeMap;
 
-use drover_proto::manifest::{Deployment, PodTemplate};
+use drover_manifest::{Deployment, PodTemplate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -96,6 +96,22 @@ pub struct Revision {
     pub created_unix_ms: i64,
     /// The `kubernetes.io/change-cause` annotation when it became current.
     pub change_cause: String,
+}
+
+/// Hex digits of the template hash in replica names.
+const REVISION_LEN: usize = 5;
+
+/// A stable short hash of a pod template: the same template gives the same
+/// revision on every controller and across versions of this process.
+pub fn revision(template: &PodTemplate) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .take(REVISION_LEN)
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// Where the current rollout stands, as the leader's planner records it.

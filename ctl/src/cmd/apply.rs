@@ -13,7 +13,7 @@
 //! with the same code, so its document indexes and field paths match ours.
 
 use anyhow::bail;
-use drover_proto::manifest::{self, ParseOptions};
+use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::pb;
 use prost::Message as _;
 

@@ -6,7 +6,7 @@
 //! names go in one request; the controller deletes all or none.
 
 use anyhow::bail;
-use drover_proto::manifest::{self, ParseOptions};
+use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::pb;
 
 use super::{print, Env};

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use drover_proto::manifest::quantity::{format_cpu_millis, format_memory_bytes};
-use drover_proto::manifest::{self, IntOrPercent, PortRef, Probe, ProbeHandler, Strategy};
+use drover_manifest::quantity::{format_cpu_millis, format_memory_bytes};
+use drover_manifest::{self as manifest, IntOrPercent, PortRef, Probe, ProbeHandler, Strategy};
 use drover_proto::pb::{self, ReplicaState};
 
 use anyhow::bail;
@@ -711,7 +711,7 @@ mod tests {
     use crate::output::fixtures::{api, labels, model};
     use crate::output::nodes::fixtures::node;
     use crate::output::replicas::fixtures::replica;
-    use drover_proto::manifest::*;
+    use drover_manifest::*;
 
     const T0: i64 = 1_717_243_200_000;
 

@@ -7,7 +7,7 @@
 //! so a field left out of a file that equals its default is no difference.
 
 use anyhow::bail;
-use drover_proto::manifest::{self, ParseOptions};
+use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::pb;
 use similar::TextDiff;
 use tonic::Code;

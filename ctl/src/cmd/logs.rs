@@ -18,9 +18,9 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use drover_pki::{self as pki, Security};
 use drover_proto::pb;
 use drover_proto::pb::agent_client::AgentClient;
-use drover_proto::pki::{self, Security};
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -183,7 +183,7 @@ async fn connect(
 ) -> anyhow::Result<AgentClient<Channel>> {
     // The agent must prove it is the node the controllers named.
     let endpoint = security
-        .endpoint(address, &pki::agent_server_name(node))
+        .endpoint(address, &pki::agent_server_name(node)?)
         .map_err(|_| anyhow!("node {node:?} has an invalid agent address {address:?}"))?
         .connect_timeout(wait)
         .tcp_nodelay(true)

@@ -24,7 +24,7 @@ pub mod version;
 use std::io::Write;
 use std::path::PathBuf;
 
-use drover_proto::manifest::ParseOptions;
+use drover_manifest::ParseOptions;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::client::Client;

@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use drover_proto::pki::{self, Ca, CertRequest, Identity, Role, TlsDir};
+use drover_pki::{self as pki, Ca, CertRequest, Identity, Role, TlsDir};
+use drover_proto::names;
 
 use super::print;
 use crate::cli::{PkiClientArgs, PkiCommand, PkiInitArgs};
@@ -29,7 +30,8 @@ fn parse_controller(s: &str) -> anyhow::Result<(String, String)> {
     let (name, addr) = s
         .split_once('=')
         .with_context(|| format!("--controller {s:?} is not NAME=HOST[:PORT]"))?;
-    pki::check_name(name).map_err(|e| anyhow::anyhow!("--controller {s:?}: {e}"))?;
+    names::check_name("controller name", name)
+        .map_err(|e| anyhow::anyhow!("--controller {s:?}: {e}"))?;
     let host = if let Some(v6) = addr.strip_prefix('[') {
         v6.split_once(']').map(|(h, _)| h).unwrap_or(v6)
     } else {
@@ -112,7 +114,7 @@ pub fn create(
 
 fn client(args: PkiClientArgs) -> anyhow::Result<()> {
     let role: Role = args.role.parse()?;
-    pki::check_name(&args.name)?;
+    names::check_name("certificate name", &args.name)?;
     let root = TlsDir::new(&args.dir);
     let ca = Ca::read_from(&args.dir)
         .map_err(|e| anyhow::anyhow!("cannot use the CA in {}: {e}", args.dir.display()))?;

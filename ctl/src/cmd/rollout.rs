@@ -251,7 +251,7 @@ async fn history(env: &Env, target: RolloutTarget) -> anyhow::Result<()> {
         "CHANGE-CAUSE",
     ]);
     for r in &s.revisions {
-        let image = serde_json::from_str::<drover_proto::manifest::PodTemplate>(&r.template_json)
+        let image = serde_json::from_str::<drover_manifest::PodTemplate>(&r.template_json)
             .ok()
             .and_then(|t| t.spec.containers.first().map(|c| c.image.clone()))
             .unwrap_or_default();

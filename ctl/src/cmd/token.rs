@@ -7,9 +7,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use drover_pki as pki;
 use drover_proto::pb;
 use drover_proto::pb::security_client::SecurityClient;
-use drover_proto::pki;
 use tonic::transport::Channel;
 
 use super::{print, Env};

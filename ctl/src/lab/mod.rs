@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use drover_pki::Security;
 use drover_proto::pb;
 use drover_proto::pb::security_client::SecurityClient;
-use drover_proto::pki::Security;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;

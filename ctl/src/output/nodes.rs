@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_proto::manifest::quantity::{format_cpu_millis, format_memory_bytes};
+use drover_manifest::quantity::{format_cpu_millis, format_memory_bytes};
 use drover_proto::pb;
 use serde_json::{json, Value};
 

@@ -37,7 +37,7 @@ const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
 /// A Control client that accepts list answers of any size a controller sends.
 pub async fn client(
     address: &str,
-    security: &drover_proto::pki::Security,
+    security: &drover_pki::Security,
 ) -> anyhow::Result<ControlClient<Channel>> {
     Ok(drover_tests::cluster::connect(address, security)
         .await?

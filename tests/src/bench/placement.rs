@@ -326,7 +326,7 @@ async fn warm_up(api: &mut ControlClient<Channel>, cfg: &Config) -> anyhow::Resu
 /// all to `address`; returns how long until the last was acknowledged.
 async fn apply_all(
     address: String,
-    security: drover_proto::pki::Security,
+    security: drover_pki::Security,
     deployments: usize,
     replicas: u32,
     clients: usize,

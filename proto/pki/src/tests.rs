@@ -74,9 +74,14 @@ fn fingerprints_names_and_roles() {
     let fp = ca_fingerprint(ca.cert_pem()).expect("fingerprint");
     assert_eq!(fp.len(), 64);
     assert!(fp.chars().all(|c| c.is_ascii_hexdigit()));
-    for bad in ["", "Upper", "-x", "a/b", &"x".repeat(64)] {
-        assert!(check_name(bad).is_err(), "{bad:?}");
+    for bad in ["", "Upper", "-x", "a/b", "a_b", &"x".repeat(254)] {
+        assert!(check_holder_name(bad).is_err(), "{bad:?}");
     }
+    assert!(check_holder_name(&"x".repeat(253)).is_ok());
+    assert_eq!(agent_server_name("n1").expect("fits"), "n1.agent.drover");
+    // A node name that is a valid name but would not leave a DNS name.
+    assert!(agent_server_name(&"x".repeat(64)).is_err());
+    assert!(agent_server_name(&"x".repeat(241)).is_err());
     assert_eq!("viewer".parse::<Role>().expect("role"), Role::Viewer);
     assert!("root".parse::<Role>().is_err());
     assert_eq!(identity_of(b"garbage"), None);
@@ -106,4 +111,35 @@ fn keys_are_written_for_their_owner_only() {
     assert!(m.identity.is_some());
     assert!(m.server_config().is_ok());
     let _ = std::fs::remove_dir_all(tmp);
+}
+
+#[test]
+fn names_follow_the_one_name_rule() {
+    let (ca, _) = Ca::generate("test").expect("ca");
+    let issue = |role, name: &str| {
+        ca.issue(&CertRequest {
+            identity: Identity::new(role, name),
+            hosts: vec![],
+            validity: DEFAULT_VALIDITY,
+        })
+    };
+    // Any valid name, up to 253 characters, for a holder outside DNS.
+    let long = vec!["a".repeat(62); 4].join(".") + ".b";
+    assert_eq!(long.len(), 253);
+    let issued = issue(Role::Admin, &long).expect("issue a long name");
+    assert_eq!(
+        identity_of(&der(&issued.cert_pem)),
+        Some(Identity::new(Role::Admin, long.clone()))
+    );
+    // An agent's name must also leave `<node>.agent.drover` a DNS name.
+    let err = issue(Role::Agent, &long).expect_err("too long for a server name");
+    assert!(err.to_string().starts_with("node name "), "{err}");
+    assert!(issue(Role::Agent, "rack-2.n1").is_ok());
+    // A name breaking the rule is refused, naming it.
+    let err = issue(Role::Viewer, "Ann").expect_err("upper case");
+    assert!(
+        err.to_string()
+            .starts_with("certificate name \"Ann\" is invalid"),
+        "{err}"
+    );
 }

@@ -1,5 +1,11 @@
-//! The cluster's PKI: one CA, certificates that carry a role and a name, and
-//! the TLS settings every drover link is built from.
+//! drover's PKI: one CA, certificates that carry a role and a name, join
+//! tokens, the TLS settings every drover link is built from, the per-RPC
+//! authorization layer ([`authz`]) and the tls-dir files with their modes.
+//!
+//! **What it may depend on:** `drover-proto` (names), the crypto crates
+//! (rcgen, x509-parser, pem, sha2, rand), tonic and tower for TLS settings and
+//! the authorization layer, and the filesystem for tls dirs only. Never the
+//! manifest library, the controller or the agent.
 //!
 //! ```text
 //!   droverctl pki init ──▶ ca.crt + ca.key ──signs──▶ controller certs (tls dirs)
@@ -34,6 +40,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+use drover_proto::names;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -48,8 +55,20 @@ pub const CONTROLLER_SERVER_NAME: &str = "controller.drover";
 
 /// The server name an agent's certificate carries: `<node>.agent.drover`, so
 /// droverctl knows it reached the node it asked for.
-pub fn agent_server_name(node: &str) -> String {
-    format!("{node}.agent.drover")
+///
+/// TLS takes it as a DNS name, so a node name must leave it one: every
+/// dot-separated part of the node name at most 63 characters, and the node
+/// name at most 240 (253 with the suffix). Checked here, where the name is
+/// built, and by the agent at start-up; every other place takes node names by
+/// [`drover_proto::names::check_name`].
+pub fn agent_server_name(node: &str) -> Result<String> {
+    let name = format!("{node}.agent.drover");
+    names::check_dns_name(&name).map_err(|reason| {
+        PkiError::Invalid(format!(
+            "node name {node:?} does not fit the agent's certificate server name {name:?}: {reason}"
+        ))
+    })?;
+    Ok(name)
 }
 
 /// CA certificates live this long.
@@ -68,6 +87,8 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
+    #[error("{0}")]
+    Name(#[from] names::NameError),
 }
 
 pub type Result<T, E = PkiError> = std::result::Result<T, E>;
@@ -142,7 +163,7 @@ impl Identity {
         let rest = uri.strip_prefix("drover://")?;
         let (role, name) = rest.split_once('/')?;
         let role = role.parse().ok()?;
-        check_name(name).ok()?;
+        check_holder_name(name).ok()?;
         Some(Identity::new(role, name))
     }
 }
@@ -153,24 +174,10 @@ impl fmt::Display for Identity {
     }
 }
 
-/// Names in certificates: 1–63 of `a-z 0-9 - . _`, starting with a letter or digit.
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::Invalid(format!(
-            "{name:?} is not a valid certificate name: use 1-63 lowercase letters, digits, '-', '.' or '_'"
-        )))
-    }
+/// Checks a certificate holder's name: the one rule for node and object
+/// names, [`drover_proto::names::check_name`].
+fn check_holder_name(name: &str) -> Result<()> {
+    Ok(names::check_name("certificate name", name)?)
 }
 
 /// The identity in a verified peer certificate (DER). `None` when it carries
@@ -359,7 +366,7 @@ pub fn new_csr(identity: &Identity) -> Result<(String, String)> {
 }
 
 fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
-    check_name(&req.identity.name)?;
+    check_holder_name(&req.identity.name)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, req.identity.role.as_str());
@@ -373,7 +380,7 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
     params.subject_alt_names.push(SanType::URI(uri));
     let server_name = match req.identity.role {
         Role::Controller => Some(CONTROLLER_SERVER_NAME.to_string()),
-        Role::Agent => Some(agent_server_name(&req.identity.name)),
+        Role::Agent => Some(agent_server_name(&req.identity.name)?),
         Role::Admin | Role::Viewer => None,
     };
     let mut hosts: Vec<String> = server_name.into_iter().collect();

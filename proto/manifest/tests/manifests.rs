@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use drover_proto::manifest::quantity::{
+use drover_manifest::quantity::{
     format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes, QuantityError,
 };
-use drover_proto::manifest::{
+use drover_manifest::{
     parse_files, render_kubernetes, Container, ContainerPort, Deployment, DeploymentSpec, EnvVar,
     HttpHeader, HttpScheme, IntOrPercent, LabelSelector, ManifestError, ObjectMeta, ParseOptions,
     Parsed, PodSpec, PodTemplate, PortRef, Probe, ProbeHandler, Protocol, PullPolicy, ResourceList,
@@ -772,14 +772,14 @@ fn long_flow_nesting_is_refused_before_it_gets_slow() {
     let flow = r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}"#;
     let many = vec![flow; 3_000].join("\n---\n");
     let errors = errors_of(&many);
-    assert_eq!(errors.len(), drover_proto::manifest::MAX_ERRORS + 1);
+    assert_eq!(errors.len(), drover_manifest::MAX_ERRORS + 1);
 }
 
 #[test]
 fn errors_stop_at_the_cap() {
     let many = vec!["kind: Service"; 5_000].join("\n---\n");
     let errors = errors_of(&many);
-    assert_eq!(errors.len(), drover_proto::manifest::MAX_ERRORS + 1);
+    assert_eq!(errors.len(), drover_manifest::MAX_ERRORS + 1);
     assert_eq!(
         errors.last().map(String::as_str),
         Some("web.yaml[1000]: stopped after 1000 errors")

@@ -1,4 +1,5 @@
-//! Replica status between the agent protocol and the store.
+//! Replica status between the wire (the agent protocol, droverctl's
+//! `get`/`describe`) and the store.
 
 use drover_proto::pb;
 use drover_proto::pb::ReplicaState;

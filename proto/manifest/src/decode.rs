@@ -29,12 +29,12 @@ use super::schema::{
     HTTP_GET, HTTP_HEADER, LABEL_SELECTOR, OBJECT_META, POD_SPEC, POD_TEMPLATE, PROBE, RESOURCES,
     ROLLING_UPDATE, STRATEGY, TCP_SOCKET, TEMPLATE_META,
 };
-use super::{image, names, quantity};
 use super::{
     Container, ContainerPort, Deployment, DeploymentSpec, EnvVar, HttpHeader, HttpScheme,
     IntOrPercent, LabelSelector, ObjectMeta, ParseOptions, PodSpec, PodTemplate, PortRef, Probe,
     ProbeHandler, Protocol, PullPolicy, ResourceList, Resources, Strategy, TemplateMeta,
 };
+use drover_proto::{image, names, quantity};
 
 /// One finding at one place in a document.
 #[derive(Debug, Clone, PartialEq, Eq)]

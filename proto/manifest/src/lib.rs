@@ -1,4 +1,10 @@
-//! Kubernetes `apps/v1` Deployment manifests: the subset drover supports.
+//! drover's manifest library: Kubernetes `apps/v1` Deployment manifests, the
+//! subset drover supports — decoding, validation and rendering.
+//!
+//! droverctl runs it for early errors; the controller runs it again as the
+//! authority. **What it may depend on:** `drover-proto` (the name, quantity
+//! and image grammars) and serde; no I/O of its own (callers read the files
+//! and pass their text), no PKI, no networking.
 //!
 //! ```text
 //!  files ──split──▶ documents ──strict decode──▶ Deployment ──validate──▶ Parsed
@@ -9,8 +15,8 @@
 //! - `document.rs`: YAML text → one `Node` tree per document
 //!   (duplicate keys kept, merge keys applied, bounded against alias bombs);
 //! - `decode.rs`: strict decoding with field paths, defaults and per-field rules
-//!   (`names.rs`, `image.rs`, [`quantity`]), against the field lists of
-//!   `schema.rs`;
+//!   (the name, image and [`quantity`] grammars of `drover_proto`), against
+//!   the field lists of `schema.rs`;
 //! - `validate.rs`: the rules that relate several fields;
 //! - `render.rs`: back to Kubernetes' shape ([`render_kubernetes`]).
 //!
@@ -21,19 +27,19 @@
 
 mod decode;
 mod document;
-mod image;
 mod model;
-mod names;
 mod path;
-pub mod quantity;
 mod render;
 mod schema;
 mod validate;
 
 use std::collections::HashMap;
 
+/// Resource quantities live in the shared model; re-exported so manifest users
+/// find them next to the fields they fill.
+pub use drover_proto::quantity;
+pub use drover_proto::quantity::{format_cpu_millis, format_memory_bytes};
 pub use model::*;
-pub use quantity::{format_cpu_millis, format_memory_bytes};
 pub use render::render_kubernetes;
 
 use decode::{decode_document, Problem};
@@ -130,7 +136,7 @@ pub struct Parsed {
 ///
 /// `files` are `(name, content)` pairs. Also refuses the same namespace/name
 /// twice across the documents of one call, and a file larger than
-/// [`crate::MAX_REQUEST_BYTES`]. Reports at most [`MAX_ERRORS`] errors.
+/// [`drover_proto::MAX_REQUEST_BYTES`]. Reports at most [`MAX_ERRORS`] errors.
 ///
 /// Document indices count every document of the file from 0 in the order
 /// they appear, including the empty ones that are skipped: in `"a\n---\n---\nb"`
@@ -142,7 +148,7 @@ pub fn parse_files(
 ) -> Result<Parsed, ManifestErrors> {
     let mut errors = Vec::new();
     if let Some(ns) = &opts.namespace {
-        if let Err(reason) = names::dns1123_label(ns) {
+        if let Err(reason) = drover_proto::names::dns1123_label(ns) {
             errors.push(ManifestError {
                 file: "--namespace".into(),
                 document: None,
@@ -156,7 +162,7 @@ pub fn parse_files(
     // namespace/name → where it was first defined.
     let mut defined: HashMap<(String, String), (String, usize)> = HashMap::new();
     for (file, text) in files {
-        if text.len() > crate::MAX_REQUEST_BYTES {
+        if text.len() > drover_proto::MAX_REQUEST_BYTES {
             errors.push(ManifestError {
                 file: file.clone(),
                 document: None,
@@ -164,7 +170,7 @@ pub fn parse_files(
                 message: format!(
                     "file is {} bytes, more than the {}-byte limit for one apply",
                     text.len(),
-                    crate::MAX_REQUEST_BYTES
+                    drover_proto::MAX_REQUEST_BYTES
                 ),
             });
             continue;

@@ -5,9 +5,18 @@
 //!
 //! Each check returns `Err(reason)` with Kubernetes' wording of the rule; the
 //! caller adds the field path and the offending value.
+//!
+//! [`check_name`] is the one rule for node and object names drover checks
+//! outside a manifest (a node's `--name`, a join request, a certificate's
+//! holder, a namespace or deployment name typed for a lookup): a DNS-1123
+//! subdomain as Kubernetes has it, the rule `metadata.name` follows, so a
+//! lookup never refuses a name an apply accepted. A name embedded in a DNS
+//! name (an agent's certificate server name `<node>.agent.drover`) must also
+//! leave that a DNS name: [`check_dns_name`] checks the result where it is
+//! built.
 
 /// Longest DNS-1123 label, label name or label value.
-pub(crate) const MAX_LABEL_LEN: usize = 63;
+pub const MAX_LABEL_LEN: usize = 63;
 /// Longest DNS-1123 subdomain.
 const MAX_SUBDOMAIN_LEN: usize = 253;
 /// Longest IANA service name (a port name).
@@ -22,7 +31,7 @@ fn too_long(max: usize) -> String {
 }
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (namespaces, container names).
-pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
+pub fn dns1123_label(s: &str) -> Result<(), String> {
     if s.len() > MAX_LABEL_LEN {
         return Err(too_long(MAX_LABEL_LEN));
     }
@@ -51,7 +60,7 @@ fn is_dns1123_label(s: &str) -> bool {
 }
 
 /// DNS-1123 labels joined by `.`, at most 253 characters (object names, key prefixes).
-pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), String> {
+pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
     if s.len() > MAX_SUBDOMAIN_LEN {
         return Err(too_long(MAX_SUBDOMAIN_LEN));
     }
@@ -65,6 +74,60 @@ pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), String> {
                 .to_string(),
         )
     }
+}
+
+/// A node or object name was refused; `Display` is one sentence naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is the empty string.
+    #[error("{what} is empty")]
+    Empty { what: String },
+    /// The name breaks the DNS-1123 subdomain rule.
+    #[error(
+        "{what} {value:?} is invalid: use at most 253 lower case letters, digits, '-' and '.', \
+         starting and ending with a letter or digit (e.g. node-1)"
+    )]
+    Invalid { what: String, value: String },
+}
+
+/// The one rule for node and object names (nodes, namespaces, deployments,
+/// certificate holders): a DNS-1123 subdomain as Kubernetes has it — at most
+/// 253 characters of `a-z`, `0-9`, `-` and `.`, every dot-separated part
+/// starting and ending with a letter or digit. `what` names the value in the
+/// error ("node name", "namespace").
+pub fn check_name(what: &str, value: &str) -> Result<(), NameError> {
+    if value.is_empty() {
+        return Err(NameError::Empty {
+            what: what.to_string(),
+        });
+    }
+    if dns1123_subdomain(value).is_err() {
+        return Err(NameError::Invalid {
+            what: what.to_string(),
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Longest DNS name, as resolvers and TLS libraries (rustls) take it.
+pub const MAX_DNS_NAME_LEN: usize = 253;
+
+/// A lowercase DNS name built from a checked name (`<node>.agent.drover`):
+/// dot-separated labels of 1–63 characters, at most 253 in all. Names that
+/// pass [`check_name`] fail this only when a part is longer than 63 or the
+/// whole too long once embedded.
+pub fn check_dns_name(s: &str) -> Result<(), String> {
+    if s.len() > MAX_DNS_NAME_LEN {
+        return Err(format!("a DNS name {}", too_long(MAX_DNS_NAME_LEN)));
+    }
+    if s.split('.').any(|l| l.len() > MAX_LABEL_LEN) {
+        return Err(format!(
+            "each dot-separated part of a DNS name {}",
+            too_long(MAX_LABEL_LEN)
+        ));
+    }
+    dns1123_subdomain(s)
 }
 
 /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`: the name part of a label key,
@@ -86,7 +149,7 @@ fn is_label_name(s: &str) -> bool {
 /// A label or annotation key: `[prefix/]name`, the prefix a DNS-1123
 /// subdomain, the name at most 63 characters of `[-A-Za-z0-9_.]` starting and
 /// ending with an alphanumeric character.
-pub(crate) fn qualified_name(s: &str) -> Result<(), String> {
+pub fn qualified_name(s: &str) -> Result<(), String> {
     let name = match s.split_once('/') {
         Some((prefix, name)) => {
             if prefix.is_empty() {
@@ -118,7 +181,7 @@ pub(crate) fn qualified_name(s: &str) -> Result<(), String> {
 
 /// A label value: empty, or at most 63 characters of `[-A-Za-z0-9_.]` starting
 /// and ending with an alphanumeric character.
-pub(crate) fn label_value(s: &str) -> Result<(), String> {
+pub fn label_value(s: &str) -> Result<(), String> {
     if s.len() > MAX_LABEL_LEN {
         return Err(too_long(MAX_LABEL_LEN));
     }
@@ -136,7 +199,7 @@ pub(crate) fn label_value(s: &str) -> Result<(), String> {
 
 /// A port name (IANA_SVC_NAME): at most 15 characters of `[a-z0-9-]`, at
 /// least one letter, no leading, trailing or doubled `-`.
-pub(crate) fn iana_svc_name(s: &str) -> Result<(), String> {
+pub fn iana_svc_name(s: &str) -> Result<(), String> {
     if s.len() > MAX_SVC_NAME_LEN {
         return Err(too_long(MAX_SVC_NAME_LEN));
     }
@@ -159,7 +222,7 @@ pub(crate) fn iana_svc_name(s: &str) -> Result<(), String> {
 }
 
 /// An environment variable name: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-pub(crate) fn env_var_name(s: &str) -> Result<(), String> {
+pub fn env_var_name(s: &str) -> Result<(), String> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
     match s.as_bytes().first() {
         Some(first) if !first.is_ascii_digit() && s.bytes().all(allowed) => Ok(()),
@@ -173,7 +236,7 @@ pub(crate) fn env_var_name(s: &str) -> Result<(), String> {
 }
 
 /// An HTTP header name: `[-A-Za-z0-9]+`.
-pub(crate) fn http_header_name(s: &str) -> Result<(), String> {
+pub fn http_header_name(s: &str) -> Result<(), String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         Ok(())
     } else {
@@ -198,6 +261,46 @@ mod tests {
         assert!(dns1123_label(&"a".repeat(64)).is_err());
         assert!(dns1123_subdomain("web.example.com").is_ok());
         assert!(dns1123_subdomain("web..example").is_err());
+    }
+
+    #[test]
+    fn node_and_object_names() {
+        for good in ["n1", "node-1", "rack-2.host-3", "0", &"a".repeat(253)] {
+            assert!(check_name("node name", good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "N1",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a_b",
+            "a/b",
+            "a b",
+            &"a".repeat(254),
+        ] {
+            assert!(check_name("node name", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            check_name("namespace", "").unwrap_err().to_string(),
+            "namespace is empty"
+        );
+        assert_eq!(
+            check_name("node name", "Bad_Name").unwrap_err().to_string(),
+            "node name \"Bad_Name\" is invalid: use at most 253 lower case letters, digits, \
+             '-' and '.', starting and ending with a letter or digit (e.g. node-1)"
+        );
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(check_dns_name("node-1.agent.drover").is_ok());
+        assert!(check_dns_name(&format!("{}.agent.drover", "a".repeat(63))).is_ok());
+        assert!(check_dns_name(&format!("{}.agent.drover", "a".repeat(64))).is_err());
+        let long = vec!["a".repeat(60); 4].join(".");
+        assert!(check_dns_name(&long).is_ok());
+        assert!(check_dns_name(&format!("{long}.agent.drover")).is_err());
+        assert!(check_dns_name("Upper.agent.drover").is_err());
     }
 
     #[test]

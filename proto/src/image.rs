@@ -17,14 +17,14 @@ const MAX_TAG_LEN: usize = 128;
 
 /// The parts of a valid reference that defaulting needs.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct ImageReference<'a> {
+pub struct ImageReference<'a> {
     pub tag: Option<&'a str>,
     pub digest: Option<&'a str>,
 }
 
 impl ImageReference<'_> {
     /// Kubernetes pulls `:latest` and untagged (digest-less) images every time.
-    pub(crate) fn floats(&self) -> bool {
+    pub fn floats(&self) -> bool {
         match self.tag {
             Some(tag) => tag == "latest",
             None => self.digest.is_none(),
@@ -33,7 +33,7 @@ impl ImageReference<'_> {
 }
 
 /// Checks `reference`; `Err` carries the reason.
-pub(crate) fn parse(reference: &str) -> Result<ImageReference<'_>, String> {
+pub fn parse(reference: &str) -> Result<ImageReference<'_>, String> {
     if reference.is_empty() {
         return Err("must not be empty".to_string());
     }
