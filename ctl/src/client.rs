@@ -317,7 +317,9 @@ pub(crate) fn transport_reason(status: &Status) -> String {
 
 /// A TLS handshake failure as what to fix; every such reason starts with "TLS: ".
 pub fn tls_reason(text: &str) -> Option<String> {
-    let reason = if text.contains("invalid peer certificate: UnknownIssuer") {
+    let reason = if text.contains("invalid peer certificate: UnknownIssuer")
+        || text.contains("invalid peer certificate: BadSignature")
+    {
         "TLS: the server's certificate is not signed by the CA given with --ca; use this cluster's ca.crt"
             .to_string()
     } else if text.contains("invalid peer certificate: Expired") {
@@ -326,7 +328,10 @@ pub fn tls_reason(text: &str) -> Option<String> {
     } else if text.contains("NotValidForName") {
         "TLS: the server's certificate is not for this kind of server (a controller's or this node's); check the address".to_string()
     } else if let Some((_, rest)) = text.split_once("invalid peer certificate: ") {
-        format!("TLS: the server's certificate was refused ({rest})")
+        format!(
+            "TLS: the server's certificate was refused ({})",
+            words(rest)
+        )
     } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
         "TLS: the server does not speak TLS; if the cluster runs --insecure, pass --insecure"
             .to_string()
@@ -338,6 +343,18 @@ pub fn tls_reason(text: &str) -> Option<String> {
         return None;
     };
     Some(reason)
+}
+
+/// rustls names its reasons in CamelCase (`NotValidYet`); people read words.
+fn words(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.trim().chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// The most telling reason in an error chain: `connection refused`,
@@ -570,6 +587,11 @@ mod tests {
         assert!(reason("received fatal alert: CertificateExpired")
             .contains("refused your client certificate"));
         assert!(reason("invalid peer certificate: Expired").contains("expired"));
+        assert!(reason("invalid peer certificate: BadSignature").contains("--ca"));
+        assert_eq!(
+            reason("invalid peer certificate: NotValidYet"),
+            "TLS: the server's certificate was refused (not valid yet)"
+        );
         assert_eq!(tls_reason("connection refused"), None);
         let tls = ClientError::Unreachable(vec![attempt(
             "a:1",
