@@ -185,6 +185,16 @@ pub struct LabUpArgs {
     /// Apply this manifest once the agents are Ready, and wait for its replicas
     #[arg(long, value_name = "FILE")]
     pub apply: Option<PathBuf>,
+
+    /// How long --apply waits for its deployments to become available
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_validity)]
+    pub timeout: Duration,
+
+    /// Look for busybox (the examples' httpd, nc, wget) only in these
+    /// directories; lab up then installs nothing [default: PATH, installing
+    /// busybox-static with apt-get when missing]
+    #[arg(long, value_name = "DIR:...", env = "DROVER_LAB_BUSYBOX_PATH")]
+    pub busybox_path: Option<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

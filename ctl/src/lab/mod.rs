@@ -21,6 +21,7 @@
 //! The controllers run with mutual TLS from the first start (a CA made like
 //! `pki init`); agents join with a join token as on real hosts.
 
+pub mod available;
 pub mod chaos;
 pub mod sys;
 
@@ -142,6 +143,9 @@ pub struct UpOptions {
     pub controller_args: Vec<String>,
     /// Extra flags for every agent.
     pub agent_args: Vec<String>,
+    /// Where to look for busybox (PATH syntax) instead of PATH; when set,
+    /// `up` installs nothing and refuses if busybox is not there.
+    pub busybox_path: Option<std::ffi::OsString>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -297,7 +301,10 @@ impl Lab {
         let host = self.host(name)?.clone();
         match self.state(&host) {
             HostState::Stopped => {}
-            HostState::Running => bail!("{name} is already running (pid {:?})", host.pid),
+            HostState::Running => match host.pid {
+                Some(pid) => bail!("{name} is already running (pid {pid})"),
+                None => bail!("{name} is already running"),
+            },
             HostState::Paused => {
                 bail!("{name} is paused: resume it with droverctl lab resume {name}")
             }
@@ -456,12 +463,20 @@ pub async fn up(opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Res
             }
         }
     }
+    // What the examples need, before anything is made: a lab whose
+    // replicas cannot start is worse than no lab.
+    let busybox = if opts.runtime == "docker" {
+        ensure_image(progress)?;
+        None
+    } else {
+        Some(ensure_busybox(opts.busybox_path.as_deref(), progress)?)
+    };
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     let mut lab = claim_network(&dir, opts)?;
     lab.save()?;
-    match build(&mut lab, opts, progress).await {
+    match build(&mut lab, opts, busybox.as_deref(), progress).await {
         Ok(()) => Ok(lab),
         Err(e) => {
             progress(&format!("lab up failed ({e:#}); removing what it made"));
@@ -542,9 +557,9 @@ fn new_host(id: u32, net: &str, dir: &Path, role: Role, i: u32) -> Host {
 async fn build(
     lab: &mut Lab,
     opts: &UpOptions,
+    busybox: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()> {
-    prepare_workload(&lab.runtime, progress)?;
     let gateway = format!("{}.1", lab.net);
     sys::ip(&["addr", "add", &format!("{gateway}/24"), "dev", &lab.bridge])?;
     sys::ip(&["link", "set", &lab.bridge, "up"])?;
@@ -651,7 +666,10 @@ async fn build(
         let token = create_token(lab).await?;
         let ca = lab.pki_dir().join("ca.crt");
         let servers = lab.servers().join(",");
-        let toolbox = toolbox(&lab.dir)?;
+        let toolbox = match busybox {
+            Some(busybox) => Some(toolbox(&lab.dir, busybox)?),
+            None => None,
+        };
         let names: Vec<String> = lab.agents().map(|h| h.name.clone()).collect();
         for name in &names {
             let runtime = lab.runtime.clone();
@@ -708,30 +726,33 @@ fn lab_dir_of(log: &Path, name: &str) -> PathBuf {
 }
 
 /// The examples' workload image, built locally on first use.
-const WORKLOAD_IMAGE: &str = "drover/busybox:1";
+pub const WORKLOAD_IMAGE: &str = "drover/busybox:1";
 
-/// What the examples need to run: with Docker, the workload image (built on
-/// first use by `deploy/images/build.sh`, no registry needed); with the
-/// process runtime, busybox for the applets the examples call.
-fn prepare_workload(runtime: &str, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
-    if runtime != "docker" {
-        if find_binary("busybox").is_err() {
-            progress(
-                "warning: busybox is not installed: the examples' httpd, nc and wget will not \
-                 run (Debian: apt-get install busybox-static)",
-            );
-        }
-        return Ok(());
+/// The Debian package that provides a static busybox (what
+/// `deploy/images/build.sh` installs too).
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// Environment variable: directories (PATH syntax) where `lab up` looks for
+/// busybox instead of PATH.
+pub const BUSYBOX_PATH_ENV: &str = "DROVER_LAB_BUSYBOX_PATH";
+
+/// The applets the examples run, linked into `<lab dir>/bin`.
+const APPLETS: [&str; 3] = ["httpd", "nc", "wget"];
+
+/// With Docker, the workload image, built on first use by
+/// `deploy/images/build.sh` (no registry needed; the script installs
+/// busybox-static itself when the host lacks it).
+fn ensure_image(progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    if !sys::docker_available() {
+        bail!("--runtime docker needs a running Docker engine (docker info failed); use --runtime process");
     }
     if sys::run("docker", &["image", "inspect", WORKLOAD_IMAGE]).is_ok() {
         return Ok(());
     }
     let Some(script) = build_script() else {
-        progress(&format!(
-            "warning: {WORKLOAD_IMAGE} is not on this Docker engine and deploy/images/build.sh \
-             is not here to build it: the examples will fail with ErrImagePull until it is built"
-        ));
-        return Ok(());
+        bail!(
+            "the image {WORKLOAD_IMAGE} is missing and deploy/images/build.sh is not here to build it: run lab up from drover's source tree"
+        );
     };
     progress(&format!(
         "building the workload image {WORKLOAD_IMAGE} ({}), once",
@@ -739,6 +760,52 @@ fn prepare_workload(runtime: &str, progress: &mut dyn FnMut(&str)) -> anyhow::Re
     ));
     let script = script.display().to_string();
     sys::run(&script, &[]).map(|_| ())
+}
+
+/// `busybox` in the first of `dirs` (PATH syntax) that has it.
+pub fn find_busybox(dirs: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(dirs)
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file())
+}
+
+/// With the process runtime, the busybox whose applets the examples run
+/// (httpd, nc, wget): found in `lookup` (default: PATH), else installed with
+/// apt-get (`busybox-static`, as `deploy/images/build.sh` does). An explicit
+/// `lookup` is where busybox must be: nothing is installed then.
+fn ensure_busybox(
+    lookup: Option<&std::ffi::OsStr>,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<PathBuf> {
+    let default_path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let dirs = lookup.unwrap_or(&default_path);
+    if let Some(found) = find_busybox(dirs) {
+        return Ok(found);
+    }
+    if let Some(lookup) = lookup {
+        bail!(
+            "lab up needs busybox for the examples' httpd, nc and wget and there is none in {} (--busybox-path, {BUSYBOX_PATH_ENV}): install the {BUSYBOX_PACKAGE} package (apt-get install {BUSYBOX_PACKAGE}) or point --busybox-path at a directory holding busybox",
+            lookup.to_string_lossy()
+        );
+    }
+    if sys::run("apt-get", &["--version"]).is_err() {
+        bail!(
+            "lab up needs busybox for the examples' httpd, nc and wget and this machine has neither busybox nor apt-get: install the {BUSYBOX_PACKAGE} package (or any busybox on PATH) and run lab up again"
+        );
+    }
+    progress(&format!(
+        "busybox is missing (the examples run its httpd, nc and wget): installing {BUSYBOX_PACKAGE} with apt-get, once"
+    ));
+    sys::apt_install(BUSYBOX_PACKAGE).with_context(|| {
+        format!("lab up needs busybox and could not install it: install the {BUSYBOX_PACKAGE} package by hand and run lab up again")
+    })?;
+    let installed =
+        std::ffi::OsString::from(format!("{}:/usr/bin:/bin", default_path.to_string_lossy()));
+    find_busybox(&installed).ok_or_else(|| {
+        anyhow::anyhow!(
+            "apt-get installed {BUSYBOX_PACKAGE} but no busybox appeared on PATH: install a busybox by hand and run lab up again"
+        )
+    })
 }
 
 /// `deploy/images/build.sh` of this source tree: under the current directory,
@@ -754,22 +821,19 @@ fn build_script() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// For the process runtime: busybox applets the host lacks (httpd, for the
-/// examples), as links in `<lab dir>/bin`, appended to the agents' PATH.
-fn toolbox(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let Ok(busybox) = find_binary("busybox") else {
-        return Ok(None);
-    };
+/// For the process runtime: the busybox applets the examples call, as links
+/// in `<lab dir>/bin`, appended to the agents' PATH.
+fn toolbox(dir: &Path, busybox: &Path) -> anyhow::Result<PathBuf> {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
-    for applet in ["httpd", "nc", "wget"] {
+    for applet in APPLETS {
         let link = bin.join(applet);
         if !link.exists() {
-            std::os::unix::fs::symlink(&busybox, &link)
+            std::os::unix::fs::symlink(busybox, &link)
                 .with_context(|| format!("linking {}", link.display()))?;
         }
     }
-    Ok(Some(bin))
+    Ok(bin)
 }
 
 /// Wait until a controller reports an elected leader.

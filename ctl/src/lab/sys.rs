@@ -187,3 +187,29 @@ pub fn docker_containers(node: &str) -> Vec<String> {
     .map(|out| out.split_whitespace().map(str::to_string).collect())
     .unwrap_or_default()
 }
+
+/// `apt-get install PACKAGE` (non-interactive), after `apt-get update` when
+/// the first try fails (a fresh machine has no package lists).
+pub fn apt_install(package: &str) -> anyhow::Result<()> {
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = install().context("cannot run apt-get")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let _ = run("apt-get", &["update", "-q"]);
+    let out = install().context("cannot run apt-get")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "`apt-get install {package}` failed: {}",
+            err.trim().lines().last().unwrap_or("no message")
+        );
+    }
+    Ok(())
+}
