@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::{print, Env};
 use crate::cli::{Cli, Command, LabCommand, LabUpArgs};
+use crate::config::ConfigFile;
 use crate::lab::{self, available, chaos, sys, Lab, UpOptions};
 use crate::output::Table;
 
@@ -15,7 +16,11 @@ pub async fn run(env: &Env, cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up(args) => up(env, args).await,
         LabCommand::Down(d) => {
-            let done = lab::down(&d.dir)?;
+            let lab = Lab::load(&d.dir)?;
+            // The context goes even when something else is left behind.
+            let context = lab.config.as_deref().and_then(|c| remove_context(&lab, c));
+            let mut done = lab::down(&d.dir)?;
+            done.extend(context);
             print(&format!("{}\n", done.join("\n")))
         }
         LabCommand::Status(d) => print(&status(&Lab::load(&d.dir)?)),
@@ -117,15 +122,21 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
         runtime: args.runtime.clone(),
         controller_bin,
         agent_bin,
-        config: Some(env.config_path()?),
         controller_args: Vec::new(),
         agent_args: Vec::new(),
         busybox_path: args.busybox_path.clone(),
     };
-    let lab = lab::up(&opts, &mut |line| {
+    let mut lab = lab::up(&opts, &mut |line| {
         let _ = print(&format!("{line}\n"));
     })
     .await?;
+    let config = env.config_path()?;
+    if let Err(e) = write_context(&lab, &config) {
+        let _ = lab::down(&lab.dir);
+        return Err(e);
+    }
+    lab.config = Some(config);
+    lab.save()?;
     print(&format!(
         "context {:?} is now current ({})\n\n",
         lab::CONTEXT,
@@ -174,6 +185,39 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
     print(&format!(
         "\nnext:\n{curl}  {me} get nodes\n  {me} get replicas -o wide\n  {me} lab kill n1{dir_flag}        (or stop|start|pause|resume|partition|heal)\n  {me} lab chaos --rounds 20{dir_flag}\n  {me} lab down{dir_flag}\n"
     ))
+}
+
+/// Write the `lab` context (servers, CA, admin certificate) and make it current.
+fn write_context(lab: &Lab, path: &Path) -> anyhow::Result<()> {
+    let mut file = ConfigFile::load(path)?;
+    file.set_context(lab::CONTEXT, Some(lab.servers()), None);
+    let admin = lab.admin_tls();
+    if let Some(ctx) = file.contexts.iter_mut().find(|c| c.name == lab::CONTEXT) {
+        ctx.ca = Some(admin.ca_cert());
+        ctx.cert = Some(admin.cert());
+        ctx.key = Some(admin.key());
+        ctx.insecure = false;
+    }
+    file.current_context = Some(lab::CONTEXT.to_string());
+    file.save(path)
+}
+
+/// Remove the `lab` context from `path` if it still names this lab's
+/// servers; what was done, for the user.
+fn remove_context(lab: &Lab, path: &Path) -> Option<String> {
+    let mut file = ConfigFile::load(path).ok()?;
+    let ours = file
+        .context(lab::CONTEXT)
+        .is_some_and(|c| c.servers == lab.servers());
+    if !ours {
+        return None;
+    }
+    file.contexts.retain(|c| c.name != lab::CONTEXT);
+    if file.current_context.as_deref() == Some(lab::CONTEXT) {
+        file.current_context = None;
+    }
+    file.save(path).ok()?;
+    Some(format!("removed context {}", lab::CONTEXT))
 }
 
 /// Run another droverctl verb against the lab's context.

@@ -26,7 +26,7 @@ use drover_proto::pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{sys, HostState, Lab};
+use crate::{sys, HostState, Lab};
 
 /// Deployments the runner writes: chaos-0 .. chaos-(N-1).
 pub const DEPLOYMENTS: usize = 3;
@@ -395,7 +395,7 @@ impl Runner<'_> {
                         .into_iter()
                         .filter(|p| Some(*p) != host.pid)
                         .collect();
-                    sys::signal("KILL", &replicas);
+                    sys::signal(sys::Signal::SIGKILL, &replicas);
                 }
                 h.clone()
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::pb;
 
-use super::{Lab, Role};
+use crate::{Lab, Role};
 
 /// Deployments that did not become available within the bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
