@@ -29,6 +29,19 @@ impl ClusterPki {
     /// A new CA named after `dir` in `dir` (refused if one is there), and the
     /// admin's client certificate, valid for `validity`.
     pub fn create(dir: &Path, validity: Duration) -> anyhow::Result<ClusterPki> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "drover".into());
+        ClusterPki::create_named(dir, &name, validity)
+    }
+
+    /// [`ClusterPki::create`] with the CA named `cluster_name`.
+    pub fn create_named(
+        dir: &Path,
+        cluster_name: &str,
+        validity: Duration,
+    ) -> anyhow::Result<ClusterPki> {
         let root = TlsDir::new(dir);
         if root.ca_key().exists() {
             bail!(
@@ -37,11 +50,7 @@ impl ClusterPki {
             );
         }
         pki::create_private_dir(dir)?;
-        let cluster_name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "drover".into());
-        let (ca, ca_key) = Ca::generate(&cluster_name)?;
+        let (ca, ca_key) = Ca::generate(cluster_name)?;
         pki::write_secret(&root.ca_key(), &ca_key)?;
         pki::write_public(&root.ca_cert(), ca.cert_pem())?;
         let pki = ClusterPki {
