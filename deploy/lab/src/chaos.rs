@@ -54,6 +54,16 @@ pub enum Op {
     Delete { name: String },
 }
 
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Apply { name, replicas } => write!(f, "apply {name} ({replicas} replicas)"),
+            Op::Scale { name, replicas } => write!(f, "scale {name} to {replicas}"),
+            Op::Delete { name } => write!(f, "delete {name}"),
+        }
+    }
+}
+
 /// A fault; hosts are named where the seed picks them, the leader and a
 /// follower are found when the round runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -481,7 +491,7 @@ impl Runner<'_> {
         *self.report.faults.entry(round.fault.kind()).or_default() += 1;
         let acked = self.write(&round.op).await;
         (self.log)(&format!(
-            "round {}: {} {} + {:?} ({}) for {:.1}s",
+            "round {}: {} {} + {} ({}) for {:.1}s",
             self.round,
             round.fault.kind(),
             target,
