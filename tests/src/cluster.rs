@@ -28,8 +28,8 @@ pub use drover_lab::sys::kill_processes_under;
 /// Path of a drover binary built in the same cargo profile as the running
 /// test (or in `DROVER_BIN_DIR`), as `droverctl lab` finds them.
 pub fn bin(name: &str) -> PathBuf {
-    drover_lab::find_binary(name).unwrap_or_else(|e| {
-        panic!("{e:#} (cargo build --workspace, or cargo test --workspace, builds it)")
+    drover_lab::built_binary(name).unwrap_or_else(|e| {
+        panic!("{e:#} (or run cargo test --workspace, which builds every binary)")
     })
 }
 

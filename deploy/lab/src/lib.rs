@@ -168,10 +168,12 @@ pub fn exists(dir: &Path) -> bool {
 /// Environment variable: the directory holding drover's binaries, searched first.
 pub const BIN_DIR_ENV: &str = "DROVER_BIN_DIR";
 
-/// A drover binary (`drover-controller`, `drover-agent`, `droverctl`): in
-/// `DROVER_BIN_DIR`, beside the running executable (or above it, for test
-/// binaries in `target/<profile>/deps`), then on PATH.
-pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+/// A drover binary (`drover-controller`, `drover-agent`, `droverctl`) as
+/// built with the running executable: in `DROVER_BIN_DIR` when set, else
+/// beside the running executable (or above it, for test binaries in
+/// `target/<profile>/deps`). The test harness uses this lookup alone, so a
+/// stale installed binary is never tested by mistake.
+pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         let path = PathBuf::from(dir).join(name);
         if path.is_file() {
@@ -182,21 +184,31 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
             path.parent().unwrap_or(Path::new(".")).display()
         );
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let beside = dir.join(name);
-            if beside.is_file() {
-                return Ok(beside);
-            }
-            // Test binaries live in target/<profile>/deps.
-            if dir.ends_with("deps") {
-                if let Some(up) = dir.parent() {
-                    if up.join(name).is_file() {
-                        return Ok(up.join(name));
-                    }
+    let exe = std::env::current_exe().context("cannot tell where this program is")?;
+    if let Some(dir) = exe.parent() {
+        let beside = dir.join(name);
+        if beside.is_file() {
+            return Ok(beside);
+        }
+        // Test binaries live in target/<profile>/deps.
+        if dir.ends_with("deps") {
+            if let Some(up) = dir.parent() {
+                if up.join(name).is_file() {
+                    return Ok(up.join(name));
                 }
             }
         }
+    }
+    bail!(
+        "{name} is not beside {}: build it first with `cargo build --workspace`",
+        exe.display()
+    )
+}
+
+/// [`built_binary`], else `name` on PATH (an installed drover).
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = built_binary(name) {
+        return Ok(path);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
