@@ -118,29 +118,8 @@ pub struct ControllerConfig {
     pub ca: Option<PathBuf>,
 
     /// How long the node certificates this controller signs for agents are valid.
-    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_validity)]
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = drover_proto::duration::parse_positive)]
     pub node_cert_validity: Duration,
-}
-
-/// `30d`, `12h`, `90m`, `45s`.
-pub fn parse_validity(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30d, 12h, 90m or 45s"))?;
-    let secs = match unit {
-        "d" => n * 86_400,
-        "h" => n * 3_600,
-        "m" => n * 60,
-        "s" | "" => n,
-        _ => return Err(format!("{s:?} is not a duration like 30d, 12h, 90m or 45s")),
-    };
-    if secs == 0 {
-        return Err("a validity must be longer than zero".into());
-    }
-    Ok(Duration::from_secs(secs))
 }
 
 /// `--peers`: member id → address.

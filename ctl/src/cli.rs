@@ -185,6 +185,16 @@ pub struct LabUpArgs {
     /// Apply this manifest once the agents are Ready, and wait for its replicas
     #[arg(long, value_name = "FILE")]
     pub apply: Option<PathBuf>,
+
+    /// How long --apply waits for its deployments to become available
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = drover_proto::duration::parse_positive)]
+    pub timeout: Duration,
+
+    /// Look for busybox (the examples' httpd, nc, wget) only in these
+    /// directories; lab up then installs nothing [default: PATH, installing
+    /// busybox-static with apt-get when missing]
+    #[arg(long, value_name = "DIR:...", env = "DROVER_LAB_BUSYBOX_PATH")]
+    pub busybox_path: Option<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -220,7 +230,7 @@ pub struct LabChaosArgs {
     pub seed: Option<u64>,
 
     /// How long a deployment may take to converge after a heal before it is a violation
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_validity)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = drover_proto::duration::parse_positive)]
     pub converge_within: Duration,
 
     #[command(flatten)]
@@ -244,7 +254,7 @@ pub struct TokenCreateArgs {
     pub role: String,
 
     /// How long the token can be used
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_validity)]
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = drover_proto::duration::parse_positive)]
     pub ttl: Duration,
 }
 
@@ -274,7 +284,7 @@ pub struct PkiInitArgs {
     pub controllers: Vec<String>,
 
     /// How long the controller and admin certificates are valid
-    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_validity)]
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = drover_proto::duration::parse_positive)]
     pub validity: Duration,
 }
 
@@ -301,28 +311,8 @@ pub struct PkiClientArgs {
     pub hosts: Vec<String>,
 
     /// How long the certificate is valid
-    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_validity)]
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = drover_proto::duration::parse_positive)]
     pub validity: Duration,
-}
-
-/// `365d`, `12h`, `90m`, `45s`.
-pub fn parse_validity(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let bad = || format!("{s:?} is not a duration like 365d, 12h, 90m or 45s");
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "d" => n.saturating_mul(86_400),
-        "h" => n.saturating_mul(3_600),
-        "m" => n.saturating_mul(60),
-        "s" => n,
-        _ => return Err(bad()),
-    };
-    if secs == 0 {
-        return Err("a duration must be longer than zero".into());
-    }
-    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]

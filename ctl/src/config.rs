@@ -434,26 +434,7 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// An I/O error as a short lowercase reason, without `(os error N)`.
-pub fn io_reason(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::NotFound => "no such file or directory".to_string(),
-        ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => {
-            let text = e.to_string();
-            let text = match text.find(" (os error") {
-                Some(i) => text[..i].to_string(),
-                None => text,
-            };
-            let mut chars = text.chars();
-            match chars.next() {
-                Some(first) => first.to_lowercase().chain(chars).collect(),
-                None => format!("{:?}", e.kind()),
-            }
-        }
-    }
-}
+pub use drover_client::io_reason;
 
 #[cfg(test)]
 mod tests {

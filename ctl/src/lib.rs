@@ -4,7 +4,8 @@
 //!  argv ──clap──▶ Cli ──cmd::run──▶ one verb (cmd/*.rs)
 //!                                     │  files.rs   reads -f inputs
 //!                                     │  config.rs  contexts file → servers, namespace
-//!                                     │  client.rs  tries controllers in order, maps errors
+//!                                     │  client     (drover-client) tries controllers in order, maps errors
+//!                                     │  lab        (drover-lab) hosts in namespaces, faults, chaos
 //!                                     ▼
 //!                                   output.rs  tables, ages, Kubernetes-shaped objects
 //! ```
@@ -19,13 +20,16 @@
 //! the agent only as processes it starts (`lab`), never as libraries.
 
 pub mod cli;
-pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod files;
-pub mod lab;
 pub mod output;
 pub mod resource;
+
+/// The controllers' client lives in its own crate, shared with the lab.
+pub use drover_client as client;
+/// `droverctl lab`'s library: the lab verb is a thin layer over it.
+pub use drover_lab as lab;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -34,6 +34,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// [`parse`], refusing zero: validities, TTLs and wait bounds (`365d`, `12h`).
+pub fn parse_positive(text: &str) -> Result<Duration, String> {
+    match parse(text)? {
+        d if d.is_zero() => Err(format!(
+            "{:?} is zero; give a duration longer than zero",
+            text.trim()
+        )),
+        d => Ok(d),
+    }
+}
+
 /// `2s` or `250ms`: how drover's own messages show a configured wait.
 pub fn short(d: Duration) -> String {
     if d.subsec_millis() == 0 {
@@ -78,6 +89,20 @@ mod tests {
         for bad in ["", "-1s", "abc", "1e999s", "99999999999999999999999s"] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn validities_must_be_longer_than_zero() {
+        assert_eq!(
+            parse_positive("365d"),
+            Ok(Duration::from_secs(365 * 86_400))
+        );
+        assert_eq!(parse_positive("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(
+            parse_positive("0s").unwrap_err(),
+            "\"0s\" is zero; give a duration longer than zero"
+        );
+        assert!(parse_positive("soon").is_err());
     }
 
     #[test]

@@ -1,4 +1,10 @@
 //! Controller processes and the clients that talk to them.
+//!
+//! Finding binaries, the PKI bootstrap, waiting for a leader and for Ready
+//! nodes, connecting, and killing processes come from `drover-lab`, the
+//! cluster launcher `droverctl lab` uses too; this file only adds what is
+//! particular to tests (loopback addresses, child processes, droverctl run
+//! as a user).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write as _};
@@ -9,28 +15,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use drover_lab::pki::ClusterPki;
+use drover_lab::sys::{self, Signal};
 use drover_pki::{self as pki, Identity, Role, Security, TlsDir, TlsMaterial};
 use drover_proto::pb;
 use drover_proto::pb::control_client::ControlClient;
 use tonic::transport::Channel;
 
-/// Path of a drover binary built in the same cargo profile as the running test.
+pub use drover_lab::cluster::connect;
+pub use drover_lab::sys::kill_processes_under;
+
+/// Path of a drover binary built in the same cargo profile as the running
+/// test (or in `DROVER_BIN_DIR`), as `droverctl lab` finds them.
 pub fn bin(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("DROVER_BIN_DIR") {
-        return PathBuf::from(dir).join(name);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace, or cargo test --workspace)",
-        path.display()
-    );
-    path
+    drover_lab::built_binary(name).unwrap_or_else(|e| {
+        panic!("{e:#} (or run cargo test --workspace, which builds every binary)")
+    })
 }
 
 /// A free TCP port on `ip` (bound and released: another process could take it
@@ -67,30 +67,26 @@ pub struct Options {
     pub insecure: bool,
 }
 
-/// This cluster's CA and the admin credentials clients use.
+/// This cluster's CA and the admin credentials clients use (made as
+/// `droverctl pki init` and `lab up` make theirs): `dir`, `ca` and `admin`
+/// are the [`ClusterPki`]'s.
 pub struct Pki {
-    /// Holds `ca.crt` and `ca.key`.
-    pub dir: PathBuf,
-    pub ca: pki::Ca,
-    /// The admin's tls dir (ca.crt, tls.crt, tls.key).
-    pub admin: TlsDir,
+    cluster: ClusterPki,
+}
+
+impl std::ops::Deref for Pki {
+    type Target = ClusterPki;
+
+    fn deref(&self) -> &ClusterPki {
+        &self.cluster
+    }
 }
 
 impl Pki {
     fn create(dir: &Path) -> anyhow::Result<Pki> {
-        let (ca, ca_key) = pki::Ca::generate("test")?;
-        pki::create_private_dir(dir)?;
-        let root = TlsDir::new(dir);
-        pki::write_public(&root.ca_cert(), ca.cert_pem())?;
-        pki::write_secret(&root.ca_key(), &ca_key)?;
-        let admin = TlsDir::new(dir.join("admin"));
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-            ca,
-            admin,
-        };
-        pki.issue(&pki.admin, Identity::new(Role::Admin, "admin"), vec![])?;
-        Ok(pki)
+        Ok(Pki {
+            cluster: ClusterPki::create_named(dir, "test", pki::DEFAULT_VALIDITY)?,
+        })
     }
 
     /// Issue a certificate into `into` (with the CA key for controllers, which sign).
@@ -100,19 +96,8 @@ impl Pki {
         identity: Identity,
         hosts: Vec<String>,
     ) -> anyhow::Result<()> {
-        let role = identity.role;
-        let issued = self.ca.issue(&pki::CertRequest {
-            identity,
-            hosts,
-            validity: pki::DEFAULT_VALIDITY,
-        })?;
-        let ca_key = if role == Role::Controller {
-            Some(std::fs::read_to_string(TlsDir::new(&self.dir).ca_key())?)
-        } else {
-            None
-        };
-        into.write(self.ca.cert_pem(), &issued, ca_key.as_deref())?;
-        Ok(())
+        self.cluster
+            .issue(into, identity, hosts, pki::DEFAULT_VALIDITY)
     }
 
     /// A client identity of `role` named `name`, in its own tls dir under the PKI dir.
@@ -120,10 +105,6 @@ impl Pki {
         let dir = TlsDir::new(self.dir.join(format!("{role}-{name}")));
         self.issue(&dir, Identity::new(role, name), vec![])?;
         Ok(dir)
-    }
-
-    pub fn ca_cert(&self) -> PathBuf {
-        TlsDir::new(&self.dir).ca_cert()
     }
 }
 
@@ -300,10 +281,7 @@ impl Cluster {
     /// SIGTERM controller `i` and wait for it to exit.
     pub fn stop(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(mut child) = self.controllers[i].child.take() {
-            // SAFETY: kill(2) on a pid we own; no memory is touched.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
+            sys::signal(Signal::SIGTERM, &[child.id()]);
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if child.try_wait()?.is_some() {
@@ -340,48 +318,37 @@ impl Cluster {
 
     /// Status as controller `i` sees itself (through `cluster status`).
     pub async fn member_status(&self, i: usize) -> anyhow::Result<pb::MemberStatus> {
-        let mut c = self.client(i).await?;
-        let s = tokio::time::timeout(
-            Duration::from_secs(3),
-            c.cluster_status(pb::ClusterStatusRequest {}),
-        )
-        .await
-        .map_err(|_| anyhow!("controller {} did not answer status in 3s", i + 1))??
-        .into_inner();
-        s.members
-            .into_iter()
-            .find(|m| m.id == self.controllers[i].id)
-            .ok_or_else(|| anyhow!("controller {} did not report itself", i + 1))
+        let c = &self.controllers[i];
+        let s = drover_lab::cluster::member_status(&c.address, &self.security).await?;
+        if s.id != c.id {
+            bail!("controller {} answered as member {}", c.id, s.id);
+        }
+        Ok(s)
+    }
+
+    /// Addresses of the controllers running now.
+    fn running_addresses(&self) -> Vec<String> {
+        self.controllers
+            .iter()
+            .filter(|c| c.is_running())
+            .map(|c| c.address.clone())
+            .collect()
     }
 
     /// Wait until one running controller is leader and the others agree; returns its index.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        loop {
-            let mut views = Vec::new();
-            for (i, c) in self.controllers.iter().enumerate() {
-                if !c.is_running() {
-                    continue;
-                }
-                match self.member_status(i).await {
-                    Ok(s) => views.push((i, s)),
-                    Err(e) => last = format!("{e:#}"),
-                }
-            }
-            if let Some((i, leader)) = views.iter().find(|(_, s)| s.role == "leader") {
-                let agreed = views
-                    .iter()
-                    .all(|(_, s)| s.leader_id == leader.id && s.term == leader.term);
-                if agreed {
-                    return Ok(*i);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no agreed leader within {timeout:?} (last error: {last})");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let id = drover_lab::cluster::wait_for_leader(
+            &self.running_addresses(),
+            &self.security,
+            timeout,
+        )
+        .await?;
+        self.controllers
+            .iter()
+            .position(|c| c.id == id)
+            .ok_or_else(|| {
+                anyhow!("the leader is member {id}, not one of this cluster's controllers")
+            })
     }
 
     /// Wait until every running controller applied the same index with the same state hash.
@@ -624,19 +591,11 @@ impl Cluster {
         Ok(per_node)
     }
 
-    /// Wait until `droverctl get nodes` shows `n` nodes Ready: replicas
-    /// applied before every agent registered all land on the first ones.
+    /// Wait until `n` nodes are Ready: replicas applied before every agent
+    /// registered all land on the first ones.
     pub async fn wait_nodes_ready(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
-        self.wait_for(&format!("{n} nodes Ready"), timeout, || async {
-            let out = self.ctl().run(&["get", "nodes"]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if text.matches(" Ready ").count() == n {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        })
-        .await
+        drover_lab::cluster::wait_for_nodes(&self.running_addresses(), &self.security, n, timeout)
+            .await
     }
 
     /// `controllers` controllers and one agent per name (4 CPUs, 4 GiB each)
@@ -728,50 +687,7 @@ impl Drop for Cluster {
 
 /// How many processes have their working directory inside `dir`.
 pub fn processes_under(dir: &Path) -> usize {
-    pids_under(dir).len()
-}
-
-fn pids_under(dir: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
-            cwd.starts_with(dir).then_some(pid)
-        })
-        .collect()
-}
-
-/// SIGKILL every process (and its process group) whose working directory is
-/// inside `dir`. Returns how many were found.
-pub fn kill_processes_under(dir: &Path) -> usize {
-    let pids = pids_under(dir);
-    for &pid in &pids {
-        // SAFETY: plain kill(2)/getpgid(2) calls on pids read from /proc.
-        unsafe {
-            let pgid = libc::getpgid(pid);
-            if pgid > 1 {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-    pids.len()
-}
-
-/// A Control client for one controller, as the holder of `security`.
-pub async fn connect(address: &str, security: &Security) -> anyhow::Result<ControlClient<Channel>> {
-    let channel = security
-        .endpoint(address, pki::CONTROLLER_SERVER_NAME)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {address}"))?;
-    Ok(ControlClient::new(channel))
+    sys::pids_under(dir).len()
 }
 
 /// Runs `droverctl` as a user would, with its own empty config home.

@@ -336,3 +336,120 @@ fn chaos_soak() {
         .unwrap_or(1);
     chaos(rounds, seed);
 }
+
+/// The workspace's root, where `deploy/examples` lives.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A newcomer's machine without busybox: `lab up --apply` of the web example
+/// refuses at once, naming the package, and makes nothing (no lab, so no
+/// deployment that could never run).
+#[test]
+fn up_apply_without_busybox_refuses_at_once_naming_the_package() {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return;
+    }
+    let lab = LabGuard::new();
+    let empty = tempfile::tempdir().expect("temp dir");
+    let web = repo_root().join("deploy/examples/web.yaml");
+    let dir = lab.dir().display().to_string();
+    let started = std::time::Instant::now();
+    let out = Command::new(bin("droverctl"))
+        .args(["lab", "up", "--controllers", "1", "--agents", "1"])
+        .arg("--apply")
+        .arg(&web)
+        .args(["--dir", &dir])
+        .env("DROVERCONFIG", lab.config())
+        .env("DROVER_LAB_BUSYBOX_PATH", empty.path())
+        .env_remove("DROVER_SERVER")
+        .output()
+        .expect("running droverctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "lab up succeeded:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("busybox-static"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
+    assert!(!stdout.contains("started"), "{stdout}");
+    assert!(!lab.dir().join("lab.json").exists(), "a lab was made");
+    let config = std::fs::read_to_string(lab.config()).unwrap_or_default();
+    assert!(
+        !config.contains("name: lab"),
+        "a context was written: {config}"
+    );
+}
+
+/// A deployment that can never become available: `lab up --apply` gives up
+/// after its bound, exits non-zero naming each replica and its reason, and
+/// says what to run next.
+#[test]
+fn up_apply_of_a_deployment_that_cannot_run_fails_naming_replicas_and_reason() {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return;
+    }
+    let lab = LabGuard::new();
+    // The manifest calls no applet: a stand-in busybox keeps this test from
+    // installing one.
+    let tools = tempfile::tempdir().expect("temp dir");
+    let stub = tools.path().join("busybox");
+    std::fs::write(&stub, "#!/bin/sh\nexit 1\n").expect("writing the stub");
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the stub");
+    let manifest = tools.path().join("broken.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: broken\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: broken\n  template:\n    metadata:\n      labels:\n        app: broken\n    spec:\n      containers:\n      - name: main\n        image: drover/busybox:1\n        command: [\"sh\", \"-c\", \"exec no-such-binary-here\"]\n",
+    )
+    .expect("writing the manifest");
+    let dir = lab.dir().display().to_string();
+    let started = std::time::Instant::now();
+    let out = Command::new(bin("droverctl"))
+        .args(["lab", "up", "--controllers", "1", "--agents", "1"])
+        .arg("--apply")
+        .arg(&manifest)
+        .args(["--timeout", "15s", "--dir", &dir])
+        .env("DROVERCONFIG", lab.config())
+        .env("DROVER_LAB_BUSYBOX_PATH", tools.path())
+        .env_remove("DROVER_SERVER")
+        .output()
+        .expect("running droverctl");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "lab up succeeded:\n{stdout}\n{stderr}"
+    );
+    // Lab start-up (a leader, an agent Ready) plus the 15 s bound.
+    assert!(took < std::time::Duration::from_secs(90), "took {took:?}");
+    assert!(
+        stdout.contains("waiting for broken 0/2 available"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("not available after 15s (broken: 0 of 2 available)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("broken-"), "{stderr}");
+    assert!(
+        stderr.contains(" on n1: CrashLoopBackOff: exit 127"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("logs broken-"), "{stderr}");
+    assert!(stderr.contains("describe deployment broken"), "{stderr}");
+    // The lab stays up for the post-mortem the message points at.
+    assert!(lab.dir().join("lab.json").exists());
+}

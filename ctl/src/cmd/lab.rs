@@ -3,22 +3,24 @@
 //! The plumbing lives in [`crate::lab`]; this file parses, prints and, for
 //! `up --apply`, runs droverctl's own `apply` and `get` against the new lab.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 use clap::Parser as _;
-use drover_proto::pb;
+use std::path::Path;
 
 use super::{print, Env};
 use crate::cli::{Cli, Command, LabCommand, LabUpArgs};
-use crate::lab::{self, chaos, sys, Lab, UpOptions};
+use crate::config::ConfigFile;
+use crate::lab::{self, available, chaos, sys, Lab, UpOptions};
 use crate::output::Table;
 
 pub async fn run(env: &Env, cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up(args) => up(env, args).await,
         LabCommand::Down(d) => {
-            let done = lab::down(&d.dir)?;
+            let lab = Lab::load(&d.dir)?;
+            // The context goes even when something else is left behind.
+            let context = lab.config.as_deref().and_then(|c| remove_context(&lab, c));
+            let mut done = lab::down(&d.dir)?;
+            done.extend(context);
             print(&format!("{}\n", done.join("\n")))
         }
         LabCommand::Status(d) => print(&status(&Lab::load(&d.dir)?)),
@@ -113,9 +115,6 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
     }
     let controller_bin = lab::find_binary("drover-controller")?;
     let agent_bin = lab::find_binary("drover-agent")?;
-    if args.runtime == "docker" {
-        ensure_image()?;
-    }
     let opts = UpOptions {
         dir: dir.clone(),
         controllers: args.controllers,
@@ -123,27 +122,27 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
         runtime: args.runtime.clone(),
         controller_bin,
         agent_bin,
-        config: Some(env.config_path()?),
         controller_args: Vec::new(),
         agent_args: Vec::new(),
+        busybox_path: args.busybox_path.clone(),
     };
-    let lab = lab::up(&opts, &mut |line| {
+    let mut lab = lab::up(&opts, &mut |line| {
         let _ = print(&format!("{line}\n"));
     })
     .await?;
+    let config = env.config_path()?;
+    if let Err(e) = write_context(&lab, &config) {
+        let _ = lab::down(&lab.dir);
+        return Err(e);
+    }
+    lab.config = Some(config);
+    lab.save()?;
     print(&format!(
         "context {:?} is now current ({})\n\n",
         lab::CONTEXT,
         env.config_path()?.display()
     ))?;
     print(&status(&lab))?;
-    if let Some(file) = &args.apply {
-        let file = file.display().to_string();
-        run_self(env, &["apply", "-f", &file]).await?;
-        wait_running(&lab, Duration::from_secs(120)).await;
-        run_self(env, &["get", "deployments"]).await?;
-        run_self(env, &["get", "replicas"]).await?;
-    }
     let me = std::env::current_exe()
         .ok()
         .map(|p| p.display().to_string())
@@ -153,17 +152,72 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
     } else {
         format!(" --dir {}", dir.display())
     };
-    // With the process runtime a replica's host port is on its host's address.
-    let curl = match lab.agents().next() {
-        Some(h) if lab.runtime == "process" => format!(
-            "  curl http://{}:PORT/      (a replica's hostPort, on its host's address)\n",
-            h.ip
-        ),
-        _ => String::new(),
-    };
+    let mut curl = String::new();
+    if let Some(file) = &args.apply {
+        let file = file.display().to_string();
+        run_self(env, &["apply", "-f", &file]).await?;
+        let waited = available::wait(&lab, args.timeout, &mut |line| {
+            let _ = print(&format!("{line}\n"));
+        })
+        .await;
+        match waited {
+            Ok(addresses) => {
+                run_self(env, &["get", "deployments"]).await?;
+                run_self(env, &["get", "replicas", "-o", "wide"]).await?;
+                for a in &addresses {
+                    curl.push_str(&format!("  curl {a}\n"));
+                }
+            }
+            Err(stuck) => {
+                let _ = run_self(env, &["get", "replicas", "-o", "wide"]).await;
+                let next = match &stuck.first {
+                    Some((replica, deployment)) => format!(
+                        "see why with `{me} logs {replica}` and `{me} describe deployment {deployment}`; the lab stays up (remove it with {me} lab down{dir_flag})"
+                    ),
+                    None => format!(
+                        "see why with `{me} describe deployments`; the lab stays up (remove it with {me} lab down{dir_flag})"
+                    ),
+                };
+                anyhow::bail!("{file} is {stuck}\n{next}");
+            }
+        }
+    }
     print(&format!(
-        "\nnext:\n  {me} get nodes\n  {me} get replicas -o wide\n{curl}  {me} lab kill n1{dir_flag}        (or stop|start|pause|resume|partition|heal)\n  {me} lab chaos --rounds 20{dir_flag}\n  {me} lab down{dir_flag}\n"
+        "\nnext:\n{curl}  {me} get nodes\n  {me} get replicas -o wide\n  {me} lab kill n1{dir_flag}        (or stop|start|pause|resume|partition|heal)\n  {me} lab chaos --rounds 20{dir_flag}\n  {me} lab down{dir_flag}\n"
     ))
+}
+
+/// Write the `lab` context (servers, CA, admin certificate) and make it current.
+fn write_context(lab: &Lab, path: &Path) -> anyhow::Result<()> {
+    let mut file = ConfigFile::load(path)?;
+    file.set_context(lab::CONTEXT, Some(lab.servers()), None);
+    let admin = lab.admin_tls();
+    if let Some(ctx) = file.contexts.iter_mut().find(|c| c.name == lab::CONTEXT) {
+        ctx.ca = Some(admin.ca_cert());
+        ctx.cert = Some(admin.cert());
+        ctx.key = Some(admin.key());
+        ctx.insecure = false;
+    }
+    file.current_context = Some(lab::CONTEXT.to_string());
+    file.save(path)
+}
+
+/// Remove the `lab` context from `path` if it still names this lab's
+/// servers; what was done, for the user.
+fn remove_context(lab: &Lab, path: &Path) -> Option<String> {
+    let mut file = ConfigFile::load(path).ok()?;
+    let ours = file
+        .context(lab::CONTEXT)
+        .is_some_and(|c| c.servers == lab.servers());
+    if !ours {
+        return None;
+    }
+    file.contexts.retain(|c| c.name != lab::CONTEXT);
+    if file.current_context.as_deref() == Some(lab::CONTEXT) {
+        file.current_context = None;
+    }
+    file.save(path).ok()?;
+    Some(format!("removed context {}", lab::CONTEXT))
 }
 
 /// Run another droverctl verb against the lab's context.
@@ -176,54 +230,6 @@ async fn run_self(env: &Env, args: &[&str]) -> anyhow::Result<()> {
         anyhow::bail!("lab cannot run itself");
     }
     Box::pin(super::run(cli)).await
-}
-
-/// Until every replica is Running (or `limit`): the first start of a replica
-/// may take a moment.
-async fn wait_running(lab: &Lab, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(mut client) = lab.client(lab.servers(), Duration::from_secs(3)) {
-            if let Ok(resp) =
-                client
-                    .call(|mut c| async move {
-                        c.list_replicas(pb::ListReplicasRequest::default()).await
-                    })
-                    .await
-            {
-                let running = |r: &pb::Replica| {
-                    r.status
-                        .as_ref()
-                        .is_some_and(|s| s.state == pb::ReplicaState::Running as i32)
-                };
-                if !resp.replicas.is_empty() && resp.replicas.iter().all(running) {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The Docker runtime's workload image: build it on first use.
-fn ensure_image() -> anyhow::Result<()> {
-    if !sys::docker_available() {
-        anyhow::bail!("--runtime docker needs a running Docker engine (docker info failed); use --runtime process");
-    }
-    if sys::run("docker", &["image", "inspect", "drover/busybox:1"]).is_ok() {
-        return Ok(());
-    }
-    let script = Path::new("deploy/images/build.sh");
-    if !script.exists() {
-        anyhow::bail!("the image drover/busybox:1 is missing: build it with deploy/images/build.sh from drover's source tree");
-    }
-    let status = std::process::Command::new(script)
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", script.display()))?;
-    if !status.success() {
-        anyhow::bail!("{} failed: see its message above", script.display());
-    }
-    Ok(())
 }
 
 /// `HOST ROLE ADDRESS NAMESPACE PID STATE PARTITIONED-FROM`.

@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use drover_pki::{self as pki, Ca, CertRequest, Identity, Role, TlsDir};
+use drover_lab::pki::ClusterPki;
+use drover_pki::{Ca, CertRequest, Identity, Role, TlsDir};
 use drover_proto::names;
 
 use super::print;
@@ -57,51 +58,24 @@ fn init(args: PkiInitArgs) -> anyhow::Result<()> {
 }
 
 /// Create a CA in `dir`, a certificate per controller `(name, host)` and the
-/// admin's client certificate (what `pki init` does; `lab up` uses it too).
+/// admin's client certificate (`pki init`), with the [`ClusterPki`] the lab
+/// and the test harness use too.
 /// Returns what was written, for the user.
 pub fn create(
     dir: &Path,
     controllers: &[(String, String)],
     validity: std::time::Duration,
 ) -> anyhow::Result<String> {
-    let root = TlsDir::new(dir);
-    if root.ca_key().exists() {
-        bail!(
-            "{} already holds a CA: remove it first or choose another --dir",
-            dir.display()
-        );
-    }
-    pki::create_private_dir(dir)?;
-    let cluster_name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "drover".into());
-    let (ca, ca_key) = Ca::generate(&cluster_name)?;
-    pki::write_secret(&root.ca_key(), &ca_key)?;
-    pki::write_public(&root.ca_cert(), ca.cert_pem())?;
-    let mut out = format!("CA written to {}\n", root.ca_cert().display());
+    let pki = ClusterPki::create(dir, validity)?;
+    let mut out = format!("CA written to {}\n", pki.ca_cert().display());
     for (name, host) in controllers {
-        let cdir = issue_into(
-            &ca,
-            Identity::new(Role::Controller, name.clone()),
-            vec![host.clone()],
-            validity,
-            &dir.join(format!("controller-{name}")),
-            Some(&ca_key),
-        )?;
+        let cdir = pki.issue_controller(name, host, validity)?;
         out.push_str(&format!(
             "controller {name}: drover-controller --tls-dir {}\n",
-            cdir.display()
+            cdir.path.display()
         ));
     }
-    let admin = issue_into(
-        &ca,
-        Identity::new(Role::Admin, "admin"),
-        vec![],
-        validity,
-        &dir.join("admin-admin"),
-        None,
-    )?;
+    let admin = &pki.admin.path;
     out.push_str(&format!(
         "admin client certificate in {}:\n  droverctl config set-context NAME --server HOST:PORT,... --ca {} --cert {} --key {}\n",
         admin.display(),

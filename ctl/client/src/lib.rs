@@ -1,5 +1,5 @@
-//! Talking to the controllers: failover across the configured servers and
-//! turning every failure into one sentence.
+//! drover's gRPC client (droverctl's and the lab's): failover across the
+//! configured controllers and turning every failure into one sentence.
 //!
 //! ```text
 //!  call ──▶ server 1 ──connect failed / died mid-call──▶ server 2 ──▶ ... ──▶ Unreachable
@@ -287,7 +287,7 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 /// True when the call failed in the connection, not in the controller: such a
 /// `Status` carries the transport error as its source, while one sent by a
 /// controller arrives in trailers with none.
-pub(crate) fn is_transport_failure(status: &Status) -> bool {
+pub fn is_transport_failure(status: &Status) -> bool {
     status.source().is_some()
         && matches!(
             status.code(),
@@ -296,7 +296,7 @@ pub(crate) fn is_transport_failure(status: &Status) -> bool {
 }
 
 /// Something that speaks HTTP/2 but not gRPC (a proxy, another service) answered.
-pub(crate) fn not_grpc(status: &Status) -> Option<String> {
+pub fn not_grpc(status: &Status) -> Option<String> {
     let message = status.message();
     if !message.starts_with("grpc-status header missing") {
         return None;
@@ -308,7 +308,7 @@ pub(crate) fn not_grpc(status: &Status) -> Option<String> {
     Some(format!("not a drover controller{http}"))
 }
 
-pub(crate) fn transport_reason(status: &Status) -> String {
+pub fn transport_reason(status: &Status) -> String {
     match status.source() {
         Some(source) => error_chain_reason(source),
         None => status_sentence(status),
@@ -420,7 +420,7 @@ fn io_error_reason(e: &std::io::Error) -> String {
         ErrorKind::BrokenPipe => "connection closed",
         ErrorKind::UnexpectedEof => "connection closed",
         ErrorKind::PermissionDenied => "permission denied",
-        _ => return crate::config::io_reason(e),
+        _ => return io_reason(e),
     };
     fixed.to_string()
 }
@@ -479,6 +479,27 @@ fn seconds(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// An I/O error as a short lowercase reason, without `(os error N)`.
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => "no such file or directory".to_string(),
+        ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => {
+            let text = e.to_string();
+            let text = match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => format!("{:?}", e.kind()),
+            }
+        }
     }
 }
 

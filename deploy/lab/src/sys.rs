@@ -1,7 +1,8 @@
 //! The host's plumbing, by the standard tools: `ip` (network namespaces,
 //! veth pairs, a bridge, addresses, routes), `iptables` inside a namespace
-//! (partitions), `kill` and `/proc` (process state), `docker` (containers of
-//! a Docker-runtime agent).
+//! (partitions), `docker` (containers of a Docker-runtime agent), `apt-get`
+//! (busybox); and by system calls: signals (`nix`) and `/proc` (process
+//! state, working directories).
 //!
 //! Every function runs one command and turns its failure into one sentence
 //! naming the command and what it printed.
@@ -119,19 +120,49 @@ pub fn process_state(pid: u32, ns: &str) -> Option<char> {
     (state != 'Z' && state != 'X').then_some(state)
 }
 
-/// Send a signal (`KILL`, `TERM`, `STOP`, `CONT`) to pids; ignores those gone.
-pub fn signal(sig: &str, pids: &[u32]) {
-    if pids.is_empty() {
-        return;
+pub use nix::sys::signal::Signal;
+
+/// Send `sig` to pids; those already gone are ignored.
+pub fn signal(sig: Signal, pids: &[u32]) {
+    for &pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
     }
-    let mut args = vec![format!("-{sig}")];
-    args.extend(pids.iter().map(u32::to_string));
-    let _ = Command::new("kill")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+}
+
+/// The pids of every process whose working directory is inside `dir`.
+pub fn pids_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            cwd.starts_with(dir).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL every process whose working directory is inside `dir`, and its
+/// process group (a replica's children). Returns how many were found.
+pub fn kill_processes_under(dir: &Path) -> usize {
+    let pids = pids_under(dir);
+    for &pid in &pids {
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
+        let pid = nix::unistd::Pid::from_raw(raw);
+        if let Ok(group) = nix::unistd::getpgid(Some(pid)) {
+            if group.as_raw() > 1 {
+                let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+            }
+        }
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+    pids.len()
 }
 
 /// Start `argv` inside namespace `ns`, detached: its own session, stdin from
@@ -186,4 +217,30 @@ pub fn docker_containers(node: &str) -> Vec<String> {
     )
     .map(|out| out.split_whitespace().map(str::to_string).collect())
     .unwrap_or_default()
+}
+
+/// `apt-get install PACKAGE` (non-interactive), after `apt-get update` when
+/// the first try fails (a fresh machine has no package lists).
+pub fn apt_install(package: &str) -> anyhow::Result<()> {
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = install().context("cannot run apt-get")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let _ = run("apt-get", &["update", "-q"]);
+    let out = install().context("cannot run apt-get")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "`apt-get install {package}` failed: {}",
+            err.trim().lines().last().unwrap_or("no message")
+        );
+    }
+    Ok(())
 }

@@ -13,6 +13,11 @@
 //!     4 the same applied index always has the same state hash
 //! ```
 //!
+//! The checks are pure functions of what was observed ([`History::record`]
+//! for 2 and 4, [`check_views`] for 1, [`check_running`] for 3), tested with
+//! fabricated histories that break and keep each property; the runner only
+//! gathers the observations.
+//!
 //! A write that failed or timed out is indeterminate (it may still commit):
 //! its deployment's expectation becomes unknown until the next acknowledged
 //! write to it, or until the check after the heal reads what the cluster
@@ -26,7 +31,7 @@ use drover_proto::pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{sys, HostState, Lab};
+use crate::{sys, HostState, Lab};
 
 /// Deployments the runner writes: chaos-0 .. chaos-(N-1).
 pub const DEPLOYMENTS: usize = 3;
@@ -47,6 +52,16 @@ pub enum Op {
     Apply { name: String, replicas: u32 },
     Scale { name: String, replicas: u32 },
     Delete { name: String },
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Apply { name, replicas } => write!(f, "apply {name} ({replicas} replicas)"),
+            Op::Scale { name, replicas } => write!(f, "scale {name} to {replicas}"),
+            Op::Delete { name } => write!(f, "delete {name}"),
+        }
+    }
 }
 
 /// A fault; hosts are named where the seed picks them, the leader and a
@@ -201,20 +216,174 @@ fn join_counts(m: &BTreeMap<&'static str, u32>) -> String {
 
 /// What the runner knows a deployment should be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
+pub enum Expect {
     Present(u32),
     Absent,
     /// A write to it was not acknowledged: either outcome is legal.
     Unknown,
 }
 
-/// Observations gathered over the whole run.
-#[derive(Default)]
-struct History {
+/// Observations gathered over the whole run: the history checked for
+/// properties 2 and 4.
+#[derive(Debug, Default)]
+pub struct History {
     /// term → leader ids seen in it.
     leaders: BTreeMap<u64, BTreeSet<u64>>,
     /// applied index → (state hash, member that reported it).
     hashes: BTreeMap<u64, (String, u64)>,
+}
+
+impl History {
+    /// Record members' statuses; returns the violations they reveal
+    /// (property, detail): two leaders in one term, two state hashes at one
+    /// applied index.
+    pub fn record(&mut self, members: &[pb::MemberStatus]) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for m in members {
+            let leader = if m.role == "leader" {
+                m.id
+            } else {
+                m.leader_id
+            };
+            if leader != 0 {
+                let seen = self.leaders.entry(m.term).or_default();
+                seen.insert(leader);
+                if seen.len() > 1 {
+                    let ids: Vec<String> = seen.iter().map(u64::to_string).collect();
+                    out.push((
+                        "two leaders in one term",
+                        format!("term {} has leaders {}", m.term, ids.join(", ")),
+                    ));
+                }
+            }
+            if m.applied_index > 0 && !m.state_hash.is_empty() {
+                match self.hashes.get(&m.applied_index) {
+                    None => {
+                        self.hashes
+                            .insert(m.applied_index, (m.state_hash.clone(), m.id));
+                    }
+                    Some((hash, id)) if *hash != m.state_hash => out.push((
+                        "state hashes differ at one index",
+                        format!(
+                            "applied index {}: member {} has state hash {}, member {} has {}",
+                            m.applied_index, id, hash, m.id, m.state_hash
+                        ),
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One controller's own (stale-read) view: deployment → desired replicas.
+pub type View = BTreeMap<String, u32>;
+
+/// replica → (its deployment, hosts where a live process runs it).
+pub type Running = BTreeMap<String, (String, BTreeSet<String>)>;
+
+/// Property 1 over every controller's view: each acknowledged write is
+/// there. An indeterminate write (`Unknown`) is settled to what the
+/// controllers agree on, or Err while they disagree. Err(why) while not
+/// settled; an "acknowledged write missing: ..." reason is a violation once
+/// the bound passes.
+pub fn check_views(
+    expect: &mut BTreeMap<String, Expect>,
+    views: &[(String, View)],
+) -> Result<(), String> {
+    let first = views.first().map(|(_, v)| v.clone()).unwrap_or_default();
+    let unknown: Vec<String> = expect
+        .iter()
+        .filter(|(_, e)| **e == Expect::Unknown)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in unknown {
+        if views.iter().all(|(_, v)| v.get(&name) == first.get(&name)) {
+            let e = match first.get(&name) {
+                Some(r) => Expect::Present(*r),
+                None => Expect::Absent,
+            };
+            expect.insert(name, e);
+        } else {
+            return Err(format!(
+                "controllers disagree on {name} (still replicating)"
+            ));
+        }
+    }
+    for (server, view) in views {
+        for (name, e) in expect.iter() {
+            match (e, view.get(name)) {
+                (Expect::Present(r), Some(got)) if got == r => {}
+                (Expect::Present(r), Some(got)) => {
+                    return Err(format!(
+                        "acknowledged write missing: {name} should have {r} replicas on controller {server}, it has {got}"
+                    ))
+                }
+                (Expect::Present(r), None) => {
+                    return Err(format!(
+                        "acknowledged write missing: {name} should have {r} replicas on controller {server}, it does not exist there"
+                    ))
+                }
+                (Expect::Absent, None) => {}
+                (Expect::Absent, Some(_)) => {
+                    return Err(format!(
+                        "acknowledged write missing: {name} was deleted but controller {server} still has it"
+                    ))
+                }
+                (Expect::Unknown, _) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Property 3 over what really runs: no replica on two hosts, and each
+/// chaos deployment runs exactly its expected count. Err(why) while not.
+pub fn check_running(expect: &BTreeMap<String, Expect>, running: &Running) -> Result<(), String> {
+    let mut per_deployment: BTreeMap<String, u32> = BTreeMap::new();
+    for (replica, (deployment, hosts)) in running {
+        if hosts.len() > 1 {
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            return Err(format!(
+                "replica {replica} runs on {} hosts: {}",
+                hosts.len(),
+                hosts.join(", ")
+            ));
+        }
+        if deployment.starts_with("chaos-") {
+            *per_deployment.entry(deployment.clone()).or_default() += 1;
+        }
+    }
+    for (name, e) in expect {
+        let want = match e {
+            Expect::Present(r) => *r,
+            _ => 0,
+        };
+        let got = per_deployment.get(name).copied().unwrap_or(0);
+        if got != want {
+            let which: Vec<String> = running
+                .iter()
+                .filter(|(_, (d, _))| d == name)
+                .map(|(r, (_, hosts))| {
+                    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                    format!("{r} on {}", hosts.join(","))
+                })
+                .collect();
+            return Err(format!(
+                "{name}: {got} replicas run, {want} desired ({})",
+                which.join(", ")
+            ));
+        }
+    }
+    for (name, got) in &per_deployment {
+        if !expect.contains_key(name) {
+            return Err(format!(
+                "{name}: {got} replicas run of a deployment never written"
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Runner<'a> {
@@ -322,7 +491,7 @@ impl Runner<'_> {
         *self.report.faults.entry(round.fault.kind()).or_default() += 1;
         let acked = self.write(&round.op).await;
         (self.log)(&format!(
-            "round {}: {} {} + {:?} ({}) for {:.1}s",
+            "round {}: {} {} + {} ({}) for {:.1}s",
             self.round,
             round.fault.kind(),
             target,
@@ -395,7 +564,7 @@ impl Runner<'_> {
                         .into_iter()
                         .filter(|p| Some(*p) != host.pid)
                         .collect();
-                    sys::signal("KILL", &replicas);
+                    sys::signal(sys::Signal::SIGKILL, &replicas);
                 }
                 h.clone()
             }
@@ -517,37 +686,8 @@ impl Runner<'_> {
     /// Record leaders per term and hashes per applied index; report conflicts.
     async fn sample(&mut self) -> Vec<pb::MemberStatus> {
         let members = self.statuses().await;
-        for m in &members {
-            let leader = if m.role == "leader" {
-                m.id
-            } else {
-                m.leader_id
-            };
-            if leader != 0 {
-                let seen = self.history.leaders.entry(m.term).or_default();
-                seen.insert(leader);
-                if seen.len() > 1 {
-                    let detail = format!("term {} has leaders {:?}", m.term, seen);
-                    self.violation("two leaders in one term", detail);
-                }
-            }
-            if m.applied_index > 0 && !m.state_hash.is_empty() {
-                match self.history.hashes.get(&m.applied_index) {
-                    None => {
-                        self.history
-                            .hashes
-                            .insert(m.applied_index, (m.state_hash.clone(), m.id));
-                    }
-                    Some((hash, id)) if *hash != m.state_hash => {
-                        let detail = format!(
-                            "applied index {}: member {} has state hash {}, member {} has {}",
-                            m.applied_index, id, hash, m.id, m.state_hash
-                        );
-                        self.violation("state hashes differ at one index", detail);
-                    }
-                    Some(_) => {}
-                }
-            }
+        for (property, detail) in self.history.record(&members) {
+            self.violation(property, detail);
         }
         members
     }
@@ -599,7 +739,7 @@ impl Runner<'_> {
     /// Err(why) while the cluster is not in the expected state.
     async fn converged(&mut self) -> Result<(), String> {
         // Property 1: every controller's own state (stale local reads).
-        let mut views: Vec<(String, BTreeMap<String, u32>)> = Vec::new();
+        let mut views: Vec<(String, View)> = Vec::new();
         for server in self.lab.servers() {
             let mut client = self
                 .lab
@@ -623,93 +763,17 @@ impl Runner<'_> {
             }
             views.push((server, view));
         }
-        // Indeterminate writes: the cluster has decided once every controller agrees.
-        let first = views.first().map(|(_, v)| v.clone()).unwrap_or_default();
-        let unknown: Vec<String> = self
-            .expect
-            .iter()
-            .filter(|(_, e)| **e == Expect::Unknown)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in unknown {
-            if views.iter().all(|(_, v)| v.get(&name) == first.get(&name)) {
-                let e = match first.get(&name) {
-                    Some(r) => Expect::Present(*r),
-                    None => Expect::Absent,
-                };
-                self.expect.insert(name, e);
-            } else {
-                return Err(format!(
-                    "controllers disagree on {name} (still replicating)"
-                ));
-            }
-        }
-        for (server, view) in &views {
-            for (name, e) in &self.expect {
-                match (e, view.get(name)) {
-                    (Expect::Present(r), Some(got)) if got == r => {}
-                    (Expect::Present(r), got) => {
-                        return Err(format!(
-                            "acknowledged write missing: {name} should have {r} replicas on controller {server}, it has {got:?}"
-                        ))
-                    }
-                    (Expect::Absent, None) => {}
-                    (Expect::Absent, Some(_)) => {
-                        return Err(format!(
-                            "acknowledged write missing: {name} was deleted but controller {server} still has it"
-                        ))
-                    }
-                    (Expect::Unknown, _) => {}
-                }
-            }
-        }
+        check_views(&mut self.expect, &views)?;
         // Property 3: what really runs, from the agents' own process tables.
         let running = self.running_replicas().map_err(|e| format!("{e:#}"))?;
-        let mut per_deployment: BTreeMap<String, u32> = BTreeMap::new();
-        for (replica, (deployment, hosts)) in &running {
-            if hosts.len() > 1 {
-                return Err(format!(
-                    "replica {replica} runs on {} hosts: {hosts:?}",
-                    hosts.len()
-                ));
-            }
-            if deployment.starts_with("chaos-") {
-                *per_deployment.entry(deployment.clone()).or_default() += 1;
-            }
-        }
-        for (name, e) in &self.expect {
-            let want = match e {
-                Expect::Present(r) => *r,
-                _ => 0,
-            };
-            let got = per_deployment.get(name).copied().unwrap_or(0);
-            if got != want {
-                let which: Vec<String> = running
-                    .iter()
-                    .filter(|(_, (d, _))| d == name)
-                    .map(|(r, (_, hosts))| format!("{r} on {hosts:?}"))
-                    .collect();
-                return Err(format!(
-                    "{name}: {got} replicas run, {want} desired ({})",
-                    which.join(", ")
-                ));
-            }
-        }
-        for (name, got) in &per_deployment {
-            if !self.expect.contains_key(name) {
-                return Err(format!(
-                    "{name}: {got} replicas run of a deployment never written"
-                ));
-            }
-        }
-        Ok(())
+        check_running(&self.expect, &running)
     }
 
     /// replica → (its deployment, hosts where a live process runs it), from
     /// each agent's `process/state.json` (process runtime) or the running
     /// containers' labels (docker).
-    fn running_replicas(&self) -> anyhow::Result<BTreeMap<String, (String, BTreeSet<String>)>> {
-        let mut out: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    fn running_replicas(&self) -> anyhow::Result<Running> {
+        let mut out = Running::new();
         for h in self.lab.agents() {
             if self.lab.runtime == "docker" {
                 let text = sys::run(
@@ -792,5 +856,187 @@ mod tests {
         let p = plan(7, 200, &names("c", 3), &names("n", 3));
         let kinds: BTreeSet<&str> = p.iter().map(|r| r.fault.kind()).collect();
         assert_eq!(kinds.len(), 8, "{kinds:?}");
+    }
+
+    fn member(id: u64, role: &str, term: u64, leader_id: u64) -> pb::MemberStatus {
+        pb::MemberStatus {
+            id,
+            role: role.into(),
+            term,
+            leader_id,
+            reachable: true,
+            ..Default::default()
+        }
+    }
+
+    fn applied(id: u64, index: u64, hash: &str) -> pb::MemberStatus {
+        pb::MemberStatus {
+            id,
+            role: "follower".into(),
+            applied_index: index,
+            state_hash: hash.into(),
+            ..Default::default()
+        }
+    }
+
+    fn view(server: &str, deployments: &[(&str, u32)]) -> (String, View) {
+        (
+            server.into(),
+            deployments
+                .iter()
+                .map(|(n, r)| (n.to_string(), *r))
+                .collect(),
+        )
+    }
+
+    fn expect(pairs: &[(&str, Expect)]) -> BTreeMap<String, Expect> {
+        pairs.iter().map(|(n, e)| (n.to_string(), *e)).collect()
+    }
+
+    fn running(replicas: &[(&str, &str, &[&str])]) -> Running {
+        replicas
+            .iter()
+            .map(|(r, d, hosts)| {
+                (
+                    r.to_string(),
+                    (d.to_string(), hosts.iter().map(|h| h.to_string()).collect()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_leader_per_term_holds_across_samples() {
+        let mut h = History::default();
+        // Followers that name the leader, and a later term with another one.
+        assert!(h
+            .record(&[
+                member(1, "leader", 3, 0),
+                member(2, "follower", 3, 1),
+                member(3, "candidate", 4, 0),
+            ])
+            .is_empty());
+        assert!(h.record(&[member(2, "leader", 5, 0)]).is_empty());
+        assert!(h.record(&[member(1, "follower", 5, 2)]).is_empty());
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_a_violation_even_in_separate_samples() {
+        let mut h = History::default();
+        assert!(h.record(&[member(1, "leader", 7, 0)]).is_empty());
+        let v = h.record(&[member(3, "follower", 7, 2)]);
+        assert_eq!(
+            v,
+            vec![(
+                "two leaders in one term",
+                "term 7 has leaders 1, 2".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_same_applied_index_must_have_the_same_state_hash() {
+        let mut h = History::default();
+        assert!(h
+            .record(&[
+                applied(1, 10, "aa"),
+                applied(2, 10, "aa"),
+                applied(3, 11, "bb")
+            ])
+            .is_empty());
+        // Index 0 and an empty hash are not evidence.
+        assert!(h
+            .record(&[applied(2, 0, "zz"), applied(3, 10, "")])
+            .is_empty());
+        let v = h.record(&[applied(3, 11, "cc")]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, "state hashes differ at one index");
+        assert!(
+            v[0].1
+                .contains("applied index 11: member 3 has state hash bb, member 3 has cc"),
+            "{}",
+            v[0].1
+        );
+    }
+
+    #[test]
+    fn acknowledged_writes_must_be_on_every_controller() {
+        let mut e = expect(&[("chaos-0", Expect::Present(2)), ("chaos-1", Expect::Absent)]);
+        let good = [view("c1", &[("chaos-0", 2)]), view("c2", &[("chaos-0", 2)])];
+        assert_eq!(check_views(&mut e, &good), Ok(()));
+
+        let stale = [view("c1", &[("chaos-0", 2)]), view("c2", &[("chaos-0", 1)])];
+        let why = check_views(&mut e, &stale).unwrap_err();
+        assert!(why.starts_with("acknowledged write missing: chaos-0 should have 2 replicas on controller c2, it has 1"), "{why}");
+
+        let lost = [view("c1", &[("chaos-0", 2)]), view("c2", &[])];
+        let why = check_views(&mut e, &lost).unwrap_err();
+        assert!(why.contains("does not exist there"), "{why}");
+
+        let undeleted = [view("c1", &[("chaos-0", 2), ("chaos-1", 3)])];
+        let why = check_views(&mut e, &undeleted).unwrap_err();
+        assert!(
+            why.starts_with("acknowledged write missing: chaos-1 was deleted"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn an_indeterminate_write_settles_to_what_every_controller_agrees_on() {
+        let mut e = expect(&[("chaos-0", Expect::Unknown), ("chaos-1", Expect::Unknown)]);
+        let split = [view("c1", &[("chaos-0", 3)]), view("c2", &[])];
+        let why = check_views(&mut e, &split).unwrap_err();
+        assert!(why.contains("disagree on chaos-0"), "{why}");
+        assert_eq!(e["chaos-0"], Expect::Unknown);
+
+        let agreed = [view("c1", &[("chaos-0", 3)]), view("c2", &[("chaos-0", 3)])];
+        assert_eq!(check_views(&mut e, &agreed), Ok(()));
+        assert_eq!(e["chaos-0"], Expect::Present(3));
+        assert_eq!(e["chaos-1"], Expect::Absent);
+    }
+
+    #[test]
+    fn converged_means_exactly_the_desired_replicas_each_on_one_host() {
+        let e = expect(&[("chaos-0", Expect::Present(2)), ("chaos-1", Expect::Absent)]);
+        let ok = running(&[
+            ("chaos-0-a", "chaos-0", &["n1"]),
+            ("chaos-0-b", "chaos-0", &["n2"]),
+            ("web-a", "web", &["n3"]),
+        ]);
+        assert_eq!(check_running(&e, &ok), Ok(()));
+
+        let short = running(&[("chaos-0-a", "chaos-0", &["n1"])]);
+        let why = check_running(&e, &short).unwrap_err();
+        assert_eq!(why, "chaos-0: 1 replicas run, 2 desired (chaos-0-a on n1)");
+
+        let leftover = running(&[
+            ("chaos-0-a", "chaos-0", &["n1"]),
+            ("chaos-0-b", "chaos-0", &["n2"]),
+            ("chaos-1-a", "chaos-1", &["n3"]),
+        ]);
+        let why = check_running(&e, &leftover).unwrap_err();
+        assert!(
+            why.starts_with("chaos-1: 1 replicas run, 0 desired"),
+            "{why}"
+        );
+
+        let stray = running(&[
+            ("chaos-0-a", "chaos-0", &["n1"]),
+            ("chaos-0-b", "chaos-0", &["n2"]),
+            ("chaos-2-a", "chaos-2", &["n3"]),
+        ]);
+        let why = check_running(&e, &stray).unwrap_err();
+        assert_eq!(why, "chaos-2: 1 replicas run of a deployment never written");
+    }
+
+    #[test]
+    fn a_replica_on_two_hosts_is_never_converged() {
+        let e = expect(&[("chaos-0", Expect::Present(2))]);
+        let twice = running(&[
+            ("chaos-0-a", "chaos-0", &["n1", "n3"]),
+            ("chaos-0-b", "chaos-0", &["n2"]),
+        ]);
+        let why = check_running(&e, &twice).unwrap_err();
+        assert_eq!(why, "replica chaos-0-a runs on 2 hosts: n1, n3");
     }
 }

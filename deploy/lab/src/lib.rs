@@ -1,4 +1,14 @@
-//! `droverctl lab`: a real multi-host drover cluster on one Linux machine.
+//! drover's cluster launcher: a real multi-host drover cluster on one Linux
+//! machine (`droverctl lab` is a thin verb over this crate), and the pieces
+//! every launcher shares (the test harness's loopback clusters use them too).
+//!
+//! - this file: a lab's hosts in network namespaces, its state file, faults
+//!   (kill, stop, start, pause, partition, heal), `up` and `down`;
+//! - [`cluster`]: connect, member status, wait for a leader / Ready nodes,
+//!   join tokens; [`pki`]: a new cluster's CA and certificates;
+//! - [`available`]: `up --apply` waiting for deployments;
+//! - [`chaos`]: the seeded chaos runner and its history checker;
+//! - [`sys`]: `ip`, `iptables`, `docker`, `apt-get`, signals and `/proc`.
 //!
 //! ```text
 //!  root namespace: droverctl ── bridge drv<ID> 10.213.<ID>.1/24
@@ -21,20 +31,20 @@
 //! The controllers run with mutual TLS from the first start (a CA made like
 //! `pki init`); agents join with a join token as on real hosts.
 
+pub mod available;
 pub mod chaos;
+pub mod cluster;
+pub mod pki;
 pub mod sys;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use drover_pki::Security;
-use drover_proto::pb;
-use drover_proto::pb::security_client::SecurityClient;
+use drover_client::Client;
+use drover_pki::{Security, TlsDir};
 use serde::{Deserialize, Serialize};
-
-use crate::client::Client;
-use crate::config::{ConfigFile, Credentials};
+use sys::Signal;
 
 /// The state file inside the lab directory.
 pub const STATE_FILE: &str = "lab.json";
@@ -42,7 +52,7 @@ pub const STATE_FILE: &str = "lab.json";
 pub const NET_PREFIX: &str = "10.213";
 pub const CONTROLLER_PORT: u16 = 7001;
 pub const AGENT_PORT: u16 = 7101;
-/// The droverctl context `lab up` writes.
+/// The droverctl context `lab up` writes (droverctl writes it from the lab).
 pub const CONTEXT: &str = "lab";
 pub const MAX_CONTROLLERS: u32 = 7;
 pub const MAX_AGENTS: u32 = 50;
@@ -122,7 +132,8 @@ pub struct Lab {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub partitions: Vec<Partition>,
-    /// The config file whose context `lab` was written, to remove it on down.
+    /// The config file whose context `lab` was written, to remove it on down
+    /// (recorded by droverctl, which writes and removes it).
     #[serde(default)]
     pub config: Option<PathBuf>,
 }
@@ -136,12 +147,13 @@ pub struct UpOptions {
     pub runtime: String,
     pub controller_bin: PathBuf,
     pub agent_bin: PathBuf,
-    /// Where to write the `lab` context (None: write none).
-    pub config: Option<PathBuf>,
     /// Extra flags for every controller (e.g. faster elections in tests).
     pub controller_args: Vec<String>,
     /// Extra flags for every agent.
     pub agent_args: Vec<String>,
+    /// Where to look for busybox (PATH syntax) instead of PATH; when set,
+    /// `up` installs nothing and refuses if busybox is not there.
+    pub busybox_path: Option<std::ffi::OsString>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -153,23 +165,50 @@ pub fn exists(dir: &Path) -> bool {
     state_path(dir).exists()
 }
 
-/// `drover-controller` / `drover-agent`: beside the running droverctl, then on PATH.
-pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let beside = dir.join(name);
-            if beside.is_file() {
-                return Ok(beside);
-            }
-            // Test binaries live in target/<profile>/deps.
-            if dir.ends_with("deps") {
-                if let Some(up) = dir.parent() {
-                    if up.join(name).is_file() {
-                        return Ok(up.join(name));
-                    }
+/// Environment variable: the directory holding drover's binaries, searched first.
+pub const BIN_DIR_ENV: &str = "DROVER_BIN_DIR";
+
+/// A drover binary (`drover-controller`, `drover-agent`, `droverctl`) as
+/// built with the running executable: in `DROVER_BIN_DIR` when set, else
+/// beside the running executable (or above it, for test binaries in
+/// `target/<profile>/deps`). The test harness uses this lookup alone, so a
+/// stale installed binary is never tested by mistake.
+pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        let path = PathBuf::from(dir).join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!(
+            "{name} is not in {} ({BIN_DIR_ENV}): build it first with `cargo build --workspace`",
+            path.parent().unwrap_or(Path::new(".")).display()
+        );
+    }
+    let exe = std::env::current_exe().context("cannot tell where this program is")?;
+    if let Some(dir) = exe.parent() {
+        let beside = dir.join(name);
+        if beside.is_file() {
+            return Ok(beside);
+        }
+        // Test binaries live in target/<profile>/deps.
+        if dir.ends_with("deps") {
+            if let Some(up) = dir.parent() {
+                if up.join(name).is_file() {
+                    return Ok(up.join(name));
                 }
             }
         }
+    }
+    bail!(
+        "{name} is not beside {}: build it first with `cargo build --workspace`",
+        exe.display()
+    )
+}
+
+/// [`built_binary`], else `name` on PATH (an installed drover).
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = built_binary(name) {
+        return Ok(path);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
@@ -252,20 +291,20 @@ impl Lab {
         self.dir.join("pki")
     }
 
-    /// The admin's credentials, as a context would name them.
-    pub fn admin_credentials(&self) -> Credentials {
-        let admin = self.pki_dir().join("admin-admin");
-        Credentials::Tls {
-            ca: Some(admin.join("ca.crt")),
-            cert: Some(admin.join("tls.crt")),
-            key: Some(admin.join("tls.key")),
-        }
+    /// The admin's tls dir (`ca.crt`, `tls.crt`, `tls.key`), which the
+    /// `lab` context names.
+    pub fn admin_tls(&self) -> TlsDir {
+        TlsDir::new(self.pki_dir().join("admin-admin"))
+    }
+
+    /// How the admin connects.
+    pub fn security(&self) -> anyhow::Result<Security> {
+        pki::security(&self.admin_tls())
     }
 
     /// A client for the lab's controllers with the admin's certificate.
     pub fn client(&self, servers: Vec<String>, timeout: Duration) -> anyhow::Result<Client> {
-        let security: Security = self.admin_credentials().load()?;
-        Ok(Client::new(servers, Some(timeout), security))
+        Ok(Client::new(servers, Some(timeout), self.security()?))
     }
 
     /// What the host's daemon is doing.
@@ -297,7 +336,10 @@ impl Lab {
         let host = self.host(name)?.clone();
         match self.state(&host) {
             HostState::Stopped => {}
-            HostState::Running => bail!("{name} is already running (pid {:?})", host.pid),
+            HostState::Running => match host.pid {
+                Some(pid) => bail!("{name} is already running (pid {pid})"),
+                None => bail!("{name} is already running"),
+            },
             HostState::Paused => {
                 bail!("{name} is paused: resume it with droverctl lab resume {name}")
             }
@@ -314,8 +356,8 @@ impl Lab {
         let host = self.host(name)?.clone();
         let pids = sys::netns_pids(&host.ns);
         // A stopped process cannot die until continued.
-        sys::signal("KILL", &pids);
-        sys::signal("CONT", &pids);
+        sys::signal(Signal::SIGKILL, &pids);
+        sys::signal(Signal::SIGCONT, &pids);
         let mut killed = pids.len();
         if host.role == Role::Agent && self.runtime == "docker" {
             let ids = sys::docker_containers(&host.name);
@@ -337,10 +379,10 @@ impl Lab {
         let host = self.host(name)?.clone();
         if let Some(pid) = host.pid {
             if self.state(&host) != HostState::Stopped {
-                sys::signal("TERM", &[pid]);
-                sys::signal("CONT", &[pid]);
+                sys::signal(Signal::SIGTERM, &[pid]);
+                sys::signal(Signal::SIGCONT, &[pid]);
                 if !self.wait_gone(&host, Duration::from_secs(20)) {
-                    sys::signal("KILL", &[pid]);
+                    sys::signal(Signal::SIGKILL, &[pid]);
                     self.wait_gone(&host, Duration::from_secs(5));
                 }
             }
@@ -367,7 +409,14 @@ impl Lab {
             bail!("{name} is not running: start it with droverctl lab start {name}");
         }
         let pids = sys::netns_pids(&host.ns);
-        sys::signal(if pause { "STOP" } else { "CONT" }, &pids);
+        sys::signal(
+            if pause {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            },
+            &pids,
+        );
         Ok(())
     }
 
@@ -429,8 +478,8 @@ fn drop_between(host: &Host, ip: &str) -> anyhow::Result<()> {
 }
 
 /// Create the namespaces, bridge and veths, the PKI; start controllers with
-/// TLS, then agents with a join token; write the `lab` context. Returns the
-/// lab and lines for the user. On failure everything made so far is removed.
+/// TLS, then agents with a join token. Returns the lab (droverctl then
+/// writes its `lab` context); progress lines go to `progress`. On failure everything made so far is removed.
 pub async fn up(opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Lab> {
     if exists(&opts.dir) {
         bail!(
@@ -456,12 +505,20 @@ pub async fn up(opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Res
             }
         }
     }
+    // What the examples need, before anything is made: a lab whose
+    // replicas cannot start is worse than no lab.
+    let busybox = if opts.runtime == "docker" {
+        ensure_image(progress)?;
+        None
+    } else {
+        Some(ensure_busybox(opts.busybox_path.as_deref(), progress)?)
+    };
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     let mut lab = claim_network(&dir, opts)?;
     lab.save()?;
-    match build(&mut lab, opts, progress).await {
+    match build(&mut lab, opts, busybox.as_deref(), progress).await {
         Ok(()) => Ok(lab),
         Err(e) => {
             progress(&format!("lab up failed ({e:#}); removing what it made"));
@@ -542,9 +599,9 @@ fn new_host(id: u32, net: &str, dir: &Path, role: Role, i: u32) -> Host {
 async fn build(
     lab: &mut Lab,
     opts: &UpOptions,
+    busybox: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()> {
-    prepare_workload(&lab.runtime, progress)?;
     let gateway = format!("{}.1", lab.net);
     sys::ip(&["addr", "add", &format!("{gateway}/24"), "dev", &lab.bridge])?;
     sys::ip(&["link", "set", &lab.bridge, "up"])?;
@@ -602,11 +659,11 @@ async fn build(
         .controllers()
         .map(|h| (h.name.trim_start_matches('c').to_string(), h.ip.clone()))
         .collect();
-    crate::cmd::pki::create(
-        &lab.pki_dir(),
-        &controllers,
-        Duration::from_secs(365 * 24 * 3600),
-    )?;
+    let validity = Duration::from_secs(365 * 24 * 3600);
+    let ca = pki::ClusterPki::create(&lab.pki_dir(), validity)?;
+    for (name, ip) in &controllers {
+        ca.issue_controller(name, ip, validity)?;
+    }
     let peers = lab
         .controllers()
         .map(|h| format!("{}={}", h.name.trim_start_matches('c'), h.address()))
@@ -629,7 +686,7 @@ async fn build(
             "--peers".into(),
             peers.clone(),
             "--tls-dir".into(),
-            pki.join(format!("controller-{id}")).display().to_string(),
+            pki::controller_dir(&pki, &id).path.display().to_string(),
         ];
         argv.extend(opts.controller_args.iter().cloned());
         host.argv = argv;
@@ -648,10 +705,13 @@ async fn build(
 
     // Agents join with a token, as on real hosts.
     if lab.agents().next().is_some() {
-        let token = create_token(lab).await?;
+        let token = cluster::create_token(&lab.servers(), &lab.security()?, "agent").await?;
         let ca = lab.pki_dir().join("ca.crt");
         let servers = lab.servers().join(",");
-        let toolbox = toolbox(&lab.dir)?;
+        let toolbox = match busybox {
+            Some(busybox) => Some(toolbox(&lab.dir, busybox)?),
+            None => None,
+        };
         let names: Vec<String> = lab.agents().map(|h| h.name.clone()).collect();
         for name in &names {
             let runtime = lab.runtime.clone();
@@ -694,11 +754,6 @@ async fn build(
         wait_for_nodes(lab, names.len(), Duration::from_secs(60)).await?;
     }
 
-    if let Some(path) = &opts.config {
-        write_context(lab, path)?;
-        lab.config = Some(path.clone());
-        lab.save()?;
-    }
     Ok(())
 }
 
@@ -708,30 +763,33 @@ fn lab_dir_of(log: &Path, name: &str) -> PathBuf {
 }
 
 /// The examples' workload image, built locally on first use.
-const WORKLOAD_IMAGE: &str = "drover/busybox:1";
+pub const WORKLOAD_IMAGE: &str = "drover/busybox:1";
 
-/// What the examples need to run: with Docker, the workload image (built on
-/// first use by `deploy/images/build.sh`, no registry needed); with the
-/// process runtime, busybox for the applets the examples call.
-fn prepare_workload(runtime: &str, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
-    if runtime != "docker" {
-        if find_binary("busybox").is_err() {
-            progress(
-                "warning: busybox is not installed: the examples' httpd, nc and wget will not \
-                 run (Debian: apt-get install busybox-static)",
-            );
-        }
-        return Ok(());
+/// The Debian package that provides a static busybox (what
+/// `deploy/images/build.sh` installs too).
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// Environment variable: directories (PATH syntax) where `lab up` looks for
+/// busybox instead of PATH.
+pub const BUSYBOX_PATH_ENV: &str = "DROVER_LAB_BUSYBOX_PATH";
+
+/// The applets the examples run, linked into `<lab dir>/bin`.
+const APPLETS: [&str; 3] = ["httpd", "nc", "wget"];
+
+/// With Docker, the workload image, built on first use by
+/// `deploy/images/build.sh` (no registry needed; the script installs
+/// busybox-static itself when the host lacks it).
+fn ensure_image(progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    if !sys::docker_available() {
+        bail!("--runtime docker needs a running Docker engine (docker info failed); use --runtime process");
     }
     if sys::run("docker", &["image", "inspect", WORKLOAD_IMAGE]).is_ok() {
         return Ok(());
     }
     let Some(script) = build_script() else {
-        progress(&format!(
-            "warning: {WORKLOAD_IMAGE} is not on this Docker engine and deploy/images/build.sh \
-             is not here to build it: the examples will fail with ErrImagePull until it is built"
-        ));
-        return Ok(());
+        bail!(
+            "the image {WORKLOAD_IMAGE} is missing and deploy/images/build.sh is not here to build it: run lab up from drover's source tree"
+        );
     };
     progress(&format!(
         "building the workload image {WORKLOAD_IMAGE} ({}), once",
@@ -739,6 +797,52 @@ fn prepare_workload(runtime: &str, progress: &mut dyn FnMut(&str)) -> anyhow::Re
     ));
     let script = script.display().to_string();
     sys::run(&script, &[]).map(|_| ())
+}
+
+/// `busybox` in the first of `dirs` (PATH syntax) that has it.
+pub fn find_busybox(dirs: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(dirs)
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file())
+}
+
+/// With the process runtime, the busybox whose applets the examples run
+/// (httpd, nc, wget): found in `lookup` (default: PATH), else installed with
+/// apt-get (`busybox-static`, as `deploy/images/build.sh` does). An explicit
+/// `lookup` is where busybox must be: nothing is installed then.
+fn ensure_busybox(
+    lookup: Option<&std::ffi::OsStr>,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<PathBuf> {
+    let default_path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let dirs = lookup.unwrap_or(&default_path);
+    if let Some(found) = find_busybox(dirs) {
+        return Ok(found);
+    }
+    if let Some(lookup) = lookup {
+        bail!(
+            "lab up needs busybox for the examples' httpd, nc and wget and there is none in {} (--busybox-path, {BUSYBOX_PATH_ENV}): install the {BUSYBOX_PACKAGE} package (apt-get install {BUSYBOX_PACKAGE}) or point --busybox-path at a directory holding busybox",
+            lookup.to_string_lossy()
+        );
+    }
+    if sys::run("apt-get", &["--version"]).is_err() {
+        bail!(
+            "lab up needs busybox for the examples' httpd, nc and wget and this machine has neither busybox nor apt-get: install the {BUSYBOX_PACKAGE} package (or any busybox on PATH) and run lab up again"
+        );
+    }
+    progress(&format!(
+        "busybox is missing (the examples run its httpd, nc and wget): installing {BUSYBOX_PACKAGE} with apt-get, once"
+    ));
+    sys::apt_install(BUSYBOX_PACKAGE).with_context(|| {
+        format!("lab up needs busybox and could not install it: install the {BUSYBOX_PACKAGE} package by hand and run lab up again")
+    })?;
+    let installed =
+        std::ffi::OsString::from(format!("{}:/usr/bin:/bin", default_path.to_string_lossy()));
+    find_busybox(&installed).ok_or_else(|| {
+        anyhow::anyhow!(
+            "apt-get installed {BUSYBOX_PACKAGE} but no busybox appeared on PATH: install a busybox by hand and run lab up again"
+        )
+    })
 }
 
 /// `deploy/images/build.sh` of this source tree: under the current directory,
@@ -754,104 +858,38 @@ fn build_script() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// For the process runtime: busybox applets the host lacks (httpd, for the
-/// examples), as links in `<lab dir>/bin`, appended to the agents' PATH.
-fn toolbox(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let Ok(busybox) = find_binary("busybox") else {
-        return Ok(None);
-    };
+/// For the process runtime: the busybox applets the examples call, as links
+/// in `<lab dir>/bin`, appended to the agents' PATH.
+fn toolbox(dir: &Path, busybox: &Path) -> anyhow::Result<PathBuf> {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
-    for applet in ["httpd", "nc", "wget"] {
+    for applet in APPLETS {
         let link = bin.join(applet);
         if !link.exists() {
-            std::os::unix::fs::symlink(&busybox, &link)
+            std::os::unix::fs::symlink(busybox, &link)
                 .with_context(|| format!("linking {}", link.display()))?;
         }
     }
-    Ok(Some(bin))
+    Ok(bin)
 }
 
-/// Wait until a controller reports an elected leader.
+/// Wait until the lab's controllers agree on an elected leader; its id.
 pub async fn wait_for_leader(lab: &Lab, limit: Duration) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + limit;
-    let mut last = String::from("no answer yet");
-    while Instant::now() < deadline {
-        let mut client = lab.client(lab.servers(), Duration::from_secs(3))?;
-        match client
-            .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
-            .await
-        {
-            Ok(s) if s.leader_id != 0 => return Ok(s.leader_id),
-            Ok(_) => last = "no leader elected".into(),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!(
-        "the controllers elected no leader within {}s ({last}); see the logs in {}",
-        limit.as_secs(),
-        lab.dir.display()
-    )
-}
-
-async fn create_token(lab: &Lab) -> anyhow::Result<String> {
-    let mut client = lab.client(lab.servers(), Duration::from_secs(10))?;
-    let resp = client
-        .call_with(SecurityClient::new, |mut c| async move {
-            c.create_token(pb::CreateTokenRequest {
-                role: "agent".into(),
-                ttl_seconds: 24 * 3600,
-            })
-            .await
-        })
+    cluster::wait_for_leader(&lab.servers(), &lab.security()?, limit)
         .await
-        .context("creating the agents' join token")?;
-    Ok(resp.token)
+        .map_err(|e| anyhow::anyhow!("{e:#}; see the logs in {}", lab.dir.display()))
 }
 
-/// Wait until `n` nodes are Ready.
+/// Wait until `n` agents are Ready.
 pub async fn wait_for_nodes(lab: &Lab, n: usize, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    let mut ready = 0;
-    while Instant::now() < deadline {
-        let mut client = lab.client(lab.servers(), Duration::from_secs(3))?;
-        if let Ok(resp) = client
-            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { read: None }).await })
-            .await
-        {
-            ready = resp.nodes.iter().filter(|n| n.condition == "Ready").count();
-            if ready >= n {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!(
-        "only {ready} of {n} agents became Ready within {}s; see the n*.log files in {}",
-        limit.as_secs(),
-        lab.dir.display()
-    )
-}
-
-/// Write the `lab` context (servers, CA, admin certificate) and make it current.
-fn write_context(lab: &Lab, path: &Path) -> anyhow::Result<()> {
-    let mut file = ConfigFile::load(path)?;
-    file.set_context(CONTEXT, Some(lab.servers()), None);
-    let admin = lab.pki_dir().join("admin-admin");
-    if let Some(ctx) = file.contexts.iter_mut().find(|c| c.name == CONTEXT) {
-        ctx.ca = Some(admin.join("ca.crt"));
-        ctx.cert = Some(admin.join("tls.crt"));
-        ctx.key = Some(admin.join("tls.key"));
-        ctx.insecure = false;
-    }
-    file.current_context = Some(CONTEXT.to_string());
-    file.save(path)
+    cluster::wait_for_nodes(&lab.servers(), &lab.security()?, n, limit)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}; see the n*.log files in {}", lab.dir.display()))
 }
 
 /// Remove everything the lab in `dir` made: processes, containers,
-/// namespaces (and so their veth ends), veths, the bridge, its FORWARD rule,
-/// its context and the directory. Works from the state file alone; every
+/// namespaces (and so their veth ends), veths, the bridge, its FORWARD rule
+/// and the directory (droverctl removes the context it wrote). Works from the state file alone; every
 /// step is tried even when an earlier one fails. Returns what it removed.
 pub fn down(dir: &Path) -> anyhow::Result<Vec<String>> {
     let lab = Lab::load(dir)?;
@@ -859,8 +897,8 @@ pub fn down(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut failures = Vec::new();
     for h in &lab.hosts {
         let pids = sys::netns_pids(&h.ns);
-        sys::signal("KILL", &pids);
-        sys::signal("CONT", &pids);
+        sys::signal(Signal::SIGKILL, &pids);
+        sys::signal(Signal::SIGCONT, &pids);
         if !pids.is_empty() {
             done.push(format!("killed {} process(es) on {}", pids.len(), h.name));
         }
@@ -923,22 +961,6 @@ pub fn down(dir: &Path) -> anyhow::Result<Vec<String>> {
         match sys::ip(&["link", "del", &lab.bridge]) {
             Ok(_) => done.push(format!("deleted bridge {}", lab.bridge)),
             Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    if let Some(path) = &lab.config {
-        if let Ok(mut file) = ConfigFile::load(path) {
-            let ours = file
-                .context(CONTEXT)
-                .is_some_and(|c| c.servers == lab.servers());
-            if ours {
-                file.contexts.retain(|c| c.name != CONTEXT);
-                if file.current_context.as_deref() == Some(CONTEXT) {
-                    file.current_context = None;
-                }
-                if file.save(path).is_ok() {
-                    done.push(format!("removed context {CONTEXT}"));
-                }
-            }
         }
     }
     if !failures.is_empty() {
