@@ -458,3 +458,43 @@ async fn dash_n_puts_a_manifest_without_a_namespace_into_that_namespace() {
     let listed = ok(&c.ctl().run(&["get", "deployments", "-A", "-o", "name"]));
     assert_eq!(listed, "", "gone");
 }
+
+/// `cluster remove <leader>`: the leader hands its leadership over first, so
+/// the survivors keep committing (raft-rs would otherwise keep the removed
+/// leader as leader and drop every proposal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_leadership_over_and_writes_go_on() {
+    let c = Cluster::start(3).await.expect("cluster");
+    let leader = c.wait_for_leader(T).await.expect("leader");
+    let leader_id = c.controllers[leader].id.to_string();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    // Through a follower, so the removal is forwarded to the leader itself.
+    let out = ok(&c
+        .ctl_at(survivors[0])
+        .run(&["cluster", "remove", &leader_id]));
+    assert!(!out.contains(&format!("127.0.0.{}", leader + 1)), "{out}");
+
+    // Every survivor takes writes, and they agree on a leader among themselves.
+    for (n, i) in survivors.iter().enumerate() {
+        let mut client = c.client(*i).await.expect("client");
+        apply(&mut client, &format!("after-{n}"), 1)
+            .await
+            .unwrap_or_else(|e| panic!("apply through controller {i}: {e}"));
+    }
+    for i in &survivors {
+        let s = c.member_status(*i).await.expect("status");
+        assert_ne!(
+            s.leader_id.to_string(),
+            leader_id,
+            "the removed member still leads"
+        );
+        assert!(s.leader_id != 0, "controller {i} knows no leader");
+    }
+    let status = ok(&c.ctl_at(survivors[1]).run(&["cluster", "status"]));
+    assert_eq!(
+        status.lines().filter(|l| l.contains("127.0.0.")).count(),
+        2,
+        "{status}"
+    );
+}

@@ -423,6 +423,13 @@ impl Node {
             }));
             return;
         }
+        if matches!(write, Write::RemoveMember { id } if id == self.cfg.id) {
+            let answer = self
+                .hand_over_leadership()
+                .map_or_else(NodeError::Refused, NodeError::Dropped);
+            let _ = reply.send(Err(answer));
+            return;
+        }
         let id = rand::random::<u64>();
         let result = match write {
             Write::Command(command) => match serde_json::to_vec(&Proposal { id, command }) {
@@ -448,6 +455,39 @@ impl Node {
                 deadline: Instant::now() + self.cfg.write_timeout,
             },
         );
+    }
+
+    /// A leader never removes itself: raft-rs 0.7 keeps a leader that applied
+    /// its own removal as leader, and it then drops every proposal. It hands
+    /// its leadership to the most caught-up other voter instead and answers
+    /// with a retryable error; the retried removal reaches the new leader,
+    /// which removes this controller as a follower. `Err` when there is no
+    /// one to hand over to.
+    fn hand_over_leadership(&mut self) -> Result<String, String> {
+        let me = self.cfg.id;
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        if !conf.voters.contains(&me) {
+            return Err(format!("controller {me} is not a voting member"));
+        }
+        let target = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && conf.voters.contains(*id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        let Some(target) = target else {
+            return Err("cannot remove the last member of the cluster".into());
+        };
+        info!(
+            to = target,
+            "handing leadership over before this controller is removed"
+        );
+        self.raw.transfer_leader(target);
+        Ok(format!(
+            "controller {me} is the leader; it hands leadership to controller {target} before it is removed"
+        ))
     }
 
     /// Add (`address` is `Some`) or remove a member: one change at a time.
