@@ -90,8 +90,12 @@ impl SessionConfig {
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
     Shutdown,
-    /// A follower named the leader.
-    Redirect(String),
+    /// A follower named the leader; `productive` if this session delivered
+    /// an assignment set first (a leader that stepped down redirects too).
+    Redirect {
+        leader: String,
+        productive: bool,
+    },
     /// Another live agent holds the node name.
     NameInUse(String),
     /// Connection failed or the stream broke; `productive` if it delivered
@@ -114,8 +118,7 @@ pub async fn run(
     }
     let mut next = 0usize;
     let mut redirect: Option<String> = None;
-    let mut redirects_in_a_row = 0u32;
-    let mut delay = cfg.reconnect_min;
+    let mut backoff = Reconnect::new(&cfg);
     // For telling a person, now and then, that no controller answers.
     let mut failures = 0u32;
     let mut last_warning: Option<tokio::time::Instant> = None;
@@ -133,29 +136,35 @@ pub async fn run(
             }
         };
         let ended = session(&cfg, &addr, &supervisor, &shutdown).await;
+        // Whatever ended a session that delivered assignments, the
+        // controllers were reachable until now: the fencing clock and the
+        // backoff start over.
+        let productive = matches!(
+            ended,
+            Ended::Redirect {
+                productive: true,
+                ..
+            } | Ended::Lost {
+                productive: true,
+                ..
+            }
+        );
+        if productive {
+            last_contact = tokio::time::Instant::now();
+            fenced = false;
+            failures = 0;
+        }
         let wait = match ended {
             Ended::Shutdown => return Ok(()),
             Ended::NameInUse(message) => return Err(AgentError::NameInUse(message)),
-            Ended::Redirect(leader) => {
+            Ended::Redirect { leader, productive } => {
                 info!(controller = %addr, leader = %leader, "redirected to the leader");
-                redirects_in_a_row += 1;
                 redirect = Some(leader);
-                // Follow a redirect at once; a chain of them (an election in
-                // progress) backs off like any failure.
-                if redirects_in_a_row <= 2 {
-                    Duration::ZERO
-                } else {
-                    grow(&mut delay, &cfg)
-                }
+                jitter(backoff.after(End::Redirect, productive))
             }
             Ended::Lost { reason, productive } => {
-                redirects_in_a_row = 0;
                 if productive {
-                    last_contact = tokio::time::Instant::now();
-                    fenced = false;
                     info!(controller = %addr, reason = %reason, "session ended; reconnecting");
-                    delay = cfg.reconnect_min;
-                    failures = 0;
                 } else {
                     failures += 1;
                     let quiet = last_warning.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
@@ -167,7 +176,7 @@ pub async fn run(
                         debug!(controller = %addr, reason = %reason, "no session");
                     }
                 }
-                grow(&mut delay, &cfg)
+                jitter(backoff.after(End::Lost, productive))
             }
         };
         let mut wait = wait;
@@ -193,11 +202,60 @@ pub async fn run(
     }
 }
 
-/// The jittered wait for this attempt; doubles `delay` for the next one.
-fn grow(delay: &mut Duration, cfg: &SessionConfig) -> Duration {
-    let d = *delay;
-    *delay = (d * 2).min(cfg.reconnect_max);
-    jitter(d)
+/// How a session that is not the last one ended, for [`Reconnect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Redirect,
+    Lost,
+}
+
+/// The wait between sessions: a pure decision from how each one ended.
+///
+/// - A session that delivered assignments resets everything, whatever ended
+///   it (a broken stream, or a redirect from a leader that stepped down), so
+///   routine leader changes never pile up waits: an agent that waited up to
+///   `reconnect_max` per redirect after a few elections missed the node
+///   timeout, and its replicas were duplicated elsewhere.
+/// - A redirect is followed at once, twice in a row; a longer chain (an
+///   election in progress) backs off like a failure.
+/// - Failures double the wait from `reconnect_min` up to `reconnect_max`.
+#[derive(Debug)]
+struct Reconnect {
+    min: Duration,
+    max: Duration,
+    delay: Duration,
+    redirects_in_a_row: u32,
+}
+
+impl Reconnect {
+    fn new(cfg: &SessionConfig) -> Reconnect {
+        Reconnect {
+            min: cfg.reconnect_min,
+            max: cfg.reconnect_max,
+            delay: cfg.reconnect_min,
+            redirects_in_a_row: 0,
+        }
+    }
+
+    /// The wait (before jitter) after a session ended this way.
+    fn after(&mut self, end: End, productive: bool) -> Duration {
+        if productive {
+            self.delay = self.min;
+            self.redirects_in_a_row = 0;
+        }
+        match end {
+            End::Redirect => {
+                self.redirects_in_a_row += 1;
+                if self.redirects_in_a_row <= 2 {
+                    return Duration::ZERO;
+                }
+            }
+            End::Lost => self.redirects_in_a_row = 0,
+        }
+        let d = self.delay;
+        self.delay = (d * 2).min(self.max);
+        d
+    }
 }
 
 /// A random duration in [d/2, d]: agents that lost the same leader do not
@@ -240,7 +298,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn classify(status: &tonic::Status, productive: bool) -> Ended {
     match status.code() {
         Code::FailedPrecondition => match leader_hint(status.message()) {
-            Some(leader) => Ended::Redirect(leader),
+            Some(leader) => Ended::Redirect { leader, productive },
             None => Ended::Lost {
                 reason: format!("not the leader and no leader known: {}", status.message()),
                 productive,
@@ -434,8 +492,18 @@ mod tests {
         let s = tonic::Status::failed_precondition("follower; leader=127.0.0.3:7001");
         assert_eq!(
             classify(&s, false),
-            Ended::Redirect("127.0.0.3:7001".into())
+            Ended::Redirect {
+                leader: "127.0.0.3:7001".into(),
+                productive: false
+            }
         );
+        assert!(matches!(
+            classify(&s, true),
+            Ended::Redirect {
+                productive: true,
+                ..
+            }
+        ));
         let s = tonic::Status::already_exists("node n1 is held by a live agent");
         assert_eq!(
             classify(&s, true),
@@ -450,22 +518,57 @@ mod tests {
         ));
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
-    fn reconnect_delays_double_to_the_cap_with_jitter() {
+    fn reconnect_delays_double_to_the_cap() {
         let cfg = SessionConfig::new("n1", vec!["127.0.0.1:1".into()]);
-        let mut delay = cfg.reconnect_min;
-        let mut waits = Vec::new();
-        for _ in 0..8 {
-            waits.push(grow(&mut delay, &cfg));
-        }
-        let bounds = [100u64, 200, 400, 800, 1600, 3200, 5000, 5000];
-        for (w, max) in waits.iter().zip(bounds) {
-            let w = w.as_millis() as u64;
+        let mut r = Reconnect::new(&cfg);
+        let waits: Vec<u64> = (0..8)
+            .map(|_| r.after(End::Lost, false).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        for d in [ms(1), ms(100), ms(5000)] {
+            let j = jitter(d);
             assert!(
-                w >= max / 2 && w <= max,
-                "wait {w}ms not in [{}, {max}]",
-                max / 2
+                j >= d / 2 && j <= d,
+                "{j:?} not within [{:?}, {d:?}]",
+                d / 2
             );
         }
+    }
+
+    #[test]
+    fn redirects_are_followed_at_once_twice_then_back_off() {
+        let cfg = SessionConfig::new("n1", vec!["127.0.0.1:1".into()]);
+        let mut r = Reconnect::new(&cfg);
+        assert_eq!(r.after(End::Redirect, false), Duration::ZERO);
+        assert_eq!(r.after(End::Redirect, false), Duration::ZERO);
+        assert_eq!(r.after(End::Redirect, false), ms(100));
+        assert_eq!(r.after(End::Redirect, false), ms(200));
+        // A failure ends the chain, but not the backoff.
+        assert_eq!(r.after(End::Lost, false), ms(400));
+        assert_eq!(r.after(End::Redirect, false), Duration::ZERO);
+    }
+
+    /// Routine elections: each time, the agent's productive session ends with
+    /// the stepped-down leader's redirect, and the new leader is found through
+    /// one more redirect. The waits must not grow from election to election.
+    #[test]
+    fn productive_sessions_reset_the_backoff_whatever_ended_them() {
+        let cfg = SessionConfig::new("n1", vec!["127.0.0.1:1".into()]);
+        let mut r = Reconnect::new(&cfg);
+        // Start-up: a few failures while the controllers come up.
+        for _ in 0..5 {
+            r.after(End::Lost, false);
+        }
+        for _election in 0..20 {
+            assert_eq!(r.after(End::Redirect, true), Duration::ZERO, "step-down");
+            assert_eq!(r.after(End::Redirect, false), Duration::ZERO, "follower");
+            assert_eq!(r.after(End::Lost, false), ms(100), "old leader gone");
+        }
+        assert_eq!(r.after(End::Lost, true), ms(100));
     }
 }
