@@ -305,13 +305,15 @@ pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
     let mut placed = Vec::new();
     let mut reasons: HashMap<String, (&ReplicaRecord, ObjectRef)> = HashMap::new();
     for r in &replicas {
-        let Some(d) = deployments
-            .get(&(r.namespace.clone(), r.deployment.clone()))
-            .map(|d| &d.deployment)
-        else {
+        let Some(d) = deployments.get(&(r.namespace.clone(), r.deployment.clone())) else {
             continue;
         };
-        let pod = &d.spec.template.spec;
+        // Each replica is placed and booked with its own revision's template:
+        // during a rollout the old replicas still hold the old ports and
+        // requests, not the new ones.
+        let pod = d
+            .revision_by_hash(&r.revision)
+            .map_or(&d.deployment.spec.template.spec, |rev| &rev.template.spec);
         let requests = pod
             .containers
             .iter()

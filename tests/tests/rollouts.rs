@@ -423,3 +423,63 @@ async fn diff_shows_the_change_and_a_server_dry_run_stores_nothing() {
     let history = ok(&c.ctl().run(&["rollout", "history", "deployment", "web"]));
     assert_eq!(history.lines().count(), 3, "one revision: {history}");
 }
+
+/// A rollout that moves the host port (8080 → 9090) with `maxUnavailable: 0`:
+/// the surge replica needs 9090 on a host whose old replica still holds only
+/// 8080. Booking old replicas with the new template's ports made every host
+/// look taken, and the rollout deadlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_changes_the_host_port_books_old_replicas_with_their_own_port() {
+    let c = Cluster::with_agents(1, "process", &["n1", "n2"])
+        .await
+        .expect("cluster");
+    let web = |port: u16| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: main
+        image: drover/busybox:1
+        command: ["sh", "-c", "while true; do sleep 1; done"]
+        ports:
+        - containerPort: {port}
+          hostPort: {port}
+"#
+        )
+    };
+    for port in [8080, 9090] {
+        let out = c.ctl().run_with_stdin(
+            &["apply", "-f", "-", "--wait", "--timeout", "60s"],
+            Some(web(port).as_bytes()),
+        );
+        assert!(
+            out.status.success(),
+            "the rollout to host port {port} must finish: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            err(&out)
+        );
+    }
+    let replicas = ok(&c.ctl().run(&["get", "replicas", "-o", "wide"]));
+    assert_eq!(
+        replicas.lines().filter(|l| l.contains("Running")).count(),
+        2,
+        "{replicas}"
+    );
+}
