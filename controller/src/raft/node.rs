@@ -112,6 +112,18 @@ pub enum NodeError {
     Stopped,
 }
 
+/// raft-rs refuses a proposal with `ProposalDropped` while a leadership
+/// transfer or a step-down is under way, or when this member was removed:
+/// nothing was written, so the write is retried elsewhere, not failed.
+fn proposal_error(e: raft::Error) -> NodeError {
+    match e {
+        raft::Error::ProposalDropped => {
+            NodeError::Dropped("this controller is handing over or giving up its leadership".into())
+        }
+        other => NodeError::Refused(other.to_string()),
+    }
+}
+
 /// What a member knows about itself, for `cluster status`.
 #[derive(Debug, Clone, Default)]
 pub struct NodeStatus {
@@ -433,8 +445,8 @@ impl Node {
         let id = rand::random::<u64>();
         let result = match write {
             Write::Command(command) => match serde_json::to_vec(&Proposal { id, command }) {
-                Ok(data) => self.raw.propose(vec![], data).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(data) => self.raw.propose(vec![], data).map_err(proposal_error),
+                Err(e) => Err(NodeError::Refused(e.to_string())),
             },
             Write::AddMember {
                 id: member,
@@ -442,8 +454,8 @@ impl Node {
             } => self.propose_membership(id, member, Some(address)),
             Write::RemoveMember { id: member } => self.propose_membership(id, member, None),
         };
-        if let Err(reason) = result {
-            let _ = reply.send(Err(NodeError::Refused(reason)));
+        if let Err(e) = result {
+            let _ = reply.send(Err(e));
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
@@ -496,12 +508,13 @@ impl Node {
         id: u64,
         member: u64,
         address: Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
+        let refuse = |reason: String| Err(NodeError::Refused(reason));
         if member == 0 {
-            return Err("member id 0 is not allowed; ids start at 1".into());
+            return refuse("member id 0 is not allowed; ids start at 1".into());
         }
         if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
-            return Err(
+            return refuse(
                 "another membership change is still in progress; retry when it completes".into(),
             );
         }
@@ -510,7 +523,7 @@ impl Node {
         let (change, ctx) = match address {
             Some(address) => {
                 if is_member {
-                    return Err(format!("controller {member} is already a member"));
+                    return refuse(format!("controller {member} is already a member"));
                 }
                 (
                     ConfChangeType::AddNode,
@@ -525,10 +538,10 @@ impl Node {
             }
             None => {
                 if !is_member {
-                    return Err(format!("controller {member} is not a member"));
+                    return refuse(format!("controller {member} is not a member"));
                 }
                 if conf.voters.len() == 1 {
-                    return Err("cannot remove the last member of the cluster".into());
+                    return refuse("cannot remove the last member of the cluster".into());
                 }
                 (ConfChangeType::RemoveNode, ConfContext { id, member: None })
             }
@@ -540,10 +553,10 @@ impl Node {
         single.set_change_type(change);
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
-        let ctx = serde_json::to_vec(&ctx).map_err(|e| e.to_string())?;
+        let ctx = serde_json::to_vec(&ctx).map_err(|e| NodeError::Refused(e.to_string()))?;
         self.raw
             .propose_conf_change(ctx, cc)
-            .map_err(|e| e.to_string())
+            .map_err(proposal_error)
     }
 
     fn status(&self) -> NodeStatus {
@@ -790,7 +803,10 @@ impl Node {
             Err(e) => {
                 warn!(index = entry.index, error = %e, "configuration change rejected");
                 self.store.apply_nothing(entry.index, entry.term)?;
-                self.finish_err(entry.index, NodeError::Refused(e.to_string()));
+                // Only the change's own proposer hears of the refusal; another
+                // write waiting at this index (a new leader's) was dropped.
+                let refused = NodeError::Refused(e.to_string());
+                self.finish_with(entry.index, ctx.map(|c| c.id), Err(refused));
             }
         }
         Ok(())
@@ -799,21 +815,27 @@ impl Node {
     /// Answer the proposal waiting at `index`, if any: with the result when the
     /// applied entry is the one it proposed, as dropped otherwise.
     fn finish(&mut self, index: u64, id: Option<u64>, result: Result<WriteResult, WriteError>) {
+        self.finish_with(index, id, Ok(result));
+    }
+
+    /// Answer the write waiting at `index` with `answer` if it proposed the
+    /// applied entry (`id`); any other write there was dropped (a previous
+    /// leader's entry took its index) and may be retried.
+    fn finish_with(
+        &mut self,
+        index: u64,
+        id: Option<u64>,
+        answer: Result<Result<WriteResult, WriteError>, NodeError>,
+    ) {
         let Some(p) = self.writes.remove(&index) else {
             return;
         };
         if id == Some(p.id) {
-            let _ = p.reply.send(Ok(result));
+            let _ = p.reply.send(answer);
         } else {
             let _ = p
                 .reply
                 .send(Err(NodeError::Dropped("leadership changed".into())));
-        }
-    }
-
-    fn finish_err(&mut self, index: u64, err: NodeError) {
-        if let Some(p) = self.writes.remove(&index) {
-            let _ = p.reply.send(Err(err));
         }
     }
 
@@ -879,5 +901,28 @@ fn role_name(role: StateRole) -> &'static str {
         StateRole::Follower => "follower",
         StateRole::Candidate => "candidate",
         StateRole::PreCandidate => "pre-candidate",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_proposal_is_retryable_and_other_refusals_are_not() {
+        assert!(matches!(
+            proposal_error(raft::Error::ProposalDropped),
+            NodeError::Dropped(_)
+        ));
+        assert!(matches!(
+            proposal_error(raft::Error::StepLocalMsg),
+            NodeError::Refused(_)
+        ));
+        // The retry loop in `cluster::write` retries Dropped, and the API
+        // answers it as Aborted, which droverctl and followers retry too.
+        assert_eq!(
+            crate::cluster::node_error(NodeError::Dropped("x".into())).code(),
+            tonic::Code::Aborted
+        );
     }
 }
