@@ -16,7 +16,8 @@
 //! ```
 //!
 //! A running container is ready at once without a readiness probe, and only
-//! once its probe passes with one. A container killed by its liveness probe
+//! once its probe passes with one; an adopted container whose assignment has
+//! not arrived yet is not ready (its probes are not known). A container killed by its liveness probe
 //! shows reason `Unhealthy` and kubelet's "Liveness probe failed: …".
 
 use std::collections::BTreeMap;
@@ -99,7 +100,10 @@ pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
                             s.message = format!("Readiness probe failed: {m}");
                         }
                     }
-                    None => s.ready = !probed,
+                    // Without its assignment (an agent that just restarted
+                    // and adopted it) nobody knows whether it has a readiness
+                    // probe: it is not ready until the spec says it needs none.
+                    None => s.ready = i.assigned.is_some() && !probed,
                 }
                 if s.restarts > 0 {
                     if let Some(e) = exit {
@@ -330,6 +334,20 @@ mod tests {
             })
         };
         assert!(!with(None).ready, "a probed container starts not ready");
+        let adopted = replica_status(&Inputs {
+            name: "web-r-0",
+            assigned: None,
+            have_assignments: false,
+            container: Some(&c),
+            record: None,
+            busy: None,
+            readiness: None,
+        });
+        assert_eq!(adopted.state(), ReplicaState::Running);
+        assert!(
+            !adopted.ready,
+            "an adopted container is not ready before its spec and probes are known"
+        );
         let passed = Readiness {
             container_id: "c1",
             ready: true,
