@@ -290,7 +290,7 @@ async fn session(
         productive: false,
     };
     let security = cfg.security.borrow().clone();
-    let endpoint = match security.endpoint(addr, pki::CONTROLLER_SERVER_NAME) {
+    let endpoint = match security.endpoint(addr, &pki::Server::Controller) {
         Ok(e) => e
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)

@@ -282,7 +282,7 @@ async fn join_pki(
     let name = cfg.id.to_string();
     let (csr, key_pem) = pki::new_csr(&Identity::new(Role::Controller, name.clone()))?;
     let anonymous = Security::tls(TlsMaterial {
-        ca_pem,
+        ca_pem: ca_pem.clone(),
         identity: None,
     });
     let request = pb::JoinRequest {
@@ -296,7 +296,7 @@ async fn join_pki(
     loop {
         for addr in &cfg.join_via {
             let endpoint = anonymous
-                .endpoint(addr, pki::CONTROLLER_SERVER_NAME)?
+                .endpoint(addr, &pki::Server::Controller)?
                 .connect_timeout(std::time::Duration::from_secs(2));
             let channel = match endpoint.connect().await {
                 Ok(c) => c,
@@ -315,7 +315,8 @@ async fn join_pki(
                         cert_pem: resp.cert_pem,
                         key_pem,
                     };
-                    dir.write(&resp.ca_pem, &issued, None)?;
+                    // The CA stays the one the token pinned, whatever the answer says.
+                    dir.write(&ca_pem, &issued, None)?;
                     info!(token = %token.id, tls_dir = %dir.path.display(), "joined with a token: controller certificate stored (no CA key: this controller does not sign)");
                     return Ok(());
                 }

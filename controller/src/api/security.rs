@@ -50,24 +50,37 @@ impl SecurityService {
         })
     }
 
+    /// Signs `csr` for `identity`. The certificate's names come from the
+    /// identity (`<node>.agent.drover`, `controller.drover`), never from the
+    /// caller: of `address` only an IP address is kept, as an IP SAN, which
+    /// no client takes for a role (they check the DNS name and role URI).
     fn sign(&self, csr: &str, identity: Identity, address: &str) -> Result<String, Status> {
         let signer = self.signer()?;
-        let host = address
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .filter(|h| !h.is_empty() && !h.starts_with("0.0.0.0"));
+        let host = address_ip(address);
         signer
             .ca
             .sign_csr(
                 csr,
                 &CertRequest {
                     identity,
-                    hosts: host.map(str::to_string).into_iter().collect(),
+                    hosts: host.map(|ip| ip.to_string()).into_iter().collect(),
                     validity: signer.node_validity,
                 },
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }
+}
+
+/// The IP address of a `HOST:PORT` a member reported, if HOST is one (and
+/// not unspecified); host names are dropped.
+fn address_ip(address: &str) -> Option<std::net::IpAddr> {
+    let (host, _) = address.rsplit_once(':')?;
+    let ip: std::net::IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn info_of(t: &TokenRecord) -> pb::JoinToken {
@@ -127,6 +140,13 @@ impl pb::security_server::Security for SecurityService {
             .role
             .parse()
             .map_err(|e: pki::PkiError| Status::internal(e.to_string()))?;
+        if !matches!(role, Role::Agent | Role::Controller) {
+            warn!(token = %record.id, role = %role, "refused a join: a token of a role joins never issue");
+            return Err(Status::permission_denied(format!(
+                "join token {} is for role {role}: joins issue agent and controller certificates only",
+                record.id
+            )));
+        }
         names::check_name("node name", &req.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let cert_pem = self.sign(

@@ -48,7 +48,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 
 pub use files::{create_private_dir, write_public, write_secret, TlsDir};
-pub use tls::{Security, TlsMaterial};
+pub use tls::{Security, Server, TlsMaterial};
 
 /// The server name every controller certificate carries; clients verify it.
 pub const CONTROLLER_SERVER_NAME: &str = "controller.drover";
@@ -387,12 +387,20 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
     if matches!(req.identity.role, Role::Controller | Role::Agent) {
         hosts.extend(req.hosts.iter().cloned());
     }
-    for host in hosts {
+    for (i, host) in hosts.iter().enumerate() {
         let san = match host.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(host.as_str().try_into().map_err(|e| {
-                PkiError::Invalid(format!("{host:?} is not a valid host name: {e}"))
-            })?),
+            Err(_) => {
+                // The role's own server name comes first; extra DNS names may
+                // never make one role look like another: agents get none, and
+                // nobody gets another name in drover's own zone.
+                if i > 0 {
+                    check_extra_dns_name(req.identity.role, host)?;
+                }
+                SanType::DnsName(host.as_str().try_into().map_err(|e| {
+                    PkiError::Invalid(format!("{host:?} is not a valid host name: {e}"))
+                })?)
+            }
         };
         if !params.subject_alt_names.contains(&san) {
             params.subject_alt_names.push(san);
@@ -413,6 +421,23 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, req.validity);
     Ok(params)
+}
+
+/// An extra DNS name for a certificate of `role`: never for agents (their
+/// certificate names their node and IP addresses only), never under `.drover`.
+fn check_extra_dns_name(role: Role, host: &str) -> Result<()> {
+    if role == Role::Agent {
+        return Err(PkiError::Invalid(format!(
+            "an agent's certificate names only its node and IP addresses, not {host:?}"
+        )));
+    }
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    if lower == "drover" || lower.ends_with(".drover") {
+        return Err(PkiError::Invalid(format!(
+            "{host:?} is in drover's own name zone, which only the CA assigns"
+        )));
+    }
+    Ok(())
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {
