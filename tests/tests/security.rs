@@ -896,3 +896,121 @@ async fn a_controller_certificate_cannot_mint_admins_or_speak_for_other_members(
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("local-only"), "the drop is logged");
 }
+
+/// Item 3: an agent token makes new nodes only, and agents cannot claim
+/// admin-only labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_cannot_take_a_registered_name_or_reserved_labels() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    c.start_agent("n2", "sim", &[]).expect("agent");
+    c.wait_for("n2 Ready", T, || node_ready(&c, "n2"))
+        .await
+        .expect("n2");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let channel = anonymous
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    let join = |node: &str| {
+        let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, node)).expect("csr");
+        pb::JoinRequest {
+            token: token.clone(),
+            node: node.into(),
+            csr_pem: csr,
+            address: "127.0.1.77:7101".into(),
+        }
+    };
+    let refused = security.join(join("n2")).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("already registered"),
+        "{}",
+        refused.message()
+    );
+    // A new name joins with the same token.
+    let joined = security.join(join("n3")).await.expect("a new node joins");
+    assert_eq!(
+        pki::cert_info(&joined.into_inner().cert_pem)
+            .expect("info")
+            .identity,
+        Some(Identity::new(Role::Agent, "n3"))
+    );
+
+    // An agent reporting a reserved label is refused; nothing registers.
+    let n4 = pki.client(Role::Agent, "n4").expect("cert");
+    let channel = as_holder(&n4)
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let hello = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            node: "n4".into(),
+            address: "127.0.1.9:7101".into(),
+            runtime: "sim".into(),
+            incarnation: "x".into(),
+            labels: [(
+                "node-restriction.drover.io/pool".to_string(),
+                "secure".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })),
+    };
+    let refused = DispatcherClient::new(channel)
+        .session(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("reserved"),
+        "{}",
+        refused.message()
+    );
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert!(!nodes.contains("n4"), "{nodes}");
+}
+
+/// Item 10: a refused join never logs the name it was given unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_join_does_not_log_an_unchecked_node_name() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let channel = anonymous
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    let fingerprint = pki::ca_fingerprint(pki.ca.cert_pem()).expect("fingerprint");
+    // A well-formed token nobody created, and a name forging a log line.
+    let token = format!("drover-1-{fingerprint}-0123abcd-{}", "7".repeat(48));
+    let node = "x\n2026-01-01T00:00:00Z INFO forged line".to_string();
+    let refused = security
+        .join(pb::JoinRequest {
+            token,
+            node,
+            csr_pem: String::new(),
+            address: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert!(!log.contains("forged line"), "{log}");
+}

@@ -83,6 +83,40 @@ fn address_ip(address: &str) -> Option<std::net::IpAddr> {
     (!ip.is_unspecified()).then_some(ip)
 }
 
+impl SecurityService {
+    /// A token makes new members, never a second certificate for an existing
+    /// one: a registered node or a current controller member keeps its name
+    /// (there is no `droverctl delete node` yet, so a node name is taken for
+    /// good once registered).
+    fn check_name_is_free(&self, role: Role, name: &str, token: &str) -> Result<(), Status> {
+        let taken = match role {
+            Role::Agent => self
+                .cluster
+                .store
+                .node(name)
+                .map_err(store_error)?
+                .is_some(),
+            Role::Controller => {
+                let members = self.cluster.store.members().map_err(store_error)?;
+                members.iter().any(|m| m.id.to_string() == name)
+            }
+            Role::Admin | Role::Viewer => true,
+        };
+        if !taken {
+            return Ok(());
+        }
+        warn!(token = %token, node = %name, role = %role, "refused a join: the name is taken");
+        Err(Status::permission_denied(match role {
+            Role::Controller => format!(
+                "controller {name} is already a member: remove it with droverctl cluster remove before it joins again"
+            ),
+            _ => format!(
+                "node {name:?} is already registered: a join token cannot take over its name; join a rebuilt host under a new name"
+            ),
+        }))
+    }
+}
+
 fn info_of(t: &TokenRecord) -> pb::JoinToken {
     pb::JoinToken {
         id: t.id.clone(),
@@ -100,6 +134,9 @@ impl pb::security_server::Security for SecurityService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let req = request.into_inner();
+        // First, so that no log line below carries an unchecked name.
+        names::check_name("node name", &req.node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let signer = self.signer()?;
@@ -147,8 +184,7 @@ impl pb::security_server::Security for SecurityService {
                 record.id
             )));
         }
-        names::check_name("node name", &req.node)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_name_is_free(role, &req.node, &record.id)?;
         let cert_pem = self.sign(
             &req.csr_pem,
             Identity::new(role, req.node.clone()),
