@@ -427,3 +427,46 @@ async fn a_replica_sees_its_name_as_hostname() {
     .await;
     assert_eq!(out, "I am web-r-0\n");
 }
+
+/// Issue 12 item 11: a replica (and an exec in it) gets HOSTNAME, PATH and
+/// its manifest's env, never the agent's own environment and its join token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_does_not_inherit_the_agents_environment() {
+    // The agent's own environment, as `--join-token` from the environment would leave it.
+    std::env::set_var("DROVER_JOIN_TOKEN", "drover-1-leaked-secret");
+    std::env::set_var("AGENT_ONLY_MARKER", "agent-private");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let mut a = shell("default.env-r-0", "env; echo END; exec sleep 30");
+    a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
+        name: "GIVEN".into(),
+        value: "by-the-manifest".into(),
+    }];
+    rt.start(&a, 0).await.expect("start");
+    let out = eventually("output", Duration::from_secs(5), || async {
+        let logs = rt
+            .logs("default.env-r-0", LogOptions::default())
+            .await
+            .ok()?;
+        let (out, _) = collect_logs(logs).await;
+        out.contains("END").then_some(out)
+    })
+    .await;
+    let exec = rt
+        .exec(
+            "default.env-r-0",
+            &["env".to_string()],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("exec");
+    let exec_out = String::from_utf8_lossy(&exec.output).into_owned();
+    for text in [&out, &exec_out] {
+        assert!(!text.contains("leaked-secret"), "{text}");
+        assert!(!text.contains("agent-private"), "{text}");
+        assert!(text.contains("GIVEN=by-the-manifest"), "{text}");
+        assert!(text.contains("HOSTNAME=env-r-0"), "{text}");
+        assert!(text.contains("PATH="), "{text}");
+    }
+}

@@ -18,6 +18,11 @@
 //! cannot wait for, so adopted processes are watched through `/proc` (pid and
 //! kernel start time, to rule out pid reuse) and their exit code is unknown
 //! (-1). Images, host ports and resource limits do not apply here.
+//!
+//! A replica's environment is built from nothing: `HOSTNAME` (the replica),
+//! `PATH` (the agent's, else the usual default) and the manifest's `env`,
+//! which may override both. Nothing else of the agent's own environment
+//! (`DROVER_JOIN_TOKEN`, ...) reaches a replica, nor an `exec` in it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -323,14 +328,13 @@ impl Runtime for ProcessRuntime {
                 .map_err(|e| AgentError::io(format!("creating {}", p.display()), e))
         };
         let (stdout, stderr) = (open(&out_path)?, open(&err_path)?);
-        // HOSTNAME is the replica's name, as a container's would be; the
-        // manifest's own env may still set it.
-        let env: Vec<(String, String)> =
-            std::iter::once(("HOSTNAME".to_string(), assignment.hostname().to_string()))
-                .chain(c.env.iter().map(|e| (e.name.clone(), e.value.clone())))
-                .collect();
+        let env = replica_env(
+            assignment.hostname(),
+            c.env.iter().map(|e| (e.name.clone(), e.value.clone())),
+        );
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
+            .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&working_dir)
             .stdin(Stdio::null())
@@ -557,6 +561,7 @@ impl Runtime for ProcessRuntime {
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
+            .env_clear()
             .envs(entry.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&entry.working_dir)
             .stdin(Stdio::null())
@@ -718,6 +723,29 @@ async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::new();
     file.take(1024 * 1024).read_to_end(&mut data).await?;
     Ok(data)
+}
+
+/// PATH when the agent itself has none (Docker's default for images).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A replica's whole environment: `HOSTNAME` (the replica's name, as a
+/// container's would be), `PATH`, then the manifest's variables, which may
+/// override both. Nothing is inherited from the agent.
+fn replica_env(
+    hostname: &str,
+    manifest: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let path = std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    [
+        ("HOSTNAME".to_string(), hostname.to_string()),
+        ("PATH".to_string(), path),
+    ]
+    .into_iter()
+    .chain(manifest)
+    .collect()
 }
 
 #[cfg(test)]
