@@ -307,7 +307,10 @@ async fn session(
             Err(e) => return lost(format!("cannot connect: {}", error_chain(&e))),
         },
     };
-    let mut client = DispatcherClient::new(channel);
+    // The controller sends assignment sets up to this size (tonic's default
+    // of 4 MiB would cut off a node with a few large templates).
+    let mut client = DispatcherClient::new(channel)
+        .max_decoding_message_size(drover_proto::MAX_ASSIGNMENT_BYTES);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let mut statuses = supervisor.statuses();
     let mut last_sent: Arc<StatusMap> = statuses.borrow_and_update().clone();

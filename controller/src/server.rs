@@ -162,7 +162,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     tokio::spawn(crate::leader::run(cluster.clone(), loops, shutdown.clone()));
     let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
         .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(64 * 1024 * 1024);
+        .max_encoding_message_size(drover_proto::MAX_ASSIGNMENT_BYTES);
     let security_service = pb::security_server::SecurityServer::new(SecurityService {
         cluster: cluster.clone(),
         signer,
