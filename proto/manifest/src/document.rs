@@ -15,9 +15,9 @@
 //! - a file may produce at most [`NODE_BUDGET_BASE`] + its length in nodes,
 //!   which a file without aliases cannot exceed (the densest YAML, `{a,b,c}`,
 //!   spends a byte per node) but an alias bomb ("billion laughs") does, quickly;
-//! - and at most as many bytes of strings (keys and scalars) as the same
-//!   budget: no scalar decodes longer than its text, so only aliases can
-//!   exceed it (a 2 MiB anchored scalar referenced many times would stay
+//! - and at most [`NODE_BUDGET_BASE`] + twice its length in bytes of strings
+//!   (keys and scalars): no scalar decodes to more than 1.5 times its text
+//!   (the escape `\L` is the worst), so only aliases can exceed it (a 2 MiB anchored scalar referenced many times would stay
 //!   under the node budget yet expand to terabytes);
 //! - libyaml's scanner spends time proportional to the current flow nesting
 //!   (`[`, `{`) on every token, so `{a: {a: {a: …` costs the square of its
@@ -136,7 +136,8 @@ impl<'a> Documents<'a> {
         Documents {
             stream: Some(serde_norway::Deserializer::from_str(text)),
             budget: Cell::new(NODE_BUDGET_BASE + text.len()),
-            bytes: Cell::new(NODE_BUDGET_BASE + text.len()),
+            // Twice the text: escapes like `\L` (2 bytes → 3) may grow a little.
+            bytes: Cell::new(NODE_BUDGET_BASE + 2 * text.len()),
         }
     }
 }
