@@ -470,3 +470,22 @@ async fn a_replica_does_not_inherit_the_agents_environment() {
         assert!(text.contains("PATH="), "{text}");
     }
 }
+
+/// Issue 12 item 12: the state file holds replicas' env values: owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    rt.start(&shell("default.quiet-r-0", "exec sleep 30"), 0)
+        .await
+        .expect("start");
+    let state = rt.dir().join("state.json");
+    let mode = std::fs::metadata(&state)
+        .expect("state.json")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "{}", state.display());
+}

@@ -353,6 +353,8 @@ async fn an_agent_joins_with_a_token_and_a_revoked_token_lets_nobody_else_in() {
         |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&tls.key()), 0o600);
     assert_eq!(mode(&tls.path), 0o700);
+    // Issue 12 item 12: the whole data dir is the agent's alone.
+    assert_eq!(mode(&c.agents[first].data_dir), 0o700);
     let cert = std::fs::read_to_string(tls.cert()).expect("cert");
     assert_eq!(
         pki::cert_info(&cert).expect("info").identity,

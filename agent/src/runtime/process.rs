@@ -199,14 +199,18 @@ impl Inner {
         self.write_state(&state)
     }
 
+    /// Mode 0600 (it holds replicas' env values), through a temp file
+    /// created exclusively and renamed over the old state.
     fn write_state(&self, state: &StateFile) -> Result<()> {
         let path = self.dir.join("state.json");
-        let tmp = self.dir.join("state.json.tmp");
-        let bytes = serde_json::to_vec_pretty(state)
+        let text = serde_json::to_string_pretty(state)
             .map_err(|e| AgentError::io("encoding the process state", std::io::Error::other(e)))?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| AgentError::io(format!("writing {}", path.display()), e))
+        drover_pki::write_secret(&path, &text).map_err(|e| {
+            AgentError::io(
+                "writing the process state",
+                std::io::Error::other(e.to_string()),
+            )
+        })
     }
 
     fn log_paths(&self, container_id: &str) -> (PathBuf, PathBuf) {

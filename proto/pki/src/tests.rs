@@ -182,3 +182,17 @@ fn clients_accept_a_server_only_with_the_role_they_dialled() {
     assert!(!n1.accepts(agent("n2").as_ref()));
     assert!(!n1.accepts(Some(&Identity::new(Role::Controller, "n1"))));
 }
+
+#[test]
+fn a_secret_is_never_written_through_a_planted_link() {
+    let dir = std::env::temp_dir().join(format!("drover-pki-{}", rand::random::<u64>()));
+    create_private_dir(&dir).expect("dir");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "untouched").expect("victim");
+    let key = dir.join("tls.key");
+    std::os::unix::fs::symlink(&victim, dir.join(".tls.key.tmp")).expect("link");
+    write_secret(&key, "SECRET").expect("written");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+    assert_eq!(std::fs::read_to_string(&key).expect("read"), "SECRET");
+    let _ = std::fs::remove_dir_all(&dir);
+}
