@@ -489,3 +489,68 @@ async fn the_state_file_is_readable_by_its_owner_only() {
         & 0o777;
     assert_eq!(mode, 0o600, "{}", state.display());
 }
+
+/// Issue 12 item 8: after a certificate change the logs service listens
+/// again at once, even while a `logs -f` from a vanished client stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_service_rebinds_at_once_after_a_renewal() {
+    use drover_proto::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
+    let _cleanup = Cleanup(&rt);
+    rt.start(
+        &shell(
+            "default.talker-r-0",
+            "while true; do echo tick; sleep 0.2; done",
+        ),
+        0,
+    )
+    .await
+    .expect("start");
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+    let address = format!("http://{}", incoming.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::watch::channel(drover_pki::Security::Insecure);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(drover_agent::server::serve(
+        rt.clone(),
+        incoming,
+        rx,
+        stop.clone(),
+    ));
+    let request = |follow| pb::LogsRequest {
+        replica: "default.talker-r-0".into(),
+        follow,
+        tail: 1,
+    };
+    // A follower that never reads again (its client went away without closing).
+    let mut follower = pb::agent_client::AgentClient::connect(address.clone())
+        .await
+        .expect("connect");
+    let stream = follower.logs(request(true)).await.expect("follow");
+    // The renewal.
+    tx.send(drover_pki::Security::Insecure).expect("send");
+    // Long enough for the old server to stop accepting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(mut c) = pb::agent_client::AgentClient::connect(address.clone()).await {
+                if let Ok(r) = c.logs(request(false)).await {
+                    return r;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the service answers again while the old follower is open");
+    drop(fresh);
+    drop(stream);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the service stops")
+        .expect("task")
+        .expect("a clean stop");
+}
