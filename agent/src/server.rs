@@ -11,7 +11,6 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
@@ -104,7 +103,7 @@ pub async fn serve<R: Runtime>(
                 }
             }
         };
-        let mut builder = Server::builder();
+        let mut builder = drover_pki::server_builder();
         if let Security::Tls(material) = &current {
             let tls = match material.server_config() {
                 Ok(t) => t,

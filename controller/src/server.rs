@@ -16,7 +16,6 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, SnapshotMetadata};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
@@ -174,7 +173,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let server_stop = shutdown.clone();
     // No per-request timeout: agent sessions are long-lived streams; unary
     // handlers bound their own waits (leader wait, write timeout).
-    let mut builder = Server::builder();
+    let mut builder = pki::server_builder();
     if let Some(tls) = server_tls {
         builder = builder
             .tls_config(tls)

@@ -1016,3 +1016,24 @@ async fn a_refused_join_does_not_log_an_unchecked_node_name() {
     let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
     assert!(!log.contains("forged line"), "{log}");
 }
+
+/// Issue 12 item 6 (part): a client that opens TCP and never finishes its
+/// TLS handshake is dropped, not kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let c = Cluster::start(1).await.expect("cluster");
+    let mut tcp = tokio::net::TcpStream::connect(&c.controllers[0].address)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        pki::TLS_HANDSHAKE_TIMEOUT + Duration::from_secs(5),
+        tcp.read(&mut buf),
+    )
+    .await
+    .expect("the controller closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The controller still serves everyone else.
+    c.member_status(0).await.expect("status");
+}

@@ -48,7 +48,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 
 pub use files::{create_private_dir, write_public, write_secret, TlsDir};
-pub use tls::{Security, Server, TlsMaterial};
+pub use tls::{server_builder, Security, Server, TlsMaterial, TLS_HANDSHAKE_TIMEOUT};
 
 /// The server name every controller certificate carries; clients verify it.
 pub const CONTROLLER_SERVER_NAME: &str = "controller.drover";

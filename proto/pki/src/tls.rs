@@ -194,6 +194,8 @@ impl TlsMaterial {
 
     /// For a server: our certificate, and client certificates checked against
     /// the CA but optional (unauthenticated callers reach only the join RPC).
+    /// A client that does not finish its handshake within
+    /// [`TLS_HANDSHAKE_TIMEOUT`] is dropped.
     pub fn server_config(&self) -> Result<ServerTlsConfig> {
         let (cert, key) = self
             .identity
@@ -202,7 +204,8 @@ impl TlsMaterial {
         Ok(ServerTlsConfig::new()
             .identity(Identity::from_pem(cert, key))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true))
+            .client_auth_optional(true)
+            .timeout(TLS_HANDSHAKE_TIMEOUT))
     }
 
     /// For a client talking to a server whose certificate names `server_name`
@@ -235,6 +238,26 @@ impl TlsMaterial {
             expect: expect.clone(),
         }))
     }
+}
+
+/// How long a server waits for a client to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A tonic server builder with the limits every drover listener uses (tonic
+/// leaves them unset): streams per connection, HTTP/2 keep-alive (a silent
+/// peer is dropped), TCP keep-alive, header size and h2's reset-stream
+/// limits (the "rapid reset" floods). Connections per listener are not
+/// capped yet.
+pub fn server_builder() -> tonic::transport::Server {
+    use std::time::Duration;
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(256))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_max_header_list_size(Some(64 * 1024))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(256))
 }
 
 /// How a client reaches a drover server: mutual TLS, or plaintext with `--insecure`.
