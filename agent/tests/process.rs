@@ -554,3 +554,38 @@ async fn the_logs_service_rebinds_at_once_after_a_renewal() {
         .expect("task")
         .expect("a clean stop");
 }
+
+/// Issue 12 item 5 (part): a whole log streams in bounded chunks, never as
+/// one message the size of the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_log_streams_in_bounded_chunks() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let o = rt
+        .start(&shell("default.big-r-0", "exec sleep 30"), 0)
+        .await
+        .expect("start");
+    let size = 20 * 1024 * 1024;
+    let log = rt
+        .dir()
+        .join("logs")
+        .join(format!("{}.stdout", o.container_id));
+    std::fs::write(&log, vec![b'x'; size]).expect("a big log");
+    let mut stream = rt
+        .logs("default.big-r-0", LogOptions::default())
+        .await
+        .expect("logs");
+    let (mut total, mut largest) = (0usize, 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("chunk");
+        total += chunk.data.len();
+        largest = largest.max(chunk.data.len());
+    }
+    assert_eq!(total, size);
+    assert!(
+        largest as u64 <= drover_agent::runtime::process::LOG_CHUNK_BYTES,
+        "a chunk of {largest} bytes"
+    );
+}

@@ -481,12 +481,23 @@ impl Runtime for ProcessRuntime {
             .newest(replica)
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
         let (out, err) = self.inner.log_paths(&entry.container_id);
-        let (tx, rx) = mpsc::channel(64);
+        // A few chunks in flight at most: a slow reader holds the agent to
+        // about 2 MiB per stream, whatever the log's size.
+        let (tx, rx) = mpsc::channel(8);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let files = [(LogSource::Stdout, out), (LogSource::Stderr, err)];
             let mut offsets = [0u64; 2];
             for (i, (source, path)) in files.iter().enumerate() {
+                if opts.tail.is_none() {
+                    // The whole log, in bounded chunks: never one message
+                    // (nor one buffer) as large as the file.
+                    match send_existing(path, *source, &tx).await {
+                        Some(end) => offsets[i] = end,
+                        None => return,
+                    }
+                    continue;
+                }
                 match read_initial(path, opts.tail).await {
                     Ok((data, end)) => {
                         offsets[i] = end;
@@ -720,13 +731,59 @@ async fn read_initial(path: &Path, tail: Option<u32>) -> Result<(Vec<u8>, u64)> 
     Ok((data, end))
 }
 
-/// What was appended to a log since `offset`.
+/// The largest chunk a log stream sends (and the agent holds per read).
+pub const LOG_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// What was appended to a log since `offset`, at most [`LOG_CHUNK_BYTES`].
 async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut file = tokio::fs::File::open(path).await?;
     file.seek(std::io::SeekFrom::Start(offset)).await?;
     let mut data = Vec::new();
-    file.take(1024 * 1024).read_to_end(&mut data).await?;
+    file.take(LOG_CHUNK_BYTES).read_to_end(&mut data).await?;
     Ok(data)
+}
+
+/// Send what a log holds now, chunk by chunk; returns the offset reached,
+/// or None when the stream ended (receiver gone, or a read failed and was
+/// reported).
+async fn send_existing(
+    path: &Path,
+    source: LogSource,
+    tx: &mpsc::Sender<Result<LogChunk>>,
+) -> Option<u64> {
+    let end = match tokio::fs::metadata(path).await {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0),
+        Err(e) => {
+            let _ = tx
+                .send(Err(AgentError::io(
+                    format!("reading {}", path.display()),
+                    e,
+                )))
+                .await;
+            return None;
+        }
+    };
+    let mut offset = 0;
+    while offset < end {
+        let mut data = match read_from(path, offset).await {
+            Ok(d) if d.is_empty() => break,
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(AgentError::io(
+                        format!("reading {}", path.display()),
+                        e,
+                    )))
+                    .await;
+                return None;
+            }
+        };
+        data.truncate((end - offset).min(data.len() as u64) as usize);
+        offset += data.len() as u64;
+        tx.send(Ok(LogChunk { source, data })).await.ok()?;
+    }
+    Some(offset)
 }
 
 /// PATH when the agent itself has none (Docker's default for images).
