@@ -130,18 +130,21 @@ pub async fn serve<R: Runtime>(
             .add_service(pb::agent_server::AgentServer::new(AgentService::new(
                 runtime.clone(),
             )))
-            .serve_with_incoming_shutdown(listener, async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    r = changes.changed() => {
-                        if r.is_ok() {
-                            restart.cancel();
-                        } else {
-                            stop.cancelled().await;
+            .serve_with_incoming_shutdown(
+                drover_pki::limit::limit_connections(listener, drover_pki::limit::MAX_CONNECTIONS),
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = changes.changed() => {
+                            if r.is_ok() {
+                                restart.cancel();
+                            } else {
+                                stop.cancelled().await;
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
         let mut task = tokio::spawn(server);
         tokio::select! {
             _ = shutdown.cancelled() => {

@@ -190,7 +190,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         .add_service(dispatcher)
         .add_service(peer)
         .add_service(security_service)
-        .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
+        .serve_with_incoming_shutdown(
+            pki::limit::limit_connections(incoming, pki::limit::MAX_CONNECTIONS),
+            async move { server_stop.cancelled().await },
+        );
 
     let mut node_task = node_task;
     let result = tokio::select! {

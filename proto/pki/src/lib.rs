@@ -31,6 +31,7 @@
 
 pub mod authz;
 mod files;
+pub mod limit;
 mod tls;
 pub mod token;
 

@@ -246,8 +246,8 @@ pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// A tonic server builder with the limits every drover listener uses (tonic
 /// leaves them unset): streams per connection, HTTP/2 keep-alive (a silent
 /// peer is dropped), TCP keep-alive, header size and h2's reset-stream
-/// limits (the "rapid reset" floods). Connections per listener are not
-/// capped yet.
+/// limits (the "rapid reset" floods). Connections per listener are capped
+/// by [`crate::limit::limit_connections`] around the listener.
 pub fn server_builder() -> tonic::transport::Server {
     use std::time::Duration;
     tonic::transport::Server::builder()
