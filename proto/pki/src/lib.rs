@@ -393,10 +393,9 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => {
                 // The role's own server name comes first; extra DNS names may
-                // never make one role look like another: agents get none, and
-                // nobody gets another name in drover's own zone.
+                // never make one role look like another.
                 if i > 0 {
-                    check_extra_dns_name(req.identity.role, host)?;
+                    check_extra_dns_name(host)?;
                 }
                 SanType::DnsName(host.as_str().try_into().map_err(|e| {
                     PkiError::Invalid(format!("{host:?} is not a valid host name: {e}"))
@@ -424,14 +423,11 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// An extra DNS name for a certificate of `role`: never for agents (their
-/// certificate names their node and IP addresses only), never under `.drover`.
-fn check_extra_dns_name(role: Role, host: &str) -> Result<()> {
-    if role == Role::Agent {
-        return Err(PkiError::Invalid(format!(
-            "an agent's certificate names only its node and IP addresses, not {host:?}"
-        )));
-    }
+/// An extra DNS name for a certificate: never under `.drover`, whose names
+/// say a role (`controller.drover`, `<node>.agent.drover`). Other names are
+/// for whoever holds the CA key (`droverctl pki client --host`); the
+/// controllers' signer never passes any (see the controller's `Join`).
+fn check_extra_dns_name(host: &str) -> Result<()> {
     let lower = host.trim_end_matches('.').to_ascii_lowercase();
     if lower == "drover" || lower.ends_with(".drover") {
         return Err(PkiError::Invalid(format!(
