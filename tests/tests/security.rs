@@ -1037,3 +1037,37 @@ async fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
     // The controller still serves everyone else.
     c.member_status(0).await.expect("status");
 }
+
+/// Issue 12 item 4 (the controllers' side): a current member renews its
+/// controller certificate; a controller certificate of no member cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_renews_its_controller_certificate_and_a_stranger_cannot() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let renew_as = |name: &str| {
+        let dir = pki.client(Role::Controller, name).expect("cert");
+        let address = c.controllers[0].address.clone();
+        async move {
+            let channel = as_holder(&dir)
+                .endpoint(&address, &pki::Server::Controller)
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            let (csr, _key) = pki::new_csr(&Identity::new(Role::Controller, "x")).expect("csr");
+            pb::security_client::SecurityClient::new(channel)
+                .renew(pb::RenewRequest {
+                    csr_pem: csr,
+                    address: "127.0.0.1:1".into(),
+                })
+                .await
+        }
+    };
+    let renewed = renew_as("1").await.expect("a member renews").into_inner();
+    assert_eq!(
+        pki::cert_info(&renewed.cert_pem).expect("info").identity,
+        Some(Identity::new(Role::Controller, "1"))
+    );
+    let refused = renew_as("9").await.expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}

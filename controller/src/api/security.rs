@@ -84,6 +84,12 @@ fn address_ip(address: &str) -> Option<std::net::IpAddr> {
 }
 
 impl SecurityService {
+    /// Whether `name` is the member id of a current controller member.
+    fn is_member(&self, name: &str) -> Result<bool, Status> {
+        let members = self.cluster.store.members().map_err(store_error)?;
+        Ok(members.iter().any(|m| m.id.to_string() == name))
+    }
+
     /// A token makes new members, never a second certificate for an existing
     /// one: a registered node or a current controller member keeps its name
     /// (there is no `droverctl delete node` yet, so a node name is taken for
@@ -96,10 +102,7 @@ impl SecurityService {
                 .node(name)
                 .map_err(store_error)?
                 .is_some(),
-            Role::Controller => {
-                let members = self.cluster.store.members().map_err(store_error)?;
-                members.iter().any(|m| m.id.to_string() == name)
-            }
+            Role::Controller => self.is_member(name)?,
             Role::Admin | Role::Viewer => true,
         };
         if !taken {
@@ -203,15 +206,21 @@ impl pb::security_server::Security for SecurityService {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let identity = match Caller::of(&request) {
             Caller::Verified(id) if id.role == Role::Agent => id,
+            // A controller renews only while it is a member.
+            Caller::Verified(id)
+                if id.role == Role::Controller && self.is_member(&id.name)? =>
+            {
+                id
+            }
             _ => {
                 return Err(Status::permission_denied(
-                    "only an agent renews its own certificate here; issue others with droverctl pki client",
+                    "only an agent or a current controller member renews its own certificate here; issue others with droverctl pki client",
                 ))
             }
         };
         let req = request.into_inner();
         let cert_pem = self.sign(&req.csr_pem, identity.clone(), &req.address)?;
-        info!(node = %identity.name, "renewed a node certificate");
+        info!(role = %identity.role, name = %identity.name, "renewed a certificate");
         Ok(Response::new(pb::JoinResponse {
             cert_pem,
             ca_pem: self.signer()?.ca.cert_pem().to_string(),
