@@ -36,7 +36,7 @@ impl RuntimeKind {
 }
 
 /// drover-agent: runs the replicas the cluster assigns to this host.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(name = "drover-agent", version = drover_proto::VERSION)]
 pub struct AgentConfig {
     /// This node's name, unique in the cluster (DNS-1123 subdomain).
@@ -125,6 +125,34 @@ pub struct AgentConfig {
     /// (the token pins its fingerprint). Default: the tls dir's ca.crt.
     #[arg(long, env = "DROVER_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+}
+
+/// Written by hand: the join token never appears in Debug output.
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("name", &self.name)
+            .field("controllers", &self.controllers)
+            .field("labels", &self.labels)
+            .field("runtime", &self.runtime)
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("cpu", &self.cpu)
+            .field("memory", &self.memory)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("stop_after_disconnect", &self.stop_after_disconnect)
+            .field("image_pull_timeout_secs", &self.image_pull_timeout_secs)
+            .field("log_format", &self.log_format)
+            .field("tls_dir", &self.tls_dir)
+            .field("insecure", &self.insecure)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
@@ -365,6 +393,22 @@ mod tests {
         // Valid names that would not leave `<node>.agent.drover` a DNS name.
         assert!(check_node_name(&"a".repeat(64)).is_err());
         assert!(check_node_name(&vec!["a".repeat(60); 4].join(".")).is_err());
+    }
+
+    /// Issue 12 item 12: Debug output never carries the join token.
+    #[test]
+    fn debug_output_hides_the_join_token() {
+        let cfg = AgentConfig::try_parse_from([
+            "drover-agent",
+            "--controllers",
+            "127.0.0.1:7001",
+            "--join-token",
+            "drover-1-secret-in-debug",
+        ])
+        .expect("parses");
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("secret-in-debug"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 
     #[test]

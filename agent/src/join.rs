@@ -96,7 +96,8 @@ pub async fn join(
                         cert_pem: resp.cert_pem,
                         key_pem: key_pem.clone(),
                     };
-                    plan.dir.write(&resp.ca_pem, &issued, None).map_err(|e| {
+                    // The CA stays the one the token pinned, whatever the answer says.
+                    plan.dir.write(&plan.ca_pem, &issued, None).map_err(|e| {
                         AgentError::Config(format!("storing the node certificate: {e}"))
                     })?;
                     info!(node = %node, token = %plan.token.id, tls_dir = %plan.dir.path.display(), "joined the cluster: node certificate stored");
@@ -136,7 +137,7 @@ where
     Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
     let endpoint = security
-        .endpoint(addr, pki::CONTROLLER_SERVER_NAME)
+        .endpoint(addr, &pki::Server::Controller)
         .map_err(|e| Failure::Refused(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));
@@ -238,7 +239,11 @@ async fn renew_once(
                     cert_pem: resp.cert_pem,
                     key_pem,
                 };
-                dir.write(&resp.ca_pem, &issued, None)
+                // The pinned CA stays: an answer never replaces it.
+                let Security::Tls(material) = current else {
+                    return Err("renewing needs TLS".to_string());
+                };
+                dir.write(&material.ca_pem, &issued, None)
                     .map_err(|e| e.to_string())?;
                 return crate::config::load_node_tls(dir, node).map_err(|e| e.to_string());
             }

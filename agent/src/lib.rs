@@ -76,13 +76,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     if settings.security.is_insecure() {
         warn!("--insecure: the session with the controllers and the logs service are plaintext and unauthenticated");
     }
-    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+    // Owner-only: it holds the node's key, replicas' env values and logs.
+    drover_pki::create_private_dir(&settings.data_dir).map_err(|e| {
         AgentError::io(
             format!(
                 "creating the data directory {} (choose another with --data-dir)",
                 settings.data_dir.display()
             ),
-            e,
+            std::io::Error::other(e.to_string()),
         )
     })?;
     if cfg.listen.ip().is_unspecified() && cfg.advertise.is_none() {

@@ -11,7 +11,6 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
@@ -73,8 +72,10 @@ impl<R: Runtime> pb::agent_server::Agent for AgentService<R> {
 }
 
 /// Serve the Agent service on `incoming` until `shutdown`. When the node
-/// certificate is renewed the server restarts on the same address with it
-/// (connections being served finish on the old one).
+/// certificate is renewed the server starts again on the same address with
+/// it at once; the old one stops accepting and finishes its connections in
+/// the background (a `logs -f` whose client vanished may hold one for long,
+/// but never keeps the listener closed). Stopping the agent ends them all.
 pub async fn serve<R: Runtime>(
     runtime: Arc<R>,
     incoming: TcpIncoming,
@@ -83,35 +84,45 @@ pub async fn serve<R: Runtime>(
 ) -> Result<(), AgentError> {
     let address = incoming.local_addr().ok();
     let mut incoming = Some(incoming);
-    loop {
+    // Earlier generations, draining their connections.
+    let mut draining = tokio::task::JoinSet::new();
+    let result = loop {
         let current = security.borrow_and_update().clone();
         let listener = match incoming.take() {
             Some(l) => l,
             None => {
                 let Some(addr) = address else {
-                    return Err(AgentError::Config(
+                    break Err(AgentError::Config(
                         "the Agent service lost its listening address".into(),
                     ));
                 };
-                TcpIncoming::bind(addr)
-                    .map_err(|e| AgentError::Config(format!("cannot listen on {addr} again: {e}")))?
-                    .with_nodelay(Some(true))
+                match bind_again(addr, &shutdown).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
             }
         };
-        let mut builder = Server::builder();
+        let mut builder = drover_pki::server_builder();
         if let Security::Tls(material) = &current {
-            let tls = material
-                .server_config()
-                .map_err(|e| AgentError::Config(format!("the node certificate: {e}")))?;
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| AgentError::Config(format!("TLS for the Agent service: {e}")))?;
+            let tls = match material.server_config() {
+                Ok(t) => t,
+                Err(e) => break Err(AgentError::Config(format!("the node certificate: {e}"))),
+            };
+            builder = match builder.tls_config(tls) {
+                Ok(b) => b,
+                Err(e) => {
+                    break Err(AgentError::Config(format!(
+                        "TLS for the Agent service: {e}"
+                    )))
+                }
+            };
         }
         let stop = shutdown.clone();
         let mut changes = security.clone();
         let renewed = CancellationToken::new();
         let restart = renewed.clone();
-        builder
+        let server = builder
             .layer(AuthorizeLayer::new(
                 authz::agent_policy,
                 !current.is_insecure(),
@@ -119,23 +130,66 @@ pub async fn serve<R: Runtime>(
             .add_service(pb::agent_server::AgentServer::new(AgentService::new(
                 runtime.clone(),
             )))
-            .serve_with_incoming_shutdown(listener, async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    r = changes.changed() => {
-                        if r.is_ok() {
-                            restart.cancel();
-                        } else {
-                            stop.cancelled().await;
+            .serve_with_incoming_shutdown(
+                drover_pki::limit::limit_connections(listener, drover_pki::limit::MAX_CONNECTIONS),
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = changes.changed() => {
+                            if r.is_ok() {
+                                restart.cancel();
+                            } else {
+                                stop.cancelled().await;
+                            }
                         }
                     }
-                }
-            })
-            .await
-            .map_err(|e| AgentError::Config(format!("the Agent gRPC server failed: {e}")))?;
-        if !renewed.is_cancelled() || shutdown.is_cancelled() {
-            return Ok(());
+                },
+            );
+        let mut task = tokio::spawn(server);
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                task.abort();
+                break Ok(());
+            }
+            ended = &mut task => {
+                break match ended {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(AgentError::Config(format!("the Agent gRPC server failed: {e}"))),
+                    Err(e) => Err(AgentError::Config(format!("the Agent gRPC server stopped: {e}"))),
+                };
+            }
+            _ = renewed.cancelled() => {
+                debug!("restarting the Agent service with the renewed certificate");
+                draining.spawn(async move {
+                    let _ = task.await;
+                });
+            }
         }
-        debug!("restarting the Agent service with the renewed certificate");
+    };
+    draining.abort_all();
+    result
+}
+
+/// Bind `addr` again once the previous server has let go of it (it closes
+/// its listener as soon as it sees the renewal). None: stopped meanwhile.
+async fn bind_again(
+    addr: std::net::SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<Option<TcpIncoming>, AgentError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match TcpIncoming::bind(addr) {
+            Ok(l) => return Ok(Some(l.with_nodelay(Some(true)))),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(AgentError::Config(format!(
+                    "cannot listen on {addr} again: {e}"
+                )))
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
     }
 }

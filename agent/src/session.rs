@@ -348,7 +348,7 @@ async fn session(
         productive: false,
     };
     let security = cfg.security.borrow().clone();
-    let endpoint = match security.endpoint(addr, pki::CONTROLLER_SERVER_NAME) {
+    let endpoint = match security.endpoint(addr, &pki::Server::Controller) {
         Ok(e) => e
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)
@@ -365,7 +365,10 @@ async fn session(
             Err(e) => return lost(format!("cannot connect: {}", error_chain(&e))),
         },
     };
-    let mut client = DispatcherClient::new(channel);
+    // The controller sends assignment sets up to this size (tonic's default
+    // of 4 MiB would cut off a node with a few large templates).
+    let mut client = DispatcherClient::new(channel)
+        .max_decoding_message_size(drover_proto::MAX_ASSIGNMENT_BYTES);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let mut statuses = supervisor.statuses();
     let mut last_sent: Arc<StatusMap> = statuses.borrow_and_update().clone();

@@ -427,3 +427,165 @@ async fn a_replica_sees_its_name_as_hostname() {
     .await;
     assert_eq!(out, "I am web-r-0\n");
 }
+
+/// Issue 12 item 11: a replica (and an exec in it) gets HOSTNAME, PATH and
+/// its manifest's env, never the agent's own environment and its join token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_does_not_inherit_the_agents_environment() {
+    // The agent's own environment, as `--join-token` from the environment would leave it.
+    std::env::set_var("DROVER_JOIN_TOKEN", "drover-1-leaked-secret");
+    std::env::set_var("AGENT_ONLY_MARKER", "agent-private");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let mut a = shell("default.env-r-0", "env; echo END; exec sleep 30");
+    a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
+        name: "GIVEN".into(),
+        value: "by-the-manifest".into(),
+    }];
+    rt.start(&a, 0).await.expect("start");
+    let out = eventually("output", Duration::from_secs(5), || async {
+        let logs = rt
+            .logs("default.env-r-0", LogOptions::default())
+            .await
+            .ok()?;
+        let (out, _) = collect_logs(logs).await;
+        out.contains("END").then_some(out)
+    })
+    .await;
+    let exec = rt
+        .exec(
+            "default.env-r-0",
+            &["env".to_string()],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("exec");
+    let exec_out = String::from_utf8_lossy(&exec.output).into_owned();
+    for text in [&out, &exec_out] {
+        assert!(!text.contains("leaked-secret"), "{text}");
+        assert!(!text.contains("agent-private"), "{text}");
+        assert!(text.contains("GIVEN=by-the-manifest"), "{text}");
+        assert!(text.contains("HOSTNAME=env-r-0"), "{text}");
+        assert!(text.contains("PATH="), "{text}");
+    }
+}
+
+/// Issue 12 item 12: the state file holds replicas' env values: owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    rt.start(&shell("default.quiet-r-0", "exec sleep 30"), 0)
+        .await
+        .expect("start");
+    let state = rt.dir().join("state.json");
+    let mode = std::fs::metadata(&state)
+        .expect("state.json")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "{}", state.display());
+}
+
+/// Issue 12 item 8: after a certificate change the logs service listens
+/// again at once, even while a `logs -f` from a vanished client stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_service_rebinds_at_once_after_a_renewal() {
+    use drover_proto::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
+    let _cleanup = Cleanup(&rt);
+    rt.start(
+        &shell(
+            "default.talker-r-0",
+            "while true; do echo tick; sleep 0.2; done",
+        ),
+        0,
+    )
+    .await
+    .expect("start");
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+    let address = format!("http://{}", incoming.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::watch::channel(drover_pki::Security::Insecure);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(drover_agent::server::serve(
+        rt.clone(),
+        incoming,
+        rx,
+        stop.clone(),
+    ));
+    let request = |follow| pb::LogsRequest {
+        replica: "default.talker-r-0".into(),
+        follow,
+        tail: 1,
+    };
+    // A follower that never reads again (its client went away without closing).
+    let mut follower = pb::agent_client::AgentClient::connect(address.clone())
+        .await
+        .expect("connect");
+    let stream = follower.logs(request(true)).await.expect("follow");
+    // The renewal.
+    tx.send(drover_pki::Security::Insecure).expect("send");
+    // Long enough for the old server to stop accepting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(mut c) = pb::agent_client::AgentClient::connect(address.clone()).await {
+                if let Ok(r) = c.logs(request(false)).await {
+                    return r;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the service answers again while the old follower is open");
+    drop(fresh);
+    drop(stream);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the service stops")
+        .expect("task")
+        .expect("a clean stop");
+}
+
+/// Issue 12 item 5 (part): a whole log streams in bounded chunks, never as
+/// one message the size of the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_log_streams_in_bounded_chunks() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
+    let _cleanup = Cleanup(&rt);
+    let o = rt
+        .start(&shell("default.big-r-0", "exec sleep 30"), 0)
+        .await
+        .expect("start");
+    let size = 20 * 1024 * 1024;
+    let log = rt
+        .dir()
+        .join("logs")
+        .join(format!("{}.stdout", o.container_id));
+    std::fs::write(&log, vec![b'x'; size]).expect("a big log");
+    let mut stream = rt
+        .logs("default.big-r-0", LogOptions::default())
+        .await
+        .expect("logs");
+    let (mut total, mut largest) = (0usize, 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("chunk");
+        total += chunk.data.len();
+        largest = largest.max(chunk.data.len());
+    }
+    assert_eq!(total, size);
+    assert!(
+        largest as u64 <= drover_agent::runtime::process::LOG_CHUNK_BYTES,
+        "a chunk of {largest} bytes"
+    );
+}

@@ -339,3 +339,24 @@ async fn a_name_held_by_a_live_agent_ends_the_agent_with_the_controllers_sentenc
         other => panic!("expected NameInUse, got {other:?}"),
     }
 }
+
+/// Issue 12 item 9: an assignment set larger than tonic's 4 MiB default (the
+/// controller sends up to 64 MiB) reaches the agent and starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_set_above_four_mib_is_received() {
+    let mut ctl = FakeController::start().await;
+    let _agent = TestAgent::start(vec![ctl.addr.to_string()]).await;
+    let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
+    conn.hello().await;
+    let mut big = shell("big-r-0", "exec sleep 30");
+    big.template.spec.termination_grace_period_seconds = 2;
+    // An annotation, not env: one environment string may not exceed 128 KiB.
+    big.annotations
+        .insert("example.com/payload".into(), "x".repeat(5 * 1024 * 1024));
+    conn.assign(1, vec![fixtures::to_pb(&big)]).await;
+    let mut view = View::new();
+    view.until(&mut conn, Duration::from_secs(10), |v| {
+        v.state("big-r-0") == Some(ReplicaState::Running)
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ use clap::Parser;
 use crate::raft::node::NodeConfig;
 
 /// drover-controller: one member of drover's raft-replicated control plane.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(name = "drover-controller", version = drover_proto::VERSION)]
 pub struct ControllerConfig {
     /// This member's raft id (unique, ≥ 1).
@@ -122,6 +122,40 @@ pub struct ControllerConfig {
     pub node_cert_validity: Duration,
 }
 
+/// Written by hand: the join token never appears in Debug output.
+impl std::fmt::Debug for ControllerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerConfig")
+            .field("id", &self.id)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("data_dir", &self.data_dir)
+            .field("peers", &self.peers)
+            .field("join", &self.join)
+            .field("tick_ms", &self.tick_ms)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("snapshot_interval", &self.snapshot_interval)
+            .field("trailing_entries", &self.trailing_entries)
+            .field("leader_wait_ms", &self.leader_wait_ms)
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("node_timeout_ms", &self.node_timeout_ms)
+            .field("max_replicas", &self.max_replicas)
+            .field("cache_mb", &self.cache_mb)
+            .field("log_format", &self.log_format)
+            .field("tls_dir", &self.tls_dir)
+            .field("insecure", &self.insecure)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("join_via", &self.join_via)
+            .field("ca", &self.ca)
+            .field("node_cert_validity", &self.node_cert_validity)
+            .finish()
+    }
+}
+
 /// `--peers`: member id → address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peers(pub BTreeMap<u64, String>);
@@ -225,6 +259,21 @@ impl ControllerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12 item 12: Debug output never carries the join token.
+    #[test]
+    fn debug_output_hides_the_join_token() {
+        let cfg = ControllerConfig::try_parse_from([
+            "drover-controller",
+            "--id",
+            "2",
+            "--join-token",
+            "drover-1-secret-in-debug",
+        ])
+        .expect("parses");
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("secret-in-debug"), "{text}");
+    }
 
     #[test]
     fn peers_parse_and_refuse_bad_input() {

@@ -16,7 +16,6 @@ use protobuf::Message as _;
 use raft::prelude::{ConfState, SnapshotMetadata};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
@@ -162,7 +161,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     tokio::spawn(crate::leader::run(cluster.clone(), loops, shutdown.clone()));
     let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
         .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(64 * 1024 * 1024);
+        .max_encoding_message_size(drover_proto::MAX_ASSIGNMENT_BYTES);
     let security_service = pb::security_server::SecurityServer::new(SecurityService {
         cluster: cluster.clone(),
         signer,
@@ -174,7 +173,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let server_stop = shutdown.clone();
     // No per-request timeout: agent sessions are long-lived streams; unary
     // handlers bound their own waits (leader wait, write timeout).
-    let mut builder = Server::builder();
+    let mut builder = pki::server_builder();
     if let Some(tls) = server_tls {
         builder = builder
             .tls_config(tls)
@@ -191,7 +190,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         .add_service(dispatcher)
         .add_service(peer)
         .add_service(security_service)
-        .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
+        .serve_with_incoming_shutdown(
+            pki::limit::limit_connections(incoming, pki::limit::MAX_CONNECTIONS),
+            async move { server_stop.cancelled().await },
+        );
 
     let mut node_task = node_task;
     let result = tokio::select! {
@@ -282,7 +284,7 @@ async fn join_pki(
     let name = cfg.id.to_string();
     let (csr, key_pem) = pki::new_csr(&Identity::new(Role::Controller, name.clone()))?;
     let anonymous = Security::tls(TlsMaterial {
-        ca_pem,
+        ca_pem: ca_pem.clone(),
         identity: None,
     });
     let request = pb::JoinRequest {
@@ -296,7 +298,7 @@ async fn join_pki(
     loop {
         for addr in &cfg.join_via {
             let endpoint = anonymous
-                .endpoint(addr, pki::CONTROLLER_SERVER_NAME)?
+                .endpoint(addr, &pki::Server::Controller)?
                 .connect_timeout(std::time::Duration::from_secs(2));
             let channel = match endpoint.connect().await {
                 Ok(c) => c,
@@ -315,7 +317,8 @@ async fn join_pki(
                         cert_pem: resp.cert_pem,
                         key_pem,
                     };
-                    dir.write(&resp.ca_pem, &issued, None)?;
+                    // The CA stays the one the token pinned, whatever the answer says.
+                    dir.write(&ca_pem, &issued, None)?;
                     info!(token = %token.id, tls_dir = %dir.path.display(), "joined with a token: controller certificate stored (no CA key: this controller does not sign)");
                     return Ok(());
                 }

@@ -168,12 +168,27 @@ pub fn resolve(o: &Overrides<'_>, file: &ConfigFile) -> anyhow::Result<Settings>
     })
 }
 
+/// What `--insecure` prints on a terminal's stderr before anything else.
+pub const INSECURE_WARNING: &str = "warning: --insecure: droverctl talks to the cluster in plaintext without authentication, so anyone on the network path can read and change what it sends and receives";
+
+/// Warn a person (stderr is a terminal) that `--insecure` is in effect.
+/// Scripts reading stderr are spared the line, which would change every
+/// message they match.
+fn insecure_warning(stderr: &mut (impl std::io::Write + std::io::IsTerminal)) {
+    if stderr.is_terminal() {
+        let _ = writeln!(stderr, "{INSECURE_WARNING}");
+    }
+}
+
 impl Credentials {
     /// Read the certificate files, checking what can be checked before any
     /// connection: every path given, cert and key together, the cert in date.
     pub fn load(&self) -> anyhow::Result<Security> {
         let (ca, cert, key) = match self {
-            Credentials::Insecure => return Ok(Security::Insecure),
+            Credentials::Insecure => {
+                insecure_warning(&mut std::io::stderr());
+                return Ok(Security::Insecure);
+            }
             Credentials::Missing => bail!(
                 "no credentials for the cluster: pass --ca, --cert and --key (files from droverctl pki init or pki client), \
                  store them in a context with droverctl config set-context NAME --ca FILE --cert FILE --key FILE, \

@@ -1470,3 +1470,34 @@ fn replicas_and_nodes_cannot_be_deleted_or_scaled() {
         r.stderr
     );
 }
+
+/// Issue 12 item 13: `--insecure` warns a person at a terminal (scripts
+/// reading stderr through a pipe are spared the line).
+#[test]
+fn insecure_warns_on_a_terminal() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_droverctl");
+    // `script` gives droverctl a pseudo-terminal, as a person's shell would.
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!("{bin} --insecure --server 127.0.0.1:1 get nodes"))
+        .arg("/dev/null")
+        .env("HOME", home.path())
+        .env_remove("DROVER_SERVER")
+        .env_remove("DROVERCONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: --insecure: droverctl talks to the cluster in plaintext"),
+        "{text}"
+    );
+    // Through a pipe: no warning, the error alone.
+    let r = droverctl(
+        home.path(),
+        &["--server", "127.0.0.1:1", "get", "nodes"],
+        None,
+    );
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}

@@ -32,6 +32,11 @@ pub mod pb {
 /// Largest Control request a controller accepts (an apply's files together).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Largest controller→agent session message (an assignment set): the
+/// dispatcher encodes up to this and agents decode up to this, so a node with
+/// many or large templates still gets its assignments.
+pub const MAX_ASSIGNMENT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Largest raft batch a controller accepts from a peer (snapshots ride in these).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 

@@ -158,7 +158,7 @@ async fn an_agent_certificate_cannot_speak_for_another_node() {
     let pki = c.pki.as_ref().expect("a secure cluster");
     let n1 = pki.client(Role::Agent, "n1").expect("cert");
     let channel = as_holder(&n1)
-        .endpoint(&c.controllers[0].address, pki::CONTROLLER_SERVER_NAME)
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
         .expect("endpoint")
         .connect()
         .await
@@ -221,7 +221,7 @@ async fn crafted_raft_bytes_from_a_non_controller_never_reach_the_log() {
     });
     for (who, security) in [("an admin", as_holder(&admin)), ("no certificate", no_cert)] {
         let channel = security
-            .endpoint(&c.controllers[0].address, pki::CONTROLLER_SERVER_NAME)
+            .endpoint(&c.controllers[0].address, &pki::Server::Controller)
             .expect("endpoint")
             .connect()
             .await
@@ -353,6 +353,8 @@ async fn an_agent_joins_with_a_token_and_a_revoked_token_lets_nobody_else_in() {
         |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&tls.key()), 0o600);
     assert_eq!(mode(&tls.path), 0o700);
+    // Issue 12 item 12: the whole data dir is the agent's alone.
+    assert_eq!(mode(&c.agents[first].data_dir), 0o700);
     let cert = std::fs::read_to_string(tls.cert()).expect("cert");
     assert_eq!(
         pki::cert_info(&cert).expect("info").identity,
@@ -661,4 +663,411 @@ async fn a_controller_joins_with_a_controller_token() {
     assert!(names(&mut client, false).await.expect("list").is_empty());
     let log = std::fs::read_to_string(&c.controllers[joiner].log).expect("log");
     assert!(!log.contains(&token), "no token in the joiner's log");
+}
+
+/// A certificate signed by the cluster CA for an agent role but carrying the
+/// controllers' DNS name: what the CA used to hand an agent asking for it.
+fn forged_agent_cert_named_controller(pki_dir: &std::path::Path) -> (String, String) {
+    let root = TlsDir::new(pki_dir);
+    let ca_pem = std::fs::read_to_string(root.ca_cert()).expect("ca");
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(root.ca_key()).expect("key"))
+        .expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec![
+        pki::CONTROLLER_SERVER_NAME.to_string(),
+        "n1.agent.drover".to_string(),
+    ])
+    .expect("params");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "drover://agent/n1".try_into().expect("uri"),
+    ));
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Item 1: an agent cannot become a controller in clients' eyes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_obtain_or_pass_for_a_controller_certificate() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let n1 = pki.client(Role::Agent, "n1").expect("cert");
+
+    // The agent renews asking for the controllers' name: it gets only its own.
+    let channel = as_holder(&n1)
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    for address in ["controller.drover:1", "evil.example:1", "[::]:1"] {
+        let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, "n1")).expect("csr");
+        let resp = security
+            .renew(pb::RenewRequest {
+                csr_pem: csr,
+                address: address.into(),
+            })
+            .await
+            .expect("renewed")
+            .into_inner();
+        let der = pem_der(&resp.cert_pem);
+        for name in ["controller.drover", "evil.example"] {
+            assert!(
+                !der.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{address}: the certificate names {name}"
+            );
+        }
+        assert_eq!(
+            pki::cert_info(&resp.cert_pem).expect("info").identity,
+            Some(Identity::new(Role::Agent, "n1"))
+        );
+        assert!(!pki::Server::Controller.accepts(pki::identity_of(&der).as_ref()));
+    }
+
+    // And a CA-signed certificate with the controllers' DNS name but an
+    // agent's role is refused by every client that dials a controller.
+    let (cert, key) = forged_agent_cert_named_controller(&pki.dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let server_config = {
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")];
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+        let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(
+            std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+        )
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        std::sync::Arc::new(cfg)
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(tls);
+                }
+            });
+        }
+    });
+    let refused = as_holder(&pki.admin)
+        .endpoint(&address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect_err("a client refuses an agent posing as a controller");
+    let chain = error_chain(&refused);
+    assert!(chain.contains("not a controller's"), "{chain}");
+
+    // droverctl says so in one sentence.
+    let mut ctl = c.ctl();
+    ctl.server = address;
+    let e = err(&ctl.run(&["get", "deployments"]));
+    one_line(&e);
+    assert!(e.contains("not a controller's"), "{e}");
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a certificate")
+        .to_vec()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Item 2: a controller certificate is a peer's, not an admin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_certificate_cannot_mint_admins_or_speak_for_other_members() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let raft_as = |dir: TlsDir| {
+        let address = c.controllers[0].address.clone();
+        async move {
+            let channel = as_holder(&dir)
+                .endpoint(&address, &pki::Server::Controller)
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            RaftClient::new(channel)
+        }
+    };
+    let admin_token = serde_json::json!({"Command": {"CreateToken": {"token": {
+        "id": "0badc0de", "role": "admin", "secret_sha256": "ab".repeat(32),
+        "created_unix_ms": 0, "expires_unix_ms": 4_000_000_000_000i64, "revoked": false,
+    }}}});
+    let forward = || pb::ForwardRequest {
+        write: serde_json::to_vec(&admin_token).expect("json"),
+    };
+
+    // A member's own certificate forwards the write: the state machine refuses it.
+    let mut member = raft_as(pki.client(Role::Controller, "1").expect("cert")).await;
+    let answer = member
+        .forward(forward())
+        .await
+        .expect("the write is proposed")
+        .into_inner();
+    let result = String::from_utf8_lossy(&answer.result).into_owned();
+    assert!(
+        result.contains("TokenRole"),
+        "refused by the state machine: {result}"
+    );
+    let tokens = ok(&c.ctl().run(&["token", "list"]));
+    assert!(!tokens.contains("0badc0de"), "no admin token: {tokens}");
+
+    // A controller certificate that is no member is refused outright.
+    let mut stranger = raft_as(pki.client(Role::Controller, "9").expect("cert")).await;
+    let refused = stranger.forward(forward()).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("current members"),
+        "{}",
+        refused.message()
+    );
+    let before = c.member_status(0).await.expect("status");
+    // MsgHeartbeat (8) to 1 from 9.
+    let heartbeat = vec![0x08u8, 0x08, 0x10, 0x01, 0x18, 0x09];
+    let refused = stranger
+        .step(pb::RaftBatch {
+            from: 9,
+            from_address: "127.0.0.99:1".into(),
+            messages: vec![heartbeat],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // A member may not speak in another member's name.
+    let as_two = vec![0x08u8, 0x08, 0x10, 0x01, 0x18, 0x02];
+    let refused = member
+        .step(pb::RaftBatch {
+            from: 2,
+            from_address: "127.0.0.99:1".into(),
+            messages: vec![as_two],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // Local-only types are dropped: an empty MsgPropose (2) would panic raft-rs.
+    let propose = vec![0x08u8, 0x02, 0x10, 0x01, 0x18, 0x01];
+    let hup = vec![0x10u8, 0x01, 0x18, 0x01];
+    member
+        .step(pb::RaftBatch {
+            from: 1,
+            from_address: c.controllers[0].address.clone(),
+            messages: vec![propose, hup],
+        })
+        .await
+        .expect("accepted and dropped");
+    let after = c
+        .member_status(0)
+        .await
+        .expect("the controller still answers");
+    assert_eq!(
+        (after.last_index, after.term, &after.state_hash),
+        (before.last_index, before.term, &before.state_hash),
+        "nothing was written"
+    );
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("local-only"), "the drop is logged");
+}
+
+/// Item 3: an agent token makes new nodes only, and agents cannot claim
+/// admin-only labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_cannot_take_a_registered_name_or_reserved_labels() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    c.start_agent("n2", "sim", &[]).expect("agent");
+    c.wait_for("n2 Ready", T, || node_ready(&c, "n2"))
+        .await
+        .expect("n2");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let channel = anonymous
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    let join = |node: &str| {
+        let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, node)).expect("csr");
+        pb::JoinRequest {
+            token: token.clone(),
+            node: node.into(),
+            csr_pem: csr,
+            address: "127.0.1.77:7101".into(),
+        }
+    };
+    let refused = security.join(join("n2")).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("already registered"),
+        "{}",
+        refused.message()
+    );
+    // A new name joins with the same token.
+    let joined = security.join(join("n3")).await.expect("a new node joins");
+    assert_eq!(
+        pki::cert_info(&joined.into_inner().cert_pem)
+            .expect("info")
+            .identity,
+        Some(Identity::new(Role::Agent, "n3"))
+    );
+
+    // An agent reporting a reserved label is refused; nothing registers.
+    let n4 = pki.client(Role::Agent, "n4").expect("cert");
+    let channel = as_holder(&n4)
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let hello = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            node: "n4".into(),
+            address: "127.0.1.9:7101".into(),
+            runtime: "sim".into(),
+            incarnation: "x".into(),
+            labels: [(
+                "node-restriction.drover.io/pool".to_string(),
+                "secure".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })),
+    };
+    let refused = DispatcherClient::new(channel)
+        .session(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("reserved"),
+        "{}",
+        refused.message()
+    );
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert!(!nodes.contains("n4"), "{nodes}");
+}
+
+/// Item 10: a refused join never logs the name it was given unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_join_does_not_log_an_unchecked_node_name() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let channel = anonymous
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    let fingerprint = pki::ca_fingerprint(pki.ca.cert_pem()).expect("fingerprint");
+    // A well-formed token nobody created, and a name forging a log line.
+    let token = format!("drover-1-{fingerprint}-0123abcd-{}", "7".repeat(48));
+    let node = "x\n2026-01-01T00:00:00Z INFO forged line".to_string();
+    let refused = security
+        .join(pb::JoinRequest {
+            token,
+            node,
+            csr_pem: String::new(),
+            address: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert!(!log.contains("forged line"), "{log}");
+}
+
+/// Issue 12 item 6 (part): a client that opens TCP and never finishes its
+/// TLS handshake is dropped, not kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let c = Cluster::start(1).await.expect("cluster");
+    let mut tcp = tokio::net::TcpStream::connect(&c.controllers[0].address)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        pki::TLS_HANDSHAKE_TIMEOUT + Duration::from_secs(5),
+        tcp.read(&mut buf),
+    )
+    .await
+    .expect("the controller closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The controller still serves everyone else.
+    c.member_status(0).await.expect("status");
+}
+
+/// Issue 12 item 4 (the controllers' side): a current member renews its
+/// controller certificate; a controller certificate of no member cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_renews_its_controller_certificate_and_a_stranger_cannot() {
+    let c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let renew_as = |name: &str| {
+        let dir = pki.client(Role::Controller, name).expect("cert");
+        let address = c.controllers[0].address.clone();
+        async move {
+            let channel = as_holder(&dir)
+                .endpoint(&address, &pki::Server::Controller)
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            let (csr, _key) = pki::new_csr(&Identity::new(Role::Controller, "x")).expect("csr");
+            pb::security_client::SecurityClient::new(channel)
+                .renew(pb::RenewRequest {
+                    csr_pem: csr,
+                    address: "127.0.0.1:1".into(),
+                })
+                .await
+        }
+    };
+    let renewed = renew_as("1").await.expect("a member renews").into_inner();
+    assert_eq!(
+        pki::cert_info(&renewed.cert_pem).expect("info").identity,
+        Some(Identity::new(Role::Controller, "1"))
+    );
+    let refused = renew_as("9").await.expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }

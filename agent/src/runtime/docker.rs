@@ -27,7 +27,7 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HostConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, HostConfigLogConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
@@ -590,6 +590,14 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
             name: Some(RestartPolicyNameEnum::NO),
             maximum_retry_count: None,
         }),
+        // Logs are rotated: a chatty replica cannot fill the host's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_string()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+            ])),
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -614,6 +622,12 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
         ..Default::default()
     }
 }
+
+/// Docker's `json-file` rotation for every replica: each file at most this
+/// large (`docker run --log-opt max-size`)...
+pub const LOG_MAX_SIZE: &str = "10m";
+/// ...and at most this many files (`--log-opt max-file`).
+pub const LOG_MAX_FILES: &str = "3";
 
 /// What the agent needs from an inspected container; None when it carries
 /// no `drover.replica` label.
@@ -962,6 +976,12 @@ mod tests {
             hc.restart_policy.and_then(|r| r.name),
             Some(RestartPolicyNameEnum::NO)
         );
+        // Issue 12 item 5: logs are rotated.
+        let log = hc.log_config.expect("log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let opts = log.config.expect("log options");
+        assert_eq!(opts["max-size"], LOG_MAX_SIZE);
+        assert_eq!(opts["max-file"], LOG_MAX_FILES);
     }
 
     #[test]

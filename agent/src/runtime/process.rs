@@ -18,6 +18,11 @@
 //! cannot wait for, so adopted processes are watched through `/proc` (pid and
 //! kernel start time, to rule out pid reuse) and their exit code is unknown
 //! (-1). Images, host ports and resource limits do not apply here.
+//!
+//! A replica's environment is built from nothing: `HOSTNAME` (the replica),
+//! `PATH` (the agent's, else the usual default) and the manifest's `env`,
+//! which may override both. Nothing else of the agent's own environment
+//! (`DROVER_JOIN_TOKEN`, ...) reaches a replica, nor an `exec` in it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -194,14 +199,18 @@ impl Inner {
         self.write_state(&state)
     }
 
+    /// Mode 0600 (it holds replicas' env values), through a temp file
+    /// created exclusively and renamed over the old state.
     fn write_state(&self, state: &StateFile) -> Result<()> {
         let path = self.dir.join("state.json");
-        let tmp = self.dir.join("state.json.tmp");
-        let bytes = serde_json::to_vec_pretty(state)
+        let text = serde_json::to_string_pretty(state)
             .map_err(|e| AgentError::io("encoding the process state", std::io::Error::other(e)))?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| AgentError::io(format!("writing {}", path.display()), e))
+        drover_pki::write_secret(&path, &text).map_err(|e| {
+            AgentError::io(
+                "writing the process state",
+                std::io::Error::other(e.to_string()),
+            )
+        })
     }
 
     fn log_paths(&self, container_id: &str) -> (PathBuf, PathBuf) {
@@ -323,14 +332,13 @@ impl Runtime for ProcessRuntime {
                 .map_err(|e| AgentError::io(format!("creating {}", p.display()), e))
         };
         let (stdout, stderr) = (open(&out_path)?, open(&err_path)?);
-        // HOSTNAME is the replica's name, as a container's would be; the
-        // manifest's own env may still set it.
-        let env: Vec<(String, String)> =
-            std::iter::once(("HOSTNAME".to_string(), assignment.hostname().to_string()))
-                .chain(c.env.iter().map(|e| (e.name.clone(), e.value.clone())))
-                .collect();
+        let env = replica_env(
+            assignment.hostname(),
+            c.env.iter().map(|e| (e.name.clone(), e.value.clone())),
+        );
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
+            .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&working_dir)
             .stdin(Stdio::null())
@@ -473,12 +481,23 @@ impl Runtime for ProcessRuntime {
             .newest(replica)
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
         let (out, err) = self.inner.log_paths(&entry.container_id);
-        let (tx, rx) = mpsc::channel(64);
+        // A few chunks in flight at most: a slow reader holds the agent to
+        // about 2 MiB per stream, whatever the log's size.
+        let (tx, rx) = mpsc::channel(8);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let files = [(LogSource::Stdout, out), (LogSource::Stderr, err)];
             let mut offsets = [0u64; 2];
             for (i, (source, path)) in files.iter().enumerate() {
+                if opts.tail.is_none() {
+                    // The whole log, in bounded chunks: never one message
+                    // (nor one buffer) as large as the file.
+                    match send_existing(path, *source, &tx).await {
+                        Some(end) => offsets[i] = end,
+                        None => return,
+                    }
+                    continue;
+                }
                 match read_initial(path, opts.tail).await {
                     Ok((data, end)) => {
                         offsets[i] = end;
@@ -557,6 +576,7 @@ impl Runtime for ProcessRuntime {
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
+            .env_clear()
             .envs(entry.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&entry.working_dir)
             .stdin(Stdio::null())
@@ -711,13 +731,82 @@ async fn read_initial(path: &Path, tail: Option<u32>) -> Result<(Vec<u8>, u64)> 
     Ok((data, end))
 }
 
-/// What was appended to a log since `offset`.
+/// The largest chunk a log stream sends (and the agent holds per read).
+pub const LOG_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// What was appended to a log since `offset`, at most [`LOG_CHUNK_BYTES`].
 async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut file = tokio::fs::File::open(path).await?;
     file.seek(std::io::SeekFrom::Start(offset)).await?;
     let mut data = Vec::new();
-    file.take(1024 * 1024).read_to_end(&mut data).await?;
+    file.take(LOG_CHUNK_BYTES).read_to_end(&mut data).await?;
     Ok(data)
+}
+
+/// Send what a log holds now, chunk by chunk; returns the offset reached,
+/// or None when the stream ended (receiver gone, or a read failed and was
+/// reported).
+async fn send_existing(
+    path: &Path,
+    source: LogSource,
+    tx: &mpsc::Sender<Result<LogChunk>>,
+) -> Option<u64> {
+    let end = match tokio::fs::metadata(path).await {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0),
+        Err(e) => {
+            let _ = tx
+                .send(Err(AgentError::io(
+                    format!("reading {}", path.display()),
+                    e,
+                )))
+                .await;
+            return None;
+        }
+    };
+    let mut offset = 0;
+    while offset < end {
+        let mut data = match read_from(path, offset).await {
+            Ok(d) if d.is_empty() => break,
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(AgentError::io(
+                        format!("reading {}", path.display()),
+                        e,
+                    )))
+                    .await;
+                return None;
+            }
+        };
+        data.truncate((end - offset).min(data.len() as u64) as usize);
+        offset += data.len() as u64;
+        tx.send(Ok(LogChunk { source, data })).await.ok()?;
+    }
+    Some(offset)
+}
+
+/// PATH when the agent itself has none (Docker's default for images).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A replica's whole environment: `HOSTNAME` (the replica's name, as a
+/// container's would be), `PATH`, then the manifest's variables, which may
+/// override both. Nothing is inherited from the agent.
+fn replica_env(
+    hostname: &str,
+    manifest: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let path = std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    [
+        ("HOSTNAME".to_string(), hostname.to_string()),
+        ("PATH".to_string(), path),
+    ]
+    .into_iter()
+    .chain(manifest)
+    .collect()
 }
 
 #[cfg(test)]

@@ -7,9 +7,15 @@
 //! controller's before the request body is read, and [`PeerService::step`]
 //! checks again before decoding. A message that fails to decode is refused and
 //! logged, never stepped.
+//!
+//! A controller certificate alone is not enough: `Step` and `Forward` are
+//! accepted only from a current member whose certificate name is its member
+//! id, and `Step` only for messages that member sent (`from`). Message types
+//! raft uses only inside one node (`MsgHup`, `MsgPropose`, ...) are dropped:
+//! a peer has no business sending them (an empty `MsgPropose` panics raft-rs).
 
 use protobuf::Message as _;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
@@ -24,27 +30,95 @@ pub struct PeerService {
     pub cluster: Cluster,
 }
 
+impl PeerService {
+    /// The member id of a verified controller caller that is a current member
+    /// (None when the server runs `--insecure`); anyone else is refused.
+    ///
+    /// A controller that has no members yet (a joiner waiting for its first
+    /// snapshot) accepts any controller whose certificate name is a member id:
+    /// it cannot know the membership before the leader sends it.
+    fn member_caller<T>(&self, request: &Request<T>, what: &str) -> Result<Option<u64>, Status> {
+        let remote = request.remote_addr();
+        let id = match Caller::of(request) {
+            Caller::Insecure => return Ok(None),
+            Caller::Verified(id) if id.role == Role::Controller => id,
+            other => {
+                warn!(remote = ?remote, caller = ?other, "refusing {what} from a non-controller");
+                return Err(Status::permission_denied(format!(
+                    "{what} are accepted from controllers only"
+                )));
+            }
+        };
+        let Ok(member) = id.name.parse::<u64>() else {
+            warn!(remote = ?remote, caller = %id, "refusing {what} from a controller certificate that names no member id");
+            return Err(Status::permission_denied(format!(
+                "{what} are accepted from members only, and {id} names no member id"
+            )));
+        };
+        let members = self
+            .cluster
+            .store
+            .members()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if members.is_empty() || members.iter().any(|m| m.id == member) {
+            Ok(Some(member))
+        } else {
+            warn!(remote = ?remote, caller = %id, "refusing {what} from a controller that is not a member");
+            Err(Status::permission_denied(format!(
+                "{what} are accepted from current members only, and member {member} is not one"
+            )))
+        }
+    }
+}
+
+/// Message types raft-rs only creates inside one node; never stepped from a peer.
+fn is_local_only(kind: MessageType) -> bool {
+    matches!(
+        kind,
+        MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgPropose
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum
+    )
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for PeerService {
     async fn step(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::StepAck>, Status> {
         let remote = request.remote_addr();
         // The layer already refused non-controllers; this keeps the decoder
         // safe even if the service is ever mounted without it.
-        match Caller::of(&request) {
-            Caller::Insecure => {}
-            Caller::Verified(id) if id.role == Role::Controller => {}
-            other => {
-                warn!(remote = ?remote, caller = ?other, "refusing raft messages from a non-controller");
-                return Err(Status::permission_denied(
-                    "raft messages are accepted from controllers only",
-                ));
+        let sender = self.member_caller(&request, "raft messages")?;
+        let batch = request.into_inner();
+        if let Some(sender) = sender {
+            if sender != batch.from {
+                warn!(remote = ?remote, member = sender, from = batch.from, "refusing raft messages sent in another member's name");
+                return Err(Status::permission_denied(format!(
+                    "member {sender} may not send raft messages as member {}",
+                    batch.from
+                )));
             }
         }
-        let batch = request.into_inner();
         let me = self.cluster.handle.id();
         let mut msgs = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
             match Message::parse_from_bytes(bytes) {
+                Ok(m) if m.from != batch.from => {
+                    warn!(
+                        from = batch.from,
+                        message_from = m.from,
+                        "refusing a raft message in another member's name"
+                    );
+                    return Err(Status::permission_denied(format!(
+                        "a raft message from member {} arrived in a batch from member {}",
+                        m.from, batch.from
+                    )));
+                }
+                Ok(m) if is_local_only(m.get_msg_type()) => {
+                    warn!(from = batch.from, kind = ?m.get_msg_type(), "dropped a raft message of a local-only type from a peer");
+                }
                 Ok(m) if m.to == me => msgs.push(m),
                 Ok(m) => {
                     warn!(
@@ -74,6 +148,7 @@ impl pb::raft_server::Raft for PeerService {
         &self,
         request: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardResponse>, Status> {
+        self.member_caller(&request, "forwarded writes")?;
         let write: Write = serde_json::from_slice(&request.into_inner().write)
             .map_err(|e| Status::invalid_argument(format!("undecodable forwarded write: {e}")))?;
         let result = self

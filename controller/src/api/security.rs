@@ -50,23 +50,73 @@ impl SecurityService {
         })
     }
 
+    /// Signs `csr` for `identity`. The certificate's names come from the
+    /// identity (`<node>.agent.drover`, `controller.drover`), never from the
+    /// caller: of `address` only an IP address is kept, as an IP SAN, which
+    /// no client takes for a role (they check the DNS name and role URI).
     fn sign(&self, csr: &str, identity: Identity, address: &str) -> Result<String, Status> {
         let signer = self.signer()?;
-        let host = address
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .filter(|h| !h.is_empty() && !h.starts_with("0.0.0.0"));
+        let host = address_ip(address);
         signer
             .ca
             .sign_csr(
                 csr,
                 &CertRequest {
                     identity,
-                    hosts: host.map(str::to_string).into_iter().collect(),
+                    hosts: host.map(|ip| ip.to_string()).into_iter().collect(),
                     validity: signer.node_validity,
                 },
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
+
+/// The IP address of a `HOST:PORT` a member reported, if HOST is one (and
+/// not unspecified); host names are dropped.
+fn address_ip(address: &str) -> Option<std::net::IpAddr> {
+    let (host, _) = address.rsplit_once(':')?;
+    let ip: std::net::IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+impl SecurityService {
+    /// Whether `name` is the member id of a current controller member.
+    fn is_member(&self, name: &str) -> Result<bool, Status> {
+        let members = self.cluster.store.members().map_err(store_error)?;
+        Ok(members.iter().any(|m| m.id.to_string() == name))
+    }
+
+    /// A token makes new members, never a second certificate for an existing
+    /// one: a registered node or a current controller member keeps its name
+    /// (there is no `droverctl delete node` yet, so a node name is taken for
+    /// good once registered).
+    fn check_name_is_free(&self, role: Role, name: &str, token: &str) -> Result<(), Status> {
+        let taken = match role {
+            Role::Agent => self
+                .cluster
+                .store
+                .node(name)
+                .map_err(store_error)?
+                .is_some(),
+            Role::Controller => self.is_member(name)?,
+            Role::Admin | Role::Viewer => true,
+        };
+        if !taken {
+            return Ok(());
+        }
+        warn!(token = %token, node = %name, role = %role, "refused a join: the name is taken");
+        Err(Status::permission_denied(match role {
+            Role::Controller => format!(
+                "controller {name} is already a member: remove it with droverctl cluster remove before it joins again"
+            ),
+            _ => format!(
+                "node {name:?} is already registered: a join token cannot take over its name; join a rebuilt host under a new name"
+            ),
+        }))
     }
 }
 
@@ -87,6 +137,9 @@ impl pb::security_server::Security for SecurityService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let req = request.into_inner();
+        // First, so that no log line below carries an unchecked name.
+        names::check_name("node name", &req.node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let signer = self.signer()?;
@@ -127,8 +180,14 @@ impl pb::security_server::Security for SecurityService {
             .role
             .parse()
             .map_err(|e: pki::PkiError| Status::internal(e.to_string()))?;
-        names::check_name("node name", &req.node)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !matches!(role, Role::Agent | Role::Controller) {
+            warn!(token = %record.id, role = %role, "refused a join: a token of a role joins never issue");
+            return Err(Status::permission_denied(format!(
+                "join token {} is for role {role}: joins issue agent and controller certificates only",
+                record.id
+            )));
+        }
+        self.check_name_is_free(role, &req.node, &record.id)?;
         let cert_pem = self.sign(
             &req.csr_pem,
             Identity::new(role, req.node.clone()),
@@ -147,15 +206,21 @@ impl pb::security_server::Security for SecurityService {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let identity = match Caller::of(&request) {
             Caller::Verified(id) if id.role == Role::Agent => id,
+            // A controller renews only while it is a member.
+            Caller::Verified(id)
+                if id.role == Role::Controller && self.is_member(&id.name)? =>
+            {
+                id
+            }
             _ => {
                 return Err(Status::permission_denied(
-                    "only an agent renews its own certificate here; issue others with droverctl pki client",
+                    "only an agent or a current controller member renews its own certificate here; issue others with droverctl pki client",
                 ))
             }
         };
         let req = request.into_inner();
         let cert_pem = self.sign(&req.csr_pem, identity.clone(), &req.address)?;
-        info!(node = %identity.name, "renewed a node certificate");
+        info!(role = %identity.role, name = %identity.name, "renewed a certificate");
         Ok(Response::new(pb::JoinResponse {
             cert_pem,
             ca_pem: self.signer()?.ca.cert_pem().to_string(),

@@ -146,7 +146,7 @@ impl Cluster {
             None => {
                 let endpoint = self
                     .security
-                    .endpoint(address, pki::CONTROLLER_SERVER_NAME)
+                    .endpoint(address, &pki::Server::Controller)
                     .map_err(|e| Status::internal(format!("member address: {e}")))?
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(15))
@@ -232,6 +232,7 @@ pub(crate) fn write_error(e: WriteError) -> Status {
         | WriteError::TokenNotFound(_) => Status::not_found(e.to_string()),
         WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
         WriteError::NoRevision { .. } => Status::failed_precondition(e.to_string()),
+        WriteError::TokenRole(_) => Status::permission_denied(e.to_string()),
     }
 }
 

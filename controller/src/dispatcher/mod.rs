@@ -154,6 +154,27 @@ impl Dispatcher {
     }
 }
 
+/// Node labels under this prefix are set by admins only, never reported by
+/// an agent: a compromised agent cannot claim them to attract workloads whose
+/// `nodeSelector` is meant for another node.
+pub const RESERVED_LABEL_PREFIX: &str = "node-restriction.drover.io/";
+
+fn reserved_labels(hello: &pb::Hello) -> Result<(), Status> {
+    match hello
+        .labels
+        .keys()
+        .find(|k| k.starts_with(RESERVED_LABEL_PREFIX))
+    {
+        None => Ok(()),
+        Some(key) => {
+            warn!(node = %hello.node, "refused an agent session reporting a reserved label");
+            Err(Status::permission_denied(format!(
+                "node label {key:?} uses the reserved prefix {RESERVED_LABEL_PREFIX}, which agents may not report"
+            )))
+        }
+    }
+}
+
 /// An agent speaks only for the node its certificate names (Kubernetes'
 /// NodeRestriction): its registration, heartbeats and status reports all ride
 /// on a session bound to that node.
@@ -219,6 +240,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         names::check_name("node name", &hello.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         node_restriction(&caller, &hello.node)?;
+        reserved_labels(&hello)?;
         if hello.incarnation.is_empty() {
             return Err(Status::invalid_argument("Hello.incarnation is empty"));
         }

@@ -147,7 +147,7 @@ impl PeerSender {
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
         let endpoint = match self
             .security
-            .endpoint(&self.address, pki::CONTROLLER_SERVER_NAME)
+            .endpoint(&self.address, &pki::Server::Controller)
         {
             Ok(e) => e
                 .connect_timeout(Duration::from_millis(500))

@@ -212,6 +212,8 @@ pub enum WriteError {
     TokenNotFound(String),
     #[error("join token id {0:?} is taken")]
     TokenExists(String),
+    #[error("a join token's role is agent or controller, not {0:?}")]
+    TokenRole(String),
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -382,6 +384,11 @@ pub(super) fn execute(
             now_unix_ms,
         } => report_status(view, reports, *now_unix_ms),
         Command::CreateToken { token } => {
+            // Whoever proposed it (a forwarded write from any controller
+            // included): joins issue agent and controller certificates only.
+            if !matches!(token.role.as_str(), "agent" | "controller") {
+                return Ok(Err(WriteError::TokenRole(token.role.clone())));
+            }
             let key = token_key(&token.id);
             if view.get::<TokenRecord>(&key)?.is_some() {
                 return Ok(Err(WriteError::TokenExists(token.id.clone())));

@@ -829,6 +829,28 @@ fn join_tokens_are_stored_as_hashes_and_revoked_once() {
 }
 
 #[test]
+fn tokens_for_admins_or_viewers_are_refused_by_the_state_machine() {
+    let (_dir, store) = temp_store();
+    for (i, role) in ["admin", "viewer", "", "Agent"].into_iter().enumerate() {
+        let create = Command::CreateToken {
+            token: TokenRecord {
+                id: format!("0000000{i}"),
+                role: role.into(),
+                secret_sha256: "ab".repeat(32),
+                created_unix_ms: 1_000,
+                expires_unix_ms: 2_000,
+                revoked: false,
+            },
+        };
+        assert_eq!(
+            store.apply(2 + i as u64, 1, &create).expect("apply"),
+            Err(WriteError::TokenRole(role.into()))
+        );
+    }
+    assert!(store.tokens().expect("list").is_empty(), "nothing written");
+}
+
+#[test]
 fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
     let (_dir, store) = temp_store();
     let _ = store

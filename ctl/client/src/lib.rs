@@ -263,7 +263,7 @@ fn control_client(channel: Channel) -> ControlClient<Channel> {
 
 async fn connect(server: &str, wait: Duration, security: &Security) -> Result<Channel, String> {
     let endpoint = security
-        .endpoint(server, pki::CONTROLLER_SERVER_NAME)
+        .endpoint(server, &pki::Server::Controller)
         .map_err(|e| e.to_string())?
         .connect_timeout(wait)
         .tcp_nodelay(true)
@@ -327,6 +327,9 @@ pub fn tls_reason(text: &str) -> Option<String> {
             .to_string()
     } else if text.contains("NotValidForName") {
         "TLS: the server's certificate is not for this kind of server (a controller's or this node's); check the address".to_string()
+    } else if let Some((_, rest)) = text.split_once("other error: the server's certificate ") {
+        // drover_pki's role check: a CA-signed certificate of the wrong role.
+        format!("TLS: the server's certificate {rest}; check the address")
     } else if let Some((_, rest)) = text.split_once("invalid peer certificate: ") {
         format!(
             "TLS: the server's certificate was refused ({})",

@@ -183,7 +183,7 @@ async fn connect(
 ) -> anyhow::Result<AgentClient<Channel>> {
     // The agent must prove it is the node the controllers named.
     let endpoint = security
-        .endpoint(address, &pki::agent_server_name(node)?)
+        .endpoint(address, &pki::Server::agent(node)?)
         .map_err(|_| anyhow!("node {node:?} has an invalid agent address {address:?}"))?
         .connect_timeout(wait)
         .tcp_nodelay(true)

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 /// A Control client for one controller, as the holder of `security`.
 pub async fn connect(address: &str, security: &Security) -> anyhow::Result<ControlClient<Channel>> {
     let channel = security
-        .endpoint(address, pki::CONTROLLER_SERVER_NAME)?
+        .endpoint(address, &pki::Server::Controller)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect()

@@ -241,12 +241,25 @@ impl Lab {
         })
     }
 
-    /// Write the state file (temp file, then rename).
+    /// Write the state file (temp file, then rename), readable by its owner
+    /// only: it holds the agents' join token.
     pub fn save(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let path = state_path(&self.dir);
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        // A leftover temp file (a crash mid-save) may have other modes or be
+        // a planted link: start from nothing, and never follow a link.
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
@@ -729,16 +742,17 @@ async fn build(
                 host.address(),
                 "--data-dir".into(),
                 data.display().to_string(),
-                "--join-token".into(),
-                token.clone(),
                 "--ca".into(),
                 ca.display().to_string(),
             ];
             argv.extend(opts.agent_args.iter().cloned());
             host.argv = argv;
             let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+            // The token goes in the environment, not argv: `ps` shows argv
+            // to every user of the machine.
             host.env = vec![
                 ("DROVER_LOG".into(), "info,h2=warn".into()),
+                ("DROVER_JOIN_TOKEN".into(), token.clone()),
                 match &toolbox {
                     Some(dir) => ("PATH".into(), format!("{path}:{}", dir.display())),
                     None => ("PATH".into(), path),

@@ -15,6 +15,10 @@
 //! - a file may produce at most [`NODE_BUDGET_BASE`] + its length in nodes,
 //!   which a file without aliases cannot exceed (the densest YAML, `{a,b,c}`,
 //!   spends a byte per node) but an alias bomb ("billion laughs") does, quickly;
+//! - and at most [`NODE_BUDGET_BASE`] + twice its length in bytes of strings
+//!   (keys and scalars): no scalar decodes to more than 1.5 times its text
+//!   (the escape `\L` is the worst), so only aliases can exceed it (a 2 MiB anchored scalar referenced many times would stay
+//!   under the node budget yet expand to terabytes);
 //! - libyaml's scanner spends time proportional to the current flow nesting
 //!   (`[`, `{`) on every token, so `{a: {a: {a: …` costs the square of its
 //!   length before the nesting limit can apply. [`check_flow_cost`] bounds
@@ -123,6 +127,8 @@ impl Node {
 pub(crate) struct Documents<'a> {
     stream: Option<serde_norway::Deserializer<'a>>,
     budget: Cell<usize>,
+    /// Bytes of decoded strings the file may still produce.
+    bytes: Cell<usize>,
 }
 
 impl<'a> Documents<'a> {
@@ -130,6 +136,8 @@ impl<'a> Documents<'a> {
         Documents {
             stream: Some(serde_norway::Deserializer::from_str(text)),
             budget: Cell::new(NODE_BUDGET_BASE + text.len()),
+            // Twice the text: escapes like `\L` (2 bytes → 3) may grow a little.
+            bytes: Cell::new(NODE_BUDGET_BASE + 2 * text.len()),
         }
     }
 }
@@ -141,6 +149,7 @@ impl Iterator for Documents<'_> {
         let document = self.stream.as_mut()?.next()?;
         let seed = NodeSeed {
             budget: &self.budget,
+            bytes: &self.bytes,
         };
         match seed.deserialize(document) {
             Ok(Node::Null) => Some(Ok(None)),
@@ -159,6 +168,7 @@ impl Iterator for Documents<'_> {
 #[derive(Clone, Copy)]
 struct NodeSeed<'b> {
     budget: &'b Cell<usize>,
+    bytes: &'b Cell<usize>,
 }
 
 impl NodeSeed<'_> {
@@ -170,6 +180,22 @@ impl NodeSeed<'_> {
             }
             None => Err(E::custom(
                 "the file expands to too many YAML nodes (are aliases expanding exponentially?)",
+            )),
+        }
+    }
+}
+
+impl NodeSeed<'_> {
+    /// A string node: one node and its length in bytes.
+    fn spend_str<E: de::Error>(&self, len: usize) -> Result<(), E> {
+        self.spend()?;
+        match self.bytes.get().checked_sub(len) {
+            Some(left) => {
+                self.bytes.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(
+                "the file expands to more text than it holds (are aliases repeating a large value?)",
             )),
         }
     }
@@ -230,12 +256,12 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-        self.spend()?;
+        self.spend_str(v.len())?;
         Ok(Node::Str(v.to_string()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
-        self.spend()?;
+        self.spend_str(v.len())?;
         Ok(Node::Str(v))
     }
 

@@ -810,7 +810,25 @@ fn wide_alias_fan_out_is_an_error() {
         vec!["*b"; 20_000].join(", ")
     );
     let error = error_of(&text);
-    assert!(error.contains("too many YAML nodes"), "{error}");
+    assert!(
+        error.contains("too many YAML nodes") || error.contains("more text than it holds"),
+        "{error}"
+    );
+}
+
+/// Issue 12 item 7: a large anchored scalar referenced many times stays
+/// under the node budget; the decoded size in bytes is bounded too.
+#[test]
+fn a_large_scalar_repeated_by_aliases_is_an_error() {
+    let text = format!(
+        "big: &b {}\nrefs: [{}]\n",
+        "x".repeat(512 * 1024),
+        vec!["*b"; 64].join(", ")
+    );
+    let started = std::time::Instant::now();
+    let error = error_of(&text);
+    assert!(error.contains("more text than it holds"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 #[test]

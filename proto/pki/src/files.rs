@@ -112,8 +112,15 @@ fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
+    // A leftover from a crash (or a link someone planted) goes first; the
+    // new file is then created exclusively (O_CREAT|O_EXCL, which never
+    // follows a symbolic link), so a secret is never written through one.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_error(&tmp, e)),
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -124,7 +131,7 @@ fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // An existing temporary file keeps its old mode through open(2).
+        // The umask may have narrowed the mode open(2) applied.
         f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| file_error(&tmp, e))?;
     }

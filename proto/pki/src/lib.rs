@@ -31,6 +31,7 @@
 
 pub mod authz;
 mod files;
+pub mod limit;
 mod tls;
 pub mod token;
 
@@ -48,7 +49,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 
 pub use files::{create_private_dir, write_public, write_secret, TlsDir};
-pub use tls::{Security, TlsMaterial};
+pub use tls::{server_builder, Security, Server, TlsMaterial, TLS_HANDSHAKE_TIMEOUT};
 
 /// The server name every controller certificate carries; clients verify it.
 pub const CONTROLLER_SERVER_NAME: &str = "controller.drover";
@@ -387,12 +388,19 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
     if matches!(req.identity.role, Role::Controller | Role::Agent) {
         hosts.extend(req.hosts.iter().cloned());
     }
-    for host in hosts {
+    for (i, host) in hosts.iter().enumerate() {
         let san = match host.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(host.as_str().try_into().map_err(|e| {
-                PkiError::Invalid(format!("{host:?} is not a valid host name: {e}"))
-            })?),
+            Err(_) => {
+                // The role's own server name comes first; extra DNS names may
+                // never make one role look like another.
+                if i > 0 {
+                    check_extra_dns_name(host)?;
+                }
+                SanType::DnsName(host.as_str().try_into().map_err(|e| {
+                    PkiError::Invalid(format!("{host:?} is not a valid host name: {e}"))
+                })?)
+            }
         };
         if !params.subject_alt_names.contains(&san) {
             params.subject_alt_names.push(san);
@@ -413,6 +421,20 @@ fn leaf_params(req: &CertRequest) -> Result<CertificateParams> {
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, req.validity);
     Ok(params)
+}
+
+/// An extra DNS name for a certificate: never under `.drover`, whose names
+/// say a role (`controller.drover`, `<node>.agent.drover`). Other names are
+/// for whoever holds the CA key (`droverctl pki client --host`); the
+/// controllers' signer never passes any (see the controller's `Join`).
+fn check_extra_dns_name(host: &str) -> Result<()> {
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    if lower == "drover" || lower.ends_with(".drover") {
+        return Err(PkiError::Invalid(format!(
+            "{host:?} is in drover's own name zone, which only the CA assigns"
+        )));
+    }
+    Ok(())
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {

@@ -143,3 +143,55 @@ fn names_follow_the_one_name_rule() {
         "{err}"
     );
 }
+
+#[test]
+fn no_certificate_gets_a_name_that_makes_it_look_like_another_role() {
+    let (ca, _) = Ca::generate("test").expect("ca");
+    let req = |role, host: &str| CertRequest {
+        identity: Identity::new(role, "n1"),
+        hosts: vec![host.to_string()],
+        validity: DEFAULT_NODE_VALIDITY,
+    };
+    for (role, host) in [
+        (Role::Agent, CONTROLLER_SERVER_NAME),
+        (Role::Agent, "n2.agent.drover"),
+        (Role::Controller, "n2.agent.drover"),
+        (Role::Controller, "Controller.Drover."),
+    ] {
+        let e = ca.issue(&req(role, host)).expect_err(host);
+        assert!(e.to_string().contains(host), "{e}");
+    }
+    // IP addresses are fine for both; the role's own name comes first.
+    let ok = ca.issue(&req(Role::Agent, "10.0.0.7")).expect("an IP");
+    let d = der(&ok.cert_pem);
+    assert!(!d
+        .windows(CONTROLLER_SERVER_NAME.len())
+        .any(|w| w == CONTROLLER_SERVER_NAME.as_bytes()));
+}
+
+#[test]
+fn clients_accept_a_server_only_with_the_role_they_dialled() {
+    let agent = |name: &str| Some(Identity::new(Role::Agent, name));
+    assert!(Server::Controller.accepts(Some(&Identity::new(Role::Controller, "1"))));
+    assert!(!Server::Controller.accepts(agent("n1").as_ref()));
+    assert!(!Server::Controller.accepts(Some(&Identity::new(Role::Admin, "a"))));
+    assert!(!Server::Controller.accepts(None));
+    let n1 = Server::agent("n1").expect("valid");
+    assert!(n1.accepts(agent("n1").as_ref()));
+    assert!(!n1.accepts(agent("n2").as_ref()));
+    assert!(!n1.accepts(Some(&Identity::new(Role::Controller, "n1"))));
+}
+
+#[test]
+fn a_secret_is_never_written_through_a_planted_link() {
+    let dir = std::env::temp_dir().join(format!("drover-pki-{}", rand::random::<u64>()));
+    create_private_dir(&dir).expect("dir");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "untouched").expect("victim");
+    let key = dir.join("tls.key");
+    std::os::unix::fs::symlink(&victim, dir.join(".tls.key.tmp")).expect("link");
+    write_secret(&key, "SECRET").expect("written");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+    assert_eq!(std::fs::read_to_string(&key).expect("read"), "SECRET");
+    let _ = std::fs::remove_dir_all(&dir);
+}
