@@ -23,6 +23,16 @@ fn as_holder(dir: &TlsDir) -> Security {
     Security::tls(TlsMaterial::read_dir(dir).expect("credentials"))
 }
 
+/// A channel to the first controller, as the holder of `dir`'s certificate.
+async fn channel_to_first_controller(c: &Cluster, dir: &TlsDir) -> tonic::transport::Channel {
+    as_holder(dir)
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
 fn write_manifest(c: &Cluster, name: &str) -> String {
     let path = c.dir.path().join(format!("{name}.yaml"));
     std::fs::write(&path, manifest(name, 1)).expect("manifest");
@@ -157,12 +167,7 @@ async fn an_agent_certificate_cannot_speak_for_another_node() {
     let c = Cluster::start(1).await.expect("cluster");
     let pki = c.pki.as_ref().expect("a secure cluster");
     let n1 = pki.client(Role::Agent, "n1").expect("cert");
-    let channel = as_holder(&n1)
-        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel_to_first_controller(&c, &n1).await;
     let mut dispatcher = DispatcherClient::new(channel);
     let hello = pb::AgentMessage {
         kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
@@ -698,12 +703,7 @@ async fn an_agent_cannot_obtain_or_pass_for_a_controller_certificate() {
     let n1 = pki.client(Role::Agent, "n1").expect("cert");
 
     // The agent renews asking for the controllers' name: it gets only its own.
-    let channel = as_holder(&n1)
-        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel_to_first_controller(&c, &n1).await;
     let mut security = pb::security_client::SecurityClient::new(channel);
     for address in ["controller.drover:1", "evil.example:1", "[::]:1"] {
         let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, "n1")).expect("csr");
@@ -948,12 +948,7 @@ async fn an_agent_token_cannot_take_a_registered_name_or_reserved_labels() {
 
     // An agent reporting a reserved label is refused; nothing registers.
     let n4 = pki.client(Role::Agent, "n4").expect("cert");
-    let channel = as_holder(&n4)
-        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel_to_first_controller(&c, &n4).await;
     let hello = pb::AgentMessage {
         kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
             node: "n4".into(),
