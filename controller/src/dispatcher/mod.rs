@@ -15,6 +15,7 @@
 //! the only state kept in memory.
 
 mod book;
+mod pending;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -36,7 +37,8 @@ use drover_proto::{names, pb};
 
 use crate::cluster::wire::observed_from_pb;
 use crate::cluster::{now_unix_ms, Cluster};
-use crate::store::{Command, NodeRegistration, ObjectRef, ReplicaObserved, Resources, Write};
+use crate::store::{Command, NodeRegistration, Resources, Write};
+use pending::Pending;
 
 pub use book::{AssignmentBook, Assignments};
 
@@ -68,8 +70,6 @@ struct LiveSession {
     id: u64,
 }
 
-type Report = (String, ObjectRef, ReplicaObserved);
-
 /// The `drover.v1.Dispatcher` service.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -77,7 +77,7 @@ pub struct Dispatcher {
     book: AssignmentBook,
     sessions: Arc<Mutex<HashMap<String, LiveSession>>>,
     pub heartbeats: Heartbeats,
-    reports: mpsc::Sender<Report>,
+    reports: Arc<Pending>,
     next_session: Arc<AtomicU64>,
 }
 
@@ -85,8 +85,8 @@ impl Dispatcher {
     /// Start the dispatcher's background tasks (assignment book, status batcher).
     pub fn start(cluster: Cluster, shutdown: CancellationToken) -> Dispatcher {
         let book = AssignmentBook::start(cluster.clone(), shutdown.clone());
-        let (reports, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(batch_statuses(cluster.clone(), rx, shutdown));
+        let reports = Arc::new(Pending::default());
+        tokio::spawn(batch_statuses(cluster.clone(), reports.clone(), shutdown));
         Dispatcher {
             cluster,
             book,
@@ -114,13 +114,7 @@ impl Dispatcher {
                 debug!(node, replica = %s.replica, "ignoring a status for an unknown replica id");
                 continue;
             };
-            if self
-                .reports
-                .try_send((node.to_string(), target, observed))
-                .is_err()
-            {
-                warn!(node, "status queue full; dropping a replica status");
-            }
+            self.reports.push((node.to_string(), target, observed));
         }
     }
 
@@ -336,39 +330,40 @@ impl Dispatcher {
 }
 
 /// Collect agents' status reports and commit them in one entry every 100 ms.
-async fn batch_statuses(
-    cluster: Cluster,
-    mut rx: mpsc::Receiver<Report>,
-    shutdown: CancellationToken,
-) {
+async fn batch_statuses(cluster: Cluster, pending: Arc<Pending>, shutdown: CancellationToken) {
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = rx.recv() => match r { Some(r) => r, None => return },
-        };
-        // Keyed by node and replica: while a replica moves, its old node's last
-        // word must not replace its new node's (the store ignores the old one).
-        let mut batch: HashMap<(String, ObjectRef), ReplicaObserved> = HashMap::new();
-        batch.insert((first.0, first.1), first.2);
-        let deadline = tokio::time::Instant::now() + STATUS_BATCH;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break,
-                r = rx.recv() => match r {
-                    Some((node, target, observed)) => { batch.insert((node, target), observed); }
-                    None => break,
-                },
-            }
+            _ = pending.wait() => {}
         }
-        let mut reports: Vec<Report> = batch.into_iter().map(|((n, t), o)| (n, t, o)).collect();
-        reports.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        // Collect for one batch interval, then commit it as one raft entry.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(STATUS_BATCH) => {}
+        }
+        let reports = pending.take();
+        if reports.is_empty() {
+            continue;
+        }
         let n = reports.len();
         let write = Write::Command(Command::ReportStatus {
-            reports,
+            reports: reports.clone(),
             now_unix_ms: now_unix_ms(),
         });
         if let Err(e) = cluster.write(write).await {
-            debug!(error = %e.message(), statuses = n, "could not commit replica statuses; agents resend on reconnect");
+            // Agents report changes only, so a dropped batch would stay lost
+            // while this controller leads. Once it does not, the agents'
+            // Hello to the new leader carries every status afresh, and these
+            // older ones must not land after it.
+            if cluster.handle.leadership().is_leader {
+                debug!(error = %e.message(), statuses = n, "could not commit replica statuses; retrying");
+                pending.restore(reports);
+            } else {
+                debug!(
+                    statuses = n,
+                    "leadership lost; the agents resend their statuses to the new leader"
+                );
+            }
         }
     }
 }
