@@ -66,6 +66,11 @@ impl Cluster {
     /// member leads, forwarded to the leader otherwise. Waits up to
     /// `leader_wait` for a leader to exist.
     pub async fn write(&self, write: Write) -> Result<WriteResult, Status> {
+        self.write_ref(&write).await
+    }
+
+    /// [`Cluster::write`] for a caller that keeps the write (to retry it).
+    pub async fn write_ref(&self, write: &Write) -> Result<WriteResult, Status> {
         let deadline = Instant::now() + self.leader_wait;
         // Apply and scale set absolute values, so repeating one whose fate is
         // unknown is harmless; delete and membership changes are not repeated.
@@ -79,7 +84,7 @@ impl Cluster {
                 Ok(result) => return result.map_err(write_error),
                 Err(NodeError::NotLeader {
                     leader: Some(leader),
-                }) => match self.forward(leader, &write).await {
+                }) => match self.forward(leader, write).await {
                     Forwarded::Done(result) => return result,
                     Forwarded::Retry => {}
                     Forwarded::Unknown(status) if !idempotent => return Err(status),

@@ -347,10 +347,13 @@ async fn batch_statuses(cluster: Cluster, pending: Arc<Pending>, shutdown: Cance
         }
         let n = reports.len();
         let write = Write::Command(Command::ReportStatus {
-            reports: reports.clone(),
+            reports,
             now_unix_ms: now_unix_ms(),
         });
-        if let Err(e) = cluster.write(write).await {
+        let Err(e) = cluster.write_ref(&write).await else {
+            continue;
+        };
+        if let Write::Command(Command::ReportStatus { reports, .. }) = write {
             // Agents report changes only, so a dropped batch would stay lost
             // while this controller leads. Once it does not, the agents'
             // Hello to the new leader carries every status afresh, and these
