@@ -36,7 +36,7 @@ impl RuntimeKind {
 }
 
 /// drover-agent: runs the replicas the cluster assigns to this host.
-#[derive(Clone, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "drover-agent", version = drover_proto::VERSION)]
 pub struct AgentConfig {
     /// This node's name, unique in the cluster (DNS-1123 subdomain).
@@ -119,40 +119,12 @@ pub struct AgentConfig {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub join_token: Option<String>,
+    pub join_token: Option<drover_pki::token::TokenText>,
 
     /// The cluster's CA certificate, to check the controllers when joining
     /// (the token pins its fingerprint). Default: the tls dir's ca.crt.
     #[arg(long, env = "DROVER_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
-}
-
-/// Written by hand: the join token never appears in Debug output.
-impl std::fmt::Debug for AgentConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("name", &self.name)
-            .field("controllers", &self.controllers)
-            .field("labels", &self.labels)
-            .field("runtime", &self.runtime)
-            .field("data_dir", &self.data_dir)
-            .field("listen", &self.listen)
-            .field("advertise", &self.advertise)
-            .field("cpu", &self.cpu)
-            .field("memory", &self.memory)
-            .field("heartbeat_ms", &self.heartbeat_ms)
-            .field("stop_after_disconnect", &self.stop_after_disconnect)
-            .field("image_pull_timeout_secs", &self.image_pull_timeout_secs)
-            .field("log_format", &self.log_format)
-            .field("tls_dir", &self.tls_dir)
-            .field("insecure", &self.insecure)
-            .field(
-                "join_token",
-                &self.join_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("ca", &self.ca)
-            .finish()
-    }
 }
 
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
@@ -249,8 +221,12 @@ impl AgentConfig {
                         ca_path.display()
                     ))
                 })?;
-                let plan =
-                    JoinPlan::new(token, ca_pem, &ca_path.display().to_string(), dir.clone())?;
+                let plan = JoinPlan::new(
+                    token.as_str(),
+                    ca_pem,
+                    &ca_path.display().to_string(),
+                    dir.clone(),
+                )?;
                 return Ok((Security::Insecure, Some(plan)));
             }
             return Err(AgentError::Config(format!(

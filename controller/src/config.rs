@@ -10,7 +10,7 @@ use clap::Parser;
 use crate::raft::node::NodeConfig;
 
 /// drover-controller: one member of drover's raft-replicated control plane.
-#[derive(Clone, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "drover-controller", version = drover_proto::VERSION)]
 pub struct ControllerConfig {
     /// This member's raft id (unique, ≥ 1).
@@ -106,7 +106,7 @@ pub struct ControllerConfig {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub join_token: Option<String>,
+    pub join_token: Option<drover_pki::token::TokenText>,
 
     /// Running controllers to present the join token to, HOST:PORT,...
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
@@ -120,40 +120,6 @@ pub struct ControllerConfig {
     /// How long the node certificates this controller signs for agents are valid.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = drover_proto::duration::parse_positive)]
     pub node_cert_validity: Duration,
-}
-
-/// Written by hand: the join token never appears in Debug output.
-impl std::fmt::Debug for ControllerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControllerConfig")
-            .field("id", &self.id)
-            .field("listen", &self.listen)
-            .field("advertise", &self.advertise)
-            .field("data_dir", &self.data_dir)
-            .field("peers", &self.peers)
-            .field("join", &self.join)
-            .field("tick_ms", &self.tick_ms)
-            .field("election_ticks", &self.election_ticks)
-            .field("heartbeat_ticks", &self.heartbeat_ticks)
-            .field("snapshot_interval", &self.snapshot_interval)
-            .field("trailing_entries", &self.trailing_entries)
-            .field("leader_wait_ms", &self.leader_wait_ms)
-            .field("write_timeout_ms", &self.write_timeout_ms)
-            .field("node_timeout_ms", &self.node_timeout_ms)
-            .field("max_replicas", &self.max_replicas)
-            .field("cache_mb", &self.cache_mb)
-            .field("log_format", &self.log_format)
-            .field("tls_dir", &self.tls_dir)
-            .field("insecure", &self.insecure)
-            .field(
-                "join_token",
-                &self.join_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("join_via", &self.join_via)
-            .field("ca", &self.ca)
-            .field("node_cert_validity", &self.node_cert_validity)
-            .finish()
-    }
 }
 
 /// `--peers`: member id → address.

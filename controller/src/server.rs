@@ -99,7 +99,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         if dir.has_identity() {
             info!("this controller already has a certificate: --join-token is not needed and was not used");
         } else {
-            join_pki(&cfg, token, &dir, &advertise).await?;
+            join_pki(&cfg, token.as_str(), &dir, &advertise).await?;
         }
     }
     let (security, server_tls, signer) = tls(&cfg)?;

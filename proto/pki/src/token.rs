@@ -12,6 +12,32 @@ use super::{hex, PkiError, Result};
 
 const PREFIX: &str = "drover-1-";
 
+/// A join token as typed on a command line or in the environment, before it
+/// is parsed (a malformed one is reported without repeating it). Its Debug
+/// never shows it, so a config struct that holds one can derive Debug.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenText(String);
+
+impl TokenText {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for TokenText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<TokenText, Self::Err> {
+        Ok(TokenText(s.to_string()))
+    }
+}
+
+impl fmt::Debug for TokenText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenText(<redacted>)")
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     pub ca_fingerprint: String,
