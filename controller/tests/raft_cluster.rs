@@ -257,6 +257,30 @@ async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
     assert_eq!(c.store(lagging).deployments(None).expect("list").len(), 200);
 }
 
+/// The first snapshot sent to the lagging member is lost on the way: the
+/// leader hears of it, sends another, and the member catches up under the
+/// same leader (before, it stayed paused until the leadership changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_snapshot_is_sent_again_without_a_leader_change() {
+    let mut c = TestCluster::start(3, fast_small_log).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let term = c.handle(l).status().await.expect("status").term;
+    let lagging = (l + 1) % 3;
+    c.stop(lagging).await;
+    for i in 0..200 {
+        write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
+    }
+    c.router.lose_snapshots(1);
+    c.boot(lagging, &[]).await;
+    c.converged(&[0, 1, 2]).await;
+    assert_eq!(c.store(lagging).deployments(None).expect("list").len(), 200);
+    let s = c.handle(l).status().await.expect("status");
+    assert!(
+        s.role == "leader" && s.term == term,
+        "same leader, same term: {s:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_restart_from_their_sled_files() {
     let mut c = TestCluster::start(3, fast).await;
