@@ -63,7 +63,9 @@ pub fn reconcile(
     }
     // Whatever is left belongs to deleted deployments.
     for r in by_deployment.into_values().flatten() {
-        plan.remove.push(object_ref(r));
+        if !r.is_terminating() {
+            plan.remove.push(object_ref(r));
+        }
     }
     plan.remove.sort();
     plan
