@@ -281,6 +281,68 @@ async fn a_lost_snapshot_is_sent_again_without_a_leader_change() {
     );
 }
 
+/// A member that meets a committed entry written by a newer drover (as an
+/// old member does during a rolling upgrade) stops applying there, says so
+/// in its status, and never skips it: nothing after it is applied either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_from_a_newer_drover_stops_applying_with_a_sentence_never_skips() {
+    let mut c = TestCluster::start(1, fast).await;
+    c.leader(&[0]).await;
+    write_ok(c.handle(0), apply("before", 1)).await;
+    c.stop(0).await;
+
+    // A newer leader's entry, committed, as the log would hold it.
+    let (newer, last) = {
+        let db = drover_controller::fixtures::open_test_db(c.members[0].dir.path(), 8);
+        let store = Store::open(&db).expect("store");
+        let storage = SledStorage::open(&db, Arc::new(Snapshots(store))).expect("storage");
+        let last = storage.last_index_cached();
+        let entry = raft::prelude::Entry {
+            index: last + 1,
+            term: storage.hard_state().term,
+            data: br#"{"format":99,"id":7,"command":{"Future":{}}}"#.to_vec().into(),
+            ..Default::default()
+        };
+        storage.append(&[entry]).expect("append");
+        storage.set_commit(last + 1).expect("commit");
+        db.flush().expect("flush");
+        (last + 1, last)
+    };
+    c.boot(0, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = c.handle(0).status().await.expect("status");
+        if !s.stalled.is_empty() || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        s.stalled
+            .contains(&format!("stopped applying the log at entry {newer}"))
+            && s.stalled.contains("newer drover (command format 99"),
+        "{s:?}"
+    );
+    assert_eq!(s.applied_index, last, "the state stops before the entry");
+
+    // Later writes commit (this member still keeps the log) but are not
+    // applied, and reads are not served from the stale state.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.handle(0).propose(apply("after", 1)),
+    )
+    .await;
+    let names: Vec<String> = c
+        .store(0)
+        .deployments(None)
+        .expect("list")
+        .into_iter()
+        .map(|d| d.deployment.metadata.name)
+        .collect();
+    assert_eq!(names, ["before"]);
+    assert!(c.handle(0).read_barrier().await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_restart_from_their_sled_files() {
     let mut c = TestCluster::start(3, fast).await;

@@ -57,8 +57,11 @@ pub struct NodeRegistration {
     pub incarnation: String,
 }
 
-/// A state-machine command, as stored in a raft entry.
+/// A state-machine command, as stored in a raft entry. A change to its shape
+/// that an older controller would not apply exactly the same way bumps
+/// `raft::node::COMMAND_FORMAT`; an unknown field is refused, not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Command {
     /// Create or update deployments, all in one entry (all or nothing).
     Apply {
