@@ -135,7 +135,7 @@ mod tests {
         assert!(replicas
             .iter()
             .all(|r| r.node.is_none() && r.created_unix_ms == 7));
-        assert_eq!(rev.len(), 5);
+        assert_eq!(rev.len(), 10);
     }
 
     #[test]
