@@ -343,6 +343,72 @@ async fn an_entry_from_a_newer_drover_stops_applying_with_a_sentence_never_skips
     assert!(c.handle(0).read_barrier().await.is_err());
 }
 
+/// A crash between the two writes of a snapshot install: the store holds
+/// the leader's snapshot, the log still holds this member's own, divergent
+/// and uncommitted entries at and past its index. At start the install is completed, so no entry of the
+/// other history is ever applied on top of the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_store_and_log_of_a_snapshot_install_is_completed_at_start() {
+    use protobuf::Message as _;
+    use raft::prelude::{ConfState, SnapshotMetadata};
+
+    let mut c = TestCluster::start(1, fast).await;
+    c.leader(&[0]).await;
+    for name in ["a", "b", "c"] {
+        write_ok(c.handle(0), apply(name, 1)).await;
+    }
+    c.stop(0).await;
+
+    // The leader's snapshot: another history, holding only deployment "x",
+    // at an index this member's log has, with a newer term.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_db = drover_controller::fixtures::open_test_db(other.path(), 8);
+    let other_store = Store::open(&other_db).expect("store");
+    let Write::Command(x) = apply("x", 1) else {
+        unreachable!("apply() builds a command")
+    };
+    let _ = other_store.apply(1, 1, &x).expect("apply x");
+    let (data, _) = other_store.snapshot_data().expect("snapshot data");
+    {
+        let db = drover_controller::fixtures::open_test_db(c.members[0].dir.path(), 8);
+        let store = Store::open(&db).expect("store");
+        let storage = SledStorage::open(&db, Arc::new(Snapshots(store.clone()))).expect("storage");
+        let last = storage.last_index_cached();
+        // This member's last two entries were never committed (they are the
+        // tail of a history the cluster went past).
+        let mut hs = storage.hard_state();
+        hs.commit = last - 2;
+        storage.set_hard_state(&hs).expect("hard state");
+        let meta = SnapshotMetadata {
+            index: last - 1,
+            term: storage.hard_state().term + 1,
+            conf_state: Some(ConfState {
+                voters: vec![1],
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let meta_bytes = meta.write_to_bytes().expect("meta");
+        // The first of the two writes, then the crash.
+        store
+            .restore(&data, meta.index, meta.term, &meta_bytes)
+            .expect("restore");
+        db.flush().expect("flush");
+    }
+    c.boot(0, &[]).await;
+    c.leader(&[0]).await;
+    write_ok(c.handle(0), apply("after", 1)).await;
+    let names: Vec<String> = c
+        .store(0)
+        .deployments(None)
+        .expect("list")
+        .into_iter()
+        .map(|d| d.deployment.metadata.name)
+        .collect();
+    assert_eq!(names, ["after", "x"], "nothing of the other history");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_restart_from_their_sled_files() {
     let mut c = TestCluster::start(3, fast).await;

@@ -964,14 +964,24 @@ impl Node {
 /// - entries were applied before the hard state carrying their commit index
 ///   reached disk (raft-rs#392).
 fn repair_after_crash(storage: &SledStorage, store: &Store, applied: u64) -> anyhow::Result<()> {
-    if applied > storage.last_index()? {
-        if let Some(meta) = store.snapshot_meta()? {
-            let meta = SnapshotMetadata::parse_from_bytes(&meta)?;
-            if meta.index == applied {
-                let mut snap = Snapshot::default();
-                snap.set_metadata(meta);
-                storage.apply_snapshot(&snap)?;
-            }
+    if let Some(meta) = store.snapshot_meta()? {
+        let meta = SnapshotMetadata::parse_from_bytes(&meta)?;
+        // The store holds exactly an installed snapshot that the log does not
+        // reflect: the log is behind it, or holds another history at its
+        // index (a follower's divergent tail). Raising the commit index over
+        // such a log would mark entries committed that the cluster never
+        // committed; install the snapshot into the log first, as the crash
+        // interrupted.
+        let in_log = storage.term(meta.index).is_ok_and(|t| t == meta.term);
+        if meta.index == applied && meta.index > storage.snapshot_index() && !in_log {
+            warn!(
+                index = meta.index,
+                term = meta.term,
+                "completing a snapshot install a crash interrupted"
+            );
+            let mut snap = Snapshot::default();
+            snap.set_metadata(meta);
+            storage.apply_snapshot(&snap)?;
         }
     }
     storage.repair_commit(applied)?;
