@@ -86,9 +86,11 @@ pub struct AgentConfig {
     #[arg(long, default_value_t = 500)]
     pub heartbeat_ms: u64,
 
-    /// Stop this node's replicas after this long without any controller
-    /// (e.g. 30s, 2m): no duplicates during a partition, at the price of
-    /// downtime. Off by default: replicas keep running while the control plane
+    /// Kill this node's replicas after this long without an acknowledged
+    /// heartbeat (e.g. 2s): no replica runs on two hosts during a partition,
+    /// at the price of downtime. It must beat the controllers' node timeout
+    /// by 500 ms (at most 2500ms with the default 3 s), or they refuse the
+    /// agent. Off by default: replicas keep running while the control plane
     /// is unreachable.
     #[arg(long, value_name = "DURATION", value_parser = drover_proto::duration::parse)]
     pub stop_after_disconnect: Option<Duration>,

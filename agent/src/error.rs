@@ -62,10 +62,11 @@ pub enum AgentError {
     #[error("no replica named {0} runs on this node")]
     UnknownReplica(String),
 
-    /// The controller refused the session because another live agent holds
-    /// this node name. The message is the controller's sentence.
+    /// The controller refused this agent for good: another live agent holds
+    /// its node name, or one of its settings cannot work in this cluster. The
+    /// message is the controller's sentence.
     #[error("{0}")]
-    NameInUse(String),
+    Refused(String),
 
     /// A command-line value or the agent's environment is unusable.
     #[error("{0}")]
@@ -100,7 +101,7 @@ impl AgentError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            AgentError::InvalidSpec(_) | AgentError::NameInUse(_) | AgentError::Config(_)
+            AgentError::InvalidSpec(_) | AgentError::Refused(_) | AgentError::Config(_)
         )
     }
 

@@ -58,7 +58,8 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
-    /// Fencing: stop every local replica after this long without a session.
+    /// Fencing: kill every local replica after this long without contact
+    /// (an acknowledged heartbeat or an assignment set).
     pub stop_after_disconnect: Option<Duration>,
     /// Mutual TLS with the node certificate (renewed: each connection takes
     /// the latest), or plaintext (`--insecure`).
@@ -96,8 +97,9 @@ enum Ended {
         leader: String,
         productive: bool,
     },
-    /// Another live agent holds the node name.
-    NameInUse(String),
+    /// Refused for good (the node name is held by another live agent, or a
+    /// setting cannot work in this cluster).
+    Refused(String),
     /// Connection failed or the stream broke; `productive` if it delivered
     /// an assignment set first.
     Lost {
@@ -122,10 +124,7 @@ pub async fn run(
     // For telling a person, now and then, that no controller answers.
     let mut failures = 0u32;
     let mut last_warning: Option<tokio::time::Instant> = None;
-    // Since when no session has delivered assignments (start counts), and
-    // whether the replicas were stopped for it.
-    let mut last_contact = tokio::time::Instant::now();
-    let mut fenced = false;
+    let mut fence = Fence::new(cfg.stop_after_disconnect);
     loop {
         let addr = match redirect.take() {
             Some(leader) => leader,
@@ -135,10 +134,9 @@ pub async fn run(
                 a
             }
         };
-        let ended = session(&cfg, &addr, &supervisor, &shutdown).await;
-        // Whatever ended a session that delivered assignments, the
-        // controllers were reachable until now: the fencing clock and the
-        // backoff start over.
+        let ended = session(&cfg, &addr, &supervisor, &mut fence, &shutdown).await;
+        // Whatever ended a session that delivered assignments, the backoff
+        // starts over.
         let productive = matches!(
             ended,
             Ended::Redirect {
@@ -150,13 +148,12 @@ pub async fn run(
             }
         );
         if productive {
-            last_contact = tokio::time::Instant::now();
-            fenced = false;
+            fence.session_ended();
             failures = 0;
         }
         let wait = match ended {
             Ended::Shutdown => return Ok(()),
-            Ended::NameInUse(message) => return Err(AgentError::NameInUse(message)),
+            Ended::Refused(message) => return Err(AgentError::Refused(message)),
             Ended::Redirect { leader, productive } => {
                 info!(controller = %addr, leader = %leader, "redirected to the leader");
                 redirect = Some(leader);
@@ -180,17 +177,15 @@ pub async fn run(
             }
         };
         let mut wait = wait;
-        if let (Some(limit), false) = (cfg.stop_after_disconnect, fenced) {
-            let silent = last_contact.elapsed();
-            if silent >= limit {
-                warn!(without_controller = ?silent, "no controller for --stop-after-disconnect: stopping this node's replicas");
-                if supervisor.assign(Vec::new()).await.is_err() {
+        if let Some(deadline) = fence.deadline() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                if fence.fence(&supervisor).await.is_err() {
                     return Ok(());
                 }
-                fenced = true;
             } else {
                 // Wake up in time to fence.
-                wait = wait.min(limit - silent);
+                wait = wait.min(deadline - now);
             }
         }
         if !wait.is_zero() {
@@ -304,11 +299,73 @@ fn classify(status: &tonic::Status, productive: bool) -> Ended {
                 productive,
             },
         },
-        Code::AlreadyExists => Ended::NameInUse(status.message().to_string()),
+        Code::AlreadyExists | Code::InvalidArgument => Ended::Refused(status.message().to_string()),
         code => Ended::Lost {
             reason: format!("{}: {}", code.description(), status.message()),
             productive,
         },
+    }
+}
+
+/// Fencing (`--stop-after-disconnect`): since when the controllers have not
+/// confirmed contact, and whether this node's replicas were killed for it.
+///
+/// Contact is an acknowledged heartbeat or an assignment set, as they
+/// arrive: the controller judges the node by the heartbeats it receives, so
+/// the agent, counting from the acknowledgement of the last one, kills its
+/// replicas before the controller replaces them elsewhere (the controller
+/// refuses a limit that could not). A controller that does not acknowledge
+/// heartbeats (an older version) is judged by its sessions' ends instead.
+struct Fence {
+    limit: Option<Duration>,
+    last_contact: tokio::time::Instant,
+    /// The current or last session's controller acknowledges heartbeats.
+    acked: bool,
+    fenced: bool,
+}
+
+impl Fence {
+    fn new(limit: Option<Duration>) -> Fence {
+        Fence {
+            limit,
+            last_contact: tokio::time::Instant::now(),
+            acked: false,
+            fenced: false,
+        }
+    }
+
+    fn contact(&mut self) {
+        self.last_contact = tokio::time::Instant::now();
+        self.fenced = false;
+    }
+
+    /// A session that delivered assignments ended: without acknowledged
+    /// heartbeats, its end is the last contact known.
+    fn session_ended(&mut self) {
+        if !self.acked {
+            self.contact();
+        }
+    }
+
+    /// When to fence, unless already fenced or fencing is off.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.limit
+            .filter(|_| !self.fenced)
+            .map(|limit| self.last_contact + limit)
+    }
+
+    async fn fence(&mut self, supervisor: &SupervisorHandle) -> Result<(), AgentError> {
+        warn!(without_controller = ?self.last_contact.elapsed(),
+            "no contact with a controller for --stop-after-disconnect: killing this node's replicas");
+        self.fenced = true;
+        supervisor.fence().await
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -323,6 +380,9 @@ fn hello(cfg: &SessionConfig, replicas: &StatusMap) -> pb::AgentMessage {
             version: drover_proto::VERSION.to_string(),
             incarnation: cfg.incarnation.clone(),
             replicas: replicas.values().cloned().collect(),
+            stop_after_disconnect_ms: cfg
+                .stop_after_disconnect
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })),
     }
 }
@@ -341,6 +401,7 @@ async fn session(
     cfg: &SessionConfig,
     addr: &str,
     supervisor: &SupervisorHandle,
+    fence: &mut Fence,
     shutdown: &CancellationToken,
 ) -> Ended {
     let lost = |reason: String| Ended::Lost {
@@ -394,8 +455,19 @@ async fn session(
     // Replicas in the last assignment set, to spot ones newly given to us.
     let mut assigned: BTreeSet<String> = BTreeSet::new();
     loop {
+        // While the controller acknowledges heartbeats, silence in an open
+        // session counts too: a partition may keep the stream looking open
+        // for seconds after the last contact.
+        let deadline = fence.deadline().filter(|_| fence.acked);
         tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                if fence.fence(supervisor).await.is_err() {
+                    return Ended::Shutdown;
+                }
+                // A new session brings the full set again once contact is back.
+                return Ended::Lost { reason: "no acknowledged heartbeat for --stop-after-disconnect".into(), productive };
+            }
             _ = heartbeat.tick() => {
                 let msg = pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {})) };
                 if !send(&tx, msg).await {
@@ -431,6 +503,7 @@ async fn session(
                     }
                     last_version = set.version;
                     productive = true;
+                    fence.contact();
                     debug!(version = set.version, replicas = set.assignments.len(), "assignment set");
                     // A replica newly assigned here may already run here (it
                     // was moved away while this node looked dead, and back):
@@ -453,6 +526,10 @@ async fn session(
                     if supervisor.assign_set(set.assignments, set.terminating).await.is_err() {
                         return Ended::Shutdown;
                     }
+                }
+                Ok(Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::HeartbeatAck(_)) })) => {
+                    fence.acked = true;
+                    fence.contact();
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ended::Lost { reason: "the controller closed the session".into(), productive },
@@ -510,7 +587,7 @@ mod tests {
         let s = tonic::Status::already_exists("node n1 is held by a live agent");
         assert_eq!(
             classify(&s, true),
-            Ended::NameInUse("node n1 is held by a live agent".into())
+            Ended::Refused("node n1 is held by a live agent".into())
         );
         assert!(matches!(
             classify(&tonic::Status::unavailable("x"), true),

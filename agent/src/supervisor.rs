@@ -70,6 +70,8 @@ enum Msg {
         assignments: Vec<pb::Assignment>,
         terminating: Vec<String>,
     },
+    /// Fencing: kill every replica now, without a grace period.
+    Fence,
 }
 
 /// Cloneable access to the supervisor.
@@ -83,6 +85,17 @@ impl SupervisorHandle {
     /// Replace the node's assignments with this full set.
     pub async fn assign(&self, assignments: Vec<pb::Assignment>) -> Result<()> {
         self.assign_set(assignments, Vec::new()).await
+    }
+
+    /// Fencing: the controllers are out of reach for longer than
+    /// `--stop-after-disconnect` and are replacing this node's replicas
+    /// elsewhere; kill them all now (SIGKILL, no grace period). The next
+    /// assignment set ends it.
+    pub async fn fence(&self) -> Result<()> {
+        self.tx
+            .send(Msg::Fence)
+            .await
+            .map_err(|_| AgentError::Config("the supervisor has stopped".into()))
     }
 
     /// Replace the node's assignments with this full set; `terminating` are
@@ -168,6 +181,8 @@ pub struct Supervisor<R: Runtime> {
     invalid: BTreeMap<String, Failure>,
     /// Replicas the controller waits to hear are gone (see `assign_set`).
     terminating: std::collections::BTreeSet<String>,
+    /// Fenced: stops kill at once (see `SupervisorHandle::fence`).
+    fencing: bool,
     /// By container id.
     containers: BTreeMap<String, Observed>,
     records: BTreeMap<String, Record>,
@@ -231,6 +246,7 @@ impl<R: Runtime> Supervisor<R> {
             assignments: None,
             invalid: BTreeMap::new(),
             terminating: Default::default(),
+            fencing: false,
             containers,
             records: BTreeMap::new(),
             busy: BTreeMap::new(),
@@ -266,8 +282,14 @@ impl<R: Runtime> Supervisor<R> {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => match msg {
                     Some(Msg::Assign { assignments, terminating }) => {
+                        self.fencing = false;
                         self.terminating = terminating.into_iter().collect();
                         self.assign(assignments);
+                    }
+                    Some(Msg::Fence) => {
+                        self.fencing = true;
+                        self.terminating.clear();
+                        self.assign(Vec::new());
                     }
                     None => break,
                 },
@@ -509,9 +531,17 @@ impl<R: Runtime> Supervisor<R> {
             return now;
         };
         let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        let mut actions =
+            reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
         if actions.is_empty() {
             return now;
+        }
+        if self.fencing {
+            for a in &mut actions {
+                if let Action::Stop { grace, .. } = a {
+                    *grace = Duration::ZERO;
+                }
+            }
         }
         // Group per replica, keeping order: a replica's steps run in sequence
         // in one task, different replicas in parallel.

@@ -31,6 +31,13 @@ struct TestAgent {
 
 impl TestAgent {
     async fn start(controllers: Vec<String>) -> TestAgent {
+        TestAgent::start_with(controllers, None).await
+    }
+
+    async fn start_with(
+        controllers: Vec<String>,
+        stop_after_disconnect: Option<Duration>,
+    ) -> TestAgent {
         let dir = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("runtime"));
         let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
@@ -46,7 +53,7 @@ impl TestAgent {
             data_dir: dir.path().to_path_buf(),
             advertise: address.clone(),
             heartbeat: Duration::from_millis(100),
-            stop_after_disconnect: None,
+            stop_after_disconnect,
             // The fake controller speaks plaintext.
             security: drover_pki::Security::Insecure,
             join: None,
@@ -355,6 +362,61 @@ async fn replicas_being_stopped_are_reported_gone_also_ones_never_had() {
     assert_eq!(gone, ["b-r-0", "never-r-0"]);
 }
 
+/// A partition can leave the session's stream looking open for seconds: the
+/// agent fences from the last heartbeat the controller acknowledged, not from
+/// the stream's end, and kills at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_counts_from_the_last_acknowledged_heartbeat_while_the_stream_stays_open() {
+    let mut ctl = FakeController::start().await;
+    let limit = Duration::from_millis(800);
+    let agent = TestAgent::start_with(vec![ctl.addr.to_string()], Some(limit)).await;
+    let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
+    let hello = conn.hello().await;
+    assert_eq!(hello.stop_after_disconnect_ms, 800);
+    conn.assign(1, vec![sleeper("web-r-0")]).await;
+
+    // Acknowledge heartbeats for a while: no fencing however long it lasts.
+    let ack = || pb::ControllerMessage {
+        kind: Some(pb::controller_message::Kind::HeartbeatAck(
+            pb::HeartbeatAck {},
+        )),
+    };
+    let acking_until = tokio::time::Instant::now() + limit * 3;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < acking_until || agent.running().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the replica never ran"
+        );
+        if let Some(pb::agent_message::Kind::Heartbeat(_)) =
+            conn.recv(Duration::from_secs(2)).await.kind
+        {
+            conn.to_agent.send(Ok(ack())).await.expect("ack");
+        }
+    }
+    assert_eq!(
+        agent.running().await.len(),
+        1,
+        "acknowledged: still running"
+    );
+
+    // Acknowledgements stop, the stream stays open (a partition that TCP
+    // has not noticed): the replica is killed about `limit` later.
+    let silent = tokio::time::Instant::now();
+    let deadline = silent + Duration::from_secs(10);
+    while !agent.running().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never fenced");
+        let _ = tokio::time::timeout(Duration::from_millis(50), conn.from_agent.recv()).await;
+    }
+    // Not before the limit (the last acknowledgement came at most one
+    // heartbeat, 100 ms, before the silence began).
+    let after = silent.elapsed();
+    assert!(
+        after + Duration::from_millis(100) >= limit,
+        "fenced {after:?} after the last acknowledgement (limit {limit:?})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_redirects_the_agent_to_the_leader() {
     let follower = FakeController::start().await;
@@ -387,8 +449,8 @@ async fn a_name_held_by_a_live_agent_ends_the_agent_with_the_controllers_sentenc
         .expect("the agent gives up at once")
         .expect("task");
     match result {
-        Err(e @ AgentError::NameInUse(_)) => assert_eq!(e.to_string(), sentence),
-        other => panic!("expected NameInUse, got {other:?}"),
+        Err(e @ AgentError::Refused(_)) => assert_eq!(e.to_string(), sentence),
+        other => panic!("expected Refused, got {other:?}"),
     }
 }
 

@@ -153,7 +153,11 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     })
     .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES + 64 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
-    let dispatcher = crate::dispatcher::Dispatcher::start(cluster.clone(), shutdown.clone());
+    let dispatcher = crate::dispatcher::Dispatcher::start(
+        cluster.clone(),
+        std::time::Duration::from_millis(cfg.node_timeout_ms),
+        shutdown.clone(),
+    );
     let loops = crate::leader::LoopConfig {
         node_timeout: std::time::Duration::from_millis(cfg.node_timeout_ms),
         heartbeats: dispatcher.heartbeats.clone(),

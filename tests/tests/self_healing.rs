@@ -246,3 +246,29 @@ async fn stop_after_disconnect_fences_only_the_agents_that_ask_for_it() {
         "the agent without the flag keeps its replica running"
     );
 }
+
+/// A fencing limit the node timeout (3 s by default) would beat cannot keep
+/// guarantee 9: the controller refuses the agent with a sentence that says
+/// what works, and the node never joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fencing_limit_the_node_timeout_beats_is_refused_with_a_sentence() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let i = c
+        .start_agent("late", "process", &["--stop-after-disconnect", "5s"])
+        .expect("agent");
+    let log = c.agents[i].log.clone();
+    let sentence = "--stop-after-disconnect 5s cannot stop node late's replicas before this \
+                    cluster's node timeout (3s) replaces them elsewhere; use at most 2500ms";
+    c.wait_for("the agent's refusal", T, || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(sentence) {
+            Ok(())
+        } else {
+            Err(text.lines().last().unwrap_or_default().to_string())
+        }
+    })
+    .await
+    .expect("refused");
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert!(nodes.trim().is_empty(), "the node never joined: {nodes}");
+}

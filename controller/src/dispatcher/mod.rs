@@ -79,11 +79,17 @@ pub struct Dispatcher {
     pub heartbeats: Heartbeats,
     reports: Arc<Pending>,
     next_session: Arc<AtomicU64>,
+    /// The leader marks a node NotReady after this long without a heartbeat.
+    node_timeout: Duration,
 }
 
 impl Dispatcher {
     /// Start the dispatcher's background tasks (assignment book, status batcher).
-    pub fn start(cluster: Cluster, shutdown: CancellationToken) -> Dispatcher {
+    pub fn start(
+        cluster: Cluster,
+        node_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Dispatcher {
         let book = AssignmentBook::start(cluster.clone(), shutdown.clone());
         let reports = Arc::new(Pending::default());
         tokio::spawn(batch_statuses(cluster.clone(), reports.clone(), shutdown));
@@ -94,6 +100,7 @@ impl Dispatcher {
             heartbeats: Heartbeats::default(),
             reports,
             next_session: Arc::new(AtomicU64::new(1)),
+            node_timeout,
         }
     }
 
@@ -188,6 +195,31 @@ fn node_restriction(caller: &Caller, node: &str) -> Result<(), Status> {
     }
 }
 
+/// How much sooner than the node timeout a fencing agent must kill its
+/// replicas: the replacements start only after the timeout, a monitor tick and
+/// a scheduling round, but the agent's kill and the network take time too.
+pub const FENCING_MARGIN: Duration = Duration::from_millis(500);
+
+/// Refuse an agent whose `--stop-after-disconnect` could not kill its
+/// replicas before this cluster replaces them elsewhere: with it, a partition
+/// would run a replica on two hosts at once (SPEC guarantee 9).
+fn fencing_limit(hello: &pb::Hello, node_timeout: Duration) -> Result<(), Status> {
+    let limit = Duration::from_millis(hello.stop_after_disconnect_ms);
+    let most = node_timeout.saturating_sub(FENCING_MARGIN);
+    if limit.is_zero() || limit <= most {
+        return Ok(());
+    }
+    warn!(node = %hello.node, ?limit, ?node_timeout, "refused an agent whose fencing limit the node timeout beats");
+    Err(Status::invalid_argument(format!(
+        "--stop-after-disconnect {} cannot stop node {}'s replicas before this cluster's node \
+         timeout ({}) replaces them elsewhere; use at most {}",
+        drover_proto::duration::short(limit),
+        hello.node,
+        drover_proto::duration::short(node_timeout),
+        drover_proto::duration::short(most),
+    )))
+}
+
 fn registration(hello: &pb::Hello) -> NodeRegistration {
     let capacity = hello.capacity.unwrap_or_default();
     NodeRegistration {
@@ -235,6 +267,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         node_restriction(&caller, &hello.node)?;
         reserved_labels(&hello)?;
+        fencing_limit(&hello, self.node_timeout)?;
         if hello.incarnation.is_empty() {
             return Err(Status::invalid_argument("Hello.incarnation is empty"));
         }
@@ -300,7 +333,15 @@ impl Dispatcher {
             }
             tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(pb::AgentMessage { kind: Some(Kind::Heartbeat(_)) })) => self.heartbeats.beat(node),
+                    Ok(Some(pb::AgentMessage { kind: Some(Kind::Heartbeat(_)) })) => {
+                        self.heartbeats.beat(node);
+                        let ack = pb::ControllerMessage {
+                            kind: Some(pb::controller_message::Kind::HeartbeatAck(pb::HeartbeatAck {})),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return "agent went away".into();
+                        }
+                    }
                     Ok(Some(pb::AgentMessage { kind: Some(Kind::Status(report)) })) => {
                         self.heartbeats.beat(node);
                         self.report(node, report.replicas);
@@ -369,5 +410,33 @@ async fn batch_statuses(cluster: Cluster, pending: Arc<Pending>, shutdown: Cance
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(limit_ms: u64) -> pb::Hello {
+        pb::Hello {
+            node: "n1".into(),
+            stop_after_disconnect_ms: limit_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fencing_limit_the_node_timeout_would_beat_is_refused_with_the_most_that_works() {
+        let timeout = Duration::from_secs(3);
+        assert!(fencing_limit(&hello(0), timeout).is_ok(), "fencing off");
+        assert!(fencing_limit(&hello(2_000), timeout).is_ok());
+        assert!(fencing_limit(&hello(2_500), timeout).is_ok());
+        let refused = fencing_limit(&hello(3_000), timeout).expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            refused.message(),
+            "--stop-after-disconnect 3s cannot stop node n1's replicas before this cluster's \
+             node timeout (3s) replaces them elsewhere; use at most 2500ms"
+        );
     }
 }
