@@ -8,6 +8,7 @@
 pub mod events;
 pub mod nodes;
 pub mod replicas;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -336,10 +337,94 @@ pub fn kubernetes_object(d: &pb::Deployment, model: &manifest::Deployment) -> Va
                 "readyReplicas": status.ready,
                 "updatedReplicas": status.updated,
                 "availableReplicas": status.available,
+                "conditions": deployment_conditions(&status, model),
             }),
         );
     }
     obj
+}
+
+/// Kubernetes' Available and Progressing conditions, as `wait
+/// --for=condition=...` and `-o jsonpath` read them. Available: at least
+/// `replicas - maxUnavailable` replicas are available (maxUnavailable as a
+/// percentage rounds down; 0 with Recreate). Progressing: False once the
+/// rollout's progress deadline passed, else True.
+pub fn deployment_conditions(status: &pb::DeploymentStatus, model: &manifest::Deployment) -> Value {
+    let desired = model.spec.replicas;
+    let max_unavailable = match &model.spec.strategy {
+        manifest::Strategy::RollingUpdate {
+            max_unavailable, ..
+        } => match max_unavailable {
+            manifest::IntOrPercent::Int(n) => *n,
+            manifest::IntOrPercent::Percent(p) => {
+                u32::try_from(u64::from(desired) * u64::from(*p) / 100).unwrap_or(u32::MAX)
+            }
+        },
+        manifest::Strategy::Recreate => 0,
+    }
+    .min(desired);
+    let minimum = desired - max_unavailable;
+    let available = status.available >= minimum;
+    let (available_reason, available_message) = if available {
+        (
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".to_string(),
+        )
+    } else {
+        (
+            "MinimumReplicasUnavailable",
+            format!(
+                "Deployment does not have minimum availability: {} of at least {minimum} replicas available.",
+                status.available
+            ),
+        )
+    };
+    let (progressing, reason, message) = if !status.failed.is_empty() {
+        ("False", "ProgressDeadlineExceeded", status.failed.clone())
+    } else if status.complete {
+        (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("Revision {} has successfully progressed.", status.revision),
+        )
+    } else {
+        (
+            "True",
+            "ReplicaSetUpdated",
+            format!("Revision {} is progressing.", status.revision),
+        )
+    };
+    json!([
+        {
+            "type": "Available",
+            "status": if available { "True" } else { "False" },
+            "reason": available_reason,
+            "message": available_message,
+        },
+        {
+            "type": "Progressing",
+            "status": progressing,
+            "reason": reason,
+            "message": message,
+        },
+    ])
+}
+
+/// Whether `-o` prints a table (which `--no-headers` shortens).
+pub fn is_table(format: Option<&crate::cli::OutputFormat>) -> bool {
+    use crate::cli::OutputFormat;
+    matches!(
+        format,
+        None | Some(OutputFormat::Wide | OutputFormat::CustomColumns(_))
+    )
+}
+
+/// A table's text without its header line (`--no-headers`).
+pub fn without_header(table: &str) -> String {
+    table
+        .split_once('\n')
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or_default()
 }
 
 /// Several objects in one, as kubectl prints a list.

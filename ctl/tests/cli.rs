@@ -384,7 +384,21 @@ impl Control for FakeController {
             "this test server keeps no events; the end-to-end suites watch real ones",
         ))
     }
+
+    type WatchChangesStream = ChangeStream;
+
+    async fn watch_changes(
+        &self,
+        _: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        Err(Status::unimplemented(
+            "this test server never changes; the end-to-end suites wait on real clusters",
+        ))
+    }
 }
+
+type ChangeStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Change, Status>> + Send>>;
 
 type EventStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -1031,6 +1045,7 @@ fn replica(namespace: &str, name: &str, slot: u32, node: &str, state: ReplicaSta
             "127.0.0.1:7101".into()
         },
         host_ports: vec![8080],
+        labels: Default::default(),
     }
 }
 

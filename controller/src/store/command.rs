@@ -65,6 +65,14 @@ pub enum Command {
         deployments: Vec<Deployment>,
         now_unix_ms: i64,
     },
+    /// A read-modify-write verb's apply (`set image`, `label`, `patch`,
+    /// `edit`...): refused unless the deployment exists with
+    /// `expected_generation`, so two concurrent edits cannot lose one.
+    ApplyIf {
+        deployment: Box<Deployment>,
+        expected_generation: u64,
+        now_unix_ms: i64,
+    },
     /// Delete deployments; with `ignore_not_found` false, one missing name
     /// refuses the whole command.
     Delete {
@@ -206,6 +214,13 @@ pub enum WriteError {
     NotFound { namespace: String, name: String },
     #[error("node {0:?} not found")]
     NodeNotFound(String),
+    #[error("deployment {name:?} in namespace {namespace:?} was changed meanwhile (generation {actual}, not {expected}); read it again and retry")]
+    Conflict {
+        namespace: String,
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{}", no_revision(.name, .revision))]
     NoRevision { name: String, revision: Option<u64> },
     #[error("join token {0:?} not found (droverctl token list shows them)")]
@@ -331,6 +346,29 @@ pub(super) fn execute(
             deployments,
             now_unix_ms,
         } => apply(view, deployments, *now_unix_ms),
+        Command::ApplyIf {
+            deployment,
+            expected_generation,
+            now_unix_ms,
+        } => {
+            let m = &deployment.metadata;
+            let key = deploy_key(&m.namespace, &m.name);
+            let Some(old) = view.get::<StoredDeployment>(&key)? else {
+                return Ok(Err(WriteError::NotFound {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                }));
+            };
+            if old.generation != *expected_generation {
+                return Ok(Err(WriteError::Conflict {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                    expected: *expected_generation,
+                    actual: old.generation,
+                }));
+            }
+            apply(view, std::slice::from_ref(&**deployment), *now_unix_ms)
+        }
         Command::Delete {
             refs,
             ignore_not_found,

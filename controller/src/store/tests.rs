@@ -957,3 +957,46 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
         Err(WriteError::NotFound { .. })
     ));
 }
+
+#[test]
+fn apply_if_refuses_a_stale_generation_and_changes_nothing() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1)).expect("apply");
+    let _ = store.apply(3, 1, &apply(&[("web", 2)], 2)).expect("apply");
+    let read_at_one = Command::ApplyIf {
+        deployment: Box::new(deployment("web", 5)),
+        expected_generation: 1,
+        now_unix_ms: 3,
+    };
+    let before = store.state_hash().expect("hash");
+    let res = store.apply(4, 1, &read_at_one).expect("apply");
+    assert!(
+        matches!(
+            res,
+            Err(WriteError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{res:?}"
+    );
+    assert_eq!(store.state_hash().expect("hash"), before);
+    let read_at_two = Command::ApplyIf {
+        deployment: Box::new(deployment("web", 5)),
+        expected_generation: 2,
+        now_unix_ms: 4,
+    };
+    let res = store.apply(5, 1, &read_at_two).expect("apply");
+    assert!(
+        matches!(res, Ok(WriteResult::Applied(ref v)) if v[0].1 == ApplyOutcome::Configured && v[0].2 == 3),
+        "{res:?}"
+    );
+    let ghost = Command::ApplyIf {
+        deployment: Box::new(deployment("ghost", 1)),
+        expected_generation: 1,
+        now_unix_ms: 5,
+    };
+    let res = store.apply(6, 1, &ghost).expect("apply");
+    assert!(matches!(res, Err(WriteError::NotFound { .. })), "{res:?}");
+}

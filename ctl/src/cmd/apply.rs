@@ -65,6 +65,7 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         skip_unsupported_kinds: opts.skip_unsupported_kinds,
         namespace: opts.namespace.clone().unwrap_or_default(),
         enforce_namespace: opts.enforce_namespace,
+        ..Default::default()
     };
     let size = request.encoded_len();
     if size > drover_proto::MAX_REQUEST_BYTES {

@@ -40,6 +40,7 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
                         let request = pb::ListDeploymentsRequest {
                             namespace: namespace.clone(),
                             read: None,
+                            ..Default::default()
                         };
                         async move { c.list_deployments(request).await }
                     })
