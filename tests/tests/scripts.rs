@@ -493,3 +493,73 @@ fn api_resources_and_explain_read_the_parsers_schema() {
     let out = ctl(&["explain", "deployment.spec.nope"]);
     assert_eq!(err(&out), "error: field \"nope\" of spec does not exist\n");
 }
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The code block after the marker in docs/scripts.md, exactly as printed.
+fn docs_script() -> String {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scripts.md");
+    let doc = std::fs::read_to_string(&page).expect("docs/scripts.md");
+    let (_, after) = doc
+        .split_once("<!-- the test suite runs the next code block -->")
+        .expect("the marker before the script");
+    let (_, block) = after.split_once("```bash\n").expect("a bash block");
+    let (script, _) = block.split_once("\n```").expect("the block's end");
+    format!("{script}\n")
+}
+
+#[test]
+fn failure_injection_script_in_the_docs_passes() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces)");
+        return;
+    }
+    let script = docs_script();
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("failure-injection.sh"), &script).expect("script");
+    let bin_dir = bin("droverctl")
+        .parent()
+        .expect("the binaries' dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("failure-injection.sh")
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("HOME", dir.path())
+        .env("DROVERCONFIG", dir.path().join("config.yaml"))
+        .env("LAB", dir.path().join("lab"))
+        .env_remove("DROVER_SERVER")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "the docs' script failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("failure injection: PASS\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !dir.path().join("lab").exists(),
+        "the script's trap ran lab down"
+    );
+}
