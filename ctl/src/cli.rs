@@ -382,6 +382,10 @@ pub struct ApplyArgs {
     /// With --wait: give up after this long (0 waits forever)
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait, requires = "wait")]
     pub timeout: WaitLimit,
+
+    /// name: print only deployment.apps/NAME per applied deployment
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -541,6 +545,15 @@ pub struct DeleteArgs {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
     pub timeout: WaitLimit,
 
+    /// Seconds a replica is given to stop: -1 (the default) uses its template's
+    /// terminationGracePeriodSeconds, the only value drover supports; 0 needs --force
+    #[arg(long, value_name = "SECONDS", default_value_t = -1, allow_negative_numbers = true)]
+    pub grace_period: i64,
+
+    /// Delete at once and do not wait for the replicas to stop (they still stop)
+    #[arg(long)]
+    pub force: bool,
+
     /// name: print only deployment.apps/NAME per deleted deployment
     #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
     pub output: Option<String>,
@@ -555,6 +568,10 @@ pub struct ScaleArgs {
     /// The new number of replicas
     #[arg(long, value_name = "N")]
     pub replicas: u32,
+
+    /// name: print only deployment.apps/NAME per scaled deployment
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -866,6 +883,78 @@ mod tests {
         assert!(
             Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--timeout", "1m"]).is_err(),
             "--timeout belongs to --wait"
+        );
+    }
+
+    #[test]
+    fn script_verbs_take_kubectl_forms() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parses").command;
+        let Command::Wait(w) = parse(&[
+            "droverctl",
+            "wait",
+            "--for=condition=Available",
+            "deployment/web",
+            "--timeout=60s",
+        ]) else {
+            panic!("not wait")
+        };
+        assert_eq!(w.for_condition, "condition=Available");
+        assert_eq!(w.timeout, Duration::from_secs(60));
+        let Command::Wait(w) = parse(&["droverctl", "wait", "node", "--all", "--for", "delete"])
+        else {
+            panic!("not wait")
+        };
+        assert_eq!((w.all, w.timeout), (true, Duration::from_secs(30)));
+        assert!(Cli::try_parse_from(["droverctl", "wait", "deploy/web"]).is_err());
+
+        let Command::Delete(d) = parse(&["droverctl", "delete", "deploy", "web"]) else {
+            panic!("not delete")
+        };
+        assert!(d.wait, "delete waits by default");
+        assert_eq!(d.grace_period, -1);
+        let Command::Delete(d) = parse(&[
+            "droverctl",
+            "delete",
+            "deploy",
+            "-l",
+            "app=web",
+            "--wait=false",
+            "--grace-period=0",
+            "--force",
+        ]) else {
+            panic!("not delete")
+        };
+        assert!(!d.wait && d.force && d.grace_period == 0);
+        assert_eq!(d.selector.as_deref(), Some("app=web"));
+
+        let Command::Get(g) = parse(&[
+            "droverctl",
+            "get",
+            "deploy",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+            "--no-headers",
+            "-l",
+            "app in (a,b)",
+        ]) else {
+            panic!("not get")
+        };
+        assert_eq!(
+            g.output,
+            Some(OutputFormat::JsonPath("{.items[*].metadata.name}".into()))
+        );
+        assert!(g.no_headers);
+        let bad = Cli::try_parse_from(["droverctl", "get", "deploy", "-o", "jsonpath={.x"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("without its '}'"), "{bad}");
+        let bad = Cli::try_parse_from(["droverctl", "get", "deploy", "-o", "table"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("unknown output format \"table\""), "{bad}");
+        assert_eq!(
+            parse_output("custom-columns=NAME:.metadata.name"),
+            Ok(OutputFormat::CustomColumns("NAME:.metadata.name".into()))
         );
     }
 }

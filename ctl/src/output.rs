@@ -337,19 +337,40 @@ pub fn kubernetes_object(d: &pb::Deployment, model: &manifest::Deployment) -> Va
                 "readyReplicas": status.ready,
                 "updatedReplicas": status.updated,
                 "availableReplicas": status.available,
-                "conditions": deployment_conditions(&status, model),
+                "conditions": deployment_conditions(&status, model)
+                    .iter()
+                    .map(|c| json!({
+                        "type": c.kind,
+                        "status": c.status,
+                        "reason": c.reason,
+                        "message": c.message,
+                    }))
+                    .collect::<Vec<_>>(),
             }),
         );
     }
     obj
 }
 
-/// Kubernetes' Available and Progressing conditions, as `wait
-/// --for=condition=...` and `-o jsonpath` read them. Available: at least
-/// `replicas - maxUnavailable` replicas are available (maxUnavailable as a
-/// percentage rounds down; 0 with Recreate). Progressing: False once the
-/// rollout's progress deadline passed, else True.
-pub fn deployment_conditions(status: &pb::DeploymentStatus, model: &manifest::Deployment) -> Value {
+/// One of a deployment's conditions: type, status, reason, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Kubernetes' Available and Progressing conditions, for describe, `-o
+/// yaml|json|jsonpath` and `wait --for=condition=...`. Available: at least
+/// `replicas - maxUnavailable` replicas are available (a percentage rounds
+/// down; Recreate allows none unavailable, as Kubernetes computes it).
+/// Progressing: False once the progress deadline passed, Unknown while
+/// paused, else True.
+pub fn deployment_conditions(
+    status: &pb::DeploymentStatus,
+    model: &manifest::Deployment,
+) -> [Condition; 2] {
     let desired = model.spec.replicas;
     let max_unavailable = match &model.spec.strategy {
         manifest::Strategy::RollingUpdate {
@@ -364,23 +385,32 @@ pub fn deployment_conditions(status: &pb::DeploymentStatus, model: &manifest::De
     }
     .min(desired);
     let minimum = desired - max_unavailable;
-    let available = status.available >= minimum;
-    let (available_reason, available_message) = if available {
-        (
-            "MinimumReplicasAvailable",
-            "Deployment has minimum availability.".to_string(),
-        )
+    let available = if status.available >= minimum {
+        Condition {
+            kind: "Available",
+            status: "True",
+            reason: "MinimumReplicasAvailable",
+            message: "Deployment has minimum availability.".to_string(),
+        }
     } else {
-        (
-            "MinimumReplicasUnavailable",
-            format!(
+        Condition {
+            kind: "Available",
+            status: "False",
+            reason: "MinimumReplicasUnavailable",
+            message: format!(
                 "Deployment does not have minimum availability: {} of at least {minimum} replicas available.",
                 status.available
             ),
-        )
+        }
     };
     let (progressing, reason, message) = if !status.failed.is_empty() {
         ("False", "ProgressDeadlineExceeded", status.failed.clone())
+    } else if status.paused {
+        (
+            "Unknown",
+            "DeploymentPaused",
+            "Deployment is paused.".to_string(),
+        )
     } else if status.complete {
         (
             "True",
@@ -394,20 +424,15 @@ pub fn deployment_conditions(status: &pb::DeploymentStatus, model: &manifest::De
             format!("Revision {} is progressing.", status.revision),
         )
     };
-    json!([
-        {
-            "type": "Available",
-            "status": if available { "True" } else { "False" },
-            "reason": available_reason,
-            "message": available_message,
+    [
+        available,
+        Condition {
+            kind: "Progressing",
+            status: progressing,
+            reason,
+            message,
         },
-        {
-            "type": "Progressing",
-            "status": progressing,
-            "reason": reason,
-            "message": message,
-        },
-    ])
+    ]
 }
 
 /// Whether `-o` prints a table (which `--no-headers` shortens).

@@ -46,10 +46,12 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
             .deployments
             .iter()
             .map(|d| {
-                format!(
-                    "{} created (dry run)\n",
-                    ResourceKind::Deployment.slash_name(&d.metadata.name)
-                )
+                let name = ResourceKind::Deployment.slash_name(&d.metadata.name);
+                if args.output.is_some() {
+                    format!("{name}\n")
+                } else {
+                    format!("{name} created (dry run)\n")
+                }
             })
             .collect();
         return print(&lines);
@@ -83,7 +85,16 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         })
         .await?;
     warn_all(&response.warnings);
-    print(&result_lines(&response.results, args.dry_run))?;
+    if args.output.is_some() {
+        let names: String = response
+            .results
+            .iter()
+            .map(|r| format!("{}\n", ResourceKind::Deployment.slash_name(&r.name)))
+            .collect();
+        print(&names)?;
+    } else {
+        print(&result_lines(&response.results, args.dry_run))?;
+    }
     if args.wait && args.dry_run == DryRun::None {
         for r in &response.results {
             super::rollout::wait(

@@ -24,7 +24,14 @@ use crate::files;
 use crate::output;
 use crate::resource::{ResourceKind, Selection};
 
-pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
+pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
+    check_grace(&args)?;
+    if args.force {
+        crate::print_warning(
+            "Immediate deletion does not wait for confirmation that the running replicas have stopped; they stop with their template's grace period.",
+        );
+        args.wait = false;
+    }
     let (refs, kind) = if !args.filenames.is_empty() {
         let inputs = files::collect(
             &args.filenames,
@@ -163,6 +170,20 @@ pub async fn wait_gone(
                 what.join(", ")
             );
         }
+    }
+}
+
+/// kubectl's `--grace-period` and `--force`, as far as drover has them: a
+/// replica always stops with its template's grace period, so only -1 (that)
+/// and 0 with `--force` (delete without waiting) are accepted.
+fn check_grace(args: &DeleteArgs) -> anyhow::Result<()> {
+    match (args.grace_period, args.force) {
+        (-1, _) | (0, true) => Ok(()),
+        (0, false) => bail!("--grace-period=0 needs --force (kubectl's immediate deletion)"),
+        (n, _) if n < -1 => bail!("--grace-period must be -1, 0 or more, not {n}"),
+        (n, _) => bail!(
+            "--grace-period={n}: drover has no per-delete grace period; replicas stop with their template's terminationGracePeriodSeconds (change it with apply or patch first)"
+        ),
     }
 }
 
