@@ -250,7 +250,8 @@ async fn a_script_waits_selects_and_reads_fields_without_tables() {
     assert_eq!(
         replica_processes(c.dir.path(), "worker"),
         Vec::<String>::new(),
-        "delete returned while replicas still ran"
+        "delete returned while replicas still ran (delete waits until ListReplicas lists none: \
+         the controller must keep a removed replica, Terminating, until its agent reports it gone)"
     );
     let out = ctl.run(&["get", "replicas", "-l", "app=worker", "-o", "name"]);
     assert_eq!(ok(&out), "");
@@ -262,7 +263,11 @@ async fn a_script_waits_selects_and_reads_fields_without_tables() {
     assert_eq!(ok(&out), "deployment.apps/web\n");
     let out = ctl.run(&["wait", "deploy/web", "--for=delete", "--timeout=60s"]);
     assert_eq!(ok(&out), "deployment.apps/web condition met\n");
-    assert_eq!(replica_processes(c.dir.path(), "web"), Vec::<String>::new());
+    assert_eq!(
+        replica_processes(c.dir.path(), "web"),
+        Vec::<String>::new(),
+        "wait --for=delete returned while replicas still ran (see the delete check above)"
+    );
 }
 
 /// The generation of `web`: it grows with every stored change.
