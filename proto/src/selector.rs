@@ -428,4 +428,65 @@ mod tests {
             "field selector \"spec.nodeName\" is not supported for nodes; supported fields: metadata.name"
         );
     }
+
+    #[test]
+    fn list_selectors_read_the_fields_get_o_yaml_shows() {
+        use crate::pb;
+        let replica = pb::Replica {
+            namespace: "default".into(),
+            name: "web-1a2b3-0".into(),
+            deployment: "web".into(),
+            node: "n1".into(),
+            labels: [("app".to_string(), "web".to_string())]
+                .into_iter()
+                .collect(),
+            status: Some(pb::ReplicaStatus {
+                state: pb::ReplicaState::Running as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let select = |l: &str, f: &str| {
+            ListSelector::parse(l, f, "replicas", REPLICA_FIELDS)
+                .unwrap()
+                .replica(&replica)
+        };
+        assert!(select("app=web", "spec.nodeName=n1,status.state=Running"));
+        assert!(select("", "spec.deployment=web,metadata.namespace=default"));
+        assert!(!select("app=web", "status.state=Pending"));
+        assert!(!select("app notin (web)", ""));
+        let unreported = pb::Replica {
+            status: None,
+            ..replica.clone()
+        };
+        assert!(
+            ListSelector::parse("", "status.state=Pending", "replicas", REPLICA_FIELDS)
+                .unwrap()
+                .replica(&unreported)
+        );
+        let node = pb::Node {
+            name: "n1".into(),
+            condition: "NotReady".into(),
+            cordoned: true,
+            ..Default::default()
+        };
+        let s = ListSelector::parse(
+            "",
+            "spec.unschedulable=true,status.condition!=Ready",
+            "nodes",
+            NODE_FIELDS,
+        )
+        .unwrap();
+        assert!(s.node(&node));
+        let labels: BTreeMap<String, String> = labels(&[("tier", "db")]);
+        let s = ListSelector::parse(
+            "tier=db",
+            "metadata.name=api",
+            "deployments",
+            DEPLOYMENT_FIELDS,
+        )
+        .unwrap();
+        assert!(s.deployment("default", "api", &labels));
+        assert!(!s.deployment("default", "web", &labels));
+    }
 }
