@@ -98,9 +98,9 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Wait for a condition on resources: condition=..., delete, jsonpath=...
     Wait(crate::verbs_cli::WaitArgs),
-    /// Update the labels of deployments (KEY=VALUE to set, KEY- to remove)
+    /// Update the labels of deployments or nodes (KEY=VALUE to set, KEY- to remove)
     Label(crate::verbs_cli::LabelArgs),
-    /// Update the annotations of deployments (KEY=VALUE to set, KEY- to remove)
+    /// Update the annotations of deployments or nodes (KEY=VALUE to set, KEY- to remove)
     Annotate(crate::verbs_cli::LabelArgs),
     /// Change a deployment's images or environment without a file
     #[command(subcommand)]

@@ -45,11 +45,11 @@ pub struct LabelArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// Every deployment whose labels match, instead of names
+    /// Every object whose labels match, instead of names
     #[arg(short = 'l', long, value_name = "SELECTOR")]
     pub selector: Option<String>,
 
-    /// Every deployment in the namespace
+    /// Every object of the type (deployments: in the namespace)
     #[arg(long)]
     pub all: bool,
 

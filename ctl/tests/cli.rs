@@ -385,6 +385,15 @@ impl Control for FakeController {
         ))
     }
 
+    async fn change_node_meta(
+        &self,
+        _: Request<pb::ChangeNodeMetaRequest>,
+    ) -> Result<Response<pb::ChangeNodeMetaResponse>, Status> {
+        Err(Status::unimplemented(
+            "this test server keeps no nodes' metadata; the end-to-end suites label real nodes",
+        ))
+    }
+
     type WatchChangesStream = ChangeStream;
 
     async fn watch_changes(
@@ -1017,6 +1026,7 @@ fn node(name: &str, labels: &[(&str, &str)]) -> pb::Node {
         runtime: "process".into(),
         agent_version: "0.1.0".into(),
         registered_unix_ms: twenty_minutes_ago(),
+        ..Default::default()
     }
 }
 

@@ -82,7 +82,7 @@ fn replica_processes(dir: &Path, deployment: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_waits_selects_and_reads_fields_without_tables() {
-    let c = Cluster::with_agents(1, "process", &["n1", "n2"])
+    let mut c = Cluster::with_agents(1, "process", &["n1", "n2"])
         .await
         .expect("cluster");
     let ctl = c.ctl();
@@ -268,6 +268,60 @@ async fn a_script_waits_selects_and_reads_fields_without_tables() {
         Vec::<String>::new(),
         "wait --for=delete returned while replicas still ran (see the delete check above)"
     );
+
+    // Nodes: an admin's labels select nodes and place replicas, and outlive
+    // the agent's restart; annotations show in -o jsonpath.
+    let out = ctl.run(&["label", "node", "n1", "zone=a"]);
+    assert_eq!(ok(&out), "node/n1 labeled\n");
+    let out = ctl.run(&["annotate", "nodes", "--all", "owner=ops", "-o", "name"]);
+    assert_eq!(ok(&out), "node/n1\nnode/n2\n");
+    let out = ctl.run(&["label", "node", "n1", "zone=b"]);
+    assert_eq!(
+        err(&out),
+        "error: label \"zone\" already has a value (a), and --overwrite is false\n"
+    );
+    c.restart_agent(0, &["--cpu", "4", "--memory", "4Gi"])
+        .expect("restart n1's agent");
+    let out = ctl.run(&["wait", "node/n1", "--for=condition=Ready", "--timeout=60s"]);
+    ok(&out);
+    let out = ctl.run(&["get", "nodes", "-l", "zone=a", "-o", "name"]);
+    assert_eq!(
+        ok(&out),
+        "node/n1\n",
+        "the label outlived the agent's restart"
+    );
+    let owner = ctl.run(&[
+        "get",
+        "node",
+        "n2",
+        "-o",
+        "jsonpath={.metadata.annotations.owner}",
+    ]);
+    assert_eq!(ok(&owner), "ops");
+    let pinned = manifest("pinned", 2, "front").replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector:\n        zone: a\n      containers:",
+    );
+    apply(&ctl, &pinned);
+    ok(&ctl.run(&[
+        "wait",
+        "deploy/pinned",
+        "--for=condition=Available",
+        "--timeout=60s",
+    ]));
+    let nodes = ok(&ctl.run(&[
+        "get",
+        "replicas",
+        "-l",
+        "app=pinned",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]));
+    assert_eq!(nodes, "n1 n1");
+    let out = ctl.run(&["label", "node", "n1", "zone-"]);
+    assert_eq!(ok(&out), "node/n1 labeled\n");
+    let out = ctl.run(&["get", "nodes", "-l", "zone", "-o", "name"]);
+    assert_eq!(ok(&out), "");
 }
 
 /// The generation of `web`: it grows with every stored change.
@@ -362,8 +416,6 @@ async fn changes_without_a_file_are_applies_with_revisions_and_lose_nothing() {
         "jsonpath={.metadata.annotations.owner}",
     ]));
     assert_eq!(owner, "team a");
-    let out = ctl.run(&["label", "node", "n1", "zone=a"]);
-    assert!(err(&out).contains("--labels"), "{}", stderr(&out));
 
     // patch: merge and json.
     let out = ctl.run(&["patch", "deploy/web", "-p", r#"{"spec":{"replicas":3}}"#]);

@@ -21,6 +21,7 @@ use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
+use crate::store::node_meta::NodeMetaChange;
 use crate::store::{
     ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, StoredDeployment, Write,
     WriteResult,
@@ -453,11 +454,16 @@ impl pb::control_server::Control for ControlService {
             }
             u.2 += 1;
         }
+        let mut metas = store.node_metas().map_err(store_error)?;
         let nodes = store
             .nodes()
             .map_err(store_error)?
             .into_iter()
             .map(|n| {
+                let annotations = metas
+                    .remove(&n.name)
+                    .map(|m| m.annotations.into_iter().collect())
+                    .unwrap_or_default();
                 let (cpu, mem, count) = usage.get(&n.name).copied().unwrap_or_default();
                 pb::Node {
                     condition: match n.condition {
@@ -476,6 +482,7 @@ impl pb::control_server::Control for ControlService {
                     runtime: n.runtime,
                     agent_version: n.agent_version,
                     registered_unix_ms: n.registered_unix_ms,
+                    annotations,
                     name: n.name,
                 }
             })
@@ -729,6 +736,51 @@ impl pb::control_server::Control for ControlService {
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Changed(n) => {
                 Ok(Response::new(pb::RolloutPauseResponse { changed: n > 0 }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn change_node_meta(
+        &self,
+        request: Request<pb::ChangeNodeMetaRequest>,
+    ) -> Result<Response<pb::ChangeNodeMetaResponse>, Status> {
+        let req = request.into_inner();
+        check_name("node name", &req.node)?;
+        let invalid = |e: String| Status::invalid_argument(e);
+        for key in req
+            .set_labels
+            .keys()
+            .chain(req.remove_labels.iter())
+            .chain(req.set_annotations.keys())
+            .chain(req.remove_annotations.iter())
+        {
+            names::qualified_name(key).map_err(|e| invalid(format!("key {key:?}: {e}")))?;
+        }
+        for (key, value) in &req.set_labels {
+            names::label_value(value)
+                .map_err(|e| invalid(format!("label {key:?} value {value:?}: {e}")))?;
+        }
+        if req.set_labels.is_empty()
+            && req.remove_labels.is_empty()
+            && req.set_annotations.is_empty()
+            && req.remove_annotations.is_empty()
+        {
+            return Err(invalid("no labels or annotations to set or remove".into()));
+        }
+        let command = Command::ChangeNodeMeta {
+            node: req.node,
+            change: NodeMetaChange {
+                set_labels: req.set_labels.into_iter().collect(),
+                remove_labels: req.remove_labels.into_iter().collect(),
+                set_annotations: req.set_annotations.into_iter().collect(),
+                remove_annotations: req.remove_annotations.into_iter().collect(),
+            },
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Changed(n) => {
+                Ok(Response::new(pb::ChangeNodeMetaResponse { changed: n > 0 }))
             }
             other => Err(unexpected(other)),
         }

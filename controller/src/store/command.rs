@@ -73,6 +73,13 @@ pub enum Command {
         expected_generation: u64,
         now_unix_ms: i64,
     },
+    /// `droverctl label|annotate node`: an admin's changes to a node's
+    /// labels and annotations, kept over the agent's own labels.
+    ChangeNodeMeta {
+        node: String,
+        change: super::node_meta::NodeMetaChange,
+        now_unix_ms: i64,
+    },
     /// Delete deployments; with `ignore_not_found` false, one missing name
     /// refuses the whole command.
     Delete {
@@ -297,7 +304,10 @@ impl<'a> View<'a> {
         Ok(())
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    pub(super) fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         match self.writes.get(key) {
             Some(Some(v)) => from_json(key, v).map(Some),
             Some(None) => Ok(None),
@@ -308,7 +318,7 @@ impl<'a> View<'a> {
         }
     }
 
-    fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<(), StoreError> {
+    pub(super) fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<(), StoreError> {
         self.writes.insert(key, Some(to_json(value)?));
         Ok(())
     }
@@ -346,6 +356,9 @@ pub(super) fn execute(
             deployments,
             now_unix_ms,
         } => apply(view, deployments, *now_unix_ms),
+        Command::ChangeNodeMeta { node, change, .. } => {
+            super::node_meta::change(view, node, change)
+        }
         Command::ApplyIf {
             deployment,
             expected_generation,
@@ -636,7 +649,7 @@ fn register_node(
     let existing = view.get::<NodeRecord>(&key)?;
     let record = NodeRecord {
         name: node.name.clone(),
-        labels: node.labels.clone(),
+        labels: super::node_meta::registered_labels(view, &node.name, &node.labels)?,
         capacity: node.capacity,
         address: node.address.clone(),
         runtime: node.runtime.clone(),

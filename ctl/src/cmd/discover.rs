@@ -45,7 +45,7 @@ fn verbs(kind: ResourceKind) -> &'static str {
             "annotate,apply,delete,describe,diff,edit,get,label,patch,rollout,scale,set,wait"
         }
         ResourceKind::Replica => "describe,get,logs,wait",
-        ResourceKind::Node => "cordon,describe,drain,get,uncordon,wait",
+        ResourceKind::Node => "annotate,cordon,describe,drain,get,label,uncordon,wait",
         ResourceKind::Event => "get,watch",
     }
 }

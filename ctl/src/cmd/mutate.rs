@@ -218,13 +218,11 @@ pub async fn label(env: &Env, args: LabelArgs, labels: bool) -> anyhow::Result<(
     let changes = parse_key_changes(&keys, labels)?;
     let selection = Selection::parse(&resources)?;
     if selection.kind == ResourceKind::Node {
-        bail!(
-            "node labels come from each agent's --labels flag (re-sent when it connects); droverctl {verb} changes deployments"
-        );
+        return label_nodes(env, &args, selection.names, &changes, labels).await;
     }
     if selection.kind != ResourceKind::Deployment {
         bail!(
-            "droverctl {verb} works on deployments, not {}",
+            "droverctl {verb} works on deployments and nodes, not {}",
             selection.kind.plural()
         );
     }
@@ -262,6 +260,78 @@ pub async fn label(env: &Env, args: LabelArgs, labels: bool) -> anyhow::Result<(
         })
         .await?;
         print(&done(name, what, changed, &args.output))?;
+    }
+    Ok(())
+}
+
+/// `label|annotate node`: the changes go to the controller as they are
+/// (set these keys, remove those), so concurrent ones compose; `--overwrite`
+/// is checked against the node as read first, as kubectl does.
+async fn label_nodes(
+    env: &Env,
+    args: &LabelArgs,
+    names: Vec<String>,
+    changes: &[KeyChange],
+    labels: bool,
+) -> anyhow::Result<()> {
+    let (what, done_word) = if labels {
+        ("label", "labeled")
+    } else {
+        ("annotation", "annotated")
+    };
+    let selecting = args.selector.is_some() || args.all;
+    let (mut client, _) = env.client()?;
+    let selectors = Selectors::new(ResourceKind::Node, args.selector.as_deref(), None)?;
+    let all = super::get::list_nodes_selected(&mut client, &selectors, None).await?;
+    let targets: Vec<pb::Node> = match (names.is_empty(), selecting) {
+        (false, false) => {
+            let (found, missing) = super::get::pick(all, &names, |n: &pb::Node| &n.name);
+            if let Some(name) = missing.first() {
+                bail!("{}", not_found(ResourceKind::Node, name, ""));
+            }
+            found
+        }
+        (true, true) => all,
+        (true, false) => bail!("name the nodes, or select them with -l or --all"),
+        (false, true) => bail!("give names, -l or --all, one of them"),
+    };
+    for node in &targets {
+        let mut current: std::collections::BTreeMap<String, String> = if labels {
+            node.labels.clone().into_iter().collect()
+        } else {
+            node.annotations.clone().into_iter().collect()
+        };
+        // The rule deployments follow, checked on what was read.
+        change_keys(&mut current, changes, args.overwrite, what)?;
+        let mut request = pb::ChangeNodeMetaRequest {
+            node: node.name.clone(),
+            ..Default::default()
+        };
+        for c in changes {
+            match (c, labels) {
+                (KeyChange::Set(k, v), true) => {
+                    request.set_labels.insert(k.clone(), v.clone());
+                }
+                (KeyChange::Set(k, v), false) => {
+                    request.set_annotations.insert(k.clone(), v.clone());
+                }
+                (KeyChange::Remove(k), true) => request.remove_labels.push(k.clone()),
+                (KeyChange::Remove(k), false) => request.remove_annotations.push(k.clone()),
+            }
+        }
+        let changed = client
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.change_node_meta(request).await }
+            })
+            .await?
+            .changed;
+        let slash = ResourceKind::Node.slash_name(&node.name);
+        print(&match (args.output.is_some(), changed) {
+            (true, _) => format!("{slash}\n"),
+            (false, true) => format!("{slash} {done_word}\n"),
+            (false, false) => format!("{slash} {done_word} (no change)\n"),
+        })?;
     }
     Ok(())
 }
