@@ -1,5 +1,6 @@
 //! Changing a deployment without a file: `label`, `annotate`, `set image`,
-//! `set env`, `patch`, `edit` and `rollout restart`.
+//! `set env`, `patch`, `edit` and `rollout restart` (and `label|annotate
+//! node`, which sends only its changes: see `label_nodes`).
 //!
 //! ```text
 //!  GetDeployment ─▶ the stored model ─▶ the verb's change ─▶ Apply(YAML, expected_generation)
