@@ -123,7 +123,7 @@ pub enum Command {
     Drain(DrainArgs),
     /// Show what apply would change, as a unified diff (exit 1 when something would)
     Diff(DiffArgs),
-    /// Manage the rollout of a deployment: status, history, undo, pause, resume
+    /// Manage the rollout of a deployment: status, history, undo, pause, resume, restart
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Inspect and change the controllers' raft cluster
