@@ -149,11 +149,17 @@ pub async fn wait_gone(
     let deadline = timeout.0.map(|t| Instant::now() + t);
     let mut changes = Changes::default();
     loop {
+        // One list per namespace, however many deployments were deleted.
         let mut left = Vec::new();
-        for r in deleted {
-            let replicas = list_replicas(client, &r.namespace, &r.name, None).await?;
-            if !replicas.is_empty() {
-                left.push((r.name.clone(), replicas.len()));
+        let namespaces: std::collections::BTreeSet<&str> =
+            deleted.iter().map(|r| r.namespace.as_str()).collect();
+        for ns in namespaces {
+            let replicas = list_replicas(client, ns, "", None).await?;
+            for r in deleted.iter().filter(|r| r.namespace == ns) {
+                let n = replicas.iter().filter(|x| x.deployment == r.name).count();
+                if n > 0 {
+                    left.push((r.name.clone(), n));
+                }
             }
         }
         if left.is_empty() {
