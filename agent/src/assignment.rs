@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use drover_manifest::{Container, PodTemplate};
 use drover_proto::pb;
+use sha2::{Digest, Sha256};
 
 use crate::backoff::BackoffPolicy;
 use crate::error::AgentError;
@@ -22,8 +23,11 @@ pub struct Assignment {
     pub namespace: String,
     pub deployment: String,
     pub slot: u32,
-    /// Hash of the pod template: a different revision means a different spec.
+    /// Short hash of the pod template, as in the replica's name.
     pub revision: String,
+    /// SHA-256 of the template as the controller sent it (hex): the agent
+    /// decides "same spec" on this full hash.
+    pub spec_hash: String,
     pub template: PodTemplate,
     /// Deployment annotations (`drover.io/restart-backoff-*`).
     pub annotations: BTreeMap<String, String>,
@@ -57,12 +61,17 @@ impl Assignment {
                 AgentError::InvalidSpec("the assignment has no replica name".into()),
             ));
         }
+        let spec_hash = Sha256::digest(a.template_json.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(Assignment {
             replica: a.replica,
             namespace: a.namespace,
             deployment: a.deployment,
             slot: a.slot,
             revision: a.revision,
+            spec_hash,
             template,
             annotations: a.annotations.into_iter().collect(),
         })

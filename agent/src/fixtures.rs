@@ -22,6 +22,7 @@ pub fn assignment(replica: &str) -> Assignment {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
         revision: "rev1".into(),
+        spec_hash: String::new(),
         template: PodTemplate {
             metadata: TemplateMeta {
                 labels: BTreeMap::from([("app".to_string(), deployment)]),

@@ -14,16 +14,16 @@
 //! Per replica (assigned ∪ observed ∪ remembered), skipping any replica whose
 //! previous actions are still running (`busy`):
 //!
-//! | assigned | current container        | actions                                 |
-//! |----------|--------------------------|-----------------------------------------|
-//! | yes      | none                     | Start (unless backing off / failed)     |
-//! | yes      | running, unknown to us   | Adopt (same id; never restarted)        |
-//! | yes      | other revision           | Stop, Remove, Start                     |
-//! | yes      | exited, not yet seen     | BackOff (delay from the policy)         |
-//! | yes      | exited, backoff elapsed  | Restart (remove, then start)            |
-//! | yes      | created, never started   | Remove, Start                           |
-//! | no       | any                      | Stop (if running), Remove               |
-//! | no       | none, but remembered     | Forget                                  |
+//! | assigned | current container           | actions                              |
+//! |----------|-----------------------------|--------------------------------------|
+//! | yes      | none                        | Start (unless backing off / failed)  |
+//! | yes      | running, unknown to us      | Adopt (same id; never restarted)     |
+//! | yes      | other revision or spec hash | Stop, Remove, Start                  |
+//! | yes      | exited, not yet seen        | BackOff (delay from the policy)      |
+//! | yes      | exited, backoff elapsed     | Restart (remove, then start)         |
+//! | yes      | created, never started      | Remove, Start                        |
+//! | no       | any                         | Stop (if running), Remove            |
+//! | no       | none, but remembered        | Forget                               |
 //!
 //! A replica has one *current* container (running first, then the newest);
 //! any other container of it is a stray and is stopped and removed. Nothing
@@ -249,7 +249,7 @@ pub fn reconcile(
                     });
                 }
             }
-            (Some(a), Some(c)) if c.revision != a.revision => {
+            (Some(a), Some(c)) if !same_spec(a, c) => {
                 stop_and_remove(&mut actions, c, grace(c));
                 actions.push(Action::Start {
                     replica: name.to_string(),
@@ -324,6 +324,13 @@ fn may_start(a: &Assignment, record: Option<&Record>, now: UnixMs) -> bool {
         }
     }
     r.next_attempt_unix_ms.is_none_or(|t| now >= t)
+}
+
+/// Whether a container runs what the assignment asks: the same revision
+/// and, when the container recorded one, the same full template hash (a
+/// revision is only a short prefix of it).
+fn same_spec(a: &Assignment, c: &Observed) -> bool {
+    c.revision == a.revision && (c.spec_hash.is_empty() || c.spec_hash == a.spec_hash)
 }
 
 fn stop_and_remove(actions: &mut Vec<Action>, c: &Observed, grace: Duration) {
@@ -406,6 +413,7 @@ mod tests {
             namespace: "default".into(),
             deployment: replica.split('-').next().unwrap_or_default().into(),
             revision: "rev1".into(),
+            spec_hash: String::new(),
             container_id: id.into(),
             image: "drover/busybox:1".into(),
             restarts: 0,
@@ -517,6 +525,34 @@ mod tests {
                 container_id: "c1".into()
             }]
         );
+    }
+
+    #[test]
+    fn the_same_short_revision_with_another_full_spec_hash_is_replaced() {
+        let mut set = assigned(&["web-r-0"]);
+        let a = set.get_mut("web-r-0").expect("assignment");
+        a.spec_hash = "a".repeat(64);
+        let decide = |spec_hash: String| {
+            let mut c = running("web-r-0", "c1");
+            c.spec_hash = spec_hash;
+            reconcile(
+                &set,
+                &[c],
+                &records(vec![("web-r-0", known("c1"))]),
+                &none_busy(),
+                NOW,
+            )
+        };
+        let starts = |actions: &[Action]| actions.iter().any(|x| matches!(x, Action::Start { .. }));
+        let actions = decide("b".repeat(64));
+        assert!(
+            starts(&actions),
+            "a collision of the short revision must not keep the old spec: {actions:?}"
+        );
+        // A container from an agent that did not record the hash is judged
+        // by its revision alone (an agent upgrade restarts nothing).
+        assert!(decide(String::new()).is_empty());
+        assert!(decide("a".repeat(64)).is_empty());
     }
 
     #[test]

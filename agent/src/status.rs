@@ -211,6 +211,7 @@ mod tests {
             namespace: "default".into(),
             deployment: "web".into(),
             revision: "rev1".into(),
+            spec_hash: String::new(),
             container_id: "c1".into(),
             image: "drover/busybox:1".into(),
             restarts: 0,

@@ -66,7 +66,10 @@ impl Default for SupervisorConfig {
 }
 
 enum Msg {
-    Assign(Vec<pb::Assignment>),
+    Assign {
+        assignments: Vec<pb::Assignment>,
+        terminating: Vec<String>,
+    },
 }
 
 /// Cloneable access to the supervisor.
@@ -79,8 +82,22 @@ pub struct SupervisorHandle {
 impl SupervisorHandle {
     /// Replace the node's assignments with this full set.
     pub async fn assign(&self, assignments: Vec<pb::Assignment>) -> Result<()> {
+        self.assign_set(assignments, Vec::new()).await
+    }
+
+    /// Replace the node's assignments with this full set; `terminating` are
+    /// replicas the controller waits to hear are gone (each is reported
+    /// GONE once nothing of it is left here, or at once if nothing was).
+    pub async fn assign_set(
+        &self,
+        assignments: Vec<pb::Assignment>,
+        terminating: Vec<String>,
+    ) -> Result<()> {
         self.tx
-            .send(Msg::Assign(assignments))
+            .send(Msg::Assign {
+                assignments,
+                terminating,
+            })
             .await
             .map_err(|_| AgentError::Config("the supervisor has stopped".into()))
     }
@@ -149,6 +166,8 @@ pub struct Supervisor<R: Runtime> {
     assignments: Option<BTreeMap<String, Assignment>>,
     /// Assignments that did not decode, with why.
     invalid: BTreeMap<String, Failure>,
+    /// Replicas the controller waits to hear are gone (see `assign_set`).
+    terminating: std::collections::BTreeSet<String>,
     /// By container id.
     containers: BTreeMap<String, Observed>,
     records: BTreeMap<String, Record>,
@@ -211,6 +230,7 @@ impl<R: Runtime> Supervisor<R> {
             events_open: true,
             assignments: None,
             invalid: BTreeMap::new(),
+            terminating: Default::default(),
             containers,
             records: BTreeMap::new(),
             busy: BTreeMap::new(),
@@ -243,7 +263,10 @@ impl<R: Runtime> Supervisor<R> {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => match msg {
-                    Some(Msg::Assign(set)) => self.assign(set),
+                    Some(Msg::Assign { assignments, terminating }) => {
+                        self.terminating = terminating.into_iter().collect();
+                        self.assign(assignments);
+                    }
                     None => break,
                 },
                 ev = self.events.recv(), if self.events_open => match ev {
@@ -728,6 +751,13 @@ impl<R: Runtime> Supervisor<R> {
             s.reason = f.reason.clone();
             s.message = f.message.clone();
             map.insert(name.clone(), s);
+        }
+        // Nothing of a replica the controller is stopping is left here: say
+        // so (the entry stays while the controller asks, so a reconnect
+        // repeats it).
+        for name in &self.terminating {
+            map.entry(name.clone())
+                .or_insert_with(|| status::gone(name));
         }
         self.statuses.send_if_modified(|old| {
             if **old == map {

@@ -304,6 +304,58 @@ async fn a_cut_stream_reconnects_and_reconciles_to_the_full_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_being_stopped_are_reported_gone_also_ones_never_had() {
+    let mut ctl = FakeController::start().await;
+    let agent = TestAgent::start(vec![ctl.addr.to_string()]).await;
+    let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
+    conn.hello().await;
+    conn.assign(1, vec![sleeper("a-r-0"), sleeper("b-r-0")])
+        .await;
+    let mut view = View::new();
+    view.until(&mut conn, Duration::from_secs(10), |v| {
+        v.state("a-r-0") == Some(ReplicaState::Running)
+            && v.state("b-r-0") == Some(ReplicaState::Running)
+    })
+    .await;
+
+    // The controller removes b (it waits, Terminating, for the agent to say
+    // it is gone) and also waits on a replica this agent never got.
+    conn.assign_set(
+        2,
+        vec![sleeper("a-r-0")],
+        vec!["b-r-0".into(), "never-r-0".into()],
+    )
+    .await;
+    view.until(&mut conn, Duration::from_secs(15), |v| {
+        v.state("b-r-0") == Some(ReplicaState::Gone)
+            && v.state("never-r-0") == Some(ReplicaState::Gone)
+    })
+    .await;
+    let running = agent.running().await;
+    assert_eq!(
+        running.keys().cloned().collect::<Vec<_>>(),
+        vec!["a-r-0".to_string()],
+        "b was stopped and removed, a kept"
+    );
+
+    // A new session while the controller still waits repeats the answer.
+    conn.to_agent
+        .send(Err(tonic::Status::unavailable("leader stepped down")))
+        .await
+        .expect("cut");
+    drop(conn);
+    let mut conn = ctl.next_conn(Duration::from_secs(10)).await;
+    let hello = conn.hello().await;
+    let gone: Vec<&str> = hello
+        .replicas
+        .iter()
+        .filter(|s| s.state() == ReplicaState::Gone)
+        .map(|s| s.replica.as_str())
+        .collect();
+    assert_eq!(gone, ["b-r-0", "never-r-0"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_redirects_the_agent_to_the_leader() {
     let follower = FakeController::start().await;
     let mut leader = FakeController::start().await;

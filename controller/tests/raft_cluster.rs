@@ -257,6 +257,158 @@ async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
     assert_eq!(c.store(lagging).deployments(None).expect("list").len(), 200);
 }
 
+/// The first snapshot sent to the lagging member is lost on the way: the
+/// leader hears of it, sends another, and the member catches up under the
+/// same leader (before, it stayed paused until the leadership changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_snapshot_is_sent_again_without_a_leader_change() {
+    let mut c = TestCluster::start(3, fast_small_log).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let term = c.handle(l).status().await.expect("status").term;
+    let lagging = (l + 1) % 3;
+    c.stop(lagging).await;
+    for i in 0..200 {
+        write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
+    }
+    c.router.lose_snapshots(1);
+    c.boot(lagging, &[]).await;
+    c.converged(&[0, 1, 2]).await;
+    assert_eq!(c.store(lagging).deployments(None).expect("list").len(), 200);
+    let s = c.handle(l).status().await.expect("status");
+    assert!(
+        s.role == "leader" && s.term == term,
+        "same leader, same term: {s:?}"
+    );
+}
+
+/// A member that meets a committed entry written by a newer drover (as an
+/// old member does during a rolling upgrade) stops applying there, says so
+/// in its status, and never skips it: nothing after it is applied either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_from_a_newer_drover_stops_applying_with_a_sentence_never_skips() {
+    let mut c = TestCluster::start(1, fast).await;
+    c.leader(&[0]).await;
+    write_ok(c.handle(0), apply("before", 1)).await;
+    c.stop(0).await;
+
+    // A newer leader's entry, committed, as the log would hold it.
+    let (newer, last) = {
+        let db = drover_controller::fixtures::open_test_db(c.members[0].dir.path(), 8);
+        let store = Store::open(&db).expect("store");
+        let storage = SledStorage::open(&db, Arc::new(Snapshots(store))).expect("storage");
+        let last = storage.last_index_cached();
+        let entry = raft::prelude::Entry {
+            index: last + 1,
+            term: storage.hard_state().term,
+            data: br#"{"format":99,"id":7,"command":{"Future":{}}}"#.to_vec().into(),
+            ..Default::default()
+        };
+        storage.append(&[entry]).expect("append");
+        storage.set_commit(last + 1).expect("commit");
+        db.flush().expect("flush");
+        (last + 1, last)
+    };
+    c.boot(0, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = c.handle(0).status().await.expect("status");
+        if !s.stalled.is_empty() || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        s.stalled
+            .contains(&format!("stopped applying the log at entry {newer}"))
+            && s.stalled.contains("newer drover (command format 99"),
+        "{s:?}"
+    );
+    assert_eq!(s.applied_index, last, "the state stops before the entry");
+
+    // Later writes commit (this member still keeps the log) but are not
+    // applied, and reads are not served from the stale state.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.handle(0).propose(apply("after", 1)),
+    )
+    .await;
+    let names: Vec<String> = c
+        .store(0)
+        .deployments(None)
+        .expect("list")
+        .into_iter()
+        .map(|d| d.deployment.metadata.name)
+        .collect();
+    assert_eq!(names, ["before"]);
+    assert!(c.handle(0).read_barrier().await.is_err());
+}
+
+/// A crash between the two writes of a snapshot install: the store holds
+/// the leader's snapshot, the log still holds this member's own, divergent
+/// and uncommitted entries at and past its index. At start the install is completed, so no entry of the
+/// other history is ever applied on top of the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_store_and_log_of_a_snapshot_install_is_completed_at_start() {
+    use protobuf::Message as _;
+    use raft::prelude::{ConfState, SnapshotMetadata};
+
+    let mut c = TestCluster::start(1, fast).await;
+    c.leader(&[0]).await;
+    for name in ["a", "b", "c"] {
+        write_ok(c.handle(0), apply(name, 1)).await;
+    }
+    c.stop(0).await;
+
+    // The leader's snapshot: another history, holding only deployment "x",
+    // at an index this member's log has, with a newer term.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_db = drover_controller::fixtures::open_test_db(other.path(), 8);
+    let other_store = Store::open(&other_db).expect("store");
+    let Write::Command(x) = apply("x", 1) else {
+        unreachable!("apply() builds a command")
+    };
+    let _ = other_store.apply(1, 1, &x).expect("apply x");
+    let (data, _) = other_store.snapshot_data().expect("snapshot data");
+    {
+        let db = drover_controller::fixtures::open_test_db(c.members[0].dir.path(), 8);
+        let store = Store::open(&db).expect("store");
+        let storage = SledStorage::open(&db, Arc::new(Snapshots(store.clone()))).expect("storage");
+        let last = storage.last_index_cached();
+        // This member's last two entries were never committed (they are the
+        // tail of a history the cluster went past).
+        let mut hs = storage.hard_state();
+        hs.commit = last - 2;
+        storage.set_hard_state(&hs).expect("hard state");
+        let meta = SnapshotMetadata {
+            index: last - 1,
+            term: storage.hard_state().term + 1,
+            conf_state: Some(ConfState {
+                voters: vec![1],
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let meta_bytes = meta.write_to_bytes().expect("meta");
+        // The first of the two writes, then the crash.
+        store
+            .restore(&data, meta.index, meta.term, &meta_bytes)
+            .expect("restore");
+        db.flush().expect("flush");
+    }
+    c.boot(0, &[]).await;
+    c.leader(&[0]).await;
+    write_ok(c.handle(0), apply("after", 1)).await;
+    let names: Vec<String> = c
+        .store(0)
+        .deployments(None)
+        .expect("list")
+        .into_iter()
+        .map(|d| d.deployment.metadata.name)
+        .collect();
+    assert_eq!(names, ["after", "x"], "nothing of the other history");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_restart_from_their_sled_files() {
     let mut c = TestCluster::start(3, fast).await;

@@ -151,3 +151,47 @@ async fn a_second_live_agent_with_the_same_name_is_refused() {
     let nodes = ok(&c.ctl().run(&["get", "nodes"]));
     assert!(nodes.contains("twin") && nodes.contains("Ready"), "{nodes}");
 }
+
+/// A leader change is routine: agents follow the new leader within the node
+/// timeout, so no node is ever marked NotReady and no replica moves or
+/// restarts, kill after kill (the redirect backoff once grew past the node
+/// timeout after a few leader changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_leader_kills_mark_no_node_not_ready() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    for name in ["n1", "n2"] {
+        c.start_agent(name, "process", &[]).expect("agent");
+    }
+    c.wait_nodes_ready(2, T).await.expect("nodes");
+    let mut client = c.client(0).await.expect("client");
+    apply(&mut client, "steady", 2).await.expect("apply");
+    let before = c
+        .wait_for("2 running", T, || c.running_placements("steady", 2))
+        .await
+        .expect("running");
+
+    for kill in 1..=20 {
+        let leader = c.wait_for_leader(T).await.expect("leader");
+        c.kill(leader);
+        c.wait_for_leader(T)
+            .await
+            .unwrap_or_else(|e| panic!("kill {kill}: no new leader: {e}"));
+        c.restart(leader).expect("restart");
+        c.wait_converged(T)
+            .await
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+    }
+
+    let out = ok(&c.ctl().run(&["get", "events", "-o", "json"]));
+    for reason in ["NodeNotReady", "NodeLost"] {
+        assert!(
+            !out.contains(&format!("\"{reason}\"")),
+            "no {reason} event after 20 leader kills:\n{out}"
+        );
+    }
+    let after = c
+        .wait_for("2 running", T, || c.running_placements("steady", 2))
+        .await
+        .expect("running");
+    assert_eq!(after, before, "no replica moved or restarted");
+}

@@ -483,3 +483,165 @@ spec:
         "{replicas}"
     );
 }
+
+/// Recreate with a 30 s grace period and a container that takes 4 s to stop
+/// while it keeps its host port (really bound: the process runtime shares
+/// this machine's network, hence one node): the new revision starts only once
+/// the old replica is gone from its host, and never finds the port taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_starts_nothing_new_until_terminating_replicas_are_gone() {
+    let c = Cluster::with_agents(1, "process", &["n1"])
+        .await
+        .expect("cluster");
+    let slow = |version: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: slow
+spec:
+  replicas: 1
+  strategy:
+    type: Recreate
+  selector:
+    matchLabels:
+      app: slow
+  template:
+    metadata:
+      labels:
+        app: slow
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: main
+        image: drover/busybox:1
+        env:
+        - name: VERSION
+          value: "{version}"
+        command:
+        - sh
+        - -c
+        - |
+          (trap '' TERM; exec busybox httpd -f -p 127.0.0.1:8080) &
+          p=$!
+          trap 'sleep 4; kill -9 $p; exit 0' TERM
+          wait $p; wait $p
+        ports:
+        - containerPort: 8080
+          hostPort: 8080
+"#
+        )
+    };
+    let out = c.ctl().run_with_stdin(
+        &["apply", "-f", "-", "--wait", "--timeout", "60s"],
+        Some(slow("1").as_bytes()),
+    );
+    assert!(out.status.success(), "{}", err(&out));
+    let old: Vec<String> = c
+        .running_replicas("slow", 1)
+        .await
+        .expect("running")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+
+    let out = c
+        .ctl()
+        .run_with_stdin(&["apply", "-f", "-"], Some(slow("2").as_bytes()));
+    assert!(out.status.success(), "{}", err(&out));
+
+    // Sample what the cluster says until the new revision runs: an old
+    // replica is listed until its agent reports it gone from the host, so a
+    // sample with an old replica and a Running new one is two revisions at once.
+    let mut client = c.client(0).await.expect("client");
+    let saw_terminating = Arc::new(AtomicBool::new(false));
+    let new = c
+        .wait_for("the new revision running", Duration::from_secs(90), || {
+            let mut client = client.clone();
+            let old = old.clone();
+            let saw = saw_terminating.clone();
+            async move {
+                let list = client
+                    .list_replicas(pb::ListReplicasRequest {
+                        namespace: "default".into(),
+                        deployment: "slow".into(),
+                        read: None,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner()
+                    .replicas;
+                let state = |r: &pb::Replica| r.status.clone().unwrap_or_default().state();
+                let olds: Vec<&pb::Replica> =
+                    list.iter().filter(|r| old.contains(&r.name)).collect();
+                let running_new: Vec<&pb::Replica> = list
+                    .iter()
+                    .filter(|r| !old.contains(&r.name) && state(r) == pb::ReplicaState::Running)
+                    .collect();
+                if olds
+                    .iter()
+                    .any(|r| state(r) == pb::ReplicaState::Terminating)
+                {
+                    saw.store(true, Ordering::Relaxed);
+                }
+                assert!(
+                    olds.is_empty() || running_new.is_empty(),
+                    "two revisions at once: {list:?}"
+                );
+                if olds.is_empty() && running_new.len() == 1 {
+                    Ok(running_new.into_iter().cloned().collect::<Vec<_>>())
+                } else {
+                    Err(format!("{list:?}"))
+                }
+            }
+        })
+        .await
+        .expect("rollout");
+    assert!(
+        saw_terminating.load(Ordering::Relaxed),
+        "old replicas were listed as Terminating while they stopped"
+    );
+    for r in &new {
+        let s = r.status.clone().unwrap_or_default();
+        assert_eq!(s.restarts, 0, "{} never failed to start: {s:?}", r.name);
+    }
+    let events = client
+        .list_events(pb::ListEventsRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    let at = |reason: &str, names: &[String]| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|e| e.reason == reason && names.contains(&e.name))
+            .map(|e| e.time_unix_ms)
+            .collect()
+    };
+    let new_names: Vec<String> = new.iter().map(|r| r.name.clone()).collect();
+    let stopped = at("Stopped", &old);
+    assert_eq!(
+        stopped.len(),
+        1,
+        "the old replica reported gone: {events:?}"
+    );
+    let last_stop = stopped.into_iter().max().unwrap_or_default();
+    let first_start = at("Scheduled", &new_names)
+        .into_iter()
+        .min()
+        .unwrap_or_default();
+    assert!(
+        first_start >= last_stop,
+        "new replicas were placed only after the old ones were gone: {events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.reason == "Exited" || e.message.contains("PortInUse")),
+        "no replica hit a taken port: {events:?}"
+    );
+}

@@ -546,6 +546,7 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
         (labels::NODE.to_string(), node.to_string()),
         (labels::NAMESPACE.to_string(), assignment.namespace.clone()),
         (labels::REVISION.to_string(), assignment.revision.clone()),
+        (labels::SPEC_HASH.to_string(), assignment.spec_hash.clone()),
         (labels::SLOT.to_string(), assignment.slot.to_string()),
         (labels::RESTARTS.to_string(), restarts.to_string()),
     ]);
@@ -663,6 +664,7 @@ fn observed_from_inspect(c: &ContainerInspectResponse) -> Option<Observed> {
         namespace: label(labels::NAMESPACE),
         deployment: label(labels::DEPLOYMENT),
         revision: label(labels::REVISION),
+        spec_hash: label(labels::SPEC_HASH),
         container_id: c.id.clone().unwrap_or_default(),
         image: config.image.clone().unwrap_or_default(),
         restarts: label(labels::RESTARTS).parse().unwrap_or(0),
@@ -883,13 +885,15 @@ mod tests {
 
     #[test]
     fn labels_name_the_replica_node_and_revision() {
-        let a = fixtures::assignment("web-abc12-0");
+        let mut a = fixtures::assignment("web-abc12-0");
+        a.spec_hash = "5".repeat(64);
         let body = container_body(&a, "n1", 3);
         let l = body.labels.expect("labels");
         assert_eq!(l[labels::REPLICA], "web-abc12-0");
         assert_eq!(l[labels::DEPLOYMENT], "web");
         assert_eq!(l[labels::NODE], "n1");
         assert_eq!(l[labels::REVISION], a.revision);
+        assert_eq!(l[labels::SPEC_HASH], a.spec_hash);
         assert_eq!(l[labels::RESTARTS], "3");
         assert_eq!(body.image.as_deref(), Some("drover/busybox:1"));
         assert_eq!(body.stop_timeout, Some(30), "terminationGracePeriodSeconds");

@@ -51,6 +51,9 @@ pub mod labels {
     pub const NODE: &str = "drover.node";
     pub const NAMESPACE: &str = "drover.namespace";
     pub const REVISION: &str = "drover.revision";
+    /// SHA-256 of the pod template (hex): "same spec" is decided on it, not
+    /// on the short revision in the replica's name.
+    pub const SPEC_HASH: &str = "drover.spec-sha256";
     pub const SLOT: &str = "drover.slot";
     /// How many times the agent had restarted the replica when it made this
     /// container: keeps the RESTARTS count across agent restarts.
@@ -105,6 +108,9 @@ pub struct Observed {
     pub namespace: String,
     pub deployment: String,
     pub revision: String,
+    /// SHA-256 of the pod template it was made from (empty for a container
+    /// made by an agent from before this was recorded).
+    pub spec_hash: String,
     pub container_id: String,
     pub image: String,
     /// The replica's restart count when this container was made.

@@ -63,6 +63,8 @@ struct Entry {
     namespace: String,
     deployment: String,
     revision: String,
+    #[serde(default)]
+    spec_hash: String,
     image: String,
     restarts: u32,
     /// Also the process group id.
@@ -271,6 +273,7 @@ impl Entry {
             namespace: self.namespace.clone(),
             deployment: self.deployment.clone(),
             revision: self.revision.clone(),
+            spec_hash: self.spec_hash.clone(),
             container_id: self.container_id.clone(),
             image: self.image.clone(),
             restarts: self.restarts,
@@ -367,6 +370,7 @@ impl Runtime for ProcessRuntime {
             namespace: assignment.namespace.clone(),
             deployment: assignment.deployment.clone(),
             revision: assignment.revision.clone(),
+            spec_hash: assignment.spec_hash.clone(),
             image: c.image.clone(),
             restarts,
             pid,

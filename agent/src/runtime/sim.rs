@@ -91,6 +91,7 @@ impl Runtime for SimRuntime {
             namespace: a.namespace.clone(),
             deployment: a.deployment.clone(),
             revision: a.revision.clone(),
+            spec_hash: a.spec_hash.clone(),
             container_id: id.clone(),
             image: a.container().image.clone(),
             restarts,

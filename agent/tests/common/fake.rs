@@ -39,11 +39,22 @@ impl Conn {
 
     /// Send a full assignment set.
     pub async fn assign(&self, version: u64, assignments: Vec<pb::Assignment>) {
+        self.assign_set(version, assignments, Vec::new()).await;
+    }
+
+    /// Send a full assignment set naming replicas being stopped.
+    pub async fn assign_set(
+        &self,
+        version: u64,
+        assignments: Vec<pb::Assignment>,
+        terminating: Vec<String>,
+    ) {
         let msg = pb::ControllerMessage {
             kind: Some(pb::controller_message::Kind::Assignments(
                 pb::AssignmentSet {
                     version,
                     assignments,
+                    terminating,
                 },
             )),
         };

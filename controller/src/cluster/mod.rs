@@ -227,6 +227,7 @@ pub(crate) fn member_status(s: &NodeStatus, address: &str, uptime: Duration) -> 
         state_hash: s.state_hash.clone(),
         voter: s.voters.contains(&s.id),
         uptime_ms: uptime.as_millis() as u64,
+        stalled: s.stalled.clone(),
     }
 }
 

@@ -15,7 +15,8 @@ pub fn observed_from_pb(s: &pb::ReplicaStatus) -> Option<(ObjectRef, ReplicaObse
         ReplicaState::Running => ReplicaPhase::Running,
         ReplicaState::CrashLoopBackOff => ReplicaPhase::CrashLoopBackOff,
         ReplicaState::Failed => ReplicaPhase::Failed,
-        ReplicaState::Terminating | ReplicaState::Gone => ReplicaPhase::Terminating,
+        ReplicaState::Terminating => ReplicaPhase::Terminating,
+        ReplicaState::Gone => ReplicaPhase::Gone,
         ReplicaState::Pending | ReplicaState::Unspecified => ReplicaPhase::Pending,
     };
     Some((
@@ -43,16 +44,19 @@ pub fn observed_from_pb(s: &pb::ReplicaStatus) -> Option<(ObjectRef, ReplicaObse
 }
 
 /// A stored replica's last report from its current node, in wire form
-/// (Pending when its node has not reported yet).
+/// (Pending when its node has not reported yet; Terminating from the moment
+/// it was removed from its deployment until its node reports it gone).
 pub fn observed_to_pb(r: &ReplicaRecord) -> pb::ReplicaStatus {
     let none = ReplicaObserved::default();
     let o = r.current_status().unwrap_or(&none);
     let state = match o.phase {
+        _ if r.is_terminating() => ReplicaState::Terminating,
         ReplicaPhase::Pending => ReplicaState::Pending,
         ReplicaPhase::Running => ReplicaState::Running,
         ReplicaPhase::CrashLoopBackOff => ReplicaState::CrashLoopBackOff,
         ReplicaPhase::Failed => ReplicaState::Failed,
         ReplicaPhase::Terminating => ReplicaState::Terminating,
+        ReplicaPhase::Gone => ReplicaState::Gone,
     };
     pb::ReplicaStatus {
         replica: r.agent_id(),

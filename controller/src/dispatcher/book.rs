@@ -17,14 +17,25 @@ use crate::store::{revision, Store, StoreError, StoredDeployment};
 /// Annotations of a deployment that agents act on.
 const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
 
-/// Node name → its assignments, sorted by replica id.
+/// What one node must run, and the replicas it must confirm gone.
+#[derive(Debug, Default, PartialEq)]
+pub struct NodeSet {
+    /// Sorted by replica id.
+    pub assignments: Vec<pb::Assignment>,
+    /// Agent ids of the replicas bound here that are terminating, sorted:
+    /// the agent stops them (they are not assigned) and reports each one
+    /// gone, also one it never had.
+    pub terminating: Vec<String>,
+}
+
+/// Node name → its set.
 #[derive(Debug, Default)]
 pub struct Assignments {
-    by_node: HashMap<String, Arc<Vec<pb::Assignment>>>,
+    by_node: HashMap<String, Arc<NodeSet>>,
 }
 
 impl Assignments {
-    pub fn for_node(&self, node: &str) -> Arc<Vec<pb::Assignment>> {
+    pub fn for_node(&self, node: &str) -> Arc<NodeSet> {
         self.by_node.get(node).cloned().unwrap_or_default()
     }
 
@@ -55,9 +66,17 @@ impl Assignments {
             })
             .collect();
         let mut deployments = deployments;
-        let mut by_node: HashMap<String, Vec<pb::Assignment>> = HashMap::new();
+        let mut by_node: HashMap<String, NodeSet> = HashMap::new();
         for r in store.replicas(None)? {
             let Some(node) = r.node.clone() else { continue };
+            if r.is_terminating() {
+                by_node
+                    .entry(node)
+                    .or_default()
+                    .terminating
+                    .push(r.agent_id());
+                continue;
+            }
             let Some(templates) = deployments.get_mut(&(r.namespace.clone(), r.deployment.clone()))
             else {
                 continue;
@@ -65,24 +84,29 @@ impl Assignments {
             let Some(template) = templates.json(&r.revision) else {
                 continue;
             };
-            by_node.entry(node).or_default().push(pb::Assignment {
-                replica: r.agent_id(),
-                namespace: r.namespace.clone(),
-                deployment: r.deployment.clone(),
-                slot: r.slot,
-                revision: r.revision.clone(),
-                template_json: template,
-                annotations: templates.annotations.clone(),
-            });
+            by_node
+                .entry(node)
+                .or_default()
+                .assignments
+                .push(pb::Assignment {
+                    replica: r.agent_id(),
+                    namespace: r.namespace.clone(),
+                    deployment: r.deployment.clone(),
+                    slot: r.slot,
+                    revision: r.revision.clone(),
+                    template_json: template,
+                    annotations: templates.annotations.clone(),
+                });
         }
         let by_node = by_node
             .into_iter()
-            .map(|(node, mut list)| {
-                list.sort_by(|a, b| a.replica.cmp(&b.replica));
+            .map(|(node, mut set)| {
+                set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
+                set.terminating.sort();
                 // Keep the old Arc when nothing changed, so sessions compare cheaply.
                 let shared = match previous.by_node.get(&node) {
-                    Some(old) if **old == list => old.clone(),
-                    _ => Arc::new(list),
+                    Some(old) if **old == set => old.clone(),
+                    _ => Arc::new(set),
                 };
                 (node, shared)
             })

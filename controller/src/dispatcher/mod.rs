@@ -40,7 +40,7 @@ use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, NodeRegistration, Resources, Write};
 use pending::Pending;
 
-pub use book::{AssignmentBook, Assignments};
+pub use book::{AssignmentBook, Assignments, NodeSet};
 
 /// How long status reports are collected before one raft entry carries them.
 const STATUS_BATCH: Duration = Duration::from_millis(100);
@@ -277,7 +277,7 @@ impl Dispatcher {
         let mut book = self.book.subscribe();
         let mut leadership = self.cluster.handle.leadership_watch();
         let term = leadership.borrow_and_update().term;
-        let mut sent: Option<Arc<Vec<pb::Assignment>>> = None;
+        let mut sent: Option<Arc<NodeSet>> = None;
         let mut version = 0u64;
         loop {
             // Send the node's full set whenever it differs from what the agent has.
@@ -288,7 +288,8 @@ impl Dispatcher {
                     kind: Some(pb::controller_message::Kind::Assignments(
                         pb::AssignmentSet {
                             version,
-                            assignments: current.as_ref().clone(),
+                            assignments: current.assignments.clone(),
+                            terminating: current.terminating.clone(),
                         },
                     )),
                 };

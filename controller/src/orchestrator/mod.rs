@@ -63,7 +63,9 @@ pub fn reconcile(
     }
     // Whatever is left belongs to deleted deployments.
     for r in by_deployment.into_values().flatten() {
-        plan.remove.push(object_ref(r));
+        if !r.is_terminating() {
+            plan.remove.push(object_ref(r));
+        }
     }
     plan.remove.sort();
     plan
@@ -133,7 +135,7 @@ mod tests {
         assert!(replicas
             .iter()
             .all(|r| r.node.is_none() && r.created_unix_ms == 7));
-        assert_eq!(rev.len(), 5);
+        assert_eq!(rev.len(), 10);
     }
 
     #[test]

@@ -29,7 +29,11 @@
 //! ones, which makes room for more new ones: the rollout advances.
 //!
 //! Recreate removes every old unit first and creates new ones only once no
-//! old replica is left.
+//! old replica is left, terminating ones included.
+//!
+//! A terminating replica (removed, its agent still stopping it) is in no
+//! count and never removed again; it keeps its slot number taken until it
+//! is gone, so a replacement never reuses its name.
 //!
 //! Drain: a unit whose replica sits on a draining node gets a replacement of
 //! the same revision; the old replica is removed once the replacement is
@@ -143,7 +147,9 @@ fn units<'a>(replicas: &[&'a ReplicaRecord], draining: &HashSet<String>) -> Vec<
         .filter_map(|r| r.replaces.as_deref())
         .collect();
     let mut out = Vec::new();
-    for r in replicas {
+    // A terminating replica is on its way out: it counts for nothing but
+    // its slot (see `SlotBook`) and, under Recreate, the wait.
+    for r in replicas.iter().filter(|r| !r.is_terminating()) {
         // A drained replica with a replacement is counted with it.
         if on_draining(r) && replaced.contains(r.name.as_str()) {
             continue;
@@ -244,7 +250,12 @@ pub fn plan(
 
     match &spec.strategy {
         Strategy::Recreate => {
-            if old_units.is_empty() {
+            // As Kubernetes: no new replica starts while an old one still
+            // runs, including one that is being stopped.
+            let old_stopping = replicas
+                .iter()
+                .any(|r| r.is_terminating() && r.revision != current);
+            if old_units.is_empty() && !old_stopping {
                 out.scale_new(&new_units, desired, desired, &current, min_ready);
             } else if !paused {
                 for u in &old_units {
@@ -312,6 +323,7 @@ impl Builder<'_> {
             created_unix_ms: self.now,
             observed: ReplicaObserved::default(),
             replaces,
+            terminating_since_unix_ms: 0,
         });
     }
 
@@ -568,6 +580,65 @@ mod tests {
             self.d.deployment.spec.template.spec.containers[0].image = image.into();
             self.d.rollout = RolloutState::default();
         }
+    }
+
+    /// Apply `actions` as the store does when every replica is bound: the
+    /// removed ones stay, terminating, until `gone` drops them.
+    fn terminate(sim: &mut Sim, actions: &Actions) {
+        for r in &mut sim.replicas {
+            if actions.remove.iter().any(|o| o.name == r.name) {
+                r.terminating_since_unix_ms = sim.now;
+            }
+        }
+    }
+
+    #[test]
+    fn recreate_waits_until_terminating_old_replicas_are_gone() {
+        let mut sim = Sim::settled(stored(3, Rollout::Recreate));
+        sim.change_template("drover/busybox:2");
+        let refs: Vec<&ReplicaRecord> = sim.replicas.iter().collect();
+        let a = plan(&sim.d, &refs, &sim.draining, sim.now);
+        assert_eq!((a.create.len(), a.remove.len()), (0, 3));
+        terminate(&mut sim, &a);
+        let refs: Vec<&ReplicaRecord> = sim.replicas.iter().collect();
+        let a = plan(&sim.d, &refs, &sim.draining, sim.now);
+        assert!(
+            a.create.is_empty() && a.remove.is_empty(),
+            "nothing new while old ones are stopping, nothing removed twice: {a:?}"
+        );
+        assert_eq!(
+            sim.counts().total,
+            0,
+            "terminating replicas count for nothing"
+        );
+        sim.replicas.truncate(2);
+        let refs: Vec<&ReplicaRecord> = sim.replicas.iter().collect();
+        assert!(plan(&sim.d, &refs, &sim.draining, sim.now)
+            .create
+            .is_empty());
+        sim.replicas.clear();
+        let a = sim.step();
+        assert_eq!(a.create.len(), 3, "all gone: the new revision starts");
+    }
+
+    #[test]
+    fn a_terminating_replica_keeps_its_slot_so_a_new_one_never_takes_its_name() {
+        let mut sim = Sim::settled(stored(
+            3,
+            rolling(IntOrPercent::Int(1), IntOrPercent::Int(0)),
+        ));
+        sim.d.deployment.spec.replicas = 2;
+        let refs: Vec<&ReplicaRecord> = sim.replicas.iter().collect();
+        let a = plan(&sim.d, &refs, &sim.draining, sim.now);
+        assert_eq!(a.remove.len(), 1);
+        let stopping = a.remove[0].name.clone();
+        terminate(&mut sim, &a);
+        sim.d.deployment.spec.replicas = 3;
+        let refs: Vec<&ReplicaRecord> = sim.replicas.iter().collect();
+        let a = plan(&sim.d, &refs, &sim.draining, sim.now);
+        assert_eq!(a.create.len(), 1, "scaled back up at once");
+        assert_ne!(a.create[0].name, stopping);
+        assert_eq!(a.create[0].slot, 3);
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct NodeStatus {
     pub state_hash: String,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Why this member stopped applying the log (empty: it applies).
+    pub stalled: String,
 }
 
 /// The leadership view published on every change.
@@ -264,11 +266,36 @@ impl Handle {
     }
 }
 
-/// Entry payload of a normal (command) entry.
+/// Entry payload of a normal (command) entry. A field this controller does
+/// not know means a newer writer: refused, never ignored.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Proposal {
+    /// The command format this entry was written in ([`COMMAND_FORMAT`]).
+    #[serde(default = "first_format")]
+    format: u32,
     id: u64,
     command: Command,
+}
+
+/// The format of the commands this controller writes, and the newest it can
+/// apply. Bump it with every change to [`Command`] (or the types inside it)
+/// that an older controller would not apply exactly as this one does: an
+/// older member then stops applying at the first newer entry, with a
+/// sentence in `cluster status`, instead of skipping or misreading it.
+/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21).
+pub const COMMAND_FORMAT: u32 = 3;
+
+/// Entries written before formats were numbered.
+fn first_format() -> u32 {
+    1
+}
+
+/// Only the format number of an entry, readable whatever the rest holds.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default = "first_format")]
+    format: u32,
 }
 
 /// Context of a configuration-change entry.
@@ -276,6 +303,27 @@ struct Proposal {
 struct ConfContext {
     id: u64,
     member: Option<Member>,
+}
+
+/// Where and why applying stopped.
+struct Stall {
+    index: u64,
+    reason: String,
+}
+
+/// A normal entry's proposal, or why this controller cannot apply it.
+fn decode_proposal(data: &[u8]) -> Result<Proposal, String> {
+    let format = serde_json::from_slice::<Envelope>(data)
+        .map_err(|e| format!("it is not a drover command ({e})"))?
+        .format;
+    if format > COMMAND_FORMAT {
+        return Err(format!(
+            "it was written by a newer drover (command format {format}; this controller \
+             applies up to {COMMAND_FORMAT})"
+        ));
+    }
+    serde_json::from_slice::<Proposal>(data)
+        .map_err(|e| format!("its command cannot be decoded ({e})"))
 }
 
 struct PendingWrite {
@@ -298,6 +346,9 @@ pub struct Node {
     inbox: mpsc::Receiver<Msg>,
     leadership: watch::Sender<Leadership>,
     applied: watch::Sender<u64>,
+    /// Set when a committed entry could not be applied: why. Nothing after
+    /// it is applied until this controller is upgraded and restarted.
+    stalled: Option<Stall>,
     /// Proposals waiting for their log index to apply, by index.
     writes: HashMap<u64, PendingWrite>,
     /// ReadIndex requests waiting for the leader's answer, by request context.
@@ -350,6 +401,7 @@ impl Node {
             inbox,
             leadership,
             applied: applied_tx,
+            stalled: None,
             writes: HashMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -444,7 +496,11 @@ impl Node {
         }
         let id = rand::random::<u64>();
         let result = match write {
-            Write::Command(command) => match serde_json::to_vec(&Proposal { id, command }) {
+            Write::Command(command) => match serde_json::to_vec(&Proposal {
+                format: COMMAND_FORMAT,
+                id,
+                command,
+            }) {
                 Ok(data) => self.raw.propose(vec![], data).map_err(proposal_error),
                 Err(e) => Err(NodeError::Refused(e.to_string())),
             },
@@ -571,7 +627,7 @@ impl Node {
             term: r.term,
             leader_id: r.leader_id,
             commit_index: r.raft_log.committed,
-            applied_index: r.raft_log.applied,
+            applied_index: self.applied_index(),
             last_index: r.raft_log.last_index(),
             snapshot_index: store.snapshot_index(),
             state_hash: self
@@ -580,6 +636,20 @@ impl Node {
                 .unwrap_or_else(|e| format!("error: {e}")),
             voters: conf.voters,
             learners: conf.learners,
+            stalled: self
+                .stalled
+                .as_ref()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The last entry the state machine holds: raft's applied index, or the
+    /// one before a stall (raft moves on; the state does not).
+    fn applied_index(&self) -> u64 {
+        match &self.stalled {
+            Some(s) => s.index - 1,
+            None => self.raw.raft.raft_log.applied,
         }
     }
 
@@ -655,8 +725,9 @@ impl Node {
         self.transport.send(light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.raw.advance_apply();
+        let applied = self.applied_index();
         self.applied.send_if_modified(|a| {
-            let now = self.raw.raft.raft_log.applied;
+            let now = applied;
             let changed = *a != now;
             *a = now;
             changed
@@ -722,6 +793,9 @@ impl Node {
 
     fn apply_committed(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
         for entry in entries {
+            if self.stalled.is_some() {
+                return Ok(());
+            }
             match entry.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(&entry)?,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -739,20 +813,28 @@ impl Node {
             self.finish(entry.index, None, Ok(WriteResult::MembershipChanged));
             return Ok(());
         }
-        match serde_json::from_slice::<Proposal>(&entry.data) {
+        match decode_proposal(&entry.data) {
             Ok(p) => {
                 let result = self.store.apply(entry.index, entry.term, &p.command)?;
                 self.finish(entry.index, Some(p.id), result);
             }
-            Err(e) => {
-                // Only controllers write entries, so this is a version mismatch
-                // or a bug. Skip it the same way on every member.
-                error!(index = entry.index, error = %e, "skipping an undecodable log entry");
-                self.store.apply_nothing(entry.index, entry.term)?;
-                self.finish(entry.index, None, Ok(WriteResult::MembershipChanged));
-            }
+            Err(why) => self.stall(entry.index, why),
         }
         Ok(())
+    }
+
+    /// Stop applying at `index`: skipping the entry would make this member's
+    /// state differ from the others' for good. Raft goes on (this member
+    /// still stores the log and votes); reads here wait, and the entry is
+    /// applied after an upgrade and restart.
+    fn stall(&mut self, index: u64, why: String) {
+        let reason = format!(
+            "stopped applying the log at entry {index}: {why}; upgrade this controller \
+             (it applies from there after a restart)"
+        );
+        error!(index, "{reason}");
+        self.finish_with(index, None, Err(NodeError::Refused(reason.clone())));
+        self.stalled = Some(Stall { index, reason });
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> anyhow::Result<()> {
@@ -765,8 +847,10 @@ impl Node {
         let cc = match cc {
             Ok(cc) => cc,
             Err(e) => {
-                error!(index = entry.index, error = %e, "skipping an undecodable configuration change");
-                self.store.apply_nothing(entry.index, entry.term)?;
+                self.stall(
+                    entry.index,
+                    format!("its configuration change cannot be decoded ({e})"),
+                );
                 return Ok(());
             }
         };
@@ -846,7 +930,7 @@ impl Node {
     }
 
     fn serve_ready_reads(&mut self) {
-        let applied = self.raw.raft.raft_log.applied;
+        let applied = self.applied_index();
         let mut waiting = Vec::new();
         for (index, read) in self.ready_reads.drain(..) {
             if index <= applied {
@@ -863,7 +947,7 @@ impl Node {
     /// whole database is flushed first so the state machine on disk is past
     /// every entry removed (a crash must never need a compacted entry).
     async fn maybe_compact(&mut self) -> anyhow::Result<()> {
-        let applied = self.raw.raft.raft_log.applied;
+        let applied = self.applied_index();
         let first = self.raw.store().first_index_cached();
         if applied < first + self.cfg.snapshot_interval + self.cfg.trailing_entries {
             return Ok(());
@@ -881,14 +965,24 @@ impl Node {
 /// - entries were applied before the hard state carrying their commit index
 ///   reached disk (raft-rs#392).
 fn repair_after_crash(storage: &SledStorage, store: &Store, applied: u64) -> anyhow::Result<()> {
-    if applied > storage.last_index()? {
-        if let Some(meta) = store.snapshot_meta()? {
-            let meta = SnapshotMetadata::parse_from_bytes(&meta)?;
-            if meta.index == applied {
-                let mut snap = Snapshot::default();
-                snap.set_metadata(meta);
-                storage.apply_snapshot(&snap)?;
-            }
+    if let Some(meta) = store.snapshot_meta()? {
+        let meta = SnapshotMetadata::parse_from_bytes(&meta)?;
+        // The store holds exactly an installed snapshot that the log does not
+        // reflect: the log is behind it, or holds another history at its
+        // index (a follower's divergent tail). Raising the commit index over
+        // such a log would mark entries committed that the cluster never
+        // committed; install the snapshot into the log first, as the crash
+        // interrupted.
+        let in_log = storage.term(meta.index).is_ok_and(|t| t == meta.term);
+        if meta.index == applied && meta.index > storage.snapshot_index() && !in_log {
+            warn!(
+                index = meta.index,
+                term = meta.term,
+                "completing a snapshot install a crash interrupted"
+            );
+            let mut snap = Snapshot::default();
+            snap.set_metadata(meta);
+            storage.apply_snapshot(&snap)?;
         }
     }
     storage.repair_commit(applied)?;
@@ -907,6 +1001,38 @@ fn role_name(role: StateRole) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_decode_by_format_and_newer_or_unknown_ones_are_refused_with_why() {
+        let scale = r#"{"Scale":{"target":{"namespace":"default","name":"web"},"replicas":2,"now_unix_ms":1}}"#;
+        let unnumbered = format!(r#"{{"id":1,"command":{scale}}}"#);
+        assert_eq!(
+            decode_proposal(unnumbered.as_bytes()).map(|p| p.format),
+            Ok(1),
+            "entries from before formats were numbered are format 1"
+        );
+        let current = format!(r#"{{"format":{COMMAND_FORMAT},"id":1,"command":{scale}}}"#);
+        assert!(decode_proposal(current.as_bytes()).is_ok());
+
+        let newer = format!(
+            r#"{{"format":{},"id":1,"command":{scale}}}"#,
+            COMMAND_FORMAT + 1
+        );
+        let why = decode_proposal(newer.as_bytes()).err().unwrap_or_default();
+        assert!(why.contains("written by a newer drover"), "{why}");
+
+        let unknown_field = r#"{"format":2,"id":1,"command":{"Scale":{"target":{"namespace":"default","name":"web"},"replicas":2,"now_unix_ms":1,"surge":3}}}"#;
+        let why = decode_proposal(unknown_field.as_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            why.contains("cannot be decoded") && why.contains("surge"),
+            "{why}"
+        );
+
+        let why = decode_proposal(b"\x00garbage").err().unwrap_or_default();
+        assert!(why.contains("not a drover command"), "{why}");
+    }
 
     #[test]
     fn a_dropped_proposal_is_retryable_and_other_refusals_are_not() {

@@ -7,8 +7,9 @@
 //!
 //! Raft tolerates lost, duplicated and reordered messages, so the transport
 //! never blocks the node: a full queue or a failed call drops messages. The
-//! one thing the node must hear about is the fate of a snapshot it sent, so the
-//! sender reports `ReportSnapshot` back; an unreachable peer is reported too.
+//! one thing the node must hear about is the fate of a snapshot it sent, so
+//! every path that loses one (no address, full queue, failed call) reports
+//! `ReportSnapshot` back; an unreachable peer is reported too.
 //! [`MemTransport`] is the in-process implementation for tests, with partitions.
 
 use std::collections::{HashMap, HashSet};
@@ -107,10 +108,13 @@ impl Transport for GrpcTransport {
         for m in msgs {
             let Some(peer) = peers.get(&m.to) else {
                 debug!(to = m.to, "no address for raft peer; dropping message");
+                dropped(&self.node, &m);
                 continue;
             };
-            if peer.queue.try_send(m).is_err() {
+            if let Err(e) = peer.queue.try_send(m) {
                 debug!(to = peer.address, "raft peer queue full; dropping message");
+                let (mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) = e;
+                dropped(&self.node, &m);
             }
         }
     }
@@ -211,11 +215,30 @@ impl PeerSender {
     }
 
     fn report(&self, msg: Msg) {
-        let node = self.node.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = node.as_ref() {
-            h.report(msg);
-        }
+        report(&self.node, msg);
     }
+}
+
+fn report(node: &NodeSlot, msg: Msg) {
+    let node = node.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = node.as_ref() {
+        h.report(msg);
+    }
+}
+
+/// A message that never left: raft must hear of a lost snapshot, or the
+/// follower waits for it (paused) until the leader changes.
+fn dropped(node: &NodeSlot, m: &Message) {
+    if m.get_msg_type() == MessageType::MsgSnapshot {
+        report(
+            node,
+            Msg::ReportSnapshot {
+                to: m.to,
+                ok: false,
+            },
+        );
+    }
+    report(node, Msg::ReportUnreachable { to: m.to });
 }
 
 /// In-process transport for tests: delivers straight into other nodes' inboxes,
@@ -230,6 +253,8 @@ struct MemRouterInner {
     nodes: HashMap<u64, Handle>,
     /// Directed links that drop everything: (from, to).
     cut: HashSet<(u64, u64)>,
+    /// Snapshots still to be lost on their way, as a lossy network would.
+    lose_snapshots: u32,
 }
 
 impl MemRouter {
@@ -253,6 +278,13 @@ impl MemRouter {
         }
     }
 
+    /// Lose the next `n` snapshots sent by anyone (the sender hears of it,
+    /// as from a failed call).
+    pub fn lose_snapshots(&self, n: u32) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.lose_snapshots = n;
+    }
+
     pub fn heal(&self) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.cut.clear();
@@ -274,19 +306,28 @@ struct MemTransport {
 
 impl Transport for MemTransport {
     fn send(&self, msgs: Vec<Message>) {
-        let inner = self.router.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.router.inner.write().unwrap_or_else(|e| e.into_inner());
         for m in msgs {
-            if inner.cut.contains(&(self.from, m.to)) {
-                continue;
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let lost = is_snapshot && inner.lose_snapshots > 0;
+            if lost {
+                inner.lose_snapshots -= 1;
             }
-            if let Some(h) = inner.nodes.get(&m.to) {
-                let to = m.to;
-                let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-                h.step(vec![m]);
+            let reachable = !inner.cut.contains(&(self.from, to)) && !lost;
+            let delivered = match inner.nodes.get(&to) {
+                Some(h) if reachable => {
+                    h.step(vec![m]);
+                    true
+                }
+                _ => false,
+            };
+            if let Some(me) = inner.nodes.get(&self.from) {
                 if is_snapshot {
-                    if let Some(me) = inner.nodes.get(&self.from) {
-                        me.report(Msg::ReportSnapshot { to, ok: true });
-                    }
+                    me.report(Msg::ReportSnapshot { to, ok: delivered });
+                }
+                if !delivered {
+                    me.report(Msg::ReportUnreachable { to });
                 }
             }
         }

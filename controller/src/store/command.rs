@@ -57,8 +57,11 @@ pub struct NodeRegistration {
     pub incarnation: String,
 }
 
-/// A state-machine command, as stored in a raft entry.
+/// A state-machine command, as stored in a raft entry. A change to its shape
+/// that an older controller would not apply exactly the same way bumps
+/// `raft::node::COMMAND_FORMAT`; an unknown field is refused, not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Command {
     /// Create or update deployments, all in one entry (all or nothing).
     Apply {
@@ -734,14 +737,21 @@ fn node_condition(
         let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
             continue;
         };
-        if r.node.as_deref() == Some(name) {
-            // The last report stays, tagged with its node: it counts again
-            // only if the replica is placed back there.
-            r.node = None;
-            view.put(key, &r)?;
-            moved.push(r);
-            changed += 1;
+        if r.node.as_deref() != Some(name) {
+            continue;
         }
+        changed += 1;
+        if r.is_terminating() {
+            // Nobody will report it stopped: the node is lost, and with it
+            // what it held.
+            view.remove(key);
+            continue;
+        }
+        // The last report stays, tagged with its node: it counts again
+        // only if the replica is placed back there.
+        r.node = None;
+        view.put(key, &r)?;
+        moved.push(r);
     }
     view.record(
         now,
@@ -966,14 +976,26 @@ fn reconcile(
     let mut created: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for r in remove {
         let key = replica_key(&r.namespace, &r.name);
-        if let Some(old) = view.get::<ReplicaRecord>(&key)? {
-            view.remove(key);
-            removed
-                .entry((old.namespace, old.deployment))
-                .or_default()
-                .push(old.name);
-            changed += 1;
+        let Some(mut old) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if old.is_terminating() {
+            continue;
         }
+        // A replica no node runs goes at once; one a node runs stays, as
+        // Terminating, holding its node's resources and ports until the
+        // agent reports it stopped and removed (or the node is lost).
+        if old.node.is_some() {
+            old.terminating_since_unix_ms = now.max(1);
+            view.put(key, &old)?;
+        } else {
+            view.remove(key);
+        }
+        removed
+            .entry((old.namespace, old.deployment))
+            .or_default()
+            .push(old.name);
+        changed += 1;
     }
     if !create.is_empty() {
         changed += create_replicas(view, create, &mut created)?;
@@ -1100,6 +1122,23 @@ fn report_status(
             continue;
         };
         if replica.node.as_deref() != Some(node.as_str()) {
+            continue;
+        }
+        if observed.phase == ReplicaPhase::Gone {
+            // Only a replica being stopped may go; an assigned one that its
+            // agent does not have (yet) keeps its last status.
+            if replica.is_terminating() {
+                view.remove(key);
+                view.record(
+                    now,
+                    NewEvent::normal(
+                        "Stopped",
+                        InvolvedObject::replica(&r.namespace, &r.name),
+                        format!("Stopped and removed from node {node}"),
+                    ),
+                );
+                changed += 1;
+            }
             continue;
         }
         let mut observed = observed.clone();

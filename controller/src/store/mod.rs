@@ -99,8 +99,10 @@ pub struct Revision {
     pub change_cause: String,
 }
 
-/// Hex digits of the template hash in replica names.
-const REVISION_LEN: usize = 5;
+/// Hex digits of the template hash in replica names: 40 bits, Kubernetes'
+/// pod-template-hash length (agents decide "same spec" on the full SHA-256
+/// of the template, not on this).
+const REVISION_LEN: usize = 10;
 
 /// A stable short hash of a pod template: the same template gives the same
 /// revision on every controller and across versions of this process.

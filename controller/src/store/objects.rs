@@ -94,6 +94,8 @@ pub enum ReplicaPhase {
     CrashLoopBackOff,
     Failed,
     Terminating,
+    /// Stopped and removed from its node: the agent has nothing left of it.
+    Gone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -143,6 +145,17 @@ pub struct ReplicaRecord {
     /// removed once this one is available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// When the replica was removed from its deployment while its node still
+    /// ran it (0: not terminating). A terminating replica is no longer
+    /// assigned, so its agent stops it, but it still holds its node's
+    /// resources and host ports, and its slot, until the agent reports it
+    /// gone or the node is lost; then the record is deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub terminating_since_unix_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl ReplicaRecord {
@@ -161,10 +174,18 @@ impl ReplicaRecord {
         replica_key(&self.namespace, &self.name)
     }
 
-    /// Running and ready now, as its node last reported.
+    /// Removed from its deployment, waiting for its agent to stop it.
+    pub fn is_terminating(&self) -> bool {
+        self.terminating_since_unix_ms != 0
+    }
+
+    /// Running and ready now, as its node last reported (a terminating
+    /// replica never is: it is being stopped).
     pub fn is_ready(&self) -> bool {
-        self.current_status()
-            .is_some_and(|o| o.ready && o.phase == ReplicaPhase::Running)
+        !self.is_terminating()
+            && self
+                .current_status()
+                .is_some_and(|o| o.ready && o.phase == ReplicaPhase::Running)
     }
 
     /// Ready for at least `min_ready_seconds` at `now` (Kubernetes'

@@ -238,6 +238,7 @@ fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
         created_unix_ms: 1,
         observed: ReplicaObserved::default(),
         replaces: None,
+        terminating_since_unix_ms: 0,
     }
 }
 
@@ -424,6 +425,109 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     let _ = store.apply(10, 1, &down).expect("apply");
     let _ = store.apply(11, 1, &place_web_a0("n2")).expect("apply");
     assert!(get().current_status().is_none());
+}
+
+fn remove_web_a0(now: i64) -> Command {
+    Command::Reconcile {
+        create: vec![],
+        remove: vec![r("web-a-0")],
+        now_unix_ms: now,
+    }
+}
+
+fn report_web_a0(node: &str, phase: ReplicaPhase) -> Command {
+    Command::ReportStatus {
+        reports: vec![(
+            node.into(),
+            r("web-a-0"),
+            ReplicaObserved {
+                phase,
+                ..Default::default()
+            },
+        )],
+        now_unix_ms: 30,
+    }
+}
+
+#[test]
+fn a_removed_replica_a_node_runs_terminates_until_its_agent_reports_it_gone() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
+    let _ = store.apply(4, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(6, 1, &remove_web_a0(20)).expect("apply");
+    let get = || store.replicas(None).expect("list");
+    let kept = get();
+    assert_eq!(kept.len(), 1, "kept while its node stops it");
+    assert!(kept[0].is_terminating());
+    assert_eq!(kept[0].terminating_since_unix_ms, 20);
+    assert_eq!(kept[0].node.as_deref(), Some("n1"), "it still holds n1");
+    assert!(!kept[0].is_ready());
+
+    // Removing it again changes nothing; the slot stays taken.
+    let again = store.apply(7, 1, &remove_web_a0(25)).expect("apply");
+    assert_eq!(again, Ok(WriteResult::Changed(0)));
+    let _ = store.apply(8, 1, &create_web_a0()).expect("apply");
+    assert_eq!(get().len(), 1);
+
+    // Its agent says it is stopping, another node says it is gone: still here.
+    let _ = store
+        .apply(9, 1, &report_web_a0("n1", ReplicaPhase::Terminating))
+        .expect("apply");
+    let _ = store
+        .apply(10, 1, &report_web_a0("n2", ReplicaPhase::Gone))
+        .expect("apply");
+    assert_eq!(get().len(), 1);
+    // Its own agent says it is gone: the record goes, with an event.
+    let _ = store
+        .apply(11, 1, &report_web_a0("n1", ReplicaPhase::Gone))
+        .expect("apply");
+    assert!(get().is_empty());
+    assert!(reasons(&store).contains(&("Stopped".to_string(), "web-a-0".to_string())));
+}
+
+#[test]
+fn a_gone_report_for_an_assigned_replica_changes_nothing() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(4, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store
+        .apply(5, 1, &report_web_a0("n1", ReplicaPhase::Running))
+        .expect("apply");
+    let _ = store
+        .apply(6, 1, &report_web_a0("n1", ReplicaPhase::Gone))
+        .expect("apply");
+    let kept = store.replicas(None).expect("list");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].observed.phase, ReplicaPhase::Running);
+}
+
+#[test]
+fn removing_an_unbound_replica_or_losing_the_node_of_a_terminating_one_deletes_it() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(4, 1, &remove_web_a0(9)).expect("apply");
+    assert!(
+        store.replicas(None).expect("list").is_empty(),
+        "unbound: at once"
+    );
+
+    let _ = store.apply(5, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(6, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(7, 1, &remove_web_a0(9)).expect("apply");
+    assert_eq!(store.replicas(None).expect("list").len(), 1);
+    let down = Command::NodeDown {
+        node: "n1".into(),
+        now_unix_ms: 10,
+    };
+    let _ = store.apply(8, 1, &down).expect("apply");
+    assert!(
+        store.replicas(None).expect("list").is_empty(),
+        "nobody is left to report it gone"
+    );
 }
 
 fn with_image(image: &str, cause: &str) -> Command {

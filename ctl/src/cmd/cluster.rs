@@ -101,6 +101,9 @@ pub fn health(m: &pb::MemberStatus, leader_commit: Option<u64>) -> String {
         };
         return format!("unreachable: {}", why.replace('\n', " "));
     }
+    if !m.stalled.is_empty() {
+        return format!("stalled: {}", m.stalled);
+    }
     match leader_commit {
         Some(commit) if commit.saturating_sub(m.applied_index) > LAG_THRESHOLD => {
             "lagging".to_string()
@@ -156,6 +159,7 @@ pub fn status_json(s: &pb::ClusterStatusResponse) -> serde_json::Value {
                 "stateHash": m.state_hash,
                 "voter": m.voter,
                 "uptimeMs": m.uptime_ms,
+                "stalled": m.stalled,
                 "health": health(m, leader_commit),
             })
         })
