@@ -18,6 +18,7 @@
 //! |----------|-----------------------------|--------------------------------------|
 //! | yes      | none                        | Start (unless backing off / failed)  |
 //! | yes      | running, unknown to us      | Adopt (same id; never restarted)     |
+//! | yes      | running, its liveness kill failed | Stop again                     |
 //! | yes      | other revision or spec hash | Stop, Remove, Start                  |
 //! | yes      | exited, not yet seen        | BackOff (delay from the policy)      |
 //! | yes      | exited, backoff elapsed     | Restart (remove, then start)         |
@@ -265,6 +266,20 @@ pub fn reconcile(
                         container_id: c.container_id.clone(),
                         restarts: c.restarts.max(record.map_or(0, |r| r.restarts)),
                     }),
+                    // Killed for a failed liveness probe, yet running: the
+                    // kill failed. Kill it again (once the retry delay of a
+                    // failed stop has passed: see the check above).
+                    ContainerState::Running
+                        if record
+                            .and_then(|r| r.unhealthy.as_ref())
+                            .is_some_and(|u| u.container_id == c.container_id) =>
+                    {
+                        actions.push(Action::Stop {
+                            replica: name.to_string(),
+                            container_id: c.container_id.clone(),
+                            grace: grace(c),
+                        });
+                    }
                     ContainerState::Running => {}
                     ContainerState::Created => {
                         actions.push(Action::Remove {
@@ -892,6 +907,41 @@ mod tests {
                 replica: "gone-r-0".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_container_whose_liveness_kill_failed_is_killed_again() {
+        let set = assigned(&["web-r-0"]);
+        let mut record = known("c1");
+        record.unhealthy = Some(Unhealthy {
+            container_id: "c1".into(),
+            message: "HTTP probe failed with statuscode: 500".into(),
+        });
+        let actions = reconcile(
+            &set,
+            &[running("web-r-0", "c1")],
+            &records(vec![("web-r-0", record.clone())]),
+            &none_busy(),
+            NOW,
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Stop {
+                replica: "web-r-0".into(),
+                container_id: "c1".into(),
+                grace: Duration::from_secs(30)
+            }]
+        );
+        // Not while the failed kill's retry delay runs.
+        record.retry_io_at = Some(NOW + 1_000);
+        assert!(reconcile(
+            &set,
+            &[running("web-r-0", "c1")],
+            &records(vec![("web-r-0", record)]),
+            &none_busy(),
+            NOW,
+        )
+        .is_empty());
     }
 
     #[test]

@@ -254,10 +254,12 @@ impl<R: Runtime> Supervisor<R> {
         let mut resync = tokio::time::interval(self.cfg.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
+        // The time the last decisions were made at: every deadline after it
+        // gets a wake-up, also one that passed since (it is due at once).
+        let mut decided_at = now_unix_ms();
         loop {
-            let now = now_unix_ms();
-            let wake = reconcile::next_wakeup(&self.records, &self.busy, now).map(|at| {
-                let wait = (at - now).clamp(0, 24 * 3600 * 1000) as u64;
+            let wake = reconcile::next_wakeup(&self.records, &self.busy, decided_at).map(|at| {
+                let wait = (at - now_unix_ms()).clamp(0, 24 * 3600 * 1000) as u64;
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
             tokio::select! {
@@ -288,7 +290,7 @@ impl<R: Runtime> Supervisor<R> {
                 _ = sleep_until(wake) => {}
                 _ = resync.tick() => self.relist(),
             }
-            self.reconcile();
+            decided_at = self.reconcile();
             self.sync_probes();
             self.publish();
         }
@@ -500,15 +502,16 @@ impl<R: Runtime> Supervisor<R> {
         self.touched.retain(|_, e| *e > since_epoch || *e == epoch);
     }
 
-    fn reconcile(&mut self) {
+    /// Decide and start the actions; returns the time decided at.
+    fn reconcile(&mut self) -> UnixMs {
+        let now = now_unix_ms();
         let Some(assignments) = &self.assignments else {
-            return;
+            return now;
         };
         let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let now = now_unix_ms();
         let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
         if actions.is_empty() {
-            return;
+            return now;
         }
         // Group per replica, keeping order: a replica's steps run in sequence
         // in one task, different replicas in parallel.
@@ -604,6 +607,7 @@ impl<R: Runtime> Supervisor<R> {
             let runtime = self.runtime.clone();
             self.tasks.spawn(run_steps(runtime, replica, steps));
         }
+        now
     }
 
     /// Give every running container of an assigned replica its probe

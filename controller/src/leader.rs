@@ -28,7 +28,7 @@ use crate::nodes::{self, Verdict};
 use crate::orchestrator::{self, rollout};
 use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
 use crate::store::{
-    Command, NodeCondition, ObjectRef, ReplicaRecord, Resources, RolloutRecord, Store, StoreError,
+    Booking, Command, NodeCondition, ObjectRef, ReplicaRecord, RolloutRecord, Store, StoreError,
     StoredDeployment, Write,
 };
 
@@ -53,7 +53,11 @@ pub async fn run(cluster: Cluster, cfg: LoopConfig, shutdown: CancellationToken)
         let view = *leadership.borrow_and_update();
         if view.is_leader {
             let token = shutdown.child_token();
-            let task = tokio::spawn(loops(cluster.clone(), cfg.clone(), token.clone()));
+            let leading = Leading {
+                cluster: cluster.clone(),
+                term: view.term,
+            };
+            let task = tokio::spawn(loops(leading, cfg.clone(), token.clone()));
             info!(term = view.term, "leading: control loops started");
             loop {
                 tokio::select! {
@@ -77,7 +81,34 @@ pub async fn run(cluster: Cluster, cfg: LoopConfig, shutdown: CancellationToken)
     }
 }
 
-async fn loops(cluster: Cluster, cfg: LoopConfig, token: CancellationToken) {
+/// The leader loops' way into raft: only as the leader of `term`.
+///
+/// A loop's decisions are made on this leader's view (its heartbeats, its
+/// round's reads); once leadership is lost they must not reach the log, so
+/// they are proposed here only, never forwarded to a new leader or retried
+/// into a later term.
+#[derive(Clone)]
+struct Leading {
+    cluster: Cluster,
+    term: u64,
+}
+
+impl Leading {
+    async fn write(&self, command: Command) -> Result<(), String> {
+        let now = self.cluster.handle.leadership();
+        if !now.is_leader || now.term != self.term {
+            return Err(format!("leadership of term {} lost", self.term));
+        }
+        match self.cluster.handle.propose(Write::Command(command)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
+    let cluster = &leading.cluster;
     let leading_since = Instant::now();
     // The state is current once a ReadIndex round succeeds: the leader has
     // committed an entry of its term and applied everything before it.
@@ -87,11 +118,15 @@ async fn loops(cluster: Cluster, cfg: LoopConfig, token: CancellationToken) {
             r = cluster.read_barrier(None) => if r.is_ok() { break },
         }
     }
-    tokio::spawn(monitor(cluster.clone(), cfg, leading_since, token.clone()));
+    tokio::spawn(monitor(leading.clone(), cfg, leading_since, token.clone()));
     let mut applied = cluster.handle.applied();
     loop {
-        if let Err(e) = round(&cluster).await {
-            warn!(error = %e, "control loop round failed");
+        // A round in flight when leadership is lost is abandoned there.
+        tokio::select! {
+            _ = token.cancelled() => return,
+            r = round(&leading) => if let Err(e) = r {
+                warn!(error = %e, "control loop round failed");
+            },
         }
         tokio::select! {
             _ = token.cancelled() => return,
@@ -104,7 +139,7 @@ async fn loops(cluster: Cluster, cfg: LoopConfig, token: CancellationToken) {
 
 /// The node monitor: turn heartbeat silence into NotReady (and back).
 async fn monitor(
-    cluster: Cluster,
+    leading: Leading,
     cfg: LoopConfig,
     leading_since: Instant,
     token: CancellationToken,
@@ -118,7 +153,7 @@ async fn monitor(
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let observed: Vec<nodes::Observed> = match cluster.store.nodes() {
+        let observed: Vec<nodes::Observed> = match leading.cluster.store.nodes() {
             Ok(list) => list
                 .into_iter()
                 .map(|n| nodes::Observed {
@@ -149,16 +184,20 @@ async fn monitor(
                     }
                 }
             };
-            if let Err(e) = cluster.write(Write::Command(command)).await {
-                warn!(verdict = ?verdict, error = %e.message(), "node monitor could not commit a node condition");
+            let written = tokio::select! {
+                _ = token.cancelled() => return,
+                r = leading.write(command) => r,
+            };
+            if let Err(e) = written {
+                warn!(verdict = ?verdict, error = %e, "node monitor could not commit a node condition");
             }
         }
     }
 }
 
 /// One pass of the orchestrator and then the scheduler.
-async fn round(cluster: &Cluster) -> Result<(), String> {
-    let store = &cluster.store;
+async fn round(leading: &Leading) -> Result<(), String> {
+    let store = &leading.cluster.store;
     let now = now_unix_ms();
     let deployments = store.deployments(None).map_err(|e| e.to_string())?;
     let replicas = store.replicas(None).map_err(|e| e.to_string())?;
@@ -169,7 +208,7 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
         .filter(|n| n.draining)
         .map(|n| n.name)
         .collect();
-    record_progress(cluster, &deployments, &replicas, &draining, now).await?;
+    record_progress(leading, &deployments, &replicas, &draining, now).await?;
     let plan = orchestrator::reconcile(&deployments, &replicas, &draining, now);
     for r in &plan.dropped_without_replacement {
         warn!(replica = %r, "draining: no other node can take this replica; removing it without a replacement");
@@ -180,15 +219,12 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
             remove = plan.remove.len(),
             "orchestrator"
         );
-        let write = Write::Command(Command::Reconcile {
+        let command = Command::Reconcile {
             create: plan.create,
             remove: plan.remove,
             now_unix_ms: now_unix_ms(),
-        });
-        cluster
-            .write(write)
-            .await
-            .map_err(|s| s.message().to_string())?;
+        };
+        leading.write(command).await?;
     }
     let (place, unschedulable) = schedule(store).map_err(|e| e.to_string())?;
     if !place.is_empty() || !unschedulable.is_empty() {
@@ -197,15 +233,12 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
             unschedulable = unschedulable.len(),
             "scheduler"
         );
-        let write = Write::Command(Command::Schedule {
+        let command = Command::Schedule {
             place,
             unschedulable,
             now_unix_ms: now_unix_ms(),
-        });
-        cluster
-            .write(write)
-            .await
-            .map_err(|s| s.message().to_string())?;
+        };
+        leading.write(command).await?;
     }
     Ok(())
 }
@@ -215,7 +248,7 @@ async fn round(cluster: &Cluster) -> Result<(), String> {
 /// failure recorded by an earlier leader whose rollback never committed is
 /// rolled back here too.
 async fn record_progress(
-    cluster: &Cluster,
+    leading: &Leading,
     deployments: &[StoredDeployment],
     replicas: &[ReplicaRecord],
     draining: &HashSet<String>,
@@ -256,17 +289,16 @@ async fn record_progress(
         }
     }
     if !records.is_empty() {
-        cluster
-            .write(Write::Command(Command::RolloutProgress {
+        leading
+            .write(Command::RolloutProgress {
                 records,
                 now_unix_ms: now_unix_ms(),
-            }))
-            .await
-            .map_err(|s| s.message().to_string())?;
+            })
+            .await?;
     }
     for (target, revision, reason) in rollbacks {
         info!(deployment = %target, "rollout failed: rolling back to the previous revision");
-        let write = Write::Command(Command::Undo {
+        let command = Command::Undo {
             target,
             to_revision: None,
             reason: Some(format!(
@@ -274,11 +306,8 @@ async fn record_progress(
                 rollout::AUTO_ROLLBACK_ANNOTATION
             )),
             now_unix_ms: now,
-        });
-        cluster
-            .write(write)
-            .await
-            .map_err(|s| s.message().to_string())?;
+        };
+        leading.write(command).await?;
     }
     Ok(())
 }
@@ -305,37 +334,29 @@ pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
     let mut placed = Vec::new();
     let mut reasons: HashMap<String, (&ReplicaRecord, ObjectRef)> = HashMap::new();
     for r in &replicas {
-        let Some(d) = deployments.get(&(r.namespace.clone(), r.deployment.clone())) else {
+        let d = deployments.get(&(r.namespace.clone(), r.deployment.clone()));
+        // Each replica is placed and booked with its own revision's template
+        // (during a rollout the old replicas still hold the old ports and
+        // requests, not the new ones), as recorded when it was made; a
+        // terminating replica of a deleted deployment holds its node to the end.
+        let pod = d.map(|d| {
+            d.revision_by_hash(&r.revision)
+                .map_or(&d.deployment.spec.template.spec, |rev| &rev.template.spec)
+        });
+        let Some(booking) = r.booking.clone().or_else(|| pod.map(Booking::of)) else {
             continue;
         };
-        // Each replica is placed and booked with its own revision's template:
-        // during a rollout the old replicas still hold the old ports and
-        // requests, not the new ones.
-        let pod = d
-            .revision_by_hash(&r.revision)
-            .map_or(&d.deployment.spec.template.spec, |rev| &rev.template.spec);
-        let requests = pod
-            .containers
-            .iter()
-            .fold(Resources::default(), |acc, c| Resources {
-                cpu_millis: acc.cpu_millis + c.resources.requests.cpu_millis.unwrap_or(0),
-                memory_bytes: acc.memory_bytes + c.resources.requests.memory_bytes.unwrap_or(0),
-            });
-        let host_ports = pod
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter())
-            .filter_map(|p| p.host_port.map(|h| (h, p.protocol)))
-            .collect();
         let deployment = format!("{}/{}", r.namespace, r.deployment);
-        match &r.node {
-            Some(node) => placed.push(Placed {
+        match (&r.node, pod) {
+            (Some(node), _) => placed.push(Placed {
                 node: node.clone(),
                 deployment,
-                requests,
-                host_ports,
+                requests: booking.requests,
+                host_ports: booking.host_ports,
             }),
-            None => {
+            // Replicas of a deleted deployment are not placed.
+            (None, None) => {}
+            (None, Some(pod)) => {
                 let id = r.agent_id();
                 reasons.insert(
                     id.clone(),
@@ -350,9 +371,9 @@ pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
                 pending.push(Pending {
                     replica: id,
                     deployment,
-                    requests,
+                    requests: booking.requests,
                     node_selector: pod.node_selector.clone(),
-                    host_ports,
+                    host_ports: booking.host_ports,
                 });
             }
         }
@@ -376,4 +397,132 @@ pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
         }
     }
     Ok((place, unschedulable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{deployment, open_test_db};
+    use crate::store::{NodeRegistration, ReplicaObserved, ReplicaPhase, Resources};
+    use drover_manifest::{ContainerPort, Protocol};
+
+    struct Db {
+        _dir: tempfile::TempDir,
+        store: Store,
+        index: u64,
+    }
+
+    impl Db {
+        fn new() -> Db {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = open_test_db(dir.path(), 8);
+            let store = Store::open(&db).expect("store");
+            Db {
+                _dir: dir,
+                store,
+                index: 1,
+            }
+        }
+
+        fn apply(&mut self, command: Command) {
+            self.index += 1;
+            let result = self.store.apply(self.index, 1, &command).expect("apply");
+            assert!(result.is_ok(), "{command:?}: {result:?}");
+        }
+
+        /// One orchestrator pass and one scheduler pass, as a leader round.
+        fn round(&mut self) -> Placements {
+            let plan = orchestrator::reconcile(
+                &self.store.deployments(None).expect("deployments"),
+                &self.store.replicas(None).expect("replicas"),
+                &HashSet::new(),
+                10,
+            );
+            self.apply(Command::Reconcile {
+                create: plan.create,
+                remove: plan.remove,
+                now_unix_ms: 10,
+            });
+            let (place, unschedulable) = schedule(&self.store).expect("schedule");
+            self.apply(Command::Schedule {
+                place: place.clone(),
+                unschedulable: unschedulable.clone(),
+                now_unix_ms: 10,
+            });
+            (place, unschedulable)
+        }
+    }
+
+    fn on_host_port(name: &str, port: u16) -> drover_manifest::Deployment {
+        let mut d = deployment(name, 1);
+        d.spec.template.spec.containers[0].ports = vec![ContainerPort {
+            name: None,
+            container_port: port,
+            host_port: Some(port),
+            protocol: Protocol::Tcp,
+        }];
+        d
+    }
+
+    #[test]
+    fn a_terminating_replica_of_a_deleted_deployment_keeps_its_host_port_to_the_end() {
+        let mut db = Db::new();
+        db.apply(Command::RegisterNode {
+            node: NodeRegistration {
+                name: "n1".into(),
+                labels: Default::default(),
+                capacity: Resources {
+                    cpu_millis: 2000,
+                    memory_bytes: 1 << 30,
+                },
+                address: "127.0.0.1:1".into(),
+                runtime: "process".into(),
+                agent_version: "test".into(),
+                incarnation: "i1".into(),
+            },
+            now_unix_ms: 1,
+        });
+        db.apply(Command::Apply {
+            deployments: vec![on_host_port("old", 8080)],
+            now_unix_ms: 1,
+        });
+        let (place, _) = db.round();
+        assert_eq!(place.len(), 1);
+        let old = place[0].0.clone();
+
+        db.apply(Command::Delete {
+            refs: vec![ObjectRef {
+                namespace: "default".into(),
+                name: "old".into(),
+            }],
+            ignore_not_found: false,
+            now_unix_ms: 2,
+        });
+        db.apply(Command::Apply {
+            deployments: vec![on_host_port("new", 8080)],
+            now_unix_ms: 2,
+        });
+        let (place, unschedulable) = db.round();
+        assert!(place.is_empty(), "8080 is still held on n1: {place:?}");
+        assert_eq!(unschedulable.len(), 1);
+        assert!(
+            unschedulable[0].1.contains("free ports"),
+            "{unschedulable:?}"
+        );
+
+        // The agent reports the old replica gone: the port is free.
+        db.apply(Command::ReportStatus {
+            reports: vec![(
+                "n1".into(),
+                old,
+                ReplicaObserved {
+                    phase: ReplicaPhase::Gone,
+                    ..Default::default()
+                },
+            )],
+            now_unix_ms: 3,
+        });
+        let (place, _) = db.round();
+        assert_eq!(place.len(), 1, "placed once the old one is gone");
+    }
 }

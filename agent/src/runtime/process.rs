@@ -420,7 +420,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop(&self, container_id: &str, grace: Duration) -> Result<()> {
-        let pid = {
+        let leader = {
             let entries = self.inner.lock();
             let e = entries
                 .get(container_id)
@@ -430,9 +430,9 @@ impl Runtime for ProcessRuntime {
             if e.exit.is_some() {
                 return Ok(());
             }
-            e.pid
+            (e.pid, e.start_ticks)
         };
-        signal_group(pid, Signal::SIGTERM);
+        signal_group(leader, Signal::SIGTERM);
         if wait_exited(&self.inner, container_id, grace).await {
             return Ok(());
         }
@@ -441,7 +441,7 @@ impl Runtime for ProcessRuntime {
             ?grace,
             "grace period over; killing the process group"
         );
-        signal_group(pid, Signal::SIGKILL);
+        signal_group(leader, Signal::SIGKILL);
         if wait_exited(&self.inner, container_id, KILL_WAIT).await {
             Ok(())
         } else {
@@ -456,10 +456,10 @@ impl Runtime for ProcessRuntime {
         let Some(entry) = self.inner.lock().remove(container_id) else {
             return Ok(());
         };
-        // Safe even after the leader exited: a pid is not reused while a
-        // process group with that id still exists, so this reaches only
-        // stragglers of this container's own group.
-        signal_group(entry.pid, Signal::SIGKILL);
+        // Reaches stragglers of this container's own group even after its
+        // leader exited (a pid is not reused while a group with that id
+        // exists), and nobody else's group (see `signal_group`).
+        signal_group((entry.pid, entry.start_ticks), Signal::SIGKILL);
         let (out, err) = self.inner.log_paths(container_id);
         let _ = std::fs::remove_file(out);
         let _ = std::fs::remove_file(err);
@@ -661,9 +661,24 @@ async fn watch_adopted(inner: Arc<Inner>, container_id: String) {
     }
 }
 
-fn signal_group(pgid: i32, signal: Signal) {
+/// Signal the process group a container's leader `(pid, start_ticks)` made,
+/// if it may still exist. A live process with that pid but another start time
+/// means the pid was reused, which the kernel does only once no group with
+/// that id is left: the container's group is gone, and the one with that id
+/// now is someone else's (a later replica, a daemon) and is left alone.
+fn signal_group((pgid, start_ticks): (i32, u64), signal: Signal) {
     if pgid <= 1 {
         return;
+    }
+    if let Some(s) = stat(pgid) {
+        if start_ticks != 0 && s.start_ticks != start_ticks {
+            debug!(
+                pgid,
+                ?signal,
+                "the container's process group is gone and its id reused; not signalled"
+            );
+            return;
+        }
     }
     if let Err(e) = killpg(Pid::from_raw(pgid), signal) {
         if e != nix::errno::Errno::ESRCH {
@@ -844,6 +859,27 @@ mod tests {
         for t in threads {
             t.join().expect("thread").expect("every write succeeds");
         }
+    }
+
+    #[test]
+    fn a_reused_group_id_is_never_signalled() {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let s = stat(pid).expect("stat");
+        // Recorded with another start time: a container whose group is long
+        // gone, its id now this unrelated group's.
+        signal_group((pid, s.start_ticks + 1), Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(child.try_wait().expect("wait").is_none(), "left alone");
+        // Its own start time: signalled.
+        signal_group((pid, s.start_ticks), Signal::SIGKILL);
+        let status = child.wait().expect("wait");
+        assert!(!status.success());
     }
 
     #[test]

@@ -44,7 +44,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use drover_manifest::{IntOrPercent, Strategy};
 
-use crate::store::{ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
+use crate::store::{Booking, ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
 
 use super::replica_name;
 use crate::store::revision;
@@ -312,6 +312,10 @@ impl Builder<'_> {
     fn create(&mut self, rev: &str, replaces: Option<String>) {
         let meta = &self.d.deployment.metadata;
         let slot = self.slots.take(rev);
+        let pod = self
+            .d
+            .revision_by_hash(rev)
+            .map_or(&self.d.deployment.spec.template.spec, |r| &r.template.spec);
         self.actions.create.push(ReplicaRecord {
             namespace: meta.namespace.clone(),
             name: replica_name(&meta.name, rev, slot),
@@ -324,6 +328,7 @@ impl Builder<'_> {
             observed: ReplicaObserved::default(),
             replaces,
             terminating_since_unix_ms: 0,
+            booking: Some(Booking::of(pod)),
         });
     }
 

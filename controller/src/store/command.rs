@@ -21,8 +21,8 @@ use super::events::{
     event_key, name_list, EventRecord, InvolvedObject, NewEvent, EVENT_PREFIX, RETAINED,
 };
 use super::objects::{
-    node_key, replica_key, token_key, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase,
-    ReplicaRecord, Resources, TokenRecord, REPLICA_PREFIX,
+    node_key, replica_key, token_key, Booking, NodeCondition, NodeRecord, ReplicaObserved,
+    ReplicaPhase, ReplicaRecord, Resources, TokenRecord, REPLICA_PREFIX,
 };
 use super::{
     deploy_key, from_json, revision, to_json, Revision, RolloutState, Store, StoreError,
@@ -1066,14 +1066,31 @@ fn schedule(
     now: i64,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let mut changed = 0;
+    let mut held = if place.is_empty() {
+        BTreeMap::new()
+    } else {
+        held_per_node(view)?
+    };
     for (r, node) in place {
         let key = replica_key(&r.namespace, &r.name);
         let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
             continue;
         };
-        if replica.node.is_some() || view.get::<NodeRecord>(&node_key(node))?.is_none() {
+        let Some(record) = view.get::<NodeRecord>(&node_key(node))? else {
+            continue;
+        };
+        // The scheduler decided on slightly older state: the node may have
+        // gone NotReady or filled up since. Such a placement is skipped (the
+        // next round places the replica again), never over-committed.
+        let booking = replica.booking.clone().unwrap_or_default();
+        let holds = held.entry(node.clone()).or_default();
+        if replica.node.is_some()
+            || record.condition != NodeCondition::Ready
+            || !holds.fits(&booking, &record.capacity)
+        {
             continue;
         }
+        holds.add(&booking);
         replica.node = Some(node.clone());
         replica.pending_reason.clear();
         view.put(key, &replica)?;
@@ -1108,6 +1125,46 @@ fn schedule(
         changed += 1;
     }
     Ok(Ok(WriteResult::Changed(changed)))
+}
+
+/// What the replicas bound to each node hold, as their records say.
+fn held_per_node(view: &View<'_>) -> Result<BTreeMap<String, Held>, StoreError> {
+    let mut held: BTreeMap<String, Held> = BTreeMap::new();
+    for key in view.committed_keys(REPLICA_PREFIX)? {
+        let Some(r) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if let (Some(node), Some(booking)) = (r.node, r.booking) {
+            held.entry(node).or_default().add(&booking);
+        }
+    }
+    Ok(held)
+}
+
+/// Requests and host ports bound to one node.
+#[derive(Default)]
+struct Held {
+    requests: Resources,
+    host_ports: Vec<(u16, drover_manifest::Protocol)>,
+}
+
+impl Held {
+    fn fits(&self, b: &Booking, capacity: &Resources) -> bool {
+        let cpu = self.requests.cpu_millis + b.requests.cpu_millis;
+        let memory = self.requests.memory_bytes + b.requests.memory_bytes;
+        let port_free =
+            |p: &(u16, drover_manifest::Protocol)| p.0 == 0 || !self.host_ports.contains(p);
+        cpu <= capacity.cpu_millis
+            && memory <= capacity.memory_bytes
+            && b.host_ports.iter().all(port_free)
+    }
+
+    fn add(&mut self, b: &Booking) {
+        self.requests.cpu_millis += b.requests.cpu_millis;
+        self.requests.memory_bytes += b.requests.memory_bytes;
+        self.host_ports
+            .extend(b.host_ports.iter().filter(|p| p.0 != 0).copied());
+    }
 }
 
 fn report_status(

@@ -36,7 +36,8 @@ pub use command::{
     WriteResult, CHANGE_CAUSE_ANNOTATION,
 };
 pub use objects::{
-    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,
+    Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
+    TokenRecord,
 };
 
 const APPLIED_KEY: &[u8] = b"meta/applied";

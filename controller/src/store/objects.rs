@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use drover_manifest::{PodSpec, Protocol};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const NODE_PREFIX: &str = "node/";
@@ -53,6 +54,41 @@ pub(crate) fn replica_key(namespace: &str, name: &str) -> String {
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+}
+
+/// What a replica holds on its node: the requests and host ports of its own
+/// revision's template, kept in the record so it is booked right to the end
+/// (a terminating replica of a deleted deployment has no template left).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Booking {
+    pub requests: Resources,
+    /// `(hostPort, protocol)`; port 0 means none and is ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<(u16, Protocol)>,
+}
+
+impl Booking {
+    /// What a replica of `pod` holds: the sum of its containers' requests and
+    /// their host ports.
+    pub fn of(pod: &PodSpec) -> Booking {
+        let requests = pod
+            .containers
+            .iter()
+            .fold(Resources::default(), |acc, c| Resources {
+                cpu_millis: acc.cpu_millis + c.resources.requests.cpu_millis.unwrap_or(0),
+                memory_bytes: acc.memory_bytes + c.resources.requests.memory_bytes.unwrap_or(0),
+            });
+        let host_ports = pod
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .filter_map(|p| p.host_port.map(|h| (h, p.protocol)))
+            .collect();
+        Booking {
+            requests,
+            host_ports,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +188,10 @@ pub struct ReplicaRecord {
     /// gone or the node is lost; then the record is deleted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub terminating_since_unix_ms: i64,
+    /// What it holds on its node (`None` in records from before this was
+    /// kept: its revision's template says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booking: Option<Booking>,
 }
 
 fn is_zero(v: &i64) -> bool {

@@ -239,6 +239,7 @@ fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
         observed: ReplicaObserved::default(),
         replaces: None,
         terminating_since_unix_ms: 0,
+        booking: None,
     }
 }
 
@@ -351,6 +352,79 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
         (rec.observed.phase, rec.observed.reported_unix_ms),
         (ReplicaPhase::Running, 9)
     );
+}
+
+#[test]
+fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
+    use drover_manifest::Protocol;
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
+    // n1 has 2000m and 1 GiB (node_registration): three replicas of 800m,
+    // two of them on host port 8080.
+    let booked = |name: &str, slot: u32, port: u16| {
+        let mut r = replica(name, "web", slot);
+        r.booking = Some(Booking {
+            requests: Resources {
+                cpu_millis: 800,
+                memory_bytes: 1 << 20,
+            },
+            host_ports: vec![(port, Protocol::Tcp)],
+        });
+        r
+    };
+    let create = Command::Reconcile {
+        create: vec![
+            booked("web-a-0", 0, 8080),
+            booked("web-a-1", 1, 8080),
+            booked("web-a-2", 2, 0),
+            booked("web-a-3", 3, 0),
+        ],
+        remove: vec![],
+        now_unix_ms: 0,
+    };
+    let _ = store.apply(4, 1, &create).expect("apply");
+    // Decided on stale state: all four onto n1 in one entry.
+    let place = Command::Schedule {
+        place: (0..4)
+            .map(|i| (r(&format!("web-a-{i}")), "n1".to_string()))
+            .collect(),
+        unschedulable: vec![],
+        now_unix_ms: 5,
+    };
+    let _ = store.apply(5, 1, &place).expect("apply");
+    let on_n1: Vec<String> = store
+        .replicas(None)
+        .expect("list")
+        .into_iter()
+        .filter(|r| r.node.as_deref() == Some("n1"))
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        on_n1,
+        ["web-a-0", "web-a-2"],
+        "web-a-1 wants the taken port 8080, web-a-3 would pass 2000m"
+    );
+
+    // A node that went NotReady after the scheduler looked gets nothing.
+    let down = Command::NodeDown {
+        node: "n2".into(),
+        now_unix_ms: 6,
+    };
+    let _ = store.apply(6, 1, &down).expect("apply");
+    let place = Command::Schedule {
+        place: vec![(r("web-a-1"), "n2".to_string())],
+        unschedulable: vec![],
+        now_unix_ms: 7,
+    };
+    let _ = store.apply(7, 1, &place).expect("apply");
+    let a1 = store
+        .replicas(None)
+        .expect("list")
+        .into_iter()
+        .find(|r| r.name == "web-a-1")
+        .expect("web-a-1");
+    assert_eq!(a1.node, None);
 }
 
 #[test]
