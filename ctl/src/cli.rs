@@ -94,8 +94,25 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Print the output of a replica's container, from the agent that runs it
     Logs(LogsArgs),
-    /// Delete resources by file or by name
+    /// Delete resources by file, name or selector; waits until their replicas are gone
     Delete(DeleteArgs),
+    /// Wait for a condition on resources: condition=..., delete, jsonpath=...
+    Wait(crate::verbs_cli::WaitArgs),
+    /// Update the labels of deployments or nodes (KEY=VALUE to set, KEY- to remove)
+    Label(crate::verbs_cli::LabelArgs),
+    /// Update the annotations of deployments or nodes (KEY=VALUE to set, KEY- to remove)
+    Annotate(crate::verbs_cli::LabelArgs),
+    /// Change a deployment's images or environment without a file
+    #[command(subcommand)]
+    Set(crate::verbs_cli::SetCommand),
+    /// Change a deployment with a JSON merge patch or a JSON patch
+    Patch(crate::verbs_cli::PatchArgs),
+    /// Edit a deployment in $EDITOR (KUBE_EDITOR, EDITOR, else vi) and apply it on save
+    Edit(crate::verbs_cli::EditArgs),
+    /// The resource types droverctl knows: names, short names, namespaced, kind
+    ApiResources(crate::verbs_cli::ApiResourcesArgs),
+    /// The fields of a resource type, from the schema the manifest parser uses
+    Explain(crate::verbs_cli::ExplainArgs),
     /// Set the number of replicas of a deployment
     Scale(ScaleArgs),
     /// Mark a node unschedulable: no new replicas are placed on it
@@ -106,7 +123,7 @@ pub enum Command {
     Drain(DrainArgs),
     /// Show what apply would change, as a unified diff (exit 1 when something would)
     Diff(DiffArgs),
-    /// Manage the rollout of a deployment: status, history, undo, pause, resume
+    /// Manage the rollout of a deployment: status, history, undo, pause, resume, restart
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Inspect and change the controllers' raft cluster
@@ -365,6 +382,10 @@ pub struct ApplyArgs {
     /// With --wait: give up after this long (0 waits forever)
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait, requires = "wait")]
     pub timeout: WaitLimit,
+
+    /// name: print only deployment.apps/NAME per applied deployment
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -380,9 +401,21 @@ pub struct GetArgs {
     #[arg(value_name = "TYPE[/NAME]")]
     pub resources: Vec<String>,
 
-    /// Output format
-    #[arg(short = 'o', long, value_enum)]
+    /// Output format: wide, yaml, json, name, jsonpath=TEMPLATE, custom-columns=HEADER:PATH,...
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = parse_output)]
     pub output: Option<OutputFormat>,
+
+    /// Print tables (default, wide, custom-columns) without their header line
+    #[arg(long)]
+    pub no_headers: bool,
+
+    /// Only objects whose labels match: app=web,tier!=db, env in (a,b), !canary
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Only objects whose fields match: spec.nodeName=n1,status.state=Running
+    #[arg(long, value_name = "SELECTOR")]
+    pub field_selector: Option<String>,
 
     /// List across all namespaces
     #[arg(short = 'A', long)]
@@ -405,12 +438,39 @@ pub struct GetArgs {
     pub for_object: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// `-o`: a table format, an object format, or a kubectl template.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputFormat {
     Wide,
     Yaml,
     Json,
     Name,
+    /// `jsonpath=TEMPLATE` (checked when parsed).
+    JsonPath(String),
+    /// `custom-columns=HEADER:PATH,...` (checked when parsed).
+    CustomColumns(String),
+}
+
+/// `-o wide|yaml|json|name|jsonpath=...|custom-columns=...`.
+pub fn parse_output(s: &str) -> Result<OutputFormat, String> {
+    if let Some(t) = s.strip_prefix("jsonpath=") {
+        crate::output::template::Template::parse(t).map_err(|e| e.to_string())?;
+        return Ok(OutputFormat::JsonPath(t.to_string()));
+    }
+    if let Some(spec) = s.strip_prefix("custom-columns=") {
+        crate::output::template::CustomColumns::parse(spec).map_err(|e| e.to_string())?;
+        return Ok(OutputFormat::CustomColumns(spec.to_string()));
+    }
+    match s {
+        "wide" => Ok(OutputFormat::Wide),
+        "yaml" => Ok(OutputFormat::Yaml),
+        "json" => Ok(OutputFormat::Json),
+        "name" => Ok(OutputFormat::Name),
+        "jsonpath" | "custom-columns" => Err(format!("give -o {s}=... (e.g. -o jsonpath='{{.metadata.name}}')")),
+        _ => Err(format!(
+            "unknown output format {s:?}; use wide, yaml, json, name, jsonpath=TEMPLATE or custom-columns=SPEC"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -458,6 +518,45 @@ pub struct DeleteArgs {
     /// Succeed for names that do not exist
     #[arg(long)]
     pub ignore_not_found: bool,
+
+    /// Delete the deployments whose labels match (e.g. -l app=web)
+    #[arg(
+        short = 'l',
+        long,
+        value_name = "SELECTOR",
+        conflicts_with = "filenames"
+    )]
+    pub selector: Option<String>,
+
+    /// Delete the deployments whose fields match (metadata.name, metadata.namespace)
+    #[arg(long, value_name = "SELECTOR", conflicts_with = "filenames")]
+    pub field_selector: Option<String>,
+
+    /// Delete every deployment in the namespace
+    #[arg(long, conflicts_with = "filenames")]
+    pub all: bool,
+
+    /// Wait until no replica of the deleted deployments is left on any host (default true)
+    #[arg(long, value_name = "true|false", default_value = "true", num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub wait: bool,
+
+    /// Give up waiting after this long (0 waits forever); the deletion goes on
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
+    pub timeout: WaitLimit,
+
+    /// Seconds a replica is given to stop: -1 (the default) uses its template's
+    /// terminationGracePeriodSeconds, the only value drover supports; 0 needs --force
+    #[arg(long, value_name = "SECONDS", default_value_t = -1, allow_negative_numbers = true)]
+    pub grace_period: i64,
+
+    /// Delete at once and do not wait for the replicas to stop (they still stop)
+    #[arg(long)]
+    pub force: bool,
+
+    /// name: print only deployment.apps/NAME per deleted deployment
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -469,6 +568,10 @@ pub struct ScaleArgs {
     /// The new number of replicas
     #[arg(long, value_name = "N")]
     pub replicas: u32,
+
+    /// name: print only deployment.apps/NAME per scaled deployment
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -509,7 +612,7 @@ pub struct DrainArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitLimit(pub Option<Duration>);
 
-fn parse_wait(s: &str) -> Result<WaitLimit, String> {
+pub fn parse_wait(s: &str) -> Result<WaitLimit, String> {
     let d = drover_proto::duration::parse(s)?;
     Ok(WaitLimit((!d.is_zero()).then_some(d)))
 }
@@ -526,6 +629,8 @@ pub enum RolloutCommand {
     Pause(RolloutTarget),
     /// Continue a paused rollout
     Resume(RolloutTarget),
+    /// Replace every replica, as a new revision (kubectl.kubernetes.io/restartedAt)
+    Restart(RolloutTarget),
 }
 
 #[derive(Debug, Args)]
@@ -778,6 +883,78 @@ mod tests {
         assert!(
             Cli::try_parse_from(["droverctl", "apply", "-f", "a", "--timeout", "1m"]).is_err(),
             "--timeout belongs to --wait"
+        );
+    }
+
+    #[test]
+    fn script_verbs_take_kubectl_forms() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parses").command;
+        let Command::Wait(w) = parse(&[
+            "droverctl",
+            "wait",
+            "--for=condition=Available",
+            "deployment/web",
+            "--timeout=60s",
+        ]) else {
+            panic!("not wait")
+        };
+        assert_eq!(w.for_condition, "condition=Available");
+        assert_eq!(w.timeout, Duration::from_secs(60));
+        let Command::Wait(w) = parse(&["droverctl", "wait", "node", "--all", "--for", "delete"])
+        else {
+            panic!("not wait")
+        };
+        assert_eq!((w.all, w.timeout), (true, Duration::from_secs(30)));
+        assert!(Cli::try_parse_from(["droverctl", "wait", "deploy/web"]).is_err());
+
+        let Command::Delete(d) = parse(&["droverctl", "delete", "deploy", "web"]) else {
+            panic!("not delete")
+        };
+        assert!(d.wait, "delete waits by default");
+        assert_eq!(d.grace_period, -1);
+        let Command::Delete(d) = parse(&[
+            "droverctl",
+            "delete",
+            "deploy",
+            "-l",
+            "app=web",
+            "--wait=false",
+            "--grace-period=0",
+            "--force",
+        ]) else {
+            panic!("not delete")
+        };
+        assert!(!d.wait && d.force && d.grace_period == 0);
+        assert_eq!(d.selector.as_deref(), Some("app=web"));
+
+        let Command::Get(g) = parse(&[
+            "droverctl",
+            "get",
+            "deploy",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+            "--no-headers",
+            "-l",
+            "app in (a,b)",
+        ]) else {
+            panic!("not get")
+        };
+        assert_eq!(
+            g.output,
+            Some(OutputFormat::JsonPath("{.items[*].metadata.name}".into()))
+        );
+        assert!(g.no_headers);
+        let bad = Cli::try_parse_from(["droverctl", "get", "deploy", "-o", "jsonpath={.x"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("without its '}'"), "{bad}");
+        let bad = Cli::try_parse_from(["droverctl", "get", "deploy", "-o", "table"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("unknown output format \"table\""), "{bad}");
+        assert_eq!(
+            parse_output("custom-columns=NAME:.metadata.name"),
+            Ok(OutputFormat::CustomColumns("NAME:.metadata.name".into()))
         );
     }
 }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod files;
 pub mod output;
 pub mod resource;
+pub mod verbs_cli;
 
 /// The controllers' client lives in its own crate, shared with the lab.
 pub use drover_client as client;

@@ -8,6 +8,7 @@
 pub mod events;
 pub mod nodes;
 pub mod replicas;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -336,10 +337,119 @@ pub fn kubernetes_object(d: &pb::Deployment, model: &manifest::Deployment) -> Va
                 "readyReplicas": status.ready,
                 "updatedReplicas": status.updated,
                 "availableReplicas": status.available,
+                "conditions": deployment_conditions(&status, model)
+                    .iter()
+                    .map(|c| json!({
+                        "type": c.kind,
+                        "status": c.status,
+                        "reason": c.reason,
+                        "message": c.message,
+                    }))
+                    .collect::<Vec<_>>(),
             }),
         );
     }
     obj
+}
+
+/// One of a deployment's conditions: type, status, reason, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Kubernetes' Available and Progressing conditions, for describe, `-o
+/// yaml|json|jsonpath` and `wait --for=condition=...`. Available: at least
+/// `replicas - maxUnavailable` replicas are available (a percentage rounds
+/// down; Recreate allows none unavailable, as Kubernetes computes it).
+/// Progressing: False once the progress deadline passed, Unknown while
+/// paused, else True.
+pub fn deployment_conditions(
+    status: &pb::DeploymentStatus,
+    model: &manifest::Deployment,
+) -> [Condition; 2] {
+    let desired = model.spec.replicas;
+    let max_unavailable = match &model.spec.strategy {
+        manifest::Strategy::RollingUpdate {
+            max_unavailable, ..
+        } => match max_unavailable {
+            manifest::IntOrPercent::Int(n) => *n,
+            manifest::IntOrPercent::Percent(p) => {
+                u32::try_from(u64::from(desired) * u64::from(*p) / 100).unwrap_or(u32::MAX)
+            }
+        },
+        manifest::Strategy::Recreate => 0,
+    }
+    .min(desired);
+    let minimum = desired - max_unavailable;
+    let available = if status.available >= minimum {
+        Condition {
+            kind: "Available",
+            status: "True",
+            reason: "MinimumReplicasAvailable",
+            message: "Deployment has minimum availability.".to_string(),
+        }
+    } else {
+        Condition {
+            kind: "Available",
+            status: "False",
+            reason: "MinimumReplicasUnavailable",
+            message: format!(
+                "Deployment does not have minimum availability: {} of at least {minimum} replicas available.",
+                status.available
+            ),
+        }
+    };
+    let (progressing, reason, message) = if !status.failed.is_empty() {
+        ("False", "ProgressDeadlineExceeded", status.failed.clone())
+    } else if status.paused {
+        (
+            "Unknown",
+            "DeploymentPaused",
+            "Deployment is paused.".to_string(),
+        )
+    } else if status.complete {
+        (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("Revision {} has successfully progressed.", status.revision),
+        )
+    } else {
+        (
+            "True",
+            "ReplicaSetUpdated",
+            format!("Revision {} is progressing.", status.revision),
+        )
+    };
+    [
+        available,
+        Condition {
+            kind: "Progressing",
+            status: progressing,
+            reason,
+            message,
+        },
+    ]
+}
+
+/// Whether `-o` prints a table (which `--no-headers` shortens).
+pub fn is_table(format: Option<&crate::cli::OutputFormat>) -> bool {
+    use crate::cli::OutputFormat;
+    matches!(
+        format,
+        None | Some(OutputFormat::Wide | OutputFormat::CustomColumns(_))
+    )
+}
+
+/// A table's text without its header line (`--no-headers`).
+pub fn without_header(table: &str) -> String {
+    table
+        .split_once('\n')
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or_default()
 }
 
 /// Several objects in one, as kubectl prints a list.

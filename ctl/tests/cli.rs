@@ -384,7 +384,30 @@ impl Control for FakeController {
             "this test server keeps no events; the end-to-end suites watch real ones",
         ))
     }
+
+    async fn change_node_meta(
+        &self,
+        _: Request<pb::ChangeNodeMetaRequest>,
+    ) -> Result<Response<pb::ChangeNodeMetaResponse>, Status> {
+        Err(Status::unimplemented(
+            "this test server keeps no nodes' metadata; the end-to-end suites label real nodes",
+        ))
+    }
+
+    type WatchChangesStream = ChangeStream;
+
+    async fn watch_changes(
+        &self,
+        _: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        Err(Status::unimplemented(
+            "this test server never changes; the end-to-end suites wait on real clusters",
+        ))
+    }
 }
+
+type ChangeStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Change, Status>> + Send>>;
 
 type EventStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -897,6 +920,65 @@ fn oversized_and_missing_files_are_refused_before_reading() {
     assert_eq!(r.stderr, "error: the path \"nope.yaml\" does not exist\n");
 }
 
+/// The script verbs refuse bad input with one sentence, before any call.
+#[test]
+fn script_verbs_refuse_bad_input_with_one_sentence() {
+    let home = tempfile::tempdir().unwrap();
+    let dead = dead_addr();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["wait", "deploy/web", "--for=ready"],
+            "error: --for=\"ready\" is not condition=NAME[=VALUE], delete or jsonpath={PATH}[=VALUE]\n",
+        ),
+        (
+            &["wait", "deploy", "--for=delete"],
+            "error: name the objects, or select them with -l / --field-selector or --all (e.g. droverctl wait deployment/web --for=condition=Available)\n",
+        ),
+        (
+            &["wait", "events", "--all", "--for=delete"],
+            "error: events cannot be waited for; wait for deployments, replicas or nodes\n",
+        ),
+        (
+            &["get", "replicas", "-l", "app in (a", "--server", &dead],
+            "error: label selector \"app in (a\": a '(' without its ')'\n",
+        ),
+        (
+            &["get", "deploy", "web", "-l", "app=web", "--server", &dead],
+            "error: give names or a selector (-l, --field-selector), not both\n",
+        ),
+        (
+            &["patch", "deploy/web", "--type", "strategic", "-p", "{}", "--server", &dead],
+            "error: --type strategic is not supported: drover has no strategic merge; use --type merge or --type json\n",
+        ),
+        (
+            &["delete", "deploy", "web", "--grace-period=0"],
+            "error: --grace-period=0 needs --force (kubectl's immediate deletion)\n",
+        ),
+        (
+            &["label", "deploy/web", "bad key=x"],
+            "error: invalid label key \"bad key\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName', 'my.name' or '123-abc'), with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')\n",
+        ),
+        (
+            &["set", "image", "deploy/web", "web=Bad Image"],
+            "",
+        ),
+        (
+            &["explain", "replicas"],
+            "",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = droverctl(home.path(), args, None);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert_eq!(r.stdout, "", "{args:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {}", r.stderr);
+        if !want.is_empty() {
+            assert_eq!(r.stderr, *want, "{args:?}");
+        }
+    }
+}
+
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     let home = tempfile::tempdir().unwrap();
@@ -1003,6 +1085,7 @@ fn node(name: &str, labels: &[(&str, &str)]) -> pb::Node {
         runtime: "process".into(),
         agent_version: "0.1.0".into(),
         registered_unix_ms: twenty_minutes_ago(),
+        ..Default::default()
     }
 }
 
@@ -1031,6 +1114,7 @@ fn replica(namespace: &str, name: &str, slot: u32, node: &str, state: ReplicaSta
             "127.0.0.1:7101".into()
         },
         host_ports: vec![8080],
+        labels: Default::default(),
     }
 }
 

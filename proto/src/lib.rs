@@ -4,6 +4,8 @@
 //!   edge: the controller and droverctl convert to their own types.
 //! - [`names`]: the name grammars (DNS-1123 labels and subdomains, label keys
 //!   and values, port, environment variable and header names).
+//! - [`selector`]: label and field selectors (`-l`, `--field-selector`),
+//!   parsed by droverctl and evaluated by the controller.
 //! - [`quantity`]: Kubernetes resource quantities (`500m`, `64Mi`).
 //! - [`image`]: container image references (Docker's grammar).
 //! - [`duration`] and [`timestamp`]: durations and times as people type and
@@ -21,6 +23,7 @@ pub mod duration;
 pub mod image;
 pub mod names;
 pub mod quantity;
+pub mod selector;
 pub mod timestamp;
 
 /// Generated `drover.v1` types, clients and servers.

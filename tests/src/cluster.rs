@@ -536,6 +536,7 @@ impl Cluster {
                 namespace: "default".into(),
                 deployment: deployment.into(),
                 read: None,
+                ..Default::default()
             })
             .await
             .map_err(|e| e.message().to_string())?
@@ -947,6 +948,7 @@ pub async fn names(
         .list_deployments(pb::ListDeploymentsRequest {
             namespace: String::new(),
             read: Some(pb::ReadOptions { stale }),
+            ..Default::default()
         })
         .await?
         .into_inner();

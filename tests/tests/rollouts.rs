@@ -566,6 +566,7 @@ spec:
                         namespace: "default".into(),
                         deployment: "slow".into(),
                         read: None,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|e| e.message().to_string())?

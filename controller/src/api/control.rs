@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use drover_manifest::{self as manifest, ParseOptions};
+use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
 use crate::cluster::wire::observed_to_pb;
@@ -20,6 +21,7 @@ use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::config::validate_address;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
+use crate::store::node_meta::NodeMetaChange;
 use crate::store::{
     ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, StoredDeployment, Write,
     WriteResult,
@@ -30,6 +32,10 @@ pub struct ControlService {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::Change, Status>> + Send>>;
+
+/// The shortest time between two messages of a `WatchChanges` stream.
+const CHANGE_BATCH: Duration = Duration::from_millis(100);
 
 fn event_filter(req: &pb::ListEventsRequest) -> Result<EventFilter, Status> {
     let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -105,6 +111,34 @@ fn deployment_status(
         revisions,
         progress_unix_ms: d.rollout.progress_unix_ms,
     }
+}
+
+/// A List request's selectors, or INVALID_ARGUMENT naming what is wrong.
+fn list_selector(
+    labels: &str,
+    fields: &str,
+    kind: &'static str,
+    supported: &[&str],
+) -> Result<ListSelector, Status> {
+    ListSelector::parse(labels, fields, kind, supported)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A replica's labels: those of the template it runs (its revision's), else
+/// the deployment's current template's.
+fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, String> {
+    let template = d
+        .revisions
+        .iter()
+        .find(|r| r.hash == revision)
+        .map(|r| &r.template)
+        .unwrap_or(&d.deployment.spec.template);
+    template
+        .metadata
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Names of the nodes being drained.
@@ -214,9 +248,23 @@ impl pb::control_server::Control for ControlService {
             }
             return Ok(Response::new(pb::ApplyResponse { results, warnings }));
         }
-        let command = Command::Apply {
-            deployments: parsed.deployments,
-            now_unix_ms: now_unix_ms(),
+        let command = if req.expected_generation > 0 {
+            let [deployment] = <[_; 1]>::try_from(parsed.deployments).map_err(|all| {
+                Status::invalid_argument(format!(
+                    "an apply with an expected generation holds exactly one deployment, not {}",
+                    all.len()
+                ))
+            })?;
+            Command::ApplyIf {
+                deployment: Box::new(deployment),
+                expected_generation: req.expected_generation,
+                now_unix_ms: now_unix_ms(),
+            }
+        } else {
+            Command::Apply {
+                deployments: parsed.deployments,
+                now_unix_ms: now_unix_ms(),
+            }
         };
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Applied(results) => Ok(Response::new(pb::ApplyResponse {
@@ -245,6 +293,12 @@ impl pb::control_server::Control for ControlService {
         if let Some(ns) = namespace {
             check_name("namespace", ns)?;
         }
+        let select = list_selector(
+            &req.label_selector,
+            &req.field_selector,
+            "deployments",
+            selector::DEPLOYMENT_FIELDS,
+        )?;
         let (applied_index, _) = self.cluster.store.applied().map_err(store_error)?;
         let replicas = self
             .cluster
@@ -258,6 +312,10 @@ impl pb::control_server::Control for ControlService {
             .deployments(namespace)
             .map_err(store_error)?
             .iter()
+            .filter(|d| {
+                let m = &d.deployment.metadata;
+                select.deployment(&m.namespace, &m.name, &m.labels)
+            })
             .map(|d| to_pb(d, &replicas, &draining))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
@@ -372,6 +430,12 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let req = request.into_inner();
+        let select = list_selector(
+            &req.label_selector,
+            &req.field_selector,
+            "nodes",
+            selector::NODE_FIELDS,
+        )?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let store = &self.cluster.store;
         let deployments = store.deployments_by_key(None).map_err(store_error)?;
@@ -390,11 +454,16 @@ impl pb::control_server::Control for ControlService {
             }
             u.2 += 1;
         }
+        let mut metas = store.node_metas().map_err(store_error)?;
         let nodes = store
             .nodes()
             .map_err(store_error)?
             .into_iter()
             .map(|n| {
+                let annotations = metas
+                    .remove(&n.name)
+                    .map(|m| m.annotations.into_iter().collect())
+                    .unwrap_or_default();
                 let (cpu, mem, count) = usage.get(&n.name).copied().unwrap_or_default();
                 pb::Node {
                     condition: match n.condition {
@@ -413,9 +482,11 @@ impl pb::control_server::Control for ControlService {
                     runtime: n.runtime,
                     agent_version: n.agent_version,
                     registered_unix_ms: n.registered_unix_ms,
+                    annotations,
                     name: n.name,
                 }
             })
+            .filter(|n| select.node(n))
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
@@ -429,6 +500,12 @@ impl pb::control_server::Control for ControlService {
         if let Some(ns) = namespace {
             check_name("namespace", ns)?;
         }
+        let select = list_selector(
+            &req.label_selector,
+            &req.field_selector,
+            "replicas",
+            selector::REPLICA_FIELDS,
+        )?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let store = &self.cluster.store;
         let addresses: HashMap<String, String> = store
@@ -444,8 +521,11 @@ impl pb::control_server::Control for ControlService {
             .into_iter()
             .filter(|r| req.deployment.is_empty() || r.deployment == req.deployment)
             .map(|r| {
-                let host_ports = deployments
-                    .get(&(r.namespace.clone(), r.deployment.clone()))
+                let deployment = deployments.get(&(r.namespace.clone(), r.deployment.clone()));
+                let labels = deployment
+                    .map(|d| replica_labels(d, &r.revision))
+                    .unwrap_or_default();
+                let host_ports = deployment
                     .map(|d| {
                         d.deployment
                             .spec
@@ -474,8 +554,10 @@ impl pb::control_server::Control for ControlService {
                     pending_reason: r.pending_reason,
                     created_unix_ms: r.created_unix_ms,
                     host_ports,
+                    labels,
                 }
             })
+            .filter(|r| select.replica(r))
             .collect();
         Ok(Response::new(pb::ListReplicasResponse { replicas }))
     }
@@ -557,6 +639,45 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type WatchChangesStream = ChangeStream;
+
+    async fn watch_changes(
+        &self,
+        _request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let mut applied = self.cluster.handle.applied();
+        let store = self.cluster.store.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let applied_index = match store.applied() {
+                    Ok((index, _)) => index,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_error(e))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(pb::Change { applied_index })).await.is_err() {
+                    return;
+                }
+                // Changes in the next 100 ms are one message: a waiting
+                // client reads its objects again at most ten times a second.
+                tokio::select! {
+                    () = tokio::time::sleep(CHANGE_BATCH) => {},
+                    () = tx.closed() => return,
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                        return;
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn drain_node(
         &self,
         request: Request<pb::DrainNodeRequest>,
@@ -615,6 +736,51 @@ impl pb::control_server::Control for ControlService {
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Changed(n) => {
                 Ok(Response::new(pb::RolloutPauseResponse { changed: n > 0 }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn change_node_meta(
+        &self,
+        request: Request<pb::ChangeNodeMetaRequest>,
+    ) -> Result<Response<pb::ChangeNodeMetaResponse>, Status> {
+        let req = request.into_inner();
+        check_name("node name", &req.node)?;
+        let invalid = |e: String| Status::invalid_argument(e);
+        for key in req
+            .set_labels
+            .keys()
+            .chain(req.remove_labels.iter())
+            .chain(req.set_annotations.keys())
+            .chain(req.remove_annotations.iter())
+        {
+            names::qualified_name(key).map_err(|e| invalid(format!("key {key:?}: {e}")))?;
+        }
+        for (key, value) in &req.set_labels {
+            names::label_value(value)
+                .map_err(|e| invalid(format!("label {key:?} value {value:?}: {e}")))?;
+        }
+        if req.set_labels.is_empty()
+            && req.remove_labels.is_empty()
+            && req.set_annotations.is_empty()
+            && req.remove_annotations.is_empty()
+        {
+            return Err(invalid("no labels or annotations to set or remove".into()));
+        }
+        let command = Command::ChangeNodeMeta {
+            node: req.node,
+            change: NodeMetaChange {
+                set_labels: req.set_labels.into_iter().collect(),
+                remove_labels: req.remove_labels.into_iter().collect(),
+                set_annotations: req.set_annotations.into_iter().collect(),
+                remove_annotations: req.remove_annotations.into_iter().collect(),
+            },
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Changed(n) => {
+                Ok(Response::new(pb::ChangeNodeMetaResponse { changed: n > 0 }))
             }
             other => Err(unexpected(other)),
         }

@@ -68,6 +68,21 @@ pub enum Command {
         deployments: Vec<Deployment>,
         now_unix_ms: i64,
     },
+    /// A read-modify-write verb's apply (`set image`, `label`, `patch`,
+    /// `edit`...): refused unless the deployment exists with
+    /// `expected_generation`, so two concurrent edits cannot lose one.
+    ApplyIf {
+        deployment: Box<Deployment>,
+        expected_generation: u64,
+        now_unix_ms: i64,
+    },
+    /// `droverctl label|annotate node`: an admin's changes to a node's
+    /// labels and annotations, kept over the agent's own labels.
+    ChangeNodeMeta {
+        node: String,
+        change: super::node_meta::NodeMetaChange,
+        now_unix_ms: i64,
+    },
     /// Delete deployments; with `ignore_not_found` false, one missing name
     /// refuses the whole command.
     Delete {
@@ -209,6 +224,13 @@ pub enum WriteError {
     NotFound { namespace: String, name: String },
     #[error("node {0:?} not found")]
     NodeNotFound(String),
+    #[error("deployment {name:?} in namespace {namespace:?} was changed meanwhile (generation {actual}, not {expected}); read it again and retry")]
+    Conflict {
+        namespace: String,
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{}", no_revision(.name, .revision))]
     NoRevision { name: String, revision: Option<u64> },
     #[error("join token {0:?} not found (droverctl token list shows them)")]
@@ -285,7 +307,10 @@ impl<'a> View<'a> {
         Ok(())
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    pub(super) fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         match self.writes.get(key) {
             Some(Some(v)) => from_json(key, v).map(Some),
             Some(None) => Ok(None),
@@ -296,7 +321,7 @@ impl<'a> View<'a> {
         }
     }
 
-    fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<(), StoreError> {
+    pub(super) fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<(), StoreError> {
         self.writes.insert(key, Some(to_json(value)?));
         Ok(())
     }
@@ -334,6 +359,32 @@ pub(super) fn execute(
             deployments,
             now_unix_ms,
         } => apply(view, deployments, *now_unix_ms),
+        Command::ChangeNodeMeta { node, change, .. } => {
+            super::node_meta::change(view, node, change)
+        }
+        Command::ApplyIf {
+            deployment,
+            expected_generation,
+            now_unix_ms,
+        } => {
+            let m = &deployment.metadata;
+            let key = deploy_key(&m.namespace, &m.name);
+            let Some(old) = view.get::<StoredDeployment>(&key)? else {
+                return Ok(Err(WriteError::NotFound {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                }));
+            };
+            if old.generation != *expected_generation {
+                return Ok(Err(WriteError::Conflict {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                    expected: *expected_generation,
+                    actual: old.generation,
+                }));
+            }
+            apply(view, std::slice::from_ref(&**deployment), *now_unix_ms)
+        }
         Command::Delete {
             refs,
             ignore_not_found,
@@ -601,7 +652,7 @@ fn register_node(
     let existing = view.get::<NodeRecord>(&key)?;
     let record = NodeRecord {
         name: node.name.clone(),
-        labels: node.labels.clone(),
+        labels: super::node_meta::registered_labels(view, &node.name, &node.labels)?,
         capacity: node.capacity,
         address: node.address.clone(),
         runtime: node.runtime.clone(),

@@ -21,6 +21,7 @@
 
 mod command;
 pub mod events;
+pub mod node_meta;
 pub mod objects;
 mod snapshot;
 

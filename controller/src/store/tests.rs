@@ -1135,3 +1135,105 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
         Err(WriteError::NotFound { .. })
     ));
 }
+
+#[test]
+fn apply_if_refuses_a_stale_generation_and_changes_nothing() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1)).expect("apply");
+    let _ = store.apply(3, 1, &apply(&[("web", 2)], 2)).expect("apply");
+    let read_at_one = Command::ApplyIf {
+        deployment: Box::new(deployment("web", 5)),
+        expected_generation: 1,
+        now_unix_ms: 3,
+    };
+    let before = store.state_hash().expect("hash");
+    let res = store.apply(4, 1, &read_at_one).expect("apply");
+    assert!(
+        matches!(
+            res,
+            Err(WriteError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{res:?}"
+    );
+    assert_eq!(store.state_hash().expect("hash"), before);
+    let read_at_two = Command::ApplyIf {
+        deployment: Box::new(deployment("web", 5)),
+        expected_generation: 2,
+        now_unix_ms: 4,
+    };
+    let res = store.apply(5, 1, &read_at_two).expect("apply");
+    assert!(
+        matches!(res, Ok(WriteResult::Applied(ref v)) if v[0].1 == ApplyOutcome::Configured && v[0].2 == 3),
+        "{res:?}"
+    );
+    let ghost = Command::ApplyIf {
+        deployment: Box::new(deployment("ghost", 1)),
+        expected_generation: 1,
+        now_unix_ms: 5,
+    };
+    let res = store.apply(6, 1, &ghost).expect("apply");
+    assert!(matches!(res, Err(WriteError::NotFound { .. })), "{res:?}");
+}
+
+#[test]
+fn admin_node_labels_compose_and_survive_the_agents_reregistration() {
+    use super::node_meta::NodeMetaChange;
+    let (_dir, store) = temp_store();
+    let mut register = node_registration("n1");
+    if let Command::RegisterNode { node, .. } = &mut register {
+        node.labels = [
+            ("zone".to_string(), "a".to_string()),
+            ("disk".to_string(), "hdd".to_string()),
+        ]
+        .into_iter()
+        .collect();
+    }
+    let _ = store.apply(2, 1, &register).expect("register");
+    let change = |set: &[(&str, &str)], remove: &[&str], annotate: &[(&str, &str)]| {
+        Command::ChangeNodeMeta {
+            node: "n1".into(),
+            change: NodeMetaChange {
+                set_labels: set
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                remove_labels: remove.iter().map(|k| k.to_string()).collect(),
+                set_annotations: annotate
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                remove_annotations: Default::default(),
+            },
+            now_unix_ms: 6,
+        }
+    };
+    // Two admins' changes, one after the other: both land.
+    let _ = store
+        .apply(3, 1, &change(&[("tier", "edge")], &["disk"], &[]))
+        .expect("label");
+    let _ = store
+        .apply(4, 1, &change(&[("zone", "b")], &[], &[("owner", "ops")]))
+        .expect("label");
+    let labels = |store: &Store| store.node("n1").expect("get").expect("exists").labels;
+    let want: BTreeMap<String, String> = [("tier", "edge"), ("zone", "b")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(labels(&store), want);
+    // The agent reconnects with its own labels: the admins' stay on top.
+    let _ = store.apply(5, 1, &register).expect("register again");
+    assert_eq!(labels(&store), want);
+    let metas = store.node_metas().expect("metas");
+    assert_eq!(metas["n1"].annotations["owner"], "ops");
+    // An unknown node is refused.
+    let mut ghost = change(&[("a", "b")], &[], &[]);
+    if let Command::ChangeNodeMeta { node, .. } = &mut ghost {
+        *node = "ghost".into();
+    }
+    let res = store.apply(6, 1, &ghost).expect("apply");
+    assert!(matches!(res, Err(WriteError::NodeNotFound(_))), "{res:?}");
+}

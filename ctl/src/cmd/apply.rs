@@ -46,10 +46,12 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
             .deployments
             .iter()
             .map(|d| {
-                format!(
-                    "{} created (dry run)\n",
-                    ResourceKind::Deployment.slash_name(&d.metadata.name)
-                )
+                let name = ResourceKind::Deployment.slash_name(&d.metadata.name);
+                if args.output.is_some() {
+                    format!("{name}\n")
+                } else {
+                    format!("{name} created (dry run)\n")
+                }
             })
             .collect();
         return print(&lines);
@@ -65,6 +67,7 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         skip_unsupported_kinds: opts.skip_unsupported_kinds,
         namespace: opts.namespace.clone().unwrap_or_default(),
         enforce_namespace: opts.enforce_namespace,
+        ..Default::default()
     };
     let size = request.encoded_len();
     if size > drover_proto::MAX_REQUEST_BYTES {
@@ -82,7 +85,16 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         })
         .await?;
     warn_all(&response.warnings);
-    print(&result_lines(&response.results, args.dry_run))?;
+    if args.output.is_some() {
+        let names: String = response
+            .results
+            .iter()
+            .map(|r| format!("{}\n", ResourceKind::Deployment.slash_name(&r.name)))
+            .collect();
+        print(&names)?;
+    } else {
+        print(&result_lines(&response.results, args.dry_run))?;
+    }
     if args.wait && args.dry_run == DryRun::None {
         for r in &response.results {
             super::rollout::wait(

@@ -4,17 +4,34 @@
 //! the namespace its document names. Parsing is lenient and skips other kinds:
 //! what matters for deleting is which deployments the files describe. All
 //! names go in one request; the controller deletes all or none.
+//!
+//! As kubectl's `--wait=true`, it then waits until the deleted deployments'
+//! replicas are gone from their hosts (`--wait=false` returns at once):
+//! until `ListReplicas` lists none of them, in any state.
 
 use anyhow::bail;
 use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::pb;
 
+use std::time::Instant;
+
+use super::get::{list_deployments, list_replicas, no_resources, Selectors};
+use super::wait::Changes;
 use super::{print, Env};
-use crate::cli::DeleteArgs;
+use crate::cli::{DeleteArgs, WaitLimit};
+use crate::client::Client;
 use crate::files;
+use crate::output;
 use crate::resource::{ResourceKind, Selection};
 
-pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
+pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
+    check_grace(&args)?;
+    if args.force {
+        crate::print_warning(
+            "Immediate deletion does not wait for confirmation that the running replicas have stopped; they stop with their template's grace period.",
+        );
+        args.wait = false;
+    }
     let (refs, kind) = if !args.filenames.is_empty() {
         let inputs = files::collect(
             &args.filenames,
@@ -44,6 +61,7 @@ pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
         if args.resources.is_empty() {
             bail!("give TYPE NAME... or -f FILE (e.g. droverctl delete deployment web)");
         }
+        let selecting = args.selector.is_some() || args.field_selector.is_some() || args.all;
         let selection = Selection::parse(&args.resources)?;
         match selection.kind {
             ResourceKind::Deployment => {}
@@ -57,15 +75,33 @@ pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
                 bail!("droverctl cannot delete events; the oldest are dropped as new ones come")
             }
         }
-        if selection.names.is_empty() {
+        if selecting && !selection.names.is_empty() {
+            bail!("give names, a selector (-l, --field-selector) or --all, one of them");
+        }
+        if selection.names.is_empty() && !selecting {
             bail!(
-                "resource(s) were provided, but no name was specified (e.g. droverctl delete {} web)",
+                "resource(s) were provided, but no name was specified (e.g. droverctl delete {} web, or -l app=web, or --all)",
                 selection.kind.singular()
             );
         }
         let namespace = env.settings()?.namespace;
-        let refs = selection
-            .names
+        let names = if selecting {
+            let selectors = Selectors::new(
+                selection.kind,
+                args.selector.as_deref(),
+                args.field_selector.as_deref(),
+            )?;
+            let (mut client, _) = env.client()?;
+            let found = list_deployments(&mut client, &namespace, &selectors, None).await?;
+            if found.is_empty() {
+                crate::print_note(&no_resources(&namespace, false));
+                return Ok(());
+            }
+            found.into_iter().map(|d| d.name).collect()
+        } else {
+            selection.names.clone()
+        };
+        let refs = names
             .iter()
             .map(|name| pb::DeploymentRef {
                 namespace: namespace.clone(),
@@ -86,7 +122,75 @@ pub async fn run(env: &Env, args: DeleteArgs) -> anyhow::Result<()> {
             async move { c.delete_deployments(request).await }
         })
         .await?;
-    print(&deleted_lines(kind, &response.deleted))
+    if args.output.is_some() {
+        let names: String = response
+            .deleted
+            .iter()
+            .map(|r| format!("{}\n", kind.slash_name(&r.name)))
+            .collect();
+        print(&names)?;
+    } else {
+        print(&deleted_lines(kind, &response.deleted))?;
+    }
+    if args.wait {
+        wait_gone(&mut client, &response.deleted, args.timeout).await?;
+    }
+    Ok(())
+}
+
+/// Until no replica of the deleted deployments is listed (in any state:
+/// a replica being stopped is still on its host), reading again on each of
+/// the controller's changes.
+pub async fn wait_gone(
+    client: &mut Client,
+    deleted: &[pb::DeploymentRef],
+    timeout: WaitLimit,
+) -> anyhow::Result<()> {
+    let deadline = timeout.0.map(|t| Instant::now() + t);
+    let mut changes = Changes::default();
+    loop {
+        // One list per namespace, however many deployments were deleted.
+        let mut left = Vec::new();
+        let namespaces: std::collections::BTreeSet<&str> =
+            deleted.iter().map(|r| r.namespace.as_str()).collect();
+        for ns in namespaces {
+            let replicas = list_replicas(client, ns, "", None).await?;
+            for r in deleted.iter().filter(|r| r.namespace == ns) {
+                let n = replicas.iter().filter(|x| x.deployment == r.name).count();
+                if n > 0 {
+                    left.push((r.name.clone(), n));
+                }
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if !changes.next_until(client, deadline).await {
+            let what: Vec<String> = left
+                .iter()
+                .map(|(name, n)| format!("{n} of deployment {name:?}"))
+                .collect();
+            bail!(
+                "timed out after {} waiting for the deleted deployments' replicas to be gone; still there: {} (the deletion goes on)",
+                output::human_duration(timeout.0.unwrap_or_default()),
+                what.join(", ")
+            );
+        }
+    }
+}
+
+/// kubectl's `--grace-period` and `--force`, as far as drover has them: a
+/// replica always stops with its template's grace period, so only -1 (that)
+/// and 0 with `--force` (delete without waiting) are accepted.
+fn check_grace(args: &DeleteArgs) -> anyhow::Result<()> {
+    match (args.grace_period, args.force) {
+        (-1, _) | (0, true) => Ok(()),
+        (0, false) => bail!("--grace-period=0 needs --force (kubectl's immediate deletion)"),
+        (n, _) if n < -1 => bail!("--grace-period must be -1, 0 or more, not {n}"),
+        (n, _) => bail!(
+            "--grace-period={n}: drover has no per-delete grace period; replicas stop with their template's terminationGracePeriodSeconds (change it with apply or patch first)"
+        ),
+    }
 }
 
 /// `deployment.apps "web" deleted`, one per deleted deployment.

@@ -40,6 +40,7 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
                         let request = pb::ListDeploymentsRequest {
                             namespace: namespace.clone(),
                             read: None,
+                            ..Default::default()
                         };
                         async move { c.list_deployments(request).await }
                     })
@@ -484,42 +485,12 @@ pub fn describe_deployment(
 
 /// kubectl's Conditions (Available, Progressing) and the revision table.
 fn rollout_state(w: &mut String, status: &pb::DeploymentStatus, m: &manifest::Deployment) {
-    let desired = m.spec.replicas;
-    let max_unavailable = match &m.spec.strategy {
-        Strategy::RollingUpdate {
-            max_unavailable, ..
-        } => match max_unavailable {
-            IntOrPercent::Int(n) => *n,
-            IntOrPercent::Percent(p) => desired * p / 100,
-        },
-        Strategy::Recreate => desired,
-    };
-    let (available, available_reason) = if status.available + max_unavailable >= desired {
-        ("True", "MinimumReplicasAvailable")
-    } else {
-        ("False", "MinimumReplicasUnavailable")
-    };
-    let (progressing, progressing_reason) = if !status.failed.is_empty() {
-        ("False", "ProgressDeadlineExceeded")
-    } else if status.paused {
-        ("Unknown", "DeploymentPaused")
-    } else if status.complete {
-        ("True", "NewReplicaSetAvailable")
-    } else {
-        ("True", "ReplicaSetUpdated")
-    };
+    let conditions = output::deployment_conditions(status, m);
     heading(w, 0, "Conditions");
     let mut t = Table::new(["Type", "Status", "Reason"]);
-    t.push(vec![
-        "Available".into(),
-        available.into(),
-        available_reason.into(),
-    ]);
-    t.push(vec![
-        "Progressing".into(),
-        progressing.into(),
-        progressing_reason.into(),
-    ]);
+    for c in &conditions {
+        t.push(vec![c.kind.into(), c.status.into(), c.reason.into()]);
+    }
     w.push_str(&t.render_described(2, "  "));
     if !status.failed.is_empty() {
         line(w, 0, "RolloutFailure", &status.failed);

@@ -13,6 +13,7 @@ use tonic::Code;
 use super::{get::no_resources, print, Env};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{is_transport_failure, Client};
+use crate::output::template::{CustomColumns, Template};
 use crate::output::{self, events, now_ms};
 use crate::resource::ResourceKind;
 use crate::Interrupted;
@@ -62,22 +63,35 @@ pub async fn run(env: &Env, args: &GetArgs, names: &[String]) -> anyhow::Result<
         .map(|e| events::row(e, wide, args.all_namespaces, now))
         .collect();
     let columns = watch_columns(&headers, &rows, args.watch);
-    match args.output {
+    match args.output.clone() {
         None | Some(OutputFormat::Wide) => {
             if rows.is_empty() && !args.watch {
                 crate::print_note(&no_resources(&settings.namespace, args.all_namespaces));
                 return Ok(());
             }
-            let mut text = columns.line(&headers) + "\n";
+            let mut text = if args.no_headers {
+                String::new()
+            } else {
+                columns.line(&headers) + "\n"
+            };
             for r in &rows {
                 text.push_str(&columns.line(r));
                 text.push('\n');
             }
             print(&text)?;
         }
+        Some(OutputFormat::CustomColumns(spec)) => {
+            let objects: Vec<_> = listed.iter().map(events::kubernetes_object).collect();
+            let table = CustomColumns::parse(&spec)?.render(&objects);
+            print(&if args.no_headers || args.watch && objects.is_empty() {
+                output::without_header(&table)
+            } else {
+                table
+            })?;
+        }
         Some(format) if args.watch => {
             for e in &listed {
-                print(&one_event(e, format)?)?;
+                print(&one_event(e, &format)?)?;
             }
         }
         Some(OutputFormat::Name) => {
@@ -87,10 +101,10 @@ pub async fn run(env: &Env, args: &GetArgs, names: &[String]) -> anyhow::Result<
         Some(format) => {
             let list =
                 output::kubernetes_list(listed.iter().map(events::kubernetes_object).collect());
-            let text = if format == OutputFormat::Yaml {
-                output::to_yaml(&list)?
-            } else {
-                output::to_json(&list)?
+            let text = match format {
+                OutputFormat::Yaml => output::to_yaml(&list)?,
+                OutputFormat::JsonPath(t) => Template::parse(&t)?.render(&list),
+                _ => output::to_json(&list)?,
             };
             print(&text)?;
         }
@@ -136,7 +150,7 @@ async fn watch(
             match message {
                 Ok(Some(e)) => {
                     after = e.seq;
-                    let text = match args.output {
+                    let text = match &args.output {
                         None | Some(OutputFormat::Wide) => {
                             columns.line(&events::row(&e, wide, args.all_namespaces, now_ms()))
                                 + "\n"
@@ -159,12 +173,16 @@ async fn watch(
 }
 
 /// One event as `-w -o json|yaml|name` prints it: one object at a time.
-fn one_event(e: &pb::Event, format: OutputFormat) -> anyhow::Result<String> {
+fn one_event(e: &pb::Event, format: &OutputFormat) -> anyhow::Result<String> {
     let object = events::kubernetes_object(e);
     Ok(match format {
         OutputFormat::Name => events::name(e) + "\n",
         OutputFormat::Yaml => format!("---\n{}", output::to_yaml(&object)?),
         OutputFormat::Json | OutputFormat::Wide => output::to_json(&object)?,
+        OutputFormat::JsonPath(t) => Template::parse(t)?.render(&object),
+        OutputFormat::CustomColumns(spec) => {
+            output::without_header(&CustomColumns::parse(spec)?.render(&[object]))
+        }
     })
 }
 

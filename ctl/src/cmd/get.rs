@@ -15,14 +15,19 @@ use tonic::Code;
 use super::{print, Env};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{Client, ClientError};
+use crate::output::template::{CustomColumns, Template};
 use crate::output::{self, nodes, now_ms, replicas};
 use crate::resource::{ResourceKind, Selection};
 use crate::AlreadyReported;
+use drover_proto::selector::{self, ListSelector};
 
 pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     let selection = Selection::parse(&args.resources)?;
     let kind = selection.kind;
     if kind == ResourceKind::Event {
+        if args.selector.is_some() || args.field_selector.is_some() {
+            bail!("events cannot be selected by -l or --field-selector; use --for TYPE/NAME");
+        }
         return super::events::run(env, &args, &selection.names).await;
     }
     if args.watch {
@@ -39,6 +44,14 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     if args.all_namespaces && !selection.names.is_empty() && kind.namespaced() {
         bail!("a resource cannot be retrieved by name across all namespaces");
     }
+    let selectors = Selectors::new(
+        kind,
+        args.selector.as_deref(),
+        args.field_selector.as_deref(),
+    )?;
+    if !selection.names.is_empty() && !selectors.is_empty() {
+        bail!("give names or a selector (-l, --field-selector), not both");
+    }
     let (mut client, settings) = env.client()?;
     let namespace = settings.namespace;
     let read = Some(pb::ReadOptions { stale: args.stale });
@@ -48,44 +61,45 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     } else {
         namespace.clone()
     };
+    let format = args.output.clone();
 
     let (text, missing) = match kind {
         ResourceKind::Deployment => {
             let (items, missing) = if listed {
-                let mut items = client
-                    .call(|mut c| {
-                        let request = pb::ListDeploymentsRequest {
-                            namespace: list_ns.clone(),
-                            read,
-                        };
-                        async move { c.list_deployments(request).await }
-                    })
-                    .await?
-                    .deployments;
-                items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-                (items, Vec::new())
+                (
+                    list_deployments(&mut client, &list_ns, &selectors, read).await?,
+                    Vec::new(),
+                )
             } else {
                 fetch_named(&mut client, &namespace, &selection.names, read).await?
             };
-            let text = render(kind, &items, args.output, args.all_namespaces, listed)?;
+            let text = render(kind, &items, format, args.all_namespaces, listed)?;
             (text, missing)
         }
         ResourceKind::Replica => {
             let deployment = args.deployment.as_deref().unwrap_or_default();
-            let all = list_replicas(&mut client, &list_ns, deployment, read).await?;
+            let all =
+                list_replicas_selected(&mut client, &list_ns, deployment, &selectors, read).await?;
             let (items, missing) = pick(all, &selection.names, |r| &r.name);
-            let text = render_replicas(&items, args.output, args.all_namespaces, listed)?;
+            let text = render_replicas(&items, format, args.all_namespaces, listed)?;
             (text, missing)
         }
         ResourceKind::Node => {
-            let all = list_nodes(&mut client, read).await?;
+            let all = list_nodes_selected(&mut client, &selectors, read).await?;
             let (items, missing) = pick(all, &selection.names, |n| &n.name);
-            (render_nodes(&items, args.output, listed)?, missing)
+            (render_nodes(&items, format, listed)?, missing)
         }
         ResourceKind::Event => bail!("events are listed by droverctl get events"),
     };
     match text {
-        Some(text) => print(&text)?,
+        Some(text) => {
+            let text = if args.no_headers && output::is_table(args.output.as_ref()) {
+                output::without_header(&text)
+            } else {
+                text
+            };
+            print(&text)?
+        }
         None => {
             if missing.is_empty() {
                 let everywhere = args.all_namespaces || !kind.namespaced();
@@ -102,11 +116,76 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     Err(AlreadyReported(missing.len()).into())
 }
 
+/// `-l` and `--field-selector` as typed, checked with the parser the
+/// controller evaluates them with (so a typo is caught before any call).
+#[derive(Debug, Clone, Default)]
+pub struct Selectors {
+    pub labels: String,
+    pub fields: String,
+}
+
+impl Selectors {
+    pub fn new(
+        kind: ResourceKind,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> anyhow::Result<Selectors> {
+        let labels = labels.unwrap_or_default().to_string();
+        let fields = fields.unwrap_or_default().to_string();
+        let supported = match kind {
+            ResourceKind::Deployment => selector::DEPLOYMENT_FIELDS,
+            ResourceKind::Replica => selector::REPLICA_FIELDS,
+            ResourceKind::Node => selector::NODE_FIELDS,
+            ResourceKind::Event => &[],
+        };
+        ListSelector::parse(&labels, &fields, kind.plural(), supported)?;
+        Ok(Selectors { labels, fields })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.trim().is_empty() && self.fields.trim().is_empty()
+    }
+}
+
+/// The deployments in `namespace` ("" = all) that the selectors match, by namespace and name.
+pub async fn list_deployments(
+    client: &mut Client,
+    namespace: &str,
+    selectors: &Selectors,
+    read: Option<pb::ReadOptions>,
+) -> Result<Vec<pb::Deployment>, ClientError> {
+    let mut items = client
+        .call(|mut c| {
+            let request = pb::ListDeploymentsRequest {
+                namespace: namespace.to_string(),
+                read,
+                label_selector: selectors.labels.clone(),
+                field_selector: selectors.fields.clone(),
+            };
+            async move { c.list_deployments(request).await }
+        })
+        .await?
+        .deployments;
+    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(items)
+}
+
 /// Every replica in `namespace` ("" = all), of `deployment` ("" = all), in list order.
 pub async fn list_replicas(
     client: &mut Client,
     namespace: &str,
     deployment: &str,
+    read: Option<pb::ReadOptions>,
+) -> Result<Vec<pb::Replica>, ClientError> {
+    list_replicas_selected(client, namespace, deployment, &Selectors::default(), read).await
+}
+
+/// [`list_replicas`], only those the selectors match.
+pub async fn list_replicas_selected(
+    client: &mut Client,
+    namespace: &str,
+    deployment: &str,
+    selectors: &Selectors,
     read: Option<pb::ReadOptions>,
 ) -> Result<Vec<pb::Replica>, ClientError> {
     let mut items = client
@@ -115,6 +194,8 @@ pub async fn list_replicas(
                 namespace: namespace.to_string(),
                 deployment: deployment.to_string(),
                 read,
+                label_selector: selectors.labels.clone(),
+                field_selector: selectors.fields.clone(),
             };
             async move { c.list_replicas(request).await }
         })
@@ -129,8 +210,24 @@ pub async fn list_nodes(
     client: &mut Client,
     read: Option<pb::ReadOptions>,
 ) -> Result<Vec<pb::Node>, ClientError> {
+    list_nodes_selected(client, &Selectors::default(), read).await
+}
+
+/// [`list_nodes`], only those the selectors match.
+pub async fn list_nodes_selected(
+    client: &mut Client,
+    selectors: &Selectors,
+    read: Option<pb::ReadOptions>,
+) -> Result<Vec<pb::Node>, ClientError> {
     let mut items = client
-        .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { read }).await })
+        .call(|mut c| {
+            let request = pb::ListNodesRequest {
+                read,
+                label_selector: selectors.labels.clone(),
+                field_selector: selectors.fields.clone(),
+            };
+            async move { c.list_nodes(request).await }
+        })
         .await?
         .nodes;
     items.sort_by(|a, b| a.name.cmp(&b.name));
@@ -279,16 +376,27 @@ fn render_as<T>(
     names: impl FnOnce() -> String,
     object: impl Fn(&T) -> anyhow::Result<Value>,
 ) -> anyhow::Result<Option<String>> {
+    let wide = format == Some(OutputFormat::Wide);
     match format {
         None | Some(OutputFormat::Wide) => {
             if items.is_empty() {
                 return Ok(None);
             }
-            Ok(Some(table(format == Some(OutputFormat::Wide))))
+            Ok(Some(table(wide)))
         }
         Some(OutputFormat::Name) if items.is_empty() => Ok(None),
         Some(OutputFormat::Name) => Ok(Some(names())),
-        Some(f @ (OutputFormat::Yaml | OutputFormat::Json)) => {
+        Some(OutputFormat::CustomColumns(spec)) => {
+            if items.is_empty() {
+                return Ok(None);
+            }
+            let objects = items
+                .iter()
+                .map(object)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Some(CustomColumns::parse(&spec)?.render(&objects)))
+        }
+        Some(f @ (OutputFormat::Yaml | OutputFormat::Json | OutputFormat::JsonPath(_))) => {
             if !listed && items.is_empty() {
                 return Ok(Some(String::new()));
             }
@@ -301,10 +409,10 @@ fn render_as<T>(
             } else {
                 output::kubernetes_list(objects)
             };
-            let text = if f == OutputFormat::Yaml {
-                output::to_yaml(&value)?
-            } else {
-                output::to_json(&value)?
+            let text = match f {
+                OutputFormat::Yaml => output::to_yaml(&value)?,
+                OutputFormat::JsonPath(t) => Template::parse(&t)?.render(&value),
+                _ => output::to_json(&value)?,
             };
             Ok(Some(text))
         }

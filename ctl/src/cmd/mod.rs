@@ -10,16 +10,19 @@ pub mod cordon;
 pub mod delete;
 pub mod describe;
 pub mod diff;
+pub mod discover;
 pub mod drain;
 pub mod events;
 pub mod get;
 pub mod lab;
 pub mod logs;
+pub mod mutate;
 pub mod pki;
 pub mod rollout;
 pub mod scale;
 pub mod token;
 pub mod version;
+pub mod wait;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -104,6 +107,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(args) => describe::run(&env, args).await,
         Command::Logs(args) => logs::run(&env, args).await,
         Command::Delete(args) => delete::run(&env, args).await,
+        Command::Wait(args) => wait::run(&env, args).await,
+        Command::Label(args) => mutate::label(&env, args, true).await,
+        Command::Annotate(args) => mutate::label(&env, args, false).await,
+        Command::Set(cmd) => mutate::set(&env, cmd).await,
+        Command::Patch(args) => mutate::patch(&env, args).await,
+        Command::Edit(args) => mutate::edit(&env, args).await,
+        Command::ApiResources(args) => discover::api_resources(args),
+        Command::Explain(args) => discover::explain(args),
         Command::Scale(args) => scale::run(&env, args).await,
         Command::Cordon(args) => cordon::run(&env, args, true).await,
         Command::Uncordon(args) => cordon::run(&env, args, false).await,

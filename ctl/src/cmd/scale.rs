@@ -39,6 +39,9 @@ pub async fn run(env: &Env, args: ScaleArgs) -> anyhow::Result<()> {
             })
             .await;
         match answer {
+            Ok(_) if args.output.is_some() => {
+                print(&format!("{}\n", selection.kind.slash_name(name)))?
+            }
             Ok(_) => print(&format!("{} scaled\n", selection.kind.slash_name(name)))?,
             Err(e) if e.code() == Some(Code::NotFound) => {
                 failures += 1;

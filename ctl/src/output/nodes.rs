@@ -131,6 +131,10 @@ pub fn kubernetes_object(n: &pb::Node) -> Value {
     if n.registered_unix_ms > 0 {
         metadata["creationTimestamp"] = json!(rfc3339(n.registered_unix_ms));
     }
+    if !n.annotations.is_empty() {
+        let annotations: BTreeMap<_, _> = n.annotations.iter().collect();
+        metadata["annotations"] = json!(annotations);
+    }
     let capacity = json!({
         "cpu": format_cpu_millis(n.cpu_millis),
         "memory": format_memory_bytes(n.memory_bytes),
@@ -193,6 +197,7 @@ pub(crate) mod fixtures {
             runtime: "docker".into(),
             agent_version: "0.1.0".into(),
             registered_unix_ms: registered_ms,
+            ..Default::default()
         }
     }
 }

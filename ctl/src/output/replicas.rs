@@ -58,14 +58,7 @@ pub fn status_text(r: &pb::Replica) -> String {
 
 /// The state's own name, for `-o yaml|json` and describe.
 pub fn state_name(s: ReplicaState) -> &'static str {
-    match s {
-        ReplicaState::Unspecified | ReplicaState::Pending => "Pending",
-        ReplicaState::Running => "Running",
-        ReplicaState::CrashLoopBackOff => "CrashLoopBackOff",
-        ReplicaState::Failed => "Failed",
-        ReplicaState::Terminating => "Terminating",
-        ReplicaState::Gone => "Gone",
-    }
+    drover_proto::selector::replica_state_name(s)
 }
 
 /// `1/1` or `0/1`: drover replicas have one container.
@@ -189,6 +182,10 @@ pub fn kubernetes_object(r: &pb::Replica) -> Value {
     if r.created_unix_ms > 0 {
         metadata["creationTimestamp"] = json!(rfc3339(r.created_unix_ms));
     }
+    if !r.labels.is_empty() {
+        let labels: std::collections::BTreeMap<_, _> = r.labels.iter().collect();
+        metadata["labels"] = json!(labels);
+    }
     let mut spec = Map::new();
     spec.insert("deployment".into(), json!(r.deployment));
     spec.insert("slot".into(), json!(r.slot));
@@ -202,6 +199,10 @@ pub fn kubernetes_object(r: &pb::Replica) -> Value {
     let mut status = Map::new();
     status.insert("state".into(), json!(state_name(state(r))));
     status.insert("ready".into(), json!(s.ready));
+    status.insert(
+        "conditions".into(),
+        json!([{ "type": "Ready", "status": if s.ready { "True" } else { "False" } }]),
+    );
     status.insert("restartCount".into(), json!(s.restarts));
     let texts = [
         ("reason", &s.reason),
@@ -268,6 +269,7 @@ pub(crate) mod fixtures {
                 "127.0.0.1:7101".into()
             },
             host_ports: vec![8080],
+            labels: Default::default(),
         }
     }
 }

@@ -750,6 +750,7 @@ impl Runner<'_> {
                     c.list_deployments(pb::ListDeploymentsRequest {
                         namespace: "default".into(),
                         read: Some(pb::ReadOptions { stale: true }),
+                        ..Default::default()
                     })
                     .await
                 })

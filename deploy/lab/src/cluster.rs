@@ -107,7 +107,7 @@ pub async fn wait_for_nodes(
             security.clone(),
         );
         if let Ok(resp) = client
-            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { read: None }).await })
+            .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest::default()).await })
             .await
         {
             ready = resp.nodes.iter().filter(|n| n.condition == "Ready").count();

@@ -27,6 +27,7 @@
 
 mod decode;
 mod document;
+mod explain;
 mod model;
 mod path;
 mod render;
@@ -39,6 +40,7 @@ use std::collections::HashMap;
 /// find them next to the fields they fill.
 pub use drover_proto::quantity;
 pub use drover_proto::quantity::{format_cpu_millis, format_memory_bytes};
+pub use explain::{explain, Explained};
 pub use model::*;
 pub use render::render_kubernetes;
 

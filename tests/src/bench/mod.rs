@@ -109,6 +109,7 @@ pub async fn list_replicas(
             namespace: "default".into(),
             deployment: deployment.into(),
             read: Some(pb::ReadOptions { stale }),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().replicas)
@@ -123,6 +124,7 @@ pub async fn ready_nodes(
     let nodes = client
         .list_nodes(pb::ListNodesRequest {
             read: Some(pb::ReadOptions { stale }),
+            ..Default::default()
         })
         .await
         .map_err(|s| format!("listing nodes: {}", s.message()))?

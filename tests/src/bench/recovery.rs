@@ -220,7 +220,7 @@ async fn time_recovery(
 async fn nodes(c: &Cluster) -> Result<Vec<pb::Node>, String> {
     let mut api = c.client(0).await.map_err(|e| e.to_string())?;
     Ok(api
-        .list_nodes(pb::ListNodesRequest { read: None })
+        .list_nodes(pb::ListNodesRequest::default())
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner()
