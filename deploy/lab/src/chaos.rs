@@ -552,7 +552,17 @@ impl Runner<'_> {
             }
             Fault::CrashContainers(h) => {
                 let host = self.lab.host(h)?.clone();
-                if self.lab.runtime == "docker" {
+                if let Some(engine) = &host.engine {
+                    let ids = engine
+                        .docker(&["ps", "-q", "--filter", &format!("label=drover.node={h}")])
+                        .unwrap_or_default();
+                    let ids: Vec<&str> = ids.split_whitespace().collect();
+                    if !ids.is_empty() {
+                        let mut args = vec!["kill"];
+                        args.extend(ids);
+                        let _ = engine.docker(&args);
+                    }
+                } else if self.lab.runtime == "docker" {
                     let ids = sys::docker_containers(h);
                     if !ids.is_empty() {
                         let mut args = vec!["kill"];
@@ -776,16 +786,19 @@ impl Runner<'_> {
         let mut out = Running::new();
         for h in self.lab.agents() {
             if self.lab.runtime == "docker" {
-                let text = sys::run(
-                    "docker",
-                    &[
-                        "ps",
-                        "--filter",
-                        &format!("label=drover.node={}", h.name),
-                        "--format",
-                        "{{.Label \"drover.replica\"}} {{.Label \"drover.deployment\"}}",
-                    ],
-                )?;
+                let args = [
+                    "ps",
+                    "--filter",
+                    &format!("label=drover.node={}", h.name),
+                    "--format",
+                    "{{.Label \"drover.replica\"}} {{.Label \"drover.deployment\"}}",
+                ];
+                let text = match &h.engine {
+                    // A killed host's engine is down: nothing runs there.
+                    Some(e) if !e.running() => String::new(),
+                    Some(e) => e.docker(&args)?,
+                    None => sys::run("docker", &args)?,
+                };
                 for line in text.lines() {
                     if let Some((replica, deployment)) = line.split_once(' ') {
                         out.entry(replica.to_string())
