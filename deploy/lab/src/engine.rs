@@ -371,7 +371,9 @@ pub struct CachedImage {
 }
 
 /// `docker save` of `image` from this machine's engine into
-/// [`IMAGE_CACHE`]/`<id>.tar`, unless that file exists.
+/// [`IMAGE_CACHE`]/`<image>@<id>.tar`, unless that file exists; a tarball
+/// of an older id of the same image is removed then (a rebuilt image does
+/// not pile up tarballs).
 pub fn cache_image(image: &str) -> anyhow::Result<CachedImage> {
     let id = sys::run(
         "docker",
@@ -380,13 +382,24 @@ pub fn cache_image(image: &str) -> anyhow::Result<CachedImage> {
     .with_context(|| format!("{image} is not in this machine's Docker engine"))?
     .trim()
     .to_string();
-    let file = id.trim_start_matches("sha256:");
-    if file.is_empty() || !file.chars().all(|c| c.is_ascii_hexdigit()) {
+    let digest = id.trim_start_matches("sha256:");
+    if digest.is_empty() || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("docker printed {id:?} as the id of {image}, not a sha256 digest");
     }
+    let stem: String = image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let dir = Path::new(IMAGE_CACHE);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tarball = dir.join(format!("{file}.tar"));
+    let name = format!("{stem}@{digest}.tar");
+    let tarball = dir.join(&name);
     if tarball.is_file() {
         return Ok(CachedImage {
             id,
@@ -394,9 +407,17 @@ pub fn cache_image(image: &str) -> anyhow::Result<CachedImage> {
             saved: false,
         });
     }
-    let tmp = dir.join(format!(".{file}.{}.tar", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     sys::run("docker", &["save", "-o", &path_str(&tmp), image])?;
     std::fs::rename(&tmp, &tarball).with_context(|| format!("writing {}", tarball.display()))?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("{stem}@")) && n != name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     Ok(CachedImage {
         id,
         tarball,
