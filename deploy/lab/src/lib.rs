@@ -632,7 +632,12 @@ fn claim_network(dir: &Path, opts: &UpOptions) -> anyhow::Result<Lab> {
     for id in 1..=250u32 {
         let net = format!("{NET_PREFIX}.{id}");
         let bridge = format!("drv{id}");
-        if routes.contains(&format!("{net}.")) || sys::link_exists(&bridge) {
+        // An engine left by a lab whose state was lost keeps its id taken
+        // until `lab down --id` removes it.
+        if routes.contains(&format!("{net}."))
+            || sys::link_exists(&bridge)
+            || !engine::engines_of_lab(id).is_empty()
+        {
             continue;
         }
         let mut hosts = Vec::new();
