@@ -526,7 +526,16 @@ impl Lab {
     pub fn heal(&mut self) -> anyhow::Result<usize> {
         for h in &self.hosts {
             if sys::netns_exists(&h.ns) {
-                sys::in_ns(&h.ns, "iptables", &["-t", "raw", "-F", "PREROUTING"])?;
+                // A namespace never partitioned has no chain to flush.
+                if sys::in_ns(
+                    &h.ns,
+                    "iptables",
+                    &["-t", "raw", "-L", PARTITION_CHAIN, "-n"],
+                )
+                .is_ok()
+                {
+                    sys::in_ns(&h.ns, "iptables", &["-t", "raw", "-F", PARTITION_CHAIN])?;
+                }
             }
         }
         let n = self.partitions.len();
@@ -536,18 +545,30 @@ impl Lab {
     }
 }
 
+/// The raw-table chain holding a host's partition rules.
+const PARTITION_CHAIN: &str = "DROVER-PARTITION";
+
 /// In `host`'s namespace, drop everything arriving from `ip`: in the raw
 /// table's PREROUTING, before connection tracking and Docker's DNAT, so a
 /// packet for one of the host's containers is dropped as surely as one for
 /// the host (and Docker, which rewrites FORWARD and nat, never touches it).
 /// What the host's containers send leaves with the host's address
-/// (masquerade) and is dropped by the same rule on the other side.
+/// (masquerade) and is dropped by the same rule on the other side. The rules
+/// live in a chain of their own, jumped to first from PREROUTING, so `heal`
+/// flushes them and nothing of Docker's (dockerd 28 adds raw rules too).
 fn drop_between(host: &Host, ip: &str) -> anyhow::Result<()> {
-    sys::in_ns(
-        &host.ns,
-        "iptables",
-        &["-t", "raw", "-I", "PREROUTING", "-s", ip, "-j", "DROP"],
-    )?;
+    let raw = |args: &[&str]| {
+        let mut all = vec!["-t", "raw"];
+        all.extend_from_slice(args);
+        sys::in_ns(&host.ns, "iptables", &all)
+    };
+    if raw(&["-L", PARTITION_CHAIN, "-n"]).is_err() {
+        raw(&["-N", PARTITION_CHAIN])?;
+    }
+    if raw(&["-C", "PREROUTING", "-j", PARTITION_CHAIN]).is_err() {
+        raw(&["-I", "PREROUTING", "1", "-j", PARTITION_CHAIN])?;
+    }
+    raw(&["-A", PARTITION_CHAIN, "-s", ip, "-j", "DROP"])?;
     Ok(())
 }
 
