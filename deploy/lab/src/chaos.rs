@@ -598,9 +598,12 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// The workload: a shell that ends on SIGTERM (a `sleep` as a
+    /// container's PID 1 ignores it, so every stop would wait out the 30 s
+    /// grace period and a scale-down would look like slow convergence).
     fn manifest(name: &str, replicas: u32) -> String {
         format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: main\n        image: drover/busybox:1\n        command: [\"sleep\", \"100000\"]\n        resources:\n          requests:\n            cpu: 10m\n            memory: 4Mi\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: main\n        image: drover/busybox:1\n        command: [\"sh\", \"-c\", \"trap \x27kill $! 2>/dev/null; exit 0\x27 TERM; sleep 100000 & wait\"]\n        resources:\n          requests:\n            cpu: 10m\n            memory: 4Mi\n"
         )
     }
 
