@@ -431,9 +431,16 @@ pub fn cache_image(image: &str) -> anyhow::Result<CachedImage> {
 /// (which copies every layer: slow, but correct).
 pub fn storage_driver(dir: &Path) -> (String, String) {
     let fs = fs_type(dir).unwrap_or_else(|| "unknown".into());
-    match fs.as_str() {
+    let fuse = sys::on_path("fuse-overlayfs") && Path::new("/dev/fuse").exists();
+    pick_storage_driver(dir, &fs, fuse)
+}
+
+/// [`storage_driver`]'s decision for a data root in `dir` on filesystem
+/// `fs`, `fuse` telling whether fuse-overlayfs can run.
+fn pick_storage_driver(dir: &Path, fs: &str, fuse: bool) -> (String, String) {
+    match fs {
         "overlay" => {
-            if sys::on_path("fuse-overlayfs") && Path::new("/dev/fuse").exists() {
+            if fuse {
                 (
                     "fuse-overlayfs".into(),
                     format!(
@@ -693,6 +700,12 @@ const NO_FREEZER: &str = "--runtime docker needs the cgroup freezer (cgroup v2, 
 
 /// Why this machine cannot run an engine per lab host, or None.
 pub fn missing_prerequisite() -> Option<String> {
+    missing(sys::on_path, Cgroup::named("probe").is_ok())
+}
+
+/// [`missing_prerequisite`] with `found(program)` and whether a cgroup
+/// freezer is there.
+fn missing(found: impl Fn(&str) -> bool, freezer: bool) -> Option<String> {
     for (program, package) in [
         ("dockerd", "docker.io"),
         ("containerd", "containerd"),
@@ -700,13 +713,13 @@ pub fn missing_prerequisite() -> Option<String> {
         ("nsenter", "util-linux"),
         ("umount", "mount"),
     ] {
-        if !sys::on_path(program) {
+        if !found(program) {
             return Some(format!(
                 "--runtime docker runs a Docker engine per lab host and needs {program} on PATH (Debian package {package}); use --runtime process without it"
             ));
         }
     }
-    if Cgroup::named("probe").is_err() {
+    if !freezer {
         return Some(NO_FREEZER.into());
     }
     None
@@ -746,6 +759,38 @@ mod tests {
         assert_eq!(unescape(r"/x\134y"), r"/x\y");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn overlay2_unless_the_data_root_is_on_overlayfs() {
+        let dir = Path::new("/labs/x");
+        assert_eq!(pick_storage_driver(dir, "ext4", false).0, "overlay2");
+        assert_eq!(pick_storage_driver(dir, "xfs", true).0, "overlay2");
+        let (driver, why) = pick_storage_driver(dir, "overlay", true);
+        assert_eq!(driver, "fuse-overlayfs");
+        assert!(why.contains("/labs/x is on overlayfs"), "{why}");
+        let (driver, why) = pick_storage_driver(dir, "overlay", false);
+        assert_eq!(driver, "vfs");
+        assert!(why.contains("apt-get install fuse-overlayfs"), "{why}");
+    }
+
+    #[test]
+    fn a_machine_without_an_engine_per_host_is_refused_naming_what_is_missing() {
+        assert_eq!(missing(|_| true, true), None);
+        let no_dockerd = missing(|p| p != "dockerd", true).expect("refused");
+        assert!(
+            no_dockerd.contains("needs dockerd on PATH (Debian package docker.io)"),
+            "{no_dockerd}"
+        );
+        let no_containerd = missing(|p| p != "containerd", true).expect("refused");
+        assert!(
+            no_containerd.contains("containerd on PATH"),
+            "{no_containerd}"
+        );
+        let no_nsenter = missing(|p| p != "nsenter", true).expect("refused");
+        assert!(no_nsenter.contains("util-linux"), "{no_nsenter}");
+        let no_freezer = missing(|_| true, false).expect("refused");
+        assert!(no_freezer.contains("cgroup freezer"), "{no_freezer}");
     }
 
     #[test]

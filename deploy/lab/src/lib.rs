@@ -8,6 +8,8 @@
 //!   join tokens; [`pki`]: a new cluster's CA and certificates;
 //! - [`available`]: `up --apply` waiting for deployments;
 //! - [`chaos`]: the seeded chaos runner and its history checker;
+//! - [`engine`]: a Docker-runtime agent host's own Docker engine, its
+//!   cgroup (pause, power-loss kill) and images from this machine's engine;
 //! - [`sys`]: `ip`, `iptables`, `docker`, `apt-get`, signals and `/proc`.
 //!
 //! ```text
@@ -18,6 +20,9 @@
 //!   eth0 10.213.<ID>.11      eth0 .12                   eth0 10.213.<ID>.101
 //!   drover-controller :7001  drover-controller          drover-agent :7101
 //!                                                         └─ replicas (process runtime)
+//!                                                       or containerd + dockerd of its
+//!                                                         own, containers on its docker0
+//!                                                         (docker runtime: [`engine`])
 //! ```
 //!
 //! Every controller and agent is its own host: a network namespace with one
@@ -355,7 +360,10 @@ impl Lab {
         out
     }
 
-    /// Start the host's daemon (again); an error if it runs.
+    /// Start the host's daemon (again); an error if it runs. A host with
+    /// its own Docker engine gets the engine started first when it is down
+    /// (after a kill: with a reboot's cleanup), and the workload image
+    /// loaded if its data root lacks it.
     pub fn start(&mut self, name: &str) -> anyhow::Result<u32> {
         let host = self.host(name)?.clone();
         match self.state(&host) {
@@ -401,7 +409,8 @@ impl Lab {
     }
 
     /// SIGKILL every process of the host (its daemon and, for an agent, its
-    /// replicas: processes in its namespace, containers labelled with its name).
+    /// replicas: processes in its namespace; with its own Docker engine the
+    /// whole cgroup, engine and containers included, as a power loss).
     pub fn kill(&mut self, name: &str) -> anyhow::Result<usize> {
         let host = self.host(name)?.clone();
         let mut killed = 0;
@@ -466,7 +475,8 @@ impl Lab {
         false
     }
 
-    /// SIGSTOP (`pause`) or SIGCONT (`resume`) every process of the host.
+    /// SIGSTOP (`pause`) or SIGCONT (`resume`) every process of the host;
+    /// a host with its own Docker engine is frozen (thawed) by its cgroup.
     pub fn pause(&mut self, name: &str, pause: bool) -> anyhow::Result<()> {
         let host = self.host(name)?.clone();
         if self.state(&host) == HostState::Stopped {
