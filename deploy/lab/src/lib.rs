@@ -405,6 +405,19 @@ impl Lab {
         };
         self.host_mut(name)?.pid = Some(pid);
         self.save()?;
+        // The pid is the daemon's once setsid and nsenter (or ip netns exec)
+        // have exec'd into it: until then it is not in the namespace and
+        // would look stopped to the next `pause` or `status`.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sys::process_state(pid, &host.ns).is_none() && Instant::now() < deadline {
+            if !engine::alive(pid) {
+                bail!(
+                    "{name}'s daemon exited at its start: see {}",
+                    host.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Ok(pid)
     }
 
