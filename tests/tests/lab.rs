@@ -601,9 +601,10 @@ fn docker_hosts_each_bind_host_port_8080_on_their_own_address() {
 /// --from n2` drops traffic between n2 (the host and its containers) and
 /// n1's containers, both ways, while this machine still reaches n1: "reaches"
 /// meaning a TCP connection from the root namespace to n1's agent port and
-/// an HTTP answer from n1's replica on n1's address. `lab heal` restores it.
+/// an HTTP answer from n1's replica on n1's address. `lab heal` restores it;
+/// `lab pause n1` then freezes n1's replica too, `lab resume` thaws it.
 #[test]
-fn a_partition_cuts_a_docker_hosts_containers_off_both_ways() {
+fn a_partition_cuts_a_docker_hosts_containers_off_both_ways_and_pause_freezes_them() {
     if !docker_lab_possible() {
         return;
     }
@@ -676,6 +677,19 @@ fn a_partition_cuts_a_docker_hosts_containers_off_both_ways() {
     lab.lab("heal", &[]);
     assert!(fetch("n1", &c1, &ip2), "after heal: n1's container to n2's");
     assert!(fetch("n2", &c2, &ip1), "after heal: n2's container to n1's");
+
+    // Pause freezes the host's containers with it (the cgroup freezer):
+    // its replica's port accepts nothing, as on a frozen machine.
+    lab.lab("pause", &["n1"]);
+    assert!(lab.lab("status", &[]).contains("paused"));
+    assert_eq!(
+        http_get(&ip1, 8080),
+        None,
+        "a paused host's replica answered"
+    );
+    lab.lab("resume", &["n1"]);
+    let body = http_get(&ip1, 8080).expect("n1:8080 answers after resume");
+    assert!(body.starts_with("hello from web-"), "{body}");
 }
 
 /// `lab kill n1` is a power loss: n1's engine and containers die with its
