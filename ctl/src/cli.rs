@@ -151,8 +151,8 @@ pub enum Command {
 pub enum LabCommand {
     /// Start controllers and agents, each in its own network namespace, with TLS
     Up(LabUpArgs),
-    /// Remove every process, namespace, veth, bridge and container of the lab
-    Down(LabDir),
+    /// Remove every process, namespace, veth, bridge, Docker engine and container of the lab
+    Down(LabDownArgs),
     /// Show the hosts: address, pid, running/paused/stopped, partitions
     Status(LabDir),
     /// SIGKILL every process of a host (an agent's replicas too)
@@ -181,6 +181,18 @@ pub struct LabDir {
 }
 
 #[derive(Debug, Args)]
+pub struct LabDownArgs {
+    #[command(flatten)]
+    pub dir: LabDir,
+
+    /// Remove lab N from this machine without its state file (lost or
+    /// deleted): everything named drvN-… and the bridge drvN (`ip -br link
+    /// show type bridge` lists them); --dir is then ignored
+    #[arg(long, value_name = "N")]
+    pub id: Option<u32>,
+}
+
+#[derive(Debug, Args)]
 pub struct LabUpArgs {
     #[command(flatten)]
     pub dir: LabDir,
@@ -194,7 +206,7 @@ pub struct LabUpArgs {
     pub agents: u32,
 
     /// How agents run replicas: process (inside the host's namespace) or docker
-    /// (containers on the local engine, sharing its network)
+    /// (containers on a Docker engine of the host's own, inside its namespace)
     #[arg(long, value_name = "process|docker", default_value = "process",
           value_parser = ["process", "docker"])]
     pub runtime: String,

@@ -453,3 +453,392 @@ fn up_apply_of_a_deployment_that_cannot_run_fails_naming_replicas_and_reason() {
     // The lab stays up for the post-mortem the message points at.
     assert!(lab.dir().join("lab.json").exists());
 }
+
+// ---- Docker-runtime labs: one Docker engine per agent host (issue 20) ----
+
+/// Whether this machine can run the Docker-runtime lab tests (root and a
+/// Docker engine with the workload image); says why when not.
+fn docker_lab_possible() -> bool {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return false;
+    }
+    drover_tests::docker::available()
+}
+
+impl LabGuard {
+    /// `docker -H <host's engine> ARGS`.
+    fn docker(&self, host: &str, args: &[&str]) -> Output {
+        let engine = self.host(host)["engine"]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{host} has no engine of its own"))
+            .to_string();
+        let socket = format!("unix:///run/drover-lab/{engine}/docker.sock");
+        Command::new("docker")
+            .args(["-H", &socket])
+            .args(args)
+            .output()
+            .expect("running docker")
+    }
+
+    /// Names of the running containers of `host`'s engine.
+    fn containers(&self, host: &str) -> Vec<String> {
+        let out = self.docker(host, &["ps", "--format", "{{.Names}}"]);
+        assert!(
+            out.status.success(),
+            "docker ps on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// (replica, status, node) of every replica, from `get replicas -o wide`.
+    fn replicas(&self) -> Vec<(String, String, String)> {
+        let out = self.ctl(&["get", "replicas", "-o", "wide"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.to_string(),
+                    f.get(2)?.to_string(),
+                    f.get(5)?.to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Poll `f` every 100 ms until it returns Some, or panic naming `what`.
+fn wait_for<T>(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `GET http://IP:PORT/` from this machine (the root namespace): the body,
+/// or None when the connection or the answer does not come within 3 s.
+fn http_get(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .ok()?;
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+}
+
+/// `lab up --runtime docker --apply web.yaml` as the README has it (with
+/// one controller): three replicas with `hostPort: 8080` run side by side,
+/// one per host, each on its host's own engine, and `curl <host>:8080`
+/// answers from that host's replica. This machine's engine runs none of them.
+#[test]
+fn docker_hosts_each_bind_host_port_8080_on_their_own_address() {
+    if !docker_lab_possible() {
+        return;
+    }
+    let lab = LabGuard::new();
+    let web = repo_root().join("deploy/examples/web.yaml");
+    let started = std::time::Instant::now();
+    let out = lab.lab(
+        "up",
+        &[
+            "--controllers",
+            "1",
+            "--agents",
+            "3",
+            "--runtime",
+            "docker",
+            "--apply",
+            &web.display().to_string(),
+        ],
+    );
+    eprintln!("lab up --apply took {:?}:\n{out}", started.elapsed());
+    assert!(out.contains("started 3 Docker engines"), "{out}");
+    let replicas = lab.replicas();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    for host in ["n1", "n2", "n3"] {
+        let ip = lab.host(host)["ip"].as_str().expect("ip").to_string();
+        let (replica, status, _) = replicas
+            .iter()
+            .find(|(_, _, node)| node == host)
+            .unwrap_or_else(|| panic!("no replica on {host}: {replicas:?}"));
+        assert_eq!(status, "Running");
+        // The `next:` lines point at each host's address.
+        assert!(out.contains(&format!("curl http://{ip}:8080/")), "{out}");
+        let body = http_get(&ip, 8080).unwrap_or_else(|| panic!("{ip}:8080 did not answer"));
+        assert_eq!(body, format!("hello from {replica}"), "{host} at {ip}");
+        let containers = lab.containers(host);
+        assert!(
+            containers.iter().any(|c| c.contains(replica.as_str())),
+            "{replica} is not a container of {host}'s engine: {containers:?}"
+        );
+        assert!(
+            drover_lab::sys::docker_containers(host).is_empty(),
+            "this machine's engine runs a container of {host}"
+        );
+    }
+}
+
+/// A replica with host port 8080 on each of n1 and n2. `lab partition n1
+/// --from n2` drops traffic between n2 (the host and its containers) and
+/// n1's containers, both ways, while this machine still reaches n1: "reaches"
+/// meaning a TCP connection from the root namespace to n1's agent port and
+/// an HTTP answer from n1's replica on n1's address. `lab heal` restores it;
+/// `lab pause n1` then freezes n1's replica too, `lab resume` thaws it.
+#[test]
+fn a_partition_cuts_a_docker_hosts_containers_off_both_ways_and_pause_freezes_them() {
+    if !docker_lab_possible() {
+        return;
+    }
+    let lab = LabGuard::new();
+    let manifest = lab.tmp.path().join("web2.yaml");
+    let web =
+        std::fs::read_to_string(repo_root().join("deploy/examples/web.yaml")).expect("web.yaml");
+    std::fs::write(&manifest, web.replace("replicas: 3", "replicas: 2")).expect("manifest");
+    lab.lab(
+        "up",
+        &[
+            "--controllers",
+            "1",
+            "--agents",
+            "2",
+            "--runtime",
+            "docker",
+            "--apply",
+            &manifest.display().to_string(),
+        ],
+    );
+    let ip = |h: &str| lab.host(h)["ip"].as_str().expect("ip").to_string();
+    let (ip1, ip2) = (ip("n1"), ip("n2"));
+    let ns2 = lab.host("n2")["ns"].as_str().expect("ns").to_string();
+    let replicas = lab.replicas();
+    let container = |host: &str| {
+        let name = &replicas
+            .iter()
+            .find(|(_, _, n)| n == host)
+            .unwrap_or_else(|| panic!("no replica on {host}: {replicas:?}"))
+            .0;
+        lab.containers(host)
+            .into_iter()
+            .find(|c| c.contains(name.as_str()))
+            .unwrap_or_else(|| panic!("no container of {name} on {host}"))
+    };
+    let (c1, c2) = (container("n1"), container("n2"));
+    // From inside `host`'s container, GET http://ip:8080/ (busybox wget).
+    let fetch = |host: &str, c: &str, ip: &str| {
+        lab.docker(
+            host,
+            &[
+                "exec",
+                c,
+                "timeout",
+                "3",
+                "wget",
+                "-qO-",
+                &format!("http://{ip}:8080/"),
+            ],
+        )
+        .status
+        .success()
+    };
+    assert!(fetch("n1", &c1, &ip2), "n1's container cannot reach n2's");
+    assert!(fetch("n2", &c2, &ip1), "n2's container cannot reach n1's");
+    assert_eq!(tcp_connect(Some(&ns2), &ip1, 8080, 10), Some(true));
+
+    lab.lab("partition", &["n1", "--from", "n2"]);
+    // n2 (the host) to n1's container: dropped, not refused.
+    assert_eq!(tcp_connect(Some(&ns2), &ip1, 8080, 3), None);
+    // Container to container, both ways.
+    assert!(!fetch("n2", &c2, &ip1), "n2's container still reaches n1's");
+    assert!(!fetch("n1", &c1, &ip2), "n1's container still reaches n2's");
+    // This machine still reaches n1: its agent, and its replica's host port.
+    assert_eq!(tcp_connect(None, &ip1, 7101, 10), Some(true));
+    let body = http_get(&ip1, 8080).expect("n1:8080 answers this machine");
+    assert!(body.starts_with("hello from web-"), "{body}");
+
+    lab.lab("heal", &[]);
+    assert!(fetch("n1", &c1, &ip2), "after heal: n1's container to n2's");
+    assert!(fetch("n2", &c2, &ip1), "after heal: n2's container to n1's");
+
+    // Pause freezes the host's containers with it (the cgroup freezer):
+    // its replica's port accepts nothing, as on a frozen machine.
+    lab.lab("pause", &["n1"]);
+    assert!(lab.lab("status", &[]).contains("paused"));
+    assert_eq!(
+        http_get(&ip1, 8080),
+        None,
+        "a paused host's replica answered"
+    );
+    lab.lab("resume", &["n1"]);
+    let body = http_get(&ip1, 8080).expect("n1:8080 answers after resume");
+    assert!(body.starts_with("hello from web-"), "{body}");
+}
+
+/// `lab kill n1` is a power loss: n1's engine and containers die with its
+/// agent; its replicas run on the other hosts within the node timeout plus
+/// slack, and after `lab start n1` (engine first, which finds its dead
+/// containers) exactly the desired count runs across all engines.
+#[test]
+fn killing_a_docker_host_moves_its_replicas_and_start_keeps_the_count_exact() {
+    if !docker_lab_possible() {
+        return;
+    }
+    let lab = LabGuard::new();
+    let manifest = lab.tmp.path().join("sleepers.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: sleepers\nspec:\n  replicas: 6\n  selector:\n    matchLabels:\n      app: sleepers\n  template:\n    metadata:\n      labels:\n        app: sleepers\n    spec:\n      containers:\n      - name: main\n        image: drover/busybox:1\n        command: [\"sleep\", \"100000\"]\n",
+    )
+    .expect("manifest");
+    lab.lab(
+        "up",
+        &[
+            "--controllers",
+            "1",
+            "--agents",
+            "3",
+            "--runtime",
+            "docker",
+            "--apply",
+            &manifest.display().to_string(),
+        ],
+    );
+    let running_containers = || -> usize {
+        ["n1", "n2", "n3"]
+            .iter()
+            .map(|h| {
+                lab.containers(h)
+                    .iter()
+                    .filter(|c| c.contains("sleepers-"))
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(running_containers(), 6);
+    let on_n1 = lab.replicas().iter().filter(|(_, _, n)| n == "n1").count();
+    assert!(on_n1 > 0, "nothing was placed on n1: {:?}", lab.replicas());
+    let engine_pid = |what: &str| lab.host("n1")["engine"][what].as_u64();
+    let (containerd, dockerd) = (
+        engine_pid("containerd_pid").expect("containerd pid"),
+        engine_pid("dockerd_pid").expect("dockerd pid"),
+    );
+
+    let killed_at = std::time::Instant::now();
+    lab.lab("kill", &["n1"]);
+    assert!(
+        !alive(containerd) && !alive(dockerd),
+        "n1's engine survived"
+    );
+    // Node timeout (3 s) + scheduling + container start on the others.
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "6 replicas Running, none on n1",
+        || {
+            let r = lab.replicas();
+            (r.len() == 6 && r.iter().all(|(_, s, n)| s == "Running" && n != "n1")).then_some(())
+        },
+    );
+    eprintln!(
+        "n1's {on_n1} replica(s) ran elsewhere {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    let started_at = std::time::Instant::now();
+    lab.lab("start", &["n1"]);
+    eprintln!(
+        "lab start n1 (engine + agent) took {:.1}s",
+        started_at.elapsed().as_secs_f64()
+    );
+    wait_for(std::time::Duration::from_secs(60), "n1 Ready again", || {
+        let out = lab.ctl(&["get", "nodes"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("n1 ") && l.contains(" Ready"))
+            .then_some(())
+    });
+    // n1's engine came back with its dead containers; the agent removes
+    // them (or at least never runs them): exactly 6 run, all on n2 and n3.
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "n1's engine holds no sleepers container",
+        || {
+            let out = lab.docker("n1", &["ps", "-a", "--format", "{{.Names}}"]);
+            (out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("sleepers-"))
+                .then_some(())
+        },
+    );
+    assert_eq!(running_containers(), 6);
+    let r = lab.replicas();
+    assert_eq!(r.len(), 6, "{r:?}");
+    assert!(r.iter().all(|(_, s, _)| s == "Running"), "{r:?}");
+}
+
+/// `lab down --id N` removes a Docker lab whose state file was lost:
+/// engines, mounts, cgroups, namespaces, bridge.
+#[test]
+fn down_by_id_removes_a_docker_lab_whose_state_file_is_lost() {
+    if !docker_lab_possible() {
+        return;
+    }
+    let lab = LabGuard::new();
+    lab.lab(
+        "up",
+        &["--controllers", "1", "--agents", "1", "--runtime", "docker"],
+    );
+    let state = lab.state();
+    let id = state["id"].as_u64().expect("id");
+    let bridge = state["bridge"].as_str().expect("bridge").to_string();
+    let engine = lab.host("n1")["engine"]["name"]
+        .as_str()
+        .expect("engine")
+        .to_string();
+    let dockerd = lab.host("n1")["engine"]["dockerd_pid"]
+        .as_u64()
+        .expect("dockerd pid");
+    // Lose the state file (the lab's directory stays, as after a bad rm).
+    std::fs::remove_file(lab.dir().join("lab.json")).expect("rm lab.json");
+    let out = lab.ctl(&["lab", "down", "--id", &id.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("removed the engine {engine}")),
+        "{stdout}"
+    );
+    assert!(!alive(dockerd), "dockerd survived");
+    assert!(!netns_list().contains(&format!("drv{id}-")));
+    assert!(!link_exists(&bridge));
+    assert!(!Path::new("/run/drover-lab").join(&engine).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dir = lab.dir().display().to_string();
+    assert!(!mounts.contains(&dir), "mounts left under {dir}");
+    // Nothing is left to remove: said in one sentence.
+    let again = lab.ctl(&["lab", "down", "--id", &id.to_string()]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("nothing of lab {id}")),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

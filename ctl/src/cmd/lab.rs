@@ -7,7 +7,7 @@ use clap::Parser as _;
 use std::path::Path;
 
 use super::{print, Env};
-use crate::cli::{Cli, Command, LabCommand, LabUpArgs};
+use crate::cli::{Cli, Command, LabCommand, LabDownArgs, LabUpArgs};
 use crate::config::ConfigFile;
 use crate::lab::{self, available, chaos, sys, Lab, UpOptions};
 use crate::output::Table;
@@ -15,7 +15,18 @@ use crate::output::Table;
 pub async fn run(env: &Env, cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up(args) => up(env, args).await,
+        LabCommand::Down(LabDownArgs { id: Some(id), .. }) => {
+            if let Some(missing) = sys::missing_prerequisite() {
+                anyhow::bail!(missing);
+            }
+            let done = lab::down_orphan(id)?;
+            print(&format!(
+                "{}\nlab {id} is gone from this machine; its directory, if any is left, can be removed with rm -r\n",
+                done.join("\n")
+            ))
+        }
         LabCommand::Down(d) => {
+            let d = d.dir;
             let lab = Lab::load(&d.dir)?;
             // The context goes even when something else is left behind.
             let context = lab.config.as_deref().and_then(|c| remove_context(&lab, c));

@@ -172,12 +172,15 @@ pub fn stuck(o: &Observed, waited: Duration) -> NotAvailable {
 }
 
 /// `http://IP:PORT/` for each ready replica's host port, on its host's
-/// address (process runtime: every agent is a host of its own) or this
-/// machine's loopback (Docker publishes on the local engine).
+/// address (every agent is a host of its own, with its own Docker engine
+/// for the Docker runtime; labs from before that published on this
+/// machine's engine: loopback).
 pub fn addresses(lab: &Lab, o: &Observed) -> Vec<String> {
     let mut out = Vec::new();
     for r in o.replicas.iter().filter(|r| ready(r)) {
-        let ip = if lab.runtime == "docker" {
+        let shared_engine =
+            lab.runtime == "docker" && lab.agents().any(|h| h.name == r.node && h.engine.is_none());
+        let ip = if shared_engine {
             "127.0.0.1".to_string()
         } else {
             match lab

@@ -552,7 +552,17 @@ impl Runner<'_> {
             }
             Fault::CrashContainers(h) => {
                 let host = self.lab.host(h)?.clone();
-                if self.lab.runtime == "docker" {
+                if let Some(engine) = &host.engine {
+                    let ids = engine
+                        .docker(&["ps", "-q", "--filter", &format!("label=drover.node={h}")])
+                        .unwrap_or_default();
+                    let ids: Vec<&str> = ids.split_whitespace().collect();
+                    if !ids.is_empty() {
+                        let mut args = vec!["kill"];
+                        args.extend(ids);
+                        let _ = engine.docker(&args);
+                    }
+                } else if self.lab.runtime == "docker" {
                     let ids = sys::docker_containers(h);
                     if !ids.is_empty() {
                         let mut args = vec!["kill"];
@@ -588,9 +598,12 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// The workload: a shell that ends on SIGTERM (a `sleep` as a
+    /// container's PID 1 ignores it, so every stop would wait out the 30 s
+    /// grace period and a scale-down would look like slow convergence).
     fn manifest(name: &str, replicas: u32) -> String {
         format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: main\n        image: drover/busybox:1\n        command: [\"sleep\", \"100000\"]\n        resources:\n          requests:\n            cpu: 10m\n            memory: 4Mi\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: main\n        image: drover/busybox:1\n        command: [\"sh\", \"-c\", \"trap \x27kill $! 2>/dev/null; exit 0\x27 TERM; sleep 100000 & wait\"]\n        resources:\n          requests:\n            cpu: 10m\n            memory: 4Mi\n"
         )
     }
 
@@ -777,16 +790,19 @@ impl Runner<'_> {
         let mut out = Running::new();
         for h in self.lab.agents() {
             if self.lab.runtime == "docker" {
-                let text = sys::run(
-                    "docker",
-                    &[
-                        "ps",
-                        "--filter",
-                        &format!("label=drover.node={}", h.name),
-                        "--format",
-                        "{{.Label \"drover.replica\"}} {{.Label \"drover.deployment\"}}",
-                    ],
-                )?;
+                let args = [
+                    "ps",
+                    "--filter",
+                    &format!("label=drover.node={}", h.name),
+                    "--format",
+                    "{{.Label \"drover.replica\"}} {{.Label \"drover.deployment\"}}",
+                ];
+                let text = match &h.engine {
+                    // A killed host's engine is down: nothing runs there.
+                    Some(e) if !e.running() => String::new(),
+                    Some(e) => e.docker(&args)?,
+                    None => sys::run("docker", &args)?,
+                };
                 for line in text.lines() {
                     if let Some((replica, deployment)) = line.split_once(' ') {
                         out.entry(replica.to_string())

@@ -8,6 +8,8 @@
 //!   join tokens; [`pki`]: a new cluster's CA and certificates;
 //! - [`available`]: `up --apply` waiting for deployments;
 //! - [`chaos`]: the seeded chaos runner and its history checker;
+//! - [`engine`]: a Docker-runtime agent host's own Docker engine, its
+//!   cgroup (pause, power-loss kill) and images from this machine's engine;
 //! - [`sys`]: `ip`, `iptables`, `docker`, `apt-get`, signals and `/proc`.
 //!
 //! ```text
@@ -18,6 +20,9 @@
 //!   eth0 10.213.<ID>.11      eth0 .12                   eth0 10.213.<ID>.101
 //!   drover-controller :7001  drover-controller          drover-agent :7101
 //!                                                         └─ replicas (process runtime)
+//!                                                       or containerd + dockerd of its
+//!                                                         own, containers on its docker0
+//!                                                         (docker runtime: [`engine`])
 //! ```
 //!
 //! Every controller and agent is its own host: a network namespace with one
@@ -34,6 +39,7 @@
 pub mod available;
 pub mod chaos;
 pub mod cluster;
+pub mod engine;
 pub mod pki;
 pub mod sys;
 
@@ -78,6 +84,9 @@ pub struct Host {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
+    /// A Docker-runtime agent's own Docker engine (see [`engine`]).
+    #[serde(default)]
+    pub engine: Option<engine::Engine>,
 }
 
 impl Host {
@@ -228,7 +237,7 @@ impl Lab {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "no lab in {}: start one with droverctl lab up (or pass --dir)",
+                "no lab in {}: start one with droverctl lab up (or pass --dir; a lab whose state file was lost is removed with droverctl lab down --id N)",
                 dir.display()
             ),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -322,8 +331,15 @@ impl Lab {
 
     /// What the host's daemon is doing.
     pub fn state(&self, host: &Host) -> HostState {
+        let frozen = || {
+            host.engine
+                .as_ref()
+                .and_then(|e| e.cgroup().ok())
+                .is_some_and(|c| c.frozen())
+        };
         match host.pid.and_then(|pid| sys::process_state(pid, &host.ns)) {
             None => HostState::Stopped,
+            Some(_) if frozen() => HostState::Paused,
             Some('T') | Some('t') => HostState::Paused,
             Some(_) => HostState::Running,
         }
@@ -344,7 +360,10 @@ impl Lab {
         out
     }
 
-    /// Start the host's daemon (again); an error if it runs.
+    /// Start the host's daemon (again); an error if it runs. A host with
+    /// its own Docker engine gets the engine started first when it is down
+    /// (after a kill: with a reboot's cleanup), and the workload image
+    /// loaded if its data root lacks it.
     pub fn start(&mut self, name: &str) -> anyhow::Result<u32> {
         let host = self.host(name)?.clone();
         match self.state(&host) {
@@ -357,22 +376,70 @@ impl Lab {
                 bail!("{name} is paused: resume it with droverctl lab resume {name}")
             }
         }
-        let pid = sys::spawn_detached(&host.ns, &host.argv, &host.env, &host.log)?;
+        let pid = match host.engine.clone() {
+            None => sys::spawn_detached(&host.ns, &host.argv, &host.env, &host.log)?,
+            Some(mut engine) => {
+                if !engine.running() || !engine.answers() {
+                    // A half-dead engine goes down whole, as on a power loss.
+                    engine.cgroup()?.kill_all(Duration::from_secs(10))?;
+                    let started = engine.start(&host.ns);
+                    self.host_mut(name)?.engine = Some(engine.clone());
+                    self.save()?;
+                    started?;
+                }
+                if engine
+                    .docker(&["image", "inspect", WORKLOAD_IMAGE])
+                    .is_err()
+                {
+                    engine.load_image(WORKLOAD_IMAGE, &engine::cache_image(WORKLOAD_IMAGE)?)?;
+                }
+                let cgroup = engine.cgroup()?;
+                sys::spawn_in_cgroup(
+                    &host.ns,
+                    &cgroup.daemons_procs(),
+                    &host.argv,
+                    &host.env,
+                    &host.log,
+                )?
+            }
+        };
         self.host_mut(name)?.pid = Some(pid);
         self.save()?;
+        // The pid is the daemon's once setsid and nsenter (or ip netns exec)
+        // have exec'd into it: until then it is not in the namespace and
+        // would look stopped to the next `pause` or `status`.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sys::process_state(pid, &host.ns).is_none() && Instant::now() < deadline {
+            if !engine::alive(pid) {
+                bail!(
+                    "{name}'s daemon exited at its start: see {}",
+                    host.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Ok(pid)
     }
 
     /// SIGKILL every process of the host (its daemon and, for an agent, its
-    /// replicas: processes in its namespace, containers labelled with its name).
+    /// replicas: processes in its namespace; with its own Docker engine the
+    /// whole cgroup, engine and containers included, as a power loss).
     pub fn kill(&mut self, name: &str) -> anyhow::Result<usize> {
         let host = self.host(name)?.clone();
+        let mut killed = 0;
+        if let Some(engine) = &host.engine {
+            // Agent, engine, shims and containers at once: a power loss.
+            killed += engine.cgroup()?.kill_all(Duration::from_secs(10))?;
+            let e = self.host_mut(name)?.engine.as_mut().expect("cloned above");
+            e.containerd_pid = None;
+            e.dockerd_pid = None;
+        }
         let pids = sys::netns_pids(&host.ns);
         // A stopped process cannot die until continued.
         sys::signal(Signal::SIGKILL, &pids);
         sys::signal(Signal::SIGCONT, &pids);
-        let mut killed = pids.len();
-        if host.role == Role::Agent && self.runtime == "docker" {
+        killed += pids.len();
+        if host.role == Role::Agent && self.runtime == "docker" && host.engine.is_none() {
             let ids = sys::docker_containers(&host.name);
             if !ids.is_empty() {
                 let mut args = vec!["kill"];
@@ -390,6 +457,12 @@ impl Lab {
     /// SIGTERM the daemon and wait for it to exit (SIGKILL after 20 s).
     pub fn stop(&mut self, name: &str) -> anyhow::Result<()> {
         let host = self.host(name)?.clone();
+        if let Some(engine) = &host.engine {
+            // A frozen agent cannot act on SIGTERM: the host is resumed
+            // first; its engine keeps running, as a host's does when its
+            // agent service stops.
+            engine.cgroup()?.freeze(false)?;
+        }
         if let Some(pid) = host.pid {
             if self.state(&host) != HostState::Stopped {
                 sys::signal(Signal::SIGTERM, &[pid]);
@@ -415,11 +488,17 @@ impl Lab {
         false
     }
 
-    /// SIGSTOP (`pause`) or SIGCONT (`resume`) every process of the host.
+    /// SIGSTOP (`pause`) or SIGCONT (`resume`) every process of the host;
+    /// a host with its own Docker engine is frozen (thawed) by its cgroup.
     pub fn pause(&mut self, name: &str, pause: bool) -> anyhow::Result<()> {
         let host = self.host(name)?.clone();
         if self.state(&host) == HostState::Stopped {
             bail!("{name} is not running: start it with droverctl lab start {name}");
+        }
+        if let Some(engine) = &host.engine {
+            // The freezer: agent, engine and containers alike, which a
+            // SIGSTOP to the namespace's processes would not reach.
+            return engine.cgroup()?.freeze(pause);
         }
         let pids = sys::netns_pids(&host.ns);
         sys::signal(
@@ -470,7 +549,16 @@ impl Lab {
     pub fn heal(&mut self) -> anyhow::Result<usize> {
         for h in &self.hosts {
             if sys::netns_exists(&h.ns) {
-                sys::in_ns(&h.ns, "iptables", &["-F", "INPUT"])?;
+                // A namespace never partitioned has no chain to flush.
+                if sys::in_ns(
+                    &h.ns,
+                    "iptables",
+                    &["-t", "raw", "-L", PARTITION_CHAIN, "-n"],
+                )
+                .is_ok()
+                {
+                    sys::in_ns(&h.ns, "iptables", &["-t", "raw", "-F", PARTITION_CHAIN])?;
+                }
             }
         }
         let n = self.partitions.len();
@@ -480,13 +568,30 @@ impl Lab {
     }
 }
 
-/// In `host`'s namespace, drop everything arriving from `ip`.
+/// The raw-table chain holding a host's partition rules.
+const PARTITION_CHAIN: &str = "DROVER-PARTITION";
+
+/// In `host`'s namespace, drop everything arriving from `ip`: in the raw
+/// table's PREROUTING, before connection tracking and Docker's DNAT, so a
+/// packet for one of the host's containers is dropped as surely as one for
+/// the host (and Docker, which rewrites FORWARD and nat, never touches it).
+/// What the host's containers send leaves with the host's address
+/// (masquerade) and is dropped by the same rule on the other side. The rules
+/// live in a chain of their own, jumped to first from PREROUTING, so `heal`
+/// flushes them and nothing of Docker's (dockerd 28 adds raw rules too).
 fn drop_between(host: &Host, ip: &str) -> anyhow::Result<()> {
-    sys::in_ns(
-        &host.ns,
-        "iptables",
-        &["-I", "INPUT", "-s", ip, "-j", "DROP"],
-    )?;
+    let raw = |args: &[&str]| {
+        let mut all = vec!["-t", "raw"];
+        all.extend_from_slice(args);
+        sys::in_ns(&host.ns, "iptables", &all)
+    };
+    if raw(&["-L", PARTITION_CHAIN, "-n"]).is_err() {
+        raw(&["-N", PARTITION_CHAIN])?;
+    }
+    if raw(&["-C", "PREROUTING", "-j", PARTITION_CHAIN]).is_err() {
+        raw(&["-I", "PREROUTING", "1", "-j", PARTITION_CHAIN])?;
+    }
+    raw(&["-A", PARTITION_CHAIN, "-s", ip, "-j", "DROP"])?;
     Ok(())
 }
 
@@ -511,11 +616,10 @@ pub async fn up(opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Res
         bail!("--agents must be at most {MAX_AGENTS}");
     }
     if opts.runtime == "docker" {
-        // Docker agents own the containers labelled with their node name.
-        for i in 1..=opts.agents {
-            if !sys::docker_containers(&format!("n{i}")).is_empty() {
-                bail!("containers labelled drover.node=n{i} already exist (another cluster's agent n{i}?): remove them or use --runtime process");
-            }
+        // Every agent host runs its own engine: no silent fallback to this
+        // machine's shared one.
+        if let Some(missing) = engine::missing_prerequisite() {
+            bail!(missing);
         }
     }
     // What the examples need, before anything is made: a lab whose
@@ -530,6 +634,22 @@ pub async fn up(opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> anyhow::Res
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     let mut lab = claim_network(&dir, opts)?;
+    if opts.runtime == "docker" {
+        let (driver, why) = engine::storage_driver(&dir);
+        progress(&format!(
+            "each agent host runs its own Docker engine (storage driver {driver}: {why})"
+        ));
+        let id = lab.id;
+        for h in lab.hosts.iter_mut().filter(|h| h.role == Role::Agent) {
+            h.engine = Some(engine::Engine::new(
+                format!("drv{id}-{}", h.name),
+                dir.join(&h.name),
+                &dir,
+                &h.name,
+                &driver,
+            ));
+        }
+    }
     lab.save()?;
     match build(&mut lab, opts, busybox.as_deref(), progress).await {
         Ok(()) => Ok(lab),
@@ -556,7 +676,12 @@ fn claim_network(dir: &Path, opts: &UpOptions) -> anyhow::Result<Lab> {
     for id in 1..=250u32 {
         let net = format!("{NET_PREFIX}.{id}");
         let bridge = format!("drv{id}");
-        if routes.contains(&format!("{net}.")) || sys::link_exists(&bridge) {
+        // An engine left by a lab whose state was lost keeps its id taken
+        // until `lab down --id` removes it.
+        if routes.contains(&format!("{net}."))
+            || sys::link_exists(&bridge)
+            || !engine::engines_of_lab(id).is_empty()
+        {
             continue;
         }
         let mut hosts = Vec::new();
@@ -606,6 +731,7 @@ fn new_host(id: u32, net: &str, dir: &Path, role: Role, i: u32) -> Host {
         pid: None,
         argv: Vec::new(),
         env: Vec::new(),
+        engine: None,
     }
 }
 
@@ -666,6 +792,28 @@ async fn build(
         lab.bridge,
         lab.net
     ));
+    // Engines start while the controllers elect a leader; the agents wait for them.
+    let engines_started = Instant::now();
+    let engine_hosts: Vec<String> = lab
+        .agents()
+        .filter(|h| h.engine.is_some())
+        .map(|h| h.name.clone())
+        .collect();
+    for name in &engine_hosts {
+        let host = lab.host_mut(name)?;
+        let ns = host.ns.clone();
+        let e = host.engine.as_mut().expect("filtered above");
+        e.spawn_containerd(&ns)?;
+    }
+    lab.save()?;
+    for name in &engine_hosts {
+        let host = lab.host_mut(name)?;
+        let ns = host.ns.clone();
+        let e = host.engine.as_mut().expect("filtered above");
+        e.wait_containerd(engine::START_LIMIT)?;
+        e.spawn_dockerd(&ns)?;
+    }
+    lab.save()?;
 
     // PKI: a CA, one certificate per controller (for its address), the admin's.
     let controllers: Vec<(String, String)> = lab
@@ -716,6 +864,39 @@ async fn build(
     ));
     wait_for_leader(lab, Duration::from_secs(60)).await?;
 
+    if !engine_hosts.is_empty() {
+        let cached = engine::cache_image(WORKLOAD_IMAGE)?;
+        let engines: Vec<engine::Engine> = engine_hosts
+            .iter()
+            .filter_map(|n| lab.host(n).ok().and_then(|h| h.engine.clone()))
+            .collect();
+        let loaded_at = Instant::now();
+        std::thread::scope(|s| {
+            let runs: Vec<_> = engines
+                .iter()
+                .map(|e| {
+                    s.spawn(|| {
+                        e.wait_dockerd(engine::START_LIMIT)?;
+                        e.load_image(WORKLOAD_IMAGE, &cached)
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    r.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("an engine's start panicked")))
+                })
+                .collect::<anyhow::Result<Vec<bool>>>()
+        })?;
+        progress(&format!(
+            "started {} Docker engines ({:.1}s after their start; {WORKLOAD_IMAGE} {} and loaded into each in {:.1}s)",
+            engines.len(),
+            engines_started.elapsed().as_secs_f64(),
+            if cached.saved { "saved from this machine's engine" } else { "taken from the cache" },
+            loaded_at.elapsed().as_secs_f64(),
+        ));
+    }
+
     // Agents join with a token, as on real hosts.
     if lab.agents().next().is_some() {
         let token = cluster::create_token(&lab.servers(), &lab.security()?, "agent").await?;
@@ -758,12 +939,20 @@ async fn build(
                     None => ("PATH".into(), path),
                 },
             ];
+            if let Some(e) = &host.engine {
+                host.env.push(("DOCKER_HOST".into(), e.docker_host()));
+            }
             lab.start(name)?;
         }
         progress(&format!(
-            "started {} agents ({} runtime), joining with a token",
+            "started {} agents ({} runtime{}), joining with a token",
             names.len(),
-            lab.runtime
+            lab.runtime,
+            if engine_hosts.is_empty() {
+                ""
+            } else {
+                ", each on its host's engine"
+            }
         ));
         wait_for_nodes(lab, names.len(), Duration::from_secs(60)).await?;
     }
@@ -901,89 +1090,204 @@ pub async fn wait_for_nodes(lab: &Lab, n: usize, limit: Duration) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("{e:#}; see the n*.log files in {}", lab.dir.display()))
 }
 
-/// Remove everything the lab in `dir` made: processes, containers,
-/// namespaces (and so their veth ends), veths, the bridge, its FORWARD rule
-/// and the directory (droverctl removes the context it wrote). Works from the state file alone; every
-/// step is tried even when an earlier one fails. Returns what it removed.
+/// Remove everything the lab in `dir` made: processes, engines (their
+/// containers, mounts, cgroups and run dirs), namespaces (and so their veth
+/// ends, bridges and iptables rules), veths, the bridge, its FORWARD rule
+/// and the directory (droverctl removes the context it wrote). Works from
+/// the state file alone; every step is tried even when an earlier one
+/// fails. Returns what it removed.
 pub fn down(dir: &Path) -> anyhow::Result<Vec<String>> {
     let lab = Lab::load(dir)?;
-    let mut done = Vec::new();
-    let mut failures = Vec::new();
-    for h in &lab.hosts {
-        let pids = sys::netns_pids(&h.ns);
-        sys::signal(Signal::SIGKILL, &pids);
-        sys::signal(Signal::SIGCONT, &pids);
-        if !pids.is_empty() {
-            done.push(format!("killed {} process(es) on {}", pids.len(), h.name));
+    let what = Leftovers {
+        hosts: lab
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.ns.clone(), h.veth.clone()))
+            .collect(),
+        engines: lab
+            .hosts
+            .iter()
+            .filter_map(|h| h.engine.as_ref())
+            .map(|e| (e.name.clone(), Some(e.host_dir.clone())))
+            .collect(),
+        shared_engine_nodes: if lab.runtime == "docker" {
+            // Labs made before every host had its own engine.
+            lab.agents()
+                .filter(|h| h.engine.is_none())
+                .map(|h| h.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        bridge: lab.bridge.clone(),
+        forward_rule: lab.forward_rule,
+    };
+    let mut done = what.remove()?;
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    done.push(format!("removed {}", dir.display()));
+    Ok(done)
+}
+
+/// Remove lab `id` when its state file is lost: every namespace, veth,
+/// engine (processes, containers, mounts, cgroups, run dir) named
+/// `drv<ID>-…`, the bridge `drv<ID>` and its FORWARD rule. The lab's
+/// directory, wherever it was, is left for `rm -r`.
+pub fn down_orphan(id: u32) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("drv{id}-");
+    let list = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let namespaces = list("/run/netns");
+    let veths: Vec<String> = list("/sys/class/net")
+        .into_iter()
+        .filter(|v| !v.ends_with('p'))
+        .collect();
+    let mut hosts: Vec<(String, String, String)> = namespaces
+        .iter()
+        .map(|ns| (ns[prefix.len()..].to_string(), ns.clone(), ns.clone()))
+        .collect();
+    for v in veths {
+        if !hosts.iter().any(|(_, _, veth)| *veth == v) {
+            hosts.push((v[prefix.len()..].to_string(), v.clone(), v));
         }
     }
-    if lab.runtime == "docker" {
-        for h in lab.agents() {
-            let ids = sys::docker_containers(&h.name);
+    let bridge = format!("drv{id}");
+    let engines: Vec<(String, Option<PathBuf>)> = engine::engines_of_lab(id)
+        .into_iter()
+        .map(|n| (n, None))
+        .collect();
+    if hosts.is_empty() && engines.is_empty() && !sys::link_exists(&bridge) {
+        bail!("nothing of lab {id} is left on this machine (no namespace, veth or engine named {prefix}…, no bridge {bridge})");
+    }
+    Leftovers {
+        hosts,
+        engines,
+        shared_engine_nodes: Vec::new(),
+        bridge,
+        forward_rule: true,
+    }
+    .remove()
+}
+
+/// What a lab made on this machine, to remove.
+struct Leftovers {
+    /// (host name, namespace, veth).
+    hosts: Vec<(String, String, String)>,
+    /// (engine name, its host dir if known).
+    engines: Vec<(String, Option<PathBuf>)>,
+    /// Node names whose containers are on this machine's engine.
+    shared_engine_nodes: Vec<String>,
+    bridge: String,
+    forward_rule: bool,
+}
+
+impl Leftovers {
+    fn remove(&self) -> anyhow::Result<Vec<String>> {
+        let mut done = Vec::new();
+        let mut failures = Vec::new();
+        for (name, _) in &self.engines {
+            match engine::Cgroup::named(name).and_then(|c| c.kill_all(Duration::from_secs(10))) {
+                Ok(0) => {}
+                Ok(n) => done.push(format!(
+                    "killed {n} process(es) of the engine, containers and agent of {name}"
+                )),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        for (name, ns, _) in &self.hosts {
+            let pids = sys::netns_pids(ns);
+            sys::signal(Signal::SIGKILL, &pids);
+            sys::signal(Signal::SIGCONT, &pids);
+            if !pids.is_empty() {
+                done.push(format!("killed {} process(es) on {name}", pids.len()));
+            }
+        }
+        for node in &self.shared_engine_nodes {
+            let ids = sys::docker_containers(node);
             if !ids.is_empty() {
                 let mut args = vec!["rm", "-f"];
                 args.extend(ids.iter().map(String::as_str));
                 match sys::run("docker", &args) {
-                    Ok(_) => done.push(format!("removed {} container(s) of {}", ids.len(), h.name)),
+                    Ok(_) => done.push(format!("removed {} container(s) of {node}", ids.len())),
                     Err(e) => failures.push(format!("{e:#}")),
                 }
             }
         }
-    }
-    // Processes must be gone before their namespace is deleted.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.hosts.iter().any(|h| !sys::netns_pids(&h.ns).is_empty()) && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for h in &lab.hosts {
-        if sys::netns_exists(&h.ns) {
-            match sys::ip(&["netns", "del", &h.ns]) {
-                Ok(_) => done.push(format!("deleted namespace {}", h.ns)),
+        // Processes must be gone before their namespace is deleted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .hosts
+            .iter()
+            .any(|(_, ns, _)| !sys::netns_pids(ns).is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (name, host_dir) in &self.engines {
+            match engine::remove_engine(name, host_dir.as_deref()) {
+                Ok(()) => done.push(format!(
+                    "removed the engine {name} (mounts, cgroups, /run/drover-lab/{name})"
+                )),
                 Err(e) => failures.push(format!("{e:#}")),
             }
         }
-        // Deleting the namespace deletes the pair, asynchronously.
-        if sys::link_exists(&h.veth) {
-            if let Err(e) = sys::ip(&["link", "del", &h.veth]) {
-                if sys::link_exists(&h.veth) {
-                    failures.push(format!("{e:#}"));
+        for (_, ns, veth) in &self.hosts {
+            if sys::netns_exists(ns) {
+                match sys::ip(&["netns", "del", ns]) {
+                    Ok(_) => done.push(format!("deleted namespace {ns}")),
+                    Err(e) => failures.push(format!("{e:#}")),
                 }
             }
+            // Deleting the namespace deletes the pair, asynchronously.
+            if sys::link_exists(veth) {
+                if let Err(e) = sys::ip(&["link", "del", veth]) {
+                    if sys::link_exists(veth) {
+                        failures.push(format!("{e:#}"));
+                    }
+                }
+            }
+            let peer = format!("{veth}p");
+            if sys::link_exists(&peer) {
+                let _ = sys::ip(&["link", "del", &peer]);
+            }
         }
-        let peer = format!("{}p", h.veth);
-        if sys::link_exists(&peer) {
-            let _ = sys::ip(&["link", "del", &peer]);
+        if self.forward_rule {
+            let _ = sys::run(
+                "iptables",
+                &[
+                    "-D",
+                    "FORWARD",
+                    "-i",
+                    &self.bridge,
+                    "-o",
+                    &self.bridge,
+                    "-j",
+                    "ACCEPT",
+                ],
+            );
         }
-    }
-    if lab.forward_rule {
-        let _ = sys::run(
-            "iptables",
-            &[
-                "-D",
-                "FORWARD",
-                "-i",
-                &lab.bridge,
-                "-o",
-                &lab.bridge,
-                "-j",
-                "ACCEPT",
-            ],
-        );
-    }
-    if sys::link_exists(&lab.bridge) {
-        match sys::ip(&["link", "del", &lab.bridge]) {
-            Ok(_) => done.push(format!("deleted bridge {}", lab.bridge)),
-            Err(e) => failures.push(format!("{e:#}")),
+        if sys::link_exists(&self.bridge) {
+            match sys::ip(&["link", "del", &self.bridge]) {
+                Ok(_) => done.push(format!("deleted bridge {}", self.bridge)),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
         }
+        if !failures.is_empty() {
+            bail!(
+                "lab down left something behind (the state file is kept; run it again):\n{}",
+                failures.join("\n")
+            );
+        }
+        Ok(done)
     }
-    if !failures.is_empty() {
-        bail!(
-            "lab down left something behind (the state file is kept; run it again):\n{}",
-            failures.join("\n")
-        );
-    }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    done.push(format!("removed {}", dir.display()));
-    Ok(done)
 }

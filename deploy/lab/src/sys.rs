@@ -244,3 +244,66 @@ pub fn apt_install(package: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether `program` is an executable file in a directory of PATH (or
+/// /usr/sbin and /sbin, where dockerd lives and a user's PATH may not go).
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .any(|p| {
+            std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Like [`spawn_detached`], but entering only the network namespace
+/// (`nsenter --net`: `ip netns exec` remounts /sys, hiding the cgroup tree
+/// dockerd needs) and moving the process into the cgroup whose
+/// `cgroup.procs` is `procs` before it execs, so everything it starts is
+/// in that cgroup too.
+pub fn spawn_in_cgroup(
+    ns: &str,
+    procs: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<u32> {
+    let netns = Path::new("/run/netns").join(ns);
+    // The inner sh writes its own pid, then execs setsid, which execs
+    // nsenter, which execs the daemon: one pid throughout.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            r#"log=$1; procs=$2; shift 2; sh -c 'echo $$ >"$0" && exec "$@"' "$procs" "$@" >>"$log" 2>&1 </dev/null & echo $!"#,
+        )
+        .arg("sh")
+        .arg(log)
+        .arg(procs)
+        .arg("setsid")
+        .arg("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .args(argv)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", sbin_path(env))
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run sh to start a lab process")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("starting {} printed no pid: {text:?}", argv.join(" ")))
+}
+
+/// PATH (from `env` if it sets one) with /usr/sbin and /sbin appended.
+fn sbin_path(env: &[(String, String)]) -> String {
+    let base = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/bin:/bin".into());
+    format!("{base}:/usr/sbin:/sbin")
+}

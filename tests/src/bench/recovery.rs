@@ -12,6 +12,12 @@
 //!    └── restart the agent, wait until it is Ready and R replicas run
 //! ```
 //!
+//! With `--lab` the cluster is a `droverctl lab` instead of the test
+//! harness's loopback one: every agent a host of its own (network
+//! namespace), with `--runtime docker` its own Docker engine, and a kill is
+//! `lab kill` (agent, engine and containers at once, a power loss); the
+//! agent's restart is `lab start` (engine, then agent).
+//!
 //! Defaults match the cluster's: node timeout 3 s, heartbeat 500 ms. The
 //! target is a median recovery ≤ node timeout + 1 s; the anchors are the
 //! default failure-to-reschedule times of Kubernetes, Swarm and Nomad.
@@ -21,8 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use drover_proto::pb;
+use drover_proto::pb::control_client::ControlClient;
 use drover_tests::cluster::containers_of;
 use drover_tests::Cluster;
+use tonic::transport::Channel;
 
 use super::measure::{cores, median, percentile, poll_until, secs, Poll};
 use super::{apply_worker, client, list_replicas};
@@ -41,6 +49,82 @@ pub struct Config {
     pub runtime: String,
     /// For each wait.
     pub timeout: Duration,
+    /// Run on a `droverctl lab` (needs root) rather than the harness's cluster.
+    pub lab: bool,
+}
+
+/// The cluster under test: the harness's, or a lab (removed on drop).
+enum Target {
+    Harness(Box<Cluster>),
+    Lab {
+        lab: drover_lab::Lab,
+        /// Holds the lab's dir; removed after `lab down`.
+        _tmp: tempfile::TempDir,
+    },
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Target::Lab { lab, .. } = self {
+            if let Err(e) = drover_lab::down(&lab.dir) {
+                eprintln!("lab down failed: {e:#}");
+            }
+        }
+    }
+}
+
+const AGENT_FLAGS: [&str; 4] = ["--cpu", "16", "--memory", "16Gi"];
+
+impl Target {
+    async fn client(&self) -> anyhow::Result<ControlClient<Channel>> {
+        match self {
+            Target::Harness(c) => c.client(0).await,
+            Target::Lab { lab, .. } => {
+                drover_lab::cluster::connect(&lab.servers()[0], &lab.security()?).await
+            }
+        }
+    }
+
+    /// SIGKILL agent host `name`; how many processes/containers died.
+    fn kill(&mut self, i: usize, name: &str) -> anyhow::Result<usize> {
+        match self {
+            Target::Harness(c) => Ok(c.kill_agent_host(i)),
+            Target::Lab { lab, .. } => lab.kill(name),
+        }
+    }
+
+    fn restart(&mut self, i: usize, name: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Harness(c) => c.restart_agent(i, &AGENT_FLAGS),
+            Target::Lab { lab, .. } => lab.start(name).map(|_| ()),
+        }
+    }
+}
+
+/// A lab of 3 controllers and `agents` agents `n1`..`nA`.
+async fn lab(cfg: &Config) -> anyhow::Result<(Target, Vec<String>)> {
+    let tmp = tempfile::tempdir()?;
+    let opts = drover_lab::UpOptions {
+        dir: tmp.path().join("lab"),
+        controllers: 3,
+        agents: u32::try_from(cfg.agents)?,
+        runtime: cfg.runtime.clone(),
+        controller_bin: drover_lab::built_binary("drover-controller")?,
+        agent_bin: drover_lab::built_binary("drover-agent")?,
+        controller_args: Vec::new(),
+        agent_args: AGENT_FLAGS.iter().map(|s| s.to_string()).collect(),
+        busybox_path: None,
+    };
+    let started = Instant::now();
+    let lab = drover_lab::up(&opts, &mut |line| eprintln!("  lab: {line}")).await?;
+    println!(
+        "lab up ({} runtime, 3 controllers, {} agents): {}",
+        cfg.runtime,
+        cfg.agents,
+        secs(started.elapsed())
+    );
+    let names = lab.agents().map(|h| h.name.clone()).collect();
+    Ok((Target::Lab { lab, _tmp: tmp }, names))
 }
 
 /// Removes the Docker containers of the bench's nodes when dropped.
@@ -65,31 +149,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.agents < 2 {
         bail!("--agents must be at least 2: replicas need somewhere to go");
     }
-    let names: Vec<String> = (1..=cfg.agents)
-        .map(|i| format!("recovery-{}-{i}", std::process::id()))
-        .collect();
-    let _sweep = Sweep(if cfg.runtime == "docker" {
-        names.clone()
-    } else {
-        Vec::new()
-    });
     println!(
-        "drover recovery benchmark: {} agents ({} runtime), {} replicas, {} host kills, \
+        "drover recovery benchmark: {} agents ({} runtime{}), {} replicas, {} host kills, \
          node timeout {} (default), {} cores",
         cfg.agents,
         cfg.runtime,
+        if cfg.lab {
+            if cfg.runtime == "docker" {
+                ", a lab: each agent a host with its own Docker engine"
+            } else {
+                ", a lab: each agent a host"
+            }
+        } else {
+            ""
+        },
         cfg.replicas,
         cfg.kills,
         secs(NODE_TIMEOUT),
         cores()
     );
-    let mut c = Cluster::start(3).await?;
-    for name in &names {
-        c.start_agent(name, &cfg.runtime, &["--cpu", "16", "--memory", "16Gi"])?;
+    let mut _sweep = Sweep(Vec::new());
+    let (mut c, names) = if cfg.lab {
+        lab(&cfg).await?
+    } else {
+        let names: Vec<String> = (1..=cfg.agents)
+            .map(|i| format!("recovery-{}-{i}", std::process::id()))
+            .collect();
+        if cfg.runtime == "docker" {
+            _sweep = Sweep(names.clone());
+        }
+        let mut c = Cluster::start(3).await?;
+        for name in &names {
+            c.start_agent(name, &cfg.runtime, &AGENT_FLAGS)?;
+        }
+        let leader = c.wait_for_leader(cfg.timeout).await?;
+        let mut api = client(&c.controllers[leader].address, &c.security).await?;
+        apply_worker(&mut api, DEPLOYMENT, cfg.replicas).await?;
+        (Target::Harness(Box::new(c)), names)
+    };
+    if cfg.lab {
+        let mut api = c.client().await?;
+        apply_worker(&mut api, DEPLOYMENT, cfg.replicas).await?;
     }
-    let leader = c.wait_for_leader(cfg.timeout).await?;
-    let mut api = client(&c.controllers[leader].address, &c.security).await?;
-    apply_worker(&mut api, DEPLOYMENT, cfg.replicas).await?;
     let want = cfg.replicas as usize;
     settled(&c, want, None, cfg.timeout).await?;
 
@@ -99,7 +200,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let per_node = settled(&c, want, None, cfg.timeout).await?;
         let (victim, on_victim) = busiest(&names, &per_node);
         let t0 = Instant::now();
-        let killed = c.kill_agent_host(victim);
+        let killed = c.kill(victim, &names[victim])?;
         let (d, r) = time_recovery(&c, t0, &names[victim], want, cfg.timeout)
             .await
             .with_context(|| format!("trial {trial}"))?;
@@ -112,7 +213,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             secs(d),
             secs(r)
         );
-        c.restart_agent(victim, &["--cpu", "16", "--memory", "16Gi"])?;
+        c.restart(victim, &names[victim])?;
         settled(&c, want, Some(&names[victim]), cfg.timeout).await?;
     }
     let (mut d, mut r) = (detect.clone(), recover.clone());
@@ -157,7 +258,7 @@ fn busiest(names: &[String], per_node: &BTreeMap<String, usize>) -> (usize, usiz
 /// Wait until every node is Ready (and `returning` is back) and exactly
 /// `want` replicas run; returns replicas per node.
 async fn settled(
-    c: &Cluster,
+    c: &Target,
     want: usize,
     returning: Option<&str>,
     timeout: Duration,
@@ -185,7 +286,7 @@ async fn settled(
 /// (kill → NotReady, kill → all Running elsewhere) from the kill at `t0`,
 /// sampled every 20 ms.
 async fn time_recovery(
-    c: &Cluster,
+    c: &Target,
     t0: Instant,
     victim: &str,
     want: usize,
@@ -217,8 +318,8 @@ async fn time_recovery(
     bail!("replicas not back within {timeout:?}; last: {last}")
 }
 
-async fn nodes(c: &Cluster) -> Result<Vec<pb::Node>, String> {
-    let mut api = c.client(0).await.map_err(|e| e.to_string())?;
+async fn nodes(c: &Target) -> Result<Vec<pb::Node>, String> {
+    let mut api = c.client().await.map_err(|e| e.to_string())?;
     Ok(api
         .list_nodes(pb::ListNodesRequest::default())
         .await
@@ -229,11 +330,11 @@ async fn nodes(c: &Cluster) -> Result<Vec<pb::Node>, String> {
 
 /// Replicas per node once exactly `want` are Running, none on `not_on`.
 async fn running(
-    c: &Cluster,
+    c: &Target,
     want: usize,
     not_on: Option<&str>,
 ) -> Result<BTreeMap<String, usize>, String> {
-    let mut api = c.client(0).await.map_err(|e| e.to_string())?;
+    let mut api = c.client().await.map_err(|e| e.to_string())?;
     let replicas = list_replicas(&mut api, DEPLOYMENT, false).await?;
     let mut per_node = BTreeMap::new();
     for r in &replicas {

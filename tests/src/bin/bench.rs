@@ -5,7 +5,7 @@
 //! target/release/bench store
 //! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100]
 //! target/release/bench docker-start [--replicas 20]
-//! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker]
+//! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
 //! ```
 //!
@@ -92,6 +92,10 @@ enum What {
         /// Give up on any one wait after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// On a `droverctl lab` (as root): every agent its own host, with
+        /// `--runtime docker` its own Docker engine; kills are `lab kill`.
+        #[arg(long)]
+        lab: bool,
     },
     /// Rolling update time: process runtime, Docker, and Swarm's service update.
     Rollout {
@@ -166,6 +170,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             kills,
             runtime,
             timeout_secs,
+            lab,
         } => {
             bench::recovery::run(bench::recovery::Config {
                 agents,
@@ -173,6 +178,7 @@ async fn run(what: What) -> anyhow::Result<()> {
                 kills,
                 runtime,
                 timeout: Duration::from_secs(timeout_secs),
+                lab,
             })
             .await
         }
