@@ -396,7 +396,7 @@ async fn exec_on_the_docker_runtime() {
 
 /// A crash: the replica writes its last words when the test asks, exits 3,
 /// and its next run waits (the trigger file does not survive the restart).
-async fn logs_previous_shows_the_crashed_run(c: &Cluster) {
+async fn logs_previous_shows_the_crashed_run(runtime: Runtime, c: &Cluster) {
     let replica = deploy(
         c,
         "crasher",
@@ -436,6 +436,17 @@ async fn logs_previous_shows_the_crashed_run(c: &Cluster) {
     })
     .await
     .expect("current logs");
+    if runtime == Runtime::Docker {
+        let timed = ok(&c
+            .ctl()
+            .run(&["logs", "--timestamps", "--since", "10m", &replica]));
+        let (stamp, rest) = timed.trim_end().split_once(' ').expect("a stamp");
+        assert!(
+            drover_proto::timestamp::parse_rfc3339_ms(stamp).is_some(),
+            "{timed}"
+        );
+        assert_eq!(rest, "run-started");
+    }
 }
 
 fn free_port() -> u16 {
@@ -544,7 +555,7 @@ fn cp_round_trips_a_file(runtime: Runtime, c: &Cluster, replica: &str) {
 
 async fn files_ports_and_crashes_suite(runtime: Runtime) {
     let (c, _containers, _node) = cluster(runtime).await;
-    logs_previous_shows_the_crashed_run(&c).await;
+    logs_previous_shows_the_crashed_run(runtime, &c).await;
     port_forward_serves_http(runtime, &c).await;
     let replica = c
         .wait_for("web running", T, || c.running_placements("web", 1))
@@ -567,4 +578,95 @@ async fn logs_previous_port_forward_and_cp_on_the_docker_runtime() {
         return;
     }
     files_ports_and_crashes_suite(Runtime::Docker).await;
+}
+
+/// An agent bounds its sessions: a cap on how many run at once, an idle
+/// timeout; and each one leaves an audit line without its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_closed_when_idle_and_audited() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let node = unique("dbg-cap");
+    c.start_agent(
+        &node,
+        "process",
+        &[
+            "--cpu",
+            "4",
+            "--memory",
+            "4Gi",
+            "--max-debug-sessions",
+            "1",
+            "--debug-idle-timeout",
+            "2s",
+        ],
+    )
+    .expect("agent");
+    c.wait_nodes_ready(1, T).await.expect("node");
+    let replica = deploy(&c, "box", "while true; do sleep 1; done").await;
+
+    // A busy session holds the only place.
+    let held = c.ctl().spawn(&[
+        "exec",
+        &replica,
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo secret-tick; sleep 0.2; done",
+    ]);
+    let deadline = Instant::now() + T;
+    while !held.output().contains("secret-tick") {
+        assert!(Instant::now() < deadline, "no output: {}", held.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = err(&c.ctl().run(&["exec", &replica, "--", "true"]));
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("the most it allows (--max-debug-sessions)"),
+        "{e}"
+    );
+    // Its client gone, the place is free again.
+    drop(held);
+    c.wait_for("the session's place freed", T, || async {
+        let out = c.ctl().run(&["exec", &replica, "--", "true"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .await
+    .expect("admitted again");
+
+    // A session with no traffic either way is closed.
+    let out = c.ctl().run(&["exec", &replica, "--", "sleep", "60"]);
+    let (_, stderr, code) = outcome(&out);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "error: the exec session was idle for 2s and was closed\n"
+    );
+
+    // Audit lines: who, which replica, which command; never the data.
+    let log = std::fs::read_to_string(&c.agents[0].log).expect("agent log");
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit: ")).collect();
+    let started = audit
+        .iter()
+        .find(|l| l.contains("exec session started") && l.contains("secret-tick"))
+        .expect("the busy session's start is audited");
+    assert!(started.contains("who=admin"), "{started}");
+    assert!(
+        started.contains(&format!("replica=default.{replica}")),
+        "{started}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("exec session ended") && l.contains("ending=idle")),
+        "{audit:#?}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("secret-tick") && !l.contains("command=")),
+        "session data reached the agent's log"
+    );
 }
