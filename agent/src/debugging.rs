@@ -193,6 +193,7 @@ impl ExecRun {
         let mut deadline = Instant::now() + self.idle;
         let mut input_open = true;
         let mut output_open = true;
+        let mut events_open = true;
         loop {
             tokio::select! {
                 message = inbound.message(), if input_open => {
@@ -247,12 +248,15 @@ impl ExecRun {
                     let _ = tx.send(Ok(pb::ExecOutput { kind: Some(exit) })).await;
                     return format!("exit code {code}");
                 }
-                event = events.recv() => {
-                    if event.as_ref().is_ok_and(|e| ends(e, &container)) {
+                event = events.recv(), if events_open => match event {
+                    Ok(e) if ends(&e, &container) => {
                         let _ = tx.send(Err(self.stopped())).await;
                         return "the replica stopped".into();
                     }
-                }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // The runtime is going away with the agent.
+                    Err(broadcast::error::RecvError::Closed) => events_open = false,
+                },
                 () = tokio::time::sleep_until(deadline) => {
                     let _ = tx.send(Err(Status::deadline_exceeded(format!(
                         "the exec session was idle for {} and was closed",

@@ -546,6 +546,25 @@ fn cp_round_trips_a_file(runtime: Runtime, c: &Cluster, replica: &str) {
         std::fs::read(&back).expect("read") == data,
         "cp changed the bytes"
     );
+    // A directory tree, there and back.
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    std::fs::write(tree.join("top.txt"), "top\n").expect("write");
+    std::fs::write(tree.join("sub/deep.txt"), "deep\n").expect("write");
+    let remote_tree = format!("{replica}:{}", runtime.scratch("tree"));
+    ok(&c.ctl().run(&["cp", &tree.to_string_lossy(), &remote_tree]));
+    let tree_back = dir.join("tree.back");
+    ok(&c
+        .ctl()
+        .run(&["cp", &remote_tree, &tree_back.to_string_lossy()]));
+    assert_eq!(
+        std::fs::read_to_string(tree_back.join("sub/deep.txt")).expect("deep"),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree_back.join("top.txt")).expect("top"),
+        "top\n"
+    );
     // A missing file is one sentence from tar.
     let missing = format!("{replica}:{}", runtime.scratch("no-such-file"));
     let e = err(&c.ctl().run(&["cp", &missing, &back.to_string_lossy()]));

@@ -1,17 +1,19 @@
-//! `droverctl logs REPLICA [-f|--follow] [--tail N]`
+//! `droverctl logs REPLICA [-f|--follow] [--tail N] [-p|--previous] [--since D] [--timestamps]`
 //!
 //! ```text
 //!  ListReplicas(namespace) ──▶ the replica ──not scheduled / no node address──▶ error
 //!                                   │
 //!                                   ▼ node_address
-//!  drover.v1.Agent/Logs{replica: "<namespace>.<name>", follow, tail} on its node's agent
+//!  drover.v1.Agent/Logs{replica: "<namespace>.<name>", follow, tail, previous, since, timestamps}
+//!                                   on its node's agent
 //!                                   │
 //!                                   ▼ LogChunk…
 //!  "stdout" chunks → stdout, "stderr" chunks → stderr, until the stream ends or Ctrl-C
 //! ```
 //!
 //! The controllers only say where the replica runs; its output comes straight
-//! from the agent of its node. Ctrl-C while streaming ends the command with
+//! from the agent of its node ([`ReplicaAgent`] finds it, for exec, cp and
+//! port-forward too). Ctrl-C while streaming ends the command with
 //! exit code 130, as a shell reports an interrupted command.
 
 use std::io::Write as _;
