@@ -28,7 +28,9 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::info;
 
-use crate::runtime::{ExecInput, ExecSession, ExecSpec, Runtime, RuntimeEvent, WindowSize};
+use crate::runtime::{
+    ExecInput, ExecSession, ExecSpec, LogChunk, LogSource, Runtime, RuntimeEvent, WindowSize,
+};
 
 /// How many debugging sessions an agent runs at once and how long one may idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +196,8 @@ impl ExecRun {
         let mut input_open = true;
         let mut output_open = true;
         let mut events_open = true;
+        // A chunk of the other stream met while batching, sent next.
+        let mut held: Option<LogChunk> = None;
         loop {
             tokio::select! {
                 message = inbound.message(), if input_open => {
@@ -216,12 +220,24 @@ impl ExecRun {
                     };
                     let _ = session.input.send(input).await;
                 }
-                chunk = session.output.recv(), if output_open => match chunk {
-                    Some(chunk) => {
+                chunk = next_output(&mut session.output, &mut held), if output_open => match chunk {
+                    Some(mut chunk) => {
                         deadline = Instant::now() + self.idle;
+                        // Whatever else is already there goes in the same
+                        // message (tar writes 512-byte blocks: one message
+                        // each would cap a copy at a few tens of MiB/s).
+                        while held.is_none() && chunk.data.len() < BATCH_BYTES {
+                            match session.output.try_recv() {
+                                Ok(more) if more.source == chunk.source => {
+                                    chunk.data.extend_from_slice(&more.data)
+                                }
+                                Ok(other) => held = Some(other),
+                                Err(_) => break,
+                            }
+                        }
                         let kind = match chunk.source {
-                            crate::runtime::LogSource::Stdout => pb::exec_output::Kind::Stdout(chunk.data),
-                            crate::runtime::LogSource::Stderr => pb::exec_output::Kind::Stderr(chunk.data),
+                            LogSource::Stdout => pb::exec_output::Kind::Stdout(chunk.data),
+                            LogSource::Stderr => pb::exec_output::Kind::Stderr(chunk.data),
                         };
                         if tx.send(Ok(pb::ExecOutput { kind: Some(kind) })).await.is_err() {
                             return "the client went away".into();
@@ -267,6 +283,20 @@ impl ExecRun {
                 () = tx.closed() => return "the client went away".into(),
             }
         }
+    }
+}
+
+/// The most output one exec message carries when more is waiting.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The held-back chunk first, else the next one from the runtime.
+async fn next_output(
+    output: &mut mpsc::Receiver<LogChunk>,
+    held: &mut Option<LogChunk>,
+) -> Option<LogChunk> {
+    match held.take() {
+        Some(chunk) => Some(chunk),
+        None => output.recv().await,
     }
 }
 
@@ -370,7 +400,7 @@ async fn forward(
     idle: Duration,
 ) -> (&'static str, u64, u64) {
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
     let mut deadline = Instant::now() + idle;
     let (mut sent, mut received) = (0u64, 0u64);
     let mut input_open = true;
