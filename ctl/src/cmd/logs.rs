@@ -324,6 +324,29 @@ mod tests {
     }
 
     #[test]
+    fn previous_since_and_timestamps_take_kubectl_forms() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "droverctl",
+            "logs",
+            "-p",
+            "--since",
+            "5m",
+            "--timestamps",
+            "web-1",
+        ])
+        .expect("parses");
+        let Command::Logs(l) = cli.command else {
+            panic!("not logs")
+        };
+        assert!(l.previous && l.timestamps);
+        assert_eq!(l.since, Some(Duration::from_secs(300)));
+        assert!(Cli::try_parse_from(["droverctl", "logs", "--since", "0s", "web-1"]).is_err());
+        assert!(Cli::try_parse_from(["droverctl", "logs", "--since", "soon", "web-1"]).is_err());
+    }
+
+    #[test]
     fn tail_minus_one_means_all() {
         assert_eq!(tail_lines(-1).unwrap(), 0);
         assert_eq!(tail_lines(20).unwrap(), 20);
