@@ -11,6 +11,7 @@ use drover_manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
 use drover_pki::{self as pki, Role, Security, TlsDir, TlsMaterial};
 use drover_proto::{names, pb};
 
+use crate::debugging::SessionLimits;
 use crate::error::{AgentError, Result};
 use crate::join::JoinPlan;
 
@@ -99,6 +100,15 @@ pub struct AgentConfig {
     #[arg(long, default_value_t = 120)]
     pub image_pull_timeout_secs: u64,
 
+    /// The most exec and port-forward sessions this agent runs at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_debug_sessions: usize,
+
+    /// An exec or forwarded connection with no traffic for this long is
+    /// closed (e.g. 15m, 1h).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = drover_proto::duration::parse_positive)]
+    pub debug_idle_timeout: Duration,
+
     /// Log format on stderr: text or json (filter with DROVER_LOG).
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -157,6 +167,8 @@ pub struct Settings {
     pub join: Option<JoinPlan>,
     /// Where the node certificate lives, to renew it; None: no renewal.
     pub tls_dir: Option<TlsDir>,
+    /// Bounds of exec and port-forward sessions.
+    pub debug_sessions: SessionLimits,
 }
 
 impl AgentConfig {
@@ -178,6 +190,11 @@ impl AgentConfig {
                 "--controllers needs at least one HOST:PORT".into(),
             ));
         }
+        if self.max_debug_sessions == 0 {
+            return Err(AgentError::Config(
+                "--max-debug-sessions must be 1 or more".into(),
+            ));
+        }
         if self.heartbeat_ms == 0 {
             return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
         }
@@ -195,6 +212,10 @@ impl AgentConfig {
             security,
             join,
             tls_dir,
+            debug_sessions: SessionLimits {
+                max: self.max_debug_sessions,
+                idle: self.debug_idle_timeout,
+            },
         })
     }
 }

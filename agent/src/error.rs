@@ -62,6 +62,14 @@ pub enum AgentError {
     #[error("no replica named {0} runs on this node")]
     UnknownReplica(String),
 
+    /// `logs --previous` for a replica that has not restarted on this node.
+    #[error("replica {0} has no previous run on this node (it has not restarted here)")]
+    NoPreviousRun(String),
+
+    /// The runtime cannot do what was asked (one sentence saying why).
+    #[error("{0}")]
+    Unsupported(String),
+
     /// The controller refused this agent for good: another live agent holds
     /// its node name, or one of its settings cannot work in this cluster. The
     /// message is the controller's sentence.

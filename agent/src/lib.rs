@@ -27,6 +27,7 @@
 pub mod assignment;
 pub mod backoff;
 pub mod config;
+pub mod debugging;
 pub mod error;
 pub mod fixtures;
 pub mod join;
@@ -93,6 +94,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         RuntimeKind::Docker => {
             let mut docker = DockerConfig::new(settings.node.clone());
             docker.pull_timeout = Duration::from_secs(cfg.image_pull_timeout_secs);
+            docker.data_dir = Some(settings.data_dir.clone());
             let runtime = DockerRuntime::connect(docker).await?;
             run_with(Arc::new(runtime), settings, incoming, shutdown).await
         }
@@ -136,6 +138,7 @@ pub async fn run_with<R: Runtime>(
         Supervisor::start(runtime.clone(), SupervisorConfig::default(), stop.clone()).await?;
     let server = tokio::spawn(server::serve(
         runtime.clone(),
+        debugging::Sessions::new(settings.debug_sessions),
         incoming,
         security.clone(),
         stop.clone(),

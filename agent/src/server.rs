@@ -1,58 +1,109 @@
 //! The agent's own gRPC service (`drover.v1.Agent`): container logs, streamed
-//! from the runtime to droverctl (through whoever asks).
+//! from the runtime to droverctl (through whoever asks), and the debugging
+//! sessions of [`crate::debugging`] (exec, port-forward).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use drover_pki::authz::{self, AuthorizeLayer};
+use drover_pki::authz::{self, AuthorizeLayer, Caller};
 use drover_pki::Security;
 use drover_proto::pb;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::debugging::{self, Sessions};
 use crate::error::AgentError;
 use crate::runtime::{LogOptions, Runtime};
 
-/// Serves `Agent.Logs` from a runtime.
+/// Serves the Agent service from a runtime.
 pub struct AgentService<R> {
     runtime: Arc<R>,
+    sessions: Sessions,
 }
 
 impl<R> AgentService<R> {
-    pub fn new(runtime: Arc<R>) -> AgentService<R> {
-        AgentService { runtime }
+    pub fn new(runtime: Arc<R>, sessions: Sessions) -> AgentService<R> {
+        AgentService { runtime, sessions }
     }
 }
 
-fn to_status(e: AgentError) -> Status {
+pub(crate) fn to_status(e: AgentError) -> Status {
     match e {
-        AgentError::UnknownReplica(_) | AgentError::NoSuchContainer { .. } => {
-            Status::not_found(e.to_string())
+        AgentError::UnknownReplica(_)
+        | AgentError::NoSuchContainer { .. }
+        | AgentError::NoPreviousRun(_) => Status::not_found(e.to_string()),
+        AgentError::Unsupported(_) | AgentError::StartFailed(_) => {
+            Status::failed_precondition(e.to_string())
         }
+        AgentError::InvalidSpec(_) => Status::invalid_argument(e.to_string()),
         AgentError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
         other => Status::unavailable(other.to_string()),
     }
 }
 
 type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send + 'static>>;
+type ExecStream = ReceiverStream<Result<pb::ExecOutput, Status>>;
+type PortForwardStream = ReceiverStream<Result<pb::PortForwardOutput, Status>>;
 
 #[tonic::async_trait]
 impl<R: Runtime> pb::agent_server::Agent for AgentService<R> {
     type LogsStream = LogsStream;
+    type ExecStream = ExecStream;
+    type PortForwardStream = PortForwardStream;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let who = debugging::who(&Caller::of(&request));
+        let rx = debugging::exec(
+            self.runtime.clone(),
+            &self.sessions,
+            who,
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<pb::PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let who = debugging::who(&Caller::of(&request));
+        let rx = debugging::port_forward(
+            self.runtime.clone(),
+            &self.sessions,
+            who,
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn logs(
         &self,
         request: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
         let req = request.into_inner();
-        debug!(replica = %req.replica, follow = req.follow, tail = req.tail, "logs requested");
+        debug!(replica = %req.replica, follow = req.follow, tail = req.tail,
+            previous = req.previous, "logs requested");
+        if req.previous && req.follow {
+            return Err(Status::invalid_argument(
+                "--previous cannot be followed: the previous run has ended (drop -f)",
+            ));
+        }
         let opts = LogOptions {
             follow: req.follow,
             tail: (req.tail > 0).then_some(req.tail),
+            previous: req.previous,
+            since_unix_ms: (req.since_unix_ms > 0).then_some(req.since_unix_ms),
+            timestamps: req.timestamps,
         };
         let stream = self
             .runtime
@@ -78,6 +129,7 @@ impl<R: Runtime> pb::agent_server::Agent for AgentService<R> {
 /// but never keeps the listener closed). Stopping the agent ends them all.
 pub async fn serve<R: Runtime>(
     runtime: Arc<R>,
+    sessions: Sessions,
     incoming: TcpIncoming,
     mut security: watch::Receiver<Security>,
     shutdown: CancellationToken,
@@ -129,6 +181,7 @@ pub async fn serve<R: Runtime>(
             ))
             .add_service(pb::agent_server::AgentServer::new(AgentService::new(
                 runtime.clone(),
+                sessions.clone(),
             )))
             .serve_with_incoming_shutdown(
                 drover_pki::limit::limit_connections(listener, drover_pki::limit::MAX_CONNECTIONS),

@@ -135,6 +135,11 @@ enum Step {
     Remove {
         container_id: String,
     },
+    /// Keep an exited container's output as the replica's previous run
+    /// (`logs --previous`) before it is removed for a restart.
+    KeepPrevious {
+        container_id: String,
+    },
     Start {
         assignment: Box<Assignment>,
         restarts: u32,
@@ -593,6 +598,7 @@ impl<R: Runtime> Supervisor<R> {
                     Action::Forget { .. } => {
                         self.records.remove(&replica);
                         self.touched.remove(&replica);
+                        self.runtime.forget_previous(&replica);
                     }
                     Action::Stop {
                         container_id,
@@ -621,6 +627,9 @@ impl<R: Runtime> Supervisor<R> {
                     } => {
                         if let Some(a) = assignments.get(&replica) {
                             busy = Busy::Starting;
+                            steps.push(Step::KeepPrevious {
+                                container_id: container_id.clone(),
+                            });
                             steps.push(Step::Remove { container_id });
                             steps.push(Step::Start {
                                 assignment: Box::new(a.clone()),
@@ -843,6 +852,13 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
                     break;
                 }
             },
+            Step::KeepPrevious { container_id } => {
+                // Losing the previous run's output must not hold up the restart.
+                if let Err(e) = runtime.keep_previous(&replica, &container_id).await {
+                    warn!(replica = %replica, container = %container_id, error = %e,
+                        "could not keep the previous run's output");
+                }
+            }
             Step::Remove { container_id } => match runtime.remove(&container_id).await {
                 Ok(()) | Err(AgentError::NoSuchContainer { .. }) => {
                     debug!(replica = %replica, container = %container_id, "container removed");

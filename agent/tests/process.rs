@@ -171,6 +171,7 @@ async fn followed_logs_stream_until_the_process_ends_and_tail_keeps_the_end() {
             LogOptions {
                 follow: true,
                 tail: None,
+                ..Default::default()
             },
         )
         .await
@@ -186,6 +187,7 @@ async fn followed_logs_stream_until_the_process_ends_and_tail_keeps_the_end() {
             LogOptions {
                 follow: false,
                 tail: Some(2),
+                ..Default::default()
             },
         )
         .await
@@ -515,6 +517,7 @@ async fn the_logs_service_rebinds_at_once_after_a_renewal() {
     let stop = CancellationToken::new();
     let server = tokio::spawn(drover_agent::server::serve(
         rt.clone(),
+        drover_agent::debugging::Sessions::new(Default::default()),
         incoming,
         rx,
         stop.clone(),
@@ -523,6 +526,7 @@ async fn the_logs_service_rebinds_at_once_after_a_renewal() {
         replica: "default.talker-r-0".into(),
         follow,
         tail: 1,
+        ..Default::default()
     };
     // A follower that never reads again (its client went away without closing).
     let mut follower = pb::agent_client::AgentClient::connect(address.clone())

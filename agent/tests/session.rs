@@ -58,6 +58,7 @@ impl TestAgent {
             security: drover_pki::Security::Insecure,
             join: None,
             tls_dir: None,
+            debug_sessions: Default::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(
@@ -208,6 +209,7 @@ async fn hello_heartbeats_and_an_assignment_set_start_the_replicas() {
             replica: "web-r-1".into(),
             follow: false,
             tail: 0,
+            ..Default::default()
         })
         .await
         .expect("logs")
@@ -223,6 +225,7 @@ async fn hello_heartbeats_and_an_assignment_set_start_the_replicas() {
             replica: "nope".into(),
             follow: false,
             tail: 0,
+            ..Default::default()
         })
         .await
         .expect_err("unknown replica");

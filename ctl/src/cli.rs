@@ -94,6 +94,12 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Print the output of a replica's container, from the agent that runs it
     Logs(LogsArgs),
+    /// Run a command in a replica (-it for an interactive shell)
+    Exec(crate::cmd::exec::ExecArgs),
+    /// Forward local ports to a replica's ports, through its agent
+    PortForward(crate::cmd::port_forward::PortForwardArgs),
+    /// Copy files and directories to and from a replica (tar over exec)
+    Cp(crate::cmd::cp::CpArgs),
     /// Delete resources by file, name or selector; waits until their replicas are gone
     Delete(DeleteArgs),
     /// Wait for a condition on resources: condition=..., delete, jsonpath=...
@@ -511,6 +517,18 @@ pub struct LogsArgs {
         value_parser = clap::value_parser!(i64).range(-1..=i64::from(u32::MAX))
     )]
     pub tail: i64,
+
+    /// The output of the replica's previous run (before its last restart)
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+
+    /// Only output newer than this (e.g. 5s, 2m, 3h)
+    #[arg(long, value_name = "DURATION", value_parser = drover_proto::duration::parse_positive)]
+    pub since: Option<Duration>,
+
+    /// Prefix every line with the time it was written (RFC 3339)
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Args)]

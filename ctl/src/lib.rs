@@ -12,7 +12,8 @@
 //!
 //! Results go to stdout; errors go to stderr as `error: <one sentence>`, one line
 //! per error, and the exit code is 1. Exit code 0 means every part succeeded;
-//! 130 means Ctrl-C ended a streaming command (`logs -f`).
+//! 130 means Ctrl-C ended a streaming command (`logs -f`); `exec` exits with
+//! its command's code.
 //!
 //! **Crates it may depend on:** `drover-proto` (wire types, names),
 //! `drover-manifest` (early manifest errors, rendering) and `drover-pki`
@@ -25,6 +26,7 @@ pub mod config;
 pub mod files;
 pub mod output;
 pub mod resource;
+pub mod terminal;
 pub mod verbs_cli;
 
 /// The controllers' client lives in its own crate, shared with the lab.
@@ -47,6 +49,12 @@ pub struct AlreadyReported(pub usize);
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
 pub struct Interrupted;
+
+/// The command `droverctl exec` ran ended with this non-zero exit code,
+/// which becomes droverctl's own (no message: the command spoke for itself).
+#[derive(Debug, thiserror::Error)]
+#[error("the command exited with code {0}")]
+pub struct CommandExit(pub u8);
 
 /// Parse the command line, run the command and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
@@ -77,6 +85,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => ExitCode::from(130),
+        Err(e) if e.downcast_ref::<CommandExit>().is_some() => {
+            ExitCode::from(e.downcast_ref::<CommandExit>().map_or(1, |c| c.0))
+        }
         Err(e) => {
             report(&e);
             ExitCode::FAILURE

@@ -458,6 +458,29 @@ type ChunkStream =
 #[tonic::async_trait]
 impl Agent for FakeAgent {
     type LogsStream = ChunkStream;
+    type ExecStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExecOutput, Status>> + Send + 'static>>;
+    type PortForwardStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::PortForwardOutput, Status>> + Send + 'static,
+        >,
+    >;
+
+    /// Only logs are faked here; exec and port-forward run against real
+    /// agents in tests/tests/debugging.rs.
+    async fn exec(
+        &self,
+        _: Request<tonic::Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Err(Status::unimplemented("the fake agent serves logs only"))
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<tonic::Streaming<pb::PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        Err(Status::unimplemented("the fake agent serves logs only"))
+    }
 
     async fn logs(
         &self,
@@ -1416,7 +1439,8 @@ fn logs_stream_from_the_agent_of_the_replicas_node() {
         [pb::LogsRequest {
             replica: "default.web-7f9c2-0".into(),
             follow: false,
-            tail: 5
+            tail: 5,
+            ..Default::default()
         }]
     );
 
@@ -1498,7 +1522,8 @@ fn logs_follow_streams_until_ctrl_c() {
         [pb::LogsRequest {
             replica: "default.web-7f9c2-0".into(),
             follow: true,
-            tail: 0
+            tail: 0,
+            ..Default::default()
         }]
     );
 }

@@ -735,7 +735,7 @@ impl Ctl {
     }
 
     /// The droverctl command line for `args`, as a user would type it.
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("droverctl"));
         cmd.arg("--server")
             .arg(&self.server)

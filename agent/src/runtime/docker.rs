@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
     HostConfig, HostConfigLogConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
@@ -40,9 +40,11 @@ use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
+use super::previous::{Collector, PreviousLogs, Record};
 use super::{
-    container_name, labels, ContainerState, ExecOutput, Exit, LogChunk, LogOptions, LogSource,
-    LogStream, Observed, Runtime, RuntimeEvent, UnixMs, EVENT_CAPACITY,
+    container_name, labels, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec, Exit,
+    LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
+    EVENT_CAPACITY,
 };
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
@@ -61,6 +63,9 @@ pub struct DockerConfig {
     pub pull_timeout: Duration,
     /// How long the start-up ping may take.
     pub connect_timeout: Duration,
+    /// The agent's data directory: replicas' previous runs are kept in its
+    /// `previous/` (None: `logs --previous` is not available).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl DockerConfig {
@@ -69,6 +74,7 @@ impl DockerConfig {
             node: node.into(),
             pull_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
+            data_dir: None,
         }
     }
 }
@@ -135,6 +141,15 @@ impl DockerRuntime {
             events,
             _watcher: cancel.drop_guard(),
         })
+    }
+
+    fn previous(&self) -> Result<PreviousLogs> {
+        match &self.cfg.data_dir {
+            Some(dir) => Ok(PreviousLogs::new(dir.join("previous"))),
+            None => Err(AgentError::Unsupported(
+                "this agent runs without a data directory and keeps no previous runs".into(),
+            )),
+        }
     }
 
     /// The bollard client, for tests and tools that inspect what the agent made.
@@ -403,11 +418,23 @@ impl Runtime for DockerRuntime {
     }
 
     async fn logs(&self, replica: &str, opts: LogOptions) -> Result<LogStream> {
+        if opts.previous {
+            let chunks = self.previous()?.read(replica, &opts).await?;
+            return Ok(Box::pin(futures_util::stream::iter(
+                chunks.into_iter().map(Ok),
+            )));
+        }
         let id = self.replica_container(replica).await?;
         let options = LogsOptions {
             follow: opts.follow,
             stdout: true,
             stderr: true,
+            timestamps: opts.timestamps,
+            // Docker takes whole seconds: round down, never losing a line.
+            since: opts
+                .since_unix_ms
+                .map(|ms| i32::try_from(ms.div_euclid(1000)).unwrap_or(i32::MAX))
+                .unwrap_or(0),
             tail: opts
                 .tail
                 .map(|n| n.to_string())
@@ -488,6 +515,173 @@ impl Runtime for DockerRuntime {
             })?
     }
 
+    async fn exec_session(&self, replica: &str, spec: ExecSpec) -> Result<ExecSession> {
+        let id = self.replica_container(replica).await?;
+        let inspected = self.inspect(&id).await?;
+        if !inspected
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+        {
+            return Err(AgentError::Unsupported(format!(
+                "replica {replica} is not running (its container exited); exec needs a running replica"
+            )));
+        }
+        let created = self
+            .docker
+            .create_exec(
+                &id,
+                CreateExecOptions::<String> {
+                    cmd: Some(spec.command.clone()),
+                    attach_stdin: Some(spec.stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(spec.tty.is_some()),
+                    env: spec.tty.map(|_| vec!["TERM=xterm".to_string()]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| map_error("creating an exec", &id, e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: spec.tty.is_some(),
+                    output_capacity: Some(64 * 1024),
+                }),
+            )
+            .await
+            .map_err(|e| map_error("starting an exec", &id, e))?;
+        let StartExecResults::Attached {
+            output: mut stream,
+            input: mut stdin,
+        } = started
+        else {
+            return Err(AgentError::Docker {
+                action: "starting an exec".into(),
+                message: "the engine did not attach the exec's streams".into(),
+            });
+        };
+        if let Some(size) = spec.tty {
+            resize_exec(&self.docker, &created.id, size).await;
+        }
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<ExecInput>(16);
+        let output_done = CancellationToken::new();
+        let done = output_done.clone();
+        tokio::spawn(async move {
+            let _done = done.drop_guard();
+            while let Some(Ok(out)) = stream.next().await {
+                let source = match &out {
+                    bollard::container::LogOutput::StdErr { .. } => LogSource::Stderr,
+                    _ => LogSource::Stdout,
+                };
+                let chunk = LogChunk {
+                    source,
+                    data: out.into_bytes().to_vec(),
+                };
+                if out_tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let docker = self.docker.clone();
+        let exec_id = created.id.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut open = true;
+            while let Some(input) = in_rx.recv().await {
+                match input {
+                    ExecInput::Stdin(data) if open => {
+                        if stdin.write_all(&data).await.is_err() {
+                            open = false;
+                        }
+                    }
+                    ExecInput::Stdin(_) => {}
+                    ExecInput::CloseStdin => {
+                        if open {
+                            let _ = stdin.shutdown().await;
+                            open = false;
+                        }
+                    }
+                    ExecInput::Resize(size) => resize_exec(&docker, &exec_id, size).await,
+                }
+            }
+        });
+        let docker = self.docker.clone();
+        let exec_id = created.id;
+        Ok(ExecSession {
+            container_id: id.clone(),
+            input: in_tx,
+            output: out_rx,
+            exit: Box::pin(async move {
+                output_done.cancelled().await;
+                // The engine records the exit code just after the output ends.
+                for _ in 0..50 {
+                    let inspected = docker
+                        .inspect_exec(&exec_id)
+                        .await
+                        .map_err(|e| map_error("inspecting an exec", &id, e))?;
+                    if inspected.running != Some(true) {
+                        return Ok(inspected.exit_code.unwrap_or(-1));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(-1)
+            }),
+        })
+    }
+
+    async fn keep_previous(&self, replica: &str, container_id: &str) -> Result<()> {
+        let previous = self.previous()?;
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            tail: "all".into(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(container_id, Some(options));
+        let mut kept = Collector::default();
+        while let Some(item) = stream.next().await {
+            let out = item.map_err(|e| map_error("reading logs", container_id, e))?;
+            let source = match &out {
+                bollard::container::LogOutput::StdErr { .. } => LogSource::Stderr,
+                _ => LogSource::Stdout,
+            };
+            let line = out.into_bytes();
+            // `2024-06-01T12:00:00.123456789Z text`: the time Docker stamped it.
+            let (at, data) = match line.iter().position(|b| *b == b' ') {
+                Some(space) => match std::str::from_utf8(&line[..space])
+                    .ok()
+                    .and_then(drover_proto::timestamp::parse_rfc3339_ms)
+                {
+                    Some(at) => (Some(at), line[space + 1..].to_vec()),
+                    None => (None, line.to_vec()),
+                },
+                None => (None, line.to_vec()),
+            };
+            kept.push(Record {
+                source,
+                // A line Docker did not stamp cannot be placed in time:
+                // it counts as written when the run ended, never dropped.
+                at: at.or_else(|| Some(super::now_unix_ms())),
+                data,
+            });
+        }
+        previous.keep(replica, kept.into_records()).await
+    }
+
+    fn forget_previous(&self, replica: &str) {
+        if let Ok(previous) = self.previous() {
+            previous.forget(replica);
+        }
+    }
+
     async fn probe_address(&self, replica: &str, port: u16) -> Result<SocketAddr> {
         let id = self.replica_container(replica).await?;
         let inspected = self.inspect(&id).await?;
@@ -495,6 +689,16 @@ impl Runtime for DockerRuntime {
             action: format!("finding an address for port {port} of replica {replica}"),
             message: "the container has no IP address and no host port for it".into(),
         })
+    }
+}
+
+async fn resize_exec(docker: &Docker, exec_id: &str, size: super::WindowSize) {
+    let options = bollard::exec::ResizeExecOptions {
+        height: size.rows,
+        width: size.cols,
+    };
+    if let Err(e) = docker.resize_exec(exec_id, options).await {
+        debug!(error = %e, "could not resize an exec's terminal");
     }
 }
 

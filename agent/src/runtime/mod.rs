@@ -3,7 +3,8 @@
 //! ```text
 //!                    ┌──────────── Runtime ────────────┐
 //!   Supervisor ────▶ │ list · start · stop · remove     │
-//!   Logs server ───▶ │ logs · exec · probe_address      │
+//!   Agent service ─▶ │ logs · exec · exec_session ·     │
+//!                    │ probe_address · keep_previous    │
 //!                    │ events() ─▶ Exited / Removed /   │──▶ Supervisor
 //!                    │             Resync               │
 //!                    └──────┬───────────┬──────────┬────┘
@@ -23,6 +24,7 @@
 //! (e.g. after the Docker event stream reconnects).
 
 pub mod docker;
+pub mod previous;
 pub mod process;
 pub mod sim;
 
@@ -177,6 +179,59 @@ pub struct LogOptions {
     pub follow: bool,
     /// Only the last N lines (None: everything).
     pub tail: Option<u32>,
+    /// The replica's previous run (what [`Runtime::keep_previous`] kept)
+    /// instead of its current container.
+    pub previous: bool,
+    /// Only output written at or after this time.
+    pub since_unix_ms: Option<UnixMs>,
+    /// Prefix every line with the RFC 3339 time it was written.
+    pub timestamps: bool,
+}
+
+/// The most of a replica's previous run that is kept, per stream: the
+/// Docker log cap of one file (`max-size`), so keeping it never holds more
+/// than the running container's own log may.
+pub const PREVIOUS_LOG_BYTES: u64 = 10 * 1024 * 1024;
+
+/// A terminal's size, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What `droverctl exec` runs in a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Program and arguments (no shell in between).
+    pub command: Vec<String>,
+    /// Whether stdin is attached (else the command reads end-of-file).
+    pub stdin: bool,
+    /// A pseudo-terminal of this size, or plain pipes.
+    pub tty: Option<WindowSize>,
+}
+
+/// Input to a running exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecInput {
+    Stdin(Vec<u8>),
+    /// End of stdin: the command reads end-of-file.
+    CloseStdin,
+    Resize(WindowSize),
+}
+
+/// A command running inside a replica for a person. The output channel
+/// closes when the command has closed its output; `exit` then gives its
+/// code. Dropping the session ends the command where the runtime can (a
+/// process is killed; Docker has no exec-kill, its exec ends with its
+/// container or its own input).
+pub struct ExecSession {
+    /// The container the command runs in: the session ends when it stops.
+    pub container_id: String,
+    pub input: tokio::sync::mpsc::Sender<ExecInput>,
+    /// Output in arrival order; with a tty everything is `Stdout`.
+    pub output: tokio::sync::mpsc::Receiver<LogChunk>,
+    pub exit: Pin<Box<dyn Future<Output = Result<i64>> + Send>>,
 }
 
 /// A stream of log chunks; it ends when the output is exhausted (or, when
@@ -234,6 +289,27 @@ pub trait Runtime: Send + Sync + 'static {
         command: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
+
+    /// Start a command in the replica for a person (`droverctl exec`, `cp`),
+    /// its input and output streamed.
+    fn exec_session(
+        &self,
+        replica: &str,
+        spec: ExecSpec,
+    ) -> impl Future<Output = Result<ExecSession>> + Send;
+
+    /// Keep the output of `container_id`, the replica's run that just ended,
+    /// as its previous run (`logs --previous`), before the container and its
+    /// logs are removed for a restart. Replaces the run kept before.
+    fn keep_previous(
+        &self,
+        replica: &str,
+        container_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Delete what [`Runtime::keep_previous`] kept of a replica that left
+    /// this node.
+    fn forget_previous(&self, replica: &str);
 
     /// Where the agent connects to reach the replica's container port `port`
     /// (httpGet and tcpSocket probes): the container's address on its

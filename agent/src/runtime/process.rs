@@ -41,9 +41,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
+use super::previous::{read_last, PreviousLogs, Record};
 use super::{
-    now_unix_ms, tail_lines, ContainerState, ExecOutput, Exit, LogChunk, LogOptions, LogSource,
-    LogStream, Observed, Runtime, RuntimeEvent, UnixMs, EVENT_CAPACITY,
+    now_unix_ms, tail_lines, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec, Exit,
+    LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
+    WindowSize, EVENT_CAPACITY, PREVIOUS_LOG_BYTES,
 };
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
@@ -213,6 +215,10 @@ impl Inner {
                 std::io::Error::other(e.to_string()),
             )
         })
+    }
+
+    fn previous(&self) -> PreviousLogs {
+        PreviousLogs::new(self.dir.join("previous"))
     }
 
     fn log_paths(&self, container_id: &str) -> (PathBuf, PathBuf) {
@@ -480,6 +486,17 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn logs(&self, replica: &str, opts: LogOptions) -> Result<LogStream> {
+        if opts.previous {
+            let chunks = self.inner.previous().read(replica, &opts).await?;
+            return Ok(Box::pin(futures_util::stream::iter(
+                chunks.into_iter().map(Ok),
+            )));
+        }
+        if opts.timestamps || opts.since_unix_ms.is_some() {
+            return Err(AgentError::Unsupported(
+                "the process runtime does not record when each line was written: --since and --timestamps need the docker runtime".into(),
+            ));
+        }
         let entry = self
             .inner
             .newest(replica)
@@ -610,6 +627,39 @@ impl Runtime for ProcessRuntime {
                 after: timeout,
             }),
         }
+    }
+
+    async fn exec_session(&self, replica: &str, spec: ExecSpec) -> Result<ExecSession> {
+        let entry = self
+            .inner
+            .newest(replica)
+            .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
+        if entry.exit.is_some() {
+            return Err(AgentError::Unsupported(format!(
+                "replica {replica} is not running (its process exited); exec needs a running replica"
+            )));
+        }
+        exec::start(&entry, spec)
+    }
+
+    async fn keep_previous(&self, replica: &str, container_id: &str) -> Result<()> {
+        let (out, err) = self.inner.log_paths(container_id);
+        let mut records = Vec::new();
+        for (source, path) in [(LogSource::Stdout, out), (LogSource::Stderr, err)] {
+            let data = read_last(&path, PREVIOUS_LOG_BYTES).await?;
+            if !data.is_empty() {
+                records.push(Record {
+                    source,
+                    at: None,
+                    data,
+                });
+            }
+        }
+        self.inner.previous().keep(replica, records).await
+    }
+
+    fn forget_previous(&self, replica: &str) {
+        self.inner.previous().forget(replica)
     }
 
     /// Processes share the host's network: the port is on loopback.
@@ -826,6 +876,257 @@ fn replica_env(
     .into_iter()
     .chain(manifest)
     .collect()
+}
+
+/// `droverctl exec` in a process replica: the command runs on the host in
+/// the replica's working directory, with its environment, inside its
+/// process group (so stopping the replica signals it too), on pipes or on a
+/// pseudo-terminal.
+mod exec {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::pty::{openpty, Winsize};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, Winsize);
+
+    fn winsize(size: WindowSize) -> Winsize {
+        Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }
+    }
+
+    fn resize(master: &OwnedFd, size: WindowSize) {
+        // SAFETY: TIOCSWINSZ reads one Winsize through the pointer, which
+        // points at a live value for the duration of the call.
+        if let Err(e) = unsafe { set_window_size(master.as_raw_fd(), &winsize(size)) } {
+            debug!(error = %e, "could not resize an exec's terminal");
+        }
+    }
+
+    fn exit_code(status: std::process::ExitStatus) -> i64 {
+        status
+            .code()
+            .map(i64::from)
+            .or_else(|| status.signal().map(|s| 128 + i64::from(s)))
+            .unwrap_or(-1)
+    }
+
+    fn command(entry: &Entry, spec: &ExecSpec, group: bool) -> Result<tokio::process::Command> {
+        let Some((program, args)) = spec.command.split_first() else {
+            return Err(AgentError::InvalidSpec("the exec command is empty".into()));
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(entry.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&entry.working_dir)
+            .kill_on_drop(true);
+        if spec.tty.is_some() && !entry.env.iter().any(|(k, _)| k == "TERM") {
+            cmd.env("TERM", "xterm");
+        }
+        // The replica's group, so a stop of the replica reaches the exec
+        // too; an adopted replica leads a group in the previous agent's
+        // session, which no child of this agent may join: then its own.
+        cmd.process_group(if group { entry.pid } else { 0 });
+        Ok(cmd)
+    }
+
+    fn spawn(
+        entry: &Entry,
+        spec: &ExecSpec,
+        stdio: impl Fn(&mut tokio::process::Command) -> Result<()>,
+    ) -> Result<tokio::process::Child> {
+        let program = spec.command.first().cloned().unwrap_or_default();
+        let mut last = None;
+        for group in [true, false] {
+            let mut cmd = command(entry, spec, group)?;
+            stdio(&mut cmd)?;
+            match cmd.spawn() {
+                Ok(child) => return Ok(child),
+                Err(e) if group && e.raw_os_error() == Some(nix::libc::EPERM) => last = Some(e),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(AgentError::StartFailed(format!(
+                        "cannot run {program:?}: no such file or command"
+                    )))
+                }
+                Err(e) => {
+                    return Err(AgentError::StartFailed(format!(
+                        "cannot run {program:?}: {e}"
+                    )))
+                }
+            }
+        }
+        Err(AgentError::StartFailed(format!(
+            "cannot run {program:?}: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    pub(super) fn start(entry: &Entry, spec: ExecSpec) -> Result<ExecSession> {
+        match spec.tty {
+            Some(size) => start_tty(entry, &spec, size),
+            None => start_pipes(entry, &spec),
+        }
+    }
+
+    fn start_pipes(entry: &Entry, spec: &ExecSpec) -> Result<ExecSession> {
+        let mut child = spawn(entry, spec, |cmd| {
+            cmd.stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            Ok(())
+        })?;
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let (in_tx, mut in_rx) = mpsc::channel::<ExecInput>(16);
+        let pipes = [
+            (
+                LogSource::Stdout,
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+            (
+                LogSource::Stderr,
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+        ];
+        for (source, pipe) in pipes {
+            let Some(mut pipe) = pipe else { continue };
+            let tx = out_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match pipe.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let chunk = LogChunk {
+                                source,
+                                data: buf[..n].to_vec(),
+                            };
+                            if tx.send(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut stdin = child.stdin.take();
+        tokio::spawn(async move {
+            while let Some(input) = in_rx.recv().await {
+                match input {
+                    ExecInput::Stdin(data) => {
+                        if let Some(pipe) = stdin.as_mut() {
+                            if pipe.write_all(&data).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    ExecInput::CloseStdin => stdin = None,
+                    ExecInput::Resize(_) => {}
+                }
+            }
+        });
+        Ok(ExecSession {
+            container_id: entry.container_id.clone(),
+            input: in_tx,
+            output: out_rx,
+            exit: Box::pin(async move {
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| AgentError::io("waiting for an exec", e))?;
+                Ok(exit_code(status))
+            }),
+        })
+    }
+
+    fn start_tty(entry: &Entry, spec: &ExecSpec, size: WindowSize) -> Result<ExecSession> {
+        let pty = openpty(Some(&winsize(size)), None)
+            .map_err(|e| AgentError::io("opening a pseudo-terminal", e.into()))?;
+        let master = pty.master;
+        let slave = pty.slave;
+        let mut child = spawn(entry, spec, |cmd| {
+            let io = |e: std::io::Error| AgentError::io("setting up a pseudo-terminal", e);
+            cmd.stdin(Stdio::from(slave.try_clone().map_err(io)?))
+                .stdout(Stdio::from(slave.try_clone().map_err(io)?))
+                .stderr(Stdio::from(slave.try_clone().map_err(io)?));
+            Ok(())
+        })?;
+        // Only the child holds the terminal now: its end reads as EIO here.
+        drop(slave);
+        let io = |e: std::io::Error| AgentError::io("setting up a pseudo-terminal", e);
+        let mut reader = std::fs::File::from(master.try_clone().map_err(io)?);
+        let writer = std::fs::File::from(master.try_clone().map_err(io)?);
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let (in_tx, mut in_rx) = mpsc::channel::<ExecInput>(16);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let chunk = LogChunk {
+                            source: LogSource::Stdout,
+                            data: buf[..n].to_vec(),
+                        };
+                        if out_tx.blocking_send(chunk).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let writer = Arc::new(Mutex::new(writer));
+            while let Some(input) = in_rx.recv().await {
+                let data = match input {
+                    ExecInput::Stdin(data) => data,
+                    // A terminal's end of input is its EOF character.
+                    ExecInput::CloseStdin => vec![0x04],
+                    ExecInput::Resize(size) => {
+                        resize(&master, size);
+                        continue;
+                    }
+                };
+                let w = writer.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    w.lock().unwrap_or_else(|p| p.into_inner()).write_all(&data)
+                })
+                .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        });
+        Ok(ExecSession {
+            container_id: entry.container_id.clone(),
+            input: in_tx,
+            output: out_rx,
+            exit: Box::pin(async move {
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| AgentError::io("waiting for an exec", e))?;
+                Ok(exit_code(status))
+            }),
+        })
+    }
 }
 
 #[cfg(test)]

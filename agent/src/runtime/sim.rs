@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::{
-    now_unix_ms, ContainerState, ExecOutput, Exit, LogChunk, LogOptions, LogSource, LogStream,
-    Observed, Runtime, RuntimeEvent, EVENT_CAPACITY,
+    now_unix_ms, ContainerState, ExecOutput, ExecSession, ExecSpec, Exit, LogChunk, LogOptions,
+    LogSource, LogStream, Observed, Runtime, RuntimeEvent, EVENT_CAPACITY,
 };
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
@@ -158,6 +158,18 @@ impl Runtime for SimRuntime {
             output: Vec::new(),
         })
     }
+
+    async fn exec_session(&self, replica: &str, _spec: ExecSpec) -> Result<ExecSession> {
+        Err(AgentError::Unsupported(format!(
+            "replica {replica} is simulated: there is nothing to run a command in"
+        )))
+    }
+
+    async fn keep_previous(&self, _replica: &str, _container_id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn forget_previous(&self, _replica: &str) {}
 
     /// Simulated replicas have no network: httpGet and tcpSocket probes
     /// against them fail with this error (exec probes pass).

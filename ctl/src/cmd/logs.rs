@@ -1,17 +1,19 @@
-//! `droverctl logs REPLICA [-f|--follow] [--tail N]`
+//! `droverctl logs REPLICA [-f|--follow] [--tail N] [-p|--previous] [--since D] [--timestamps]`
 //!
 //! ```text
 //!  ListReplicas(namespace) ──▶ the replica ──not scheduled / no node address──▶ error
 //!                                   │
 //!                                   ▼ node_address
-//!  drover.v1.Agent/Logs{replica: "<namespace>.<name>", follow, tail} on its node's agent
+//!  drover.v1.Agent/Logs{replica: "<namespace>.<name>", follow, tail, previous, since, timestamps}
+//!                                   on its node's agent
 //!                                   │
 //!                                   ▼ LogChunk…
 //!  "stdout" chunks → stdout, "stderr" chunks → stderr, until the stream ends or Ctrl-C
 //! ```
 //!
 //! The controllers only say where the replica runs; its output comes straight
-//! from the agent of its node. Ctrl-C while streaming ends the command with
+//! from the agent of its node ([`ReplicaAgent`] finds it, for exec, cp and
+//! port-forward too). Ctrl-C while streaming ends the command with
 //! exit code 130, as a shell reports an interrupted command.
 
 use std::io::Write as _;
@@ -41,39 +43,109 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const MAX_CHUNK_BYTES: usize = 64 * 1024 * 1024;
 
 pub async fn run(env: &Env, args: LogsArgs) -> anyhow::Result<()> {
-    let name = replica_name(&args.replica)?;
     let tail = tail_lines(args.tail)?;
-    let (mut client, settings) = env.client()?;
-    let namespace = settings.namespace;
-    let replicas = list_replicas(&mut client, &namespace, "", None).await?;
-    let Some(replica) = replicas.into_iter().find(|r| r.name == name) else {
-        bail!(not_found(ResourceKind::Replica, &name, &namespace));
+    if args.previous && args.follow {
+        bail!("--previous cannot be combined with -f: the previous run has ended");
+    }
+    let since_unix_ms = match args.since {
+        Some(d) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|n| n.as_millis() as i64)
+                .unwrap_or(0);
+            now.saturating_sub(d.as_millis() as i64).max(1)
+        }
+        None => 0,
     };
-    let (node, address) = log_source(&replica)?;
+    let target = ReplicaAgent::find(env, "logs", &args.replica).await?;
     let request = pb::LogsRequest {
-        replica: agent_id(&replica),
+        replica: target.id.clone(),
         follow: args.follow,
         tail,
+        previous: args.previous,
+        since_unix_ms,
+        timestamps: args.timestamps,
     };
-    let security = client.security().clone();
     stream_logs(
-        &node,
-        &address,
+        &target.node,
+        &target.address,
         request,
         env.global.request_timeout.0,
-        &security,
+        &target.security,
     )
     .await
 }
 
+/// The agent that runs a replica, as found through the controllers.
+pub struct ReplicaAgent {
+    /// The replica's name, as `get replicas` shows it.
+    pub name: String,
+    /// `<namespace>.<name>`: the name the agent knows it by.
+    pub id: String,
+    pub node: String,
+    pub address: String,
+    pub security: Security,
+}
+
+impl ReplicaAgent {
+    /// Ask the controllers where replica `arg` runs (`verb` names the command in errors).
+    pub async fn find(env: &Env, verb: &str, arg: &str) -> anyhow::Result<ReplicaAgent> {
+        let name = replica_name_for(verb, arg)?;
+        let (mut client, settings) = env.client()?;
+        let namespace = settings.namespace;
+        let replicas = list_replicas(&mut client, &namespace, "", None).await?;
+        let Some(replica) = replicas.into_iter().find(|r| r.name == name) else {
+            bail!(not_found(ResourceKind::Replica, &name, &namespace));
+        };
+        let (node, address) = log_source(&replica)?;
+        Ok(ReplicaAgent {
+            id: agent_id(&replica),
+            name,
+            node,
+            address,
+            security: client.security().clone(),
+        })
+    }
+
+    /// A connection to the agent, within `timeout` (the connect timeout at most).
+    pub async fn connect(&self, timeout: Option<Duration>) -> anyhow::Result<AgentClient<Channel>> {
+        let wait = timeout.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT));
+        connect(&self.node, &self.address, wait, &self.security).await
+    }
+
+    /// One sentence for a call the agent refused or could not take.
+    pub fn refused(&self, what: &str, status: &Status) -> anyhow::Error {
+        let (node, address) = (&self.node, &self.address);
+        if is_transport_failure(status) {
+            return anyhow!(
+                "cannot reach the agent of node {node:?} at {address}: {}",
+                transport_reason(status)
+            );
+        }
+        if let Some(reason) = crate::client::not_grpc(status) {
+            let reason = reason.replace("not a drover controller", "not a drover agent");
+            return anyhow!("cannot {what} on node {node:?} at {address}: {reason}");
+        }
+        anyhow!(
+            "the agent of node {node:?} at {address} refused to {what}: {}",
+            status_sentence(status)
+        )
+    }
+}
+
 /// `web-7f9c2-3` or `replica/web-7f9c2-3` (any spelling of the type).
 pub fn replica_name(arg: &str) -> anyhow::Result<String> {
+    replica_name_for("logs", arg)
+}
+
+/// [`replica_name`] for the verb `verb` (named in the error).
+pub fn replica_name_for(verb: &str, arg: &str) -> anyhow::Result<String> {
     let name = match arg.split_once('/') {
         None => arg,
         Some((ty, name)) => {
             if ResourceKind::parse(ty)? != ResourceKind::Replica {
                 bail!(
-                    "droverctl logs takes a replica (e.g. droverctl logs web-7f9c2-0), not {arg:?}"
+                    "droverctl {verb} takes a replica (e.g. droverctl {verb} web-7f9c2-0), not {arg:?}"
                 );
             }
             name
@@ -249,6 +321,29 @@ mod tests {
         );
         assert!(replica_name("replica/").is_err());
         assert!(replica_name("").is_err());
+    }
+
+    #[test]
+    fn previous_since_and_timestamps_take_kubectl_forms() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "droverctl",
+            "logs",
+            "-p",
+            "--since",
+            "5m",
+            "--timestamps",
+            "web-1",
+        ])
+        .expect("parses");
+        let Command::Logs(l) = cli.command else {
+            panic!("not logs")
+        };
+        assert!(l.previous && l.timestamps);
+        assert_eq!(l.since, Some(Duration::from_secs(300)));
+        assert!(Cli::try_parse_from(["droverctl", "logs", "--since", "0s", "web-1"]).is_err());
+        assert!(Cli::try_parse_from(["droverctl", "logs", "--since", "soon", "web-1"]).is_err());
     }
 
     #[test]

@@ -7,17 +7,20 @@ pub mod cluster;
 pub mod completion;
 pub mod config;
 pub mod cordon;
+pub mod cp;
 pub mod delete;
 pub mod describe;
 pub mod diff;
 pub mod discover;
 pub mod drain;
 pub mod events;
+pub mod exec;
 pub mod get;
 pub mod lab;
 pub mod logs;
 pub mod mutate;
 pub mod pki;
+pub mod port_forward;
 pub mod rollout;
 pub mod scale;
 pub mod token;
@@ -106,6 +109,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => get::run(&env, args).await,
         Command::Describe(args) => describe::run(&env, args).await,
         Command::Logs(args) => logs::run(&env, args).await,
+        Command::Exec(args) => exec::run(&env, args).await,
+        Command::PortForward(args) => port_forward::run(&env, args).await,
+        Command::Cp(args) => cp::run(&env, args).await,
         Command::Delete(args) => delete::run(&env, args).await,
         Command::Wait(args) => wait::run(&env, args).await,
         Command::Label(args) => mutate::label(&env, args, true).await,

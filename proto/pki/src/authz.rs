@@ -208,12 +208,15 @@ pub fn controller_policy(path: &str) -> Rule {
     }
 }
 
-/// An agent's listener: logs, for people and controllers.
+/// An agent's listener: logs, for people and controllers; exec and
+/// port-forward (a shell in a replica, its unpublished ports) for admins only.
 pub fn agent_policy(path: &str) -> Rule {
     const LOGS: &[Role] = &[Role::Admin, Role::Viewer, Role::Controller];
+    const ADMIN: &[Role] = &[Role::Admin];
     const NONE: &[Role] = &[];
     match path {
         "/drover.v1.Agent/Logs" => Rule::Roles(LOGS),
+        "/drover.v1.Agent/Exec" | "/drover.v1.Agent/PortForward" => Rule::Roles(ADMIN),
         _ => Rule::Roles(NONE),
     }
 }
@@ -269,6 +272,11 @@ mod tests {
         let a = agent_policy;
         assert!(authorize(a("/drover.v1.Agent/Logs"), "", id(Role::Viewer, "v")).is_ok());
         assert!(authorize(a("/drover.v1.Agent/Logs"), "", id(Role::Agent, "n2")).is_err());
+        for debug in ["/drover.v1.Agent/Exec", "/drover.v1.Agent/PortForward"] {
+            assert!(authorize(a(debug), debug, id(Role::Admin, "a")).is_ok());
+            assert!(authorize(a(debug), debug, id(Role::Viewer, "v")).is_err());
+            assert!(authorize(a(debug), debug, id(Role::Controller, "c1")).is_err());
+        }
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //!   node is NotReady and until every replica runs elsewhere.
 //! - [`rollout`]: a rolling update of 50 replicas with the process runtime and
 //!   Docker, beside `docker service update --image` on the same engine.
+//! - [`debugging`]: `port-forward` and `cp` throughput beside a direct
+//!   GET to the container and `docker cp`.
 //! - [`measure`]: the polling clock, percentiles and `/proc` memory they share.
 
+pub mod debugging;
 pub mod docker_start;
 pub mod measure;
 pub mod placement;

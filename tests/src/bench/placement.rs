@@ -420,6 +420,7 @@ impl SimFleet {
                 security,
                 join: None,
                 tls_dir: None,
+                debug_sessions: Default::default(),
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {

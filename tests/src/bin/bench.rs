@@ -7,6 +7,7 @@
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
+//! target/release/bench debugging [--mebibytes 256] [--rounds 3]
 //! ```
 //!
 //! Each subcommand prints one line per figure (the lines the README's
@@ -109,6 +110,18 @@ enum What {
         #[arg(long)]
         process_only: bool,
     },
+    /// port-forward and cp throughput beside a direct connection (Docker).
+    Debugging {
+        /// Size of the file moved.
+        #[arg(long, default_value_t = 256)]
+        mebibytes: u32,
+        /// Runs per side, alternating.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Give up on any one wait after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -191,6 +204,18 @@ async fn run(what: What) -> anyhow::Result<()> {
                 replicas,
                 timeout: Duration::from_secs(timeout_secs),
                 process_only,
+            })
+            .await
+        }
+        What::Debugging {
+            mebibytes,
+            rounds,
+            timeout_secs,
+        } => {
+            bench::debugging::run(bench::debugging::Config {
+                mebibytes,
+                rounds,
+                timeout: Duration::from_secs(timeout_secs),
             })
             .await
         }
