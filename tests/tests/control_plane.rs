@@ -371,6 +371,45 @@ async fn a_fourth_controller_joins_and_a_member_is_removed() {
     );
 }
 
+/// `cluster add` at an address where nothing answers: the new member stays a
+/// learner (it never votes), the add fails with a sentence that says so and
+/// what to do, and the cluster keeps committing even after one more voter
+/// dies. A voter added at once would have made 2 of 4 too few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_at_a_wrong_address_stays_a_learner_and_the_cluster_commits() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let out = c
+        .ctl()
+        .run(&["cluster", "add", "--id", "4", "--address", &nobody]);
+    assert!(!out.status.success());
+    let e = err(&out);
+    assert!(
+        e.contains(&format!(
+            "controller 4 at {nobody} did not catch up within 20s"
+        )) && e.contains("added as a learner, which does not vote"),
+        "{e}"
+    );
+
+    let leader = c.wait_for_leader(T).await.expect("leader");
+    c.kill((leader + 1) % 3);
+    let mut client = c.client(leader).await.expect("client");
+    apply(&mut client, "after", 1)
+        .await
+        .expect("2 of the 3 voters commit");
+    let status = ok(&c.ctl_at(leader).run(&["cluster", "status", "-o", "json"]));
+    let json: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let four = json["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == 4))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(four["voter"], false, "{status}");
+}
+
 /// `get deployments -A -o yaml` is a backup: its `kind: List` applies back,
 /// every deployment as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,10 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::Change, Status>> + Send
 /// The shortest time between two messages of a `WatchChanges` stream.
 const CHANGE_BATCH: Duration = Duration::from_millis(100);
 
+/// How long `cluster add` waits for the new member to catch up before it
+/// would become a voter.
+const CATCH_UP: Duration = Duration::from_secs(20);
+
 fn event_filter(req: &pb::ListEventsRequest) -> Result<EventFilter, Status> {
     let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
     if !req.namespace.is_empty() {
@@ -819,11 +823,26 @@ impl pb::control_server::Control for ControlService {
             return Err(Status::invalid_argument("member id must be 1 or more"));
         }
         validate_address(&req.address).map_err(Status::invalid_argument)?;
+        // A learner first: it gets the log without voting, so the quorum is
+        // unchanged until it has caught up. `cluster add` of a member that
+        // is still a learner (it did not catch up last time) finishes the job.
+        let learner = self
+            .members_status()
+            .await?
+            .members
+            .iter()
+            .any(|m| m.id == req.id && !m.voter);
+        if !learner {
+            self.cluster
+                .write(Write::AddMember {
+                    id: req.id,
+                    address: req.address.clone(),
+                })
+                .await?;
+        }
+        self.wait_caught_up(req.id, &req.address).await?;
         self.cluster
-            .write(Write::AddMember {
-                id: req.id,
-                address: req.address,
-            })
+            .write(Write::PromoteMember { id: req.id })
             .await?;
         Ok(Response::new(pb::MembershipResponse {
             members: self.members_status().await?.members,
@@ -857,6 +876,39 @@ impl pb::control_server::Control for ControlService {
 impl ControlService {
     /// Ask every member for its own status, in parallel, each bounded by a
     /// short timeout; an unreachable one is reported, not fatal.
+    /// Wait until learner `id` has applied what the leader had committed when
+    /// the wait began, or refuse after [`CATCH_UP`] with what is wrong.
+    async fn wait_caught_up(&self, id: u64, address: &str) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let mut target = None;
+        loop {
+            let status = self.members_status().await?;
+            let leader_commit = status
+                .members
+                .iter()
+                .find(|m| m.id == status.leader_id)
+                .map(|m| m.commit_index);
+            let target = *target.get_or_insert(leader_commit.unwrap_or(0));
+            let learner = status.members.iter().find(|m| m.id == id);
+            let why = match learner {
+                Some(m) if m.reachable && m.applied_index >= target && target > 0 => return Ok(()),
+                Some(m) if !m.reachable => format!("it does not answer ({})", m.error),
+                Some(m) => format!("it applied {} of {target} entries", m.applied_index),
+                None => "it is not in the configuration".to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "controller {id} at {address} did not catch up within {}: {why}. It was added \
+                     as a learner, which does not vote, so the cluster commits as before; start \
+                     it (empty, with --join) or fix its address, then run `droverctl cluster add` \
+                     again to finish, or `droverctl cluster remove {id}`",
+                    drover_proto::duration::short(CATCH_UP)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn members_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
         let local = self.cluster.local_status().await?;
         let status = self

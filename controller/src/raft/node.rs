@@ -305,6 +305,15 @@ struct ConfContext {
     member: Option<Member>,
 }
 
+/// A membership change, as `propose_membership` takes it.
+enum Change {
+    /// Join as a learner, at this address.
+    Add(String),
+    /// A learner becomes a voter.
+    Promote,
+    Remove,
+}
+
 /// Where and why applying stopped.
 struct Stall {
     index: u64,
@@ -507,8 +516,13 @@ impl Node {
             Write::AddMember {
                 id: member,
                 address,
-            } => self.propose_membership(id, member, Some(address)),
-            Write::RemoveMember { id: member } => self.propose_membership(id, member, None),
+            } => self.propose_membership(id, member, Change::Add(address)),
+            Write::PromoteMember { id: member } => {
+                self.propose_membership(id, member, Change::Promote)
+            }
+            Write::RemoveMember { id: member } => {
+                self.propose_membership(id, member, Change::Remove)
+            }
         };
         if let Err(e) = result {
             let _ = reply.send(Err(e));
@@ -563,7 +577,7 @@ impl Node {
         &mut self,
         id: u64,
         member: u64,
-        address: Option<String>,
+        change: Change,
     ) -> Result<(), NodeError> {
         let refuse = |reason: String| Err(NodeError::Refused(reason));
         if member == 0 {
@@ -575,14 +589,15 @@ impl Node {
             );
         }
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        let is_member = conf.voters.contains(&member) || conf.learners.contains(&member);
-        let (change, ctx) = match address {
-            Some(address) => {
-                if is_member {
+        let is_voter = conf.voters.contains(&member);
+        let is_learner = conf.learners.contains(&member);
+        let (change, ctx) = match change {
+            Change::Add(address) => {
+                if is_voter || is_learner {
                     return refuse(format!("controller {member} is already a member"));
                 }
                 (
-                    ConfChangeType::AddNode,
+                    ConfChangeType::AddLearnerNode,
                     ConfContext {
                         id,
                         member: Some(Member {
@@ -592,11 +607,17 @@ impl Node {
                     },
                 )
             }
-            None => {
-                if !is_member {
+            Change::Promote => {
+                if !is_learner {
+                    return refuse(format!("controller {member} is not a learner"));
+                }
+                (ConfChangeType::AddNode, ConfContext { id, member: None })
+            }
+            Change::Remove => {
+                if !is_voter && !is_learner {
                     return refuse(format!("controller {member} is not a member"));
                 }
-                if conf.voters.len() == 1 {
+                if is_voter && conf.voters.len() == 1 {
                     return refuse("cannot remove the last member of the cluster".into());
                 }
                 (ConfChangeType::RemoveNode, ConfContext { id, member: None })

@@ -186,8 +186,19 @@ pub struct RolloutRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
     Command(Command),
-    AddMember { id: u64, address: String },
-    RemoveMember { id: u64 },
+    /// Add a controller as a learner: it receives the log but does not vote,
+    /// so a wrong address or a slow start costs the cluster nothing.
+    AddMember {
+        id: u64,
+        address: String,
+    },
+    /// Make a learner that caught up a voter.
+    PromoteMember {
+        id: u64,
+    },
+    RemoveMember {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -90,6 +90,15 @@ impl Client {
         }
     }
 
+    /// Let calls run at least `at_least` (for a request the controller
+    /// knowingly takes long over, such as `cluster add` waiting for the new
+    /// member to catch up); no bound stays no bound.
+    pub fn allow_at_least(&mut self, at_least: Duration) {
+        if let Some(t) = &mut self.timeout {
+            *t = (*t).max(at_least);
+        }
+    }
+
     /// How this client connects (droverctl logs reuses it for agents).
     pub fn security(&self) -> &Security {
         &self.security

@@ -35,6 +35,8 @@ pub async fn run(env: &Env, cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Add(ClusterAddArgs { id, address }) => {
             let address =
                 normalize_server(&address).map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+            // The controller waits up to 20 s for the new member to catch up.
+            client.allow_at_least(std::time::Duration::from_secs(30));
             client
                 .call(|mut c| {
                     let request = pb::AddMemberRequest {
@@ -44,7 +46,9 @@ pub async fn run(env: &Env, cmd: ClusterCommand) -> anyhow::Result<()> {
                     async move { c.add_member(request).await }
                 })
                 .await?;
-            print(&format!("member {id} ({address}) added\n"))
+            print(&format!(
+                "member {id} ({address}) added: it caught up as a learner and now votes\n"
+            ))
         }
         ClusterCommand::Remove(ClusterRemoveArgs { id }) => {
             client
