@@ -423,6 +423,7 @@ async fn members_restart_from_their_sled_files() {
         }],
         ignore_not_found: false,
         now_unix_ms: 0,
+        grace_period_seconds: None,
     });
     write_ok(c.handle(l), delete).await;
     let (_, hash) = c.converged(&[0, 1, 2]).await;
@@ -468,8 +469,19 @@ async fn membership_changes_add_and_remove_a_member() {
     );
     c.converged(&[0, 1, 2, 3]).await;
     let s = c.handle(3).status().await.expect("status");
-    assert_eq!(s.voters, vec![1, 2, 3, 4]);
+    assert_eq!(
+        (s.voters.clone(), s.learners.clone()),
+        (vec![1, 2, 3], vec![4]),
+        "it joins as a learner"
+    );
     assert_eq!(c.store(3).deployments(None).expect("list").len(), 1);
+    let promoted = c.handle(l).propose(Write::PromoteMember { id: 4 }).await;
+    assert!(matches!(promoted, Ok(Ok(_))), "{promoted:?}");
+    c.converged(&[0, 1, 2, 3]).await;
+    let s = c.handle(3).status().await.expect("status");
+    assert_eq!((s.voters, s.learners), (vec![1, 2, 3, 4], vec![]));
+    let again = c.handle(l).propose(Write::PromoteMember { id: 4 }).await;
+    assert!(matches!(again, Err(NodeError::Refused(_))), "{again:?}");
 
     let again = c
         .handle(l)

@@ -35,8 +35,9 @@ pub async fn run(env: &Env, cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Add(ClusterAddArgs { id, address }) => {
             let address =
                 normalize_server(&address).map_err(|e| anyhow::anyhow!("--address: {e}"))?;
-            // The controller waits up to 20 s for the new member to catch up.
-            client.allow_at_least(std::time::Duration::from_secs(30));
+            // The controller waits up to 20 s for the new member to catch up;
+            // the first controller asked gets half the time (see Client::call).
+            client.allow_at_least(std::time::Duration::from_secs(60));
             client
                 .call(|mut c| {
                     let request = pb::AddMemberRequest {
