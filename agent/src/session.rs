@@ -523,7 +523,7 @@ async fn session(
                             return Ended::Lost { reason: "the controller stopped reading".into(), productive };
                         }
                     }
-                    if supervisor.assign_set(set.assignments, set.terminating).await.is_err() {
+                    if supervisor.assign_set(set).await.is_err() {
                         return Ended::Shutdown;
                     }
                 }

@@ -69,6 +69,7 @@ enum Msg {
     Assign {
         assignments: Vec<pb::Assignment>,
         terminating: Vec<String>,
+        grace: BTreeMap<String, Duration>,
     },
     /// Fencing: kill every replica now, without a grace period.
     Fence,
@@ -84,7 +85,11 @@ pub struct SupervisorHandle {
 impl SupervisorHandle {
     /// Replace the node's assignments with this full set.
     pub async fn assign(&self, assignments: Vec<pb::Assignment>) -> Result<()> {
-        self.assign_set(assignments, Vec::new()).await
+        self.assign_set(pb::AssignmentSet {
+            assignments,
+            ..Default::default()
+        })
+        .await
     }
 
     /// Fencing: the controllers are out of reach for longer than
@@ -101,15 +106,19 @@ impl SupervisorHandle {
     /// Replace the node's assignments with this full set; `terminating` are
     /// replicas the controller waits to hear are gone (each is reported
     /// GONE once nothing of it is left here, or at once if nothing was).
-    pub async fn assign_set(
-        &self,
-        assignments: Vec<pb::Assignment>,
-        terminating: Vec<String>,
-    ) -> Result<()> {
+    /// `terminating_grace_seconds` replace the containers' own grace periods
+    /// for some of them (`delete --grace-period`).
+    pub async fn assign_set(&self, set: pb::AssignmentSet) -> Result<()> {
+        let grace = set
+            .terminating_grace_seconds
+            .into_iter()
+            .map(|(replica, s)| (replica, Duration::from_secs(u64::from(s))))
+            .collect();
         self.tx
             .send(Msg::Assign {
-                assignments,
-                terminating,
+                assignments: set.assignments,
+                terminating: set.terminating,
+                grace,
             })
             .await
             .map_err(|_| AgentError::Config("the supervisor has stopped".into()))
@@ -188,6 +197,9 @@ pub struct Supervisor<R: Runtime> {
     terminating: std::collections::BTreeSet<String>,
     /// Fenced: stops kill at once (see `SupervisorHandle::fence`).
     fencing: bool,
+    /// Grace periods that replace a container's own when it is stopped
+    /// (`delete --grace-period`), by replica.
+    stop_grace: BTreeMap<String, Duration>,
     /// By container id.
     containers: BTreeMap<String, Observed>,
     records: BTreeMap<String, Record>,
@@ -252,6 +264,7 @@ impl<R: Runtime> Supervisor<R> {
             invalid: BTreeMap::new(),
             terminating: Default::default(),
             fencing: false,
+            stop_grace: BTreeMap::new(),
             containers,
             records: BTreeMap::new(),
             busy: BTreeMap::new(),
@@ -286,9 +299,10 @@ impl<R: Runtime> Supervisor<R> {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => match msg {
-                    Some(Msg::Assign { assignments, terminating }) => {
+                    Some(Msg::Assign { assignments, terminating, grace }) => {
                         self.fencing = false;
                         self.terminating = terminating.into_iter().collect();
+                        self.stop_grace = grace;
                         self.assign(assignments);
                     }
                     Some(Msg::Fence) => {
@@ -541,10 +555,12 @@ impl<R: Runtime> Supervisor<R> {
         if actions.is_empty() {
             return now;
         }
-        if self.fencing {
-            for a in &mut actions {
-                if let Action::Stop { grace, .. } = a {
+        for a in &mut actions {
+            if let Action::Stop { replica, grace, .. } = a {
+                if self.fencing {
                     *grace = Duration::ZERO;
+                } else if let Some(g) = self.stop_grace.get(replica.as_str()) {
+                    *grace = *g;
                 }
             }
         }

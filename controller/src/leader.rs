@@ -497,6 +497,7 @@ mod tests {
             }],
             ignore_not_found: false,
             now_unix_ms: 2,
+            grace_period_seconds: None,
         });
         db.apply(Command::Apply {
             deployments: vec![on_host_port("new", 8080)],

@@ -325,6 +325,66 @@ async fn a_script_waits_selects_and_reads_fields_without_tables() {
 }
 
 /// The generation of `web`: it grows with every stored change.
+/// `delete --grace-period=N`: replicas whose template gives them 60 s (and
+/// which ignore SIGTERM) are given N instead, and `delete` (which waits)
+/// returns once they are gone from their host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_a_grace_period_stops_replicas_with_it() {
+    let c = Cluster::with_agents(1, "process", &["n1"])
+        .await
+        .expect("cluster");
+    let ctl = c.ctl();
+    apply(
+        &ctl,
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: stubborn
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: stubborn
+  template:
+    metadata:
+      labels:
+        app: stubborn
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+      - name: main
+        image: drover/busybox:1
+        command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+"#,
+    );
+    ok(&ctl.run(&[
+        "wait",
+        "--for=condition=Available",
+        "deployment/stubborn",
+        "--timeout=60s",
+    ]));
+    assert!(replica_processes(c.dir.path(), "stubborn").len() >= 2);
+
+    let out = ctl.run(&[
+        "delete",
+        "deployment",
+        "stubborn",
+        "--grace-period=1",
+        "--timeout=30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "gone well before the template's 60 s: {}",
+        stderr(&out)
+    );
+    assert!(
+        replica_processes(c.dir.path(), "stubborn").is_empty(),
+        "no replica process left"
+    );
+    let e = stderr(&ctl.run(&["delete", "deployment", "x", "--grace-period=0"]));
+    assert!(e.contains("--grace-period=0 needs --force"), "{e}");
+}
+
 fn generation(ctl: &Ctl) -> String {
     ok(&ctl.run(&[
         "get",

@@ -55,6 +55,7 @@ impl Conn {
                     version,
                     assignments,
                     terminating,
+                    ..Default::default()
                 },
             )),
         };

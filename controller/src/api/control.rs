@@ -379,6 +379,7 @@ impl pb::control_server::Control for ControlService {
             refs,
             ignore_not_found: req.ignore_not_found,
             now_unix_ms: now_unix_ms(),
+            grace_period_seconds: req.grace_period_seconds,
         };
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Deleted(deleted) => Ok(Response::new(pb::DeleteDeploymentsResponse {

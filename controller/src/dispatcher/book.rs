@@ -26,6 +26,9 @@ pub struct NodeSet {
     /// the agent stops them (they are not assigned) and reports each one
     /// gone, also one it never had.
     pub terminating: Vec<String>,
+    /// Grace periods (seconds) replacing the container's own for some of
+    /// the terminating replicas (`delete --grace-period`).
+    pub terminating_grace_seconds: HashMap<String, u32>,
 }
 
 /// Node name → its set.
@@ -70,11 +73,11 @@ impl Assignments {
         for r in store.replicas(None)? {
             let Some(node) = r.node.clone() else { continue };
             if r.is_terminating() {
-                by_node
-                    .entry(node)
-                    .or_default()
-                    .terminating
-                    .push(r.agent_id());
+                let set = by_node.entry(node).or_default();
+                if let Some(grace) = r.stop_grace_seconds {
+                    set.terminating_grace_seconds.insert(r.agent_id(), grace);
+                }
+                set.terminating.push(r.agent_id());
                 continue;
             }
             let Some(templates) = deployments.get_mut(&(r.namespace.clone(), r.deployment.clone()))

@@ -323,6 +323,7 @@ impl Dispatcher {
                             version,
                             assignments: current.assignments.clone(),
                             terminating: current.terminating.clone(),
+                            terminating_grace_seconds: current.terminating_grace_seconds.clone(),
                         },
                     )),
                 };

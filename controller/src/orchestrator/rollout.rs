@@ -329,6 +329,7 @@ impl Builder<'_> {
             replaces,
             terminating_since_unix_ms: 0,
             booking: Some(Booking::of(pod)),
+            stop_grace_seconds: None,
         });
     }
 

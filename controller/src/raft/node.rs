@@ -284,7 +284,7 @@ struct Proposal {
 /// older member then stops applying at the first newer entry, with a
 /// sentence in `cluster status`, instead of skipping or misreading it.
 /// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21).
-pub const COMMAND_FORMAT: u32 = 3;
+pub const COMMAND_FORMAT: u32 = 4;
 
 /// Entries written before formats were numbered.
 fn first_format() -> u32 {

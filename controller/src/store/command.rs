@@ -90,6 +90,11 @@ pub enum Command {
         ignore_not_found: bool,
         #[serde(default)]
         now_unix_ms: i64,
+        /// `delete --grace-period`: the deployments' replicas terminate at
+        /// once, each given this long to stop instead of its template's
+        /// grace period.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_period_seconds: Option<u32>,
     },
     Scale {
         target: ObjectRef,
@@ -400,7 +405,14 @@ pub(super) fn execute(
             refs,
             ignore_not_found,
             now_unix_ms,
-        } => delete(view, refs, *ignore_not_found, *now_unix_ms),
+            grace_period_seconds,
+        } => delete(
+            view,
+            refs,
+            *ignore_not_found,
+            *now_unix_ms,
+            *grace_period_seconds,
+        ),
         Command::Scale {
             target,
             replicas,
@@ -594,6 +606,7 @@ fn delete(
     refs: &[ObjectRef],
     ignore_not_found: bool,
     now: i64,
+    grace_period_seconds: Option<u32>,
 ) -> Result<Result<WriteResult, WriteError>, StoreError> {
     let mut deleted = Vec::new();
     for r in refs {
@@ -608,6 +621,9 @@ fn delete(
                     "Deployment deleted; its replicas will be stopped".into(),
                 ),
             );
+            if let Some(grace) = grace_period_seconds {
+                terminate_replicas_of(view, r, grace, now)?;
+            }
             deleted.push(r.clone());
         } else if !ignore_not_found && !deleted.contains(r) {
             return Ok(Err(WriteError::NotFound {
@@ -617,6 +633,36 @@ fn delete(
         }
     }
     Ok(Ok(WriteResult::Deleted(deleted)))
+}
+
+/// A deployment deleted with its own grace period: its replicas terminate
+/// now (rather than when the orchestrator gets to them) with that grace; the
+/// unbound ones go at once.
+fn terminate_replicas_of(
+    view: &mut View<'_>,
+    deployment: &ObjectRef,
+    grace: u32,
+    now: i64,
+) -> Result<(), StoreError> {
+    let prefix = format!("{}{}/", REPLICA_PREFIX, deployment.namespace);
+    for key in view.committed_keys(&prefix)? {
+        let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
+            continue;
+        };
+        if r.deployment != deployment.name {
+            continue;
+        }
+        if r.node.is_none() {
+            view.remove(key);
+            continue;
+        }
+        if !r.is_terminating() {
+            r.terminating_since_unix_ms = now.max(1);
+        }
+        r.stop_grace_seconds = Some(grace);
+        view.put(key, &r)?;
+    }
+    Ok(())
 }
 
 fn scale(

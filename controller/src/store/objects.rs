@@ -192,6 +192,10 @@ pub struct ReplicaRecord {
     /// kept: its revision's template says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booking: Option<Booking>,
+    /// The grace period it is stopped with instead of its template's, once
+    /// terminating (`delete --grace-period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_seconds: Option<u32>,
 }
 
 fn is_zero(v: &i64) -> bool {

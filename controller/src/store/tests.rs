@@ -43,11 +43,13 @@ fn sample_log() -> Vec<Command> {
             refs: vec![r("api"), r("missing")],
             ignore_not_found: false,
             now_unix_ms: 0,
+            grace_period_seconds: None,
         },
         Command::Delete {
             refs: vec![r("api"), r("missing")],
             ignore_not_found: true,
             now_unix_ms: 0,
+            grace_period_seconds: None,
         },
         apply(&[("worker", 1)], 5_000),
         with_image("busybox:2", "second"),
@@ -138,6 +140,7 @@ fn delete_with_a_missing_name_changes_nothing() {
                 refs: vec![r("web"), r("nope")],
                 ignore_not_found: false,
                 now_unix_ms: 0,
+                grace_period_seconds: None,
             },
         )
         .expect("apply");
@@ -240,6 +243,7 @@ fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
         replaces: None,
         terminating_since_unix_ms: 0,
         booking: None,
+        stop_grace_seconds: None,
     }
 }
 

@@ -25,10 +25,10 @@ use crate::output;
 use crate::resource::{ResourceKind, Selection};
 
 pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
-    check_grace(&args)?;
+    let grace = check_grace(&args)?;
     if args.force {
         crate::print_warning(
-            "Immediate deletion does not wait for confirmation that the running replicas have stopped; they stop with their template's grace period.",
+            "Immediate deletion does not wait for confirmation that the running replicas have stopped.",
         );
         args.wait = false;
     }
@@ -115,6 +115,7 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
     let request = pb::DeleteDeploymentsRequest {
         deployments: refs,
         ignore_not_found: args.ignore_not_found,
+        grace_period_seconds: grace,
     };
     let response = client
         .call(|mut c| {
@@ -179,17 +180,19 @@ pub async fn wait_gone(
     }
 }
 
-/// kubectl's `--grace-period` and `--force`, as far as drover has them: a
-/// replica always stops with its template's grace period, so only -1 (that)
-/// and 0 with `--force` (delete without waiting) are accepted.
-fn check_grace(args: &DeleteArgs) -> anyhow::Result<()> {
+/// kubectl's `--grace-period` and `--force`: -1 keeps each replica's
+/// template grace period, N gives every replica N seconds to stop, and 0
+/// (with `--force` only, as kubectl) kills them at once without waiting.
+/// Returns the grace period to send, if any.
+fn check_grace(args: &DeleteArgs) -> anyhow::Result<Option<u32>> {
     match (args.grace_period, args.force) {
-        (-1, _) | (0, true) => Ok(()),
+        (-1, _) => Ok(None),
+        (0, true) => Ok(Some(0)),
         (0, false) => bail!("--grace-period=0 needs --force (kubectl's immediate deletion)"),
         (n, _) if n < -1 => bail!("--grace-period must be -1, 0 or more, not {n}"),
-        (n, _) => bail!(
-            "--grace-period={n}: drover has no per-delete grace period; replicas stop with their template's terminationGracePeriodSeconds (change it with apply or patch first)"
-        ),
+        (n, _) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("--grace-period={n} is too large")),
     }
 }
 

@@ -651,6 +651,7 @@ impl Runner<'_> {
                                 name: name.clone(),
                             }],
                             ignore_not_found: true,
+                            ..Default::default()
                         };
                         async move { c.delete_deployments(req).await }
                     })

@@ -197,6 +197,7 @@ async fn run_drover(
             name: name.clone(),
         }],
         ignore_not_found: false,
+        ..Default::default()
     })
     .await
     .map_err(|s| anyhow!("deleting deployment {name}: {}", s.message()))?;

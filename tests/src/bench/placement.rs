@@ -307,6 +307,7 @@ async fn warm_up(api: &mut ControlClient<Channel>, cfg: &Config) -> anyhow::Resu
             name: WARM_UP.into(),
         }],
         ignore_not_found: false,
+        ..Default::default()
     })
     .await
     .map_err(|s| anyhow!("deleting the warm-up deployment: {}", s.message()))?;
