@@ -609,6 +609,10 @@ pub struct CordonArgs {
     /// Node name (or node/NAME)
     #[arg(value_name = "NODE")]
     pub node: String,
+
+    /// name: print only node/NAME
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -660,7 +664,17 @@ pub enum RolloutCommand {
     /// Continue a paused rollout
     Resume(RolloutTarget),
     /// Replace every replica, as a new revision (kubectl.kubernetes.io/restartedAt)
-    Restart(RolloutTarget),
+    Restart(RolloutRestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutRestartArgs {
+    #[command(flatten)]
+    pub target: RolloutTarget,
+
+    /// name: print only deployment.apps/NAME
+    #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -364,6 +364,13 @@ spec:
         "--timeout=60s",
     ]));
     assert!(replica_processes(c.dir.path(), "stubborn").len() >= 2);
+    // A restart leaves the old replicas terminating with their 60 s; the
+    // delete's grace period reaches those too. (`-o name` for scripts.)
+    assert_eq!(
+        ok(&ctl.run(&["rollout", "restart", "deployment/stubborn", "-o", "name"])),
+        "deployment.apps/stubborn\n"
+    );
+    assert_eq!(ok(&ctl.run(&["cordon", "n1", "-o", "name"])), "node/n1\n");
 
     let out = ctl.run(&[
         "delete",

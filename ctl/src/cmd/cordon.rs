@@ -25,6 +25,7 @@ pub async fn run(env: &Env, args: CordonArgs, cordoned: bool) -> anyhow::Result<
         .await;
     let verb = if cordoned { "cordoned" } else { "uncordoned" };
     match answer {
+        Ok(_) if args.output.is_some() => print(&format!("node/{node}\n")),
         Ok(r) if r.changed => print(&format!("node/{node} {verb}\n")),
         Ok(_) => print(&format!("node/{node} already {verb}\n")),
         Err(e) if e.code() == Some(Code::NotFound) => anyhow::bail!("node {node:?} not found"),

@@ -436,7 +436,11 @@ async fn set_env(env: &Env, args: SetEnvArgs) -> anyhow::Result<()> {
 
 /// `droverctl rollout restart deployment/web`: a new revision that differs
 /// only in the template annotation `kubectl.kubernetes.io/restartedAt`.
-pub async fn restart(env: &Env, resources: &[String]) -> anyhow::Result<()> {
+pub async fn restart(
+    env: &Env,
+    resources: &[String],
+    output: &Option<String>,
+) -> anyhow::Result<()> {
     let name = one_deployment(resources, "rollout restart")?;
     let (mut client, settings) = env.client()?;
     let now = drover_proto::timestamp::rfc3339(crate::output::now_ms());
@@ -449,7 +453,7 @@ pub async fn restart(env: &Env, resources: &[String]) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    print(&done(&name, "restarted", changed, &None))
+    print(&done(&name, "restarted", changed, output))
 }
 
 /// kubectl's restart annotation on the pod template.

@@ -33,7 +33,9 @@ pub async fn run(env: &Env, cmd: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Undo(args) => undo(env, args).await,
         RolloutCommand::Pause(target) => pause(env, target, true).await,
         RolloutCommand::Resume(target) => pause(env, target, false).await,
-        RolloutCommand::Restart(target) => super::mutate::restart(env, &target.resources).await,
+        RolloutCommand::Restart(args) => {
+            super::mutate::restart(env, &args.target.resources, &args.output).await
+        }
     }
 }
 
