@@ -230,6 +230,11 @@ pub struct LabUpArgs {
     /// busybox-static with apt-get when missing]
     #[arg(long, value_name = "DIR:...", env = "DROVER_LAB_BUSYBOX_PATH")]
     pub busybox_path: Option<std::ffi::OsString>,
+
+    /// Start every agent with this --stop-after-disconnect (fencing: at most
+    /// 2500ms with the controllers' 3 s node timeout)
+    #[arg(long, value_name = "DURATION", value_parser = drover_proto::duration::parse_positive)]
+    pub stop_after_disconnect: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

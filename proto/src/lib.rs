@@ -40,8 +40,15 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// many or large templates still gets its assignments.
 pub const MAX_ASSIGNMENT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Largest raft batch a controller accepts from a peer (snapshots ride in these).
+/// Largest raft batch a controller accepts from a peer (snapshots are
+/// streamed apart, in [`SNAPSHOT_CHUNK_BYTES`] pieces).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Snapshot data per `InstallSnapshot` chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest snapshot a controller accepts from a peer.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// The drover version every binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -371,6 +371,34 @@ async fn a_fourth_controller_joins_and_a_member_is_removed() {
     );
 }
 
+/// A new member catches up from a snapshot several times larger than one
+/// `InstallSnapshot` chunk (1 MiB), streamed over mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_catches_up_from_a_snapshot_streamed_in_chunks() {
+    let mut c = Cluster::start(3).await.expect("cluster");
+    let mut client = c.client(0).await.expect("client");
+    // About 3 MiB of state: 20 deployments with a 150 kB annotation each.
+    let note = "x".repeat(150_000);
+    for i in 0..20 {
+        drover_tests::cluster::apply_noted(&mut client, &format!("big-{i}"), 0, &note)
+            .await
+            .expect("apply");
+    }
+    let joiner = c.spawn_joiner(4).expect("spawn joiner");
+    let address = c.controllers[joiner].address.clone();
+    ok(&c
+        .ctl_at(1)
+        .run(&["cluster", "add", "--id", "4", "--address", &address]));
+    c.wait_converged(T).await.expect("the new member caught up");
+    let log = std::fs::read_to_string(&c.controllers[joiner].log).unwrap_or_default();
+    assert!(
+        log.contains("installing snapshot from the leader"),
+        "it caught up by snapshot"
+    );
+    let mut new_client = c.client(joiner).await.expect("client");
+    assert_eq!(names(&mut new_client, false).await.expect("list").len(), 20);
+}
+
 /// `cluster add` at an address where nothing answers: the new member stays a
 /// learner (it never votes), the add fails with a sentence that says so and
 /// what to do, and the cluster keeps committing even after one more voter

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use drover_tests::bin;
 
@@ -841,4 +842,172 @@ fn down_by_id_removes_a_docker_lab_whose_state_file_is_lost() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+}
+
+/// Every replica process of the lab, by replica name, with the hosts it
+/// runs on now (from each process's working directory:
+/// `<lab>/<host>/process/work/default.<replica>`).
+fn replicas_by_host(
+    lab_dir: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut found: std::collections::BTreeMap<_, std::collections::BTreeSet<_>> =
+        Default::default();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+            continue;
+        };
+        let Ok(rest) = cwd.strip_prefix(lab_dir) else {
+            continue;
+        };
+        let parts: Vec<String> = rest
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if let [host, process, work, replica, ..] = parts.as_slice() {
+            if process == "process" && work == "work" {
+                if let Some(name) = replica.strip_prefix("default.") {
+                    found
+                        .entry(name.to_string())
+                        .or_default()
+                        .insert(host.clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// SPEC guarantee 9: with `--stop-after-disconnect`, a partitioned host kills
+/// its replicas before the cluster starts them elsewhere. The hosts' real
+/// processes are sampled every 100 ms through the partition and the heal: no
+/// replica ever runs on two hosts at once, and afterwards each runs once.
+#[test]
+fn with_fencing_no_replica_runs_on_two_hosts_through_a_partition() {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return;
+    }
+    let lab = LabGuard::new();
+    let manifest = lab.tmp.path().join("steady.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: steady
+spec:
+  replicas: 6
+  selector:
+    matchLabels:
+      app: steady
+  template:
+    metadata:
+      labels:
+        app: steady
+    spec:
+      containers:
+      - name: main
+        image: drover/busybox:1
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"#,
+    )
+    .expect("manifest");
+    lab.lab(
+        "up",
+        &[
+            "--controllers",
+            "3",
+            "--agents",
+            "3",
+            "--stop-after-disconnect",
+            "2s",
+            "--apply",
+            &manifest.display().to_string(),
+        ],
+    );
+    let dir = lab.dir();
+    let settle = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let now = replicas_by_host(&dir);
+        if now.len() == 6 && now.values().all(|h| h.len() == 1) {
+            break now;
+        }
+        assert!(
+            Instant::now() < settle,
+            "6 replicas never ran once each: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let on_n1: Vec<String> = before
+        .iter()
+        .filter(|(_, hosts)| hosts.contains("n1"))
+        .map(|(r, _)| r.clone())
+        .collect();
+    assert!(!on_n1.is_empty(), "n1 runs some replicas: {before:?}");
+
+    lab.lab("partition", &["n1"]);
+    let cut = Instant::now();
+    let mut moved_at = None;
+    let mut samples = 0;
+    loop {
+        let now = replicas_by_host(&dir);
+        samples += 1;
+        for (replica, hosts) in &now {
+            assert!(
+                hosts.len() <= 1,
+                "{replica} runs on {hosts:?} at once, {:?} into the partition",
+                cut.elapsed()
+            );
+        }
+        let moved = on_n1.iter().all(|r| {
+            now.get(r)
+                .is_some_and(|h| h.len() == 1 && !h.contains("n1"))
+        });
+        if moved && moved_at.is_none() {
+            moved_at = Some(cut.elapsed());
+        }
+        // Keep watching a while after they moved.
+        if moved_at.is_some_and(|t| cut.elapsed() > t + Duration::from_secs(3)) {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "n1's replicas never ran elsewhere: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "n1's replicas ran elsewhere {:?} into the partition ({samples} samples)",
+        moved_at.unwrap_or_default()
+    );
+
+    lab.lab("heal", &[]);
+    let healed = Instant::now();
+    loop {
+        let now = replicas_by_host(&dir);
+        for (replica, hosts) in &now {
+            assert!(
+                hosts.len() <= 1,
+                "{replica} runs on {hosts:?} after the heal"
+            );
+        }
+        if now.len() == 6 && healed.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(60),
+            "not 6 replicas after the heal: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

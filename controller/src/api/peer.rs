@@ -16,7 +16,7 @@
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 use drover_pki::authz::Caller;
@@ -166,5 +166,73 @@ impl pb::raft_server::Raft for PeerService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::MemberStatus>, Status> {
         Ok(Response::new(self.cluster.local_status().await?))
+    }
+
+    /// A MsgSnapshot in chunks: the same checks as `step` on the first chunk
+    /// (a member, in its own name, a snapshot for this member), then the data
+    /// up to the announced size (at most [`drover_proto::MAX_SNAPSHOT_BYTES`]),
+    /// then one step.
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::StepAck>, Status> {
+        let remote = request.remote_addr();
+        let sender = self.member_caller(&request, "raft snapshots")?;
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        if let Some(sender) = sender {
+            if sender != first.from {
+                warn!(remote = ?remote, member = sender, from = first.from, "refusing a raft snapshot sent in another member's name");
+                return Err(Status::permission_denied(format!(
+                    "member {sender} may not send raft snapshots as member {}",
+                    first.from
+                )));
+            }
+        }
+        let mut m = Message::parse_from_bytes(&first.message).map_err(|e| {
+            warn!(remote = ?remote, error = %e, "refusing an undecodable raft snapshot message");
+            Status::invalid_argument("undecodable raft snapshot message")
+        })?;
+        let me = self.cluster.handle.id();
+        if m.get_msg_type() != MessageType::MsgSnapshot || m.from != first.from || m.to != me {
+            warn!(remote = ?remote, from = first.from, kind = ?m.get_msg_type(), to = m.to, "refusing a snapshot stream that does not carry a snapshot from its sender to this member");
+            return Err(Status::invalid_argument(
+                "a snapshot stream must carry a MsgSnapshot from its sender to this member",
+            ));
+        }
+        if first.data_size > drover_proto::MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "a snapshot of {} bytes is above the {} accepted",
+                first.data_size,
+                drover_proto::MAX_SNAPSHOT_BYTES
+            )));
+        }
+        let size = usize::try_from(first.data_size)
+            .map_err(|_| Status::resource_exhausted("snapshot too large for this machine"))?;
+        let mut data = Vec::with_capacity(size.min(64 << 20));
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = chunks.message().await? {
+            if data.len() + chunk.data.len() > size {
+                return Err(Status::invalid_argument(format!(
+                    "the snapshot stream carries more than the {size} bytes it announced"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() != size {
+            return Err(Status::invalid_argument(format!(
+                "the snapshot stream ended after {} of the {size} bytes it announced",
+                data.len()
+            )));
+        }
+        m.mut_snapshot().set_data(data.into());
+        self.cluster
+            .transport
+            .learn(first.from, &first.from_address);
+        self.cluster.handle.step(vec![m]);
+        Ok(Response::new(pb::StepAck {}))
     }
 }

@@ -17,11 +17,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use drover_pki::{self as pki, Security};
+use drover_proto::pb;
 use drover_proto::pb::raft_client::RaftClient;
 use drover_proto::pb::RaftBatch;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::node::{Handle, Msg};
@@ -162,9 +164,23 @@ impl PeerSender {
                 return;
             }
         };
-        let mut client = RaftClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        let mut client = RaftClient::new(channel)
             .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
+        // Snapshots stream on a channel without the 10 s request timeout:
+        // their deadline grows with their size (see `send_snapshot`).
+        let mut snapshot_client = match self
+            .security
+            .endpoint(&self.address, &pki::Server::Controller)
+        {
+            Ok(e) => RaftClient::new(
+                e.connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+            ),
+            Err(_) => return,
+        };
         let mut failures: u32 = 0;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -174,11 +190,20 @@ impl PeerSender {
                     Err(_) => break,
                 }
             }
-            let snapshots: Vec<u64> = batch
-                .iter()
-                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|m| m.to)
-                .collect();
+            let (snapshots, batch): (Vec<Message>, Vec<Message>) = batch
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            for m in snapshots {
+                let to = m.to;
+                let ok = self.send_snapshot(&mut snapshot_client, m).await;
+                if !ok {
+                    self.report(Msg::ReportUnreachable { to });
+                }
+                self.report(Msg::ReportSnapshot { to, ok });
+            }
+            if batch.is_empty() {
+                continue;
+            }
             let mut encoded = Vec::with_capacity(batch.len());
             for m in &batch {
                 match m.write_to_bytes() {
@@ -191,13 +216,12 @@ impl PeerSender {
                 from_address: self.from_address.clone(),
                 messages: encoded,
             };
-            let ok = match client.step(request).await {
+            match client.step(request).await {
                 Ok(_) => {
                     if failures > 0 {
                         debug!(peer = self.to, "raft peer reachable again");
                     }
                     failures = 0;
-                    true
                 }
                 Err(status) => {
                     failures += 1;
@@ -205,11 +229,57 @@ impl PeerSender {
                         debug!(peer = self.to, address = %self.address, error = %status.message(), failures, "raft peer unreachable");
                     }
                     self.report(Msg::ReportUnreachable { to: self.to });
-                    false
                 }
-            };
-            for to in snapshots {
-                self.report(Msg::ReportSnapshot { to, ok });
+            }
+        }
+    }
+
+    /// Stream one MsgSnapshot to the peer: the message without its data
+    /// first, then the data in [`drover_proto::SNAPSHOT_CHUNK_BYTES`] pieces,
+    /// within 10 s plus 1 s per MiB. Whether the peer took it.
+    async fn send_snapshot(&self, client: &mut RaftClient<Channel>, mut m: Message) -> bool {
+        let data = m.mut_snapshot().take_data();
+        let header = match m.write_to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "could not encode a raft snapshot message");
+                return false;
+            }
+        };
+        let size = data.len();
+        let first = pb::SnapshotChunk {
+            from: self.from,
+            from_address: self.from_address.clone(),
+            message: header,
+            data_size: size as u64,
+            data: Vec::new(),
+        };
+        // Pieces are cut as the stream is read, not all at once.
+        const CHUNK: usize = drover_proto::SNAPSHOT_CHUNK_BYTES;
+        let pieces = (0..size.div_ceil(CHUNK)).map(move |i| pb::SnapshotChunk {
+            data: data[i * CHUNK..((i + 1) * CHUNK).min(size)].to_vec(),
+            ..Default::default()
+        });
+        let budget = Duration::from_secs(10 + (size as u64 >> 20));
+        let call =
+            client.install_snapshot(tokio_stream::iter(std::iter::once(first).chain(pieces)));
+        match tokio::time::timeout(budget, call).await {
+            Ok(Ok(_)) => {
+                debug!(peer = self.to, bytes = size, "raft snapshot sent");
+                true
+            }
+            Ok(Err(status)) => {
+                warn!(peer = self.to, bytes = size, error = %status.message(), "raft snapshot not taken");
+                false
+            }
+            Err(_) => {
+                warn!(
+                    peer = self.to,
+                    bytes = size,
+                    ?budget,
+                    "raft snapshot not sent in time"
+                );
+                false
             }
         }
     }

@@ -134,7 +134,15 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
         controller_bin,
         agent_bin,
         controller_args: Vec::new(),
-        agent_args: Vec::new(),
+        agent_args: args
+            .stop_after_disconnect
+            .map(|d| {
+                vec![
+                    "--stop-after-disconnect".to_string(),
+                    drover_proto::duration::short(d),
+                ]
+            })
+            .unwrap_or_default(),
         busybox_path: args.busybox_path.clone(),
     };
     let mut lab = lab::up(&opts, &mut |line| {

@@ -58,30 +58,6 @@ fn one_deployment(resources: &[String], verb: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn get_deployment(
-    client: &mut Client,
-    namespace: &str,
-    name: &str,
-) -> anyhow::Result<pb::Deployment> {
-    let answer = client
-        .call(|mut c| {
-            let request = pb::GetDeploymentRequest {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                read: None,
-            };
-            async move { c.get_deployment(request).await }
-        })
-        .await;
-    match answer {
-        Ok(d) => Ok(d),
-        Err(e) if e.code() == Some(Code::NotFound) => {
-            bail!("{}", not_found(ResourceKind::Deployment, name, namespace))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Apply `text` as the new version of a deployment read at `generation`.
 async fn apply_if(
     client: &mut Client,
@@ -117,7 +93,7 @@ pub async fn update(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let d = get_deployment(client, namespace, name).await?;
+        let d = super::rollout::fetch(client, namespace, name).await?;
         let before = output::model_of(&d)?;
         let mut after = before.clone();
         change(&mut after)?;
@@ -487,7 +463,7 @@ pub async fn patch(env: &Env, args: PatchArgs) -> anyhow::Result<()> {
     let mut attempt = 0;
     let changed = loop {
         attempt += 1;
-        let d = get_deployment(&mut client, &namespace, &name).await?;
+        let d = super::rollout::fetch(&mut client, &namespace, &name).await?;
         let before = editable(&d)?;
         let mut after = before.clone();
         match &json_patch {
@@ -566,7 +542,7 @@ pub async fn edit(env: &Env, args: EditArgs) -> anyhow::Result<()> {
     let name = one_deployment(&args.resources, "edit")?;
     let (mut client, settings) = env.client()?;
     let namespace = settings.namespace;
-    let d = get_deployment(&mut client, &namespace, &name).await?;
+    let d = super::rollout::fetch(&mut client, &namespace, &name).await?;
     let original = output::to_yaml(&editable(&d)?)?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let path: PathBuf = dir.path().join(format!("{name}-edit.yaml"));

@@ -55,7 +55,12 @@ fn deployment_name(target: &RolloutTarget) -> anyhow::Result<String> {
     }
 }
 
-async fn fetch(client: &mut Client, namespace: &str, name: &str) -> anyhow::Result<pb::Deployment> {
+/// One deployment, or the kubectl sentence when it does not exist.
+pub(super) async fn fetch(
+    client: &mut Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<pb::Deployment> {
     let answer = client
         .call(|mut c| {
             let request = pb::GetDeploymentRequest {
