@@ -242,11 +242,8 @@ async fn hello_heartbeats_and_an_assignment_set_start_the_replicas() {
     assert_eq!(agent.running().await.len(), 2, "replicas outlive the agent");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_stream_reconnects_and_reconciles_to_the_full_set() {
-    let mut ctl = FakeController::start().await;
-    let agent = TestAgent::start(vec![ctl.addr.to_string()]).await;
-
+/// Accept the agent's session and run `a-r-0` and `b-r-0` on it.
+async fn a_and_b_running(ctl: &mut FakeController) -> (Conn, View) {
     let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
     conn.hello().await;
     conn.assign(1, vec![sleeper("a-r-0"), sleeper("b-r-0")])
@@ -257,6 +254,15 @@ async fn a_cut_stream_reconnects_and_reconciles_to_the_full_set() {
             && v.state("b-r-0") == Some(ReplicaState::Running)
     })
     .await;
+    (conn, view)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_reconnects_and_reconciles_to_the_full_set() {
+    let mut ctl = FakeController::start().await;
+    let agent = TestAgent::start(vec![ctl.addr.to_string()]).await;
+
+    let (conn, view) = a_and_b_running(&mut ctl).await;
     let a_id = view.statuses["a-r-0"].container_id.clone();
 
     // The leader goes away in the middle of an update, and for a while no
@@ -317,16 +323,7 @@ async fn a_cut_stream_reconnects_and_reconciles_to_the_full_set() {
 async fn replicas_being_stopped_are_reported_gone_also_ones_never_had() {
     let mut ctl = FakeController::start().await;
     let agent = TestAgent::start(vec![ctl.addr.to_string()]).await;
-    let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
-    conn.hello().await;
-    conn.assign(1, vec![sleeper("a-r-0"), sleeper("b-r-0")])
-        .await;
-    let mut view = View::new();
-    view.until(&mut conn, Duration::from_secs(10), |v| {
-        v.state("a-r-0") == Some(ReplicaState::Running)
-            && v.state("b-r-0") == Some(ReplicaState::Running)
-    })
-    .await;
+    let (mut conn, mut view) = a_and_b_running(&mut ctl).await;
 
     // The controller removes b (it waits, Terminating, for the agent to say
     // it is gone) and also waits on a replica this agent never got.

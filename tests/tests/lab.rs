@@ -852,20 +852,7 @@ fn replicas_by_host(
 ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
     let mut found: std::collections::BTreeMap<_, std::collections::BTreeSet<_>> =
         Default::default();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        if e.file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_none()
-        {
-            continue;
-        }
-        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
-            continue;
-        };
+    for (_, cwd) in drover_lab::sys::cwds_under(lab_dir) {
         let Ok(rest) = cwd.strip_prefix(lab_dir) else {
             continue;
         };
@@ -874,13 +861,14 @@ fn replicas_by_host(
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         if let [host, process, work, replica, ..] = parts.as_slice() {
-            if process == "process" && work == "work" {
-                if let Some(name) = replica.strip_prefix("default.") {
-                    found
-                        .entry(name.to_string())
-                        .or_default()
-                        .insert(host.clone());
-                }
+            if let (true, Some(name)) = (
+                process == "process" && work == "work",
+                replica.strip_prefix("default."),
+            ) {
+                found
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(host.clone());
             }
         }
     }

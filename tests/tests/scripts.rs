@@ -66,17 +66,10 @@ fn apply(ctl: &Ctl, text: &str) -> String {
 /// the process runtime gives each replica a working dir `.../work/default.<replica>`.
 fn replica_processes(dir: &Path, deployment: &str) -> Vec<String> {
     let needle = format!("/work/default.{deployment}-");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            e.file_name().to_str()?.parse::<u32>().ok()?;
-            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
-            let text = cwd.to_string_lossy().into_owned();
-            (cwd.starts_with(dir) && text.contains(&needle)).then_some(text)
-        })
+    drover_lab::sys::cwds_under(dir)
+        .into_iter()
+        .map(|(_, cwd)| cwd.to_string_lossy().into_owned())
+        .filter(|cwd| cwd.contains(&needle))
         .collect()
 }
 

@@ -157,30 +157,23 @@ impl PeerSender {
         {
             Ok(e) => e
                 .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(10))
                 .tcp_nodelay(true),
             Err(e) => {
                 warn!(peer = self.to, address = %self.address, error = %e, "invalid raft peer address");
                 return;
             }
         };
-        let channel = endpoint.connect_lazy();
-        let mut client = RaftClient::new(channel)
-            .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
+        let mut client = RaftClient::new(
+            endpoint
+                .clone()
+                .timeout(Duration::from_secs(10))
+                .connect_lazy(),
+        )
+        .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
         // Snapshots stream on a channel without the 10 s request timeout:
         // their deadline grows with their size (see `send_snapshot`).
-        let mut snapshot_client = match self
-            .security
-            .endpoint(&self.address, &pki::Server::Controller)
-        {
-            Ok(e) => RaftClient::new(
-                e.connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .connect_lazy(),
-            ),
-            Err(_) => return,
-        };
+        let mut snapshot_client = RaftClient::new(endpoint.connect_lazy());
         let mut failures: u32 = 0;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];

@@ -133,6 +133,12 @@ pub fn signal(sig: Signal, pids: &[u32]) {
 
 /// The pids of every process whose working directory is inside `dir`.
 pub fn pids_under(dir: &Path) -> Vec<u32> {
+    cwds_under(dir).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// Every process whose working directory is inside `dir`, with that
+/// directory (a replica's work dir names the replica).
+pub fn cwds_under(dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -141,7 +147,7 @@ pub fn pids_under(dir: &Path) -> Vec<u32> {
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
-            cwd.starts_with(dir).then_some(pid)
+            cwd.starts_with(dir).then_some((pid, cwd))
         })
         .collect()
 }
