@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use drover_proto::pb;
 
@@ -35,6 +35,11 @@ pub struct NodeSet {
 #[derive(Debug, Default)]
 pub struct Assignments {
     by_node: HashMap<String, Arc<NodeSet>>,
+    /// The leadership term this book was built in, once the leader had
+    /// applied everything committed before it (0: not built as leader yet).
+    /// Sessions send nothing older: a new leader still applying its
+    /// predecessor's last entries would hand agents a set that lacks them.
+    pub term: u64,
 }
 
 impl Assignments {
@@ -114,7 +119,7 @@ impl Assignments {
                 (node, shared)
             })
             .collect();
-        Ok(Assignments { by_node })
+        Ok(Assignments { by_node, term: 0 })
     }
 }
 
@@ -158,11 +163,29 @@ impl AssignmentBook {
         tokio::spawn(async move {
             let mut applied = cluster.handle.applied();
             let mut leadership = cluster.handle.leadership_watch();
+            let mut current_term = 0;
             loop {
-                if leadership.borrow_and_update().is_leader {
+                let view = *leadership.borrow_and_update();
+                if view.is_leader && view.term != current_term {
+                    // The state is current once a ReadIndex round of this
+                    // term succeeds (as for the leader loops).
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = cluster.read_barrier(None) => match r {
+                            Ok(()) => current_term = view.term,
+                            Err(e) => {
+                                debug!(error = %e.message(), "assignment book: state not current yet; retrying");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        },
+                    }
+                }
+                if view.is_leader && view.term == current_term {
                     let previous = tx.borrow().clone();
                     match Assignments::build(&cluster.store, &previous) {
-                        Ok(a) => {
+                        Ok(mut a) => {
+                            a.term = current_term;
                             tx.send_replace(Arc::new(a));
                         }
                         Err(e) => warn!(error = %e, "could not build the assignment book"),

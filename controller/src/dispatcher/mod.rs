@@ -313,9 +313,14 @@ impl Dispatcher {
         let mut sent: Option<Arc<NodeSet>> = None;
         let mut version = 0u64;
         loop {
-            // Send the node's full set whenever it differs from what the agent has.
-            let current = { book.borrow_and_update().for_node(node) };
-            if sent.as_ref().is_none_or(|s| s != &current) {
+            // Send the node's full set whenever it differs from what the agent
+            // has, from a book built in this term only.
+            let current = {
+                let b = book.borrow_and_update();
+                (b.term == term).then(|| b.for_node(node))
+            };
+            let fresh = current.filter(|c| sent.as_ref().is_none_or(|s| s != c));
+            if let Some(current) = fresh {
                 version += 1;
                 let msg = pb::ControllerMessage {
                     kind: Some(pb::controller_message::Kind::Assignments(
