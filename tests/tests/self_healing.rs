@@ -240,8 +240,10 @@ async fn stop_after_disconnect_fences_only_the_agents_that_ask_for_it() {
     })
     .await
     .expect("fencing");
+    // The agent counts from its last acknowledged heartbeat, which may be
+    // up to one heartbeat (500 ms) before the first kill.
     assert!(
-        lost.elapsed() >= Duration::from_secs(2),
+        lost.elapsed() >= Duration::from_millis(1500),
         "fenced before the 2 s were up"
     );
     assert!(

@@ -170,6 +170,34 @@ pub enum Command {
     RevokeToken { id: String },
 }
 
+impl Command {
+    /// Whether applying it can end in a [`WriteError`] (after changing some
+    /// of the state, which is then put back). The leader's own commands,
+    /// the hot path, skip over what became stale instead and never fail.
+    pub(super) fn may_be_refused(&self) -> bool {
+        match self {
+            Command::Apply { .. }
+            | Command::RegisterNode { .. }
+            | Command::RolloutProgress { .. }
+            | Command::Reconcile { .. }
+            | Command::Schedule { .. }
+            | Command::ReportStatus { .. } => false,
+            Command::ApplyIf { .. }
+            | Command::ChangeNodeMeta { .. }
+            | Command::Delete { .. }
+            | Command::Scale { .. }
+            | Command::NodeDown { .. }
+            | Command::NodeUp { .. }
+            | Command::Cordon { .. }
+            | Command::Drain { .. }
+            | Command::Undo { .. }
+            | Command::PauseRollout { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. } => true,
+        }
+    }
+}
+
 /// A rollout's progress as the leader saw it: when it last progressed, how
 /// many updated replicas were available then, and why it failed (once its
 /// progress deadline passed). It is about one revision of the deployment.
@@ -877,7 +905,9 @@ fn rollout_progress(
                 ),
             );
         }
-        let mut stored = stored_deployment(state, &record.target)?;
+        let Ok(mut stored) = stored_deployment(state, &record.target) else {
+            continue;
+        };
         stored.rollout = next;
         state.put_deployment(stored);
         changed += 1;

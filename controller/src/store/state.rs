@@ -192,9 +192,15 @@ impl State {
         term: u64,
         command: &Command,
     ) -> Result<WriteResult, WriteError> {
-        let before = self.clone();
+        // Only a command that can be refused needs a copy to go back to
+        // (a clone is cheap, but every change after it copies a path).
+        let before = command.may_be_refused().then(|| self.clone());
         let result = command::execute(self, command);
-        if result.is_err() {
+        debug_assert!(
+            result.is_ok() || before.is_some(),
+            "{command:?} was refused but is classified as never refused"
+        );
+        if let (Err(_), Some(before)) = (&result, before) {
             *self = before;
         }
         self.applied = (index, term);
