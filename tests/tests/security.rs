@@ -1066,3 +1066,138 @@ async fn a_member_renews_its_controller_certificate_and_a_stranger_cannot() {
     let refused = renew_as("9").await.expect_err("refused");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }
+
+/// Issue 12 item 3: a node name is freed by `droverctl delete node` (a Ready
+/// node is refused without `--force`), and reserved labels are admins' to set:
+/// a nodeSelector on one places only on the node an admin labelled, and an
+/// agent reporting it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_node_frees_its_name_and_reserved_labels_are_admin_only() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    c.start_agent("n1", "sim", &[]).expect("agent");
+    let n2 = c.start_agent("n2", "sim", &[]).expect("agent");
+    for n in ["n1", "n2"] {
+        c.wait_for("Ready", T, || node_ready(&c, n)).await.expect(n);
+    }
+    // An agent claiming the reserved label never registers.
+    let n3 = c
+        .start_agent(
+            "n3",
+            "sim",
+            &["--labels", "node-restriction.drover.io/pool=secure"],
+        )
+        .expect("agent");
+    let log = c.agents[n3].log.clone();
+    c.wait_for("n3 refused", T, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("reserved prefix") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await
+    .expect("refused");
+    c.kill_agent(n3);
+
+    // An admin sets it on n1: a workload pinned to it runs on n1 only.
+    assert_eq!(
+        ok(&c.ctl().run(&[
+            "label",
+            "node",
+            "n1",
+            "node-restriction.drover.io/pool=secure"
+        ])),
+        "node/n1 labeled\n"
+    );
+    let pinned = manifest("pinned", 3).replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector:\n        node-restriction.drover.io/pool: secure\n      containers:",
+    );
+    let file = c.dir.path().join("pinned.yaml");
+    std::fs::write(&file, pinned).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.display().to_string()]));
+    let placed = c
+        .wait_for("pinned running", T, || c.placement("pinned", 3))
+        .await
+        .expect("placed");
+    assert_eq!(
+        placed.into_iter().collect::<Vec<_>>(),
+        [("n1".to_string(), 3)]
+    );
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert_eq!(nodes, "node/n1\nnode/n2\n");
+
+    // A Ready node is not deleted without --force; nothing changes.
+    let e = err(&c.ctl().run(&["delete", "node", "n2"]));
+    one_line(&e);
+    assert!(e.contains("is Ready") && e.contains("--force"), "{e}");
+    node_ready(&c, "n2").await.expect("n2 still there");
+
+    // Its agent stops: while n2 is registered, a token cannot take the name.
+    c.kill_agent(n2);
+    c.wait_for("n2 NotReady", T, || async {
+        match node_ready(&c, "n2").await {
+            Ok(()) => Err("still Ready".to_string()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+    .expect("NotReady");
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let channel = anonymous
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    let join = || {
+        let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, "n2")).expect("csr");
+        pb::JoinRequest {
+            token: token.clone(),
+            node: "n2".into(),
+            csr_pem: csr,
+            address: "127.0.1.78:7101".into(),
+        }
+    };
+    let refused = security.join(join()).await.expect_err("refused");
+    assert!(
+        refused.message().contains("droverctl delete node"),
+        "{}",
+        refused.message()
+    );
+
+    // Deleted, the name is free: the same token now joins as n2.
+    assert_eq!(
+        ok(&c.ctl().run(&["delete", "node", "n2"])),
+        "node \"n2\" deleted\n"
+    );
+    assert_eq!(
+        ok(&c.ctl().run(&["get", "nodes", "-o", "name"])),
+        "node/n1\n"
+    );
+    let joined = security.join(join()).await.expect("n2 joins again");
+    assert_eq!(
+        pki::cert_info(&joined.into_inner().cert_pem)
+            .expect("info")
+            .identity,
+        Some(Identity::new(Role::Agent, "n2"))
+    );
+    // Deleting it again: one sentence; --ignore-not-found succeeds quietly.
+    let e = err(&c.ctl().run(&["delete", "node", "n2"]));
+    one_line(&e);
+    assert!(e.contains("not found"), "{e}");
+    assert_eq!(
+        ok(&c.ctl().run(&["delete", "node", "n2", "--ignore-not-found"])),
+        ""
+    );
+}

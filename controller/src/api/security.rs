@@ -92,8 +92,7 @@ impl SecurityService {
 
     /// A token makes new members, never a second certificate for an existing
     /// one: a registered node or a current controller member keeps its name
-    /// (there is no `droverctl delete node` yet, so a node name is taken for
-    /// good once registered).
+    /// until it is removed (`droverctl delete node`, `droverctl cluster remove`).
     fn check_name_is_free(&self, role: Role, name: &str, token: &str) -> Result<(), Status> {
         let taken = match role {
             Role::Agent => self
@@ -114,7 +113,7 @@ impl SecurityService {
                 "controller {name} is already a member: remove it with droverctl cluster remove before it joins again"
             ),
             _ => format!(
-                "node {name:?} is already registered: a join token cannot take over its name; join a rebuilt host under a new name"
+                "node {name:?} is already registered: a join token cannot take over its name; delete it first (droverctl delete node {name}) or join under a new name"
             ),
         }))
     }

@@ -237,7 +237,9 @@ pub(crate) fn write_error(e: WriteError) -> Status {
         | WriteError::NodeNotFound(_)
         | WriteError::TokenNotFound(_) => Status::not_found(e.to_string()),
         WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
-        WriteError::NoRevision { .. } => Status::failed_precondition(e.to_string()),
+        WriteError::NoRevision { .. } | WriteError::NodeReady(_) => {
+            Status::failed_precondition(e.to_string())
+        }
         WriteError::Conflict { .. } => Status::aborted(e.to_string()),
         WriteError::TokenRole(_) => Status::permission_denied(e.to_string()),
     }

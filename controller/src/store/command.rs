@@ -173,6 +173,15 @@ pub enum Command {
     CreateToken { token: TokenRecord },
     /// Revoke a join token: joins with it are refused from now on.
     RevokeToken { id: String },
+    /// `droverctl delete node`: forget nodes, all or none. A Ready node is
+    /// refused unless `force`. Their replicas are unbound (to be scheduled
+    /// elsewhere), their admin labels go with them, and their names become
+    /// free for a join token.
+    DeleteNodes {
+        nodes: Vec<String>,
+        force: bool,
+        now_unix_ms: i64,
+    },
 }
 
 /// A rollout's progress as the leader saw it: when it last progressed, how
@@ -255,6 +264,8 @@ pub enum WriteError {
     TokenExists(String),
     #[error("a join token's role is agent or controller, not {0:?}")]
     TokenRole(String),
+    #[error("node {0:?} is Ready: drain it (droverctl drain {0}) and stop its agent first, or delete it anyway with --force (a running agent registers it again)")]
+    NodeReady(String),
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -473,6 +484,11 @@ pub(super) fn execute(
             view.put(key, token)?;
             Ok(Ok(WriteResult::Changed(1)))
         }
+        Command::DeleteNodes {
+            nodes,
+            force,
+            now_unix_ms,
+        } => delete_nodes(view, nodes, *force, *now_unix_ms),
         Command::RevokeToken { id } => {
             let key = token_key(id);
             let Some(mut token) = view.get::<TokenRecord>(&key)? else {
@@ -758,6 +774,65 @@ fn register_node(
     }
     view.put(key, &record)?;
     Ok(Ok(WriteResult::Changed(1)))
+}
+
+/// `droverctl delete node`: every named node must exist, and be NotReady
+/// unless `force`; otherwise nothing changes. Each node's record and admin
+/// labels are removed, so a host joining later under the name starts clean
+/// (reserved labels included). Its replicas are handled as when it goes
+/// NotReady: terminating ones are gone with it, the others are unbound for
+/// the scheduler. Cost: one scan of the replicas per node.
+fn delete_nodes(
+    view: &mut View<'_>,
+    names: &[String],
+    force: bool,
+    now: i64,
+) -> Result<Result<WriteResult, WriteError>, StoreError> {
+    for name in names {
+        match view.get::<NodeRecord>(&node_key(name))? {
+            None => return Ok(Err(WriteError::NodeNotFound(name.clone()))),
+            Some(n) if n.condition == NodeCondition::Ready && !force => {
+                return Ok(Err(WriteError::NodeReady(name.clone())))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut changed = 0;
+    for name in names {
+        let key = node_key(name);
+        if view.get::<NodeRecord>(&key)?.is_none() {
+            continue; // named twice
+        }
+        view.remove(key);
+        view.remove(super::node_meta::node_meta_key(name));
+        changed += 1;
+        let mut unbound = 0;
+        for key in view.committed_keys(REPLICA_PREFIX)? {
+            let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
+                continue;
+            };
+            if r.node.as_deref() != Some(name.as_str()) {
+                continue;
+            }
+            changed += 1;
+            if r.is_terminating() {
+                view.remove(key);
+                continue;
+            }
+            r.node = None;
+            view.put(key, &r)?;
+            unbound += 1;
+        }
+        view.record(
+            now,
+            NewEvent::normal(
+                "RemovingNode",
+                InvolvedObject::node(name),
+                format!("Node {name} deleted; rescheduling its {unbound} replica(s)"),
+            ),
+        );
+    }
+    Ok(Ok(WriteResult::Changed(changed)))
 }
 
 fn node_ready_event(name: &str) -> NewEvent {

@@ -20,7 +20,7 @@ use super::{Store, StoreError};
 
 pub(crate) const NODE_META_PREFIX: &str = "nodemeta/";
 
-fn node_meta_key(name: &str) -> String {
+pub(super) fn node_meta_key(name: &str) -> String {
     format!("{NODE_META_PREFIX}{name}")
 }
 
