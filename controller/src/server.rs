@@ -169,7 +169,9 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let security_service = pb::security_server::SecurityServer::new(SecurityService {
         cluster: cluster.clone(),
         signer,
-    });
+        join_limit: Default::default(),
+    })
+    .max_decoding_message_size(crate::api::security::MAX_JOIN_REQUEST_BYTES);
     let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
         .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);

@@ -1201,3 +1201,89 @@ async fn deleting_a_node_frees_its_name_and_reserved_labels_are_admin_only() {
         ""
     );
 }
+
+/// Issue 12 item 6: anonymous `Join` calls are rate-limited per peer address
+/// and bounded in size; a flood from one address is refused with a sentence
+/// while an agent joining from elsewhere gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_flood_from_one_address_is_refused_while_others_join() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let from = |ip: [u8; 4]| {
+        anonymous
+            .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+            .expect("endpoint")
+            .local_address(Some(std::net::IpAddr::from(ip)))
+    };
+    let mut flood = pb::security_client::SecurityClient::new(
+        from([127, 0, 0, 99]).connect().await.expect("connect"),
+    );
+    let fingerprint = pki::ca_fingerprint(pki.ca.cert_pem()).expect("fingerprint");
+    let forged = pb::JoinRequest {
+        token: format!("drover-1-{fingerprint}-0123abcd-{}", "7".repeat(48)),
+        node: "flood".into(),
+        csr_pem: String::new(),
+        address: String::new(),
+    };
+    let mut limited = Vec::new();
+    for _ in 0..60 {
+        let refused = flood.join(forged.clone()).await.expect_err("refused");
+        match refused.code() {
+            Code::PermissionDenied => {}
+            Code::ResourceExhausted => limited.push(refused.message().to_string()),
+            other => panic!("{other:?}: {}", refused.message()),
+        }
+    }
+    assert!(
+        limited.len() >= 60 - 25,
+        "at most the burst (and what a second earns back) gets through: {} limited",
+        limited.len()
+    );
+    assert!(
+        limited[0].starts_with("too many join attempts from 127.0.0.99")
+            && limited[0].contains("retry in"),
+        "{}",
+        limited[0]
+    );
+    assert_eq!(limited[0].lines().count(), 1);
+
+    // An oversized request is refused before it is decoded.
+    let mut big = pb::security_client::SecurityClient::new(
+        from([127, 0, 0, 98]).connect().await.expect("connect"),
+    );
+    let refused = big
+        .join(pb::JoinRequest {
+            csr_pem: "x".repeat(1 << 20),
+            ..forged.clone()
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+
+    // Meanwhile a real agent joins with a token (from 127.0.0.1).
+    let ca = pki.ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    c.start_agent(
+        "j1",
+        "sim",
+        &[&format!("--join-token={token}"), &format!("--ca={ca}")],
+    )
+    .expect("agent");
+    c.wait_for("j1 Ready", T, || node_ready(&c, "j1"))
+        .await
+        .expect("j1 joined");
+    // The flood wrote nothing and logged one line, not one per call.
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert_eq!(nodes, "node/j1\n");
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert_eq!(
+        log.matches("refusing joins from an address that exceeded its rate")
+            .count(),
+        1,
+        "{log}"
+    );
+}

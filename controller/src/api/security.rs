@@ -21,6 +21,7 @@ use drover_proto::{names, pb};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::join_limit::{self, Admission, JoinLimiter};
 use crate::cluster::{now_unix_ms, store_error, Cluster};
 use crate::store::{Command, TokenRecord, Write};
 
@@ -34,10 +35,16 @@ pub struct Signer {
     pub node_validity: Duration,
 }
 
+/// The largest `Join` or `Renew` request decoded (a token, a name, a CSR and
+/// an address take a few KiB).
+pub const MAX_JOIN_REQUEST_BYTES: usize = 64 * 1024;
+
 pub struct SecurityService {
     pub cluster: Cluster,
     /// None: this controller cannot sign (no ca.key, or --insecure).
     pub signer: Option<Arc<Signer>>,
+    /// Anonymous joins per peer address.
+    pub join_limit: std::sync::Mutex<JoinLimiter>,
 }
 
 impl SecurityService {
@@ -135,6 +142,25 @@ impl pb::security_server::Security for SecurityService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        // Before anything costs a read or a signature.
+        if let Some(ip) = request.remote_addr().map(|a| a.ip()) {
+            let admission = self
+                .join_limit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(ip, std::time::Instant::now());
+            if let Admission::Refused { retry_after, first } = admission {
+                if first {
+                    warn!(remote = %ip, "refusing joins from an address that exceeded its rate");
+                }
+                return Err(Status::resource_exhausted(format!(
+                    "too many join attempts from {ip}: at most {} at once and {} per second per address; retry in {} ms",
+                    join_limit::BURST,
+                    join_limit::PER_SECOND,
+                    retry_after.as_millis().max(1)
+                )));
+            }
+        }
         let req = request.into_inner();
         // First, so that no log line below carries an unchecked name.
         names::check_name("node name", &req.node)
