@@ -1287,3 +1287,142 @@ async fn a_join_flood_from_one_address_is_refused_while_others_join() {
         "{log}"
     );
 }
+
+/// VmRSS of a process, in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Issue 12 item 5: a replica writes 1 GiB of log; `droverctl logs` streams
+/// all of it (the agent keeps it: `--log-max-size 512m --log-max-file 2`) while
+/// the agent's memory stays flat, and the files on disk stay within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_log_streams_with_flat_agent_memory() {
+    const GIB: u64 = 1 << 30;
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let agent = c
+        .start_agent(
+            "big",
+            "process",
+            &["--log-max-size", "512m", "--log-max-file", "2"],
+        )
+        .expect("agent");
+    c.wait_for("big Ready", T, || node_ready(&c, "big"))
+        .await
+        .expect("Ready");
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: chatty
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: chatty
+  template:
+    metadata:
+      labels:
+        app: chatty
+    spec:
+      containers:
+      - name: main
+        image: none
+        command: ["sh", "-c", "yes {line} | head -c {GIB}; exec sleep 3600"]
+"#,
+        line = "0123456789".repeat(10),
+    );
+    let file = c.dir.path().join("chatty.yaml");
+    std::fs::write(&file, manifest).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.display().to_string()]));
+    let replica = c
+        .wait_for("chatty running", T, || c.running_replicas("chatty", 1))
+        .await
+        .expect("running")
+        .remove(0)
+        .name;
+    let logs_dir = c.agents[agent].data_dir.join("process/logs");
+    let on_disk = || -> (u64, usize) {
+        let mut total = (0, 0);
+        for e in std::fs::read_dir(&logs_dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().contains(".stdout") {
+                total.0 += e.metadata().map(|m| m.len()).unwrap_or(0);
+                total.1 += 1;
+            }
+        }
+        total
+    };
+    let started = std::time::Instant::now();
+    c.wait_for("1 GiB of log", Duration::from_secs(60), || async {
+        match on_disk() {
+            (GIB, _) => Ok(()),
+            (n, _) => Err(format!("{n} bytes")),
+        }
+    })
+    .await
+    .expect("written");
+    let written = started.elapsed();
+    assert_eq!(on_disk().1, 2, "two files of at most 512 MiB");
+
+    let pid = c.agents[agent].pid().expect("agent pid");
+    let before = rss_bytes(pid).expect("rss");
+    let mut child = c
+        .ctl()
+        .command(&["logs", &replica])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("droverctl logs");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut total, mut last) = (0u64, Vec::new());
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return (total, last),
+                Ok(n) => {
+                    total += n as u64;
+                    // The last 16 bytes of the stream, however it was cut.
+                    last.extend_from_slice(&buf[..n]);
+                    let cut = last.len().saturating_sub(16);
+                    last.drain(..cut);
+                }
+            }
+        }
+    });
+    let streaming = std::time::Instant::now();
+    let mut peak = before;
+    while !reader.is_finished() {
+        if let Some(rss) = rss_bytes(pid) {
+            peak = peak.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (received, last) = reader.join().expect("reader");
+    let took = streaming.elapsed();
+    let status = child.wait().expect("droverctl exits");
+    assert!(status.success(), "droverctl logs: {status}");
+    eprintln!(
+        "1 GiB log: written in {written:?}; streamed in {took:?} ({:.0} MiB/s); agent RSS {} MiB before, {} MiB at peak",
+        received as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+        before >> 20,
+        peak >> 20
+    );
+    assert_eq!(received, GIB, "all of it");
+    // `yes` repeats LINE\n; head cut it at 1 GiB.
+    let pattern = format!("{}\n", "0123456789".repeat(10)).into_bytes();
+    let want: Vec<u8> = (GIB - 16..GIB)
+        .map(|p| pattern[(p % pattern.len() as u64) as usize])
+        .collect();
+    assert_eq!(last, want, "the last bytes written");
+    assert!(
+        peak.saturating_sub(before) < 100 << 20,
+        "agent RSS grew from {} MiB to {} MiB while streaming",
+        before >> 20,
+        peak >> 20
+    );
+}

@@ -162,14 +162,12 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Copy `input` into the rotating log at `path` until it ends. A failed
-/// write (a full disk) drops what was read rather than stop reading, which
-/// would block the replica on a full pipe.
-pub fn copy_rotating(
-    mut input: impl Read,
-    path: &Path,
-    limits: LogLimits,
-) -> std::io::Result<u64> {
-    let mut out = RotatingFile::open(path, limits)?;
+/// write (a full disk, or the container removed meanwhile) drops what was
+/// read rather than stop reading, which would block the replica on a full
+/// pipe; writing resumes while `path` still exists (it is never created
+/// again once removed).
+pub fn copy_rotating(mut input: impl Read, path: &Path, limits: LogLimits) -> std::io::Result<u64> {
+    let mut out = Some(RotatingFile::open(path, limits)?);
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -180,10 +178,12 @@ pub fn copy_rotating(
             Err(e) => return Err(e),
         };
         total += n as u64;
-        if out.write_all(&buf[..n]).is_err() {
-            // Start afresh on the next read: the file may be gone or full.
-            if let Ok(again) = RotatingFile::open(path, limits) {
-                out = again;
+        if out.is_none() && path.exists() {
+            out = RotatingFile::open(path, limits).ok();
+        }
+        if let Some(file) = &mut out {
+            if file.write_all(&buf[..n]).is_err() {
+                out = None;
             }
         }
     }
@@ -250,7 +250,7 @@ mod tests {
         let path = dir.path().join("c.stderr");
         copy_rotating(&b"abcdefgh"[..], &path, limits(5, 1)).expect("copy");
         assert_eq!(std::fs::read(&path).expect("read"), b"fgh");
-        assert_eq!(segments(&path, 1), [path.clone()]);
+        assert_eq!(segments(&path, 1), std::slice::from_ref(&path));
         copy_rotating(&b"ij"[..], &path, limits(5, 1)).expect("copy");
         assert_eq!(std::fs::read(&path).expect("read"), b"fghij");
         remove_all(&path, 1);
@@ -259,7 +259,9 @@ mod tests {
 
     #[test]
     fn limits_refuse_nonsense_with_a_sentence() {
-        assert!(LogLimits::new(100, 3).unwrap_err().contains("--log-max-size"));
+        assert!(LogLimits::new(100, 3)
+            .unwrap_err()
+            .contains("--log-max-size"));
         assert!(LogLimits::new(1 << 20, 0)
             .unwrap_err()
             .contains("--log-max-file"));
