@@ -1426,3 +1426,106 @@ spec:
         peak >> 20
     );
 }
+
+/// Issue 12 item 4: a controller that joined with a token (no CA key)
+/// renews its own certificate through a member before it expires, and serves,
+/// forwards and speaks raft with the renewed one without a restart: after its
+/// joined certificate has expired, a restarted peer (new connections both
+/// ways) and droverctl still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_controller_renews_its_certificate_and_keeps_serving() {
+    let mut c = Cluster::start_with(
+        1,
+        Options {
+            extra_args: vec!["--node-cert-validity".into(), "6s".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create", "--role", "controller"]))
+        .trim()
+        .to_string();
+    let first = c.controllers[0].address.clone();
+    let joiner = c
+        .spawn_joiner_with(
+            2,
+            &[
+                format!("--join-token={token}"),
+                format!("--ca={ca}"),
+                format!("--join-via={first}"),
+            ],
+        )
+        .expect("joiner");
+    let tls = TlsDir::new(c.dir.path().join("tls-controller-2"));
+    c.wait_for("the joiner's certificate", T, || async {
+        if tls.has_identity() {
+            Ok(())
+        } else {
+            Err("none yet".to_string())
+        }
+    })
+    .await
+    .expect("certificate");
+    let joined = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert"))
+        .expect("info")
+        .not_after;
+    let address = c.controllers[joiner].address.clone();
+    ok(&c
+        .ctl_at(0)
+        .run(&["cluster", "add", "--id", "2", "--address", &address]));
+    c.wait_converged(T).await.expect("the new member caught up");
+
+    // Two renewals: the second authenticates with the first renewed
+    // certificate, after the joined one has expired.
+    let log = c.controllers[joiner].log.clone();
+    c.wait_for("two renewals", T, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match text.matches("renewed the controller certificate").count() {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n} renewals")),
+            }
+        }
+    })
+    .await
+    .expect("renewed");
+    assert!(SystemTime::now() > joined, "the joined certificate expired");
+    let now = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert")).expect("info");
+    assert!(now.not_after > joined);
+    assert_eq!(now.identity, Some(Identity::new(Role::Controller, "2")));
+    assert!(!tls.can_sign(), "still no CA key");
+
+    // New connections everywhere: controller 1 restarts, so raft both ways
+    // and forwarded writes use fresh TLS handshakes, which an expired
+    // certificate would fail.
+    c.stop(0).expect("stop");
+    c.restart(0).expect("restart");
+    let file = write_manifest(&c, "after-renewal");
+    c.wait_for("a write through the joiner", T, || async {
+        let out = c.ctl_at(joiner).run(&["apply", "-f", &file]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .await
+    .expect("forwarded and committed");
+    c.wait_converged(T).await.expect("both members applied it");
+    let mut client = c
+        .client(joiner)
+        .await
+        .expect("droverctl reaches the joiner");
+    assert_eq!(
+        names(&mut client, false).await.expect("list"),
+        ["after-renewal"]
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("serving with the renewed certificate"),
+        "{text}"
+    );
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use drover_pki::{self as pki, Security};
 use drover_proto::pb;
 use drover_proto::pb::raft_client::RaftClient;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
@@ -34,9 +35,10 @@ pub struct Cluster {
     pub leader_wait: Duration,
     pub max_replicas: u32,
     pub started: Instant,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// How this controller connects to its peers.
-    pub security: Security,
+    /// Channels to other members, and the credentials they were made with.
+    channels: Arc<Mutex<(Security, HashMap<String, Channel>)>>,
+    /// How this controller connects to its peers (renewed in place).
+    pub security: watch::Receiver<Security>,
 }
 
 impl Cluster {
@@ -47,8 +49,9 @@ impl Cluster {
         self_address: String,
         leader_wait: Duration,
         max_replicas: u32,
-        security: Security,
+        security: watch::Receiver<Security>,
     ) -> Cluster {
+        let initial = security.borrow().clone();
         Cluster {
             handle,
             store,
@@ -57,7 +60,7 @@ impl Cluster {
             leader_wait,
             max_replicas,
             started: Instant::now(),
-            channels: Arc::new(Mutex::new(HashMap::new())),
+            channels: Arc::new(Mutex::new((initial, HashMap::new()))),
             security,
         }
     }
@@ -145,12 +148,18 @@ impl Cluster {
     }
 
     pub(crate) fn client(&self, address: &str) -> Result<RaftClient<Channel>, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.security.borrow().clone();
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let (made_with, channels) = &mut *guard;
+        if !current.same_as(made_with) {
+            // The certificate was renewed: new connections, with the new one.
+            channels.clear();
+            *made_with = current.clone();
+        }
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = self
-                    .security
+                let endpoint = current
                     .endpoint(address, &pki::Server::Controller)
                     .map_err(|e| Status::internal(format!("member address: {e}")))?
                     .connect_timeout(Duration::from_millis(500))

@@ -200,6 +200,15 @@ pub struct CertInfo {
     pub not_after: SystemTime,
 }
 
+/// When a certificate should be renewed: two thirds into its lifetime (at
+/// once for one whose end comes before its start).
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(std::time::Duration::ZERO);
+    not_before + life * 2 / 3
+}
+
 /// Read a PEM certificate's identity and validity.
 pub fn cert_info(pem: &str) -> Result<CertInfo> {
     let der = first_pem_der(pem, "CERTIFICATE")?;
