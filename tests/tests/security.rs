@@ -1176,10 +1176,41 @@ async fn deleting_a_node_frees_its_name_and_reserved_labels_are_admin_only() {
         refused.message()
     );
 
+    // The old host's certificate renews while n2 is registered (NotReady
+    // or not), and no longer once it is deleted.
+    let old_host = TlsDir::new(c.agents[n2].data_dir.join("tls"));
+    let renew = || {
+        let old_host = old_host.clone();
+        let address = c.controllers[0].address.clone();
+        async move {
+            let channel = as_holder(&old_host)
+                .endpoint(&address, &pki::Server::Controller)
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, "n2")).expect("csr");
+            pb::security_client::SecurityClient::new(channel)
+                .renew(pb::RenewRequest {
+                    csr_pem: csr,
+                    address: String::new(),
+                })
+                .await
+        }
+    };
+    renew().await.expect("a registered node renews");
+
     // Deleted, the name is free: the same token now joins as n2.
     assert_eq!(
         ok(&c.ctl().run(&["delete", "node", "n2"])),
         "node \"n2\" deleted\n"
+    );
+    let refused = renew().await.expect_err("a deleted node does not renew");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("registered node"),
+        "{}",
+        refused.message()
     );
     assert_eq!(
         ok(&c.ctl().run(&["get", "nodes", "-o", "name"])),

@@ -558,7 +558,8 @@ impl Runtime for ProcessRuntime {
             let mut followers = Vec::with_capacity(2);
             for (source, path) in &files {
                 // Every file of the log is opened before any is read, so a
-                // rotation meanwhile neither skips nor repeats a byte.
+                // rotation while they are read neither skips nor repeats a
+                // byte (the handles keep their files whatever their names).
                 let mut segments = match open_segments(path, max_files).await {
                     Ok(s) => s,
                     Err(e) => {

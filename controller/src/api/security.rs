@@ -91,6 +91,17 @@ fn address_ip(address: &str) -> Option<std::net::IpAddr> {
 }
 
 impl SecurityService {
+    /// Whether node `name` is registered (read linearizably).
+    async fn is_registered(&self, name: &str) -> Result<bool, Status> {
+        self.cluster.read_barrier(None).await?;
+        Ok(self
+            .cluster
+            .store
+            .node(name)
+            .map_err(store_error)?
+            .is_some())
+    }
+
     /// Whether `name` is the member id of a current controller member.
     fn is_member(&self, name: &str) -> Result<bool, Status> {
         let members = self.cluster.store.members().map_err(store_error)?;
@@ -230,7 +241,11 @@ impl pb::security_server::Security for SecurityService {
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let identity = match Caller::of(&request) {
-            Caller::Verified(id) if id.role == Role::Agent => id,
+            // An agent renews only while its node is registered: a node an
+            // admin deleted (droverctl delete node) gets no new certificate.
+            Caller::Verified(id) if id.role == Role::Agent && self.is_registered(&id.name).await? => {
+                id
+            }
             // A controller renews only while it is a member.
             Caller::Verified(id)
                 if id.role == Role::Controller && self.is_member(&id.name)? =>
@@ -239,7 +254,7 @@ impl pb::security_server::Security for SecurityService {
             }
             _ => {
                 return Err(Status::permission_denied(
-                    "only an agent or a current controller member renews its own certificate here; issue others with droverctl pki client",
+                    "only the agent of a registered node or a current controller member renews its own certificate here; join again with a token, or issue one with droverctl pki client",
                 ))
             }
         };
