@@ -698,7 +698,12 @@ fn forged_agent_cert_named_controller(pki_dir: &std::path::Path) -> (String, Str
 /// Item 1: an agent cannot become a controller in clients' eyes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_obtain_or_pass_for_a_controller_certificate() {
-    let c = Cluster::start(1).await.expect("cluster");
+    let mut c = Cluster::start(1).await.expect("cluster");
+    // Renew serves the agents of registered nodes.
+    c.start_agent("n1", "sim", &[]).expect("agent");
+    c.wait_for("n1 Ready", T, || node_ready(&c, "n1"))
+        .await
+        .expect("n1");
     let pki = c.pki.as_ref().expect("a secure cluster");
     let n1 = pki.client(Role::Agent, "n1").expect("cert");
 
@@ -1149,6 +1154,7 @@ async fn deleting_a_node_frees_its_name_and_reserved_labels_are_admin_only() {
     .expect("NotReady");
     let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
     let pki = c.pki.as_ref().expect("a secure cluster");
+    let ca_pem = pki.ca.cert_pem().to_string();
     let anonymous = Security::tls(TlsMaterial {
         identity: None,
         ..TlsMaterial::read_dir(&pki.admin).expect("material")
@@ -1216,19 +1222,65 @@ async fn deleting_a_node_frees_its_name_and_reserved_labels_are_admin_only() {
         ok(&c.ctl().run(&["get", "nodes", "-o", "name"])),
         "node/n1\n"
     );
-    let joined = security.join(join()).await.expect("n2 joins again");
+    // The old host's certificate is revoked: its agent, started again,
+    // is refused with a sentence and registers nothing.
+    c.restart_agent(n2, &[]).expect("old agent");
+    let old_log = c.agents[n2].log.clone();
+    c.wait_for("the old certificate refused", T, || {
+        let log = old_log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("was revoked when the node was deleted") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await
+    .expect("refused");
+    c.kill_agent(n2);
     assert_eq!(
-        pki::cert_info(&joined.into_inner().cert_pem)
-            .expect("info")
-            .identity,
+        ok(&c.ctl().run(&["get", "nodes", "-o", "name"])),
+        "node/n1\n"
+    );
+    // A new host joins as n2 with the token, and its agent registers.
+    let (csr, key_pem) = pki::new_csr(&Identity::new(Role::Agent, "n2")).expect("csr");
+    let joined = security
+        .join(pb::JoinRequest {
+            csr_pem: csr,
+            ..join()
+        })
+        .await
+        .expect("n2 joins again")
+        .into_inner();
+    assert_eq!(
+        pki::cert_info(&joined.cert_pem).expect("info").identity,
         Some(Identity::new(Role::Agent, "n2"))
     );
-    // Deleting it again: one sentence; --ignore-not-found succeeds quietly.
-    let e = err(&c.ctl().run(&["delete", "node", "n2"]));
+    let new_host = TlsDir::new(c.dir.path().join("n2-rebuilt-tls"));
+    new_host
+        .write(
+            &ca_pem,
+            &pki::Issued {
+                cert_pem: joined.cert_pem,
+                key_pem,
+            },
+            None,
+        )
+        .expect("write");
+    let dir_flag = new_host.path.display().to_string();
+    c.start_agent("n2", "sim", &["--tls-dir", &dir_flag])
+        .expect("new agent");
+    c.wait_for("the rebuilt n2 Ready", T, || node_ready(&c, "n2"))
+        .await
+        .expect("n2 back");
+    // An unknown name: one sentence; --ignore-not-found succeeds quietly.
+    let e = err(&c.ctl().run(&["delete", "node", "n9"]));
     one_line(&e);
     assert!(e.contains("not found"), "{e}");
     assert_eq!(
-        ok(&c.ctl().run(&["delete", "node", "n2", "--ignore-not-found"])),
+        ok(&c.ctl().run(&["delete", "node", "n9", "--ignore-not-found"])),
         ""
     );
 }

@@ -61,18 +61,27 @@ impl SecurityService {
     /// identity (`<node>.agent.drover`, `controller.drover`), never from the
     /// caller: of `address` only an IP address is kept, as an IP SAN, which
     /// no client takes for a role (they check the DNS name and role URI).
-    fn sign(&self, csr: &str, identity: Identity, address: &str) -> Result<String, Status> {
+    /// `epoch`: the node name's current one (0 for controllers), carried in
+    /// the serial so that deleting the node revokes the certificate.
+    fn sign(
+        &self,
+        csr: &str,
+        identity: Identity,
+        address: &str,
+        epoch: u64,
+    ) -> Result<String, Status> {
         let signer = self.signer()?;
         let host = address_ip(address);
         signer
             .ca
-            .sign_csr(
+            .sign_csr_at_epoch(
                 csr,
                 &CertRequest {
                     identity,
                     hosts: host.map(|ip| ip.to_string()).into_iter().collect(),
                     validity: signer.node_validity,
                 },
+                epoch,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }
@@ -224,10 +233,19 @@ impl pb::security_server::Security for SecurityService {
             )));
         }
         self.check_name_is_free(role, &req.node, &record.id)?;
+        let epoch = match role {
+            Role::Agent => self
+                .cluster
+                .store
+                .node_epoch(&req.node)
+                .map_err(store_error)?,
+            _ => 0,
+        };
         let cert_pem = self.sign(
             &req.csr_pem,
             Identity::new(role, req.node.clone()),
             &req.address,
+            epoch,
         )?;
         info!(token = %record.id, node = %req.node, role = %role, "issued a certificate to a joining member");
         Ok(Response::new(pb::JoinResponse {
@@ -258,8 +276,21 @@ impl pb::security_server::Security for SecurityService {
                 ))
             }
         };
+        let epoch = match identity.role {
+            Role::Agent => {
+                // Registered, and not with a certificate of before a deletion.
+                if let Some(der) = crate::cluster::peer_cert(&request) {
+                    crate::cluster::check_not_revoked(&self.cluster.store, &identity.name, &der)?;
+                }
+                self.cluster
+                    .store
+                    .node_epoch(&identity.name)
+                    .map_err(store_error)?
+            }
+            _ => 0,
+        };
         let req = request.into_inner();
-        let cert_pem = self.sign(&req.csr_pem, identity.clone(), &req.address)?;
+        let cert_pem = self.sign(&req.csr_pem, identity.clone(), &req.address, epoch)?;
         info!(role = %identity.role, name = %identity.name, "renewed a certificate");
         Ok(Response::new(pb::JoinResponse {
             cert_pem,

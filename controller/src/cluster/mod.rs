@@ -240,6 +240,33 @@ pub(crate) fn member_status(s: &NodeStatus, address: &str, uptime: Duration) -> 
     }
 }
 
+/// Refuse a node certificate (the caller's, DER) issued before node `name`
+/// was last deleted: `droverctl delete node` revokes the certificates of the
+/// name (their serial carries an older epoch). Read from this member's store:
+/// callers that need it current read it after a barrier.
+pub(crate) fn check_not_revoked(
+    store: &crate::store::Store,
+    name: &str,
+    der: &[u8],
+) -> Result<(), Status> {
+    let current = store.node_epoch(name).map_err(store_error)?;
+    let held = drover_pki::serial_epoch(der).unwrap_or(0);
+    if held >= current {
+        return Ok(());
+    }
+    tracing::warn!(node = %name, epoch = held, current, "refused a revoked node certificate");
+    Err(Status::permission_denied(format!(
+        "the certificate of node {name} was revoked when the node was deleted (droverctl delete node): join again with a join token"
+    )))
+}
+
+/// The verified client certificate of a request (DER), if any.
+pub(crate) fn peer_cert<T>(request: &tonic::Request<T>) -> Option<Vec<u8>> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+}
+
 pub(crate) fn write_error(e: WriteError) -> Status {
     match e {
         WriteError::NotFound { .. }

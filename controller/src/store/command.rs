@@ -175,8 +175,9 @@ pub enum Command {
     RevokeToken { id: String },
     /// `droverctl delete node`: forget nodes, all or none. A Ready node is
     /// refused unless `force`. Their replicas are unbound (to be scheduled
-    /// elsewhere), their admin labels go with them, and their names become
-    /// free for a join token.
+    /// elsewhere), their admin labels go with them, their names' epochs go
+    /// up (revoking their certificates) and their names become free for a
+    /// join token.
     DeleteNodes {
         nodes: Vec<String>,
         force: bool,
@@ -264,7 +265,7 @@ pub enum WriteError {
     TokenExists(String),
     #[error("a join token's role is agent or controller, not {0:?}")]
     TokenRole(String),
-    #[error("node {0:?} is Ready: drain it (droverctl drain {0}) and stop its agent first, or delete it anyway with --force (a running agent registers it again)")]
+    #[error("node {0:?} is Ready: drain it (droverctl drain {0}) and stop its agent first, or delete it anyway with --force (its agent's certificate is revoked with it)")]
     NodeReady(String),
 }
 
@@ -779,7 +780,8 @@ fn register_node(
 /// `droverctl delete node`: every named node must exist, and be NotReady
 /// unless `force`; otherwise nothing changes. Each node's record and admin
 /// labels are removed, so a host joining later under the name starts clean
-/// (reserved labels included). Its replicas are handled as when it goes
+/// (reserved labels included), and the name's epoch goes up, which revokes
+/// the certificates issued for it so far. Its replicas are handled as when it goes
 /// NotReady: terminating ones are gone with it, the others are unbound for
 /// the scheduler. Cost: one scan of the replicas per node.
 fn delete_nodes(
@@ -805,6 +807,10 @@ fn delete_nodes(
         }
         view.remove(key);
         view.remove(super::node_meta::node_meta_key(name));
+        // Revokes every certificate issued for the name so far.
+        let epoch_key = super::node_meta::node_epoch_key(name);
+        let epoch = view.get::<u64>(&epoch_key)?.unwrap_or(0);
+        view.put(epoch_key, &(epoch + 1))?;
         changed += 1;
         let mut unbound = 0;
         for key in view.committed_keys(REPLICA_PREFIX)? {

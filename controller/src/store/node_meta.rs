@@ -19,6 +19,13 @@ use super::objects::{node_key, NodeRecord};
 use super::{Store, StoreError};
 
 pub(crate) const NODE_META_PREFIX: &str = "nodemeta/";
+/// `nodeepoch/<name>`: how many times the name was deleted. Certificates
+/// carry the epoch they were issued at; an older one is revoked.
+pub(crate) const NODE_EPOCH_PREFIX: &str = "nodeepoch/";
+
+pub(super) fn node_epoch_key(name: &str) -> String {
+    format!("{NODE_EPOCH_PREFIX}{name}")
+}
 
 pub(super) fn node_meta_key(name: &str) -> String {
     format!("{NODE_META_PREFIX}{name}")
@@ -131,6 +138,16 @@ pub(super) fn change(
 }
 
 impl Store {
+    /// How many times node name `name` was deleted: node certificates of an
+    /// older epoch are refused.
+    pub fn node_epoch(&self, name: &str) -> Result<u64, StoreError> {
+        let key = node_epoch_key(name);
+        match self.get_raw(&key)? {
+            None => Ok(0),
+            Some(v) => super::from_json(&key, &v),
+        }
+    }
+
     /// Every node's admin labels and annotations, by node name.
     pub fn node_metas(&self) -> Result<BTreeMap<String, NodeMeta>, StoreError> {
         Ok(self

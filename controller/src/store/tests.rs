@@ -1296,6 +1296,12 @@ fn deleting_nodes_frees_their_names_and_unbinds_their_replicas() {
     let res = store.apply(11, 1, &delete(&["n2"], false)).expect("apply");
     assert!(matches!(res, Ok(WriteResult::Changed(1))), "{res:?}");
     assert!(store.node("n2").expect("get").is_none());
+    assert_eq!(
+        store.node_epoch("n2").expect("epoch"),
+        1,
+        "its certificates revoked"
+    );
+    assert_eq!(store.node_epoch("n1").expect("epoch"), 0);
     assert!(!store.node_metas().expect("metas").contains_key("n2"));
     assert_eq!(store.replicas(None).expect("list")[0].node, None);
     // The name is free: a new host registers under it without the old labels.

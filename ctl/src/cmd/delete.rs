@@ -144,9 +144,9 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
 }
 
 /// `droverctl delete node NAME...` (admin only): the controller forgets the
-/// nodes, all or none; a Ready one is refused unless `--force`, as its agent
-/// would register it again. Their replicas are rescheduled and their names
-/// are free for a join token. There is nothing to wait for.
+/// nodes, all or none; a Ready one is refused unless `--force` (its agent is
+/// still at work there). Their replicas are rescheduled, their certificates
+/// revoked, and their names free for a join token. Nothing to wait for.
 async fn delete_nodes(env: &Env, args: &DeleteArgs, names: &[String]) -> anyhow::Result<()> {
     if args.selector.is_some() || args.field_selector.is_some() || args.all {
         bail!("give the names of the nodes to delete (e.g. droverctl delete node n2); -l, --field-selector and --all select deployments only");
