@@ -88,10 +88,7 @@ async fn renew_once(
         address: cluster.self_address.clone(),
     };
     let mut addresses = vec![cluster.self_address.clone()];
-    let members = cluster
-        .store
-        .member_addresses()
-        .map_err(|e| format!("reading the members: {e}"))?;
+    let members = cluster.store.member_addresses();
     addresses.extend(
         members
             .into_iter()

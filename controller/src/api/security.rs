@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::join_limit::{self, Admission, JoinLimiter};
-use crate::cluster::{now_unix_ms, store_error, Cluster};
+use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, TokenRecord, Write};
 
 /// Tokens live this long unless `--ttl` says otherwise.
@@ -103,17 +103,12 @@ impl SecurityService {
     /// Whether node `name` is registered (read linearizably).
     async fn is_registered(&self, name: &str) -> Result<bool, Status> {
         self.cluster.read_barrier(None).await?;
-        Ok(self
-            .cluster
-            .store
-            .node(name)
-            .map_err(store_error)?
-            .is_some())
+        Ok(self.cluster.store.node(name).is_some())
     }
 
     /// Whether `name` is the member id of a current controller member.
     fn is_member(&self, name: &str) -> Result<bool, Status> {
-        let members = self.cluster.store.members().map_err(store_error)?;
+        let members = self.cluster.store.members();
         Ok(members.iter().any(|m| m.id.to_string() == name))
     }
 
@@ -122,12 +117,7 @@ impl SecurityService {
     /// until it is removed (`droverctl delete node`, `droverctl cluster remove`).
     fn check_name_is_free(&self, role: Role, name: &str, token: &str) -> Result<(), Status> {
         let taken = match role {
-            Role::Agent => self
-                .cluster
-                .store
-                .node(name)
-                .map_err(store_error)?
-                .is_some(),
+            Role::Agent => self.cluster.store.node(name).is_some(),
             Role::Controller => self.is_member(name)?,
             Role::Admin | Role::Viewer => true,
         };
@@ -199,7 +189,6 @@ impl pb::security_server::Security for SecurityService {
             .cluster
             .store
             .token(&token.id)
-            .map_err(store_error)?
             .filter(|r| hashes_equal(r.secret_hash(), &token.secret_hash()));
         let Some(record) = record else {
             warn!(token = %token.id, node = %req.node, "refused a join: unknown token");
@@ -234,11 +223,7 @@ impl pb::security_server::Security for SecurityService {
         }
         self.check_name_is_free(role, &req.node, &record.id)?;
         let epoch = match role {
-            Role::Agent => self
-                .cluster
-                .store
-                .node_epoch(&req.node)
-                .map_err(store_error)?,
+            Role::Agent => self.cluster.store.node_epoch(&req.node),
             _ => 0,
         };
         let cert_pem = self.sign(
@@ -282,10 +267,7 @@ impl pb::security_server::Security for SecurityService {
                 if let Some(der) = crate::cluster::peer_cert(&request) {
                     crate::cluster::check_not_revoked(&self.cluster.store, &identity.name, &der)?;
                 }
-                self.cluster
-                    .store
-                    .node_epoch(&identity.name)
-                    .map_err(store_error)?
+                self.cluster.store.node_epoch(&identity.name)
             }
             _ => 0,
         };
@@ -353,7 +335,7 @@ impl pb::security_server::Security for SecurityService {
         _request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         self.cluster.read_barrier(None).await?;
-        let tokens = self.cluster.store.tokens().map_err(store_error)?;
+        let tokens = self.cluster.store.tokens();
         Ok(Response::new(pb::ListTokensResponse {
             tokens: tokens.iter().map(info_of).collect(),
         }))
@@ -368,7 +350,7 @@ impl pb::security_server::Security for SecurityService {
             .write(Write::Command(Command::RevokeToken { id: id.clone() }))
             .await?;
         self.cluster.read_barrier(None).await?;
-        let token = self.cluster.store.token(&id).map_err(store_error)?;
+        let token = self.cluster.store.token(&id);
         info!(token = %id, "revoked a join token");
         Ok(Response::new(pb::RevokeTokenResponse {
             token: token.as_ref().map(info_of),

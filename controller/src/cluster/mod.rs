@@ -22,7 +22,7 @@ use tracing::debug;
 
 use crate::raft::node::{Handle, NodeError, NodeStatus};
 use crate::raft::transport::GrpcTransport;
-use crate::store::{Command, Store, StoreError, Write, WriteError, WriteResult};
+use crate::store::{Command, Store, Write, WriteError, WriteResult};
 
 /// What the services need from the running controller.
 #[derive(Clone)]
@@ -249,7 +249,7 @@ pub(crate) fn check_not_revoked(
     name: &str,
     der: &[u8],
 ) -> Result<(), Status> {
-    let current = store.node_epoch(name).map_err(store_error)?;
+    let current = store.node_epoch(name);
     let held = drover_pki::serial_epoch(der).unwrap_or(0);
     if held >= current {
         return Ok(());
@@ -290,6 +290,8 @@ pub(crate) fn node_error(e: NodeError) -> Status {
         NodeError::ReadTimeout => Status::unavailable(e.to_string()),
         NodeError::Refused(m) => Status::failed_precondition(m),
         NodeError::Stopped => Status::unavailable("this controller is shutting down; use another"),
+        // Unavailable: droverctl backs off and retries.
+        NodeError::Busy => Status::unavailable(e.to_string()),
     }
 }
 
@@ -299,8 +301,4 @@ pub fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-pub(crate) fn store_error(e: StoreError) -> Status {
-    Status::internal(format!("reading the controller's state failed: {e}"))
 }
