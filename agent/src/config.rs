@@ -104,6 +104,17 @@ pub struct AgentConfig {
     #[arg(long, default_value_t = 32)]
     pub max_debug_sessions: usize,
 
+    /// Process runtime: the largest a replica's log file grows before it is
+    /// rotated, per stream (bytes, or with k, m, g: KiB, MiB, GiB; as Docker's
+    /// json-file max-size). Docker replicas keep Docker's 10m.
+    #[arg(long, value_name = "SIZE", default_value = "10m", value_parser = parse_log_size)]
+    pub log_max_size: u64,
+
+    /// Process runtime: how many log files a replica keeps per stream, the
+    /// current one included (as Docker's json-file max-file).
+    #[arg(long, value_name = "N", default_value_t = crate::runtime::log_files::DEFAULT_MAX_FILES)]
+    pub log_max_file: u32,
+
     /// An exec or forwarded connection with no traffic for this long is
     /// closed (e.g. 15m, 1h).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = drover_proto::duration::parse_positive)]
@@ -139,6 +150,26 @@ pub struct AgentConfig {
     pub ca: Option<PathBuf>,
 }
 
+/// `10m`, `512k`, `1g`, `4096` (binary units, as Docker's `max-size`; `Ki`,
+/// `Mi`, `Gi` too).
+fn parse_log_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 10m, 512k, 1g)"))?;
+    let shift = match unit.to_ascii_lowercase().trim_end_matches('b') {
+        "" => 0,
+        "k" | "ki" => 10,
+        "m" | "mi" => 20,
+        "g" | "gi" => 30,
+        _ => return Err(format!("{s:?} is not a size (e.g. 10m, 512k, 1g)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -169,6 +200,8 @@ pub struct Settings {
     pub tls_dir: Option<TlsDir>,
     /// Bounds of exec and port-forward sessions.
     pub debug_sessions: SessionLimits,
+    /// Rotation of the process runtime's log files.
+    pub logs: crate::runtime::log_files::LogLimits,
 }
 
 impl AgentConfig {
@@ -198,6 +231,8 @@ impl AgentConfig {
         if self.heartbeat_ms == 0 {
             return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
         }
+        let logs = crate::runtime::log_files::LogLimits::new(self.log_max_size, self.log_max_file)
+            .map_err(AgentError::Config)?;
         let (security, join) = self.security(&node)?;
         let tls_dir = (!self.insecure).then(|| self.tls_dir());
         Ok(Settings {
@@ -216,6 +251,7 @@ impl AgentConfig {
                 max: self.max_debug_sessions,
                 idle: self.debug_idle_timeout,
             },
+            logs,
         })
     }
 }

@@ -159,13 +159,9 @@ where
     }
 }
 
-/// When a certificate should be renewed: two thirds into its lifetime.
-pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    not_before + life * 2 / 3
-}
+/// When a certificate should be renewed: two thirds into its lifetime
+/// (controllers renew theirs on the same schedule).
+pub use drover_pki::renew_at;
 
 /// Renew the node certificate in `dir` before it expires, for as long as the
 /// agent runs; every new certificate is published on `tx`.

@@ -99,7 +99,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
             run_with(Arc::new(runtime), settings, incoming, shutdown).await
         }
         RuntimeKind::Process => {
-            let runtime = ProcessRuntime::open(&settings.data_dir, &settings.node)?;
+            let runtime =
+                ProcessRuntime::open_with(&settings.data_dir, &settings.node, settings.logs)?;
             run_with(Arc::new(runtime), settings, incoming, shutdown).await
         }
         RuntimeKind::Sim => {

@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 after a signal, 2 when the Docker engine cannot be reached,
 //! 1 for every other error (including a node name held by another agent).
+//! `drover-agent __log-shim ...` is the process runtime's log shim
+//! (`runtime::log_files`), not meant to be run by hand.
 
 use std::process::ExitCode;
 
@@ -12,6 +14,15 @@ use tracing_subscriber::EnvFilter;
 use drover_agent::{AgentConfig, AgentError};
 
 fn main() -> ExitCode {
+    // The process runtime runs this binary as each replica log's shim.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == drover_agent::runtime::log_files::SHIM_ARG)
+    {
+        let code = drover_agent::runtime::log_files::run_shim(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cfg = AgentConfig::parse();
     init_logging(&cfg.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

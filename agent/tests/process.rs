@@ -593,3 +593,111 @@ async fn a_large_log_streams_in_bounded_chunks() {
         "a chunk of {largest} bytes"
     );
 }
+
+/// Issue 12 item 5: a replica's log files are rotated at their size cap and
+/// count (as Docker's json-file), and `logs`, `logs -f`, `--tail` and
+/// `--previous` read across the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_rotate_at_their_size_cap_and_are_read_across_files() {
+    use drover_agent::runtime::log_files::{rotated, LogLimits};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = LogLimits::new(4096, 5).expect("limits");
+    let rt = ProcessRuntime::open_with(dir.path(), "n1", limits).expect("open");
+    let _cleanup = Cleanup(&rt);
+    // 800 lines of 51 bytes (40 800 bytes, ten times a file), a burst of 20
+    // every 50 ms: a follower polling every 200 ms stays within the files kept.
+    let script = "i=1; while [ $i -le 800 ]; do printf 'line-%04d-%040d\\n' $i 0; \
+                  if [ $((i % 20)) -eq 0 ]; then sleep 0.05; fi; i=$((i+1)); done";
+    let o = rt
+        .start(&shell("chatty-r-0", script), 0)
+        .await
+        .expect("start");
+    let followed = rt
+        .logs(
+            "chatty-r-0",
+            LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("logs -f");
+    let (out, _) = tokio::time::timeout(Duration::from_secs(30), collect_logs(followed))
+        .await
+        .expect("follow ends when the process exits");
+    let all: String = (1..=800)
+        .map(|i| format!("line-{i:04}-{:040}\n", 0))
+        .collect();
+    assert!(
+        out == all,
+        "a follower sees every line once, in order, across rotations ({} of {} bytes)",
+        out.len(),
+        all.len()
+    );
+
+    // On disk: at most 5 files per stream, none above 4 KiB.
+    let log = rt
+        .dir()
+        .join("logs")
+        .join(format!("{}.stdout", o.container_id));
+    let files: Vec<_> = (0..6)
+        .map(|k| rotated(&log, k))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert!(!rotated(&log, 5).exists());
+    for f in &files {
+        assert!(std::fs::metadata(f).expect("stat").len() <= 4096, "{f:?}");
+    }
+
+    // logs: what rotation kept, oldest first, up to the last line.
+    let (kept, _) = collect_logs(
+        rt.logs("chatty-r-0", LogOptions::default())
+            .await
+            .expect("logs"),
+    )
+    .await;
+    assert!(all.ends_with(&kept), "a suffix of the output");
+    assert!(
+        kept.len() > 4 * 4096 && kept.len() <= 5 * 4096,
+        "{}",
+        kept.len()
+    );
+    // --tail reads across files.
+    let (tail, _) = collect_logs(
+        rt.logs(
+            "chatty-r-0",
+            LogOptions {
+                tail: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("tail"),
+    )
+    .await;
+    assert_eq!(tail.lines().count(), 100);
+    assert!(
+        tail.starts_with("line-0701-") && all.ends_with(&tail),
+        "{tail}"
+    );
+    // --previous keeps what the files held.
+    rt.keep_previous("chatty-r-0", &o.container_id)
+        .await
+        .expect("keep");
+    rt.remove(&o.container_id).await.expect("remove");
+    assert!(!rotated(&log, 1).exists(), "removing takes every file");
+    let (previous, _) = collect_logs(
+        rt.logs(
+            "chatty-r-0",
+            LogOptions {
+                previous: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("previous"),
+    )
+    .await;
+    assert_eq!(previous, kept);
+}

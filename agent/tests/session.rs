@@ -59,6 +59,7 @@ impl TestAgent {
             join: None,
             tls_dir: None,
             debug_sessions: Default::default(),
+            logs: Default::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(

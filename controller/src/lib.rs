@@ -19,6 +19,7 @@
 //! ```text
 //!  5  server                          wiring: sled, raft task, gRPC server, shutdown
 //!     leader                          the loops only the leader runs
+//!     renewal                         the controller renewing its own certificate
 //!  4  api  (control, peer, security)  gRPC services for droverctl and peers
 //!     dispatcher                      agent sessions on the leader
 //!  3  cluster  (+ cluster::wire)      the way into raft shared by services and loops
@@ -47,6 +48,9 @@
 //!   `cluster`.
 //! - [`leader`]: the orchestrator, scheduler and node-monitor loops. Uses
 //!   `cluster`, `dispatcher` (heartbeats), the decision modules and `store`.
+//! - [`renewal`]: the controller renewing its certificate through `Renew`
+//!   on a member, publishing it to the listener and the peer clients. Uses
+//!   `cluster`.
 //! - [`server`]: wires everything together; the only module that uses all.
 //! - [`fixtures`]: small valid objects and test databases, for tests only.
 
@@ -59,6 +63,7 @@ pub mod leader;
 pub mod nodes;
 pub mod orchestrator;
 pub mod raft;
+pub mod renewal;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -12,9 +12,9 @@ use std::fs;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
 use drover_pki::authz::{self, AuthorizeLayer};
@@ -89,13 +89,15 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
             join_pki(&cfg, token.as_str(), &dir, &advertise).await?;
         }
     }
-    let (security, server_tls, signer) = tls(&cfg)?;
+    let (security, signer) = tls(&cfg)?;
+    // The credentials in use: replaced when the certificate is renewed.
+    let (security_tx, security_rx) = watch::channel(security.clone());
     let slot: NodeSlot = Arc::new(RwLock::new(None));
     let transport = Arc::new(GrpcTransport::new(
         cfg.id,
         advertise.clone(),
         slot.clone(),
-        security.clone(),
+        security_rx.clone(),
     ));
     for (id, address) in cfg.peers.0.iter() {
         transport.set_peer(*id, address.clone());
@@ -123,16 +125,26 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         advertise.clone(),
         std::time::Duration::from_millis(cfg.leader_wait_ms),
         cfg.max_replicas,
-        security.clone(),
+        security_rx.clone(),
     );
 
-    let incoming = TcpIncoming::bind(cfg.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?
-        .with_nodelay(Some(true));
+    // One socket for the controller's life: each certificate generation's
+    // server accepts on a clone of it, so a renewal never closes the port.
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "controller serving");
 
     let node_stop = shutdown.child_token();
     let node_task = tokio::spawn(node.run(node_stop.clone()));
+    if let (Some(dir), Security::Tls(_)) = (&cfg.tls_dir, &security) {
+        tokio::spawn(crate::renewal::keep_renewed(
+            cluster.clone(),
+            TlsDir::new(dir),
+            security_tx,
+            shutdown.clone(),
+        ));
+    }
 
     let control = pb::control_server::ControlServer::new(ControlService {
         cluster: cluster.clone(),
@@ -155,39 +167,84 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let security_service = pb::security_server::SecurityServer::new(SecurityService {
         cluster: cluster.clone(),
         signer,
-    });
+        join_limit: Default::default(),
+    })
+    .max_decoding_message_size(crate::api::security::MAX_JOIN_REQUEST_BYTES);
     let peer = pb::raft_server::RaftServer::new(PeerService { cluster })
         .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
 
-    let server_stop = shutdown.clone();
     // No per-request timeout: agent sessions are long-lived streams; unary
     // handlers bound their own waits (leader wait, write timeout).
-    let mut builder = pki::server_builder();
-    if let Some(tls) = server_tls {
-        builder = builder
-            .tls_config(tls)
-            .context("configuring TLS for the listener")?;
-    }
-    let server = builder
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
-        .layer(AuthorizeLayer::new(
-            authz::controller_policy,
-            !security.is_insecure(),
-        ))
-        .add_service(control)
-        .add_service(dispatcher)
-        .add_service(peer)
-        .add_service(security_service)
-        .serve_with_incoming_shutdown(
-            pki::limit::limit_connections(incoming, pki::limit::MAX_CONNECTIONS),
-            async move { server_stop.cancelled().await },
-        );
+    let serving = shutdown.clone();
+    let server = async move {
+        let shutdown = serving;
+        let mut security = security_rx;
+        // Servers of earlier certificates, finishing their connections.
+        let mut draining = tokio::task::JoinSet::new();
+        loop {
+            let current = security.borrow_and_update().clone();
+            let incoming = listener
+                .try_clone()
+                .and_then(tokio::net::TcpListener::from_std)
+                .map(|l| TcpIncoming::from(l).with_nodelay(Some(true)))
+                .context("sharing the listening socket")?;
+            let mut builder = pki::server_builder();
+            if let Security::Tls(material) = &current {
+                builder = builder
+                    .tls_config(material.server_config()?)
+                    .context("configuring TLS for the listener")?;
+            }
+            let stop = shutdown.clone();
+            let mut changes = security.clone();
+            let renewed = CancellationToken::new();
+            let restart = renewed.clone();
+            let generation = builder
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+                .layer(AuthorizeLayer::new(
+                    authz::controller_policy,
+                    !current.is_insecure(),
+                ))
+                .add_service(control.clone())
+                .add_service(dispatcher.clone())
+                .add_service(peer.clone())
+                .add_service(security_service.clone())
+                .serve_with_incoming_shutdown(
+                    pki::limit::limit_connections(incoming, pki::limit::MAX_CONNECTIONS),
+                    async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            r = changes.changed() => match r {
+                                Ok(()) => restart.cancel(),
+                                Err(_) => stop.cancelled().await,
+                            },
+                        }
+                    },
+                );
+            let mut task = tokio::spawn(generation);
+            tokio::select! {
+                ended = &mut task => {
+                    return match ended {
+                        Ok(r) => r.context("gRPC server failed"),
+                        Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+                    };
+                }
+                _ = renewed.cancelled() => {
+                    // New connections (and clients' reconnects after the old
+                    // server's GOAWAY) get the new certificate at once.
+                    info!("serving with the renewed certificate");
+                    draining.spawn(async move {
+                        let _ = task.await;
+                    });
+                }
+            }
+        }
+    };
 
     let mut node_task = node_task;
     let result = tokio::select! {
-        r = server => r.context("gRPC server failed"),
+        r = server => r,
         r = &mut node_task => {
             // The node stopped on its own: storage failed.
             match r {
@@ -210,13 +267,13 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     result
 }
 
-/// The client security for outgoing links and the listener's TLS settings.
-type Tls = (Security, Option<ServerTlsConfig>, Option<Arc<Signer>>);
+/// The security for outgoing links and the listener, and the signer.
+type Tls = (Security, Option<Arc<Signer>>);
 
 fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
     let Some(dir) = &cfg.tls_dir else {
         warn!("--insecure: every link is plaintext and unauthenticated; anyone who can reach this port can change the cluster");
-        return Ok((Security::Insecure, None, None));
+        return Ok((Security::Insecure, None));
     };
     let dir = TlsDir::new(dir);
     let material = TlsMaterial::read_dir(&dir).map_err(|e| {
@@ -233,7 +290,8 @@ fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
             other.map_or("no drover identity".to_string(), |i| i.to_string())
         ),
     }
-    let server = material.server_config()?;
+    // Checked now, so a bad key fails the start rather than the listener.
+    material.server_config()?;
     let signer = if dir.can_sign() {
         let ca = Ca::read_from(&dir.path)
             .map_err(|e| anyhow::anyhow!("cannot load the CA from --tls-dir: {e}"))?;
@@ -245,7 +303,7 @@ fn tls(cfg: &ControllerConfig) -> anyhow::Result<Tls> {
     } else {
         None
     };
-    Ok((Security::tls(material), Some(server), signer))
+    Ok((Security::tls(material), signer))
 }
 
 /// Get this controller's certificate from a running controller with a join

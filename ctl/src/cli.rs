@@ -100,7 +100,7 @@ pub enum Command {
     PortForward(crate::cmd::port_forward::PortForwardArgs),
     /// Copy files and directories to and from a replica (tar over exec)
     Cp(crate::cmd::cp::CpArgs),
-    /// Delete resources by file, name or selector; waits until their replicas are gone
+    /// Delete deployments by file, name or selector (waits until their replicas are gone), or nodes by name
     Delete(DeleteArgs),
     /// Wait for a condition on resources: condition=..., delete, jsonpath=...
     Wait(crate::verbs_cli::WaitArgs),
@@ -585,7 +585,8 @@ pub struct DeleteArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = -1, allow_negative_numbers = true)]
     pub grace_period: i64,
 
-    /// Delete at once and do not wait for the replicas to stop (they still stop)
+    /// Delete at once and do not wait for the replicas to stop (they still stop);
+    /// for nodes: delete a Ready node too
     #[arg(long)]
     pub force: bool,
 

@@ -308,6 +308,24 @@ impl Control for FakeController {
         Ok(Response::new(pb::CordonNodeResponse { changed }))
     }
 
+    async fn delete_nodes(
+        &self,
+        r: Request<pb::DeleteNodesRequest>,
+    ) -> Result<Response<pb::DeleteNodesResponse>, Status> {
+        self.gate()?;
+        let r = r.into_inner();
+        let mut state = self.lock();
+        if let Some(missing) = r
+            .nodes
+            .iter()
+            .find(|n| !state.nodes.iter().any(|x| &x.name == *n))
+        {
+            return Err(Status::not_found(format!("node {missing:?} not found")));
+        }
+        state.nodes.retain(|n| !r.nodes.contains(&n.name));
+        Ok(Response::new(pb::DeleteNodesResponse { deleted: r.nodes }))
+    }
+
     async fn cluster_status(
         &self,
         _: Request<pb::ClusterStatusRequest>,

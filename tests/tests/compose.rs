@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  test ──build-drover.sh──▶ drover/drover:compose-test-PID (stripped binaries + libs)
-//!       ──docker-compose -p droverPID up -d──▶ pki (one-shot) → c1 c2 c3 → n1 n2 n3
+//!       ──docker-compose -p droverPID up -d──▶ pki (one-shot) → c1 c2 c3 → token (one-shot) → n1 n2 n3 (join)
 //!       ──droverctl --server 127.0.0.1:P1,P2,P3──▶ get nodes · apply · get replicas
 //!       ──docker-compose run --rm ctl logs R──▶ (inside the network: reaches the agent)
 //!       ──down -v──▶ no container, network or volume labelled with the project
@@ -201,6 +201,22 @@ impl Drop for Lab {
     }
 }
 
+/// Every file under `path` (or `path` itself) whose name ends with `.key`.
+fn key_files(path: &Path, out: &mut Vec<PathBuf>) {
+    if path.is_file() {
+        if path.extension().is_some_and(|x| x == "key") {
+            out.push(path.to_path_buf());
+        }
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        key_files(&e.path(), out);
+    }
+}
+
 const MANIFEST: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -271,6 +287,35 @@ fn compose_lab_comes_up_runs_a_deployment_and_goes_down_without_a_trace() {
         }
     });
     eprintln!("3 agents Ready after {:?}", started.elapsed());
+
+    // Issue 12 item 12: the agents joined with a token and hold no CA key or
+    // admin key: nothing they mount from the host is a private key.
+    for service in ["n1", "n2", "n3"] {
+        let id = String::from_utf8_lossy(&lab.compose(&["ps", "-q", service]).stdout)
+            .trim()
+            .to_string();
+        assert!(!id.is_empty(), "no container for {service}");
+        let mounts = docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{if eq .Type \"bind\"}}{{.Source}}\n{{end}}{{end}}",
+            &id,
+        ]);
+        for source in mounts.lines().filter(|l| !l.is_empty()) {
+            let mut keys = Vec::new();
+            key_files(Path::new(source), &mut keys);
+            assert!(
+                keys.is_empty(),
+                "{service} mounts {source}, which holds {keys:?}"
+            );
+        }
+        let logs = lab.compose(&["logs", "--no-color", service]);
+        assert!(
+            String::from_utf8_lossy(&logs.stdout).contains("joined the cluster"),
+            "{service} did not join with the token: {}",
+            text(&logs)
+        );
+    }
 
     let manifest = lab.dir.path().join("smoke.yaml");
     std::fs::write(&manifest, MANIFEST).expect("write the manifest");

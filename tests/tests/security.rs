@@ -698,7 +698,12 @@ fn forged_agent_cert_named_controller(pki_dir: &std::path::Path) -> (String, Str
 /// Item 1: an agent cannot become a controller in clients' eyes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_obtain_or_pass_for_a_controller_certificate() {
-    let c = Cluster::start(1).await.expect("cluster");
+    let mut c = Cluster::start(1).await.expect("cluster");
+    // Renew serves the agents of registered nodes.
+    c.start_agent("n1", "sim", &[]).expect("agent");
+    c.wait_for("n1 Ready", T, || node_ready(&c, "n1"))
+        .await
+        .expect("n1");
     let pki = c.pki.as_ref().expect("a secure cluster");
     let n1 = pki.client(Role::Agent, "n1").expect("cert");
 
@@ -1065,4 +1070,545 @@ async fn a_member_renews_its_controller_certificate_and_a_stranger_cannot() {
     );
     let refused = renew_as("9").await.expect_err("refused");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
+/// Issue 12 item 3: a node name is freed by `droverctl delete node` (a Ready
+/// node is refused without `--force`), and reserved labels are admins' to set:
+/// a nodeSelector on one places only on the node an admin labelled, and an
+/// agent reporting it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_node_frees_its_name_and_reserved_labels_are_admin_only() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    c.start_agent("n1", "sim", &[]).expect("agent");
+    let n2 = c.start_agent("n2", "sim", &[]).expect("agent");
+    for n in ["n1", "n2"] {
+        c.wait_for("Ready", T, || node_ready(&c, n)).await.expect(n);
+    }
+    // An agent claiming the reserved label never registers.
+    let n3 = c
+        .start_agent(
+            "n3",
+            "sim",
+            &["--labels", "node-restriction.drover.io/pool=secure"],
+        )
+        .expect("agent");
+    let log = c.agents[n3].log.clone();
+    c.wait_for("n3 refused", T, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("reserved prefix") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await
+    .expect("refused");
+    c.kill_agent(n3);
+
+    // An admin sets it on n1: a workload pinned to it runs on n1 only.
+    assert_eq!(
+        ok(&c.ctl().run(&[
+            "label",
+            "node",
+            "n1",
+            "node-restriction.drover.io/pool=secure"
+        ])),
+        "node/n1 labeled\n"
+    );
+    let pinned = manifest("pinned", 3).replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector:\n        node-restriction.drover.io/pool: secure\n      containers:",
+    );
+    let file = c.dir.path().join("pinned.yaml");
+    std::fs::write(&file, pinned).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.display().to_string()]));
+    let placed = c
+        .wait_for("pinned running", T, || c.placement("pinned", 3))
+        .await
+        .expect("placed");
+    assert_eq!(
+        placed.into_iter().collect::<Vec<_>>(),
+        [("n1".to_string(), 3)]
+    );
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert_eq!(nodes, "node/n1\nnode/n2\n");
+
+    // A Ready node is not deleted without --force; nothing changes.
+    let e = err(&c.ctl().run(&["delete", "node", "n2"]));
+    one_line(&e);
+    assert!(e.contains("is Ready") && e.contains("--force"), "{e}");
+    node_ready(&c, "n2").await.expect("n2 still there");
+
+    // Its agent stops: while n2 is registered, a token cannot take the name.
+    c.kill_agent(n2);
+    c.wait_for("n2 NotReady", T, || async {
+        match node_ready(&c, "n2").await {
+            Ok(()) => Err("still Ready".to_string()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+    .expect("NotReady");
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let ca_pem = pki.ca.cert_pem().to_string();
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let channel = anonymous
+        .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut security = pb::security_client::SecurityClient::new(channel);
+    let join = || {
+        let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, "n2")).expect("csr");
+        pb::JoinRequest {
+            token: token.clone(),
+            node: "n2".into(),
+            csr_pem: csr,
+            address: "127.0.1.78:7101".into(),
+        }
+    };
+    let refused = security.join(join()).await.expect_err("refused");
+    assert!(
+        refused.message().contains("droverctl delete node"),
+        "{}",
+        refused.message()
+    );
+
+    // The old host's certificate renews while n2 is registered (NotReady
+    // or not), and no longer once it is deleted.
+    let old_host = TlsDir::new(c.agents[n2].data_dir.join("tls"));
+    let renew = || {
+        let old_host = old_host.clone();
+        let address = c.controllers[0].address.clone();
+        async move {
+            let channel = as_holder(&old_host)
+                .endpoint(&address, &pki::Server::Controller)
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            let (csr, _key) = pki::new_csr(&Identity::new(Role::Agent, "n2")).expect("csr");
+            pb::security_client::SecurityClient::new(channel)
+                .renew(pb::RenewRequest {
+                    csr_pem: csr,
+                    address: String::new(),
+                })
+                .await
+        }
+    };
+    renew().await.expect("a registered node renews");
+
+    // Deleted, the name is free: the same token now joins as n2.
+    assert_eq!(
+        ok(&c.ctl().run(&["delete", "node", "n2"])),
+        "node \"n2\" deleted\n"
+    );
+    let refused = renew().await.expect_err("a deleted node does not renew");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("registered node"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        ok(&c.ctl().run(&["get", "nodes", "-o", "name"])),
+        "node/n1\n"
+    );
+    // The old host's certificate is revoked: its agent, started again,
+    // is refused with a sentence and registers nothing.
+    c.restart_agent(n2, &[]).expect("old agent");
+    let old_log = c.agents[n2].log.clone();
+    c.wait_for("the old certificate refused", T, || {
+        let log = old_log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("was revoked when the node was deleted") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await
+    .expect("refused");
+    c.kill_agent(n2);
+    assert_eq!(
+        ok(&c.ctl().run(&["get", "nodes", "-o", "name"])),
+        "node/n1\n"
+    );
+    // A new host joins as n2 with the token, and its agent registers.
+    let (csr, key_pem) = pki::new_csr(&Identity::new(Role::Agent, "n2")).expect("csr");
+    let joined = security
+        .join(pb::JoinRequest {
+            csr_pem: csr,
+            ..join()
+        })
+        .await
+        .expect("n2 joins again")
+        .into_inner();
+    assert_eq!(
+        pki::cert_info(&joined.cert_pem).expect("info").identity,
+        Some(Identity::new(Role::Agent, "n2"))
+    );
+    let new_host = TlsDir::new(c.dir.path().join("n2-rebuilt-tls"));
+    new_host
+        .write(
+            &ca_pem,
+            &pki::Issued {
+                cert_pem: joined.cert_pem,
+                key_pem,
+            },
+            None,
+        )
+        .expect("write");
+    let dir_flag = new_host.path.display().to_string();
+    c.start_agent("n2", "sim", &["--tls-dir", &dir_flag])
+        .expect("new agent");
+    c.wait_for("the rebuilt n2 Ready", T, || node_ready(&c, "n2"))
+        .await
+        .expect("n2 back");
+    // An unknown name: one sentence; --ignore-not-found succeeds quietly.
+    let e = err(&c.ctl().run(&["delete", "node", "n9"]));
+    one_line(&e);
+    assert!(e.contains("not found"), "{e}");
+    assert_eq!(
+        ok(&c.ctl().run(&["delete", "node", "n9", "--ignore-not-found"])),
+        ""
+    );
+}
+
+/// Issue 12 item 6: anonymous `Join` calls are rate-limited per peer address
+/// and bounded in size; a flood from one address is refused with a sentence
+/// while an agent joining from elsewhere gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_flood_from_one_address_is_refused_while_others_join() {
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let pki = c.pki.as_ref().expect("a secure cluster");
+    let anonymous = Security::tls(TlsMaterial {
+        identity: None,
+        ..TlsMaterial::read_dir(&pki.admin).expect("material")
+    });
+    let from = |ip: [u8; 4]| {
+        anonymous
+            .endpoint(&c.controllers[0].address, &pki::Server::Controller)
+            .expect("endpoint")
+            .local_address(Some(std::net::IpAddr::from(ip)))
+    };
+    let mut flood = pb::security_client::SecurityClient::new(
+        from([127, 0, 0, 99]).connect().await.expect("connect"),
+    );
+    let fingerprint = pki::ca_fingerprint(pki.ca.cert_pem()).expect("fingerprint");
+    let forged = pb::JoinRequest {
+        token: format!("drover-1-{fingerprint}-0123abcd-{}", "7".repeat(48)),
+        node: "flood".into(),
+        csr_pem: String::new(),
+        address: String::new(),
+    };
+    let mut limited = Vec::new();
+    for _ in 0..60 {
+        let refused = flood.join(forged.clone()).await.expect_err("refused");
+        match refused.code() {
+            Code::PermissionDenied => {}
+            Code::ResourceExhausted => limited.push(refused.message().to_string()),
+            other => panic!("{other:?}: {}", refused.message()),
+        }
+    }
+    assert!(
+        limited.len() >= 60 - 25,
+        "at most the burst (and what a second earns back) gets through: {} limited",
+        limited.len()
+    );
+    assert!(
+        limited[0].starts_with("too many join attempts from 127.0.0.99")
+            && limited[0].contains("retry in"),
+        "{}",
+        limited[0]
+    );
+    assert_eq!(limited[0].lines().count(), 1);
+
+    // An oversized request is refused before it is decoded.
+    let mut big = pb::security_client::SecurityClient::new(
+        from([127, 0, 0, 98]).connect().await.expect("connect"),
+    );
+    let refused = big
+        .join(pb::JoinRequest {
+            csr_pem: "x".repeat(1 << 20),
+            ..forged.clone()
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+
+    // Meanwhile a real agent joins with a token (from 127.0.0.1).
+    let ca = pki.ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create"])).trim().to_string();
+    c.start_agent(
+        "j1",
+        "sim",
+        &[&format!("--join-token={token}"), &format!("--ca={ca}")],
+    )
+    .expect("agent");
+    c.wait_for("j1 Ready", T, || node_ready(&c, "j1"))
+        .await
+        .expect("j1 joined");
+    // The flood wrote nothing and logged one line, not one per call.
+    let nodes = ok(&c.ctl().run(&["get", "nodes", "-o", "name"]));
+    assert_eq!(nodes, "node/j1\n");
+    let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
+    assert_eq!(
+        log.matches("refusing joins from an address that exceeded its rate")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+/// VmRSS of a process, in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Issue 12 item 5: a replica writes 1 GiB of log; `droverctl logs` streams
+/// all of it (the agent keeps it: `--log-max-size 512m --log-max-file 2`) while
+/// the agent's memory stays flat, and the files on disk stay within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_log_streams_with_flat_agent_memory() {
+    const GIB: u64 = 1 << 30;
+    let mut c = Cluster::start(1).await.expect("cluster");
+    let agent = c
+        .start_agent(
+            "big",
+            "process",
+            &["--log-max-size", "512m", "--log-max-file", "2"],
+        )
+        .expect("agent");
+    c.wait_for("big Ready", T, || node_ready(&c, "big"))
+        .await
+        .expect("Ready");
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: chatty
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: chatty
+  template:
+    metadata:
+      labels:
+        app: chatty
+    spec:
+      containers:
+      - name: main
+        image: none
+        command: ["sh", "-c", "yes {line} | head -c {GIB}; exec sleep 3600"]
+"#,
+        line = "0123456789".repeat(10),
+    );
+    let file = c.dir.path().join("chatty.yaml");
+    std::fs::write(&file, manifest).expect("manifest");
+    ok(&c.ctl().run(&["apply", "-f", &file.display().to_string()]));
+    let replica = c
+        .wait_for("chatty running", T, || c.running_replicas("chatty", 1))
+        .await
+        .expect("running")
+        .remove(0)
+        .name;
+    let logs_dir = c.agents[agent].data_dir.join("process/logs");
+    let on_disk = || -> (u64, usize) {
+        let mut total = (0, 0);
+        for e in std::fs::read_dir(&logs_dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().contains(".stdout") {
+                total.0 += e.metadata().map(|m| m.len()).unwrap_or(0);
+                total.1 += 1;
+            }
+        }
+        total
+    };
+    let started = std::time::Instant::now();
+    c.wait_for("1 GiB of log", Duration::from_secs(60), || async {
+        match on_disk() {
+            (GIB, _) => Ok(()),
+            (n, _) => Err(format!("{n} bytes")),
+        }
+    })
+    .await
+    .expect("written");
+    let written = started.elapsed();
+    assert_eq!(on_disk().1, 2, "two files of at most 512 MiB");
+
+    let pid = c.agents[agent].pid().expect("agent pid");
+    let before = rss_bytes(pid).expect("rss");
+    let mut child = c
+        .ctl()
+        .command(&["logs", &replica])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("droverctl logs");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut total, mut last) = (0u64, Vec::new());
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return (total, last),
+                Ok(n) => {
+                    total += n as u64;
+                    // The last 16 bytes of the stream, however it was cut.
+                    last.extend_from_slice(&buf[..n]);
+                    let cut = last.len().saturating_sub(16);
+                    last.drain(..cut);
+                }
+            }
+        }
+    });
+    let streaming = std::time::Instant::now();
+    let mut peak = before;
+    while !reader.is_finished() {
+        if let Some(rss) = rss_bytes(pid) {
+            peak = peak.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (received, last) = reader.join().expect("reader");
+    let took = streaming.elapsed();
+    let status = child.wait().expect("droverctl exits");
+    assert!(status.success(), "droverctl logs: {status}");
+    eprintln!(
+        "1 GiB log: written in {written:?}; streamed in {took:?} ({:.0} MiB/s); agent RSS {} MiB before, {} MiB at peak",
+        received as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+        before >> 20,
+        peak >> 20
+    );
+    assert_eq!(received, GIB, "all of it");
+    // `yes` repeats LINE\n; head cut it at 1 GiB.
+    let pattern = format!("{}\n", "0123456789".repeat(10)).into_bytes();
+    let want: Vec<u8> = (GIB - 16..GIB)
+        .map(|p| pattern[(p % pattern.len() as u64) as usize])
+        .collect();
+    assert_eq!(last, want, "the last bytes written");
+    assert!(
+        peak.saturating_sub(before) < 100 << 20,
+        "agent RSS grew from {} MiB to {} MiB while streaming",
+        before >> 20,
+        peak >> 20
+    );
+}
+
+/// Issue 12 item 4: a controller that joined with a token (no CA key)
+/// renews its own certificate through a member before it expires, and serves,
+/// forwards and speaks raft with the renewed one without a restart: after its
+/// joined certificate has expired, a restarted peer (new connections both
+/// ways) and droverctl still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_controller_renews_its_certificate_and_keeps_serving() {
+    let mut c = Cluster::start_with(
+        1,
+        Options {
+            extra_args: vec!["--node-cert-validity".into(), "6s".into()],
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("cluster");
+    let ca = c.pki.as_ref().expect("pki").ca_cert().display().to_string();
+    let token = ok(&c.ctl().run(&["token", "create", "--role", "controller"]))
+        .trim()
+        .to_string();
+    let first = c.controllers[0].address.clone();
+    let joiner = c
+        .spawn_joiner_with(
+            2,
+            &[
+                format!("--join-token={token}"),
+                format!("--ca={ca}"),
+                format!("--join-via={first}"),
+            ],
+        )
+        .expect("joiner");
+    let tls = TlsDir::new(c.dir.path().join("tls-controller-2"));
+    c.wait_for("the joiner's certificate", T, || async {
+        if tls.has_identity() {
+            Ok(())
+        } else {
+            Err("none yet".to_string())
+        }
+    })
+    .await
+    .expect("certificate");
+    let joined = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert"))
+        .expect("info")
+        .not_after;
+    let address = c.controllers[joiner].address.clone();
+    ok(&c
+        .ctl_at(0)
+        .run(&["cluster", "add", "--id", "2", "--address", &address]));
+    c.wait_converged(T).await.expect("the new member caught up");
+
+    // Two renewals: the second authenticates with the first renewed
+    // certificate, after the joined one has expired.
+    let log = c.controllers[joiner].log.clone();
+    c.wait_for("two renewals", T, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match text.matches("renewed the controller certificate").count() {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n} renewals")),
+            }
+        }
+    })
+    .await
+    .expect("renewed");
+    assert!(SystemTime::now() > joined, "the joined certificate expired");
+    let now = pki::cert_info(&std::fs::read_to_string(tls.cert()).expect("cert")).expect("info");
+    assert!(now.not_after > joined);
+    assert_eq!(now.identity, Some(Identity::new(Role::Controller, "2")));
+    assert!(!tls.can_sign(), "still no CA key");
+
+    // New connections everywhere: controller 1 restarts, so raft both ways
+    // and forwarded writes use fresh TLS handshakes, which an expired
+    // certificate would fail.
+    c.stop(0).expect("stop");
+    c.restart(0).expect("restart");
+    let file = write_manifest(&c, "after-renewal");
+    c.wait_for("a write through the joiner", T, || async {
+        let out = c.ctl_at(joiner).run(&["apply", "-f", &file]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .await
+    .expect("forwarded and committed");
+    c.wait_converged(T).await.expect("both members applied it");
+    let mut client = c
+        .client(joiner)
+        .await
+        .expect("droverctl reaches the joiner");
+    assert_eq!(
+        names(&mut client, false).await.expect("list"),
+        ["after-renewal"]
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("serving with the renewed certificate"),
+        "{text}"
+    );
 }

@@ -24,6 +24,7 @@
 //! (e.g. after the Docker event stream reconnects).
 
 pub mod docker;
+pub mod log_files;
 pub mod previous;
 pub mod process;
 pub mod sim;

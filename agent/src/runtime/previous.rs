@@ -19,7 +19,7 @@
 //! so a crash loop's last words are there and the disk use is bounded.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{tail_lines, LogChunk, LogOptions, LogSource, UnixMs, PREVIOUS_LOG_BYTES};
 use crate::error::{AgentError, Result};
@@ -214,24 +214,6 @@ fn decode(mut bytes: &[u8]) -> Option<Vec<Record>> {
         });
     }
     Some(records)
-}
-
-/// The last `limit` bytes of a file (empty when it does not exist).
-pub async fn read_last(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(AgentError::io(format!("opening {}", path.display()), e)),
-    };
-    let io = |e| AgentError::io(format!("reading {}", path.display()), e);
-    let len = file.metadata().await.map_err(io)?.len();
-    file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit)))
-        .await
-        .map_err(io)?;
-    let mut data = Vec::new();
-    file.take(limit).read_to_end(&mut data).await.map_err(io)?;
-    Ok(data)
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //!   <data-dir>/process/
 //!     state.json                  every container: pid, start time, labels,
 //!                                 exit (written before each answer)
-//!     logs/<container>.stdout     the child writes straight into these files,
-//!     logs/<container>.stderr     so it survives an agent restart (no pipes)
+//!     logs/<container>.stdout     written by the container's log shims, one
+//!     logs/<container>.stderr     per stream, rotated (.1, .2: log_files.rs);
+//!                                 shims outlive an agent restart, as replicas do
 //!     work/<replica>/             working directory unless workingDir is set
 //! ```
 //!
@@ -41,7 +42,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
-use super::previous::{read_last, PreviousLogs, Record};
+use super::log_files::{self, LogLimits};
+use super::previous::{PreviousLogs, Record};
 use super::{
     now_unix_ms, tail_lines, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec, Exit,
     LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
@@ -81,6 +83,9 @@ struct Entry {
     #[serde(default)]
     grace_secs: Option<u64>,
     exit: Option<ExitRecord>,
+    /// The log shims writing its stdout and stderr: (pid, start ticks).
+    #[serde(default)]
+    shims: Vec<(i32, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -98,6 +103,9 @@ struct StateFile {
 struct Inner {
     dir: PathBuf,
     node: String,
+    logs: LogLimits,
+    /// The drover-agent binary, run as `__log-shim` for each log stream.
+    shim: PathBuf,
     /// By container id.
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Held while the state file is written: concurrent writers would share
@@ -116,8 +124,16 @@ pub struct ProcessRuntime {
 
 impl ProcessRuntime {
     /// Open (or create) the runtime's state under `data_dir/process` and
-    /// adopt the processes it lists that still run.
+    /// adopt the processes it lists that still run; logs rotate with
+    /// Docker's defaults (10 MiB × 3).
     pub fn open(data_dir: &Path, node: &str) -> Result<ProcessRuntime> {
+        ProcessRuntime::open_with(data_dir, node, LogLimits::default())
+    }
+
+    /// [`ProcessRuntime::open`] with the agent's `--log-max-size` and
+    /// `--log-max-file`.
+    pub fn open_with(data_dir: &Path, node: &str, logs: LogLimits) -> Result<ProcessRuntime> {
+        let shim = shim_program()?;
         let dir = data_dir.join("process");
         for sub in ["logs", "work"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -164,6 +180,8 @@ impl ProcessRuntime {
         let inner = Arc::new(Inner {
             dir,
             node: node.to_string(),
+            logs,
+            shim,
             entries: Mutex::new(entries),
             persisting: Mutex::new(()),
             events,
@@ -219,6 +237,26 @@ impl Inner {
 
     fn previous(&self) -> PreviousLogs {
         PreviousLogs::new(self.dir.join("previous"))
+    }
+
+    /// Whether the container's process and its log shims are all gone:
+    /// nothing more will be written to its logs.
+    fn finished(&self, container_id: &str) -> bool {
+        match self.lock().get(container_id) {
+            None => true,
+            Some(e) => {
+                e.exit.is_some() && e.shims.iter().all(|(pid, ticks)| !is_alive(*pid, *ticks))
+            }
+        }
+    }
+
+    /// Until the container's log shims have written everything (they end
+    /// once the last writer of their pipe is gone), for at most `limit`.
+    async fn logs_written(&self, container_id: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.finished(container_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn log_paths(&self, container_id: &str) -> (PathBuf, PathBuf) {
@@ -336,11 +374,14 @@ impl Runtime for ProcessRuntime {
         };
         let container_id = format!("proc-{:016x}", rand::random::<u64>());
         let (out_path, err_path) = self.inner.log_paths(&container_id);
-        let open = |p: &Path| {
-            std::fs::File::create(p)
-                .map_err(|e| AgentError::io(format!("creating {}", p.display()), e))
-        };
-        let (stdout, stderr) = (open(&out_path)?, open(&err_path)?);
+        // Each stream goes through a pipe to its shim; the shims start first
+        // so the replica never writes into a pipe nobody reads.
+        let (out_read, stdout) = log_pipe()?;
+        let (err_read, stderr) = log_pipe()?;
+        let shims = [
+            spawn_shim(&self.inner, &out_path, out_read)?,
+            spawn_shim(&self.inner, &err_path, err_read)?,
+        ];
         let env = replica_env(
             assignment.hostname(),
             c.env.iter().map(|e| (e.name.clone(), e.value.clone())),
@@ -351,15 +392,19 @@ impl Runtime for ProcessRuntime {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&working_dir)
             .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
             // Its own group: stop signals the tree; terminal signals miss it.
             .process_group(0)
             // Replicas outlive the agent (they are adopted on restart).
             .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|e| {
-            let _ = std::fs::remove_file(&out_path);
-            let _ = std::fs::remove_file(&err_path);
+        let spawned = cmd.spawn();
+        // The pipes' write ends now belong to the child alone: the shims
+        // see the end of their input when its process tree is gone.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| {
+            log_files::remove_all(&out_path, self.inner.logs.max_files);
+            log_files::remove_all(&err_path, self.inner.logs.max_files);
             if e.kind() == std::io::ErrorKind::NotFound {
                 AgentError::StartFailed(format!("cannot run {program:?}: no such file or command"))
             } else {
@@ -386,6 +431,7 @@ impl Runtime for ProcessRuntime {
             working_dir,
             grace_secs: Some(assignment.grace().as_secs()),
             exit: None,
+            shims: shims.to_vec(),
         };
         let observed = entry.observed();
         self.inner.lock().insert(container_id.clone(), entry);
@@ -467,8 +513,8 @@ impl Runtime for ProcessRuntime {
         // exists), and nobody else's group (see `signal_group`).
         signal_group((entry.pid, entry.start_ticks), Signal::SIGKILL);
         let (out, err) = self.inner.log_paths(container_id);
-        let _ = std::fs::remove_file(out);
-        let _ = std::fs::remove_file(err);
+        log_files::remove_all(&out, self.inner.logs.max_files);
+        log_files::remove_all(&err, self.inner.logs.max_files);
         let default_dir = self.inner.dir.join("work").join(&entry.replica);
         let replica_left = self
             .inner
@@ -502,60 +548,87 @@ impl Runtime for ProcessRuntime {
             .newest(replica)
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
         let (out, err) = self.inner.log_paths(&entry.container_id);
+        let max_files = self.inner.logs.max_files;
         // A few chunks in flight at most: a slow reader holds the agent to
         // about 2 MiB per stream, whatever the log's size.
         let (tx, rx) = mpsc::channel(8);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let files = [(LogSource::Stdout, out), (LogSource::Stderr, err)];
-            let mut offsets = [0u64; 2];
-            for (i, (source, path)) in files.iter().enumerate() {
-                if opts.tail.is_none() {
+            let mut followers = Vec::with_capacity(2);
+            for (source, path) in &files {
+                // Every file of the log is opened before any is read, so a
+                // rotation while they are read neither skips nor repeats a
+                // byte (the handles keep their files whatever their names).
+                let mut segments = match open_segments(path, max_files).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let current = match segments.last() {
+                    Some((p, _)) if p == path => segments.pop().map(|(_, f)| f),
+                    _ => None,
+                };
+                let mut current = current;
+                let sent = match opts.tail {
                     // The whole log, in bounded chunks: never one message
                     // (nor one buffer) as large as the file.
-                    match send_existing(path, *source, &tx).await {
-                        Some(end) => offsets[i] = end,
-                        None => return,
+                    None => {
+                        let mut all: Vec<&mut tokio::fs::File> =
+                            segments.iter_mut().map(|(_, f)| f).collect();
+                        if let Some(f) = current.as_mut() {
+                            all.push(f);
+                        }
+                        send_files(all, *source, &tx).await
                     }
-                    continue;
-                }
-                match read_initial(path, opts.tail).await {
-                    Ok((data, end)) => {
-                        offsets[i] = end;
-                        if !data.is_empty()
-                            && tx
+                    Some(n) => {
+                        let mut all: Vec<&mut tokio::fs::File> =
+                            segments.iter_mut().map(|(_, f)| f).collect();
+                        if let Some(f) = current.as_mut() {
+                            all.push(f);
+                        }
+                        match read_tail(all, n).await {
+                            Ok(data) if data.is_empty() => true,
+                            Ok(data) => tx
                                 .send(Ok(LogChunk {
                                     source: *source,
                                     data,
                                 }))
                                 .await
-                                .is_err()
-                        {
-                            return;
+                                .is_ok(),
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                false
+                            }
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
+                };
+                if !sent {
+                    return;
                 }
+                followers.push(Follower::new(path.clone(), max_files, *source, current).await);
             }
             if !opts.follow {
                 return;
             }
             loop {
-                // Read what is there first, then stop if the process is gone:
-                // the last lines it wrote are not lost.
-                let done = inner.exited(&entry.container_id);
+                // Read what is there first, then stop if the process and its
+                // shims are gone: the last lines it wrote are not lost.
+                let done = inner.finished(&entry.container_id);
+                if !inner.lock().contains_key(&entry.container_id) {
+                    // Removed while following: the stream simply ends.
+                    return;
+                }
                 let mut any = false;
-                for (i, (source, path)) in files.iter().enumerate() {
-                    match read_from(path, offsets[i]).await {
+                for f in followers.iter_mut() {
+                    match f.next().await {
                         Ok(data) if !data.is_empty() => {
-                            offsets[i] += data.len() as u64;
                             any = true;
                             if tx
                                 .send(Ok(LogChunk {
-                                    source: *source,
+                                    source: f.source,
                                     data,
                                 }))
                                 .await
@@ -565,16 +638,17 @@ impl Runtime for ProcessRuntime {
                             }
                         }
                         Ok(_) => {}
-                        // Removed while following: the stream simply ends.
                         Err(_) => return,
                     }
                 }
                 if done && !any {
                     return;
                 }
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(POLL) => {}
+                if !any {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
                 }
             }
         });
@@ -643,10 +717,20 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn keep_previous(&self, replica: &str, container_id: &str) -> Result<()> {
+        // The shims write the last lines a moment after the process exits.
+        self.inner
+            .logs_written(container_id, Duration::from_secs(2))
+            .await;
         let (out, err) = self.inner.log_paths(container_id);
         let mut records = Vec::new();
         for (source, path) in [(LogSource::Stdout, out), (LogSource::Stderr, err)] {
-            let data = read_last(&path, PREVIOUS_LOG_BYTES).await?;
+            let segments = open_segments(&path, self.inner.logs.max_files).await?;
+            let data = read_last(
+                segments.into_iter().map(|(_, f)| f).collect(),
+                PREVIOUS_LOG_BYTES,
+            )
+            .await
+            .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
             if !data.is_empty() {
                 records.push(Record {
                     source,
@@ -767,92 +851,272 @@ fn is_alive(pid: i32, start_ticks: u64) -> bool {
     }
 }
 
-/// The initial part of a log: all of it, or its last `tail` lines. Returns the
-/// bytes and the offset where following continues.
-async fn read_initial(path: &Path, tail: Option<u32>) -> Result<(Vec<u8>, u64)> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(AgentError::io(format!("opening {}", path.display()), e)),
-    };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?
-        .len();
-    let start = match tail {
-        Some(_) => len.saturating_sub(TAIL_WINDOW),
-        None => 0,
-    };
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
-    let mut data = Vec::new();
-    (&mut file)
-        .take(len - start)
-        .read_to_end(&mut data)
-        .await
-        .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
-    let end = start + data.len() as u64;
-    if let Some(n) = tail {
-        data = tail_lines(&data, n).to_vec();
-    }
-    Ok((data, end))
-}
-
 /// The largest chunk a log stream sends (and the agent holds per read).
 pub const LOG_CHUNK_BYTES: u64 = 256 * 1024;
 
-/// What was appended to a log since `offset`, at most [`LOG_CHUNK_BYTES`].
-async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
+/// The files of a log that exist, oldest first (the current one last), each
+/// opened at its start.
+async fn open_segments(path: &Path, max_files: u32) -> Result<Vec<(PathBuf, tokio::fs::File)>> {
+    let mut out = Vec::new();
+    for p in log_files::segments(path, max_files) {
+        match tokio::fs::File::open(&p).await {
+            Ok(f) => out.push((p, f)),
+            // Rotated away between listing and opening: older than what
+            // the next file holds, and gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AgentError::io(format!("opening {}", p.display()), e)),
+        }
+    }
+    Ok(out)
+}
+
+/// At most [`LOG_CHUNK_BYTES`] from where `file` is.
+async fn read_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::new();
     file.take(LOG_CHUNK_BYTES).read_to_end(&mut data).await?;
     Ok(data)
 }
 
-/// Send what a log holds now, chunk by chunk; returns the offset reached,
-/// or None when the stream ended (receiver gone, or a read failed and was
-/// reported).
-async fn send_existing(
-    path: &Path,
+/// Send each file to its end, chunk by chunk; false when the stream ended
+/// (receiver gone, or a read failed and was reported).
+async fn send_files(
+    files: Vec<&mut tokio::fs::File>,
     source: LogSource,
     tx: &mpsc::Sender<Result<LogChunk>>,
-) -> Option<u64> {
-    let end = match tokio::fs::metadata(path).await {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0),
-        Err(e) => {
-            let _ = tx
-                .send(Err(AgentError::io(
-                    format!("reading {}", path.display()),
-                    e,
-                )))
-                .await;
-            return None;
-        }
-    };
-    let mut offset = 0;
-    while offset < end {
-        let mut data = match read_from(path, offset).await {
-            Ok(d) if d.is_empty() => break,
-            Ok(d) => d,
-            Err(e) => {
-                let _ = tx
-                    .send(Err(AgentError::io(
-                        format!("reading {}", path.display()),
-                        e,
-                    )))
-                    .await;
-                return None;
+) -> bool {
+    for file in files {
+        loop {
+            match read_chunk(file).await {
+                Ok(data) if data.is_empty() => break,
+                Ok(data) => {
+                    if tx.send(Ok(LogChunk { source, data })).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(AgentError::io("reading a replica's log", e)))
+                        .await;
+                    return false;
+                }
             }
-        };
-        data.truncate((end - offset).min(data.len() as u64) as usize);
-        offset += data.len() as u64;
-        tx.send(Ok(LogChunk { source, data })).await.ok()?;
+        }
     }
-    Some(offset)
+    true
+}
+
+/// The last `limit` bytes of the files taken as one log (oldest first),
+/// each file left at its end.
+async fn read_last(mut files: Vec<tokio::fs::File>, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut left = limit;
+    for file in files.iter_mut().rev() {
+        let len = file.metadata().await?.len();
+        let take = len.min(left);
+        file.seek(std::io::SeekFrom::Start(len - take)).await?;
+        let mut data = Vec::new();
+        (&mut *file).take(take).read_to_end(&mut data).await?;
+        left -= data.len() as u64;
+        parts.push(data);
+        if left == 0 {
+            break;
+        }
+    }
+    parts.reverse();
+    Ok(parts.concat())
+}
+
+/// The last `n` lines of the files taken as one log, from at most the last
+/// [`TAIL_WINDOW`] bytes of it.
+async fn read_tail(files: Vec<&mut tokio::fs::File>, n: u32) -> Result<Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut left = TAIL_WINDOW;
+    let mut lines = 0usize;
+    let io = |e| AgentError::io("reading a replica's log", e);
+    for file in files.into_iter().rev() {
+        let len = file.metadata().await.map_err(io)?.len();
+        let take = len.min(left);
+        file.seek(std::io::SeekFrom::Start(len - take))
+            .await
+            .map_err(io)?;
+        let mut data = Vec::new();
+        (&mut *file)
+            .take(take)
+            .read_to_end(&mut data)
+            .await
+            .map_err(io)?;
+        // Leave the current file at its end for following.
+        file.seek(std::io::SeekFrom::Start(len)).await.map_err(io)?;
+        left -= data.len() as u64;
+        lines += data.iter().filter(|b| **b == b'\n').count();
+        parts.push(data);
+        if left == 0 || lines > n as usize {
+            break;
+        }
+    }
+    parts.reverse();
+    Ok(tail_lines(&parts.concat(), n).to_vec())
+}
+
+/// Follows one stream's log across rotations: reads the file it holds to
+/// its end, then, once the name points at a newer file (the shim rotated),
+/// goes on from the start of the file that came after it: `PATH.k-1` when
+/// the one held is now `PATH.k`. The shim renames a file only after its last
+/// write, so the one held is complete when it is left, and nothing is
+/// skipped unless the reader falls `max_files` files behind the writer.
+struct Follower {
+    path: PathBuf,
+    max_files: u32,
+    source: LogSource,
+    file: Option<tokio::fs::File>,
+    inode: Option<u64>,
+}
+
+/// The inode `path` names now, if it exists.
+async fn inode_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    tokio::fs::metadata(path).await.ok().map(|m| m.ino())
+}
+
+impl Follower {
+    async fn new(
+        path: PathBuf,
+        max_files: u32,
+        source: LogSource,
+        file: Option<tokio::fs::File>,
+    ) -> Follower {
+        let inode = match &file {
+            Some(f) => f.metadata().await.ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            }),
+            None => None,
+        };
+        Follower {
+            path,
+            max_files,
+            source,
+            file,
+            inode,
+        }
+    }
+
+    /// What was appended since the last call (at most one chunk).
+    async fn next(&mut self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(f) = self.file.as_mut() {
+            let data = read_chunk(f).await?;
+            if !data.is_empty() {
+                return Ok(data);
+            }
+        }
+        // At the end of the file held: has the name moved on to a new one?
+        let Some(now) = inode_of(&self.path).await else {
+            // Between a rename and the next file's creation, or removed.
+            return Ok(Vec::new());
+        };
+        if Some(now) == self.inode {
+            return Ok(Vec::new());
+        }
+        // The file after the one held: found again after opening it, so a
+        // rotation in between is noticed (and the search repeated).
+        for _ in 0..4 {
+            let mut k = 0;
+            for i in 1..self.max_files {
+                if self.inode.is_some()
+                    && inode_of(&log_files::rotated(&self.path, i)).await == self.inode
+                {
+                    k = i;
+                    break;
+                }
+            }
+            let next = match (k, self.inode) {
+                (0, Some(_)) => {
+                    // Dropped as the oldest before it was left: the reader
+                    // fell behind; go on from the oldest file kept.
+                    log_files::segments(&self.path, self.max_files)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| self.path.clone())
+                }
+                _ => log_files::rotated(&self.path, k.saturating_sub(1)),
+            };
+            let Ok(mut f) = tokio::fs::File::open(&next).await else {
+                continue;
+            };
+            if k > 0 && inode_of(&log_files::rotated(&self.path, k)).await != self.inode {
+                continue;
+            }
+            self.inode = Some(f.metadata().await?.ino());
+            let data = read_chunk(&mut f).await?;
+            self.file = Some(f);
+            return Ok(data);
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// A pipe for one log stream: (read end for the shim, write end for the
+/// replica), both close-on-exec so no other child inherits them.
+fn log_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| AgentError::io("creating a log pipe", std::io::Error::from(e)))
+}
+
+/// Start the log shim copying `input` into the rotating log at `path`.
+/// Its own process group, cwd `/`, no environment: stopping the replica
+/// leaves it to drain the pipe, and it holds nothing of the agent's.
+fn spawn_shim(inner: &Inner, path: &Path, input: std::os::fd::OwnedFd) -> Result<(i32, u64)> {
+    let mut cmd = tokio::process::Command::new(&inner.shim);
+    cmd.arg(log_files::SHIM_ARG)
+        .arg(path)
+        .arg(inner.logs.max_size.to_string())
+        .arg(inner.logs.max_files.to_string())
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = cmd.spawn().map_err(|e| {
+        AgentError::StartFailed(format!(
+            "cannot start the log shim {}: {e}",
+            inner.shim.display()
+        ))
+    })?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| AgentError::StartFailed("the log shim exited at once".into()))?;
+    // Dropped, the child is reaped by tokio in the background when it exits.
+    Ok((pid, stat(pid).map(|s| s.start_ticks).unwrap_or(0)))
+}
+
+/// The drover-agent binary that serves as log shim: this process's own
+/// executable, or (for tests, whose executable is the test harness in
+/// `target/<profile>/deps`) the `drover-agent` cargo built beside it.
+fn shim_program() -> Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| AgentError::io("finding the agent's own executable", e))?;
+    if exe.file_name().is_some_and(|n| n == "drover-agent") {
+        return Ok(exe);
+    }
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("drover-agent"));
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    Err(AgentError::Config(format!(
+        "the process runtime runs replicas' logs through `drover-agent {}`, but {} is not drover-agent and none is beside it",
+        log_files::SHIM_ARG,
+        exe.display()
+    )))
 }
 
 /// PATH when the agent itself has none (Docker's default for images).
@@ -1142,6 +1406,8 @@ mod tests {
         let inner = Arc::new(Inner {
             dir: dir.path().to_path_buf(),
             node: "n1".into(),
+            logs: LogLimits::default(),
+            shim: PathBuf::from("/nonexistent/drover-agent"),
             entries: Mutex::new(BTreeMap::new()),
             persisting: Mutex::new(()),
             events,

@@ -770,6 +770,33 @@ impl pb::control_server::Control for ControlService {
         }
     }
 
+    async fn delete_nodes(
+        &self,
+        request: Request<pb::DeleteNodesRequest>,
+    ) -> Result<Response<pb::DeleteNodesResponse>, Status> {
+        let req = request.into_inner();
+        if req.nodes.is_empty() {
+            return Err(Status::invalid_argument("no node names to delete"));
+        }
+        for node in &req.nodes {
+            check_name("node name", node)?;
+        }
+        let command = Command::DeleteNodes {
+            nodes: req.nodes.clone(),
+            force: req.force,
+            now_unix_ms: now_unix_ms(),
+        };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Changed(_) => {
+                let mut deleted = req.nodes;
+                deleted.dedup();
+                tracing::info!(nodes = ?deleted, force = req.force, "deleted nodes");
+                Ok(Response::new(pb::DeleteNodesResponse { deleted }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,

@@ -2,12 +2,14 @@
 //!
 //! - [`control`]: `drover.v1.Control`, what droverctl speaks.
 //! - [`peer`]: `drover.v1.Raft`, what controllers speak to each other.
-//! - [`security`]: `drover.v1.Security`, join tokens and certificates.
+//! - [`security`]: `drover.v1.Security`, join tokens and certificates;
+//!   [`join_limit`] rate-limits its anonymous `Join` per peer address.
 //!
 //! All of them reach the raft node and the store through a
 //! [`crate::cluster::Cluster`]; none of them is used by the dispatcher or
 //! the leader loops.
 
 pub mod control;
+pub mod join_limit;
 pub mod peer;
 pub mod security;

@@ -21,6 +21,7 @@ use drover_proto::{names, pb};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::join_limit::{self, Admission, JoinLimiter};
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, TokenRecord, Write};
 
@@ -34,10 +35,16 @@ pub struct Signer {
     pub node_validity: Duration,
 }
 
+/// The largest `Join` or `Renew` request decoded (a token, a name, a CSR and
+/// an address take a few KiB).
+pub const MAX_JOIN_REQUEST_BYTES: usize = 64 * 1024;
+
 pub struct SecurityService {
     pub cluster: Cluster,
     /// None: this controller cannot sign (no ca.key, or --insecure).
     pub signer: Option<Arc<Signer>>,
+    /// Anonymous joins per peer address.
+    pub join_limit: std::sync::Mutex<JoinLimiter>,
 }
 
 impl SecurityService {
@@ -54,18 +61,27 @@ impl SecurityService {
     /// identity (`<node>.agent.drover`, `controller.drover`), never from the
     /// caller: of `address` only an IP address is kept, as an IP SAN, which
     /// no client takes for a role (they check the DNS name and role URI).
-    fn sign(&self, csr: &str, identity: Identity, address: &str) -> Result<String, Status> {
+    /// `epoch`: the node name's current one (0 for controllers), carried in
+    /// the serial so that deleting the node revokes the certificate.
+    fn sign(
+        &self,
+        csr: &str,
+        identity: Identity,
+        address: &str,
+        epoch: u64,
+    ) -> Result<String, Status> {
         let signer = self.signer()?;
         let host = address_ip(address);
         signer
             .ca
-            .sign_csr(
+            .sign_csr_at_epoch(
                 csr,
                 &CertRequest {
                     identity,
                     hosts: host.map(|ip| ip.to_string()).into_iter().collect(),
                     validity: signer.node_validity,
                 },
+                epoch,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }
@@ -84,6 +100,12 @@ fn address_ip(address: &str) -> Option<std::net::IpAddr> {
 }
 
 impl SecurityService {
+    /// Whether node `name` is registered (read linearizably).
+    async fn is_registered(&self, name: &str) -> Result<bool, Status> {
+        self.cluster.read_barrier(None).await?;
+        Ok(self.cluster.store.node(name).is_some())
+    }
+
     /// Whether `name` is the member id of a current controller member.
     fn is_member(&self, name: &str) -> Result<bool, Status> {
         let members = self.cluster.store.members();
@@ -92,8 +114,7 @@ impl SecurityService {
 
     /// A token makes new members, never a second certificate for an existing
     /// one: a registered node or a current controller member keeps its name
-    /// (there is no `droverctl delete node` yet, so a node name is taken for
-    /// good once registered).
+    /// until it is removed (`droverctl delete node`, `droverctl cluster remove`).
     fn check_name_is_free(&self, role: Role, name: &str, token: &str) -> Result<(), Status> {
         let taken = match role {
             Role::Agent => self.cluster.store.node(name).is_some(),
@@ -109,7 +130,7 @@ impl SecurityService {
                 "controller {name} is already a member: remove it with droverctl cluster remove before it joins again"
             ),
             _ => format!(
-                "node {name:?} is already registered: a join token cannot take over its name; join a rebuilt host under a new name"
+                "node {name:?} is already registered: a join token cannot take over its name; delete it first (droverctl delete node {name}) or join under a new name"
             ),
         }))
     }
@@ -131,6 +152,25 @@ impl pb::security_server::Security for SecurityService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        // Before anything costs a read or a signature.
+        if let Some(ip) = request.remote_addr().map(|a| a.ip()) {
+            let admission = self
+                .join_limit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(ip, std::time::Instant::now());
+            if let Admission::Refused { retry_after, first } = admission {
+                if first {
+                    warn!(remote = %ip, "refusing joins from an address that exceeded its rate");
+                }
+                return Err(Status::resource_exhausted(format!(
+                    "too many join attempts from {ip}: at most {} at once and {} per second per address; retry in {} ms",
+                    join_limit::BURST,
+                    join_limit::PER_SECOND,
+                    retry_after.as_millis().max(1)
+                )));
+            }
+        }
         let req = request.into_inner();
         // First, so that no log line below carries an unchecked name.
         names::check_name("node name", &req.node)
@@ -182,10 +222,15 @@ impl pb::security_server::Security for SecurityService {
             )));
         }
         self.check_name_is_free(role, &req.node, &record.id)?;
+        let epoch = match role {
+            Role::Agent => self.cluster.store.node_epoch(&req.node),
+            _ => 0,
+        };
         let cert_pem = self.sign(
             &req.csr_pem,
             Identity::new(role, req.node.clone()),
             &req.address,
+            epoch,
         )?;
         info!(token = %record.id, node = %req.node, role = %role, "issued a certificate to a joining member");
         Ok(Response::new(pb::JoinResponse {
@@ -199,7 +244,11 @@ impl pb::security_server::Security for SecurityService {
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let identity = match Caller::of(&request) {
-            Caller::Verified(id) if id.role == Role::Agent => id,
+            // An agent renews only while its node is registered: a node an
+            // admin deleted (droverctl delete node) gets no new certificate.
+            Caller::Verified(id) if id.role == Role::Agent && self.is_registered(&id.name).await? => {
+                id
+            }
             // A controller renews only while it is a member.
             Caller::Verified(id)
                 if id.role == Role::Controller && self.is_member(&id.name)? =>
@@ -208,12 +257,22 @@ impl pb::security_server::Security for SecurityService {
             }
             _ => {
                 return Err(Status::permission_denied(
-                    "only an agent or a current controller member renews its own certificate here; issue others with droverctl pki client",
+                    "only the agent of a registered node or a current controller member renews its own certificate here; join again with a token, or issue one with droverctl pki client",
                 ))
             }
         };
+        let epoch = match identity.role {
+            Role::Agent => {
+                // Registered, and not with a certificate of before a deletion.
+                if let Some(der) = crate::cluster::peer_cert(&request) {
+                    crate::cluster::check_not_revoked(&self.cluster.store, &identity.name, &der)?;
+                }
+                self.cluster.store.node_epoch(&identity.name)
+            }
+            _ => 0,
+        };
         let req = request.into_inner();
-        let cert_pem = self.sign(&req.csr_pem, identity.clone(), &req.address)?;
+        let cert_pem = self.sign(&req.csr_pem, identity.clone(), &req.address, epoch)?;
         info!(role = %identity.role, name = %identity.name, "renewed a certificate");
         Ok(Response::new(pb::JoinResponse {
             cert_pem,

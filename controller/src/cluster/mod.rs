@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use drover_pki::{self as pki, Security};
 use drover_proto::pb;
 use drover_proto::pb::raft_client::RaftClient;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
@@ -34,9 +35,10 @@ pub struct Cluster {
     pub leader_wait: Duration,
     pub max_replicas: u32,
     pub started: Instant,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// How this controller connects to its peers.
-    pub security: Security,
+    /// Channels to other members, and the credentials they were made with.
+    channels: Arc<Mutex<(Security, HashMap<String, Channel>)>>,
+    /// How this controller connects to its peers (renewed in place).
+    pub security: watch::Receiver<Security>,
 }
 
 impl Cluster {
@@ -47,8 +49,9 @@ impl Cluster {
         self_address: String,
         leader_wait: Duration,
         max_replicas: u32,
-        security: Security,
+        security: watch::Receiver<Security>,
     ) -> Cluster {
+        let initial = security.borrow().clone();
         Cluster {
             handle,
             store,
@@ -57,7 +60,7 @@ impl Cluster {
             leader_wait,
             max_replicas,
             started: Instant::now(),
-            channels: Arc::new(Mutex::new(HashMap::new())),
+            channels: Arc::new(Mutex::new((initial, HashMap::new()))),
             security,
         }
     }
@@ -145,12 +148,18 @@ impl Cluster {
     }
 
     pub(crate) fn client(&self, address: &str) -> Result<RaftClient<Channel>, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.security.borrow().clone();
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let (made_with, channels) = &mut *guard;
+        if !current.same_as(made_with) {
+            // The certificate was renewed: new connections, with the new one.
+            channels.clear();
+            *made_with = current.clone();
+        }
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = self
-                    .security
+                let endpoint = current
                     .endpoint(address, &pki::Server::Controller)
                     .map_err(|e| Status::internal(format!("member address: {e}")))?
                     .connect_timeout(Duration::from_millis(500))
@@ -231,13 +240,42 @@ pub(crate) fn member_status(s: &NodeStatus, address: &str, uptime: Duration) -> 
     }
 }
 
+/// Refuse a node certificate (the caller's, DER) issued before node `name`
+/// was last deleted: `droverctl delete node` revokes the certificates of the
+/// name (their serial carries an older epoch). Read from this member's store:
+/// callers that need it current read it after a barrier.
+pub(crate) fn check_not_revoked(
+    store: &crate::store::Store,
+    name: &str,
+    der: &[u8],
+) -> Result<(), Status> {
+    let current = store.node_epoch(name);
+    let held = drover_pki::serial_epoch(der).unwrap_or(0);
+    if held >= current {
+        return Ok(());
+    }
+    tracing::warn!(node = %name, epoch = held, current, "refused a revoked node certificate");
+    Err(Status::permission_denied(format!(
+        "the certificate of node {name} was revoked when the node was deleted (droverctl delete node): join again with a join token"
+    )))
+}
+
+/// The verified client certificate of a request (DER), if any.
+pub(crate) fn peer_cert<T>(request: &tonic::Request<T>) -> Option<Vec<u8>> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+}
+
 pub(crate) fn write_error(e: WriteError) -> Status {
     match e {
         WriteError::NotFound { .. }
         | WriteError::NodeNotFound(_)
         | WriteError::TokenNotFound(_) => Status::not_found(e.to_string()),
         WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
-        WriteError::NoRevision { .. } => Status::failed_precondition(e.to_string()),
+        WriteError::NoRevision { .. } | WriteError::NodeReady(_) => {
+            Status::failed_precondition(e.to_string())
+        }
         WriteError::Conflict { .. } => Status::aborted(e.to_string()),
         WriteError::TokenRole(_) => Status::permission_denied(e.to_string()),
     }

@@ -250,6 +250,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
             return Err(self.not_leader());
         }
         let caller = Caller::of(&request);
+        let cert = crate::cluster::peer_cert(&request);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
             Ok(Ok(Some(pb::AgentMessage {
@@ -266,6 +267,9 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         names::check_name("node name", &hello.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         node_restriction(&caller, &hello.node)?;
+        if let Some(der) = &cert {
+            crate::cluster::check_not_revoked(&self.cluster.store, &hello.node, der)?;
+        }
         reserved_labels(&hello)?;
         fencing_limit(&hello, self.node_timeout)?;
         if hello.incarnation.is_empty() {

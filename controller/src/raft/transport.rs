@@ -9,7 +9,9 @@
 //! never blocks the node: a full queue or a failed call drops messages. The
 //! one thing the node must hear about is the fate of a snapshot it sent, so
 //! every path that loses one (no address, full queue, failed call) reports
-//! `ReportSnapshot` back; an unreachable peer is reported too.
+//! `ReportSnapshot` back; an unreachable peer is reported too. The
+//! controller's certificate may be renewed while it runs: each sender
+//! connects again with the new one before its next batch.
 //! [`MemTransport`] is the in-process implementation for tests, with partitions.
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +24,7 @@ use drover_proto::pb::raft_client::RaftClient;
 use drover_proto::pb::RaftBatch;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
@@ -48,7 +50,8 @@ pub struct GrpcTransport {
     self_address: String,
     node: NodeSlot,
     peers: Mutex<HashMap<u64, Peer>>,
-    security: Security,
+    /// This controller's current client credentials (renewed in place).
+    security: watch::Receiver<Security>,
 }
 
 struct Peer {
@@ -61,7 +64,7 @@ impl GrpcTransport {
         self_id: u64,
         self_address: String,
         node: NodeSlot,
-        security: Security,
+        security: watch::Receiver<Security>,
     ) -> GrpcTransport {
         GrpcTransport {
             self_id,
@@ -146,36 +149,51 @@ struct PeerSender {
     to: u64,
     address: String,
     node: NodeSlot,
-    security: Security,
+    security: watch::Receiver<Security>,
+}
+
+/// A peer's two raft clients: steps with a 10 s timeout, and snapshots on a
+/// channel without it (their deadline grows with their size, see
+/// `send_snapshot`).
+fn raft_clients(
+    security: &Security,
+    address: &str,
+) -> Result<(RaftClient<Channel>, RaftClient<Channel>), pki::PkiError> {
+    let endpoint = security
+        .endpoint(address, &pki::Server::Controller)?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true);
+    let client = RaftClient::new(
+        endpoint
+            .clone()
+            .timeout(Duration::from_secs(10))
+            .connect_lazy(),
+    )
+    .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
+    .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
+    Ok((client, RaftClient::new(endpoint.connect_lazy())))
 }
 
 impl PeerSender {
-    async fn run(self, mut rx: mpsc::Receiver<Message>) {
-        let endpoint = match self
-            .security
-            .endpoint(&self.address, &pki::Server::Controller)
-        {
-            Ok(e) => e
-                .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true),
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let current = self.security.borrow_and_update().clone();
+        let (mut client, mut snapshot_client) = match raft_clients(&current, &self.address) {
+            Ok(c) => c,
             Err(e) => {
                 warn!(peer = self.to, address = %self.address, error = %e, "invalid raft peer address");
                 return;
             }
         };
-        let mut client = RaftClient::new(
-            endpoint
-                .clone()
-                .timeout(Duration::from_secs(10))
-                .connect_lazy(),
-        )
-        .max_decoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(drover_proto::MAX_RAFT_MESSAGE_BYTES);
-        // Snapshots stream on a channel without the 10 s request timeout:
-        // their deadline grows with their size (see `send_snapshot`).
-        let mut snapshot_client = RaftClient::new(endpoint.connect_lazy());
         let mut failures: u32 = 0;
         while let Some(first) = rx.recv().await {
+            // A renewed certificate: connect again with it.
+            if self.security.has_changed().unwrap_or(false) {
+                let renewed = self.security.borrow_and_update().clone();
+                if let Ok((c, s)) = raft_clients(&renewed, &self.address) {
+                    debug!(peer = self.to, "raft clients use the renewed certificate");
+                    (client, snapshot_client) = (c, s);
+                }
+            }
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {

@@ -168,6 +168,16 @@ pub enum Command {
     CreateToken { token: TokenRecord },
     /// Revoke a join token: joins with it are refused from now on.
     RevokeToken { id: String },
+    /// `droverctl delete node`: forget nodes, all or none. A Ready node is
+    /// refused unless `force`. Their replicas are unbound (to be scheduled
+    /// elsewhere), their admin labels go with them, their names' epochs go
+    /// up (revoking their certificates) and their names become free for a
+    /// join token.
+    DeleteNodes {
+        nodes: Vec<String>,
+        force: bool,
+        now_unix_ms: i64,
+    },
 }
 
 impl Command {
@@ -278,6 +288,8 @@ pub enum WriteError {
     TokenExists(String),
     #[error("a join token's role is agent or controller, not {0:?}")]
     TokenRole(String),
+    #[error("node {0:?} is Ready: drain it (droverctl drain {0}) and stop its agent first, or delete it anyway with --force (its agent's certificate is revoked with it)")]
+    NodeReady(String),
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -391,6 +403,11 @@ pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResul
             state.put_token(token.clone());
             Ok(WriteResult::Changed(1))
         }
+        Command::DeleteNodes {
+            nodes,
+            force,
+            now_unix_ms,
+        } => delete_nodes(state, nodes, *force, *now_unix_ms),
         Command::RevokeToken { id } => {
             let Some(mut token) = state.token(id).cloned() else {
                 return Err(WriteError::TokenNotFound(id.clone()));
@@ -662,6 +679,63 @@ fn register_node(
     }
     state.put_node(record);
     Ok(WriteResult::Changed(1))
+}
+
+/// `droverctl delete node`: every named node must exist, and be NotReady
+/// unless `force`; otherwise nothing changes. Each node's record and admin
+/// labels are removed, so a host joining later under the name starts clean
+/// (reserved labels included), and the name's epoch goes up, which revokes
+/// the certificates issued for it so far. Its replicas are handled as when it goes
+/// NotReady: terminating ones are gone with it, the others are unbound for
+/// the scheduler. Cost: one scan of the replicas per node.
+fn delete_nodes(
+    state: &mut State,
+    names: &[String],
+    force: bool,
+    now: i64,
+) -> Result<WriteResult, WriteError> {
+    for name in names {
+        match state.node(name) {
+            None => return Err(WriteError::NodeNotFound(name.clone())),
+            Some(n) if n.condition == NodeCondition::Ready && !force => {
+                return Err(WriteError::NodeReady(name.clone()))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut changed = 0;
+    for name in names {
+        if state.node(name).is_none() {
+            continue; // named twice
+        }
+        let mut unbound = 0;
+        for key in state.replica_keys_on(name) {
+            let Some(r) = state.replica(&key.namespace, &key.name) else {
+                continue;
+            };
+            changed += 1;
+            if r.is_terminating() {
+                state.remove_replica(&key);
+                continue;
+            }
+            let mut r = ReplicaRecord::clone(r);
+            r.node = None;
+            state.put_replica(r);
+            unbound += 1;
+        }
+        // Revokes every certificate issued for the name so far.
+        state.remove_node(name);
+        changed += 1;
+        state.record(
+            now,
+            NewEvent::normal(
+                "RemovingNode",
+                InvolvedObject::node(name),
+                format!("Node {name} deleted; rescheduling its {unbound} replica(s)"),
+            ),
+        );
+    }
+    Ok(WriteResult::Changed(changed))
 }
 
 fn node_ready_event(name: &str) -> NewEvent {

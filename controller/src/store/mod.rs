@@ -307,6 +307,12 @@ impl Store {
         self.snapshot().node(name).map(|n| NodeRecord::clone(n))
     }
 
+    /// How many times node name `name` was deleted: node certificates of an
+    /// older epoch are revoked.
+    pub fn node_epoch(&self, name: &str) -> u64 {
+        self.snapshot().node_epoch(name)
+    }
+
     /// Every node's admin labels and annotations, by node name.
     pub fn node_metas(&self) -> BTreeMap<String, node_meta::NodeMeta> {
         self.snapshot()

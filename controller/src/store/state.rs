@@ -148,6 +148,9 @@ pub struct State {
     replicas: OrdMap<ObjectRef, Arc<ReplicaRecord>>,
     nodes: OrdMap<String, Arc<NodeRecord>>,
     node_metas: OrdMap<String, NodeMeta>,
+    /// How many times each node name was deleted (`delete node`): node
+    /// certificates carry the epoch they were issued at; older ones are revoked.
+    node_epochs: OrdMap<String, u64>,
     tokens: OrdMap<String, TokenRecord>,
     events: Vector<Arc<EventRecord>>,
     last_event_seq: u64,
@@ -168,6 +171,7 @@ impl PartialEq for State {
             && self.replicas == other.replicas
             && self.nodes == other.nodes
             && self.node_metas == other.node_metas
+            && self.node_epochs == other.node_epochs
             && self.tokens == other.tokens
             && self.events == other.events
             && self.last_event_seq == other.last_event_seq
@@ -351,6 +355,11 @@ impl State {
         self.node_metas.values()
     }
 
+    /// How many times node name `name` was deleted (0: never).
+    pub fn node_epoch(&self, name: &str) -> u64 {
+        self.node_epochs.get(name).copied().unwrap_or(0)
+    }
+
     pub fn token(&self, id: &str) -> Option<&TokenRecord> {
         self.tokens.get(id)
     }
@@ -524,6 +533,18 @@ impl State {
         self.node_metas.insert(m.name.clone(), m);
     }
 
+    /// `delete node`: the record and the admins' labels go; the name's epoch
+    /// goes up. Its replicas are the caller's to handle first.
+    pub(super) fn remove_node(&mut self, name: &str) -> Option<Arc<NodeRecord>> {
+        let old = self.nodes.remove(name)?;
+        self.touched.nodes.insert(name.to_string());
+        self.touched.node_records.insert(name.to_string());
+        self.node_metas.remove(name);
+        let epoch = self.node_epoch(name) + 1;
+        self.node_epochs.insert(name.to_string(), epoch);
+        Some(old)
+    }
+
     pub(super) fn put_token(&mut self, t: TokenRecord) {
         self.tokens.insert(t.id.clone(), t);
     }
@@ -595,6 +616,7 @@ impl State {
                 .into_iter()
                 .map(|m| (m.name.clone(), m))
                 .collect(),
+            node_epochs: p.node_epochs.into_iter().collect(),
             tokens: p.tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
             event_keys: p.events.iter().map(|e| (e.same_key(), e.seq)).collect(),
             events: p.events.into_iter().map(Arc::new).collect(),
@@ -636,6 +658,11 @@ impl State {
             replicas: Seq(&self.replicas, |r| r.as_ref()),
             nodes: Seq(&self.nodes, |n| n.as_ref()),
             node_metas: Seq(&self.node_metas, |m| m),
+            node_epochs: self
+                .node_epochs
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect(),
             tokens: Seq(&self.tokens, |t| t),
             events: self.events.iter().map(|e| e.as_ref()).collect(),
             last_event_seq: self.last_event_seq,
@@ -670,6 +697,8 @@ struct Borrowed<'a> {
     replicas: Seq<'a, ObjectRef, Arc<ReplicaRecord>, ReplicaRecord>,
     nodes: Seq<'a, String, Arc<NodeRecord>, NodeRecord>,
     node_metas: Seq<'a, String, NodeMeta, NodeMeta>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    node_epochs: Vec<(&'a str, u64)>,
     tokens: Seq<'a, String, TokenRecord, TokenRecord>,
     events: Vec<&'a EventRecord>,
     last_event_seq: u64,
@@ -685,6 +714,8 @@ struct Owned {
     replicas: Vec<ReplicaRecord>,
     nodes: Vec<NodeRecord>,
     node_metas: Vec<NodeMeta>,
+    #[serde(default)]
+    node_epochs: Vec<(String, u64)>,
     tokens: Vec<TokenRecord>,
     events: Vec<EventRecord>,
     last_event_seq: u64,

@@ -1188,3 +1188,75 @@ fn admin_node_labels_compose_and_survive_the_agents_reregistration() {
     let res = store.apply(6, 1, &ghost);
     assert!(matches!(res, Err(WriteError::NodeNotFound(_))), "{res:?}");
 }
+
+#[test]
+fn deleting_nodes_frees_their_names_and_unbinds_their_replicas() {
+    use super::node_meta::NodeMetaChange;
+    let (_dir, store) = temp_store();
+    for (i, n) in ["n1", "n2"].iter().enumerate() {
+        let _ = store.apply(2 + i as u64, 1, &node_registration(n));
+    }
+    let reserved = Command::ChangeNodeMeta {
+        node: "n2".into(),
+        change: NodeMetaChange {
+            set_labels: [(
+                "node-restriction.drover.io/pool".to_string(),
+                "secure".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        },
+        now_unix_ms: 6,
+    };
+    let _ = store.apply(4, 1, &reserved);
+    let _ = store.apply(5, 1, &create_web_a0());
+    let _ = store.apply(6, 1, &place_web_a0("n2"));
+    let delete = |nodes: &[&str], force: bool| Command::DeleteNodes {
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        force,
+        now_unix_ms: 20,
+    };
+
+    // A Ready node, or an unknown one among others: refused, nothing changes.
+    let before = store.snapshot().state_hash();
+    let res = store.apply(7, 1, &delete(&["n2"], false));
+    assert_eq!(res, Err(WriteError::NodeReady("n2".into())));
+    assert!(res.unwrap_err().to_string().contains("--force"));
+    assert_eq!(store.snapshot().state_hash(), before);
+    let down = Command::NodeDown {
+        node: "n2".into(),
+        now_unix_ms: 8,
+    };
+    let _ = store.apply(8, 1, &down);
+    let _ = store.apply(9, 1, &place_web_a0("n2"));
+    let before = store.snapshot().state_hash();
+    let res = store.apply(10, 1, &delete(&["n2", "ghost"], false));
+    assert_eq!(res, Err(WriteError::NodeNotFound("ghost".into())));
+    assert_eq!(store.snapshot().state_hash(), before);
+
+    // NotReady: deleted with its admin labels; its replica waits unbound.
+    let res = store.apply(11, 1, &delete(&["n2"], false));
+    assert!(matches!(res, Ok(WriteResult::Changed(1))), "{res:?}");
+    assert!(store.node("n2").is_none());
+    assert_eq!(store.node_epoch("n2"), 1, "its certificates revoked");
+    assert_eq!(store.node_epoch("n1"), 0);
+    // Epochs survive a snapshot.
+    let encoded = store.snapshot().encode().expect("encode");
+    let decoded = super::state::State::decode(&encoded).expect("decode");
+    assert_eq!(decoded.node_epoch("n2"), 1);
+    assert!(decoded == *store.snapshot());
+    assert!(!store.node_metas().contains_key("n2"));
+    assert_eq!(store.replicas(None)[0].node, None);
+    // The name is free: a new host registers under it without the old labels.
+    let _ = store.apply(12, 1, &node_registration("n2"));
+    let n2 = store.node("n2").expect("registered again");
+    assert!(n2.labels.is_empty(), "{:?}", n2.labels);
+
+    // --force deletes a Ready node, and its bound replica is unbound.
+    let _ = store.apply(13, 1, &place_web_a0("n1"));
+    let res = store.apply(14, 1, &delete(&["n1"], true));
+    assert!(matches!(res, Ok(WriteResult::Changed(2))), "{res:?}");
+    assert!(store.node("n1").is_none());
+    assert_eq!(store.replicas(None)[0].node, None);
+}

@@ -25,6 +25,12 @@ use crate::output;
 use crate::resource::{ResourceKind, Selection};
 
 pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
+    if args.filenames.is_empty() && !args.resources.is_empty() {
+        let selection = Selection::parse(&args.resources)?;
+        if selection.kind == ResourceKind::Node {
+            return delete_nodes(env, &args, &selection.names).await;
+        }
+    }
     let grace = check_grace(&args)?;
     if args.force {
         crate::print_warning(
@@ -68,9 +74,7 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
             ResourceKind::Replica => {
                 bail!("droverctl cannot delete replicas; scale or delete their deployment instead")
             }
-            ResourceKind::Node => {
-                bail!("droverctl cannot delete nodes; only deployments can be deleted")
-            }
+            ResourceKind::Node => return delete_nodes(env, &args, &selection.names).await,
             ResourceKind::Event => {
                 bail!("droverctl cannot delete events; the oldest are dropped as new ones come")
             }
@@ -137,6 +141,56 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
         wait_gone(&mut client, &response.deleted, args.timeout).await?;
     }
     Ok(())
+}
+
+/// `droverctl delete node NAME...` (admin only): the controller forgets the
+/// nodes, all or none; a Ready one is refused unless `--force` (its agent is
+/// still at work there). Their replicas are rescheduled, their certificates
+/// revoked, and their names free for a join token. Nothing to wait for.
+async fn delete_nodes(env: &Env, args: &DeleteArgs, names: &[String]) -> anyhow::Result<()> {
+    if args.selector.is_some() || args.field_selector.is_some() || args.all {
+        bail!("give the names of the nodes to delete (e.g. droverctl delete node n2); -l, --field-selector and --all select deployments only");
+    }
+    if names.is_empty() {
+        bail!(
+            "resource(s) were provided, but no name was specified (e.g. droverctl delete node n2)"
+        );
+    }
+    if args.grace_period != -1 {
+        bail!("--grace-period applies to deployments' replicas, not to nodes");
+    }
+    let (mut client, _) = env.client()?;
+    let mut nodes = names.to_vec();
+    if args.ignore_not_found {
+        let known: std::collections::BTreeSet<String> = super::get::list_nodes(&mut client, None)
+            .await?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        nodes.retain(|n| known.contains(n));
+        if nodes.is_empty() {
+            return Ok(());
+        }
+    }
+    let request = pb::DeleteNodesRequest {
+        nodes,
+        force: args.force,
+    };
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.delete_nodes(request).await }
+        })
+        .await?;
+    let lines: String = response
+        .deleted
+        .iter()
+        .map(|n| match args.output {
+            Some(_) => format!("{}\n", ResourceKind::Node.slash_name(n)),
+            None => format!("{} deleted\n", ResourceKind::Node.quoted_name(n)),
+        })
+        .collect();
+    print(&lines)
 }
 
 /// Until no replica of the deleted deployments is listed (in any state:

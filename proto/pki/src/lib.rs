@@ -200,6 +200,15 @@ pub struct CertInfo {
     pub not_after: SystemTime,
 }
 
+/// When a certificate should be renewed: two thirds into its lifetime (at
+/// once for one whose end comes before its start).
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(std::time::Duration::ZERO);
+    not_before + life * 2 / 3
+}
+
 /// Read a PEM certificate's identity and validity.
 pub fn cert_info(pem: &str) -> Result<CertInfo> {
     let der = first_pem_der(pem, "CERTIFICATE")?;
@@ -346,10 +355,23 @@ impl Ca {
     /// Sign the public key of a CSR (PEM). Everything else in the CSR — its
     /// names, extensions — is ignored: the certificate says what `req` says.
     pub fn sign_csr(&self, csr_pem: &str, req: &CertRequest) -> Result<String> {
+        self.sign_csr_at_epoch(csr_pem, req, 0)
+    }
+
+    /// [`Ca::sign_csr`], the certificate's serial carrying `epoch` (see
+    /// [`serial_epoch`]): how many times its holder's node name was deleted
+    /// before it was issued.
+    pub fn sign_csr_at_epoch(
+        &self,
+        csr_pem: &str,
+        req: &CertRequest,
+        epoch: u64,
+    ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             PkiError::Invalid(format!("the certificate signing request is not valid: {e}"))
         })?;
-        let params = leaf_params(req)?;
+        let mut params = leaf_params(req)?;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial(epoch)));
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(cert.pem())
     }
@@ -444,15 +466,36 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let secs = validity.as_secs().max(1) as i64;
     params.not_before = now - time::Duration::seconds((secs / 4).min(300));
     params.not_after = now + time::Duration::seconds(secs);
-    let serial: [u8; 16] = rand_serial();
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial(0)));
 }
 
-fn rand_serial() -> [u8; 16] {
+/// The first byte of a serial that carries an epoch.
+const SERIAL_FORMAT: u8 = 0x01;
+
+/// A certificate serial: the format byte (which keeps it positive), the
+/// epoch (big-endian), then 56 random bits.
+fn serial(epoch: u64) -> [u8; 16] {
     let mut b: [u8; 16] = rand::random();
-    // A positive serial: the high bit clear.
-    b[0] &= 0x7f;
+    b[0] = SERIAL_FORMAT;
+    b[1..9].copy_from_slice(&epoch.to_be_bytes());
     b
+}
+
+/// The epoch a certificate (DER) was issued at: 0 for one of no epoch
+/// (issued by `pki init`/`pki client`). A controller refuses a node
+/// certificate whose epoch is older than the node name's current one: the
+/// name was deleted since (`droverctl delete node`), which revokes it.
+/// Certificates from before serials carried epochs have random serials, and
+/// one in 128 of them reads as some epoch.
+pub fn serial_epoch(der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let raw = cert.raw_serial();
+    if raw.len() != 16 || raw[0] != SERIAL_FORMAT {
+        return Some(0);
+    }
+    let mut epoch = [0u8; 8];
+    epoch.copy_from_slice(&raw[1..9]);
+    Some(u64::from_be_bytes(epoch))
 }
 
 #[cfg(test)]

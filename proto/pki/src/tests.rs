@@ -195,3 +195,23 @@ fn a_secret_is_never_written_through_a_planted_link() {
     assert_eq!(std::fs::read_to_string(&key).expect("read"), "SECRET");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_signed_certificate_carries_its_epoch_in_its_serial() {
+    let (ca, _) = Ca::generate("test").expect("ca");
+    let req = CertRequest {
+        identity: Identity::new(Role::Agent, "n2"),
+        hosts: vec![],
+        validity: DEFAULT_VALIDITY,
+    };
+    let (csr, _) = new_csr(&req.identity).expect("csr");
+    let at3 = ca.sign_csr_at_epoch(&csr, &req, 3).expect("sign");
+    assert_eq!(serial_epoch(&der(&at3)), Some(3));
+    let plain = ca.sign_csr(&csr, &req).expect("sign");
+    assert_eq!(serial_epoch(&der(&plain)), Some(0));
+    let issued = ca.issue(&req).expect("issue");
+    assert_eq!(serial_epoch(&der(&issued.cert_pem)), Some(0));
+    // Serials stay unique.
+    let again = ca.sign_csr_at_epoch(&csr, &req, 3).expect("sign");
+    assert_ne!(der(&again), der(&at3));
+}

@@ -276,6 +276,16 @@ impl Security {
         matches!(self, Security::Insecure)
     }
 
+    /// Whether both are the same credentials (the same loaded material, not
+    /// merely equal files): after a renewal they are not.
+    pub fn same_as(&self, other: &Security) -> bool {
+        match (self, other) {
+            (Security::Insecure, Security::Insecure) => true,
+            (Security::Tls(a), Security::Tls(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// An endpoint for `address` (HOST:PORT) whose server must be `server`.
     pub fn endpoint(&self, address: &str, server: &Server) -> Result<Endpoint> {
         let invalid = |e: tonic::transport::Error| {

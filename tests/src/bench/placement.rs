@@ -476,6 +476,7 @@ impl SimFleet {
                 join: None,
                 tls_dir: None,
                 debug_sessions: Default::default(),
+                logs: Default::default(),
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {
