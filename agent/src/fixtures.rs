@@ -37,6 +37,7 @@ pub fn assignment(replica: &str) -> Assignment {
                 }],
                 restart_policy: "Always".into(),
                 termination_grace_period_seconds: 30,
+                volumes: Vec::new(),
                 ..Default::default()
             },
         },

@@ -1134,10 +1134,12 @@ mod tests {
             EnvVar {
                 name: "GREETING".into(),
                 value: "hello world".into(),
+                value_from: None,
             },
             EnvVar {
                 name: "EMPTY".into(),
                 value: String::new(),
+                value_from: None,
             },
         ];
         c.working_dir = Some("/var/www".into());

@@ -696,6 +696,7 @@ mod tests {
         c.env = vec![EnvVar {
             name: "MODE".into(),
             value: "fast".into(),
+            value_from: None,
         }];
         c.resources.limits = ResourceList {
             cpu_millis: Some(500),
