@@ -5,15 +5,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
     println!("cargo:rerun-if-changed=drover/v1");
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &[
-            "drover/v1/control.proto",
-            "drover/v1/raft.proto",
-            "drover/v1/agent.proto",
-            "drover/v1/security.proto",
-        ],
-        &["."],
-    )?;
+    tonic_prost_build::configure()
+        // Secrets travel in ConfigObject: its Debug (hand-written in
+        // lib.rs) shows key names and sizes, never values.
+        .skip_debug(["drover.v1.ConfigObject"])
+        .compile_with_config(
+            config,
+            &[
+                "drover/v1/control.proto",
+                "drover/v1/raft.proto",
+                "drover/v1/agent.proto",
+                "drover/v1/security.proto",
+            ],
+            &["."],
+        )?;
     Ok(())
 }

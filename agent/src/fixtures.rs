@@ -42,6 +42,7 @@ pub fn assignment(replica: &str) -> Assignment {
             },
         },
         annotations: BTreeMap::new(),
+        prepared: None,
     }
 }
 

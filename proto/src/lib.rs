@@ -32,6 +32,24 @@ pub mod pb {
     tonic::include_proto!("drover.v1");
 }
 
+impl std::fmt::Debug for pb::ConfigObject {
+    /// Key names and sizes only: a Secret's values must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: std::collections::BTreeMap<&str, usize> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .collect();
+        f.debug_struct("ConfigObject")
+            .field("kind", &self.kind())
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("data_sizes", &sizes)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
 /// Largest Control request a controller accepts (an apply's files together).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
