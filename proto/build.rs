@@ -6,9 +6,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-changed=drover/v1");
     tonic_prost_build::configure()
-        // Secrets travel in ConfigObject: its Debug (hand-written in
-        // lib.rs) shows key names and sizes, never values.
-        .skip_debug(["drover.v1.ConfigObject"])
+        // Secrets travel in these: their Debug (hand-written in lib.rs)
+        // shows names and sizes, never values.
+        .skip_debug([
+            "drover.v1.ConfigObject",
+            "drover.v1.ConfigRecord",
+            "drover.v1.ManifestFile",
+        ])
         .compile_with_config(
             config,
             &[

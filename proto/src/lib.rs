@@ -50,6 +50,28 @@ impl std::fmt::Debug for pb::ConfigObject {
     }
 }
 
+impl std::fmt::Debug for pb::ConfigRecord {
+    /// Without the object's JSON: from RevealSecrets it holds values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRecord")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .field("sizes", &self.sizes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for pb::ManifestFile {
+    /// Name and size only: a manifest may hold a Secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestFile")
+            .field("name", &self.name)
+            .field("bytes", &self.content.len())
+            .finish()
+    }
+}
+
 /// Largest Control request a controller accepts (an apply's files together).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 

@@ -1,7 +1,7 @@
 //! The assignment book: every node's full assignment set, rebuilt from the
 //! store once per applied change (while leading) and shared by all sessions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 
 use drover_proto::pb;
 
+use super::config;
 use crate::cluster::Cluster;
 use crate::store::{revision, Store, StoreError, StoredDeployment};
 
@@ -29,6 +30,9 @@ pub struct NodeSet {
     /// Grace periods (seconds) replacing the container's own for some of
     /// the terminating replicas (`delete --grace-period`).
     pub terminating_grace_seconds: HashMap<String, u32>,
+    /// The ConfigMaps and Secrets the assigned replicas reference
+    /// ([`super::config`]), sorted.
+    pub config_objects: Vec<pb::ConfigObject>,
 }
 
 /// Node name → its set.
@@ -75,6 +79,10 @@ impl Assignments {
             .collect();
         let mut deployments = deployments;
         let mut by_node: HashMap<String, NodeSet> = HashMap::new();
+        // Config references per template, and per node.
+        let mut references: HashMap<(String, String, String), Vec<config::Reference>> =
+            HashMap::new();
+        let mut wanted: HashMap<String, BTreeSet<config::Reference>> = HashMap::new();
         for r in store.replicas(None)? {
             let Some(node) = r.node.clone() else { continue };
             if r.is_terminating() {
@@ -92,6 +100,17 @@ impl Assignments {
             let Some(template) = templates.json(&r.revision) else {
                 continue;
             };
+            let refs = references
+                .entry((
+                    r.namespace.clone(),
+                    r.deployment.clone(),
+                    r.revision.clone(),
+                ))
+                .or_insert_with(|| templates.references(&r.revision));
+            wanted
+                .entry(node.clone())
+                .or_default()
+                .extend(refs.iter().cloned());
             by_node
                 .entry(node)
                 .or_default()
@@ -105,6 +124,9 @@ impl Assignments {
                     template_json: template,
                     annotations: templates.annotations.clone(),
                 });
+        }
+        for (node, objects) in config::objects_by_node(store, &wanted)? {
+            by_node.entry(node).or_default().config_objects = objects;
         }
         let by_node = by_node
             .into_iter()
@@ -135,6 +157,19 @@ struct Templates<'a> {
 }
 
 impl Templates<'_> {
+    /// The ConfigMaps and Secrets the revision's template references.
+    fn references(&self, hash: &str) -> Vec<config::Reference> {
+        let d = self.deployment;
+        let template = if hash == self.current {
+            Some(&d.deployment.spec.template)
+        } else {
+            d.revision_by_hash(hash).map(|r| &r.template)
+        };
+        template.map_or_else(Vec::new, |t| {
+            config::references(&d.deployment.metadata.namespace, t)
+        })
+    }
+
     fn json(&mut self, hash: &str) -> Option<String> {
         if hash == self.current {
             return Some(self.current_json.clone());

@@ -283,8 +283,9 @@ struct Proposal {
 /// that an older controller would not apply exactly as this one does: an
 /// older member then stops applying at the first newer entry, with a
 /// sentence in `cluster status`, instead of skipping or misreading it.
-/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21).
-pub const COMMAND_FORMAT: u32 = 4;
+/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
+/// `ApplyConfig` and `DeleteConfig` (issue 16).
+pub const COMMAND_FORMAT: u32 = 5;
 
 /// Entries written before formats were numbered.
 fn first_format() -> u32 {

@@ -169,6 +169,20 @@ pub enum Command {
         reports: Vec<(String, ObjectRef, ReplicaObserved)>,
         now_unix_ms: i64,
     },
+    /// An apply holding ConfigMaps or Secrets: those and the deployments in
+    /// one entry, all or nothing (`config_objects.rs`).
+    ApplyConfig {
+        deployments: Vec<Deployment>,
+        config_maps: Vec<drover_manifest::ConfigMap>,
+        secrets: Vec<drover_manifest::Secret>,
+        now_unix_ms: i64,
+    },
+    /// Delete ConfigMaps or Secrets (`config_objects.rs`).
+    DeleteConfig {
+        kind: super::config_objects::ConfigKind,
+        refs: Vec<ObjectRef>,
+        ignore_not_found: bool,
+    },
     /// A new join token (an id taken already is refused).
     CreateToken { token: TokenRecord },
     /// Revoke a join token: joins with it are refused from now on.
@@ -217,6 +231,11 @@ pub enum ApplyOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteResult {
     Applied(Vec<(ObjectRef, ApplyOutcome, u64)>),
+    /// An `ApplyConfig`: its ConfigMaps and Secrets, then its deployments.
+    AppliedConfig {
+        config: Vec<super::config_objects::ConfigResult>,
+        deployments: Vec<(ObjectRef, ApplyOutcome, u64)>,
+    },
     Deleted(Vec<ObjectRef>),
     Scaled {
         previous: u32,
@@ -255,6 +274,18 @@ pub enum WriteError {
     TokenExists(String),
     #[error("a join token's role is agent or controller, not {0:?}")]
     TokenRole(String),
+    #[error("{kind} {name:?} in namespace {namespace:?} is immutable: its data cannot change; delete it and apply it again (replicas using it then restart to see the new values)")]
+    Immutable {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{} {name:?} not found in namespace {namespace:?}", .kind.to_lowercase())]
+    ConfigNotFound {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -342,7 +373,7 @@ impl<'a> View<'a> {
         Ok(())
     }
 
-    fn remove(&mut self, key: String) {
+    pub(super) fn remove(&mut self, key: String) {
         self.writes.insert(key, None);
     }
 
@@ -378,6 +409,36 @@ pub(super) fn execute(
         Command::ChangeNodeMeta { node, change, .. } => {
             super::node_meta::change(view, node, change)
         }
+        Command::ApplyConfig {
+            deployments,
+            config_maps,
+            secrets,
+            now_unix_ms,
+        } => {
+            let config =
+                match super::config_objects::apply(view, config_maps, secrets, *now_unix_ms)? {
+                    Ok(config) => config,
+                    Err(e) => return Ok(Err(e)),
+                };
+            Ok(apply(view, deployments, *now_unix_ms)?.map(|applied| {
+                let deployments = match applied {
+                    WriteResult::Applied(d) => d,
+                    _ => Vec::new(),
+                };
+                WriteResult::AppliedConfig {
+                    config,
+                    deployments,
+                }
+            }))
+        }
+        Command::DeleteConfig {
+            kind,
+            refs,
+            ignore_not_found,
+        } => Ok(
+            super::config_objects::delete(view, *kind, refs, *ignore_not_found)?
+                .map(WriteResult::Deleted),
+        ),
         Command::ApplyIf {
             deployment,
             expected_generation,

@@ -20,6 +20,7 @@
 //! leaves either all of an entry applied or none of it.
 
 mod command;
+pub mod config_objects;
 pub mod events;
 pub mod node_meta;
 pub mod objects;
