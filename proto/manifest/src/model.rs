@@ -486,8 +486,8 @@ pub struct ProjectedObject {
     /// Only these keys, at these paths; empty: every key at its own name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<KeyToPath>,
-    /// Default 0644 (Kubernetes' for both kinds; drover keeps secret files
-    /// owner-only on the host whatever the mode asks for other users).
+    /// Default 0644 for configMap volumes, 0400 for secret volumes (agents
+    /// never let a secret file be readable by others, whatever the mode).
     pub default_mode: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,

@@ -596,16 +596,15 @@ fn file_modes_read_as_kubernetes_reads_them() {
     assert_eq!(volume("0400"), 0o400);
     assert_eq!(volume("420"), 0o644);
     assert_eq!(volume("0"), 0);
-    // Absent: Kubernetes' default 0644.
+    // Absent: Kubernetes' 0644 for a ConfigMap, owner-only 0400 for a Secret.
     let text = deployment(
         "",
-        "      volumes:\n      - {name: a, configMap: {name: c}}\n",
+        "      volumes:\n      - {name: a, configMap: {name: c}}\n      - {name: b, secret: {secretName: s}}\n",
     );
     let parsed = parse_ok(&text);
-    assert!(matches!(
-        &parsed.deployments[0].spec.template.spec.volumes[0].source,
-        VolumeSource::ConfigMap(p) if p.default_mode == 0o644
-    ));
+    let volumes = &parsed.deployments[0].spec.template.spec.volumes;
+    assert!(matches!(&volumes[0].source, VolumeSource::ConfigMap(p) if p.default_mode == 0o644));
+    assert!(matches!(&volumes[1].source, VolumeSource::Secret(p) if p.default_mode == 0o400));
 }
 
 #[test]

@@ -23,8 +23,11 @@ use crate::{
 };
 use drover_proto::{names, quantity};
 
-/// Kubernetes' default file mode of configMap and secret volumes (0644).
+/// The default file mode of configMap volumes: Kubernetes' 0644.
 pub(crate) const DEFAULT_MODE: u32 = 0o644;
+/// The default file mode of secret volumes: 0400, owner-only (Kubernetes
+/// says 0644; drover keeps secrets from other users by default).
+pub(crate) const DEFAULT_SECRET_MODE: u32 = 0o400;
 /// The largest file mode: permission bits only.
 const MAX_MODE: i64 = 0o777;
 
@@ -515,7 +518,11 @@ impl Decoder<'_> {
     ) -> Option<ProjectedObject> {
         let mut name = None;
         let mut items = Some(Vec::new());
-        let mut default_mode = Some(DEFAULT_MODE);
+        let mut default_mode = Some(if name_field == "secretName" {
+            DEFAULT_SECRET_MODE
+        } else {
+            DEFAULT_MODE
+        });
         let mut optional = Some(false);
         self.fields(node, path, schema, |d, key, value, path| match key {
             "name" | "secretName" => name = Some(d.object_ref_name(value, &path)),
