@@ -289,3 +289,127 @@ async fn configuration_end_to_end_with_docker() {
         .expect("cluster");
     scenario(&c, &unique("cfg"), "").await;
 }
+
+/// The workspace's root, where `deploy/examples` lives.
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn logs_until(c: &Cluster, replica: &str, want: &str) -> String {
+    c.wait_for(&format!("{want:?} in the logs of {replica}"), T, || async {
+        let out = c.ctl().run(&["logs", replica]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(want) {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .expect("logs")
+}
+
+/// `deploy/examples/shop.yaml` and `journal.yaml` do what their comments
+/// say, with the process runtime and with Docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_examples_work_as_documented() {
+    let c = Cluster::with_agents(1, "process", &["n1"])
+        .await
+        .expect("cluster");
+    examples(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_examples_work_as_documented_with_docker() {
+    if !docker_available() {
+        return;
+    }
+    let nodes = [unique("ex")];
+    let _containers = Containers(nodes.to_vec());
+    let c = Cluster::with_agents(1, "docker", &nodes)
+        .await
+        .expect("cluster");
+    examples(&c).await;
+}
+
+async fn examples(c: &Cluster) {
+    let node = c.agents[0].name.clone();
+    let dir = c.dir.path();
+    let shop = write(dir, "shop.yaml", &example("shop.yaml"));
+    ok(&c.ctl().run(&["apply", "-f", &shop]));
+    let replica = c
+        .wait_for("shop running", T, || c.running_replicas("shop", 1))
+        .await
+        .expect("running")[0]
+        .name
+        .clone();
+    let text = logs_until(c, &replica, "started 1 time(s)").await;
+    assert!(
+        text.contains(&format!("hello from {replica} on {node}")),
+        "{text}"
+    );
+    assert!(text.contains("settings: color=blue currency=EUR"), "{text}");
+    assert!(
+        text.contains("db password: 16 characters (file: 16 bytes)"),
+        "{text}"
+    );
+    assert!(!text.contains("change-me-please"));
+    // A container restart keeps the emptyDir.
+    ok(&c
+        .ctl()
+        .run(&["exec", &replica, "--", "sh", "-c", "kill $(cat data/pid)"]));
+    let text = logs_until(c, &replica, "started 2 time(s)").await;
+    assert!(text.contains("started 2 time(s)"), "{text}");
+    // The replica's removal does not.
+    let volumes = c.agents[0]
+        .data_dir
+        .join("volumes")
+        .join(format!("default.{replica}"));
+    assert!(volumes.join("data/starts").is_file());
+    ok(&c.ctl().run(&["delete", "-f", &shop]));
+    c.wait_for("emptyDir removed", T, || async {
+        if volumes.exists() {
+            Err("still there".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .expect("removed");
+
+    // hostPath data outlives a replica replaced on the same node.
+    let host = dir.join("journal-on-host");
+    let journal =
+        example("journal.yaml").replace("/var/tmp/drover-journal", &host.to_string_lossy());
+    let journal = write(dir, "journal.yaml", &journal);
+    ok(&c.ctl().run(&["label", "node", &node, "journal=yes"]));
+    ok(&c.ctl().run(&["apply", "-f", &journal]));
+    let first = c
+        .wait_for("journal running", T, || c.running_replicas("journal", 1))
+        .await
+        .expect("running")[0]
+        .name
+        .clone();
+    logs_until(c, &first, &format!("started {first}")).await;
+    ok(&c
+        .ctl()
+        .run(&["rollout", "restart", "deployment", "journal"]));
+    let second = c
+        .wait_for("a new journal replica", T, || async {
+            let r = c.running_replicas("journal", 1).await?;
+            match r.first() {
+                Some(r) if r.name != first => Ok(r.name.clone()),
+                _ => Err("the old one still runs".to_string()),
+            }
+        })
+        .await
+        .expect("replaced");
+    let text = logs_until(c, &second, &format!("started {second}")).await;
+    assert!(
+        text.contains(&format!("started {first}\nstarted {second}")),
+        "{text}"
+    );
+}

@@ -476,4 +476,48 @@ mod tests {
         assert_eq!(deleted, Ok(WriteResult::Deleted(vec![r("a")])));
         assert_eq!(store.config_maps(None).expect("list").len(), 1);
     }
+
+    #[test]
+    fn changing_a_templates_volumes_or_env_sources_is_a_new_revision() {
+        let (_dir, store) = temp_store();
+        let plain = deployment("web", 1);
+        let mut with_volume = plain.clone();
+        with_volume.spec.template.spec.volumes = vec![drover_manifest::Volume {
+            name: "config".into(),
+            source: drover_manifest::VolumeSource::ConfigMap(drover_manifest::ProjectedObject {
+                name: "app".into(),
+                items: vec![],
+                default_mode: 0o644,
+                optional: false,
+            }),
+        }];
+        let mut with_env = plain.clone();
+        with_env.spec.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
+            name: "A".into(),
+            value: String::new(),
+            value_from: Some(drover_manifest::EnvVarSource::SecretKeyRef(
+                drover_manifest::KeyRef {
+                    name: "db".into(),
+                    key: "password".into(),
+                    optional: false,
+                },
+            )),
+        }];
+        let mut hashes = Vec::new();
+        for (i, d) in [&plain, &with_volume, &with_env].into_iter().enumerate() {
+            let index = i as u64 + 1;
+            store
+                .apply(index, 1, &apply_config(vec![], vec![], vec![d.clone()]))
+                .expect("store")
+                .expect("applied");
+            let stored = store
+                .deployment("default", "web")
+                .expect("read")
+                .expect("there");
+            hashes.push(stored.revisions.last().expect("revision").hash.clone());
+            assert_eq!(stored.current_revision_number(), index, "revision {index}");
+        }
+        hashes.dedup();
+        assert_eq!(hashes.len(), 3, "each change is a new revision: {hashes:?}");
+    }
 }
