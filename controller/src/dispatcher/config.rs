@@ -6,8 +6,8 @@
 //! An object's `version` is a hash of its contents (see [`content_version`]).
 //!
 //! Cost: references are collected once per (deployment, revision) template
-//! per rebuild, and the objects are read once per rebuild, only when some
-//! replica references one.
+//! per rebuild, and each referenced object is read once per rebuild (a
+//! point read), only when some replica references one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -60,46 +60,35 @@ pub fn objects_by_node(
     if wanted.values().all(BTreeSet::is_empty) {
         return Ok(HashMap::new());
     }
-    let mut all: BTreeMap<Reference, pb::ConfigObject> = BTreeMap::new();
-    for c in store.config_maps(None)? {
-        let m = &c.config_map.metadata;
-        let data = c
-            .config_map
-            .files()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect();
+    // Each referenced object read once, however many nodes use it.
+    let referenced: BTreeSet<&Reference> = wanted.values().flatten().collect();
+    let mut all: BTreeMap<&Reference, pb::ConfigObject> = BTreeMap::new();
+    for r in referenced {
+        let (kind, namespace, name) = r;
+        let files: Option<BTreeMap<String, Vec<u8>>> = match kind {
+            ConfigKind::ConfigMap => store.config_map(namespace, name)?.map(|c| {
+                c.config_map
+                    .files()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect()
+            }),
+            ConfigKind::Secret => store
+                .secret(namespace, name)?
+                .map(|s| s.secret.data.into_iter().map(|(k, v)| (k, v.0)).collect()),
+        };
+        let Some(data) = files else { continue };
+        let version = content_version(&data);
         all.insert(
-            (ConfigKind::ConfigMap, m.namespace.clone(), m.name.clone()),
+            r,
             pb::ConfigObject {
-                kind: pb::ConfigKind::ConfigMap as i32,
-                namespace: m.namespace.clone(),
-                name: m.name.clone(),
-                data,
-                version: content_version(&c.config_map.files()),
-            },
-        );
-    }
-    for s in store.secrets(None)? {
-        let m = &s.secret.metadata;
-        let files: BTreeMap<&str, &[u8]> = s
-            .secret
-            .data
-            .iter()
-            .map(|(k, v)| (k.as_str(), &v.0[..]))
-            .collect();
-        let version = content_version(&files);
-        let data = files
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect();
-        all.insert(
-            (ConfigKind::Secret, m.namespace.clone(), m.name.clone()),
-            pb::ConfigObject {
-                kind: pb::ConfigKind::Secret as i32,
-                namespace: m.namespace.clone(),
-                name: m.name.clone(),
-                data,
+                kind: match kind {
+                    ConfigKind::ConfigMap => pb::ConfigKind::ConfigMap,
+                    ConfigKind::Secret => pb::ConfigKind::Secret,
+                } as i32,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                data: data.into_iter().collect(),
                 version,
             },
         );
@@ -116,7 +105,7 @@ pub fn objects_by_node(
 /// An object's version for agents: a hash of its keys and values, so it
 /// moves exactly when what a replica sees does (also across a delete and
 /// a re-create, which restart the generation).
-fn content_version(files: &BTreeMap<&str, &[u8]>) -> u64 {
+fn content_version(files: &BTreeMap<String, Vec<u8>>) -> u64 {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     for (k, v) in files {
@@ -129,4 +118,80 @@ fn content_version(files: &BTreeMap<&str, &[u8]>) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_manifest::{
+        EnvFromSource, EnvVar, KeyRef, ObjectRef, ProjectedObject, StorageMedium, Volume,
+    };
+
+    #[test]
+    fn a_template_references_every_object_it_reads_once() {
+        let mut d = crate::fixtures::deployment("web", 1);
+        let t = &mut d.spec.template;
+        let key = |name: &str| KeyRef {
+            name: name.into(),
+            key: "k".into(),
+            optional: false,
+        };
+        t.spec.containers[0].env = vec![
+            EnvVar {
+                name: "A".into(),
+                value: String::new(),
+                value_from: Some(EnvVarSource::ConfigMapKeyRef(key("app"))),
+            },
+            EnvVar {
+                name: "B".into(),
+                value: String::new(),
+                value_from: Some(EnvVarSource::SecretKeyRef(key("db"))),
+            },
+        ];
+        t.spec.containers[0].env_from = vec![EnvFromSource {
+            prefix: String::new(),
+            source: EnvFromRef::ConfigMapRef(ObjectRef {
+                name: "app".into(),
+                optional: true,
+            }),
+        }];
+        let projected = |name: &str| ProjectedObject {
+            name: name.into(),
+            items: vec![],
+            default_mode: 0o644,
+            optional: false,
+        };
+        t.spec.volumes = vec![
+            Volume {
+                name: "tls".into(),
+                source: VolumeSource::Secret(projected("tls")),
+            },
+            Volume {
+                name: "scratch".into(),
+                source: VolumeSource::EmptyDir {
+                    medium: StorageMedium::Disk,
+                    size_limit_bytes: None,
+                },
+            },
+        ];
+        let r = |kind, name: &str| (kind, "prod".to_string(), name.to_string());
+        assert_eq!(
+            references("prod", t),
+            [
+                r(ConfigKind::ConfigMap, "app"),
+                r(ConfigKind::Secret, "db"),
+                r(ConfigKind::Secret, "tls"),
+            ]
+        );
+        assert!(references("prod", &crate::fixtures::deployment("x", 1).spec.template).is_empty());
+    }
+
+    #[test]
+    fn the_version_moves_exactly_when_the_contents_do() {
+        let files = |v: &str| BTreeMap::from([("k".to_string(), v.as_bytes().to_vec())]);
+        assert_eq!(content_version(&files("a")), content_version(&files("a")));
+        assert_ne!(content_version(&files("a")), content_version(&files("b")));
+        let renamed = BTreeMap::from([("l".to_string(), b"a".to_vec())]);
+        assert_ne!(content_version(&files("a")), content_version(&renamed));
+    }
 }

@@ -274,7 +274,7 @@ pub enum WriteError {
     TokenExists(String),
     #[error("a join token's role is agent or controller, not {0:?}")]
     TokenRole(String),
-    #[error("{kind} {name:?} in namespace {namespace:?} is immutable: its data cannot change; delete it and apply it again (replicas using it then restart to see the new values)")]
+    #[error("{kind} {name:?} in namespace {namespace:?} is immutable: its data cannot change; delete it and apply it again")]
     Immutable {
         kind: String,
         namespace: String,

@@ -221,6 +221,26 @@ impl Store {
         self.scan(&namespace_prefix(CONFIG_MAP_PREFIX, namespace))
     }
 
+    /// One ConfigMap.
+    pub fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredConfigMap>, StoreError> {
+        let key = ConfigKind::ConfigMap.key(namespace, name);
+        self.get_raw(&key)?
+            .map(|v| super::from_json(&key, &v))
+            .transpose()
+    }
+
+    /// One Secret.
+    pub fn secret(&self, namespace: &str, name: &str) -> Result<Option<StoredSecret>, StoreError> {
+        let key = ConfigKind::Secret.key(namespace, name);
+        self.get_raw(&key)?
+            .map(|v| super::from_json(&key, &v))
+            .transpose()
+    }
+
     /// Every Secret, or those of one namespace, by namespace and name.
     pub fn secrets(&self, namespace: Option<&str>) -> Result<Vec<StoredSecret>, StoreError> {
         self.scan(&namespace_prefix(SECRET_PREFIX, namespace))
@@ -407,7 +427,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "Secret \"db\" in namespace \"default\" is immutable: its data cannot change; delete \
-             it and apply it again (replicas using it then restart to see the new values)"
+             it and apply it again"
         );
         assert!(!e.to_string().contains("two"));
         assert!(store.config_maps(None).expect("list").is_empty());
