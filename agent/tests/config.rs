@@ -383,8 +383,11 @@ async fn the_process_state_file_holds_secret_values_empty_and_exec_still_sees_th
     task.await.expect("supervisor task");
     let again = ProcessRuntime::open(dir.path(), "n1").expect("reopen");
     assert_eq!(run(&again, "state-r-0", "echo $DB_PASSWORD").await, PLANTED);
+    // Cleanup. The first runtime still lives in this test process (a real
+    // agent restart has none) and its wait task writes the state file as
+    // the child dies, racing this one's write: only the kill matters here.
     for o in again.list().await.expect("list") {
-        again.remove(&o.container_id).await.expect("remove");
+        let _ = again.remove(&o.container_id).await;
     }
 }
 

@@ -300,7 +300,11 @@ impl Entry {
     /// Put back the Secret-derived values an adopted entry lost, from the
     /// running process's own environment.
     fn restore_secrets(&mut self) {
-        if self.secret_env.is_empty() {
+        let lost = self
+            .env
+            .iter()
+            .any(|(name, value)| value.is_empty() && self.secret_env.contains(name));
+        if !lost {
             return;
         }
         let Ok(raw) = std::fs::read(format!("/proc/{}/environ", self.pid)) else {
