@@ -10,7 +10,7 @@ use drover_manifest::{ConfigMap, Secret};
 use drover_proto::selector::Selector;
 use drover_proto::{names, pb};
 
-use crate::cluster::{store_error, write_error, Cluster};
+use crate::cluster::{write_error, Cluster};
 use crate::store::config_objects::{ConfigKind, ConfigResult, StoredConfigMap, StoredSecret};
 use crate::store::{ApplyOutcome, Command, ObjectRef, Write, WriteResult};
 
@@ -43,7 +43,7 @@ pub(super) fn dry_run(
             name: m.name.clone(),
         })
     };
-    let stored_maps = cluster.store.config_maps(None).map_err(store_error)?;
+    let stored_maps = cluster.store.config_maps(None);
     for c in config_maps {
         let m = &c.metadata;
         let old = stored_maps.iter().find(|s| {
@@ -64,7 +64,7 @@ pub(super) fn dry_run(
         };
         out.push((ConfigKind::ConfigMap, reference(m), outcome, generation));
     }
-    let stored_secrets = cluster.store.secrets(None).map_err(store_error)?;
+    let stored_secrets = cluster.store.secrets(None);
     for s in secrets {
         let m = &s.metadata;
         let old = stored_secrets.iter().find(|o| {
@@ -142,11 +142,10 @@ pub(super) async fn list_config_maps(
 ) -> Result<pb::ListConfigResponse, Status> {
     cluster.read_barrier(req.read.as_ref()).await?;
     let filter = Filter::new(&req)?;
-    let (applied_index, _) = cluster.store.applied().map_err(store_error)?;
+    let (applied_index, _) = cluster.store.applied();
     let objects = cluster
         .store
         .config_maps(filter.namespace.as_deref())
-        .map_err(store_error)?
         .into_iter()
         .filter(|c| filter.keeps(&c.config_map.metadata))
         .map(config_map_pb)
@@ -165,11 +164,10 @@ pub(super) async fn list_secrets(
 ) -> Result<pb::ListConfigResponse, Status> {
     cluster.read_barrier(req.read.as_ref()).await?;
     let filter = Filter::new(&req)?;
-    let (applied_index, _) = cluster.store.applied().map_err(store_error)?;
+    let (applied_index, _) = cluster.store.applied();
     let objects = cluster
         .store
         .secrets(filter.namespace.as_deref())
-        .map_err(store_error)?
         .into_iter()
         .filter(|s| filter.keeps(&s.secret.metadata))
         .map(|s| secret_pb(s, reveal))

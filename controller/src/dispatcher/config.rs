@@ -6,16 +6,17 @@
 //! An object's `version` is a hash of its contents (see [`content_version`]).
 //!
 //! Cost: references are collected once per (deployment, revision) template
-//! per rebuild, and each referenced object is read once per rebuild (a
-//! point read), only when some replica references one.
+//! per build, and each node's referenced objects are point reads of the
+//! in-memory state. A change to any ConfigMap or Secret rebuilds every
+//! node's set (they are rare).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_manifest::{EnvFromRef, EnvVarSource, PodTemplate, VolumeSource};
 use drover_proto::pb;
 
 use crate::store::config_objects::ConfigKind;
-use crate::store::{Store, StoreError};
+use crate::store::State;
 
 /// (kind, namespace, name) of a referenced object.
 pub type Reference = (ConfigKind, String, String);
@@ -51,55 +52,42 @@ pub fn references(namespace: &str, template: &PodTemplate) -> Vec<Reference> {
     out.into_iter().collect()
 }
 
-/// The wire objects for `wanted`, by node; objects that do not exist are
-/// left out (agents then report the replica CreateContainerConfigError).
-pub fn objects_by_node(
-    store: &Store,
-    wanted: &HashMap<String, BTreeSet<Reference>>,
-) -> Result<HashMap<String, Vec<pb::ConfigObject>>, StoreError> {
-    if wanted.values().all(BTreeSet::is_empty) {
-        return Ok(HashMap::new());
-    }
-    // Each referenced object read once, however many nodes use it.
-    let referenced: BTreeSet<&Reference> = wanted.values().flatten().collect();
-    let mut all: BTreeMap<&Reference, pb::ConfigObject> = BTreeMap::new();
-    for r in referenced {
-        let (kind, namespace, name) = r;
-        let files: Option<BTreeMap<String, Vec<u8>>> = match kind {
-            ConfigKind::ConfigMap => store.config_map(namespace, name)?.map(|c| {
+/// The wire objects for `references` (one node's), sorted; objects that do
+/// not exist are left out (the agent then reports the replica
+/// CreateContainerConfigError).
+pub fn objects(state: &State, references: &BTreeSet<Reference>) -> Vec<pb::ConfigObject> {
+    let mut out = Vec::new();
+    for (kind, namespace, name) in references {
+        let data: Option<BTreeMap<String, Vec<u8>>> = match kind {
+            ConfigKind::ConfigMap => state.config_map(namespace, name).map(|c| {
                 c.config_map
                     .files()
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect()
             }),
-            ConfigKind::Secret => store
-                .secret(namespace, name)?
-                .map(|s| s.secret.data.into_iter().map(|(k, v)| (k, v.0)).collect()),
+            ConfigKind::Secret => state.secret(namespace, name).map(|s| {
+                s.secret
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect()
+            }),
         };
-        let Some(data) = files else { continue };
+        let Some(data) = data else { continue };
         let version = content_version(&data);
-        all.insert(
-            r,
-            pb::ConfigObject {
-                kind: match kind {
-                    ConfigKind::ConfigMap => pb::ConfigKind::ConfigMap,
-                    ConfigKind::Secret => pb::ConfigKind::Secret,
-                } as i32,
-                namespace: namespace.clone(),
-                name: name.clone(),
-                data: data.into_iter().collect(),
-                version,
-            },
-        );
+        out.push(pb::ConfigObject {
+            kind: match kind {
+                ConfigKind::ConfigMap => pb::ConfigKind::ConfigMap,
+                ConfigKind::Secret => pb::ConfigKind::Secret,
+            } as i32,
+            namespace: namespace.clone(),
+            name: name.clone(),
+            data: data.into_iter().collect(),
+            version,
+        });
     }
-    Ok(wanted
-        .iter()
-        .map(|(node, refs)| {
-            let objects = refs.iter().filter_map(|r| all.get(r).cloned()).collect();
-            (node.clone(), objects)
-        })
-        .collect())
+    out
 }
 
 /// An object's version for agents: a hash of its keys and values, so it

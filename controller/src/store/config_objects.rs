@@ -1,11 +1,9 @@
 //! ConfigMaps and Secrets in the state machine, and the commands that write
 //! them (called from `command.rs`).
 //!
-//! ```text
-//!  configmap/<ns>/<name>   StoredConfigMap (JSON)
-//!  secret/<ns>/<name>      StoredSecret (JSON; data base64, like the raft log
-//!                          entry that wrote it; the data dir is 0700)
-//! ```
+//! They live in [`State`]'s `config_maps` and `secrets` maps (and so in its
+//! snapshots, base64 like the raft log entry that wrote them; the data dir
+//! is 0700).
 //!
 //! An apply writes its ConfigMaps, Secrets and Deployments in one entry: an
 //! immutable object whose data or type would change refuses the whole entry,
@@ -17,11 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use drover_manifest::{ConfigMap, Secret};
 
-use super::command::{ApplyOutcome, ObjectRef, View, WriteError};
-use super::{Store, StoreError};
-
-pub const CONFIG_MAP_PREFIX: &str = "configmap/";
-pub const SECRET_PREFIX: &str = "secret/";
+use super::command::{ApplyOutcome, ObjectRef, WriteError};
+use super::state::State;
+use super::Store;
 
 /// Which of the two kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -37,17 +33,6 @@ impl ConfigKind {
             ConfigKind::ConfigMap => "ConfigMap",
             ConfigKind::Secret => "Secret",
         }
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            ConfigKind::ConfigMap => CONFIG_MAP_PREFIX,
-            ConfigKind::Secret => SECRET_PREFIX,
-        }
-    }
-
-    pub fn key(self, namespace: &str, name: &str) -> String {
-        format!("{}{namespace}/{name}", self.prefix())
     }
 }
 
@@ -87,19 +72,19 @@ fn immutable(kind: ConfigKind, t: &ObjectRef) -> WriteError {
     }
 }
 
-/// Create or update `config_maps` and `secrets`; refused, writing nothing,
-/// when an immutable one would change (its data, type, or immutability).
+/// Create or update `config_maps` and `secrets`; refused (the caller,
+/// `State::apply`, rolls everything back) when an immutable one would change
+/// (its data, type, or immutability).
 pub(super) fn apply(
-    view: &mut View<'_>,
+    state: &mut State,
     config_maps: &[ConfigMap],
     secrets: &[Secret],
     now: i64,
-) -> Result<Result<Vec<ConfigResult>, WriteError>, StoreError> {
+) -> Result<Vec<ConfigResult>, WriteError> {
     let mut results = Vec::new();
     for c in config_maps {
         let t = target(&c.metadata);
-        let key = ConfigKind::ConfigMap.key(&t.namespace, &t.name);
-        let (stored, outcome) = match view.get::<StoredConfigMap>(&key)? {
+        let (stored, outcome) = match state.config_map(&t.namespace, &t.name) {
             None => (
                 StoredConfigMap {
                     config_map: c.clone(),
@@ -124,7 +109,7 @@ pub(super) fn apply(
                 if o.immutable
                     && (o.data != c.data || o.binary_data != c.binary_data || !c.immutable)
                 {
-                    return Ok(Err(immutable(ConfigKind::ConfigMap, &t)));
+                    return Err(immutable(ConfigKind::ConfigMap, &t));
                 }
                 (
                     StoredConfigMap {
@@ -137,13 +122,13 @@ pub(super) fn apply(
                 )
             }
         };
-        view.put(key, &stored)?;
-        results.push((ConfigKind::ConfigMap, t, outcome, stored.generation));
+        let generation = stored.generation;
+        state.put_config_map(stored);
+        results.push((ConfigKind::ConfigMap, t, outcome, generation));
     }
     for s in secrets {
         let t = target(&s.metadata);
-        let key = ConfigKind::Secret.key(&t.namespace, &t.name);
-        let (stored, outcome) = match view.get::<StoredSecret>(&key)? {
+        let (stored, outcome) = match state.secret(&t.namespace, &t.name) {
             None => (
                 StoredSecret {
                     secret: s.clone(),
@@ -165,7 +150,7 @@ pub(super) fn apply(
             Some(old) => {
                 let o = &old.secret;
                 if o.immutable && (o.data != s.data || o.kind != s.kind || !s.immutable) {
-                    return Ok(Err(immutable(ConfigKind::Secret, &t)));
+                    return Err(immutable(ConfigKind::Secret, &t));
                 }
                 (
                     StoredSecret {
@@ -178,79 +163,49 @@ pub(super) fn apply(
                 )
             }
         };
-        view.put(key, &stored)?;
-        results.push((ConfigKind::Secret, t, outcome, stored.generation));
+        let generation = stored.generation;
+        state.put_secret(stored);
+        results.push((ConfigKind::Secret, t, outcome, generation));
     }
-    Ok(Ok(results))
+    Ok(results)
 }
 
 /// Delete ConfigMaps or Secrets; with `ignore_not_found` false, one missing
 /// name refuses the whole command.
 pub(super) fn delete(
-    view: &mut View<'_>,
+    state: &mut State,
     kind: ConfigKind,
     refs: &[ObjectRef],
     ignore_not_found: bool,
-) -> Result<Result<Vec<ObjectRef>, WriteError>, StoreError> {
+) -> Result<Vec<ObjectRef>, WriteError> {
     let mut deleted = Vec::new();
     for r in refs {
-        let key = kind.key(&r.namespace, &r.name);
-        let exists = match kind {
-            ConfigKind::ConfigMap => view.get::<StoredConfigMap>(&key)?.is_some(),
-            ConfigKind::Secret => view.get::<StoredSecret>(&key)?.is_some(),
+        let removed = match kind {
+            ConfigKind::ConfigMap => state.remove_config_map(r).is_some(),
+            ConfigKind::Secret => state.remove_secret(r).is_some(),
         };
-        if !exists {
-            if ignore_not_found {
-                continue;
-            }
-            return Ok(Err(WriteError::ConfigNotFound {
+        if removed {
+            deleted.push(r.clone());
+        } else if !ignore_not_found {
+            return Err(WriteError::ConfigNotFound {
                 kind: kind.as_str().to_string(),
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
-            }));
+            });
         }
-        view.remove(key);
-        deleted.push(r.clone());
     }
-    Ok(Ok(deleted))
+    Ok(deleted)
 }
 
 impl Store {
     /// Every ConfigMap, or those of one namespace, by namespace and name.
-    pub fn config_maps(&self, namespace: Option<&str>) -> Result<Vec<StoredConfigMap>, StoreError> {
-        self.scan(&namespace_prefix(CONFIG_MAP_PREFIX, namespace))
-    }
-
-    /// One ConfigMap.
-    pub fn config_map(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<StoredConfigMap>, StoreError> {
-        let key = ConfigKind::ConfigMap.key(namespace, name);
-        self.get_raw(&key)?
-            .map(|v| super::from_json(&key, &v))
-            .transpose()
-    }
-
-    /// One Secret.
-    pub fn secret(&self, namespace: &str, name: &str) -> Result<Option<StoredSecret>, StoreError> {
-        let key = ConfigKind::Secret.key(namespace, name);
-        self.get_raw(&key)?
-            .map(|v| super::from_json(&key, &v))
-            .transpose()
+    pub fn config_maps(&self, namespace: Option<&str>) -> Vec<StoredConfigMap> {
+        self.snapshot().config_maps(namespace)
     }
 
     /// Every Secret, or those of one namespace, by namespace and name.
-    pub fn secrets(&self, namespace: Option<&str>) -> Result<Vec<StoredSecret>, StoreError> {
-        self.scan(&namespace_prefix(SECRET_PREFIX, namespace))
-    }
-}
-
-fn namespace_prefix(prefix: &str, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) => format!("{prefix}{ns}/"),
-        None => prefix.to_string(),
+    pub fn secrets(&self, namespace: Option<&str>) -> Vec<StoredSecret> {
+        self.snapshot().secrets(namespace)
     }
 }
 
@@ -260,17 +215,6 @@ mod tests {
     use crate::fixtures::deployment;
     use crate::store::{Command, WriteResult};
     use drover_manifest::{Bytes, ObjectMeta};
-
-    fn temp_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path())
-            .temporary(true)
-            .open()
-            .expect("sled");
-        let store = Store::open(&db).expect("store");
-        (dir, store)
-    }
 
     fn meta(name: &str) -> ObjectMeta {
         ObjectMeta {
@@ -313,7 +257,7 @@ mod tests {
 
     #[test]
     fn objects_are_created_configured_and_left_unchanged() {
-        let (_dir, store) = temp_store();
+        let mut store = State::default();
         let outcomes = |result: Result<WriteResult, WriteError>| match result {
             Ok(WriteResult::AppliedConfig {
                 config,
@@ -327,17 +271,15 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         };
-        let first = store
-            .apply(
-                1,
-                1,
-                &apply_config(
-                    vec![config_map("app", "hello", false)],
-                    vec![secret("db", "s3cr3t", false)],
-                    vec![deployment("web", 1)],
-                ),
-            )
-            .expect("store");
+        let first = store.apply(
+            1,
+            1,
+            &apply_config(
+                vec![config_map("app", "hello", false)],
+                vec![secret("db", "s3cr3t", false)],
+                vec![deployment("web", 1)],
+            ),
+        );
         assert_eq!(
             outcomes(first),
             (
@@ -358,17 +300,15 @@ mod tests {
                 1
             )
         );
-        let second = store
-            .apply(
-                2,
-                1,
-                &apply_config(
-                    vec![config_map("app", "bonjour", false)],
-                    vec![secret("db", "s3cr3t", false)],
-                    vec![],
-                ),
-            )
-            .expect("store");
+        let second = store.apply(
+            2,
+            1,
+            &apply_config(
+                vec![config_map("app", "bonjour", false)],
+                vec![secret("db", "s3cr3t", false)],
+                vec![],
+            ),
+        );
         assert_eq!(
             outcomes(second).0,
             vec![
@@ -387,42 +327,34 @@ mod tests {
             ]
         );
         assert_eq!(
-            store.config_maps(Some("default")).expect("list")[0]
-                .config_map
-                .data["greeting"],
+            store.config_maps(Some("default"))[0].config_map.data["greeting"],
             "bonjour"
         );
-        assert_eq!(
-            store.secrets(None).expect("list")[0].secret.data["password"].0,
-            b"s3cr3t"
-        );
-        assert!(store.secrets(Some("other")).expect("list").is_empty());
+        assert_eq!(store.secrets(None)[0].secret.data["password"].0, b"s3cr3t");
+        assert!(store.secrets(Some("other")).is_empty());
     }
 
     #[test]
     fn an_immutable_object_refuses_a_change_and_the_whole_apply_writes_nothing() {
-        let (_dir, store) = temp_store();
+        let mut store = State::default();
         store
             .apply(
                 1,
                 1,
                 &apply_config(vec![], vec![secret("db", "one", true)], vec![]),
             )
-            .expect("store")
             .expect("created");
-        let before = store.state_hash().expect("hash");
+        let before = store.state_hash();
         // A new deployment and a ConfigMap ride along: none of them is written.
-        let refused = store
-            .apply(
-                2,
-                1,
-                &apply_config(
-                    vec![config_map("app", "hello", false)],
-                    vec![secret("db", "two", true)],
-                    vec![deployment("web", 1)],
-                ),
-            )
-            .expect("store");
+        let refused = store.apply(
+            2,
+            1,
+            &apply_config(
+                vec![config_map("app", "hello", false)],
+                vec![secret("db", "two", true)],
+                vec![deployment("web", 1)],
+            ),
+        );
         let e = refused.expect_err("refused");
         assert_eq!(
             e.to_string(),
@@ -430,14 +362,11 @@ mod tests {
              it and apply it again"
         );
         assert!(!e.to_string().contains("two"));
-        assert!(store.config_maps(None).expect("list").is_empty());
-        assert!(store.deployments(None).expect("list").is_empty());
+        assert!(store.config_maps(None).is_empty());
+        assert!(store.deployment("default", "web").is_none());
         // The state is exactly as before (the hash leaves out the applied index).
-        assert_eq!(before, store.state_hash().expect("hash"));
-        assert_eq!(
-            store.secrets(None).expect("list")[0].secret.data["password"].0,
-            b"one"
-        );
+        assert_eq!(before, store.state_hash());
+        assert_eq!(store.secrets(None)[0].secret.data["password"].0, b"one");
         // Making it mutable again is a change too.
         assert!(store
             .apply(
@@ -445,7 +374,6 @@ mod tests {
                 1,
                 &apply_config(vec![], vec![secret("db", "one", false)], vec![])
             )
-            .expect("store")
             .is_err());
         // The same object again is fine.
         assert!(store
@@ -454,13 +382,12 @@ mod tests {
                 1,
                 &apply_config(vec![], vec![secret("db", "one", true)], vec![])
             )
-            .expect("store")
             .is_ok());
     }
 
     #[test]
     fn delete_is_all_or_nothing_unless_missing_names_are_ignored() {
-        let (_dir, store) = temp_store();
+        let mut store = State::default();
         store
             .apply(
                 1,
@@ -471,7 +398,6 @@ mod tests {
                     vec![],
                 ),
             )
-            .expect("store")
             .expect("created");
         let r = |name: &str| ObjectRef {
             namespace: "default".into(),
@@ -482,24 +408,20 @@ mod tests {
             refs,
             ignore_not_found,
         };
-        let refused = store
-            .apply(2, 1, &delete(vec![r("a"), r("nope")], false))
-            .expect("store");
+        let refused = store.apply(2, 1, &delete(vec![r("a"), r("nope")], false));
         assert_eq!(
             refused.expect_err("refused").to_string(),
             "configmap \"nope\" not found in namespace \"default\""
         );
-        assert_eq!(store.config_maps(None).expect("list").len(), 2);
-        let deleted = store
-            .apply(3, 1, &delete(vec![r("a"), r("nope")], true))
-            .expect("store");
+        assert_eq!(store.config_maps(None).len(), 2);
+        let deleted = store.apply(3, 1, &delete(vec![r("a"), r("nope")], true));
         assert_eq!(deleted, Ok(WriteResult::Deleted(vec![r("a")])));
-        assert_eq!(store.config_maps(None).expect("list").len(), 1);
+        assert_eq!(store.config_maps(None).len(), 1);
     }
 
     #[test]
     fn changing_a_templates_volumes_or_env_sources_is_a_new_revision() {
-        let (_dir, store) = temp_store();
+        let mut store = State::default();
         let plain = deployment("web", 1);
         let mut with_volume = plain.clone();
         with_volume.spec.template.spec.volumes = vec![drover_manifest::Volume {
@@ -528,16 +450,32 @@ mod tests {
             let index = i as u64 + 1;
             store
                 .apply(index, 1, &apply_config(vec![], vec![], vec![d.clone()]))
-                .expect("store")
                 .expect("applied");
-            let stored = store
-                .deployment("default", "web")
-                .expect("read")
-                .expect("there");
+            let stored = store.deployment("default", "web").expect("there").clone();
             hashes.push(stored.revisions.last().expect("revision").hash.clone());
             assert_eq!(stored.current_revision_number(), index, "revision {index}");
         }
         hashes.dedup();
         assert_eq!(hashes.len(), 3, "each change is a new revision: {hashes:?}");
+    }
+
+    #[test]
+    fn a_snapshot_keeps_config_maps_and_secrets() {
+        let mut state = State::default();
+        state
+            .apply(
+                1,
+                1,
+                &apply_config(
+                    vec![config_map("app", "hello", true)],
+                    vec![secret("db", "s3cr3t", false)],
+                    vec![],
+                ),
+            )
+            .expect("applied");
+        let back = State::decode(&state.encode().expect("encode")).expect("decode");
+        assert!(back == state, "the decoded state equals the encoded one");
+        assert_eq!(back.secrets(None)[0].secret.data["password"].0, b"s3cr3t");
+        assert!(back.config_maps(Some("default"))[0].config_map.immutable);
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release --workspace
 //! target/release/bench store
-//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100]
+//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300]
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
@@ -65,6 +65,10 @@ enum What {
         /// Milliseconds between progress samples (each lists every replica).
         #[arg(long, default_value_t = 250)]
         sample_ms: u64,
+        /// After every replica is Running, keep the cluster up this many
+        /// seconds and count leader changes and NotReady nodes (0: skip).
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
     },
     /// Replica start through drover (2 Docker agents) against `docker run -d`.
     DockerStart {
@@ -154,6 +158,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             clients,
             timeout_secs,
             sample_ms,
+            hold_secs,
         } => {
             bench::placement::run(bench::placement::Config {
                 agents,
@@ -162,6 +167,7 @@ async fn run(what: What) -> anyhow::Result<()> {
                 clients,
                 timeout: Duration::from_secs(timeout_secs),
                 sample: Duration::from_millis(sample_ms.max(1)),
+                hold: Duration::from_secs(hold_secs),
             })
             .await
         }
