@@ -5,15 +5,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
     println!("cargo:rerun-if-changed=drover/v1");
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &[
-            "drover/v1/control.proto",
-            "drover/v1/raft.proto",
-            "drover/v1/agent.proto",
-            "drover/v1/security.proto",
-        ],
-        &["."],
-    )?;
+    tonic_prost_build::configure()
+        // Secrets travel in these: their Debug (hand-written in lib.rs)
+        // shows names and sizes, never values.
+        .skip_debug([
+            "drover.v1.ConfigObject",
+            "drover.v1.ConfigRecord",
+            "drover.v1.ManifestFile",
+        ])
+        .compile_with_config(
+            config,
+            &[
+                "drover/v1/control.proto",
+                "drover/v1/raft.proto",
+                "drover/v1/agent.proto",
+                "drover/v1/security.proto",
+            ],
+            &["."],
+        )?;
     Ok(())
 }

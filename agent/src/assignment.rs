@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::backoff::BackoffPolicy;
 use crate::error::AgentError;
+use crate::resolve::EnvEntry;
+use crate::volumes::HostMount;
 
 /// One replica this node must run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,18 @@ pub struct Assignment {
     pub template: PodTemplate,
     /// Deployment annotations (`drover.io/restart-backoff-*`).
     pub annotations: BTreeMap<String, String>,
+    /// The env and mounts resolved on this node for this start (the
+    /// supervisor fills it in just before a start; None: the template's
+    /// plain `value`s and no mounts).
+    pub prepared: Option<Prepared>,
+}
+
+/// A start's configuration as resolved on the node: what the runtime puts
+/// in the container. Its `Debug` never shows a Secret's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    pub env: Vec<EnvEntry>,
+    pub mounts: Vec<HostMount>,
 }
 
 impl Assignment {
@@ -74,7 +88,32 @@ impl Assignment {
             spec_hash,
             template,
             annotations: a.annotations.into_iter().collect(),
+            prepared: None,
         })
+    }
+
+    /// The container's environment: the resolved one, or else the
+    /// template's plain values.
+    pub fn env(&self) -> Vec<EnvEntry> {
+        match &self.prepared {
+            Some(p) => p.env.clone(),
+            None => self
+                .container()
+                .env
+                .iter()
+                .filter(|e| e.value_from.is_none())
+                .map(|e| EnvEntry {
+                    name: e.name.clone(),
+                    value: e.value.clone(),
+                    secret: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// Where the container's volumes are on the host (none until prepared).
+    pub fn mounts(&self) -> &[HostMount] {
+        self.prepared.as_ref().map_or(&[], |p| &p.mounts[..])
     }
 
     /// The replica's host name, as Kubernetes gives a pod its name: the

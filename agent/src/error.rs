@@ -38,6 +38,12 @@ pub enum AgentError {
     #[error("invalid replica spec: {0}")]
     InvalidSpec(String),
 
+    /// A referenced ConfigMap, Secret or key is missing, or a volume cannot
+    /// be made ready. Retried at once when the objects change, and with
+    /// backoff otherwise. The sentence never holds a Secret's value.
+    #[error("{0}")]
+    CreateContainerConfig(String),
+
     /// The container could not be created or started for another reason.
     #[error("cannot start the container: {0}")]
     StartFailed(String),
@@ -89,6 +95,7 @@ impl AgentError {
             AgentError::PortInUse { .. } => "PortInUse",
             AgentError::InvalidSpec(_) => "InvalidSpec",
             AgentError::Conflict { .. } => "ContainerConflict",
+            AgentError::CreateContainerConfig(_) => "CreateContainerConfigError",
             _ => "StartError",
         }
     }

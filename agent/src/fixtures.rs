@@ -37,10 +37,12 @@ pub fn assignment(replica: &str) -> Assignment {
                 }],
                 restart_policy: "Always".into(),
                 termination_grace_period_seconds: 30,
+                volumes: Vec::new(),
                 ..Default::default()
             },
         },
         annotations: BTreeMap::new(),
+        prepared: None,
     }
 }
 

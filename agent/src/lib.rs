@@ -14,6 +14,9 @@
 //! - [`session`]: the stream to the leader, reconnects, leader redirects.
 //! - [`supervisor`]: the task that owns replica state and runs actions.
 //! - [`reconcile`] and [`backoff`]: pure decisions, unit-tested.
+//! - [`resolve`]: a replica's env and volume contents from the ConfigMaps and
+//!   Secrets sent with the assignment set (pure); [`volumes`]: their
+//!   directories on the host.
 //! - [`runtime`]: the trait and its Docker, process and simulated runtimes.
 //! - [`probe`]: liveness/readiness probes: a pure state machine, checks, workers.
 //! - [`status`]: replica status derived from the same state, diffed for reports.
@@ -33,11 +36,13 @@ pub mod fixtures;
 pub mod join;
 pub mod probe;
 pub mod reconcile;
+pub mod resolve;
 pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod status;
 pub mod supervisor;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,8 +140,16 @@ pub async fn run_with<R: Runtime>(
             stop.clone(),
         ));
     }
+    let supervisor_cfg = SupervisorConfig {
+        fields: resolve::Fields {
+            node: settings.node.clone(),
+            pod_ip: pod_ip(&settings.advertise),
+        },
+        data_dir: Some(settings.data_dir.clone()),
+        ..SupervisorConfig::default()
+    };
     let (supervisor, supervisor_task) =
-        Supervisor::start(runtime.clone(), SupervisorConfig::default(), stop.clone()).await?;
+        Supervisor::start(runtime.clone(), supervisor_cfg, stop.clone()).await?;
     let server = tokio::spawn(server::serve(
         runtime.clone(),
         debugging::Sessions::new(settings.debug_sessions),
@@ -175,4 +188,19 @@ pub async fn run_with<R: Runtime>(
     }
     info!("agent stopped; containers keep running");
     result
+}
+
+/// The address a replica's `status.podIP` reads: the host part of the
+/// agent's advertised address. Replicas are reached through their node's
+/// address (host ports, Services); a Docker container's bridge address is
+/// private to its host.
+fn pod_ip(advertise: &str) -> String {
+    match advertise.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => advertise
+            .rsplit_once(':')
+            .map_or(advertise, |(host, _)| host)
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string(),
+    }
 }

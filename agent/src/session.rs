@@ -396,6 +396,7 @@ pub fn whole_set(
         terminating_grace_seconds: msg.terminating_grace_seconds,
         base_version: 0,
         removed: Vec::new(),
+        config_objects: msg.config_objects,
     })
 }
 

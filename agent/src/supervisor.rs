@@ -39,13 +39,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, instrument, warn};
 
-use crate::assignment::Assignment;
+use std::path::PathBuf;
+
+use crate::assignment::{Assignment, Prepared};
 use crate::error::{AgentError, Result};
 use crate::probe::worker::{self, ProbeReport, Target};
 use crate::probe::{ProbeKind, Verdict};
 use crate::reconcile::{self, Action, Busy, Failure, Record, Unhealthy};
+use crate::resolve::{self, ConfigObjects, Fields, Resolved};
 use crate::runtime::{now_unix_ms, ContainerState, Exit, Observed, Runtime, RuntimeEvent, UnixMs};
 use crate::status::{self, Readiness, StatusMap};
+use crate::volumes::{self, VolumeDirs};
 
 /// Supervisor settings.
 #[derive(Debug, Clone)]
@@ -54,6 +58,12 @@ pub struct SupervisorConfig {
     pub resync: Duration,
     /// On shutdown, how long in-flight starts and stops may finish.
     pub drain: Duration,
+    /// The node name and the address replicas get for `fieldRef`
+    /// (`spec.nodeName`, `status.podIP`).
+    pub fields: Fields,
+    /// The agent's data directory: replicas' volumes live in its
+    /// `volumes/` (None: a replica with volumes cannot start).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for SupervisorConfig {
@@ -61,6 +71,8 @@ impl Default for SupervisorConfig {
         SupervisorConfig {
             resync: Duration::from_secs(30),
             drain: Duration::from_secs(10),
+            fields: Fields::default(),
+            data_dir: None,
         }
     }
 }
@@ -70,6 +82,7 @@ enum Msg {
         assignments: Vec<pb::Assignment>,
         terminating: Vec<String>,
         grace: BTreeMap<String, Duration>,
+        objects: Vec<pb::ConfigObject>,
     },
     /// Fencing: kill every replica now, without a grace period.
     Fence,
@@ -119,6 +132,7 @@ impl SupervisorHandle {
                 assignments: set.assignments,
                 terminating: set.terminating,
                 grace,
+                objects: set.config_objects,
             })
             .await
             .map_err(|_| AgentError::Config("the supervisor has stopped".into()))
@@ -149,9 +163,13 @@ enum Step {
     KeepPrevious {
         container_id: String,
     },
+    /// Prepare the replica's volumes, then create and start its container;
+    /// `config` is its resolved env and volumes, or why they cannot be.
     Start {
         assignment: Box<Assignment>,
         restarts: u32,
+        config: std::result::Result<Resolved, String>,
+        volumes: Option<Arc<VolumeDirs>>,
     },
 }
 
@@ -218,6 +236,9 @@ pub struct Supervisor<R: Runtime> {
     probes: BTreeMap<String, Probing>,
     probe_tx: mpsc::Sender<ProbeReport>,
     probe_rx: mpsc::Receiver<ProbeReport>,
+    /// The ConfigMaps and Secrets of the last assignment set.
+    objects: ConfigObjects,
+    volumes: Option<Arc<VolumeDirs>>,
 }
 
 /// The probes of one running container.
@@ -277,7 +298,14 @@ impl<R: Runtime> Supervisor<R> {
             probes: BTreeMap::new(),
             probe_tx,
             probe_rx,
+            objects: ConfigObjects::default(),
+            volumes: None,
         };
+        sup.volumes = sup
+            .cfg
+            .data_dir
+            .as_deref()
+            .map(|dir| Arc::new(VolumeDirs::new(dir)));
         sup.publish();
         let handle = SupervisorHandle { tx, statuses: rx };
         let task = tokio::spawn(sup.run(shutdown));
@@ -299,11 +327,12 @@ impl<R: Runtime> Supervisor<R> {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => match msg {
-                    Some(Msg::Assign { assignments, terminating, grace }) => {
+                    Some(Msg::Assign { assignments, terminating, grace, objects }) => {
                         self.fencing = false;
                         self.terminating = terminating.into_iter().collect();
                         self.stop_grace = grace;
                         self.assign(assignments);
+                        self.config_objects(ConfigObjects::from_pb(objects));
                     }
                     Some(Msg::Fence) => {
                         self.fencing = true;
@@ -397,6 +426,47 @@ impl<R: Runtime> Supervisor<R> {
         self.assignments = Some(next);
     }
 
+    /// Take the set's ConfigMaps and Secrets. When any changed: replicas
+    /// waiting on a missing one try again now (not after their backoff),
+    /// and the files of running replicas' configMap and secret volumes are
+    /// rewritten in place (see [`crate::volumes`]).
+    fn config_objects(&mut self, objects: ConfigObjects) {
+        let changed = self.objects.changed(&objects);
+        self.objects = objects;
+        if changed.is_empty() {
+            return;
+        }
+        debug!(objects = changed.len(), "configuration objects changed");
+        for r in self.records.values_mut() {
+            if r.failure.as_ref().is_some_and(|f| f.reason == CONFIG_ERROR) {
+                r.next_attempt_unix_ms = None;
+            }
+        }
+        let (Some(volumes), Some(assignments)) = (&self.volumes, &self.assignments) else {
+            return;
+        };
+        for (name, a) in assignments {
+            if self.busy.contains_key(name) {
+                // A start in flight prepares from what it resolved; the next
+                // set or restart brings it up to date.
+                continue;
+            }
+            // A missing object keeps the files a running replica has, as
+            // kubelet does; a start reports it.
+            let Ok(plans) = resolve::volumes(a, &self.objects) else {
+                continue;
+            };
+            match volumes.refresh(name, &plans) {
+                Ok(updated) => {
+                    for volume in updated {
+                        info!(replica = %name, volume = %volume, "volume files updated");
+                    }
+                }
+                Err(e) => warn!(replica = %name, error = %e, "could not update volume files"),
+            }
+        }
+    }
+
     fn on_event(&mut self, ev: RuntimeEvent) {
         match ev {
             RuntimeEvent::Exited {
@@ -456,7 +526,10 @@ impl<R: Runtime> Supervisor<R> {
             } => {
                 self.listing = false;
                 match result {
-                    Ok(list) => self.apply_list(list, since_epoch),
+                    Ok(list) => {
+                        self.apply_list(list, since_epoch);
+                        self.collect_volumes();
+                    }
                     Err(e) => warn!(error = %e, "re-listing containers failed"),
                 }
             }
@@ -521,6 +594,23 @@ impl<R: Runtime> Supervisor<R> {
                     .or_default()
                     .retry_io_at = Some(now + 1000);
             }
+        }
+    }
+
+    /// Remove the volumes of replicas this node no longer has (assigned,
+    /// present or being worked on): those an agent restart forgot.
+    fn collect_volumes(&mut self) {
+        let (Some(volumes), Some(assignments)) = (&self.volumes, &self.assignments) else {
+            return;
+        };
+        let keep: std::collections::BTreeSet<&str> = assignments
+            .keys()
+            .map(String::as_str)
+            .chain(self.containers.values().map(|c| c.replica.as_str()))
+            .chain(self.busy.keys().map(String::as_str))
+            .collect();
+        for replica in volumes.collect_garbage(&keep) {
+            info!(replica = %replica, "removed the volumes of a replica that left this node");
         }
     }
 
@@ -615,6 +705,11 @@ impl<R: Runtime> Supervisor<R> {
                         self.records.remove(&replica);
                         self.touched.remove(&replica);
                         self.runtime.forget_previous(&replica);
+                        if let Some(volumes) = &self.volumes {
+                            if let Err(e) = volumes.remove(&replica) {
+                                warn!(replica = %replica, error = %e, "could not remove the replica's volumes");
+                            }
+                        }
                     }
                     Action::Stop {
                         container_id,
@@ -633,6 +728,8 @@ impl<R: Runtime> Supervisor<R> {
                             steps.push(Step::Start {
                                 assignment: Box::new(a.clone()),
                                 restarts,
+                                config: resolve::resolve(a, &self.objects, &self.cfg.fields),
+                                volumes: self.volumes.clone(),
                             });
                         }
                     }
@@ -650,6 +747,8 @@ impl<R: Runtime> Supervisor<R> {
                             steps.push(Step::Start {
                                 assignment: Box::new(a.clone()),
                                 restarts,
+                                config: resolve::resolve(a, &self.objects, &self.cfg.fields),
+                                volumes: self.volumes.clone(),
                             });
                         }
                     }
@@ -836,6 +935,32 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The reason a replica that cannot get its configuration shows.
+const CONFIG_ERROR: &str = "CreateContainerConfigError";
+
+/// Make the replica's volumes ready and put its env and mounts together.
+fn prepare(a: &Assignment, resolved: Resolved, volumes: Option<&VolumeDirs>) -> Result<Prepared> {
+    let mounts = if resolved.volumes.is_empty() {
+        Vec::new()
+    } else {
+        let Some(volumes) = volumes else {
+            return Err(AgentError::CreateContainerConfig(
+                "this agent runs without a data directory, so it has nowhere to keep volumes"
+                    .into(),
+            ));
+        };
+        let paths = volumes
+            .prepare(&a.replica, &resolved.volumes)
+            .map_err(AgentError::CreateContainerConfig)?;
+        volumes::mounts(a.container(), &paths, &resolved.volumes)
+            .map_err(AgentError::CreateContainerConfig)?
+    };
+    Ok(Prepared {
+        env: resolved.env,
+        mounts,
+    })
+}
+
 /// Carry out one replica's steps in order, stopping at the first failure.
 #[instrument(skip_all, fields(replica = %replica))]
 async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step>) -> Outcome {
@@ -886,15 +1011,30 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
                 }
             },
             Step::Start {
-                assignment,
+                mut assignment,
                 restarts,
-            } => match runtime.start(&assignment, restarts).await {
-                Ok(o) => done.push(Done::Started(o)),
-                Err(error) => {
-                    done.push(Done::StartFailed { error, assignment });
-                    break;
+                config,
+                volumes,
+            } => {
+                let prepared = match config {
+                    Ok(resolved) => prepare(&assignment, resolved, volumes.as_deref()),
+                    Err(message) => Err(AgentError::CreateContainerConfig(message)),
+                };
+                let started = match prepared {
+                    Ok(prepared) => {
+                        assignment.prepared = Some(prepared);
+                        runtime.start(&assignment, restarts).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match started {
+                    Ok(o) => done.push(Done::Started(o)),
+                    Err(error) => {
+                        done.push(Done::StartFailed { error, assignment });
+                        break;
+                    }
                 }
-            },
+            }
         }
     }
     Outcome::Steps { replica, done }

@@ -177,6 +177,7 @@ async fn integration_docker_start_maps_the_spec_and_stop_remove_clean_up() {
     c.env = vec![EnvVar {
         name: "GREETING".into(),
         value: "from drover".into(),
+        value_from: None,
     }];
     c.working_dir = Some("/tmp".into());
     c.ports = vec![ContainerPort {

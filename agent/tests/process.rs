@@ -52,6 +52,7 @@ async fn start_logs_and_stop_with_sigterm() {
     c.env = vec![drover_manifest::EnvVar {
         name: "GREETING".into(),
         value: "from drover".into(),
+        value_from: None,
     }];
     c.working_dir = Some("/tmp".into());
 
@@ -204,6 +205,7 @@ async fn exec_runs_in_the_replicas_environment() {
     a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
         name: "PROBE".into(),
         value: "ok".into(),
+        value_from: None,
     }];
     rt.start(&a, 0).await.expect("start");
     let cmd = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
@@ -444,6 +446,7 @@ async fn a_replica_does_not_inherit_the_agents_environment() {
     a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
         name: "GIVEN".into(),
         value: "by-the-manifest".into(),
+        value_from: None,
     }];
     rt.start(&a, 0).await.expect("start");
     let out = eventually("output", Duration::from_secs(5), || async {

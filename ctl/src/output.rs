@@ -581,6 +581,7 @@ pub(crate) mod fixtures {
                         node_selector: BTreeMap::new(),
                         restart_policy: "Always".into(),
                         termination_grace_period_seconds: 30,
+                        volumes: Vec::new(),
                     },
                 },
             },

@@ -10,14 +10,18 @@ pub enum ResourceKind {
     Node,
     /// Only `get` lists events; they have no names of their own to act on.
     Event,
+    ConfigMap,
+    Secret,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 4] = [
+    pub const ALL: [ResourceKind; 6] = [
         ResourceKind::Deployment,
         ResourceKind::Replica,
         ResourceKind::Node,
         ResourceKind::Event,
+        ResourceKind::ConfigMap,
+        ResourceKind::Secret,
     ];
 
     /// `deployments`, `Deployment`, `deploy`, `deployments.apps`, ...
@@ -27,7 +31,11 @@ impl ResourceKind {
             // Only deployments have an API group (`deployments.apps`).
             let bare = match kind {
                 ResourceKind::Deployment => lower.strip_suffix(".apps").unwrap_or(&lower),
-                ResourceKind::Replica | ResourceKind::Node | ResourceKind::Event => &lower,
+                ResourceKind::Replica
+                | ResourceKind::Node
+                | ResourceKind::Event
+                | ResourceKind::ConfigMap
+                | ResourceKind::Secret => &lower,
             };
             if kind.plural() == bare || kind.aliases().contains(&bare) {
                 return Ok(kind);
@@ -46,6 +54,8 @@ impl ResourceKind {
             ResourceKind::Replica => "replicas",
             ResourceKind::Node => "nodes",
             ResourceKind::Event => "events",
+            ResourceKind::ConfigMap => "configmaps",
+            ResourceKind::Secret => "secrets",
         }
     }
 
@@ -55,6 +65,8 @@ impl ResourceKind {
             ResourceKind::Replica => "replica",
             ResourceKind::Node => "node",
             ResourceKind::Event => "event",
+            ResourceKind::ConfigMap => "configmap",
+            ResourceKind::Secret => "secret",
         }
     }
 
@@ -64,6 +76,8 @@ impl ResourceKind {
             ResourceKind::Replica => &["replica", "po", "pod", "pods"],
             ResourceKind::Node => &["node", "no"],
             ResourceKind::Event => &["event", "ev"],
+            ResourceKind::ConfigMap => &["configmap", "cm"],
+            ResourceKind::Secret => &["secret"],
         }
     }
 
@@ -75,13 +89,19 @@ impl ResourceKind {
             ResourceKind::Replica => "replica",
             ResourceKind::Node => "node",
             ResourceKind::Event => "event",
+            ResourceKind::ConfigMap => "configmap",
+            ResourceKind::Secret => "secret",
         }
     }
 
     /// False for nodes, which belong to no namespace.
     pub fn namespaced(self) -> bool {
         match self {
-            ResourceKind::Deployment | ResourceKind::Replica | ResourceKind::Event => true,
+            ResourceKind::Deployment
+            | ResourceKind::Replica
+            | ResourceKind::Event
+            | ResourceKind::ConfigMap
+            | ResourceKind::Secret => true,
             ResourceKind::Node => false,
         }
     }
@@ -220,7 +240,8 @@ mod tests {
     fn unsupported_types_say_what_is_supported() {
         const TYPES: &str = "deployments (aliases: deployment, deploy); \
             replicas (aliases: replica, po, pod, pods); nodes (aliases: node, no); \
-            events (aliases: event, ev)";
+            events (aliases: event, ev); configmaps (aliases: configmap, cm); \
+            secrets (aliases: secret)";
         let e = ResourceKind::parse("services").unwrap_err();
         assert_eq!(
             e.to_string(),

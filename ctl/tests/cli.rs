@@ -149,6 +149,7 @@ impl Control for FakeController {
                 name: key.1,
                 outcome: outcome as i32,
                 generation,
+                kind: "Deployment".into(),
             });
         }
         Ok(Response::new(pb::ApplyResponse {
@@ -422,7 +423,38 @@ impl Control for FakeController {
             "this test server never changes; the end-to-end suites wait on real clusters",
         ))
     }
+
+    async fn list_config_maps(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(CONFIG_ELSEWHERE))
+    }
+
+    async fn list_secrets(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(CONFIG_ELSEWHERE))
+    }
+
+    async fn reveal_secrets(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(CONFIG_ELSEWHERE))
+    }
+
+    async fn delete_config_objects(
+        &self,
+        _: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        Err(Status::unimplemented(CONFIG_ELSEWHERE))
+    }
 }
+
+/// ConfigMaps and Secrets are tested against real controllers (tests/).
+const CONFIG_ELSEWHERE: &str = "configmaps and secrets are tested against real clusters";
 
 type ChangeStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Change, Status>> + Send>>;

@@ -32,6 +32,46 @@ pub mod pb {
     tonic::include_proto!("drover.v1");
 }
 
+impl std::fmt::Debug for pb::ConfigObject {
+    /// Key names and sizes only: a Secret's values must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: std::collections::BTreeMap<&str, usize> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .collect();
+        f.debug_struct("ConfigObject")
+            .field("kind", &self.kind())
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("data_sizes", &sizes)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for pb::ConfigRecord {
+    /// Without the object's JSON: from RevealSecrets it holds values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRecord")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .field("sizes", &self.sizes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for pb::ManifestFile {
+    /// Name and size only: a manifest may hold a Secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestFile")
+            .field("name", &self.name)
+            .field("bytes", &self.content.len())
+            .finish()
+    }
+}
+
 /// Largest Control request a controller accepts (an apply's files together).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 

@@ -18,6 +18,11 @@
 //! backoff. Engine answers are mapped to [`AgentError`] variants: 404 →
 //! `NoSuchContainer`, 409 → `Conflict`, a taken host port → `PortInUse`, a
 //! failed pull → `ImagePull` with Docker's message.
+//!
+//! Volumes are bind mounts of the directories [`crate::volumes`] prepared on
+//! the host. Env values resolved from Secrets are in the container's config,
+//! so `docker inspect` shows them to whoever may use the Docker socket (as on
+//! a Kubernetes node); drover itself never logs them.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +32,8 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HostConfig, HostConfigLogConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, HostConfigLogConfig, Mount, MountType, PortBinding, PortMap, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
@@ -754,10 +760,23 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
         (labels::SLOT.to_string(), assignment.slot.to_string()),
         (labels::RESTARTS.to_string(), restarts.to_string()),
     ]);
-    let env: Vec<String> = c
-        .env
+    let env: Vec<String> = assignment
+        .env()
         .iter()
         .map(|e| format!("{}={}", e.name, e.value))
+        .collect();
+    // Every volume is a bind mount of its host directory (a Memory emptyDir
+    // is a tmpfs the agent mounted there, so it outlives container restarts).
+    let mounts: Vec<Mount> = assignment
+        .mounts()
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: Some(m.source.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
         .collect();
     let mut exposed = Vec::new();
     let mut bindings: PortMap = HashMap::new();
@@ -785,6 +804,7 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
         .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
     let host_config = HostConfig {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
+        mounts: (!mounts.is_empty()).then_some(mounts),
         nano_cpus: limits
             .cpu_millis
             .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
@@ -1134,10 +1154,12 @@ mod tests {
             EnvVar {
                 name: "GREETING".into(),
                 value: "hello world".into(),
+                value_from: None,
             },
             EnvVar {
                 name: "EMPTY".into(),
                 value: String::new(),
+                value_from: None,
             },
         ];
         c.working_dir = Some("/var/www".into());

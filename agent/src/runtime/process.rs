@@ -23,7 +23,15 @@
 //! A replica's environment is built from nothing: `HOSTNAME` (the replica),
 //! `PATH` (the agent's, else the usual default) and the manifest's `env`,
 //! which may override both. Nothing else of the agent's own environment
-//! (`DROVER_JOIN_TOKEN`, ...) reaches a replica, nor an `exec` in it.
+//! (`DROVER_JOIN_TOKEN`, ...) reaches a replica, nor an `exec` in it. The
+//! state file (0600) holds values that came from Secrets empty; an exec in
+//! a process adopted after an agent restart reads them back from the
+//! process's own `/proc/<pid>/environ`.
+//!
+//! Volumes: a process cannot have another root, so each `volumeMounts[]`
+//! entry is a symlink in its working directory to the volume's directory on
+//! the host (`mountPath: /etc/app` is `./etc/app`); `readOnly` is not
+//! enforced; a `workingDir` of the host's cannot be combined with mounts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +86,11 @@ struct Entry {
     start_ticks: u64,
     started_unix_ms: UnixMs,
     env: Vec<(String, String)>,
+    /// Variables whose values came from Secrets: the state file holds them
+    /// empty, and an adopted process's are read back from
+    /// `/proc/<pid>/environ` when an exec needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secret_env: Vec<String>,
     working_dir: PathBuf,
     /// terminationGracePeriodSeconds of the replica.
     #[serde(default)]
@@ -216,7 +229,7 @@ impl Inner {
         let _writing = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
         let state = StateFile {
             node: self.node.clone(),
-            containers: self.lock().values().cloned().collect(),
+            containers: self.lock().values().map(Entry::without_secrets).collect(),
         };
         self.write_state(&state)
     }
@@ -311,6 +324,50 @@ impl Inner {
 }
 
 impl Entry {
+    /// The entry as the state file holds it: Secret-derived values blank.
+    fn without_secrets(&self) -> Entry {
+        let mut e = self.clone();
+        for (name, value) in e.env.iter_mut() {
+            if e.secret_env.contains(name) {
+                value.clear();
+            }
+        }
+        e
+    }
+
+    /// Put back the Secret-derived values an adopted entry lost, from the
+    /// running process's own environment.
+    fn restore_secrets(&mut self) {
+        let lost = self
+            .env
+            .iter()
+            .any(|(name, value)| value.is_empty() && self.secret_env.contains(name));
+        if !lost {
+            return;
+        }
+        let Ok(raw) = std::fs::read(format!("/proc/{}/environ", self.pid)) else {
+            return;
+        };
+        if !is_alive(self.pid, self.start_ticks) {
+            return;
+        }
+        let live: BTreeMap<String, String> = raw
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let text = String::from_utf8_lossy(kv);
+                text.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        for (name, value) in self.env.iter_mut() {
+            if value.is_empty() && self.secret_env.contains(name) {
+                if let Some(v) = live.get(name) {
+                    value.clone_from(v);
+                }
+            }
+        }
+    }
+
     fn observed(&self) -> Observed {
         Observed {
             replica: self.replica.clone(),
@@ -354,6 +411,13 @@ impl Runtime for ProcessRuntime {
                 "the process runtime needs the container's command or args (there is no image to take them from)".into(),
             ));
         };
+        if c.working_dir.is_some() && !assignment.mounts().is_empty() {
+            return Err(AgentError::InvalidSpec(
+                "the process runtime maps volumeMounts under the replica's own working directory; \
+                 drop workingDir to use volumes"
+                    .into(),
+            ));
+        }
         let working_dir = match &c.working_dir {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
@@ -369,6 +433,7 @@ impl Runtime for ProcessRuntime {
                 let dir = self.inner.dir.join("work").join(&assignment.replica);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
+                link_mounts(&dir, assignment.mounts())?;
                 dir
             }
         };
@@ -382,9 +447,15 @@ impl Runtime for ProcessRuntime {
             spawn_shim(&self.inner, &out_path, out_read)?,
             spawn_shim(&self.inner, &err_path, err_read)?,
         ];
+        let resolved = assignment.env();
+        let secret_env: Vec<String> = resolved
+            .iter()
+            .filter(|e| e.secret)
+            .map(|e| e.name.clone())
+            .collect();
         let env = replica_env(
             assignment.hostname(),
-            c.env.iter().map(|e| (e.name.clone(), e.value.clone())),
+            resolved.into_iter().map(|e| (e.name, e.value)),
         );
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
@@ -428,6 +499,7 @@ impl Runtime for ProcessRuntime {
             start_ticks: stat(pid).map(|s| s.start_ticks).unwrap_or(0),
             started_unix_ms: now_unix_ms(),
             env,
+            secret_env,
             working_dir,
             grace_secs: Some(assignment.grace().as_secs()),
             exit: None,
@@ -661,11 +733,12 @@ impl Runtime for ProcessRuntime {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        let entry = self
+        let mut entry = self
             .inner
             .newest(replica)
             .filter(|e| e.exit.is_none())
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
+        entry.restore_secrets();
         let Some((program, args)) = command.split_first() else {
             return Err(AgentError::InvalidSpec("the exec command is empty".into()));
         };
@@ -704,10 +777,11 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn exec_session(&self, replica: &str, spec: ExecSpec) -> Result<ExecSession> {
-        let entry = self
+        let mut entry = self
             .inner
             .newest(replica)
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
+        entry.restore_secrets();
         if entry.exit.is_some() {
             return Err(AgentError::Unsupported(format!(
                 "replica {replica} is not running (its process exited); exec needs a running replica"
@@ -1117,6 +1191,28 @@ fn shim_program() -> Result<PathBuf> {
         log_files::SHIM_ARG,
         exe.display()
     )))
+}
+
+/// A process sees its volumes through symlinks in its working directory:
+/// mount path `/etc/app` is `./etc/app` (it cannot have another root).
+/// `readOnly` cannot be enforced on a process of the agent's own user.
+fn link_mounts(work: &Path, mounts: &[crate::volumes::HostMount]) -> Result<()> {
+    for m in mounts {
+        let link = work.join(m.target.trim_start_matches('/'));
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| AgentError::io(format!("creating {}", parent.display()), e))?;
+        }
+        match std::fs::symlink_metadata(&link) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&link),
+            Ok(_) => std::fs::remove_file(&link),
+            Err(_) => Ok(()),
+        }
+        .map_err(|e| AgentError::io(format!("replacing {}", link.display()), e))?;
+        std::os::unix::fs::symlink(&m.source, &link)
+            .map_err(|e| AgentError::io(format!("linking {}", link.display()), e))?;
+    }
+    Ok(())
 }
 
 /// PATH when the agent itself has none (Docker's default for images).

@@ -16,6 +16,7 @@ use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
+use super::config;
 use crate::cluster::wire::observed_to_pb;
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::config::validate_address;
@@ -223,7 +224,8 @@ impl pb::control_server::Control for ControlService {
         let parsed = manifest::parse_files(&files, &opts)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let warnings = parsed.warnings;
-        if parsed.deployments.is_empty() {
+        let has_config = !parsed.config_maps.is_empty() || !parsed.secrets.is_empty();
+        if parsed.deployments.is_empty() && !has_config {
             return Ok(Response::new(pb::ApplyResponse {
                 results: vec![],
                 warnings,
@@ -231,7 +233,11 @@ impl pb::control_server::Control for ControlService {
         }
         if req.dry_run {
             self.cluster.read_barrier(None).await?;
-            let mut results = Vec::new();
+            let mut results: Vec<pb::ApplyResult> =
+                config::dry_run(&self.cluster, &parsed.config_maps, &parsed.secrets)?
+                    .into_iter()
+                    .map(|r| config::result_pb(r, outcome_pb))
+                    .collect();
             for d in &parsed.deployments {
                 let m = &d.metadata;
                 let existing = self.cluster.store.deployment(&m.namespace, &m.name);
@@ -245,11 +251,18 @@ impl pb::control_server::Control for ControlService {
                     name: m.name.clone(),
                     outcome: outcome_pb(outcome) as i32,
                     generation,
+                    kind: "Deployment".into(),
                 });
             }
             return Ok(Response::new(pb::ApplyResponse { results, warnings }));
         }
         let command = if req.expected_generation > 0 {
+            if has_config {
+                return Err(Status::invalid_argument(
+                    "an apply with an expected generation holds exactly one deployment and no \
+                     ConfigMap or Secret",
+                ));
+            }
             let [deployment] = <[_; 1]>::try_from(parsed.deployments).map_err(|all| {
                 Status::invalid_argument(format!(
                     "an apply with an expected generation holds exactly one deployment, not {}",
@@ -261,27 +274,81 @@ impl pb::control_server::Control for ControlService {
                 expected_generation: req.expected_generation,
                 now_unix_ms: now_unix_ms(),
             }
+        } else if has_config {
+            Command::ApplyConfig {
+                deployments: parsed.deployments,
+                config_maps: parsed.config_maps,
+                secrets: parsed.secrets,
+                now_unix_ms: now_unix_ms(),
+            }
         } else {
             Command::Apply {
                 deployments: parsed.deployments,
                 now_unix_ms: now_unix_ms(),
             }
         };
+        let deployment_pb =
+            |(r, outcome, generation): (ObjectRef, ApplyOutcome, u64)| pb::ApplyResult {
+                namespace: r.namespace,
+                name: r.name,
+                outcome: outcome_pb(outcome) as i32,
+                generation,
+                kind: "Deployment".into(),
+            };
         match self.cluster.write(Write::Command(command)).await? {
             WriteResult::Applied(results) => Ok(Response::new(pb::ApplyResponse {
-                results: results
+                results: results.into_iter().map(deployment_pb).collect(),
+                warnings,
+            })),
+            WriteResult::AppliedConfig {
+                config,
+                deployments,
+            } => Ok(Response::new(pb::ApplyResponse {
+                results: config
                     .into_iter()
-                    .map(|(r, outcome, generation)| pb::ApplyResult {
-                        namespace: r.namespace,
-                        name: r.name,
-                        outcome: outcome_pb(outcome) as i32,
-                        generation,
-                    })
+                    .map(|r| config::result_pb(r, outcome_pb))
+                    .chain(deployments.into_iter().map(deployment_pb))
                     .collect(),
                 warnings,
             })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn list_config_maps(
+        &self,
+        request: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        config::list_config_maps(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        config::list_secrets(&self.cluster, request.into_inner(), false)
+            .await
+            .map(Response::new)
+    }
+
+    async fn reveal_secrets(
+        &self,
+        request: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        config::list_secrets(&self.cluster, request.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_config_objects(
+        &self,
+        request: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        config::delete(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_deployments(

@@ -9,6 +9,7 @@
 //! [`crate::cluster::Cluster`]; none of them is used by the dispatcher or
 //! the leader loops.
 
+mod config;
 pub mod control;
 pub mod join_limit;
 pub mod peer;

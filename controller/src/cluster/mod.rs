@@ -271,7 +271,9 @@ pub(crate) fn write_error(e: WriteError) -> Status {
     match e {
         WriteError::NotFound { .. }
         | WriteError::NodeNotFound(_)
-        | WriteError::TokenNotFound(_) => Status::not_found(e.to_string()),
+        | WriteError::TokenNotFound(_)
+        | WriteError::ConfigNotFound { .. } => Status::not_found(e.to_string()),
+        WriteError::Immutable { .. } => Status::failed_precondition(e.to_string()),
         WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
         WriteError::NoRevision { .. } | WriteError::NodeReady(_) => {
             Status::failed_precondition(e.to_string())

@@ -12,6 +12,7 @@ use tracing::debug;
 
 use drover_proto::pb;
 
+use super::config;
 use crate::cluster::Cluster;
 use crate::store::{State, StoredDeployment, Touched};
 
@@ -30,6 +31,9 @@ pub struct NodeSet {
     /// Grace periods (seconds) replacing the container's own for some of
     /// the terminating replicas (`delete --grace-period`).
     pub terminating_grace_seconds: HashMap<String, u32>,
+    /// The ConfigMaps and Secrets the assigned replicas reference
+    /// ([`super::config`]), whole in every message, sorted.
+    pub config_objects: Vec<pb::ConfigObject>,
 }
 
 impl NodeSet {
@@ -98,20 +102,23 @@ impl Assignments {
     /// Cost: O(replicas on the touched nodes), plus one template encoding
     /// per revision they run.
     pub fn build(state: &State, previous: &Assignments, changes: &Touched) -> Assignments {
-        let (mut by_node, nodes): (HashMap<String, Arc<NodeSet>>, BTreeSet<String>) = if changes.all
-        {
-            (
-                HashMap::new(),
-                state.nodes_with_replicas().cloned().collect(),
-            )
-        } else {
-            let mut nodes = changes.nodes.clone();
-            for d in &changes.deployment_records {
-                nodes.extend(state.replicas_of(d).filter_map(|r| r.node.clone()));
-            }
-            // A deleted deployment's replicas are still indexed under it.
-            (previous.by_node.clone(), nodes)
-        };
+        // A ConfigMap or Secret changed: every node's set is built again
+        // (config changes are rare; finding only the nodes that reference
+        // the changed objects would need an index of references).
+        let (mut by_node, nodes): (HashMap<String, Arc<NodeSet>>, BTreeSet<String>) =
+            if changes.all || changes.config_objects {
+                (
+                    HashMap::new(),
+                    state.nodes_with_replicas().cloned().collect(),
+                )
+            } else {
+                let mut nodes = changes.nodes.clone();
+                for d in &changes.deployment_records {
+                    nodes.extend(state.replicas_of(d).filter_map(|r| r.node.clone()));
+                }
+                // A deleted deployment's replicas are still indexed under it.
+                (previous.by_node.clone(), nodes)
+            };
         let mut templates = TemplateCache::default();
         for node in nodes {
             let set = node_set(state, &node, &mut templates);
@@ -133,6 +140,7 @@ impl Assignments {
 /// One node's set, from the replicas bound to it.
 fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet {
     let mut set = NodeSet::default();
+    let mut references = BTreeSet::new();
     for r in state.replicas_on(node) {
         if r.is_terminating() {
             if let Some(grace) = r.stop_grace_seconds {
@@ -147,6 +155,7 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
         let Some((template, annotations)) = templates.get(d, &r.revision) else {
             continue;
         };
+        references.extend(templates.references(d, &r.revision).iter().cloned());
         set.assignments.push(pb::Assignment {
             replica: r.agent_id(),
             namespace: r.namespace.clone(),
@@ -159,6 +168,7 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
     }
     set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
     set.terminating.sort();
+    set.config_objects = config::objects(state, &references);
     set
 }
 
@@ -168,12 +178,30 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
 struct TemplateCache {
     /// `(namespace, deployment, revision)` → its encoding, if still kept.
     by_revision: HashMap<(String, String, String), Option<Encoded>>,
+    /// `(namespace, deployment, revision)` → the config objects it reads.
+    references: HashMap<(String, String, String), Arc<Vec<config::Reference>>>,
 }
 
 /// A template's JSON and the annotations agents act on.
 type Encoded = (Arc<String>, Arc<HashMap<String, String>>);
 
 impl TemplateCache {
+    /// The ConfigMaps and Secrets a revision's template references.
+    fn references(&mut self, d: &StoredDeployment, hash: &str) -> Arc<Vec<config::Reference>> {
+        let m = &d.deployment.metadata;
+        self.references
+            .entry((m.namespace.clone(), m.name.clone(), hash.to_string()))
+            .or_insert_with(|| {
+                let template = if hash == d.current_revision_hash() {
+                    Some(&d.deployment.spec.template)
+                } else {
+                    d.revision_by_hash(hash).map(|r| &r.template)
+                };
+                Arc::new(template.map_or_else(Vec::new, |t| config::references(&m.namespace, t)))
+            })
+            .clone()
+    }
+
     fn get(&mut self, d: &StoredDeployment, hash: &str) -> Option<Encoded> {
         let m = &d.deployment.metadata;
         self.by_revision

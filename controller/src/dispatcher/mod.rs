@@ -15,6 +15,7 @@
 //! the only state kept in memory.
 
 mod book;
+pub mod config;
 mod pending;
 
 use std::collections::HashMap;
@@ -345,6 +346,7 @@ impl Dispatcher {
                             removed,
                             terminating: current.terminating.clone(),
                             terminating_grace_seconds: current.terminating_grace_seconds.clone(),
+                            config_objects: current.config_objects.clone(),
                         }
                     }
                     None => pb::AssignmentSet {
@@ -352,6 +354,7 @@ impl Dispatcher {
                         assignments: current.assignments.clone(),
                         terminating: current.terminating.clone(),
                         terminating_grace_seconds: current.terminating_grace_seconds.clone(),
+                        config_objects: current.config_objects.clone(),
                         ..Default::default()
                     },
                 };

@@ -333,8 +333,8 @@ struct Proposal {
 /// that an older controller would not apply exactly as this one does: an
 /// older member then stops applying at the first newer entry, with a
 /// sentence in `cluster status`, instead of skipping or misreading it.
-/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); 5 added
-/// `DeleteNodes` (issue 12).
+/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
+/// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16).
 pub const COMMAND_FORMAT: u32 = 5;
 
 /// Entries written before formats were numbered.

@@ -164,6 +164,20 @@ pub enum Command {
         reports: Vec<(String, ObjectRef, ReplicaObserved)>,
         now_unix_ms: i64,
     },
+    /// An apply holding ConfigMaps or Secrets: those and the deployments in
+    /// one entry, all or nothing (`config_objects.rs`).
+    ApplyConfig {
+        deployments: Vec<Deployment>,
+        config_maps: Vec<drover_manifest::ConfigMap>,
+        secrets: Vec<drover_manifest::Secret>,
+        now_unix_ms: i64,
+    },
+    /// Delete ConfigMaps or Secrets (`config_objects.rs`).
+    DeleteConfig {
+        kind: super::config_objects::ConfigKind,
+        refs: Vec<ObjectRef>,
+        ignore_not_found: bool,
+    },
     /// A new join token (an id taken already is refused).
     CreateToken { token: TokenRecord },
     /// Revoke a join token: joins with it are refused from now on.
@@ -203,7 +217,10 @@ impl Command {
             | Command::Undo { .. }
             | Command::PauseRollout { .. }
             | Command::CreateToken { .. }
-            | Command::RevokeToken { .. } => true,
+            | Command::RevokeToken { .. }
+            | Command::DeleteNodes { .. }
+            | Command::ApplyConfig { .. }
+            | Command::DeleteConfig { .. } => true,
         }
     }
 }
@@ -250,6 +267,11 @@ pub enum ApplyOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteResult {
     Applied(Vec<(ObjectRef, ApplyOutcome, u64)>),
+    /// An `ApplyConfig`: its ConfigMaps and Secrets, then its deployments.
+    AppliedConfig {
+        config: Vec<super::config_objects::ConfigResult>,
+        deployments: Vec<(ObjectRef, ApplyOutcome, u64)>,
+    },
     Deleted(Vec<ObjectRef>),
     Scaled {
         previous: u32,
@@ -290,6 +312,18 @@ pub enum WriteError {
     TokenRole(String),
     #[error("node {0:?} is Ready: drain it (droverctl drain {0}) and stop its agent first, or delete it anyway with --force (its agent's certificate is revoked with it)")]
     NodeReady(String),
+    #[error("{kind} {name:?} in namespace {namespace:?} is immutable: its data cannot change; delete it and apply it again")]
+    Immutable {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{} {name:?} not found in namespace {namespace:?}", .kind.to_lowercase())]
+    ConfigNotFound {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -310,6 +344,28 @@ pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResul
         Command::ChangeNodeMeta { node, change, .. } => {
             super::node_meta::change(state, node, change)
         }
+        Command::ApplyConfig {
+            deployments,
+            config_maps,
+            secrets,
+            now_unix_ms,
+        } => {
+            let config = super::config_objects::apply(state, config_maps, secrets, *now_unix_ms)?;
+            let deployments = match apply(state, deployments, *now_unix_ms)? {
+                WriteResult::Applied(d) => d,
+                _ => Vec::new(),
+            };
+            Ok(WriteResult::AppliedConfig {
+                config,
+                deployments,
+            })
+        }
+        Command::DeleteConfig {
+            kind,
+            refs,
+            ignore_not_found,
+        } => super::config_objects::delete(state, *kind, refs, *ignore_not_found)
+            .map(WriteResult::Deleted),
         Command::ApplyIf {
             deployment,
             expected_generation,

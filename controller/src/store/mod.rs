@@ -17,6 +17,7 @@
 //! chosen by the controller that proposed it, never read from the clock here.
 
 mod command;
+pub mod config_objects;
 pub mod events;
 pub mod node_meta;
 pub mod objects;

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::command::{self, Command, ObjectRef, WriteError, WriteResult};
+use super::config_objects::{StoredConfigMap, StoredSecret};
 use super::events::{EventFilter, EventRecord, NewEvent, RETAINED};
 use super::node_meta::NodeMeta;
 use super::objects::{Booking, NodeRecord, ReplicaRecord, Resources, TokenRecord};
@@ -56,6 +57,8 @@ pub struct Touched {
     pub node_records: BTreeSet<String>,
     /// Deployments whose own record changed (created, changed, deleted).
     pub deployment_records: BTreeSet<ObjectRef>,
+    /// A ConfigMap or Secret changed (created, changed, deleted).
+    pub config_objects: bool,
 }
 
 impl Touched {
@@ -73,11 +76,13 @@ impl Touched {
             && self.nodes.is_empty()
             && self.node_records.is_empty()
             && self.deployment_records.is_empty()
+            && !self.config_objects
     }
 
     /// Add `other` to this set.
     pub fn merge(&mut self, other: &Touched) {
         self.all |= other.all;
+        self.config_objects |= other.config_objects;
         self.deployments.extend(other.deployments.iter().cloned());
         self.nodes.extend(other.nodes.iter().cloned());
         self.node_records.extend(other.node_records.iter().cloned());
@@ -152,6 +157,8 @@ pub struct State {
     /// certificates carry the epoch they were issued at; older ones are revoked.
     node_epochs: OrdMap<String, u64>,
     tokens: OrdMap<String, TokenRecord>,
+    config_maps: OrdMap<ObjectRef, Arc<StoredConfigMap>>,
+    secrets: OrdMap<ObjectRef, Arc<StoredSecret>>,
     events: Vector<Arc<EventRecord>>,
     last_event_seq: u64,
     /// Each retained event's repeat key → its sequence number (derived).
@@ -173,6 +180,8 @@ impl PartialEq for State {
             && self.node_metas == other.node_metas
             && self.node_epochs == other.node_epochs
             && self.tokens == other.tokens
+            && self.config_maps == other.config_maps
+            && self.secrets == other.secrets
             && self.events == other.events
             && self.last_event_seq == other.last_event_seq
     }
@@ -247,6 +256,32 @@ impl State {
 
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<&Arc<StoredDeployment>> {
         self.deployments.get(&key(namespace, name))
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&Arc<StoredConfigMap>> {
+        self.config_maps.get(&key(namespace, name))
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Arc<StoredSecret>> {
+        self.secrets.get(&key(namespace, name))
+    }
+
+    /// Every ConfigMap, or those of one namespace, by namespace and name.
+    pub fn config_maps(&self, namespace: Option<&str>) -> Vec<StoredConfigMap> {
+        self.config_maps
+            .iter()
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, v)| StoredConfigMap::clone(v))
+            .collect()
+    }
+
+    /// Every Secret, or those of one namespace, by namespace and name.
+    pub fn secrets(&self, namespace: Option<&str>) -> Vec<StoredSecret> {
+        self.secrets
+            .iter()
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, v)| StoredSecret::clone(v))
+            .collect()
     }
 
     /// Deployments in one namespace, or all, sorted by namespace then name.
@@ -421,6 +456,29 @@ impl State {
         self.touched.deployments.insert(k.clone());
         self.touched.deployment_records.insert(k.clone());
         self.deployments.insert(k, Arc::new(d));
+    }
+
+    pub(super) fn put_config_map(&mut self, c: StoredConfigMap) {
+        let m = &c.config_map.metadata;
+        self.touched.config_objects = true;
+        self.config_maps
+            .insert(key(&m.namespace, &m.name), Arc::new(c));
+    }
+
+    pub(super) fn remove_config_map(&mut self, k: &ObjectRef) -> Option<Arc<StoredConfigMap>> {
+        self.touched.config_objects = true;
+        self.config_maps.remove(k)
+    }
+
+    pub(super) fn put_secret(&mut self, s: StoredSecret) {
+        let m = &s.secret.metadata;
+        self.touched.config_objects = true;
+        self.secrets.insert(key(&m.namespace, &m.name), Arc::new(s));
+    }
+
+    pub(super) fn remove_secret(&mut self, k: &ObjectRef) -> Option<Arc<StoredSecret>> {
+        self.touched.config_objects = true;
+        self.secrets.remove(k)
     }
 
     pub(super) fn remove_deployment(&mut self, k: &ObjectRef) -> Option<Arc<StoredDeployment>> {
@@ -618,6 +676,22 @@ impl State {
                 .collect(),
             node_epochs: p.node_epochs.into_iter().collect(),
             tokens: p.tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            config_maps: p
+                .config_maps
+                .into_iter()
+                .map(|c| {
+                    let m = &c.config_map.metadata;
+                    (key(&m.namespace, &m.name), Arc::new(c))
+                })
+                .collect(),
+            secrets: p
+                .secrets
+                .into_iter()
+                .map(|s| {
+                    let m = &s.secret.metadata;
+                    (key(&m.namespace, &m.name), Arc::new(s))
+                })
+                .collect(),
             event_keys: p.events.iter().map(|e| (e.same_key(), e.seq)).collect(),
             events: p.events.into_iter().map(Arc::new).collect(),
             last_event_seq: p.last_event_seq,
@@ -664,6 +738,8 @@ impl State {
                 .map(|(k, v)| (k.as_str(), *v))
                 .collect(),
             tokens: Seq(&self.tokens, |t| t),
+            config_maps: Seq(&self.config_maps, |c| c.as_ref()),
+            secrets: Seq(&self.secrets, |s| s.as_ref()),
             events: self.events.iter().map(|e| e.as_ref()).collect(),
             last_event_seq: self.last_event_seq,
         }
@@ -700,6 +776,8 @@ struct Borrowed<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     node_epochs: Vec<(&'a str, u64)>,
     tokens: Seq<'a, String, TokenRecord, TokenRecord>,
+    config_maps: Seq<'a, ObjectRef, Arc<StoredConfigMap>, StoredConfigMap>,
+    secrets: Seq<'a, ObjectRef, Arc<StoredSecret>, StoredSecret>,
     events: Vec<&'a EventRecord>,
     last_event_seq: u64,
 }
@@ -717,6 +795,11 @@ struct Owned {
     #[serde(default)]
     node_epochs: Vec<(String, u64)>,
     tokens: Vec<TokenRecord>,
+    /// Absent in snapshots from before issue 16.
+    #[serde(default)]
+    config_maps: Vec<StoredConfigMap>,
+    #[serde(default)]
+    secrets: Vec<StoredSecret>,
     events: Vec<EventRecord>,
     last_event_seq: u64,
 }

@@ -35,18 +35,31 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         ..ParseOptions::default()
     })?;
     let parsed = manifest::parse_files(&inputs, &opts)?;
-    if parsed.deployments.is_empty() {
+    if parsed.deployments.is_empty() && parsed.config_maps.is_empty() && parsed.secrets.is_empty() {
         warn_all(&parsed.warnings);
         bail!("no objects passed to apply");
     }
 
     if args.dry_run == DryRun::Client {
         warn_all(&parsed.warnings);
-        let lines: String = parsed
-            .deployments
+        let names = parsed
+            .config_maps
             .iter()
-            .map(|d| {
-                let name = ResourceKind::Deployment.slash_name(&d.metadata.name);
+            .map(|c| ResourceKind::ConfigMap.slash_name(&c.metadata.name))
+            .chain(
+                parsed
+                    .secrets
+                    .iter()
+                    .map(|s| ResourceKind::Secret.slash_name(&s.metadata.name)),
+            )
+            .chain(
+                parsed
+                    .deployments
+                    .iter()
+                    .map(|d| ResourceKind::Deployment.slash_name(&d.metadata.name)),
+            );
+        let lines: String = names
+            .map(|name| {
                 if args.output.is_some() {
                     format!("{name}\n")
                 } else {
@@ -89,14 +102,18 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         let names: String = response
             .results
             .iter()
-            .map(|r| format!("{}\n", ResourceKind::Deployment.slash_name(&r.name)))
+            .map(|r| format!("{}\n", result_kind(r).slash_name(&r.name)))
             .collect();
         print(&names)?;
     } else {
         print(&result_lines(&response.results, args.dry_run))?;
     }
     if args.wait && args.dry_run == DryRun::None {
-        for r in &response.results {
+        for r in response
+            .results
+            .iter()
+            .filter(|r| result_kind(r) == ResourceKind::Deployment)
+        {
             super::rollout::wait(
                 &mut client,
                 &r.namespace,
@@ -126,12 +143,18 @@ pub fn result_lines(results: &[pb::ApplyResult], dry_run: DryRun) -> String {
                 Ok(pb::ApplyOutcome::Unchanged) => "unchanged",
                 _ => "applied",
             };
-            format!(
-                "{} {outcome}{suffix}\n",
-                ResourceKind::Deployment.slash_name(&r.name)
-            )
+            format!("{} {outcome}{suffix}\n", result_kind(r).slash_name(&r.name))
         })
         .collect()
+}
+
+/// The kind of an applied object (empty: a Deployment, from older controllers).
+fn result_kind(r: &pb::ApplyResult) -> ResourceKind {
+    match r.kind.as_str() {
+        "ConfigMap" => ResourceKind::ConfigMap,
+        "Secret" => ResourceKind::Secret,
+        _ => ResourceKind::Deployment,
+    }
 }
 
 fn warn_all(warnings: &[String]) {
@@ -150,6 +173,7 @@ mod tests {
             name: name.into(),
             outcome: outcome as i32,
             generation: 1,
+            kind: String::new(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! `droverctl delete -f FILE|DIR|- [-R]` and `droverctl delete deployment NAME...`
+//! `droverctl delete -f FILE|DIR|- [-R]`, `droverctl delete deployment NAME...`
+//! and `droverctl delete configmap|secret NAME...` (see `config_objects.rs`)
 //!
 //! Names from files come from parsing them with the manifest parser, each in
 //! the namespace its document names. Parsing is lenient and skips other kinds:
@@ -51,6 +52,48 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
             ..ParseOptions::default()
         })?;
         let parsed = manifest::parse_files(&inputs, &opts)?;
+        // The files' ConfigMaps and Secrets go first, one call per kind and
+        // namespace; then the deployments.
+        let mut config_lines = String::new();
+        for (kind, objects) in [
+            (
+                ResourceKind::ConfigMap,
+                parsed
+                    .config_maps
+                    .iter()
+                    .map(|c| &c.metadata)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                ResourceKind::Secret,
+                parsed.secrets.iter().map(|s| &s.metadata).collect(),
+            ),
+        ] {
+            let namespaces: std::collections::BTreeSet<&str> =
+                objects.iter().map(|m| m.namespace.as_str()).collect();
+            for ns in namespaces {
+                let names: Vec<String> = objects
+                    .iter()
+                    .filter(|m| m.namespace == ns)
+                    .map(|m| m.name.clone())
+                    .collect();
+                let (mut client, _) = env.client()?;
+                config_lines.push_str(
+                    &super::config_objects::delete(
+                        &mut client,
+                        kind,
+                        ns,
+                        &names,
+                        args.ignore_not_found,
+                    )
+                    .await?,
+                );
+            }
+        }
+        if parsed.deployments.is_empty() && !config_lines.is_empty() {
+            return print(&config_lines);
+        }
+        print(&config_lines)?;
         let refs: Vec<pb::DeploymentRef> = parsed
             .deployments
             .iter()
@@ -60,7 +103,7 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
             })
             .collect();
         if refs.is_empty() {
-            bail!("no deployments in the given files");
+            bail!("no deployments, configmaps or secrets in the given files");
         }
         (refs, ResourceKind::Deployment)
     } else {
@@ -71,6 +114,32 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
         let selection = Selection::parse(&args.resources)?;
         match selection.kind {
             ResourceKind::Deployment => {}
+            ResourceKind::ConfigMap | ResourceKind::Secret => {
+                if args.selector.is_some() || args.field_selector.is_some() || args.all {
+                    bail!(
+                        "{} are deleted by name (e.g. droverctl delete {} NAME)",
+                        selection.kind.plural(),
+                        selection.kind.singular()
+                    );
+                }
+                if selection.names.is_empty() {
+                    bail!(
+                        "resource(s) were provided, but no name was specified (e.g. droverctl delete {} NAME)",
+                        selection.kind.singular()
+                    );
+                }
+                let namespace = env.settings()?.namespace;
+                let (mut client, _) = env.client()?;
+                let lines = super::config_objects::delete(
+                    &mut client,
+                    selection.kind,
+                    &namespace,
+                    &selection.names,
+                    args.ignore_not_found,
+                )
+                .await?;
+                return print(&lines);
+            }
             ResourceKind::Replica => {
                 bail!("droverctl cannot delete replicas; scale or delete their deployment instead")
             }

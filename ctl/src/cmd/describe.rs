@@ -88,6 +88,24 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
                 .collect();
             (texts, missing)
         }
+        ResourceKind::ConfigMap | ResourceKind::Secret => {
+            // A Secret is described from ListSecrets: key names and sizes, no values.
+            let all = super::config_objects::list(
+                &mut client,
+                selection.kind,
+                &namespace,
+                &selection.names,
+                "",
+                false,
+                None,
+            )
+            .await?;
+            let (items, missing) = pick(all, &selection.names, |i| &i.record.name);
+            (
+                items.iter().map(super::config_objects::describe).collect(),
+                missing,
+            )
+        }
         ResourceKind::Event => {
             bail!("droverctl describe does not handle events; list them with droverctl get events")
         }
@@ -696,6 +714,7 @@ mod tests {
         c.env = vec![EnvVar {
             name: "MODE".into(),
             value: "fast".into(),
+            value_from: None,
         }];
         c.resources.limits = ResourceList {
             cpu_millis: Some(500),

@@ -5,6 +5,8 @@
 //!
 //! The files are parsed with the same code and defaults the controller uses,
 //! so a field left out of a file that equals its default is no difference.
+//! ConfigMaps and Secrets are compared too; a Secret's values never print:
+//! each is `***`, marked `(before)`/`(after)` where it changes, as kubectl.
 
 use anyhow::bail;
 use drover_manifest::{self as manifest, ParseOptions};
@@ -12,10 +14,11 @@ use drover_proto::pb;
 use similar::TextDiff;
 use tonic::Code;
 
-use super::{print, Env};
+use super::{config_objects, print, Env};
 use crate::cli::DiffArgs;
 use crate::files;
 use crate::output;
+use crate::resource::ResourceKind;
 use crate::AlreadyReported;
 
 pub async fn run(env: &Env, args: DiffArgs) -> anyhow::Result<()> {
@@ -26,12 +29,79 @@ pub async fn run(env: &Env, args: DiffArgs) -> anyhow::Result<()> {
         drover_proto::MAX_REQUEST_BYTES,
     )?;
     let parsed = manifest::parse_files(&inputs, &env.parse_options(ParseOptions::default())?)?;
-    if parsed.deployments.is_empty() {
+    if parsed.deployments.is_empty() && parsed.config_maps.is_empty() && parsed.secrets.is_empty() {
         bail!("no objects passed to diff");
     }
     let (mut client, _) = env.client()?;
     let mut changed = 0;
     let mut text = String::new();
+    let mut add = |live: String, merged: String, id: String| {
+        if live == merged {
+            return;
+        }
+        changed += 1;
+        let diff = TextDiff::from_lines(&live, &merged);
+        text.push_str(
+            &diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("live/{id}"), &format!("merged/{id}"))
+                .to_string(),
+        );
+    };
+    for c in &parsed.config_maps {
+        let m = &c.metadata;
+        let live = config_objects::list(
+            &mut client,
+            ResourceKind::ConfigMap,
+            &m.namespace,
+            std::slice::from_ref(&m.name),
+            "",
+            false,
+            None,
+        )
+        .await?;
+        let live = match live.first().map(|i| &i.object) {
+            Some(config_objects::Object::ConfigMap(l)) => {
+                output::to_yaml(&manifest::render_config_map(l))?
+            }
+            _ => String::new(),
+        };
+        let merged = output::to_yaml(&manifest::render_config_map(c))?;
+        add(
+            live,
+            merged,
+            format!("configmap/{}/{}", m.namespace, m.name),
+        );
+    }
+    for s in &parsed.secrets {
+        let m = &s.metadata;
+        // Values are compared, never shown: both sides are masked.
+        let live = config_objects::list(
+            &mut client,
+            ResourceKind::Secret,
+            &m.namespace,
+            std::slice::from_ref(&m.name),
+            "",
+            true,
+            None,
+        )
+        .await?;
+        let live = match live.first().map(|i| &i.object) {
+            Some(config_objects::Object::Secret(l)) => Some(l.clone()),
+            _ => None,
+        };
+        let (before, after) = config_objects::masked_pair(live.as_ref(), s);
+        let before = match before {
+            Some(v) => output::to_yaml(&v)?,
+            None => String::new(),
+        };
+        add(
+            before,
+            output::to_yaml(&after)?,
+            format!("secret/{}/{}", m.namespace, m.name),
+        );
+    }
     for d in &parsed.deployments {
         let (namespace, name) = (&d.metadata.namespace, &d.metadata.name);
         let answer = client
@@ -52,21 +122,7 @@ pub async fn run(env: &Env, args: DiffArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         };
         let merged = output::to_yaml(&manifest::render_kubernetes(d))?;
-        if live == merged {
-            continue;
-        }
-        changed += 1;
-        let diff = TextDiff::from_lines(&live, &merged);
-        text.push_str(
-            &diff
-                .unified_diff()
-                .context_radius(3)
-                .header(
-                    &format!("live/{namespace}/{name}"),
-                    &format!("merged/{namespace}/{name}"),
-                )
-                .to_string(),
-        );
+        add(live, merged, format!("{namespace}/{name}"));
     }
     print(&text)?;
     if changed > 0 {

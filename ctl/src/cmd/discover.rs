@@ -15,7 +15,11 @@ use crate::verbs_cli::{ApiResourcesArgs, ExplainArgs};
 fn api_version(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::Deployment => "apps/v1",
-        ResourceKind::Replica | ResourceKind::Node | ResourceKind::Event => "v1",
+        ResourceKind::Replica
+        | ResourceKind::Node
+        | ResourceKind::Event
+        | ResourceKind::ConfigMap
+        | ResourceKind::Secret => "v1",
     }
 }
 
@@ -25,6 +29,8 @@ fn kind_name(kind: ResourceKind) -> &'static str {
         ResourceKind::Replica => "Replica",
         ResourceKind::Node => "Node",
         ResourceKind::Event => "Event",
+        ResourceKind::ConfigMap => "ConfigMap",
+        ResourceKind::Secret => "Secret",
     }
 }
 
@@ -35,6 +41,9 @@ fn short_name(kind: ResourceKind) -> &'static str {
         ResourceKind::Replica => "po",
         ResourceKind::Node => "no",
         ResourceKind::Event => "ev",
+        ResourceKind::ConfigMap => "cm",
+        // kubectl has no short name for secrets either.
+        ResourceKind::Secret => "",
     }
 }
 
@@ -47,6 +56,7 @@ fn verbs(kind: ResourceKind) -> &'static str {
         ResourceKind::Replica => "describe,get,logs,wait",
         ResourceKind::Node => "annotate,cordon,describe,drain,get,label,uncordon,wait",
         ResourceKind::Event => "get,watch",
+        ResourceKind::ConfigMap | ResourceKind::Secret => "apply,delete,describe,diff,get",
     }
 }
 
@@ -95,7 +105,7 @@ pub fn explain_text(path: &str) -> anyhow::Result<String> {
     let kind = ResourceKind::parse(ty)?;
     if kind != ResourceKind::Deployment {
         bail!(
-            "only deployments are written in manifests, so only they have a schema to explain (e.g. droverctl explain deployment.spec); droverctl get {} -o yaml shows a {}'s fields",
+            "only deployments have a schema to explain (e.g. droverctl explain deployment.spec); droverctl get {} -o yaml shows a {}'s fields",
             kind.plural(),
             kind.singular()
         );
@@ -158,9 +168,15 @@ mod tests {
             lines[1],
             "deployments   deploy       apps/v1      true         Deployment"
         );
+        // By column: secrets have no short name, as in kubectl.
+        let at = lines[0].find("SHORTNAMES").unwrap();
         for line in &lines[1..] {
-            let mut words = line.split_whitespace();
-            let (name, short) = (words.next().unwrap(), words.next().unwrap());
+            let name = line.split_whitespace().next().unwrap();
+            let short = line[at..].split_whitespace().next().unwrap();
+            if name == "secrets" {
+                assert_eq!(short, "v1", "no short name: {line}");
+                continue;
+            }
             assert_eq!(
                 ResourceKind::parse(name),
                 ResourceKind::parse(short),

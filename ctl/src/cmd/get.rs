@@ -1,4 +1,4 @@
-//! `droverctl get deployments|replicas|nodes [NAME...]` (events: see `events.rs`)
+//! `droverctl get deployments|replicas|nodes|configmaps|secrets [NAME...]` (events: see `events.rs`)
 //! `droverctl get deployments|replicas|nodes [NAME...] [-o wide|yaml|json|name] [-A] [--stale]`
 //!
 //! Deployments without names: one List call (the whole namespace, or every
@@ -12,7 +12,7 @@ use drover_proto::pb;
 use serde_json::Value;
 use tonic::Code;
 
-use super::{print, Env};
+use super::{config_objects, print, Env};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{Client, ClientError};
 use crate::output::template::{CustomColumns, Template};
@@ -89,6 +89,38 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
             let (items, missing) = pick(all, &selection.names, |n| &n.name);
             (render_nodes(&items, format, listed)?, missing)
         }
+        ResourceKind::ConfigMap | ResourceKind::Secret => {
+            // A Secret's values only for the formats that print them.
+            let reveal = matches!(
+                format,
+                Some(
+                    OutputFormat::Yaml
+                        | OutputFormat::Json
+                        | OutputFormat::JsonPath(_)
+                        | OutputFormat::CustomColumns(_)
+                )
+            );
+            let all = config_objects::list(
+                &mut client,
+                kind,
+                &list_ns,
+                &selection.names,
+                &selectors.labels,
+                reveal,
+                read,
+            )
+            .await?;
+            let (items, missing) = pick(all, &selection.names, |i| &i.record.name);
+            let text = render_as(
+                &items,
+                format,
+                listed,
+                |_| config_objects::table(kind, &items, args.all_namespaces, now_ms()),
+                || config_objects::names(kind, &items),
+                |i| Ok(config_objects::kubernetes_object(i)),
+            )?;
+            (text, missing)
+        }
         ResourceKind::Event => bail!("events are listed by droverctl get events"),
     };
     match text {
@@ -136,7 +168,7 @@ impl Selectors {
             ResourceKind::Deployment => selector::DEPLOYMENT_FIELDS,
             ResourceKind::Replica => selector::REPLICA_FIELDS,
             ResourceKind::Node => selector::NODE_FIELDS,
-            ResourceKind::Event => &[],
+            ResourceKind::Event | ResourceKind::ConfigMap | ResourceKind::Secret => &[],
         };
         ListSelector::parse(&labels, &fields, kind.plural(), supported)?;
         Ok(Selectors { labels, fields })

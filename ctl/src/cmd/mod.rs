@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cluster;
 pub mod completion;
 pub mod config;
+pub mod config_objects;
 pub mod cordon;
 pub mod cp;
 pub mod delete;

@@ -391,10 +391,14 @@ async fn set_env(env: &Env, args: SetEnvArgs) -> anyhow::Result<()> {
             for change in &changes {
                 match change {
                     KeyChange::Set(k, v) => match c.env.iter_mut().find(|e| e.name == *k) {
-                        Some(e) => e.value = v.clone(),
+                        Some(e) => {
+                            e.value = v.clone();
+                            e.value_from = None;
+                        }
                         None => c.env.push(manifest::EnvVar {
                             name: k.clone(),
                             value: v.clone(),
+                            value_from: None,
                         }),
                     },
                     KeyChange::Remove(k) => c.env.retain(|e| e.name != *k),

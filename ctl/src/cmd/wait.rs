@@ -325,6 +325,10 @@ async fn observe(
             seen.extend(missing_objects(kind, namespace, missing, deleting)?);
         }
         ResourceKind::Event => bail!("events cannot be waited for"),
+        ResourceKind::ConfigMap | ResourceKind::Secret => bail!(
+            "{} have no conditions to wait for; wait for the deployments that use them",
+            kind.plural()
+        ),
     }
     Ok(seen)
 }

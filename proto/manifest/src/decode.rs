@@ -31,8 +31,8 @@ use super::schema::{
 };
 use super::{
     Container, ContainerPort, Deployment, DeploymentSpec, EnvVar, HttpHeader, HttpScheme,
-    IntOrPercent, LabelSelector, ObjectMeta, ParseOptions, PodSpec, PodTemplate, PortRef, Probe,
-    ProbeHandler, Protocol, PullPolicy, ResourceList, Resources, Strategy, TemplateMeta,
+    IntOrPercent, LabelSelector, Object, ObjectMeta, ParseOptions, PodSpec, PodTemplate, PortRef,
+    Probe, ProbeHandler, Protocol, PullPolicy, ResourceList, Resources, Strategy, TemplateMeta,
 };
 use drover_proto::{image, names, quantity};
 
@@ -55,11 +55,13 @@ impl Problem {
     }
 }
 
+mod config;
+
 /// What decoding one document found.
 #[derive(Debug, Default)]
 pub(crate) struct DocumentReport {
     /// Present only when `errors` is empty.
-    pub deployment: Option<Deployment>,
+    pub object: Option<Object>,
     pub errors: Vec<Problem>,
     /// Skipped kinds and, under `lenient`, unknown or unsupported fields.
     pub warnings: Vec<Problem>,
@@ -68,6 +70,10 @@ pub(crate) struct DocumentReport {
 /// The only apiVersion and kind drover applies.
 pub(crate) const API_VERSION: &str = "apps/v1";
 pub(crate) const KIND: &str = "Deployment";
+/// ConfigMap and Secret are `v1`.
+pub(crate) const CORE_API_VERSION: &str = "v1";
+pub(crate) const CONFIG_MAP_KIND: &str = "ConfigMap";
+pub(crate) const SECRET_KIND: &str = "Secret";
 
 /// Largest value of Kubernetes' int32 fields.
 const MAX_INT32: i64 = i32::MAX as i64;
@@ -84,8 +90,8 @@ pub(crate) fn decode_document(node: &Node, opts: &ParseOptions) -> DocumentRepor
         warnings: Vec::new(),
         skipped: false,
     };
-    let deployment = decoder.document(node);
-    if deployment.is_none() && decoder.errors.is_empty() && !decoder.skipped {
+    let object = decoder.object(node);
+    if object.is_none() && decoder.errors.is_empty() && !decoder.skipped {
         // Every path that gives up records why; should one ever miss, the
         // document must still not vanish silently from an apply.
         decoder.error(
@@ -94,7 +100,7 @@ pub(crate) fn decode_document(node: &Node, opts: &ParseOptions) -> DocumentRepor
         );
     }
     DocumentReport {
-        deployment: deployment.filter(|_| decoder.errors.is_empty()),
+        object: object.filter(|_| decoder.errors.is_empty()),
         errors: decoder.errors,
         warnings: decoder.warnings,
     }
@@ -146,6 +152,17 @@ impl Decoder<'_> {
     }
 
     // ----- the document -------------------------------------------------
+
+    /// A Deployment, ConfigMap or Secret, by the document's kind.
+    fn object(&mut self, node: &Node) -> Option<Object> {
+        match node.get("kind") {
+            Some(Node::Str(kind)) if kind == CONFIG_MAP_KIND => {
+                self.config_map(node).map(Object::ConfigMap)
+            }
+            Some(Node::Str(kind)) if kind == SECRET_KIND => self.secret(node).map(Object::Secret),
+            _ => self.document(node).map(|d| Object::Deployment(Box::new(d))),
+        }
+    }
 
     fn document(&mut self, node: &Node) -> Option<Deployment> {
         let root = FieldPath::root();
@@ -221,14 +238,17 @@ impl Decoder<'_> {
             self.skipped = true;
             self.warnings.push(Problem {
                 path: String::new(),
-                message: format!("skipped {what} (drover applies only {API_VERSION} {KIND})"),
+                message: format!(
+                    "skipped {what} (drover applies {API_VERSION} {KIND}, v1 ConfigMap and v1 \
+                     Secret)"
+                ),
             });
         } else {
             self.error(
                 &FieldPath::root().field("kind"),
                 format!(
-                    "{what} is not supported: drover applies only {API_VERSION} {KIND} \
-                     (use --skip-unsupported-kinds to skip other kinds)"
+                    "{what} is not supported: drover applies {API_VERSION} {KIND}, v1 \
+                     ConfigMap and v1 Secret (use --skip-unsupported-kinds to skip other kinds)"
                 ),
             );
         }
@@ -822,8 +842,10 @@ impl Decoder<'_> {
         let mut node_selector = Some(BTreeMap::new());
         let mut restart_policy = Some("Always".to_string());
         let mut termination_grace_period_seconds = Some(30);
+        let mut volumes = Some(Vec::new());
         self.optional_fields(node, path, &POD_SPEC, |d, key, value, path| match key {
             "containers" => containers = Some(d.containers(value, &path)),
+            "volumes" => volumes = d.volumes(value, &path),
             "nodeSelector" => node_selector = d.string_map(value, &path, StringMap::Labels),
             "restartPolicy" => {
                 restart_policy = d.string(value, &path).filter(|policy| {
@@ -854,6 +876,7 @@ impl Decoder<'_> {
             node_selector: node_selector?,
             restart_policy: restart_policy?,
             termination_grace_period_seconds: termination_grace_period_seconds?,
+            volumes: volumes?,
         })
     }
 
@@ -886,6 +909,8 @@ impl Decoder<'_> {
         let mut command = Some(Vec::new());
         let mut args = Some(Vec::new());
         let mut env = Some(Vec::new());
+        let mut env_from = Some(Vec::new());
+        let mut volume_mounts = Some(Vec::new());
         let mut working_dir = Some(None);
         let mut ports = Some(Vec::new());
         let mut resources = Some(Resources::default());
@@ -909,6 +934,8 @@ impl Decoder<'_> {
             "command" => command = d.strings(value, &path),
             "args" => args = d.strings(value, &path),
             "env" => env = d.env(value, &path),
+            "envFrom" => env_from = d.env_from(value, &path),
+            "volumeMounts" => volume_mounts = d.volume_mounts(value, &path),
             "workingDir" => working_dir = d.string(value, &path).map(Some),
             "ports" => ports = d.ports(value, &path),
             "resources" => resources = d.resources(value, &path),
@@ -941,6 +968,8 @@ impl Decoder<'_> {
             command: command?,
             args: args?,
             env: env?,
+            env_from: env_from?,
+            volume_mounts: volume_mounts?,
             working_dir: working_dir?,
             ports: ports?,
             resources: resources?,
@@ -980,6 +1009,7 @@ impl Decoder<'_> {
     fn env_var(&mut self, node: &Node, path: &FieldPath) -> Option<EnvVar> {
         let mut name = None;
         let mut value = Some(String::new());
+        let mut value_from = Some(None);
         self.fields(node, path, &ENV_VAR, |d, key, field, path| match key {
             "name" => {
                 name = Some(d.string(field, &path).filter(|name| {
@@ -992,15 +1022,26 @@ impl Decoder<'_> {
                 }));
             }
             "value" => value = d.string(field, &path),
+            "valueFrom" => value_from = d.env_var_source(field, &path).map(Some),
             _ => {}
         })?;
         let name = name.unwrap_or_else(|| {
             self.error(&path.field("name"), "missing required field");
             None
         });
+        if let (Some(value), Some(Some(_))) = (&value, &value_from) {
+            if !value.is_empty() {
+                self.error(
+                    &path.field("valueFrom"),
+                    "may not be specified when `value` is not empty",
+                );
+                return None;
+            }
+        }
         Some(EnvVar {
             name: name?,
             value: value?,
+            value_from: value_from?,
         })
     }
 

@@ -39,6 +39,22 @@ fn child(parent: Level, field: &str) -> Option<Level> {
         ("PodTemplate", "spec") => ("PodSpec", &schema::POD_SPEC),
         ("PodSpec", "containers") => ("Container", &schema::CONTAINER),
         ("Container", "env") => ("EnvVar", &schema::ENV_VAR),
+        ("Container", "envFrom") => ("EnvFromSource", &schema::ENV_FROM_SOURCE),
+        ("Container", "volumeMounts") => ("VolumeMount", &schema::VOLUME_MOUNT),
+        ("EnvVar", "valueFrom") => ("EnvVarSource", &schema::ENV_VAR_SOURCE),
+        ("EnvVarSource", "configMapKeyRef") => ("ConfigMapKeySelector", &schema::KEY_SELECTOR),
+        ("EnvVarSource", "secretKeyRef") => ("SecretKeySelector", &schema::KEY_SELECTOR),
+        ("EnvVarSource", "fieldRef") => ("ObjectFieldSelector", &schema::OBJECT_FIELD_SELECTOR),
+        ("EnvFromSource", "configMapRef") => ("ConfigMapEnvSource", &schema::ENV_SOURCE_REF),
+        ("EnvFromSource", "secretRef") => ("SecretEnvSource", &schema::ENV_SOURCE_REF),
+        ("PodSpec", "volumes") => ("Volume", &schema::VOLUME),
+        ("Volume", "emptyDir") => ("EmptyDirVolumeSource", &schema::EMPTY_DIR),
+        ("Volume", "hostPath") => ("HostPathVolumeSource", &schema::HOST_PATH),
+        ("Volume", "configMap") => ("ConfigMapVolumeSource", &schema::CONFIG_MAP_VOLUME),
+        ("Volume", "secret") => ("SecretVolumeSource", &schema::SECRET_VOLUME),
+        ("ConfigMapVolumeSource" | "SecretVolumeSource", "items") => {
+            ("KeyToPath", &schema::KEY_TO_PATH)
+        }
         ("Container", "ports") => ("ContainerPort", &schema::CONTAINER_PORT),
         ("Container", "resources") => ("Resources", &schema::RESOURCES),
         ("Container", "livenessProbe" | "readinessProbe") => ("Probe", &schema::PROBE),

@@ -1,5 +1,6 @@
-//! drover's manifest library: Kubernetes `apps/v1` Deployment manifests, the
-//! subset drover supports — decoding, validation and rendering.
+//! drover's manifest library: Kubernetes `apps/v1` Deployment, `v1` ConfigMap
+//! and `v1` Secret manifests, the subset drover supports — decoding,
+//! validation and rendering.
 //!
 //! droverctl runs it for early errors; the controller runs it again as the
 //! authority. **What it may depend on:** `drover-proto` (the name, quantity
@@ -8,6 +9,7 @@
 //!
 //! ```text
 //!  files ──split──▶ documents ──strict decode──▶ Deployment ──validate──▶ Parsed
+//!                                                ConfigMap, Secret
 //!   (name, text)    (index, YAML)  (field paths,     (defaults)   (k8s rules)
 //!                                   unknown keys)
 //! ```
@@ -16,7 +18,9 @@
 //!   (duplicate keys kept, merge keys applied, bounded against alias bombs);
 //! - `decode.rs`: strict decoding with field paths, defaults and per-field rules
 //!   (the name, image and [`quantity`] grammars of `drover_proto`), against
-//!   the field lists of `schema.rs`;
+//!   the field lists of `schema.rs`; `decode/config.rs` for ConfigMaps,
+//!   Secrets, volumes and env from them (a Secret's values never appear in
+//!   an error);
 //! - `validate.rs`: the rules that relate several fields;
 //! - `render.rs`: back to Kubernetes' shape ([`render_kubernetes`]).
 //!
@@ -42,7 +46,7 @@ pub use drover_proto::quantity;
 pub use drover_proto::quantity::{format_cpu_millis, format_memory_bytes};
 pub use explain::{explain, Explained};
 pub use model::*;
-pub use render::render_kubernetes;
+pub use render::{render_config_map, render_kubernetes, render_secret};
 
 use decode::{decode_document, Problem};
 use document::{check_flow_cost, Documents};
@@ -130,6 +134,8 @@ impl std::error::Error for ManifestErrors {}
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Parsed {
     pub deployments: Vec<Deployment>,
+    pub config_maps: Vec<ConfigMap>,
+    pub secrets: Vec<Secret>,
     /// One line each: skipped kinds, unknown fields under `lenient`.
     pub warnings: Vec<String>,
 }
@@ -161,8 +167,8 @@ pub fn parse_files(
         }
     }
     let mut parsed = Parsed::default();
-    // namespace/name → where it was first defined.
-    let mut defined: HashMap<(String, String), (String, usize)> = HashMap::new();
+    // kind/namespace/name → where it was first defined.
+    let mut defined: HashMap<(&'static str, String, String), (String, usize)> = HashMap::new();
     for (file, text) in files {
         if text.len() > drover_proto::MAX_REQUEST_BYTES {
             errors.push(ManifestError {
@@ -224,30 +230,35 @@ pub fn parse_files(
                 parsed
                     .warnings
                     .extend(report.warnings.into_iter().map(|p| at(p).to_string()));
-                let Some(deployment) = report.deployment else {
+                let Some(object) = report.object else {
                     continue;
                 };
-                let problems = validate::validate(&deployment);
+                let problems = match &object {
+                    Object::Deployment(d) => validate::validate(d),
+                    Object::ConfigMap(_) | Object::Secret(_) => Vec::new(),
+                };
                 if !problems.is_empty() {
                     errors.extend(problems.into_iter().map(at));
                     continue;
                 }
-                let id = (
-                    deployment.metadata.namespace.clone(),
-                    deployment.metadata.name.clone(),
-                );
+                let meta = object.metadata();
+                let id = (object.kind(), meta.namespace.clone(), meta.name.clone());
                 if let Some((first_file, first_index)) = defined.get(&id) {
                     errors.push(at(Problem {
                         path: "metadata.name".to_string(),
                         message: format!(
-                            "Deployment \"{}/{}\" is already defined in {first_file}[{first_index}]",
-                            id.0, id.1
+                            "{} \"{}/{}\" is already defined in {first_file}[{first_index}]",
+                            id.0, id.1, id.2
                         ),
                     }));
                     continue;
                 }
                 defined.insert(id, (file.clone(), index));
-                parsed.deployments.push(deployment);
+                match object {
+                    Object::Deployment(d) => parsed.deployments.push(*d),
+                    Object::ConfigMap(c) => parsed.config_maps.push(c),
+                    Object::Secret(s) => parsed.secrets.push(s),
+                }
             }
         }
     }

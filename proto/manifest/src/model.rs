@@ -116,6 +116,8 @@ pub struct PodSpec {
     pub restart_policy: String,
     /// Default 30.
     pub termination_grace_period_seconds: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -131,6 +133,10 @@ pub struct Container {
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -158,6 +164,9 @@ pub struct EnvVar {
     /// Absent `value` means the empty string, as in Kubernetes.
     #[serde(default)]
     pub value: String,
+    /// Where the value comes from instead of `value` (never both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +295,338 @@ impl HttpScheme {
         match self {
             HttpScheme::Http => "HTTP",
             HttpScheme::Https => "HTTPS",
+        }
+    }
+}
+
+// ----- configuration: env from objects and volumes ----------------------------
+
+/// `env[].valueFrom`: one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvVarSource {
+    ConfigMapKeyRef(KeyRef),
+    SecretKeyRef(KeyRef),
+    #[serde(rename_all = "camelCase")]
+    FieldRef {
+        field_path: FieldPathRef,
+    },
+}
+
+/// A key of a named ConfigMap or Secret in the replica's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    pub name: String,
+    pub key: String,
+    /// Missing object or key: the variable is left out instead of the
+    /// replica not starting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// The replica fields `fieldRef` may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldPathRef {
+    #[serde(rename = "metadata.name")]
+    MetadataName,
+    #[serde(rename = "metadata.namespace")]
+    MetadataNamespace,
+    #[serde(rename = "spec.nodeName")]
+    SpecNodeName,
+    #[serde(rename = "status.podIP")]
+    StatusPodIp,
+}
+
+impl FieldPathRef {
+    pub const ALL: [FieldPathRef; 4] = [
+        FieldPathRef::MetadataName,
+        FieldPathRef::MetadataNamespace,
+        FieldPathRef::SpecNodeName,
+        FieldPathRef::StatusPodIp,
+    ];
+
+    /// The Kubernetes spelling, `metadata.name`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldPathRef::MetadataName => "metadata.name",
+            FieldPathRef::MetadataNamespace => "metadata.namespace",
+            FieldPathRef::SpecNodeName => "spec.nodeName",
+            FieldPathRef::StatusPodIp => "status.podIP",
+        }
+    }
+}
+
+/// `envFrom[]`: every key of an object as a variable, each name prefixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(flatten)]
+    pub source: EnvFromRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvFromRef {
+    ConfigMapRef(ObjectRef),
+    SecretRef(ObjectRef),
+}
+
+/// A named ConfigMap or Secret in the replica's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// `spec.template.spec.volumes[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(flatten)]
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VolumeSource {
+    #[serde(rename_all = "camelCase")]
+    EmptyDir {
+        #[serde(default, skip_serializing_if = "StorageMedium::is_default")]
+        medium: StorageMedium,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_limit_bytes: Option<u64>,
+    },
+    HostPath {
+        path: String,
+        #[serde(
+            default,
+            rename = "type",
+            skip_serializing_if = "HostPathType::is_default"
+        )]
+        kind: HostPathType,
+    },
+    ConfigMap(ProjectedObject),
+    Secret(ProjectedObject),
+}
+
+/// Where an emptyDir lives: the node's disk, or memory (tmpfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum StorageMedium {
+    #[default]
+    #[serde(rename = "")]
+    Disk,
+    Memory,
+}
+
+impl StorageMedium {
+    fn is_default(&self) -> bool {
+        *self == StorageMedium::Disk
+    }
+}
+
+/// `hostPath.type`: what must be at the path before the replica starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HostPathType {
+    /// No check.
+    #[default]
+    #[serde(rename = "")]
+    Unset,
+    DirectoryOrCreate,
+    Directory,
+    FileOrCreate,
+    File,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl HostPathType {
+    pub const ALL: [HostPathType; 8] = [
+        HostPathType::Unset,
+        HostPathType::DirectoryOrCreate,
+        HostPathType::Directory,
+        HostPathType::FileOrCreate,
+        HostPathType::File,
+        HostPathType::Socket,
+        HostPathType::CharDevice,
+        HostPathType::BlockDevice,
+    ];
+
+    fn is_default(&self) -> bool {
+        *self == HostPathType::Unset
+    }
+
+    /// The Kubernetes spelling (`""` for no check).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostPathType::Unset => "",
+            HostPathType::DirectoryOrCreate => "DirectoryOrCreate",
+            HostPathType::Directory => "Directory",
+            HostPathType::FileOrCreate => "FileOrCreate",
+            HostPathType::File => "File",
+            HostPathType::Socket => "Socket",
+            HostPathType::CharDevice => "CharDevice",
+            HostPathType::BlockDevice => "BlockDevice",
+        }
+    }
+}
+
+/// A `configMap` or `secret` volume: the object's keys as files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedObject {
+    /// `configMap.name` or `secret.secretName`.
+    pub name: String,
+    /// Only these keys, at these paths; empty: every key at its own name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    /// Default 0644 for configMap volumes, 0400 for secret volumes (agents
+    /// never let a secret file be readable by others, whatever the mode).
+    pub default_mode: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyToPath {
+    pub key: String,
+    /// Relative, without `..`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// A container's `volumeMounts[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_path: String,
+}
+
+// ----- ConfigMap and Secret -------------------------------------------------
+
+/// Kubernetes' size limit of one ConfigMap or Secret: its keys and values.
+pub const MAX_CONFIG_OBJECT_BYTES: usize = 1024 * 1024;
+
+/// A validated `v1` ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, Bytes>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable: bool,
+}
+
+impl ConfigMap {
+    /// Every key with its bytes (`data` as UTF-8, then `binaryData`).
+    pub fn files(&self) -> BTreeMap<&str, &[u8]> {
+        self.data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(self.binary_data.iter().map(|(k, v)| (k.as_str(), &v.0[..])))
+            .collect()
+    }
+}
+
+/// A validated `v1` Secret: `stringData` is merged into `data` (it wins), as
+/// the Kubernetes API server does. Its `Debug` shows key names and sizes only.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub metadata: ObjectMeta,
+    /// Default `Opaque`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, Bytes>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable: bool,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, String> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), format!("{} bytes", v.0.len())))
+            .collect();
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.kind)
+            .field("data", &sizes)
+            .field("immutable", &self.immutable)
+            .finish()
+    }
+}
+
+/// Bytes that serialise as standard base64, as Kubernetes writes
+/// `binaryData` and a Secret's `data`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes)
+            .map_err(|_| serde::de::Error::custom("a value is not valid base64"))
+    }
+}
+
+/// One object of a manifest file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Deployment(Box<Deployment>),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+}
+
+impl Object {
+    /// `Deployment`, `ConfigMap`, `Secret`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Deployment(_) => "Deployment",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Deployment(d) => &d.metadata,
+            Object::ConfigMap(c) => &c.metadata,
+            Object::Secret(s) => &s.metadata,
         }
     }
 }

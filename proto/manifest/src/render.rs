@@ -12,7 +12,9 @@ use serde_json::{json, Map, Value};
 use super::decode::{API_VERSION, KIND};
 use super::quantity::{format_cpu_millis, format_memory_bytes};
 use super::{
-    Container, Deployment, IntOrPercent, PortRef, Probe, ProbeHandler, ResourceList, Strategy,
+    Bytes, ConfigMap, Container, Deployment, EnvFromRef, EnvVarSource, IntOrPercent, KeyRef,
+    PortRef, Probe, ProbeHandler, ProjectedObject, ResourceList, Secret, StorageMedium, Strategy,
+    Volume, VolumeSource,
 };
 
 /// `d` as a Kubernetes `apps/v1` Deployment object.
@@ -48,6 +50,12 @@ pub fn render_kubernetes(d: &Deployment) -> Value {
         "terminationGracePeriodSeconds".into(),
         json!(pod.termination_grace_period_seconds),
     );
+    if !pod.volumes.is_empty() {
+        pod_spec.insert(
+            "volumes".into(),
+            pod.volumes.iter().map(render_volume).collect(),
+        );
+    }
 
     json!({
         "apiVersion": API_VERSION,
@@ -118,10 +126,56 @@ fn container(c: &Container) -> Value {
                 if !var.value.is_empty() {
                     entry.insert("value".into(), json!(var.value));
                 }
+                if let Some(source) = &var.value_from {
+                    entry.insert("valueFrom".into(), env_var_source(source));
+                }
                 Value::Object(entry)
             })
             .collect();
         out.insert("env".into(), env);
+    }
+    if !c.env_from.is_empty() {
+        let env_from = c
+            .env_from
+            .iter()
+            .map(|source| {
+                let mut entry = Map::new();
+                if !source.prefix.is_empty() {
+                    entry.insert("prefix".into(), json!(source.prefix));
+                }
+                let (field, reference) = match &source.source {
+                    EnvFromRef::ConfigMapRef(r) => ("configMapRef", r),
+                    EnvFromRef::SecretRef(r) => ("secretRef", r),
+                };
+                let mut r = Map::new();
+                r.insert("name".into(), json!(reference.name));
+                if reference.optional {
+                    r.insert("optional".into(), json!(true));
+                }
+                entry.insert(field.into(), Value::Object(r));
+                Value::Object(entry)
+            })
+            .collect();
+        out.insert("envFrom".into(), env_from);
+    }
+    if !c.volume_mounts.is_empty() {
+        let mounts = c
+            .volume_mounts
+            .iter()
+            .map(|m| {
+                let mut entry = Map::new();
+                entry.insert("name".into(), json!(m.name));
+                entry.insert("mountPath".into(), json!(m.mount_path));
+                if m.read_only {
+                    entry.insert("readOnly".into(), json!(true));
+                }
+                if !m.sub_path.is_empty() {
+                    entry.insert("subPath".into(), json!(m.sub_path));
+                }
+                Value::Object(entry)
+            })
+            .collect();
+        out.insert("volumeMounts".into(), mounts);
     }
     if let Some(dir) = &c.working_dir {
         out.insert("workingDir".into(), json!(dir));
@@ -217,4 +271,138 @@ fn port_ref(port: &PortRef) -> Value {
         PortRef::Number(n) => json!(n),
         PortRef::Name(name) => json!(name),
     }
+}
+
+fn key_ref(r: &KeyRef) -> Value {
+    let mut out = Map::new();
+    out.insert("name".into(), json!(r.name));
+    out.insert("key".into(), json!(r.key));
+    if r.optional {
+        out.insert("optional".into(), json!(true));
+    }
+    Value::Object(out)
+}
+
+fn env_var_source(source: &EnvVarSource) -> Value {
+    match source {
+        EnvVarSource::ConfigMapKeyRef(r) => json!({ "configMapKeyRef": key_ref(r) }),
+        EnvVarSource::SecretKeyRef(r) => json!({ "secretKeyRef": key_ref(r) }),
+        EnvVarSource::FieldRef { field_path } => {
+            json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": field_path.as_str() } })
+        }
+    }
+}
+
+fn render_volume(v: &Volume) -> Value {
+    let mut out = Map::new();
+    out.insert("name".into(), json!(v.name));
+    let (field, source) = match &v.source {
+        VolumeSource::EmptyDir {
+            medium,
+            size_limit_bytes,
+        } => {
+            let mut e = Map::new();
+            if *medium == StorageMedium::Memory {
+                e.insert("medium".into(), json!("Memory"));
+            }
+            if let Some(bytes) = size_limit_bytes {
+                e.insert("sizeLimit".into(), json!(format_memory_bytes(*bytes)));
+            }
+            ("emptyDir", Value::Object(e))
+        }
+        VolumeSource::HostPath { path, kind } => {
+            ("hostPath", json!({ "path": path, "type": kind.as_str() }))
+        }
+        VolumeSource::ConfigMap(p) => ("configMap", projected(p, "name")),
+        VolumeSource::Secret(p) => ("secret", projected(p, "secretName")),
+    };
+    out.insert(field.into(), source);
+    Value::Object(out)
+}
+
+fn projected(p: &ProjectedObject, name_field: &str) -> Value {
+    let mut out = Map::new();
+    out.insert(name_field.into(), json!(p.name));
+    if !p.items.is_empty() {
+        let items = p
+            .items
+            .iter()
+            .map(|item| {
+                let mut entry = Map::new();
+                entry.insert("key".into(), json!(item.key));
+                entry.insert("path".into(), json!(item.path));
+                if let Some(mode) = item.mode {
+                    entry.insert("mode".into(), json!(mode));
+                }
+                Value::Object(entry)
+            })
+            .collect();
+        out.insert("items".into(), items);
+    }
+    // Decimal, as `kubectl get -o yaml` prints it (420 is 0644).
+    out.insert("defaultMode".into(), json!(p.default_mode));
+    if p.optional {
+        out.insert("optional".into(), json!(true));
+    }
+    Value::Object(out)
+}
+
+fn core_metadata(meta: &super::ObjectMeta) -> Map<String, Value> {
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), json!(meta.name));
+    metadata.insert("namespace".into(), json!(meta.namespace));
+    insert_map(&mut metadata, "labels", &meta.labels);
+    insert_map(&mut metadata, "annotations", &meta.annotations);
+    metadata
+}
+
+/// `c` as a Kubernetes `v1` ConfigMap (`binaryData` base64).
+pub fn render_config_map(c: &ConfigMap) -> Value {
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), json!("v1"));
+    out.insert("kind".into(), json!("ConfigMap"));
+    out.insert("metadata".into(), Value::Object(core_metadata(&c.metadata)));
+    if !c.data.is_empty() {
+        out.insert("data".into(), json!(c.data));
+    }
+    if !c.binary_data.is_empty() {
+        out.insert("binaryData".into(), base64_map(&c.binary_data));
+    }
+    if c.immutable {
+        out.insert("immutable".into(), json!(true));
+    }
+    Value::Object(out)
+}
+
+/// `s` as a Kubernetes `v1` Secret, `data` base64-encoded as kubectl shows
+/// it. `mask` replaces every value with `***` (a Secret's diff).
+pub fn render_secret(s: &Secret, mask: bool) -> Value {
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), json!("v1"));
+    out.insert("kind".into(), json!("Secret"));
+    out.insert("metadata".into(), Value::Object(core_metadata(&s.metadata)));
+    out.insert("type".into(), json!(s.kind));
+    if !s.data.is_empty() {
+        let data = if mask {
+            s.data
+                .keys()
+                .map(|k| (k.clone(), json!("***")))
+                .collect::<Map<String, Value>>()
+                .into()
+        } else {
+            base64_map(&s.data)
+        };
+        out.insert("data".into(), data);
+    }
+    if s.immutable {
+        out.insert("immutable".into(), json!(true));
+    }
+    Value::Object(out)
+}
+
+fn base64_map(map: &BTreeMap<String, Bytes>) -> Value {
+    map.iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect::<Map<String, Value>>()
+        .into()
 }

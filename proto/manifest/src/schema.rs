@@ -139,6 +139,7 @@ pub(crate) const POD_SPEC: Schema = Schema {
         "nodeSelector",
         "restartPolicy",
         "terminationGracePeriodSeconds",
+        "volumes",
     ],
     server_set: &[],
     defaulted: &[
@@ -147,7 +148,6 @@ pub(crate) const POD_SPEC: Schema = Schema {
         ("securityContext", KubernetesDefault::EmptyObject),
     ],
     unsupported: &[
-        "volumes",
         "initContainers",
         "ephemeralContainers",
         "activeDeadlineSeconds",
@@ -191,6 +191,8 @@ pub(crate) const CONTAINER: Schema = Schema {
         "command",
         "args",
         "env",
+        "envFrom",
+        "volumeMounts",
         "workingDir",
         "ports",
         "resources",
@@ -206,8 +208,6 @@ pub(crate) const CONTAINER: Schema = Schema {
         ("terminationMessagePolicy", KubernetesDefault::Str("File")),
     ],
     unsupported: &[
-        "envFrom",
-        "volumeMounts",
         "volumeDevices",
         "startupProbe",
         "lifecycle",
@@ -221,10 +221,152 @@ pub(crate) const CONTAINER: Schema = Schema {
 };
 
 pub(crate) const ENV_VAR: Schema = Schema {
-    supported: &["name", "value"],
+    supported: &["name", "value", "valueFrom"],
     server_set: &[],
     defaulted: &[],
-    unsupported: &["valueFrom"],
+    unsupported: &[],
+};
+
+pub(crate) const ENV_VAR_SOURCE: Schema = Schema {
+    supported: &["configMapKeyRef", "secretKeyRef", "fieldRef"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &["resourceFieldRef", "fileKeyRef"],
+};
+
+/// `configMapKeyRef` and `secretKeyRef`.
+pub(crate) const KEY_SELECTOR: Schema = Schema {
+    supported: &["name", "key", "optional"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const OBJECT_FIELD_SELECTOR: Schema = Schema {
+    supported: &["fieldPath"],
+    server_set: &[],
+    defaulted: &[("apiVersion", KubernetesDefault::Str("v1"))],
+    unsupported: &[],
+};
+
+pub(crate) const ENV_FROM_SOURCE: Schema = Schema {
+    supported: &["prefix", "configMapRef", "secretRef"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+/// `envFrom[].configMapRef` and `secretRef`.
+pub(crate) const ENV_SOURCE_REF: Schema = Schema {
+    supported: &["name", "optional"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const VOLUME: Schema = Schema {
+    supported: &["name", "emptyDir", "hostPath", "configMap", "secret"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[
+        "persistentVolumeClaim",
+        "projected",
+        "downwardAPI",
+        "ephemeral",
+        "csi",
+        "nfs",
+        "iscsi",
+        "image",
+        "gitRepo",
+        "awsElasticBlockStore",
+        "gcePersistentDisk",
+        "azureDisk",
+        "azureFile",
+        "cephfs",
+        "cinder",
+        "fc",
+        "flexVolume",
+        "flocker",
+        "glusterfs",
+        "photonPersistentDisk",
+        "portworxVolume",
+        "quobyte",
+        "rbd",
+        "scaleIO",
+        "storageos",
+        "vsphereVolume",
+    ],
+};
+
+pub(crate) const EMPTY_DIR: Schema = Schema {
+    supported: &["medium", "sizeLimit"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const HOST_PATH: Schema = Schema {
+    supported: &["path", "type"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const CONFIG_MAP_VOLUME: Schema = Schema {
+    supported: &["name", "items", "defaultMode", "optional"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const SECRET_VOLUME: Schema = Schema {
+    supported: &["secretName", "items", "defaultMode", "optional"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const KEY_TO_PATH: Schema = Schema {
+    supported: &["key", "path", "mode"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const VOLUME_MOUNT: Schema = Schema {
+    supported: &["name", "mountPath", "readOnly", "subPath"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &["mountPropagation", "subPathExpr", "recursiveReadOnly"],
+};
+
+pub(crate) const CONFIG_MAP: Schema = Schema {
+    supported: &[
+        "apiVersion",
+        "kind",
+        "metadata",
+        "data",
+        "binaryData",
+        "immutable",
+    ],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const SECRET: Schema = Schema {
+    supported: &[
+        "apiVersion",
+        "kind",
+        "metadata",
+        "data",
+        "stringData",
+        "type",
+        "immutable",
+    ],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &[],
 };
 
 pub(crate) const CONTAINER_PORT: Schema = Schema {

@@ -5,14 +5,16 @@
 //! - a container's ports are unique by containerPort/protocol, by
 //!   hostPort/protocol and by name;
 //! - a probe's named port is one of the container's port names;
-//! - a resource request is at most its limit.
+//! - a resource request is at most its limit;
+//! - volume names are unique, and every `volumeMounts[].name` is one of
+//!   them; a container's mount paths are unique.
 
 use std::collections::HashMap;
 
 use super::decode::Problem;
 use super::path::FieldPath;
 use super::quantity::{format_cpu_millis, format_memory_bytes};
-use super::{Container, Deployment, PortRef, Probe, ProbeHandler};
+use super::{Container, Deployment, PortRef, Probe, ProbeHandler, Volume};
 
 /// Every cross-field problem of `deployment`, in field order.
 pub(crate) fn validate(deployment: &Deployment) -> Vec<Problem> {
@@ -37,11 +39,68 @@ pub(crate) fn validate(deployment: &Deployment) -> Vec<Problem> {
             ),
         });
     }
-    let containers = spec.field("template").field("spec").field("containers");
+    let pod = spec.field("template").field("spec");
+    let volumes = validate_volumes(&deployment.spec.template.spec.volumes, &pod, &mut problems);
+    let containers = pod.field("containers");
     for (i, container) in deployment.spec.template.spec.containers.iter().enumerate() {
         validate_container(container, &containers.index(i), &mut problems);
+        validate_mounts(container, &volumes, &containers.index(i), &mut problems);
     }
     problems
+}
+
+/// Volume names must be unique; returns the names.
+fn validate_volumes<'a>(
+    volumes: &'a [Volume],
+    pod: &FieldPath,
+    problems: &mut Vec<Problem>,
+) -> HashMap<&'a str, usize> {
+    let mut names = HashMap::new();
+    for (i, volume) in volumes.iter().enumerate() {
+        if let Some(first) = names.insert(volume.name.as_str(), i) {
+            names.insert(volume.name.as_str(), first);
+            problems.push(Problem {
+                path: pod.field("volumes").index(i).field("name").to_string(),
+                message: format!(
+                    "duplicate volume name {:?} (also volumes[{first}])",
+                    volume.name
+                ),
+            });
+        }
+    }
+    names
+}
+
+fn validate_mounts(
+    container: &Container,
+    volumes: &HashMap<&str, usize>,
+    path: &FieldPath,
+    problems: &mut Vec<Problem>,
+) {
+    let mounts = path.field("volumeMounts");
+    let mut paths: HashMap<String, usize> = HashMap::new();
+    for (i, mount) in container.volume_mounts.iter().enumerate() {
+        if !volumes.contains_key(mount.name.as_str()) {
+            problems.push(Problem {
+                path: mounts.index(i).field("name").to_string(),
+                message: format!(
+                    "no volume named {:?} in spec.template.spec.volumes",
+                    mount.name
+                ),
+            });
+        }
+        let normal = mount.mount_path.trim_end_matches('/').to_string();
+        if let Some(first) = paths.insert(normal.clone(), i) {
+            paths.insert(normal, first);
+            problems.push(Problem {
+                path: mounts.index(i).field("mountPath").to_string(),
+                message: format!(
+                    "duplicate mount path {:?} (also volumeMounts[{first}])",
+                    mount.mount_path
+                ),
+            });
+        }
+    }
 }
 
 fn validate_container(container: &Container, path: &FieldPath, problems: &mut Vec<Problem>) {

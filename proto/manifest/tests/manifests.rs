@@ -157,6 +157,8 @@ fn nginx_with_resources_and_probes() {
                         command: vec![],
                         args: vec![],
                         env: vec![],
+                        env_from: vec![],
+                        volume_mounts: vec![],
                         working_dir: None,
                         ports: vec![ContainerPort {
                             name: None,
@@ -204,6 +206,7 @@ fn nginx_with_resources_and_probes() {
                     node_selector: BTreeMap::new(),
                     restart_policy: "Always".into(),
                     termination_grace_period_seconds: 30,
+                    volumes: vec![],
                 },
             },
         },
@@ -519,7 +522,10 @@ spec:
                         env: vec![EnvVar {
                             name: "MODE".into(),
                             value: "prod".into(),
+                            value_from: None,
                         }],
+                        env_from: vec![],
+                        volume_mounts: vec![],
                         working_dir: Some("/srv".into()),
                         ports: vec![
                             ContainerPort {
@@ -575,6 +581,7 @@ spec:
                     node_selector: labels(&[("zone", "a")]),
                     restart_policy: "Always".into(),
                     termination_grace_period_seconds: 5,
+                    volumes: vec![],
                 },
             },
         },
@@ -636,8 +643,9 @@ fn service_beside_a_deployment_is_refused_naming_the_document() {
     assert_eq!(
         errors,
         [
-            "with-service.yaml[0]: kind: Service \"web\" is not supported: drover applies only \
-             apps/v1 Deployment (use --skip-unsupported-kinds to skip other kinds)"
+            "with-service.yaml[0]: kind: Service \"web\" is not supported: drover applies \
+             apps/v1 Deployment, v1 ConfigMap and v1 Secret (use --skip-unsupported-kinds to \
+             skip other kinds)"
         ]
     );
 }
@@ -654,7 +662,10 @@ fn skip_unsupported_kinds_warns_once_per_document() {
     assert_eq!(parsed.deployments[0].metadata.name, "web");
     assert_eq!(
         parsed.warnings,
-        ["with-service.yaml[0]: skipped Service \"web\" (drover applies only apps/v1 Deployment)"]
+        [
+            "with-service.yaml[0]: skipped Service \"web\" (drover applies apps/v1 Deployment, v1 \
+          ConfigMap and v1 Secret)"
+        ]
     );
 }
 
@@ -978,10 +989,10 @@ fn lenient_drops_a_probe_whose_only_handler_is_unsupported() {
 
 #[test]
 fn unsupported_field_is_refused_even_when_null() {
-    let text = format!("{WEB}      volumes: null\n");
+    let text = format!("{WEB}      initContainers: null\n");
     assert_eq!(
         error_of(&text),
-        "web.yaml[0]: spec.template.spec: field \"volumes\" is not supported by drover"
+        "web.yaml[0]: spec.template.spec: field \"initContainers\" is not supported by drover"
     );
     let text = format!("{WEB}      whatever: ~\n");
     assert_eq!(
@@ -1086,7 +1097,7 @@ spec:
       - name: web
         image: nginx:1.25
         resources: {limits: {memory: 12XB, cpu: lots}}
-        volumeMounts: []
+        volumeDevices: []
 ";
     assert_eq!(
         errors_of(text),
@@ -1102,7 +1113,7 @@ spec:
              quantity \"12XB\"",
             "web.yaml[0]: spec.template.spec.containers[0].resources.limits.cpu: invalid \
              quantity \"lots\"",
-            "web.yaml[0]: spec.template.spec.containers[0]: field \"volumeMounts\" is not \
+            "web.yaml[0]: spec.template.spec.containers[0]: field \"volumeDevices\" is not \
              supported by drover",
         ]
     );

@@ -253,6 +253,21 @@ mod tests {
             id(Role::Agent, "n1")
         ));
         assert!(!ok("/drover.v1.Control/Scale", id(Role::Controller, "c1")));
+        // A Secret's key names and sizes for viewers, its values for admins only.
+        assert!(ok("/drover.v1.Control/ListSecrets", id(Role::Viewer, "v")));
+        assert!(ok(
+            "/drover.v1.Control/ListConfigMaps",
+            id(Role::Viewer, "v")
+        ));
+        assert!(!ok(
+            "/drover.v1.Control/RevealSecrets",
+            id(Role::Viewer, "v")
+        ));
+        assert!(ok("/drover.v1.Control/RevealSecrets", id(Role::Admin, "a")));
+        assert!(!ok(
+            "/drover.v1.Control/DeleteConfigObjects",
+            id(Role::Viewer, "v")
+        ));
         assert!(!ok("/drover.v1.Raft/Step", id(Role::Admin, "a")));
         assert!(!ok("/drover.v1.Raft/Step", None));
         assert!(ok("/drover.v1.Raft/Step", id(Role::Controller, "c1")));
