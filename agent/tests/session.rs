@@ -59,6 +59,7 @@ impl TestAgent {
             join: None,
             tls_dir: None,
             debug_sessions: Default::default(),
+            usage_interval: Duration::from_secs(5),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(

@@ -197,6 +197,7 @@ async fn monitor(
 
 /// One pass of the orchestrator and then the scheduler.
 async fn round(leading: &Leading) -> Result<(), String> {
+    let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.cluster.store;
     let now = now_unix_ms();
     let deployments = store.deployments(None).map_err(|e| e.to_string())?;
@@ -226,8 +227,11 @@ async fn round(leading: &Leading) -> Result<(), String> {
         };
         leading.write(command).await?;
     }
-    let (place, unschedulable) = schedule(store).map_err(|e| e.to_string())?;
+    let (place, unschedulable) = crate::metrics::get()
+        .time_scheduler(|| schedule(store))
+        .map_err(|e| e.to_string())?;
     if !place.is_empty() || !unschedulable.is_empty() {
+        let decided = (place.len(), unschedulable.len());
         debug!(
             place = place.len(),
             unschedulable = unschedulable.len(),
@@ -239,6 +243,7 @@ async fn round(leading: &Leading) -> Result<(), String> {
             now_unix_ms: now_unix_ms(),
         };
         leading.write(command).await?;
+        crate::metrics::get().scheduled(decided.0, decided.1);
     }
     Ok(())
 }

@@ -40,9 +40,12 @@ struct StoreSnapshots(Store);
 
 impl SnapshotSource for StoreSnapshots {
     fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError> {
-        self.0
+        let built = self
+            .0
             .snapshot_data()
-            .map_err(|e| StorageError::StateMachine(Box::new(e)))
+            .map_err(|e| StorageError::StateMachine(Box::new(e)))?;
+        crate::metrics::get().snapshot("sent", built.0.len());
+        Ok(built)
     }
 }
 
@@ -143,10 +146,44 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let incoming = TcpIncoming::bind(cfg.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?
         .with_nodelay(Some(true));
-    info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "controller serving");
+    let metrics_listener = match cfg.metrics_listen.0 {
+        Some(addr) => Some(
+            drover_pki::exposition::bind(addr)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, metrics = %cfg.metrics_listen, data_dir = %cfg.data_dir.display(), "controller serving");
 
     let node_stop = shutdown.child_token();
     let node_task = tokio::spawn(node.run(node_stop.clone()));
+    tokio::spawn(crate::metrics::watch_leadership(
+        cluster.handle.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        let sources = crate::metrics::Sources {
+            handle: cluster.handle.clone(),
+            store: cluster.store.clone(),
+            db: db.clone(),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = drover_pki::exposition::serve(
+                listener,
+                move || {
+                    let sources = sources.clone();
+                    async move { crate::metrics::scrape(&sources).await }
+                },
+                async move { stop.cancelled().await },
+            )
+            .await;
+            if let Err(e) = served {
+                error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
 
     let control = pb::control_server::ControlServer::new(ControlService {
         cluster: cluster.clone(),

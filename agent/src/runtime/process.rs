@@ -24,7 +24,7 @@
 //! which may override both. Nothing else of the agent's own environment
 //! (`DROVER_JOIN_TOKEN`, ...) reaches a replica, nor an `exec` in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -43,9 +43,9 @@ use tracing::{debug, info, warn};
 
 use super::previous::{read_last, PreviousLogs, Record};
 use super::{
-    now_unix_ms, tail_lines, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec, Exit,
-    LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
-    WindowSize, EVENT_CAPACITY, PREVIOUS_LOG_BYTES,
+    now_unix_ms, tail_lines, Consumed, ContainerState, ExecInput, ExecOutput, ExecSession,
+    ExecSpec, Exit, LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent,
+    UnixMs, WindowSize, EVENT_CAPACITY, PREVIOUS_LOG_BYTES,
 };
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
@@ -670,6 +670,97 @@ impl Runtime for ProcessRuntime {
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     }
+
+    /// Each running replica's process group, summed from /proc: every process
+    /// whose group is the one its leader made (children a replica forks are
+    /// in it), with the CPU time of children they already reaped.
+    async fn usage(&self) -> Result<BTreeMap<String, Consumed>> {
+        let groups: Vec<(String, i32, u64)> = self
+            .inner
+            .lock()
+            .values()
+            .filter(|e| e.exit.is_none())
+            .map(|e| (e.replica.clone(), e.pid, e.start_ticks))
+            .collect();
+        tokio::task::spawn_blocking(move || group_usage(&groups))
+            .await
+            .map_err(|e| AgentError::io("reading /proc", std::io::Error::other(e.to_string())))
+    }
+}
+
+/// One process's figures from /proc/<pid>/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcFigures {
+    pgrp: i32,
+    /// utime + stime + cutime + cstime, in clock ticks.
+    ticks: u64,
+    rss_pages: u64,
+}
+
+/// Fields of /proc/<pid>/stat after `comm`: state is 3, pgrp 5, utime 14,
+/// stime 15, cutime 16, cstime 17, rss 24 (proc(5), counting from 1).
+fn proc_figures(text: &str) -> Option<ProcFigures> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| -> Option<u64> { f.get(i - 3)?.parse().ok() };
+    Some(ProcFigures {
+        pgrp: f.get(5 - 3)?.parse().ok()?,
+        ticks: [n(14)?, n(15)?, n(16)?, n(17)?]
+            .into_iter()
+            .fold(0u64, u64::saturating_add),
+        rss_pages: n(24)?,
+    })
+}
+
+/// Sum every live process of each `(replica, group leader pid, start
+/// ticks)` group in one pass over /proc. A group whose leader is gone or was
+/// replaced (pid reuse) is left out.
+fn group_usage(groups: &[(String, i32, u64)]) -> BTreeMap<String, Consumed> {
+    let live: HashMap<i32, &str> = groups
+        .iter()
+        .filter(|(_, pid, start)| is_alive(*pid, *start))
+        .map(|(replica, pid, _)| (*pid, replica.as_str()))
+        .collect();
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    if live.is_empty() {
+        return BTreeMap::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // exited meanwhile
+        };
+        let Some(fig) = proc_figures(&text) else {
+            continue;
+        };
+        if let Some(replica) = live.get(&fig.pgrp) {
+            let sum = sums.entry(replica.to_string()).or_default();
+            sum.0 = sum.0.saturating_add(fig.ticks);
+            sum.1 = sum.1.saturating_add(fig.rss_pages);
+        }
+    }
+    // SAFETY: sysconf only reads a configuration value.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096);
+    sums.into_iter()
+        .map(|(replica, (ticks, pages))| {
+            (
+                replica,
+                Consumed {
+                    cpu_ns: crate::usage::ticks_to_ns(ticks),
+                    memory_bytes: pages * page,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Wait until the container's exit is recorded, up to `limit`.

@@ -193,12 +193,15 @@ impl Handle {
         &self,
         write: Write,
     ) -> Result<Result<WriteResult, WriteError>, NodeError> {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Propose { write, reply })
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        let result = rx.await.map_err(|_| NodeError::Stopped)?;
+        crate::metrics::get().proposal(started, &result);
+        result
     }
 
     /// Linearizable read barrier (raft ReadIndex): returns once this member has
@@ -793,6 +796,7 @@ impl Node {
         self.store
             .restore(snap.get_data(), meta.index, meta.term, &meta_bytes)?;
         self.raw.store().apply_snapshot(&snap)?;
+        crate::metrics::get().snapshot("installed", snap.get_data().len());
         for m in self.store.members()? {
             self.transport.set_peer(m.id, m.address);
         }

@@ -422,6 +422,7 @@ impl SimFleet {
                 join: None,
                 tls_dir: None,
                 debug_sessions: Default::default(),
+                usage_interval: Duration::from_secs(5),
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {
