@@ -43,6 +43,8 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
 pub struct Controller {
     pub id: u64,
     pub address: String,
+    /// Where its /metrics listener is (`--metrics-listen`).
+    pub metrics: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -124,6 +126,8 @@ pub struct Cluster {
 pub struct Agent {
     pub name: String,
     pub address: String,
+    /// Where its /metrics listener is (`--metrics-listen`).
+    pub metrics: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub runtime: String,
@@ -160,6 +164,7 @@ impl Cluster {
             controllers.push(Controller {
                 id,
                 address: format!("{ip}:{port}"),
+                metrics: format!("{ip}:{}", free_port(&ip)?),
                 data_dir: dir.path().join(format!("controller-{id}")),
                 log: dir.path().join(format!("controller-{id}.log")),
                 child: None,
@@ -221,6 +226,8 @@ impl Cluster {
             .arg(c.id.to_string())
             .arg("--listen")
             .arg(&c.address)
+            .arg("--metrics-listen")
+            .arg(&c.metrics)
             .arg("--data-dir")
             .arg(&c.data_dir)
             .args(&tls)
@@ -249,6 +256,7 @@ impl Cluster {
         self.controllers.push(Controller {
             id,
             address: format!("{ip}:{port}"),
+            metrics: format!("{ip}:{}", free_port(&ip)?),
             data_dir: self.dir.path().join(format!("controller-{id}")),
             log: self.dir.path().join(format!("controller-{id}.log")),
             child: None,
@@ -429,6 +437,7 @@ impl Cluster {
         self.agents.push(Agent {
             name: name.to_string(),
             address: format!("{ip}:{port}"),
+            metrics: format!("{ip}:{}", free_port(&ip)?),
             data_dir: self.dir.path().join(format!("agent-{name}")),
             log: self.dir.path().join(format!("agent-{name}.log")),
             runtime: runtime.to_string(),
@@ -476,6 +485,8 @@ impl Cluster {
             .arg(&a.data_dir)
             .arg("--listen")
             .arg(&a.address)
+            .arg("--metrics-listen")
+            .arg(&a.metrics)
             .args(&tls)
             .args(extra)
             .env("DROVER_LOG", "info,h2=warn")
