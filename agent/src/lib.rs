@@ -76,6 +76,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     } else if cfg.join_token.is_some() && !settings.security.is_insecure() {
         info!("this node already has a certificate: --join-token is not needed and was not used");
     }
+    if cfg.metrics_listen.0.is_none() {
+        metrics::set_enabled(false);
+    }
     if let Some(addr) = cfg.metrics_listen.0 {
         let listener = drover_pki::exposition::bind(addr)
             .await

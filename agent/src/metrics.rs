@@ -15,6 +15,7 @@
 //! Every family lives as long as the process: one agent per process (the
 //! simulated fleets of `bench placement` share one, which they do not read).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -78,6 +79,7 @@ impl SessionState {
 /// Every agent metric (names without the `drover_agent_` prefix).
 pub struct Metrics {
     registry: Registry,
+    enabled: AtomicBool,
     replicas: Family<Labels1, Gauge>,
     restarts: Counter,
     probe_results: Family<Labels2, Counter>,
@@ -101,10 +103,18 @@ pub fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Turn metrics on or off for this process (on by default). An agent
+/// started with an empty `--metrics-listen` turns them off: with nothing
+/// served, nothing is recorded (the benches' "off" column).
+pub fn set_enabled(on: bool) {
+    get().enabled.store(on, Ordering::Relaxed);
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("drover_agent"),
+            enabled: AtomicBool::new(true),
             replicas: Family::default(),
             restarts: Counter::default(),
             probe_results: Family::default(),
@@ -201,6 +211,9 @@ impl Metrics {
 
     /// The replicas' states, as the supervisor just published them.
     pub fn replicas(&self, statuses: &StatusMap) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         let mut counts = [0i64; STATES.len()];
         for s in statuses.values() {
             let i = match s.state() {
@@ -220,11 +233,17 @@ impl Metrics {
 
     /// A container exited and will be restarted.
     pub fn restart(&self) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         self.restarts.inc();
     }
 
     /// One probe check's result.
     pub fn probe(&self, kind: ProbeKind, result: &ProbeResult) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         let outcome = match result {
             ProbeResult::Success => "success",
             ProbeResult::Failure(_) => "failure",
@@ -240,6 +259,9 @@ impl Metrics {
         operation: &'static str,
         op: impl std::future::Future<Output = T>,
     ) -> T {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return op.await;
+        }
         let started = Instant::now();
         let out = op.await;
         self.runtime_operation_seconds
@@ -250,6 +272,9 @@ impl Metrics {
 
     /// An image pull that took since `started`.
     pub fn pull(&self, started: Instant, ok: bool) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         let secs = started.elapsed().as_secs_f64();
         let outcome = if ok { "success" } else { "failure" };
         self.image_pull_seconds
@@ -262,6 +287,9 @@ impl Metrics {
 
     /// The session moved to `state`.
     pub fn session(&self, state: SessionState) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         for s in SessionState::ALL {
             self.session_state
                 .get_or_create(&[("state", s.as_str())])
@@ -273,15 +301,24 @@ impl Metrics {
     }
 
     pub fn heartbeat_sent(&self) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         self.heartbeats_sent.inc();
     }
 
     pub fn heartbeat_acknowledged(&self) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         self.heartbeats_acknowledged.inc();
     }
 
     /// The latest usage sample.
     pub fn usage(&self, usage: &pb::Usage) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         let node = usage.node.unwrap_or_default();
         self.node_cpu_cores.set(node.cpu_millis as f64 / 1000.0);
         self.node_memory_bytes

@@ -152,7 +152,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
                 .await
                 .map_err(anyhow::Error::msg)?,
         ),
-        None => None,
+        None => {
+            crate::metrics::set_enabled(false);
+            None
+        }
     };
     info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, metrics = %cfg.metrics_listen, data_dir = %cfg.data_dir.display(), "controller serving");
 

@@ -226,8 +226,6 @@ impl Cluster {
             .arg(c.id.to_string())
             .arg("--listen")
             .arg(&c.address)
-            .arg("--metrics-listen")
-            .arg(&c.metrics)
             .arg("--data-dir")
             .arg(&c.data_dir)
             .args(&tls)
@@ -239,6 +237,16 @@ impl Cluster {
             .stderr(log);
         if !extra.iter().any(|a| a == "--join") {
             cmd.arg("--peers").arg(&self.peers);
+        }
+        // Options may turn metrics off (`--metrics-listen=`); given twice,
+        // the flag is refused.
+        let own_metrics = self
+            .options
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--metrics-listen"));
+        if !own_metrics {
+            cmd.arg("--metrics-listen").arg(&c.metrics);
         }
         c.child = Some(cmd.spawn().context("starting drover-controller")?);
         Ok(())

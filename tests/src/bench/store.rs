@@ -193,3 +193,89 @@ async fn measure(
         throughput,
     })
 }
+
+/// Latency and throughput with metrics on and off, alternating `rounds`
+/// times (a fresh cluster each), then the medians side by side. "On" is the
+/// default controller with every controller scraped once a second (a busier
+/// scraper than Prometheus' usual 15 s); "off" is `--metrics-listen=`, which
+/// serves nothing and records nothing.
+pub async fn metrics_compare(
+    latency_ops: usize,
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "drover store benchmark, metrics on vs off: 3 controllers on loopback, mutual TLS, sled fsync on, {} cores, {rounds} rounds each",
+        cores()
+    );
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for round in 1..=rounds {
+        for metrics in [true, false] {
+            println!(
+                "-- round {round}, metrics {} --",
+                if metrics { "on" } else { "off" }
+            );
+            let options = Options {
+                extra_args: if metrics {
+                    Vec::new()
+                } else {
+                    vec!["--metrics-listen=".to_string()]
+                },
+                ..Options::default()
+            };
+            let c = Cluster::start_with(3, options).await?;
+            let scraper = metrics.then(|| super::scrape_every_second(&c));
+            let figures = measure(&c, latency_ops, clients, seconds).await?;
+            if let Some(s) = scraper {
+                let scrapes = s.stop().await?;
+                println!("  ({scrapes} scrapes during the round)");
+            }
+            if metrics {
+                on.push(figures)
+            } else {
+                off.push(figures)
+            }
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        percentile(v, 0.5)
+    };
+    let fmedian = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut on_p50, mut off_p50): (Vec<_>, Vec<_>) = (
+        on.iter().map(|f| f.p50).collect(),
+        off.iter().map(|f| f.p50).collect(),
+    );
+    let (mut on_p99, mut off_p99): (Vec<_>, Vec<_>) = (
+        on.iter().map(|f| f.p99).collect(),
+        off.iter().map(|f| f.p99).collect(),
+    );
+    let (mut on_tp, mut off_tp): (Vec<_>, Vec<_>) = (
+        on.iter().map(|f| f.throughput).collect(),
+        off.iter().map(|f| f.throughput).collect(),
+    );
+    let (p50_on, p50_off) = (median(&mut on_p50), median(&mut off_p50));
+    let (p99_on, p99_off) = (median(&mut on_p99), median(&mut off_p99));
+    let (tp_on, tp_off) = (fmedian(&mut on_tp), fmedian(&mut off_tp));
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "metrics on / off (medians of {rounds}): latency p50 {} vs {} ({:.3}x), p99 {} vs {} ({:.3}x), \
+         throughput {:.0} vs {:.0} applies/s ({:.3}x; cost {:+.1} %, target < 2 %)",
+        ms(p50_on),
+        ms(p50_off),
+        ratio(p50_on, p50_off),
+        ms(p99_on),
+        ms(p99_off),
+        ratio(p99_on, p99_off),
+        tp_on,
+        tp_off,
+        tp_on / tp_off.max(1e-9),
+        (1.0 - tp_on / tp_off.max(1e-9)) * 100.0
+    );
+    Ok(())
+}
