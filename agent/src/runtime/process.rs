@@ -1224,6 +1224,52 @@ mod exec {
 mod tests {
     use super::*;
 
+    /// `comm` may hold spaces and parentheses; the fields resume after the
+    /// last `)`.
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        let line = "4242 (a) (b c) R 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    70 30 5 5 20 0 1 0 123456 1000000 256 18446744073709551615";
+        assert_eq!(
+            proc_figures(line),
+            Some(ProcFigures {
+                pgrp: 4242,
+                ticks: 70 + 30 + 5 + 5,
+                rss_pages: 256,
+            })
+        );
+        assert_eq!(proc_figures("4242 (truncated"), None);
+    }
+
+    /// A real process group: every process of it counts (a busy shell and its sleeping child), and a
+    /// group whose leader is gone counts for nothing.
+    #[test]
+    fn a_process_group_is_summed_from_proc() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & while :; do :; done"])
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let pid = child.id() as i32;
+        let start = stat(pid).expect("stat").start_ticks;
+        let groups = vec![("default.busy".to_string(), pid, start)];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let used = loop {
+            let u = group_usage(&groups);
+            let used = u.get("default.busy").copied().unwrap_or_default();
+            if used.cpu_ns >= 100_000_000 || std::time::Instant::now() > deadline {
+                break used;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(used.cpu_ns >= 100_000_000, "{used:?}");
+        assert!(used.memory_bytes > 0, "{used:?}");
+        signal_group((pid, start), Signal::SIGKILL);
+        let _ = child.wait();
+        assert!(group_usage(&groups).is_empty(), "the group is gone");
+    }
+
     /// Regression (found by `droverctl lab chaos`): concurrent writers of
     /// the state file shared one temp file, so one's rename failed.
     #[test]
