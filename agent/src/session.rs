@@ -368,6 +368,43 @@ impl Fence {
     }
 }
 
+/// The whole set a message means: itself when whole; applied to `current`
+/// when it is a change (`base_version`), which must be of `current`'s
+/// version. Assignments stay sorted by replica id.
+pub fn whole_set(
+    current: &pb::AssignmentSet,
+    msg: pb::AssignmentSet,
+) -> std::result::Result<pb::AssignmentSet, String> {
+    if msg.base_version == 0 {
+        return Ok(msg);
+    }
+    if msg.base_version != current.version {
+        return Err(format!(
+            "a change to assignment set {} arrived, but this agent holds set {}",
+            msg.base_version, current.version
+        ));
+    }
+    let mut by_id: std::collections::BTreeMap<String, pb::Assignment> = current
+        .assignments
+        .iter()
+        .map(|a| (a.replica.clone(), a.clone()))
+        .collect();
+    for id in &msg.removed {
+        by_id.remove(id);
+    }
+    for a in msg.assignments {
+        by_id.insert(a.replica.clone(), a);
+    }
+    Ok(pb::AssignmentSet {
+        version: msg.version,
+        assignments: by_id.into_values().collect(),
+        terminating: msg.terminating,
+        terminating_grace_seconds: msg.terminating_grace_seconds,
+        base_version: 0,
+        removed: Vec::new(),
+    })
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -389,6 +426,7 @@ fn hello(cfg: &SessionConfig, replicas: &StatusMap) -> pb::AgentMessage {
             stop_after_disconnect_ms: cfg
                 .stop_after_disconnect
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            accepts_changes: true,
         })),
     }
 }
@@ -462,6 +500,8 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut productive = false;
     let mut last_version = 0u64;
+    // The whole set as of `last_version`, that changes apply to.
+    let mut current_set = pb::AssignmentSet::default();
     // Replicas in the last assignment set, to spot ones newly given to us.
     let mut assigned: BTreeSet<String> = BTreeSet::new();
     loop {
@@ -524,6 +564,14 @@ async fn session(
                         debug!(version = set.version, last = last_version, "ignoring an older assignment set");
                         continue;
                     }
+                    let set = match whole_set(&current_set, set) {
+                        Ok(set) => set,
+                        Err(why) => {
+                            warn!(controller = %addr, reason = %why, "assignment change out of order; reconnecting for a whole set");
+                            return Ended::Lost { reason: why, productive };
+                        }
+                    };
+                    current_set = set.clone();
                     if !productive {
                         info!(controller = %addr, node = %cfg.node, "session established");
                         crate::metrics::get().session(SessionState::Established);
@@ -576,6 +624,42 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assignment(id: &str, revision: &str) -> pb::Assignment {
+        pb::Assignment {
+            replica: id.into(),
+            revision: revision.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_change_applies_to_the_set_of_its_base_version_only() {
+        let whole = pb::AssignmentSet {
+            version: 1,
+            assignments: vec![assignment("a", "1"), assignment("b", "1")],
+            ..Default::default()
+        };
+        let current = whole_set(&pb::AssignmentSet::default(), whole).expect("whole");
+        let change = pb::AssignmentSet {
+            version: 2,
+            base_version: 1,
+            assignments: vec![assignment("b", "2"), assignment("c", "1")],
+            removed: vec!["a".into()],
+            terminating: vec!["x".into()],
+            ..Default::default()
+        };
+        let next = whole_set(&current, change.clone()).expect("applies");
+        assert_eq!(next.version, 2);
+        assert_eq!(
+            next.assignments,
+            vec![assignment("b", "2"), assignment("c", "1")]
+        );
+        assert_eq!(next.terminating, ["x"]);
+        // The same change again is not of the set now held: refused.
+        let refused = whole_set(&next, change).expect_err("out of order");
+        assert!(refused.contains("holds set 2"), "{refused}");
+    }
 
     #[test]
     fn leader_hints_are_parsed_from_follower_messages() {

@@ -10,13 +10,16 @@
 //!  leadership lost ─▶ cancel
 //! ```
 //!
-//! Everything is rebuilt from the store each round: a new leader needs nothing
-//! from the old one, and continues a rollout or a drain where it stands (the
-//! times a rollout is judged by are in the store, stamped by the leader that
-//! proposed them). Decisions go through raft like any write; the state
-//! machine skips those that became stale (a slot taken, a replica gone).
+//! A round looks only at what changed: the deployments touched since the
+//! last round (the store's change feed), plus those still in motion; the
+//! scheduler looks only at unbound replicas. A new leader's first round looks
+//! at everything: it needs nothing from the old one, and continues a rollout
+//! or a drain where it stands (the times a rollout is judged by are in the
+//! store, stamped by the leader that proposed them). Decisions go through
+//! raft like any write; the state machine skips those that became stale (a
+//! slot taken, a replica gone).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -28,8 +31,8 @@ use crate::nodes::{self, Verdict};
 use crate::orchestrator::{self, rollout};
 use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
 use crate::store::{
-    Booking, Command, NodeCondition, ObjectRef, ReplicaRecord, RolloutRecord, Store, StoreError,
-    StoredDeployment, Write,
+    Booking, ChangeFeed, Command, NodeCondition, ObjectRef, ReplicaRecord, Resources,
+    RolloutRecord, State, Store, StoredDeployment, Touched, Write,
 };
 
 /// Shortest pause between two rounds, so a stream of status batches does not
@@ -37,6 +40,11 @@ use crate::store::{
 const MIN_ROUND: Duration = Duration::from_millis(20);
 /// A round runs at least this often even when nothing was applied.
 const MAX_ROUND: Duration = Duration::from_secs(2);
+/// At most this many replicas are created, and placed, per round: each
+/// round's entries stay a few MiB however much was applied at once, agents
+/// start on the first ones sooner, and what is left waits for the next
+/// round (its deployments stay unsettled; unbound replicas stay unbound).
+const MAX_PER_ROUND: usize = 10_000;
 
 /// Settings of the leader loops.
 #[derive(Clone)]
@@ -120,11 +128,14 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
     }
     tokio::spawn(monitor(leading.clone(), cfg, leading_since, token.clone()));
     let mut applied = cluster.handle.applied();
+    let mut orchestration = Orchestration::new(&cluster.store);
     loop {
         // A round in flight when leadership is lost is abandoned there.
         tokio::select! {
             _ = token.cancelled() => return,
-            r = round(&leading) => if let Err(e) = r {
+            r = round(&leading, &mut orchestration) => if let Err(e) = r {
+                // What the round did not get to is looked at again.
+                orchestration.feed.reset();
                 warn!(error = %e, "control loop round failed");
             },
         }
@@ -153,20 +164,17 @@ async fn monitor(
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let observed: Vec<nodes::Observed> = match leading.cluster.store.nodes() {
-            Ok(list) => list
-                .into_iter()
-                .map(|n| nodes::Observed {
-                    last_heartbeat: cfg.heartbeats.last(&n.name),
-                    name: n.name,
-                    condition: n.condition,
-                })
-                .collect(),
-            Err(e) => {
-                warn!(error = %e, "node monitor could not read nodes");
-                continue;
-            }
-        };
+        let observed: Vec<nodes::Observed> = leading
+            .cluster
+            .store
+            .snapshot()
+            .nodes()
+            .map(|n| nodes::Observed {
+                last_heartbeat: cfg.heartbeats.last(&n.name),
+                name: n.name.clone(),
+                condition: n.condition,
+            })
+            .collect();
         for verdict in nodes::assess(&observed, leading_since, Instant::now(), cfg.node_timeout) {
             let command = match &verdict {
                 Verdict::Down(node) => {
@@ -195,22 +203,171 @@ async fn monitor(
     }
 }
 
+/// What the orchestrator remembers between rounds of one leadership: the
+/// changes applied since its last look, and the deployments that need a
+/// look every round until they settle (a rollout under way, a replica not
+/// yet available for `minReadySeconds`, a progress deadline running).
+pub struct Orchestration {
+    feed: ChangeFeed,
+    unsettled: BTreeSet<ObjectRef>,
+}
+
+impl Orchestration {
+    /// A new leader's: its first round looks at everything.
+    pub fn new(store: &Store) -> Orchestration {
+        Orchestration {
+            feed: store.subscribe(),
+            unsettled: BTreeSet::new(),
+        }
+    }
+}
+
+/// One round's decisions, before they are proposed.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    pub records: Vec<RolloutRecord>,
+    /// `(deployment, revision failing, why)`.
+    pub rollbacks: Vec<(ObjectRef, u64, String)>,
+    pub plan: orchestrator::Plan,
+}
+
+/// The deployments a round looks at: those changed since the last one (a
+/// deployment or one of its replicas), those on nodes whose record changed
+/// (a drain starts or ends, a node is lost), and the unsettled ones.
+fn to_look_at(
+    state: &State,
+    changes: &Touched,
+    unsettled: &BTreeSet<ObjectRef>,
+) -> BTreeSet<ObjectRef> {
+    if changes.all {
+        let mut all: BTreeSet<ObjectRef> = state.deployments_with_replicas().cloned().collect();
+        all.extend(state.deployments(None).map(|d| deployment_ref(d)));
+        return all;
+    }
+    let mut todo: BTreeSet<ObjectRef> = changes.deployments.clone();
+    todo.extend(unsettled.iter().cloned());
+    for node in &changes.node_records {
+        todo.extend(state.replicas_on(node).map(|r| ObjectRef {
+            namespace: r.namespace.clone(),
+            name: r.deployment.clone(),
+        }));
+    }
+    todo
+}
+
+fn deployment_ref(d: &StoredDeployment) -> ObjectRef {
+    ObjectRef {
+        namespace: d.deployment.metadata.namespace.clone(),
+        name: d.deployment.metadata.name.clone(),
+    }
+}
+
+/// Decide a round for the deployments in `todo`: rollout progress, rollbacks
+/// and the replicas to create and remove. Pure: the state and `now` in,
+/// decisions out; `unsettled` keeps the deployments still in motion.
+///
+/// Cost: O(replicas of the deployments looked at), never all replicas.
+pub fn decide(
+    state: &State,
+    todo: &BTreeSet<ObjectRef>,
+    unsettled: &mut BTreeSet<ObjectRef>,
+    now: i64,
+) -> Decisions {
+    let draining: HashSet<String> = state
+        .nodes()
+        .filter(|n| n.draining)
+        .map(|n| n.name.clone())
+        .collect();
+    let mut out = Decisions::default();
+    for target in todo {
+        let mine: Vec<&ReplicaRecord> = state.replicas_of(target).map(|r| &**r).collect();
+        let Some(d) = state.deployment(&target.namespace, &target.name) else {
+            // A deleted deployment loses its replicas; the terminating ones
+            // go when their agents report them stopped.
+            let orphans: Vec<ObjectRef> = mine
+                .iter()
+                .filter(|r| !r.is_terminating())
+                .map(|r| r.key())
+                .collect();
+            unsettled.remove(target);
+            out.plan.remove.extend(orphans);
+            continue;
+        };
+        let counts = rollout::counts(d, &mine, &draining, now);
+        let mut failed = d.rollout.failed.clone();
+        let progress = rollout::progress(d, &counts, now);
+        if let Some((progress_unix_ms, available_updated, now_failed)) = &progress {
+            if let Some(reason) = now_failed {
+                warn!(deployment = %target, reason = %reason, "rollout failed");
+            }
+            failed = now_failed.clone();
+            out.records.push(RolloutRecord {
+                target: target.clone(),
+                revision: d.current_revision_hash(),
+                progress_unix_ms: *progress_unix_ms,
+                available_updated: *available_updated,
+                failed: now_failed.clone(),
+            });
+        }
+        let rollback = failed.filter(|_| rollout::wants_auto_rollback(d));
+        let actions = rollout::plan(d, &mine, &draining, now);
+        let settled = actions.create.is_empty()
+            && actions.remove.is_empty()
+            && progress.is_none()
+            && rollback.is_none()
+            && rollout::is_complete(d.deployment.spec.replicas, &counts);
+        if settled {
+            unsettled.remove(target);
+        } else {
+            unsettled.insert(target.clone());
+        }
+        if let Some(reason) = rollback {
+            out.rollbacks
+                .push((target.clone(), d.current_revision_number(), reason));
+        }
+        out.plan.create.extend(actions.create);
+        out.plan.remove.extend(actions.remove);
+        out.plan
+            .dropped_without_replacement
+            .extend(actions.dropped_without_replacement);
+    }
+    out.plan.remove.sort();
+    out
+}
+
 /// One pass of the orchestrator and then the scheduler.
-async fn round(leading: &Leading) -> Result<(), String> {
+async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(), String> {
     let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.cluster.store;
     let now = now_unix_ms();
-    let deployments = store.deployments(None).map_err(|e| e.to_string())?;
-    let replicas = store.replicas(None).map_err(|e| e.to_string())?;
-    let draining: HashSet<String> = store
-        .nodes()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|n| n.draining)
-        .map(|n| n.name)
-        .collect();
-    record_progress(leading, &deployments, &replicas, &draining, now).await?;
-    let plan = orchestrator::reconcile(&deployments, &replicas, &draining, now);
+    // The changes first, then the state: the state is at least that new.
+    let changes = orchestration.feed.take();
+    let state = store.snapshot();
+    let todo = to_look_at(&state, &changes, &orchestration.unsettled);
+    let decisions = decide(&state, &todo, &mut orchestration.unsettled, now);
+    if !decisions.records.is_empty() {
+        leading
+            .write(Command::RolloutProgress {
+                records: decisions.records,
+                now_unix_ms: now_unix_ms(),
+            })
+            .await?;
+    }
+    for (target, revision, reason) in decisions.rollbacks {
+        info!(deployment = %target, "rollout failed: rolling back to the previous revision");
+        let command = Command::Undo {
+            target,
+            to_revision: None,
+            reason: Some(format!(
+                "rolled back from revision {revision} by {}: {reason}",
+                rollout::AUTO_ROLLBACK_ANNOTATION
+            )),
+            now_unix_ms: now,
+        };
+        leading.write(command).await?;
+    }
+    let mut plan = decisions.plan;
+    plan.create.truncate(MAX_PER_ROUND);
     for r in &plan.dropped_without_replacement {
         warn!(replica = %r, "draining: no other node can take this replica; removing it without a replacement");
     }
@@ -227,9 +384,8 @@ async fn round(leading: &Leading) -> Result<(), String> {
         };
         leading.write(command).await?;
     }
-    let (place, unschedulable) = crate::metrics::get()
-        .time_scheduler(|| schedule(store))
-        .map_err(|e| e.to_string())?;
+    let (place, unschedulable) =
+        crate::metrics::get().time_scheduler(|| schedule(&store.snapshot()));
     if !place.is_empty() || !unschedulable.is_empty() {
         let decided = (place.len(), unschedulable.len());
         debug!(
@@ -248,141 +404,82 @@ async fn round(leading: &Leading) -> Result<(), String> {
     Ok(())
 }
 
-/// Record rollout progress and failures (progress deadline) in one entry,
-/// then roll failed rollouts back when their deployment asks for it. A
-/// failure recorded by an earlier leader whose rollback never committed is
-/// rolled back here too.
-async fn record_progress(
-    leading: &Leading,
-    deployments: &[StoredDeployment],
-    replicas: &[ReplicaRecord],
-    draining: &HashSet<String>,
-    now: i64,
-) -> Result<(), String> {
-    let by_deployment = orchestrator::group(replicas);
-    let mut records = Vec::new();
-    let mut rollbacks = Vec::new();
-    for d in deployments {
-        let meta = &d.deployment.metadata;
-        let target = ObjectRef {
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone(),
-        };
-        let mine = by_deployment
-            .get(&(meta.namespace.as_str(), meta.name.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let counts = rollout::counts(d, mine, draining, now);
-        let mut failed = d.rollout.failed.clone();
-        if let Some((progress_unix_ms, available_updated, now_failed)) =
-            rollout::progress(d, &counts, now)
-        {
-            if let Some(reason) = &now_failed {
-                warn!(deployment = %target, reason = %reason, "rollout failed");
-            }
-            failed = now_failed.clone();
-            records.push(RolloutRecord {
-                target: target.clone(),
-                revision: crate::store::revision(&d.deployment.spec.template),
-                progress_unix_ms,
-                available_updated,
-                failed: now_failed,
-            });
-        }
-        if let Some(reason) = failed.filter(|_| rollout::wants_auto_rollback(d)) {
-            rollbacks.push((target, d.current_revision_number(), reason));
-        }
-    }
-    if !records.is_empty() {
-        leading
-            .write(Command::RolloutProgress {
-                records,
-                now_unix_ms: now_unix_ms(),
-            })
-            .await?;
-    }
-    for (target, revision, reason) in rollbacks {
-        info!(deployment = %target, "rollout failed: rolling back to the previous revision");
-        let command = Command::Undo {
-            target,
-            to_revision: None,
-            reason: Some(format!(
-                "rolled back from revision {revision} by {}: {reason}",
-                rollout::AUTO_ROLLBACK_ANNOTATION
-            )),
-            now_unix_ms: now,
-        };
-        leading.write(command).await?;
-    }
-    Ok(())
-}
-
 type Placements = (Vec<(ObjectRef, String)>, Vec<(ObjectRef, String)>);
 
-/// Feed the store's view to the pure scheduler; keep only decisions that
-/// change something (an unchanged pending reason is not rewritten).
-pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
-    let deployments = store.deployments_by_key(None)?;
-    let nodes: Vec<NodeInfo> = store
-        .nodes()?
-        .into_iter()
-        .map(|n| NodeInfo {
-            name: n.name,
-            labels: n.labels,
-            allocatable: n.capacity,
-            ready: n.condition == NodeCondition::Ready,
-            cordoned: n.cordoned,
+/// Feed the state's unbound replicas to the pure scheduler; keep only
+/// decisions that change something (an unchanged pending reason is not
+/// rewritten).
+///
+/// Cost: O(nodes + unbound replicas + the bound replicas of their
+/// deployments), from the state's indexes: what nodes hold comes from the
+/// per-node totals, and only the pending deployments' bound replicas are
+/// listed, for spread.
+pub fn schedule(state: &State) -> Placements {
+    let nodes: Vec<NodeInfo> = state
+        .nodes()
+        .map(|n| {
+            let held = state.held(&n.name);
+            NodeInfo {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+                allocatable: n.capacity,
+                ready: n.condition == NodeCondition::Ready,
+                cordoned: n.cordoned,
+                in_use: held.map(|h| h.requests).unwrap_or_default(),
+                ports_in_use: held.map(|h| h.host_ports.clone()).unwrap_or_default(),
+            }
         })
         .collect();
-    let replicas = store.replicas(None)?;
     let mut pending = Vec::new();
-    let mut placed = Vec::new();
+    let mut spread_of: BTreeSet<ObjectRef> = BTreeSet::new();
     let mut reasons: HashMap<String, (&ReplicaRecord, ObjectRef)> = HashMap::new();
-    for r in &replicas {
-        let d = deployments.get(&(r.namespace.clone(), r.deployment.clone()));
-        // Each replica is placed and booked with its own revision's template
-        // (during a rollout the old replicas still hold the old ports and
-        // requests, not the new ones), as recorded when it was made; a
-        // terminating replica of a deleted deployment holds its node to the end.
-        let pod = d.map(|d| {
-            d.revision_by_hash(&r.revision)
-                .map_or(&d.deployment.spec.template.spec, |rev| &rev.template.spec)
-        });
-        let Some(booking) = r.booking.clone().or_else(|| pod.map(Booking::of)) else {
+    // Replicas never tried first, so ones that fit nowhere cannot crowd
+    // new ones out of a round.
+    let untried = state.unbound().filter(|r| r.pending_reason.is_empty());
+    let tried = state.unbound().filter(|r| !r.pending_reason.is_empty());
+    for r in untried.chain(tried).take(MAX_PER_ROUND) {
+        // Replicas of a deleted deployment are not placed.
+        let Some(d) = state.deployment(&r.namespace, &r.deployment) else {
             continue;
         };
-        let deployment = format!("{}/{}", r.namespace, r.deployment);
-        match (&r.node, pod) {
-            (Some(node), _) => placed.push(Placed {
-                node: node.clone(),
-                deployment,
-                requests: booking.requests,
-                host_ports: booking.host_ports,
-            }),
-            // Replicas of a deleted deployment are not placed.
-            (None, None) => {}
-            (None, Some(pod)) => {
-                let id = r.agent_id();
-                reasons.insert(
-                    id.clone(),
-                    (
-                        r,
-                        ObjectRef {
-                            namespace: r.namespace.clone(),
-                            name: r.name.clone(),
-                        },
-                    ),
-                );
-                pending.push(Pending {
-                    replica: id,
-                    deployment,
-                    requests: booking.requests,
-                    node_selector: pod.node_selector.clone(),
-                    host_ports: booking.host_ports,
-                });
-            }
-        }
+        // Each replica is placed and booked with its own revision's template
+        // (during a rollout the old replicas still hold the old ports and
+        // requests, not the new ones), as recorded when it was made.
+        let pod = d
+            .revision_by_hash(&r.revision)
+            .map_or(&d.deployment.spec.template.spec, |rev| &rev.template.spec);
+        let booking = r.booking.clone().unwrap_or_else(|| Booking::of(pod));
+        let id = r.agent_id();
+        reasons.insert(id.clone(), (&**r, r.key()));
+        spread_of.insert(ObjectRef {
+            namespace: r.namespace.clone(),
+            name: r.deployment.clone(),
+        });
+        pending.push(Pending {
+            replica: id,
+            deployment: format!("{}/{}", r.namespace, r.deployment),
+            requests: booking.requests,
+            node_selector: pod.node_selector.clone(),
+            host_ports: booking.host_ports,
+        });
     }
+    if pending.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    // Held resources and ports are in the nodes' totals already; these are
+    // listed for spread alone.
+    let placed: Vec<Placed> = spread_of
+        .iter()
+        .flat_map(|d| state.replicas_of(d))
+        .filter_map(|r| {
+            r.node.as_ref().map(|node| Placed {
+                node: node.clone(),
+                deployment: format!("{}/{}", r.namespace, r.deployment),
+                requests: Resources::default(),
+                host_ports: Vec::new(),
+            })
+        })
+        .collect();
     let mut place = Vec::new();
     let mut unschedulable = Vec::new();
     for decision in scheduler::schedule(&pending, &nodes, &placed) {
@@ -401,45 +498,40 @@ pub fn schedule(store: &Store) -> Result<Placements, StoreError> {
             }
         }
     }
-    Ok((place, unschedulable))
+    (place, unschedulable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{deployment, open_test_db};
+    use crate::fixtures::deployment;
     use crate::store::{NodeRegistration, ReplicaObserved, ReplicaPhase, Resources};
     use drover_manifest::{ContainerPort, Protocol};
 
     struct Db {
-        _dir: tempfile::TempDir,
         store: Store,
         index: u64,
     }
 
     impl Db {
         fn new() -> Db {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let db = open_test_db(dir.path(), 8);
-            let store = Store::open(&db).expect("store");
             Db {
-                _dir: dir,
-                store,
+                store: Store::default(),
                 index: 1,
             }
         }
 
         fn apply(&mut self, command: Command) {
             self.index += 1;
-            let result = self.store.apply(self.index, 1, &command).expect("apply");
+            let result = self.store.apply(self.index, 1, &command);
             assert!(result.is_ok(), "{command:?}: {result:?}");
         }
 
         /// One orchestrator pass and one scheduler pass, as a leader round.
         fn round(&mut self) -> Placements {
             let plan = orchestrator::reconcile(
-                &self.store.deployments(None).expect("deployments"),
-                &self.store.replicas(None).expect("replicas"),
+                &self.store.deployments(None),
+                &self.store.replicas(None),
                 &HashSet::new(),
                 10,
             );
@@ -448,7 +540,7 @@ mod tests {
                 remove: plan.remove,
                 now_unix_ms: 10,
             });
-            let (place, unschedulable) = schedule(&self.store).expect("schedule");
+            let (place, unschedulable) = schedule(&self.store.snapshot());
             self.apply(Command::Schedule {
                 place: place.clone(),
                 unschedulable: unschedulable.clone(),
@@ -530,5 +622,204 @@ mod tests {
         });
         let (place, _) = db.round();
         assert_eq!(place.len(), 1, "placed once the old one is gone");
+    }
+
+    mod incremental {
+        //! The incremental round against a from-scratch one: after any
+        //! sequence of commands, looking only at what changed (and what is
+        //! still in motion) decides exactly what looking at everything does,
+        //! and the state's indexes equal ones built from its records.
+
+        use super::*;
+        use proptest::prelude::{
+            prop_assert, prop_assert_eq, prop_oneof, proptest, ProptestConfig,
+        };
+        use proptest::strategy::{Just, Strategy as _};
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Apply {
+                d: u8,
+                replicas: u32,
+                image: u8,
+            },
+            Delete {
+                d: u8,
+            },
+            Register {
+                n: u8,
+            },
+            NodeDown {
+                n: u8,
+            },
+            Drain {
+                n: u8,
+            },
+            Uncordon {
+                n: u8,
+            },
+            /// Report the `i`th replica (in name order) ready, not ready or gone.
+            Report {
+                i: usize,
+                ready: bool,
+                gone: bool,
+            },
+            Round,
+        }
+
+        fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..3, 0u32..5, 0u8..2).prop_map(|(d, replicas, image)| Op::Apply {
+                    d,
+                    replicas,
+                    image
+                }),
+                (0u8..3).prop_map(|d| Op::Delete { d }),
+                (0u8..3).prop_map(|n| Op::Register { n }),
+                (0u8..3).prop_map(|n| Op::NodeDown { n }),
+                (0u8..3).prop_map(|n| Op::Drain { n }),
+                (0u8..3).prop_map(|n| Op::Uncordon { n }),
+                (0usize..12, proptest::bool::ANY, proptest::bool::ANY)
+                    .prop_map(|(i, ready, gone)| Op::Report { i, ready, gone }),
+                Just(Op::Round),
+                Just(Op::Round),
+            ]
+        }
+
+        fn node(n: u8) -> String {
+            format!("n{n}")
+        }
+
+        fn command(state: &State, op: &Op, now: i64) -> Option<Command> {
+            Some(match op {
+                Op::Apply { d, replicas, image } => {
+                    let mut dep = deployment(&format!("d{d}"), *replicas);
+                    dep.spec.template.spec.containers[0].image = format!("drover/busybox:{image}");
+                    Command::Apply {
+                        deployments: vec![dep],
+                        now_unix_ms: now,
+                    }
+                }
+                Op::Delete { d } => Command::Delete {
+                    refs: vec![ObjectRef {
+                        namespace: "default".into(),
+                        name: format!("d{d}"),
+                    }],
+                    ignore_not_found: true,
+                    now_unix_ms: now,
+                    grace_period_seconds: None,
+                },
+                Op::Register { n } => Command::RegisterNode {
+                    node: NodeRegistration {
+                        name: node(*n),
+                        labels: Default::default(),
+                        capacity: Resources {
+                            cpu_millis: 4000,
+                            memory_bytes: 1 << 33,
+                        },
+                        address: "127.0.0.1:1".into(),
+                        runtime: "process".into(),
+                        agent_version: "test".into(),
+                        incarnation: "i".into(),
+                    },
+                    now_unix_ms: now,
+                },
+                Op::NodeDown { n } => Command::NodeDown {
+                    node: node(*n),
+                    now_unix_ms: now,
+                },
+                Op::Drain { n } => Command::Drain {
+                    node: node(*n),
+                    now_unix_ms: now,
+                },
+                Op::Uncordon { n } => Command::Cordon {
+                    node: node(*n),
+                    cordoned: false,
+                    now_unix_ms: now,
+                },
+                Op::Report { i, ready, gone } => {
+                    let r = state.replicas(None).nth(*i)?;
+                    let on = r.node.clone()?;
+                    Command::ReportStatus {
+                        reports: vec![(
+                            on,
+                            r.key(),
+                            ReplicaObserved {
+                                phase: if *gone {
+                                    ReplicaPhase::Gone
+                                } else {
+                                    ReplicaPhase::Running
+                                },
+                                ready: *ready,
+                                ..Default::default()
+                            },
+                        )],
+                        now_unix_ms: now,
+                    }
+                }
+                Op::Round => return None,
+            })
+        }
+
+        fn sorted(mut plan: orchestrator::Plan) -> (Vec<String>, Vec<ObjectRef>) {
+            let mut create: Vec<String> = plan.create.drain(..).map(|r| r.name).collect();
+            create.sort();
+            plan.remove.sort();
+            (create, plan.remove)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn incremental_rounds_decide_what_a_full_look_decides(ops in proptest::collection::vec(op(), 1..60)) {
+                let store = Store::default();
+                let mut orchestration = Orchestration::new(&store);
+                let mut index = 1;
+                let mut apply = |store: &Store, c: &Command| {
+                    index += 1;
+                    let _ = store.apply(index, 1, c);
+                };
+                for (step, op) in ops.iter().enumerate() {
+                    let now = 1_000 + step as i64;
+                    if !matches!(op, Op::Round) {
+                        if let Some(c) = command(&store.snapshot(), op, now) {
+                            apply(&store, &c);
+                            prop_assert!(store.snapshot().indexes_match_records(), "after {op:?}");
+                        }
+                        continue;
+                    }
+                    // A round: the incremental decisions, then the full ones.
+                    let changes = orchestration.feed.take();
+                    let state = store.snapshot();
+                    let todo = to_look_at(&state, &changes, &orchestration.unsettled);
+                    let mine = decide(&state, &todo, &mut orchestration.unsettled, now);
+                    let everything: BTreeSet<ObjectRef> = to_look_at(&state, &Touched::everything(), &BTreeSet::new());
+                    let all = decide(&state, &everything, &mut BTreeSet::new(), now);
+                    let draining: HashSet<String> = state.nodes().filter(|n| n.draining).map(|n| n.name.clone()).collect();
+                    let scratch = orchestrator::reconcile(
+                        &state.deployments(None).map(|d| StoredDeployment::clone(d)).collect::<Vec<_>>(),
+                        &state.replicas(None).map(|r| ReplicaRecord::clone(r)).collect::<Vec<_>>(),
+                        &draining,
+                        now,
+                    );
+                    prop_assert_eq!(&mine.records, &all.records);
+                    prop_assert_eq!(&mine.rollbacks, &all.rollbacks);
+                    let plan = sorted(mine.plan);
+                    prop_assert_eq!(&plan, &sorted(all.plan));
+                    prop_assert_eq!(&plan, &sorted(scratch));
+                    // Carry the round out, as the leader would.
+                    if !mine.records.is_empty() {
+                        apply(&store, &Command::RolloutProgress { records: mine.records, now_unix_ms: now });
+                    }
+                    let decided = decide(&store.snapshot(), &BTreeSet::new(), &mut BTreeSet::new(), now);
+                    prop_assert!(decided.plan.is_empty());
+                    let full = decide(&store.snapshot(), &everything, &mut BTreeSet::new(), now);
+                    apply(&store, &Command::Reconcile { create: full.plan.create, remove: full.plan.remove, now_unix_ms: now });
+                    let (place, unschedulable) = schedule(&store.snapshot());
+                    apply(&store, &Command::Schedule { place, unschedulable, now_unix_ms: now });
+                    prop_assert!(store.snapshot().indexes_match_records(), "after a round");
+                }
+            }
+        }
     }
 }

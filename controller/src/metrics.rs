@@ -41,7 +41,7 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::raft::node::{Handle, NodeError};
-use crate::store::{ReplicaPhase, Store, StoreError, WriteError, WriteResult};
+use crate::store::{ReplicaPhase, Store, WriteError, WriteResult};
 
 /// One label, e.g. `[("outcome", "committed")]`.
 type Label = [(&'static str, &'static str); 1];
@@ -425,11 +425,11 @@ pub const PHASES: [&str; 6] = [
 /// reported by the node it is bound to (as `get replicas` shows it).
 /// Cost: one pass over deployments, replicas, nodes and members; events are
 /// counted from their sequence numbers.
-pub fn state_counts(store: &Store) -> Result<StateCounts, StoreError> {
-    let deployments = store.deployments(None)?;
-    let replicas = store.replicas(None)?;
-    let nodes = store.nodes()?;
-    let members = store.members()?;
+pub fn state_counts(store: &Store) -> StateCounts {
+    let deployments = store.deployments(None);
+    let replicas = store.replicas(None);
+    let nodes = store.nodes();
+    let members = store.members();
     let mut counts = StateCounts::default();
     counts
         .objects
@@ -452,7 +452,7 @@ pub fn state_counts(store: &Store) -> Result<StateCounts, StoreError> {
             counts.pending += 1;
         }
     }
-    Ok(counts)
+    counts
 }
 
 fn phase_label(phase: ReplicaPhase) -> &'static str {
@@ -489,20 +489,16 @@ pub async fn scrape(sources: &Sources) -> String {
         }
         Err(e) => warn!(error = %e, "metrics: the raft node did not answer its status"),
     }
-    match state_counts(&sources.store) {
-        Ok(counts) => {
-            m.objects.clear();
-            for (kind, n) in &counts.objects {
-                m.objects.get_or_create(&[("kind", kind)]).set(clamp(*n));
-            }
-            m.replicas.clear();
-            for (phase, n) in &counts.replicas {
-                m.replicas.get_or_create(&[("phase", phase)]).set(clamp(*n));
-            }
-            m.replicas_pending.set(clamp(counts.pending));
-        }
-        Err(e) => warn!(error = %e, "metrics: could not count the state"),
+    let counts = state_counts(&sources.store);
+    m.objects.clear();
+    for (kind, n) in &counts.objects {
+        m.objects.get_or_create(&[("kind", kind)]).set(clamp(*n));
     }
+    m.replicas.clear();
+    for (phase, n) in &counts.replicas {
+        m.replicas.get_or_create(&[("phase", phase)]).set(clamp(*n));
+    }
+    m.replicas_pending.set(clamp(counts.pending));
     match sources.db.size_on_disk() {
         Ok(bytes) => {
             m.sled_size_bytes.set(clamp(bytes));
@@ -548,7 +544,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::fixtures::{deployment, open_test_db};
+    use crate::fixtures::deployment;
     use crate::orchestrator;
     use crate::store::{Command, NodeRegistration, ReplicaObserved, Resources};
 
@@ -571,12 +567,11 @@ mod tests {
     /// until their node reports), one unschedulable; a report makes one Running.
     #[test]
     fn state_counts_reads_phases_and_pending_from_the_store() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&open_test_db(dir.path(), 8)).expect("store");
+        let store = Store::new(crate::store::State::default());
         let mut index = 1;
         let mut apply = |command: Command| {
             index += 1;
-            let result = store.apply(index, 1, &command).expect("apply");
+            let result = store.apply(index, 1, &command);
             assert!(result.is_ok(), "{command:?}: {result:?}");
         };
         apply(Command::RegisterNode {
@@ -604,8 +599,8 @@ mod tests {
             now_unix_ms: 1,
         });
         let plan = orchestrator::reconcile(
-            &store.deployments(None).expect("deployments"),
-            &store.replicas(None).expect("replicas"),
+            &store.deployments(None),
+            &store.replicas(None),
             &HashSet::new(),
             10,
         );
@@ -614,7 +609,7 @@ mod tests {
             remove: plan.remove,
             now_unix_ms: 10,
         });
-        let (place, unschedulable) = crate::leader::schedule(&store).expect("schedule");
+        let (place, unschedulable) = crate::leader::schedule(&store.snapshot());
         assert_eq!((place.len(), unschedulable.len()), (2, 1));
         let running = place[0].0.clone();
         apply(Command::Schedule {
@@ -635,7 +630,7 @@ mod tests {
             now_unix_ms: 11,
         });
 
-        let counts = state_counts(&store).expect("counts");
+        let counts = state_counts(&store);
         assert_eq!(counts.objects.get("deployment"), Some(&1));
         assert_eq!(counts.objects.get("replica"), Some(&3));
         assert_eq!(counts.objects.get("node"), Some(&1));

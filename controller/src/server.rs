@@ -2,8 +2,8 @@
 //! raft node task and the gRPC server, with an orderly shutdown.
 //!
 //! ```text
-//!  sled::Db ─┬─ "state" tree ── Store ─────────────┐
-//!            └─ raft trees ──── SledStorage ─ Node ─┤── Cluster ── Control, Raft services
+//!  sled::Db ── raft trees ── SledStorage ─ Node ─┬─ Store (the state, in memory)
+//!                                               └── Cluster ── Control, Raft services
 //!                      GrpcTransport ◀──────────────┘
 //! ```
 
@@ -12,8 +12,6 @@ use std::fs;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context};
-use protobuf::Message as _;
-use raft::prelude::{ConfState, SnapshotMetadata};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::ServerTlsConfig;
@@ -31,23 +29,9 @@ use crate::api::security::{SecurityService, Signer};
 use crate::cluster::Cluster;
 use crate::config::ControllerConfig;
 use crate::raft::node::{self, Node};
-use crate::raft::storage::{SledStorage, SnapshotSource, StorageError};
+use crate::raft::storage::SledStorage;
 use crate::raft::transport::{GrpcTransport, NodeSlot, Transport};
 use crate::store::Store;
-
-/// Serves raft snapshots from the state machine.
-struct StoreSnapshots(Store);
-
-impl SnapshotSource for StoreSnapshots {
-    fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError> {
-        let built = self
-            .0
-            .snapshot_data()
-            .map_err(|e| StorageError::StateMachine(Box::new(e)))?;
-        crate::metrics::get().snapshot("sent", built.0.len());
-        Ok(built)
-    }
-}
 
 /// Open (or create) the controller's sled database in `dir`.
 pub fn open_db(dir: &std::path::Path, cache_mb: u64) -> anyhow::Result<sled::Db> {
@@ -77,8 +61,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     cfg.validate().map_err(anyhow::Error::msg)?;
     let advertise = cfg.advertise_address();
     let db = open_db(&cfg.data_dir, cfg.cache_mb)?;
-    let store = Store::open(&db)?;
-    let storage = SledStorage::open(&db, Arc::new(StoreSnapshots(store.clone())))?;
+    let store = Store::default();
+    let storage = SledStorage::open(&db)?;
 
     if !storage.is_initialized() {
         if cfg.join {
@@ -90,7 +74,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
             if cfg.peers.0.is_empty() {
                 bail!("this data dir is empty: pass --peers ID=HOST:PORT,... to bootstrap a new cluster, or --join to join one");
             }
-            bootstrap(&storage, &store, &cfg.peers.0)?;
+            bootstrap(&storage, &cfg.peers.0)?;
             db.flush_async().await?;
         }
     } else if !cfg.peers.0.is_empty() {
@@ -116,9 +100,6 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     for (id, address) in cfg.peers.0.iter() {
         transport.set_peer(*id, address.clone());
     }
-    for (id, address) in store.member_addresses()? {
-        transport.set_peer(id, address);
-    }
 
     let (tx, rx) = node::channel();
     let transport_dyn: Arc<dyn Transport> = transport.clone();
@@ -126,11 +107,13 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         cfg.node_config(),
         storage,
         store.clone(),
-        db.clone(),
         transport_dyn,
         tx,
         rx,
     )?;
+    for (id, address) in store.member_addresses() {
+        transport.set_peer(id, address);
+    }
     *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
 
     let cluster = Cluster::new(
@@ -385,23 +368,9 @@ async fn join_pki(
 
 /// A new cluster: every initial member writes the same snapshot at index 1,
 /// term 1, holding the voters and their addresses.
-pub fn bootstrap(
-    storage: &SledStorage,
-    store: &Store,
-    members: &BTreeMap<u64, String>,
-) -> anyhow::Result<()> {
+pub fn bootstrap(storage: &SledStorage, members: &BTreeMap<u64, String>) -> anyhow::Result<()> {
     let voters: Vec<u64> = members.keys().copied().collect();
-    let data = Store::initial_data(members)?;
-    let meta = SnapshotMetadata {
-        index: 1,
-        term: 1,
-        conf_state: protobuf::SingularPtrField::some(ConfState {
-            voters: voters.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    store.restore(&data, 1, 1, &meta.write_to_bytes()?)?;
+    let data = crate::store::state::initial(members).encode()?;
     storage.bootstrap(&voters, data)?;
     info!(voters = ?voters, "bootstrapped a new cluster");
     Ok(())

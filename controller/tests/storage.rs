@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use drover_controller::raft::storage::{SledStorage, SnapshotSource, StorageError};
+use drover_controller::raft::storage::SledStorage;
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{Config, GetEntriesContext, RawNode, StateRole, Storage};
 use tempfile::TempDir;
@@ -54,15 +54,16 @@ impl Machine {
     }
 }
 
-impl SnapshotSource for Machine {
-    fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError> {
+impl Machine {
+    /// The state encoded for a snapshot, and the index it reflects.
+    fn encode(&self) -> (Vec<u8>, u64) {
         let applied = self.lock();
         let data = applied
             .values
             .iter()
             .flat_map(|v| v.to_be_bytes())
             .collect();
-        Ok((data, applied.index))
+        (data, applied.index)
     }
 }
 
@@ -107,7 +108,7 @@ impl Member {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open_db(dir.path());
         let machine = Arc::new(Machine::default());
-        let storage = SledStorage::open(&db, machine.clone()).expect("open storage");
+        let storage = SledStorage::open(&db).expect("open storage");
         // Every initial voter starts from the same (empty) state machine at index 1.
         machine.restore(&[], 1);
         storage.bootstrap(voters, Vec::new()).expect("bootstrap");
@@ -126,7 +127,8 @@ impl Member {
     }
 
     /// Drops the node and every handle on its database, then starts it again from
-    /// its files. The state machine stays, as the store would have persisted it.
+    /// its files: the state machine from the saved snapshot, the rest re-applied
+    /// from the log.
     fn restart(self) -> Self {
         let Member {
             id,
@@ -138,8 +140,13 @@ impl Member {
         drop(node);
         drop(db);
         let db = open_db(dir.path());
-        let storage = SledStorage::open(&db, machine.clone()).expect("reopen storage");
-        let applied = machine.applied().index;
+        let storage = SledStorage::open(&db).expect("reopen storage");
+        let (snapshot, data) = storage
+            .saved_snapshot()
+            .expect("read snapshot")
+            .expect("a snapshot");
+        machine.restore(&data, snapshot.index);
+        let applied = snapshot.index;
         storage.repair_commit(applied).expect("repair commit");
         let node = RawNode::new(&config(id, applied), storage, &logger()).expect("raw node");
         Member {
@@ -364,10 +371,17 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
     let want: Vec<u64> = (0..50).collect();
     cluster.wait_applied(&others, &want).await;
 
-    // Compact up to the applied index everywhere the log has it.
+    // Save a snapshot and compact up to it everywhere the log has it.
     for &id in &others {
         let member = cluster.member(id);
-        let applied = member.machine.applied().index;
+        let (data, applied) = member.machine.encode();
+        let meta = raft::eraftpb::SnapshotMetadata {
+            index: applied,
+            term: member.storage().term(applied).expect("term"),
+            conf_state: Some(member.storage().conf_state()).into(),
+            ..Default::default()
+        };
+        assert!(member.storage().save_snapshot(&meta, &data).expect("save"));
         member.storage().compact(applied).expect("compact");
         assert_eq!(member.storage().first_index_cached(), applied);
     }
@@ -391,12 +405,13 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
     cluster.wait_applied(&[1, 2, 3], &want).await;
     let index = (lagging - 1) as usize;
     let member = cluster.members.remove(index).restart();
-    assert_eq!(member.machine.applied().values, want);
     assert_eq!(
         member.log_on_disk().last().map(|e| e.index),
         Some(member.storage().last_index_cached())
     );
     cluster.members.insert(index, member);
+    // It starts from its snapshot and re-applies the log after it.
+    cluster.wait_applied(&[lagging], &want).await;
     cluster.propose(60..70).await;
     let want: Vec<u64> = (0..70).collect();
     cluster.wait_applied(&[1, 2, 3], &want).await;

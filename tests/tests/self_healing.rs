@@ -209,6 +209,9 @@ async fn stop_after_disconnect_fences_only_the_agents_that_ask_for_it() {
         .start_agent("fenced", "process", &["--stop-after-disconnect", "2s"])
         .expect("agent");
     let keeper = c.start_agent("keeper", "process", &[]).expect("agent");
+    // Both nodes first: replicas applied before an agent registers all
+    // land on the other one.
+    c.wait_nodes_ready(2, T).await.expect("both nodes Ready");
     let mut client = c.client(0).await.expect("client");
     apply(&mut client, "worker", 2).await.expect("apply");
     let p = c

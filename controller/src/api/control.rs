@@ -17,7 +17,7 @@ use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
 use crate::cluster::wire::observed_to_pb;
-use crate::cluster::{now_unix_ms, store_error, Cluster};
+use crate::cluster::{now_unix_ms, Cluster};
 use crate::config::validate_address;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
@@ -72,6 +72,8 @@ fn event_to_pb(e: EventRecord) -> pb::Event {
         namespace: e.object.namespace,
         name: e.object.name,
         message: e.message,
+        count: e.count,
+        first_time_unix_ms: e.first_time_unix_ms,
     }
 }
 
@@ -150,7 +152,6 @@ fn draining_nodes(cluster: &Cluster) -> Result<HashSet<String>, Status> {
     Ok(cluster
         .store
         .nodes()
-        .map_err(store_error)?
         .into_iter()
         .filter(|n| n.draining)
         .map(|n| n.name)
@@ -221,18 +222,13 @@ impl pb::control_server::Control for ControlService {
             "deployments",
             selector::DEPLOYMENT_FIELDS,
         )?;
-        let (applied_index, _) = self.cluster.store.applied().map_err(store_error)?;
-        let replicas = self
-            .cluster
-            .store
-            .replicas(namespace)
-            .map_err(store_error)?;
+        let (applied_index, _) = self.cluster.store.applied();
+        let replicas = self.cluster.store.replicas(namespace);
         let draining = draining_nodes(&self.cluster)?;
         let deployments = self
             .cluster
             .store
             .deployments(namespace)
-            .map_err(store_error)?
             .iter()
             .filter(|d| {
                 let m = &d.deployment.metadata;
@@ -254,18 +250,9 @@ impl pb::control_server::Control for ControlService {
         check_name("namespace", &req.namespace)?;
         check_name("deployment name", &req.name)?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        match self
-            .cluster
-            .store
-            .deployment(&req.namespace, &req.name)
-            .map_err(store_error)?
-        {
+        match self.cluster.store.deployment(&req.namespace, &req.name) {
             Some(d) => {
-                let replicas = self
-                    .cluster
-                    .store
-                    .replicas(Some(&req.namespace))
-                    .map_err(store_error)?;
+                let replicas = self.cluster.store.replicas(Some(&req.namespace));
                 let draining = draining_nodes(&self.cluster)?;
                 Ok(Response::new(to_pb(&d, &replicas, &draining)?))
             }
@@ -361,9 +348,9 @@ impl pb::control_server::Control for ControlService {
         )?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let store = &self.cluster.store;
-        let deployments = store.deployments_by_key(None).map_err(store_error)?;
+        let deployments = store.deployments_by_key(None);
         let mut usage: HashMap<String, (u64, u64, u32)> = HashMap::new();
-        for r in store.replicas(None).map_err(store_error)? {
+        for r in store.replicas(None) {
             let (Some(node), Some(d)) = (
                 r.node.as_ref(),
                 deployments.get(&(r.namespace.clone(), r.deployment.clone())),
@@ -377,10 +364,9 @@ impl pb::control_server::Control for ControlService {
             }
             u.2 += 1;
         }
-        let mut metas = store.node_metas().map_err(store_error)?;
+        let mut metas = store.node_metas();
         let nodes = store
             .nodes()
-            .map_err(store_error)?
             .into_iter()
             .map(|n| {
                 let annotations = metas
@@ -433,14 +419,12 @@ impl pb::control_server::Control for ControlService {
         let store = &self.cluster.store;
         let addresses: HashMap<String, String> = store
             .nodes()
-            .map_err(store_error)?
             .into_iter()
             .map(|n| (n.name, n.address))
             .collect();
-        let deployments = store.deployments_by_key(namespace).map_err(store_error)?;
+        let deployments = store.deployments_by_key(namespace);
         let replicas = store
             .replicas(namespace)
-            .map_err(store_error)?
             .into_iter()
             .filter(|r| req.deployment.is_empty() || r.deployment == req.deployment)
             .map(|r| {
@@ -496,7 +480,6 @@ impl pb::control_server::Control for ControlService {
             .cluster
             .store
             .events(&filter, req.limit as usize)
-            .map_err(store_error)?
             .into_iter()
             .map(event_to_pb)
             .collect();
@@ -517,10 +500,8 @@ impl pb::control_server::Control for ControlService {
         // Every event up to `newest` is in the scan that follows reading it
         // (events are only appended), so the next scan starts past it: events
         // that do not match are read once, not on every applied entry.
-        let mut newest = store.last_event_seq().map_err(store_error)?;
-        let first = store
-            .events(&filter, req.limit as usize)
-            .map_err(store_error)?;
+        let mut newest = store.last_event_seq();
+        let first = store.events(&filter, req.limit as usize);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut batch = first;
@@ -541,22 +522,13 @@ impl pb::control_server::Control for ControlService {
                         },
                         () = tx.closed() => return,
                     }
-                    match store.last_event_seq() {
-                        Ok(seq) if seq <= filter.after_seq => continue,
-                        Ok(seq) => {
-                            newest = seq;
-                            break store.events(&filter, 0);
-                        }
-                        Err(e) => break Err(e),
+                    let seq = store.last_event_seq();
+                    if seq > filter.after_seq {
+                        newest = seq;
+                        break store.events(&filter, 0);
                     }
                 };
-                batch = match scanned {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_error(e))).await;
-                        return;
-                    }
-                };
+                batch = scanned;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -573,13 +545,7 @@ impl pb::control_server::Control for ControlService {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             loop {
-                let applied_index = match store.applied() {
-                    Ok((index, _)) => index,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_error(e))).await;
-                        return;
-                    }
-                };
+                let (applied_index, _) = store.applied();
                 if tx.send(Ok(pb::Change { applied_index })).await.is_err() {
                     return;
                 }
@@ -744,8 +710,8 @@ impl pb::control_server::Control for ControlService {
             )));
         }
         let store = &self.cluster.store;
-        let nodes = store.nodes().map_err(store_error)?;
-        let replicas = store.replicas(namespace).map_err(store_error)?;
+        let nodes = store.nodes();
+        let replicas = store.replicas(namespace);
         let samples = crate::usage::book().latest(std::time::Instant::now());
         Ok(Response::new(crate::usage::top(
             &nodes, &replicas, &samples,
@@ -857,11 +823,7 @@ impl ControlService {
             let mut results = Vec::new();
             for d in &parsed.deployments {
                 let m = &d.metadata;
-                let existing = self
-                    .cluster
-                    .store
-                    .deployment(&m.namespace, &m.name)
-                    .map_err(store_error)?;
+                let existing = self.cluster.store.deployment(&m.namespace, &m.name);
                 let (outcome, generation) = match existing {
                     None => (ApplyOutcome::Created, 1),
                     Some(old) if old.deployment == *d => (ApplyOutcome::Unchanged, old.generation),
@@ -954,7 +916,7 @@ impl ControlService {
             .status()
             .await
             .map_err(crate::cluster::node_error)?;
-        let addresses = self.cluster.store.member_addresses().map_err(store_error)?;
+        let addresses = self.cluster.store.member_addresses();
         let mut ids: Vec<u64> = status
             .voters
             .iter()

@@ -55,11 +55,7 @@ impl PeerService {
                 "{what} are accepted from members only, and {id} names no member id"
             )));
         };
-        let members = self
-            .cluster
-            .store
-            .members()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let members = self.cluster.store.members();
         if members.is_empty() || members.iter().any(|m| m.id == member) {
             Ok(Some(member))
         } else {

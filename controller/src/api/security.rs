@@ -21,7 +21,7 @@ use drover_proto::{names, pb};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::cluster::{now_unix_ms, store_error, Cluster};
+use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, TokenRecord, Write};
 
 /// Tokens live this long unless `--ttl` says otherwise.
@@ -86,7 +86,7 @@ fn address_ip(address: &str) -> Option<std::net::IpAddr> {
 impl SecurityService {
     /// Whether `name` is the member id of a current controller member.
     fn is_member(&self, name: &str) -> Result<bool, Status> {
-        let members = self.cluster.store.members().map_err(store_error)?;
+        let members = self.cluster.store.members();
         Ok(members.iter().any(|m| m.id.to_string() == name))
     }
 
@@ -96,12 +96,7 @@ impl SecurityService {
     /// good once registered).
     fn check_name_is_free(&self, role: Role, name: &str, token: &str) -> Result<(), Status> {
         let taken = match role {
-            Role::Agent => self
-                .cluster
-                .store
-                .node(name)
-                .map_err(store_error)?
-                .is_some(),
+            Role::Agent => self.cluster.store.node(name).is_some(),
             Role::Controller => self.is_member(name)?,
             Role::Admin | Role::Viewer => true,
         };
@@ -154,7 +149,6 @@ impl pb::security_server::Security for SecurityService {
             .cluster
             .store
             .token(&token.id)
-            .map_err(store_error)?
             .filter(|r| hashes_equal(r.secret_hash(), &token.secret_hash()));
         let Some(record) = record else {
             warn!(token = %token.id, node = %req.node, "refused a join: unknown token");
@@ -282,7 +276,7 @@ impl pb::security_server::Security for SecurityService {
         _request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         self.cluster.read_barrier(None).await?;
-        let tokens = self.cluster.store.tokens().map_err(store_error)?;
+        let tokens = self.cluster.store.tokens();
         Ok(Response::new(pb::ListTokensResponse {
             tokens: tokens.iter().map(info_of).collect(),
         }))
@@ -297,7 +291,7 @@ impl pb::security_server::Security for SecurityService {
             .write(Write::Command(Command::RevokeToken { id: id.clone() }))
             .await?;
         self.cluster.read_barrier(None).await?;
-        let token = self.cluster.store.token(&id).map_err(store_error)?;
+        let token = self.cluster.store.token(&id);
         info!(token = %id, "revoked a join token");
         Ok(Response::new(pb::RevokeTokenResponse {
             token: token.as_ref().map(info_of),

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::raft::node::{Handle, NodeError, NodeStatus};
 use crate::raft::transport::GrpcTransport;
-use crate::store::{Command, Store, StoreError, Write, WriteError, WriteResult};
+use crate::store::{Command, Store, Write, WriteError, WriteResult};
 
 /// What the services need from the running controller.
 #[derive(Clone)]
@@ -256,6 +256,8 @@ pub(crate) fn node_error(e: NodeError) -> Status {
         NodeError::ReadTimeout => Status::unavailable(e.to_string()),
         NodeError::Refused(m) => Status::failed_precondition(m),
         NodeError::Stopped => Status::unavailable("this controller is shutting down; use another"),
+        // Unavailable: droverctl backs off and retries.
+        NodeError::Busy => Status::unavailable(e.to_string()),
     }
 }
 
@@ -265,8 +267,4 @@ pub fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-pub(crate) fn store_error(e: StoreError) -> Status {
-    Status::internal(format!("reading the controller's state failed: {e}"))
 }

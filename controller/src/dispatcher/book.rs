@@ -1,18 +1,19 @@
-//! The assignment book: every node's full assignment set, rebuilt from the
-//! store once per applied change (while leading) and shared by all sessions.
+//! The assignment book: every node's full assignment set, kept up to date
+//! from the store's change feed (while leading) and shared by all sessions:
+//! one node's change rebuilds that node's set only.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use drover_proto::pb;
 
 use crate::cluster::Cluster;
-use crate::store::{revision, Store, StoreError, StoredDeployment};
+use crate::store::{State, StoredDeployment, Touched};
 
 /// Annotations of a deployment that agents act on.
 const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
@@ -31,6 +32,44 @@ pub struct NodeSet {
     pub terminating_grace_seconds: HashMap<String, u32>,
 }
 
+impl NodeSet {
+    /// What changed from `sent` to this set: the assignments added or
+    /// changed, and the replicas no longer assigned. Both sets are sorted by
+    /// replica id, so this is one merge pass.
+    pub fn changes_since(&self, sent: &NodeSet) -> (Vec<pb::Assignment>, Vec<String>) {
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        let (mut old, mut new) = (
+            sent.assignments.iter().peekable(),
+            self.assignments.iter().peekable(),
+        );
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(o), Some(n)) if o.replica == n.replica => {
+                    if o != n {
+                        changed.push((*n).clone());
+                    }
+                    old.next();
+                    new.next();
+                }
+                (Some(o), Some(n)) if o.replica < n.replica => {
+                    removed.push(o.replica.clone());
+                    old.next();
+                }
+                (Some(o), None) => {
+                    removed.push(o.replica.clone());
+                    old.next();
+                }
+                (_, Some(n)) => {
+                    changed.push((*n).clone());
+                    new.next();
+                }
+            }
+        }
+        (changed, removed)
+    }
+}
+
 /// Node name → its set.
 #[derive(Debug, Default)]
 pub struct Assignments {
@@ -47,105 +86,112 @@ impl Assignments {
         self.by_node.get(node).cloned().unwrap_or_default()
     }
 
-    /// Build from the store. Each replica runs its own revision's template
-    /// (during a rollout, old and new side by side); a replica whose revision
-    /// is no longer kept is left out, so it stops.
-    pub fn build(store: &Store, previous: &Assignments) -> Result<Assignments, StoreError> {
-        let stored = store.deployments(None)?;
-        let deployments: HashMap<(String, String), Templates<'_>> = stored
-            .iter()
-            .map(|d| {
-                let m = &d.deployment.metadata;
+    /// The book after `changes`: only the sets of the nodes they touch are
+    /// built again (a node whose replicas changed, or that runs a replica of
+    /// a deployment whose record changed); every other node keeps its set,
+    /// the same `Arc`. With `changes.all`, every node's set is built.
+    ///
+    /// Each replica runs its own revision's template (during a rollout, old
+    /// and new side by side); a replica whose revision is no longer kept is
+    /// left out, so it stops.
+    ///
+    /// Cost: O(replicas on the touched nodes), plus one template encoding
+    /// per revision they run.
+    pub fn build(state: &State, previous: &Assignments, changes: &Touched) -> Assignments {
+        let (mut by_node, nodes): (HashMap<String, Arc<NodeSet>>, BTreeSet<String>) = if changes.all
+        {
+            (
+                HashMap::new(),
+                state.nodes_with_replicas().cloned().collect(),
+            )
+        } else {
+            let mut nodes = changes.nodes.clone();
+            for d in &changes.deployment_records {
+                nodes.extend(state.replicas_of(d).filter_map(|r| r.node.clone()));
+            }
+            // A deleted deployment's replicas are still indexed under it.
+            (previous.by_node.clone(), nodes)
+        };
+        let mut templates = TemplateCache::default();
+        for node in nodes {
+            let set = node_set(state, &node, &mut templates);
+            if set == NodeSet::default() {
+                by_node.remove(&node);
+                continue;
+            }
+            // Keep the old Arc when nothing changed, so sessions compare cheaply.
+            let shared = match previous.by_node.get(&node) {
+                Some(old) if **old == set => old.clone(),
+                _ => Arc::new(set),
+            };
+            by_node.insert(node, shared);
+        }
+        Assignments { by_node, term: 0 }
+    }
+}
+
+/// One node's set, from the replicas bound to it.
+fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet {
+    let mut set = NodeSet::default();
+    for r in state.replicas_on(node) {
+        if r.is_terminating() {
+            if let Some(grace) = r.stop_grace_seconds {
+                set.terminating_grace_seconds.insert(r.agent_id(), grace);
+            }
+            set.terminating.push(r.agent_id());
+            continue;
+        }
+        let Some(d) = state.deployment(&r.namespace, &r.deployment) else {
+            continue;
+        };
+        let Some((template, annotations)) = templates.get(d, &r.revision) else {
+            continue;
+        };
+        set.assignments.push(pb::Assignment {
+            replica: r.agent_id(),
+            namespace: r.namespace.clone(),
+            deployment: r.deployment.clone(),
+            slot: r.slot,
+            revision: r.revision.clone(),
+            template_json: String::clone(&template),
+            annotations: HashMap::clone(&annotations),
+        });
+    }
+    set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
+    set.terminating.sort();
+    set
+}
+
+/// Templates as agents get them, encoded once per revision per build, with
+/// the deployment's annotations that agents act on.
+#[derive(Default)]
+struct TemplateCache {
+    /// `(namespace, deployment, revision)` → its encoding, if still kept.
+    by_revision: HashMap<(String, String, String), Option<Encoded>>,
+}
+
+/// A template's JSON and the annotations agents act on.
+type Encoded = (Arc<String>, Arc<HashMap<String, String>>);
+
+impl TemplateCache {
+    fn get(&mut self, d: &StoredDeployment, hash: &str) -> Option<Encoded> {
+        let m = &d.deployment.metadata;
+        self.by_revision
+            .entry((m.namespace.clone(), m.name.clone(), hash.to_string()))
+            .or_insert_with(|| {
+                let template = if hash == d.current_revision_hash() {
+                    &d.deployment.spec.template
+                } else {
+                    &d.revision_by_hash(hash)?.template
+                };
+                let json = serde_json::to_string(template).unwrap_or_default();
                 let annotations: HashMap<String, String> = m
                     .annotations
                     .iter()
                     .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                let templates = Templates {
-                    current: revision(&d.deployment.spec.template),
-                    current_json: serde_json::to_string(&d.deployment.spec.template)
-                        .unwrap_or_default(),
-                    deployment: d,
-                    old: HashMap::new(),
-                    annotations,
-                };
-                ((m.namespace.clone(), m.name.clone()), templates)
-            })
-            .collect();
-        let mut deployments = deployments;
-        let mut by_node: HashMap<String, NodeSet> = HashMap::new();
-        for r in store.replicas(None)? {
-            let Some(node) = r.node.clone() else { continue };
-            if r.is_terminating() {
-                let set = by_node.entry(node).or_default();
-                if let Some(grace) = r.stop_grace_seconds {
-                    set.terminating_grace_seconds.insert(r.agent_id(), grace);
-                }
-                set.terminating.push(r.agent_id());
-                continue;
-            }
-            let Some(templates) = deployments.get_mut(&(r.namespace.clone(), r.deployment.clone()))
-            else {
-                continue;
-            };
-            let Some(template) = templates.json(&r.revision) else {
-                continue;
-            };
-            by_node
-                .entry(node)
-                .or_default()
-                .assignments
-                .push(pb::Assignment {
-                    replica: r.agent_id(),
-                    namespace: r.namespace.clone(),
-                    deployment: r.deployment.clone(),
-                    slot: r.slot,
-                    revision: r.revision.clone(),
-                    template_json: template,
-                    annotations: templates.annotations.clone(),
-                });
-        }
-        let by_node = by_node
-            .into_iter()
-            .map(|(node, mut set)| {
-                set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
-                set.terminating.sort();
-                // Keep the old Arc when nothing changed, so sessions compare cheaply.
-                let shared = match previous.by_node.get(&node) {
-                    Some(old) if **old == set => old.clone(),
-                    _ => Arc::new(set),
-                };
-                (node, shared)
-            })
-            .collect();
-        Ok(Assignments { by_node, term: 0 })
-    }
-}
-
-/// One deployment's templates as agents get them: the current one always
-/// encoded, an old revision's only once a replica still runs it (during a
-/// rollout), so a long revision history costs nothing here.
-struct Templates<'a> {
-    deployment: &'a StoredDeployment,
-    current: String,
-    current_json: String,
-    old: HashMap<String, Option<String>>,
-    annotations: HashMap<String, String>,
-}
-
-impl Templates<'_> {
-    fn json(&mut self, hash: &str) -> Option<String> {
-        if hash == self.current {
-            return Some(self.current_json.clone());
-        }
-        let deployment = self.deployment;
-        self.old
-            .entry(hash.to_string())
-            .or_insert_with(|| {
-                deployment
-                    .revision_by_hash(hash)
-                    .map(|r| serde_json::to_string(&r.template).unwrap_or_default())
+                Some((Arc::new(json), Arc::new(annotations)))
             })
             .clone()
     }
@@ -164,9 +210,12 @@ impl AssignmentBook {
             let mut applied = cluster.handle.applied();
             let mut leadership = cluster.handle.leadership_watch();
             let mut current_term = 0;
+            let feed = cluster.store.subscribe();
             loop {
                 let view = *leadership.borrow_and_update();
                 if view.is_leader && view.term != current_term {
+                    // A new term's book is built whole.
+                    feed.reset();
                     // The state is current once a ReadIndex round of this
                     // term succeeds (as for the leader loops).
                     tokio::select! {
@@ -183,12 +232,12 @@ impl AssignmentBook {
                 }
                 if view.is_leader && view.term == current_term {
                     let previous = tx.borrow().clone();
-                    match Assignments::build(&cluster.store, &previous) {
-                        Ok(mut a) => {
-                            a.term = current_term;
-                            tx.send_replace(Arc::new(a));
-                        }
-                        Err(e) => warn!(error = %e, "could not build the assignment book"),
+                    let changes = feed.take();
+                    if !changes.is_empty() || previous.term != current_term {
+                        let mut a =
+                            Assignments::build(&cluster.store.snapshot(), &previous, &changes);
+                        a.term = current_term;
+                        tx.send_replace(Arc::new(a));
                     }
                 }
                 tokio::select! {
@@ -205,5 +254,59 @@ impl AssignmentBook {
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Assignments>> {
         self.rx.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{prop_assert_eq, proptest};
+
+    fn set(replicas: &[(u8, u8)]) -> NodeSet {
+        let mut s = NodeSet::default();
+        for (id, rev) in replicas {
+            s.assignments.push(pb::Assignment {
+                replica: format!("default.r{id:03}"),
+                revision: format!("rev{rev}"),
+                ..Default::default()
+            });
+        }
+        s.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
+        s.assignments.dedup_by(|a, b| a.replica == b.replica);
+        s
+    }
+
+    #[test]
+    fn a_change_names_what_was_added_changed_and_removed_only() {
+        let before = set(&[(1, 1), (2, 1), (3, 1)]);
+        let after = set(&[(2, 1), (3, 2), (4, 1)]);
+        let (changed, removed) = after.changes_since(&before);
+        let names: Vec<&str> = changed.iter().map(|a| a.replica.as_str()).collect();
+        assert_eq!(names, ["default.r003", "default.r004"]);
+        assert_eq!(removed, ["default.r001"]);
+        assert_eq!(after.changes_since(&after), (vec![], vec![]));
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_change_to_the_old_set_gives_the_new_one(
+            before in proptest::collection::vec((0u8..20, 0u8..3), 0..20),
+            after in proptest::collection::vec((0u8..20, 0u8..3), 0..20),
+        ) {
+            let (before, after) = (set(&before), set(&after));
+            let (changed, removed) = after.changes_since(&before);
+            let mut by_id: std::collections::BTreeMap<String, pb::Assignment> = before
+                .assignments
+                .iter()
+                .map(|a| (a.replica.clone(), a.clone()))
+                .collect();
+            for id in &removed {
+                by_id.remove(id);
+            }
+            for a in changed {
+                by_id.insert(a.replica.clone(), a);
+            }
+            prop_assert_eq!(by_id.into_values().collect::<Vec<_>>(), after.assignments);
+        }
     }
 }

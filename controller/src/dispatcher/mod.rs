@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  agent ──Hello, Heartbeat, StatusReport──▶ Session ──┬─▶ RegisterNode (raft)
-//!        ◀──────── AssignmentSet (full) ─────────────┐ ├─▶ heartbeats (leader memory)
+//!        ◀── AssignmentSet (whole, then changes) ────┐ ├─▶ heartbeats (leader memory)
 //!                                                    │ └─▶ StatusBatcher ─100 ms─▶ ReportStatus (raft)
 //!                          AssignmentBook ◀─applied─┘
 //!                    (node → assignments, rebuilt once per applied change)
@@ -291,8 +291,9 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
 
         let (tx, rx) = mpsc::channel(8);
         let this = self.clone();
+        let changes = hello.accepts_changes;
         tokio::spawn(async move {
-            let reason = this.serve(&node, &mut inbound, &tx).await;
+            let reason = this.serve(&node, changes, &mut inbound, &tx).await;
             this.release(&node, session_id);
             crate::metrics::get().session(-1);
             info!(node = %node, reason = %reason, "agent session closed");
@@ -303,9 +304,12 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
 
 impl Dispatcher {
     /// Run one session until it ends; returns why it ended.
+    /// An agent that `accepts_changes` gets its whole set first, then only
+    /// what changes.
     async fn serve(
         &self,
         node: &str,
+        accepts_changes: bool,
         inbound: &mut Streaming<pb::AgentMessage>,
         tx: &mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     ) -> String {
@@ -321,18 +325,36 @@ impl Dispatcher {
                 let b = book.borrow_and_update();
                 (b.term == term).then(|| b.for_node(node))
             };
-            let fresh = current.filter(|c| sent.as_ref().is_none_or(|s| s != c));
+            // The book keeps a node's Arc while its set is unchanged: a
+            // different Arc is (nearly always) a different set.
+            let fresh = current.filter(|c| {
+                sent.as_ref()
+                    .is_none_or(|s| !Arc::ptr_eq(s, c) && **s != **c)
+            });
             if let Some(current) = fresh {
                 version += 1;
-                let msg = pb::ControllerMessage {
-                    kind: Some(pb::controller_message::Kind::Assignments(
+                let set = match sent.as_deref().filter(|_| accepts_changes) {
+                    Some(before) => {
+                        let (assignments, removed) = current.changes_since(before);
                         pb::AssignmentSet {
                             version,
-                            assignments: current.assignments.clone(),
+                            base_version: version - 1,
+                            assignments,
+                            removed,
                             terminating: current.terminating.clone(),
                             terminating_grace_seconds: current.terminating_grace_seconds.clone(),
-                        },
-                    )),
+                        }
+                    }
+                    None => pb::AssignmentSet {
+                        version,
+                        assignments: current.assignments.clone(),
+                        terminating: current.terminating.clone(),
+                        terminating_grace_seconds: current.terminating_grace_seconds.clone(),
+                        ..Default::default()
+                    },
+                };
+                let msg = pb::ControllerMessage {
+                    kind: Some(pb::controller_message::Kind::Assignments(set)),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return "agent went away".into();

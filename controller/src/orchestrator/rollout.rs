@@ -47,7 +47,6 @@ use drover_manifest::{IntOrPercent, Strategy};
 use crate::store::{Booking, ObjectRef, ReplicaObserved, ReplicaRecord, StoredDeployment};
 
 use super::replica_name;
-use crate::store::revision;
 
 /// The strategy's bounds for `desired` replicas, resolved to counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +174,7 @@ pub fn counts(
     draining: &HashSet<String>,
     now: i64,
 ) -> Counts {
-    let current = revision(&d.deployment.spec.template);
+    let current = d.current_revision_hash();
     let min_ready = d.deployment.spec.min_ready_seconds;
     let mut c = Counts::default();
     for u in units(replicas, draining) {
@@ -198,7 +197,7 @@ pub fn plan(
     now: i64,
 ) -> Actions {
     let spec = &d.deployment.spec;
-    let current = revision(&spec.template);
+    let current = d.current_revision_hash();
     let desired = spec.replicas;
     let min_ready = spec.min_ready_seconds;
     let units = units(replicas, draining);
@@ -942,7 +941,7 @@ mod tests {
                 sim.bind_all();
                 sim.make_ready(|_| true);
             }
-            let new_rev = revision(&sim.d.deployment.spec.template);
+            let new_rev = crate::store::revision(&sim.d.deployment.spec.template);
             prop_assert!(sim.replicas.iter().all(|r| r.revision == new_rev));
         }
 

@@ -5,7 +5,7 @@
 //!   transport (peers) ──Msg──▶  │ tick · step · propose · read_index  │
 //!                               │            on_ready():              │
 //!                               │ 1 send leader messages              │──▶ Transport
-//!                               │ 2 install snapshot (store, then log)│
+//!                               │ 2 install snapshot (one transaction)│
 //!                               │ 3 apply committed → store, replies  │──▶ waiting clients
 //!                               │ 4 append entries, hard state; fsync │
 //!                               │ 5 send persisted messages           │──▶ Transport
@@ -18,9 +18,14 @@
 //! state are on disk. Clients wait on a proposal until its log index is
 //! applied: if the entry applied there is theirs they get its result; if
 //! another leader's entry took the index, theirs was dropped and they may retry.
+//!
+//! The state machine is in memory ([`Store`]). Every `snapshot_interval`
+//! applied entries the node clones it (free), encodes and saves it on a
+//! blocking thread, and once saved compacts the log behind it; a restart
+//! decodes the saved snapshot and re-applies the log after it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
@@ -28,7 +33,7 @@ use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
     Snapshot, SnapshotMetadata,
 };
-use raft::{RawNode, ReadState, SnapshotStatus, StateRole, Storage as _};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,7 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use super::storage::SledStorage;
 use super::transport::Transport;
-use crate::store::{Command, Member, Store, Write, WriteError, WriteResult};
+use crate::store::{Command, Member, State, Store, Write, WriteError, WriteResult};
 
 /// Raft timing and log-size settings.
 #[derive(Debug, Clone)]
@@ -47,7 +52,8 @@ pub struct NodeConfig {
     /// Election timeout in ticks (randomised in [n, 2n)).
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    /// Compact the log once this many entries were applied since the last compaction.
+    /// Save a snapshot of the state (and compact the log behind it) once this
+    /// many entries were applied since the last one.
     pub snapshot_interval: u64,
     /// Entries kept behind the applied index at compaction, for slow followers.
     pub trailing_entries: u64,
@@ -110,6 +116,11 @@ pub enum NodeError {
     Refused(String),
     #[error("the raft node has stopped")]
     Stopped,
+    /// Too many requests are queued: nothing was proposed; retry shortly.
+    #[error(
+        "this controller is busy ({INBOX} requests are queued for raft); nothing was written: retry shortly"
+    )]
+    Busy,
 }
 
 /// raft-rs refuses a proposal with `ProposalDropped` while a leadership
@@ -153,7 +164,6 @@ pub struct Leadership {
 type WriteReply = oneshot::Sender<Result<Result<WriteResult, WriteError>, NodeError>>;
 
 pub enum Msg {
-    Step(Vec<Message>),
     Propose {
         write: Write,
         reply: WriteReply,
@@ -162,7 +172,12 @@ pub enum Msg {
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Status {
-        reply: oneshot::Sender<NodeStatus>,
+        reply: oneshot::Sender<(NodeStatus, Arc<State>)>,
+    },
+    /// A snapshot of the state at `index` was saved (or a newer one was
+    /// there already): the log behind it may go.
+    SnapshotSaved {
+        index: u64,
     },
     ReportSnapshot {
         to: u64,
@@ -178,6 +193,12 @@ pub enum Msg {
 pub struct Handle {
     id: u64,
     tx: mpsc::Sender<Msg>,
+    /// Peers' raft messages, on their own queue: client load cannot crowd
+    /// out heartbeats and votes.
+    peers: mpsc::Sender<Vec<Message>>,
+    /// The state hash of the last status, by applied index: the hash encodes
+    /// the whole state, so it is computed once per index.
+    hash_cache: Arc<Mutex<(u64, String)>>,
     leadership: watch::Receiver<Leadership>,
     applied: watch::Receiver<u64>,
 }
@@ -189,6 +210,9 @@ impl Handle {
 
     /// Propose a write on this member. Fails with `NotLeader` on a follower:
     /// forwarding to the leader is the API layer's job.
+    ///
+    /// A full queue is answered at once with [`NodeError::Busy`] (the caller
+    /// backs off and retries) rather than waiting into a timeout.
     pub async fn propose(
         &self,
         write: Write,
@@ -196,9 +220,11 @@ impl Handle {
         let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Propose { write, reply })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+            .try_send(Msg::Propose { write, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NodeError::Busy,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            })?;
         let result = rx.await.map_err(|_| NodeError::Stopped)?;
         crate::metrics::get().proposal(started, &result);
         result
@@ -215,21 +241,45 @@ impl Handle {
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
+    /// This member's status. The state hash is computed here, off the node's
+    /// task, from the state as of the status.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Status { reply })
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        let (mut status, state) = rx.await.map_err(|_| NodeError::Stopped)?;
+        let applied = state.applied().0;
+        let cached = {
+            let cache = self
+                .hash_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (cache.0 == applied && !cache.1.is_empty()).then(|| cache.1.clone())
+        };
+        status.state_hash = match cached {
+            Some(hash) => hash,
+            None => {
+                let hash = tokio::task::spawn_blocking(move || state.state_hash())
+                    .await
+                    .unwrap_or_else(|e| format!("error: {e}"));
+                *self
+                    .hash_cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = (applied, hash.clone());
+                hash
+            }
+        };
+        Ok(status)
     }
 
     /// Hand messages from a peer to the node. Drops them when the node is
     /// overloaded: raft tolerates lost messages, and a peer must not be able
     /// to block us.
     pub fn step(&self, msgs: Vec<Message>) {
-        if let Err(e) = self.tx.try_send(Msg::Step(msgs)) {
-            debug!(error = %e, "raft inbox full; dropping peer messages");
+        if let Err(e) = self.peers.try_send(msgs) {
+            debug!(error = %e, "raft peer inbox full; dropping peer messages");
         }
     }
 
@@ -353,9 +403,14 @@ pub struct Node {
     cfg: NodeConfig,
     raw: RawNode<SledStorage>,
     store: Store,
-    db: sled::Db,
     transport: Arc<dyn Transport>,
     inbox: mpsc::Receiver<Msg>,
+    /// Peers' raft messages, served before anything in `inbox`.
+    peer_inbox: mpsc::Receiver<Vec<Message>>,
+    /// The inbox's sender, for the snapshot saver to report back.
+    tx: mpsc::Sender<Msg>,
+    /// The applied index of the newest snapshot saved or being saved.
+    snapshot_at: u64,
     leadership: watch::Sender<Leadership>,
     applied: watch::Sender<u64>,
     /// Set when a committed entry could not be applied: why. Nothing after
@@ -363,8 +418,11 @@ pub struct Node {
     stalled: Option<Stall>,
     /// Proposals waiting for their log index to apply, by index.
     writes: HashMap<u64, PendingWrite>,
-    /// ReadIndex requests waiting for the leader's answer, by request context.
-    reads: HashMap<Vec<u8>, PendingRead>,
+    /// Reads asked for since the last ReadIndex round: they share the next.
+    read_batch: Vec<PendingRead>,
+    /// ReadIndex rounds waiting for the leader's answer, by request context:
+    /// every read that arrived together shares one round.
+    reads: HashMap<Vec<u8>, Vec<PendingRead>>,
     /// Reads whose index is known, waiting for apply to catch up (which may
     /// never happen if the leader that answered died), by index.
     ready_reads: Vec<(u64, PendingRead)>,
@@ -380,27 +438,35 @@ pub fn channel() -> (mpsc::Sender<Msg>, mpsc::Receiver<Msg>) {
 }
 
 impl Node {
-    /// Open the node over an already opened storage and store. `storage` must
-    /// be initialised (bootstrapped or joined) by the caller; a joining member
-    /// with an empty `ConfState` waits for the leader's snapshot.
+    /// Open the node over an already opened storage: `store` is set to the
+    /// saved snapshot's state, and raft re-applies the log after it. `storage`
+    /// must be initialised (bootstrapped or joined) by the caller; a joining
+    /// member with an empty `ConfState` waits for the leader's snapshot.
     pub fn new(
         cfg: NodeConfig,
         storage: SledStorage,
         store: Store,
-        db: sled::Db,
         transport: Arc<dyn Transport>,
         tx: mpsc::Sender<Msg>,
         inbox: mpsc::Receiver<Msg>,
     ) -> anyhow::Result<(Node, Handle)> {
-        let (applied, _) = store.applied()?;
-        repair_after_crash(&storage, &store, applied)?;
+        let state = load_state(&storage)?;
+        let (applied, _) = state.applied();
+        store.replace(state);
+        // Entries can be applied before the hard state carrying their commit
+        // index reaches disk (raft-rs#392), and a snapshot saved: raft must
+        // not start with its commit index below the applied one.
+        storage.repair_commit(applied)?;
         let logger = slog::Logger::root(slog::Drain::fuse(slog_stdlog::StdLog), slog::o!());
         let raw = RawNode::new(&cfg.raft_config(applied), storage, &logger)?;
         let (leadership, rx) = watch::channel(Leadership::default());
         let (applied_tx, applied_rx) = watch::channel(applied);
+        let (peers, peer_inbox) = mpsc::channel(INBOX);
         let handle = Handle {
             id: cfg.id,
-            tx,
+            tx: tx.clone(),
+            peers,
+            hash_cache: Arc::default(),
             leadership: rx,
             applied: applied_rx,
         };
@@ -408,13 +474,16 @@ impl Node {
             cfg,
             raw,
             store,
-            db,
             transport,
             inbox,
+            peer_inbox,
+            tx,
+            snapshot_at: applied,
             leadership,
             applied: applied_tx,
             stalled: None,
             writes: HashMap::new(),
+            read_batch: Vec::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
         };
@@ -428,10 +497,20 @@ impl Node {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Raft's own traffic first: heartbeats and votes are never
+                // starved by client writes (which wait in `inbox`).
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire(Instant::now());
+                }
+                msgs = self.peer_inbox.recv() => {
+                    let Some(msgs) = msgs else { break };
+                    self.step_all(msgs);
+                    while let Ok(msgs) = self.peer_inbox.try_recv() {
+                        self.step_all(msgs);
+                    }
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { break };
@@ -448,6 +527,7 @@ impl Node {
                     }
                 }
             }
+            self.start_read_round();
             self.on_ready().await?;
         }
         info!("raft node stopping");
@@ -455,30 +535,25 @@ impl Node {
         Ok(())
     }
 
+    fn step_all(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if let Err(e) = self.raw.step(m) {
+                debug!(error = %e, "raft refused a peer message");
+            }
+        }
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Step(msgs) => {
-                for m in msgs {
-                    if let Err(e) = self.raw.step(m) {
-                        debug!(error = %e, "raft refused a peer message");
-                    }
-                }
-            }
             Msg::Propose { write, reply } => self.propose(write, reply),
-            Msg::ReadIndex { reply } => {
-                let ctx = rand::random::<u64>().to_be_bytes().to_vec();
-                self.raw.read_index(ctx.clone());
-                self.reads.insert(
-                    ctx,
-                    PendingRead {
-                        reply,
-                        deadline: Instant::now() + self.cfg.read_timeout,
-                    },
-                );
-            }
+            Msg::ReadIndex { reply } => self.read_batch.push(PendingRead {
+                reply,
+                deadline: Instant::now() + self.cfg.read_timeout,
+            }),
             Msg::Status { reply } => {
-                let _ = reply.send(self.status());
+                let _ = reply.send((self.status(), self.store.snapshot()));
             }
+            Msg::SnapshotSaved { index } => self.compact_behind(index),
             Msg::ReportSnapshot { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -489,6 +564,16 @@ impl Node {
             }
             Msg::ReportUnreachable { to } => self.raw.report_unreachable(to),
         }
+    }
+
+    /// One ReadIndex round for every read that arrived since the last one.
+    fn start_read_round(&mut self) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        let ctx = rand::random::<u64>().to_be_bytes().to_vec();
+        self.raw.read_index(ctx.clone());
+        self.reads.insert(ctx, std::mem::take(&mut self.read_batch));
     }
 
     fn propose(&mut self, write: Write, reply: WriteReply) {
@@ -654,10 +739,7 @@ impl Node {
             applied_index: self.applied_index(),
             last_index: r.raft_log.last_index(),
             snapshot_index: store.snapshot_index(),
-            state_hash: self
-                .store
-                .state_hash()
-                .unwrap_or_else(|e| format!("error: {e}")),
+            state_hash: String::new(),
             voters: conf.voters,
             learners: conf.learners,
             stalled: self
@@ -691,14 +773,15 @@ impl Node {
                 let _ = p.reply.send(Err(NodeError::Unconfirmed(timeout)));
             }
         }
+        // A round's reads share one deadline: the first's.
         let expired: Vec<Vec<u8>> = self
             .reads
             .iter()
-            .filter(|(_, r)| r.deadline <= now)
+            .filter(|(_, batch)| batch.first().is_none_or(|r| r.deadline <= now))
             .map(|(ctx, _)| ctx.clone())
             .collect();
         for ctx in expired {
-            if let Some(r) = self.reads.remove(&ctx) {
+            for r in self.reads.remove(&ctx).into_iter().flatten() {
                 let _ = r.reply.send(Err(NodeError::ReadTimeout));
             }
         }
@@ -757,7 +840,7 @@ impl Node {
             changed
         });
         self.serve_ready_reads();
-        self.maybe_compact().await?;
+        self.maybe_snapshot();
         Ok(())
     }
 
@@ -788,16 +871,17 @@ impl Node {
         info!(
             index = meta.index,
             term = meta.term,
+            bytes = snap.get_data().len(),
             "installing snapshot from the leader"
         );
-        let meta_bytes = meta.write_to_bytes()?;
-        // Store first, then log: a crash in between leaves the store ahead of
-        // the log, which `repair_after_crash` completes from `meta/snapshot`.
-        self.store
-            .restore(snap.get_data(), meta.index, meta.term, &meta_bytes)?;
+        let state = State::decode(snap.get_data())?;
+        // Data, log and metadata in one transaction: a crash leaves this
+        // member before the snapshot or after it.
         self.raw.store().apply_snapshot(&snap)?;
+        self.store.replace(state);
+        self.snapshot_at = meta.index;
         crate::metrics::get().snapshot("installed", snap.get_data().len());
-        for m in self.store.members()? {
+        for m in self.store.members() {
             self.transport.set_peer(m.id, m.address);
         }
         // Any proposal still waiting at or below the snapshot lost track of
@@ -834,13 +918,14 @@ impl Node {
     fn apply_normal(&mut self, entry: &Entry) -> anyhow::Result<()> {
         if entry.data.is_empty() {
             // A new leader's empty entry.
-            self.store.apply_nothing(entry.index, entry.term)?;
+            self.store
+                .update(|s| s.apply_nothing(entry.index, entry.term));
             self.finish(entry.index, None, Ok(WriteResult::MembershipChanged));
             return Ok(());
         }
         match decode_proposal(&entry.data) {
             Ok(p) => {
-                let result = self.store.apply(entry.index, entry.term, &p.command)?;
+                let result = self.store.apply(entry.index, entry.term, &p.command);
                 self.finish(entry.index, Some(p.id), result);
             }
             Err(why) => self.stall(entry.index, why),
@@ -889,8 +974,9 @@ impl Node {
                     .iter()
                     .find(|c| c.get_change_type() == ConfChangeType::RemoveNode)
                     .map(|c| c.node_id);
-                self.store
-                    .apply_membership(entry.index, entry.term, added.as_ref(), removed)?;
+                self.store.update(|s| {
+                    s.apply_membership(entry.index, entry.term, added.as_ref(), removed)
+                });
                 if let Some(m) = added {
                     info!(member = m.id, address = %m.address, "controller added to the cluster");
                     self.transport.set_peer(m.id, m.address);
@@ -911,7 +997,8 @@ impl Node {
             }
             Err(e) => {
                 warn!(index = entry.index, error = %e, "configuration change rejected");
-                self.store.apply_nothing(entry.index, entry.term)?;
+                self.store
+                    .update(|s| s.apply_nothing(entry.index, entry.term));
                 // Only the change's own proposer hears of the refusal; another
                 // write waiting at this index (a new leader's) was dropped.
                 let refused = NodeError::Refused(e.to_string());
@@ -949,7 +1036,7 @@ impl Node {
     }
 
     fn read_state(&mut self, rs: ReadState) {
-        if let Some(r) = self.reads.remove(&rs.request_ctx) {
+        for r in self.reads.remove(&rs.request_ctx).into_iter().flatten() {
             self.ready_reads.push((rs.index, r));
         }
     }
@@ -967,51 +1054,74 @@ impl Node {
         self.ready_reads = waiting;
     }
 
-    /// Compact the log once `snapshot_interval` entries were applied past the
-    /// last compaction, keeping `trailing_entries` for slow followers. The
-    /// whole database is flushed first so the state machine on disk is past
-    /// every entry removed (a crash must never need a compacted entry).
-    async fn maybe_compact(&mut self) -> anyhow::Result<()> {
-        let applied = self.applied_index();
-        let first = self.raw.store().first_index_cached();
-        if applied < first + self.cfg.snapshot_interval + self.cfg.trailing_entries {
-            return Ok(());
+    /// Once `snapshot_interval` entries were applied since the last snapshot,
+    /// save a new one: the state is cloned here (free) and encoded and saved
+    /// on a blocking thread, so the node goes on meanwhile; the saver reports
+    /// back with [`Msg::SnapshotSaved`].
+    fn maybe_snapshot(&mut self) {
+        let state = self.store.snapshot();
+        let (index, term) = state.applied();
+        let due = index >= self.snapshot_at + self.cfg.snapshot_interval;
+        let wanted = index > self.snapshot_at && self.raw.store().take_snapshot_wanted();
+        if !due && !wanted {
+            return;
         }
-        let compact_to = applied - self.cfg.trailing_entries;
-        self.db.flush_async().await?;
-        self.raw.store().compact(compact_to)?;
-        info!(applied, compacted_below = compact_to, "raft log compacted");
-        Ok(())
+        self.snapshot_at = index;
+        let meta = SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(self.raw.store().conf_state()).into(),
+            ..Default::default()
+        };
+        let storage = self.raw.store().clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let saved = state
+                .encode()
+                .map_err(anyhow::Error::from)
+                .and_then(|data| Ok(storage.save_snapshot(&meta, &data)?));
+            match saved {
+                Ok(_) => {
+                    let _ = tx.blocking_send(Msg::SnapshotSaved { index });
+                }
+                // The log stays uncompacted; the next interval tries again.
+                Err(e) => error!(index, error = %e, "could not save a state snapshot"),
+            }
+        });
+    }
+
+    /// A snapshot at `index` is saved: drop the log behind it, keeping
+    /// `trailing_entries` for slow followers (storage never compacts past the
+    /// saved snapshot).
+    fn compact_behind(&mut self, index: u64) {
+        let compact_to = index.saturating_sub(self.cfg.trailing_entries);
+        match self.raw.store().compact(compact_to) {
+            Ok(()) => info!(
+                snapshot = index,
+                compacted_below = compact_to,
+                "raft log compacted"
+            ),
+            Err(e) => error!(error = %e, "could not compact the raft log"),
+        }
     }
 }
 
-/// Bring storage and store back in line after a crash at any point:
-/// - the store installed a snapshot but the log was not yet truncated to it;
-/// - entries were applied before the hard state carrying their commit index
-///   reached disk (raft-rs#392).
-fn repair_after_crash(storage: &SledStorage, store: &Store, applied: u64) -> anyhow::Result<()> {
-    if let Some(meta) = store.snapshot_meta()? {
-        let meta = SnapshotMetadata::parse_from_bytes(&meta)?;
-        // The store holds exactly an installed snapshot that the log does not
-        // reflect: the log is behind it, or holds another history at its
-        // index (a follower's divergent tail). Raising the commit index over
-        // such a log would mark entries committed that the cluster never
-        // committed; install the snapshot into the log first, as the crash
-        // interrupted.
-        let in_log = storage.term(meta.index).is_ok_and(|t| t == meta.term);
-        if meta.index == applied && meta.index > storage.snapshot_index() && !in_log {
-            warn!(
-                index = meta.index,
-                term = meta.term,
-                "completing a snapshot install a crash interrupted"
-            );
-            let mut snap = Snapshot::default();
-            snap.set_metadata(meta);
-            storage.apply_snapshot(&snap)?;
-        }
+/// The state as the saved snapshot holds it (empty for a member that has
+/// none yet: it joins and gets the leader's).
+pub fn load_state(storage: &SledStorage) -> anyhow::Result<State> {
+    let Some((meta, data)) = storage.saved_snapshot()? else {
+        return Ok(State::default());
+    };
+    let state = State::decode(&data)?;
+    if state.applied().0 != meta.index {
+        anyhow::bail!(
+            "the saved snapshot's state is at index {}, its metadata says {}: \
+             this member's data directory is corrupt",
+            state.applied().0,
+            meta.index
+        );
     }
-    storage.repair_commit(applied)?;
-    Ok(())
+    Ok(state)
 }
 
 fn role_name(role: StateRole) -> &'static str {

@@ -17,8 +17,9 @@
 //!                     "conf_state" → eraftpb::ConfState         as last applied
 //!                     "truncated"  → index ‖ term, u64 BE each  last entry dropped by
 //!                                                               compaction or a snapshot
-//!                     "snapshot"   → eraftpb::SnapshotMetadata  last snapshot installed
-//!                                                               (or bootstrapped)
+//!                     "snapshot"   → eraftpb::SnapshotMetadata  the snapshot below
+//!
+//!  tree "raft_snapshot" "data"     → the state machine encoded at the snapshot's index
 //! ```
 //!
 //! Invariants, on disk and in the in-memory copy alike:
@@ -27,8 +28,12 @@
 //!   `first_index == truncated.index + 1`;
 //! - once anything was truncated, `hard_state.commit >= truncated.index`: only
 //!   applied (hence committed) entries are compacted, and a snapshot is committed;
-//! - an update that touches both trees (compaction, installing a snapshot) is one
-//!   sled transaction, so a crash leaves the old layout or the new one;
+//! - `truncated.index <= snapshot.index`: the snapshot and the log after it
+//!   hold the whole state, so the log is never compacted past the snapshot;
+//! - an update that touches several trees (compaction, saving or installing a
+//!   snapshot) is one sled transaction, so a crash leaves the old layout or the
+//!   new one: a snapshot from the leader lands with the log truncated to it,
+//!   or not at all;
 //! - the cached state changes only after its sled write succeeded, under the write
 //!   lock, so readers never see a state that is not on disk (or in sled's buffers).
 //!
@@ -36,16 +41,19 @@
 //! (or sled's background flush). The node must await `flush` before it sends
 //! persisted messages or calls `advance`.
 //!
-//! Snapshots carry no data here: [`Storage::snapshot`] asks the store for its
-//! serialised state through [`SnapshotSource`], and installing a snapshot
-//! ([`SledStorage::apply_snapshot`]) only rewrites the log and metadata; the store
-//! restores the data itself.
+//! The state machine lives in memory; its snapshot is its only copy on disk.
+//! The node saves a new one every so many entries ([`SledStorage::save_snapshot`],
+//! encoded off its task), [`Storage::snapshot`] hands the saved one to a
+//! follower that needs it, and a restart decodes it and re-applies the log
+//! after it, starting from the snapshot's conf state.
 
 use std::cmp;
 use std::convert::Infallible;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, NO_LIMIT};
 use sled::transaction::{TransactionError, TransactionResult, Transactional};
@@ -53,6 +61,8 @@ use sled::{Batch, Db, Tree};
 
 const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
+const SNAPSHOT_TREE: &str = "raft_snapshot";
+const SNAPSHOT_DATA_KEY: &str = "data";
 
 const HARD_STATE_KEY: &str = "hard_state";
 const CONF_STATE_KEY: &str = "conf_state";
@@ -63,18 +73,6 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// [`SledStorage::bootstrap`]).
 const BOOTSTRAP_INDEX: u64 = 1;
 const BOOTSTRAP_TERM: u64 = 1;
-
-/// Where [`Storage::snapshot`] gets the state machine's data from (implemented by
-/// the store).
-///
-/// It is called on the task that owns the `RawNode`, between two applies, so the
-/// data, the applied index and the conf state stored here (which the node updates
-/// when it applies a conf change) describe the same point of the log.
-pub trait SnapshotSource: Send + Sync {
-    /// The state machine serialised, and the raft index it reflects (the applied
-    /// index).
-    fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError>;
-}
 
 /// What went wrong in the raft storage.
 ///
@@ -240,8 +238,11 @@ pub struct SledStorage {
     db: Db,
     log: Tree,
     meta: Tree,
-    source: Arc<dyn SnapshotSource>,
+    snapshot: Tree,
     state: Arc<RwLock<LogState>>,
+    /// Set when a follower needs a snapshot the saved one cannot be (it
+    /// predates the follower's membership): the node saves a new one soon.
+    wanted: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for SledStorage {
@@ -259,12 +260,28 @@ impl fmt::Debug for SledStorage {
 impl SledStorage {
     /// Opens the raft trees of `db` (creating them when absent) and loads the
     /// metadata. Fails with `Corrupt` when the stored data is inconsistent.
-    pub fn open(db: &Db, source: Arc<dyn SnapshotSource>) -> Result<Self, StorageError> {
+    ///
+    /// The conf state raft starts from is the snapshot's: the node re-applies
+    /// the log after the snapshot, conf changes included, in their order.
+    pub fn open(db: &Db) -> Result<Self, StorageError> {
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
+        let snapshot = db.open_tree(SNAPSHOT_TREE)?;
 
         let hard_state: HardState = read_meta(&meta, HARD_STATE_KEY)?.unwrap_or_default();
-        let conf_state: ConfState = read_meta(&meta, CONF_STATE_KEY)?.unwrap_or_default();
+        let snapshot_meta: Option<SnapshotMetadata> = read_meta(&meta, SNAPSHOT_KEY)?;
+        let conf_state: ConfState = match &snapshot_meta {
+            Some(m) => m.get_conf_state().clone(),
+            None => read_meta(&meta, CONF_STATE_KEY)?.unwrap_or_default(),
+        };
+        if snapshot_meta.is_some() && snapshot.get(SNAPSHOT_DATA_KEY)?.is_none() {
+            return Err(corrupt(
+                format!("{SNAPSHOT_TREE}/{SNAPSHOT_DATA_KEY}"),
+                "the snapshot's data is missing (a data directory written by a drover \
+                 older than the in-memory state keeps it elsewhere)"
+                    .into(),
+            ));
+        }
         let truncated = match meta.get(TRUNCATED_KEY)? {
             Some(bytes) => decode_position(&bytes)?,
             None => Position::default(),
@@ -325,8 +342,9 @@ impl SledStorage {
             db: db.clone(),
             log,
             meta,
-            source,
+            snapshot,
             state: Arc::new(RwLock::new(state)),
+            wanted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -341,9 +359,8 @@ impl SledStorage {
     /// catch up by snapshot (its first index is 2, and index 1 exists only as a
     /// snapshot). Refuses a member that already holds raft state.
     ///
-    /// `data` is the state machine at index 1. As for every snapshot, storage keeps
-    /// only the metadata: the caller makes the store hold `data` with applied index
-    /// 1 (every initial voter must use the same `data`).
+    /// `data` is the state machine at index 1 (every initial voter must use the
+    /// same `data`).
     pub fn bootstrap(&self, voters: &[u64], data: Vec<u8>) -> Result<(), StorageError> {
         let mut state = self.write();
         if state.is_initialized()
@@ -363,12 +380,11 @@ impl SledStorage {
         }
 
         let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
         let metadata = snapshot.mut_metadata();
         metadata.index = BOOTSTRAP_INDEX;
         metadata.term = BOOTSTRAP_TERM;
         metadata.mut_conf_state().voters = voters.to_vec();
-        self.install_snapshot(&mut state, snapshot.get_metadata())?;
+        self.install_snapshot(&mut state, snapshot.get_metadata(), &data)?;
         tracing::info!(?voters, "bootstrapped raft storage");
         Ok(())
     }
@@ -459,11 +475,79 @@ impl SledStorage {
         read_meta(&self.meta, SNAPSHOT_KEY)
     }
 
-    /// Storage side of installing a snapshot received from the leader: drops every
-    /// entry up to its index, sets truncated = (index, term),
+    /// Whether a follower asked for a newer snapshot than the saved one since
+    /// the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// The saved snapshot (metadata and the encoded state), if any.
+    pub fn saved_snapshot(&self) -> Result<Option<(SnapshotMetadata, Vec<u8>)>, StorageError> {
+        let Some(metadata) = self.snapshot_metadata()? else {
+            return Ok(None);
+        };
+        let data = self.snapshot.get(SNAPSHOT_DATA_KEY)?.ok_or_else(|| {
+            corrupt(
+                format!("{SNAPSHOT_TREE}/{SNAPSHOT_DATA_KEY}"),
+                "the snapshot's data is missing".into(),
+            )
+        })?;
+        Ok(Some((metadata, data.to_vec())))
+    }
+
+    /// Save a snapshot this member built of its own state at `metadata.index`
+    /// (an applied index, so in the log or at its truncated end). An older one
+    /// than the saved snapshot is ignored: a snapshot from the leader may have
+    /// landed meanwhile. Returns whether it was saved. Safe to call from any
+    /// thread.
+    pub fn save_snapshot(
+        &self,
+        metadata: &SnapshotMetadata,
+        data: &[u8],
+    ) -> Result<bool, StorageError> {
+        let encoded = encode(metadata, "snapshot metadata")?;
+        // Checked and written in one transaction, without the log's lock: the
+        // node goes on appending meanwhile, and a snapshot from the leader
+        // that lands first (a newer one, with the log truncated to it) wins.
+        let result: TransactionResult<bool, Infallible> =
+            (&self.meta, &self.snapshot).transaction(|(meta, snapshot)| {
+                let saved = match meta.get(SNAPSHOT_KEY)? {
+                    Some(bytes) => {
+                        SnapshotMetadata::parse_from_bytes(&bytes).map_or(u64::MAX, |m| m.index)
+                    }
+                    None => 0,
+                };
+                let truncated = match meta.get(TRUNCATED_KEY)? {
+                    Some(bytes) => decode_position(&bytes).map_or(u64::MAX, |p| p.index),
+                    None => 0,
+                };
+                if metadata.index <= saved || metadata.index < truncated {
+                    return Ok(false);
+                }
+                meta.insert(SNAPSHOT_KEY, encoded.as_slice())?;
+                snapshot.insert(SNAPSHOT_DATA_KEY, data)?;
+                Ok(true)
+            });
+        let saved = result.map_err(|e| match e {
+            TransactionError::Storage(e) => StorageError::Sled(e),
+            TransactionError::Abort(never) => match never {},
+        })?;
+        if saved {
+            self.db.flush()?;
+            tracing::info!(
+                index = metadata.index,
+                term = metadata.term,
+                bytes = data.len(),
+                "saved state snapshot"
+            );
+        }
+        Ok(saved)
+    }
+
+    /// Installing a snapshot received from the leader: stores its data, drops
+    /// every entry up to its index, sets truncated = (index, term),
     /// `hs.commit = max(hs.commit, index)`, `hs.term = max(hs.term, term)`, and the
-    /// conf state from the metadata. The store restores the state machine data
-    /// itself.
+    /// conf state from the metadata, all in one transaction.
     ///
     /// Entries after the snapshot are kept only if the log agrees with the snapshot
     /// at its index (same term). raft-rs installs only snapshots that do not match
@@ -472,7 +556,7 @@ impl SledStorage {
     /// whole log goes.
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
         let mut state = self.write();
-        self.install_snapshot(&mut state, snap.get_metadata())?;
+        self.install_snapshot(&mut state, snap.get_metadata(), snap.get_data())?;
         tracing::info!(
             index = snap.get_metadata().index,
             term = snap.get_metadata().term,
@@ -485,6 +569,7 @@ impl SledStorage {
         &self,
         state: &mut LogState,
         metadata: &SnapshotMetadata,
+        data: &[u8],
     ) -> Result<(), StorageError> {
         let snapshot = Position {
             index: metadata.index,
@@ -520,7 +605,7 @@ impl SledStorage {
         meta_batch.insert(CONF_STATE_KEY, encode(&conf_state, "conf state")?);
         meta_batch.insert(TRUNCATED_KEY, &encode_position(snapshot)[..]);
         meta_batch.insert(SNAPSHOT_KEY, encode(metadata, "snapshot metadata")?);
-        self.apply_to_both(&log_batch, &meta_batch)?;
+        self.apply_to_all(&log_batch, &meta_batch, Some(data))?;
 
         *state = LogState {
             hard_state,
@@ -536,20 +621,23 @@ impl SledStorage {
     }
 
     /// Removes the entries with index < `compact_index`, recording the index and
-    /// term of the last one removed. The caller guarantees `compact_index` is at
-    /// most the applied index + 1; a `compact_index` past `last_index + 1` is
-    /// refused, one at or below the first index is a no-op.
+    /// term of the last one removed. Never past the saved snapshot (the entries
+    /// after it are the only record of the state after it): `compact_index` is
+    /// lowered to the snapshot's index + 1. A `compact_index` past
+    /// `last_index + 1` is refused, one at or below the first index is a no-op.
     pub fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
         let mut state = self.write();
-        let first_index = state.first_index();
-        if compact_index <= first_index {
-            return Ok(());
-        }
         if compact_index > state.last_index + 1 {
             return Err(StorageError::CompactBeyondLog {
                 compact_index,
                 last_index: state.last_index,
             });
+        }
+        let saved = self.snapshot_metadata()?.map_or(0, |m| m.index);
+        let compact_index = cmp::min(compact_index, saved + 1);
+        let first_index = state.first_index();
+        if compact_index <= first_index {
+            return Ok(());
         }
 
         let last_removed = Position {
@@ -570,7 +658,7 @@ impl SledStorage {
             hard_state.commit = last_removed.index;
             meta_batch.insert(HARD_STATE_KEY, encode(&hard_state, "hard state")?);
         }
-        self.apply_to_both(&log_batch, &meta_batch)?;
+        self.apply_to_all(&log_batch, &meta_batch, None)?;
 
         tracing::debug!(
             compact_index,
@@ -646,14 +734,23 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies one batch to each tree atomically.
-    fn apply_to_both(&self, log_batch: &Batch, meta_batch: &Batch) -> Result<(), StorageError> {
+    /// Applies a batch to the log and meta trees and stores `data` as the
+    /// snapshot's data, if given: atomically.
+    fn apply_to_all(
+        &self,
+        log_batch: &Batch,
+        meta_batch: &Batch,
+        data: Option<&[u8]>,
+    ) -> Result<(), StorageError> {
         // No reads and no side effects in the closure, so sled may re-run it on a
         // conflict.
-        let result: TransactionResult<(), Infallible> =
-            (&self.log, &self.meta).transaction(|(log, meta)| {
+        let result: TransactionResult<(), Infallible> = (&self.log, &self.meta, &self.snapshot)
+            .transaction(|(log, meta, snapshot)| {
                 log.apply_batch(log_batch)?;
                 meta.apply_batch(meta_batch)?;
+                if let Some(data) = data {
+                    snapshot.insert(SNAPSHOT_DATA_KEY, data)?;
+                }
                 Ok(())
             });
         result.map_err(|e| match e {
@@ -662,8 +759,6 @@ impl SledStorage {
         })
     }
 
-    /// The term of the entry at `index`, which the caller has checked is in
-    /// `[first_index, last_index]`.
     fn entry_term(&self, index: u64) -> Result<u64, StorageError> {
         Ok(self.read_entry(index)?.term)
     }
@@ -778,47 +873,46 @@ impl Storage for SledStorage {
         Ok(self.last_index_cached())
     }
 
+    /// The saved snapshot. One older than `request_index` is not there yet:
+    /// raft asks again, and the node saves a newer one soon.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let (data, applied) = self.source.snapshot_data()?;
-        // Index 0 would be an empty snapshot, which raft-rs refuses to send.
-        if applied < request_index || applied == 0 {
+        let Some((metadata, data)) = self.saved_snapshot()? else {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
+        // A member added after the snapshot would refuse it (raft-rs restores
+        // only a snapshot whose conf state holds the member).
+        let cs = metadata.get_conf_state();
+        let knows = [
+            &cs.voters,
+            &cs.learners,
+            &cs.voters_outgoing,
+            &cs.learners_next,
+        ]
+        .iter()
+        .any(|ids| ids.contains(&to));
+        if metadata.index < request_index || !knows {
             tracing::debug!(
-                applied,
+                saved = metadata.index,
                 request_index,
                 to,
-                "state machine is behind the requested snapshot index"
+                "the saved snapshot is too old for this follower; saving a new one"
             );
+            self.wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-
-        let state = self.read();
-        let term = if applied == state.truncated.index {
-            state.truncated.term
-        } else if applied >= state.first_index() && applied <= state.last_index {
-            self.entry_term(applied)?
-        } else {
-            return Err(StorageError::SnapshotInconsistent {
-                applied,
-                truncated_index: state.truncated.index,
-                last_index: state.last_index,
-            }
-            .into());
-        };
-
-        let mut snapshot = Snapshot::default();
-        let metadata = snapshot.mut_metadata();
-        metadata.index = applied;
-        metadata.term = term;
-        metadata.set_conf_state(state.conf_state.clone());
         tracing::info!(
             to,
-            index = applied,
-            term,
+            index = metadata.index,
+            term = metadata.term,
             bytes = data.len(),
-            "built raft snapshot"
+            "sending the saved snapshot"
         );
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(metadata);
         snapshot.set_data(data.into());
         Ok(snapshot)
     }
@@ -906,34 +1000,15 @@ mod tests {
     //! (raft-0.7.0/src/storage.rs), on real sled files; then what MemStorage does
     //! not have: bootstrap, persistence across a reopen, commit repair, corruption.
 
-    use std::sync::Mutex;
-
     use protobuf::Message as _;
     use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
     use raft::{GetEntriesContext, Storage};
     use tempfile::TempDir;
 
-    use super::{SledStorage, SnapshotSource, StorageError};
-
-    /// A state machine that is just a byte string at an applied index.
-    #[derive(Default)]
-    struct FixedSource(Mutex<(Vec<u8>, u64)>);
-
-    impl FixedSource {
-        fn set(&self, data: &[u8], applied: u64) {
-            *self.0.lock().unwrap() = (data.to_vec(), applied);
-        }
-    }
-
-    impl SnapshotSource for FixedSource {
-        fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StorageError> {
-            Ok(self.0.lock().unwrap().clone())
-        }
-    }
+    use super::{SledStorage, StorageError};
 
     struct Fixture {
         storage: SledStorage,
-        source: std::sync::Arc<FixedSource>,
         db: sled::Db,
         dir: TempDir,
     }
@@ -946,14 +1021,8 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
             let db = open_db(dir.path());
-            let source = std::sync::Arc::new(FixedSource::default());
-            let storage = SledStorage::open(&db, source.clone()).expect("open storage");
-            Fixture {
-                storage,
-                source,
-                db,
-                dir,
-            }
+            let storage = SledStorage::open(&db).expect("open storage");
+            Fixture { storage, db, dir }
         }
 
         /// A log holding `entries` (contiguous), compacted just below the first
@@ -973,22 +1042,23 @@ mod tests {
 
         /// Drops every handle on the database and opens it again from its files.
         fn reopen(self) -> Self {
-            let Fixture {
-                storage,
-                source,
-                db,
-                dir,
-            } = self;
+            let Fixture { storage, db, dir } = self;
             drop(storage);
             drop(db);
             let db = open_db(dir.path());
-            let storage = SledStorage::open(&db, source.clone()).expect("reopen storage");
-            Fixture {
-                storage,
-                source,
-                db,
-                dir,
-            }
+            let storage = SledStorage::open(&db).expect("reopen storage");
+            Fixture { storage, db, dir }
+        }
+
+        /// Save a snapshot at `index` (in the log), so compaction may reach it.
+        fn save_snapshot_at(&self, index: u64) {
+            let meta = raft::eraftpb::SnapshotMetadata {
+                index,
+                term: self.storage.term(index).unwrap(),
+                conf_state: Some(self.storage.conf_state()).into(),
+                ..Default::default()
+            };
+            assert!(self.storage.save_snapshot(&meta, b"state").unwrap());
         }
 
         fn all_entries(&self) -> Vec<Entry> {
@@ -1173,6 +1243,7 @@ mod tests {
     #[test]
     fn first_index_follows_compaction() {
         let f = Fixture::with_entries(&ents_3_4_5());
+        f.save_snapshot_at(5);
         assert_eq!(f.storage.first_index(), Ok(3));
         f.storage.compact(4).unwrap();
         assert_eq!(f.storage.first_index(), Ok(4));
@@ -1186,6 +1257,7 @@ mod tests {
         let cases = [(2, 3, 3, 3), (3, 3, 3, 3), (4, 4, 4, 2), (5, 5, 5, 1)];
         for (i, (idx, windex, wterm, wlen)) in cases.into_iter().enumerate() {
             let f = Fixture::with_entries(&ents_3_4_5());
+            f.save_snapshot_at(5);
             let s = &f.storage;
             s.compact(idx).unwrap();
             assert_eq!(s.first_index(), Ok(windex), "case #{i}");
@@ -1205,6 +1277,7 @@ mod tests {
     #[test]
     fn compact_to_the_end_empties_the_log() {
         let f = Fixture::with_entries(&ents_3_4_5());
+        f.save_snapshot_at(5);
         let s = &f.storage;
         s.compact(6).unwrap();
         assert_eq!(s.first_index(), Ok(6));
@@ -1225,6 +1298,7 @@ mod tests {
     #[test]
     fn compact_refuses_to_go_past_the_log() {
         let f = Fixture::with_entries(&ents_3_4_5());
+        f.save_snapshot_at(5);
         let err = f.storage.compact(7).unwrap_err();
         assert!(
             matches!(
@@ -1242,6 +1316,7 @@ mod tests {
     #[test]
     fn compact_raises_a_lagging_commit_to_the_truncated_index() {
         let f = Fixture::with_entries(&ents_3_4_5());
+        f.save_snapshot_at(5);
         let hs = hard_state(5, 0, 2);
         f.storage.set_hard_state(&hs).unwrap();
         f.storage.compact(5).unwrap();
@@ -1249,56 +1324,55 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_is_built_from_the_state_machine_at_its_applied_index() {
+    fn the_saved_snapshot_is_sent_and_an_older_one_never_replaces_it() {
+        let f = Fixture::with_entries(&ents_3_4_5());
         let voters = vec![1, 2, 3];
-        let unavailable = || {
-            Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ))
+        let meta = |index: u64| {
+            let mut s = new_snapshot(index, index, voters.clone());
+            s.take_metadata()
         };
-        // (applied index, requested index, result)
-        let cases = vec![
-            (4, 0, Ok(new_snapshot(4, 4, voters.clone()))),
-            (5, 5, Ok(new_snapshot(5, 5, voters.clone()))),
-            (2, 0, Ok(new_snapshot(2, 2, voters.clone()))),
-            (5, 6, unavailable()),
-            (0, 0, unavailable()),
-        ];
-        for (i, (applied, request, want)) in cases.into_iter().enumerate() {
-            let f = Fixture::with_entries(&ents_3_4_5());
-            let cs = ConfState {
-                voters: voters.clone(),
-                ..Default::default()
-            };
-            f.storage.set_conf_state(&cs).unwrap();
-            let data = format!("state at {applied}");
-            f.source.set(data.as_bytes(), applied);
+        // The fixture's truncation at 2 is a snapshot with empty data and no
+        // members: no follower can take it, and asking says a new one is wanted.
+        assert_eq!(f.storage.saved_snapshot().unwrap().unwrap().0.index, 2);
+        assert!(f.storage.snapshot(0, 2).is_err());
+        assert!(f.storage.take_snapshot_wanted());
+        assert!(!f.storage.take_snapshot_wanted());
+        assert!(f.storage.save_snapshot(&meta(4), b"state at 4").unwrap());
+        assert!(!f.storage.save_snapshot(&meta(3), b"state at 3").unwrap());
+        assert!(!f.storage.save_snapshot(&meta(4), b"again").unwrap());
 
-            let got = f.storage.snapshot(request, 2);
-            let want = want.map(|mut s: Snapshot| {
-                s.set_data(data.clone().into_bytes().into());
-                s
-            });
-            assert_eq!(got, want, "case #{i}");
-        }
+        let mut want = new_snapshot(4, 4, voters.clone());
+        want.set_data(b"state at 4".to_vec().into());
+        assert_eq!(f.storage.snapshot(0, 2), Ok(want.clone()));
+        assert_eq!(f.storage.snapshot(4, 2), Ok(want));
+        assert_eq!(
+            f.storage.snapshot(5, 2),
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
+        );
+        // It survives a reopen, and raft starts from its conf state.
+        let f = f.reopen();
+        let (saved, data) = f.storage.saved_snapshot().unwrap().unwrap();
+        assert_eq!(
+            (saved.index, data.as_slice()),
+            (4, b"state at 4".as_slice())
+        );
+        assert_eq!(f.storage.conf_state().voters, voters);
     }
 
     #[test]
-    fn snapshot_of_a_state_machine_outside_the_log_is_fatal() {
+    fn the_log_is_never_compacted_past_the_saved_snapshot() {
         let f = Fixture::with_entries(&ents_3_4_5());
-        f.source.set(b"", 7);
-        let err = ours(f.storage.snapshot(0, 2));
-        assert!(
-            matches!(
-                err,
-                StorageError::SnapshotInconsistent {
-                    applied: 7,
-                    truncated_index: 2,
-                    last_index: 5
-                }
-            ),
-            "{err}"
-        );
+        f.storage.compact(6).unwrap();
+        assert_eq!(f.storage.first_index().unwrap(), 3, "no snapshot past 2");
+        let mut snap = new_snapshot(4, 4, vec![1]);
+        f.storage
+            .save_snapshot(&snap.take_metadata(), b"state at 4")
+            .unwrap();
+        f.storage.compact(6).unwrap();
+        assert_eq!(f.storage.first_index().unwrap(), 5);
+        assert_eq!(f.storage.term(4), Ok(4));
     }
 
     #[test]
@@ -1515,6 +1589,7 @@ mod tests {
             ..Default::default()
         };
         f.storage.set_conf_state(&cs).unwrap();
+        f.save_snapshot_at(8);
         f.storage.compact(5).unwrap();
         let before = f.all_entries();
 
@@ -1597,17 +1672,17 @@ mod tests {
         let f = Fixture::with_entries(&ents_3_4_5());
         let meta = f.db.open_tree("raft_meta").unwrap();
         meta.insert("truncated", &b"short"[..]).unwrap();
-        match SledStorage::open(&f.db, f.source.clone()) {
+        match SledStorage::open(&f.db) {
             Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, "raft_meta/truncated"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
         meta.insert("truncated", &[0u8; 16][..]).unwrap();
-        match SledStorage::open(&f.db, f.source.clone()) {
+        match SledStorage::open(&f.db) {
             Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, "raft_log/3"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
         meta.insert("hard_state", &b"\xff\xff"[..]).unwrap();
-        match SledStorage::open(&f.db, f.source.clone()) {
+        match SledStorage::open(&f.db) {
             Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, "raft_meta/hard_state"),
             other => panic!("expected Corrupt, got {other:?}"),
         }

@@ -69,6 +69,12 @@ pub struct NodeInfo {
     pub allocatable: Resources,
     pub ready: bool,
     pub cordoned: bool,
+    /// What replicas bound to the node and *not* listed in `placed` hold:
+    /// the caller may pass the node's totals here and list in `placed` only
+    /// the replicas that matter for spread, with nothing held.
+    pub in_use: Resources,
+    /// Host ports those replicas hold.
+    pub ports_in_use: Vec<(u16, Protocol)>,
 }
 
 /// A replica already bound to a node (running, starting, or terminating — it

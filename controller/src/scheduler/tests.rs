@@ -25,6 +25,8 @@ fn node(name: &str) -> NodeInfo {
         },
         ready: true,
         cordoned: false,
+        in_use: Resources::default(),
+        ports_in_use: Vec::new(),
     }
 }
 

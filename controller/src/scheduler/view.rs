@@ -70,8 +70,8 @@ impl<'a> ClusterView<'a> {
                 .into_iter()
                 .map(|info| NodeState {
                     info,
-                    used: Resources::default(),
-                    host_ports: HashSet::new(),
+                    used: info.in_use,
+                    host_ports: requested_host_ports(&info.ports_in_use).collect(),
                 })
                 .collect(),
             spread: Spread::new(nodes.len()),

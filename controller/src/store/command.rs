@@ -7,9 +7,9 @@
 //! command: refusals (`WriteError`) are decided the same way on every member,
 //! and a refused command writes nothing.
 //!
-//! Commands run against a [`View`]: the store plus the command's own pending
-//! writes, so a command reads what it wrote earlier (two replicas created in
-//! one entry see each other) and lands as one atomic sled batch.
+//! Commands change the [`State`] in place; a command reads what it wrote
+//! earlier (two replicas created in one entry see each other), and
+//! [`State::apply`] puts the state back when it is refused.
 
 use std::collections::BTreeMap;
 
@@ -17,17 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use drover_manifest::Deployment;
 
-use super::events::{
-    event_key, name_list, EventRecord, InvolvedObject, NewEvent, EVENT_PREFIX, RETAINED,
-};
+use super::events::{name_list, InvolvedObject, NewEvent};
 use super::objects::{
-    node_key, replica_key, token_key, Booking, NodeCondition, NodeRecord, ReplicaObserved,
-    ReplicaPhase, ReplicaRecord, Resources, TokenRecord, REPLICA_PREFIX,
+    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,
 };
-use super::{
-    deploy_key, from_json, revision, to_json, Revision, RolloutState, Store, StoreError,
-    StoredDeployment,
-};
+use super::state::{Held, State};
+use super::{revision, Revision, RolloutState, StoredDeployment};
 
 /// The annotation `rollout history` shows as CHANGE-CAUSE.
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
@@ -266,117 +261,14 @@ fn no_revision(name: &str, revision: &Option<u64>) -> String {
     }
 }
 
-/// The store as one command sees it: committed state plus its own writes.
-pub(super) struct View<'a> {
-    store: &'a Store,
-    writes: BTreeMap<String, Option<Vec<u8>>>,
-    /// Events the command recorded, with the command's time.
-    events: Vec<(i64, NewEvent)>,
-}
-
-impl<'a> View<'a> {
-    pub(super) fn new(store: &'a Store) -> View<'a> {
-        View {
-            store,
-            writes: BTreeMap::new(),
-            events: Vec::new(),
-        }
-    }
-
-    fn record(&mut self, now: i64, event: NewEvent) {
-        self.events.push((now, event));
-    }
-
-    /// Number the recorded events after the last stored one, write them, and
-    /// drop the oldest beyond [`RETAINED`].
-    pub(super) fn store_events(&mut self) -> Result<(), StoreError> {
-        if self.events.is_empty() {
-            return Ok(());
-        }
-        let last = self.store.last_event_seq()?;
-        let newest = last + self.events.len() as u64;
-        let first_kept = newest.saturating_sub(RETAINED) + 1;
-        for (i, (now, e)) in std::mem::take(&mut self.events).into_iter().enumerate() {
-            let seq = last + 1 + i as u64;
-            if seq < first_kept {
-                continue;
-            }
-            let record = EventRecord {
-                seq,
-                time_unix_ms: now,
-                event_type: e.event_type,
-                reason: e.reason.to_string(),
-                object: e.object,
-                message: e.message,
-            };
-            self.put(event_key(seq), &record)?;
-        }
-        let stale = self
-            .store
-            .tree
-            .range(EVENT_PREFIX.as_bytes()..event_key(first_kept).as_bytes())
-            .keys();
-        for k in stale {
-            let k = k?;
-            self.remove(String::from_utf8_lossy(&k).into_owned());
-        }
-        Ok(())
-    }
-
-    pub(super) fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        match self.writes.get(key) {
-            Some(Some(v)) => from_json(key, v).map(Some),
-            Some(None) => Ok(None),
-            None => match self.store.get_raw(key)? {
-                Some(v) => from_json(key, &v).map(Some),
-                None => Ok(None),
-            },
-        }
-    }
-
-    pub(super) fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<(), StoreError> {
-        self.writes.insert(key, Some(to_json(value)?));
-        Ok(())
-    }
-
-    fn remove(&mut self, key: String) {
-        self.writes.insert(key, None);
-    }
-
-    /// Committed keys under `prefix` (this command's own writes are not listed).
-    fn committed_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.store
-            .tree
-            .scan_prefix(prefix.as_bytes())
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect()
-    }
-
-    pub(super) fn into_batch(self, batch: &mut sled::Batch) {
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => batch.insert(k.as_bytes(), v),
-                None => batch.remove(k.as_bytes()),
-            }
-        }
-    }
-}
-
-pub(super) fn execute(
-    view: &mut View<'_>,
-    command: &Command,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResult, WriteError> {
     match command {
         Command::Apply {
             deployments,
             now_unix_ms,
-        } => apply(view, deployments, *now_unix_ms),
+        } => apply(state, deployments, *now_unix_ms),
         Command::ChangeNodeMeta { node, change, .. } => {
-            super::node_meta::change(view, node, change)
+            super::node_meta::change(state, node, change)
         }
         Command::ApplyIf {
             deployment,
@@ -384,22 +276,21 @@ pub(super) fn execute(
             now_unix_ms,
         } => {
             let m = &deployment.metadata;
-            let key = deploy_key(&m.namespace, &m.name);
-            let Some(old) = view.get::<StoredDeployment>(&key)? else {
-                return Ok(Err(WriteError::NotFound {
+            let Some(old) = state.deployment(&m.namespace, &m.name) else {
+                return Err(WriteError::NotFound {
                     namespace: m.namespace.clone(),
                     name: m.name.clone(),
-                }));
+                });
             };
             if old.generation != *expected_generation {
-                return Ok(Err(WriteError::Conflict {
+                return Err(WriteError::Conflict {
                     namespace: m.namespace.clone(),
                     name: m.name.clone(),
                     expected: *expected_generation,
                     actual: old.generation,
-                }));
+                });
             }
-            apply(view, std::slice::from_ref(&**deployment), *now_unix_ms)
+            apply(state, std::slice::from_ref(&**deployment), *now_unix_ms)
         }
         Command::Delete {
             refs,
@@ -407,7 +298,7 @@ pub(super) fn execute(
             now_unix_ms,
             grace_period_seconds,
         } => delete(
-            view,
+            state,
             refs,
             *ignore_not_found,
             *now_unix_ms,
@@ -417,88 +308,92 @@ pub(super) fn execute(
             target,
             replicas,
             now_unix_ms,
-        } => scale(view, target, *replicas, *now_unix_ms),
-        Command::RegisterNode { node, now_unix_ms } => register_node(view, node, *now_unix_ms),
+        } => scale(state, target, *replicas, *now_unix_ms),
+        Command::RegisterNode { node, now_unix_ms } => register_node(state, node, *now_unix_ms),
         Command::NodeDown { node, now_unix_ms } => {
-            node_condition(view, node, NodeCondition::NotReady, *now_unix_ms)
+            node_condition(state, node, NodeCondition::NotReady, *now_unix_ms)
         }
         Command::NodeUp { node, now_unix_ms } => {
-            node_condition(view, node, NodeCondition::Ready, *now_unix_ms)
+            node_condition(state, node, NodeCondition::Ready, *now_unix_ms)
         }
         Command::Cordon {
             node,
             cordoned,
             now_unix_ms,
-        } => cordon(view, node, *cordoned, false, *now_unix_ms),
-        Command::Drain { node, now_unix_ms } => cordon(view, node, true, true, *now_unix_ms),
+        } => cordon(state, node, *cordoned, false, *now_unix_ms),
+        Command::Drain { node, now_unix_ms } => cordon(state, node, true, true, *now_unix_ms),
         Command::Undo {
             target,
             to_revision,
             reason,
             now_unix_ms,
-        } => undo(view, target, *to_revision, reason, *now_unix_ms),
+        } => undo(state, target, *to_revision, reason, *now_unix_ms),
         Command::PauseRollout {
             target,
             paused,
             now_unix_ms,
-        } => pause(view, target, *paused, *now_unix_ms),
+        } => pause(state, target, *paused, *now_unix_ms),
         Command::RolloutProgress {
             records,
             now_unix_ms,
-        } => rollout_progress(view, records, *now_unix_ms),
+        } => rollout_progress(state, records, *now_unix_ms),
         Command::Reconcile {
             create,
             remove,
             now_unix_ms,
-        } => reconcile(view, create, remove, *now_unix_ms),
+        } => reconcile(state, create, remove, *now_unix_ms),
         Command::Schedule {
             place,
             unschedulable,
             now_unix_ms,
-        } => schedule(view, place, unschedulable, *now_unix_ms),
+        } => schedule(state, place, unschedulable, *now_unix_ms),
         Command::ReportStatus {
             reports,
             now_unix_ms,
-        } => report_status(view, reports, *now_unix_ms),
+        } => report_status(state, reports, *now_unix_ms),
         Command::CreateToken { token } => {
             // Whoever proposed it (a forwarded write from any controller
             // included): joins issue agent and controller certificates only.
             if !matches!(token.role.as_str(), "agent" | "controller") {
-                return Ok(Err(WriteError::TokenRole(token.role.clone())));
+                return Err(WriteError::TokenRole(token.role.clone()));
             }
-            let key = token_key(&token.id);
-            if view.get::<TokenRecord>(&key)?.is_some() {
-                return Ok(Err(WriteError::TokenExists(token.id.clone())));
+            if state.token(&token.id).is_some() {
+                return Err(WriteError::TokenExists(token.id.clone()));
             }
-            view.put(key, token)?;
-            Ok(Ok(WriteResult::Changed(1)))
+            state.put_token(token.clone());
+            Ok(WriteResult::Changed(1))
         }
         Command::RevokeToken { id } => {
-            let key = token_key(id);
-            let Some(mut token) = view.get::<TokenRecord>(&key)? else {
-                return Ok(Err(WriteError::TokenNotFound(id.clone())));
+            let Some(mut token) = state.token(id).cloned() else {
+                return Err(WriteError::TokenNotFound(id.clone()));
             };
             let changed = usize::from(!token.revoked);
             token.revoked = true;
-            view.put(key, &token)?;
-            Ok(Ok(WriteResult::Changed(changed)))
+            state.put_token(token);
+            Ok(WriteResult::Changed(changed))
         }
     }
 }
 
+fn not_found(target: &ObjectRef) -> WriteError {
+    WriteError::NotFound {
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+    }
+}
+
 fn apply(
-    view: &mut View<'_>,
+    state: &mut State,
     deployments: &[Deployment],
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+) -> Result<WriteResult, WriteError> {
     let mut results = Vec::with_capacity(deployments.len());
     for d in deployments {
         let target = ObjectRef {
             namespace: d.metadata.namespace.clone(),
             name: d.metadata.name.clone(),
         };
-        let key = deploy_key(&target.namespace, &target.name);
-        let (mut stored, outcome) = match view.get::<StoredDeployment>(&key)? {
+        let (mut stored, outcome) = match state.deployment(&target.namespace, &target.name) {
             None => (
                 StoredDeployment {
                     deployment: d.clone(),
@@ -520,32 +415,30 @@ fn apply(
                     generation: old.generation + 1,
                     created_unix_ms: old.created_unix_ms,
                     updated_unix_ms: now,
-                    revisions: old.revisions,
-                    rollout: old.rollout,
+                    revisions: old.revisions.clone(),
+                    rollout: old.rollout.clone(),
                 },
                 ApplyOutcome::Configured,
             ),
         };
-        let in_use = revisions_in_use(view, &target)?;
+        let in_use = revisions_in_use(state, &target);
         record_revision(&mut stored, now, &in_use);
-        view.put(key, &stored)?;
-        results.push((target, outcome, stored.generation));
+        let generation = stored.generation;
+        state.put_deployment(stored);
+        results.push((target, outcome, generation));
     }
-    Ok(Ok(WriteResult::Applied(results)))
+    Ok(WriteResult::Applied(results))
 }
 
 /// Revision hashes that replicas of a deployment run now.
-fn revisions_in_use(view: &View<'_>, target: &ObjectRef) -> Result<Vec<String>, StoreError> {
-    let prefix = format!("{REPLICA_PREFIX}{}/{}-", target.namespace, target.name);
-    let mut hashes = Vec::new();
-    for key in view.committed_keys(&prefix)? {
-        if let Some(r) = view.get::<ReplicaRecord>(&key)? {
-            if r.deployment == target.name && !hashes.contains(&r.revision) {
-                hashes.push(r.revision);
-            }
+fn revisions_in_use(state: &State, target: &ObjectRef) -> Vec<String> {
+    let mut hashes: Vec<String> = Vec::new();
+    for r in state.replicas_of(target) {
+        if !hashes.contains(&r.revision) {
+            hashes.push(r.revision.clone());
         }
     }
-    Ok(hashes)
+    hashes
 }
 
 /// Make the deployment's current template its newest revision. A template
@@ -602,18 +495,16 @@ fn record_revision(stored: &mut StoredDeployment, now: i64, in_use: &[String]) {
 }
 
 fn delete(
-    view: &mut View<'_>,
+    state: &mut State,
     refs: &[ObjectRef],
     ignore_not_found: bool,
     now: i64,
     grace_period_seconds: Option<u32>,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+) -> Result<WriteResult, WriteError> {
     let mut deleted = Vec::new();
     for r in refs {
-        let key = deploy_key(&r.namespace, &r.name);
-        if view.get::<StoredDeployment>(&key)?.is_some() {
-            view.remove(key);
-            view.record(
+        if state.remove_deployment(r).is_some() {
+            state.record(
                 now,
                 NewEvent::normal(
                     "Deleted",
@@ -622,69 +513,52 @@ fn delete(
                 ),
             );
             if let Some(grace) = grace_period_seconds {
-                terminate_replicas_of(view, r, grace, now)?;
+                terminate_replicas_of(state, r, grace, now);
             }
             deleted.push(r.clone());
         } else if !ignore_not_found && !deleted.contains(r) {
-            return Ok(Err(WriteError::NotFound {
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-            }));
+            return Err(not_found(r));
         }
     }
-    Ok(Ok(WriteResult::Deleted(deleted)))
+    Ok(WriteResult::Deleted(deleted))
 }
 
 /// A deployment deleted with its own grace period: its replicas terminate
 /// now (rather than when the orchestrator gets to them) with that grace; the
 /// unbound ones go at once.
-fn terminate_replicas_of(
-    view: &mut View<'_>,
-    deployment: &ObjectRef,
-    grace: u32,
-    now: i64,
-) -> Result<(), StoreError> {
-    let prefix = format!("{}{}/", REPLICA_PREFIX, deployment.namespace);
-    for key in view.committed_keys(&prefix)? {
-        let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
+fn terminate_replicas_of(state: &mut State, deployment: &ObjectRef, grace: u32, now: i64) {
+    for key in state.replica_keys_of(deployment) {
+        let Some(r) = state.replica(&key.namespace, &key.name) else {
             continue;
         };
-        if r.deployment != deployment.name {
-            continue;
-        }
         if r.node.is_none() {
-            view.remove(key);
+            state.remove_replica(&key);
             continue;
         }
+        let mut r = ReplicaRecord::clone(r);
         if !r.is_terminating() {
             r.terminating_since_unix_ms = now.max(1);
         }
         r.stop_grace_seconds = Some(grace);
-        view.put(key, &r)?;
+        state.put_replica(r);
     }
-    Ok(())
 }
 
 fn scale(
-    view: &mut View<'_>,
+    state: &mut State,
     target: &ObjectRef,
     replicas: u32,
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let key = deploy_key(&target.namespace, &target.name);
-    let Some(mut stored) = view.get::<StoredDeployment>(&key)? else {
-        return Ok(Err(WriteError::NotFound {
-            namespace: target.namespace.clone(),
-            name: target.name.clone(),
-        }));
-    };
+) -> Result<WriteResult, WriteError> {
+    let mut stored = stored_deployment(state, target)?;
     let previous = stored.deployment.spec.replicas;
-    if previous != replicas {
+    let generation = if previous != replicas {
         stored.deployment.spec.replicas = replicas;
         stored.generation += 1;
         stored.updated_unix_ms = now;
-        view.put(key, &stored)?;
-        view.record(
+        let generation = stored.generation;
+        state.put_deployment(stored);
+        state.record(
             now,
             NewEvent::normal(
                 "Scaled",
@@ -692,24 +566,26 @@ fn scale(
                 format!("Scaled from {previous} to {replicas} replicas"),
             ),
         );
-    }
-    Ok(Ok(WriteResult::Scaled {
+        generation
+    } else {
+        stored.generation
+    };
+    Ok(WriteResult::Scaled {
         previous,
         replicas,
-        generation: stored.generation,
-    }))
+        generation,
+    })
 }
 
 fn register_node(
-    view: &mut View<'_>,
+    state: &mut State,
     node: &NodeRegistration,
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let key = node_key(&node.name);
-    let existing = view.get::<NodeRecord>(&key)?;
+) -> Result<WriteResult, WriteError> {
+    let existing = state.node(&node.name).cloned();
     let record = NodeRecord {
         name: node.name.clone(),
-        labels: super::node_meta::registered_labels(view, &node.name, &node.labels)?,
+        labels: super::node_meta::registered_labels(state, &node.name, &node.labels),
         capacity: node.capacity,
         address: node.address.clone(),
         runtime: node.runtime.clone(),
@@ -724,12 +600,12 @@ fn register_node(
         cordoned: existing.as_ref().is_some_and(|n| n.cordoned),
         draining: existing.as_ref().is_some_and(|n| n.draining),
     };
-    if existing.as_ref() == Some(&record) {
-        return Ok(Ok(WriteResult::Changed(0)));
+    if existing.as_deref() == Some(&record) {
+        return Ok(WriteResult::Changed(0));
     }
     let object = InvolvedObject::node(&node.name);
     match &existing {
-        None => view.record(
+        None => state.record(
             now,
             NewEvent::normal(
                 "RegisteredNode",
@@ -742,7 +618,7 @@ fn register_node(
         ),
         Some(old) => {
             if old.incarnation != record.incarnation {
-                view.record(
+                state.record(
                     now,
                     NewEvent::normal(
                         "AgentStarted",
@@ -752,12 +628,12 @@ fn register_node(
                 );
             }
             if old.condition != NodeCondition::Ready {
-                view.record(now, node_ready_event(&node.name));
+                state.record(now, node_ready_event(&node.name));
             }
         }
     }
-    view.put(key, &record)?;
-    Ok(Ok(WriteResult::Changed(1)))
+    state.put_node(record);
+    Ok(WriteResult::Changed(1))
 }
 
 fn node_ready_event(name: &str) -> NewEvent {
@@ -769,48 +645,46 @@ fn node_ready_event(name: &str) -> NewEvent {
 }
 
 fn node_condition(
-    view: &mut View<'_>,
+    state: &mut State,
     name: &str,
     condition: NodeCondition,
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let key = node_key(name);
-    let Some(mut node) = view.get::<NodeRecord>(&key)? else {
-        return Ok(Err(WriteError::NodeNotFound(name.to_string())));
+) -> Result<WriteResult, WriteError> {
+    let Some(node) = state.node(name) else {
+        return Err(WriteError::NodeNotFound(name.to_string()));
     };
     if node.condition == condition {
-        return Ok(Ok(WriteResult::Changed(0)));
+        return Ok(WriteResult::Changed(0));
     }
+    let mut node = NodeRecord::clone(node);
     node.condition = condition;
     node.condition_since_unix_ms = now;
-    view.put(key, &node)?;
+    state.put_node(node);
     let mut changed = 1;
     if condition == NodeCondition::Ready {
-        view.record(now, node_ready_event(name));
-        return Ok(Ok(WriteResult::Changed(changed)));
+        state.record(now, node_ready_event(name));
+        return Ok(WriteResult::Changed(changed));
     }
     let mut moved = Vec::new();
-    for key in view.committed_keys(REPLICA_PREFIX)? {
-        let Some(mut r) = view.get::<ReplicaRecord>(&key)? else {
+    for key in state.replica_keys_on(name) {
+        let Some(r) = state.replica(&key.namespace, &key.name) else {
             continue;
         };
-        if r.node.as_deref() != Some(name) {
-            continue;
-        }
         changed += 1;
         if r.is_terminating() {
             // Nobody will report it stopped: the node is lost, and with it
             // what it held.
-            view.remove(key);
+            state.remove_replica(&key);
             continue;
         }
         // The last report stays, tagged with its node: it counts again
         // only if the replica is placed back there.
+        let mut r = ReplicaRecord::clone(r);
         r.node = None;
-        view.put(key, &r)?;
-        moved.push(r);
+        moved.push((r.namespace.clone(), r.name.clone()));
+        state.put_replica(r);
     }
-    view.record(
+    state.record(
         now,
         NewEvent::warning(
             "NodeNotReady",
@@ -822,40 +696,40 @@ fn node_condition(
             ),
         ),
     );
-    for r in moved {
-        view.record(
+    for (namespace, replica) in moved {
+        state.record(
             now,
             NewEvent::warning(
                 "NodeLost",
-                InvolvedObject::replica(&r.namespace, &r.name),
+                InvolvedObject::replica(&namespace, &replica),
                 format!("Node {name} is NotReady; rescheduling the replica to another node"),
             ),
         );
     }
-    Ok(Ok(WriteResult::Changed(changed)))
+    Ok(WriteResult::Changed(changed))
 }
 
 /// Cordon, uncordon (which also ends a drain) or drain a node.
 fn cordon(
-    view: &mut View<'_>,
+    state: &mut State,
     name: &str,
     cordoned: bool,
     draining: bool,
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let key = node_key(name);
-    let Some(mut node) = view.get::<NodeRecord>(&key)? else {
-        return Ok(Err(WriteError::NodeNotFound(name.to_string())));
+) -> Result<WriteResult, WriteError> {
+    let Some(node) = state.node(name) else {
+        return Err(WriteError::NodeNotFound(name.to_string()));
     };
     // Cordoning a draining node leaves the drain running.
     let draining = draining || (cordoned && node.draining);
     if node.cordoned == cordoned && node.draining == draining {
-        return Ok(Ok(WriteResult::Changed(0)));
+        return Ok(WriteResult::Changed(0));
     }
+    let mut node = NodeRecord::clone(node);
     node.cordoned = cordoned;
     node.draining = draining;
-    view.put(key, &node)?;
-    let (reason, state) = match (cordoned, draining) {
+    state.put_node(node);
+    let (reason, status) = match (cordoned, draining) {
         (true, true) => (
             "NodeDraining",
             "NotSchedulable (draining: its replicas are replaced elsewhere)",
@@ -863,104 +737,92 @@ fn cordon(
         (true, false) => ("NodeNotSchedulable", "NotSchedulable (cordoned)"),
         (false, _) => ("NodeSchedulable", "Schedulable"),
     };
-    view.record(
+    state.record(
         now,
         NewEvent::normal(
             reason,
             InvolvedObject::node(name),
-            format!("Node {name} status is now: {state}"),
+            format!("Node {name} status is now: {status}"),
         ),
     );
-    Ok(Ok(WriteResult::Changed(1)))
+    Ok(WriteResult::Changed(1))
 }
 
-fn stored_deployment(
-    view: &View<'_>,
-    target: &ObjectRef,
-) -> Result<Result<(String, StoredDeployment), WriteError>, StoreError> {
-    let key = deploy_key(&target.namespace, &target.name);
-    Ok(match view.get::<StoredDeployment>(&key)? {
-        Some(d) => Ok((key, d)),
-        None => Err(WriteError::NotFound {
-            namespace: target.namespace.clone(),
-            name: target.name.clone(),
-        }),
-    })
+/// A copy of the stored deployment, to change and put back.
+fn stored_deployment(state: &State, target: &ObjectRef) -> Result<StoredDeployment, WriteError> {
+    state
+        .deployment(&target.namespace, &target.name)
+        .map(|d| StoredDeployment::clone(d))
+        .ok_or_else(|| not_found(target))
 }
 
 fn undo(
-    view: &mut View<'_>,
+    state: &mut State,
     target: &ObjectRef,
     to_revision: Option<u64>,
     reason: &Option<String>,
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let (key, mut stored) = match stored_deployment(view, target)? {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(e)),
-    };
+) -> Result<WriteResult, WriteError> {
+    let mut stored = stored_deployment(state, target)?;
     let current = stored.current_revision_number();
     let wanted = match to_revision {
         Some(n) => stored.revisions.iter().find(|r| r.number == n),
         None => stored.revisions.iter().rev().nth(1),
     };
     let Some(wanted) = wanted.cloned() else {
-        return Ok(Err(WriteError::NoRevision {
+        return Err(WriteError::NoRevision {
             name: target.name.clone(),
             revision: to_revision,
-        }));
+        });
     };
     if wanted.number == current {
-        return Ok(Ok(WriteResult::RolledBack {
+        return Ok(WriteResult::RolledBack {
             revision: current,
             changed: false,
-        }));
+        });
     }
-    stored.deployment.spec.template = wanted.template;
+    stored.deployment.spec.template = wanted.template.clone();
     stored.generation += 1;
     stored.updated_unix_ms = now;
-    let in_use = revisions_in_use(view, target)?;
+    let in_use = revisions_in_use(state, target);
     record_revision(&mut stored, now, &in_use);
     stored.rollout.rolled_back = reason.clone();
     let revision = stored.current_revision_number();
-    view.put(key, &stored)?;
+    state.put_deployment(stored);
     let object = InvolvedObject::deployment(&target.namespace, &target.name);
     let message = format!(
         "Rolled back to the template of revision {} (now revision {revision})",
         wanted.number
     );
-    view.record(
+    state.record(
         now,
         match reason {
             Some(why) => NewEvent::warning("RolledBack", object, format!("{why}; {message}")),
             None => NewEvent::normal("RolledBack", object, message),
         },
     );
-    Ok(Ok(WriteResult::RolledBack {
+    Ok(WriteResult::RolledBack {
         revision,
         changed: true,
-    }))
+    })
 }
 
 fn pause(
-    view: &mut View<'_>,
+    state: &mut State,
     target: &ObjectRef,
     paused: bool,
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let (key, mut stored) = match stored_deployment(view, target)? {
-        Ok(found) => found,
-        Err(e) => return Ok(Err(e)),
-    };
+) -> Result<WriteResult, WriteError> {
+    let mut stored = stored_deployment(state, target)?;
     if stored.rollout.paused == paused {
-        return Ok(Ok(WriteResult::Changed(0)));
+        return Ok(WriteResult::Changed(0));
     }
     stored.rollout.paused = paused;
     // A paused rollout does not time out; resumed, its deadline starts over.
     if !paused {
         stored.rollout.progress_unix_ms = now;
     }
-    view.put(key, &stored)?;
+    state.put_deployment(stored);
     let (reason, message) = if paused {
         (
             "RolloutPaused",
@@ -969,7 +831,7 @@ fn pause(
     } else {
         ("RolloutResumed", "Rollout resumed")
     };
-    view.record(
+    state.record(
         now,
         NewEvent::normal(
             reason,
@@ -977,92 +839,95 @@ fn pause(
             message.into(),
         ),
     );
-    Ok(Ok(WriteResult::Changed(1)))
+    Ok(WriteResult::Changed(1))
 }
 
 /// A record is skipped (no error) when its deployment is gone or its
 /// template changed since the leader looked: it is about one revision.
 fn rollout_progress(
-    view: &mut View<'_>,
+    state: &mut State,
     records: &[RolloutRecord],
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
     for record in records {
-        let Ok((key, mut stored)) = stored_deployment(view, &record.target)? else {
+        let Some(current) = state.deployment(&record.target.namespace, &record.target.name) else {
             continue;
         };
-        if revision(&stored.deployment.spec.template) != record.revision {
+        if current.current_revision_hash() != record.revision {
             continue;
         }
         let next = RolloutState {
             progress_unix_ms: record.progress_unix_ms,
             available_updated: record.available_updated,
             failed: record.failed.clone(),
-            ..stored.rollout.clone()
+            ..current.rollout.clone()
         };
-        if stored.rollout == next {
+        if current.rollout == next {
             continue;
         }
-        if let (None, Some(why)) = (&stored.rollout.failed, &next.failed) {
-            view.record(
+        if let (None, Some(why)) = (&current.rollout.failed, &next.failed) {
+            let why = why.clone();
+            state.record(
                 now,
                 NewEvent::warning(
                     "ProgressDeadlineExceeded",
                     InvolvedObject::deployment(&record.target.namespace, &record.target.name),
-                    why.clone(),
+                    why,
                 ),
             );
         }
+        let mut stored = stored_deployment(state, &record.target)?;
         stored.rollout = next;
-        view.put(key, &stored)?;
+        state.put_deployment(stored);
         changed += 1;
     }
-    Ok(Ok(WriteResult::Changed(changed)))
+    Ok(WriteResult::Changed(changed))
 }
 
 fn reconcile(
-    view: &mut View<'_>,
+    state: &mut State,
     create: &[ReplicaRecord],
     remove: &[ObjectRef],
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
     // Names per deployment, for one event each way.
     let mut removed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut created: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for r in remove {
-        let key = replica_key(&r.namespace, &r.name);
-        let Some(mut old) = view.get::<ReplicaRecord>(&key)? else {
+        let Some(old) = state.replica(&r.namespace, &r.name) else {
             continue;
         };
         if old.is_terminating() {
             continue;
         }
+        let old = ReplicaRecord::clone(old);
+        removed
+            .entry((old.namespace.clone(), old.deployment.clone()))
+            .or_default()
+            .push(old.name.clone());
         // A replica no node runs goes at once; one a node runs stays, as
         // Terminating, holding its node's resources and ports until the
         // agent reports it stopped and removed (or the node is lost).
         if old.node.is_some() {
+            let mut old = old;
             old.terminating_since_unix_ms = now.max(1);
-            view.put(key, &old)?;
+            state.put_replica(old);
         } else {
-            view.remove(key);
+            state.remove_replica(r);
         }
-        removed
-            .entry((old.namespace, old.deployment))
-            .or_default()
-            .push(old.name);
         changed += 1;
     }
     if !create.is_empty() {
-        changed += create_replicas(view, create, &mut created)?;
+        changed += create_replicas(state, create, &mut created);
     }
     for (verb, reason, names) in [
         ("Created", "SuccessfulCreate", created),
         ("Deleted", "SuccessfulDelete", removed),
     ] {
         for ((namespace, deployment), names) in names {
-            view.record(
+            state.record(
                 now,
                 NewEvent::normal(
                     reason,
@@ -1072,86 +937,70 @@ fn reconcile(
             );
         }
     }
-    Ok(Ok(WriteResult::Changed(changed)))
+    Ok(WriteResult::Changed(changed))
 }
 
 /// Create replicas whose slot is free; returns how many were created.
+/// A rollout runs two revisions side by side, so the same slot number may
+/// exist once per revision.
 fn create_replicas(
-    view: &mut View<'_>,
+    state: &mut State,
     create: &[ReplicaRecord],
     created: &mut BTreeMap<(String, String), Vec<String>>,
-) -> Result<usize, StoreError> {
+) -> usize {
     let mut changed = 0;
-    // Slots already taken per deployment revision, from committed state and
-    // this command. A rollout runs two revisions side by side, so the same
-    // slot number may exist once per revision.
-    let mut taken: BTreeMap<(String, String, String), Vec<u32>> = BTreeMap::new();
-    for key in view.committed_keys(REPLICA_PREFIX)? {
-        if let Some(r) = view.get::<ReplicaRecord>(&key)? {
-            taken
-                .entry((r.namespace, r.deployment, r.revision))
-                .or_default()
-                .push(r.slot);
-        }
-    }
     for r in create {
-        let slots = taken
-            .entry((
-                r.namespace.clone(),
-                r.deployment.clone(),
-                r.revision.clone(),
-            ))
-            .or_default();
-        if slots.contains(&r.slot) || view.get::<ReplicaRecord>(&r.key())?.is_some() {
+        let deployment = ObjectRef {
+            namespace: r.namespace.clone(),
+            name: r.deployment.clone(),
+        };
+        let taken = state
+            .replicas_of(&deployment)
+            .any(|o| o.revision == r.revision && o.slot == r.slot);
+        if taken || state.replica(&r.namespace, &r.name).is_some() {
             continue;
         }
-        slots.push(r.slot);
-        view.put(r.key(), r)?;
+        state.put_replica(r.clone());
         created
             .entry((r.namespace.clone(), r.deployment.clone()))
             .or_default()
             .push(r.name.clone());
         changed += 1;
     }
-    Ok(changed)
+    changed
 }
 
 fn schedule(
-    view: &mut View<'_>,
+    state: &mut State,
     place: &[(ObjectRef, String)],
     unschedulable: &[(ObjectRef, String)],
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
-    let mut held = if place.is_empty() {
-        BTreeMap::new()
-    } else {
-        held_per_node(view)?
-    };
     for (r, node) in place {
-        let key = replica_key(&r.namespace, &r.name);
-        let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
+        let Some(replica) = state.replica(&r.namespace, &r.name) else {
             continue;
         };
-        let Some(record) = view.get::<NodeRecord>(&node_key(node))? else {
+        let Some(record) = state.node(node) else {
             continue;
         };
         // The scheduler decided on slightly older state: the node may have
         // gone NotReady or filled up since. Such a placement is skipped (the
         // next round places the replica again), never over-committed.
         let booking = replica.booking.clone().unwrap_or_default();
-        let holds = held.entry(node.clone()).or_default();
-        if replica.node.is_some()
-            || record.condition != NodeCondition::Ready
-            || !holds.fits(&booking, &record.capacity)
-        {
+        let nothing = Held::default();
+        let fits = state
+            .held(node)
+            .unwrap_or(&nothing)
+            .fits(&booking, &record.capacity);
+        if replica.node.is_some() || record.condition != NodeCondition::Ready || !fits {
             continue;
         }
-        holds.add(&booking);
+        let mut replica = ReplicaRecord::clone(replica);
         replica.node = Some(node.clone());
         replica.pending_reason.clear();
-        view.put(key, &replica)?;
-        view.record(
+        state.put_replica(replica);
+        state.record(
             now,
             NewEvent::normal(
                 "Scheduled",
@@ -1162,16 +1011,16 @@ fn schedule(
         changed += 1;
     }
     for (r, reason) in unschedulable {
-        let key = replica_key(&r.namespace, &r.name);
-        let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
+        let Some(replica) = state.replica(&r.namespace, &r.name) else {
             continue;
         };
         if replica.node.is_some() || replica.pending_reason == *reason {
             continue;
         }
+        let mut replica = ReplicaRecord::clone(replica);
         replica.pending_reason = reason.clone();
-        view.put(key, &replica)?;
-        view.record(
+        state.put_replica(replica);
+        state.record(
             now,
             NewEvent::warning(
                 "FailedScheduling",
@@ -1181,58 +1030,17 @@ fn schedule(
         );
         changed += 1;
     }
-    Ok(Ok(WriteResult::Changed(changed)))
-}
-
-/// What the replicas bound to each node hold, as their records say.
-fn held_per_node(view: &View<'_>) -> Result<BTreeMap<String, Held>, StoreError> {
-    let mut held: BTreeMap<String, Held> = BTreeMap::new();
-    for key in view.committed_keys(REPLICA_PREFIX)? {
-        let Some(r) = view.get::<ReplicaRecord>(&key)? else {
-            continue;
-        };
-        if let (Some(node), Some(booking)) = (r.node, r.booking) {
-            held.entry(node).or_default().add(&booking);
-        }
-    }
-    Ok(held)
-}
-
-/// Requests and host ports bound to one node.
-#[derive(Default)]
-struct Held {
-    requests: Resources,
-    host_ports: Vec<(u16, drover_manifest::Protocol)>,
-}
-
-impl Held {
-    fn fits(&self, b: &Booking, capacity: &Resources) -> bool {
-        let cpu = self.requests.cpu_millis + b.requests.cpu_millis;
-        let memory = self.requests.memory_bytes + b.requests.memory_bytes;
-        let port_free =
-            |p: &(u16, drover_manifest::Protocol)| p.0 == 0 || !self.host_ports.contains(p);
-        cpu <= capacity.cpu_millis
-            && memory <= capacity.memory_bytes
-            && b.host_ports.iter().all(port_free)
-    }
-
-    fn add(&mut self, b: &Booking) {
-        self.requests.cpu_millis += b.requests.cpu_millis;
-        self.requests.memory_bytes += b.requests.memory_bytes;
-        self.host_ports
-            .extend(b.host_ports.iter().filter(|p| p.0 != 0).copied());
-    }
+    Ok(WriteResult::Changed(changed))
 }
 
 fn report_status(
-    view: &mut View<'_>,
+    state: &mut State,
     reports: &[(String, ObjectRef, ReplicaObserved)],
     now: i64,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
+) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
     for (node, r, observed) in reports {
-        let key = replica_key(&r.namespace, &r.name);
-        let Some(mut replica) = view.get::<ReplicaRecord>(&key)? else {
+        let Some(replica) = state.replica(&r.namespace, &r.name) else {
             continue;
         };
         if replica.node.as_deref() != Some(node.as_str()) {
@@ -1242,8 +1050,8 @@ fn report_status(
             // Only a replica being stopped may go; an assigned one that its
             // agent does not have (yet) keeps its last status.
             if replica.is_terminating() {
-                view.remove(key);
-                view.record(
+                state.remove_replica(r);
+                state.record(
                     now,
                     NewEvent::normal(
                         "Stopped",
@@ -1264,14 +1072,16 @@ fn report_status(
             _ => now,
         };
         let before = replica.current_status().cloned().unwrap_or_default();
-        for event in status_events(&replica, &before, &observed, now) {
-            view.record(now, event);
-        }
+        let events = status_events(replica, &before, &observed, now);
+        let mut replica = ReplicaRecord::clone(replica);
         replica.observed = observed;
-        view.put(key, &replica)?;
+        state.put_replica(replica);
+        for event in events {
+            state.record(now, event);
+        }
         changed += 1;
     }
-    Ok(Ok(WriteResult::Changed(changed)))
+    Ok(WriteResult::Changed(changed))
 }
 
 /// The lifecycle events one status report implies, against the last report

@@ -5,24 +5,14 @@
 //! everything else: every controller holds the same list, a new leader shows
 //! the same history, and `get events -w` can follow any member.
 //!
-//! ```text
-//!  event/<seq:020>   EventRecord (JSON); seq counts up from 1
-//! ```
-//!
-//! Sequence numbers come from the last stored key, and only the newest
-//! [`RETAINED`] events are kept (the oldest are removed in the same batch that
-//! adds new ones), so the list is bounded and apply stays deterministic.
+//! Sequence numbers count up from 1, and only the newest [`RETAINED`] events
+//! are kept (the oldest go as new ones come), so the list is bounded and
+//! apply stays deterministic.
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) const EVENT_PREFIX: &str = "event/";
-
 /// How many events the store keeps.
 pub const RETAINED: u64 = 2000;
-
-pub(crate) fn event_key(seq: u64) -> String {
-    format!("{EVENT_PREFIX}{seq:020}")
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
@@ -104,16 +94,52 @@ impl NewEvent {
     }
 }
 
-/// An event as the store keeps it.
+/// An event as the store keeps it. A repeat of the newest event with the
+/// same type, reason, object and message is one record, as Kubernetes
+/// aggregates them: `count` goes up, and it moves to the end with a new
+/// sequence number and time (so `get events -w` shows it again).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: u64,
-    /// The time carried by the command that recorded it.
+    /// The time carried by the command that recorded it (the last time, for
+    /// a repeated event).
     pub time_unix_ms: i64,
+    /// How many times it happened.
+    #[serde(default = "once")]
+    pub count: u32,
+    /// When it first happened.
+    #[serde(default)]
+    pub first_time_unix_ms: i64,
     pub event_type: EventType,
     pub reason: String,
     pub object: InvolvedObject,
     pub message: String,
+}
+
+fn once() -> u32 {
+    1
+}
+
+impl EventRecord {
+    /// What makes two events the same one, repeated.
+    pub(crate) fn same_key(&self) -> String {
+        same_key(self.event_type, &self.reason, &self.object, &self.message)
+    }
+}
+
+pub(crate) fn same_key(
+    event_type: EventType,
+    reason: &str,
+    object: &InvolvedObject,
+    message: &str,
+) -> String {
+    format!(
+        "{}\0{reason}\0{}\0{}\0{}\0{message}",
+        event_type.as_str(),
+        object.kind,
+        object.namespace,
+        object.name
+    )
 }
 
 /// Which events a reader wants.
@@ -168,6 +194,8 @@ mod tests {
         EventRecord {
             seq,
             time_unix_ms: 0,
+            count: 1,
+            first_time_unix_ms: 0,
             event_type: EventType::Normal,
             reason: "Test".into(),
             object: InvolvedObject {
@@ -177,12 +205,6 @@ mod tests {
             },
             message: String::new(),
         }
-    }
-
-    #[test]
-    fn keys_sort_by_sequence() {
-        assert!(event_key(9) < event_key(10));
-        assert!(event_key(99_999) < event_key(100_000));
     }
 
     #[test]

@@ -1,31 +1,29 @@
 //! The replicated state machine: what every controller agrees on.
 //!
-//! It lives in the `state` tree of the controller's sled database, beside the
-//! raft log. Keys are grouped by prefix:
+//! The state lives in memory ([`State`]: typed records and the indexes the
+//! loops need) and changes only by applying committed raft entries, in log
+//! order, on the raft node's task. It reaches the disk as raft snapshots
+//! (`raft/storage.rs`: the encoded state beside the log in sled); at start a
+//! controller decodes its last snapshot and re-applies the log after it.
 //!
 //! ```text
-//!  meta/applied          (index, term) of the last applied entry
-//!  meta/snapshot         SnapshotMetadata of the last snapshot installed here
-//!  deploy/<ns>/<name>    StoredDeployment (JSON)
-//!  member/<id:be64>      Member (JSON): where each controller listens
-//!  node/<name>           NodeRecord (JSON): a host with an agent
-//!  replica/<ns>/<name>   ReplicaRecord (JSON): one copy of a deployment
-//!  event/<seq:020>       EventRecord (JSON): node and replica lifecycle, newest last
+//!  raft task ── apply(entry) ──▶ State (owned through Arc, copy on write)
+//!                                   │ snapshot(): Arc<State>, free
+//!  API, leader loops, dispatcher ◀──┘ read without locks held
 //! ```
 //!
-//! [`Store::apply`] is deterministic: the same entries in the same order give the
-//! same bytes on every member. Timestamps arrive inside the command, chosen by
-//! the controller that proposed it, never read from the clock here. Each entry's
-//! effects and the new applied index are written in one sled batch, so a crash
-//! leaves either all of an entry applied or none of it.
+//! [`State::apply`] is deterministic: the same entries in the same order give
+//! the same state on every member. Timestamps arrive inside the command,
+//! chosen by the controller that proposed it, never read from the clock here.
 
 mod command;
 pub mod events;
 pub mod node_meta;
 pub mod objects;
-mod snapshot;
+pub mod state;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use drover_manifest::{Deployment, PodTemplate};
 use serde::{Deserialize, Serialize};
@@ -39,19 +37,12 @@ pub use objects::{
     Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
     TokenRecord,
 };
+pub use state::{Held, State, Touched};
 
-const APPLIED_KEY: &[u8] = b"meta/applied";
-const SNAPSHOT_META_KEY: &[u8] = b"meta/snapshot";
-const META_PREFIX: &[u8] = b"meta/";
-const DEPLOY_PREFIX: &str = "deploy/";
-const MEMBER_PREFIX: &[u8] = b"member/";
-
-/// Storage failures of the state machine. All are fatal for the controller:
-/// the state on disk is not what drover wrote.
+/// A snapshot that does not decode: fatal for the controller, the state on
+/// disk or on the wire is not what drover wrote.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
     #[error("corrupt state entry {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -77,6 +68,15 @@ impl StoredDeployment {
     /// The revision with this template hash, if it is still kept.
     pub fn revision_by_hash(&self, hash: &str) -> Option<&Revision> {
         self.revisions.iter().find(|r| r.hash == hash)
+    }
+
+    /// The hash of the current template: its newest revision's (computed for
+    /// a deployment stored before revisions existed).
+    pub fn current_revision_hash(&self) -> String {
+        match self.revisions.last() {
+            Some(r) => r.hash.clone(),
+            None => revision(&self.deployment.spec.template),
+        }
     }
 
     /// The number of the current revision (0 for a deployment stored before
@@ -146,31 +146,98 @@ pub struct Member {
     pub address: String,
 }
 
-/// Handle to the state machine. Cheap to clone; reads may run on any task,
-/// writes only from the raft node task.
-#[derive(Clone)]
+/// Handle to the state machine: the current [`State`], shared. Cheap to
+/// clone; reads may run on any task, writes only from the raft node task
+/// (and tests).
+#[derive(Clone, Default)]
 pub struct Store {
-    pub(crate) tree: sled::Tree,
+    current: Arc<RwLock<Arc<State>>>,
+    feeds: Arc<Mutex<Vec<Weak<Mutex<Touched>>>>>,
+}
+
+/// What changed in the state since its holder last looked: a loop takes it
+/// each round and looks only at that (a new feed starts with everything).
+pub struct ChangeFeed {
+    pending: Arc<Mutex<Touched>>,
+}
+
+impl ChangeFeed {
+    /// The changes since the last call. Take them before reading the state:
+    /// the state read after is at least as new as every change taken.
+    pub fn take(&self) -> Touched {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Ask for one look at everything at the next [`ChangeFeed::take`].
+    pub fn reset(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .all = true;
+    }
 }
 
 impl Store {
-    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
-        Ok(Store {
-            tree: db.open_tree("state")?,
-        })
-    }
-
-    /// `(index, term)` of the last applied entry; `(0, 0)` for a fresh store.
-    pub fn applied(&self) -> Result<(u64, u64), StoreError> {
-        match self.tree.get(APPLIED_KEY)? {
-            None => Ok((0, 0)),
-            Some(v) => decode_applied(&v),
+    pub fn new(state: State) -> Store {
+        Store {
+            current: Arc::new(RwLock::new(Arc::new(state))),
+            feeds: Arc::default(),
         }
     }
 
-    /// Metadata of the last snapshot installed into this store, if any.
-    pub fn snapshot_meta(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(SNAPSHOT_META_KEY)?.map(|v| v.to_vec()))
+    /// A feed of the changes applied from now on, starting with everything.
+    pub fn subscribe(&self) -> ChangeFeed {
+        let pending = Arc::new(Mutex::new(Touched::everything()));
+        self.feeds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&pending));
+        ChangeFeed { pending }
+    }
+
+    fn publish(&self, touched: &Touched) {
+        if touched.is_empty() {
+            return;
+        }
+        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        feeds.retain(|feed| match feed.upgrade() {
+            Some(pending) => {
+                pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .merge(touched);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// The state as of now: a consistent snapshot that later applies do not
+    /// change.
+    pub fn snapshot(&self) -> Arc<State> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Change the state in place (copying what a reader's snapshot still
+    /// shares). The raft node task is the only caller outside tests.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let (out, touched) = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            let state = Arc::make_mut(&mut current);
+            let out = f(state);
+            (out, state.take_touched())
+        };
+        self.publish(&touched);
+        out
+    }
+
+    /// Replace the whole state (a snapshot installed).
+    pub fn replace(&self, state: State) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+        self.publish(&Touched::everything());
     }
 
     /// Apply one committed command at `(index, term)`.
@@ -179,313 +246,104 @@ impl Store {
         index: u64,
         term: u64,
         command: &Command,
-    ) -> Result<Result<WriteResult, WriteError>, StoreError> {
-        let mut view = command::View::new(self);
-        let outcome = command::execute(&mut view, command)?;
-        let mut batch = sled::Batch::default();
-        if outcome.is_ok() {
-            view.store_events()?;
-            view.into_batch(&mut batch);
-        }
-        batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
-        self.tree.apply_batch(batch)?;
-        Ok(outcome)
+    ) -> Result<WriteResult, WriteError> {
+        self.update(|s| s.apply(index, term, command))
     }
 
-    /// Advance the applied index over an entry that changes no state (a new
-    /// leader's empty entry, an undecodable entry that was logged and skipped).
-    pub fn apply_nothing(&self, index: u64, term: u64) -> Result<(), StoreError> {
-        self.tree
-            .insert(APPLIED_KEY, encode_applied(index, term).to_vec())?;
-        Ok(())
+    /// `(index, term)` of the last applied entry; `(0, 0)` for a fresh store.
+    pub fn applied(&self) -> (u64, u64) {
+        self.snapshot().applied()
     }
 
-    /// Record a membership change together with the applied index.
-    pub fn apply_membership(
-        &self,
-        index: u64,
-        term: u64,
-        added: Option<&Member>,
-        removed: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        if let Some(m) = added {
-            batch.insert(member_key(m.id), to_json(m)?);
-        }
-        if let Some(id) = removed {
-            batch.remove(member_key(id));
-        }
-        batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
-        self.tree.apply_batch(batch)?;
-        Ok(())
-    }
-
-    pub fn deployment(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<StoredDeployment>, StoreError> {
-        let key = deploy_key(namespace, name);
-        match self.tree.get(key.as_bytes())? {
-            None => Ok(None),
-            Some(v) => from_json(&key, &v).map(Some),
-        }
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<StoredDeployment> {
+        self.snapshot()
+            .deployment(namespace, name)
+            .map(|d| StoredDeployment::clone(d))
     }
 
     /// Deployments in one namespace, or all when `namespace` is `None`, sorted
     /// by namespace then name.
-    pub fn deployments(
-        &self,
-        namespace: Option<&str>,
-    ) -> Result<Vec<StoredDeployment>, StoreError> {
-        let prefix = match namespace {
-            Some(ns) => format!("{DEPLOY_PREFIX}{ns}/"),
-            None => DEPLOY_PREFIX.to_string(),
-        };
-        self.scan(&prefix)
+    pub fn deployments(&self, namespace: Option<&str>) -> Vec<StoredDeployment> {
+        self.snapshot()
+            .deployments(namespace)
+            .map(|d| StoredDeployment::clone(d))
+            .collect()
     }
 
     /// Deployments keyed by `(namespace, name)`, for joining with replicas.
     pub fn deployments_by_key(
         &self,
         namespace: Option<&str>,
-    ) -> Result<std::collections::HashMap<(String, String), StoredDeployment>, StoreError> {
-        Ok(self
-            .deployments(namespace)?
-            .into_iter()
+    ) -> std::collections::HashMap<(String, String), StoredDeployment> {
+        self.snapshot()
+            .deployments(namespace)
             .map(|d| {
                 let m = &d.deployment.metadata;
-                ((m.namespace.clone(), m.name.clone()), d)
+                (
+                    (m.namespace.clone(), m.name.clone()),
+                    StoredDeployment::clone(d),
+                )
             })
-            .collect())
+            .collect()
     }
 
     /// Join tokens, by id.
-    pub fn tokens(&self) -> Result<Vec<objects::TokenRecord>, StoreError> {
-        self.scan(objects::TOKEN_PREFIX)
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        self.snapshot().tokens().cloned().collect()
     }
 
-    pub fn token(&self, id: &str) -> Result<Option<objects::TokenRecord>, StoreError> {
-        let key = objects::token_key(id);
-        match self.tree.get(key.as_bytes())? {
-            None => Ok(None),
-            Some(v) => from_json(&key, &v).map(Some),
-        }
+    pub fn token(&self, id: &str) -> Option<TokenRecord> {
+        self.snapshot().token(id).cloned()
     }
 
-    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.scan(objects::NODE_PREFIX)
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.snapshot()
+            .nodes()
+            .map(|n| NodeRecord::clone(n))
+            .collect()
     }
 
-    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
-        let key = objects::node_key(name);
-        match self.tree.get(key.as_bytes())? {
-            None => Ok(None),
-            Some(v) => from_json(&key, &v).map(Some),
-        }
+    pub fn node(&self, name: &str) -> Option<NodeRecord> {
+        self.snapshot().node(name).map(|n| NodeRecord::clone(n))
+    }
+
+    /// Every node's admin labels and annotations, by node name.
+    pub fn node_metas(&self) -> BTreeMap<String, node_meta::NodeMeta> {
+        self.snapshot()
+            .node_metas()
+            .map(|m| (m.name.clone(), m.clone()))
+            .collect()
     }
 
     /// Replicas in one namespace, or all, sorted by namespace then name.
-    pub fn replicas(&self, namespace: Option<&str>) -> Result<Vec<ReplicaRecord>, StoreError> {
-        match namespace {
-            Some(ns) => self.scan(&format!("{}{ns}/", objects::REPLICA_PREFIX)),
-            None => self.scan(objects::REPLICA_PREFIX),
-        }
-    }
-
-    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
-        self.tree
-            .scan_prefix(prefix.as_bytes())
-            .map(|kv| {
-                let (k, v) = kv?;
-                from_json(&String::from_utf8_lossy(&k), &v)
-            })
+    pub fn replicas(&self, namespace: Option<&str>) -> Vec<ReplicaRecord> {
+        self.snapshot()
+            .replicas(namespace)
+            .map(|r| ReplicaRecord::clone(r))
             .collect()
     }
 
     /// Stored events that pass `filter`, oldest first, at most `limit` of the
     /// newest ones (0: all).
-    pub fn events(
-        &self,
-        filter: &events::EventFilter,
-        limit: usize,
-    ) -> Result<Vec<events::EventRecord>, StoreError> {
-        let start = events::event_key(filter.after_seq.saturating_add(1));
-        let end = events::event_key(u64::MAX);
-        let mut found = Vec::new();
-        for kv in self.tree.range(start.as_bytes()..=end.as_bytes()) {
-            let (k, v) = kv?;
-            let e: events::EventRecord = from_json(&String::from_utf8_lossy(&k), &v)?;
-            if filter.matches(&e) {
-                found.push(e);
-            }
-        }
-        if limit > 0 && found.len() > limit {
-            found.drain(..found.len() - limit);
-        }
-        Ok(found)
+    pub fn events(&self, filter: &events::EventFilter, limit: usize) -> Vec<events::EventRecord> {
+        self.snapshot().events(filter, limit)
     }
 
     /// The sequence number of the newest stored event (0: none yet).
-    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
-        let Some(k) = self
-            .tree
-            .scan_prefix(events::EVENT_PREFIX)
-            .keys()
-            .next_back()
-        else {
-            return Ok(0);
-        };
-        let key = String::from_utf8_lossy(&k?).into_owned();
-        key[events::EVENT_PREFIX.len()..]
-            .parse::<u64>()
-            .map_err(|e| StoreError::Corrupt {
-                key,
-                reason: e.to_string(),
-            })
+    pub fn last_event_seq(&self) -> u64 {
+        self.snapshot().last_event_seq()
     }
 
-    pub fn members(&self) -> Result<Vec<Member>, StoreError> {
-        self.tree
-            .scan_prefix(MEMBER_PREFIX)
-            .map(|kv| {
-                let (k, v) = kv?;
-                from_json(&format!("member/{:?}", k.get(7..)), &v)
-            })
+    pub fn members(&self) -> Vec<Member> {
+        self.snapshot().members().cloned().collect()
+    }
+
+    pub fn member_addresses(&self) -> BTreeMap<u64, String> {
+        self.snapshot()
+            .members()
+            .map(|m| (m.id, m.address.clone()))
             .collect()
     }
-
-    pub fn member_addresses(&self) -> Result<BTreeMap<u64, String>, StoreError> {
-        Ok(self
-            .members()?
-            .into_iter()
-            .map(|m| (m.id, m.address))
-            .collect())
-    }
-
-    /// A short hex digest of every replicated key and value (not `meta/`):
-    /// equal on all members that applied the same entries.
-    pub fn state_hash(&self) -> Result<String, StoreError> {
-        let mut hasher = Sha256::new();
-        for kv in self.tree.iter() {
-            let (k, v) = kv?;
-            if k.starts_with(META_PREFIX) {
-                continue;
-            }
-            hasher.update((k.len() as u64).to_be_bytes());
-            hasher.update(&k);
-            hasher.update((v.len() as u64).to_be_bytes());
-            hasher.update(&v);
-        }
-        let digest = hasher.finalize();
-        Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// The replicated state serialised for a raft snapshot, and the index it
-    /// reflects. Called from the node task, so no apply runs concurrently.
-    pub fn snapshot_data(&self) -> Result<(Vec<u8>, u64), StoreError> {
-        let (applied, _) = self.applied()?;
-        let pairs = self
-            .tree
-            .iter()
-            .filter(|kv| !matches!(kv, Ok((k, _)) if k.starts_with(META_PREFIX)));
-        Ok((snapshot::encode(pairs)?, applied))
-    }
-
-    /// The state a brand-new cluster starts from: just its members.
-    pub fn initial_data(members: &BTreeMap<u64, String>) -> Result<Vec<u8>, StoreError> {
-        let mut pairs = Vec::new();
-        for (id, address) in members {
-            let m = Member {
-                id: *id,
-                address: address.clone(),
-            };
-            pairs.push(Ok((
-                sled::IVec::from(member_key(*id)),
-                sled::IVec::from(to_json(&m)?),
-            )));
-        }
-        snapshot::encode(pairs.into_iter())
-    }
-
-    /// Replace the whole state with a snapshot's, atomically, and remember the
-    /// snapshot's metadata (so a crash before the raft log is truncated to match
-    /// can be repaired at start-up).
-    pub fn restore(
-        &self,
-        data: &[u8],
-        index: u64,
-        term: u64,
-        snapshot_meta: &[u8],
-    ) -> Result<(), StoreError> {
-        let pairs = snapshot::decode(data)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.tree.iter() {
-            let (k, _) = kv?;
-            batch.remove(k);
-        }
-        for (k, v) in pairs {
-            batch.insert(k, v);
-        }
-        batch.insert(APPLIED_KEY, encode_applied(index, term).to_vec());
-        batch.insert(SNAPSHOT_META_KEY, snapshot_meta.to_vec());
-        self.tree.apply_batch(batch)?;
-        Ok(())
-    }
-
-    pub(crate) fn get_raw(&self, key: &str) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(key.as_bytes())?)
-    }
-}
-
-pub(crate) fn deploy_key(namespace: &str, name: &str) -> String {
-    format!("{DEPLOY_PREFIX}{namespace}/{name}")
-}
-
-fn member_key(id: u64) -> Vec<u8> {
-    let mut k = MEMBER_PREFIX.to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn encode_applied(index: u64, term: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&index.to_be_bytes());
-    b[8..].copy_from_slice(&term.to_be_bytes());
-    b
-}
-
-fn decode_applied(v: &[u8]) -> Result<(u64, u64), StoreError> {
-    let corrupt = || StoreError::Corrupt {
-        key: "meta/applied".into(),
-        reason: format!("expected 16 bytes, found {}", v.len()),
-    };
-    let index = v
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(corrupt)?;
-    let term = v
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(corrupt)?;
-    Ok((u64::from_be_bytes(index), u64::from_be_bytes(term)))
-}
-
-pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
-        key: "(encoding)".into(),
-        reason: e.to_string(),
-    })
-}
-
-pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
-    key: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]

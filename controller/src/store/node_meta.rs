@@ -14,15 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{View, WriteError, WriteResult};
-use super::objects::{node_key, NodeRecord};
-use super::{Store, StoreError};
-
-pub(crate) const NODE_META_PREFIX: &str = "nodemeta/";
-
-fn node_meta_key(name: &str) -> String {
-    format!("{NODE_META_PREFIX}{name}")
-}
+use super::command::{WriteError, WriteResult};
+use super::objects::NodeRecord;
+use super::state::State;
 
 /// What admins set on one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,34 +56,31 @@ pub struct NodeMetaChange {
 
 /// A registering node's labels: the agent's, with the admins' changes.
 pub(super) fn registered_labels(
-    view: &View<'_>,
+    state: &State,
     name: &str,
     agent: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, StoreError> {
-    Ok(match view.get::<NodeMeta>(&node_meta_key(name))? {
+) -> BTreeMap<String, String> {
+    match state.node_meta(name) {
         Some(meta) => meta.labels_over(agent),
         None => agent.clone(),
-    })
+    }
 }
 
 /// Apply a change to a node's admin labels and annotations, and to the labels
 /// the scheduler matches. The node must exist.
 pub(super) fn change(
-    view: &mut View<'_>,
+    state: &mut State,
     node: &str,
     change: &NodeMetaChange,
-) -> Result<Result<WriteResult, WriteError>, StoreError> {
-    let key = node_key(node);
-    let Some(mut record) = view.get::<NodeRecord>(&key)? else {
-        return Ok(Err(WriteError::NodeNotFound(node.to_string())));
+) -> Result<WriteResult, WriteError> {
+    let Some(record) = state.node(node) else {
+        return Err(WriteError::NodeNotFound(node.to_string()));
     };
-    let meta_key = node_meta_key(node);
-    let old = view
-        .get::<NodeMeta>(&meta_key)?
-        .unwrap_or_else(|| NodeMeta {
-            name: node.to_string(),
-            ..NodeMeta::default()
-        });
+    let mut record = NodeRecord::clone(record);
+    let old = state.node_meta(node).cloned().unwrap_or_else(|| NodeMeta {
+        name: node.to_string(),
+        ..NodeMeta::default()
+    });
     let mut meta = old.clone();
     for (k, v) in &change.set_labels {
         meta.labels.insert(k.clone(), v.clone());
@@ -121,22 +112,11 @@ pub(super) fn change(
     };
     let changed = usize::from(labels != record.labels || meta.annotations != old.annotations);
     if meta != old {
-        view.put(meta_key, &meta)?;
+        state.put_node_meta(meta);
     }
     if labels != record.labels {
         record.labels = labels;
-        view.put(key, &record)?;
+        state.put_node(record);
     }
-    Ok(Ok(WriteResult::Changed(changed)))
-}
-
-impl Store {
-    /// Every node's admin labels and annotations, by node name.
-    pub fn node_metas(&self) -> Result<BTreeMap<String, NodeMeta>, StoreError> {
-        Ok(self
-            .scan::<NodeMeta>(NODE_META_PREFIX)?
-            .into_iter()
-            .map(|m| (m.name.clone(), m))
-            .collect())
-    }
+    Ok(WriteResult::Changed(changed))
 }

@@ -2,26 +2,16 @@
 //! running copy of a deployment), as the store keeps them.
 //!
 //! ```text
-//!  node/<name>                 NodeRecord     registered by its agent's Hello
-//!  replica/<ns>/<name>         ReplicaRecord  created by the orchestrator,
-//!                                             bound to a node by the scheduler,
-//!                                             status reported by the agent
-//!  token/<id>                  TokenRecord    a join token (its secret's hash only)
+//!  NodeRecord     registered by its agent's Hello
+//!  ReplicaRecord  created by the orchestrator, bound to a node by the
+//!                 scheduler, status reported by the agent
+//!  TokenRecord    a join token (its secret's hash only)
 //! ```
 
 use std::collections::BTreeMap;
 
 use drover_manifest::{PodSpec, Protocol};
 use serde::{Deserialize, Serialize};
-
-pub(crate) const NODE_PREFIX: &str = "node/";
-pub(crate) const REPLICA_PREFIX: &str = "replica/";
-
-pub(crate) const TOKEN_PREFIX: &str = "token/";
-
-pub(crate) fn token_key(id: &str) -> String {
-    format!("{TOKEN_PREFIX}{id}")
-}
 
 /// A join token as the store keeps it: never the secret, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,14 +29,6 @@ impl TokenRecord {
     pub fn secret_hash(&self) -> &str {
         &self.secret_sha256
     }
-}
-
-pub(crate) fn node_key(name: &str) -> String {
-    format!("{NODE_PREFIX}{name}")
-}
-
-pub(crate) fn replica_key(namespace: &str, name: &str) -> String {
-    format!("{REPLICA_PREFIX}{namespace}/{name}")
 }
 
 /// CPU in millicores and memory in bytes.
@@ -68,6 +50,11 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// No requests and no host port.
+    pub fn is_nothing(&self) -> bool {
+        self.requests == Resources::default() && self.host_ports.iter().all(|p| p.0 == 0)
+    }
+
     /// What a replica of `pod` holds: the sum of its containers' requests and
     /// their host ports.
     pub fn of(pod: &PodSpec) -> Booking {
@@ -214,8 +201,11 @@ impl ReplicaRecord {
         format!("{}.{}", self.namespace, self.name)
     }
 
-    pub fn key(&self) -> String {
-        replica_key(&self.namespace, &self.name)
+    pub fn key(&self) -> super::ObjectRef {
+        super::ObjectRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 
     /// Removed from its deployment, waiting for its agent to stop it.

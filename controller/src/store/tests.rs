@@ -3,15 +3,8 @@
 use super::*;
 use crate::fixtures::deployment;
 
-fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = sled::Config::new()
-        .path(dir.path())
-        .cache_capacity(8 * 1024 * 1024)
-        .open()
-        .expect("open sled");
-    let store = Store::open(&db).expect("open store");
-    (dir, store)
+fn temp_store() -> ((), Store) {
+    ((), Store::default())
 }
 
 fn apply(names: &[(&str, u32)], now: i64) -> Command {
@@ -82,25 +75,21 @@ fn same_log_gives_same_state_hash_on_every_member() {
     let members: Vec<_> = (0..3).map(|_| temp_store()).collect();
     for (_dir, store) in &members {
         for (i, c) in sample_log().iter().enumerate() {
-            let _ = store.apply(i as u64 + 2, 1, c).expect("apply");
+            let _ = store.apply(i as u64 + 2, 1, c);
         }
     }
     let hashes: Vec<String> = members
         .iter()
-        .map(|(_, s)| s.state_hash().expect("hash"))
+        .map(|(_, s)| s.snapshot().state_hash())
         .collect();
     assert!(
         hashes.windows(2).all(|w| w[0] == w[1]),
         "hashes differ: {hashes:?}"
     );
     let (_, first) = &members[0];
-    assert_eq!(
-        first.applied().expect("applied"),
-        (sample_log().len() as u64 + 1, 1)
-    );
+    assert_eq!(first.applied(), (sample_log().len() as u64 + 1, 1));
     let names: Vec<String> = first
         .deployments(None)
-        .expect("list")
         .into_iter()
         .map(|d| d.deployment.metadata.name)
         .collect();
@@ -114,41 +103,36 @@ fn apply_reports_created_unchanged_configured_and_bumps_generation() {
         Ok(WriteResult::Applied(v)) => v.into_iter().map(|(_, o, g)| (o, g)).collect::<Vec<_>>(),
         other => panic!("unexpected {other:?}"),
     };
-    let first = store.apply(2, 1, &apply(&[("web", 3)], 10)).expect("apply");
+    let first = store.apply(2, 1, &apply(&[("web", 3)], 10));
     assert_eq!(outcomes(first), [(ApplyOutcome::Created, 1)]);
-    let same = store.apply(3, 1, &apply(&[("web", 3)], 20)).expect("apply");
+    let same = store.apply(3, 1, &apply(&[("web", 3)], 20));
     assert_eq!(outcomes(same), [(ApplyOutcome::Unchanged, 1)]);
-    let changed = store.apply(4, 1, &apply(&[("web", 4)], 30)).expect("apply");
+    let changed = store.apply(4, 1, &apply(&[("web", 4)], 30));
     assert_eq!(outcomes(changed), [(ApplyOutcome::Configured, 2)]);
-    let stored = store
-        .deployment("default", "web")
-        .expect("get")
-        .expect("exists");
+    let stored = store.deployment("default", "web").expect("exists");
     assert_eq!((stored.created_unix_ms, stored.updated_unix_ms), (10, 30));
 }
 
 #[test]
 fn delete_with_a_missing_name_changes_nothing() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1)).expect("apply");
-    let before = store.state_hash().expect("hash");
-    let res = store
-        .apply(
-            3,
-            1,
-            &Command::Delete {
-                refs: vec![r("web"), r("nope")],
-                ignore_not_found: false,
-                now_unix_ms: 0,
-                grace_period_seconds: None,
-            },
-        )
-        .expect("apply");
+    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1));
+    let before = store.snapshot().state_hash();
+    let res = store.apply(
+        3,
+        1,
+        &Command::Delete {
+            refs: vec![r("web"), r("nope")],
+            ignore_not_found: false,
+            now_unix_ms: 0,
+            grace_period_seconds: None,
+        },
+    );
     assert!(matches!(res, Err(WriteError::NotFound { ref name, .. }) if name == "nope"));
-    assert_eq!(store.state_hash().expect("hash"), before);
-    assert!(store.deployment("default", "web").expect("get").is_some());
+    assert_eq!(store.snapshot().state_hash(), before);
+    assert!(store.deployment("default", "web").is_some());
     assert_eq!(
-        store.applied().expect("applied").0,
+        store.applied().0,
         3,
         "a refused command still advances applied"
     );
@@ -157,17 +141,15 @@ fn delete_with_a_missing_name_changes_nothing() {
 #[test]
 fn scale_of_missing_deployment_is_refused() {
     let (_dir, store) = temp_store();
-    let res = store
-        .apply(
-            2,
-            1,
-            &Command::Scale {
-                target: r("ghost"),
-                replicas: 3,
-                now_unix_ms: 1,
-            },
-        )
-        .expect("apply");
+    let res = store.apply(
+        2,
+        1,
+        &Command::Scale {
+            target: r("ghost"),
+            replicas: 3,
+            now_unix_ms: 1,
+        },
+    );
     assert!(matches!(res, Err(WriteError::NotFound { .. })));
 }
 
@@ -175,10 +157,10 @@ fn scale_of_missing_deployment_is_refused() {
 fn snapshot_restores_identical_state() {
     let (_a, source) = temp_store();
     for (i, c) in sample_log().iter().enumerate() {
-        let _ = source.apply(i as u64 + 2, 3, c).expect("apply");
+        let _ = source.apply(i as u64 + 2, 3, c);
     }
-    source
-        .apply_membership(
+    source.update(|s| {
+        s.apply_membership(
             20,
             3,
             Some(&Member {
@@ -187,45 +169,29 @@ fn snapshot_restores_identical_state() {
             }),
             None,
         )
-        .expect("membership");
-    let (data, index) = source.snapshot_data().expect("snapshot");
-    assert_eq!(index, 20);
-
-    let (_b, target) = temp_store();
-    let _ = target
-        .apply(2, 1, &apply(&[("stale", 1)], 1))
-        .expect("apply");
-    target.restore(&data, 20, 3, b"meta").expect("restore");
-    assert_eq!(
-        target.state_hash().expect("hash"),
-        source.state_hash().expect("hash")
-    );
-    assert_eq!(target.applied().expect("applied"), (20, 3));
-    assert!(target
-        .deployment("default", "stale")
-        .expect("get")
-        .is_none());
-    assert_eq!(target.members().expect("members").len(), 1);
-    assert_eq!(
-        target.snapshot_meta().expect("meta").as_deref(),
-        Some(&b"meta"[..])
-    );
+    });
+    let data = source.snapshot().encode().expect("encode");
+    let restored = State::decode(&data).expect("decode");
+    assert_eq!(restored, *source.snapshot());
+    assert_eq!(restored.state_hash(), source.snapshot().state_hash());
+    assert_eq!(restored.applied(), (20, 3));
+    assert_eq!(restored.members().count(), 1);
+    // The indexes are rebuilt: the same answers as the source's.
+    let keys = |s: &State| s.unbound().map(|r| r.name.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&restored), keys(&source.snapshot()));
 }
 
 #[test]
 fn corrupt_snapshot_is_an_error_not_a_panic() {
-    let (_dir, store) = temp_store();
     for bad in [
         &b""[..],
-        b"DRS1",
+        b"DRS2",
+        b"DRS2{",
+        b"XXXX{}",
+        b"DRS2{\"applied_index\":1}",
         b"DRS1\0\0\0\0\0\0\0\x05",
-        b"XXXX\0\0\0\0\0\0\0\0",
-        b"DRS1\0\0\0\0\0\0\0\x01\0\0\0\x09ab",
     ] {
-        assert!(
-            store.restore(bad, 5, 1, b"").is_err(),
-            "{bad:?} should be refused"
-        );
+        assert!(State::decode(bad).is_err(), "{bad:?} should be refused");
     }
 }
 
@@ -295,13 +261,8 @@ fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
         remove: vec![],
         now_unix_ms: 0,
     };
-    let _ = store.apply(2, 1, &create).expect("apply");
-    let names: Vec<String> = store
-        .replicas(None)
-        .expect("list")
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let _ = store.apply(2, 1, &create);
+    let names: Vec<String> = store.replicas(None).into_iter().map(|r| r.name).collect();
     assert_eq!(
         names,
         ["web-a-0", "web-a-1"],
@@ -313,23 +274,18 @@ fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
         remove: vec![r("web-a-1")],
         now_unix_ms: 0,
     };
-    let _ = store.apply(3, 1, &swap).expect("apply");
-    let names: Vec<String> = store
-        .replicas(None)
-        .expect("list")
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let _ = store.apply(3, 1, &swap);
+    let names: Vec<String> = store.replicas(None).into_iter().map(|r| r.name).collect();
     assert_eq!(names, ["web-a-0", "web-c-1"]);
 }
 
 #[test]
 fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
-    let _ = store.apply(4, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &node_registration("n2"));
+    let _ = store.apply(4, 1, &create_web_a0());
+    let _ = store.apply(5, 1, &place_web_a0("n1"));
     let running = ReplicaObserved {
         phase: ReplicaPhase::Running,
         ready: true,
@@ -339,8 +295,8 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
         reports: vec![("n2".into(), r("web-a-0"), running.clone())],
         now_unix_ms: 9,
     };
-    let _ = store.apply(6, 1, &report).expect("apply");
-    let rec = store.replicas(None).expect("list").remove(0);
+    let _ = store.apply(6, 1, &report);
+    let rec = store.replicas(None).remove(0);
     assert_eq!(
         rec.observed.phase,
         ReplicaPhase::Pending,
@@ -350,8 +306,8 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
         reports: vec![("n1".into(), r("web-a-0"), running)],
         now_unix_ms: 9,
     };
-    let _ = store.apply(7, 1, &report).expect("apply");
-    let rec = store.replicas(None).expect("list").remove(0);
+    let _ = store.apply(7, 1, &report);
+    let rec = store.replicas(None).remove(0);
     assert_eq!(
         (rec.observed.phase, rec.observed.reported_unix_ms),
         (ReplicaPhase::Running, 9)
@@ -362,8 +318,8 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
 fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
     use drover_manifest::Protocol;
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &node_registration("n2"));
     // n1 has 2000m and 1 GiB (node_registration): three replicas of 800m,
     // two of them on host port 8080.
     let booked = |name: &str, slot: u32, port: u16| {
@@ -387,7 +343,7 @@ fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
         remove: vec![],
         now_unix_ms: 0,
     };
-    let _ = store.apply(4, 1, &create).expect("apply");
+    let _ = store.apply(4, 1, &create);
     // Decided on stale state: all four onto n1 in one entry.
     let place = Command::Schedule {
         place: (0..4)
@@ -396,10 +352,9 @@ fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
         unschedulable: vec![],
         now_unix_ms: 5,
     };
-    let _ = store.apply(5, 1, &place).expect("apply");
+    let _ = store.apply(5, 1, &place);
     let on_n1: Vec<String> = store
         .replicas(None)
-        .expect("list")
         .into_iter()
         .filter(|r| r.node.as_deref() == Some("n1"))
         .map(|r| r.name)
@@ -415,16 +370,15 @@ fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
         node: "n2".into(),
         now_unix_ms: 6,
     };
-    let _ = store.apply(6, 1, &down).expect("apply");
+    let _ = store.apply(6, 1, &down);
     let place = Command::Schedule {
         place: vec![(r("web-a-1"), "n2".to_string())],
         unschedulable: vec![],
         now_unix_ms: 7,
     };
-    let _ = store.apply(7, 1, &place).expect("apply");
+    let _ = store.apply(7, 1, &place);
     let a1 = store
         .replicas(None)
-        .expect("list")
         .into_iter()
         .find(|r| r.name == "web-a-1")
         .expect("web-a-1");
@@ -434,15 +388,15 @@ fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
 #[test]
 fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(4, 1, &place_web_a0("ghost")).expect("apply");
-    assert_eq!(store.replicas(None).expect("list")[0].node, None);
-    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
-    let _ = store.apply(6, 1, &node_registration("n2")).expect("apply");
-    let _ = store.apply(7, 1, &place_web_a0("n2")).expect("apply");
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &create_web_a0());
+    let _ = store.apply(4, 1, &place_web_a0("ghost"));
+    assert_eq!(store.replicas(None)[0].node, None);
+    let _ = store.apply(5, 1, &place_web_a0("n1"));
+    let _ = store.apply(6, 1, &node_registration("n2"));
+    let _ = store.apply(7, 1, &place_web_a0("n2"));
     assert_eq!(
-        store.replicas(None).expect("list")[0].node.as_deref(),
+        store.replicas(None)[0].node.as_deref(),
         Some("n1"),
         "bound replicas stay"
     );
@@ -452,12 +406,10 @@ fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
 fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     let (_dir, store) = temp_store();
     for (i, n) in ["n1", "n2"].iter().enumerate() {
-        let _ = store
-            .apply(2 + i as u64, 1, &node_registration(n))
-            .expect("apply");
+        let _ = store.apply(2 + i as u64, 1, &node_registration(n));
     }
-    let _ = store.apply(4, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(4, 1, &create_web_a0());
+    let _ = store.apply(5, 1, &place_web_a0("n1"));
     let running = ReplicaObserved {
         phase: ReplicaPhase::Running,
         ready: true,
@@ -467,8 +419,8 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
         reports: vec![("n1".into(), r("web-a-0"), running)],
         now_unix_ms: 9,
     };
-    let _ = store.apply(6, 1, &report).expect("apply");
-    let get = || store.replicas(None).expect("list").remove(0);
+    let _ = store.apply(6, 1, &report);
+    let get = || store.replicas(None).remove(0);
     assert!(get()
         .current_status()
         .is_some_and(|o| o.phase == ReplicaPhase::Running));
@@ -477,7 +429,7 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
         node: "n1".into(),
         now_unix_ms: 10,
     };
-    let _ = store.apply(7, 1, &down).expect("apply");
+    let _ = store.apply(7, 1, &down);
     assert_eq!(get().node, None);
     assert!(
         get().current_status().is_none(),
@@ -485,23 +437,21 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     );
     // Back onto n1 within the same breath: n1's report holds again, even if
     // its agent never saw the replica leave and so never reports it anew.
-    let _ = store
-        .apply(
-            8,
-            1,
-            &Command::NodeUp {
-                node: "n1".into(),
-                now_unix_ms: 11,
-            },
-        )
-        .expect("apply");
-    let _ = store.apply(9, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(
+        8,
+        1,
+        &Command::NodeUp {
+            node: "n1".into(),
+            now_unix_ms: 11,
+        },
+    );
+    let _ = store.apply(9, 1, &place_web_a0("n1"));
     assert!(get()
         .current_status()
         .is_some_and(|o| o.phase == ReplicaPhase::Running));
     // Moved to n2 instead: Pending until n2 reports.
-    let _ = store.apply(10, 1, &down).expect("apply");
-    let _ = store.apply(11, 1, &place_web_a0("n2")).expect("apply");
+    let _ = store.apply(10, 1, &down);
+    let _ = store.apply(11, 1, &place_web_a0("n2"));
     assert!(get().current_status().is_none());
 }
 
@@ -530,12 +480,12 @@ fn report_web_a0(node: &str, phase: ReplicaPhase) -> Command {
 #[test]
 fn a_removed_replica_a_node_runs_terminates_until_its_agent_reports_it_gone() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &node_registration("n2")).expect("apply");
-    let _ = store.apply(4, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(5, 1, &place_web_a0("n1")).expect("apply");
-    let _ = store.apply(6, 1, &remove_web_a0(20)).expect("apply");
-    let get = || store.replicas(None).expect("list");
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &node_registration("n2"));
+    let _ = store.apply(4, 1, &create_web_a0());
+    let _ = store.apply(5, 1, &place_web_a0("n1"));
+    let _ = store.apply(6, 1, &remove_web_a0(20));
+    let get = || store.replicas(None);
     let kept = get();
     assert_eq!(kept.len(), 1, "kept while its node stops it");
     assert!(kept[0].is_terminating());
@@ -544,23 +494,17 @@ fn a_removed_replica_a_node_runs_terminates_until_its_agent_reports_it_gone() {
     assert!(!kept[0].is_ready());
 
     // Removing it again changes nothing; the slot stays taken.
-    let again = store.apply(7, 1, &remove_web_a0(25)).expect("apply");
+    let again = store.apply(7, 1, &remove_web_a0(25));
     assert_eq!(again, Ok(WriteResult::Changed(0)));
-    let _ = store.apply(8, 1, &create_web_a0()).expect("apply");
+    let _ = store.apply(8, 1, &create_web_a0());
     assert_eq!(get().len(), 1);
 
     // Its agent says it is stopping, another node says it is gone: still here.
-    let _ = store
-        .apply(9, 1, &report_web_a0("n1", ReplicaPhase::Terminating))
-        .expect("apply");
-    let _ = store
-        .apply(10, 1, &report_web_a0("n2", ReplicaPhase::Gone))
-        .expect("apply");
+    let _ = store.apply(9, 1, &report_web_a0("n1", ReplicaPhase::Terminating));
+    let _ = store.apply(10, 1, &report_web_a0("n2", ReplicaPhase::Gone));
     assert_eq!(get().len(), 1);
     // Its own agent says it is gone: the record goes, with an event.
-    let _ = store
-        .apply(11, 1, &report_web_a0("n1", ReplicaPhase::Gone))
-        .expect("apply");
+    let _ = store.apply(11, 1, &report_web_a0("n1", ReplicaPhase::Gone));
     assert!(get().is_empty());
     assert!(reasons(&store).contains(&("Stopped".to_string(), "web-a-0".to_string())));
 }
@@ -568,16 +512,12 @@ fn a_removed_replica_a_node_runs_terminates_until_its_agent_reports_it_gone() {
 #[test]
 fn a_gone_report_for_an_assigned_replica_changes_nothing() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(4, 1, &place_web_a0("n1")).expect("apply");
-    let _ = store
-        .apply(5, 1, &report_web_a0("n1", ReplicaPhase::Running))
-        .expect("apply");
-    let _ = store
-        .apply(6, 1, &report_web_a0("n1", ReplicaPhase::Gone))
-        .expect("apply");
-    let kept = store.replicas(None).expect("list");
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &create_web_a0());
+    let _ = store.apply(4, 1, &place_web_a0("n1"));
+    let _ = store.apply(5, 1, &report_web_a0("n1", ReplicaPhase::Running));
+    let _ = store.apply(6, 1, &report_web_a0("n1", ReplicaPhase::Gone));
+    let kept = store.replicas(None);
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].observed.phase, ReplicaPhase::Running);
 }
@@ -585,25 +525,22 @@ fn a_gone_report_for_an_assigned_replica_changes_nothing() {
 #[test]
 fn removing_an_unbound_replica_or_losing_the_node_of_a_terminating_one_deletes_it() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(4, 1, &remove_web_a0(9)).expect("apply");
-    assert!(
-        store.replicas(None).expect("list").is_empty(),
-        "unbound: at once"
-    );
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &create_web_a0());
+    let _ = store.apply(4, 1, &remove_web_a0(9));
+    assert!(store.replicas(None).is_empty(), "unbound: at once");
 
-    let _ = store.apply(5, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(6, 1, &place_web_a0("n1")).expect("apply");
-    let _ = store.apply(7, 1, &remove_web_a0(9)).expect("apply");
-    assert_eq!(store.replicas(None).expect("list").len(), 1);
+    let _ = store.apply(5, 1, &create_web_a0());
+    let _ = store.apply(6, 1, &place_web_a0("n1"));
+    let _ = store.apply(7, 1, &remove_web_a0(9));
+    assert_eq!(store.replicas(None).len(), 1);
     let down = Command::NodeDown {
         node: "n1".into(),
         now_unix_ms: 10,
     };
-    let _ = store.apply(8, 1, &down).expect("apply");
+    let _ = store.apply(8, 1, &down);
     assert!(
-        store.replicas(None).expect("list").is_empty(),
+        store.replicas(None).is_empty(),
         "nobody is left to report it gone"
     );
 }
@@ -623,10 +560,7 @@ fn with_image(image: &str, cause: &str) -> Command {
 }
 
 fn revision_numbers(store: &Store) -> Vec<(u64, String)> {
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let d = store.deployment("default", "web").expect("web");
     d.revisions
         .iter()
         .map(|r| (r.number, r.template.spec.containers[0].image.clone()))
@@ -639,7 +573,7 @@ fn template_changes_make_revisions_and_scaling_does_not() {
     let mut index = 0;
     let mut run = |c: &Command| {
         index += 1;
-        store.apply(index, 1, c).expect("apply").expect("accepted")
+        store.apply(index, 1, c).expect("accepted")
     };
     run(&with_image("busybox:1", "first"));
     run(&Command::Scale {
@@ -657,10 +591,7 @@ fn template_changes_make_revisions_and_scaling_does_not() {
             (3, "busybox:3".into())
         ]
     );
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let d = store.deployment("default", "web").expect("web");
     assert_eq!(d.revisions[1].change_cause, "second");
     // Re-applying an old template moves its revision to the next number.
     run(&with_image("busybox:1", ""));
@@ -686,15 +617,12 @@ fn template_changes_make_revisions_and_scaling_does_not() {
             changed: true
         }
     );
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let d = store.deployment("default", "web").expect("web");
     assert_eq!(
         d.deployment.spec.template.spec.containers[0].image,
         "busybox:3"
     );
-    let refused = store.apply(99, 1, &undo(Some(42))).expect("apply");
+    let refused = store.apply(99, 1, &undo(Some(42)));
     assert!(matches!(refused, Err(WriteError::NoRevision { .. })));
 }
 
@@ -709,10 +637,7 @@ fn revision_history_limit_keeps_the_newest_old_revisions() {
             deployments: vec![d],
             now_unix_ms: i as i64,
         };
-        store
-            .apply(i as u64 + 1, 1, &c)
-            .expect("apply")
-            .expect("ok");
+        store.apply(i as u64 + 1, 1, &c).expect("ok");
     }
     assert_eq!(
         revision_numbers(&store),
@@ -723,9 +648,9 @@ fn revision_history_limit_keeps_the_newest_old_revisions() {
 #[test]
 fn ready_since_is_the_commit_time_of_the_first_ready_report() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(1, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(2, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(3, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(1, 1, &node_registration("n1"));
+    let _ = store.apply(2, 1, &create_web_a0());
+    let _ = store.apply(3, 1, &place_web_a0("n1"));
     let report = |ready, now| Command::ReportStatus {
         reports: vec![(
             "n1".into(),
@@ -738,55 +663,47 @@ fn ready_since_is_the_commit_time_of_the_first_ready_report() {
         )],
         now_unix_ms: now,
     };
-    let since = |store: &Store| {
-        store.replicas(None).expect("list")[0]
-            .observed
-            .ready_since_unix_ms
-    };
-    let _ = store.apply(4, 1, &report(false, 10)).expect("apply");
+    let since = |store: &Store| store.replicas(None)[0].observed.ready_since_unix_ms;
+    let _ = store.apply(4, 1, &report(false, 10));
     assert_eq!(since(&store), 0);
-    let _ = store.apply(5, 1, &report(true, 20)).expect("apply");
-    let _ = store.apply(6, 1, &report(true, 30)).expect("apply");
+    let _ = store.apply(5, 1, &report(true, 20));
+    let _ = store.apply(6, 1, &report(true, 30));
     assert_eq!(since(&store), 20, "still ready: the first time counts");
-    let _ = store.apply(7, 1, &report(false, 40)).expect("apply");
-    let _ = store.apply(8, 1, &report(true, 50)).expect("apply");
+    let _ = store.apply(7, 1, &report(false, 40));
+    let _ = store.apply(8, 1, &report(true, 50));
     assert_eq!(since(&store), 50);
 }
 
 #[test]
 fn drain_cordons_and_uncordon_ends_it() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(1, 1, &node_registration("n1")).expect("apply");
-    let node = |store: &Store| store.node("n1").expect("read").expect("n1");
-    let _ = store
-        .apply(
-            2,
-            1,
-            &Command::Drain {
-                node: "n1".into(),
-                now_unix_ms: 0,
-            },
-        )
-        .expect("apply");
+    let _ = store.apply(1, 1, &node_registration("n1"));
+    let node = |store: &Store| store.node("n1").expect("n1");
+    let _ = store.apply(
+        2,
+        1,
+        &Command::Drain {
+            node: "n1".into(),
+            now_unix_ms: 0,
+        },
+    );
     assert!(node(&store).cordoned && node(&store).draining);
     let cordon = |cordoned| Command::Cordon {
         node: "n1".into(),
         cordoned,
         now_unix_ms: 0,
     };
-    let _ = store.apply(3, 1, &cordon(true)).expect("apply");
+    let _ = store.apply(3, 1, &cordon(true));
     assert!(
         node(&store).draining,
         "cordoning again leaves the drain running"
     );
-    let _ = store.apply(4, 1, &cordon(false)).expect("apply");
+    let _ = store.apply(4, 1, &cordon(false));
     assert!(!node(&store).cordoned && !node(&store).draining);
 }
 
 fn all_events(store: &Store) -> Vec<events::EventRecord> {
-    store
-        .events(&events::EventFilter::default(), 0)
-        .expect("events")
+    store.events(&events::EventFilter::default(), 0)
 }
 
 fn reasons(store: &Store) -> Vec<(String, String)> {
@@ -802,7 +719,7 @@ fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
     let mut index = 1;
     let mut run = |c: Command| {
         index += 1;
-        let _ = store.apply(index, 1, &c).expect("apply");
+        let _ = store.apply(index, 1, &c);
     };
     run(node_registration("n1"));
     run(Command::Reconcile {
@@ -856,7 +773,7 @@ fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
         after_seq: 6,
         ..Default::default()
     };
-    let rest = store.events(&filter, 0).expect("events");
+    let rest = store.events(&filter, 0);
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].reason, "NodeLost");
 }
@@ -864,9 +781,9 @@ fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
 #[test]
 fn a_crash_loop_is_told_as_exit_then_back_off_then_start() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
-    let _ = store.apply(3, 1, &create_web_a0()).expect("apply");
-    let _ = store.apply(4, 1, &place_web_a0("n1")).expect("apply");
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let _ = store.apply(3, 1, &create_web_a0());
+    let _ = store.apply(4, 1, &place_web_a0("n1"));
     let running = ReplicaObserved {
         phase: ReplicaPhase::Running,
         started_unix_ms: 1_000,
@@ -903,28 +820,38 @@ fn a_crash_loop_is_told_as_exit_then_back_off_then_start() {
             reports: vec![("n1".into(), r("web-a-0"), observed)],
             now_unix_ms: now,
         };
-        let _ = store.apply(5 + i as u64, 1, &report).expect("apply");
+        let _ = store.apply(5 + i as u64, 1, &report);
     }
     let filter = events::EventFilter {
         kind: Some("Replica".into()),
         name: Some("web-a-0".into()),
         ..Default::default()
     };
-    let got: Vec<(String, String)> = store
+    let got: Vec<(String, String, u32, i64)> = store
         .events(&filter, 0)
-        .expect("events")
         .into_iter()
-        .map(|e| (e.reason, e.message))
+        .map(|e| (e.reason, e.message, e.count, e.first_time_unix_ms))
         .collect();
-    let want: Vec<(String, String)> = [
-        ("Scheduled", "Successfully assigned default/web-a-0 to n1"),
-        ("Started", "Started container on node n1"),
-        ("Exited", "Container exited with code 3 (Error)"),
-        ("BackOff", "Back-off restarting failed container in 2s"),
-        ("Started", "Started container on node n1"),
+    // The second start repeats the first: one event, counted twice, first
+    // seen at the first start and moved to the end.
+    let want: Vec<(String, String, u32, i64)> = [
+        (
+            "Scheduled",
+            "Successfully assigned default/web-a-0 to n1",
+            1,
+            0,
+        ),
+        ("Exited", "Container exited with code 3 (Error)", 1, 2_100),
+        (
+            "BackOff",
+            "Back-off restarting failed container in 2s",
+            1,
+            2_100,
+        ),
+        ("Started", "Started container on node n1", 2, 1_100),
     ]
     .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .map(|(a, b, n, t)| (a.to_string(), b.to_string(), *n, *t))
     .collect();
     assert_eq!(got, want, "a repeated report adds nothing");
 }
@@ -932,30 +859,75 @@ fn a_crash_loop_is_told_as_exit_then_back_off_then_start() {
 #[test]
 fn only_the_newest_events_are_kept() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &node_registration("n1")).expect("apply");
+    let _ = store.apply(2, 1, &apply(&[("web", 0)], 0));
+    // Each scale says something new (a repeat would be counted instead).
     let flips = events::RETAINED + 10;
     for i in 0..flips {
-        let c = Command::Cordon {
-            node: "n1".into(),
-            cordoned: i % 2 == 0,
+        let c = Command::Scale {
+            target: r("web"),
+            replicas: i as u32 + 1,
             now_unix_ms: i as i64,
         };
-        let _ = store.apply(3 + i, 1, &c).expect("apply");
+        let _ = store.apply(3 + i, 1, &c);
     }
     let events = all_events(&store);
     assert_eq!(events.len() as u64, events::RETAINED);
-    let newest = flips + 1;
+    let newest = flips;
     assert_eq!(events.last().map(|e| e.seq), Some(newest));
     assert_eq!(
         events.first().map(|e| e.seq),
         Some(newest - events::RETAINED + 1)
     );
-    let last_two = store
-        .events(&events::EventFilter::default(), 2)
-        .expect("events");
+    let last_two = store.events(&events::EventFilter::default(), 2);
     assert_eq!(
         last_two.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [newest - 1, newest]
+    );
+}
+
+#[test]
+fn a_repeated_event_is_counted_once_at_the_end_with_a_new_sequence() {
+    let (_dir, store) = temp_store();
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    let cordon = |on: bool, now: i64| Command::Cordon {
+        node: "n1".into(),
+        cordoned: on,
+        now_unix_ms: now,
+    };
+    for (i, (on, now)) in [(true, 10), (false, 20), (true, 30), (false, 40), (true, 50)]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = store.apply(3 + i as u64, 1, &cordon(on, now));
+    }
+    let node = events::EventFilter {
+        kind: Some("Node".into()),
+        ..Default::default()
+    };
+    let got: Vec<(String, u32, i64, i64)> = store
+        .events(&node, 0)
+        .into_iter()
+        .map(|e| (e.reason, e.count, e.first_time_unix_ms, e.time_unix_ms))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("RegisteredNode".to_string(), 1, 5, 5),
+            ("NodeSchedulable".to_string(), 2, 20, 40),
+            ("NodeNotSchedulable".to_string(), 3, 10, 50),
+        ]
+    );
+    // Watchers resume by sequence: the repeat is new to them.
+    let seqs: Vec<u64> = store.events(&node, 0).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.last(), Some(&store.last_event_seq()));
+    // And it survives a snapshot: the repeat keys are rebuilt.
+    let restored = State::decode(&store.snapshot().encode().expect("encode")).expect("decode");
+    let again = Store::new(restored);
+    let _ = again.apply(8, 1, &cordon(false, 60));
+    let last = again.events(&node, 1);
+    assert_eq!(
+        (last[0].reason.as_str(), last[0].count),
+        ("NodeSchedulable", 3)
     );
 }
 
@@ -967,7 +939,7 @@ fn a_refused_command_records_no_event() {
         cordoned: true,
         now_unix_ms: 1,
     };
-    let outcome = store.apply(2, 1, &c).expect("apply");
+    let outcome = store.apply(2, 1, &c);
     assert!(outcome.is_err());
     assert!(all_events(&store).is_empty());
 }
@@ -986,28 +958,28 @@ fn join_tokens_are_stored_as_hashes_and_revoked_once() {
     let create = Command::CreateToken {
         token: token.clone(),
     };
-    assert!(store.apply(2, 1, &create).expect("apply").is_ok());
+    assert!(store.apply(2, 1, &create).is_ok());
     assert_eq!(
-        store.apply(3, 1, &create).expect("apply"),
+        store.apply(3, 1, &create),
         Err(WriteError::TokenExists("0a1b2c3d".into()))
     );
     let revoke = |id: &str| Command::RevokeToken { id: id.into() };
     assert_eq!(
-        store.apply(4, 1, &revoke("ffffffff")).expect("apply"),
+        store.apply(4, 1, &revoke("ffffffff")),
         Err(WriteError::TokenNotFound("ffffffff".into()))
     );
     assert_eq!(
-        store.apply(5, 1, &revoke("0a1b2c3d")).expect("apply"),
+        store.apply(5, 1, &revoke("0a1b2c3d")),
         Ok(WriteResult::Changed(1))
     );
     assert_eq!(
-        store.apply(6, 1, &revoke("0a1b2c3d")).expect("apply"),
+        store.apply(6, 1, &revoke("0a1b2c3d")),
         Ok(WriteResult::Changed(0))
     );
-    let stored = store.token("0a1b2c3d").expect("read").expect("present");
+    let stored = store.token("0a1b2c3d").expect("present");
     assert!(stored.revoked);
     assert_eq!(stored.secret_sha256, token.secret_sha256);
-    assert_eq!(store.tokens().expect("list").len(), 1);
+    assert_eq!(store.tokens().len(), 1);
 }
 
 #[test]
@@ -1025,23 +997,18 @@ fn tokens_for_admins_or_viewers_are_refused_by_the_state_machine() {
             },
         };
         assert_eq!(
-            store.apply(2 + i as u64, 1, &create).expect("apply"),
+            store.apply(2 + i as u64, 1, &create),
             Err(WriteError::TokenRole(role.into()))
         );
     }
-    assert!(store.tokens().expect("list").is_empty(), "nothing written");
+    assert!(store.tokens().is_empty(), "nothing written");
 }
 
 #[test]
 fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
     let (_dir, store) = temp_store();
-    let _ = store
-        .apply(1, 1, &with_image("busybox:1", ""))
-        .expect("apply");
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let _ = store.apply(1, 1, &with_image("busybox:1", ""));
+    let d = store.deployment("default", "web").expect("web");
     let hash = d.revisions[0].hash.clone();
     assert_eq!(
         d.rollout.progress_unix_ms, 100,
@@ -1057,21 +1024,14 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
         }],
         now_unix_ms: 160,
     };
-    let stale = store
-        .apply(2, 1, &progress("zzzzz", Some("late")))
-        .expect("apply");
+    let stale = store.apply(2, 1, &progress("zzzzz", Some("late")));
     assert_eq!(
         stale,
         Ok(WriteResult::Changed(0)),
         "another revision's record is skipped"
     );
-    let _ = store
-        .apply(3, 1, &progress(&hash, Some("ProgressDeadlineExceeded")))
-        .expect("apply");
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let _ = store.apply(3, 1, &progress(&hash, Some("ProgressDeadlineExceeded")));
+    let d = store.deployment("default", "web").expect("web");
     assert_eq!(
         d.rollout.failed.as_deref(),
         Some("ProgressDeadlineExceeded")
@@ -1086,20 +1046,16 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
         paused,
         now_unix_ms: now,
     };
-    let _ = store.apply(4, 1, &pause(true, 300)).expect("apply");
+    let _ = store.apply(4, 1, &pause(true, 300));
     assert!(
         store
             .deployment("default", "web")
-            .expect("read")
             .expect("web")
             .rollout
             .paused
     );
-    let _ = store.apply(5, 1, &pause(false, 400)).expect("apply");
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let _ = store.apply(5, 1, &pause(false, 400));
+    let d = store.deployment("default", "web").expect("web");
     assert!(!d.rollout.paused);
     assert_eq!(
         d.rollout.progress_unix_ms, 400,
@@ -1121,13 +1077,8 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
     );
 
     // A new template clears the failure.
-    let _ = store
-        .apply(6, 1, &with_image("busybox:2", ""))
-        .expect("apply");
-    let d = store
-        .deployment("default", "web")
-        .expect("read")
-        .expect("web");
+    let _ = store.apply(6, 1, &with_image("busybox:2", ""));
+    let d = store.deployment("default", "web").expect("web");
     assert_eq!(d.rollout.failed, None);
     let missing = Command::PauseRollout {
         target: r("nope"),
@@ -1135,7 +1086,7 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
         now_unix_ms: 1,
     };
     assert!(matches!(
-        store.apply(7, 1, &missing).expect("apply"),
+        store.apply(7, 1, &missing),
         Err(WriteError::NotFound { .. })
     ));
 }
@@ -1143,15 +1094,15 @@ fn rollout_progress_is_about_one_revision_and_resume_restarts_the_clock() {
 #[test]
 fn apply_if_refuses_a_stale_generation_and_changes_nothing() {
     let (_dir, store) = temp_store();
-    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1)).expect("apply");
-    let _ = store.apply(3, 1, &apply(&[("web", 2)], 2)).expect("apply");
+    let _ = store.apply(2, 1, &apply(&[("web", 1)], 1));
+    let _ = store.apply(3, 1, &apply(&[("web", 2)], 2));
     let read_at_one = Command::ApplyIf {
         deployment: Box::new(deployment("web", 5)),
         expected_generation: 1,
         now_unix_ms: 3,
     };
-    let before = store.state_hash().expect("hash");
-    let res = store.apply(4, 1, &read_at_one).expect("apply");
+    let before = store.snapshot().state_hash();
+    let res = store.apply(4, 1, &read_at_one);
     assert!(
         matches!(
             res,
@@ -1163,13 +1114,13 @@ fn apply_if_refuses_a_stale_generation_and_changes_nothing() {
         ),
         "{res:?}"
     );
-    assert_eq!(store.state_hash().expect("hash"), before);
+    assert_eq!(store.snapshot().state_hash(), before);
     let read_at_two = Command::ApplyIf {
         deployment: Box::new(deployment("web", 5)),
         expected_generation: 2,
         now_unix_ms: 4,
     };
-    let res = store.apply(5, 1, &read_at_two).expect("apply");
+    let res = store.apply(5, 1, &read_at_two);
     assert!(
         matches!(res, Ok(WriteResult::Applied(ref v)) if v[0].1 == ApplyOutcome::Configured && v[0].2 == 3),
         "{res:?}"
@@ -1179,7 +1130,7 @@ fn apply_if_refuses_a_stale_generation_and_changes_nothing() {
         expected_generation: 1,
         now_unix_ms: 5,
     };
-    let res = store.apply(6, 1, &ghost).expect("apply");
+    let res = store.apply(6, 1, &ghost);
     assert!(matches!(res, Err(WriteError::NotFound { .. })), "{res:?}");
 }
 
@@ -1196,7 +1147,7 @@ fn admin_node_labels_compose_and_survive_the_agents_reregistration() {
         .into_iter()
         .collect();
     }
-    let _ = store.apply(2, 1, &register).expect("register");
+    let _ = store.apply(2, 1, &register);
     let change = |set: &[(&str, &str)], remove: &[&str], annotate: &[(&str, &str)]| {
         Command::ChangeNodeMeta {
             node: "n1".into(),
@@ -1216,28 +1167,24 @@ fn admin_node_labels_compose_and_survive_the_agents_reregistration() {
         }
     };
     // Two admins' changes, one after the other: both land.
-    let _ = store
-        .apply(3, 1, &change(&[("tier", "edge")], &["disk"], &[]))
-        .expect("label");
-    let _ = store
-        .apply(4, 1, &change(&[("zone", "b")], &[], &[("owner", "ops")]))
-        .expect("label");
-    let labels = |store: &Store| store.node("n1").expect("get").expect("exists").labels;
+    let _ = store.apply(3, 1, &change(&[("tier", "edge")], &["disk"], &[]));
+    let _ = store.apply(4, 1, &change(&[("zone", "b")], &[], &[("owner", "ops")]));
+    let labels = |store: &Store| store.node("n1").expect("exists").labels;
     let want: BTreeMap<String, String> = [("tier", "edge"), ("zone", "b")]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     assert_eq!(labels(&store), want);
     // The agent reconnects with its own labels: the admins' stay on top.
-    let _ = store.apply(5, 1, &register).expect("register again");
+    let _ = store.apply(5, 1, &register);
     assert_eq!(labels(&store), want);
-    let metas = store.node_metas().expect("metas");
+    let metas = store.node_metas();
     assert_eq!(metas["n1"].annotations["owner"], "ops");
     // An unknown node is refused.
     let mut ghost = change(&[("a", "b")], &[], &[]);
     if let Command::ChangeNodeMeta { node, .. } = &mut ghost {
         *node = "ghost".into();
     }
-    let res = store.apply(6, 1, &ghost).expect("apply");
+    let res = store.apply(6, 1, &ghost);
     assert!(matches!(res, Err(WriteError::NodeNotFound(_))), "{res:?}");
 }

@@ -152,7 +152,7 @@ fn events_section(w: &mut String, events: &[pb::Event], now_ms: i64) {
         t.push(vec![
             one_line(&e.r#type),
             one_line(&e.reason),
-            age(e.time_unix_ms, now_ms),
+            crate::output::events::last_seen(e, now_ms),
             one_line(&e.message),
         ]);
     }
@@ -910,6 +910,8 @@ mod tests {
             namespace: String::new(),
             name: "n1".into(),
             message: "Node n1 status is now: NotSchedulable (cordoned)".into(),
+            count: 1,
+            first_time_unix_ms: 0,
         }];
         assert_eq!(
             describe_node(&n, &bound, &events, T0 + 300_000),

@@ -45,7 +45,7 @@ pub fn row(e: &pb::Event, wide: bool, all_namespaces: bool, now_ms: i64) -> Vec<
         r.push(one_line(&e.namespace));
     }
     r.extend([
-        age(e.time_unix_ms, now_ms),
+        last_seen(e, now_ms),
         one_line(&e.r#type),
         one_line(&e.reason),
         one_line(&object(e)),
@@ -55,6 +55,21 @@ pub fn row(e: &pb::Event, wide: bool, all_namespaces: bool, now_ms: i64) -> Vec<
     }
     r.push(one_line(&e.message));
     r
+}
+
+/// kubectl's LAST SEEN: `5s`, or `5s (x3 over 2m)` for a repeated event.
+pub fn last_seen(e: &pb::Event, now_ms: i64) -> String {
+    let last = age(e.time_unix_ms, now_ms);
+    if e.count > 1 {
+        let first = if e.first_time_unix_ms > 0 {
+            e.first_time_unix_ms
+        } else {
+            e.time_unix_ms
+        };
+        format!("{last} (x{} over {})", e.count, age(first, now_ms))
+    } else {
+        last
+    }
 }
 
 /// Column widths fixed once, for rows printed one at a time.
@@ -116,6 +131,8 @@ pub fn kubernetes_object(e: &pb::Event) -> Value {
         "type": e.r#type,
         "reason": e.reason,
         "message": e.message,
+        "count": e.count.max(1),
+        "firstTimestamp": rfc3339(if e.first_time_unix_ms > 0 { e.first_time_unix_ms } else { e.time_unix_ms }),
         "lastTimestamp": rfc3339(e.time_unix_ms),
     })
 }
@@ -134,6 +151,8 @@ mod tests {
             namespace: if kind == "Node" { "" } else { "default" }.into(),
             name: name.into(),
             message: message.into(),
+            count: 1,
+            first_time_unix_ms: 0,
         }
     }
 
@@ -155,6 +174,16 @@ mod tests {
         assert_eq!(object(&d), "deployment.apps/web");
         assert_eq!(row(&d, true, true, now)[0], "default");
         assert_eq!(row(&d, true, true, now)[5], "7");
+    }
+
+    #[test]
+    fn a_repeated_event_says_how_often_and_since_when() {
+        let mut e = event("Replica", "web-1", "Back-off restarting failed container");
+        e.count = 3;
+        e.first_time_unix_ms = e.time_unix_ms - 115_000;
+        let now = e.time_unix_ms + 5_000;
+        assert_eq!(last_seen(&e, now), "5s (x3 over 2m)");
+        assert_eq!(kubernetes_object(&e)["count"], 3);
     }
 
     #[test]

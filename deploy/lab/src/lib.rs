@@ -523,6 +523,17 @@ impl Lab {
             },
             &pids,
         );
+        // Signals are delivered asynchronously (late on a busy machine):
+        // return once the daemon shows it, so what is said next is true.
+        let want = if pause {
+            HostState::Paused
+        } else {
+            HostState::Running
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.state(&host) != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         Ok(())
     }
 

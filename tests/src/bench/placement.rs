@@ -57,6 +57,8 @@ pub struct Config {
     pub timeout: Duration,
     /// How often progress is sampled.
     pub sample: Duration,
+    /// How long to keep the cluster up after placement, watching it (0: not).
+    pub hold: Duration,
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -254,7 +256,59 @@ async fn measure(
         cores() as f64 * at.as_secs_f64(),
         cpu_after.since(&cpu_before, leader)
     );
+    if !cfg.hold.is_zero() {
+        hold(c, &mut watcher, cfg).await?;
+    }
     Ok(at)
+}
+
+/// Keep the placed cluster up for `cfg.hold`, once a second asking who
+/// leads and how many nodes are Ready, and say what changed: a calm
+/// cluster has no leader change and no NotReady node.
+async fn hold(
+    c: &Cluster,
+    watcher: &mut ControlClient<Channel>,
+    cfg: &Config,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut leader = c.wait_for_leader(Duration::from_secs(10)).await?;
+    let (mut changes, mut samples, mut short, mut worst) = (0, 0, 0, 0);
+    let mut peak_rss_kib = vec![0u64; c.controllers.len()];
+    while started.elapsed() < cfg.hold {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = c.wait_for_leader(Duration::from_secs(10)).await?;
+        if now != leader {
+            changes += 1;
+            leader = now;
+        }
+        samples += 1;
+        match ready_nodes(watcher, true).await {
+            Ok((ready, _)) if ready < cfg.agents => {
+                short += 1;
+                worst = worst.max(cfg.agents - ready);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("  hold: {e}"),
+        }
+        for (i, ctl) in c.controllers.iter().enumerate() {
+            if let Some(m) = ctl.pid().and_then(Memory::of) {
+                peak_rss_kib[i] = peak_rss_kib[i].max(m.rss_kib);
+            }
+        }
+    }
+    println!(
+        "held {} after placement: {changes} leader changes; NotReady nodes in {short} of \
+         {samples} one-second samples (at most {worst} at once)",
+        secs(started.elapsed())
+    );
+    for (i, ctl) in c.controllers.iter().enumerate() {
+        println!(
+            "controller {} RSS during the hold: peak {} MiB",
+            ctl.id,
+            peak_rss_kib[i] / 1024
+        );
+    }
+    Ok(())
 }
 
 /// CPU time used so far by each controller and by this process.

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release --workspace
 //! target/release/bench store [--metrics-compare [--rounds 2]]
-//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--metrics-compare]
+//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300] [--metrics-compare]
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
@@ -73,6 +73,10 @@ enum What {
         /// Milliseconds between progress samples (each lists every replica).
         #[arg(long, default_value_t = 250)]
         sample_ms: u64,
+        /// After every replica is Running, keep the cluster up this many
+        /// seconds and count leader changes and NotReady nodes (0: skip).
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
         /// Run twice, metrics on (every controller scraped each second) and
         /// off (--metrics-listen=, agents' metrics off too), and print the ratio.
         #[arg(long)]
@@ -174,6 +178,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             clients,
             timeout_secs,
             sample_ms,
+            hold_secs,
             metrics_compare,
         } => {
             let cfg = bench::placement::Config {
@@ -183,6 +188,7 @@ async fn run(what: What) -> anyhow::Result<()> {
                 clients,
                 timeout: Duration::from_secs(timeout_secs),
                 sample: Duration::from_millis(sample_ms.max(1)),
+                hold: Duration::from_secs(hold_secs),
             };
             if metrics_compare {
                 bench::placement::metrics_compare(cfg).await

@@ -1,0 +1,714 @@
+//! The replicated state, in memory: typed records and the indexes the loops
+//! read, changed only by [`State::apply`].
+//!
+//! ```text
+//!  State ─┬─ deployments   (ns, name)  → Arc<StoredDeployment>   templates once per revision
+//!         ├─ replicas      (ns, name)  → Arc<ReplicaRecord>
+//!         ├─ nodes         name        → Arc<NodeRecord>
+//!         ├─ node_metas, tokens, members, events (newest last, at most RETAINED)
+//!         └─ indexes (derived, never stored):
+//!              by_deployment  (ns, deployment) → replica names
+//!              by_node        node → replicas bound there
+//!              unbound        replicas with no node
+//!              held           node → requests and host ports its replicas hold
+//! ```
+//!
+//! Every map is a persistent map (`imbl`): cloning the state costs a handful
+//! of reference counts, and a change copies only the path to what it changes.
+//! So readers take a snapshot (`Arc<State>`) at no cost and keep it as long as
+//! they like, and a raft snapshot is the state cloned between two applies,
+//! encoded on another thread.
+//!
+//! `apply` is deterministic and does no I/O: the same commands in the same
+//! order give the same state (and [`State::state_hash`]) on every member. A
+//! refused command changes nothing: the state is put back as it was.
+//!
+//! Cost: reads by key and index updates are O(log n); `replicas_of`,
+//! `replicas_on` and `unbound` walk only what they return.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet, Vector};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::command::{self, Command, ObjectRef, WriteError, WriteResult};
+use super::events::{EventFilter, EventRecord, NewEvent, RETAINED};
+use super::node_meta::NodeMeta;
+use super::objects::{Booking, NodeRecord, ReplicaRecord, Resources, TokenRecord};
+use super::{Member, StoreError, StoredDeployment};
+
+/// What changed since the last [`State::take_touched`]: the leader loops
+/// look only at these deployments, the dispatcher rebuilds only these nodes'
+/// assignment sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Everything may have changed (a snapshot replaced the state, or a
+    /// subscriber just started): look at it all once.
+    pub all: bool,
+    /// Deployments whose record or replicas changed.
+    pub deployments: BTreeSet<ObjectRef>,
+    /// Nodes whose record changed or that gained or lost a replica, or one
+    /// of whose replicas changed.
+    pub nodes: BTreeSet<String>,
+    /// Nodes whose record changed (condition, cordon, drain, labels).
+    pub node_records: BTreeSet<String>,
+    /// Deployments whose own record changed (created, changed, deleted).
+    pub deployment_records: BTreeSet<ObjectRef>,
+}
+
+impl Touched {
+    /// Everything, for a first look.
+    pub fn everything() -> Touched {
+        Touched {
+            all: true,
+            ..Touched::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all
+            && self.deployments.is_empty()
+            && self.nodes.is_empty()
+            && self.node_records.is_empty()
+            && self.deployment_records.is_empty()
+    }
+
+    /// Add `other` to this set.
+    pub fn merge(&mut self, other: &Touched) {
+        self.all |= other.all;
+        self.deployments.extend(other.deployments.iter().cloned());
+        self.nodes.extend(other.nodes.iter().cloned());
+        self.node_records.extend(other.node_records.iter().cloned());
+        self.deployment_records
+            .extend(other.deployment_records.iter().cloned());
+    }
+}
+
+/// Requests and host ports bound to one node, as its replicas' bookings say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub requests: Resources,
+    pub host_ports: Vec<(u16, drover_manifest::Protocol)>,
+}
+
+impl Held {
+    /// Whether `b` fits beside what is held, within `capacity`.
+    pub fn fits(&self, b: &Booking, capacity: &Resources) -> bool {
+        let cpu = self.requests.cpu_millis + b.requests.cpu_millis;
+        let memory = self.requests.memory_bytes + b.requests.memory_bytes;
+        let port_free =
+            |p: &(u16, drover_manifest::Protocol)| p.0 == 0 || !self.host_ports.contains(p);
+        cpu <= capacity.cpu_millis
+            && memory <= capacity.memory_bytes
+            && b.host_ports.iter().all(port_free)
+    }
+
+    pub fn add(&mut self, b: &Booking) {
+        self.requests.cpu_millis += b.requests.cpu_millis;
+        self.requests.memory_bytes += b.requests.memory_bytes;
+        self.host_ports
+            .extend(b.host_ports.iter().filter(|p| p.0 != 0).copied());
+    }
+
+    fn remove(&mut self, b: &Booking) {
+        self.requests.cpu_millis = self
+            .requests
+            .cpu_millis
+            .saturating_sub(b.requests.cpu_millis);
+        self.requests.memory_bytes = self
+            .requests
+            .memory_bytes
+            .saturating_sub(b.requests.memory_bytes);
+        for p in b.host_ports.iter().filter(|p| p.0 != 0) {
+            if let Some(i) = self.host_ports.iter().position(|h| h == p) {
+                self.host_ports.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// Indexes over the records, kept by the write helpers; rebuilt on decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Indexes {
+    by_deployment: OrdMap<ObjectRef, OrdSet<String>>,
+    by_node: OrdMap<String, OrdSet<ObjectRef>>,
+    unbound: OrdSet<ObjectRef>,
+    held: OrdMap<String, Held>,
+}
+
+/// The whole replicated state of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// `(index, term)` of the last applied entry.
+    applied: (u64, u64),
+    members: OrdMap<u64, Member>,
+    deployments: OrdMap<ObjectRef, Arc<StoredDeployment>>,
+    replicas: OrdMap<ObjectRef, Arc<ReplicaRecord>>,
+    nodes: OrdMap<String, Arc<NodeRecord>>,
+    node_metas: OrdMap<String, NodeMeta>,
+    tokens: OrdMap<String, TokenRecord>,
+    events: Vector<Arc<EventRecord>>,
+    last_event_seq: u64,
+    /// Each retained event's repeat key → its sequence number (derived).
+    event_keys: OrdMap<String, u64>,
+    index: Indexes,
+    /// Not replicated: what changed since the node task last took it.
+    touched: Touched,
+}
+
+/// Equal states hold the same records (indexes follow from them, `touched`
+/// is local bookkeeping).
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        self.applied == other.applied
+            && self.members == other.members
+            && self.deployments == other.deployments
+            && self.replicas == other.replicas
+            && self.nodes == other.nodes
+            && self.node_metas == other.node_metas
+            && self.tokens == other.tokens
+            && self.events == other.events
+            && self.last_event_seq == other.last_event_seq
+    }
+}
+
+fn key(namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+impl State {
+    // ---- applying the log -------------------------------------------------
+
+    /// Apply one committed command at `(index, term)`. A refused command
+    /// leaves the records as they were (only the applied index moves).
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        command: &Command,
+    ) -> Result<WriteResult, WriteError> {
+        let before = self.clone();
+        let result = command::execute(self, command);
+        if result.is_err() {
+            *self = before;
+        }
+        self.applied = (index, term);
+        result
+    }
+
+    /// Move the applied index over an entry that changes no state.
+    pub fn apply_nothing(&mut self, index: u64, term: u64) {
+        self.applied = (index, term);
+    }
+
+    /// Record a membership change.
+    pub fn apply_membership(
+        &mut self,
+        index: u64,
+        term: u64,
+        added: Option<&Member>,
+        removed: Option<u64>,
+    ) {
+        if let Some(m) = added {
+            self.members.insert(m.id, m.clone());
+        }
+        if let Some(id) = removed {
+            self.members.remove(&id);
+        }
+        self.applied = (index, term);
+    }
+
+    /// What changed since the last call.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
+    // ---- reads -------------------------------------------------------------
+
+    /// `(index, term)` of the last applied entry; `(0, 0)` when empty.
+    pub fn applied(&self) -> (u64, u64) {
+        self.applied
+    }
+
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<&Arc<StoredDeployment>> {
+        self.deployments.get(&key(namespace, name))
+    }
+
+    /// Deployments in one namespace, or all, sorted by namespace then name.
+    pub fn deployments<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<StoredDeployment>> + 'a {
+        self.deployments
+            .iter()
+            .filter(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, d)| d)
+    }
+
+    pub fn deployment_count(&self) -> usize {
+        self.deployments.len()
+    }
+
+    pub fn replica(&self, namespace: &str, name: &str) -> Option<&Arc<ReplicaRecord>> {
+        self.replicas.get(&key(namespace, name))
+    }
+
+    /// Replicas in one namespace, or all, sorted by namespace then name.
+    pub fn replicas<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<ReplicaRecord>> + 'a {
+        self.replicas
+            .iter()
+            .filter(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, r)| r)
+    }
+
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// The replicas of one deployment (of every revision, terminating ones
+    /// included), by name.
+    pub fn replicas_of<'a>(
+        &'a self,
+        deployment: &ObjectRef,
+    ) -> impl Iterator<Item = &'a Arc<ReplicaRecord>> + 'a {
+        let namespace = deployment.namespace.clone();
+        self.index
+            .by_deployment
+            .get(deployment)
+            .into_iter()
+            .flat_map(|names| names.iter())
+            .filter_map(move |name| self.replicas.get(&key(&namespace, name)))
+    }
+
+    /// Nodes that replicas are bound to.
+    pub fn nodes_with_replicas(&self) -> impl Iterator<Item = &String> + '_ {
+        self.index.by_node.keys()
+    }
+
+    /// The replicas bound to `node`.
+    pub fn replicas_on<'a>(
+        &'a self,
+        node: &str,
+    ) -> impl Iterator<Item = &'a Arc<ReplicaRecord>> + 'a {
+        self.index
+            .by_node
+            .get(node)
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|k| self.replicas.get(k))
+    }
+
+    /// Every deployment that has replicas (a deleted one's included, until
+    /// its replicas are gone).
+    pub fn deployments_with_replicas(&self) -> impl Iterator<Item = &ObjectRef> + '_ {
+        self.index.by_deployment.keys()
+    }
+
+    /// Replicas bound to no node, by namespace and name.
+    pub fn unbound(&self) -> impl Iterator<Item = &Arc<ReplicaRecord>> + '_ {
+        self.index
+            .unbound
+            .iter()
+            .filter_map(|k| self.replicas.get(k))
+    }
+
+    pub fn unbound_count(&self) -> usize {
+        self.index.unbound.len()
+    }
+
+    /// What the replicas bound to `node` hold.
+    pub fn held(&self, node: &str) -> Option<&Held> {
+        self.index.held.get(node)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeRecord>> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeRecord>> + '_ {
+        self.nodes.values()
+    }
+
+    pub fn node_meta(&self, name: &str) -> Option<&NodeMeta> {
+        self.node_metas.get(name)
+    }
+
+    pub fn node_metas(&self) -> impl Iterator<Item = &NodeMeta> + '_ {
+        self.node_metas.values()
+    }
+
+    pub fn token(&self, id: &str) -> Option<&TokenRecord> {
+        self.tokens.get(id)
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> + '_ {
+        self.tokens.values()
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> + '_ {
+        self.members.values()
+    }
+
+    /// Stored events that pass `filter`, oldest first, at most `limit` of the
+    /// newest ones (0: all).
+    pub fn events(&self, filter: &EventFilter, limit: usize) -> Vec<EventRecord> {
+        let mut found: Vec<EventRecord> = self
+            .events
+            .iter()
+            .filter(|e| filter.matches(e))
+            .map(|e| EventRecord::clone(e))
+            .collect();
+        if limit > 0 && found.len() > limit {
+            found.drain(..found.len() - limit);
+        }
+        found
+    }
+
+    /// The sequence number of the newest event (0: none yet).
+    pub fn last_event_seq(&self) -> u64 {
+        self.last_event_seq
+    }
+
+    /// The indexes as they would be built from the records alone (tests
+    /// compare them with the ones kept up to date).
+    #[cfg(test)]
+    pub(crate) fn indexes_match_records(&self) -> bool {
+        let mut fresh = State::default();
+        for r in self.replicas.values() {
+            fresh.put_replica(ReplicaRecord::clone(r));
+        }
+        let mut held_a: Vec<(String, Held)> = self.index.held.clone().into_iter().collect();
+        let mut held_b: Vec<(String, Held)> = fresh.index.held.clone().into_iter().collect();
+        for (_, h) in held_a.iter_mut().chain(held_b.iter_mut()) {
+            h.host_ports.sort();
+        }
+        self.index.by_deployment == fresh.index.by_deployment
+            && self.index.by_node == fresh.index.by_node
+            && self.index.unbound == fresh.index.unbound
+            && held_a == held_b
+    }
+
+    // ---- writes (commands only) --------------------------------------------
+
+    pub(super) fn put_deployment(&mut self, d: StoredDeployment) {
+        let k = key(
+            &d.deployment.metadata.namespace,
+            &d.deployment.metadata.name,
+        );
+        self.touched.deployments.insert(k.clone());
+        self.touched.deployment_records.insert(k.clone());
+        self.deployments.insert(k, Arc::new(d));
+    }
+
+    pub(super) fn remove_deployment(&mut self, k: &ObjectRef) -> Option<Arc<StoredDeployment>> {
+        self.touched.deployments.insert(k.clone());
+        self.touched.deployment_records.insert(k.clone());
+        self.deployments.remove(k)
+    }
+
+    pub(super) fn put_replica(&mut self, r: ReplicaRecord) {
+        let k = key(&r.namespace, &r.name);
+        if let Some(old) = self.replicas.get(&k).cloned() {
+            self.unindex(&k, &old);
+        }
+        self.index_replica(&k, &r);
+        self.replicas.insert(k, Arc::new(r));
+    }
+
+    pub(super) fn remove_replica(&mut self, k: &ObjectRef) -> Option<Arc<ReplicaRecord>> {
+        let old = self.replicas.remove(k)?;
+        self.unindex(k, &old);
+        Some(old)
+    }
+
+    fn index_replica(&mut self, k: &ObjectRef, r: &ReplicaRecord) {
+        let d = key(&r.namespace, &r.deployment);
+        self.index
+            .by_deployment
+            .entry(d.clone())
+            .or_default()
+            .insert(r.name.clone());
+        self.touched.deployments.insert(d);
+        match &r.node {
+            Some(node) => {
+                self.index
+                    .by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(k.clone());
+                // A node holds an entry only while it holds something, so
+                // the index equals one built from the records.
+                if let Some(b) = r.booking.as_ref().filter(|b| !b.is_nothing()) {
+                    self.index.held.entry(node.clone()).or_default().add(b);
+                }
+                self.touched.nodes.insert(node.clone());
+            }
+            None => {
+                self.index.unbound.insert(k.clone());
+            }
+        }
+    }
+
+    fn unindex(&mut self, k: &ObjectRef, r: &ReplicaRecord) {
+        let d = key(&r.namespace, &r.deployment);
+        if let Some(names) = self.index.by_deployment.get_mut(&d) {
+            names.remove(&r.name);
+            if names.is_empty() {
+                self.index.by_deployment.remove(&d);
+            }
+        }
+        self.touched.deployments.insert(d);
+        match &r.node {
+            Some(node) => {
+                if let Some(keys) = self.index.by_node.get_mut(node) {
+                    keys.remove(k);
+                    if keys.is_empty() {
+                        self.index.by_node.remove(node);
+                    }
+                }
+                if let Some(b) = &r.booking {
+                    if let Some(h) = self.index.held.get_mut(node) {
+                        h.remove(b);
+                        if h.requests == Resources::default() && h.host_ports.is_empty() {
+                            self.index.held.remove(node);
+                        }
+                    }
+                }
+                self.touched.nodes.insert(node.clone());
+            }
+            None => {
+                self.index.unbound.remove(k);
+            }
+        }
+    }
+
+    /// The replicas bound to `node`, as keys.
+    pub(super) fn replica_keys_on(&self, node: &str) -> Vec<ObjectRef> {
+        self.index
+            .by_node
+            .get(node)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The replicas of a deployment, as keys.
+    pub(super) fn replica_keys_of(&self, deployment: &ObjectRef) -> Vec<ObjectRef> {
+        self.index
+            .by_deployment
+            .get(deployment)
+            .map(|s| s.iter().map(|n| key(&deployment.namespace, n)).collect())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn put_node(&mut self, n: NodeRecord) {
+        self.touched.nodes.insert(n.name.clone());
+        self.touched.node_records.insert(n.name.clone());
+        self.nodes.insert(n.name.clone(), Arc::new(n));
+    }
+
+    pub(super) fn put_node_meta(&mut self, m: NodeMeta) {
+        self.node_metas.insert(m.name.clone(), m);
+    }
+
+    pub(super) fn put_token(&mut self, t: TokenRecord) {
+        self.tokens.insert(t.id.clone(), t);
+    }
+
+    /// Number an event after the newest and keep only the newest
+    /// [`RETAINED`]. A repeat of a retained event (same type, reason, object
+    /// and message) replaces it, counted, at the end.
+    pub(super) fn record(&mut self, now: i64, e: NewEvent) {
+        let key = super::events::same_key(e.event_type, e.reason, &e.object, &e.message);
+        let (count, first) = match self.event_keys.get(&key).copied() {
+            Some(seq) => match self.events.binary_search_by(|x| x.seq.cmp(&seq)) {
+                Ok(at) => {
+                    let old = self.events.remove(at);
+                    (old.count.saturating_add(1), old.first_time_unix_ms)
+                }
+                Err(_) => (1, now),
+            },
+            None => (1, now),
+        };
+        self.last_event_seq += 1;
+        self.event_keys.insert(key, self.last_event_seq);
+        self.events.push_back(Arc::new(EventRecord {
+            seq: self.last_event_seq,
+            time_unix_ms: now,
+            count,
+            first_time_unix_ms: first,
+            event_type: e.event_type,
+            reason: e.reason.to_string(),
+            object: e.object,
+            message: e.message,
+        }));
+        while self.events.len() as u64 > RETAINED {
+            if let Some(gone) = self.events.pop_front() {
+                let key = gone.same_key();
+                if self.event_keys.get(&key) == Some(&gone.seq) {
+                    self.event_keys.remove(&key);
+                }
+            }
+        }
+    }
+
+    // ---- snapshots -----------------------------------------------------------
+
+    /// The state encoded for a raft snapshot. Runs on any thread (the state
+    /// is a snapshot); the output is the same for equal states.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = MAGIC.to_vec();
+        serde_json::to_writer(&mut out, &self.persisted(true)).map_err(encoding)?;
+        Ok(out)
+    }
+
+    /// A state from [`State::encode`]'s bytes, indexes rebuilt.
+    pub fn decode(data: &[u8]) -> Result<State, StoreError> {
+        let body = data
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| StoreError::Corrupt {
+                key: "(snapshot)".into(),
+                reason: "not a drover state snapshot (format DRS2)".into(),
+            })?;
+        let p: Owned = serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
+            key: "(snapshot)".into(),
+            reason: e.to_string(),
+        })?;
+        let mut s = State {
+            applied: (p.applied_index, p.applied_term),
+            members: p.members.into_iter().map(|m| (m.id, m)).collect(),
+            node_metas: p
+                .node_metas
+                .into_iter()
+                .map(|m| (m.name.clone(), m))
+                .collect(),
+            tokens: p.tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            event_keys: p.events.iter().map(|e| (e.same_key(), e.seq)).collect(),
+            events: p.events.into_iter().map(Arc::new).collect(),
+            last_event_seq: p.last_event_seq,
+            ..State::default()
+        };
+        for d in p.deployments {
+            s.put_deployment(d);
+        }
+        for n in p.nodes {
+            s.put_node(n);
+        }
+        for r in p.replicas {
+            s.put_replica(r);
+        }
+        s.touched = Touched::default();
+        Ok(s)
+    }
+
+    /// A short hex digest of the replicated records (not the applied index):
+    /// equal on all members that applied the same entries. Encodes the whole
+    /// state: call it off the raft task.
+    pub fn state_hash(&self) -> String {
+        let mut hasher = HashWriter(Sha256::new());
+        if serde_json::to_writer(&mut hasher, &self.persisted(false)).is_err() {
+            return "error: unencodable state".into();
+        }
+        let digest = hasher.0.finalize();
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn persisted(&self, with_applied: bool) -> Borrowed<'_> {
+        let (applied_index, applied_term) = if with_applied { self.applied } else { (0, 0) };
+        Borrowed {
+            applied_index,
+            applied_term,
+            members: Seq(&self.members, |m| m),
+            deployments: Seq(&self.deployments, |d| d.as_ref()),
+            replicas: Seq(&self.replicas, |r| r.as_ref()),
+            nodes: Seq(&self.nodes, |n| n.as_ref()),
+            node_metas: Seq(&self.node_metas, |m| m),
+            tokens: Seq(&self.tokens, |t| t),
+            events: self.events.iter().map(|e| e.as_ref()).collect(),
+            last_event_seq: self.last_event_seq,
+        }
+    }
+}
+
+const MAGIC: &[u8; 4] = b"DRS2";
+
+fn encoding(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        key: "(encoding)".into(),
+        reason: e.to_string(),
+    }
+}
+
+/// A map's values, serialised as a sequence without copying them.
+struct Seq<'a, K, V, T: 'a>(&'a OrdMap<K, V>, fn(&'a V) -> &'a T);
+
+impl<K: Ord + Clone, V: Clone, T: Serialize> Serialize for Seq<'_, K, V, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values().map(self.1))
+    }
+}
+
+#[derive(Serialize)]
+struct Borrowed<'a> {
+    applied_index: u64,
+    applied_term: u64,
+    members: Seq<'a, u64, Member, Member>,
+    deployments: Seq<'a, ObjectRef, Arc<StoredDeployment>, StoredDeployment>,
+    replicas: Seq<'a, ObjectRef, Arc<ReplicaRecord>, ReplicaRecord>,
+    nodes: Seq<'a, String, Arc<NodeRecord>, NodeRecord>,
+    node_metas: Seq<'a, String, NodeMeta, NodeMeta>,
+    tokens: Seq<'a, String, TokenRecord, TokenRecord>,
+    events: Vec<&'a EventRecord>,
+    last_event_seq: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Owned {
+    applied_index: u64,
+    applied_term: u64,
+    members: Vec<Member>,
+    deployments: Vec<StoredDeployment>,
+    replicas: Vec<ReplicaRecord>,
+    nodes: Vec<NodeRecord>,
+    node_metas: Vec<NodeMeta>,
+    tokens: Vec<TokenRecord>,
+    events: Vec<EventRecord>,
+    last_event_seq: u64,
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The state a brand-new cluster starts from: just its members, at index 1.
+pub fn initial(members: &std::collections::BTreeMap<u64, String>) -> State {
+    let mut s = State::default();
+    for (id, address) in members {
+        s.members.insert(
+            *id,
+            Member {
+                id: *id,
+                address: address.clone(),
+            },
+        );
+    }
+    s.applied = (1, 1);
+    s
+}
