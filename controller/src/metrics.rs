@@ -149,9 +149,7 @@ impl Metrics {
         for outcome in ["committed", "rejected", "not_leader", "failed"] {
             let _ = m.raft_proposals.get_or_create(&[("outcome", outcome)]);
         }
-        for kind in ["sent", "installed"] {
-            let _ = m.raft_snapshots.get_or_create(&[("kind", kind)]);
-        }
+        let _ = m.raft_snapshots.get_or_create(&[("kind", "installed")]);
         let _ = m.round_seconds.get_or_create(&[("loop", "orchestrator")]);
         for outcome in ["applied", "unchanged", "dry_run", "invalid", "failed"] {
             let _ = m.apply_requests.get_or_create(&[("outcome", outcome)]);
@@ -209,12 +207,12 @@ impl Metrics {
         );
         r.register(
             "raft_snapshots",
-            "Snapshots built for a follower (sent) or installed from the leader (installed)",
+            "Snapshots installed from the leader (kind=installed)",
             self.raft_snapshots.clone(),
         );
         r.register(
             "raft_snapshot_bytes",
-            "Size of the last snapshot built or installed",
+            "Size of the last snapshot installed",
             self.raft_snapshot_bytes.clone(),
         );
         r.register(
@@ -313,7 +311,7 @@ impl Metrics {
         }
     }
 
-    /// A snapshot built for a follower (`"sent"`) or installed (`"installed"`).
+    /// A snapshot installed from the leader (`"installed"`).
     pub fn snapshot(&self, kind: &'static str, bytes: usize) {
         if self.on() {
             self.raft_snapshots.get_or_create(&[("kind", kind)]).inc();
