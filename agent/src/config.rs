@@ -14,6 +14,11 @@ use drover_proto::{names, pb};
 use crate::debugging::SessionLimits;
 use crate::error::{AgentError, Result};
 use crate::join::JoinPlan;
+use drover_pki::exposition::MetricsListen;
+
+/// Where an agent serves /metrics unless told otherwise (beside a
+/// controller's 9464 on the same host).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
 
 /// Which runtime runs the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +125,21 @@ pub struct AgentConfig {
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = drover_proto::duration::parse_positive)]
     pub debug_idle_timeout: Duration,
 
+    /// Address of the plaintext, read-only Prometheus listener (GET /metrics);
+    /// an empty value turns it off. It carries counts and timings only.
+    #[arg(
+        long,
+        env = "DROVER_METRICS_LISTEN",
+        value_name = "IP:PORT",
+        default_value = DEFAULT_METRICS_LISTEN
+    )]
+    pub metrics_listen: MetricsListen,
+
+    /// How often CPU and memory in use are sampled and sent to the leader
+    /// (droverctl top), e.g. 5s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = drover_proto::duration::parse_positive)]
+    pub usage_interval: Duration,
+
     /// Log format on stderr: text or json (filter with DROVER_LOG).
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -202,6 +222,8 @@ pub struct Settings {
     pub debug_sessions: SessionLimits,
     /// Rotation of the process runtime's log files.
     pub logs: crate::runtime::log_files::LogLimits,
+    /// How often usage is sampled for `droverctl top`.
+    pub usage_interval: Duration,
 }
 
 impl AgentConfig {
@@ -252,6 +274,7 @@ impl AgentConfig {
                 idle: self.debug_idle_timeout,
             },
             logs,
+            usage_interval: self.usage_interval,
         })
     }
 }

@@ -34,6 +34,7 @@ pub mod debugging;
 pub mod error;
 pub mod fixtures;
 pub mod join;
+pub mod metrics;
 pub mod probe;
 pub mod reconcile;
 pub mod resolve;
@@ -42,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod status;
 pub mod supervisor;
+pub mod usage;
 pub mod volumes;
 
 use std::sync::Arc;
@@ -78,6 +80,27 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         .await?;
     } else if cfg.join_token.is_some() && !settings.security.is_insecure() {
         info!("this node already has a certificate: --join-token is not needed and was not used");
+    }
+    if cfg.metrics_listen.0.is_none() {
+        metrics::set_enabled(false);
+    }
+    if let Some(addr) = cfg.metrics_listen.0 {
+        let listener = drover_pki::exposition::bind(addr)
+            .await
+            .map_err(AgentError::Config)?;
+        info!(metrics = %addr, "serving metrics");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = drover_pki::exposition::serve(
+                listener,
+                || async { metrics::encode() },
+                async move { stop.cancelled().await },
+            )
+            .await;
+            if let Err(e) = served {
+                warn!(error = %e, "the metrics listener failed");
+            }
+        });
     }
     if settings.security.is_insecure() {
         warn!("--insecure: the session with the controllers and the logs service are plaintext and unauthenticated");
@@ -150,6 +173,13 @@ pub async fn run_with<R: Runtime>(
     };
     let (supervisor, supervisor_task) =
         Supervisor::start(runtime.clone(), supervisor_cfg, stop.clone()).await?;
+    let (usage_tx, usage_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(usage::run(
+        runtime.clone(),
+        settings.usage_interval,
+        usage_tx,
+        stop.clone(),
+    ));
     let server = tokio::spawn(server::serve(
         runtime.clone(),
         debugging::Sessions::new(settings.debug_sessions),
@@ -165,6 +195,7 @@ pub async fn run_with<R: Runtime>(
         heartbeat: settings.heartbeat,
         stop_after_disconnect: settings.stop_after_disconnect,
         security,
+        usage: usage_rx,
         ..SessionConfig::new(settings.node.clone(), settings.controllers.clone())
     };
     info!(

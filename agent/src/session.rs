@@ -37,6 +37,7 @@ use tonic::Code;
 use tracing::{debug, info, instrument, warn};
 
 use crate::error::{AgentError, Result};
+use crate::metrics::SessionState;
 use crate::status::{self, StatusMap};
 use crate::supervisor::SupervisorHandle;
 
@@ -64,6 +65,9 @@ pub struct SessionConfig {
     /// Mutual TLS with the node certificate (renewed: each connection takes
     /// the latest), or plaintext (`--insecure`).
     pub security: watch::Receiver<Security>,
+    /// The latest CPU and memory sample ([`crate::usage`]), sent with the
+    /// status whenever a new one is taken.
+    pub usage: watch::Receiver<Option<pb::Usage>>,
 }
 
 impl SessionConfig {
@@ -83,6 +87,7 @@ impl SessionConfig {
             reconnect_max: Duration::from_secs(5),
             stop_after_disconnect: None,
             security: watch::channel(Security::Insecure).1,
+            usage: watch::channel(None).1,
         }
     }
 }
@@ -135,6 +140,7 @@ pub async fn run(
             }
         };
         let ended = session(&cfg, &addr, &supervisor, &mut fence, &shutdown).await;
+        crate::metrics::get().session(SessionState::Disconnected);
         // Whatever ended a session that delivered assignments, the backoff
         // starts over.
         let productive = matches!(
@@ -485,6 +491,10 @@ async fn session(
         Err(_) => return lost("the controller did not answer the session".into()),
     };
     debug!(controller = %addr, node = %cfg.node, "session open");
+    crate::metrics::get().session(SessionState::Opening);
+    let mut usage = cfg.usage.clone();
+    // A sender that is gone (no sampler) is not an end of the session.
+    let mut sampling = true;
 
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
@@ -514,6 +524,22 @@ async fn session(
                 if !send(&tx, msg).await {
                     return Ended::Lost { reason: "the controller stopped reading".into(), productive };
                 }
+                crate::metrics::get().heartbeat_sent();
+            }
+            changed = usage.changed(), if sampling => {
+                if changed.is_err() {
+                    sampling = false;
+                    continue;
+                }
+                let sample = usage.borrow_and_update().clone();
+                if let Some(sample) = sample {
+                    let msg = pb::AgentMessage {
+                        kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: vec![], usage: Some(sample) })),
+                    };
+                    if !send(&tx, msg).await {
+                        return Ended::Lost { reason: "the controller stopped reading".into(), productive };
+                    }
+                }
             }
             changed = statuses.changed() => {
                 if changed.is_err() {
@@ -526,7 +552,7 @@ async fn session(
                 if !replicas.is_empty() {
                     debug!(replicas = replicas.len(), "reporting status");
                     let msg = pb::AgentMessage {
-                        kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas })),
+                        kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas, usage: None })),
                     };
                     if !send(&tx, msg).await {
                         return Ended::Lost { reason: "the controller stopped reading".into(), productive };
@@ -549,6 +575,7 @@ async fn session(
                     current_set = set.clone();
                     if !productive {
                         info!(controller = %addr, node = %cfg.node, "session established");
+                        crate::metrics::get().session(SessionState::Established);
                     }
                     last_version = set.version;
                     productive = true;
@@ -566,7 +593,7 @@ async fn session(
                     assigned = now_assigned;
                     if !fresh.is_empty() {
                         let msg = pb::AgentMessage {
-                            kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: fresh })),
+                            kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: fresh, usage: None })),
                         };
                         if !send(&tx, msg).await {
                             return Ended::Lost { reason: "the controller stopped reading".into(), productive };
@@ -577,6 +604,7 @@ async fn session(
                     }
                 }
                 Ok(Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::HeartbeatAck(_)) })) => {
+                    crate::metrics::get().heartbeat_acknowledged();
                     fence.acked = true;
                     fence.contact();
                 }

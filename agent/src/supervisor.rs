@@ -686,6 +686,7 @@ impl<R: Runtime> Supervisor<R> {
                     } => {
                         info!(replica = %replica, container = %container_id, code = exit.code,
                             reason = exit.reason(), ?delay, "container exited; restarting after backoff");
+                        crate::metrics::get().restart();
                         let r = self.records.entry(replica.clone()).or_default();
                         if r.unhealthy
                             .as_ref()
@@ -917,6 +918,7 @@ impl<R: Runtime> Supervisor<R> {
             map.entry(name.clone())
                 .or_insert_with(|| status::gone(name));
         }
+        crate::metrics::get().replicas(&map);
         self.statuses.send_if_modified(|old| {
             if **old == map {
                 false
@@ -970,7 +972,10 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
             Step::Stop {
                 container_id,
                 grace,
-            } => match runtime.stop(&container_id, grace).await {
+            } => match crate::metrics::get()
+                .time("stop", runtime.stop(&container_id, grace))
+                .await
+            {
                 Ok(()) => done.push(Done::Stopped),
                 Err(AgentError::NoSuchContainer { .. }) => {
                     done.push(Done::Removed { container_id });
@@ -983,7 +988,10 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
             Step::Kill {
                 container_id,
                 grace,
-            } => match runtime.stop(&container_id, grace).await {
+            } => match crate::metrics::get()
+                .time("stop", runtime.stop(&container_id, grace))
+                .await
+            {
                 Ok(()) => done.push(Done::Killed { container_id }),
                 Err(AgentError::NoSuchContainer { .. }) => {
                     done.push(Done::Removed { container_id });
@@ -1000,7 +1008,10 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
                         "could not keep the previous run's output");
                 }
             }
-            Step::Remove { container_id } => match runtime.remove(&container_id).await {
+            Step::Remove { container_id } => match crate::metrics::get()
+                .time("remove", runtime.remove(&container_id))
+                .await
+            {
                 Ok(()) | Err(AgentError::NoSuchContainer { .. }) => {
                     debug!(replica = %replica, container = %container_id, "container removed");
                     done.push(Done::Removed { container_id });
@@ -1023,7 +1034,9 @@ async fn run_steps<R: Runtime>(runtime: Arc<R>, replica: String, steps: Vec<Step
                 let started = match prepared {
                     Ok(prepared) => {
                         assignment.prepared = Some(prepared);
-                        runtime.start(&assignment, restarts).await
+                        crate::metrics::get()
+                            .time("start", runtime.start(&assignment, restarts))
+                            .await
                     }
                     Err(e) => Err(e),
                 };

@@ -60,6 +60,7 @@ impl TestAgent {
             tls_dir: None,
             debug_sessions: Default::default(),
             logs: Default::default(),
+            usage_interval: Duration::from_secs(5),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(drover_agent::run_with(

@@ -7,7 +7,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use drover_pki::exposition::MetricsListen;
+
 use crate::raft::node::NodeConfig;
+
+/// Where a controller serves /metrics unless told otherwise (9464 is the
+/// port OpenTelemetry's Prometheus exporter made customary).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// drover-controller: one member of drover's raft-replicated control plane.
 #[derive(Debug, Clone, Parser)]
@@ -116,6 +122,16 @@ pub struct ControllerConfig {
     /// the token's). Default: --tls-dir's ca.crt.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+
+    /// Address of the plaintext, read-only Prometheus listener (GET /metrics);
+    /// an empty value turns it off. It carries counts and timings only.
+    #[arg(
+        long,
+        env = "DROVER_METRICS_LISTEN",
+        value_name = "IP:PORT",
+        default_value = DEFAULT_METRICS_LISTEN
+    )]
+    pub metrics_listen: MetricsListen,
 
     /// How long the node certificates this controller signs for agents are valid.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = drover_proto::duration::parse_positive)]

@@ -337,6 +337,7 @@ pub fn decide(
 
 /// One pass of the orchestrator and then the scheduler.
 async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(), String> {
+    let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.cluster.store;
     let now = now_unix_ms();
     // The changes first, then the state: the state is at least that new.
@@ -383,8 +384,10 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
         };
         leading.write(command).await?;
     }
-    let (place, unschedulable) = schedule(&store.snapshot());
+    let (place, unschedulable) =
+        crate::metrics::get().time_scheduler(|| schedule(&store.snapshot()));
     if !place.is_empty() || !unschedulable.is_empty() {
+        let decided = (place.len(), unschedulable.len());
         debug!(
             place = place.len(),
             unschedulable = unschedulable.len(),
@@ -396,6 +399,7 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
             now_unix_ms: now_unix_ms(),
         };
         leading.write(command).await?;
+        crate::metrics::get().scheduled(decided.0, decided.1);
     }
     Ok(())
 }

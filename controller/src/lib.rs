@@ -20,6 +20,7 @@
 //!  5  server                          wiring: sled, raft task, gRPC server, shutdown
 //!     leader                          the loops only the leader runs
 //!     renewal                         the controller renewing its own certificate
+//!  any  metrics, usage                 process-wide: Prometheus families, agents' usage samples
 //!  4  api  (control, peer, security)  gRPC services for droverctl and peers
 //!     dispatcher                      agent sessions on the leader
 //!  3  cluster  (+ cluster::wire)      the way into raft shared by services and loops
@@ -51,6 +52,11 @@
 //! - [`renewal`]: the controller renewing its certificate through `Renew`
 //!   on a member, publishing it to the listener and the peer clients. Uses
 //!   `cluster`.
+//! - [`metrics`]: the Prometheus registry every layer reports to with one
+//!   line (a process-wide accessor), and the scrape that counts the state.
+//!   Reads `store` and `raft` status at scrape time only.
+//! - [`usage`]: the agents' latest CPU and memory samples, in the leader's
+//!   memory (never replicated), for `droverctl top`. Uses nothing.
 //! - [`server`]: wires everything together; the only module that uses all.
 //! - [`fixtures`]: small valid objects and test databases, for tests only.
 
@@ -60,6 +66,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod fixtures;
 pub mod leader;
+pub mod metrics;
 pub mod nodes;
 pub mod orchestrator;
 pub mod raft;
@@ -67,3 +74,4 @@ pub mod renewal;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod usage;

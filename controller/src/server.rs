@@ -133,10 +133,47 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let listener = std::net::TcpListener::bind(cfg.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "controller serving");
+    let metrics_listener = match cfg.metrics_listen.0 {
+        Some(addr) => Some(
+            drover_pki::exposition::bind(addr)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => {
+            crate::metrics::set_enabled(false);
+            None
+        }
+    };
+    info!(id = cfg.id, listen = %cfg.listen, advertise = %advertise, metrics = %cfg.metrics_listen, data_dir = %cfg.data_dir.display(), "controller serving");
 
     let node_stop = shutdown.child_token();
     let node_task = tokio::spawn(node.run(node_stop.clone()));
+    tokio::spawn(crate::metrics::watch_leadership(
+        cluster.handle.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        let sources = crate::metrics::Sources {
+            handle: cluster.handle.clone(),
+            store: cluster.store.clone(),
+            db: db.clone(),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = drover_pki::exposition::serve(
+                listener,
+                move || {
+                    let sources = sources.clone();
+                    async move { crate::metrics::scrape(&sources).await }
+                },
+                async move { stop.cancelled().await },
+            )
+            .await;
+            if let Err(e) = served {
+                error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     if let (Some(dir), Security::Tls(_)) = (&cfg.tls_dir, &security) {
         tokio::spawn(crate::renewal::keep_renewed(
             cluster.clone(),

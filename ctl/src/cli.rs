@@ -139,6 +139,9 @@ pub enum Command {
     Version(VersionArgs),
     /// Print a shell completion script
     Completion(CompletionArgs),
+    /// Show CPU and memory in use by nodes or replicas, as the agents last sampled them
+    #[command(subcommand)]
+    Top(TopCommand),
     /// Show and edit the config file's contexts
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -608,6 +611,37 @@ pub struct ScaleArgs {
     /// name: print only deployment.apps/NAME per scaled deployment
     #[arg(short = 'o', long, value_name = "name", value_parser = ["name"])]
     pub output: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// CPU and memory in use on each node (host), against its capacity
+    #[command(visible_aliases = ["node", "no"])]
+    Nodes(TopArgs),
+    /// CPU and memory in use by each replica
+    #[command(visible_aliases = ["replica", "po", "pods", "pod"])]
+    Replicas(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Replicas across all namespaces (top replicas)
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// Sort by CPU or memory in use, largest first
+    #[arg(long, value_enum, value_name = "cpu|memory")]
+    pub sort_by: Option<TopSort>,
+
+    /// Print the table without its header line
+    #[arg(long)]
+    pub no_headers: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    Cpu,
+    Memory,
 }
 
 #[derive(Debug, Args)]

@@ -375,6 +375,32 @@ impl Control for FakeController {
         Ok(Response::new(pb::MembershipResponse { members: vec![] }))
     }
 
+    /// Usage from the nodes a test set: each at a quarter of its capacity.
+    async fn top(&self, _: Request<pb::TopRequest>) -> Result<Response<pb::TopResponse>, Status> {
+        self.gate()?;
+        let nodes = self
+            .lock()
+            .nodes
+            .iter()
+            .map(|n| pb::NodeTop {
+                name: n.name.clone(),
+                sampled: true,
+                usage: Some(pb::ResourceUsage {
+                    cpu_millis: n.cpu_millis / 4,
+                    memory_bytes: n.memory_bytes / 4,
+                }),
+                capacity: Some(pb::ResourceUsage {
+                    cpu_millis: n.cpu_millis,
+                    memory_bytes: n.memory_bytes,
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::TopResponse {
+            nodes,
+            replicas: vec![],
+        }))
+    }
+
     async fn version(
         &self,
         _: Request<pb::VersionRequest>,
@@ -825,6 +851,27 @@ fn no_leader_yet_is_retried_until_one_answers() {
     let r = droverctl(home.path(), &["get", "deploy", "--server", &server], None);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stderr, "No resources found in default namespace.\n");
+}
+
+/// A follower answers `top` UNAVAILABLE (only the leader holds the
+/// samples): droverctl asks again and prints kubectl's columns.
+#[test]
+fn top_nodes_retries_past_a_controller_without_the_samples() {
+    let (home, fake, server) = setup();
+    fake.lock().nodes = vec![pb::Node {
+        name: "n1".into(),
+        cpu_millis: 2000,
+        memory_bytes: 4 << 30,
+        ..Default::default()
+    }];
+    fake.unavailable_first.store(1, Ordering::SeqCst);
+    let r = droverctl(home.path(), &["top", "nodes", "--server", &server], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "NAME   CPU(cores)   CPU%   MEMORY(bytes)   MEMORY%\n\
+         n1     500m         25%    1024Mi          25%\n"
+    );
 }
 
 #[test]

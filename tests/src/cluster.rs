@@ -43,6 +43,8 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
 pub struct Controller {
     pub id: u64,
     pub address: String,
+    /// Where its /metrics listener is (`--metrics-listen`).
+    pub metrics: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -124,6 +126,8 @@ pub struct Cluster {
 pub struct Agent {
     pub name: String,
     pub address: String,
+    /// Where its /metrics listener is (`--metrics-listen`).
+    pub metrics: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub runtime: String,
@@ -160,6 +164,7 @@ impl Cluster {
             controllers.push(Controller {
                 id,
                 address: format!("{ip}:{port}"),
+                metrics: format!("{ip}:{}", free_port(&ip)?),
                 data_dir: dir.path().join(format!("controller-{id}")),
                 log: dir.path().join(format!("controller-{id}.log")),
                 child: None,
@@ -233,6 +238,16 @@ impl Cluster {
         if !extra.iter().any(|a| a == "--join") {
             cmd.arg("--peers").arg(&self.peers);
         }
+        // Options may turn metrics off (`--metrics-listen=`); given twice,
+        // the flag is refused.
+        let own_metrics = self
+            .options
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--metrics-listen"));
+        if !own_metrics {
+            cmd.arg("--metrics-listen").arg(&c.metrics);
+        }
         c.child = Some(cmd.spawn().context("starting drover-controller")?);
         Ok(())
     }
@@ -249,6 +264,7 @@ impl Cluster {
         self.controllers.push(Controller {
             id,
             address: format!("{ip}:{port}"),
+            metrics: format!("{ip}:{}", free_port(&ip)?),
             data_dir: self.dir.path().join(format!("controller-{id}")),
             log: self.dir.path().join(format!("controller-{id}.log")),
             child: None,
@@ -429,6 +445,7 @@ impl Cluster {
         self.agents.push(Agent {
             name: name.to_string(),
             address: format!("{ip}:{port}"),
+            metrics: format!("{ip}:{}", free_port(&ip)?),
             data_dir: self.dir.path().join(format!("agent-{name}")),
             log: self.dir.path().join(format!("agent-{name}.log")),
             runtime: runtime.to_string(),
@@ -476,6 +493,8 @@ impl Cluster {
             .arg(&a.data_dir)
             .arg("--listen")
             .arg(&a.address)
+            .arg("--metrics-listen")
+            .arg(&a.metrics)
             .args(&tls)
             .args(extra)
             .env("DROVER_LOG", "info,h2=warn")

@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod metrics;
 pub mod scenarios;
 
 pub use cluster::{bin, Cluster, Ctl};

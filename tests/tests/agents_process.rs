@@ -141,7 +141,7 @@ async fn a_second_live_agent_with_the_same_name_is_refused() {
         ])
         .arg("--data-dir")
         .arg(c.dir.path().join("impostor"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen="])
         .output()
         .expect("second agent runs");
     assert_eq!(out.status.code(), Some(1), "the impostor must exit 1");

@@ -80,6 +80,7 @@ async fn run<R: Runtime>(
         )
         .await;
         let finished = now_unix_ms();
+        crate::metrics::get().probe(kind, &result);
         debug!(replica = %target.replica, probe = kind.as_str(), ?result, "probed");
         let Some(change) = state.observe(started, finished, result) else {
             continue;

@@ -24,20 +24,20 @@
 //! so `docker inspect` shows them to whoever may use the Docker socket (as on
 //! a Kubernetes node); drover itself never logs them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HostConfig, HostConfigLogConfig, Mount, MountType, PortBinding, PortMap, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerStatsResponse, EventMessage, HostConfig, HostConfigLogConfig, Mount, MountType,
+    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    RemoveContainerOptions, StatsOptionsBuilder, StopContainerOptions,
 };
 use bollard::Docker;
 use drover_manifest::PullPolicy;
@@ -48,8 +48,8 @@ use tracing::{debug, info, warn};
 
 use super::previous::{Collector, PreviousLogs, Record};
 use super::{
-    container_name, labels, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec, Exit,
-    LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
+    container_name, labels, Consumed, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec,
+    Exit, LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
     EVENT_CAPACITY,
 };
 use crate::assignment::Assignment;
@@ -245,7 +245,8 @@ impl DockerRuntime {
             }
             Ok(())
         };
-        match tokio::time::timeout(self.cfg.pull_timeout, pull).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.cfg.pull_timeout, pull).await {
             Ok(result) => result,
             Err(_) => Err(AgentError::ImagePull {
                 image: image.to_string(),
@@ -254,7 +255,9 @@ impl DockerRuntime {
                     drover_proto::duration::short(self.cfg.pull_timeout)
                 ),
             }),
-        }
+        };
+        crate::metrics::get().pull(started, result.is_ok());
+        result
     }
 
     /// Create the container; a stale, stopped container of the same replica
@@ -359,6 +362,46 @@ impl Runtime for DockerRuntime {
         }
         out.sort_by(|a, b| a.replica.cmp(&b.replica));
         Ok(out)
+    }
+
+    /// Docker's stats for each running container of this node (one-shot, as
+    /// `docker stats --no-stream` reads them): CPU time from the cgroup,
+    /// memory as the CLI shows it (usage minus inactive page cache).
+    async fn usage(&self) -> Result<BTreeMap<String, Consumed>> {
+        let opts = ListContainersOptions {
+            all: false,
+            filters: Some(self.node_filter(&[])),
+            ..Default::default()
+        };
+        let running = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_error("listing containers", &self.cfg.node, e))?;
+        let targets: Vec<(String, String)> = running
+            .into_iter()
+            .filter_map(|c| Some((c.labels?.get(labels::REPLICA)?.clone(), c.id?)))
+            .collect();
+        let stats: Vec<Option<(String, Consumed)>> = futures_util::stream::iter(targets)
+            .map(|(replica, id)| async move {
+                let opts = StatsOptionsBuilder::new()
+                    .stream(false)
+                    .one_shot(true)
+                    .build();
+                let mut stream = self.docker.stats(&id, Some(opts));
+                match stream.next().await {
+                    Some(Ok(s)) => Some((replica, consumed_from_stats(&s)?)),
+                    Some(Err(e)) => {
+                        debug!(container = %id, error = %e, "no stats for a container");
+                        None
+                    }
+                    None => None,
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        Ok(stats.into_iter().flatten().collect())
     }
 
     async fn start(&self, assignment: &Assignment, restarts: u32) -> Result<Observed> {
@@ -856,6 +899,26 @@ pub const LOG_MAX_FILES: &str = "3";
 
 /// What the agent needs from an inspected container; None when it carries
 /// no `drover.replica` label.
+/// CPU time and memory in use from one stats answer (cgroup v2 names the
+/// page cache `inactive_file`, v1 `total_inactive_file`).
+fn consumed_from_stats(s: &ContainerStatsResponse) -> Option<Consumed> {
+    let cpu_ns = s.cpu_stats.as_ref()?.cpu_usage.as_ref()?.total_usage?;
+    let memory = s.memory_stats.as_ref();
+    let usage = memory.and_then(|m| m.usage).unwrap_or(0);
+    let cache = memory
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|st| {
+            st.get("inactive_file")
+                .or_else(|| st.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    Some(Consumed {
+        cpu_ns,
+        memory_bytes: usage.saturating_sub(cache),
+    })
+}
+
 fn observed_from_inspect(c: &ContainerInspectResponse) -> Option<Observed> {
     let config = c.config.as_ref()?;
     let l = config.labels.as_ref()?;

@@ -29,6 +29,7 @@ pub mod previous;
 pub mod process;
 pub mod sim;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -130,6 +131,16 @@ impl Observed {
     pub fn is_running(&self) -> bool {
         self.state == ContainerState::Running
     }
+}
+
+/// What a replica has used: CPU time so far (a counter) and memory now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Consumed {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use now (resident, without page cache where the runtime
+    /// can tell them apart).
+    pub memory_bytes: u64,
 }
 
 /// Something that happened to a container without the agent asking.
@@ -320,6 +331,12 @@ pub trait Runtime: Send + Sync + 'static {
         replica: &str,
         port: u16,
     ) -> impl Future<Output = Result<SocketAddr>> + Send;
+
+    /// What each running replica has used, by replica id (`droverctl top`).
+    /// A runtime that runs nothing real (the simulator) reports nothing.
+    fn usage(&self) -> impl Future<Output = Result<BTreeMap<String, Consumed>>> + Send {
+        async { Ok(BTreeMap::new()) }
+    }
 }
 
 /// Capacity of every runtime's event channel.

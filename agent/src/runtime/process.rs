@@ -33,7 +33,7 @@
 //! the host (`mountPath: /etc/app` is `./etc/app`); `readOnly` is not
 //! enforced; a `workingDir` of the host's cannot be combined with mounts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -53,9 +53,9 @@ use tracing::{debug, info, warn};
 use super::log_files::{self, LogLimits};
 use super::previous::{PreviousLogs, Record};
 use super::{
-    now_unix_ms, tail_lines, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec, Exit,
-    LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
-    WindowSize, EVENT_CAPACITY, PREVIOUS_LOG_BYTES,
+    now_unix_ms, tail_lines, Consumed, ContainerState, ExecInput, ExecOutput, ExecSession,
+    ExecSpec, Exit, LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent,
+    UnixMs, WindowSize, EVENT_CAPACITY, PREVIOUS_LOG_BYTES,
 };
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
@@ -828,6 +828,97 @@ impl Runtime for ProcessRuntime {
             .ok_or_else(|| AgentError::UnknownReplica(replica.to_string()))?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     }
+
+    /// Each running replica's process group, summed from /proc: every process
+    /// whose group is the one its leader made (children a replica forks are
+    /// in it), with the CPU time of children they already reaped.
+    async fn usage(&self) -> Result<BTreeMap<String, Consumed>> {
+        let groups: Vec<(String, i32, u64)> = self
+            .inner
+            .lock()
+            .values()
+            .filter(|e| e.exit.is_none())
+            .map(|e| (e.replica.clone(), e.pid, e.start_ticks))
+            .collect();
+        tokio::task::spawn_blocking(move || group_usage(&groups))
+            .await
+            .map_err(|e| AgentError::io("reading /proc", std::io::Error::other(e.to_string())))
+    }
+}
+
+/// One process's figures from /proc/<pid>/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcFigures {
+    pgrp: i32,
+    /// utime + stime + cutime + cstime, in clock ticks.
+    ticks: u64,
+    rss_pages: u64,
+}
+
+/// Fields of /proc/<pid>/stat after `comm`: state is 3, pgrp 5, utime 14,
+/// stime 15, cutime 16, cstime 17, rss 24 (proc(5), counting from 1).
+fn proc_figures(text: &str) -> Option<ProcFigures> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| -> Option<u64> { f.get(i - 3)?.parse().ok() };
+    Some(ProcFigures {
+        pgrp: f.get(5 - 3)?.parse().ok()?,
+        ticks: [n(14)?, n(15)?, n(16)?, n(17)?]
+            .into_iter()
+            .fold(0u64, u64::saturating_add),
+        rss_pages: n(24)?,
+    })
+}
+
+/// Sum every live process of each `(replica, group leader pid, start
+/// ticks)` group in one pass over /proc. A group whose leader is gone or was
+/// replaced (pid reuse) is left out.
+fn group_usage(groups: &[(String, i32, u64)]) -> BTreeMap<String, Consumed> {
+    let live: HashMap<i32, &str> = groups
+        .iter()
+        .filter(|(_, pid, start)| is_alive(*pid, *start))
+        .map(|(replica, pid, _)| (*pid, replica.as_str()))
+        .collect();
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    if live.is_empty() {
+        return BTreeMap::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // exited meanwhile
+        };
+        let Some(fig) = proc_figures(&text) else {
+            continue;
+        };
+        if let Some(replica) = live.get(&fig.pgrp) {
+            let sum = sums.entry(replica.to_string()).or_default();
+            sum.0 = sum.0.saturating_add(fig.ticks);
+            sum.1 = sum.1.saturating_add(fig.rss_pages);
+        }
+    }
+    // SAFETY: sysconf only reads a configuration value.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096);
+    sums.into_iter()
+        .map(|(replica, (ticks, pages))| {
+            (
+                replica,
+                Consumed {
+                    cpu_ns: crate::usage::ticks_to_ns(ticks),
+                    memory_bytes: pages * page,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Wait until the container's exit is recorded, up to `limit`.
@@ -1492,6 +1583,52 @@ mod exec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `comm` may hold spaces and parentheses; the fields resume after the
+    /// last `)`.
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        let line = "4242 (a) (b c) R 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    70 30 5 5 20 0 1 0 123456 1000000 256 18446744073709551615";
+        assert_eq!(
+            proc_figures(line),
+            Some(ProcFigures {
+                pgrp: 4242,
+                ticks: 70 + 30 + 5 + 5,
+                rss_pages: 256,
+            })
+        );
+        assert_eq!(proc_figures("4242 (truncated"), None);
+    }
+
+    /// A real process group: every process of it counts (a busy shell and its sleeping child), and a
+    /// group whose leader is gone counts for nothing.
+    #[test]
+    fn a_process_group_is_summed_from_proc() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & while :; do :; done"])
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let pid = child.id() as i32;
+        let start = stat(pid).expect("stat").start_ticks;
+        let groups = vec![("default.busy".to_string(), pid, start)];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let used = loop {
+            let u = group_usage(&groups);
+            let used = u.get("default.busy").copied().unwrap_or_default();
+            if used.cpu_ns >= 100_000_000 || std::time::Instant::now() > deadline {
+                break used;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(used.cpu_ns >= 100_000_000, "{used:?}");
+        assert!(used.memory_bytes > 0, "{used:?}");
+        signal_group((pid, start), Signal::SIGKILL);
+        let _ = child.wait();
+        assert!(group_usage(&groups).is_empty(), "the group is gone");
+    }
 
     /// Regression (found by `droverctl lab chaos`): concurrent writers of
     /// the state file shared one temp file, so one's rename failed.

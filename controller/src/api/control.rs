@@ -201,118 +201,10 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let req = request.into_inner();
-        let total: usize = req.files.iter().map(|f| f.content.len()).sum();
-        if total > drover_proto::MAX_REQUEST_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the manifests total {total} bytes; one apply accepts at most {} bytes",
-                drover_proto::MAX_REQUEST_BYTES
-            )));
-        }
-        if req.files.is_empty() {
-            return Err(Status::invalid_argument("no manifest files given"));
-        }
-        let files: Vec<(String, String)> =
-            req.files.into_iter().map(|f| (f.name, f.content)).collect();
-        let opts = ParseOptions {
-            lenient: req.lenient,
-            skip_unsupported_kinds: req.skip_unsupported_kinds,
-            max_replicas: self.cluster.max_replicas,
-            namespace: Some(req.namespace).filter(|ns| !ns.is_empty()),
-            enforce_namespace: req.enforce_namespace,
-        };
-        let parsed = manifest::parse_files(&files, &opts)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let warnings = parsed.warnings;
-        let has_config = !parsed.config_maps.is_empty() || !parsed.secrets.is_empty();
-        if parsed.deployments.is_empty() && !has_config {
-            return Ok(Response::new(pb::ApplyResponse {
-                results: vec![],
-                warnings,
-            }));
-        }
-        if req.dry_run {
-            self.cluster.read_barrier(None).await?;
-            let mut results: Vec<pb::ApplyResult> =
-                config::dry_run(&self.cluster, &parsed.config_maps, &parsed.secrets)?
-                    .into_iter()
-                    .map(|r| config::result_pb(r, outcome_pb))
-                    .collect();
-            for d in &parsed.deployments {
-                let m = &d.metadata;
-                let existing = self.cluster.store.deployment(&m.namespace, &m.name);
-                let (outcome, generation) = match existing {
-                    None => (ApplyOutcome::Created, 1),
-                    Some(old) if old.deployment == *d => (ApplyOutcome::Unchanged, old.generation),
-                    Some(old) => (ApplyOutcome::Configured, old.generation + 1),
-                };
-                results.push(pb::ApplyResult {
-                    namespace: m.namespace.clone(),
-                    name: m.name.clone(),
-                    outcome: outcome_pb(outcome) as i32,
-                    generation,
-                    kind: "Deployment".into(),
-                });
-            }
-            return Ok(Response::new(pb::ApplyResponse { results, warnings }));
-        }
-        let command = if req.expected_generation > 0 {
-            if has_config {
-                return Err(Status::invalid_argument(
-                    "an apply with an expected generation holds exactly one deployment and no \
-                     ConfigMap or Secret",
-                ));
-            }
-            let [deployment] = <[_; 1]>::try_from(parsed.deployments).map_err(|all| {
-                Status::invalid_argument(format!(
-                    "an apply with an expected generation holds exactly one deployment, not {}",
-                    all.len()
-                ))
-            })?;
-            Command::ApplyIf {
-                deployment: Box::new(deployment),
-                expected_generation: req.expected_generation,
-                now_unix_ms: now_unix_ms(),
-            }
-        } else if has_config {
-            Command::ApplyConfig {
-                deployments: parsed.deployments,
-                config_maps: parsed.config_maps,
-                secrets: parsed.secrets,
-                now_unix_ms: now_unix_ms(),
-            }
-        } else {
-            Command::Apply {
-                deployments: parsed.deployments,
-                now_unix_ms: now_unix_ms(),
-            }
-        };
-        let deployment_pb =
-            |(r, outcome, generation): (ObjectRef, ApplyOutcome, u64)| pb::ApplyResult {
-                namespace: r.namespace,
-                name: r.name,
-                outcome: outcome_pb(outcome) as i32,
-                generation,
-                kind: "Deployment".into(),
-            };
-        match self.cluster.write(Write::Command(command)).await? {
-            WriteResult::Applied(results) => Ok(Response::new(pb::ApplyResponse {
-                results: results.into_iter().map(deployment_pb).collect(),
-                warnings,
-            })),
-            WriteResult::AppliedConfig {
-                config,
-                deployments,
-            } => Ok(Response::new(pb::ApplyResponse {
-                results: config
-                    .into_iter()
-                    .map(|r| config::result_pb(r, outcome_pb))
-                    .chain(deployments.into_iter().map(deployment_pb))
-                    .collect(),
-                warnings,
-            })),
-            other => Err(unexpected(other)),
-        }
+        let dry_run = request.get_ref().dry_run;
+        let answer = self.apply_files(request).await;
+        crate::metrics::get().apply(apply_outcome(dry_run, &answer));
+        answer
     }
 
     async fn list_config_maps(
@@ -864,6 +756,32 @@ impl pb::control_server::Control for ControlService {
         }
     }
 
+    async fn top(
+        &self,
+        request: Request<pb::TopRequest>,
+    ) -> Result<Response<pb::TopResponse>, Status> {
+        let req = request.into_inner();
+        let namespace = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+        if let Some(ns) = namespace {
+            check_name("namespace", ns)?;
+        }
+        // The samples live in the leader's memory only.
+        if !self.cluster.handle.leadership().is_leader {
+            return Err(Status::unavailable(format!(
+                "controller {} is not the leader, and only the leader holds the agents' usage samples; \
+                 ask the leader (droverctl tries every --server in turn)",
+                self.cluster.handle.id()
+            )));
+        }
+        let store = &self.cluster.store;
+        let nodes = store.nodes();
+        let replicas = store.replicas(namespace);
+        let samples = crate::usage::book().latest(std::time::Instant::now());
+        Ok(Response::new(crate::usage::top(
+            &nodes, &replicas, &samples,
+        )))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
@@ -931,6 +849,124 @@ impl pb::control_server::Control for ControlService {
 }
 
 impl ControlService {
+    async fn apply_files(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let total: usize = req.files.iter().map(|f| f.content.len()).sum();
+        if total > drover_proto::MAX_REQUEST_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the manifests total {total} bytes; one apply accepts at most {} bytes",
+                drover_proto::MAX_REQUEST_BYTES
+            )));
+        }
+        if req.files.is_empty() {
+            return Err(Status::invalid_argument("no manifest files given"));
+        }
+        let files: Vec<(String, String)> =
+            req.files.into_iter().map(|f| (f.name, f.content)).collect();
+        let opts = ParseOptions {
+            lenient: req.lenient,
+            skip_unsupported_kinds: req.skip_unsupported_kinds,
+            max_replicas: self.cluster.max_replicas,
+            namespace: Some(req.namespace).filter(|ns| !ns.is_empty()),
+            enforce_namespace: req.enforce_namespace,
+        };
+        let parsed = manifest::parse_files(&files, &opts)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let warnings = parsed.warnings;
+        let has_config = !parsed.config_maps.is_empty() || !parsed.secrets.is_empty();
+        if parsed.deployments.is_empty() && !has_config {
+            return Ok(Response::new(pb::ApplyResponse {
+                results: vec![],
+                warnings,
+            }));
+        }
+        if req.dry_run {
+            self.cluster.read_barrier(None).await?;
+            let mut results: Vec<pb::ApplyResult> =
+                config::dry_run(&self.cluster, &parsed.config_maps, &parsed.secrets)?
+                    .into_iter()
+                    .map(|r| config::result_pb(r, outcome_pb))
+                    .collect();
+            for d in &parsed.deployments {
+                let m = &d.metadata;
+                let existing = self.cluster.store.deployment(&m.namespace, &m.name);
+                let (outcome, generation) = match existing {
+                    None => (ApplyOutcome::Created, 1),
+                    Some(old) if old.deployment == *d => (ApplyOutcome::Unchanged, old.generation),
+                    Some(old) => (ApplyOutcome::Configured, old.generation + 1),
+                };
+                results.push(pb::ApplyResult {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                    outcome: outcome_pb(outcome) as i32,
+                    generation,
+                    kind: "Deployment".into(),
+                });
+            }
+            return Ok(Response::new(pb::ApplyResponse { results, warnings }));
+        }
+        let command = if req.expected_generation > 0 {
+            if has_config {
+                return Err(Status::invalid_argument(
+                    "an apply with an expected generation holds exactly one deployment and no \
+                     ConfigMap or Secret",
+                ));
+            }
+            let [deployment] = <[_; 1]>::try_from(parsed.deployments).map_err(|all| {
+                Status::invalid_argument(format!(
+                    "an apply with an expected generation holds exactly one deployment, not {}",
+                    all.len()
+                ))
+            })?;
+            Command::ApplyIf {
+                deployment: Box::new(deployment),
+                expected_generation: req.expected_generation,
+                now_unix_ms: now_unix_ms(),
+            }
+        } else if has_config {
+            Command::ApplyConfig {
+                deployments: parsed.deployments,
+                config_maps: parsed.config_maps,
+                secrets: parsed.secrets,
+                now_unix_ms: now_unix_ms(),
+            }
+        } else {
+            Command::Apply {
+                deployments: parsed.deployments,
+                now_unix_ms: now_unix_ms(),
+            }
+        };
+        let deployment_pb =
+            |(r, outcome, generation): (ObjectRef, ApplyOutcome, u64)| pb::ApplyResult {
+                namespace: r.namespace,
+                name: r.name,
+                outcome: outcome_pb(outcome) as i32,
+                generation,
+                kind: "Deployment".into(),
+            };
+        match self.cluster.write(Write::Command(command)).await? {
+            WriteResult::Applied(results) => Ok(Response::new(pb::ApplyResponse {
+                results: results.into_iter().map(deployment_pb).collect(),
+                warnings,
+            })),
+            WriteResult::AppliedConfig {
+                config,
+                deployments,
+            } => Ok(Response::new(pb::ApplyResponse {
+                results: config
+                    .into_iter()
+                    .map(|r| config::result_pb(r, outcome_pb))
+                    .chain(deployments.into_iter().map(deployment_pb))
+                    .collect(),
+                warnings,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Ask every member for its own status, in parallel, each bounded by a
     /// short timeout; an unreachable one is reported, not fatal.
     /// Wait until learner `id` has applied what the leader had committed when
@@ -1039,5 +1075,35 @@ fn short_reason(s: &Status) -> String {
         s.code().description().to_string()
     } else {
         m.to_string()
+    }
+}
+
+/// The `outcome` label of `drover_apply_requests_total`.
+fn apply_outcome(
+    dry_run: bool,
+    answer: &Result<Response<pb::ApplyResponse>, Status>,
+) -> &'static str {
+    match answer {
+        Ok(_) if dry_run => "dry_run",
+        Ok(r)
+            if r.get_ref()
+                .results
+                .iter()
+                .all(|x| x.outcome == pb::ApplyOutcome::Unchanged as i32) =>
+        {
+            "unchanged"
+        }
+        Ok(_) => "applied",
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::AlreadyExists
+            ) =>
+        {
+            "invalid"
+        }
+        Err(_) => "failed",
     }
 }

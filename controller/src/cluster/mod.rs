@@ -182,9 +182,13 @@ impl Cluster {
             return Ok(());
         }
         let deadline = Instant::now() + self.leader_wait;
+        let started = Instant::now();
         loop {
             match self.handle.read_barrier().await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    crate::metrics::get().read_index(started);
+                    return Ok(());
+                }
                 Err(NodeError::ReadTimeout) if Instant::now() < deadline => {}
                 Err(NodeError::ReadTimeout) => return Err(self.no_leader()),
                 Err(e) => return Err(node_error(e)),

@@ -290,6 +290,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
             return Err(e);
         }
         info!(node = %node, address = %hello.address, runtime = %hello.runtime, "agent session opened");
+        crate::metrics::get().session(1);
         self.heartbeats.beat(&node);
         self.report(&node, hello.replicas);
 
@@ -299,6 +300,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         tokio::spawn(async move {
             let reason = this.serve(&node, changes, &mut inbound, &tx).await;
             this.release(&node, session_id);
+            crate::metrics::get().session(-1);
             info!(node = %node, reason = %reason, "agent session closed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -379,6 +381,7 @@ impl Dispatcher {
                     }
                     Ok(Some(pb::AgentMessage { kind: Some(Kind::Status(report)) })) => {
                         self.heartbeats.beat(node);
+                        crate::usage::record(node, report.usage.as_ref());
                         self.report(node, report.replicas);
                     }
                     Ok(Some(_)) => {
@@ -423,6 +426,7 @@ async fn batch_statuses(cluster: Cluster, pending: Arc<Pending>, shutdown: Cance
             continue;
         }
         let n = reports.len();
+        crate::metrics::get().status_batch(n);
         let write = Write::Command(Command::ReportStatus {
             reports,
             now_unix_ms: now_unix_ms(),

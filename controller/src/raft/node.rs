@@ -217,6 +217,7 @@ impl Handle {
         &self,
         write: Write,
     ) -> Result<Result<WriteResult, WriteError>, NodeError> {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Msg::Propose { write, reply })
@@ -224,7 +225,9 @@ impl Handle {
                 mpsc::error::TrySendError::Full(_) => NodeError::Busy,
                 mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
             })?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        let result = rx.await.map_err(|_| NodeError::Stopped)?;
+        crate::metrics::get().proposal(started, &result);
+        result
     }
 
     /// Linearizable read barrier (raft ReadIndex): returns once this member has
@@ -878,6 +881,7 @@ impl Node {
         self.raw.store().apply_snapshot(&snap)?;
         self.store.replace(state);
         self.snapshot_at = meta.index;
+        crate::metrics::get().snapshot("installed", snap.get_data().len());
         for m in self.store.members() {
             self.transport.set_peer(m.id, m.address);
         }

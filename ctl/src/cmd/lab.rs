@@ -251,12 +251,13 @@ async fn run_self(env: &Env, args: &[&str]) -> anyhow::Result<()> {
     Box::pin(super::run(cli)).await
 }
 
-/// `HOST ROLE ADDRESS NAMESPACE PID STATE PARTITIONED-FROM`.
+/// `HOST ROLE ADDRESS METRICS NAMESPACE PID STATE PARTITIONED-FROM`.
 pub fn status(lab: &Lab) -> String {
     let mut t = Table::new([
         "HOST",
         "ROLE",
         "ADDRESS",
+        "METRICS",
         "NAMESPACE",
         "PID",
         "STATE",
@@ -272,6 +273,7 @@ pub fn status(lab: &Lab) -> String {
                 lab::Role::Agent => format!("agent/{}", lab.runtime),
             },
             h.address(),
+            format!("http://{}/metrics", h.metrics_address()),
             h.ns.clone(),
             match (state, h.pid) {
                 (lab::HostState::Stopped, _) | (_, None) => "-".into(),

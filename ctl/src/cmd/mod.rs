@@ -25,6 +25,7 @@ pub mod port_forward;
 pub mod rollout;
 pub mod scale;
 pub mod token;
+pub mod top;
 pub mod version;
 pub mod wait;
 
@@ -131,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster::run(&env, cmd).await,
         Command::Version(args) => version::run(&env, args).await,
         Command::Completion(args) => completion::run(args),
+        Command::Top(cmd) => top::run(&env, cmd).await,
         Command::Config(cmd) => config::run(&env, cmd),
         Command::Pki(cmd) => pki::run(cmd),
         Command::Token(cmd) => token::run(&env, cmd).await,

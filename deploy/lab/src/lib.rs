@@ -58,6 +58,10 @@ pub const STATE_FILE: &str = "lab.json";
 pub const NET_PREFIX: &str = "10.213";
 pub const CONTROLLER_PORT: u16 = 7001;
 pub const AGENT_PORT: u16 = 7101;
+/// Each controller host's /metrics port (on its own address).
+pub const CONTROLLER_METRICS_PORT: u16 = 9464;
+/// Each agent host's /metrics port (on its own address).
+pub const AGENT_METRICS_PORT: u16 = 9465;
 /// The droverctl context `lab up` writes (droverctl writes it from the lab).
 pub const CONTEXT: &str = "lab";
 pub const MAX_CONTROLLERS: u32 = 7;
@@ -95,6 +99,16 @@ impl Host {
         let port = match self.role {
             Role::Controller => CONTROLLER_PORT,
             Role::Agent => AGENT_PORT,
+        };
+        format!("{}:{port}", self.ip)
+    }
+
+    /// `IP:PORT` of its daemon's /metrics listener, reachable from this
+    /// machine (the host's own address, not loopback in its namespace).
+    pub fn metrics_address(&self) -> String {
+        let port = match self.role {
+            Role::Controller => CONTROLLER_METRICS_PORT,
+            Role::Agent => AGENT_METRICS_PORT,
         };
         format!("{}:{port}", self.ip)
     }
@@ -853,6 +867,8 @@ async fn build(
             id.clone(),
             "--listen".into(),
             host.address(),
+            "--metrics-listen".into(),
+            host.metrics_address(),
             "--data-dir".into(),
             data.display().to_string(),
             "--peers".into(),
@@ -932,6 +948,8 @@ async fn build(
                 runtime,
                 "--listen".into(),
                 host.address(),
+                "--metrics-listen".into(),
+                host.metrics_address(),
                 "--data-dir".into(),
                 data.display().to_string(),
                 "--ca".into(),

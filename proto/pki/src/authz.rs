@@ -226,7 +226,7 @@ fn is_read(method: &str) -> bool {
     ["List", "Get", "Watch", "Describe"]
         .iter()
         .any(|p| method.starts_with(p))
-        || matches!(method, "ClusterStatus" | "Version")
+        || matches!(method, "ClusterStatus" | "Version" | "Top")
 }
 
 #[cfg(test)]
@@ -252,6 +252,8 @@ mod tests {
             "/drover.v1.Control/ListReplicas",
             id(Role::Agent, "n1")
         ));
+        assert!(ok("/drover.v1.Control/Top", id(Role::Viewer, "v")));
+        assert!(!ok("/drover.v1.Control/Top", id(Role::Agent, "n1")));
         assert!(!ok("/drover.v1.Control/Scale", id(Role::Controller, "c1")));
         // A Secret's key names and sizes for viewers, its values for admins only.
         assert!(ok("/drover.v1.Control/ListSecrets", id(Role::Viewer, "v")));

@@ -4,7 +4,8 @@
 //!
 //! **What it may depend on:** `drover-proto` (names), the crypto crates
 //! (rcgen, x509-parser, pem, sha2, rand), tonic and tower for TLS settings and
-//! the authorization layer, and the filesystem for tls dirs only. Never the
+//! the authorization layer, axum for the plaintext metrics listener
+//! ([`exposition`]), and the filesystem for tls dirs only. Never the
 //! manifest library, the controller or the agent.
 //!
 //! ```text
@@ -30,6 +31,7 @@
 //! directories with mode 0700.
 
 pub mod authz;
+pub mod exposition;
 mod files;
 pub mod limit;
 mod tls;

@@ -47,6 +47,44 @@ pub async fn client(
         .max_decoding_message_size(MAX_LIST_BYTES))
 }
 
+/// A Prometheus stand-in for the metrics-on side of a comparison: scrapes
+/// every controller's /metrics once a second until stopped.
+pub struct Scraper {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+pub fn scrape_every_second(c: &drover_tests::Cluster) -> Scraper {
+    let targets: Vec<String> = c.controllers.iter().map(|x| x.metrics.clone()).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut scrapes = 0u64;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(scrapes),
+                _ = tick.tick() => {}
+            }
+            for t in &targets {
+                drover_tests::metrics::scrape(t)
+                    .await
+                    .with_context(|| format!("scraping {t}"))?;
+                scrapes += 1;
+            }
+        }
+    });
+    Scraper { stop, task }
+}
+
+impl Scraper {
+    /// Stop; the number of scrapes, or the first that failed.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.cancel();
+        self.task.await.context("the scraper task failed")?
+    }
+}
+
 /// The worker Deployment: `replicas` copies of [`WORKER_SCRIPT`] with small
 /// requests, killed at once on delete (a shell as PID 1 ignores SIGTERM, so
 /// any grace period would only be waited out).

@@ -28,6 +28,7 @@ use drover_agent::runtime::SimRuntime;
 use drover_agent::Settings;
 use drover_proto::pb;
 use drover_proto::pb::control_client::ControlClient;
+use drover_tests::cluster::Options;
 use drover_tests::Cluster;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,45 @@ pub struct Config {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    run_with(&cfg, Options::default()).await.map(|_| ())
+}
+
+/// The placement run twice in one process, metrics on (controllers scraped
+/// every second, agents recording) then off (`--metrics-listen=` on the
+/// controllers, the in-process agents' metrics switched off), and the ratio.
+pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
+    println!("-- metrics on --");
+    drover_agent::metrics::set_enabled(true);
+    let on = run_with(&cfg, Options::default()).await?;
+    println!("-- metrics off --");
+    drover_agent::metrics::set_enabled(false);
+    let off = run_with(
+        &cfg,
+        Options {
+            extra_args: vec!["--metrics-listen=".to_string()],
+            ..Options::default()
+        },
+    )
+    .await?;
+    drover_agent::metrics::set_enabled(true);
+    let total = cfg.deployments * cfg.replicas as usize;
+    let (r_on, r_off) = (
+        total as f64 / on.as_secs_f64(),
+        total as f64 / off.as_secs_f64().max(1e-9),
+    );
+    println!(
+        "metrics on / off: all {total} Running in {} vs {} ({r_on:.0} vs {r_off:.0} placements/s, {:.3}x; cost {:+.1} %, target < 2 %)",
+        secs(on),
+        secs(off),
+        r_on / r_off.max(1e-9),
+        (1.0 - r_on / r_off.max(1e-9)) * 100.0
+    );
+    Ok(())
+}
+
+/// One placement run; the time from the first apply to all Running.
+async fn run_with(cfg: &Config, options: Options) -> anyhow::Result<Duration> {
+    let metrics_on = options.extra_args.is_empty();
     let total = cfg.deployments * cfg.replicas as usize;
     println!(
         "drover placement benchmark: 3 controllers, {} sim agents in the bench process, \
@@ -71,10 +111,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.sample.as_millis(),
         cores()
     );
-    let c = Cluster::start(3).await?;
+    let c = Cluster::start_with(3, options).await?;
+    let scraper = metrics_on.then(|| super::scrape_every_second(&c));
     let started = Instant::now();
     let fleet = SimFleet::start(&c, cfg.agents)?;
-    let result = measure(&c, &fleet, started, &cfg, total).await;
+    let result = measure(&c, &fleet, started, cfg, total).await;
+    if let Some(s) = scraper {
+        match s.stop().await {
+            Ok(n) => println!("({n} scrapes of the controllers' /metrics during the run)"),
+            Err(e) => eprintln!("scraping failed: {e:#}"),
+        }
+    }
     print_memory(&c, cfg.agents).await;
     let failed = fleet.stop().await;
     if !failed.is_empty() {
@@ -93,7 +140,7 @@ async fn measure(
     started: Instant,
     cfg: &Config,
     total: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Duration> {
     let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
     let follower = (leader + 1) % c.controllers.len();
     // Progress is read from a follower (stale), keeping the leader's CPU
@@ -212,7 +259,7 @@ async fn measure(
     if !cfg.hold.is_zero() {
         hold(c, &mut watcher, cfg).await?;
     }
-    Ok(())
+    Ok(at)
 }
 
 /// Keep the placed cluster up for `cfg.hold`, once a second asking who
@@ -477,6 +524,7 @@ impl SimFleet {
                 tls_dir: None,
                 debug_sessions: Default::default(),
                 logs: Default::default(),
+                usage_interval: Duration::from_secs(5),
             };
             let (stop, failures) = (stop.child_token(), failures.clone());
             tasks.spawn(async move {

@@ -12,13 +12,15 @@ use anyhow::Context;
 use drover_tests::cluster::{apply_noted, connect, Options};
 use drover_tests::Cluster;
 
-use super::measure::{cores, ms, percentile};
+use super::measure::{cores, cpu_time, ms, percentile};
 
 /// Latency and throughput of one cluster.
 struct Figures {
     p50: Duration,
     p99: Duration,
     throughput: f64,
+    /// Applies acknowledged in all (warm-up, latency and throughput parts).
+    applies: u64,
 }
 
 pub async fn run(
@@ -191,5 +193,118 @@ async fn measure(
         p50: percentile(&samples, 0.50),
         p99: percentile(&samples, 0.99),
         throughput,
+        applies: 20 + latency_ops as u64 + (latency_ops / 4) as u64 + n,
     })
+}
+
+/// Latency and throughput with metrics on and off, alternating `rounds`
+/// times (a fresh cluster each), then the medians side by side. "On" is the
+/// default controller with every controller scraped once a second (a busier
+/// scraper than Prometheus' usual 15 s); "off" is `--metrics-listen=`, which
+/// serves nothing and records nothing.
+pub async fn metrics_compare(
+    latency_ops: usize,
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "drover store benchmark, metrics on vs off: 3 controllers on loopback, mutual TLS, sled fsync on, {} cores, {rounds} rounds each",
+        cores()
+    );
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for round in 1..=rounds {
+        for metrics in [true, false] {
+            println!(
+                "-- round {round}, metrics {} --",
+                if metrics { "on" } else { "off" }
+            );
+            let options = Options {
+                extra_args: if metrics {
+                    Vec::new()
+                } else {
+                    vec!["--metrics-listen=".to_string()]
+                },
+                ..Options::default()
+            };
+            let c = Cluster::start_with(3, options).await?;
+            let cpu = |c: &Cluster| -> Duration {
+                c.controllers
+                    .iter()
+                    .filter_map(|x| x.pid().and_then(cpu_time))
+                    .sum()
+            };
+            let scraper = metrics.then(|| super::scrape_every_second(&c));
+            let cpu_before = cpu(&c);
+            let figures = measure(&c, latency_ops, clients, seconds).await?;
+            let used = cpu(&c).saturating_sub(cpu_before);
+            if let Some(s) = scraper {
+                let scrapes = s.stop().await?;
+                println!("  ({scrapes} scrapes during the round)");
+            }
+            // Controllers' CPU per 1,000 acknowledged applies: less at the
+            // mercy of other work on the machine than the clock is.
+            let per_k = used.as_secs_f64() * 1000.0 / figures.applies.max(1) as f64;
+            println!(
+                "  controllers' CPU: {:.2} s for {} applies ({per_k:.3} s per 1,000)",
+                used.as_secs_f64(),
+                figures.applies
+            );
+            if metrics {
+                on.push((figures, per_k))
+            } else {
+                off.push((figures, per_k))
+            }
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        percentile(v, 0.5)
+    };
+    let fmedian = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut on_p50, mut off_p50): (Vec<_>, Vec<_>) = (
+        on.iter().map(|(f, _)| f.p50).collect(),
+        off.iter().map(|(f, _)| f.p50).collect(),
+    );
+    let (mut on_p99, mut off_p99): (Vec<_>, Vec<_>) = (
+        on.iter().map(|(f, _)| f.p99).collect(),
+        off.iter().map(|(f, _)| f.p99).collect(),
+    );
+    let (mut on_tp, mut off_tp): (Vec<_>, Vec<_>) = (
+        on.iter().map(|(f, _)| f.throughput).collect(),
+        off.iter().map(|(f, _)| f.throughput).collect(),
+    );
+    let (mut on_cpu, mut off_cpu): (Vec<_>, Vec<_>) = (
+        on.iter().map(|(_, c)| *c).collect(),
+        off.iter().map(|(_, c)| *c).collect(),
+    );
+    let (p50_on, p50_off) = (median(&mut on_p50), median(&mut off_p50));
+    let (p99_on, p99_off) = (median(&mut on_p99), median(&mut off_p99));
+    let (tp_on, tp_off) = (fmedian(&mut on_tp), fmedian(&mut off_tp));
+    let (cpu_on, cpu_off) = (fmedian(&mut on_cpu), fmedian(&mut off_cpu));
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "metrics on / off (medians of {rounds}): latency p50 {} vs {} ({:.3}x), p99 {} vs {} ({:.3}x), \
+         throughput {:.0} vs {:.0} applies/s ({:.3}x; cost {:+.1} %, target < 2 %)",
+        ms(p50_on),
+        ms(p50_off),
+        ratio(p50_on, p50_off),
+        ms(p99_on),
+        ms(p99_off),
+        ratio(p99_on, p99_off),
+        tp_on,
+        tp_off,
+        tp_on / tp_off.max(1e-9),
+        (1.0 - tp_on / tp_off.max(1e-9)) * 100.0
+    );
+    println!(
+        "metrics on / off: controllers' CPU per 1,000 applies {cpu_on:.3} s vs {cpu_off:.3} s ({:.3}x; cost {:+.1} %)",
+        cpu_on / cpu_off.max(1e-9),
+        (cpu_on / cpu_off.max(1e-9) - 1.0) * 100.0
+    );
+    Ok(())
 }

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! cargo build --release --workspace
-//! target/release/bench store
-//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300]
+//! target/release/bench store [--metrics-compare [--rounds 2]]
+//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300] [--metrics-compare]
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
@@ -44,6 +44,14 @@ enum What {
         /// Leader kills for the failover figure.
         #[arg(long, default_value_t = 20)]
         kills: usize,
+        /// Instead: latency and throughput with metrics on (every controller
+        /// scraped each second) and off (--metrics-listen=), alternating for
+        /// --rounds rounds each, and the ratio.
+        #[arg(long)]
+        metrics_compare: bool,
+        /// Rounds per side with --metrics-compare.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
     },
     /// Placement throughput: sim agents in this process, apply → all Running.
     Placement {
@@ -69,6 +77,10 @@ enum What {
         /// seconds and count leader changes and NotReady nodes (0: skip).
         #[arg(long, default_value_t = 0)]
         hold_secs: u64,
+        /// Run twice, metrics on (every controller scraped each second) and
+        /// off (--metrics-listen=, agents' metrics off too), and print the ratio.
+        #[arg(long)]
+        metrics_compare: bool,
     },
     /// Replica start through drover (2 Docker agents) against `docker run -d`.
     DockerStart {
@@ -150,7 +162,15 @@ async fn run(what: What) -> anyhow::Result<()> {
             clients,
             seconds,
             kills,
-        } => bench::store::run(latency_ops, clients, seconds, kills).await,
+            metrics_compare,
+            rounds,
+        } => {
+            if metrics_compare {
+                bench::store::metrics_compare(latency_ops, clients, seconds, rounds.max(1)).await
+            } else {
+                bench::store::run(latency_ops, clients, seconds, kills).await
+            }
+        }
         What::Placement {
             agents,
             deployments,
@@ -159,8 +179,9 @@ async fn run(what: What) -> anyhow::Result<()> {
             timeout_secs,
             sample_ms,
             hold_secs,
+            metrics_compare,
         } => {
-            bench::placement::run(bench::placement::Config {
+            let cfg = bench::placement::Config {
                 agents,
                 deployments,
                 replicas,
@@ -168,8 +189,12 @@ async fn run(what: What) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_secs),
                 sample: Duration::from_millis(sample_ms.max(1)),
                 hold: Duration::from_secs(hold_secs),
-            })
-            .await
+            };
+            if metrics_compare {
+                bench::placement::metrics_compare(cfg).await
+            } else {
+                bench::placement::run(cfg).await
+            }
         }
         What::DockerStart {
             replicas,
