@@ -19,8 +19,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_drover-agent");
 fn agent(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     // The fake controllers here speak plaintext.
+    // Metrics off: agents started at once by parallel tests would all
+    // want the default 127.0.0.1:9465.
     cmd.args(args)
         .arg("--insecure")
+        .arg("--metrics-listen=")
         .env("DROVER_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
