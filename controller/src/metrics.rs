@@ -421,24 +421,25 @@ pub const PHASES: [&str; 6] = [
 /// A replica's phase is what its node last reported, `Terminating` once it
 /// was removed from its deployment, and `Pending` while unbound or not yet
 /// reported by the node it is bound to (as `get replicas` shows it).
-/// Cost: one pass over deployments, replicas, nodes and members; events are
-/// counted from their sequence numbers.
+/// Cost: one pass over the replicas of a snapshot of the state (nothing is
+/// copied); the other counts come from its maps.
 pub fn state_counts(store: &Store) -> StateCounts {
-    let deployments = store.deployments(None);
-    let replicas = store.replicas(None);
-    let nodes = store.nodes();
-    let members = store.members();
+    let state = store.snapshot();
     let mut counts = StateCounts::default();
     counts
         .objects
-        .insert("deployment", deployments.len() as u64);
-    counts.objects.insert("replica", replicas.len() as u64);
-    counts.objects.insert("node", nodes.len() as u64);
-    counts.objects.insert("member", members.len() as u64);
+        .insert("deployment", state.deployment_count() as u64);
+    counts
+        .objects
+        .insert("replica", state.replica_count() as u64);
+    counts.objects.insert("node", state.nodes().count() as u64);
+    counts
+        .objects
+        .insert("member", state.members().count() as u64);
     for phase in PHASES {
         counts.replicas.insert(phase, 0);
     }
-    for r in &replicas {
+    for r in state.replicas(None) {
         let phase = if r.is_terminating() {
             ReplicaPhase::Terminating
         } else {
@@ -446,10 +447,10 @@ pub fn state_counts(store: &Store) -> StateCounts {
                 .map_or(ReplicaPhase::Pending, |o| o.phase)
         };
         *counts.replicas.entry(phase_label(phase)).or_default() += 1;
-        if r.node.is_none() && !r.is_terminating() {
-            counts.pending += 1;
-        }
     }
+    // Unbound replicas are never terminating (one no node runs is removed
+    // at once).
+    counts.pending = state.unbound_count() as u64;
     counts
 }
 

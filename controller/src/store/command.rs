@@ -764,21 +764,9 @@ fn delete_nodes(
         if state.node(name).is_none() {
             continue; // named twice
         }
-        let mut unbound = 0;
-        for key in state.replica_keys_on(name) {
-            let Some(r) = state.replica(&key.namespace, &key.name) else {
-                continue;
-            };
-            changed += 1;
-            if r.is_terminating() {
-                state.remove_replica(&key);
-                continue;
-            }
-            let mut r = ReplicaRecord::clone(r);
-            r.node = None;
-            state.put_replica(r);
-            unbound += 1;
-        }
+        let (released, unbound) = release_replicas_on(state, name);
+        changed += released;
+        let unbound = unbound.len();
         // Revokes every certificate issued for the name so far.
         state.remove_node(name);
         changed += 1;
@@ -823,25 +811,8 @@ fn node_condition(
         state.record(now, node_ready_event(name));
         return Ok(WriteResult::Changed(changed));
     }
-    let mut moved = Vec::new();
-    for key in state.replica_keys_on(name) {
-        let Some(r) = state.replica(&key.namespace, &key.name) else {
-            continue;
-        };
-        changed += 1;
-        if r.is_terminating() {
-            // Nobody will report it stopped: the node is lost, and with it
-            // what it held.
-            state.remove_replica(&key);
-            continue;
-        }
-        // The last report stays, tagged with its node: it counts again
-        // only if the replica is placed back there.
-        let mut r = ReplicaRecord::clone(r);
-        r.node = None;
-        moved.push((r.namespace.clone(), r.name.clone()));
-        state.put_replica(r);
-    }
+    let (released, moved) = release_replicas_on(state, name);
+    changed += released;
     state.record(
         now,
         NewEvent::warning(
@@ -865,6 +836,32 @@ fn node_condition(
         );
     }
     Ok(WriteResult::Changed(changed))
+}
+
+/// A lost or deleted node's replicas: the terminating ones go (nobody will
+/// report them stopped, and what they held goes with the node), the others
+/// are unbound so the scheduler places them elsewhere. The last report
+/// stays, tagged with its node: it counts again only if the replica is
+/// placed back there. Returns how many replicas changed, and the unbound
+/// ones' `(namespace, name)`.
+fn release_replicas_on(state: &mut State, node: &str) -> (usize, Vec<(String, String)>) {
+    let mut changed = 0;
+    let mut unbound = Vec::new();
+    for key in state.replica_keys_on(node) {
+        let Some(r) = state.replica(&key.namespace, &key.name) else {
+            continue;
+        };
+        changed += 1;
+        if r.is_terminating() {
+            state.remove_replica(&key);
+            continue;
+        }
+        let mut r = ReplicaRecord::clone(r);
+        r.node = None;
+        unbound.push((r.namespace.clone(), r.name.clone()));
+        state.put_replica(r);
+    }
+    (changed, unbound)
 }
 
 /// Cordon, uncordon (which also ends a drain) or drain a node.
