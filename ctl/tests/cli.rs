@@ -439,6 +439,14 @@ impl Control for FakeController {
         ))
     }
 
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        Err(Status::unimplemented(
+            "this test server never changes; the end-to-end suites watch real clusters",
+        ))
+    }
+
     type WatchChangesStream = ChangeStream;
 
     async fn watch_changes(
@@ -484,6 +492,9 @@ const CONFIG_ELSEWHERE: &str = "configmaps and secrets are tested against real c
 
 type ChangeStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Change, Status>> + Send>>;
+
+type WatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchBatch, Status>> + Send>>;
 
 type EventStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;

@@ -16,16 +16,14 @@ use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
-use super::config;
-use crate::cluster::wire::observed_to_pb;
+use super::{config, watch};
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::config::validate_address;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::node_meta::NodeMetaChange;
 use crate::store::{
-    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, StoredDeployment, Write,
-    WriteResult,
+    ApplyOutcome, Command, ObjectRef, ReplicaRecord, StoredDeployment, Write, WriteResult,
 };
 
 pub struct ControlService {
@@ -85,13 +83,14 @@ fn deployment_status(
     d: &StoredDeployment,
     replicas: &[ReplicaRecord],
     draining: &HashSet<String>,
+    now: i64,
 ) -> pb::DeploymentStatus {
     let m = &d.deployment.metadata;
     let mine: Vec<&ReplicaRecord> = replicas
         .iter()
         .filter(|r| r.namespace == m.namespace && r.deployment == m.name)
         .collect();
-    let c = rollout::counts(d, &mine, draining, now_unix_ms());
+    let c = rollout::counts(d, &mine, draining, now);
     let revisions = d
         .revisions
         .iter()
@@ -133,7 +132,7 @@ fn list_selector(
 
 /// A replica's labels: those of the template it runs (its revision's), else
 /// the deployment's current template's.
-fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, String> {
+pub(super) fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, String> {
     let template = d
         .revisions
         .iter()
@@ -159,10 +158,13 @@ fn draining_nodes(cluster: &Cluster) -> Result<HashSet<String>, Status> {
         .collect())
 }
 
-fn to_pb(
+/// A deployment as the List and Get calls answer it, its status counted from
+/// `replicas` (of any deployments) at time `now`.
+pub(super) fn to_pb(
     d: &StoredDeployment,
     replicas: &[ReplicaRecord],
     draining: &HashSet<String>,
+    now: i64,
 ) -> Result<pb::Deployment, Status> {
     let spec_json =
         serde_json::to_string(&d.deployment).map_err(|e| Status::internal(e.to_string()))?;
@@ -173,7 +175,7 @@ fn to_pb(
         generation: d.generation,
         created_unix_ms: d.created_unix_ms,
         updated_unix_ms: d.updated_unix_ms,
-        status: Some(deployment_status(d, replicas, draining)),
+        status: Some(deployment_status(d, replicas, draining, now)),
     })
 }
 
@@ -271,7 +273,7 @@ impl pb::control_server::Control for ControlService {
                 let m = &d.deployment.metadata;
                 select.deployment(&m.namespace, &m.name, &m.labels)
             })
-            .map(|d| to_pb(d, &replicas, &draining))
+            .map(|d| to_pb(d, &replicas, &draining, now_unix_ms()))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
@@ -291,7 +293,12 @@ impl pb::control_server::Control for ControlService {
             Some(d) => {
                 let replicas = self.cluster.store.replicas(Some(&req.namespace));
                 let draining = draining_nodes(&self.cluster)?;
-                Ok(Response::new(to_pb(&d, &replicas, &draining)?))
+                Ok(Response::new(to_pb(
+                    &d,
+                    &replicas,
+                    &draining,
+                    now_unix_ms(),
+                )?))
             }
             None => Err(Status::not_found(format!(
                 "deployment {:?} not found in namespace {:?}",
@@ -384,54 +391,10 @@ impl pb::control_server::Control for ControlService {
             selector::NODE_FIELDS,
         )?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        let store = &self.cluster.store;
-        let deployments = store.deployments_by_key(None);
-        let mut usage: HashMap<String, (u64, u64, u32)> = HashMap::new();
-        for r in store.replicas(None) {
-            let (Some(node), Some(d)) = (
-                r.node.as_ref(),
-                deployments.get(&(r.namespace.clone(), r.deployment.clone())),
-            ) else {
-                continue;
-            };
-            let u = usage.entry(node.clone()).or_default();
-            for c in &d.deployment.spec.template.spec.containers {
-                u.0 += c.resources.requests.cpu_millis.unwrap_or(0);
-                u.1 += c.resources.requests.memory_bytes.unwrap_or(0);
-            }
-            u.2 += 1;
-        }
-        let mut metas = store.node_metas();
-        let nodes = store
+        let state = self.cluster.store.snapshot();
+        let nodes = state
             .nodes()
-            .into_iter()
-            .map(|n| {
-                let annotations = metas
-                    .remove(&n.name)
-                    .map(|m| m.annotations.into_iter().collect())
-                    .unwrap_or_default();
-                let (cpu, mem, count) = usage.get(&n.name).copied().unwrap_or_default();
-                pb::Node {
-                    condition: match n.condition {
-                        NodeCondition::Ready => "Ready".into(),
-                        NodeCondition::NotReady => "NotReady".into(),
-                    },
-                    labels: n.labels.into_iter().collect(),
-                    condition_since_unix_ms: n.condition_since_unix_ms,
-                    cordoned: n.cordoned,
-                    cpu_millis: n.capacity.cpu_millis,
-                    memory_bytes: n.capacity.memory_bytes,
-                    allocated_cpu_millis: cpu,
-                    allocated_memory_bytes: mem,
-                    replicas: count,
-                    address: n.address,
-                    runtime: n.runtime,
-                    agent_version: n.agent_version,
-                    registered_unix_ms: n.registered_unix_ms,
-                    annotations,
-                    name: n.name,
-                }
-            })
+            .map(|n| watch::node_pb(&state, n))
             .filter(|n| select.node(n))
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
@@ -453,54 +416,11 @@ impl pb::control_server::Control for ControlService {
             selector::REPLICA_FIELDS,
         )?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        let store = &self.cluster.store;
-        let addresses: HashMap<String, String> = store
-            .nodes()
-            .into_iter()
-            .map(|n| (n.name, n.address))
-            .collect();
-        let deployments = store.deployments_by_key(namespace);
-        let replicas = store
+        let state = self.cluster.store.snapshot();
+        let replicas = state
             .replicas(namespace)
-            .into_iter()
             .filter(|r| req.deployment.is_empty() || r.deployment == req.deployment)
-            .map(|r| {
-                let deployment = deployments.get(&(r.namespace.clone(), r.deployment.clone()));
-                let labels = deployment
-                    .map(|d| replica_labels(d, &r.revision))
-                    .unwrap_or_default();
-                let host_ports = deployment
-                    .map(|d| {
-                        d.deployment
-                            .spec
-                            .template
-                            .spec
-                            .containers
-                            .iter()
-                            .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port.map(u32::from)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                pb::Replica {
-                    status: Some(observed_to_pb(&r)),
-                    node_address: r
-                        .node
-                        .as_ref()
-                        .and_then(|n| addresses.get(n))
-                        .cloned()
-                        .unwrap_or_default(),
-                    node: r.node.clone().unwrap_or_default(),
-                    namespace: r.namespace,
-                    name: r.name,
-                    deployment: r.deployment,
-                    slot: r.slot,
-                    revision: r.revision,
-                    pending_reason: r.pending_reason,
-                    created_unix_ms: r.created_unix_ms,
-                    host_ports,
-                    labels,
-                }
-            })
+            .map(|r| watch::replica_pb(&state, r))
             .filter(|r| select.replica(r))
             .collect();
         Ok(Response::new(pb::ListReplicasResponse { replicas }))
@@ -569,6 +489,17 @@ impl pb::control_server::Control for ControlService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<watch::WatchStream>, Status> {
+        watch::watch(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchChangesStream = ChangeStream;
