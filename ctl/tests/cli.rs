@@ -1121,11 +1121,15 @@ fn usage_errors_exit_1_and_help_exits_0() {
         "{}",
         r.stderr
     );
-    let r = droverctl(home.path(), &["get", "replicas", "-w"], None);
+    let r = droverctl(
+        home.path(),
+        &["get", "replicas", "--output-watch-events"],
+        None,
+    );
     assert_eq!(r.code, 1);
     assert_eq!(
         r.stderr,
-        "error: --watch is supported for events only (droverctl get events -w)\n"
+        "error: --output-watch-events only applies to a watch (-w or --watch-only)\n"
     );
     let r = droverctl(home.path(), &["frobnicate"], None);
     assert_eq!(r.code, 1);
