@@ -23,7 +23,7 @@ use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::node_meta::NodeMetaChange;
 use crate::store::{
-    ApplyOutcome, Command, ObjectRef, ReplicaRecord, StoredDeployment, Write, WriteResult,
+    ApplyOutcome, Command, ObjectRef, ReplicaRecord, State, StoredDeployment, Write, WriteResult,
 };
 
 pub struct ControlService {
@@ -81,16 +81,11 @@ fn event_to_pb(e: EventRecord) -> pb::Event {
 /// ready for `minReadySeconds`.
 fn deployment_status(
     d: &StoredDeployment,
-    replicas: &[ReplicaRecord],
+    mine: &[&ReplicaRecord],
     draining: &HashSet<String>,
     now: i64,
 ) -> pb::DeploymentStatus {
-    let m = &d.deployment.metadata;
-    let mine: Vec<&ReplicaRecord> = replicas
-        .iter()
-        .filter(|r| r.namespace == m.namespace && r.deployment == m.name)
-        .collect();
-    let c = rollout::counts(d, &mine, draining, now);
+    let c = rollout::counts(d, mine, draining, now);
     let revisions = d
         .revisions
         .iter()
@@ -147,22 +142,32 @@ pub(super) fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<St
         .collect()
 }
 
-/// Names of the nodes being drained.
-fn draining_nodes(cluster: &Cluster) -> Result<HashSet<String>, Status> {
-    Ok(cluster
-        .store
-        .nodes()
-        .into_iter()
-        .filter(|n| n.draining)
-        .map(|n| n.name)
-        .collect())
+/// A deployment as the List, Get and Watch calls answer it, its status
+/// counted from its replicas in `state` at time `now` (O(its replicas)).
+pub(super) fn deployment_pb(
+    state: &State,
+    d: &StoredDeployment,
+    now: i64,
+) -> Result<pb::Deployment, Status> {
+    let m = &d.deployment.metadata;
+    let key = ObjectRef {
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+    };
+    let mine: Vec<&ReplicaRecord> = state.replicas_of(&key).map(|r| r.as_ref()).collect();
+    // Only the nodes of its replicas matter to its counts.
+    let draining: HashSet<String> = mine
+        .iter()
+        .filter_map(|r| r.node.as_ref())
+        .filter(|n| state.node(n).is_some_and(|n| n.draining))
+        .cloned()
+        .collect();
+    to_pb(d, &mine, &draining, now)
 }
 
-/// A deployment as the List and Get calls answer it, its status counted from
-/// `replicas` (of any deployments) at time `now`.
-pub(super) fn to_pb(
+fn to_pb(
     d: &StoredDeployment,
-    replicas: &[ReplicaRecord],
+    mine: &[&ReplicaRecord],
     draining: &HashSet<String>,
     now: i64,
 ) -> Result<pb::Deployment, Status> {
@@ -175,7 +180,7 @@ pub(super) fn to_pb(
         generation: d.generation,
         created_unix_ms: d.created_unix_ms,
         updated_unix_ms: d.updated_unix_ms,
-        status: Some(deployment_status(d, replicas, draining, now)),
+        status: Some(deployment_status(d, mine, draining, now)),
     })
 }
 
@@ -261,19 +266,16 @@ impl pb::control_server::Control for ControlService {
             "deployments",
             selector::DEPLOYMENT_FIELDS,
         )?;
-        let (applied_index, _) = self.cluster.store.applied();
-        let replicas = self.cluster.store.replicas(namespace);
-        let draining = draining_nodes(&self.cluster)?;
-        let deployments = self
-            .cluster
-            .store
+        let state = self.cluster.store.snapshot();
+        let (applied_index, _) = state.applied();
+        let now = now_unix_ms();
+        let deployments = state
             .deployments(namespace)
-            .iter()
             .filter(|d| {
                 let m = &d.deployment.metadata;
                 select.deployment(&m.namespace, &m.name, &m.labels)
             })
-            .map(|d| to_pb(d, &replicas, &draining, now_unix_ms()))
+            .map(|d| deployment_pb(&state, d, now))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
@@ -289,17 +291,9 @@ impl pb::control_server::Control for ControlService {
         check_name("namespace", &req.namespace)?;
         check_name("deployment name", &req.name)?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        match self.cluster.store.deployment(&req.namespace, &req.name) {
-            Some(d) => {
-                let replicas = self.cluster.store.replicas(Some(&req.namespace));
-                let draining = draining_nodes(&self.cluster)?;
-                Ok(Response::new(to_pb(
-                    &d,
-                    &replicas,
-                    &draining,
-                    now_unix_ms(),
-                )?))
-            }
+        let state = self.cluster.store.snapshot();
+        match state.deployment(&req.namespace, &req.name) {
+            Some(d) => Ok(Response::new(deployment_pb(&state, d, now_unix_ms())?)),
             None => Err(Status::not_found(format!(
                 "deployment {:?} not found in namespace {:?}",
                 req.name, req.namespace

@@ -22,7 +22,7 @@
 //! Adding a kind: a `WatchKind` value, and its arms in [`Kind`]'s keys and
 //! row functions.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
 use super::config::{config_map_pb, secret_pb};
-use super::control::{replica_labels, to_pb};
+use super::control::{deployment_pb, replica_labels};
 use crate::cluster::wire::observed_to_pb;
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::history::{Since, KEPT_VERSIONS};
@@ -350,15 +350,7 @@ impl View {
                 if !self.select.deployment(&m.namespace, &m.name, &m.labels) {
                     return None;
                 }
-                let mine: Vec<ReplicaRecord> =
-                    s.replicas_of(k).map(|r| ReplicaRecord::clone(r)).collect();
-                let draining: HashSet<String> = mine
-                    .iter()
-                    .filter_map(|r| r.node.as_ref())
-                    .filter(|n| s.node(n).is_some_and(|n| n.draining))
-                    .cloned()
-                    .collect();
-                to_pb(d, &mine, &draining, now).ok().map(Object::Deployment)
+                deployment_pb(s, d, now).ok().map(Object::Deployment)
             }
             Kind::Replica => {
                 let r = replica_pb(s, s.replica(&k.namespace, &k.name)?);

@@ -68,11 +68,18 @@ impl Change {
     }
 }
 
+/// Deleted objects remembered before the older ones are forgotten (a
+/// forgotten one is treated as never printed, which is what a deletion is
+/// to a new list; a correct server never sends a change at or below the
+/// index the watch resumed from).
+const TOMBSTONES: usize = 4096;
+
 /// What was printed for each object: the index of its last printed change
 /// and, unless that was a deletion, its content.
 #[derive(Debug, Default)]
 pub struct Printed {
     objects: BTreeMap<(String, String), (u64, Option<Object>)>,
+    tombstones: usize,
 }
 
 impl Printed {
@@ -88,8 +95,14 @@ impl Printed {
                 continue;
             }
             let kept = (change != Change::Deleted).then(|| object.clone());
+            self.tombstones += usize::from(kept.is_none());
             self.objects.insert(key, (index, kept));
             out.push((change, object));
+        }
+        if self.tombstones > TOMBSTONES {
+            self.objects
+                .retain(|_, (at, o)| o.is_some() || *at >= index);
+            self.tombstones = self.objects.values().filter(|(_, o)| o.is_none()).count();
         }
         out
     }
@@ -117,6 +130,7 @@ impl Printed {
             }
             if let Some(gone) = last.take() {
                 *at = index;
+                self.tombstones += 1;
                 out.push((Change::Deleted, gone));
             }
         }
