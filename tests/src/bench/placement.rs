@@ -103,14 +103,28 @@ pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
 /// open on a follower from the start (the default `--watch-history`), then
 /// with no watch and `--watch-history 1` (one version kept: the least the
 /// history can cost); the ratio, and how far the watch lagged behind.
+/// Metrics are off on both sides (`--metrics-listen=`), so only the watch
+/// differs.
 pub async fn watch_compare(cfg: Config) -> anyhow::Result<()> {
     println!("-- watched (get replicas -w on a follower, --watch-history default) --");
-    let watched = run_with(&cfg, Options::default(), true).await?;
+    let watched = run_with(
+        &cfg,
+        Options {
+            extra_args: vec!["--metrics-listen=".into()],
+            ..Options::default()
+        },
+        true,
+    )
+    .await?;
     println!("-- not watched, --watch-history 1 --");
     let bare = run_with(
         &cfg,
         Options {
-            extra_args: vec!["--watch-history".into(), "1".into()],
+            extra_args: vec![
+                "--metrics-listen=".into(),
+                "--watch-history".into(),
+                "1".into(),
+            ],
             ..Options::default()
         },
         false,
