@@ -141,6 +141,13 @@ impl History {
     }
 }
 
+/// An empty state's history, [`KEPT_VERSIONS`] long.
+impl Default for History {
+    fn default() -> History {
+        History::new(Arc::default(), KEPT_VERSIONS)
+    }
+}
+
 fn touched_nothing(versions: &mut VecDeque<Version>, index: u64, state: Arc<State>) {
     versions.push_back(Version {
         index,

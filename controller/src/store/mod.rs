@@ -161,12 +161,6 @@ pub struct Store {
     history: Arc<Mutex<History>>,
 }
 
-impl Default for History {
-    fn default() -> History {
-        History::new(Arc::default(), history::KEPT_VERSIONS)
-    }
-}
-
 /// What changed in the state since its holder last looked: a loop takes it
 /// each round and looks only at that (a new feed starts with everything).
 pub struct ChangeFeed {
