@@ -89,6 +89,12 @@ pub struct ControllerConfig {
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
 
+    /// How many recent changes of the state this controller keeps for
+    /// `get -w`: a watch that resumes here from an older index lists again
+    /// (each kept change holds the state it made; they share what is equal).
+    #[arg(long, default_value_t = crate::store::history::KEPT_VERSIONS)]
+    pub watch_history: usize,
+
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -200,6 +206,9 @@ impl ControllerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("--id must be 1 or more".into());
+        }
+        if self.watch_history == 0 {
+            return Err("--watch-history must be 1 or more".into());
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return Err(

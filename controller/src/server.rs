@@ -61,7 +61,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     cfg.validate().map_err(anyhow::Error::msg)?;
     let advertise = cfg.advertise_address();
     let db = open_db(&cfg.data_dir, cfg.cache_mb)?;
-    let store = Store::default();
+    let store = Store::with_history(cfg.watch_history);
     let storage = SledStorage::open(&db)?;
 
     if !storage.is_initialized() {

@@ -455,9 +455,17 @@ pub struct GetArgs {
     #[arg(long)]
     pub stale: bool,
 
-    /// After listing, keep printing new events as they happen (get events)
+    /// After listing, keep printing each change (a line, or an object with -o json|yaml)
     #[arg(short = 'w', long)]
     pub watch: bool,
+
+    /// Watch without printing the list first
+    #[arg(long)]
+    pub watch_only: bool,
+
+    /// With -w: print each change's type (ADDED, MODIFIED, DELETED) before it
+    #[arg(long)]
+    pub output_watch_events: bool,
 
     /// Only the events about this object: TYPE/NAME, e.g. replica/web-1a2b3-0, node/n1 (get events)
     #[arg(long = "for", value_name = "TYPE/NAME")]

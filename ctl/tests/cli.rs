@@ -443,6 +443,14 @@ impl Control for FakeController {
         ))
     }
 
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        Err(Status::unimplemented(
+            "this test server never changes; the end-to-end suites watch real clusters",
+        ))
+    }
+
     type WatchChangesStream = ChangeStream;
 
     async fn watch_changes(
@@ -488,6 +496,9 @@ const CONFIG_ELSEWHERE: &str = "configmaps and secrets are tested against real c
 
 type ChangeStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Change, Status>> + Send>>;
+
+type WatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchBatch, Status>> + Send>>;
 
 type EventStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -1114,11 +1125,15 @@ fn usage_errors_exit_1_and_help_exits_0() {
         "{}",
         r.stderr
     );
-    let r = droverctl(home.path(), &["get", "replicas", "-w"], None);
+    let r = droverctl(
+        home.path(),
+        &["get", "replicas", "--output-watch-events"],
+        None,
+    );
     assert_eq!(r.code, 1);
     assert_eq!(
         r.stderr,
-        "error: --watch is supported for events only (droverctl get events -w)\n"
+        "error: --output-watch-events only applies to a watch (-w or --watch-only)\n"
     );
     let r = droverctl(home.path(), &["frobnicate"], None);
     assert_eq!(r.code, 1);

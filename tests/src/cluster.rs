@@ -847,6 +847,11 @@ impl Running {
             .clone()
     }
 
+    /// Its process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it exited already, and how.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

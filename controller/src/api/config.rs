@@ -178,7 +178,7 @@ pub(super) async fn list_secrets(
     })
 }
 
-fn config_map_pb(c: StoredConfigMap) -> pb::ConfigRecord {
+pub(super) fn config_map_pb(c: StoredConfigMap) -> pb::ConfigRecord {
     let sizes = c
         .config_map
         .files()
@@ -196,7 +196,7 @@ fn config_map_pb(c: StoredConfigMap) -> pb::ConfigRecord {
     }
 }
 
-fn secret_pb(s: StoredSecret, reveal: bool) -> pb::ConfigRecord {
+pub(super) fn secret_pb(s: StoredSecret, reveal: bool) -> pb::ConfigRecord {
     let sizes = s
         .secret
         .data

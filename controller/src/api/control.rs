@@ -17,16 +17,14 @@ use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
-use super::config;
-use crate::cluster::wire::observed_to_pb;
+use super::{config, watch};
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::config::validate_address;
 use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::node_meta::NodeMetaChange;
 use crate::store::{
-    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, State, StoredDeployment, Write,
-    WriteResult,
+    ApplyOutcome, Command, ObjectRef, ReplicaRecord, State, StoredDeployment, Write, WriteResult,
 };
 
 pub struct ControlService {
@@ -82,22 +80,13 @@ fn event_to_pb(e: EventRecord) -> pb::Event {
 /// kubectl's READY / UP-TO-DATE / AVAILABLE for one deployment: replicas
 /// that report ready, that run the current template, and that have been
 /// ready for `minReadySeconds`.
-/// A deployment's status from the state's index of its replicas: the cost is
-/// its own replicas, whatever else the cluster holds.
 fn deployment_status(
     d: &StoredDeployment,
-    state: &State,
+    mine: &[&ReplicaRecord],
     draining: &HashSet<String>,
+    now: i64,
 ) -> pb::DeploymentStatus {
-    let m = &d.deployment.metadata;
-    let mine: Vec<&ReplicaRecord> = state
-        .replicas_of(&ObjectRef {
-            namespace: m.namespace.clone(),
-            name: m.name.clone(),
-        })
-        .map(|r| r.as_ref())
-        .collect();
-    let c = rollout::counts(d, &mine, draining, now_unix_ms());
+    let c = rollout::counts(d, mine, draining, now);
     let revisions = d
         .revisions
         .iter()
@@ -139,7 +128,7 @@ fn list_selector(
 
 /// A replica's labels: those of the template it runs (its revision's), else
 /// the deployment's current template's.
-fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, String> {
+pub(super) fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, String> {
     let template = d
         .revisions
         .iter()
@@ -152,6 +141,48 @@ fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, Strin
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// A deployment as the List, Get and Watch calls answer it, its status
+/// counted from its replicas in `state` at time `now` (O(its replicas)).
+pub(super) fn deployment_pb(
+    state: &State,
+    d: &StoredDeployment,
+    now: i64,
+) -> Result<pb::Deployment, Status> {
+    let m = &d.deployment.metadata;
+    let key = ObjectRef {
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+    };
+    let mine: Vec<&ReplicaRecord> = state.replicas_of(&key).map(|r| r.as_ref()).collect();
+    // Only the nodes of its replicas matter to its counts.
+    let draining: HashSet<String> = mine
+        .iter()
+        .filter_map(|r| r.node.as_ref())
+        .filter(|n| state.node(n).is_some_and(|n| n.draining))
+        .cloned()
+        .collect();
+    to_pb(d, &mine, &draining, now)
+}
+
+fn to_pb(
+    d: &StoredDeployment,
+    mine: &[&ReplicaRecord],
+    draining: &HashSet<String>,
+    now: i64,
+) -> Result<pb::Deployment, Status> {
+    let spec_json =
+        serde_json::to_string(&d.deployment).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(pb::Deployment {
+        namespace: d.deployment.metadata.namespace.clone(),
+        name: d.deployment.metadata.name.clone(),
+        spec_json,
+        generation: d.generation,
+        created_unix_ms: d.created_unix_ms,
+        updated_unix_ms: d.updated_unix_ms,
+        status: Some(deployment_status(d, mine, draining, now)),
+    })
 }
 
 /// A list page: at most `limit` (0: no limit) of the `items` that `keep`
@@ -198,33 +229,6 @@ fn key_of(namespace: &str, name: &str) -> ObjectRef {
         namespace: namespace.to_string(),
         name: name.to_string(),
     }
-}
-
-/// Names of the nodes being drained.
-fn draining_nodes(state: &State) -> HashSet<String> {
-    state
-        .nodes()
-        .filter(|n| n.draining)
-        .map(|n| n.name.clone())
-        .collect()
-}
-
-fn to_pb(
-    d: &StoredDeployment,
-    state: &State,
-    draining: &HashSet<String>,
-) -> Result<pb::Deployment, Status> {
-    let spec_json =
-        serde_json::to_string(&d.deployment).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(pb::Deployment {
-        namespace: d.deployment.metadata.namespace.clone(),
-        name: d.deployment.metadata.name.clone(),
-        spec_json,
-        generation: d.generation,
-        created_unix_ms: d.created_unix_ms,
-        updated_unix_ms: d.updated_unix_ms,
-        status: Some(deployment_status(d, state, draining)),
-    })
 }
 
 fn outcome_pb(o: ApplyOutcome) -> pb::ApplyOutcome {
@@ -312,7 +316,7 @@ impl pb::control_server::Control for ControlService {
         let after = page_start(&req.continue_token)?;
         let state = self.cluster.store.snapshot();
         let (applied_index, _) = state.applied();
-        let draining = draining_nodes(&state);
+        let now = now_unix_ms();
         let (page, next) = paged(
             state.deployments_after(namespace, after.as_ref()).map(|d| {
                 let m = &d.deployment.metadata;
@@ -326,7 +330,7 @@ impl pb::control_server::Control for ControlService {
         );
         let deployments = page
             .into_iter()
-            .map(|d| to_pb(d, &state, &draining))
+            .map(|d| deployment_pb(&state, d, now))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
@@ -345,7 +349,7 @@ impl pb::control_server::Control for ControlService {
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let state = self.cluster.store.snapshot();
         match state.deployment(&req.namespace, &req.name) {
-            Some(d) => Ok(Response::new(to_pb(d, &state, &draining_nodes(&state))?)),
+            Some(d) => Ok(Response::new(deployment_pb(&state, d, now_unix_ms())?)),
             None => Err(Status::not_found(format!(
                 "deployment {:?} not found in namespace {:?}",
                 req.name, req.namespace
@@ -437,54 +441,10 @@ impl pb::control_server::Control for ControlService {
             selector::NODE_FIELDS,
         )?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        let store = &self.cluster.store;
-        let deployments = store.deployments_by_key(None);
-        let mut usage: HashMap<String, (u64, u64, u32)> = HashMap::new();
-        for r in store.replicas(None) {
-            let (Some(node), Some(d)) = (
-                r.node.as_ref(),
-                deployments.get(&(r.namespace.clone(), r.deployment.clone())),
-            ) else {
-                continue;
-            };
-            let u = usage.entry(node.clone()).or_default();
-            for c in &d.deployment.spec.template.spec.containers {
-                u.0 += c.resources.requests.cpu_millis.unwrap_or(0);
-                u.1 += c.resources.requests.memory_bytes.unwrap_or(0);
-            }
-            u.2 += 1;
-        }
-        let mut metas = store.node_metas();
-        let nodes = store
+        let state = self.cluster.store.snapshot();
+        let nodes = state
             .nodes()
-            .into_iter()
-            .map(|n| {
-                let annotations = metas
-                    .remove(&n.name)
-                    .map(|m| m.annotations.into_iter().collect())
-                    .unwrap_or_default();
-                let (cpu, mem, count) = usage.get(&n.name).copied().unwrap_or_default();
-                pb::Node {
-                    condition: match n.condition {
-                        NodeCondition::Ready => "Ready".into(),
-                        NodeCondition::NotReady => "NotReady".into(),
-                    },
-                    labels: n.labels.into_iter().collect(),
-                    condition_since_unix_ms: n.condition_since_unix_ms,
-                    cordoned: n.cordoned,
-                    cpu_millis: n.capacity.cpu_millis,
-                    memory_bytes: n.capacity.memory_bytes,
-                    allocated_cpu_millis: cpu,
-                    allocated_memory_bytes: mem,
-                    replicas: count,
-                    address: n.address,
-                    runtime: n.runtime,
-                    agent_version: n.agent_version,
-                    registered_unix_ms: n.registered_unix_ms,
-                    annotations,
-                    name: n.name,
-                }
-            })
+            .map(|n| watch::node_pb(&state, n))
             .filter(|n| select.node(n))
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
@@ -509,43 +469,6 @@ impl pb::control_server::Control for ControlService {
         self.cluster.read_barrier(req.read.as_ref()).await?;
         let state = self.cluster.store.snapshot();
         let (applied_index, _) = state.applied();
-        let to_pb = |r: &ReplicaRecord| {
-            let deployment = state.deployment(&r.namespace, &r.deployment);
-            let labels = deployment
-                .map(|d| replica_labels(d, &r.revision))
-                .unwrap_or_default();
-            let host_ports = deployment
-                .map(|d| {
-                    d.deployment
-                        .spec
-                        .template
-                        .spec
-                        .containers
-                        .iter()
-                        .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port.map(u32::from)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            pb::Replica {
-                status: Some(observed_to_pb(r)),
-                node_address: r
-                    .node
-                    .as_ref()
-                    .and_then(|n| state.node(n))
-                    .map(|n| n.address.clone())
-                    .unwrap_or_default(),
-                node: r.node.clone().unwrap_or_default(),
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-                deployment: r.deployment.clone(),
-                slot: r.slot,
-                revision: r.revision.clone(),
-                pending_reason: r.pending_reason.clone(),
-                created_unix_ms: r.created_unix_ms,
-                host_ports,
-                labels,
-            }
-        };
         // One deployment's replicas come from its index; otherwise the
         // namespace's (or all) in key order.
         let candidates: Box<dyn Iterator<Item = &Arc<ReplicaRecord>>> =
@@ -562,7 +485,7 @@ impl pb::control_server::Control for ControlService {
                 ),
             };
         let (replicas, next) = paged(
-            candidates.map(|r| (key_of(&r.namespace, &r.name), to_pb(r))),
+            candidates.map(|r| (key_of(&r.namespace, &r.name), watch::replica_pb(&state, r))),
             req.limit,
             |r| select.replica(r),
         );
@@ -636,6 +559,17 @@ impl pb::control_server::Control for ControlService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<watch::WatchStream>, Status> {
+        watch::watch(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchChangesStream = ChangeStream;
@@ -1192,16 +1126,10 @@ mod tests {
         let (page, next) = paged(items.clone().into_iter(), 2, |_| true);
         assert_eq!(page, ["a", "b"]);
         assert_eq!(next, "default/b");
-        assert_eq!(
-            page_start(&next).ok().flatten(),
-            Some(key_of("default", "b"))
-        );
+        assert_eq!(page_start(&next).ok().flatten(), Some(key_of("default", "b")));
         // Skipped items do not count; the token is the last item taken.
         let (page, next) = paged(items.clone().into_iter(), 2, |n| n != "b");
-        assert_eq!(
-            (page, next.as_str()),
-            (vec!["a".into(), "c".into()], "default/c")
-        );
+        assert_eq!((page, next.as_str()), (vec!["a".into(), "c".into()], "default/c"));
         // The last page has no token; no limit is one page.
         let (page, next) = paged(items.clone().into_iter().skip(4), 2, |_| true);
         assert_eq!((page.len(), next.as_str()), (1, ""));

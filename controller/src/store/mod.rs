@@ -19,6 +19,7 @@
 mod command;
 pub mod config_objects;
 pub mod events;
+pub mod history;
 pub mod node_meta;
 pub mod objects;
 pub mod state;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use drover_manifest::{Deployment, PodTemplate};
+use history::{History, Since};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -154,6 +156,9 @@ pub struct Member {
 pub struct Store {
     current: Arc<RwLock<Arc<State>>>,
     feeds: Arc<Mutex<Vec<Weak<Mutex<Touched>>>>>,
+    /// Recent versions, for watches (pushed under `current`'s write lock, so
+    /// a snapshot's index is always in it or older than its base).
+    history: Arc<Mutex<History>>,
 }
 
 /// What changed in the state since its holder last looked: a loop takes it
@@ -180,10 +185,40 @@ impl ChangeFeed {
 
 impl Store {
     pub fn new(state: State) -> Store {
+        let state = Arc::new(state);
         Store {
-            current: Arc::new(RwLock::new(Arc::new(state))),
+            history: Arc::new(Mutex::new(History::new(
+                Arc::clone(&state),
+                history::KEPT_VERSIONS,
+            ))),
+            current: Arc::new(RwLock::new(state)),
             feeds: Arc::default(),
         }
+    }
+
+    /// An empty store that keeps `kept` versions for watches (see
+    /// [`history`]).
+    pub fn with_history(kept: usize) -> Store {
+        Store {
+            history: Arc::new(Mutex::new(History::new(Arc::default(), kept))),
+            ..Store::default()
+        }
+    }
+
+    /// The state at applied index `index` and the versions after it (at most
+    /// `limit`), for a watch: see [`history`].
+    pub fn since(&self, index: u64, limit: usize) -> Since {
+        let applied = self.applied().0;
+        self.history().since(index, applied, limit)
+    }
+
+    /// Changes whenever a version that changed something is recorded.
+    pub fn watch_versions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.history().subscribe()
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A feed of the changes applied from now on, starting with everything.
@@ -229,7 +264,11 @@ impl Store {
             let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
             let state = Arc::make_mut(&mut current);
             let out = f(state);
-            (out, state.take_touched())
+            let touched = state.take_touched();
+            if !touched.is_empty() {
+                self.history().push(Arc::clone(&current), touched.clone());
+            }
+            (out, touched)
         };
         self.publish(&touched);
         out
@@ -237,7 +276,11 @@ impl Store {
 
     /// Replace the whole state (a snapshot installed).
     pub fn replace(&self, state: State) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+        {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            *current = Arc::new(state);
+            self.history().restart(Arc::clone(&current));
+        }
         self.publish(&Touched::everything());
     }
 

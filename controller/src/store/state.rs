@@ -60,6 +60,9 @@ pub struct Touched {
     pub deployment_records: BTreeSet<ObjectRef>,
     /// A ConfigMap or Secret changed (created, changed, deleted).
     pub config_objects: bool,
+    /// Replicas whose record changed (created, changed, deleted): what a
+    /// watch of replicas looks at, instead of every replica of a deployment.
+    pub replicas: BTreeSet<ObjectRef>,
 }
 
 impl Touched {
@@ -78,6 +81,7 @@ impl Touched {
             && self.node_records.is_empty()
             && self.deployment_records.is_empty()
             && !self.config_objects
+            && self.replicas.is_empty()
     }
 
     /// Add `other` to this set.
@@ -89,6 +93,7 @@ impl Touched {
         self.node_records.extend(other.node_records.iter().cloned());
         self.deployment_records
             .extend(other.deployment_records.iter().cloned());
+        self.replicas.extend(other.replicas.iter().cloned());
     }
 }
 
@@ -531,11 +536,13 @@ impl State {
             self.unindex(&k, &old);
         }
         self.index_replica(&k, &r);
+        self.touched.replicas.insert(k.clone());
         self.replicas.insert(k, Arc::new(r));
     }
 
     pub(super) fn remove_replica(&mut self, k: &ObjectRef) -> Option<Arc<ReplicaRecord>> {
         let old = self.replicas.remove(k)?;
+        self.touched.replicas.insert(k.clone());
         self.unindex(k, &old);
         Some(old)
     }
@@ -626,6 +633,8 @@ impl State {
     }
 
     pub(super) fn put_node_meta(&mut self, m: NodeMeta) {
+        // A node's row shows its admin labels and annotations.
+        self.touched.node_records.insert(m.name.clone());
         self.node_metas.insert(m.name.clone(), m);
     }
 

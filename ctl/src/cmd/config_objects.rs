@@ -79,34 +79,49 @@ pub async fn list(
         }
     }
     .map_err(anyhow::Error::from)?;
-    let mut items = Vec::new();
-    for record in response.objects {
-        let object = match kind {
-            ResourceKind::ConfigMap => {
-                Object::ConfigMap(serde_json::from_str(&record.json).with_context(|| {
-                    format!(
-                        "the controller sent a configmap {:?} this droverctl cannot read",
-                        record.name
-                    )
-                })?)
-            }
-            _ => Object::Secret(serde_json::from_str(&record.json).with_context(|| {
-                format!(
-                    "the controller sent a secret {:?} this droverctl cannot read",
-                    record.name
-                )
-            })?),
-        };
-        items.push(Item { record, object });
-    }
+    let mut items = response
+        .objects
+        .into_iter()
+        .map(|record| item(kind, record))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     items.sort_by(|a, b| {
         (&a.record.namespace, &a.record.name).cmp(&(&b.record.namespace, &b.record.name))
     });
     Ok(items)
 }
 
+/// A record as the controller sent it, with its model read from its JSON.
+pub fn item(kind: ResourceKind, record: pb::ConfigRecord) -> anyhow::Result<Item> {
+    let object = match kind {
+        ResourceKind::ConfigMap => {
+            Object::ConfigMap(serde_json::from_str(&record.json).with_context(|| {
+                format!(
+                    "the controller sent a configmap {:?} this droverctl cannot read",
+                    record.name
+                )
+            })?)
+        }
+        _ => Object::Secret(serde_json::from_str(&record.json).with_context(|| {
+            format!(
+                "the controller sent a secret {:?} this droverctl cannot read",
+                record.name
+            )
+        })?),
+    };
+    Ok(Item { record, object })
+}
+
 /// `NAME DATA AGE` (ConfigMaps) or `NAME TYPE DATA AGE` (Secrets).
 pub fn table(kind: ResourceKind, items: &[Item], all_namespaces: bool, now_ms: i64) -> String {
+    let mut t = Table::new(headers(kind, all_namespaces));
+    for item in items {
+        t.push(row(item, all_namespaces, now_ms));
+    }
+    t.render()
+}
+
+/// The table's headers: `[NAMESPACE] NAME [TYPE] DATA AGE`.
+pub fn headers(kind: ResourceKind, all_namespaces: bool) -> Vec<&'static str> {
     let mut headers = Vec::new();
     if all_namespaces {
         headers.push("NAMESPACE");
@@ -116,21 +131,22 @@ pub fn table(kind: ResourceKind, items: &[Item], all_namespaces: bool, now_ms: i
         headers.push("TYPE");
     }
     headers.extend(["DATA", "AGE"]);
-    let mut t = Table::new(headers);
-    for item in items {
-        let mut row = Vec::new();
-        if all_namespaces {
-            row.push(item.record.namespace.clone());
-        }
-        row.push(item.record.name.clone());
-        if let Object::Secret(s) = &item.object {
-            row.push(s.kind.clone());
-        }
-        row.push(item.record.sizes.len().to_string());
-        row.push(age(item.record.created_unix_ms, now_ms));
-        t.push(row);
+    headers
+}
+
+/// One object's row of [`table`].
+pub fn row(item: &Item, all_namespaces: bool, now_ms: i64) -> Vec<String> {
+    let mut row = Vec::new();
+    if all_namespaces {
+        row.push(item.record.namespace.clone());
     }
-    t.render()
+    row.push(item.record.name.clone());
+    if let Object::Secret(s) = &item.object {
+        row.push(s.kind.clone());
+    }
+    row.push(item.record.sizes.len().to_string());
+    row.push(age(item.record.created_unix_ms, now_ms));
+    row
 }
 
 /// `configmap/app`, one per line.

@@ -1,5 +1,6 @@
 //! `droverctl get deployments|replicas|nodes|configmaps|secrets [NAME...]` (events: see `events.rs`)
 //! `droverctl get deployments|replicas|nodes [NAME...] [-o wide|yaml|json|name] [-A] [--stale]`
+//! `droverctl get KIND -w|--watch-only [--output-watch-events]`: see `watch.rs`
 //!
 //! Deployments without names: one List call (the whole namespace, or every
 //! namespace with `-A`); with names: one Get per name. Replicas and nodes are
@@ -28,10 +29,10 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
         if args.selector.is_some() || args.field_selector.is_some() {
             bail!("events cannot be selected by -l or --field-selector; use --for TYPE/NAME");
         }
+        if args.watch_only || args.output_watch_events {
+            bail!("events are watched with -w alone (droverctl get events -w)");
+        }
         return super::events::run(env, &args, &selection.names).await;
-    }
-    if args.watch {
-        bail!("--watch is supported for events only (droverctl get events -w)");
     }
     if args.for_object.is_some() {
         bail!("--for only applies to events (e.g. droverctl get events --for node/n1)");
@@ -51,6 +52,12 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
     )?;
     if !selection.names.is_empty() && !selectors.is_empty() {
         bail!("give names or a selector (-l, --field-selector), not both");
+    }
+    if args.watch || args.watch_only {
+        return super::watch::run(env, &args, kind, &selection.names, &selectors).await;
+    }
+    if args.output_watch_events {
+        bail!("--output-watch-events only applies to a watch (-w or --watch-only)");
     }
     let (mut client, settings) = env.client()?;
     let namespace = settings.namespace;

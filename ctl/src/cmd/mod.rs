@@ -28,6 +28,7 @@ pub mod token;
 pub mod top;
 pub mod version;
 pub mod wait;
+pub mod watch;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -62,7 +62,7 @@ pub struct Config {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    run_with(&cfg, Options::default()).await.map(|_| ())
+    run_with(&cfg, Options::default(), false).await.map(|_| ())
 }
 
 /// The placement run twice in one process, metrics on (controllers scraped
@@ -71,7 +71,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
     println!("-- metrics on --");
     drover_agent::metrics::set_enabled(true);
-    let on = run_with(&cfg, Options::default()).await?;
+    let on = run_with(&cfg, Options::default(), false).await?;
     println!("-- metrics off --");
     drover_agent::metrics::set_enabled(false);
     let off = run_with(
@@ -80,6 +80,7 @@ pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
             extra_args: vec!["--metrics-listen=".to_string()],
             ..Options::default()
         },
+        false,
     )
     .await?;
     drover_agent::metrics::set_enabled(true);
@@ -98,8 +99,106 @@ pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The placement run twice in one process: with a watch of every replica
+/// open on a follower from the start (the default `--watch-history`), then
+/// with no watch and `--watch-history 1` (one version kept: the least the
+/// history can cost); the ratio, and how far the watch lagged behind.
+/// Metrics are off on both sides (`--metrics-listen=`), so only the watch
+/// differs.
+pub async fn watch_compare(cfg: Config) -> anyhow::Result<()> {
+    println!("-- watched (get replicas -w on a follower, --watch-history default) --");
+    let watched = run_with(
+        &cfg,
+        Options {
+            extra_args: vec!["--metrics-listen=".into()],
+            ..Options::default()
+        },
+        true,
+    )
+    .await?;
+    println!("-- not watched, --watch-history 1 --");
+    let bare = run_with(
+        &cfg,
+        Options {
+            extra_args: vec![
+                "--metrics-listen=".into(),
+                "--watch-history".into(),
+                "1".into(),
+            ],
+            ..Options::default()
+        },
+        false,
+    )
+    .await?;
+    let total = cfg.deployments * cfg.replicas as usize;
+    let (r_on, r_off) = (
+        total as f64 / watched.as_secs_f64(),
+        total as f64 / bare.as_secs_f64().max(1e-9),
+    );
+    println!(
+        "watched / not watched: all {total} Running in {} vs {} ({r_on:.0} vs {r_off:.0} placements/s, {:.3}x; cost {:+.1} %)",
+        secs(watched),
+        secs(bare),
+        r_on / r_off.max(1e-9),
+        (1.0 - r_on / r_off.max(1e-9)) * 100.0
+    );
+    Ok(())
+}
+
+/// Follow every replica through `Watch` until `total` are Running; the
+/// events received and when the last one arrived.
+async fn watch_until_running(
+    address: String,
+    security: drover_pki::Security,
+    total: usize,
+) -> anyhow::Result<(usize, usize, Instant)> {
+    use pb::watch_event::Object;
+    let mut client = client(&address, &security).await?;
+    // The list at the start reads through the leader: wait for one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        let request = pb::WatchRequest {
+            kind: pb::WatchKind::Replica as i32,
+            ..Default::default()
+        };
+        match client.watch(request).await {
+            Ok(stream) => break stream.into_inner(),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("  watch: {}; again", e.message());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut running = std::collections::HashSet::new();
+    let (mut events, mut batches) = (0, 0);
+    while let Some(batch) = stream.message().await? {
+        batches += 1;
+        for e in batch.events {
+            events += 1;
+            let deleted = e.r#type() == pb::WatchEventType::Deleted;
+            if let Some(Object::Replica(r)) = e.object {
+                let is_running = r
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state() == pb::ReplicaState::Running);
+                if is_running && !deleted && r.deployment != WARM_UP {
+                    running.insert(r.name);
+                } else {
+                    running.remove(&r.name);
+                }
+            }
+        }
+        if running.len() == total {
+            return Ok((events, batches, Instant::now()));
+        }
+    }
+    anyhow::bail!("the watch ended with {} of {total} Running", running.len())
+}
+
 /// One placement run; the time from the first apply to all Running.
-async fn run_with(cfg: &Config, options: Options) -> anyhow::Result<Duration> {
+/// With `watched`, a task follows every replica through `Watch` meanwhile.
+async fn run_with(cfg: &Config, options: Options, watched: bool) -> anyhow::Result<Duration> {
     let metrics_on = options.extra_args.is_empty();
     let total = cfg.deployments * cfg.replicas as usize;
     println!(
@@ -114,8 +213,32 @@ async fn run_with(cfg: &Config, options: Options) -> anyhow::Result<Duration> {
     let c = Cluster::start_with(3, options).await?;
     let scraper = metrics_on.then(|| super::scrape_every_second(&c));
     let started = Instant::now();
+    let watch = watched.then(|| {
+        tokio::spawn(watch_until_running(
+            c.controllers[2].address.clone(),
+            c.security.clone(),
+            total,
+        ))
+    });
     let fleet = SimFleet::start(&c, cfg.agents)?;
     let result = measure(&c, &fleet, started, cfg, total).await;
+    let measured_at = Instant::now();
+    if let Some(watch) = watch {
+        match tokio::time::timeout(cfg.timeout, watch).await {
+            Ok(Ok(Ok((events, batches, at)))) => println!(
+                "the watch of every replica (controller {}) saw all {total} Running {} after the run \
+                 started ({} events in {} batches); the progress poll confirmed it {}",
+                c.controllers[2].id,
+                secs(at.duration_since(started)),
+                events,
+                batches,
+                secs(measured_at.duration_since(started)),
+            ),
+            Ok(Ok(Err(e))) => eprintln!("the watch failed: {e:#}"),
+            Ok(Err(e)) => eprintln!("the watch task failed: {e}"),
+            Err(_) => eprintln!("the watch did not see every replica Running"),
+        }
+    }
     if let Some(s) = scraper {
         match s.stop().await {
             Ok(n) => println!("({n} scrapes of the controllers' /metrics during the run)"),

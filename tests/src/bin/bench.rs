@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release --workspace
 //! target/release/bench store [--metrics-compare [--rounds 2]]
-//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300] [--metrics-compare]
+//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300] [--metrics-compare|--watch-compare]
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
@@ -81,6 +81,11 @@ enum What {
         /// off (--metrics-listen=, agents' metrics off too), and print the ratio.
         #[arg(long)]
         metrics_compare: bool,
+        /// Run twice: with a `get replicas -w` stream open on a follower the
+        /// whole time (default --watch-history), then with no watch and
+        /// --watch-history 1; print both and the ratio.
+        #[arg(long, conflicts_with = "metrics_compare")]
+        watch_compare: bool,
     },
     /// Replica start through drover (2 Docker agents) against `docker run -d`.
     DockerStart {
@@ -180,6 +185,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             sample_ms,
             hold_secs,
             metrics_compare,
+            watch_compare,
         } => {
             let cfg = bench::placement::Config {
                 agents,
@@ -192,6 +198,8 @@ async fn run(what: What) -> anyhow::Result<()> {
             };
             if metrics_compare {
                 bench::placement::metrics_compare(cfg).await
+            } else if watch_compare {
+                bench::placement::watch_compare(cfg).await
             } else {
                 bench::placement::run(cfg).await
             }
