@@ -477,7 +477,31 @@ impl Control for FakeController {
     ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
         Err(Status::unimplemented(CONFIG_ELSEWHERE))
     }
+
+    async fn list_services(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(SERVICES_ELSEWHERE))
+    }
+
+    async fn list_endpoints(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(SERVICES_ELSEWHERE))
+    }
+
+    async fn delete_services(
+        &self,
+        _: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        Err(Status::unimplemented(SERVICES_ELSEWHERE))
+    }
 }
+
+/// Services are tested against real controllers (tests/tests/services.rs).
+const SERVICES_ELSEWHERE: &str = "services are tested against real clusters";
 
 /// ConfigMaps and Secrets are tested against real controllers (tests/).
 const CONFIG_ELSEWHERE: &str = "configmaps and secrets are tested against real clusters";

@@ -14,3 +14,4 @@ pub mod control;
 pub mod join_limit;
 pub mod peer;
 pub mod security;
+mod services;

@@ -21,6 +21,7 @@ pub mod config_objects;
 pub mod events;
 pub mod node_meta;
 pub mod objects;
+pub mod services;
 pub mod state;
 
 use std::collections::BTreeMap;
