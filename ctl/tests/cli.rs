@@ -1126,11 +1126,11 @@ fn script_verbs_refuse_bad_input_with_one_sentence() {
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     let home = tempfile::tempdir().unwrap();
-    let r = droverctl(home.path(), &["get", "services"], None);
+    let r = droverctl(home.path(), &["get", "ingresses"], None);
     assert_eq!(r.code, 1);
     assert!(
         r.stderr
-            .starts_with("error: unknown resource type \"services\""),
+            .starts_with("error: unknown resource type \"ingresses\""),
         "{}",
         r.stderr
     );
