@@ -14,7 +14,7 @@ use drover_proto::pb;
 
 use super::config;
 use crate::cluster::Cluster;
-use crate::store::{State, StoredDeployment, Touched};
+use crate::store::{ReplicaRecord, State, StoredDeployment, Touched};
 
 /// Annotations of a deployment that agents act on.
 const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
@@ -164,12 +164,25 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
             revision: r.revision.clone(),
             template_json: String::clone(&template),
             annotations: HashMap::clone(&annotations),
+            service_env: service_env(state, r),
         });
     }
     set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
     set.terminating.sort();
     set.config_objects = config::objects(state, &references);
     set
+}
+
+/// Kubernetes' service variables for `r`: those of the Services of its
+/// namespace created no later than it (a replica's env is fixed when it is
+/// created, as a pod's is). Headless Services give none. Cost: the Services
+/// of one namespace.
+fn service_env(state: &State, r: &ReplicaRecord) -> HashMap<String, String> {
+    state
+        .services(Some(&r.namespace))
+        .filter(|s| s.created_unix_ms <= r.created_unix_ms)
+        .flat_map(|s| drover_manifest::service_env(&s.service, s.cluster_ip))
+        .collect()
 }
 
 /// Templates as agents get them, encoded once per revision per build, with
