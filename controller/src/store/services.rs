@@ -173,6 +173,8 @@ pub(super) fn apply(
             name: s.metadata.name.clone(),
         };
         let old = state.service(&t.namespace, &t.name).cloned();
+        let normalized = old.as_deref().map(|o| as_allocated(s, o));
+        let s = normalized.as_ref().unwrap_or(s);
         if let Some(old) = &old {
             if old.service == *s {
                 results.push((t, ApplyOutcome::Unchanged, old.generation));
@@ -202,6 +204,35 @@ pub(super) fn apply(
         results.push((t, outcome, generation));
     }
     Ok(results)
+}
+
+/// `s` with what was allocated for `old` written back as "allocate": a
+/// dump (`get svc -o yaml`, which shows the address and node ports) applies
+/// unchanged, as with kubectl.
+fn as_allocated(s: &Service, old: &StoredService) -> Service {
+    let mut s = s.clone();
+    if old.service.spec.cluster_ip == ClusterIp::Allocate
+        && old
+            .cluster_ip
+            .is_some_and(|ip| s.spec.cluster_ip == ClusterIp::Address(ip))
+    {
+        s.spec.cluster_ip = ClusterIp::Allocate;
+    }
+    for p in &mut s.spec.ports {
+        let allocated = old
+            .service
+            .spec
+            .ports
+            .iter()
+            .zip(&old.node_ports)
+            .find(|(o, _)| o.name == p.name && o.port == p.port && o.protocol == p.protocol);
+        if let Some((o, n)) = allocated {
+            if o.node_port.is_none() && p.node_port == Some(*n) {
+                p.node_port = None;
+            }
+        }
+    }
+    s
 }
 
 fn cluster_ip(
@@ -573,6 +604,31 @@ mod tests {
         .expect("fits now");
         assert_eq!(stored(&state, "one-more").cluster_ip, freed);
         assert!(state.indexes_match_records());
+    }
+
+    #[test]
+    fn a_dump_with_the_allocated_address_and_ports_applies_unchanged() {
+        let mut state = State::default();
+        apply_services(
+            &mut state,
+            1,
+            vec![service("web", ClusterIp::Allocate, &[None])],
+        )
+        .expect("applied");
+        let first = stored(&state, "web");
+        let mut dump = service(
+            "web",
+            ClusterIp::Address(first.cluster_ip.expect("ip")),
+            &[],
+        );
+        dump.spec.kind = ServiceType::NodePort;
+        dump.spec.ports = vec![port("p0", 80, Some(first.node_ports[0]))];
+        let result = apply_services(&mut state, 2, vec![dump]).expect("applied");
+        assert!(
+            matches!(&result, WriteResult::AppliedConfig { services, .. } if services[0].1 == ApplyOutcome::Unchanged),
+            "{result:?}"
+        );
+        assert_eq!(stored(&state, "web"), first);
     }
 
     #[test]
