@@ -165,6 +165,23 @@ async fn services_endpoints_and_variables_with_the_process_runtime() {
     let dumped = write(&dir, "dumped.yaml", &yaml);
     let again = ok(&c.ctl().run(&["apply", "-f", &dumped]));
     assert_eq!(again.trim(), "service/backend unchanged");
+    assert_eq!(
+        ok(&c.ctl().run(&["diff", "-f", &dumped])),
+        "",
+        "no difference"
+    );
+    let relabelled = write(
+        &dir,
+        "relabelled.yaml",
+        &yaml.replace("app: backend", "app: other"),
+    );
+    let diff = c.ctl().run(&["diff", "-f", &relabelled]);
+    assert_eq!(diff.status.code(), Some(1), "a change exits 1");
+    assert!(
+        String::from_utf8_lossy(&diff.stdout).contains("+    app: other"),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
 
     // Both ready replicas, at their node's address, the named port resolved.
     c.wait_for("two endpoints", T, || async {
