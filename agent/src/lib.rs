@@ -40,6 +40,7 @@ pub mod reconcile;
 pub mod resolve;
 pub mod runtime;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod status;
 pub mod supervisor;
@@ -187,7 +188,17 @@ pub async fn run_with<R: Runtime>(
         security.clone(),
         stop.clone(),
     ));
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let data_path = match settings.service_proxy {
+        services::ServiceProxy::Off => None,
+        services::ServiceProxy::Nftables => Some(tokio::spawn(services::run(
+            routes_rx,
+            pod_ip(&settings.advertise),
+            stop.clone(),
+        ))),
+    };
     let session_cfg = SessionConfig {
+        services: Some(Arc::new(routes_tx)),
         labels: settings.labels.clone(),
         capacity: settings.capacity,
         address: settings.advertise.clone(),
@@ -211,6 +222,12 @@ pub async fn run_with<R: Runtime>(
     stop.cancel();
     if let Err(e) = supervisor_task.await {
         warn!(error = %e, "the supervisor task failed");
+    }
+    // The service rules go with the agent (removed by the task on `stop`).
+    if let Some(task) = data_path {
+        if let Err(e) = task.await {
+            warn!(error = %e, "the service data path task failed");
+        }
     }
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "the Agent service stopped with an error"),

@@ -78,6 +78,9 @@ impl NodeSet {
 #[derive(Debug, Default)]
 pub struct Assignments {
     by_node: HashMap<String, Arc<NodeSet>>,
+    /// Every Service with its ready endpoints, sorted by key, the same for
+    /// every node ([`super::services`]); the same `Arc` while unchanged.
+    pub services: Arc<Vec<pb::ServiceRoute>>,
     /// The leadership term this book was built in, once the leader had
     /// applied everything committed before it (0: not built as leader yet).
     /// Sessions send nothing older: a new leader still applying its
@@ -133,7 +136,17 @@ impl Assignments {
             };
             by_node.insert(node, shared);
         }
-        Assignments { by_node, term: 0 }
+        let table = super::services::table(state, &previous.services, changes);
+        let services = if table == *previous.services {
+            previous.services.clone()
+        } else {
+            Arc::new(table)
+        };
+        Assignments {
+            by_node,
+            services,
+            term: 0,
+        }
     }
 }
 
