@@ -999,3 +999,277 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The backend (two busybox httpd replicas, one per host through their host
+/// port), its Service and a NodePort Service, and a frontend replica that
+/// asks the backend through `BACKEND_SERVICE_HOST` five times a second and
+/// prints `ok <page>` or `fail` per request.
+const SERVICES_APP: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: backend}
+spec:
+  selector: {app: backend}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend-np}
+spec:
+  type: NodePort
+  selector: {app: backend}
+  ports:
+  - {port: 8080, nodePort: 30080}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: backend}
+  template:
+    metadata:
+      labels: {app: backend}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: drover/busybox:1
+        command: ["sh", "-c"]
+        args:
+        - mkdir -p www && echo "backend $HOSTNAME" > www/index.html && exec httpd -f -p 8080 -h www
+        ports:
+        - {name: http, containerPort: 8080, hostPort: 8080}
+        readinessProbe:
+          tcpSocket: {port: http}
+          periodSeconds: 1
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: frontend}
+spec:
+  selector:
+    matchLabels: {app: frontend}
+  template:
+    metadata:
+      labels: {app: frontend}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: client
+        image: drover/busybox:1
+        command: ["sh", "-c"]
+        args:
+        - while true; do if out=$(timeout 1 wget -qO- http://$BACKEND_SERVICE_HOST:$BACKEND_SERVICE_PORT/ 2>/dev/null); then echo "ok $out"; else echo fail; fi; sleep 0.2; done
+"#;
+
+/// The frontend's output lines.
+fn frontend_lines(lab: &LabGuard, replica: &str) -> Vec<String> {
+    let out = lab.ctl(&["logs", replica]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not reached within {timeout:?}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// (name, node) of the replicas of `deployment`, once `want` are Running.
+fn placed(lab: &LabGuard, deployment: &str, want: usize) -> Vec<(String, String)> {
+    wait_until(
+        &format!("{want} {deployment} replicas running"),
+        Duration::from_secs(90),
+        || {
+            let out = lab.ctl(&[
+                "get",
+                "replicas",
+                "-l",
+                &format!("app={deployment}"),
+                "-o",
+                "json",
+            ]);
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let running: Vec<(String, String)> = items
+                .iter()
+                .filter(|i| i["status"]["state"] == "Running")
+                .map(|i| {
+                    (
+                        i["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        i["spec"]["nodeName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            if running.len() == want && items.len() == want {
+                Ok(running)
+            } else {
+                Err(format!("{v}"))
+            }
+        },
+    )
+}
+
+fn nft_tables(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "tables"])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_frontend_reaches_its_backend_through_the_cluster_ip_across_a_host_loss() {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return;
+    }
+    let lab = LabGuard::new();
+    lab.lab("up", &["--controllers", "1", "--agents", "3"]);
+    let app = lab.tmp.path().join("services.yaml");
+    std::fs::write(&app, SERVICES_APP).expect("write manifest");
+    let applied = lab.ctl(&["apply", "-f", &app.display().to_string()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let backends = placed(&lab, "backend", 2);
+    let frontend = placed(&lab, "frontend", 1).remove(0);
+
+    // Both backends answer through the cluster IP.
+    let lines = wait_until(
+        "answers from both backends",
+        Duration::from_secs(60),
+        || {
+            let lines = frontend_lines(&lab, &frontend.0);
+            let both = backends
+                .iter()
+                .all(|(name, _)| lines.iter().any(|l| l == &format!("ok backend {name}")));
+            if both {
+                Ok(lines)
+            } else {
+                Err(lines.join("\n"))
+            }
+        },
+    );
+    assert!(lines.iter().any(|l| l.starts_with("ok backend")));
+
+    // NodePort from this machine, on every host's address.
+    for name in ["n1", "n2", "n3"] {
+        let ip = lab.host(name)["ip"].as_str().expect("ip").to_string();
+        let script = format!(
+            "exec 3<>/dev/tcp/{ip}/30080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = Command::new("timeout")
+            .args(["5", "bash", "-c", &script])
+            .output()
+            .expect("bash");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("backend "),
+            "NodePort on {name} ({ip}): {text}"
+        );
+    }
+
+    // Kill the host of a backend the frontend does not run on; requests keep succeeding.
+    let (victim_replica, victim) = backends
+        .iter()
+        .find(|(_, node)| *node != frontend.1)
+        .cloned()
+        .expect("a backend on another host");
+    let before = frontend_lines(&lab, &frontend.0).len();
+    lab.lab("kill", &[&victim]);
+    let killed_at = Instant::now();
+    // Once the controller knows (node timeout), every request succeeds again.
+    let after = wait_until(
+        "ten successes in a row after the loss",
+        Duration::from_secs(60),
+        || {
+            let lines = frontend_lines(&lab, &frontend.0);
+            let tail: Vec<&String> = lines.iter().rev().take(10).collect();
+            if lines.len() >= before + 10 && tail.iter().all(|l| l.starts_with("ok backend")) {
+                Ok(lines)
+            } else {
+                Err(lines[before.min(lines.len())..].join("\n"))
+            }
+        },
+    );
+    let failures = after[before..].iter().filter(|l| *l == "fail").count();
+    let requests = after.len() - before;
+    eprintln!(
+        "host {victim} ({victim_replica}) killed: {failures} of {requests} requests failed, all \
+         succeeding again {:.1} s later",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let endpoints =
+        String::from_utf8_lossy(&lab.ctl(&["get", "ep", "backend"]).stdout).into_owned();
+    let victim_ip = lab.host(&victim)["ip"].as_str().expect("ip").to_string();
+    assert!(!endpoints.contains(&victim_ip), "{endpoints}");
+
+    // The rules go with the Service and with the agent.
+    let ns1 = lab.host(&frontend.1)["ns"]
+        .as_str()
+        .expect("ns")
+        .to_string();
+    assert!(nft_tables(&ns1).contains("drover-services"));
+    let cluster_ip = {
+        let out = lab.ctl(&["get", "svc", "backend", "-o", "jsonpath={.spec.clusterIP}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let rules = |ns: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                "drover-services",
+            ])
+            .output()
+            .expect("nft list table");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(rules(&ns1).contains(&cluster_ip), "{}", rules(&ns1));
+    let deleted = lab.ctl(&["delete", "svc", "backend", "backend-np"]);
+    assert!(deleted.status.success());
+    wait_until(
+        "the Service's rules removed",
+        Duration::from_secs(10),
+        || {
+            let r = rules(&ns1);
+            if r.contains(&cluster_ip) || r.contains("30080") {
+                Err(r)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    lab.lab("stop", &[&frontend.1]);
+    assert!(
+        !nft_tables(&ns1).contains("drover-services"),
+        "a stopped agent leaves no table: {}",
+        nft_tables(&ns1)
+    );
+}

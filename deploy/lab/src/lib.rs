@@ -954,6 +954,10 @@ async fn build(
                 data.display().to_string(),
                 "--ca".into(),
                 ca.display().to_string(),
+                // Each lab host is its own network namespace: its agent owns
+                // the Service rules there (docs/services.md).
+                "--service-proxy".into(),
+                "nftables".into(),
             ];
             argv.extend(opts.agent_args.iter().cloned());
             host.argv = argv;
