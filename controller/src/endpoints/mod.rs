@@ -17,12 +17,15 @@
 //! out one by one), (3) is ready as its node last reported, not terminating,
 //! and bound to a node whose condition is Ready (a lost node's replicas
 //! leave at once, guarantee 10). Its address is the host part of its node's
-//! address: a process replica listens on its host's addresses; a Docker
-//! replica is reached there only through a published port (the data path is
-//! stage 2, `docs/services.md`). Each Service port's `targetPort` is resolved
-//! per replica: a number as is, a name against the container's named ports
-//! of that replica's template; a replica without the name gets no entry for
-//! that port (Kubernetes does the same).
+//! address. A process replica listens on its host's addresses, so its port
+//! is the target port. A Docker replica is reachable from other hosts only
+//! through a published port: its port is the `hostPort` of the container
+//! port the target resolves to, and without one it has no entry for that
+//! Service port (its bridge address is private to its host; docs/services.md).
+//! Each Service port's `targetPort` is resolved per replica: a number as is,
+//! a name against the container's named ports of that replica's template; a
+//! replica without the name gets no entry for that port (Kubernetes does the
+//! same).
 //!
 //! **Cost.** O(D + R) for a Service: D the deployments of its namespace (a
 //! label match per revision kept), R the replicas of the deployments that
@@ -105,6 +108,7 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
             if node.condition != NodeCondition::Ready {
                 continue;
             }
+            let published = node.runtime == "docker";
             let ports: Vec<EndpointPort> = svc
                 .spec
                 .ports
@@ -113,7 +117,7 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
                     Some(EndpointPort {
                         name: p.name.clone().unwrap_or_default(),
                         port: p.port,
-                        target_port: target_port(&p.target_port, template)?,
+                        target_port: target_port(&p.target_port, template, published)?,
                         protocol: p.protocol,
                     })
                 })
@@ -136,17 +140,24 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
     }
 }
 
-/// A target port as `template`'s container has it.
-fn target_port(target: &PortRef, template: &PodTemplate) -> Option<u16> {
-    match target {
-        PortRef::Number(n) => Some(*n),
-        PortRef::Name(name) => template
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .find(|p| p.name.as_deref() == Some(name))
-            .map(|p| p.container_port),
+/// Where a replica of `template` answers for `target` on its node's
+/// address: the container port, or with `published` (Docker) the host port
+/// it is published on (`None` when it is not).
+fn target_port(target: &PortRef, template: &PodTemplate, published: bool) -> Option<u16> {
+    let ports = || template.spec.containers.iter().flat_map(|c| &c.ports);
+    let port = match target {
+        PortRef::Number(n) => {
+            if !published {
+                return Some(*n);
+            }
+            ports().find(|p| p.container_port == *n)?
+        }
+        PortRef::Name(name) => ports().find(|p| p.name.as_deref() == Some(name))?,
+    };
+    if published {
+        port.host_port
+    } else {
+        Some(port.container_port)
     }
 }
 

@@ -36,6 +36,10 @@ impl Cluster {
     }
 
     fn node(&mut self, name: &str, address: &str) -> &mut Cluster {
+        self.node_with(name, address, "process")
+    }
+
+    fn node_with(&mut self, name: &str, address: &str, runtime: &str) -> &mut Cluster {
         self.apply(Command::RegisterNode {
             node: NodeRegistration {
                 name: name.into(),
@@ -45,7 +49,7 @@ impl Cluster {
                     memory_bytes: 1 << 32,
                 },
                 address: address.into(),
-                runtime: "process".into(),
+                runtime: runtime.into(),
                 agent_version: "0.1.0".into(),
                 incarnation: "i1".into(),
             },
@@ -278,6 +282,38 @@ fn named_target_ports_resolve_per_replica_template() {
         ],
         "each replica's own port for the name; none without it"
     );
+}
+
+#[test]
+fn docker_replicas_are_reached_on_their_published_host_port_only() {
+    let mut c = Cluster::new();
+    c.node_with("d1", "10.213.1.101:7101", "docker");
+    let mut published = with_named_port(deployment("pub", 1), "web", 80);
+    published.spec.template.spec.containers[0].ports[0].host_port = Some(8080);
+    published
+        .spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    let mut private = with_named_port(deployment("priv", 1), "web", 80);
+    private
+        .spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    c.deployment(published).deployment(private);
+    let p = c.replica("pub", 0, "d1", true);
+    c.replica("priv", 0, "d1", true);
+    for target in [PortRef::Name("web".into()), PortRef::Number(80)] {
+        let svc = c.service(service(&[("tier", "api")], target));
+        assert_eq!(
+            replicas_of(&endpoints(&c.state, &svc)),
+            [(p.as_str(), "10.213.1.101", 8080)],
+            "the bridge address is private to the host: only the published one"
+        );
+    }
 }
 
 #[test]
