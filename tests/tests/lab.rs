@@ -1083,8 +1083,26 @@ fn a_frontend_reaches_its_backend_through_the_cluster_ip_across_a_host_loss() {
         eprintln!("skipped: lab needs root");
         return;
     }
+    services_across_a_host_loss("process");
+}
+
+/// The same with the Docker runtime: containers reach the cluster IP from
+/// their host's docker0, backends are reached on their published host port.
+#[test]
+fn docker_containers_reach_their_backend_through_the_cluster_ip_across_a_host_loss() {
+    if !docker_lab_possible() {
+        eprintln!("skipped: a Docker lab needs root and a Docker engine");
+        return;
+    }
+    services_across_a_host_loss("docker");
+}
+
+fn services_across_a_host_loss(runtime: &str) {
     let lab = LabGuard::new();
-    lab.lab("up", &["--controllers", "1", "--agents", "3"]);
+    lab.lab(
+        "up",
+        &["--controllers", "1", "--agents", "3", "--runtime", runtime],
+    );
     // The example, as its comments say to run it.
     let app = repo_root().join("deploy/examples/services.yaml");
     let applied = lab.ctl(&["apply", "-f", &app.display().to_string()]);
@@ -1157,8 +1175,8 @@ fn a_frontend_reaches_its_backend_through_the_cluster_ip_across_a_host_loss() {
     let failures = after[before..].iter().filter(|l| *l == "fail").count();
     let requests = after.len() - before;
     eprintln!(
-        "host {victim} ({victim_replica}) killed: {failures} of {requests} requests failed, all \
-         succeeding again {:.1} s later",
+        "{runtime}: host {victim} ({victim_replica}) killed: {failures} of {requests} requests \
+         failed, all succeeding again {:.1} s later",
         killed_at.elapsed().as_secs_f64()
     );
     let endpoints =
