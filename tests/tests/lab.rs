@@ -1138,15 +1138,27 @@ fn services_across_a_host_loss(runtime: &str) {
         let script = format!(
             "exec 3<>/dev/tcp/{ip}/30081 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
         );
-        let out = Command::new("timeout")
-            .args(["5", "bash", "-c", &script])
-            .output()
-            .expect("bash");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("ok backend "),
-            "NodePort on {name} ({ip}): {text}"
+        // The frontend joins its Service's endpoints once its readiness probe passes.
+        wait_until(
+            &format!("the NodePort on {name} ({ip})"),
+            Duration::from_secs(30),
+            || {
+                let out = Command::new("timeout")
+                    .args(["5", "bash", "-c", &script])
+                    .output()
+                    .expect("bash");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains("ok backend ") {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            },
         );
+    }
+
+    if runtime == "process" {
+        udp_through_a_cluster_ip(&lab);
     }
 
     // Kill the host of a backend the frontend does not run on; requests keep succeeding.
@@ -1211,6 +1223,27 @@ fn services_across_a_host_loss(runtime: &str) {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(rules(&ns1).contains(&cluster_ip), "{}", rules(&ns1));
+    // An agent restart rebuilds its table, every rule once.
+    lab.lab("stop", &[&frontend.1]);
+    assert!(
+        !nft_tables(&ns1).contains("drover-services"),
+        "a stopped agent leaves no table: {}",
+        nft_tables(&ns1)
+    );
+    lab.lab("start", &[&frontend.1]);
+    let rule = format!("ip daddr {cluster_ip} tcp dport 80 ");
+    wait_until(
+        "the rules rebuilt after a restart",
+        Duration::from_secs(30),
+        || {
+            let r = rules(&ns1);
+            if r.matches(&rule).count() == 1 {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        },
+    );
     let deleted = lab.ctl(&["delete", "svc", "backend", "frontend"]);
     assert!(deleted.status.success());
     wait_until(
@@ -1231,4 +1264,67 @@ fn services_across_a_host_loss(runtime: &str) {
         "a stopped agent leaves no table: {}",
         nft_tables(&ns1)
     );
+}
+
+/// A UDP echo replica (python3 on the host: the process runtime) behind a
+/// UDP Service port, asked from every live host through the cluster IP.
+fn udp_through_a_cluster_ip(lab: &LabGuard) {
+    const ECHO: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  selector:
+    matchLabels: {app: echo}
+  template:
+    metadata:
+      labels: {app: echo}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: drover/busybox:1
+        command: ["/usr/bin/python3", "-c", "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 5353))\nwhile True:\n    d, a = s.recvfrom(2048)\n    s.sendto(b'echo ' + d, a)\n"]
+"#;
+    let file = lab.tmp.path().join("echo.yaml");
+    std::fs::write(&file, ECHO).expect("write manifest");
+    let applied = lab.ctl(&["apply", "-f", &file.display().to_string()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let out = lab.ctl(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let client = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1)\ns.sendto(b'hi', ('{ip}', 53))\nprint(s.recvfrom(2048)[0].decode())\n"
+    );
+    for name in ["n1", "n2", "n3"] {
+        let ns = lab.host(name)["ns"].as_str().expect("ns").to_string();
+        wait_until(
+            &format!("a UDP answer through {ip}:53 from {name}"),
+            Duration::from_secs(60),
+            || {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "python3", "-c", &client])
+                    .output()
+                    .expect("python3");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.trim() == "echo hi" {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        );
+    }
+    let deleted = lab.ctl(&["delete", "-f", &file.display().to_string()]);
+    assert!(deleted.status.success());
 }
