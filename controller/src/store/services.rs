@@ -632,6 +632,35 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_keeps_services_and_rebuilds_their_indexes() {
+        let mut state = State::default();
+        apply_services(
+            &mut state,
+            1,
+            vec![
+                service("web", ClusterIp::Allocate, &[Some(30080)]),
+                service("h", ClusterIp::Headless, &[]),
+            ],
+        )
+        .expect("applied");
+        let restored = State::decode(&state.encode().expect("encodes")).expect("decodes");
+        assert_eq!(restored, state);
+        assert_eq!(restored.state_hash(), state.state_hash());
+        assert!(restored.indexes_match_records());
+        let web = stored(&state, "web");
+        assert_eq!(
+            restored.cluster_ip_holder(web.cluster_ip.expect("ip")),
+            Some(&web.key())
+        );
+        assert_eq!(restored.node_port_holder(30080), Some(&web.key()));
+        // A state without Services hashes as before they existed.
+        assert!(
+            !String::from_utf8_lossy(&State::default().encode().expect("encodes"))
+                .contains("services")
+        );
+    }
+
+    #[test]
     fn headless_services_get_no_address() {
         let mut state = State::default();
         apply_services(&mut state, 1, vec![service("h", ClusterIp::Headless, &[])])
