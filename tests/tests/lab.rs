@@ -1159,6 +1159,8 @@ fn services_across_a_host_loss(runtime: &str) {
 
     if runtime == "process" {
         udp_through_a_cluster_ip(&lab);
+    } else {
+        names_resolve_in_containers(&lab, &frontend.0);
     }
 
     // Kill the host of a backend the frontend does not run on; requests keep succeeding.
@@ -1327,4 +1329,29 @@ spec:
     }
     let deleted = lab.ctl(&["delete", "-f", &file.display().to_string()]);
     assert!(deleted.status.success());
+}
+
+/// Service names from inside a Docker replica, through its agent's name
+/// server: the short name, with the namespace, and in full.
+fn names_resolve_in_containers(lab: &LabGuard, replica: &str) {
+    for name in [
+        "backend",
+        "backend.default",
+        "backend.default.svc.cluster.local",
+    ] {
+        let script = format!("timeout 3 wget -qO- http://{name}/");
+        wait_until(
+            &format!("{name} answering inside {replica}"),
+            Duration::from_secs(30),
+            || {
+                let out = lab.ctl(&["exec", replica, "--", "sh", "-c", &script]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains("backend ") {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        );
+    }
 }

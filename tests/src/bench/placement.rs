@@ -520,6 +520,7 @@ impl SimFleet {
                 heartbeat: Duration::from_millis(500),
                 stop_after_disconnect: None,
                 service_proxy: drover_agent::services::ServiceProxy::Off,
+                service_dns: None,
                 security,
                 join: None,
                 tls_dir: None,
