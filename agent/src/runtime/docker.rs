@@ -1298,6 +1298,26 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_resolver_is_the_agents_with_kubernetes_search_list() {
+        let a = fixtures::assignment("web-abc12-0");
+        let mut hc = container_body(&a, "n1", 0)
+            .host_config
+            .expect("host config");
+        assert_eq!(hc.dns, None, "Docker's default without --service-dns");
+        cluster_dns(&mut hc, std::net::Ipv4Addr::new(172, 17, 0, 1), "shop");
+        assert_eq!(hc.dns, Some(vec!["172.17.0.1".to_string()]));
+        assert_eq!(
+            hc.dns_search,
+            Some(vec![
+                "shop.svc.cluster.local".to_string(),
+                "svc.cluster.local".to_string(),
+                "cluster.local".to_string()
+            ])
+        );
+        assert_eq!(hc.dns_options, Some(vec!["ndots:5".to_string()]));
+    }
+
+    #[test]
     fn quantities_from_the_manifest_become_nano_cpus_and_bytes() {
         use drover_manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
         let mut a = fixtures::assignment("web-abc12-0");
