@@ -385,22 +385,36 @@ pub fn by_replica<'a>(
     (current, strays)
 }
 
-/// When the reconcile must run again without any event: the earliest future
-/// backoff or retry deadline of a replica that is not busy. Deadlines already
-/// past were seen by the reconcile that just ran; waking for them again would
-/// only spin.
+/// When the reconcile must run again without any event: the earliest
+/// backoff or retry deadline of a replica that is not busy, after the time
+/// the last reconcile decided at. Deadlines up to `decided_at` were seen by
+/// that reconcile; waking for them again would only spin.
 pub fn next_wakeup(
     records: &BTreeMap<String, Record>,
     busy: &BTreeMap<String, Busy>,
-    now: UnixMs,
+    decided_at: UnixMs,
 ) -> Option<UnixMs> {
     records
         .iter()
         .filter(|(name, _)| !busy.contains_key(*name))
         .flat_map(|(_, r)| [r.next_attempt_unix_ms, r.retry_io_at])
         .flatten()
-        .filter(|t| *t > now)
+        .filter(|t| *t > decided_at)
         .min()
+}
+
+/// How long the supervisor sleeps, read at `now`, after a reconcile that
+/// decided at `decided_at`: until [`next_wakeup`], and not at all when that
+/// deadline passed in between (the decision did not see it, and the next
+/// event may be the 30 s resync). `None`: no deadline, sleep until an event.
+pub fn sleep_for(
+    records: &BTreeMap<String, Record>,
+    busy: &BTreeMap<String, Busy>,
+    decided_at: UnixMs,
+    now: UnixMs,
+) -> Option<Duration> {
+    next_wakeup(records, busy, decided_at)
+        .map(|at| Duration::from_millis((at - now).clamp(0, 24 * 3600 * 1000) as u64))
 }
 
 fn millis(d: Duration) -> i64 {
@@ -699,6 +713,33 @@ mod tests {
             None,
             "past is not a wake-up"
         );
+    }
+
+    #[test]
+    fn a_deadline_passing_between_the_decision_and_the_sleep_wakes_at_once() {
+        let rec = Record {
+            container_id: Some("c1".into()),
+            delay: Some(Duration::from_secs(1)),
+            next_attempt_unix_ms: Some(NOW + 1000),
+            ..Default::default()
+        };
+        let recs = records(vec![("web-r-0", rec)]);
+        // Decided before the deadline, read the clock after it: due now,
+        // not at the next resync.
+        assert_eq!(
+            sleep_for(&recs, &none_busy(), NOW + 990, NOW + 1010),
+            Some(Duration::ZERO)
+        );
+        // Decided and read before it: sleep the rest.
+        assert_eq!(
+            sleep_for(&recs, &none_busy(), NOW, NOW + 10),
+            Some(Duration::from_millis(990))
+        );
+        // Decided after it: that decision restarted the replica already.
+        assert_eq!(sleep_for(&recs, &none_busy(), NOW + 1000, NOW + 1010), None);
+        // A busy replica's deadline waits for its task to finish instead.
+        let busy = BTreeMap::from([("web-r-0".to_string(), Busy::Starting)]);
+        assert_eq!(sleep_for(&recs, &busy, NOW, NOW + 10), None);
     }
 
     fn backoff_delay(actions: &[Action]) -> Duration {

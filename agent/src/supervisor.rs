@@ -320,10 +320,8 @@ impl<R: Runtime> Supervisor<R> {
         // gets a wake-up, also one that passed since (it is due at once).
         let mut decided_at = now_unix_ms();
         loop {
-            let wake = reconcile::next_wakeup(&self.records, &self.busy, decided_at).map(|at| {
-                let wait = (at - now_unix_ms()).clamp(0, 24 * 3600 * 1000) as u64;
-                tokio::time::Instant::now() + Duration::from_millis(wait)
-            });
+            let wake = reconcile::sleep_for(&self.records, &self.busy, decided_at, now_unix_ms())
+                .map(|wait| tokio::time::Instant::now() + wait);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => match msg {

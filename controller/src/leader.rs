@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cluster::{now_unix_ms, Cluster};
+use crate::cluster::now_unix_ms;
 use crate::dispatcher::Heartbeats;
 use crate::nodes::{self, Verdict};
 use crate::orchestrator::{self, rollout};
+use crate::raft::node::Handle;
 use crate::scheduler::{self, Decision, NodeInfo, Pending, Placed};
 use crate::store::{
     Booking, ChangeFeed, Command, NodeCondition, ObjectRef, ReplicaRecord, Resources,
@@ -55,14 +56,19 @@ pub struct LoopConfig {
 }
 
 /// Run the leader loops whenever this controller leads, until `shutdown`.
-pub async fn run(cluster: Cluster, cfg: LoopConfig, shutdown: CancellationToken) {
-    let mut leadership = cluster.handle.leadership_watch();
+///
+/// They need this member's raft node (`handle`: its leadership, proposals
+/// and reads) and its state (`store`), nothing else: a deposed leader's loops
+/// never forward a write to the new leader.
+pub async fn run(handle: Handle, store: Store, cfg: LoopConfig, shutdown: CancellationToken) {
+    let mut leadership = handle.leadership_watch();
     loop {
         let view = *leadership.borrow_and_update();
         if view.is_leader {
             let token = shutdown.child_token();
             let leading = Leading {
-                cluster: cluster.clone(),
+                handle: handle.clone(),
+                store: store.clone(),
                 term: view.term,
             };
             let task = tokio::spawn(loops(leading, cfg.clone(), token.clone()));
@@ -97,17 +103,18 @@ pub async fn run(cluster: Cluster, cfg: LoopConfig, shutdown: CancellationToken)
 /// into a later term.
 #[derive(Clone)]
 struct Leading {
-    cluster: Cluster,
+    handle: Handle,
+    store: Store,
     term: u64,
 }
 
 impl Leading {
     async fn write(&self, command: Command) -> Result<(), String> {
-        let now = self.cluster.handle.leadership();
+        let now = self.handle.leadership();
         if !now.is_leader || now.term != self.term {
             return Err(format!("leadership of term {} lost", self.term));
         }
-        match self.cluster.handle.propose(Write::Command(command)).await {
+        match self.handle.propose(Write::Command(command)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -116,19 +123,18 @@ impl Leading {
 }
 
 async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
-    let cluster = &leading.cluster;
     let leading_since = Instant::now();
     // The state is current once a ReadIndex round succeeds: the leader has
     // committed an entry of its term and applied everything before it.
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            r = cluster.read_barrier(None) => if r.is_ok() { break },
+            r = leading.handle.read_barrier() => if r.is_ok() { break },
         }
     }
     tokio::spawn(monitor(leading.clone(), cfg, leading_since, token.clone()));
-    let mut applied = cluster.handle.applied();
-    let mut orchestration = Orchestration::new(&cluster.store);
+    let mut applied = leading.handle.applied();
+    let mut orchestration = Orchestration::new(&leading.store);
     loop {
         // A round in flight when leadership is lost is abandoned there.
         tokio::select! {
@@ -165,7 +171,6 @@ async fn monitor(
             _ = tick.tick() => {}
         }
         let observed: Vec<nodes::Observed> = leading
-            .cluster
             .store
             .snapshot()
             .nodes()
@@ -338,7 +343,7 @@ pub fn decide(
 /// One pass of the orchestrator and then the scheduler.
 async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(), String> {
     let _timer = crate::metrics::get().round("orchestrator");
-    let store = &leading.cluster.store;
+    let store = &leading.store;
     let now = now_unix_ms();
     // The changes first, then the state: the state is at least that new.
     let changes = orchestration.feed.take();
@@ -561,22 +566,27 @@ mod tests {
         d
     }
 
+    /// A 2-CPU, 1 GiB process-runtime node.
+    fn registration(name: &str) -> NodeRegistration {
+        NodeRegistration {
+            name: name.into(),
+            labels: Default::default(),
+            capacity: Resources {
+                cpu_millis: 2000,
+                memory_bytes: 1 << 30,
+            },
+            address: "127.0.0.1:1".into(),
+            runtime: "process".into(),
+            agent_version: "test".into(),
+            incarnation: "i1".into(),
+        }
+    }
+
     #[test]
     fn a_terminating_replica_of_a_deleted_deployment_keeps_its_host_port_to_the_end() {
         let mut db = Db::new();
         db.apply(Command::RegisterNode {
-            node: NodeRegistration {
-                name: "n1".into(),
-                labels: Default::default(),
-                capacity: Resources {
-                    cpu_millis: 2000,
-                    memory_bytes: 1 << 30,
-                },
-                address: "127.0.0.1:1".into(),
-                runtime: "process".into(),
-                agent_version: "test".into(),
-                incarnation: "i1".into(),
-            },
+            node: registration("n1"),
             now_unix_ms: 1,
         });
         db.apply(Command::Apply {
@@ -820,6 +830,111 @@ mod tests {
                     prop_assert!(store.snapshot().indexes_match_records(), "after a round");
                 }
             }
+        }
+    }
+
+    /// The loops driven through a [`Handle::detached`]: the test plays the
+    /// raft node, so it can hold a proposal in flight and change leadership
+    /// at exactly that moment.
+    mod leadership {
+        use super::*;
+        use crate::raft::node::{Leadership, Msg};
+        use tokio::sync::mpsc::error::TryRecvError;
+
+        fn leader_of(term: u64) -> Leadership {
+            Leadership {
+                leader_id: 1,
+                term,
+                is_leader: true,
+            }
+        }
+
+        fn kind(msg: &Msg) -> String {
+            match msg {
+                Msg::Propose {
+                    write: Write::Command(c),
+                    ..
+                } => {
+                    let debug = format!("{c:?}");
+                    let variant = debug.split([' ', '{', '(']).next().unwrap_or_default();
+                    format!("proposal {variant}")
+                }
+                Msg::Propose { .. } => "proposal".into(),
+                Msg::ReadIndex { .. } => "read".into(),
+                Msg::Status { .. } => "status".into(),
+                _ => "report".into(),
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_round_in_flight_is_abandoned_when_leadership_is_lost_and_never_retried_later() {
+            // A Ready node that never heartbeats: a node monitor that outlived
+            // its leadership would mark it NotReady after the grace period.
+            let mut db = Db::new();
+            db.apply(Command::RegisterNode {
+                node: registration("n1"),
+                now_unix_ms: 1,
+            });
+            db.apply(Command::Apply {
+                deployments: vec![deployment("web", 2)],
+                now_unix_ms: 1,
+            });
+            let (handle, mut node) = Handle::detached(1);
+            node.leadership.send_replace(leader_of(5));
+            let shutdown = CancellationToken::new();
+            let cfg = LoopConfig {
+                node_timeout: Duration::from_secs(3),
+                heartbeats: Heartbeats::default(),
+            };
+            let loops = tokio::spawn(run(handle, db.store.clone(), cfg, shutdown.clone()));
+
+            // The leader reads first (its barrier), then its first round
+            // proposes web's rollout record (then its replicas and their
+            // places): hold that first proposal, a commit slow to come.
+            let mut in_flight = loop {
+                match node.inbox.recv().await {
+                    Some(Msg::ReadIndex { reply }) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Some(Msg::Propose {
+                        write: Write::Command(Command::RolloutProgress { .. }),
+                        reply,
+                    }) => break reply,
+                    Some(other) => panic!("unexpected {} before the first round", kind(&other)),
+                    None => panic!("the loops stopped before their first round"),
+                }
+            };
+
+            // Another member wins a later term while the write is in flight.
+            node.leadership.send_replace(Leadership {
+                leader_id: 2,
+                term: 6,
+                is_leader: false,
+            });
+            tokio::time::timeout(Duration::from_secs(10), in_flight.closed())
+                .await
+                .expect("the round in flight was not abandoned when leadership was lost");
+
+            // Nothing more is proposed: not the rest of the round (web's
+            // replicas, their places), not a retry, not the node monitor's NodeDown for the
+            // silent n1 (the clock is paused: this wait costs nothing).
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            match node.inbox.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                Ok(msg) => panic!("a deposed leader's loops sent a {}", kind(&msg)),
+                Err(TryRecvError::Disconnected) => panic!("the loops' runner stopped"),
+            }
+
+            // Leading again in a later term starts over from a fresh read,
+            // never from the old term's decisions.
+            node.leadership.send_replace(leader_of(7));
+            match node.inbox.recv().await {
+                Some(Msg::ReadIndex { .. }) => {}
+                Some(other) => panic!("a new term began with a {}, not a read", kind(&other)),
+                None => panic!("the loops' runner stopped"),
+            }
+            shutdown.cancel();
+            loops.await.expect("the loops' runner ends without a panic");
         }
     }
 }

@@ -198,7 +198,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         node_timeout: std::time::Duration::from_millis(cfg.node_timeout_ms),
         heartbeats: dispatcher.heartbeats.clone(),
     };
-    tokio::spawn(crate::leader::run(cluster.clone(), loops, shutdown.clone()));
+    tokio::spawn(crate::leader::run(
+        cluster.handle.clone(),
+        cluster.store.clone(),
+        loops,
+        shutdown.clone(),
+    ));
     let dispatcher = pb::dispatcher_server::DispatcherServer::new(dispatcher)
         .max_decoding_message_size(drover_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(drover_proto::MAX_ASSIGNMENT_BYTES);

@@ -174,6 +174,7 @@ impl Control for FakeController {
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
             applied_index: 1,
+            ..Default::default()
         }))
     }
 
@@ -268,7 +269,10 @@ impl Control for FakeController {
             .filter(|x| r.deployment.is_empty() || x.deployment == r.deployment)
             .cloned()
             .collect();
-        Ok(Response::new(pb::ListReplicasResponse { replicas }))
+        Ok(Response::new(pb::ListReplicasResponse {
+            replicas,
+            ..Default::default()
+        }))
     }
 
     async fn drain_node(

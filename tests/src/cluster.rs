@@ -550,17 +550,8 @@ impl Cluster {
             .find(|i| self.controllers[*i].is_running())
             .ok_or("no controller running")?;
         let mut client = self.client(up).await.map_err(|e| e.to_string())?;
-        let list = client
-            .list_replicas(pb::ListReplicasRequest {
-                namespace: "default".into(),
-                deployment: deployment.into(),
-                read: None,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.message().to_string())?
-            .into_inner();
-        for r in &list.replicas {
+        let replicas = list_replicas(&mut client, deployment, false).await?;
+        for r in &replicas {
             let s = r.status.clone().unwrap_or_default();
             if s.state() != pb::ReplicaState::Running {
                 return Err(format!(
@@ -574,10 +565,10 @@ impl Cluster {
                 ));
             }
         }
-        if list.replicas.len() == want {
-            Ok(list.replicas)
+        if replicas.len() == want {
+            Ok(replicas)
         } else {
-            Err(format!("{} of {want} replicas", list.replicas.len()))
+            Err(format!("{} of {want} replicas", replicas.len()))
         }
     }
 
@@ -956,6 +947,36 @@ pub async fn apply_noted(
         })
         .await
         .map(|r| r.into_inner())
+}
+
+/// Replicas of one deployment in `default` (or of all, for `""`), stale or
+/// linearizable, read 5,000 a page (100,000 do not fit one message).
+pub async fn list_replicas(
+    client: &mut ControlClient<Channel>,
+    deployment: &str,
+    stale: bool,
+) -> Result<Vec<pb::Replica>, String> {
+    let mut replicas = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_replicas(pb::ListReplicasRequest {
+                namespace: "default".into(),
+                deployment: deployment.into(),
+                read: Some(pb::ReadOptions { stale }),
+                limit: 5_000,
+                continue_token: token,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("listing replicas: {}", s.message()))?
+            .into_inner();
+        replicas.extend(page.replicas);
+        if page.continue_token.is_empty() {
+            return Ok(replicas);
+        }
+        token = page.continue_token;
+    }
 }
 
 /// Deployment names as one controller sees them.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drover_proto::pb;
-use drover_tests::cluster::{apply, connect, err, manifest, names, ok};
+use drover_tests::cluster::{apply, connect, err, list_replicas, manifest, names, ok};
 use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(30);
@@ -563,5 +563,133 @@ async fn removing_the_leader_hands_leadership_over_and_writes_go_on() {
         status.lines().filter(|l| l.contains("127.0.0.")).count(),
         2,
         "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lists_come_in_pages_and_droverctl_reads_them_all() {
+    let c = Cluster::start(3).await.expect("cluster");
+    let leader = c.wait_for_leader(T).await.expect("leader");
+    let mut api = c.client(leader).await.expect("client");
+    // No agents: every replica stays Pending, and the count is exact.
+    for (name, replicas) in [("big", 1_201), ("mid", 40), ("small", 2)] {
+        apply(&mut api, name, replicas).await.expect("apply");
+    }
+    let total = 1_243;
+    c.wait_for("every replica created", Duration::from_secs(60), || {
+        let mut api = api.clone();
+        async move {
+            let n = list_replicas(&mut api, "", false).await?.len();
+            (n == total).then_some(()).ok_or(format!("{n} replicas"))
+        }
+    })
+    .await
+    .expect("created");
+
+    // The API: pages of 500 in key order, each name once, the last page
+    // without a continue token.
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api
+            .list_replicas(pb::ListReplicasRequest {
+                limit: 500,
+                continue_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        sizes.push(page.replicas.len());
+        seen.extend(page.replicas.into_iter().map(|r| r.name));
+        if page.continue_token.is_empty() {
+            break;
+        }
+        token = page.continue_token;
+    }
+    assert_eq!(sizes, [500, 500, 243]);
+    let sorted: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(sorted.len(), total, "each replica once");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in key order");
+
+    // One deployment's replicas page through its index the same way.
+    let page = api
+        .list_replicas(pb::ListReplicasRequest {
+            namespace: "default".into(),
+            deployment: "mid".into(),
+            limit: 30,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(page.replicas.len(), 30);
+    let rest = api
+        .list_replicas(pb::ListReplicasRequest {
+            namespace: "default".into(),
+            deployment: "mid".into(),
+            limit: 30,
+            continue_token: page.continue_token,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(rest.replicas.len(), 10);
+    assert!(rest.replicas.iter().all(|r| r.deployment == "mid"));
+
+    // Deployments too.
+    let first = api
+        .list_deployments(pb::ListDeploymentsRequest {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let names: Vec<_> = first.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["big", "mid"]);
+    assert_eq!(
+        first.deployments[0].status.as_ref().map(|s| s.replicas),
+        Some(1_201)
+    );
+    let last = api
+        .list_deployments(pb::ListDeploymentsRequest {
+            limit: 2,
+            continue_token: first.continue_token,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(last.deployments.len(), 1);
+    assert!(last.continue_token.is_empty());
+
+    // droverctl reads every page: a row per replica under one header.
+    let out = ok(&c.ctl().run(&["get", "replicas"]));
+    assert_eq!(
+        out.lines().count(),
+        total + 1,
+        "{}",
+        &out[..200.min(out.len())]
+    );
+    let out = ok(&c.ctl().run(&["get", "replicas", "-o", "name"]));
+    assert_eq!(out.lines().collect::<BTreeSet<_>>().len(), total);
+
+    // A token no controller gave is refused with a sentence.
+    let refused = api
+        .list_replicas(pb::ListReplicasRequest {
+            limit: 10,
+            continue_token: "not a token".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("continue token"),
+        "{}",
+        refused.message()
     );
 }

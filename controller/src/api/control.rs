@@ -2,6 +2,7 @@
 //! input before anything is proposed, so a refused request changes nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -25,7 +26,7 @@ use crate::orchestrator::rollout;
 use crate::store::events::{EventFilter, EventRecord};
 use crate::store::node_meta::NodeMetaChange;
 use crate::store::{
-    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, StoredDeployment, Write,
+    ApplyOutcome, Command, NodeCondition, ObjectRef, ReplicaRecord, State, StoredDeployment, Write,
     WriteResult,
 };
 
@@ -82,15 +83,20 @@ fn event_to_pb(e: EventRecord) -> pb::Event {
 /// kubectl's READY / UP-TO-DATE / AVAILABLE for one deployment: replicas
 /// that report ready, that run the current template, and that have been
 /// ready for `minReadySeconds`.
+/// A deployment's status from the state's index of its replicas: the cost is
+/// its own replicas, whatever else the cluster holds.
 fn deployment_status(
     d: &StoredDeployment,
-    replicas: &[ReplicaRecord],
+    state: &State,
     draining: &HashSet<String>,
 ) -> pb::DeploymentStatus {
     let m = &d.deployment.metadata;
-    let mine: Vec<&ReplicaRecord> = replicas
-        .iter()
-        .filter(|r| r.namespace == m.namespace && r.deployment == m.name)
+    let mine: Vec<&ReplicaRecord> = state
+        .replicas_of(&ObjectRef {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+        })
+        .map(|r| r.as_ref())
         .collect();
     let c = rollout::counts(d, &mine, draining, now_unix_ms());
     let revisions = d
@@ -149,20 +155,64 @@ fn replica_labels(d: &StoredDeployment, revision: &str) -> HashMap<String, Strin
         .collect()
 }
 
+/// A list page: at most `limit` (0: no limit) of the `items` that `keep`
+/// passes, in the order given, and the continue token of the next page when
+/// more may follow (the key of the last item looked at, as kubectl's
+/// `continue`). Pages are read at their own request's state: an object
+/// added or removed behind the page already read is not seen.
+fn paged<T>(
+    items: impl Iterator<Item = (ObjectRef, T)>,
+    limit: u32,
+    keep: impl Fn(&T) -> bool,
+) -> (Vec<T>, String) {
+    let mut page = Vec::new();
+    for (key, item) in items {
+        if !keep(&item) {
+            continue;
+        }
+        page.push(item);
+        if limit != 0 && page.len() == limit as usize {
+            return (page, format!("{}/{}", key.namespace, key.name));
+        }
+    }
+    (page, String::new())
+}
+
+/// Where a page starts: after the key a continue token names (empty: at the
+/// first object).
+fn page_start(token: &str) -> Result<Option<ObjectRef>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    match token.split_once('/') {
+        Some((ns, name)) if names::check_name("namespace", ns).is_ok() && !name.is_empty() => {
+            Ok(Some(key_of(ns, name)))
+        }
+        _ => Err(Status::invalid_argument(format!(
+            "continue token {token:?} is not one a drover controller gave: list again from the start"
+        ))),
+    }
+}
+
+fn key_of(namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
 /// Names of the nodes being drained.
-fn draining_nodes(cluster: &Cluster) -> Result<HashSet<String>, Status> {
-    Ok(cluster
-        .store
+fn draining_nodes(state: &State) -> HashSet<String> {
+    state
         .nodes()
-        .into_iter()
         .filter(|n| n.draining)
-        .map(|n| n.name)
-        .collect())
+        .map(|n| n.name.clone())
+        .collect()
 }
 
 fn to_pb(
     d: &StoredDeployment,
-    replicas: &[ReplicaRecord],
+    state: &State,
     draining: &HashSet<String>,
 ) -> Result<pb::Deployment, Status> {
     let spec_json =
@@ -174,7 +224,7 @@ fn to_pb(
         generation: d.generation,
         created_unix_ms: d.created_unix_ms,
         updated_unix_ms: d.updated_unix_ms,
-        status: Some(deployment_status(d, replicas, draining)),
+        status: Some(deployment_status(d, state, draining)),
     })
 }
 
@@ -287,23 +337,29 @@ impl pb::control_server::Control for ControlService {
             "deployments",
             selector::DEPLOYMENT_FIELDS,
         )?;
-        let (applied_index, _) = self.cluster.store.applied();
-        let replicas = self.cluster.store.replicas(namespace);
-        let draining = draining_nodes(&self.cluster)?;
-        let deployments = self
-            .cluster
-            .store
-            .deployments(namespace)
-            .iter()
-            .filter(|d| {
+        let after = page_start(&req.continue_token)?;
+        let state = self.cluster.store.snapshot();
+        let (applied_index, _) = state.applied();
+        let draining = draining_nodes(&state);
+        let (page, next) = paged(
+            state.deployments_after(namespace, after.as_ref()).map(|d| {
+                let m = &d.deployment.metadata;
+                (key_of(&m.namespace, &m.name), d)
+            }),
+            req.limit,
+            |d| {
                 let m = &d.deployment.metadata;
                 select.deployment(&m.namespace, &m.name, &m.labels)
-            })
-            .map(|d| to_pb(d, &replicas, &draining))
+            },
+        );
+        let deployments = page
+            .into_iter()
+            .map(|d| to_pb(d, &state, &draining))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments,
             applied_index,
+            continue_token: next,
         }))
     }
 
@@ -315,12 +371,9 @@ impl pb::control_server::Control for ControlService {
         check_name("namespace", &req.namespace)?;
         check_name("deployment name", &req.name)?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        match self.cluster.store.deployment(&req.namespace, &req.name) {
-            Some(d) => {
-                let replicas = self.cluster.store.replicas(Some(&req.namespace));
-                let draining = draining_nodes(&self.cluster)?;
-                Ok(Response::new(to_pb(&d, &replicas, &draining)?))
-            }
+        let state = self.cluster.store.snapshot();
+        match state.deployment(&req.namespace, &req.name) {
+            Some(d) => Ok(Response::new(to_pb(d, &state, &draining_nodes(&state))?)),
             None => Err(Status::not_found(format!(
                 "deployment {:?} not found in namespace {:?}",
                 req.name, req.namespace
@@ -480,58 +533,72 @@ impl pb::control_server::Control for ControlService {
             "replicas",
             selector::REPLICA_FIELDS,
         )?;
+        let after = page_start(&req.continue_token)?;
         self.cluster.read_barrier(req.read.as_ref()).await?;
-        let store = &self.cluster.store;
-        let addresses: HashMap<String, String> = store
-            .nodes()
-            .into_iter()
-            .map(|n| (n.name, n.address))
-            .collect();
-        let deployments = store.deployments_by_key(namespace);
-        let replicas = store
-            .replicas(namespace)
-            .into_iter()
-            .filter(|r| req.deployment.is_empty() || r.deployment == req.deployment)
-            .map(|r| {
-                let deployment = deployments.get(&(r.namespace.clone(), r.deployment.clone()));
-                let labels = deployment
-                    .map(|d| replica_labels(d, &r.revision))
-                    .unwrap_or_default();
-                let host_ports = deployment
-                    .map(|d| {
-                        d.deployment
-                            .spec
-                            .template
-                            .spec
-                            .containers
-                            .iter()
-                            .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port.map(u32::from)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                pb::Replica {
-                    status: Some(observed_to_pb(&r)),
-                    node_address: r
-                        .node
-                        .as_ref()
-                        .and_then(|n| addresses.get(n))
-                        .cloned()
-                        .unwrap_or_default(),
-                    node: r.node.clone().unwrap_or_default(),
-                    namespace: r.namespace,
-                    name: r.name,
-                    deployment: r.deployment,
-                    slot: r.slot,
-                    revision: r.revision,
-                    pending_reason: r.pending_reason,
-                    created_unix_ms: r.created_unix_ms,
-                    host_ports,
-                    labels,
-                }
-            })
-            .filter(|r| select.replica(r))
-            .collect();
-        Ok(Response::new(pb::ListReplicasResponse { replicas }))
+        let state = self.cluster.store.snapshot();
+        let (applied_index, _) = state.applied();
+        let to_pb = |r: &ReplicaRecord| {
+            let deployment = state.deployment(&r.namespace, &r.deployment);
+            let labels = deployment
+                .map(|d| replica_labels(d, &r.revision))
+                .unwrap_or_default();
+            let host_ports = deployment
+                .map(|d| {
+                    d.deployment
+                        .spec
+                        .template
+                        .spec
+                        .containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port.map(u32::from)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            pb::Replica {
+                status: Some(observed_to_pb(r)),
+                node_address: r
+                    .node
+                    .as_ref()
+                    .and_then(|n| state.node(n))
+                    .map(|n| n.address.clone())
+                    .unwrap_or_default(),
+                node: r.node.clone().unwrap_or_default(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                deployment: r.deployment.clone(),
+                slot: r.slot,
+                revision: r.revision.clone(),
+                pending_reason: r.pending_reason.clone(),
+                created_unix_ms: r.created_unix_ms,
+                host_ports,
+                labels,
+            }
+        };
+        // One deployment's replicas come from its index; otherwise the
+        // namespace's (or all) in key order.
+        let candidates: Box<dyn Iterator<Item = &Arc<ReplicaRecord>>> =
+            match (namespace, req.deployment.as_str()) {
+                (Some(ns), name) if !name.is_empty() => Box::new(
+                    state
+                        .replicas_of(&key_of(ns, name))
+                        .filter(move |r| after.as_ref().is_none_or(|a| r.name > a.name)),
+                ),
+                (_, name) => Box::new(
+                    state
+                        .replicas_after(namespace, after.as_ref())
+                        .filter(move |r| name.is_empty() || r.deployment == name),
+                ),
+            };
+        let (replicas, next) = paged(
+            candidates.map(|r| (key_of(&r.namespace, &r.name), to_pb(r))),
+            req.limit,
+            |r| select.replica(r),
+        );
+        Ok(Response::new(pb::ListReplicasResponse {
+            replicas,
+            continue_token: next,
+            applied_index,
+        }))
     }
 
     async fn list_events(
@@ -1148,5 +1215,52 @@ fn apply_outcome(
             "invalid"
         }
         Err(_) => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed(names: &[&str]) -> Vec<(ObjectRef, String)> {
+        names
+            .iter()
+            .map(|n| (key_of("default", n), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_page_holds_at_most_limit_kept_items_and_says_where_the_next_starts() {
+        let items = keyed(&["a", "b", "c", "d", "e"]);
+        let (page, next) = paged(items.clone().into_iter(), 2, |_| true);
+        assert_eq!(page, ["a", "b"]);
+        assert_eq!(next, "default/b");
+        assert_eq!(
+            page_start(&next).ok().flatten(),
+            Some(key_of("default", "b"))
+        );
+        // Skipped items do not count; the token is the last item taken.
+        let (page, next) = paged(items.clone().into_iter(), 2, |n| n != "b");
+        assert_eq!(
+            (page, next.as_str()),
+            (vec!["a".into(), "c".into()], "default/c")
+        );
+        // The last page has no token; no limit is one page.
+        let (page, next) = paged(items.clone().into_iter().skip(4), 2, |_| true);
+        assert_eq!((page.len(), next.as_str()), (1, ""));
+        let (page, next) = paged(items.into_iter(), 0, |_| true);
+        assert_eq!((page.len(), next.as_str()), (5, ""));
+    }
+
+    #[test]
+    fn a_token_no_controller_gave_is_refused_with_a_sentence() {
+        assert_eq!(page_start("").ok(), Some(None));
+        for bad in ["nothing", "/x", "Bad_NS/x", "default/"] {
+            let e = page_start(bad).err().map(|s| s.message().to_string());
+            assert!(
+                e.as_deref().is_some_and(|m| m.contains("continue token")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 }

@@ -319,6 +319,42 @@ impl Handle {
     }
 }
 
+/// The other end of a [`Handle::detached`]: what a node would receive and
+/// publish, for tests that play the node.
+#[cfg(test)]
+pub struct Detached {
+    pub inbox: mpsc::Receiver<Msg>,
+    pub leadership: watch::Sender<Leadership>,
+    pub applied: watch::Sender<u64>,
+}
+
+#[cfg(test)]
+impl Handle {
+    /// A handle with no raft node behind it: the test answers its messages
+    /// and sets its leadership, to drive a loop through the exact interface
+    /// a node serves.
+    pub fn detached(id: u64) -> (Handle, Detached) {
+        let (tx, inbox) = channel();
+        let (peers, _) = mpsc::channel(1);
+        let (leadership_tx, leadership) = watch::channel(Leadership::default());
+        let (applied_tx, applied) = watch::channel(0);
+        let handle = Handle {
+            id,
+            tx,
+            peers,
+            hash_cache: Arc::default(),
+            leadership,
+            applied,
+        };
+        let detached = Detached {
+            inbox,
+            leadership: leadership_tx,
+            applied: applied_tx,
+        };
+        (handle, detached)
+    }
+}
+
 /// Entry payload of a normal (command) entry. A field this controller does
 /// not know means a newer writer: refused, never ignored.
 #[derive(Serialize, Deserialize)]

@@ -30,6 +30,7 @@
 //! `replicas_on` and `unbound` walk only what they return.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet, Vector};
@@ -199,6 +200,22 @@ impl PartialEq for State {
     }
 }
 
+/// The entries of `map` after `after`, in `namespace` (or all), in key order.
+fn in_namespace_after<'a, V>(
+    map: &'a OrdMap<ObjectRef, V>,
+    namespace: Option<&'a str>,
+    after: Option<&ObjectRef>,
+) -> impl Iterator<Item = (&'a ObjectRef, &'a V)> + 'a {
+    let start = match (after, namespace) {
+        (Some(a), Some(ns)) if a.namespace.as_str() < ns => Bound::Included(key(ns, "")),
+        (Some(a), _) => Bound::Excluded(a.clone()),
+        (None, Some(ns)) => Bound::Included(key(ns, "")),
+        (None, None) => Bound::Unbounded,
+    };
+    map.range((start, Bound::Unbounded))
+        .take_while(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+}
+
 fn key(namespace: &str, name: &str) -> ObjectRef {
     ObjectRef {
         namespace: namespace.to_string(),
@@ -336,6 +353,17 @@ impl State {
             .map(|(_, d)| d)
     }
 
+    /// Deployments in key order after `after` (exclusive; `None`: from the
+    /// first), in one namespace or all: a list page's start without a scan
+    /// of what came before it.
+    pub fn deployments_after<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        after: Option<&ObjectRef>,
+    ) -> impl Iterator<Item = &'a Arc<StoredDeployment>> + 'a {
+        in_namespace_after(&self.deployments, namespace, after).map(|(_, d)| d)
+    }
+
     pub fn deployment_count(&self) -> usize {
         self.deployments.len()
     }
@@ -353,6 +381,16 @@ impl State {
             .iter()
             .filter(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
             .map(|(_, r)| r)
+    }
+
+    /// Replicas in key order after `after` (exclusive; `None`: from the
+    /// first), in one namespace or all (see [`State::deployments_after`]).
+    pub fn replicas_after<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        after: Option<&ObjectRef>,
+    ) -> impl Iterator<Item = &'a Arc<ReplicaRecord>> + 'a {
+        in_namespace_after(&self.replicas, namespace, after).map(|(_, r)| r)
     }
 
     pub fn replica_count(&self) -> usize {

@@ -1260,3 +1260,55 @@ fn deleting_nodes_frees_their_names_and_unbinds_their_replicas() {
     assert!(store.node("n1").is_none());
     assert_eq!(store.replicas(None)[0].node, None);
 }
+
+#[test]
+fn pages_start_after_a_key_and_stay_in_their_namespace() {
+    let store = Store::default();
+    let in_ns = |ns: &str, names: &[&str]| {
+        let deployments = names
+            .iter()
+            .map(|n| {
+                let mut d = deployment(n, 1);
+                d.metadata.namespace = ns.into();
+                d
+            })
+            .collect();
+        let command = Command::Apply {
+            deployments,
+            now_unix_ms: 1,
+        };
+        assert!(store.apply(2, 1, &command).is_ok());
+    };
+    in_ns("a", &["x", "y"]);
+    in_ns("b", &["p", "q", "r"]);
+    in_ns("c", &["z"]);
+    let state = store.snapshot();
+    let names = |ns: Option<&str>, after: Option<(&str, &str)>| -> Vec<String> {
+        let after = after.map(|(ns, name)| ObjectRef {
+            namespace: ns.into(),
+            name: name.into(),
+        });
+        state
+            .deployments_after(ns, after.as_ref())
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d.deployment.metadata.namespace, d.deployment.metadata.name
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(None, None),
+        ["a/x", "a/y", "b/p", "b/q", "b/r", "c/z"]
+    );
+    assert_eq!(names(None, Some(("a", "y"))), ["b/p", "b/q", "b/r", "c/z"]);
+    assert_eq!(names(Some("b"), None), ["b/p", "b/q", "b/r"]);
+    assert_eq!(names(Some("b"), Some(("b", "p"))), ["b/q", "b/r"]);
+    // A key that is not there starts after where it would be.
+    assert_eq!(names(Some("b"), Some(("b", "pp"))), ["b/q", "b/r"]);
+    // A key from an earlier namespace starts at the namespace's first; a
+    // later one leaves nothing.
+    assert_eq!(names(Some("b"), Some(("a", "x"))), ["b/p", "b/q", "b/r"]);
+    assert!(names(Some("b"), Some(("c", "a"))).is_empty());
+}

@@ -223,6 +223,11 @@ impl Selectors {
     }
 }
 
+/// Deployments and replicas are listed this many at a time (kubectl's
+/// `--chunk-size` default): a list of any size stays within gRPC's message
+/// limit, and each page is one short read on the controller.
+pub const CHUNK_SIZE: u32 = 500;
+
 /// The deployments in `namespace` ("" = all) that the selectors match, by namespace and name.
 pub async fn list_deployments(
     client: &mut Client,
@@ -230,18 +235,28 @@ pub async fn list_deployments(
     selectors: &Selectors,
     read: Option<pb::ReadOptions>,
 ) -> Result<Vec<pb::Deployment>, ClientError> {
-    let mut items = client
-        .call(|mut c| {
-            let request = pb::ListDeploymentsRequest {
-                namespace: namespace.to_string(),
-                read,
-                label_selector: selectors.labels.clone(),
-                field_selector: selectors.fields.clone(),
-            };
-            async move { c.list_deployments(request).await }
-        })
-        .await?
-        .deployments;
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .call(|mut c| {
+                let request = pb::ListDeploymentsRequest {
+                    namespace: namespace.to_string(),
+                    read,
+                    label_selector: selectors.labels.clone(),
+                    field_selector: selectors.fields.clone(),
+                    limit: CHUNK_SIZE,
+                    continue_token: token.clone(),
+                };
+                async move { c.list_deployments(request).await }
+            })
+            .await?;
+        items.extend(page.deployments);
+        if page.continue_token.is_empty() {
+            break;
+        }
+        token = page.continue_token;
+    }
     items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(items)
 }
@@ -264,19 +279,29 @@ pub async fn list_replicas_selected(
     selectors: &Selectors,
     read: Option<pb::ReadOptions>,
 ) -> Result<Vec<pb::Replica>, ClientError> {
-    let mut items = client
-        .call(|mut c| {
-            let request = pb::ListReplicasRequest {
-                namespace: namespace.to_string(),
-                deployment: deployment.to_string(),
-                read,
-                label_selector: selectors.labels.clone(),
-                field_selector: selectors.fields.clone(),
-            };
-            async move { c.list_replicas(request).await }
-        })
-        .await?
-        .replicas;
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .call(|mut c| {
+                let request = pb::ListReplicasRequest {
+                    namespace: namespace.to_string(),
+                    deployment: deployment.to_string(),
+                    read,
+                    label_selector: selectors.labels.clone(),
+                    field_selector: selectors.fields.clone(),
+                    limit: CHUNK_SIZE,
+                    continue_token: token.clone(),
+                };
+                async move { c.list_replicas(request).await }
+            })
+            .await?;
+        items.extend(page.replicas);
+        if page.continue_token.is_empty() {
+            break;
+        }
+        token = page.continue_token;
+    }
     replicas::sort(&mut items);
     Ok(items)
 }

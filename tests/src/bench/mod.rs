@@ -26,6 +26,7 @@ pub mod store;
 use anyhow::Context;
 use drover_proto::pb;
 use drover_proto::pb::control_client::ControlClient;
+pub use drover_tests::cluster::list_replicas;
 use tonic::transport::Channel;
 
 /// The workload image (`deploy/images/build.sh` builds it).
@@ -138,24 +139,6 @@ pub async fn apply_worker(
         .map_err(|s| anyhow::anyhow!("{}", s.message()))
         .with_context(|| format!("applying deployment {name}"))?;
     Ok(())
-}
-
-/// Replicas of one deployment (or all, for `""`), stale or linearizable.
-pub async fn list_replicas(
-    client: &mut ControlClient<Channel>,
-    deployment: &str,
-    stale: bool,
-) -> Result<Vec<pb::Replica>, String> {
-    client
-        .list_replicas(pb::ListReplicasRequest {
-            namespace: "default".into(),
-            deployment: deployment.into(),
-            read: Some(pb::ReadOptions { stale }),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().replicas)
-        .map_err(|s| format!("listing replicas: {}", s.message()))
 }
 
 /// Nodes whose condition is Ready, out of all registered.
