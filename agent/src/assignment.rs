@@ -33,6 +33,9 @@ pub struct Assignment {
     pub template: PodTemplate,
     /// Deployment annotations (`drover.io/restart-backoff-*`).
     pub annotations: BTreeMap<String, String>,
+    /// Kubernetes' service variables the controller sent (`FOO_SERVICE_HOST`...),
+    /// set before the container's own env, which wins over them.
+    pub service_env: BTreeMap<String, String>,
     /// The env and mounts resolved on this node for this start (the
     /// supervisor fills it in just before a start; None: the template's
     /// plain `value`s and no mounts).
@@ -88,6 +91,7 @@ impl Assignment {
             spec_hash,
             template,
             annotations: a.annotations.into_iter().collect(),
+            service_env: a.service_env.into_iter().collect(),
             prepared: None,
         })
     }
@@ -98,17 +102,29 @@ impl Assignment {
         match &self.prepared {
             Some(p) => p.env.clone(),
             None => self
-                .container()
-                .env
-                .iter()
-                .filter(|e| e.value_from.is_none())
-                .map(|e| EnvEntry {
-                    name: e.name.clone(),
-                    value: e.value.clone(),
-                    secret: false,
-                })
+                .service_env_entries()
+                .chain(
+                    self.container()
+                        .env
+                        .iter()
+                        .filter(|e| e.value_from.is_none())
+                        .map(|e| EnvEntry {
+                            name: e.name.clone(),
+                            value: e.value.clone(),
+                            secret: false,
+                        }),
+                )
                 .collect(),
         }
+    }
+
+    /// The service variables as env entries, in name order.
+    pub fn service_env_entries(&self) -> impl Iterator<Item = EnvEntry> + '_ {
+        self.service_env.iter().map(|(name, value)| EnvEntry {
+            name: name.clone(),
+            value: value.clone(),
+            secret: false,
+        })
     }
 
     /// Where the container's volumes are on the host (none until prepared).

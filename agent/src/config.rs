@@ -101,6 +101,21 @@ pub struct AgentConfig {
     #[arg(long, value_name = "DURATION", value_parser = drover_proto::duration::parse)]
     pub stop_after_disconnect: Option<Duration>,
 
+    /// How this node makes Services reachable: `nftables` loads kernel DNAT
+    /// rules for every Service's cluster IP and node ports into its own
+    /// table `ip drover-services` (needs root and `nft`; removed when the
+    /// agent stops). `off` (the default) leaves the node's network alone.
+    #[arg(long, value_enum, default_value = "off", env = "DROVER_SERVICE_PROXY")]
+    pub service_proxy: crate::services::ServiceProxy,
+
+    /// Serve Service names (`NAME`, `NAME.NAMESPACE`,
+    /// `NAME.NAMESPACE.svc.cluster.local`) on this address, port 53, and
+    /// point every Docker container's resolver at it: the Docker bridge's
+    /// gateway (e.g. 172.17.0.1). Process replicas use their host's resolver
+    /// and the service variables instead. Off by default.
+    #[arg(long, value_name = "IP", env = "DROVER_SERVICE_DNS")]
+    pub service_dns: Option<std::net::Ipv4Addr>,
+
     /// An image pull taking longer fails the start with ErrImagePull (seconds).
     #[arg(long, default_value_t = 120)]
     pub image_pull_timeout_secs: u64,
@@ -211,6 +226,10 @@ pub struct Settings {
     pub advertise: String,
     pub heartbeat: Duration,
     pub stop_after_disconnect: Option<Duration>,
+    /// `--service-proxy`.
+    pub service_proxy: crate::services::ServiceProxy,
+    /// `--service-dns`.
+    pub service_dns: Option<std::net::Ipv4Addr>,
     /// How the agent connects to controllers and serves logs (before a
     /// pending join: plaintext, unused).
     pub security: Security,
@@ -266,6 +285,8 @@ impl AgentConfig {
             advertise: self.advertise.clone().unwrap_or_else(|| listen.to_string()),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             stop_after_disconnect: self.stop_after_disconnect,
+            service_proxy: self.service_proxy,
+            service_dns: self.service_dns,
             security,
             join,
             tls_dir,

@@ -42,6 +42,7 @@ pub fn assignment(replica: &str) -> Assignment {
             },
         },
         annotations: BTreeMap::new(),
+        service_env: BTreeMap::new(),
         prepared: None,
     }
 }
@@ -63,5 +64,6 @@ pub fn to_pb(a: &Assignment) -> pb::Assignment {
         revision: a.revision.clone(),
         template_json: serde_json::to_string(&a.template).unwrap_or_default(),
         annotations: a.annotations.clone().into_iter().collect(),
+        service_env: a.service_env.clone().into_iter().collect(),
     }
 }

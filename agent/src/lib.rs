@@ -35,11 +35,13 @@ pub mod error;
 pub mod fixtures;
 pub mod join;
 pub mod metrics;
+pub mod names;
 pub mod probe;
 pub mod reconcile;
 pub mod resolve;
 pub mod runtime;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod status;
 pub mod supervisor;
@@ -123,6 +125,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
             let mut docker = DockerConfig::new(settings.node.clone());
             docker.pull_timeout = Duration::from_secs(cfg.image_pull_timeout_secs);
             docker.data_dir = Some(settings.data_dir.clone());
+            docker.dns = settings.service_dns;
             let runtime = DockerRuntime::connect(docker).await?;
             run_with(Arc::new(runtime), settings, incoming, shutdown).await
         }
@@ -187,7 +190,24 @@ pub async fn run_with<R: Runtime>(
         security.clone(),
         stop.clone(),
     ));
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let data_path = match settings.service_proxy {
+        services::ServiceProxy::Off => None,
+        services::ServiceProxy::Nftables => Some(tokio::spawn(services::run(
+            routes_rx,
+            pod_ip(&settings.advertise),
+            stop.clone(),
+        ))),
+    };
+    let names = settings.service_dns.map(|ip| {
+        tokio::spawn(names::run(
+            routes_tx.subscribe(),
+            std::net::SocketAddr::from((ip, 53)),
+            stop.clone(),
+        ))
+    });
     let session_cfg = SessionConfig {
+        services: Some(Arc::new(routes_tx)),
         labels: settings.labels.clone(),
         capacity: settings.capacity,
         address: settings.advertise.clone(),
@@ -211,6 +231,17 @@ pub async fn run_with<R: Runtime>(
     stop.cancel();
     if let Err(e) = supervisor_task.await {
         warn!(error = %e, "the supervisor task failed");
+    }
+    if let Some(task) = names {
+        if let Err(e) = task.await {
+            warn!(error = %e, "the name server task failed");
+        }
+    }
+    // The service rules go with the agent (removed by the task on `stop`).
+    if let Some(task) = data_path {
+        if let Err(e) = task.await {
+            warn!(error = %e, "the service data path task failed");
+        }
     }
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "the Agent service stopped with an error"),

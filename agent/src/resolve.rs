@@ -10,9 +10,9 @@
 //!                                                   └─▶ Err(sentence) → CreateContainerConfigError
 //! ```
 //!
-//! Env, one row per source, in the manifest's order (`envFrom` first, then
-//! `env`, so an `env` entry wins over a key of the same name, as in
-//! Kubernetes):
+//! Env, one row per source, in the manifest's order (the controller's
+//! service variables first, then `envFrom`, then `env`, so an `env` entry
+//! wins over a key of the same name, as in Kubernetes):
 //!
 //! | source                         | object/key present | missing, optional | missing     |
 //! |--------------------------------|--------------------|-------------------|-------------|
@@ -206,7 +206,8 @@ pub fn env(
 ) -> Result<Vec<EnvEntry>, String> {
     let ns = a.namespace.as_str();
     let c = a.container();
-    let mut out = Vec::new();
+    // Service variables first: every later row with the same name wins.
+    let mut out: Vec<EnvEntry> = a.service_env_entries().collect();
     for source in &c.env_from {
         let (kind, r) = match &source.source {
             EnvFromRef::ConfigMapRef(r) => (Kind::ConfigMap, r),
@@ -426,6 +427,32 @@ mod tests {
         env.iter()
             .map(|e| (e.name.as_str(), e.value.as_str(), e.secret))
             .collect()
+    }
+
+    #[test]
+    fn service_variables_come_first_so_the_containers_own_env_wins() {
+        let mut a = fixtures::assignment("default.web-r-0");
+        a.service_env = BTreeMap::from([
+            ("BACKEND_SERVICE_HOST".to_string(), "10.96.0.9".to_string()),
+            ("BACKEND_SERVICE_PORT".to_string(), "80".to_string()),
+        ]);
+        a.template.spec.containers[0].env = vec![EnvVar {
+            name: "BACKEND_SERVICE_PORT".into(),
+            value: "8080".into(),
+            value_from: None,
+        }];
+        let expected = [
+            ("BACKEND_SERVICE_HOST", "10.96.0.9", false),
+            ("BACKEND_SERVICE_PORT", "80", false),
+            ("BACKEND_SERVICE_PORT", "8080", false),
+        ];
+        let env = env(&a, &objects(&[]), &fields()).expect("resolves");
+        assert_eq!(
+            pairs(&env),
+            expected,
+            "runtimes apply rows in order: the last wins"
+        );
+        assert_eq!(pairs(&a.env()), expected, "unprepared too");
     }
 
     #[test]

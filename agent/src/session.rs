@@ -68,6 +68,8 @@ pub struct SessionConfig {
     /// The latest CPU and memory sample ([`crate::usage`]), sent with the
     /// status whenever a new one is taken.
     pub usage: watch::Receiver<Option<pb::Usage>>,
+    /// Where the Service table of each assignment set goes (the data path).
+    pub services: Option<Arc<watch::Sender<Arc<Vec<pb::ServiceRoute>>>>>,
 }
 
 impl SessionConfig {
@@ -88,6 +90,7 @@ impl SessionConfig {
             stop_after_disconnect: None,
             security: watch::channel(Security::Insecure).1,
             usage: watch::channel(None).1,
+            services: None,
         }
     }
 }
@@ -384,6 +387,17 @@ pub fn whole_set(
             msg.base_version, current.version
         ));
     }
+    let mut services: std::collections::BTreeMap<String, pb::ServiceRoute> = current
+        .services
+        .iter()
+        .map(|r| (format!("{}/{}", r.namespace, r.name), r.clone()))
+        .collect();
+    for key in &msg.removed_services {
+        services.remove(key);
+    }
+    for r in msg.services {
+        services.insert(format!("{}/{}", r.namespace, r.name), r);
+    }
     let mut by_id: std::collections::BTreeMap<String, pb::Assignment> = current
         .assignments
         .iter()
@@ -403,6 +417,8 @@ pub fn whole_set(
         base_version: 0,
         removed: Vec::new(),
         config_objects: msg.config_objects,
+        services: services.into_values().collect(),
+        removed_services: Vec::new(),
     })
 }
 
@@ -573,6 +589,15 @@ async fn session(
                         }
                     };
                     current_set = set.clone();
+                    if let Some(routes) = &cfg.services {
+                        routes.send_if_modified(|now| {
+                            let changed = **now != set.services;
+                            if changed {
+                                *now = Arc::new(set.services.clone());
+                            }
+                            changed
+                        });
+                    }
                     if !productive {
                         info!(controller = %addr, node = %cfg.node, "session established");
                         crate::metrics::get().session(SessionState::Established);

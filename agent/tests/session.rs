@@ -54,6 +54,8 @@ impl TestAgent {
             advertise: address.clone(),
             heartbeat: Duration::from_millis(100),
             stop_after_disconnect,
+            service_proxy: drover_agent::services::ServiceProxy::Off,
+            service_dns: None,
             // The fake controller speaks plaintext.
             security: drover_pki::Security::Insecure,
             join: None,

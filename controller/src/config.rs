@@ -85,6 +85,11 @@ pub struct ControllerConfig {
     #[arg(long, default_value_t = drover_manifest::DEFAULT_MAX_REPLICAS)]
     pub max_replicas: u32,
 
+    /// Where new Services get their cluster IP (IPv4, /12 to /30). Addresses
+    /// already allocated keep theirs when this changes.
+    #[arg(long, default_value = crate::store::services::DEFAULT_SERVICE_RANGE)]
+    pub service_cluster_ip_range: crate::store::services::ServiceRange,
+
     /// sled page cache size in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,

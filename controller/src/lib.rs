@@ -25,6 +25,7 @@
 //!     dispatcher                      agent sessions on the leader
 //!  3  cluster  (+ cluster::wire)      the way into raft shared by services and loops
 //!     orchestrator, scheduler, nodes  pure decisions over store objects
+//!     endpoints                       which replicas each Service reaches
 //!  2  raft  (storage, node, transport), config
 //!  1  store  (objects, events, command)   the replicated state machine
 //! ```
@@ -38,6 +39,8 @@
 //! - [`config`]: the controller's settings from its command line. Uses `raft`.
 //! - [`orchestrator`], [`scheduler`], [`nodes`]: pure decisions (replicas to
 //!   create and remove, placements, node readiness). Use `store` only.
+//! - [`endpoints`]: a Service's endpoints (ready replicas its selector
+//!   matches, target ports resolved), a pure function. Uses `store` only.
 //! - [`cluster`]: [`cluster::Cluster`], how services and loops commit writes
 //!   and gate reads, the store/raft error → gRPC status mapping, and
 //!   [`cluster::wire`], replica status between store and wire. Uses `raft`
@@ -64,6 +67,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod dispatcher;
+pub mod endpoints;
 pub mod fixtures;
 pub mod leader;
 pub mod metrics;

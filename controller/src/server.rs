@@ -118,7 +118,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     }
     *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
 
-    let cluster = Cluster::new(
+    let mut cluster = Cluster::new(
         handle,
         store,
         transport,
@@ -127,6 +127,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
         cfg.max_replicas,
         security_rx.clone(),
     );
+    cluster.service_range = cfg.service_cluster_ip_range;
 
     // One socket for the controller's life: each certificate generation's
     // server accepts on a clone of it, so a renewal never closes the port.

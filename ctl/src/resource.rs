@@ -12,16 +12,21 @@ pub enum ResourceKind {
     Event,
     ConfigMap,
     Secret,
+    Service,
+    /// A Service's endpoints: listed, never applied or deleted.
+    Endpoints,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Deployment,
         ResourceKind::Replica,
         ResourceKind::Node,
         ResourceKind::Event,
         ResourceKind::ConfigMap,
         ResourceKind::Secret,
+        ResourceKind::Service,
+        ResourceKind::Endpoints,
     ];
 
     /// `deployments`, `Deployment`, `deploy`, `deployments.apps`, ...
@@ -35,7 +40,9 @@ impl ResourceKind {
                 | ResourceKind::Node
                 | ResourceKind::Event
                 | ResourceKind::ConfigMap
-                | ResourceKind::Secret => &lower,
+                | ResourceKind::Secret
+                | ResourceKind::Service
+                | ResourceKind::Endpoints => &lower,
             };
             if kind.plural() == bare || kind.aliases().contains(&bare) {
                 return Ok(kind);
@@ -56,6 +63,8 @@ impl ResourceKind {
             ResourceKind::Event => "events",
             ResourceKind::ConfigMap => "configmaps",
             ResourceKind::Secret => "secrets",
+            ResourceKind::Service => "services",
+            ResourceKind::Endpoints => "endpoints",
         }
     }
 
@@ -67,6 +76,8 @@ impl ResourceKind {
             ResourceKind::Event => "event",
             ResourceKind::ConfigMap => "configmap",
             ResourceKind::Secret => "secret",
+            ResourceKind::Service => "service",
+            ResourceKind::Endpoints => "endpoints",
         }
     }
 
@@ -78,6 +89,8 @@ impl ResourceKind {
             ResourceKind::Event => &["event", "ev"],
             ResourceKind::ConfigMap => &["configmap", "cm"],
             ResourceKind::Secret => &["secret"],
+            ResourceKind::Service => &["service", "svc"],
+            ResourceKind::Endpoints => &["ep"],
         }
     }
 
@@ -91,6 +104,8 @@ impl ResourceKind {
             ResourceKind::Event => "event",
             ResourceKind::ConfigMap => "configmap",
             ResourceKind::Secret => "secret",
+            ResourceKind::Service => "service",
+            ResourceKind::Endpoints => "endpoints",
         }
     }
 
@@ -101,7 +116,9 @@ impl ResourceKind {
             | ResourceKind::Replica
             | ResourceKind::Event
             | ResourceKind::ConfigMap
-            | ResourceKind::Secret => true,
+            | ResourceKind::Secret
+            | ResourceKind::Service
+            | ResourceKind::Endpoints => true,
             ResourceKind::Node => false,
         }
     }
@@ -241,12 +258,27 @@ mod tests {
         const TYPES: &str = "deployments (aliases: deployment, deploy); \
             replicas (aliases: replica, po, pod, pods); nodes (aliases: node, no); \
             events (aliases: event, ev); configmaps (aliases: configmap, cm); \
-            secrets (aliases: secret)";
-        let e = ResourceKind::parse("services").unwrap_err();
+            secrets (aliases: secret); services (aliases: service, svc); \
+            endpoints (aliases: ep)";
+        let e = ResourceKind::parse("ingresses").unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("unknown resource type \"services\"; supported types: {TYPES}")
+            format!("unknown resource type \"ingresses\"; supported types: {TYPES}")
         );
+        for word in ["services", "service", "svc", "SVC"] {
+            assert_eq!(
+                ResourceKind::parse(word),
+                Ok(ResourceKind::Service),
+                "{word}"
+            );
+        }
+        for word in ["endpoints", "ep"] {
+            assert_eq!(
+                ResourceKind::parse(word),
+                Ok(ResourceKind::Endpoints),
+                "{word}"
+            );
+        }
     }
 
     #[test]
@@ -288,7 +320,7 @@ mod tests {
             Err(ResourceError::EmptyName(_))
         ));
         assert!(matches!(
-            Selection::parse(&args(&["services/web"])),
+            Selection::parse(&args(&["ingresses/web"])),
             Err(ResourceError::Unknown(_))
         ));
         let e = Selection::parse(&args(&["deploy/web", "no/n1"])).unwrap_err();

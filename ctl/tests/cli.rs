@@ -489,7 +489,31 @@ impl Control for FakeController {
     ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
         Err(Status::unimplemented(CONFIG_ELSEWHERE))
     }
+
+    async fn list_services(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(SERVICES_ELSEWHERE))
+    }
+
+    async fn list_endpoints(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        Err(Status::unimplemented(SERVICES_ELSEWHERE))
+    }
+
+    async fn delete_services(
+        &self,
+        _: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        Err(Status::unimplemented(SERVICES_ELSEWHERE))
+    }
 }
+
+/// Services are tested against real controllers (tests/tests/services.rs).
+const SERVICES_ELSEWHERE: &str = "services are tested against real clusters";
 
 /// ConfigMaps and Secrets are tested against real controllers (tests/).
 const CONFIG_ELSEWHERE: &str = "configmaps and secrets are tested against real clusters";
@@ -1117,11 +1141,11 @@ fn script_verbs_refuse_bad_input_with_one_sentence() {
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     let home = tempfile::tempdir().unwrap();
-    let r = droverctl(home.path(), &["get", "services"], None);
+    let r = droverctl(home.path(), &["get", "ingresses"], None);
     assert_eq!(r.code, 1);
     assert!(
         r.stderr
-            .starts_with("error: unknown resource type \"services\""),
+            .starts_with("error: unknown resource type \"ingresses\""),
         "{}",
         r.stderr
     );

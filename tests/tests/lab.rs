@@ -999,3 +999,359 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The frontend's output lines.
+fn frontend_lines(lab: &LabGuard, replica: &str) -> Vec<String> {
+    let out = lab.ctl(&["logs", replica]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not reached within {timeout:?}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// (name, node) of the replicas of `deployment`, once `want` are Running.
+fn placed(lab: &LabGuard, deployment: &str, want: usize) -> Vec<(String, String)> {
+    wait_until(
+        &format!("{want} {deployment} replicas running"),
+        Duration::from_secs(90),
+        || {
+            let out = lab.ctl(&[
+                "get",
+                "replicas",
+                "-l",
+                &format!("app={deployment}"),
+                "-o",
+                "json",
+            ]);
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            let running: Vec<(String, String)> = items
+                .iter()
+                .filter(|i| i["status"]["state"] == "Running")
+                .map(|i| {
+                    (
+                        i["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        i["spec"]["nodeName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            if running.len() == want && items.len() == want {
+                Ok(running)
+            } else {
+                Err(format!("{v}"))
+            }
+        },
+    )
+}
+
+fn nft_tables(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "tables"])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// deploy/examples/services.yaml in a lab with the process runtime: the
+/// frontend replica reaches both backends through the cluster IP, its page
+/// answers on the NodePort of every host, a killed backend host costs only
+/// the requests sent before its node is declared down, and the rules leave
+/// with the Services and with the agent.
+#[test]
+fn a_frontend_reaches_its_backend_through_the_cluster_ip_across_a_host_loss() {
+    if !is_root() {
+        eprintln!("skipped: lab needs root");
+        return;
+    }
+    services_across_a_host_loss("process");
+}
+
+/// The same with the Docker runtime: containers reach the cluster IP from
+/// their host's docker0, backends are reached on their published host port.
+#[test]
+fn docker_containers_reach_their_backend_through_the_cluster_ip_across_a_host_loss() {
+    if !docker_lab_possible() {
+        eprintln!("skipped: a Docker lab needs root and a Docker engine");
+        return;
+    }
+    services_across_a_host_loss("docker");
+}
+
+fn services_across_a_host_loss(runtime: &str) {
+    let lab = LabGuard::new();
+    lab.lab(
+        "up",
+        &["--controllers", "1", "--agents", "3", "--runtime", runtime],
+    );
+    // The example, as its comments say to run it.
+    let app = repo_root().join("deploy/examples/services.yaml");
+    let applied = lab.ctl(&["apply", "-f", &app.display().to_string()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let backends = placed(&lab, "backend", 2);
+    let frontend = placed(&lab, "frontend", 1).remove(0);
+
+    // Both backends answer through the cluster IP.
+    let lines = wait_until(
+        "answers from both backends",
+        Duration::from_secs(60),
+        || {
+            let lines = frontend_lines(&lab, &frontend.0);
+            let both = backends
+                .iter()
+                .all(|(name, _)| lines.iter().any(|l| l == &format!("ok backend {name}")));
+            if both {
+                Ok(lines)
+            } else {
+                Err(lines.join("\n"))
+            }
+        },
+    );
+    assert!(lines.iter().any(|l| l.starts_with("ok backend")));
+
+    // The frontend's page through its NodePort, from this machine, on every host's address.
+    for name in ["n1", "n2", "n3"] {
+        let ip = lab.host(name)["ip"].as_str().expect("ip").to_string();
+        let script = format!(
+            "exec 3<>/dev/tcp/{ip}/30081 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        // The frontend joins its Service's endpoints once its readiness probe passes.
+        wait_until(
+            &format!("the NodePort on {name} ({ip})"),
+            Duration::from_secs(30),
+            || {
+                let out = Command::new("timeout")
+                    .args(["5", "bash", "-c", &script])
+                    .output()
+                    .expect("bash");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains("ok backend ") {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            },
+        );
+    }
+
+    if runtime == "process" {
+        udp_through_a_cluster_ip(&lab);
+    } else {
+        names_resolve_in_containers(&lab, &frontend.0);
+    }
+
+    // Kill the host of a backend the frontend does not run on; requests keep succeeding.
+    let (victim_replica, victim) = backends
+        .iter()
+        .find(|(_, node)| *node != frontend.1)
+        .cloned()
+        .expect("a backend on another host");
+    let before = frontend_lines(&lab, &frontend.0).len();
+    lab.lab("kill", &[&victim]);
+    let killed_at = Instant::now();
+    // Once the controller knows (node timeout), every request succeeds again.
+    let after = wait_until(
+        "ten successes in a row after the loss",
+        Duration::from_secs(60),
+        || {
+            let lines = frontend_lines(&lab, &frontend.0);
+            let tail: Vec<&String> = lines.iter().rev().take(10).collect();
+            if lines.len() >= before + 10 && tail.iter().all(|l| l.starts_with("ok backend")) {
+                Ok(lines)
+            } else {
+                Err(lines[before.min(lines.len())..].join("\n"))
+            }
+        },
+    );
+    let failures = after[before..].iter().filter(|l| *l == "fail").count();
+    let requests = after.len() - before;
+    eprintln!(
+        "{runtime}: host {victim} ({victim_replica}) killed: {failures} of {requests} requests \
+         failed, all succeeding again {:.1} s later",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let endpoints =
+        String::from_utf8_lossy(&lab.ctl(&["get", "ep", "backend"]).stdout).into_owned();
+    let victim_ip = lab.host(&victim)["ip"].as_str().expect("ip").to_string();
+    assert!(!endpoints.contains(&victim_ip), "{endpoints}");
+
+    // The rules go with the Service and with the agent.
+    let ns1 = lab.host(&frontend.1)["ns"]
+        .as_str()
+        .expect("ns")
+        .to_string();
+    assert!(nft_tables(&ns1).contains("drover-services"));
+    let cluster_ip = {
+        let out = lab.ctl(&["get", "svc", "backend", "-o", "jsonpath={.spec.clusterIP}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let rules = |ns: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                "drover-services",
+            ])
+            .output()
+            .expect("nft list table");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(rules(&ns1).contains(&cluster_ip), "{}", rules(&ns1));
+    // An agent restart rebuilds its table, every rule once.
+    lab.lab("stop", &[&frontend.1]);
+    assert!(
+        !nft_tables(&ns1).contains("drover-services"),
+        "a stopped agent leaves no table: {}",
+        nft_tables(&ns1)
+    );
+    lab.lab("start", &[&frontend.1]);
+    let rule = format!("ip daddr {cluster_ip} tcp dport 80 ");
+    wait_until(
+        "the rules rebuilt after a restart",
+        Duration::from_secs(30),
+        || {
+            let r = rules(&ns1);
+            if r.matches(&rule).count() == 1 {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        },
+    );
+    let deleted = lab.ctl(&["delete", "svc", "backend", "frontend"]);
+    assert!(deleted.status.success());
+    wait_until(
+        "the Service's rules removed",
+        Duration::from_secs(10),
+        || {
+            let r = rules(&ns1);
+            if r.contains(&cluster_ip) || r.contains("30081") {
+                Err(r)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    lab.lab("stop", &[&frontend.1]);
+    assert!(
+        !nft_tables(&ns1).contains("drover-services"),
+        "a stopped agent leaves no table: {}",
+        nft_tables(&ns1)
+    );
+}
+
+/// A UDP echo replica (python3 on the host: the process runtime) behind a
+/// UDP Service port, asked from every live host through the cluster IP.
+fn udp_through_a_cluster_ip(lab: &LabGuard) {
+    const ECHO: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  selector:
+    matchLabels: {app: echo}
+  template:
+    metadata:
+      labels: {app: echo}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: drover/busybox:1
+        command: ["/usr/bin/python3", "-c", "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 5353))\nwhile True:\n    d, a = s.recvfrom(2048)\n    s.sendto(b'echo ' + d, a)\n"]
+"#;
+    let file = lab.tmp.path().join("echo.yaml");
+    std::fs::write(&file, ECHO).expect("write manifest");
+    let applied = lab.ctl(&["apply", "-f", &file.display().to_string()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let out = lab.ctl(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let client = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1)\ns.sendto(b'hi', ('{ip}', 53))\nprint(s.recvfrom(2048)[0].decode())\n"
+    );
+    for name in ["n1", "n2", "n3"] {
+        let ns = lab.host(name)["ns"].as_str().expect("ns").to_string();
+        wait_until(
+            &format!("a UDP answer through {ip}:53 from {name}"),
+            Duration::from_secs(60),
+            || {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "python3", "-c", &client])
+                    .output()
+                    .expect("python3");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.trim() == "echo hi" {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        );
+    }
+    let deleted = lab.ctl(&["delete", "-f", &file.display().to_string()]);
+    assert!(deleted.status.success());
+}
+
+/// Service names from inside a Docker replica, through its agent's name
+/// server: the short name, with the namespace, and in full.
+fn names_resolve_in_containers(lab: &LabGuard, replica: &str) {
+    for name in [
+        "backend",
+        "backend.default",
+        "backend.default.svc.cluster.local",
+    ] {
+        let script = format!("timeout 3 wget -qO- http://{name}/");
+        wait_until(
+            &format!("{name} answering inside {replica}"),
+            Duration::from_secs(30),
+            || {
+                let out = lab.ctl(&["exec", replica, "--", "sh", "-c", &script]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains("backend ") {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        );
+    }
+}

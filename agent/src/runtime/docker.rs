@@ -72,6 +72,9 @@ pub struct DockerConfig {
     /// The agent's data directory: replicas' previous runs are kept in its
     /// `previous/` (None: `logs --previous` is not available).
     pub data_dir: Option<std::path::PathBuf>,
+    /// The agent's name server (`--service-dns`): every container resolves
+    /// through it, with Kubernetes' search list for its namespace.
+    pub dns: Option<std::net::Ipv4Addr>,
 }
 
 impl DockerConfig {
@@ -81,6 +84,7 @@ impl DockerConfig {
             pull_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
             data_dir: None,
+            dns: None,
         }
     }
 }
@@ -412,7 +416,10 @@ impl Runtime for DockerRuntime {
         self.ensure_image(&container.image, container.image_pull_policy)
             .await?;
         let name = container_name(&assignment.replica, &self.cfg.node);
-        let body = container_body(assignment, &self.cfg.node, restarts);
+        let mut body = container_body(assignment, &self.cfg.node, restarts);
+        if let (Some(dns), Some(host)) = (self.cfg.dns, body.host_config.as_mut()) {
+            cluster_dns(host, dns, &assignment.namespace);
+        }
         let id = self.create(&name, body).await?;
         if let Err(e) = self.docker.start_container(&id, None).await {
             let err = map_start_error("starting the container", &name, e);
@@ -785,6 +792,19 @@ fn probe_address_of(inspected: &ContainerInspectResponse, port: u16) -> Option<S
         (None, Some("host")) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
         _ => None,
     }
+}
+
+/// Resolve through the agent's name server at `dns`, with Kubernetes' search
+/// list and `ndots:5` (so `backend` and `backend.default` are tried as
+/// Service names first).
+pub fn cluster_dns(host: &mut HostConfig, dns: std::net::Ipv4Addr, namespace: &str) {
+    host.dns = Some(vec![dns.to_string()]);
+    host.dns_search = Some(vec![
+        format!("{namespace}.svc.cluster.local"),
+        "svc.cluster.local".to_string(),
+        "cluster.local".to_string(),
+    ]);
+    host.dns_options = Some(vec!["ndots:5".to_string()]);
 }
 
 /// The create body for a replica: Kubernetes' container semantics on Docker.
@@ -1275,6 +1295,26 @@ mod tests {
         let opts = log.config.expect("log options");
         assert_eq!(opts["max-size"], LOG_MAX_SIZE);
         assert_eq!(opts["max-file"], LOG_MAX_FILES);
+    }
+
+    #[test]
+    fn the_cluster_resolver_is_the_agents_with_kubernetes_search_list() {
+        let a = fixtures::assignment("web-abc12-0");
+        let mut hc = container_body(&a, "n1", 0)
+            .host_config
+            .expect("host config");
+        assert_eq!(hc.dns, None, "Docker's default without --service-dns");
+        cluster_dns(&mut hc, std::net::Ipv4Addr::new(172, 17, 0, 1), "shop");
+        assert_eq!(hc.dns, Some(vec!["172.17.0.1".to_string()]));
+        assert_eq!(
+            hc.dns_search,
+            Some(vec![
+                "shop.svc.cluster.local".to_string(),
+                "svc.cluster.local".to_string(),
+                "cluster.local".to_string()
+            ])
+        );
+        assert_eq!(hc.dns_options, Some(vec!["ndots:5".to_string()]));
     }
 
     #[test]

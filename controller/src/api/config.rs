@@ -94,14 +94,14 @@ fn reference(m: &drover_manifest::ObjectMeta) -> ObjectRef {
 }
 
 /// Which objects a list asks for.
-struct Filter {
-    namespace: Option<String>,
+pub(super) struct Filter {
+    pub(super) namespace: Option<String>,
     names: Vec<String>,
     labels: Option<Selector>,
 }
 
 impl Filter {
-    fn new(req: &pb::ListConfigRequest) -> Result<Filter, Status> {
+    pub(super) fn new(req: &pb::ListConfigRequest) -> Result<Filter, Status> {
         let namespace = (!req.namespace.is_empty()).then(|| req.namespace.clone());
         if let Some(ns) = &namespace {
             names::dns1123_label(ns)
@@ -126,7 +126,7 @@ impl Filter {
         })
     }
 
-    fn keeps(&self, m: &drover_manifest::ObjectMeta) -> bool {
+    pub(super) fn keeps(&self, m: &drover_manifest::ObjectMeta) -> bool {
         (self.names.is_empty() || self.names.contains(&m.name))
             && self
                 .labels

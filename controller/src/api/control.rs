@@ -17,7 +17,7 @@ use drover_manifest::{self as manifest, ParseOptions};
 use drover_proto::selector::{self, ListSelector};
 use drover_proto::{names, pb};
 
-use super::{config, watch};
+use super::{config, services, watch};
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::config::validate_address;
 use crate::orchestrator::rollout;
@@ -284,6 +284,33 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::ListConfigRequest>,
     ) -> Result<Response<pb::ListConfigResponse>, Status> {
         config::list_secrets(&self.cluster, request.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        services::list(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_endpoints(
+        &self,
+        request: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        services::list_endpoints(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_services(
+        &self,
+        request: Request<pb::DeleteConfigRequest>,
+    ) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        services::delete(&self.cluster, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -877,7 +904,9 @@ impl ControlService {
         let parsed = manifest::parse_files(&files, &opts)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let warnings = parsed.warnings;
-        let has_config = !parsed.config_maps.is_empty() || !parsed.secrets.is_empty();
+        let has_config = !parsed.config_maps.is_empty()
+            || !parsed.secrets.is_empty()
+            || !parsed.services.is_empty();
         if parsed.deployments.is_empty() && !has_config {
             return Ok(Response::new(pb::ApplyResponse {
                 results: vec![],
@@ -891,6 +920,11 @@ impl ControlService {
                     .into_iter()
                     .map(|r| config::result_pb(r, outcome_pb))
                     .collect();
+            results.extend(
+                services::dry_run(&self.cluster, &parsed.services)
+                    .into_iter()
+                    .map(|r| services::result_pb(r, outcome_pb)),
+            );
             for d in &parsed.deployments {
                 let m = &d.metadata;
                 let existing = self.cluster.store.deployment(&m.namespace, &m.name);
@@ -913,7 +947,7 @@ impl ControlService {
             if has_config {
                 return Err(Status::invalid_argument(
                     "an apply with an expected generation holds exactly one deployment and no \
-                     ConfigMap or Secret",
+                     ConfigMap, Secret or Service",
                 ));
             }
             let [deployment] = <[_; 1]>::try_from(parsed.deployments).map_err(|all| {
@@ -932,6 +966,8 @@ impl ControlService {
                 deployments: parsed.deployments,
                 config_maps: parsed.config_maps,
                 secrets: parsed.secrets,
+                service_range: (!parsed.services.is_empty()).then_some(self.cluster.service_range),
+                services: parsed.services,
                 now_unix_ms: now_unix_ms(),
             }
         } else {
@@ -956,10 +992,16 @@ impl ControlService {
             WriteResult::AppliedConfig {
                 config,
                 deployments,
+                services: applied_services,
             } => Ok(Response::new(pb::ApplyResponse {
                 results: config
                     .into_iter()
                     .map(|r| config::result_pb(r, outcome_pb))
+                    .chain(
+                        applied_services
+                            .into_iter()
+                            .map(|r| services::result_pb(r, outcome_pb)),
+                    )
                     .chain(deployments.into_iter().map(deployment_pb))
                     .collect(),
                 warnings,
@@ -1126,10 +1168,16 @@ mod tests {
         let (page, next) = paged(items.clone().into_iter(), 2, |_| true);
         assert_eq!(page, ["a", "b"]);
         assert_eq!(next, "default/b");
-        assert_eq!(page_start(&next).ok().flatten(), Some(key_of("default", "b")));
+        assert_eq!(
+            page_start(&next).ok().flatten(),
+            Some(key_of("default", "b"))
+        );
         // Skipped items do not count; the token is the last item taken.
         let (page, next) = paged(items.clone().into_iter(), 2, |n| n != "b");
-        assert_eq!((page, next.as_str()), (vec!["a".into(), "c".into()], "default/c"));
+        assert_eq!(
+            (page, next.as_str()),
+            (vec!["a".into(), "c".into()], "default/c")
+        );
         // The last page has no token; no limit is one page.
         let (page, next) = paged(items.clone().into_iter().skip(4), 2, |_| true);
         assert_eq!((page.len(), next.as_str()), (1, ""));

@@ -16,4 +16,5 @@ pub mod control;
 pub mod join_limit;
 pub mod peer;
 pub mod security;
+mod services;
 mod watch;

@@ -22,6 +22,7 @@ use tracing::debug;
 
 use crate::raft::node::{Handle, NodeError, NodeStatus};
 use crate::raft::transport::GrpcTransport;
+use crate::store::services::ServiceRange;
 use crate::store::{Command, Store, Write, WriteError, WriteResult};
 
 /// What the services need from the running controller.
@@ -34,6 +35,8 @@ pub struct Cluster {
     /// How long writes and linearizable reads wait for a leader.
     pub leader_wait: Duration,
     pub max_replicas: u32,
+    /// `--service-cluster-ip-range`: where new Services get their address.
+    pub service_range: ServiceRange,
     pub started: Instant,
     /// Channels to other members, and the credentials they were made with.
     channels: Arc<Mutex<(Security, HashMap<String, Channel>)>>,
@@ -59,6 +62,7 @@ impl Cluster {
             self_address,
             leader_wait,
             max_replicas,
+            service_range: ServiceRange::default(),
             started: Instant::now(),
             channels: Arc::new(Mutex::new((initial, HashMap::new()))),
             security,
@@ -276,7 +280,9 @@ pub(crate) fn write_error(e: WriteError) -> Status {
         WriteError::NotFound { .. }
         | WriteError::NodeNotFound(_)
         | WriteError::TokenNotFound(_)
-        | WriteError::ConfigNotFound { .. } => Status::not_found(e.to_string()),
+        | WriteError::ConfigNotFound { .. }
+        | WriteError::ServiceNotFound { .. } => Status::not_found(e.to_string()),
+        WriteError::Service { .. } => Status::invalid_argument(e.to_string()),
         WriteError::Immutable { .. } => Status::failed_precondition(e.to_string()),
         WriteError::TokenExists(_) => Status::already_exists(e.to_string()),
         WriteError::NoRevision { .. } | WriteError::NodeReady(_) => {

@@ -14,7 +14,7 @@ use drover_proto::pb;
 
 use super::config;
 use crate::cluster::Cluster;
-use crate::store::{State, StoredDeployment, Touched};
+use crate::store::{ReplicaRecord, State, StoredDeployment, Touched};
 
 /// Annotations of a deployment that agents act on.
 const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
@@ -78,6 +78,9 @@ impl NodeSet {
 #[derive(Debug, Default)]
 pub struct Assignments {
     by_node: HashMap<String, Arc<NodeSet>>,
+    /// Every Service with its ready endpoints, sorted by key, the same for
+    /// every node ([`super::services`]); the same `Arc` while unchanged.
+    pub services: Arc<Vec<pb::ServiceRoute>>,
     /// The leadership term this book was built in, once the leader had
     /// applied everything committed before it (0: not built as leader yet).
     /// Sessions send nothing older: a new leader still applying its
@@ -133,7 +136,17 @@ impl Assignments {
             };
             by_node.insert(node, shared);
         }
-        Assignments { by_node, term: 0 }
+        let table = super::services::table(state, &previous.services, changes);
+        let services = if table == *previous.services {
+            previous.services.clone()
+        } else {
+            Arc::new(table)
+        };
+        Assignments {
+            by_node,
+            services,
+            term: 0,
+        }
     }
 }
 
@@ -164,12 +177,25 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
             revision: r.revision.clone(),
             template_json: String::clone(&template),
             annotations: HashMap::clone(&annotations),
+            service_env: service_env(state, r),
         });
     }
     set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
     set.terminating.sort();
     set.config_objects = config::objects(state, &references);
     set
+}
+
+/// Kubernetes' service variables for `r`: those of the Services of its
+/// namespace created no later than it (a replica's env is fixed when it is
+/// created, as a pod's is). Headless Services give none. Cost: the Services
+/// of one namespace.
+fn service_env(state: &State, r: &ReplicaRecord) -> HashMap<String, String> {
+    state
+        .services(Some(&r.namespace))
+        .filter(|s| s.created_unix_ms <= r.created_unix_ms)
+        .flat_map(|s| drover_manifest::service_env(&s.service, s.cluster_ip))
+        .collect()
 }
 
 /// Templates as agents get them, encoded once per revision per build, with

@@ -17,6 +17,7 @@
 mod book;
 pub mod config;
 mod pending;
+pub mod services;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -322,26 +323,47 @@ impl Dispatcher {
         let mut leadership = self.cluster.handle.leadership_watch();
         let term = leadership.borrow_and_update().term;
         let mut sent: Option<Arc<NodeSet>> = None;
+        let mut sent_services: Option<Arc<Vec<pb::ServiceRoute>>> = None;
         let mut version = 0u64;
         loop {
             // Send the node's full set whenever it differs from what the agent
             // has, from a book built in this term only.
-            let current = {
+            let (current, services) = {
                 let b = book.borrow_and_update();
-                (b.term == term).then(|| b.for_node(node))
+                let fresh = b.term == term;
+                (
+                    fresh.then(|| b.for_node(node)),
+                    fresh.then(|| b.services.clone()),
+                )
             };
+            // The Service table changed: send a set even if the node's did not.
+            let services_changed = services.as_ref().is_some_and(|s| {
+                sent_services
+                    .as_ref()
+                    .is_none_or(|old| !Arc::ptr_eq(old, s) && **old != **s)
+            });
             // The book keeps a node's Arc while its set is unchanged: a
             // different Arc is (nearly always) a different set.
             let fresh = current.filter(|c| {
-                sent.as_ref()
-                    .is_none_or(|s| !Arc::ptr_eq(s, c) && **s != **c)
+                services_changed
+                    || sent
+                        .as_ref()
+                        .is_none_or(|s| !Arc::ptr_eq(s, c) && **s != **c)
             });
+            let services = services.unwrap_or_default();
             if let Some(current) = fresh {
                 version += 1;
                 let set = match sent.as_deref().filter(|_| accepts_changes) {
                     Some(before) => {
                         let (assignments, removed) = current.changes_since(before);
+                        let (changed_services, removed_services) =
+                            crate::dispatcher::services::changes_since(
+                                &services,
+                                sent_services.as_deref().map_or(&[][..], |s| &s[..]),
+                            );
                         pb::AssignmentSet {
+                            services: changed_services,
+                            removed_services,
                             version,
                             base_version: version - 1,
                             assignments,
@@ -353,6 +375,7 @@ impl Dispatcher {
                     }
                     None => pb::AssignmentSet {
                         version,
+                        services: services.to_vec(),
                         assignments: current.assignments.clone(),
                         terminating: current.terminating.clone(),
                         terminating_grace_seconds: current.terminating_grace_seconds.clone(),
@@ -367,6 +390,7 @@ impl Dispatcher {
                     return "agent went away".into();
                 }
                 sent = Some(current);
+                sent_services = Some(services);
             }
             tokio::select! {
                 msg = inbound.message() => match msg {

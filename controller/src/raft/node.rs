@@ -373,8 +373,10 @@ struct Proposal {
 /// older member then stops applying at the first newer entry, with a
 /// sentence in `cluster status`, instead of skipping or misreading it.
 /// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
-/// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16).
-pub const COMMAND_FORMAT: u32 = 5;
+/// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16);
+/// format 6 `ApplyConfig.services` and `.service_range`, and `DeleteServices`
+/// (issue 15).
+pub const COMMAND_FORMAT: u32 = 6;
 
 /// Entries written before formats were numbered.
 fn first_format() -> u32 {

@@ -164,17 +164,30 @@ pub enum Command {
         reports: Vec<(String, ObjectRef, ReplicaObserved)>,
         now_unix_ms: i64,
     },
-    /// An apply holding ConfigMaps or Secrets: those and the deployments in
-    /// one entry, all or nothing (`config_objects.rs`).
+    /// An apply holding ConfigMaps, Secrets or Services: those and the
+    /// deployments in one entry, all or nothing (`config_objects.rs`,
+    /// `services.rs`). Services get their addresses from `service_range`,
+    /// the proposing controller's `--service-cluster-ip-range` (so every
+    /// member allocates the same, whatever its own flag).
     ApplyConfig {
         deployments: Vec<Deployment>,
         config_maps: Vec<drover_manifest::ConfigMap>,
         secrets: Vec<drover_manifest::Secret>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<drover_manifest::Service>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_range: Option<super::services::ServiceRange>,
         now_unix_ms: i64,
     },
     /// Delete ConfigMaps or Secrets (`config_objects.rs`).
     DeleteConfig {
         kind: super::config_objects::ConfigKind,
+        refs: Vec<ObjectRef>,
+        ignore_not_found: bool,
+    },
+    /// Delete Services (`services.rs`); with `ignore_not_found` false, one
+    /// missing name refuses the whole command.
+    DeleteServices {
         refs: Vec<ObjectRef>,
         ignore_not_found: bool,
     },
@@ -220,7 +233,8 @@ impl Command {
             | Command::RevokeToken { .. }
             | Command::DeleteNodes { .. }
             | Command::ApplyConfig { .. }
-            | Command::DeleteConfig { .. } => true,
+            | Command::DeleteConfig { .. }
+            | Command::DeleteServices { .. } => true,
         }
     }
 }
@@ -267,10 +281,13 @@ pub enum ApplyOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteResult {
     Applied(Vec<(ObjectRef, ApplyOutcome, u64)>),
-    /// An `ApplyConfig`: its ConfigMaps and Secrets, then its deployments.
+    /// An `ApplyConfig`: its ConfigMaps and Secrets, then its deployments
+    /// (and its Services).
     AppliedConfig {
         config: Vec<super::config_objects::ConfigResult>,
         deployments: Vec<(ObjectRef, ApplyOutcome, u64)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<super::services::ServiceResult>,
     },
     Deleted(Vec<ObjectRef>),
     Scaled {
@@ -324,6 +341,16 @@ pub enum WriteError {
         namespace: String,
         name: String,
     },
+    /// A Service the cluster cannot take as it is: `path` names the field.
+    #[error("service {name:?} in namespace {namespace:?}: {path}: {message}")]
+    Service {
+        namespace: String,
+        name: String,
+        path: String,
+        message: String,
+    },
+    #[error("service {name:?} not found in namespace {namespace:?}")]
+    ServiceNotFound { namespace: String, name: String },
 }
 
 fn no_revision(name: &str, revision: &Option<u64>) -> String {
@@ -348,9 +375,17 @@ pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResul
             deployments,
             config_maps,
             secrets,
+            services,
+            service_range,
             now_unix_ms,
         } => {
             let config = super::config_objects::apply(state, config_maps, secrets, *now_unix_ms)?;
+            let services = super::services::apply(
+                state,
+                services,
+                &service_range.unwrap_or_default(),
+                *now_unix_ms,
+            )?;
             let deployments = match apply(state, deployments, *now_unix_ms)? {
                 WriteResult::Applied(d) => d,
                 _ => Vec::new(),
@@ -358,8 +393,13 @@ pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResul
             Ok(WriteResult::AppliedConfig {
                 config,
                 deployments,
+                services,
             })
         }
+        Command::DeleteServices {
+            refs,
+            ignore_not_found,
+        } => super::services::delete(state, refs, *ignore_not_found).map(WriteResult::Deleted),
         Command::DeleteConfig {
             kind,
             refs,

@@ -251,6 +251,8 @@ mod tests {
             deployments,
             config_maps,
             secrets,
+            services: vec![],
+            service_range: None,
             now_unix_ms: 1_000,
         }
     }
@@ -262,6 +264,7 @@ mod tests {
             Ok(WriteResult::AppliedConfig {
                 config,
                 deployments,
+                ..
             }) => (
                 config
                     .into_iter()

@@ -22,6 +22,7 @@ pub mod events;
 pub mod history;
 pub mod node_meta;
 pub mod objects;
+pub mod services;
 pub mod state;
 
 use std::collections::BTreeMap;

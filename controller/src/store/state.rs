@@ -6,11 +6,14 @@
 //!         ├─ replicas      (ns, name)  → Arc<ReplicaRecord>
 //!         ├─ nodes         name        → Arc<NodeRecord>
 //!         ├─ node_metas, tokens, members, events (newest last, at most RETAINED)
+//!         ├─ config_maps, secrets, services (ns, name)
 //!         └─ indexes (derived, never stored):
 //!              by_deployment  (ns, deployment) → replica names
 //!              by_node        node → replicas bound there
 //!              unbound        replicas with no node
 //!              held           node → requests and host ports its replicas hold
+//!              cluster_ips    address → the Service holding it
+//!              node_ports     port → the Service holding it
 //! ```
 //!
 //! Every map is a persistent map (`imbl`): cloning the state costs a handful
@@ -39,6 +42,7 @@ use super::config_objects::{StoredConfigMap, StoredSecret};
 use super::events::{EventFilter, EventRecord, NewEvent, RETAINED};
 use super::node_meta::NodeMeta;
 use super::objects::{Booking, NodeRecord, ReplicaRecord, Resources, TokenRecord};
+use super::services::StoredService;
 use super::{Member, StoreError, StoredDeployment};
 
 /// What changed since the last [`State::take_touched`]: the leader loops
@@ -63,6 +67,8 @@ pub struct Touched {
     /// Replicas whose record changed (created, changed, deleted): what a
     /// watch of replicas looks at, instead of every replica of a deployment.
     pub replicas: BTreeSet<ObjectRef>,
+    /// A Service changed (created, changed, deleted).
+    pub services: bool,
 }
 
 impl Touched {
@@ -82,12 +88,14 @@ impl Touched {
             && self.deployment_records.is_empty()
             && !self.config_objects
             && self.replicas.is_empty()
+            && !self.services
     }
 
     /// Add `other` to this set.
     pub fn merge(&mut self, other: &Touched) {
         self.all |= other.all;
         self.config_objects |= other.config_objects;
+        self.services |= other.services;
         self.deployments.extend(other.deployments.iter().cloned());
         self.nodes.extend(other.nodes.iter().cloned());
         self.node_records.extend(other.node_records.iter().cloned());
@@ -147,6 +155,8 @@ struct Indexes {
     by_node: OrdMap<String, OrdSet<ObjectRef>>,
     unbound: OrdSet<ObjectRef>,
     held: OrdMap<String, Held>,
+    cluster_ips: OrdMap<std::net::Ipv4Addr, ObjectRef>,
+    node_ports: OrdMap<u16, ObjectRef>,
 }
 
 /// The whole replicated state of the cluster.
@@ -165,6 +175,7 @@ pub struct State {
     tokens: OrdMap<String, TokenRecord>,
     config_maps: OrdMap<ObjectRef, Arc<StoredConfigMap>>,
     secrets: OrdMap<ObjectRef, Arc<StoredSecret>>,
+    services: OrdMap<ObjectRef, Arc<StoredService>>,
     events: Vector<Arc<EventRecord>>,
     last_event_seq: u64,
     /// Each retained event's repeat key → its sequence number (derived).
@@ -188,6 +199,7 @@ impl PartialEq for State {
             && self.tokens == other.tokens
             && self.config_maps == other.config_maps
             && self.secrets == other.secrets
+            && self.services == other.services
             && self.events == other.events
             && self.last_event_seq == other.last_event_seq
     }
@@ -286,6 +298,35 @@ impl State {
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&Arc<StoredSecret>> {
         self.secrets.get(&key(namespace, name))
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<StoredService>> {
+        self.services.get(&key(namespace, name))
+    }
+
+    /// Services in one namespace, or all, sorted by namespace then name.
+    pub fn services<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<StoredService>> + 'a {
+        self.services
+            .iter()
+            .filter(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, s)| s)
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The Service a cluster IP is allocated to.
+    pub fn cluster_ip_holder(&self, ip: std::net::Ipv4Addr) -> Option<&ObjectRef> {
+        self.index.cluster_ips.get(&ip)
+    }
+
+    /// The Service a node port is allocated to.
+    pub fn node_port_holder(&self, port: u16) -> Option<&ObjectRef> {
+        self.index.node_ports.get(&port)
     }
 
     /// Every ConfigMap, or those of one namespace, by namespace and name.
@@ -483,7 +524,12 @@ impl State {
         for (_, h) in held_a.iter_mut().chain(held_b.iter_mut()) {
             h.host_ports.sort();
         }
-        self.index.by_deployment == fresh.index.by_deployment
+        for sv in self.services.values() {
+            fresh.put_service(StoredService::clone(sv));
+        }
+        self.index.cluster_ips == fresh.index.cluster_ips
+            && self.index.node_ports == fresh.index.node_ports
+            && self.index.by_deployment == fresh.index.by_deployment
             && self.index.by_node == fresh.index.by_node
             && self.index.unbound == fresh.index.unbound
             && held_a == held_b
@@ -522,6 +568,30 @@ impl State {
     pub(super) fn remove_secret(&mut self, k: &ObjectRef) -> Option<Arc<StoredSecret>> {
         self.touched.config_objects = true;
         self.secrets.remove(k)
+    }
+
+    pub(super) fn put_service(&mut self, sv: StoredService) {
+        let k = sv.key();
+        self.touched.services = true;
+        if let Some(ip) = sv.cluster_ip {
+            self.index.cluster_ips.insert(ip, k.clone());
+        }
+        for port in sv.node_ports.iter().filter(|p| **p != 0) {
+            self.index.node_ports.insert(*port, k.clone());
+        }
+        self.services.insert(k, Arc::new(sv));
+    }
+
+    pub(super) fn remove_service(&mut self, k: &ObjectRef) -> Option<Arc<StoredService>> {
+        let sv = self.services.remove(k)?;
+        self.touched.services = true;
+        if let Some(ip) = sv.cluster_ip {
+            self.index.cluster_ips.remove(&ip);
+        }
+        for port in &sv.node_ports {
+            self.index.node_ports.remove(port);
+        }
+        Some(sv)
     }
 
     pub(super) fn remove_deployment(&mut self, k: &ObjectRef) -> Option<Arc<StoredDeployment>> {
@@ -753,6 +823,9 @@ impl State {
         for r in p.replicas {
             s.put_replica(r);
         }
+        for sv in p.services {
+            s.put_service(sv);
+        }
         s.touched = Touched::default();
         Ok(s)
     }
@@ -787,6 +860,7 @@ impl State {
             tokens: Seq(&self.tokens, |t| t),
             config_maps: Seq(&self.config_maps, |c| c.as_ref()),
             secrets: Seq(&self.secrets, |s| s.as_ref()),
+            services: Seq(&self.services, |s| s.as_ref()),
             events: self.events.iter().map(|e| e.as_ref()).collect(),
             last_event_seq: self.last_event_seq,
         }
@@ -804,6 +878,12 @@ fn encoding(e: serde_json::Error) -> StoreError {
 
 /// A map's values, serialised as a sequence without copying them.
 struct Seq<'a, K, V, T: 'a>(&'a OrdMap<K, V>, fn(&'a V) -> &'a T);
+
+impl<K: Ord + Clone, V: Clone, T> Seq<'_, K, V, T> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl<K: Ord + Clone, V: Clone, T: Serialize> Serialize for Seq<'_, K, V, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -825,6 +905,9 @@ struct Borrowed<'a> {
     tokens: Seq<'a, String, TokenRecord, TokenRecord>,
     config_maps: Seq<'a, ObjectRef, Arc<StoredConfigMap>, StoredConfigMap>,
     secrets: Seq<'a, ObjectRef, Arc<StoredSecret>, StoredSecret>,
+    /// Left out when empty: states without Services hash as before issue 15.
+    #[serde(skip_serializing_if = "Seq::is_empty")]
+    services: Seq<'a, ObjectRef, Arc<StoredService>, StoredService>,
     events: Vec<&'a EventRecord>,
     last_event_seq: u64,
 }
@@ -847,6 +930,9 @@ struct Owned {
     config_maps: Vec<StoredConfigMap>,
     #[serde(default)]
     secrets: Vec<StoredSecret>,
+    /// Absent in snapshots from before issue 15, and when there are none.
+    #[serde(default)]
+    services: Vec<StoredService>,
     events: Vec<EventRecord>,
     last_event_seq: u64,
 }

@@ -35,7 +35,11 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
         ..ParseOptions::default()
     })?;
     let parsed = manifest::parse_files(&inputs, &opts)?;
-    if parsed.deployments.is_empty() && parsed.config_maps.is_empty() && parsed.secrets.is_empty() {
+    if parsed.deployments.is_empty()
+        && parsed.config_maps.is_empty()
+        && parsed.secrets.is_empty()
+        && parsed.services.is_empty()
+    {
         warn_all(&parsed.warnings);
         bail!("no objects passed to apply");
     }
@@ -51,6 +55,12 @@ pub async fn run(env: &Env, args: ApplyArgs) -> anyhow::Result<()> {
                     .secrets
                     .iter()
                     .map(|s| ResourceKind::Secret.slash_name(&s.metadata.name)),
+            )
+            .chain(
+                parsed
+                    .services
+                    .iter()
+                    .map(|s| ResourceKind::Service.slash_name(&s.metadata.name)),
             )
             .chain(
                 parsed
@@ -153,6 +163,7 @@ fn result_kind(r: &pb::ApplyResult) -> ResourceKind {
     match r.kind.as_str() {
         "ConfigMap" => ResourceKind::ConfigMap,
         "Secret" => ResourceKind::Secret,
+        "Service" => ResourceKind::Service,
         _ => ResourceKind::Deployment,
     }
 }

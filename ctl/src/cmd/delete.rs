@@ -90,6 +90,21 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        let services: Vec<&manifest::ObjectMeta> =
+            parsed.services.iter().map(|s| &s.metadata).collect();
+        let namespaces: std::collections::BTreeSet<&str> =
+            services.iter().map(|m| m.namespace.as_str()).collect();
+        for ns in namespaces {
+            let names: Vec<String> = services
+                .iter()
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.name.clone())
+                .collect();
+            let (mut client, _) = env.client()?;
+            config_lines.push_str(
+                &super::services::delete(&mut client, ns, &names, args.ignore_not_found).await?,
+            );
+        }
         if parsed.deployments.is_empty() && !config_lines.is_empty() {
             return print(&config_lines);
         }
@@ -103,7 +118,7 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
             })
             .collect();
         if refs.is_empty() {
-            bail!("no deployments, configmaps or secrets in the given files");
+            bail!("no deployments, services, configmaps or secrets in the given files");
         }
         (refs, ResourceKind::Deployment)
     } else {
@@ -114,6 +129,29 @@ pub async fn run(env: &Env, mut args: DeleteArgs) -> anyhow::Result<()> {
         let selection = Selection::parse(&args.resources)?;
         match selection.kind {
             ResourceKind::Deployment => {}
+            ResourceKind::Service => {
+                if selecting {
+                    bail!("services are deleted by name (e.g. droverctl delete svc NAME)");
+                }
+                if selection.names.is_empty() {
+                    bail!(
+                        "resource(s) were provided, but no name was specified (e.g. droverctl delete svc NAME)"
+                    );
+                }
+                let namespace = env.settings()?.namespace;
+                let (mut client, _) = env.client()?;
+                let lines = super::services::delete(
+                    &mut client,
+                    &namespace,
+                    &selection.names,
+                    args.ignore_not_found,
+                )
+                .await?;
+                return print(&lines);
+            }
+            ResourceKind::Endpoints => {
+                bail!("endpoints follow their Service; delete the Service (droverctl delete svc NAME)")
+            }
             ResourceKind::ConfigMap | ResourceKind::Secret => {
                 if args.selector.is_some() || args.field_selector.is_some() || args.all {
                     bail!(

@@ -106,8 +106,34 @@ pub async fn run(env: &Env, args: DescribeArgs) -> anyhow::Result<()> {
                 missing,
             )
         }
-        ResourceKind::Event => {
-            bail!("droverctl describe does not handle events; list them with droverctl get events")
+        ResourceKind::Service => {
+            let all =
+                super::services::list(&mut client, &namespace, &selection.names, "", None).await?;
+            let (items, missing) = pick(all, &selection.names, |i| &i.record.name);
+            let endpoints = if items.is_empty() {
+                Vec::new()
+            } else {
+                super::services::list_endpoints(&mut client, &namespace, &selection.names, "", None)
+                    .await?
+            };
+            let texts = items
+                .iter()
+                .map(|i| {
+                    let mine = endpoints
+                        .iter()
+                        .find(|e| e.record.name == i.record.name)
+                        .map(|e| &e.object);
+                    super::services::describe(i, mine)
+                })
+                .collect();
+            (texts, missing)
+        }
+        ResourceKind::Event | ResourceKind::Endpoints => {
+            bail!(
+                "droverctl describe does not handle {}; list them with droverctl get {}",
+                selection.kind.plural(),
+                selection.kind.plural()
+            )
         }
     };
     if listed && texts.is_empty() {

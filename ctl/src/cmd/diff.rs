@@ -29,7 +29,11 @@ pub async fn run(env: &Env, args: DiffArgs) -> anyhow::Result<()> {
         drover_proto::MAX_REQUEST_BYTES,
     )?;
     let parsed = manifest::parse_files(&inputs, &env.parse_options(ParseOptions::default())?)?;
-    if parsed.deployments.is_empty() && parsed.config_maps.is_empty() && parsed.secrets.is_empty() {
+    if parsed.deployments.is_empty()
+        && parsed.config_maps.is_empty()
+        && parsed.secrets.is_empty()
+        && parsed.services.is_empty()
+    {
         bail!("no objects passed to diff");
     }
     let (mut client, _) = env.client()?;
@@ -101,6 +105,34 @@ pub async fn run(env: &Env, args: DiffArgs) -> anyhow::Result<()> {
             output::to_yaml(&after)?,
             format!("secret/{}/{}", m.namespace, m.name),
         );
+    }
+    for sv in &parsed.services {
+        let m = &sv.metadata;
+        let live = super::services::list(
+            &mut client,
+            &m.namespace,
+            std::slice::from_ref(&m.name),
+            "",
+            None,
+        )
+        .await?;
+        // The new side keeps what was allocated for the live one, as an
+        // apply would (an address or node port the file leaves out stays).
+        let (live, merged) = match live.first().map(|i| &i.object) {
+            Some(l) => (
+                output::to_yaml(&manifest::render_service(
+                    &l.service,
+                    l.cluster_ip,
+                    &l.node_ports,
+                ))?,
+                output::to_yaml(&manifest::render_service(sv, l.cluster_ip, &l.node_ports))?,
+            ),
+            None => (
+                String::new(),
+                output::to_yaml(&manifest::render_service(sv, None, &[]))?,
+            ),
+        };
+        add(live, merged, format!("service/{}/{}", m.namespace, m.name));
     }
     for d in &parsed.deployments {
         let (namespace, name) = (&d.metadata.namespace, &d.metadata.name);

@@ -19,7 +19,9 @@ fn api_version(kind: ResourceKind) -> &'static str {
         | ResourceKind::Node
         | ResourceKind::Event
         | ResourceKind::ConfigMap
-        | ResourceKind::Secret => "v1",
+        | ResourceKind::Secret
+        | ResourceKind::Service
+        | ResourceKind::Endpoints => "v1",
     }
 }
 
@@ -31,6 +33,8 @@ fn kind_name(kind: ResourceKind) -> &'static str {
         ResourceKind::Event => "Event",
         ResourceKind::ConfigMap => "ConfigMap",
         ResourceKind::Secret => "Secret",
+        ResourceKind::Service => "Service",
+        ResourceKind::Endpoints => "Endpoints",
     }
 }
 
@@ -44,6 +48,8 @@ fn short_name(kind: ResourceKind) -> &'static str {
         ResourceKind::ConfigMap => "cm",
         // kubectl has no short name for secrets either.
         ResourceKind::Secret => "",
+        ResourceKind::Service => "svc",
+        ResourceKind::Endpoints => "ep",
     }
 }
 
@@ -57,6 +63,8 @@ fn verbs(kind: ResourceKind) -> &'static str {
         ResourceKind::Node => "annotate,cordon,describe,drain,get,label,uncordon,wait",
         ResourceKind::Event => "get,watch",
         ResourceKind::ConfigMap | ResourceKind::Secret => "apply,delete,describe,diff,get",
+        ResourceKind::Service => "apply,delete,describe,get",
+        ResourceKind::Endpoints => "get",
     }
 }
 

@@ -218,7 +218,10 @@ fn object_selector(text: &str) -> anyhow::Result<(String, String)> {
         ResourceKind::Replica => "Replica",
         ResourceKind::Node => "Node",
         ResourceKind::Event => bail!("--for names the object the events are about, not an event"),
-        ResourceKind::ConfigMap | ResourceKind::Secret => bail!(
+        ResourceKind::ConfigMap
+        | ResourceKind::Secret
+        | ResourceKind::Service
+        | ResourceKind::Endpoints => bail!(
             "drover records no events about {}; --for takes a deployment, replica or node",
             ResourceKind::parse(kind)?.plural()
         ),

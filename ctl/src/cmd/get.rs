@@ -1,4 +1,4 @@
-//! `droverctl get deployments|replicas|nodes|configmaps|secrets [NAME...]` (events: see `events.rs`)
+//! `droverctl get deployments|replicas|nodes|configmaps|secrets|services|endpoints [NAME...]` (events: see `events.rs`)
 //! `droverctl get deployments|replicas|nodes [NAME...] [-o wide|yaml|json|name] [-A] [--stale]`
 //! `droverctl get KIND -w|--watch-only [--output-watch-events]`: see `watch.rs`
 //!
@@ -13,7 +13,7 @@ use drover_proto::pb;
 use serde_json::Value;
 use tonic::Code;
 
-use super::{config_objects, print, Env};
+use super::{config_objects, print, services, Env};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{Client, ClientError};
 use crate::output::template::{CustomColumns, Template};
@@ -128,6 +128,46 @@ pub async fn run(env: &Env, args: GetArgs) -> anyhow::Result<()> {
             )?;
             (text, missing)
         }
+        ResourceKind::Service => {
+            let all = services::list(
+                &mut client,
+                &list_ns,
+                &selection.names,
+                &selectors.labels,
+                read,
+            )
+            .await?;
+            let (items, missing) = pick(all, &selection.names, |i| &i.record.name);
+            let text = render_as(
+                &items,
+                format,
+                listed,
+                |wide| services::table(&items, args.all_namespaces, wide, now_ms()),
+                || services::names(kind, &items),
+                |i| Ok(services::kubernetes_object(i)),
+            )?;
+            (text, missing)
+        }
+        ResourceKind::Endpoints => {
+            let all = services::list_endpoints(
+                &mut client,
+                &list_ns,
+                &selection.names,
+                &selectors.labels,
+                read,
+            )
+            .await?;
+            let (items, missing) = pick(all, &selection.names, |i| &i.record.name);
+            let text = render_as(
+                &items,
+                format,
+                listed,
+                |_| services::endpoints_table(&items, args.all_namespaces, now_ms()),
+                || services::names(kind, &items),
+                |i| Ok(services::endpoints_object(i)),
+            )?;
+            (text, missing)
+        }
         ResourceKind::Event => bail!("events are listed by droverctl get events"),
     };
     match text {
@@ -175,7 +215,11 @@ impl Selectors {
             ResourceKind::Deployment => selector::DEPLOYMENT_FIELDS,
             ResourceKind::Replica => selector::REPLICA_FIELDS,
             ResourceKind::Node => selector::NODE_FIELDS,
-            ResourceKind::Event | ResourceKind::ConfigMap | ResourceKind::Secret => &[],
+            ResourceKind::Event
+            | ResourceKind::ConfigMap
+            | ResourceKind::Secret
+            | ResourceKind::Service
+            | ResourceKind::Endpoints => &[],
         };
         ListSelector::parse(&labels, &fields, kind.plural(), supported)?;
         Ok(Selectors { labels, fields })

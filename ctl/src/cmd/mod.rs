@@ -24,6 +24,7 @@ pub mod pki;
 pub mod port_forward;
 pub mod rollout;
 pub mod scale;
+pub mod services;
 pub mod token;
 pub mod top;
 pub mod version;

@@ -325,7 +325,10 @@ async fn observe(
             seen.extend(missing_objects(kind, namespace, missing, deleting)?);
         }
         ResourceKind::Event => bail!("events cannot be waited for"),
-        ResourceKind::ConfigMap | ResourceKind::Secret => bail!(
+        ResourceKind::ConfigMap
+        | ResourceKind::Secret
+        | ResourceKind::Service
+        | ResourceKind::Endpoints => bail!(
             "{} have no conditions to wait for; wait for the deployments that use them",
             kind.plural()
         ),

@@ -162,6 +162,11 @@ pub async fn run(
         ResourceKind::ConfigMap => pb::WatchKind::ConfigMap,
         ResourceKind::Secret => pb::WatchKind::Secret,
         ResourceKind::Event => bail!("events are watched by droverctl get events -w"),
+        ResourceKind::Service | ResourceKind::Endpoints => bail!(
+            "droverctl cannot watch {} yet: run get {} again to see changes",
+            kind.plural(),
+            kind.plural()
+        ),
     };
     let (mut client, settings) = env.client()?;
     let namespace = if args.all_namespaces || !kind.namespaced() {

@@ -936,6 +936,7 @@ async fn build(
         let names: Vec<String> = lab.agents().map(|h| h.name.clone()).collect();
         for name in &names {
             let runtime = lab.runtime.clone();
+            let runtime_is_docker = runtime == "docker";
             let host = lab.host_mut(name)?;
             let data = lab_dir_of(&host.log, name);
             let mut argv = vec![
@@ -954,7 +955,16 @@ async fn build(
                 data.display().to_string(),
                 "--ca".into(),
                 ca.display().to_string(),
+                // Each lab host is its own network namespace: its agent owns
+                // the Service rules there (docs/services.md).
+                "--service-proxy".into(),
+                "nftables".into(),
             ];
+            // A Docker host's containers resolve Service names through
+            // their agent, listening on the engine's docker0 gateway.
+            if runtime_is_docker {
+                argv.extend(["--service-dns".into(), "172.17.0.1".into()]);
+            }
             argv.extend(opts.agent_args.iter().cloned());
             host.argv = argv;
             let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());

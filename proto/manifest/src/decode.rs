@@ -56,6 +56,9 @@ impl Problem {
 }
 
 mod config;
+mod service;
+
+pub use service::service_env;
 
 /// What decoding one document found.
 #[derive(Debug, Default)]
@@ -74,6 +77,7 @@ pub(crate) const KIND: &str = "Deployment";
 pub(crate) const CORE_API_VERSION: &str = "v1";
 pub(crate) const CONFIG_MAP_KIND: &str = "ConfigMap";
 pub(crate) const SECRET_KIND: &str = "Secret";
+pub(crate) const SERVICE_KIND: &str = "Service";
 
 /// Largest value of Kubernetes' int32 fields.
 const MAX_INT32: i64 = i32::MAX as i64;
@@ -153,13 +157,16 @@ impl Decoder<'_> {
 
     // ----- the document -------------------------------------------------
 
-    /// A Deployment, ConfigMap or Secret, by the document's kind.
+    /// A Deployment, Service, ConfigMap or Secret, by the document's kind.
     fn object(&mut self, node: &Node) -> Option<Object> {
         match node.get("kind") {
             Some(Node::Str(kind)) if kind == CONFIG_MAP_KIND => {
                 self.config_map(node).map(Object::ConfigMap)
             }
             Some(Node::Str(kind)) if kind == SECRET_KIND => self.secret(node).map(Object::Secret),
+            Some(Node::Str(kind)) if kind == SERVICE_KIND => {
+                self.service(node).map(Object::Service)
+            }
             _ => self.document(node).map(|d| Object::Deployment(Box::new(d))),
         }
     }
@@ -239,8 +246,8 @@ impl Decoder<'_> {
             self.warnings.push(Problem {
                 path: String::new(),
                 message: format!(
-                    "skipped {what} (drover applies {API_VERSION} {KIND}, v1 ConfigMap and v1 \
-                     Secret)"
+                    "skipped {what} (drover applies {API_VERSION} {KIND}, v1 Service, v1 \
+                     ConfigMap and v1 Secret)"
                 ),
             });
         } else {
@@ -248,7 +255,8 @@ impl Decoder<'_> {
                 &FieldPath::root().field("kind"),
                 format!(
                     "{what} is not supported: drover applies {API_VERSION} {KIND}, v1 \
-                     ConfigMap and v1 Secret (use --skip-unsupported-kinds to skip other kinds)"
+                     Service, v1 ConfigMap and v1 Secret (use --skip-unsupported-kinds to skip \
+                     other kinds)"
                 ),
             );
         }

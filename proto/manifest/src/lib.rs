@@ -1,5 +1,5 @@
-//! drover's manifest library: Kubernetes `apps/v1` Deployment, `v1` ConfigMap
-//! and `v1` Secret manifests, the subset drover supports — decoding,
+//! drover's manifest library: Kubernetes `apps/v1` Deployment, `v1` Service,
+//! `v1` ConfigMap and `v1` Secret manifests, the subset drover supports — decoding,
 //! validation and rendering.
 //!
 //! droverctl runs it for early errors; the controller runs it again as the
@@ -20,7 +20,7 @@
 //!   (the name, image and [`quantity`] grammars of `drover_proto`), against
 //!   the field lists of `schema.rs`; `decode/config.rs` for ConfigMaps,
 //!   Secrets, volumes and env from them (a Secret's values never appear in
-//!   an error);
+//!   an error), `decode/service.rs` for Services;
 //! - `validate.rs`: the rules that relate several fields;
 //! - `render.rs`: back to Kubernetes' shape ([`render_kubernetes`]).
 //!
@@ -40,13 +40,14 @@ mod validate;
 
 use std::collections::HashMap;
 
+pub use decode::service_env;
 /// Resource quantities live in the shared model; re-exported so manifest users
 /// find them next to the fields they fill.
 pub use drover_proto::quantity;
 pub use drover_proto::quantity::{format_cpu_millis, format_memory_bytes};
 pub use explain::{explain, Explained};
 pub use model::*;
-pub use render::{render_config_map, render_kubernetes, render_secret};
+pub use render::{render_config_map, render_kubernetes, render_secret, render_service};
 
 use decode::{decode_document, Problem};
 use document::{check_flow_cost, Documents};
@@ -136,6 +137,7 @@ pub struct Parsed {
     pub deployments: Vec<Deployment>,
     pub config_maps: Vec<ConfigMap>,
     pub secrets: Vec<Secret>,
+    pub services: Vec<Service>,
     /// One line each: skipped kinds, unknown fields under `lenient`.
     pub warnings: Vec<String>,
 }
@@ -235,7 +237,7 @@ pub fn parse_files(
                 };
                 let problems = match &object {
                     Object::Deployment(d) => validate::validate(d),
-                    Object::ConfigMap(_) | Object::Secret(_) => Vec::new(),
+                    Object::ConfigMap(_) | Object::Secret(_) | Object::Service(_) => Vec::new(),
                 };
                 if !problems.is_empty() {
                     errors.extend(problems.into_iter().map(at));
@@ -258,6 +260,7 @@ pub fn parse_files(
                     Object::Deployment(d) => parsed.deployments.push(*d),
                     Object::ConfigMap(c) => parsed.config_maps.push(c),
                     Object::Secret(s) => parsed.secrets.push(s),
+                    Object::Service(s) => parsed.services.push(s),
                 }
             }
         }

@@ -610,15 +610,17 @@ pub enum Object {
     Deployment(Box<Deployment>),
     ConfigMap(ConfigMap),
     Secret(Secret),
+    Service(Service),
 }
 
 impl Object {
-    /// `Deployment`, `ConfigMap`, `Secret`.
+    /// `Deployment`, `ConfigMap`, `Secret`, `Service`.
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Deployment(_) => "Deployment",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Secret(_) => "Secret",
+            Object::Service(_) => "Service",
         }
     }
 
@@ -627,6 +629,92 @@ impl Object {
             Object::Deployment(d) => &d.metadata,
             Object::ConfigMap(c) => &c.metadata,
             Object::Secret(s) => &s.metadata,
+            Object::Service(s) => &s.metadata,
         }
+    }
+}
+
+/// The lowest and highest `nodePort` Kubernetes allocates (its default
+/// `--service-node-port-range`).
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// A validated `v1` Service: the subset SPEC.md lists. The cluster IP and
+/// node ports the controller allocates are kept beside it in the store, not
+/// in here: this is what the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Default `ClusterIP`.
+    #[serde(rename = "type")]
+    pub kind: ServiceType,
+    /// Never empty: a Service without a selector (endpoints managed by hand)
+    /// is refused.
+    pub selector: BTreeMap<String, String>,
+    /// At least one; unique names, unique (port, protocol).
+    pub ports: Vec<ServicePort>,
+    pub cluster_ip: ClusterIp,
+}
+
+/// `spec.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+}
+
+impl ServiceType {
+    /// As Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+        }
+    }
+}
+
+/// `spec.clusterIP`: absent or `""` (allocate one), `None` (headless), or
+/// an address the controller must honour or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ClusterIp {
+    #[default]
+    Allocate,
+    Headless,
+    Address(std::net::Ipv4Addr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Required when the Service has more than one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Default: `port`. A name is resolved per replica against its
+    /// container's named ports.
+    pub target_port: PortRef,
+    /// Only for `type: NodePort`; `None`: the controller allocates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+}
+
+impl Service {
+    /// Whether a pod template's labels select it into this Service.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.spec.selector.is_empty()
+            && self
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
     }
 }

@@ -12,9 +12,9 @@ use serde_json::{json, Map, Value};
 use super::decode::{API_VERSION, KIND};
 use super::quantity::{format_cpu_millis, format_memory_bytes};
 use super::{
-    Bytes, ConfigMap, Container, Deployment, EnvFromRef, EnvVarSource, IntOrPercent, KeyRef,
-    PortRef, Probe, ProbeHandler, ProjectedObject, ResourceList, Secret, StorageMedium, Strategy,
-    Volume, VolumeSource,
+    Bytes, ClusterIp, ConfigMap, Container, Deployment, EnvFromRef, EnvVarSource, IntOrPercent,
+    KeyRef, PortRef, Probe, ProbeHandler, ProjectedObject, ResourceList, Secret, Service,
+    StorageMedium, Strategy, Volume, VolumeSource,
 };
 
 /// `d` as a Kubernetes `apps/v1` Deployment object.
@@ -405,4 +405,63 @@ fn base64_map(map: &BTreeMap<String, Bytes>) -> Value {
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect::<Map<String, Value>>()
         .into()
+}
+
+/// `s` as a Kubernetes `v1` Service, with what the controller allocated
+/// filled in as the API server would: `clusterIP` (`None` when headless)
+/// and each port's `nodePort` (`node_ports[i]`, 0 for none). The result
+/// re-applies unchanged.
+pub fn render_service(
+    s: &Service,
+    cluster_ip: Option<std::net::Ipv4Addr>,
+    node_ports: &[u16],
+) -> Value {
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), json!("v1"));
+    out.insert("kind".into(), json!("Service"));
+    out.insert("metadata".into(), Value::Object(core_metadata(&s.metadata)));
+    let mut spec = Map::new();
+    spec.insert("type".into(), json!(s.spec.kind.as_str()));
+    spec.insert("selector".into(), json!(s.spec.selector));
+    let cluster_ip = match (s.spec.cluster_ip, cluster_ip) {
+        (ClusterIp::Headless, _) => "None".to_string(),
+        (_, Some(ip)) => ip.to_string(),
+        (ClusterIp::Address(ip), None) => ip.to_string(),
+        (ClusterIp::Allocate, None) => String::new(),
+    };
+    spec.insert("clusterIP".into(), json!(cluster_ip));
+    let ports: Vec<Value> = s
+        .spec
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut port = Map::new();
+            if let Some(name) = &p.name {
+                port.insert("name".into(), json!(name));
+            }
+            port.insert("protocol".into(), json!(p.protocol.as_str()));
+            port.insert("port".into(), json!(p.port));
+            port.insert(
+                "targetPort".into(),
+                match &p.target_port {
+                    PortRef::Number(n) => json!(n),
+                    PortRef::Name(name) => json!(name),
+                },
+            );
+            if let Some(n) = node_ports
+                .get(i)
+                .copied()
+                .filter(|n| *n != 0)
+                .or(p.node_port)
+            {
+                port.insert("nodePort".into(), json!(n));
+            }
+            Value::Object(port)
+        })
+        .collect();
+    spec.insert("ports".into(), Value::Array(ports));
+    spec.insert("sessionAffinity".into(), json!("None"));
+    out.insert("spec".into(), Value::Object(spec));
+    Value::Object(out)
 }

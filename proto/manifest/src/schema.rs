@@ -22,6 +22,7 @@ pub(crate) struct Schema {
 /// The value Kubernetes gives a field drover lacks.
 pub(crate) enum KubernetesDefault {
     Str(&'static str),
+    Bool(bool),
     EmptyObject,
 }
 
@@ -30,6 +31,7 @@ impl KubernetesDefault {
         match (self, node) {
             (_, Node::Null) => true,
             (KubernetesDefault::Str(expected), Node::Str(s)) => s == expected,
+            (KubernetesDefault::Bool(expected), Node::Bool(b)) => b == expected,
             (KubernetesDefault::EmptyObject, Node::Map(entries)) => entries.is_empty(),
             _ => false,
         }
@@ -38,6 +40,7 @@ impl KubernetesDefault {
     pub(crate) fn describe(&self) -> String {
         match self {
             KubernetesDefault::Str(s) => format!("{s:?}"),
+            KubernetesDefault::Bool(b) => b.to_string(),
             KubernetesDefault::EmptyObject => "{}".to_string(),
         }
     }
@@ -460,6 +463,43 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     previous[b.len()]
 }
+
+pub(crate) const SERVICE: Schema = Schema {
+    supported: &["apiVersion", "kind", "metadata", "spec"],
+    server_set: &["status"],
+    defaulted: &[],
+    unsupported: &[],
+};
+
+pub(crate) const SERVICE_SPEC: Schema = Schema {
+    supported: &["type", "selector", "ports", "clusterIP", "sessionAffinity"],
+    // What the API server fills in from clusterIP and the cluster's setup.
+    server_set: &["clusterIPs", "ipFamilies"],
+    defaulted: &[
+        ("ipFamilyPolicy", KubernetesDefault::Str("SingleStack")),
+        ("internalTrafficPolicy", KubernetesDefault::Str("Cluster")),
+        ("externalTrafficPolicy", KubernetesDefault::Str("Cluster")),
+        ("publishNotReadyAddresses", KubernetesDefault::Bool(false)),
+    ],
+    unsupported: &[
+        "externalIPs",
+        "externalName",
+        "loadBalancerIP",
+        "loadBalancerSourceRanges",
+        "loadBalancerClass",
+        "allocateLoadBalancerNodePorts",
+        "healthCheckNodePort",
+        "sessionAffinityConfig",
+        "trafficDistribution",
+    ],
+};
+
+pub(crate) const SERVICE_PORT: Schema = Schema {
+    supported: &["name", "protocol", "port", "targetPort", "nodePort"],
+    server_set: &[],
+    defaulted: &[],
+    unsupported: &["appProtocol"],
+};
 
 #[cfg(test)]
 mod tests {

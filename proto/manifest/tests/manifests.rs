@@ -637,22 +637,30 @@ fn parse_of_render_is_identity() {
 // ----- kinds and versions --------------------------------------------------
 
 #[test]
-fn service_beside_a_deployment_is_refused_naming_the_document() {
+fn service_beside_a_deployment_parses_both() {
     let (name, text) = fixture("with-service.yaml");
+    let parsed =
+        parse_with(&name, &text, &ParseOptions::default()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((parsed.services.len(), parsed.deployments.len()), (1, 1));
+}
+
+#[test]
+fn another_kind_beside_a_deployment_is_refused_naming_the_document() {
+    let (name, text) = fixture("with-ingress.yaml");
     let errors = parse_with(&name, &text, &ParseOptions::default()).unwrap_err();
     assert_eq!(
         errors,
         [
-            "with-service.yaml[0]: kind: Service \"web\" is not supported: drover applies \
-             apps/v1 Deployment, v1 ConfigMap and v1 Secret (use --skip-unsupported-kinds to \
-             skip other kinds)"
+            "with-ingress.yaml[0]: kind: Ingress \"web\" is not supported: drover applies \
+             apps/v1 Deployment, v1 Service, v1 ConfigMap and v1 Secret (use \
+             --skip-unsupported-kinds to skip other kinds)"
         ]
     );
 }
 
 #[test]
 fn skip_unsupported_kinds_warns_once_per_document() {
-    let (name, text) = fixture("with-service.yaml");
+    let (name, text) = fixture("with-ingress.yaml");
     let opts = ParseOptions {
         skip_unsupported_kinds: true,
         ..ParseOptions::default()
@@ -663,8 +671,8 @@ fn skip_unsupported_kinds_warns_once_per_document() {
     assert_eq!(
         parsed.warnings,
         [
-            "with-service.yaml[0]: skipped Service \"web\" (drover applies apps/v1 Deployment, v1 \
-          ConfigMap and v1 Secret)"
+            "with-ingress.yaml[0]: skipped Ingress \"web\" (drover applies apps/v1 Deployment, v1 \
+          Service, v1 ConfigMap and v1 Secret)"
         ]
     );
 }
@@ -788,7 +796,7 @@ fn long_flow_nesting_is_refused_before_it_gets_slow() {
 
 #[test]
 fn errors_stop_at_the_cap() {
-    let many = vec!["kind: Service"; 5_000].join("\n---\n");
+    let many = vec!["kind: Ingress"; 5_000].join("\n---\n");
     let errors = errors_of(&many);
     assert_eq!(errors.len(), drover_manifest::MAX_ERRORS + 1);
     assert_eq!(
@@ -853,6 +861,7 @@ fn random_input_never_panics() {
         "flow.json",
         "kubectl-get.yaml",
         "with-service.yaml",
+        "with-ingress.yaml",
     ]
     .iter()
     .map(|name| fixture(name).1)

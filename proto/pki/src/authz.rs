@@ -270,6 +270,15 @@ mod tests {
             "/drover.v1.Control/DeleteConfigObjects",
             id(Role::Viewer, "v")
         ));
+        assert!(ok("/drover.v1.Control/ListServices", id(Role::Viewer, "v")));
+        assert!(ok(
+            "/drover.v1.Control/ListEndpoints",
+            id(Role::Viewer, "v")
+        ));
+        assert!(!ok(
+            "/drover.v1.Control/DeleteServices",
+            id(Role::Viewer, "v")
+        ));
         assert!(!ok("/drover.v1.Raft/Step", id(Role::Admin, "a")));
         assert!(!ok("/drover.v1.Raft/Step", None));
         assert!(ok("/drover.v1.Raft/Step", id(Role::Controller, "c1")));

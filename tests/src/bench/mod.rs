@@ -20,6 +20,7 @@ pub mod measure;
 pub mod placement;
 pub mod recovery;
 pub mod rollout;
+pub mod services;
 pub mod store;
 
 use anyhow::Context;

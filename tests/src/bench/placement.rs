@@ -642,6 +642,8 @@ impl SimFleet {
                 advertise: bound.to_string(),
                 heartbeat: Duration::from_millis(500),
                 stop_after_disconnect: None,
+                service_proxy: drover_agent::services::ServiceProxy::Off,
+                service_dns: None,
                 security,
                 join: None,
                 tls_dir: None,

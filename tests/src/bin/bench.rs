@@ -8,6 +8,7 @@
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
 //! target/release/bench debugging [--mebibytes 256] [--rounds 3]
+//! target/release/bench services [--requests 5000] [--concurrency 8] [--rounds 3] [--kills 5] [--runtime process|docker]
 //! ```
 //!
 //! Each subcommand prints one line per figure (the lines the README's
@@ -118,6 +119,25 @@ enum What {
         /// `--runtime docker` its own Docker engine; kills are `lab kill`.
         #[arg(long)]
         lab: bool,
+    },
+    /// Services on a lab (as root): cluster IP vs direct requests/s and
+    /// latency, and how long a dead host's replica stays in rotation.
+    Services {
+        /// Requests per side and round.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Client threads (in host n3's network namespace).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Rounds per side, alternating.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Backend host kills (each restarted after).
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        /// process or docker.
+        #[arg(long, default_value = "process")]
+        runtime: String,
     },
     /// Rolling update time: process runtime, Docker, and Swarm's service update.
     Rollout {
@@ -231,6 +251,22 @@ async fn run(what: What) -> anyhow::Result<()> {
                 runtime,
                 timeout: Duration::from_secs(timeout_secs),
                 lab,
+            })
+            .await
+        }
+        What::Services {
+            requests,
+            concurrency,
+            rounds,
+            kills,
+            runtime,
+        } => {
+            bench::services::run(bench::services::Config {
+                requests,
+                concurrency,
+                rounds,
+                kills,
+                runtime,
             })
             .await
         }

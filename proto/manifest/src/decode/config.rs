@@ -162,7 +162,7 @@ impl Decoder<'_> {
         })
     }
 
-    fn core_api_version(&mut self, node: &Node, path: &FieldPath, kind: &str) {
+    pub(super) fn core_api_version(&mut self, node: &Node, path: &FieldPath, kind: &str) {
         if let Some(version) = self.string(node, path) {
             if version != CORE_API_VERSION {
                 self.error(

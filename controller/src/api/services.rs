@@ -1,0 +1,177 @@
+//! The Control API's Service calls, and their part of an apply.
+//!
+//! `ListServices` answers each Service with what was allocated for it
+//! (`ServiceRecord`); `ListEndpoints` computes each one's endpoints from the
+//! state the read sees (`endpoints::endpoints`, cost proportional to what
+//! the Service selects). Both reuse the ConfigMap list messages: a JSON
+//! record per object.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use drover_manifest::Service;
+use drover_proto::{names, pb};
+
+use super::config::Filter;
+use crate::cluster::Cluster;
+use crate::endpoints::{endpoints, Endpoint};
+use crate::store::services::{ServiceResult, StoredService};
+use crate::store::{ApplyOutcome, Command, ObjectRef, Write, WriteResult};
+
+/// A Service as `ListServices` answers it (`ConfigRecord.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub service: Service,
+    /// `None`: headless.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// Per port, 0 for none.
+    pub node_ports: Vec<u16>,
+}
+
+/// A Service's endpoints as `ListEndpoints` answers them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointsRecord {
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `ApplyResult` for one applied Service.
+pub(super) fn result_pb(
+    (r, outcome, generation): ServiceResult,
+    outcome_pb: fn(ApplyOutcome) -> pb::ApplyOutcome,
+) -> pb::ApplyResult {
+    pb::ApplyResult {
+        namespace: r.namespace,
+        name: r.name,
+        outcome: outcome_pb(outcome) as i32,
+        generation,
+        kind: "Service".to_string(),
+    }
+}
+
+/// What an apply of these Services would do (`--dry-run=server`); whether
+/// an address is free is decided only by the apply itself.
+pub(super) fn dry_run(cluster: &Cluster, services: &[Service]) -> Vec<ServiceResult> {
+    services
+        .iter()
+        .map(|s| {
+            let m = &s.metadata;
+            let r = ObjectRef {
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+            };
+            let snapshot = cluster.store.snapshot();
+            match snapshot.service(&m.namespace, &m.name) {
+                None => (r, ApplyOutcome::Created, 1),
+                Some(o) if o.service == *s => (r, ApplyOutcome::Unchanged, o.generation),
+                Some(o) => (r, ApplyOutcome::Configured, o.generation + 1),
+            }
+        })
+        .collect()
+}
+
+fn record(s: &StoredService, json: String) -> pb::ConfigRecord {
+    pb::ConfigRecord {
+        namespace: s.service.metadata.namespace.clone(),
+        name: s.service.metadata.name.clone(),
+        json,
+        generation: s.generation,
+        created_unix_ms: s.created_unix_ms,
+        updated_unix_ms: s.updated_unix_ms,
+        sizes: Default::default(),
+    }
+}
+
+/// `ListServices`.
+pub(super) async fn list(
+    cluster: &Cluster,
+    req: pb::ListConfigRequest,
+) -> Result<pb::ListConfigResponse, Status> {
+    cluster.read_barrier(req.read.as_ref()).await?;
+    let filter = Filter::new(&req)?;
+    let state = cluster.store.snapshot();
+    let (applied_index, _) = state.applied();
+    let objects = state
+        .services(filter.namespace.as_deref())
+        .filter(|s| filter.keeps(&s.service.metadata))
+        .map(|s| {
+            let view = ServiceRecord {
+                service: s.service.clone(),
+                cluster_ip: s.cluster_ip,
+                node_ports: s.node_ports.clone(),
+            };
+            record(s, serde_json::to_string(&view).unwrap_or_default())
+        })
+        .collect();
+    Ok(pb::ListConfigResponse {
+        objects,
+        applied_index,
+    })
+}
+
+/// `ListEndpoints`: one record per Service, its endpoints now.
+pub(super) async fn list_endpoints(
+    cluster: &Cluster,
+    req: pb::ListConfigRequest,
+) -> Result<pb::ListConfigResponse, Status> {
+    cluster.read_barrier(req.read.as_ref()).await?;
+    let filter = Filter::new(&req)?;
+    let state = cluster.store.snapshot();
+    let (applied_index, _) = state.applied();
+    let objects = state
+        .services(filter.namespace.as_deref())
+        .filter(|s| filter.keeps(&s.service.metadata))
+        .map(|s| {
+            let view = EndpointsRecord {
+                endpoints: endpoints(&state, s).endpoints,
+            };
+            record(s, serde_json::to_string(&view).unwrap_or_default())
+        })
+        .collect();
+    Ok(pb::ListConfigResponse {
+        objects,
+        applied_index,
+    })
+}
+
+/// `DeleteServices`.
+pub(super) async fn delete(
+    cluster: &Cluster,
+    req: pb::DeleteConfigRequest,
+) -> Result<pb::DeleteConfigResponse, Status> {
+    let namespace = if req.namespace.is_empty() {
+        "default".to_string()
+    } else {
+        req.namespace
+    };
+    names::dns1123_label(&namespace)
+        .map_err(|e| Status::invalid_argument(format!("invalid namespace {namespace:?}: {e}")))?;
+    if req.names.is_empty() {
+        return Err(Status::invalid_argument("no Service names given to delete"));
+    }
+    for name in &req.names {
+        names::dns1123_label(name)
+            .map_err(|e| Status::invalid_argument(format!("invalid Service name {name:?}: {e}")))?;
+    }
+    let refs = req
+        .names
+        .into_iter()
+        .map(|name| ObjectRef {
+            namespace: namespace.clone(),
+            name,
+        })
+        .collect();
+    let command = Command::DeleteServices {
+        refs,
+        ignore_not_found: req.ignore_not_found,
+    };
+    match cluster.write(Write::Command(command)).await? {
+        WriteResult::Deleted(refs) => Ok(pb::DeleteConfigResponse {
+            deleted: refs.into_iter().map(|r| r.name).collect(),
+        }),
+        other => Err(Status::internal(format!(
+            "unexpected result of a delete: {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,325 @@
+//! The endpoints contract, case by case, on states built by applying the
+//! commands the real loops write.
+
+use std::collections::BTreeMap;
+
+use drover_manifest::{
+    ClusterIp, ContainerPort, Deployment, ObjectMeta, PortRef, Protocol, Service, ServicePort,
+    ServiceSpec, ServiceType,
+};
+
+use super::*;
+use crate::fixtures::deployment;
+use crate::store::{
+    Command, NodeRegistration, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
+};
+
+/// A small cluster: applies commands in order, index by index.
+struct Cluster {
+    state: State,
+    index: u64,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            state: State::default(),
+            index: 1,
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        self.index += 1;
+        self.state
+            .apply(self.index, 1, &command)
+            .unwrap_or_else(|e| panic!("{command:?} refused: {e}"));
+    }
+
+    fn node(&mut self, name: &str, address: &str) -> &mut Cluster {
+        self.node_with(name, address, "process")
+    }
+
+    fn node_with(&mut self, name: &str, address: &str, runtime: &str) -> &mut Cluster {
+        self.apply(Command::RegisterNode {
+            node: NodeRegistration {
+                name: name.into(),
+                labels: Default::default(),
+                capacity: Resources {
+                    cpu_millis: 4000,
+                    memory_bytes: 1 << 32,
+                },
+                address: address.into(),
+                runtime: runtime.into(),
+                agent_version: "0.1.0".into(),
+                incarnation: "i1".into(),
+            },
+            now_unix_ms: 1,
+        });
+        self
+    }
+
+    fn deployment(&mut self, d: Deployment) -> &mut Cluster {
+        self.apply(Command::Apply {
+            deployments: vec![d],
+            now_unix_ms: 1,
+        });
+        self
+    }
+
+    /// Replica `slot` of `deployment`'s current revision, bound to `node`,
+    /// reported `ready` there.
+    fn replica(&mut self, deployment: &str, slot: u32, node: &str, ready: bool) -> String {
+        let revision = self
+            .state
+            .deployment("default", deployment)
+            .expect("deployment applied")
+            .current_revision_hash();
+        let name = format!("{deployment}-{revision}-{slot}");
+        self.apply(Command::Reconcile {
+            create: vec![ReplicaRecord {
+                namespace: "default".into(),
+                name: name.clone(),
+                deployment: deployment.into(),
+                slot,
+                revision,
+                node: None,
+                pending_reason: String::new(),
+                created_unix_ms: 1,
+                observed: ReplicaObserved::default(),
+                replaces: None,
+                terminating_since_unix_ms: 0,
+                booking: None,
+                stop_grace_seconds: None,
+            }],
+            remove: vec![],
+            now_unix_ms: 1,
+        });
+        let key = ObjectRef {
+            namespace: "default".into(),
+            name: name.clone(),
+        };
+        self.apply(Command::Schedule {
+            place: vec![(key.clone(), node.into())],
+            unschedulable: vec![],
+            now_unix_ms: 1,
+        });
+        self.report(&name, node, ready);
+        name
+    }
+
+    fn report(&mut self, replica: &str, node: &str, ready: bool) {
+        let key = ObjectRef {
+            namespace: "default".into(),
+            name: replica.into(),
+        };
+        self.apply(Command::ReportStatus {
+            reports: vec![(
+                node.into(),
+                key,
+                ReplicaObserved {
+                    phase: ReplicaPhase::Running,
+                    ready,
+                    ..Default::default()
+                },
+            )],
+            now_unix_ms: 2,
+        });
+    }
+
+    fn service(&mut self, s: Service) -> StoredService {
+        let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
+        self.apply(Command::ApplyConfig {
+            deployments: vec![],
+            config_maps: vec![],
+            secrets: vec![],
+            services: vec![s],
+            service_range: None,
+            now_unix_ms: 1,
+        });
+        StoredService::clone(self.state.service(&key.0, &key.1).expect("stored"))
+    }
+}
+
+fn service(selector: &[(&str, &str)], target: PortRef) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: "backend".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        },
+        spec: ServiceSpec {
+            kind: ServiceType::ClusterIP,
+            selector: selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: target,
+                node_port: None,
+            }],
+            cluster_ip: ClusterIp::Allocate,
+        },
+    }
+}
+
+fn with_named_port(mut d: Deployment, name: &str, port: u16) -> Deployment {
+    d.spec.template.spec.containers[0].ports = vec![ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        host_port: None,
+        protocol: Protocol::Tcp,
+    }];
+    d
+}
+
+fn replicas_of(e: &Endpoints) -> Vec<(&str, &str, u16)> {
+    e.endpoints
+        .iter()
+        .map(|e| (e.replica.as_str(), e.ip.as_str(), e.ports[0].target_port))
+        .collect()
+}
+
+#[test]
+fn ready_replicas_whose_template_labels_match_are_endpoints() {
+    let mut c = Cluster::new();
+    c.node("n1", "10.213.1.101:7101")
+        .node("n2", "10.213.2.101:7101");
+    c.deployment(deployment("backend", 2))
+        .deployment(deployment("frontend", 1));
+    let b0 = c.replica("backend", 0, "n1", true);
+    let b1 = c.replica("backend", 1, "n2", true);
+    c.replica("frontend", 0, "n1", true);
+    let svc = c.service(service(&[("app", "backend")], PortRef::Number(8080)));
+    let e = endpoints(&c.state, &svc);
+    assert_eq!(
+        replicas_of(&e),
+        [
+            (b0.as_str(), "10.213.1.101", 8080),
+            (b1.as_str(), "10.213.2.101", 8080)
+        ]
+    );
+    assert_eq!(e.endpoints[0].ports[0].port, 80);
+}
+
+#[test]
+fn unready_replicas_and_lost_nodes_leave_the_endpoints() {
+    let mut c = Cluster::new();
+    c.node("n1", "10.213.1.101:7101")
+        .node("n2", "10.213.2.101:7101");
+    c.deployment(deployment("backend", 2));
+    let b0 = c.replica("backend", 0, "n1", true);
+    let b1 = c.replica("backend", 1, "n2", false);
+    let svc = c.service(service(&[("app", "backend")], PortRef::Number(8080)));
+    assert_eq!(
+        replicas_of(&endpoints(&c.state, &svc)),
+        [(b0.as_str(), "10.213.1.101", 8080)],
+        "an unready replica is no endpoint"
+    );
+    c.report(&b1, "n2", true);
+    assert_eq!(endpoints(&c.state, &svc).endpoints.len(), 2, "ready now");
+    c.report(&b0, "n1", false);
+    assert_eq!(
+        replicas_of(&endpoints(&c.state, &svc)),
+        [(b1.as_str(), "10.213.2.101", 8080)],
+        "failing readiness leaves"
+    );
+    c.apply(Command::NodeDown {
+        node: "n2".into(),
+        now_unix_ms: 10,
+    });
+    assert!(
+        endpoints(&c.state, &svc).endpoints.is_empty(),
+        "a lost node's replica leaves"
+    );
+}
+
+#[test]
+fn named_target_ports_resolve_per_replica_template() {
+    let mut c = Cluster::new();
+    c.node("n1", "10.213.1.101:7101");
+    c.deployment(with_named_port(deployment("a", 1), "web", 8081));
+    // Another deployment with the same label, its own port number for the name.
+    let mut b = with_named_port(deployment("b", 1), "web", 9090);
+    b.spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    b.spec
+        .template
+        .metadata
+        .labels
+        .insert("app".into(), "b".into());
+    c.deployment(b);
+    // And one without the named port at all.
+    let mut other = deployment("c", 1);
+    other
+        .spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    c.deployment(other);
+    let mut a = with_named_port(deployment("a", 1), "web", 8081);
+    a.spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    c.deployment(a);
+    let ra = c.replica("a", 0, "n1", true);
+    let rb = c.replica("b", 0, "n1", true);
+    c.replica("c", 0, "n1", true);
+    let svc = c.service(service(&[("tier", "api")], PortRef::Name("web".into())));
+    assert_eq!(
+        replicas_of(&endpoints(&c.state, &svc)),
+        [
+            (ra.as_str(), "10.213.1.101", 8081),
+            (rb.as_str(), "10.213.1.101", 9090)
+        ],
+        "each replica's own port for the name; none without it"
+    );
+}
+
+#[test]
+fn docker_replicas_are_reached_on_their_published_host_port_only() {
+    let mut c = Cluster::new();
+    c.node_with("d1", "10.213.1.101:7101", "docker");
+    let mut published = with_named_port(deployment("pub", 1), "web", 80);
+    published.spec.template.spec.containers[0].ports[0].host_port = Some(8080);
+    published
+        .spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    let mut private = with_named_port(deployment("priv", 1), "web", 80);
+    private
+        .spec
+        .template
+        .metadata
+        .labels
+        .insert("tier".into(), "api".into());
+    c.deployment(published).deployment(private);
+    let p = c.replica("pub", 0, "d1", true);
+    c.replica("priv", 0, "d1", true);
+    for target in [PortRef::Name("web".into()), PortRef::Number(80)] {
+        let svc = c.service(service(&[("tier", "api")], target));
+        assert_eq!(
+            replicas_of(&endpoints(&c.state, &svc)),
+            [(p.as_str(), "10.213.1.101", 8080)],
+            "the bridge address is private to the host: only the published one"
+        );
+    }
+}
+
+#[test]
+fn the_address_is_the_host_part_of_the_node_address() {
+    assert_eq!(host_of("10.213.1.101:7101"), "10.213.1.101");
+    assert_eq!(host_of("[::1]:7101"), "::1");
+    assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
+    assert_eq!(host_of("host.example:7101"), "host.example");
+}

@@ -1,0 +1,313 @@
+//! Services end to end (stage 1 of issue 15: the object, its endpoints and
+//! the service variables; the data path is not built yet, see
+//! docs/services.md): a real controller, two real agents with the process
+//! runtime, droverctl as a user types it.
+//!
+//! - a file with Deployments and Services applies whole; `get svc` shows an
+//!   address from 10.96.0.0/16 and the allocated node port in kubectl's
+//!   columns; `get svc -o yaml` re-applies unchanged;
+//! - `get ep` lists the ready replicas with their node's address and the
+//!   named target port resolved;
+//! - a replica that fails its readiness probe leaves the endpoints and comes
+//!   back when it passes; a replica whose host is lost leaves them;
+//! - a replica created after the Service sees `BACKEND_SERVICE_HOST`,
+//!   `BACKEND_SERVICE_PORT` and `BACKEND_SERVICE_PORT_HTTP`;
+//! - a taken clusterIP refuses the whole file naming the path, nothing of it
+//!   stored; `delete svc` and `delete -f` remove Services.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_tests::cluster::{err, ok};
+use drover_tests::Cluster;
+
+const T: Duration = Duration::from_secs(90);
+
+/// Backend (2 replicas, ready while `ready` exists in its working
+/// directory), its Service by a named target port, a NodePort Service, and
+/// a frontend that prints the service variables it was started with.
+const APP: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: backend
+spec:
+  selector: {app: backend}
+  ports:
+  - {name: http, port: 80, targetPort: web}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: backend-np
+spec:
+  type: NodePort
+  selector: {app: backend}
+  ports:
+  - {port: 8080, nodePort: 30080}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: backend
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: backend}
+  template:
+    metadata:
+      labels: {app: backend}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: backend
+        image: drover/busybox:1
+        command: ["sh", "-c", "touch ready; exec sleep 600"]
+        ports:
+        - {name: web, containerPort: 8080}
+        readinessProbe:
+          exec: {command: ["test", "-f", "ready"]}
+          periodSeconds: 1
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: frontend
+spec:
+  selector:
+    matchLabels: {app: frontend}
+  template:
+    metadata:
+      labels: {app: frontend}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: frontend
+        image: drover/busybox:1
+        command: ["sh", "-c", "env | grep ^BACKEND_ | sort; exec sleep 600"]
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write manifest");
+    path.to_string_lossy().into_owned()
+}
+
+/// `get ep NAME -o json` as sorted `ip:port` entries.
+fn endpoints(c: &Cluster, name: &str) -> Vec<String> {
+    let out = c.ctl().run(&["get", "ep", name, "-o", "json"]);
+    let text = ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let mut all = Vec::new();
+    for subset in v["subsets"].as_array().into_iter().flatten() {
+        let port = subset["ports"][0]["port"].as_u64().unwrap_or_default();
+        for a in subset["addresses"].as_array().into_iter().flatten() {
+            all.push(format!("{}:{port}", a["ip"].as_str().unwrap_or_default()));
+        }
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_endpoints_and_variables_with_the_process_runtime() {
+    let mut c = Cluster::with_agents(1, "process", &["n1", "n2"])
+        .await
+        .expect("cluster");
+    let dir = c.dir.path().to_path_buf();
+    let app = write(&dir, "app.yaml", APP);
+
+    let applied = ok(&c.ctl().run(&["apply", "-f", &app]));
+    for line in [
+        "service/backend created",
+        "service/backend-np created",
+        "deployment.apps/backend created",
+        "deployment.apps/frontend created",
+    ] {
+        assert!(applied.contains(line), "{applied}");
+    }
+
+    // kubectl's columns, an address from the default range, the node port.
+    let table = ok(&c.ctl().run(&["get", "svc"]));
+    let header = table.lines().next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let backend = row("backend");
+    let cluster_ip: std::net::Ipv4Addr = backend[2].parse().expect("an address");
+    assert_eq!(cluster_ip.octets()[..2], [10, 96], "{table}");
+    assert_eq!(
+        backend[1..],
+        ["ClusterIP", &backend[2], "<none>", "80/TCP", &backend[5]]
+    );
+    assert_eq!(row("backend-np")[4], "8080:30080/TCP", "{table}");
+
+    // -o yaml re-applies unchanged (the allocated address included).
+    let yaml = ok(&c.ctl().run(&["get", "svc", "backend", "-o", "yaml"]));
+    assert!(yaml.contains(&format!("clusterIP: {cluster_ip}")), "{yaml}");
+    let dumped = write(&dir, "dumped.yaml", &yaml);
+    let again = ok(&c.ctl().run(&["apply", "-f", &dumped]));
+    assert_eq!(again.trim(), "service/backend unchanged");
+    assert_eq!(
+        ok(&c.ctl().run(&["diff", "-f", &dumped])),
+        "",
+        "no difference"
+    );
+    let relabelled = write(
+        &dir,
+        "relabelled.yaml",
+        &yaml.replace("app: backend", "app: other"),
+    );
+    let diff = c.ctl().run(&["diff", "-f", &relabelled]);
+    assert_eq!(diff.status.code(), Some(1), "a change exits 1");
+    assert!(
+        String::from_utf8_lossy(&diff.stdout).contains("+    app: other"),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+
+    // Both ready replicas, at their node's address, the named port resolved.
+    c.wait_for("two endpoints", T, || async {
+        let eps = endpoints(&c, "backend");
+        let want = ["127.0.1.1:8080", "127.0.1.2:8080"];
+        if eps.len() == 2 && eps.iter().all(|e| want.contains(&e.as_str())) {
+            Ok(eps)
+        } else {
+            Err(format!("{eps:?}"))
+        }
+    })
+    .await
+    .expect("endpoints");
+    let ep_table = ok(&c.ctl().run(&["get", "endpoints"]));
+    assert!(
+        ep_table.starts_with("NAME") && ep_table.contains("ENDPOINTS"),
+        "{ep_table}"
+    );
+    let described = ok(&c.ctl().run(&["describe", "svc", "backend"]));
+    for field in [
+        "Selector:",
+        "app=backend",
+        "TargetPort:",
+        "web/TCP",
+        "Endpoints:",
+    ] {
+        assert!(described.contains(field), "{described}");
+    }
+
+    // Readiness decides: an unready replica leaves, and comes back.
+    let replicas = c.running_replicas("backend", 2).await.expect("replicas");
+    let first = &replicas[0];
+    ok(&c.ctl().run(&["exec", &first.name, "--", "rm", "ready"]));
+    c.wait_for("one endpoint while unready", T, || async {
+        let eps = endpoints(&c, "backend");
+        if eps.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{eps:?}"))
+        }
+    })
+    .await
+    .expect("unready replica left");
+    ok(&c.ctl().run(&["exec", &first.name, "--", "touch", "ready"]));
+    c.wait_for("two endpoints again", T, || async {
+        let eps = endpoints(&c, "backend");
+        if eps.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{eps:?}"))
+        }
+    })
+    .await
+    .expect("ready again");
+
+    // The frontend, created after the Service, got its variables.
+    let frontend = c.running_replicas("frontend", 1).await.expect("frontend");
+    let logs = c
+        .wait_for("service variables in the frontend's output", T, || async {
+            let out = c.ctl().run(&["logs", &frontend[0].name]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("BACKEND_SERVICE_HOST") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+        .await
+        .expect("logs");
+    for line in [
+        format!("BACKEND_SERVICE_HOST={cluster_ip}"),
+        "BACKEND_SERVICE_PORT=80".to_string(),
+        "BACKEND_SERVICE_PORT_HTTP=80".to_string(),
+        "BACKEND_NP_SERVICE_PORT=8080".to_string(),
+    ] {
+        assert!(logs.lines().any(|l| l == line), "{line} in:\n{logs}");
+    }
+
+    // A taken address refuses the whole file, naming the path; nothing lands.
+    let taken = write(
+        &dir,
+        "taken.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec:\n  selector: {{app: other}}\n  clusterIP: {cluster_ip}\n  ports: [{{port: 80}}]\n---\n{}",
+            drover_tests::cluster::manifest("other", 1)
+        ),
+    );
+    let refused = err(&c.ctl().run(&["apply", "-f", &taken]));
+    assert!(
+        refused.contains(&format!(
+            "service \"other\" in namespace \"default\": spec.clusterIP: {cluster_ip} is already allocated to Service default/backend"
+        )),
+        "{refused}"
+    );
+    assert_eq!(
+        ok(&c.ctl().run(&["get", "deploy", "-o", "name"]))
+            .lines()
+            .count(),
+        2,
+        "the deployment beside the refused Service was not stored"
+    );
+
+    // A lost host's replica leaves the endpoints (agent n1 is 127.0.1.1, n2 127.0.1.2).
+    let replicas = c.running_replicas("backend", 2).await.expect("replicas");
+    let lost = if replicas[0].node == "n1" { 0 } else { 1 };
+    c.kill_agent_host(lost);
+    let lost_ip = format!("127.0.1.{}:", lost + 1);
+    c.wait_for("no endpoint on the lost host", T, || async {
+        let eps = endpoints(&c, "backend");
+        if eps.iter().any(|e| e.starts_with(&lost_ip)) {
+            Err(format!("{eps:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .expect("lost host left");
+
+    // Delete by name and by file.
+    assert_eq!(
+        ok(&c.ctl().run(&["delete", "svc", "backend-np"])).trim(),
+        "service \"backend-np\" deleted"
+    );
+    let gone = ok(&c.ctl().run(&["delete", "-f", &app, "--ignore-not-found"]));
+    assert!(gone.contains("service \"backend\" deleted"), "{gone}");
+    assert_eq!(ok(&c.ctl().run(&["get", "svc", "-o", "name"])), "");
+    let missing = err(&c.ctl().run(&["delete", "svc", "backend"]));
+    assert!(missing.contains("not found"), "{missing}");
+}
