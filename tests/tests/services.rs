@@ -13,12 +13,13 @@
 //! - a replica created after the Service sees `BACKEND_SERVICE_HOST`,
 //!   `BACKEND_SERVICE_PORT` and `BACKEND_SERVICE_PORT_HTTP`;
 //! - a taken clusterIP refuses the whole file naming the path, nothing of it
-//!   stored; `delete svc` and `delete -f` remove Services.
+//!   stored; `delete svc` and `delete -f` remove Services;
+//! - `get svc -w` and `get ep -w` print each of those changes as it happens.
 
 use std::path::Path;
 use std::time::Duration;
 
-use drover_tests::cluster::{err, ok};
+use drover_tests::cluster::{err, ok, Running};
 use drover_tests::Cluster;
 
 const T: Duration = Duration::from_secs(90);
@@ -108,6 +109,36 @@ fn endpoints(c: &Cluster, name: &str) -> Vec<String> {
     all
 }
 
+/// The first line a watch printed after its first `skip` lines whose
+/// whitespace-separated cells `matches` accepts.
+async fn watch_line(
+    c: &Cluster,
+    watch: &Running,
+    skip: usize,
+    what: &str,
+    matches: impl Fn(&[&str]) -> bool,
+) -> String {
+    c.wait_for(what, T, || async {
+        let out = watch.output();
+        out.lines()
+            .skip(skip)
+            .find(|l| matches(&l.split_whitespace().collect::<Vec<_>>()))
+            .map(str::to_string)
+            .ok_or(out)
+    })
+    .await
+    .expect(what)
+}
+
+/// An `--output-watch-events` line of the backend's endpoints with `n` of them.
+fn backend_endpoints(cells: &[&str], n: usize) -> bool {
+    cells.len() >= 3
+        && cells[1] == "backend"
+        && cells[0] != "DELETED"
+        && cells[2] != "<none>"
+        && cells[2].split(',').count() == n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_endpoints_and_variables_with_the_process_runtime() {
     let mut c = Cluster::with_agents(1, "process", &["n1", "n2"])
@@ -115,6 +146,10 @@ async fn services_endpoints_and_variables_with_the_process_runtime() {
         .expect("cluster");
     let dir = c.dir.path().to_path_buf();
     let app = write(&dir, "app.yaml", APP);
+    let svc_watch = c
+        .ctl()
+        .spawn(&["get", "svc", "-w", "--output-watch-events"]);
+    let ep_watch = c.ctl().spawn(&["get", "ep", "-w", "--output-watch-events"]);
 
     let applied = ok(&c.ctl().run(&["apply", "-f", &app]));
     for line in [
@@ -211,9 +246,24 @@ async fn services_endpoints_and_variables_with_the_process_runtime() {
         assert!(described.contains(field), "{described}");
     }
 
+    // Both watches saw the Services come and their endpoints fill.
+    for (name, kind) in [("backend", "ClusterIP"), ("backend-np", "NodePort")] {
+        watch_line(&c, &svc_watch, 0, "a service ADDED line", |cells| {
+            cells.first() == Some(&"ADDED")
+                && cells.get(1) == Some(&name)
+                && cells.get(2) == Some(&kind)
+        })
+        .await;
+    }
+    watch_line(&c, &ep_watch, 0, "two backend endpoints", |cells| {
+        backend_endpoints(cells, 2)
+    })
+    .await;
+
     // Readiness decides: an unready replica leaves, and comes back.
     let replicas = c.running_replicas("backend", 2).await.expect("replicas");
     let first = &replicas[0];
+    let before_unready = ep_watch.output().lines().count();
     ok(&c.ctl().run(&["exec", &first.name, "--", "rm", "ready"]));
     c.wait_for("one endpoint while unready", T, || async {
         let eps = endpoints(&c, "backend");
@@ -236,6 +286,29 @@ async fn services_endpoints_and_variables_with_the_process_runtime() {
     })
     .await
     .expect("ready again");
+    let unready = watch_line(
+        &c,
+        &ep_watch,
+        before_unready,
+        "one endpoint while unready",
+        |cells| cells.first() == Some(&"MODIFIED") && backend_endpoints(cells, 1),
+    )
+    .await;
+    let after_unready = before_unready
+        + ep_watch
+            .output()
+            .lines()
+            .skip(before_unready)
+            .position(|l| l == unready)
+            .unwrap_or_default();
+    watch_line(
+        &c,
+        &ep_watch,
+        after_unready + 1,
+        "two endpoints again",
+        |cells| cells.first() == Some(&"MODIFIED") && backend_endpoints(cells, 2),
+    )
+    .await;
 
     // The frontend, created after the Service, got its variables.
     let frontend = c.running_replicas("frontend", 1).await.expect("frontend");
@@ -307,6 +380,20 @@ async fn services_endpoints_and_variables_with_the_process_runtime() {
     );
     let gone = ok(&c.ctl().run(&["delete", "-f", &app, "--ignore-not-found"]));
     assert!(gone.contains("service \"backend\" deleted"), "{gone}");
+    for name in ["backend-np", "backend"] {
+        watch_line(&c, &svc_watch, 0, "a service DELETED line", |cells| {
+            cells.first() == Some(&"DELETED") && cells.get(1) == Some(&name)
+        })
+        .await;
+    }
+    watch_line(
+        &c,
+        &ep_watch,
+        0,
+        "the endpoints DELETED with their Service",
+        |cells| cells.first() == Some(&"DELETED") && cells.get(1) == Some(&"backend"),
+    )
+    .await;
     assert_eq!(ok(&c.ctl().run(&["get", "svc", "-o", "name"])), "");
     let missing = err(&c.ctl().run(&["delete", "svc", "backend"]));
     assert!(missing.contains("not found"), "{missing}");

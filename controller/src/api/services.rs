@@ -18,7 +18,7 @@ use super::config::Filter;
 use crate::cluster::Cluster;
 use crate::endpoints::{endpoints, Endpoint};
 use crate::store::services::{ServiceResult, StoredService};
-use crate::store::{ApplyOutcome, Command, ObjectRef, Write, WriteResult};
+use crate::store::{ApplyOutcome, Command, ObjectRef, State, Write, WriteResult};
 
 /// A Service as `ListServices` answers it (`ConfigRecord.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +83,25 @@ fn record(s: &StoredService, json: String) -> pb::ConfigRecord {
     }
 }
 
+/// A Service as `ListServices` and a watch of services answer it.
+pub(super) fn service_pb(s: &StoredService) -> pb::ConfigRecord {
+    let view = ServiceRecord {
+        service: s.service.clone(),
+        cluster_ip: s.cluster_ip,
+        node_ports: s.node_ports.clone(),
+    };
+    record(s, serde_json::to_string(&view).unwrap_or_default())
+}
+
+/// A Service's endpoints in `state`, as `ListEndpoints` and a watch of
+/// endpoints answer them.
+pub(super) fn endpoints_pb(state: &State, s: &StoredService) -> pb::ConfigRecord {
+    let view = EndpointsRecord {
+        endpoints: endpoints(state, s).endpoints,
+    };
+    record(s, serde_json::to_string(&view).unwrap_or_default())
+}
+
 /// `ListServices`.
 pub(super) async fn list(
     cluster: &Cluster,
@@ -95,14 +114,7 @@ pub(super) async fn list(
     let objects = state
         .services(filter.namespace.as_deref())
         .filter(|s| filter.keeps(&s.service.metadata))
-        .map(|s| {
-            let view = ServiceRecord {
-                service: s.service.clone(),
-                cluster_ip: s.cluster_ip,
-                node_ports: s.node_ports.clone(),
-            };
-            record(s, serde_json::to_string(&view).unwrap_or_default())
-        })
+        .map(|s| service_pb(s))
         .collect();
     Ok(pb::ListConfigResponse {
         objects,
@@ -122,12 +134,7 @@ pub(super) async fn list_endpoints(
     let objects = state
         .services(filter.namespace.as_deref())
         .filter(|s| filter.keeps(&s.service.metadata))
-        .map(|s| {
-            let view = EndpointsRecord {
-                endpoints: endpoints(&state, s).endpoints,
-            };
-            record(s, serde_json::to_string(&view).unwrap_or_default())
-        })
+        .map(|s| endpoints_pb(&state, s))
         .collect();
     Ok(pb::ListConfigResponse {
         objects,

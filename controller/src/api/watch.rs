@@ -39,6 +39,7 @@ use drover_proto::{names, pb};
 
 use super::config::{config_map_pb, secret_pb};
 use super::control::{deployment_pb, replica_labels};
+use super::services::{endpoints_pb, service_pb};
 use crate::cluster::wire::observed_to_pb;
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::history::{Since, KEPT_VERSIONS};
@@ -201,6 +202,8 @@ enum Kind {
     Node,
     ConfigMap,
     Secret,
+    Service,
+    Endpoints,
 }
 
 /// What one watch shows: a kind, a namespace (or all) and the selectors.
@@ -220,10 +223,12 @@ impl View {
             pb::WatchKind::Node => (Kind::Node, "nodes", selector::NODE_FIELDS),
             pb::WatchKind::ConfigMap => (Kind::ConfigMap, "configmaps", &[][..]),
             pb::WatchKind::Secret => (Kind::Secret, "secrets", &[][..]),
+            pb::WatchKind::Service => (Kind::Service, "services", &[][..]),
+            pb::WatchKind::Endpoints => (Kind::Endpoints, "endpoints", &[][..]),
             pb::WatchKind::Unspecified => {
                 return Err(Status::invalid_argument(format!(
                     "watch kind {} is not one this controller knows; droverctl watches \
-                     deployments, replicas, nodes, configmaps and secrets",
+                     deployments, replicas, nodes, configmaps, secrets, services and endpoints",
                     req.kind
                 )))
             }
@@ -279,6 +284,10 @@ impl View {
                 .iter()
                 .map(|x| r(&x.secret.metadata.namespace, &x.secret.metadata.name))
                 .collect(),
+            Kind::Service | Kind::Endpoints => s
+                .services(ns)
+                .map(|x| r(&x.service.metadata.namespace, &x.service.metadata.name))
+                .collect(),
         }
     }
 
@@ -318,6 +327,26 @@ impl View {
             Kind::Node => t.nodes.iter().chain(&t.node_records).map(node).collect(),
             Kind::ConfigMap | Kind::Secret if t.config_objects => all(self),
             Kind::ConfigMap | Kind::Secret => BTreeSet::new(),
+            Kind::Service if t.services => all(self),
+            Kind::Service => BTreeSet::new(),
+            // Endpoints follow replicas (ready, bound, gone) and nodes
+            // (Ready or not): the Services of the namespaces whose replicas
+            // changed, every one when a node's record changed.
+            Kind::Endpoints if t.services || !t.node_records.is_empty() => all(self),
+            Kind::Endpoints => {
+                let namespaces: BTreeSet<&str> =
+                    t.replicas.iter().map(|r| r.namespace.as_str()).collect();
+                let mut keys = BTreeSet::new();
+                for ns in namespaces {
+                    for s in [prev, new] {
+                        keys.extend(s.services(Some(ns)).map(|x| ObjectRef {
+                            namespace: x.service.metadata.namespace.clone(),
+                            name: x.service.metadata.name.clone(),
+                        }));
+                    }
+                }
+                keys
+            }
         };
         keys.into_iter().filter(|k| self.in_namespace(k)).collect()
     }
@@ -373,6 +402,21 @@ impl View {
                     .labels
                     .matches_labels(&x.secret.metadata.labels)
                     .then(|| Object::Config(secret_pb(x.as_ref().clone(), false)))
+            }
+            Kind::Service | Kind::Endpoints => {
+                let x = s.service(&k.namespace, &k.name)?;
+                if !self
+                    .select
+                    .labels
+                    .matches_labels(&x.service.metadata.labels)
+                {
+                    return None;
+                }
+                Some(Object::Config(if self.kind == Kind::Service {
+                    service_pb(x)
+                } else {
+                    endpoints_pb(s, x)
+                }))
             }
         }
     }

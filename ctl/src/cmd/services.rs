@@ -80,16 +80,10 @@ fn decode<T: serde::de::DeserializeOwned>(
     objects: Vec<pb::ConfigRecord>,
     what: &str,
 ) -> anyhow::Result<Vec<Item<T>>> {
-    let mut items = Vec::new();
-    for record in objects {
-        let object = serde_json::from_str(&record.json).with_context(|| {
-            format!(
-                "the controller sent {what} {:?} this droverctl cannot read (upgrade droverctl)",
-                record.name
-            )
-        })?;
-        items.push(Item { record, object });
-    }
+    let mut items = objects
+        .into_iter()
+        .map(|record| item(record, what))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     items.sort_by(|a, b| {
         (&a.record.namespace, &a.record.name).cmp(&(&b.record.namespace, &b.record.name))
     });
@@ -172,6 +166,15 @@ pub fn table(
     wide: bool,
     now_ms: i64,
 ) -> String {
+    let mut t = Table::new(headers(all_namespaces, wide));
+    for item in items {
+        t.push(row(item, all_namespaces, wide, now_ms));
+    }
+    t.render()
+}
+
+/// [`table`]'s headers.
+pub fn headers(all_namespaces: bool, wide: bool) -> Vec<&'static str> {
     let mut headers = Vec::new();
     if all_namespaces {
         headers.push("NAMESPACE");
@@ -187,27 +190,33 @@ pub fn table(
     if wide {
         headers.push("SELECTOR");
     }
-    let mut t = Table::new(headers);
-    for item in items {
-        let s = &item.object;
-        let mut row = Vec::new();
-        if all_namespaces {
-            row.push(item.record.namespace.clone());
-        }
-        row.extend([
-            item.record.name.clone(),
-            s.service.spec.kind.as_str().to_string(),
-            cluster_ip_column(s),
-            "<none>".to_string(),
-            ports_column(s),
-            age(item.record.created_unix_ms, now_ms),
-        ]);
-        if wide {
-            row.push(selector_column(&s.service));
-        }
-        t.push(row);
+    headers
+}
+
+/// One Service's row of [`table`] (and of `get svc -w`).
+pub fn row(
+    item: &Item<ServiceRecord>,
+    all_namespaces: bool,
+    wide: bool,
+    now_ms: i64,
+) -> Vec<String> {
+    let s = &item.object;
+    let mut row = Vec::new();
+    if all_namespaces {
+        row.push(item.record.namespace.clone());
     }
-    t.render()
+    row.extend([
+        item.record.name.clone(),
+        s.service.spec.kind.as_str().to_string(),
+        cluster_ip_column(s),
+        "<none>".to_string(),
+        ports_column(s),
+        age(item.record.created_unix_ms, now_ms),
+    ]);
+    if wide {
+        row.push(selector_column(&s.service));
+    }
+    row
 }
 
 /// kubectl's ENDPOINTS: `ip:port` per endpoint and port, at most three,
@@ -235,25 +244,53 @@ pub fn endpoints_table(
     all_namespaces: bool,
     now_ms: i64,
 ) -> String {
+    let mut t = Table::new(endpoints_headers(all_namespaces));
+    for item in items {
+        t.push(endpoints_row(item, all_namespaces, now_ms));
+    }
+    t.render()
+}
+
+/// [`endpoints_table`]'s headers.
+pub fn endpoints_headers(all_namespaces: bool) -> Vec<&'static str> {
     let mut headers = Vec::new();
     if all_namespaces {
         headers.push("NAMESPACE");
     }
     headers.extend(["NAME", "ENDPOINTS", "AGE"]);
-    let mut t = Table::new(headers);
-    for item in items {
-        let mut row = Vec::new();
-        if all_namespaces {
-            row.push(item.record.namespace.clone());
-        }
-        row.extend([
-            item.record.name.clone(),
-            endpoints_column(&item.object),
-            age(item.record.created_unix_ms, now_ms),
-        ]);
-        t.push(row);
+    headers
+}
+
+/// One Service's row of [`endpoints_table`] (and of `get ep -w`).
+pub fn endpoints_row(
+    item: &Item<EndpointsRecord>,
+    all_namespaces: bool,
+    now_ms: i64,
+) -> Vec<String> {
+    let mut row = Vec::new();
+    if all_namespaces {
+        row.push(item.record.namespace.clone());
     }
-    t.render()
+    row.extend([
+        item.record.name.clone(),
+        endpoints_column(&item.object),
+        age(item.record.created_unix_ms, now_ms),
+    ]);
+    row
+}
+
+/// One record as the controller sent it, its JSON read as `T`.
+pub fn item<T: serde::de::DeserializeOwned>(
+    record: pb::ConfigRecord,
+    what: &str,
+) -> anyhow::Result<Item<T>> {
+    let object = serde_json::from_str(&record.json).with_context(|| {
+        format!(
+            "the controller sent {what} {:?} this droverctl cannot read (upgrade droverctl)",
+            record.name
+        )
+    })?;
+    Ok(Item { record, object })
 }
 
 /// `service/web`, one per line.

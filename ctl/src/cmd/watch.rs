@@ -27,6 +27,7 @@ use tonic::Code;
 
 use super::config_objects::{self, Item};
 use super::get::Selectors;
+use super::services;
 use super::{print, Env};
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{is_transport_failure, status_sentence, Client};
@@ -162,11 +163,8 @@ pub async fn run(
         ResourceKind::ConfigMap => pb::WatchKind::ConfigMap,
         ResourceKind::Secret => pb::WatchKind::Secret,
         ResourceKind::Event => bail!("events are watched by droverctl get events -w"),
-        ResourceKind::Service | ResourceKind::Endpoints => bail!(
-            "droverctl cannot watch {} yet: run get {} again to see changes",
-            kind.plural(),
-            kind.plural()
-        ),
+        ResourceKind::Service => pb::WatchKind::Service,
+        ResourceKind::Endpoints => pb::WatchKind::Endpoints,
     };
     let (mut client, settings) = env.client()?;
     let namespace = if args.all_namespaces || !kind.namespaced() {
@@ -431,6 +429,8 @@ impl Printer {
             ResourceKind::Deployment => output::deployment_headers(wide, self.all_namespaces),
             ResourceKind::Replica => replicas::headers(wide, self.all_namespaces),
             ResourceKind::Node => nodes::headers(wide),
+            ResourceKind::Service => services::headers(self.all_namespaces, wide),
+            ResourceKind::Endpoints => services::endpoints_headers(self.all_namespaces),
             _ => config_objects::headers(self.kind, self.all_namespaces),
         });
         h
@@ -451,7 +451,20 @@ impl Printer {
             }
             Object::Replica(r) => replicas::row(r, wide, self.all_namespaces, now),
             Object::Node(n) => nodes::row(n, wide, now),
-            Object::Config(c) => config_objects::row(&self.item(c)?, self.all_namespaces, now),
+            Object::Config(c) => match self.kind {
+                ResourceKind::Service => services::row(
+                    &services::item(c.clone(), "a service")?,
+                    self.all_namespaces,
+                    wide,
+                    now,
+                ),
+                ResourceKind::Endpoints => services::endpoints_row(
+                    &services::item(c.clone(), "endpoints")?,
+                    self.all_namespaces,
+                    now,
+                ),
+                _ => config_objects::row(&self.item(c)?, self.all_namespaces, now),
+            },
         });
         Ok(row)
     }
@@ -468,7 +481,15 @@ impl Printer {
             Object::Deployment(d) => output::kubernetes_object(d, &output::model_of(d)?),
             Object::Replica(r) => replicas::kubernetes_object(r),
             Object::Node(n) => nodes::kubernetes_object(n),
-            Object::Config(c) => config_objects::kubernetes_object(&self.item(c)?),
+            Object::Config(c) => match self.kind {
+                ResourceKind::Service => {
+                    services::kubernetes_object(&services::item(c.clone(), "a service")?)
+                }
+                ResourceKind::Endpoints => {
+                    services::endpoints_object(&services::item(c.clone(), "endpoints")?)
+                }
+                _ => config_objects::kubernetes_object(&self.item(c)?),
+            },
         };
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), json!(index.to_string()));
