@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,9 +36,26 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on `ip` (bound and released: another process could take it
 /// in between, which a start-up failure would show plainly).
+/// A port for a daemon the harness starts, from 20000–29999: below Linux's
+/// ephemeral range (32768–60999 by default), so no `bind(:0)` and no
+/// outgoing connection of a parallel test can take it between this check and
+/// the daemon's own bind (the ports the kernel picked used to, now and then:
+/// a controller that could not bind made a "no leader" test failure). Each
+/// test process starts at an offset of its own and hands ports out in turn;
+/// one found in use is skipped.
 fn free_port(ip: &str) -> anyhow::Result<u16> {
-    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding a port on {ip}"))?;
-    Ok(l.local_addr()?.port())
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (base + n) % SPAN) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on {ip} between {LOW} and {}", LOW + SPAN - 1)
 }
 
 pub struct Controller {
