@@ -232,6 +232,24 @@ pub(super) async fn delete(
             ))
         }
     };
+    let ignore_not_found = req.ignore_not_found;
+    let refs = refs_to_delete(req, "", names::dns1123_subdomain)?;
+    let command = Command::DeleteConfig {
+        kind,
+        refs,
+        ignore_not_found,
+    };
+    write_delete(cluster, command).await
+}
+
+/// The objects a delete request names, in its namespace ("" = default),
+/// each name checked with `check`; `what` names the kind in the refusal
+/// ("Service ", or "" for a generic "name").
+pub(super) fn refs_to_delete(
+    req: pb::DeleteConfigRequest,
+    what: &str,
+    check: fn(&str) -> Result<(), String>,
+) -> Result<Vec<ObjectRef>, Status> {
     let namespace = if req.namespace.is_empty() {
         "default".to_string()
     } else {
@@ -240,25 +258,29 @@ pub(super) async fn delete(
     names::dns1123_label(&namespace)
         .map_err(|e| Status::invalid_argument(format!("invalid namespace {namespace:?}: {e}")))?;
     if req.names.is_empty() {
-        return Err(Status::invalid_argument("no names given to delete"));
+        return Err(Status::invalid_argument(format!(
+            "no {what}names given to delete"
+        )));
     }
     for name in &req.names {
-        names::dns1123_subdomain(name)
-            .map_err(|e| Status::invalid_argument(format!("invalid name {name:?}: {e}")))?;
+        check(name)
+            .map_err(|e| Status::invalid_argument(format!("invalid {what}name {name:?}: {e}")))?;
     }
-    let refs = req
+    Ok(req
         .names
         .into_iter()
         .map(|name| ObjectRef {
             namespace: namespace.clone(),
             name,
         })
-        .collect();
-    let command = Command::DeleteConfig {
-        kind,
-        refs,
-        ignore_not_found: req.ignore_not_found,
-    };
+        .collect())
+}
+
+/// Commit a delete command; answer the names it deleted.
+pub(super) async fn write_delete(
+    cluster: &Cluster,
+    command: Command,
+) -> Result<pb::DeleteConfigResponse, Status> {
     match cluster.write(Write::Command(command)).await? {
         WriteResult::Deleted(refs) => Ok(pb::DeleteConfigResponse {
             deleted: refs.into_iter().map(|r| r.name).collect(),

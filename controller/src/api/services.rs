@@ -14,11 +14,11 @@ use tonic::Status;
 use drover_manifest::Service;
 use drover_proto::{names, pb};
 
-use super::config::Filter;
+use super::config::{refs_to_delete, write_delete, Filter};
 use crate::cluster::Cluster;
 use crate::endpoints::{endpoints, Endpoint};
 use crate::store::services::{ServiceResult, StoredService};
-use crate::store::{ApplyOutcome, Command, ObjectRef, State, Write, WriteResult};
+use crate::store::{ApplyOutcome, Command, ObjectRef, State};
 
 /// A Service as `ListServices` answers it (`ConfigRecord.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,38 +147,11 @@ pub(super) async fn delete(
     cluster: &Cluster,
     req: pb::DeleteConfigRequest,
 ) -> Result<pb::DeleteConfigResponse, Status> {
-    let namespace = if req.namespace.is_empty() {
-        "default".to_string()
-    } else {
-        req.namespace
-    };
-    names::dns1123_label(&namespace)
-        .map_err(|e| Status::invalid_argument(format!("invalid namespace {namespace:?}: {e}")))?;
-    if req.names.is_empty() {
-        return Err(Status::invalid_argument("no Service names given to delete"));
-    }
-    for name in &req.names {
-        names::dns1123_label(name)
-            .map_err(|e| Status::invalid_argument(format!("invalid Service name {name:?}: {e}")))?;
-    }
-    let refs = req
-        .names
-        .into_iter()
-        .map(|name| ObjectRef {
-            namespace: namespace.clone(),
-            name,
-        })
-        .collect();
+    let ignore_not_found = req.ignore_not_found;
+    let refs = refs_to_delete(req, "Service ", names::dns1123_label)?;
     let command = Command::DeleteServices {
         refs,
-        ignore_not_found: req.ignore_not_found,
+        ignore_not_found,
     };
-    match cluster.write(Write::Command(command)).await? {
-        WriteResult::Deleted(refs) => Ok(pb::DeleteConfigResponse {
-            deleted: refs.into_iter().map(|r| r.name).collect(),
-        }),
-        other => Err(Status::internal(format!(
-            "unexpected result of a delete: {other:?}"
-        ))),
-    }
+    write_delete(cluster, command).await
 }
