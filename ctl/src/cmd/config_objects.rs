@@ -176,15 +176,14 @@ pub fn kubernetes_object(item: &Item) -> Value {
     obj
 }
 
-/// `describe configmap|secret`: a ConfigMap's data in full, a Secret's key
-/// names and sizes only, as kubectl shows them.
-pub fn describe(item: &Item) -> String {
-    let r = &item.record;
-    let mut w = String::new();
-    let (meta, immutable) = match &item.object {
-        Object::ConfigMap(c) => (&c.metadata, c.immutable),
-        Object::Secret(s) => (&s.metadata, s.immutable),
-    };
+/// `describe`'s first lines for an object sent as a record: name,
+/// namespace, creation time, labels and annotations, as kubectl prints them.
+pub fn describe_metadata(
+    w: &mut String,
+    r: &pb::ConfigRecord,
+    labels: &std::collections::BTreeMap<String, String>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) {
     let _ = writeln!(w, "Name:\t{}", r.name);
     let _ = writeln!(w, "Namespace:\t{}", r.namespace);
     if r.created_unix_ms > 0 {
@@ -194,8 +193,8 @@ pub fn describe(item: &Item) -> String {
         map.iter().map(|(k, v)| format!("{k}{sep}{v}")).collect()
     };
     for (key, values) in [
-        ("Labels", pairs(&meta.labels, "=")),
-        ("Annotations", pairs(&meta.annotations, ": ")),
+        ("Labels", pairs(labels, "=")),
+        ("Annotations", pairs(annotations, ": ")),
     ] {
         match values.split_first() {
             None => {
@@ -209,6 +208,18 @@ pub fn describe(item: &Item) -> String {
             }
         }
     }
+}
+
+/// `describe configmap|secret`: a ConfigMap's data in full, a Secret's key
+/// names and sizes only, as kubectl shows them.
+pub fn describe(item: &Item) -> String {
+    let r = &item.record;
+    let mut w = String::new();
+    let (meta, immutable) = match &item.object {
+        Object::ConfigMap(c) => (&c.metadata, c.immutable),
+        Object::Secret(s) => (&s.metadata, s.immutable),
+    };
+    describe_metadata(&mut w, r, &meta.labels, &meta.annotations);
     if immutable {
         let _ = writeln!(w, "Immutable:\ttrue");
     }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
-use crate::output::{self, age, rfc1123z, rfc3339, Table};
+use crate::output::{self, age, rfc3339, Table};
 use crate::resource::ResourceKind;
 
 /// `ListServices`' record.
@@ -370,30 +370,7 @@ pub fn describe(item: &Item<ServiceRecord>, endpoints: Option<&EndpointsRecord>)
     let s = &item.object;
     let meta = &s.service.metadata;
     let mut w = String::new();
-    let _ = writeln!(w, "Name:\t{}", r.name);
-    let _ = writeln!(w, "Namespace:\t{}", r.namespace);
-    if r.created_unix_ms > 0 {
-        let _ = writeln!(w, "CreationTimestamp:\t{}", rfc1123z(r.created_unix_ms));
-    }
-    let pairs = |map: &BTreeMap<String, String>, sep: &str| -> Vec<String> {
-        map.iter().map(|(k, v)| format!("{k}{sep}{v}")).collect()
-    };
-    for (key, values) in [
-        ("Labels", pairs(&meta.labels, "=")),
-        ("Annotations", pairs(&meta.annotations, ": ")),
-    ] {
-        match values.split_first() {
-            None => {
-                let _ = writeln!(w, "{key}:\t<none>");
-            }
-            Some((first, rest)) => {
-                let _ = writeln!(w, "{key}:\t{first}");
-                for v in rest {
-                    let _ = writeln!(w, "\t{v}");
-                }
-            }
-        }
-    }
+    super::config_objects::describe_metadata(&mut w, r, &meta.labels, &meta.annotations);
     let _ = writeln!(w, "Selector:\t{}", selector_column(&s.service));
     let _ = writeln!(w, "Type:\t{}", s.service.spec.kind.as_str());
     let _ = writeln!(w, "IP:\t{}", cluster_ip_column(s));
