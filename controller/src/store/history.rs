@@ -11,7 +11,8 @@
 //! Every member applies the same log, so index `i` names the same state on
 //! every controller: a client that saw everything up to `i` on one resumes on
 //! another from `i`, and nothing is repeated or skipped. The history is
-//! bounded ([`KEPT_VERSIONS`] entries that changed something); an index older
+//! bounded ([`KEPT_VERSIONS`] entries that changed something, and at most
+//! [`KEPT_TOUCHES`] objects touched by them together); an index older
 //! than its base is answered the way Kubernetes answers 410 Gone, and so is
 //! one from before an installed raft snapshot (the history restarts there).
 //!
@@ -29,6 +30,13 @@ use super::state::{State, Touched};
 /// How many versions that changed something each controller keeps. A watch
 /// that falls further behind (or resumes from an older index) lists again.
 pub const KEPT_VERSIONS: usize = 1_000;
+
+/// The most objects the kept versions may have touched, together. A version
+/// costs the map paths its changes copied, about one per object it touched:
+/// at 10,000 replicas 1,000 versions stay far below this, but at 100,000
+/// replicas, where a status batch touches hundreds, the count alone kept
+/// gigabytes (4 GiB per controller in `bench placement --deployments 1000`).
+pub const KEPT_TOUCHES: usize = 50_000;
 
 /// The state after an applied entry that changed something, and what it
 /// touched.
@@ -57,12 +65,31 @@ pub struct History {
     /// `versions[0]` is the base: its own changes are no longer servable.
     versions: VecDeque<Version>,
     capacity: usize,
+    /// The bound on [`History::touches`] ([`KEPT_TOUCHES`]).
+    max_touches: usize,
+    /// The objects the kept versions touched, summed ([`weight`]).
+    touches: usize,
     latest: watch::Sender<u64>,
+}
+
+/// What a version costs to keep, in objects touched (at least 1).
+fn weight(t: &Touched) -> usize {
+    1 + t.replicas.len()
+        + t.deployments.len()
+        + t.deployment_records.len()
+        + t.nodes.len()
+        + t.node_records.len()
 }
 
 impl History {
     /// A history that starts at `state` (decoded from a snapshot, or empty).
     pub fn new(state: Arc<State>, capacity: usize) -> History {
+        History::with_limits(state, capacity, KEPT_TOUCHES)
+    }
+
+    /// [`History::new`] with a bound on the objects the kept versions
+    /// touched, together, as well as on their count.
+    pub fn with_limits(state: Arc<State>, capacity: usize, max_touches: usize) -> History {
         let index = state.applied().0;
         let (latest, _) = watch::channel(index);
         let mut versions = VecDeque::new();
@@ -74,6 +101,8 @@ impl History {
         History {
             versions,
             capacity: capacity.max(1),
+            max_touches,
+            touches: 1,
             latest,
         }
     }
@@ -85,6 +114,7 @@ impl History {
         let index = state.applied().0;
         self.versions.clear();
         touched_nothing(&mut self.versions, index, state);
+        self.touches = 1;
         self.latest.send_replace(index);
     }
 
@@ -97,13 +127,19 @@ impl History {
         if index <= newest {
             return self.restart(state);
         }
+        self.touches += weight(&touched);
         self.versions.push_back(Version {
             index,
             state,
             touched,
         });
-        while self.versions.len() > self.capacity + 1 {
-            self.versions.pop_front();
+        // Keep the base and the newest version whatever they cost.
+        while self.versions.len() > 2
+            && (self.versions.len() > self.capacity + 1 || self.touches > self.max_touches)
+        {
+            if let Some(dropped) = self.versions.pop_front() {
+                self.touches -= weight(&dropped.touched);
+            }
         }
         self.latest.send_replace(index);
     }
@@ -200,6 +236,36 @@ mod tests {
         assert_eq!(h.oldest(), 3);
         assert!(matches!(h.since(2, 5, 100), Since::Gone { oldest: 3 }));
         assert_eq!(indexes(h.since(3, 5, 100)), (3, vec![4, 5]));
+    }
+
+    #[test]
+    fn versions_that_touched_many_objects_are_dropped_first_by_their_weight() {
+        let touching = |n: usize| Touched {
+            replicas: (0..n)
+                .map(|i| super::super::ObjectRef {
+                    namespace: "default".into(),
+                    name: format!("r{i}"),
+                })
+                .collect(),
+            ..Touched::default()
+        };
+        // Room for 1,000 versions but only 250 touched objects: four
+        // versions of 100 touches do not fit with the base.
+        let mut h = History::with_limits(at(1), 1_000, 250);
+        for i in 2..=5 {
+            h.push(at(i), touching(100));
+        }
+        assert_eq!(h.oldest(), 4, "versions 2 and 3 (and the base) went first");
+        assert_eq!(indexes(h.since(4, 5, 100)), (4, vec![5]));
+        // Light versions are kept by count as before.
+        let mut h = History::with_limits(at(1), 1_000, 250);
+        for i in 2..=100 {
+            h.push(at(i), touching(1));
+        }
+        assert_eq!(h.oldest(), 1);
+        // One version heavier than the whole bound is still served.
+        h.push(at(101), touching(1_000));
+        assert_eq!(indexes(h.since(100, 101, 100)), (100, vec![101]));
     }
 
     #[test]
