@@ -10,7 +10,9 @@
 
 use anyhow::bail;
 use drover_proto::pb;
+use drover_proto::pb::control_client::ControlClient;
 use serde_json::Value;
+use tonic::transport::Channel;
 use tonic::Code;
 
 use super::{config_objects, print, services, Env};
@@ -242,30 +244,60 @@ pub async fn list_deployments(
     selectors: &Selectors,
     read: Option<pb::ReadOptions>,
 ) -> Result<Vec<pb::Deployment>, ClientError> {
+    let mut items = all_pages(client, |mut c, continue_token| {
+        let request = pb::ListDeploymentsRequest {
+            namespace: namespace.to_string(),
+            read,
+            label_selector: selectors.labels.clone(),
+            field_selector: selectors.fields.clone(),
+            limit: CHUNK_SIZE,
+            continue_token,
+        };
+        async move { c.list_deployments(request).await }
+    })
+    .await?;
+    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(items)
+}
+
+/// A List answer that comes in pages.
+trait Page {
+    type Item;
+    /// The page's items and the next page's continue token ("" = last).
+    fn split(self) -> (Vec<Self::Item>, String);
+}
+
+impl Page for pb::ListDeploymentsResponse {
+    type Item = pb::Deployment;
+    fn split(self) -> (Vec<pb::Deployment>, String) {
+        (self.deployments, self.continue_token)
+    }
+}
+
+impl Page for pb::ListReplicasResponse {
+    type Item = pb::Replica;
+    fn split(self) -> (Vec<pb::Replica>, String) {
+        (self.replicas, self.continue_token)
+    }
+}
+
+/// Every page of a List call: `rpc` makes the request for a continue token.
+async fn all_pages<P, F, Fut>(client: &mut Client, mut rpc: F) -> Result<Vec<P::Item>, ClientError>
+where
+    P: Page,
+    F: FnMut(ControlClient<Channel>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<P>, tonic::Status>>,
+{
     let mut items = Vec::new();
     let mut token = String::new();
     loop {
-        let page = client
-            .call(|mut c| {
-                let request = pb::ListDeploymentsRequest {
-                    namespace: namespace.to_string(),
-                    read,
-                    label_selector: selectors.labels.clone(),
-                    field_selector: selectors.fields.clone(),
-                    limit: CHUNK_SIZE,
-                    continue_token: token.clone(),
-                };
-                async move { c.list_deployments(request).await }
-            })
-            .await?;
-        items.extend(page.deployments);
-        if page.continue_token.is_empty() {
-            break;
+        let (page, next) = client.call(|c| rpc(c, token.clone())).await?.split();
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
         }
-        token = page.continue_token;
+        token = next;
     }
-    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Ok(items)
 }
 
 /// Every replica in `namespace` ("" = all), of `deployment` ("" = all), in list order.
@@ -286,29 +318,19 @@ pub async fn list_replicas_selected(
     selectors: &Selectors,
     read: Option<pb::ReadOptions>,
 ) -> Result<Vec<pb::Replica>, ClientError> {
-    let mut items = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .call(|mut c| {
-                let request = pb::ListReplicasRequest {
-                    namespace: namespace.to_string(),
-                    deployment: deployment.to_string(),
-                    read,
-                    label_selector: selectors.labels.clone(),
-                    field_selector: selectors.fields.clone(),
-                    limit: CHUNK_SIZE,
-                    continue_token: token.clone(),
-                };
-                async move { c.list_replicas(request).await }
-            })
-            .await?;
-        items.extend(page.replicas);
-        if page.continue_token.is_empty() {
-            break;
-        }
-        token = page.continue_token;
-    }
+    let mut items = all_pages(client, |mut c, continue_token| {
+        let request = pb::ListReplicasRequest {
+            namespace: namespace.to_string(),
+            deployment: deployment.to_string(),
+            read,
+            label_selector: selectors.labels.clone(),
+            field_selector: selectors.fields.clone(),
+            limit: CHUNK_SIZE,
+            continue_token,
+        };
+        async move { c.list_replicas(request).await }
+    })
+    .await?;
     replicas::sort(&mut items);
     Ok(items)
 }
