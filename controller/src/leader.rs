@@ -165,6 +165,7 @@ async fn monitor(
         (cfg.node_timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held_since = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -180,7 +181,28 @@ async fn monitor(
                 condition: n.condition,
             })
             .collect();
-        for verdict in nodes::assess(&observed, leading_since, Instant::now(), cfg.node_timeout) {
+        let was_held = held_since.is_some();
+        let assessment = nodes::assess(
+            &observed,
+            leading_since,
+            Instant::now(),
+            cfg.node_timeout,
+            &mut held_since,
+        );
+        match assessment.held {
+            Some((silent, ready)) if !was_held => warn!(
+                silent,
+                ready,
+                hold = ?cfg.node_timeout * nodes::MASS_SILENCE_HOLD,
+                "most nodes fell silent at once: this controller is more likely overloaded or cut off \
+                 than they all failed; holding their NotReady"
+            ),
+            None if was_held => {
+                info!("mass silence no longer held: nodes are judged one by one again")
+            }
+            _ => {}
+        }
+        for verdict in assessment.verdicts {
             let command = match &verdict {
                 Verdict::Down(node) => {
                     warn!(node = %node, timeout = ?cfg.node_timeout, "node NotReady: no heartbeat; moving its replicas");

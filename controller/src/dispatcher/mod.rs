@@ -279,6 +279,11 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         }
         let node = hello.node.clone();
         let session_id = self.claim(&node, &hello.incarnation)?;
+        // An agent that says Hello is alive: it counts from now, not from
+        // when its registration commits (under load, or with a thousand
+        // agents moving to a new leader at once, that can take longer than
+        // the node timeout).
+        self.heartbeats.beat(&node);
         let registered = self
             .cluster
             .write(Write::Command(Command::RegisterNode {
@@ -292,7 +297,6 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         }
         info!(node = %node, address = %hello.address, runtime = %hello.runtime, "agent session opened");
         crate::metrics::get().session(1);
-        self.heartbeats.beat(&node);
         self.report(&node, hello.replicas);
 
         let (tx, rx) = mpsc::channel(8);
@@ -312,6 +316,13 @@ impl Dispatcher {
     /// Run one session until it ends; returns why it ended.
     /// An agent that `accepts_changes` gets its whole set first, then only
     /// what changes.
+    ///
+    /// Reading the agent never waits for writing to it: a heartbeat counts
+    /// the moment it arrives, even while an agent that is slow to read has
+    /// assignment sets queued (SPEC guarantee 8: load never makes a live node
+    /// look silent). A set is built when the stream has room for it, from the
+    /// book as it is then, so a slow agent gets the newest set (or the changes
+    /// up to it) rather than every set in between.
     async fn serve(
         &self,
         node: &str,
@@ -322,84 +333,21 @@ impl Dispatcher {
         let mut book = self.book.subscribe();
         let mut leadership = self.cluster.handle.leadership_watch();
         let term = leadership.borrow_and_update().term;
-        let mut sent: Option<Arc<NodeSet>> = None;
-        let mut sent_services: Option<Arc<Vec<pb::ServiceRoute>>> = None;
-        let mut version = 0u64;
+        let mut sent = Sent::default();
+        // The book may hold something the agent does not have yet.
+        let mut behind = true;
         loop {
-            // Send the node's full set whenever it differs from what the agent
-            // has, from a book built in this term only.
-            let (current, services) = {
-                let b = book.borrow_and_update();
-                let fresh = b.term == term;
-                (
-                    fresh.then(|| b.for_node(node)),
-                    fresh.then(|| b.services.clone()),
-                )
-            };
-            // The Service table changed: send a set even if the node's did not.
-            let services_changed = services.as_ref().is_some_and(|s| {
-                sent_services
-                    .as_ref()
-                    .is_none_or(|old| !Arc::ptr_eq(old, s) && **old != **s)
-            });
-            // The book keeps a node's Arc while its set is unchanged: a
-            // different Arc is (nearly always) a different set.
-            let fresh = current.filter(|c| {
-                services_changed
-                    || sent
-                        .as_ref()
-                        .is_none_or(|s| !Arc::ptr_eq(s, c) && **s != **c)
-            });
-            let services = services.unwrap_or_default();
-            if let Some(current) = fresh {
-                version += 1;
-                let set = match sent.as_deref().filter(|_| accepts_changes) {
-                    Some(before) => {
-                        let (assignments, removed) = current.changes_since(before);
-                        let (changed_services, removed_services) =
-                            crate::dispatcher::services::changes_since(
-                                &services,
-                                sent_services.as_deref().map_or(&[][..], |s| &s[..]),
-                            );
-                        pb::AssignmentSet {
-                            services: changed_services,
-                            removed_services,
-                            version,
-                            base_version: version - 1,
-                            assignments,
-                            removed,
-                            terminating: current.terminating.clone(),
-                            terminating_grace_seconds: current.terminating_grace_seconds.clone(),
-                            config_objects: current.config_objects.clone(),
-                        }
-                    }
-                    None => pb::AssignmentSet {
-                        version,
-                        services: services.to_vec(),
-                        assignments: current.assignments.clone(),
-                        terminating: current.terminating.clone(),
-                        terminating_grace_seconds: current.terminating_grace_seconds.clone(),
-                        config_objects: current.config_objects.clone(),
-                        ..Default::default()
-                    },
-                };
-                let msg = pb::ControllerMessage {
-                    kind: Some(pb::controller_message::Kind::Assignments(set)),
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return "agent went away".into();
-                }
-                sent = Some(current);
-                sent_services = Some(services);
-            }
             tokio::select! {
+                biased;
                 msg = inbound.message() => match msg {
                     Ok(Some(pb::AgentMessage { kind: Some(Kind::Heartbeat(_)) })) => {
                         self.heartbeats.beat(node);
                         let ack = pb::ControllerMessage {
                             kind: Some(pb::controller_message::Kind::HeartbeatAck(pb::HeartbeatAck {})),
                         };
-                        if tx.send(Ok(ack)).await.is_err() {
+                        // A full stream already carries the agent's next
+                        // contact (an assignment set): the ack can go.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ack)) {
                             return "agent went away".into();
                         }
                     }
@@ -415,9 +363,6 @@ impl Dispatcher {
                     Ok(None) => return "agent closed the stream".into(),
                     Err(e) => return format!("stream error: {}", e.message()),
                 },
-                changed = book.changed() => if changed.is_err() {
-                    return "controller stopping".into();
-                },
                 r = leadership.changed() => {
                     if r.is_err() {
                         return "controller stopping".into();
@@ -428,8 +373,101 @@ impl Dispatcher {
                         return "leadership moved".into();
                     }
                 }
+                permit = tx.reserve(), if behind => {
+                    let Ok(permit) = permit else {
+                        return "agent went away".into();
+                    };
+                    behind = false;
+                    let b = book.borrow_and_update();
+                    // Only a book built in this term is sent.
+                    if b.term == term {
+                        if let Some(set) = sent.next(&b, node, accepts_changes) {
+                            permit.send(Ok(pb::ControllerMessage {
+                                kind: Some(pb::controller_message::Kind::Assignments(set)),
+                            }));
+                        }
+                    }
+                }
+                changed = book.changed() => {
+                    if changed.is_err() {
+                        return "controller stopping".into();
+                    }
+                    behind = true;
+                }
             }
         }
+    }
+}
+
+/// What one session sent its agent last: the node's set and the Service
+/// table, and the version they carried.
+#[derive(Default)]
+struct Sent {
+    set: Option<Arc<NodeSet>>,
+    services: Option<Arc<Vec<pb::ServiceRoute>>>,
+    version: u64,
+}
+
+impl Sent {
+    /// The message that brings the agent from what it was sent to `book`:
+    /// the whole set the first time (or always, for an agent that does not
+    /// take changes), then the changes; `None` when nothing differs.
+    fn next(
+        &mut self,
+        book: &Assignments,
+        node: &str,
+        accepts_changes: bool,
+    ) -> Option<pb::AssignmentSet> {
+        let current = book.for_node(node);
+        let services = book.services.clone();
+        // The Service table changed: send a set even if the node's did not.
+        let services_changed = self
+            .services
+            .as_ref()
+            .is_none_or(|old| !Arc::ptr_eq(old, &services) && **old != *services);
+        // The book keeps a node's Arc while its set is unchanged: a
+        // different Arc is (nearly always) a different set.
+        let set_changed = self
+            .set
+            .as_ref()
+            .is_none_or(|s| !Arc::ptr_eq(s, &current) && **s != *current);
+        if !services_changed && !set_changed {
+            return None;
+        }
+        self.version += 1;
+        let version = self.version;
+        let set = match self.set.as_deref().filter(|_| accepts_changes) {
+            Some(before) => {
+                let (assignments, removed) = current.changes_since(before);
+                let (changed_services, removed_services) = services::changes_since(
+                    &services,
+                    self.services.as_deref().map_or(&[][..], |s| &s[..]),
+                );
+                pb::AssignmentSet {
+                    services: changed_services,
+                    removed_services,
+                    version,
+                    base_version: version - 1,
+                    assignments,
+                    removed,
+                    terminating: current.terminating.clone(),
+                    terminating_grace_seconds: current.terminating_grace_seconds.clone(),
+                    config_objects: current.config_objects.clone(),
+                }
+            }
+            None => pb::AssignmentSet {
+                version,
+                services: services.to_vec(),
+                assignments: current.assignments.clone(),
+                terminating: current.terminating.clone(),
+                terminating_grace_seconds: current.terminating_grace_seconds.clone(),
+                config_objects: current.config_objects.clone(),
+                ..Default::default()
+            },
+        };
+        self.set = Some(current);
+        self.services = Some(services);
+        Some(set)
     }
 }
 

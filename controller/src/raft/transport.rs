@@ -1,9 +1,17 @@
 //! Carrying raft messages between members.
 //!
 //! ```text
-//!  node ──send(msgs)──▶ per-peer queue ──▶ sender task ──Raft.Step(batch)──▶ peer
-//!                        (bounded; full → drop)   (batches what is queued)
+//!  node ──send(msgs)──┬─▶ bulk queue ───▶ sender task ──Raft.Step(batch)──▶ peer
+//!                     │   (appends, snapshots; bounded; full → drop)
+//!                     └─▶ urgent queue ─▶ sender task ──Raft.Step(batch)──▶ peer
+//!                         (heartbeats, votes, responses; own connection)
 //! ```
+//!
+//! Two lanes per peer, each with its own connection: a heartbeat or a vote
+//! never waits behind megabytes of log entries being encoded, encrypted and
+//! sent (at 100,000 replicas an append batch is tens of MiB), so a busy
+//! leader keeps its followers' election timers reset and hears their
+//! answers in time for its quorum check.
 //!
 //! Raft tolerates lost, duplicated and reordered messages, so the transport
 //! never blocks the node: a full queue or a failed call drops messages. The
@@ -56,7 +64,19 @@ pub struct GrpcTransport {
 
 struct Peer {
     address: String,
-    queue: mpsc::Sender<Message>,
+    bulk: mpsc::Sender<Message>,
+    urgent: mpsc::Sender<Message>,
+}
+
+impl Peer {
+    /// The lane a message travels in: log entries and snapshots in bulk,
+    /// everything small and time-critical apart.
+    fn lane(&self, m: &Message) -> &mpsc::Sender<Message> {
+        match m.get_msg_type() {
+            MessageType::MsgAppend | MessageType::MsgSnapshot => &self.bulk,
+            _ => &self.urgent,
+        }
+    }
 }
 
 impl GrpcTransport {
@@ -116,7 +136,7 @@ impl Transport for GrpcTransport {
                 dropped(&self.node, &m);
                 continue;
             };
-            if let Err(e) = peer.queue.try_send(m) {
+            if let Err(e) = peer.lane(&m).try_send(m) {
                 debug!(to = peer.address, "raft peer queue full; dropping message");
                 let (mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) = e;
                 dropped(&self.node, &m);
@@ -132,9 +152,17 @@ impl Transport for GrpcTransport {
         if peers.get(&id).is_some_and(|p| p.address == address) {
             return;
         }
-        // Dropping the old queue ends the old sender task.
-        let queue = self.spawn_peer(id, address.clone());
-        peers.insert(id, Peer { address, queue });
+        // Dropping the old queues ends the old sender tasks.
+        let bulk = self.spawn_peer(id, address.clone());
+        let urgent = self.spawn_peer(id, address.clone());
+        peers.insert(
+            id,
+            Peer {
+                address,
+                bulk,
+                urgent,
+            },
+        );
     }
 
     fn remove_peer(&self, id: u64) {
