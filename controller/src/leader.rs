@@ -663,6 +663,7 @@ mod tests {
         //! and the state's indexes equal ones built from its records.
 
         use super::*;
+        use crate::dispatcher::Assignments;
         use proptest::prelude::{
             prop_assert, prop_assert_eq, prop_oneof, proptest, ProptestConfig,
         };
@@ -806,16 +807,24 @@ mod tests {
             fn incremental_rounds_decide_what_a_full_look_decides(ops in proptest::collection::vec(op(), 1..60)) {
                 let store = Store::default();
                 let mut orchestration = Orchestration::new(&store);
+                // The dispatcher's book, built from what each command changed
+                // as the leader builds it, against one built from scratch.
+                let book_feed = store.subscribe();
+                let mut book = Assignments::default();
                 let mut index = 1;
                 let mut apply = |store: &Store, c: &Command| {
                     index += 1;
                     let _ = store.apply(index, 1, c);
+                    let state = store.snapshot();
+                    book = Assignments::build(&state, &book, &book_feed.take());
+                    let scratch = Assignments::build(&state, &Assignments::default(), &Touched::everything());
+                    book.same_sets(&scratch)
                 };
                 for (step, op) in ops.iter().enumerate() {
                     let now = 1_000 + step as i64;
                     if !matches!(op, Op::Round) {
                         if let Some(c) = command(&store.snapshot(), op, now) {
-                            apply(&store, &c);
+                            prop_assert!(apply(&store, &c), "the book after {op:?}");
                             prop_assert!(store.snapshot().indexes_match_records(), "after {op:?}");
                         }
                         continue;
@@ -841,14 +850,14 @@ mod tests {
                     prop_assert_eq!(&plan, &sorted(scratch));
                     // Carry the round out, as the leader would.
                     if !mine.records.is_empty() {
-                        apply(&store, &Command::RolloutProgress { records: mine.records, now_unix_ms: now });
+                        prop_assert!(apply(&store, &Command::RolloutProgress { records: mine.records, now_unix_ms: now }), "the book after progress");
                     }
                     let decided = decide(&store.snapshot(), &BTreeSet::new(), &mut BTreeSet::new(), now);
                     prop_assert!(decided.plan.is_empty());
                     let full = decide(&store.snapshot(), &everything, &mut BTreeSet::new(), now);
-                    apply(&store, &Command::Reconcile { create: full.plan.create, remove: full.plan.remove, now_unix_ms: now });
+                    prop_assert!(apply(&store, &Command::Reconcile { create: full.plan.create, remove: full.plan.remove, now_unix_ms: now }), "the book after a reconcile");
                     let (place, unschedulable) = schedule(&store.snapshot());
-                    apply(&store, &Command::Schedule { place, unschedulable, now_unix_ms: now });
+                    prop_assert!(apply(&store, &Command::Schedule { place, unschedulable, now_unix_ms: now }), "the book after a schedule");
                     prop_assert!(store.snapshot().indexes_match_records(), "after a round");
                 }
             }

@@ -89,6 +89,17 @@ pub struct Assignments {
 }
 
 impl Assignments {
+    /// Whether both books give every node the same set and the same
+    /// Services (what sessions send; the term aside).
+    #[cfg(test)]
+    pub fn same_sets(&self, other: &Assignments) -> bool {
+        let nodes: BTreeSet<&String> = self.by_node.keys().chain(other.by_node.keys()).collect();
+        self.services == other.services
+            && nodes
+                .into_iter()
+                .all(|n| self.for_node(n) == other.for_node(n))
+    }
+
     pub fn for_node(&self, node: &str) -> Arc<NodeSet> {
         self.by_node.get(node).cloned().unwrap_or_default()
     }
