@@ -476,7 +476,7 @@ pub struct Sources {
 /// One scrape: refresh the state gauges, then encode everything.
 pub async fn scrape(sources: &Sources) -> String {
     let m = get();
-    match sources.handle.status().await {
+    match sources.handle.raft_status().await {
         Ok(s) => {
             m.raft_term.set(clamp(s.term));
             m.raft_commit_index.set(clamp(s.commit_index));

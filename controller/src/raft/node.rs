@@ -244,12 +244,7 @@ impl Handle {
     /// This member's status. The state hash is computed here, off the node's
     /// task, from the state as of the status.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Status { reply })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        let (mut status, state) = rx.await.map_err(|_| NodeError::Stopped)?;
+        let (mut status, state) = self.status_and_state().await?;
         let applied = state.applied().0;
         let cached = {
             let cache = self
@@ -272,6 +267,22 @@ impl Handle {
             }
         };
         Ok(status)
+    }
+
+    /// This member's status without the state hash, which at 100,000
+    /// replicas costs an encoding of the whole state (metrics scrape this
+    /// every few seconds).
+    pub async fn raft_status(&self) -> Result<NodeStatus, NodeError> {
+        self.status_and_state().await.map(|(status, _)| status)
+    }
+
+    async fn status_and_state(&self) -> Result<(NodeStatus, Arc<State>), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Status { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Hand messages from a peer to the node. Drops them when the node is
