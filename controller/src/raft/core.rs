@@ -266,9 +266,10 @@ pub struct Core<S: LogStore> {
     rng: Box<dyn RngCore + Send>,
     /// raft's randomized election timeout range, in ticks: `[min, max)`.
     election_range: (usize, usize),
-    /// The randomized election timeout this core last drew; raft-rs drawing
-    /// another (from its thread RNG) is noticed and replaced.
-    election_drawn: usize,
+    /// The term, role and randomized election timeout when this core last
+    /// drew one; raft-rs drawing another (from its thread RNG) is noticed
+    /// and replaced.
+    election_seen: (u64, StateRole, usize),
     /// The applied index of the newest snapshot saved or being saved.
     snapshot_at: u64,
     leadership: watch::Sender<Leadership>,
@@ -320,7 +321,7 @@ impl<S: LogStore> Core<S> {
             transport,
             rng,
             election_range,
-            election_drawn: 0,
+            election_seen: (0, StateRole::Follower, 0),
             snapshot_at: applied,
             leadership,
             applied: applied_tx,
@@ -371,15 +372,28 @@ impl<S: LogStore> Core<S> {
     /// whenever it resets (a new term, a role change). Replace it with one
     /// from this core's RNG, from the same range: the same distribution, and
     /// a simulated run is a function of its seed.
+    ///
+    /// A reset is recognised by the term or the role changing (every reset
+    /// but one comes with either) or by the timeout changing: whether the
+    /// core draws must not depend on the thread RNG's value, or the core's
+    /// RNG would drift between two runs of one seed. (The one reset with
+    /// neither, a follower stepping back at a campaign while a membership
+    /// change is pending, is noticed only if the thread RNG drew another
+    /// value: such a run may not replay exactly.)
     fn redraw_election_timeout(&mut self) {
-        let current = self.raw.raft.randomized_election_timeout();
-        if current == self.election_drawn {
+        let seen = (
+            self.raw.raft.term,
+            self.raw.raft.state,
+            self.raw.raft.randomized_election_timeout(),
+        );
+        let (term, role, drawn) = self.election_seen;
+        if seen.0 == term && seen.1 == role && seen.2 == drawn {
             return;
         }
         let (min, max) = self.election_range;
         let drawn = self.rng.gen_range(min..max);
         self.raw.raft.set_randomized_election_timeout(drawn);
-        self.election_drawn = drawn;
+        self.election_seen = (seen.0, seen.1, drawn);
     }
 
     /// One raft tick, then fail the requests whose deadline passed.
