@@ -24,7 +24,7 @@ use drover_controller::fixtures;
 use drover_controller::raft::core::{Core, SnapshotJob, Unflushed};
 use drover_controller::raft::node::{NodeConfig, NodeError};
 use drover_controller::raft::transport::Transport;
-use drover_controller::store::{Command, ObjectRef, Store, Write, WriteError, WriteResult};
+use drover_controller::store::{Command, ObjectRef, State, Store, Write, WriteError, WriteResult};
 use raft::prelude::{Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -32,6 +32,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::disk::SimDisk;
+
+mod leading;
+
+use leading::{LeaderLoop, SimAgent};
+
+type WriteRx = oneshot::Receiver<Result<Result<WriteResult, WriteError>, NodeError>>;
 
 /// What a run does, beyond its seed.
 #[derive(Debug, Clone)]
@@ -52,7 +58,7 @@ impl Options {
             seed,
             full_trace: false,
             chaos: Duration::from_secs(6),
-            settle: Duration::from_secs(5),
+            settle: Duration::from_secs(8),
         }
     }
 }
@@ -122,6 +128,7 @@ fn fmt_time(us: u64) -> String {
 #[derive(Debug, Clone)]
 struct Profile {
     members: u64,
+    agents: usize,
     drop_p: f64,
     dup_p: f64,
     max_delay_us: u64,
@@ -136,6 +143,7 @@ impl Profile {
     fn draw(rng: &mut StdRng) -> Profile {
         Profile {
             members: if rng.gen_bool(0.25) { 5 } else { 3 },
+            agents: rng.gen_range(3..=4),
             drop_p: if rng.gen_bool(0.3) {
                 0.0
             } else {
@@ -197,6 +205,13 @@ enum Ev {
     Restart {
         m: usize,
     },
+    LeaderWork,
+    AgentBeat {
+        a: usize,
+    },
+    AgentRestart {
+        a: usize,
+    },
     Check,
     EndChaos,
 }
@@ -254,6 +269,15 @@ struct SimMember {
     /// The last applied index whose hash was recorded.
     hashed_at: u64,
     leader_view: (u64, u64, bool),
+    /// The leader loops, while this member leads.
+    leader: Option<LeaderLoop>,
+    /// Agents' last heartbeats as this member heard them (its dispatcher's
+    /// memory: lost with it).
+    heartbeats: BTreeMap<String, Instant>,
+    /// Each deployment's (live replicas, desired) when last looked at, and
+    /// the applied index then (0: not looked at since the start).
+    live_seen: BTreeMap<ObjectRef, (u32, u32)>,
+    surge_checked_at: u64,
 }
 
 struct InflightWrite {
@@ -284,6 +308,12 @@ pub struct World {
     members: Vec<SimMember>,
     /// Directed links that drop everything: (from id, to id).
     cut: BTreeSet<(u64, u64)>,
+    agents: Vec<SimAgent>,
+    /// The desired count of each deployment when a leader round last
+    /// decided on it, and when.
+    decided_on: BTreeMap<ObjectRef, (u32, u64)>,
+    /// Agents cut off from every controller.
+    agent_cut: BTreeSet<String>,
     chaos: bool,
     // Clients.
     next_op: u64,
@@ -297,7 +327,9 @@ pub struct World {
     reads_answered: usize,
     // Invariants.
     leaders: BTreeMap<u64, u64>,
-    hashes: BTreeMap<u64, (String, u64)>,
+    /// A state seen at each applied index (the last 256), by whom, and its
+    /// hash once computed.
+    states_at: BTreeMap<u64, (Arc<State>, u64, Option<String>)>,
     crashes: u32,
     lost_on_crash: usize,
     counts: BTreeMap<&'static str, u64>,
@@ -335,7 +367,14 @@ impl World {
                 slow_disk: false,
                 hashed_at: 0,
                 leader_view: (0, 0, false),
+                leader: None,
+                heartbeats: BTreeMap::new(),
+                live_seen: BTreeMap::new(),
+                surge_checked_at: 0,
             })
+            .collect();
+        let agents = (1..=profile.agents)
+            .map(|i| SimAgent::new(format!("n{i}")))
             .collect();
         World {
             opts,
@@ -349,6 +388,9 @@ impl World {
             outbox: Outbox::default(),
             members,
             cut: BTreeSet::new(),
+            agents,
+            decided_on: BTreeMap::new(),
+            agent_cut: BTreeSet::new(),
             chaos: true,
             next_op: 1,
             proposed: BTreeMap::new(),
@@ -359,7 +401,7 @@ impl World {
             next_read: 1,
             reads_answered: 0,
             leaders: BTreeMap::new(),
-            hashes: BTreeMap::new(),
+            states_at: BTreeMap::new(),
             crashes: 0,
             lost_on_crash: 0,
             counts: BTreeMap::new(),
@@ -371,7 +413,7 @@ impl World {
 
     fn node_config(id: u64) -> NodeConfig {
         NodeConfig {
-            snapshot_interval: 40,
+            snapshot_interval: 60,
             trailing_entries: 5,
             write_timeout: Duration::from_secs(3),
             ..NodeConfig::new(id)
@@ -431,6 +473,11 @@ impl World {
         self.at(p.read_every_us, Ev::Read);
         self.at(p.fault_every_us, Ev::Fault);
         self.at(200_000, Ev::Check);
+        self.at(50_000, Ev::LeaderWork);
+        for a in 0..self.agents.len() {
+            let first = self.rng.gen_range(10_000..300_000);
+            self.at(first, Ev::AgentBeat { a });
+        }
         self.at(chaos_us, Ev::EndChaos);
         while let Some(((t, _), ev)) = self.queue.pop_first() {
             if t > end_us {
@@ -486,6 +533,10 @@ impl World {
         member.store = store;
         member.hashed_at = 0;
         member.leader_view = (0, 0, false);
+        member.leader = None;
+        member.heartbeats.clear();
+        member.live_seen.clear();
+        member.surge_checked_at = 0;
         let (epoch, tick) = (member.epoch, member.tick_us);
         let applied = member.store.applied().0;
         self.trace(format!("m{id} start applied={applied}"));
@@ -525,6 +576,9 @@ impl World {
                 self.trace(format!("deliver {}→{} {}", msg.from, id, describe(&msg)));
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     self.count("snapshot delivered");
+                    // The state may jump over many entries: the surge
+                    // check looks afresh.
+                    self.members[m].surge_checked_at = 0;
                 }
                 if let Some(core) = self.members[m].core.as_mut() {
                     core.step(vec![msg]);
@@ -632,20 +686,42 @@ impl World {
                     self.start(m)?;
                 }
             }
+            Ev::LeaderWork => {
+                self.leader_work()?;
+                self.at(50_000, Ev::LeaderWork);
+            }
+            Ev::AgentBeat { a } => {
+                self.agent_beat(a)?;
+                let next = self.rng.gen_range(250_000..350_000);
+                self.at(next, Ev::AgentBeat { a });
+            }
+            Ev::AgentRestart { a } => {
+                if !self.agents[a].up {
+                    self.agents[a].restart();
+                    let name = self.agents[a].name.clone();
+                    self.trace(format!("agent {name} restarts"));
+                }
+            }
             Ev::Check => {
                 self.check_hashes()?;
-                self.at(1_000_000, Ev::Check);
+                self.at(2_000_000, Ev::Check);
             }
             Ev::EndChaos => {
                 self.chaos = false;
                 self.cut.clear();
+                self.agent_cut.clear();
+                for a in 0..self.agents.len() {
+                    if !self.agents[a].up {
+                        self.agents[a].restart();
+                    }
+                }
                 for m in 0..self.members.len() {
                     self.members[m].slow_disk = false;
                     if self.members[m].core.is_none() {
                         self.start(m)?;
                     }
                 }
-                self.trace("faults stop: network healed, every controller up".into());
+                self.trace("faults stop: network healed, every controller and agent up".into());
             }
         }
         Ok(())
@@ -674,7 +750,7 @@ impl World {
                     namespace: "default".into(),
                     name: format!("op-{target}"),
                 },
-                replicas: self.rng.gen_range(0..6),
+                replicas: self.rng.gen_range(0..4),
                 now_unix_ms: 1_000 + self.now_us as i64 / 1000,
             });
         }
@@ -733,7 +809,31 @@ impl World {
                 self.trace("fault: heal the network".into());
             }
             55..=74 => self.crash(m),
-            75..=84 => {
+            75..=79 => {
+                let a = self.rng.gen_range(0..self.agents.len());
+                let name = self.agents[a].name.clone();
+                if self.agents[a].up {
+                    self.agents[a].crash();
+                    self.count("agent host crash");
+                    self.trace(format!(
+                        "fault: agent host {name} crashes with its replicas"
+                    ));
+                    let after = self.rng.gen_range(500_000..4_000_000);
+                    self.at(after, Ev::AgentRestart { a });
+                }
+            }
+            80..=84 => {
+                let a = self.rng.gen_range(0..self.agents.len());
+                let name = self.agents[a].name.clone();
+                if self.agent_cut.remove(&name) {
+                    self.trace(format!("fault: agent {name} reachable again"));
+                } else {
+                    self.count("agent cut off");
+                    self.trace(format!("fault: agent {name} cut off from the controllers"));
+                    self.agent_cut.insert(name);
+                }
+            }
+            85..=89 => {
                 let jump: i64 = self.rng.gen_range(-2_000_000..10_000_000);
                 self.members[m].skew_us += jump;
                 self.count("clock jump");
@@ -764,6 +864,8 @@ impl World {
         }
         let member = &mut self.members[m];
         member.core = None;
+        member.leader = None;
+        member.heartbeats.clear();
         member.flushing = None;
         member.deferred.clear();
         member.epoch += 1;
@@ -840,7 +942,8 @@ impl World {
     fn after_event(&mut self) -> Checked<()> {
         self.route();
         self.poll_clients()?;
-        self.check_leaders()
+        self.check_leaders()?;
+        self.check_surge()
     }
 
     fn route(&mut self) {
@@ -995,10 +1098,10 @@ impl World {
     /// Nothing that was never proposed is in a member's state.
     fn check_only_proposed(&self, m: usize) -> Checked<()> {
         let state = self.members[m].store.snapshot();
-        let names: BTreeSet<&str> = self.proposed.values().map(String::as_str).collect();
         for d in state.deployments(None) {
             let name = d.deployment.metadata.name.as_str();
-            if !names.contains(name) {
+            let op = name.strip_prefix("op-").and_then(|n| n.parse::<u64>().ok());
+            if !op.is_some_and(|op| self.creates.contains(&op)) {
                 return Err(format!(
                     "controller {} holds deployment {name}, which no client proposed",
                     self.members[m].id
@@ -1038,7 +1141,10 @@ impl World {
         Ok(())
     }
 
-    /// The same state hash at the same applied index on every member.
+    /// The same state hash at the same applied index on every member. The
+    /// first member seen at an index leaves its state (a cheap persistent
+    /// copy); the hash is computed only when another member is seen at the
+    /// same index, since encoding a whole state is the costly part.
     fn check_hashes(&mut self) -> Checked<()> {
         for m in 0..self.members.len() {
             if self.members[m].core.is_none() {
@@ -1050,19 +1156,26 @@ impl World {
                 continue;
             }
             self.members[m].hashed_at = applied;
-            let hash = state.state_hash();
             let id = self.members[m].id;
-            match self.hashes.get(&applied) {
-                Some((h, other)) if *h != hash => {
-                    return Err(format!(
-                        "diverged: at applied index {applied} controller {id} has state hash \
-                         {hash}, controller {other} had {h}"
-                    ));
+            let Some(first) = self.states_at.get_mut(&applied) else {
+                self.states_at.insert(applied, (state, id, None));
+                if self.states_at.len() > 256 {
+                    self.states_at.pop_first();
                 }
-                Some(_) => {}
-                None => {
-                    self.hashes.insert(applied, (hash, id));
-                }
+                continue;
+            };
+            if first.1 == id {
+                continue;
+            }
+            let theirs = first.2.get_or_insert_with(|| first.0.state_hash()).clone();
+            let other = first.1;
+            let mine = state.state_hash();
+            self.count("state hashes compared");
+            if mine != theirs {
+                return Err(format!(
+                    "diverged: at applied index {applied} controller {id} has state hash \
+                     {mine}, controller {other} had {theirs}"
+                ));
             }
         }
         Ok(())
@@ -1107,6 +1220,7 @@ impl World {
         if !self.members.iter().any(|x| x.leader_view.2) {
             return Err("no leader after settling".into());
         }
+        self.check_converged()?;
         let mut summary = String::new();
         let _ = write!(
             summary,
