@@ -38,6 +38,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.seed.is_none() {
+        // A panicking seed is reported with its trace; the default hook's
+        // backtrace for each would bury the summary.
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     if let Some(seed) = args.seed {
         let opts = Options {
             full_trace: args.trace,

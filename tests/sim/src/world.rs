@@ -25,6 +25,7 @@ use drover_controller::raft::core::{Core, SnapshotJob, Unflushed};
 use drover_controller::raft::node::{NodeConfig, NodeError};
 use drover_controller::raft::transport::Transport;
 use drover_controller::store::{Command, ObjectRef, State, Store, Write, WriteError, WriteResult};
+use drover_manifest::{ContainerPort, Protocol};
 use raft::prelude::{Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -309,9 +310,9 @@ pub struct World {
     /// Directed links that drop everything: (from id, to id).
     cut: BTreeSet<(u64, u64)>,
     agents: Vec<SimAgent>,
-    /// The desired count of each deployment when a leader round last
-    /// decided on it, and when.
-    decided_on: BTreeMap<ObjectRef, (u32, u64)>,
+    /// The largest desired count any leader round created replicas of each
+    /// deployment for.
+    decided_on: BTreeMap<ObjectRef, u32>,
     /// Agents cut off from every controller.
     agent_cut: BTreeSet<String>,
     chaos: bool,
@@ -320,6 +321,8 @@ pub struct World {
     proposed: BTreeMap<u64, String>,
     /// The ops that were `Apply`s of their own deployment.
     creates: BTreeSet<u64>,
+    /// The host port of those that have one.
+    host_ports: BTreeMap<u64, u16>,
     acked: Vec<(u64, String)>,
     writes: Vec<InflightWrite>,
     reads: Vec<InflightRead>,
@@ -395,6 +398,7 @@ impl World {
             next_op: 1,
             proposed: BTreeMap::new(),
             creates: BTreeSet::new(),
+            host_ports: BTreeMap::new(),
             acked: Vec::new(),
             writes: Vec::new(),
             reads: Vec::new(),
@@ -485,7 +489,20 @@ impl World {
             }
             self.now_us = t;
             self.step += 1;
-            if let Err(what) = self.dispatch(ev).and_then(|()| self.after_event()) {
+            // A panic in production code (raft-rs asserts its invariants)
+            // is a failure of this seed like any other.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.dispatch(ev).and_then(|()| self.after_event())
+            }));
+            let result = stepped.unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(no message)".into());
+                Err(format!("panicked: {why}"))
+            });
+            if let Err(what) = result {
                 return Err(self.fail(what));
             }
         }
@@ -745,6 +762,9 @@ impl World {
     fn command_for(&mut self, op: u64, name: &str) -> Write {
         if op > 3 && self.rng.gen_bool(0.5) {
             let target = self.rng.gen_range(1..op);
+            // At most 3: a deployment with a host port fits once per node,
+            // on the 3 or 4 nodes once the faults stop (not while some are
+            // down: then a replica waits, unschedulable).
             return Write::Command(Command::Scale {
                 target: ObjectRef {
                     namespace: "default".into(),
@@ -755,8 +775,20 @@ impl World {
             });
         }
         self.creates.insert(op);
+        let mut d = fixtures::deployment(name, (op % 4) as u32);
+        if self.rng.gen_bool(0.25) {
+            // Its own host port: two such deployments never compete.
+            let port = 20_000 + (op % 40_000) as u16;
+            d.spec.template.spec.containers[0].ports = vec![ContainerPort {
+                name: None,
+                container_port: port,
+                host_port: Some(port),
+                protocol: Protocol::Tcp,
+            }];
+            self.host_ports.insert(op, port);
+        }
         Write::Command(Command::Apply {
-            deployments: vec![fixtures::deployment(name, (op % 4) as u32)],
+            deployments: vec![d],
             now_unix_ms: 1_000 + self.now_us as i64 / 1000,
         })
     }
@@ -808,7 +840,19 @@ impl World {
                 self.cut.clear();
                 self.trace("fault: heal the network".into());
             }
-            55..=74 => self.crash(m),
+            55..=74 => {
+                // Half the crashes hit a member in the middle of a flush, if
+                // one is: the moment a write is on its way to the platter.
+                let flushing: Vec<usize> = (0..n)
+                    .filter(|x| self.members[*x].flushing.is_some())
+                    .collect();
+                let victim = if !flushing.is_empty() && self.rng.gen_bool(0.5) {
+                    flushing[self.rng.gen_range(0..flushing.len())]
+                } else {
+                    m
+                };
+                self.crash(victim);
+            }
             75..=79 => {
                 let a = self.rng.gen_range(0..self.agents.len());
                 let name = self.agents[a].name.clone();

@@ -249,16 +249,21 @@ impl World {
                 return Ok(());
             };
             let decisions = l.orchestration.next(&store, now_ms);
-            // The desired counts this round decides on: its Reconcile may
-            // apply after a scale-down (see `check_surge`).
+            // The desired counts this round creates replicas for: its
+            // Reconcile may apply after a scale-down, even in a later term
+            // (see `check_surge`).
             let state = store.snapshot();
-            for d in state.deployments(None) {
-                let target = ObjectRef {
-                    namespace: d.deployment.metadata.namespace.clone(),
-                    name: d.deployment.metadata.name.clone(),
+            for r in &decisions.plan.create {
+                let Some(d) = state.deployment(&r.namespace, &r.deployment) else {
+                    continue;
                 };
-                self.decided_on
-                    .insert(target, (d.deployment.spec.replicas, now_us));
+                let target = ObjectRef {
+                    namespace: r.namespace.clone(),
+                    name: r.deployment.clone(),
+                };
+                let desired = d.deployment.spec.replicas;
+                let most = self.decided_on.entry(target).or_default();
+                *most = (*most).max(desired);
             }
             let Some(l) = self.members[m].leader.as_mut() else {
                 return Ok(());
@@ -372,6 +377,30 @@ impl World {
             if first_look {
                 self.members[m].live_seen.clear();
             }
+            // A host port is held on its node until its replica is gone:
+            // never two replicas of a host-port deployment on one node.
+            let mut held: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+            for r in state.replicas(None) {
+                let op = r
+                    .deployment
+                    .strip_prefix("op-")
+                    .and_then(|n| n.parse::<u64>().ok());
+                if !op.is_some_and(|op| self.host_ports.contains_key(&op)) {
+                    continue;
+                }
+                let Some(node) = r.node.as_deref() else {
+                    continue;
+                };
+                let n = held.entry((node, r.deployment.as_str())).or_default();
+                *n += 1;
+                if *n > 1 {
+                    return Err(format!(
+                        "host port taken twice: controller {} binds two replicas of {} (one \
+                         host port) to node {node}",
+                        self.members[m].id, r.deployment
+                    ));
+                }
+            }
             for d in state.deployments(None) {
                 let target = ObjectRef {
                     namespace: d.deployment.metadata.namespace.clone(),
@@ -393,15 +422,14 @@ impl World {
                 }
                 let most = desired.max(desired_before);
                 let bound = most + rollout::bounds(&d.deployment.spec.strategy, most).surge;
-                // A round's Reconcile decided on a larger desired count than
-                // a Scale committed before it: drover's state machine creates
-                // the replicas anyway (it skips only taken slots), and the
-                // next round removes them. Known, counted, not a failure.
-                let decided = self
-                    .decided_on
-                    .get(&target)
-                    .filter(|(_, at)| self.now_us < at + 3_000_000)
-                    .map_or(0, |(n, _)| *n);
+                // A Reconcile decided on a larger desired count than a Scale
+                // committed before it (by this leader or one of an earlier
+                // term whose entry a later leader committed): drover's state
+                // machine creates the replicas anyway (it skips only taken
+                // slots), and the next round removes them. Known, counted, not
+                // a failure; a creation beyond what any Reconcile was decided
+                // for is.
+                let decided = self.decided_on.get(&target).copied().unwrap_or(0);
                 let stale = decided.max(most);
                 let stale_bound = stale + rollout::bounds(&d.deployment.spec.strategy, stale).surge;
                 if live > bound && live <= stale_bound {
