@@ -119,6 +119,18 @@ fn main() -> ExitCode {
             )
         }
     );
+    let counts: Vec<String> = batch
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    println!(
+        "{} reads answered, {} un-flushed writes lost in crashes, {} seeds with 5 controllers; {}",
+        batch.reads,
+        batch.lost_writes_on_crash,
+        batch.five_member_seeds,
+        counts.join(", ")
+    );
     if batch.failures.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -44,8 +44,8 @@ type WriteRx = oneshot::Receiver<Result<Result<WriteResult, WriteError>, NodeErr
 #[derive(Debug, Clone)]
 pub struct Options {
     pub seed: u64,
-    /// Keep every trace line (for the determinism test and `--seed` replays);
-    /// otherwise only the last [`TRACE_TAIL`] lines are kept.
+    /// Keep every trace line (for the determinism test and `--seed --trace`
+    /// replays, failed or not); otherwise only the last [`TRACE_TAIL`] lines.
     pub full_trace: bool,
     /// Simulated time with faults.
     pub chaos: Duration,
@@ -458,7 +458,11 @@ impl World {
             step: self.step,
             time_us: self.now_us,
             what,
-            trace_tail: self.trace_tail.iter().cloned().collect(),
+            trace_tail: if self.opts.full_trace {
+                self.trace_full.clone()
+            } else {
+                self.trace_tail.iter().cloned().collect()
+            },
         }
     }
 

@@ -551,8 +551,11 @@ impl World {
         let name = self.agents[a].name.clone();
         let now_us = self.now_us;
         let mut assigned = BTreeMap::new();
+        // What the state says this node last reported, per replica.
+        let mut recorded = BTreeMap::new();
         for r in state.replicas_on(&name) {
             assigned.insert(r.key(), r.is_terminating());
+            recorded.insert(r.key(), r.current_status().map(|o| o.ready));
         }
         // Stop what is not assigned, or terminating: Gone once stopped.
         let running: Vec<ObjectRef> = self.agents[a].running.keys().cloned().collect();
@@ -623,14 +626,22 @@ impl World {
         }
         // What changed since the last report.
         let started = self.unix_ms(m);
+        let mut self_counts = Vec::new();
         let agent = &mut self.agents[a];
         for (r, run) in agent.running.iter_mut() {
             if now_us < run.start_at_us {
                 continue;
             }
             let ready = now_us >= run.unready_until_us;
-            if run.reported_ready == Some(ready) {
+            // A report can be lost to a race: committed while the replica
+            // was unbound (its node briefly NotReady), then the replica is
+            // placed back here. Report again whatever the state does not say.
+            let said = recorded.get(r).copied().flatten();
+            if run.reported_ready == Some(ready) && said == Some(ready) {
                 continue;
+            }
+            if run.reported_ready == Some(ready) {
+                self_counts.push("status reported again");
             }
             run.reported_ready = Some(ready);
             let observed = ReplicaObserved {
@@ -643,6 +654,9 @@ impl World {
                 ..Default::default()
             };
             agent.unreported.insert(r.clone(), observed);
+        }
+        for what in self_counts {
+            self.count(what);
         }
     }
 
@@ -732,7 +746,18 @@ impl World {
                     ));
                 }
                 if !r.current_status().is_some_and(|o| o.ready) {
-                    return Err(format!("not converged: {} is not reported ready", r.name));
+                    let run = agent.and_then(|x| x.running.get(&r.key()));
+                    return Err(format!(
+                        "not converged: {} on {node} is not reported ready (its last report: \
+                         {:?} ready={} from node {:?}; its agent runs it since {:?}µs, last \
+                         reported ready={:?})",
+                        r.name,
+                        r.observed.phase,
+                        r.observed.ready,
+                        r.observed.node,
+                        run.map(|x| x.start_at_us),
+                        run.and_then(|x| x.reported_ready)
+                    ));
                 }
             }
         }
