@@ -141,7 +141,7 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
             _ = token.cancelled() => return,
             r = round(&leading, &mut orchestration) => if let Err(e) = r {
                 // What the round did not get to is looked at again.
-                orchestration.feed.reset();
+                orchestration.retry_all();
                 warn!(error = %e, "control loop round failed");
             },
         }
@@ -171,54 +171,17 @@ async fn monitor(
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let observed: Vec<nodes::Observed> = leading
-            .store
-            .snapshot()
-            .nodes()
-            .map(|n| nodes::Observed {
-                last_heartbeat: cfg.heartbeats.last(&n.name),
-                name: n.name.clone(),
-                condition: n.condition,
-            })
-            .collect();
-        let was_held = held_since.is_some();
-        let assessment = nodes::assess(
-            &observed,
+        let state = leading.store.snapshot();
+        let commands = monitor_commands(
+            &state,
+            |node| cfg.heartbeats.last(node),
             leading_since,
             Instant::now(),
             cfg.node_timeout,
+            now_unix_ms(),
             &mut held_since,
         );
-        match assessment.held {
-            Some((silent, ready)) if !was_held => warn!(
-                silent,
-                ready,
-                hold = ?cfg.node_timeout * nodes::MASS_SILENCE_HOLD,
-                "most nodes fell silent at once: this controller is more likely overloaded or cut off \
-                 than they all failed; holding their NotReady"
-            ),
-            None if was_held => {
-                info!("mass silence no longer held: nodes are judged one by one again")
-            }
-            _ => {}
-        }
-        for verdict in assessment.verdicts {
-            let command = match &verdict {
-                Verdict::Down(node) => {
-                    warn!(node = %node, timeout = ?cfg.node_timeout, "node NotReady: no heartbeat; moving its replicas");
-                    Command::NodeDown {
-                        node: node.clone(),
-                        now_unix_ms: now_unix_ms(),
-                    }
-                }
-                Verdict::Up(node) => {
-                    info!(node = %node, "node Ready again");
-                    Command::NodeUp {
-                        node: node.clone(),
-                        now_unix_ms: now_unix_ms(),
-                    }
-                }
-            };
+        for (verdict, command) in commands {
             let written = tokio::select! {
                 _ = token.cancelled() => return,
                 r = leading.write(command) => r,
@@ -228,6 +191,65 @@ async fn monitor(
             }
         }
     }
+}
+
+/// The node monitor's entries now: each node whose heartbeat silence (as
+/// `last_heartbeat` tells it, this leader's memory) changes its condition,
+/// with the `NodeDown`/`NodeUp` entry that says so. Pure; the simulator's
+/// leader proposes the same.
+pub fn monitor_commands(
+    state: &State,
+    last_heartbeat: impl Fn(&str) -> Option<Instant>,
+    leading_since: Instant,
+    now: Instant,
+    timeout: Duration,
+    now_unix_ms: i64,
+    held_since: &mut Option<Instant>,
+) -> Vec<(Verdict, Command)> {
+    let observed: Vec<nodes::Observed> = state
+        .nodes()
+        .map(|n| nodes::Observed {
+            last_heartbeat: last_heartbeat(&n.name),
+            name: n.name.clone(),
+            condition: n.condition,
+        })
+        .collect();
+    let was_held = held_since.is_some();
+    let assessment = nodes::assess(&observed, leading_since, now, timeout, held_since);
+    match assessment.held {
+        Some((silent, ready)) if !was_held => warn!(
+            silent,
+            ready,
+            hold = ?timeout * nodes::MASS_SILENCE_HOLD,
+            "most nodes fell silent at once: this controller is more likely overloaded or cut off \
+             than they all failed; holding their NotReady"
+        ),
+        None if was_held => info!("mass silence no longer held: nodes are judged one by one again"),
+        _ => {}
+    }
+    assessment
+        .verdicts
+        .into_iter()
+        .map(|verdict| {
+            let command = match &verdict {
+                Verdict::Down(node) => {
+                    warn!(node = %node, timeout = ?timeout, "node NotReady: no heartbeat; moving its replicas");
+                    Command::NodeDown {
+                        node: node.clone(),
+                        now_unix_ms,
+                    }
+                }
+                Verdict::Up(node) => {
+                    info!(node = %node, "node Ready again");
+                    Command::NodeUp {
+                        node: node.clone(),
+                        now_unix_ms,
+                    }
+                }
+            };
+            (verdict, command)
+        })
+        .collect()
 }
 
 /// What the orchestrator remembers between rounds of one leadership: the
@@ -246,6 +268,21 @@ impl Orchestration {
             feed: store.subscribe(),
             unsettled: BTreeSet::new(),
         }
+    }
+
+    /// The next round's decisions: the changes applied since the last
+    /// round (taken first: the state read after is at least that new), the
+    /// deployments they touch and the unsettled ones, decided at `now`.
+    pub fn next(&mut self, store: &Store, now: i64) -> Decisions {
+        let changes = self.feed.take();
+        let state = store.snapshot();
+        let todo = to_look_at(&state, &changes, &self.unsettled);
+        decide(&state, &todo, &mut self.unsettled, now)
+    }
+
+    /// A round failed: what it did not get to is looked at again.
+    pub fn retry_all(&self) {
+        self.feed.reset();
     }
 }
 
@@ -362,27 +399,21 @@ pub fn decide(
     out
 }
 
-/// One pass of the orchestrator and then the scheduler.
-async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(), String> {
-    let _timer = crate::metrics::get().round("orchestrator");
-    let store = &leading.store;
-    let now = now_unix_ms();
-    // The changes first, then the state: the state is at least that new.
-    let changes = orchestration.feed.take();
-    let state = store.snapshot();
-    let todo = to_look_at(&state, &changes, &orchestration.unsettled);
-    let decisions = decide(&state, &todo, &mut orchestration.unsettled, now);
+/// The entries a round's decisions become, in the order a round proposes
+/// them (each after the previous one applied): rollout progress, automatic
+/// rollbacks, then the replicas to create (at most [`MAX_PER_ROUND`]) and
+/// remove. Pure; the simulator's leader proposes the same.
+pub fn decision_commands(decisions: Decisions, now: i64) -> Vec<Command> {
+    let mut commands = Vec::new();
     if !decisions.records.is_empty() {
-        leading
-            .write(Command::RolloutProgress {
-                records: decisions.records,
-                now_unix_ms: now_unix_ms(),
-            })
-            .await?;
+        commands.push(Command::RolloutProgress {
+            records: decisions.records,
+            now_unix_ms: now,
+        });
     }
     for (target, revision, reason) in decisions.rollbacks {
         info!(deployment = %target, "rollout failed: rolling back to the previous revision");
-        let command = Command::Undo {
+        commands.push(Command::Undo {
             target,
             to_revision: None,
             reason: Some(format!(
@@ -390,8 +421,7 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
                 rollout::AUTO_ROLLBACK_ANNOTATION
             )),
             now_unix_ms: now,
-        };
-        leading.write(command).await?;
+        });
     }
     let mut plan = decisions.plan;
     plan.create.truncate(MAX_PER_ROUND);
@@ -404,26 +434,53 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
             remove = plan.remove.len(),
             "orchestrator"
         );
-        let command = Command::Reconcile {
+        commands.push(Command::Reconcile {
             create: plan.create,
             remove: plan.remove,
-            now_unix_ms: now_unix_ms(),
-        };
+            now_unix_ms: now,
+        });
+    }
+    commands
+}
+
+/// The scheduler's entry for the state's unbound replicas, if it decides
+/// anything (see [`schedule`]).
+pub fn schedule_command(state: &State, now: i64) -> Option<Command> {
+    let (place, unschedulable) = schedule(state);
+    if place.is_empty() && unschedulable.is_empty() {
+        return None;
+    }
+    debug!(
+        place = place.len(),
+        unschedulable = unschedulable.len(),
+        "scheduler"
+    );
+    Some(Command::Schedule {
+        place,
+        unschedulable,
+        now_unix_ms: now,
+    })
+}
+
+/// One pass of the orchestrator and then the scheduler.
+async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(), String> {
+    let _timer = crate::metrics::get().round("orchestrator");
+    let store = &leading.store;
+    let now = now_unix_ms();
+    let decisions = orchestration.next(store, now);
+    for command in decision_commands(decisions, now) {
         leading.write(command).await?;
     }
-    let (place, unschedulable) =
-        crate::metrics::get().time_scheduler(|| schedule(&store.snapshot()));
-    if !place.is_empty() || !unschedulable.is_empty() {
-        let decided = (place.len(), unschedulable.len());
-        debug!(
-            place = place.len(),
-            unschedulable = unschedulable.len(),
-            "scheduler"
-        );
-        let command = Command::Schedule {
-            place,
-            unschedulable,
-            now_unix_ms: now_unix_ms(),
+    let command =
+        crate::metrics::get().time_scheduler(|| schedule_command(&store.snapshot(), now_unix_ms()));
+    if let Some(command) = command {
+        let decided = match &command {
+            Command::Schedule {
+                place,
+                unschedulable,
+                ..
+            } => (place.len(), unschedulable.len()),
+            _ => (0, 0),
         };
         leading.write(command).await?;
         crate::metrics::get().scheduled(decided.0, decided.1);

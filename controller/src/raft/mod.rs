@@ -1,6 +1,8 @@
-//! The raft member: sled-backed [`storage`], the [`node`] task that owns
-//! `RawNode`, and the [`transport`] that carries messages between members.
+//! The raft member: sled-backed [`storage`], the synchronous [`core`] that
+//! owns `RawNode`, the tokio [`node`] task that drives it, and the
+//! [`transport`] that carries messages between members.
 
+pub mod core;
 pub mod node;
 pub mod storage;
 pub mod transport;
