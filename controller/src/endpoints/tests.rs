@@ -126,6 +126,27 @@ impl Cluster {
         });
     }
 
+    /// `replica` reported ready on `node`, its ports published as given.
+    fn report_published(&mut self, replica: &str, node: &str, published: Vec<PublishedPort>) {
+        let key = ObjectRef {
+            namespace: "default".into(),
+            name: replica.into(),
+        };
+        self.apply(Command::ReportStatus {
+            reports: vec![(
+                node.into(),
+                key,
+                ReplicaObserved {
+                    phase: ReplicaPhase::Running,
+                    ready: true,
+                    published_ports: published,
+                    ..Default::default()
+                },
+            )],
+            now_unix_ms: 3,
+        });
+    }
+
     fn service(&mut self, s: Service) -> StoredService {
         let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
         self.apply(Command::ApplyConfig {
@@ -285,35 +306,62 @@ fn named_target_ports_resolve_per_replica_template() {
 }
 
 #[test]
-fn docker_replicas_are_reached_on_their_published_host_port_only() {
+fn docker_replicas_are_reached_on_the_host_port_their_agent_reports_published() {
     let mut c = Cluster::new();
-    c.node_with("d1", "10.213.1.101:7101", "docker");
-    let mut published = with_named_port(deployment("pub", 1), "web", 80);
-    published.spec.template.spec.containers[0].ports[0].host_port = Some(8080);
-    published
-        .spec
-        .template
-        .metadata
-        .labels
-        .insert("tier".into(), "api".into());
-    let mut private = with_named_port(deployment("priv", 1), "web", 80);
-    private
-        .spec
-        .template
-        .metadata
-        .labels
-        .insert("tier".into(), "api".into());
-    c.deployment(published).deployment(private);
-    let p = c.replica("pub", 0, "d1", true);
-    c.replica("priv", 0, "d1", true);
+    c.node_with("d1", "10.213.1.101:7101", "docker")
+        .node_with("d2", "10.213.2.101:7101", "docker");
+    let tier = |mut d: Deployment| {
+        d.spec
+            .template
+            .metadata
+            .labels
+            .insert("tier".into(), "api".into());
+        d
+    };
+    // A hostPort stays what the manifest says.
+    let mut fixed = with_named_port(deployment("fixed", 1), "web", 80);
+    fixed.spec.template.spec.containers[0].ports[0].host_port = Some(8080);
+    // The usual manifest: a containerPort only.
+    let plain = with_named_port(deployment("plain", 3), "web", 80);
+    c.deployment(tier(fixed)).deployment(tier(plain));
+    let f = c.replica("fixed", 0, "d1", true);
+    let p0 = c.replica("plain", 0, "d1", true);
+    let p1 = c.replica("plain", 1, "d2", true);
+    let published = |host_port, protocol| {
+        vec![PublishedPort {
+            container_port: 80,
+            protocol,
+            host_port,
+        }]
+    };
+    c.report_published(&f, "d1", published(8080, Protocol::Tcp));
+    c.report_published(&p0, "d1", published(49153, Protocol::Tcp));
+    // p1 has not reported its published port yet: no entry until it does.
     for target in [PortRef::Name("web".into()), PortRef::Number(80)] {
         let svc = c.service(service(&[("tier", "api")], target));
         assert_eq!(
             replicas_of(&endpoints(&c.state, &svc)),
-            [(p.as_str(), "10.213.1.101", 8080)],
-            "the bridge address is private to the host: only the published one"
+            [
+                (f.as_str(), "10.213.1.101", 8080),
+                (p0.as_str(), "10.213.1.101", 49153)
+            ],
+            "the node's address and the published port"
         );
     }
+    // A port published for another protocol is not this one.
+    c.report_published(&p1, "d2", published(49160, Protocol::Udp));
+    let svc = c.service(service(&[("tier", "api")], PortRef::Number(80)));
+    assert_eq!(endpoints(&c.state, &svc).endpoints.len(), 2);
+    // Once reported (e.g. after a restart gave it a new port), it is there.
+    c.report_published(&p1, "d2", published(49170, Protocol::Tcp));
+    assert_eq!(
+        replicas_of(&endpoints(&c.state, &svc))[2],
+        (p1.as_str(), "10.213.2.101", 49170)
+    );
+    // A process node's replica is reached on the container port itself.
+    c.node("n3", "10.213.3.101:7101");
+    let p2 = c.replica("plain", 2, "n3", true);
+    assert!(replicas_of(&endpoints(&c.state, &svc)).contains(&(p2.as_str(), "10.213.3.101", 80)));
 }
 
 #[test]
