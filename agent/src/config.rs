@@ -116,6 +116,12 @@ pub struct AgentConfig {
     #[arg(long, value_name = "IP", env = "DROVER_SERVICE_DNS")]
     pub service_dns: Option<std::net::Ipv4Addr>,
 
+    /// With `--service-dns`: where names outside `cluster.local` are
+    /// forwarded (`IP` or `IP:PORT`, repeatable). Default: the nameservers
+    /// of this host's /etc/resolv.conf, except loopback ones.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    pub service_dns_upstream: Vec<std::net::SocketAddr>,
+
     /// An image pull taking longer fails the start with ErrImagePull (seconds).
     #[arg(long, default_value_t = 120)]
     pub image_pull_timeout_secs: u64,
@@ -230,6 +236,8 @@ pub struct Settings {
     pub service_proxy: crate::services::ServiceProxy,
     /// `--service-dns`.
     pub service_dns: Option<std::net::Ipv4Addr>,
+    /// `--service-dns-upstream`.
+    pub service_dns_upstream: Vec<std::net::SocketAddr>,
     /// How the agent connects to controllers and serves logs (before a
     /// pending join: plaintext, unused).
     pub security: Security,
@@ -287,6 +295,7 @@ impl AgentConfig {
             stop_after_disconnect: self.stop_after_disconnect,
             service_proxy: self.service_proxy,
             service_dns: self.service_dns,
+            service_dns_upstream: self.service_dns_upstream.clone(),
             security,
             join,
             tls_dir,
@@ -429,6 +438,16 @@ pub fn check_node_name(name: &str) -> Result<()> {
     names::check_name("node name", name).map_err(|e| AgentError::Config(e.to_string()))?;
     pki::agent_server_name(name).map_err(|e| AgentError::Config(e.to_string()))?;
     Ok(())
+}
+
+/// `--service-dns-upstream`: `IP` (port 53) or `IP:PORT`.
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!("{s:?} is not a resolver address: give an IP address, optionally with :PORT")
+    })
 }
 
 #[cfg(test)]
