@@ -323,7 +323,7 @@ impl Dispatcher {
         let mut leadership = self.cluster.handle.leadership_watch();
         let term = leadership.borrow_and_update().term;
         let mut sent: Option<Arc<NodeSet>> = None;
-        let mut sent_services: Option<Arc<Vec<pb::ServiceRoute>>> = None;
+        let mut sent_services: Option<Arc<Vec<services::Route>>> = None;
         let mut version = 0u64;
         loop {
             // Send the node's full set whenever it differs from what the agent
@@ -340,7 +340,7 @@ impl Dispatcher {
             let services_changed = services.as_ref().is_some_and(|s| {
                 sent_services
                     .as_ref()
-                    .is_none_or(|old| !Arc::ptr_eq(old, s) && **old != **s)
+                    .is_none_or(|old| !Arc::ptr_eq(old, s) && !services::same(old, s))
             });
             // The book keeps a node's Arc while its set is unchanged: a
             // different Arc is (nearly always) a different set.
@@ -375,7 +375,10 @@ impl Dispatcher {
                     }
                     None => pb::AssignmentSet {
                         version,
-                        services: services.to_vec(),
+                        services: services
+                            .iter()
+                            .map(|r| pb::ServiceRoute::clone(r))
+                            .collect(),
                         assignments: current.assignments.clone(),
                         terminating: current.terminating.clone(),
                         terminating_grace_seconds: current.terminating_grace_seconds.clone(),

@@ -80,7 +80,7 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
     let svc = &service.service;
     let namespace = svc.metadata.namespace.as_str();
     let mut out = Vec::new();
-    for d in state.deployments(Some(namespace)) {
+    for d in state.deployments_after(Some(namespace), None) {
         // Revision hash → its template, for the revisions the selector matches.
         let mut matching: BTreeMap<String, &PodTemplate> = BTreeMap::new();
         let current = &d.deployment.spec.template;
