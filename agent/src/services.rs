@@ -32,9 +32,10 @@
 //! unless they were DNATed here. The agent puts `route_localnet` back when
 //! it stops, if it was off.
 //!
-//! Endpoints are `node-address:target-port` (`controller/src/endpoints/`):
-//! right for process replicas. A Docker replica is reached that way only
-//! through a published `hostPort` (see docs/services.md).
+//! Endpoints are `node-address:port` (`controller/src/endpoints/`): the
+//! target port of a process replica, the host port a Docker replica's
+//! container port is published on (its `hostPort`, or the ephemeral port
+//! its engine assigned; docs/services.md).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
