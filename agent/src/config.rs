@@ -280,6 +280,11 @@ impl AgentConfig {
         if self.heartbeat_ms == 0 {
             return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
         }
+        if !self.service_dns_upstream.is_empty() && self.service_dns.is_none() {
+            return Err(AgentError::Config(
+                "--service-dns-upstream says where the agent's name server forwards: add --service-dns IP".into(),
+            ));
+        }
         let logs = crate::runtime::log_files::LogLimits::new(self.log_max_size, self.log_max_file)
             .map_err(AgentError::Config)?;
         let (security, join) = self.security(&node)?;
@@ -491,6 +496,46 @@ mod tests {
         // Valid names that would not leave `<node>.agent.drover` a DNS name.
         assert!(check_node_name(&"a".repeat(64)).is_err());
         assert!(check_node_name(&vec!["a".repeat(60); 4].join(".")).is_err());
+    }
+
+    #[test]
+    fn dns_upstreams_parse_and_need_the_name_server() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec![
+                "drover-agent",
+                "--controllers",
+                "127.0.0.1:7001",
+                "--insecure",
+            ];
+            argv.extend(args);
+            AgentConfig::try_parse_from(argv)
+        };
+        let cfg = parse(&[
+            "--service-dns",
+            "172.17.0.1",
+            "--service-dns-upstream",
+            "10.0.0.2",
+            "--service-dns-upstream",
+            "10.0.0.3:5353",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cfg.service_dns_upstream,
+            [
+                SocketAddr::from(([10, 0, 0, 2], 53)),
+                SocketAddr::from(([10, 0, 0, 3], 5353))
+            ]
+        );
+        let e = parse(&["--service-dns-upstream", "resolver.example"])
+            .expect_err("not an address")
+            .to_string();
+        assert!(e.contains("is not a resolver address"), "{e}");
+        let alone = parse(&["--service-dns-upstream", "10.0.0.2"]).expect("parses");
+        let e = alone
+            .settings(SocketAddr::from(([127, 0, 0, 1], 7101)))
+            .expect_err("needs --service-dns")
+            .to_string();
+        assert!(e.contains("add --service-dns"), "{e}");
     }
 
     /// Issue 12 item 12: Debug output never carries the join token.
