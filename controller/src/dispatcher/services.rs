@@ -165,24 +165,41 @@ fn dirty<'a>(state: &State, changes: &'a Touched) -> (BTreeSet<&'a str>, BTreeSe
     (namespaces, selected)
 }
 
-/// What changed from `sent` to `now` (both sorted by key): routes added or
-/// changed, and the keys of those removed.
+/// A route's place in a table: namespace, then name.
+fn order(r: &Route) -> (&str, &str) {
+    (r.namespace.as_str(), r.name.as_str())
+}
+
+/// What changed from `sent` to `now` (both as [`table`] orders them, by
+/// namespace then name): routes added or changed, and the keys of those
+/// removed. One merge pass; a route both share is a pointer comparison.
 pub fn changes_since(now: &[Route], sent: &[Route]) -> (Vec<pb::ServiceRoute>, Vec<String>) {
-    let old: BTreeMap<String, &Route> = sent.iter().map(|r| (key(r), r)).collect();
-    let new_keys: BTreeSet<String> = now.iter().map(|r| key(r)).collect();
-    let changed = now
-        .iter()
-        .filter(|r| {
-            old.get(&key(r))
-                .is_none_or(|o| !Arc::ptr_eq(o, r) && ***o != ***r)
-        })
-        .map(|r| pb::ServiceRoute::clone(r))
-        .collect();
-    let removed = old
-        .keys()
-        .filter(|k| !new_keys.contains(*k))
-        .cloned()
-        .collect();
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let (mut old, mut new) = (sent.iter().peekable(), now.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if order(o) == order(n) => {
+                if !Arc::ptr_eq(o, n) && ***o != ***n {
+                    changed.push(pb::ServiceRoute::clone(n));
+                }
+                old.next();
+                new.next();
+            }
+            (Some(o), Some(n)) if order(o) < order(n) => {
+                removed.push(key(o));
+                old.next();
+            }
+            (Some(o), None) => {
+                removed.push(key(o));
+                old.next();
+            }
+            (_, Some(n)) => {
+                changed.push(pb::ServiceRoute::clone(n));
+                new.next();
+            }
+        }
+    }
     (changed, removed)
 }
 
@@ -217,5 +234,23 @@ mod tests {
         let names: Vec<&str> = changed.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "d"]);
         assert_eq!(removed, ["default/b"]);
+
+        // Namespaces in the table's order ("a" before "a-x", though "a-x/…"
+        // sorts before "a/…" as a string): a shared route is not sent.
+        let in_ns = |ns: &str, name: &str, ep: &[&str]| {
+            let mut route = r(name, ep);
+            route.namespace = ns.into();
+            Arc::new(route)
+        };
+        let shared = in_ns("a", "b", &[]);
+        let sent = [shared.clone(), in_ns("a-x", "c", &[])];
+        let now = [shared, in_ns("a-x", "c", &["10.0.0.3:80"])];
+        let (changed, removed) = changes_since(&now, &sent);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].namespace.as_str(), changed[0].name.as_str()),
+            ("a-x", "c")
+        );
+        assert!(removed.is_empty());
     }
 }

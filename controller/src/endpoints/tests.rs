@@ -436,7 +436,7 @@ proptest::proptest! {
     fn the_incremental_service_table_equals_a_full_recompute(
         steps in proptest::collection::vec(step(), 1..40),
     ) {
-        use crate::dispatcher::services::table;
+        use crate::dispatcher::services::{changes_since, table};
         use crate::store::Touched;
         let mut c = Cluster::new();
         for (name, address, runtime) in NODES {
@@ -505,6 +505,24 @@ proptest::proptest! {
             let incremental = table(&c.state, &previous, &touched);
             let full = table(&c.state, &[], &Touched::everything());
             proptest::prop_assert_eq!(&incremental, &full, "after {:?}", touched);
+            // An agent that had `previous` and applies the change a session
+            // sends ends with the new table.
+            let (changed, removed) = changes_since(&incremental, &previous);
+            let mut agent: BTreeMap<String, drover_proto::pb::ServiceRoute> = previous
+                .iter()
+                .map(|r| (format!("{}/{}", r.namespace, r.name), (**r).clone()))
+                .collect();
+            for k in removed {
+                agent.remove(&k);
+            }
+            for r in changed {
+                agent.insert(format!("{}/{}", r.namespace, r.name), r);
+            }
+            let expected: BTreeMap<String, drover_proto::pb::ServiceRoute> = incremental
+                .iter()
+                .map(|r| (format!("{}/{}", r.namespace, r.name), (**r).clone()))
+                .collect();
+            proptest::prop_assert_eq!(agent, expected);
             previous = incremental;
         }
     }
