@@ -116,6 +116,12 @@ pub struct AgentConfig {
     #[arg(long, value_name = "IP", env = "DROVER_SERVICE_DNS")]
     pub service_dns: Option<std::net::Ipv4Addr>,
 
+    /// With `--service-dns`: where names outside `cluster.local` are
+    /// forwarded (`IP` or `IP:PORT`, repeatable). Default: the nameservers
+    /// of this host's /etc/resolv.conf, except loopback ones.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    pub service_dns_upstream: Vec<std::net::SocketAddr>,
+
     /// An image pull taking longer fails the start with ErrImagePull (seconds).
     #[arg(long, default_value_t = 120)]
     pub image_pull_timeout_secs: u64,
@@ -230,6 +236,8 @@ pub struct Settings {
     pub service_proxy: crate::services::ServiceProxy,
     /// `--service-dns`.
     pub service_dns: Option<std::net::Ipv4Addr>,
+    /// `--service-dns-upstream`.
+    pub service_dns_upstream: Vec<std::net::SocketAddr>,
     /// How the agent connects to controllers and serves logs (before a
     /// pending join: plaintext, unused).
     pub security: Security,
@@ -272,6 +280,11 @@ impl AgentConfig {
         if self.heartbeat_ms == 0 {
             return Err(AgentError::Config("--heartbeat-ms must be above 0".into()));
         }
+        if !self.service_dns_upstream.is_empty() && self.service_dns.is_none() {
+            return Err(AgentError::Config(
+                "--service-dns-upstream says where the agent's name server forwards: add --service-dns IP".into(),
+            ));
+        }
         let logs = crate::runtime::log_files::LogLimits::new(self.log_max_size, self.log_max_file)
             .map_err(AgentError::Config)?;
         let (security, join) = self.security(&node)?;
@@ -287,6 +300,7 @@ impl AgentConfig {
             stop_after_disconnect: self.stop_after_disconnect,
             service_proxy: self.service_proxy,
             service_dns: self.service_dns,
+            service_dns_upstream: self.service_dns_upstream.clone(),
             security,
             join,
             tls_dir,
@@ -431,6 +445,16 @@ pub fn check_node_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `--service-dns-upstream`: `IP` (port 53) or `IP:PORT`.
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!("{s:?} is not a resolver address: give an IP address, optionally with :PORT")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +496,46 @@ mod tests {
         // Valid names that would not leave `<node>.agent.drover` a DNS name.
         assert!(check_node_name(&"a".repeat(64)).is_err());
         assert!(check_node_name(&vec!["a".repeat(60); 4].join(".")).is_err());
+    }
+
+    #[test]
+    fn dns_upstreams_parse_and_need_the_name_server() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec![
+                "drover-agent",
+                "--controllers",
+                "127.0.0.1:7001",
+                "--insecure",
+            ];
+            argv.extend(args);
+            AgentConfig::try_parse_from(argv)
+        };
+        let cfg = parse(&[
+            "--service-dns",
+            "172.17.0.1",
+            "--service-dns-upstream",
+            "10.0.0.2",
+            "--service-dns-upstream",
+            "10.0.0.3:5353",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cfg.service_dns_upstream,
+            [
+                SocketAddr::from(([10, 0, 0, 2], 53)),
+                SocketAddr::from(([10, 0, 0, 3], 5353))
+            ]
+        );
+        let e = parse(&["--service-dns-upstream", "resolver.example"])
+            .expect_err("not an address")
+            .to_string();
+        assert!(e.contains("is not a resolver address"), "{e}");
+        let alone = parse(&["--service-dns-upstream", "10.0.0.2"]).expect("parses");
+        let e = alone
+            .settings(SocketAddr::from(([127, 0, 0, 1], 7101)))
+            .expect_err("needs --service-dns")
+            .to_string();
+        assert!(e.contains("add --service-dns"), "{e}");
     }
 
     /// Issue 12 item 12: Debug output never carries the join token.

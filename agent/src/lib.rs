@@ -200,9 +200,15 @@ pub async fn run_with<R: Runtime>(
         ))),
     };
     let names = settings.service_dns.map(|ip| {
+        let listen = std::net::SocketAddr::from((ip, 53));
+        let system = std::fs::read("/etc/resolv.conf")
+            .map(|text| names::resolv_conf_name_servers(&text))
+            .unwrap_or_default();
+        let upstreams = names::upstreams(&settings.service_dns_upstream, &system, listen);
         tokio::spawn(names::run(
             routes_tx.subscribe(),
-            std::net::SocketAddr::from((ip, 53)),
+            listen,
+            upstreams,
             stop.clone(),
         ))
     });

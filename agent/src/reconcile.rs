@@ -449,6 +449,7 @@ mod tests {
             started_unix_ms: NOW - 5_000,
             state: ContainerState::Running,
             grace: None,
+            published_ports: Vec::new(),
         }
     }
 

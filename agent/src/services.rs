@@ -24,9 +24,18 @@
 //! NodePort client) are masqueraded, so the endpoint's reply comes back
 //! through this node to be translated back.
 //!
-//! Endpoints are `node-address:target-port` (`controller/src/endpoints/`):
-//! right for process replicas. A Docker replica is reached that way only
-//! through a published `hostPort` (see docs/services.md).
+//! `127.0.0.1:NODE-PORT` works as on a kube-proxy node: the output chain
+//! DNATs it like any local address, the agent turns on `route_localnet`
+//! (else the kernel refuses to route a packet from 127.0.0.1 off the
+//! loopback device) and masquerades it, and, as kube-proxy does since
+//! CVE-2020-8558, drops packets that arrive for 127.0.0.0/8 from elsewhere
+//! unless they were DNATed here. The agent puts `route_localnet` back when
+//! it stops, if it was off.
+//!
+//! Endpoints are `node-address:port` (`controller/src/endpoints/`): the
+//! target port of a process replica, the host port a Docker replica's
+//! container port is published on (its `hostPort`, or the ephemeral port
+//! its engine assigned; docs/services.md).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -127,6 +136,7 @@ table ip {TABLE} {{
 {rejects}  }}
   chain no-endpoints-input {{
     type filter hook input priority filter; policy accept;
+    ip saddr != 127.0.0.0/8 ip daddr 127.0.0.0/8 ct state != {{ established, related }} ct status & dnat == 0 drop
 {rejects}  }}
 }}
 "
@@ -153,8 +163,13 @@ fn dnat(endpoints: &[(&str, u16)]) -> String {
 }
 
 async fn nft(input: &str) -> Result<(), String> {
+    nft_with(&["-f", "-"], input).await
+}
+
+/// `nft ARGS` with `input` on its stdin; its error output when it fails.
+async fn nft_with(args: &[&str], input: &str) -> Result<(), String> {
     let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -182,6 +197,22 @@ pub async fn remove() -> Result<(), String> {
     nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).await
 }
 
+/// The sysctl that lets a packet from 127.0.0.0/8 be routed off the
+/// loopback device (this network namespace's, for every interface).
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+/// Turn `route_localnet` on; `Ok(true)` when this call turned it on (so
+/// stopping turns it off again).
+fn enable_route_localnet() -> Result<bool, String> {
+    let was = std::fs::read_to_string(ROUTE_LOCALNET)
+        .map_err(|e| format!("reading {ROUTE_LOCALNET}: {e}"))?;
+    if was.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(ROUTE_LOCALNET, "1").map_err(|e| format!("writing {ROUTE_LOCALNET}: {e}"))?;
+    Ok(true)
+}
+
 /// Keep the table in step with `routes` until `shutdown`, then remove it.
 /// A failed load is logged and retried at the next change (or in 5 s).
 pub async fn run(
@@ -189,6 +220,13 @@ pub async fn run(
     node_ip: String,
     shutdown: CancellationToken,
 ) {
+    let turned_on = match enable_route_localnet() {
+        Ok(on) => on,
+        Err(e) => {
+            warn!(error = %e, "node ports will not answer on 127.0.0.1");
+            false
+        }
+    };
     let mut loaded: Option<String> = None;
     loop {
         let text = ruleset(&routes.borrow_and_update(), &node_ip);
@@ -211,6 +249,11 @@ pub async fn run(
     match remove().await {
         Ok(()) => info!("service rules removed"),
         Err(e) => warn!(error = %e, "removing the service rules failed"),
+    }
+    if turned_on {
+        if let Err(e) = std::fs::write(ROUTE_LOCALNET, "0") {
+            warn!(error = %e, path = ROUTE_LOCALNET, "could not turn route_localnet off again");
+        }
     }
 }
 
@@ -266,6 +309,10 @@ mod tests {
         );
         assert!(text.starts_with("table ip drover-services\ndelete table ip drover-services\n"));
         assert!(text.contains("ct original ip saddr != 10.213.1.101 masquerade"));
+        assert!(
+            text.contains("ip saddr != 127.0.0.0/8 ip daddr 127.0.0.0/8 ct state != { established, related } ct status & dnat == 0 drop"),
+            "127.0.0.0/8 reached from outside only through a DNAT (CVE-2020-8558): {text}"
+        );
     }
 
     #[test]
@@ -294,7 +341,46 @@ mod tests {
             ],
             "10.213.1.101",
         );
-        assert!(!text.contains("flush") && !text.contains("drop"), "{text}");
+        assert!(
+            !text.contains("flush") && !text.contains("; drop"),
+            "{text}"
+        );
         assert!(!text.contains(" dnat ip "), "{text}");
+    }
+
+    /// The kernel accepts the whole table (`nft -c`: checked, not
+    /// committed, so the machine's network is untouched). Needs root and
+    /// `nft`; skipped without them.
+    #[tokio::test]
+    async fn the_kernel_accepts_the_generated_table() {
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        });
+        if !root
+            || std::process::Command::new("nft")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        let text = ruleset(
+            &[
+                route(
+                    "10.96.0.10",
+                    "TCP",
+                    80,
+                    30080,
+                    &["10.213.1.101:8080", "10.213.2.101:49153"],
+                ),
+                route("10.96.0.11", "UDP", 53, 30053, &["10.213.1.101:5353"]),
+                route("10.96.0.12", "TCP", 81, 30081, &[]),
+            ],
+            "10.213.1.101",
+        );
+        let checked = nft_with(&["-c", "-f", "-"], &text).await;
+        assert_eq!(checked, Ok(()), "{text}");
     }
 }

@@ -26,7 +26,7 @@ use drover_proto::pb::{ReplicaState, ReplicaStatus};
 
 use crate::assignment::Assignment;
 use crate::reconcile::{Busy, Failure, Record, Unhealthy};
-use crate::runtime::{ContainerState, Exit, Observed};
+use crate::runtime::{ContainerState, Exit, Observed, PublishedPort};
 
 /// Every replica's status, by name.
 pub type StatusMap = BTreeMap<String, ReplicaStatus>;
@@ -80,6 +80,10 @@ pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
             .assigned
             .map(|a| a.revision.clone())
             .or_else(|| container.map(|c| c.revision.clone()))
+            .unwrap_or_default(),
+        published_ports: container
+            .filter(|c| c.is_running())
+            .map(|c| c.published_ports.iter().map(published_pb).collect())
             .unwrap_or_default(),
         ..Default::default()
     };
@@ -164,6 +168,14 @@ pub fn replica_status(i: &Inputs<'_>) -> ReplicaStatus {
     s
 }
 
+fn published_pb(p: &PublishedPort) -> drover_proto::pb::PublishedPort {
+    drover_proto::pb::PublishedPort {
+        container_port: u32::from(p.container_port),
+        protocol: p.protocol.as_str().to_string(),
+        host_port: u32::from(p.host_port),
+    }
+}
+
 fn unhealthy(record: Option<&Record>) -> Option<&Unhealthy> {
     record.and_then(|r| r.unhealthy.as_ref())
 }
@@ -218,6 +230,7 @@ mod tests {
             started_unix_ms: 1000,
             state,
             grace: None,
+            published_ports: Vec::new(),
         }
     }
 
@@ -252,6 +265,36 @@ mod tests {
         assert_eq!(s.container_id, "c1");
         assert_eq!(s.revision, "rev1");
         assert_eq!(s.last_exit_code, None);
+    }
+
+    #[test]
+    fn published_ports_are_reported_while_the_container_runs() {
+        let a = fixtures::assignment("web-r-0");
+        let mut c = observed(ContainerState::Running);
+        c.published_ports = vec![PublishedPort {
+            container_port: 8081,
+            protocol: drover_manifest::Protocol::Udp,
+            host_port: 49153,
+        }];
+        let s = status(Some(&a), Some(&c), None, None);
+        assert_eq!(
+            s.published_ports,
+            vec![drover_proto::pb::PublishedPort {
+                container_port: 8081,
+                protocol: "UDP".into(),
+                host_port: 49153,
+            }]
+        );
+        c.state = ContainerState::Exited(Exit {
+            code: 1,
+            oom_killed: false,
+            finished_unix_ms: 2000,
+        });
+        let s = status(Some(&a), Some(&c), None, None);
+        assert!(
+            s.published_ports.is_empty(),
+            "an exited container publishes nothing"
+        );
     }
 
     #[test]

@@ -341,6 +341,76 @@ async fn integration_docker_taken_host_port_fails_with_port_in_use() {
     assert_eq!(listed[0].container_id, first.container_id);
 }
 
+/// The usual manifest (containerPort only): every TCP and UDP port is
+/// published on an ephemeral host port, read back from the engine at start
+/// and again by `list` (what an adopting agent reports), and the replica
+/// answers there on the node's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_docker_ports_without_host_port_are_published_on_ephemeral_ports() {
+    if !docker_or_skip(
+        "integration_docker_ports_without_host_port_are_published_on_ephemeral_ports",
+    ) {
+        return;
+    }
+    let t = TestNode::new();
+    let rt = t.runtime().await;
+    let replica = t.replica("web-0");
+    let mut a = shell(
+        &replica,
+        "mkdir -p /www && echo published > /www/index.html && exec httpd -f -p 8081 -h /www",
+    );
+    a.template.spec.containers[0].ports = vec![
+        ContainerPort {
+            name: Some("http".into()),
+            container_port: 8081,
+            host_port: None,
+            protocol: Protocol::Tcp,
+        },
+        ContainerPort {
+            name: Some("dns".into()),
+            container_port: 5353,
+            host_port: None,
+            protocol: Protocol::Udp,
+        },
+    ];
+    let o = rt.start(&a, 0).await.expect("start");
+    let mut published = o.published_ports.clone();
+    published.sort_by_key(|p| p.container_port);
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(
+        (published[0].container_port, published[0].protocol),
+        (5353, Protocol::Udp)
+    );
+    assert_eq!(
+        (published[1].container_port, published[1].protocol),
+        (8081, Protocol::Tcp)
+    );
+    assert!(published.iter().all(|p| p.host_port != 0));
+    let listed = rt.list().await.expect("list");
+    assert_eq!(
+        listed[0].published_ports, o.published_ports,
+        "list reads the same ports back"
+    );
+    let http = published[1].host_port;
+    let page = eventually(
+        "the page on the published port",
+        Duration::from_secs(20),
+        || async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+                .await
+                .ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.ok()?;
+            out.contains("published").then_some(out)
+        },
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    rt.remove(&o.container_id).await.expect("remove");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_docker_restarted_agent_adopts_the_same_containers() {
     if !docker_or_skip("integration_docker_restarted_agent_adopts_the_same_containers") {

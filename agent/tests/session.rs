@@ -56,6 +56,7 @@ impl TestAgent {
             stop_after_disconnect,
             service_proxy: drover_agent::services::ServiceProxy::Off,
             service_dns: None,
+            service_dns_upstream: Vec::new(),
             // The fake controller speaks plaintext.
             security: drover_pki::Security::Insecure,
             join: None,

@@ -238,6 +238,23 @@ pub struct LabUpArgs {
     /// 2500ms with the controllers' 3 s node timeout)
     #[arg(long, value_name = "DURATION", value_parser = drover_proto::duration::parse_positive)]
     pub stop_after_disconnect: Option<Duration>,
+
+    /// Docker runtime: where the agents forward the containers' names
+    /// outside cluster.local (a resolver that lab hosts can reach, e.g. one
+    /// on this machine's address) [default: the resolvers of this
+    /// machine's /etc/resolv.conf, except loopback ones]
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_upstream)]
+    pub dns_upstream: Option<std::net::SocketAddr>,
+}
+
+/// `--dns-upstream`: `IP` (port 53) or `IP:PORT`.
+fn parse_dns_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a resolver address: give an IP address, optionally with :PORT")
+    })
 }
 
 #[derive(Debug, Args)]

@@ -1072,11 +1072,13 @@ fn nft_tables(ns: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// deploy/examples/services.yaml in a lab with the process runtime: the
-/// frontend replica reaches both backends through the cluster IP, its page
-/// answers on the NodePort of every host, a killed backend host costs only
-/// the requests sent before its node is declared down, and the rules leave
-/// with the Services and with the agent.
+/// deploy/examples/services.yaml (no hostPort) in a lab with the process
+/// runtime: the frontend replica reaches both backends, on two hosts,
+/// through the cluster IP, its page answers on the NodePort of every host
+/// (from this machine, and on 127.0.0.1 inside each host), a UDP Service
+/// answers through its cluster IP, a killed backend host costs only the
+/// requests sent before its node is declared down, and the rules leave with
+/// the Services and with the agent.
 #[test]
 fn a_frontend_reaches_its_backend_through_the_cluster_ip_across_a_host_loss() {
     if !is_root() {
@@ -1087,7 +1089,11 @@ fn a_frontend_reaches_its_backend_through_the_cluster_ip_across_a_host_loss() {
 }
 
 /// The same with the Docker runtime: containers reach the cluster IP from
-/// their host's docker0, backends are reached on their published host port.
+/// their host's docker0, backends (no hostPort) are reached on the
+/// ephemeral host ports their engines published, the UDP Service's replica
+/// is a container, and Service names and an outside name (from a resolver
+/// this test serves on this machine: the lab has no internet) resolve
+/// inside the frontend container.
 #[test]
 fn docker_containers_reach_their_backend_through_the_cluster_ip_across_a_host_loss() {
     if !docker_lab_possible() {
@@ -1099,10 +1105,13 @@ fn docker_containers_reach_their_backend_through_the_cluster_ip_across_a_host_lo
 
 fn services_across_a_host_loss(runtime: &str) {
     let lab = LabGuard::new();
-    lab.lab(
-        "up",
-        &["--controllers", "1", "--agents", "3", "--runtime", runtime],
-    );
+    let upstream = (runtime == "docker").then(Upstream::start);
+    let dns_upstream = upstream.as_ref().map(|u| u.addr.to_string());
+    let mut up = vec!["--controllers", "1", "--agents", "3", "--runtime", runtime];
+    if let Some(addr) = &dns_upstream {
+        up.extend(["--dns-upstream", addr.as_str()]);
+    }
+    lab.lab("up", &up);
     // The example, as its comments say to run it.
     let app = repo_root().join("deploy/examples/services.yaml");
     let applied = lab.ctl(&["apply", "-f", &app.display().to_string()]);
@@ -1113,6 +1122,31 @@ fn services_across_a_host_loss(runtime: &str) {
     );
     let backends = placed(&lab, "backend", 2);
     let frontend = placed(&lab, "frontend", 1).remove(0);
+    assert_ne!(backends[0].1, backends[1].1, "the backends on two hosts");
+    assert!(
+        backends.iter().any(|(_, node)| *node != frontend.1),
+        "a backend on another host than the frontend: {backends:?} {frontend:?}"
+    );
+    if runtime == "docker" {
+        // Endpoints are node address : published (ephemeral) host port.
+        wait_until(
+            "both backends as endpoints",
+            Duration::from_secs(60),
+            || {
+                let ep = String::from_utf8_lossy(&lab.ctl(&["get", "ep", "backend"]).stdout)
+                    .into_owned();
+                let ports: Vec<&str> = ep
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .filter(|w| w.starts_with("10.213."))
+                    .collect();
+                if ports.len() == 2 && ports.iter().all(|p| !p.ends_with(":8081")) {
+                    Ok(())
+                } else {
+                    Err(ep.clone())
+                }
+            },
+        );
+    }
 
     // Both backends answer through the cluster IP.
     let lines = wait_until(
@@ -1157,9 +1191,30 @@ fn services_across_a_host_loss(runtime: &str) {
         );
     }
 
-    if runtime == "process" {
-        udp_through_a_cluster_ip(&lab);
-    } else {
+    // The NodePort on 127.0.0.1 inside every host (route_localnet).
+    for name in ["n1", "n2", "n3"] {
+        let ns = lab.host(name)["ns"].as_str().expect("ns").to_string();
+        let script = "exec 3<>/dev/tcp/127.0.0.1/30081 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+        wait_until(
+            &format!("the NodePort on 127.0.0.1 inside {name}"),
+            Duration::from_secs(30),
+            || {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "timeout", "5", "bash", "-c", script])
+                    .output()
+                    .expect("bash");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains("ok backend ") {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        );
+    }
+
+    udp_through_a_cluster_ip(&lab, runtime);
+    if runtime == "docker" {
         names_resolve_in_containers(&lab, &frontend.0);
     }
 
@@ -1268,10 +1323,37 @@ fn services_across_a_host_loss(runtime: &str) {
     );
 }
 
-/// A UDP echo replica (python3 on the host: the process runtime) behind a
-/// UDP Service port, asked from every live host through the cluster IP.
-fn udp_through_a_cluster_ip(lab: &LabGuard) {
-    const ECHO: &str = r#"apiVersion: v1
+/// A UDP echo replica behind a UDP Service port, asked from every host
+/// through the cluster IP. Busybox has no UDP server, so the replica runs
+/// the host's python3: directly with the process runtime; with Docker,
+/// inside its container (its own network, its port published on an
+/// ephemeral host port) from the host's root mounted read-only.
+fn udp_through_a_cluster_ip(lab: &LabGuard, runtime: &str) {
+    const SERVER: &str = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 5353))\nwhile True:\n    d, a = s.recvfrom(2048)\n    s.sendto(b'echo ' + d, a)\n";
+    let container = if runtime == "docker" {
+        format!(
+            r#"      containers:
+      - name: echo
+        image: drover/busybox:1
+        command: ["chroot", "/host", "/usr/bin/python3", "-c", {SERVER:?}]
+        ports:
+        - {{containerPort: 5353, protocol: UDP}}
+        volumeMounts:
+        - {{name: host, mountPath: /host, readOnly: true}}
+      volumes:
+      - {{name: host, hostPath: {{path: /, type: Directory}}}}
+"#
+        )
+    } else {
+        format!(
+            r#"      containers:
+      - name: echo
+        image: drover/busybox:1
+        command: ["/usr/bin/python3", "-c", {SERVER:?}]
+"#
+        )
+    };
+    const SERVICE: &str = r#"apiVersion: v1
 kind: Service
 metadata: {name: echo}
 spec:
@@ -1290,13 +1372,10 @@ spec:
       labels: {app: echo}
     spec:
       terminationGracePeriodSeconds: 1
-      containers:
-      - name: echo
-        image: drover/busybox:1
-        command: ["/usr/bin/python3", "-c", "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 5353))\nwhile True:\n    d, a = s.recvfrom(2048)\n    s.sendto(b'echo ' + d, a)\n"]
-"#;
+CONTAINER"#;
+    let manifest = SERVICE.replace("CONTAINER", &container);
     let file = lab.tmp.path().join("echo.yaml");
-    std::fs::write(&file, ECHO).expect("write manifest");
+    std::fs::write(&file, manifest).expect("write manifest");
     let applied = lab.ctl(&["apply", "-f", &file.display().to_string()]);
     assert!(
         applied.status.success(),
@@ -1332,7 +1411,8 @@ spec:
 }
 
 /// Service names from inside a Docker replica, through its agent's name
-/// server: the short name, with the namespace, and in full.
+/// server: the short name, with the namespace, and in full; and a name
+/// outside the cluster, which the agent forwards to [`Upstream`].
 fn names_resolve_in_containers(lab: &LabGuard, replica: &str) {
     for name in [
         "backend",
@@ -1354,4 +1434,111 @@ fn names_resolve_in_containers(lab: &LabGuard, replica: &str) {
             },
         );
     }
+    wait_until(
+        &format!("{OUTSIDE_NAME} resolving inside {replica}"),
+        Duration::from_secs(30),
+        || {
+            let out = lab.ctl(&["exec", replica, "--", "nslookup", OUTSIDE_NAME]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains(OUTSIDE_ADDRESS) {
+                Ok(())
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        },
+    );
+}
+
+/// The name [`Upstream`] answers, and its address.
+const OUTSIDE_NAME: &str = "www.outside.test";
+const OUTSIDE_ADDRESS: &str = "198.51.100.7";
+
+/// A DNS server on this machine's address, authoritative for
+/// `outside.test`: the resolver the Docker lab's agents forward outside
+/// names to (`lab up --dns-upstream`), standing in for the internet the lab
+/// hosts do not have. Lab hosts reach it through their default route (the
+/// lab bridge on this machine). Serves until dropped.
+struct Upstream {
+    addr: std::net::SocketAddr,
+    _server: hickory_server::Server<hickory_server::zone_handler::Catalog>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        use hickory_server::net::runtime::TokioRuntimeProvider;
+        use hickory_server::proto::rr::rdata::{A, SOA};
+        use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+        use hickory_server::store::in_memory::InMemoryZoneHandler;
+        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+        use std::str::FromStr as _;
+
+        let ip = this_machine_address();
+        let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind the upstream resolver");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let addr = socket.local_addr().expect("its address");
+        let origin = Name::from_str("outside.test.").expect("origin");
+        let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
+            origin.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        );
+        let soa = SOA::new(
+            Name::from_str("ns.outside.test.").expect("name"),
+            Name::from_str("hostmaster.outside.test.").expect("name"),
+            1,
+            60,
+            10,
+            3600,
+            5,
+        );
+        zone.upsert_mut(Record::from_rdata(origin.clone(), 5, RData::SOA(soa)), 1);
+        let address: std::net::Ipv4Addr = OUTSIDE_ADDRESS.parse().expect("address");
+        zone.upsert_mut(
+            Record::from_rdata(
+                Name::from_str(&format!("{OUTSIDE_NAME}.")).expect("name"),
+                5,
+                RData::A(A(address)),
+            ),
+            1,
+        );
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(zone)]);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let server = runtime.block_on(async move {
+            let mut server = hickory_server::Server::new(catalog);
+            server.register_socket(tokio::net::UdpSocket::from_std(socket).expect("tokio socket"));
+            server
+        });
+        Upstream {
+            addr,
+            _server: server,
+            _runtime: runtime,
+        }
+    }
+}
+
+/// An IPv4 address of this machine that is no lab's, Docker's or
+/// loopback (`ip -4 -o addr show scope global`).
+fn this_machine_address() -> std::net::Ipv4Addr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip addr");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dev = f.get(1)?;
+            if dev.starts_with("docker") || dev.starts_with("drv") || dev.starts_with("br-") {
+                return None;
+            }
+            f.get(3)?.split('/').next()?.parse().ok()
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no global IPv4 address on this machine: {text}"))
 }

@@ -40,7 +40,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, StatsOptionsBuilder, StopContainerOptions,
 };
 use bollard::Docker;
-use drover_manifest::PullPolicy;
+use drover_manifest::{Protocol, PullPolicy};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -49,8 +49,8 @@ use tracing::{debug, info, warn};
 use super::previous::{Collector, PreviousLogs, Record};
 use super::{
     container_name, labels, Consumed, ContainerState, ExecInput, ExecOutput, ExecSession, ExecSpec,
-    Exit, LogChunk, LogOptions, LogSource, LogStream, Observed, Runtime, RuntimeEvent, UnixMs,
-    EVENT_CAPACITY,
+    Exit, LogChunk, LogOptions, LogSource, LogStream, Observed, PublishedPort, Runtime,
+    RuntimeEvent, UnixMs, EVENT_CAPACITY,
 };
 use crate::assignment::Assignment;
 use crate::error::{AgentError, Result};
@@ -850,15 +850,28 @@ pub fn container_body(assignment: &Assignment, node: &str, restarts: u32) -> Con
             p.protocol.as_str().to_lowercase()
         );
         exposed.push(key.clone());
-        if let Some(host_port) = p.host_port {
-            bindings
-                .entry(key)
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(PortBinding {
-                    host_ip: None,
-                    host_port: Some(host_port.to_string()),
-                });
+        // A hostPort is bound as the manifest says. Every other TCP or UDP
+        // port is published on an ephemeral port of the node's IPv4
+        // addresses (Docker picks it, `-p 0.0.0.0::PORT`): the container's
+        // bridge address is private to this host, the published port is
+        // how other hosts reach it as a Service endpoint. IPv4 only, so
+        // there is one port to read back (an ephemeral binding on 0.0.0.0
+        // and on :: may get two different ports).
+        let binding = match (p.host_port, p.protocol) {
+            (Some(host_port), _) => PortBinding {
+                host_ip: None,
+                host_port: Some(host_port.to_string()),
+            },
+            (None, Protocol::Tcp | Protocol::Udp) => PortBinding {
+                host_ip: Some("0.0.0.0".to_string()),
+                host_port: Some(String::new()),
+            },
+            (None, Protocol::Sctp) => continue,
+        };
+        let list = bindings.entry(key).or_insert_with(|| Some(Vec::new()));
+        let list = list.get_or_insert_with(Vec::new);
+        if !list.contains(&binding) {
+            list.push(binding);
         }
     }
     let limits = c.resources.limits;
@@ -981,7 +994,50 @@ fn observed_from_inspect(c: &ContainerInspectResponse) -> Option<Observed> {
             .stop_timeout
             .and_then(|t| u64::try_from(t).ok())
             .map(Duration::from_secs),
+        published_ports: published_ports(c),
     })
+}
+
+/// Where the container's ports are published on the node, as the engine
+/// assigned them (inspect's `NetworkSettings.Ports`, filled while it runs):
+/// per container port, the IPv4 binding (the one endpoints use) or else
+/// the first. Keys or ports the engine should never give are skipped.
+fn published_ports(c: &ContainerInspectResponse) -> Vec<PublishedPort> {
+    let Some(ports) = c.network_settings.as_ref().and_then(|n| n.ports.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PublishedPort> = ports
+        .iter()
+        .filter_map(|(key, bindings)| {
+            let (port, proto) = key.split_once('/')?;
+            let protocol = match proto {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "sctp" => Protocol::Sctp,
+                _ => return None,
+            };
+            let bindings = bindings.as_ref()?;
+            let host_port = |b: &PortBinding| b.host_port.as_deref()?.parse::<u16>().ok();
+            let is_v4 = |b: &&PortBinding| {
+                b.host_ip
+                    .as_deref()
+                    .is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+            };
+            let host_port = bindings
+                .iter()
+                .filter(is_v4)
+                .chain(bindings.iter())
+                .find_map(host_port)
+                .filter(|p| *p != 0)?;
+            Some(PublishedPort {
+                container_port: port.parse().ok().filter(|p| *p != 0)?,
+                protocol,
+                host_port,
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Follow the engine's container events for this node until cancelled.
@@ -1274,13 +1330,21 @@ mod tests {
         );
         let hc = body.host_config.expect("host config");
         let bindings = hc.port_bindings.expect("bindings");
-        assert_eq!(bindings.len(), 1, "only ports with a hostPort are bound");
+        assert_eq!(bindings.len(), 2, "every TCP and UDP port is published");
         assert_eq!(
             bindings["80/tcp"],
             Some(vec![PortBinding {
                 host_ip: None,
                 host_port: Some("8080".into())
             }])
+        );
+        assert_eq!(
+            bindings["53/udp"],
+            Some(vec![PortBinding {
+                host_ip: Some("0.0.0.0".into()),
+                host_port: Some(String::new())
+            }]),
+            "an ephemeral port on IPv4 without a hostPort"
         );
         assert_eq!(hc.nano_cpus, Some(250_000_000));
         assert_eq!(hc.memory, Some(67_108_864));

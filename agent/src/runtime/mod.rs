@@ -125,6 +125,17 @@ pub struct Observed {
     /// The stop grace period it was created with (its replica's
     /// `terminationGracePeriodSeconds`), used when the assignment is gone.
     pub grace: Option<Duration>,
+    /// Where its container ports are published on the node while it runs
+    /// (Docker; empty for plain processes, which listen on the node itself).
+    pub published_ports: Vec<PublishedPort>,
+}
+
+/// A container port published on a host port of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub protocol: drover_manifest::Protocol,
+    pub host_port: u16,
 }
 
 impl Observed {

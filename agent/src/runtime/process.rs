@@ -380,6 +380,7 @@ impl Entry {
             restarts: self.restarts,
             started_unix_ms: self.started_unix_ms,
             grace: self.grace_secs.map(Duration::from_secs),
+            published_ports: Vec::new(),
             state: match self.exit {
                 None => ContainerState::Running,
                 Some(x) => ContainerState::Exited(Exit {

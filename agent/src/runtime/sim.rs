@@ -98,6 +98,7 @@ impl Runtime for SimRuntime {
             started_unix_ms: now_unix_ms(),
             state: ContainerState::Running,
             grace: Some(a.grace()),
+            published_ports: Vec::new(),
         };
         self.lock().insert(id, observed.clone());
         Ok(observed)

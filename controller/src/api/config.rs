@@ -150,9 +150,11 @@ pub(super) async fn list_config_maps(
         .filter(|c| filter.keeps(&c.config_map.metadata))
         .map(config_map_pb)
         .collect();
+    // One page, whatever `limit` says (the Kubernetes contract allows it).
     Ok(pb::ListConfigResponse {
         objects,
         applied_index,
+        continue_token: String::new(),
     })
 }
 
@@ -172,9 +174,11 @@ pub(super) async fn list_secrets(
         .filter(|s| filter.keeps(&s.secret.metadata))
         .map(|s| secret_pb(s, reveal))
         .collect();
+    // One page, whatever `limit` says (the Kubernetes contract allows it).
     Ok(pb::ListConfigResponse {
         objects,
         applied_index,
+        continue_token: String::new(),
     })
 }
 

@@ -190,7 +190,7 @@ fn to_pb(
 /// more may follow (the key of the last item looked at, as kubectl's
 /// `continue`). Pages are read at their own request's state: an object
 /// added or removed behind the page already read is not seen.
-fn paged<T>(
+pub(super) fn paged<T>(
     items: impl Iterator<Item = (ObjectRef, T)>,
     limit: u32,
     keep: impl Fn(&T) -> bool,
@@ -210,7 +210,7 @@ fn paged<T>(
 
 /// Where a page starts: after the key a continue token names (empty: at the
 /// first object).
-fn page_start(token: &str) -> Result<Option<ObjectRef>, Status> {
+pub(super) fn page_start(token: &str) -> Result<Option<ObjectRef>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -224,7 +224,7 @@ fn page_start(token: &str) -> Result<Option<ObjectRef>, Status> {
     }
 }
 
-fn key_of(namespace: &str, name: &str) -> ObjectRef {
+pub(super) fn key_of(namespace: &str, name: &str) -> ObjectRef {
     ObjectRef {
         namespace: namespace.to_string(),
         name: name.to_string(),

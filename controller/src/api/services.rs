@@ -15,6 +15,7 @@ use drover_manifest::Service;
 use drover_proto::{names, pb};
 
 use super::config::{refs_to_delete, write_delete, Filter};
+use super::control::{key_of, page_start, paged};
 use crate::cluster::Cluster;
 use crate::endpoints::{endpoints, Endpoint};
 use crate::store::services::{ServiceResult, StoredService};
@@ -107,19 +108,7 @@ pub(super) async fn list(
     cluster: &Cluster,
     req: pb::ListConfigRequest,
 ) -> Result<pb::ListConfigResponse, Status> {
-    cluster.read_barrier(req.read.as_ref()).await?;
-    let filter = Filter::new(&req)?;
-    let state = cluster.store.snapshot();
-    let (applied_index, _) = state.applied();
-    let objects = state
-        .services(filter.namespace.as_deref())
-        .filter(|s| filter.keeps(&s.service.metadata))
-        .map(|s| service_pb(s))
-        .collect();
-    Ok(pb::ListConfigResponse {
-        objects,
-        applied_index,
-    })
+    list_page(cluster, req, |_, s| service_pb(s)).await
 }
 
 /// `ListEndpoints`: one record per Service, its endpoints now.
@@ -127,18 +116,38 @@ pub(super) async fn list_endpoints(
     cluster: &Cluster,
     req: pb::ListConfigRequest,
 ) -> Result<pb::ListConfigResponse, Status> {
-    cluster.read_barrier(req.read.as_ref()).await?;
+    list_page(cluster, req, endpoints_pb).await
+}
+
+/// One page of the Services `req` selects, each answered by `answer`: at
+/// most `limit` (0: all) after its continue token, read from one state
+/// snapshot (`paged`, as `ListDeployments` and `ListReplicas` page). Only
+/// the Services on the page are answered, so a page of endpoints costs what
+/// its Services select.
+async fn list_page(
+    cluster: &Cluster,
+    req: pb::ListConfigRequest,
+    answer: fn(&State, &StoredService) -> pb::ConfigRecord,
+) -> Result<pb::ListConfigResponse, Status> {
     let filter = Filter::new(&req)?;
+    let after = page_start(&req.continue_token)?;
+    cluster.read_barrier(req.read.as_ref()).await?;
     let state = cluster.store.snapshot();
     let (applied_index, _) = state.applied();
-    let objects = state
-        .services(filter.namespace.as_deref())
-        .filter(|s| filter.keeps(&s.service.metadata))
-        .map(|s| endpoints_pb(&state, s))
-        .collect();
+    let (page, continue_token) = paged(
+        state
+            .services_after(filter.namespace.as_deref(), after.as_ref())
+            .map(|s| {
+                let m = &s.service.metadata;
+                (key_of(&m.namespace, &m.name), s)
+            }),
+        req.limit,
+        |s| filter.keeps(&s.service.metadata),
+    );
     Ok(pb::ListConfigResponse {
-        objects,
+        objects: page.into_iter().map(|s| answer(&state, s)).collect(),
         applied_index,
+        continue_token,
     })
 }
 

@@ -5,6 +5,9 @@ use drover_proto::pb;
 use drover_proto::pb::ReplicaState;
 
 use crate::store::objects::parse_agent_id;
+use drover_manifest::Protocol;
+
+use crate::store::objects::PublishedPort;
 use crate::store::{ObjectRef, ReplicaObserved, ReplicaPhase, ReplicaRecord};
 
 /// An agent's report, as the store keeps it; `None` for an id that is not
@@ -39,6 +42,11 @@ pub fn observed_from_pb(s: &pb::ReplicaStatus) -> Option<(ObjectRef, ReplicaObse
             reported_unix_ms: 0,
             node: String::new(),
             ready_since_unix_ms: 0,
+            published_ports: s
+                .published_ports
+                .iter()
+                .filter_map(published_from_pb)
+                .collect(),
         },
     ))
 }
@@ -72,5 +80,31 @@ pub fn observed_to_pb(r: &ReplicaRecord) -> pb::ReplicaStatus {
         finished_unix_ms: o.finished_unix_ms,
         next_restart_unix_ms: o.next_restart_unix_ms,
         revision: r.revision.clone(),
+        published_ports: o
+            .published_ports
+            .iter()
+            .map(|p| pb::PublishedPort {
+                container_port: u32::from(p.container_port),
+                protocol: p.protocol.as_str().to_string(),
+                host_port: u32::from(p.host_port),
+            })
+            .collect(),
     }
+}
+
+/// A published port from an agent; `None` for a port out of range or an
+/// unknown protocol (the agent never sends one).
+fn published_from_pb(p: &pb::PublishedPort) -> Option<PublishedPort> {
+    let port = |n: u32| u16::try_from(n).ok().filter(|n| *n != 0);
+    let protocol = match p.protocol.as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        _ => return None,
+    };
+    Some(PublishedPort {
+        container_port: port(p.container_port)?,
+        protocol,
+        host_port: port(p.host_port)?,
+    })
 }

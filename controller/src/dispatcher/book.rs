@@ -80,7 +80,7 @@ pub struct Assignments {
     by_node: HashMap<String, Arc<NodeSet>>,
     /// Every Service with its ready endpoints, sorted by key, the same for
     /// every node ([`super::services`]); the same `Arc` while unchanged.
-    pub services: Arc<Vec<pb::ServiceRoute>>,
+    pub services: Arc<Vec<super::services::Route>>,
     /// The leadership term this book was built in, once the leader had
     /// applied everything committed before it (0: not built as leader yet).
     /// Sessions send nothing older: a new leader still applying its
@@ -148,7 +148,7 @@ impl Assignments {
             by_node.insert(node, shared);
         }
         let table = super::services::table(state, &previous.services, changes);
-        let services = if table == *previous.services {
+        let services = if super::services::same(&table, &previous.services) {
             previous.services.clone()
         } else {
             Arc::new(table)

@@ -404,7 +404,7 @@ impl Dispatcher {
 #[derive(Default)]
 struct Sent {
     set: Option<Arc<NodeSet>>,
-    services: Option<Arc<Vec<pb::ServiceRoute>>>,
+    services: Option<Arc<Vec<services::Route>>>,
     version: u64,
 }
 
@@ -424,7 +424,7 @@ impl Sent {
         let services_changed = self
             .services
             .as_ref()
-            .is_none_or(|old| !Arc::ptr_eq(old, &services) && **old != *services);
+            .is_none_or(|old| !Arc::ptr_eq(old, &services) && !services::same(old, &services));
         // The book keeps a node's Arc while its set is unchanged: a
         // different Arc is (nearly always) a different set.
         let set_changed = self
@@ -457,7 +457,10 @@ impl Sent {
             }
             None => pb::AssignmentSet {
                 version,
-                services: services.to_vec(),
+                services: services
+                    .iter()
+                    .map(|r| pb::ServiceRoute::clone(r))
+                    .collect(),
                 assignments: current.assignments.clone(),
                 terminating: current.terminating.clone(),
                 terminating_grace_seconds: current.terminating_grace_seconds.clone(),

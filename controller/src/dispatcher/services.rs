@@ -3,18 +3,31 @@
 //!
 //! It is the same for every node, built by the book beside the node sets,
 //! and sent as a change (routes added or changed, keys removed) like the
-//! assignments. A rebuild recomputes only the Services of the namespaces
-//! whose deployments changed (a readiness report touches its deployment);
-//! a Service or node change recomputes them all. Cost per Service: what
-//! [`crate::endpoints::endpoints`] costs.
+//! assignments. A rebuild recomputes only the Services whose endpoints may
+//! have changed ([`table`]):
+//!
+//! | what changed (`Touched`)                          | Services recomputed                          |
+//! |---------------------------------------------------|----------------------------------------------|
+//! | everything, a Service, a node's record            | all                                          |
+//! | a deployment's own record (templates, revisions)  | all of its namespace                         |
+//! | only a deployment's replicas (a status batch)     | those selecting one of its kept templates    |
+//! | nothing of the above                              | none                                         |
+//!
+//! A replica counts for a Service only through its revision's template
+//! (`endpoints`), so a Service selecting none of a deployment's templates
+//! cannot change when that deployment's replicas do. Cost of a status batch
+//! touching k deployments: k × (Services of their namespace) selector
+//! matches, plus [`crate::endpoints::endpoints`] for each Service selected;
+//! a property test checks the result equals recomputing everything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use drover_proto::pb;
 
 use crate::endpoints::endpoints;
 use crate::store::services::StoredService;
-use crate::store::{State, Touched};
+use crate::store::{ObjectRef, State, Touched};
 
 /// `"<namespace>/<name>"`, the key routes are sorted and removed by.
 pub fn key(r: &pb::ServiceRoute) -> String {
@@ -58,57 +71,135 @@ pub fn route(state: &State, s: &StoredService) -> pb::ServiceRoute {
     }
 }
 
+/// A route shared by the tables that have not changed it: a rebuild
+/// copies a pointer per unchanged Service, and comparing two tables is a
+/// pointer comparison per route ([`same`]).
+pub type Route = Arc<pb::ServiceRoute>;
+
 /// The table after `changes`, sorted by key; `previous` gives the routes
-/// of the Services whose namespace nothing touched.
-pub fn table(
-    state: &State,
-    previous: &[pb::ServiceRoute],
-    changes: &Touched,
-) -> Vec<pb::ServiceRoute> {
+/// of the Services nothing in `changes` can have changed (the module's
+/// table).
+pub fn table(state: &State, previous: &[Route], changes: &Touched) -> Vec<Route> {
     if state.service_count() == 0 {
         return Vec::new();
     }
     let everything = changes.all || changes.services || !changes.node_records.is_empty();
-    let namespaces: BTreeSet<&str> = changes
-        .deployments
+    let (namespaces, selected) = if everything {
+        (BTreeSet::new(), BTreeSet::new())
+    } else {
+        dirty(state, changes)
+    };
+    let old: BTreeMap<(&str, &str), &Route> = previous
         .iter()
-        .chain(&changes.deployment_records)
-        .map(|d| d.namespace.as_str())
+        .map(|r| ((r.namespace.as_str(), r.name.as_str()), r))
         .collect();
-    let old: BTreeMap<String, &pb::ServiceRoute> = previous.iter().map(|r| (key(r), r)).collect();
     state
         .services(None)
         .map(|s| {
             let m = &s.service.metadata;
-            let k = format!("{}/{}", m.namespace, m.name);
-            match old.get(&k) {
-                Some(r) if !everything && !namespaces.contains(m.namespace.as_str()) => {
-                    pb::ServiceRoute::clone(r)
-                }
-                _ => route(state, s),
+            let stale = everything
+                || namespaces.contains(m.namespace.as_str())
+                || selected.contains(&s.key());
+            match old.get(&(m.namespace.as_str(), m.name.as_str())) {
+                Some(r) if !stale => Route::clone(r),
+                _ => Arc::new(route(state, s)),
             }
         })
         .collect()
 }
 
-/// What changed from `sent` to `now` (both sorted by key): routes added or
-/// changed, and the keys of those removed.
-pub fn changes_since(
-    now: &[pb::ServiceRoute],
-    sent: &[pb::ServiceRoute],
-) -> (Vec<pb::ServiceRoute>, Vec<String>) {
-    let old: BTreeMap<String, &pb::ServiceRoute> = sent.iter().map(|r| (key(r), r)).collect();
-    let new_keys: BTreeSet<String> = now.iter().map(key).collect();
-    let changed = now
+/// Whether two tables hold the same routes (a pointer comparison for a
+/// route they share).
+pub fn same(a: &[Route], b: &[Route]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+}
+
+/// What `changes` (short of everything) makes stale: the namespaces whose
+/// every Service is (a deployment's own record changed there, or a
+/// deployment is gone), and the Services selecting one of the templates of
+/// a deployment whose replicas alone changed.
+fn dirty<'a>(state: &State, changes: &'a Touched) -> (BTreeSet<&'a str>, BTreeSet<ObjectRef>) {
+    let mut namespaces: BTreeSet<&str> = changes
+        .deployment_records
         .iter()
-        .filter(|r| old.get(&key(r)).is_none_or(|o| *o != *r))
-        .cloned()
+        .map(|d| d.namespace.as_str())
         .collect();
-    let removed = old
-        .keys()
-        .filter(|k| !new_keys.contains(*k))
-        .cloned()
-        .collect();
+    let mut selected = BTreeSet::new();
+    // Per namespace, its Services by the first pair of their selector: a
+    // Service can only select labels that contain that pair.
+    let mut by_pair: BTreeMap<&str, BTreeMap<(&str, &str), Vec<&StoredService>>> = BTreeMap::new();
+    for d in &changes.deployments {
+        if namespaces.contains(d.namespace.as_str()) {
+            continue;
+        }
+        let Some(deployment) = state.deployment(&d.namespace, &d.name) else {
+            namespaces.insert(d.namespace.as_str());
+            continue;
+        };
+        let index = by_pair.entry(d.namespace.as_str()).or_insert_with(|| {
+            let mut index: BTreeMap<(&str, &str), Vec<&StoredService>> = BTreeMap::new();
+            for s in state.services_after(Some(&d.namespace), None) {
+                if let Some((k, v)) = s.service.spec.selector.iter().next() {
+                    index.entry((k.as_str(), v.as_str())).or_default().push(s);
+                }
+            }
+            index
+        });
+        let templates = std::iter::once(&deployment.deployment.spec.template.metadata.labels)
+            .chain(
+                deployment
+                    .revisions
+                    .iter()
+                    .map(|r| &r.template.metadata.labels),
+            );
+        for labels in templates {
+            for (k, v) in labels {
+                for s in index.get(&(k.as_str(), v.as_str())).into_iter().flatten() {
+                    if s.service.selects(labels) {
+                        selected.insert(s.key());
+                    }
+                }
+            }
+        }
+    }
+    (namespaces, selected)
+}
+
+/// A route's place in a table: namespace, then name.
+fn order(r: &Route) -> (&str, &str) {
+    (r.namespace.as_str(), r.name.as_str())
+}
+
+/// What changed from `sent` to `now` (both as [`table`] orders them, by
+/// namespace then name): routes added or changed, and the keys of those
+/// removed. One merge pass; a route both share is a pointer comparison.
+pub fn changes_since(now: &[Route], sent: &[Route]) -> (Vec<pb::ServiceRoute>, Vec<String>) {
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let (mut old, mut new) = (sent.iter().peekable(), now.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if order(o) == order(n) => {
+                if !Arc::ptr_eq(o, n) && ***o != ***n {
+                    changed.push(pb::ServiceRoute::clone(n));
+                }
+                old.next();
+                new.next();
+            }
+            (Some(o), Some(n)) if order(o) < order(n) => {
+                removed.push(key(o));
+                old.next();
+            }
+            (Some(o), None) => {
+                removed.push(key(o));
+                old.next();
+            }
+            (_, Some(n)) => {
+                changed.push(pb::ServiceRoute::clone(n));
+                new.next();
+            }
+        }
+    }
     (changed, removed)
 }
 
@@ -132,15 +223,34 @@ mod tests {
 
     #[test]
     fn a_change_names_what_was_added_changed_and_removed_only() {
-        let sent = [r("a", &["10.0.0.1:80"]), r("b", &[]), r("c", &[])];
+        let sent = [r("a", &["10.0.0.1:80"]), r("b", &[]), r("c", &[])].map(Arc::new);
         let now = [
             r("a", &["10.0.0.1:80", "10.0.0.2:80"]),
             r("c", &[]),
             r("d", &[]),
-        ];
+        ]
+        .map(Arc::new);
         let (changed, removed) = changes_since(&now, &sent);
         let names: Vec<&str> = changed.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "d"]);
         assert_eq!(removed, ["default/b"]);
+
+        // Namespaces in the table's order ("a" before "a-x", though "a-x/…"
+        // sorts before "a/…" as a string): a shared route is not sent.
+        let in_ns = |ns: &str, name: &str, ep: &[&str]| {
+            let mut route = r(name, ep);
+            route.namespace = ns.into();
+            Arc::new(route)
+        };
+        let shared = in_ns("a", "b", &[]);
+        let sent = [shared.clone(), in_ns("a-x", "c", &[])];
+        let now = [shared, in_ns("a-x", "c", &["10.0.0.3:80"])];
+        let (changed, removed) = changes_since(&now, &sent);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].namespace.as_str(), changed[0].name.as_str()),
+            ("a-x", "c")
+        );
+        assert!(removed.is_empty());
     }
 }

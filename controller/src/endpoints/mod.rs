@@ -19,9 +19,12 @@
 //! leave at once, guarantee 10). Its address is the host part of its node's
 //! address. A process replica listens on its host's addresses, so its port
 //! is the target port. A Docker replica is reachable from other hosts only
-//! through a published port: its port is the `hostPort` of the container
-//! port the target resolves to, and without one it has no entry for that
-//! Service port (its bridge address is private to its host; docs/services.md).
+//! through a published port (its bridge address is private to its host):
+//! its port is the `hostPort` of the container port the target resolves
+//! to, or else the host port the engine published that container port on,
+//! as its agent reported it (`ReplicaObserved::published_ports`). A port
+//! the manifest does not declare, or one not (yet) reported published,
+//! gives no entry for that Service port (docs/services.md).
 //! Each Service port's `targetPort` is resolved per replica: a number as is,
 //! a name against the container's named ports of that replica's template; a
 //! replica without the name gets no entry for that port (Kubernetes does the
@@ -39,6 +42,7 @@ use std::net::IpAddr;
 use drover_manifest::{PodTemplate, PortRef, Protocol};
 use serde::{Deserialize, Serialize};
 
+use crate::store::objects::PublishedPort;
 use crate::store::services::StoredService;
 use crate::store::{NodeCondition, ObjectRef, State};
 
@@ -76,7 +80,7 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
     let svc = &service.service;
     let namespace = svc.metadata.namespace.as_str();
     let mut out = Vec::new();
-    for d in state.deployments(Some(namespace)) {
+    for d in state.deployments_after(Some(namespace), None) {
         // Revision hash → its template, for the revisions the selector matches.
         let mut matching: BTreeMap<String, &PodTemplate> = BTreeMap::new();
         let current = &d.deployment.spec.template;
@@ -108,7 +112,11 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
             if node.condition != NodeCondition::Ready {
                 continue;
             }
-            let published = node.runtime == "docker";
+            let published = (node.runtime == "docker").then(|| {
+                replica
+                    .current_status()
+                    .map_or(&[][..], |o| o.published_ports.as_slice())
+            });
             let ports: Vec<EndpointPort> = svc
                 .spec
                 .ports
@@ -117,7 +125,7 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
                     Some(EndpointPort {
                         name: p.name.clone().unwrap_or_default(),
                         port: p.port,
-                        target_port: target_port(&p.target_port, template, published)?,
+                        target_port: target_port(&p.target_port, p.protocol, template, published)?,
                         protocol: p.protocol,
                     })
                 })
@@ -140,25 +148,34 @@ pub fn endpoints(state: &State, service: &StoredService) -> Endpoints {
     }
 }
 
-/// Where a replica of `template` answers for `target` on its node's
-/// address: the container port, or with `published` (Docker) the host port
-/// it is published on (`None` when it is not).
-fn target_port(target: &PortRef, template: &PodTemplate, published: bool) -> Option<u16> {
+/// Where a replica of `template` answers for `target` (a Service port of
+/// `protocol`) on its node's address: the container port; or, with
+/// `published` (Docker: what its agent reported), the manifest's `hostPort`
+/// for that container port, else the host port the engine published it on
+/// (`None` when it is neither).
+fn target_port(
+    target: &PortRef,
+    protocol: Protocol,
+    template: &PodTemplate,
+    published: Option<&[PublishedPort]>,
+) -> Option<u16> {
     let ports = || template.spec.containers.iter().flat_map(|c| &c.ports);
     let port = match target {
-        PortRef::Number(n) => {
-            if !published {
-                return Some(*n);
-            }
-            ports().find(|p| p.container_port == *n)?
-        }
+        PortRef::Number(n) => match published {
+            None => return Some(*n),
+            Some(_) => ports().find(|p| p.container_port == *n && p.protocol == protocol)?,
+        },
         PortRef::Name(name) => ports().find(|p| p.name.as_deref() == Some(name))?,
     };
-    if published {
-        port.host_port
-    } else {
-        Some(port.container_port)
-    }
+    let Some(published) = published else {
+        return Some(port.container_port);
+    };
+    port.host_port.or_else(|| {
+        published
+            .iter()
+            .find(|p| p.container_port == port.container_port && p.protocol == port.protocol)
+            .map(|p| p.host_port)
+    })
 }
 
 /// `10.213.1.101` from `10.213.1.101:7101` (or `[::1]:7101`); the address

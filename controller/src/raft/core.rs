@@ -155,8 +155,9 @@ struct Proposal {
 /// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
 /// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16);
 /// format 6 `ApplyConfig.services` and `.service_range`, and `DeleteServices`
-/// (issue 15).
-pub const COMMAND_FORMAT: u32 = 6;
+/// (issue 15); format 7 `ReplicaObserved.published_ports` in `ReportStatus`
+/// (issue 15: an older member would drop them and compute other endpoints).
+pub const COMMAND_FORMAT: u32 = 7;
 
 /// Entries written before formats were numbered.
 fn first_format() -> u32 {

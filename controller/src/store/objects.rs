@@ -147,6 +147,20 @@ pub struct ReplicaObserved {
     /// `minReadySeconds`.
     #[serde(default)]
     pub ready_since_unix_ms: i64,
+    /// Where a Docker replica's container ports are published on its node,
+    /// as its agent last reported them (empty for the process runtime, and
+    /// in reports from before this was kept). A Service reaches the
+    /// replica there (`endpoints`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_ports: Vec<PublishedPort>,
+}
+
+/// A container port published on a host port of the replica's node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub protocol: Protocol,
+    pub host_port: u16,
 }
 
 /// One copy of a deployment.

@@ -350,6 +350,16 @@ impl State {
             .map(|(_, s)| s)
     }
 
+    /// Services in one namespace, or all, in key order, starting after
+    /// `after` (a list page).
+    pub fn services_after<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        after: Option<&ObjectRef>,
+    ) -> impl Iterator<Item = &'a Arc<StoredService>> + 'a {
+        in_namespace_after(&self.services, namespace, after).map(|(_, s)| s)
+    }
+
     pub fn service_count(&self) -> usize {
         self.services.len()
     }

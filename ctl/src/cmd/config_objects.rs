@@ -51,6 +51,9 @@ pub async fn list(
         read,
         names: names.to_vec(),
         label_selector: labels.to_string(),
+        // ConfigMaps and Secrets come in one page.
+        limit: 0,
+        continue_token: String::new(),
     };
     let response = match kind {
         ResourceKind::ConfigMap => {

@@ -264,6 +264,15 @@ pub fn describe_replica(r: &pb::Replica, events: &[pb::Event], now_ms: i64) -> S
     }
     line(&mut w, 0, "Ready", if s.ready { "True" } else { "False" });
     line(&mut w, 0, "Restart Count", &s.restarts.to_string());
+    // Docker: where the node publishes its ports (a Service reaches it there).
+    if !s.published_ports.is_empty() {
+        let published: Vec<String> = s
+            .published_ports
+            .iter()
+            .map(|p| format!("{}->{}/{}", p.host_port, p.container_port, p.protocol))
+            .collect();
+        line(&mut w, 0, "Published", &published.join(", "));
+    }
     let backing_off = matches!(state, ReplicaState::CrashLoopBackOff | ReplicaState::Failed);
     if backing_off && s.next_restart_unix_ms > 0 {
         let when = s.next_restart_unix_ms.saturating_sub(now_ms);
@@ -894,8 +903,17 @@ mod tests {
             s.reason = "OOMKilled".into();
             s.started_unix_ms = T0 + 10_000;
             s.finished_unix_ms = T0 + 9_000;
+            s.published_ports = vec![pb::PublishedPort {
+                container_port: 8081,
+                protocol: "TCP".into(),
+                host_port: 49153,
+            }];
         }
         let text = describe_replica(&r, &[], T0 + 20_000);
+        assert!(
+            text.contains("\nRestart Count:  1\nPublished:      49153->8081/TCP\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "\nStarted:        Sat, 01 Jun 2024 12:00:10 +0000\nReady:          True\n"

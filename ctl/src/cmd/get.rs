@@ -261,7 +261,7 @@ pub async fn list_deployments(
 }
 
 /// A List answer that comes in pages.
-trait Page {
+pub(crate) trait Page {
     type Item;
     /// The page's items and the next page's continue token ("" = last).
     fn split(self) -> (Vec<Self::Item>, String);
@@ -274,6 +274,13 @@ impl Page for pb::ListDeploymentsResponse {
     }
 }
 
+impl Page for pb::ListConfigResponse {
+    type Item = pb::ConfigRecord;
+    fn split(self) -> (Vec<pb::ConfigRecord>, String) {
+        (self.objects, self.continue_token)
+    }
+}
+
 impl Page for pb::ListReplicasResponse {
     type Item = pb::Replica;
     fn split(self) -> (Vec<pb::Replica>, String) {
@@ -282,7 +289,10 @@ impl Page for pb::ListReplicasResponse {
 }
 
 /// Every page of a List call: `rpc` makes the request for a continue token.
-async fn all_pages<P, F, Fut>(client: &mut Client, mut rpc: F) -> Result<Vec<P::Item>, ClientError>
+pub(crate) async fn all_pages<P, F, Fut>(
+    client: &mut Client,
+    mut rpc: F,
+) -> Result<Vec<P::Item>, ClientError>
 where
     P: Page,
     F: FnMut(ControlClient<Channel>, String) -> Fut,

@@ -124,6 +124,11 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
     if let Some(missing) = sys::missing_prerequisite() {
         anyhow::bail!(missing);
     }
+    if args.dns_upstream.is_some() && args.runtime != "docker" {
+        anyhow::bail!(
+            "--dns-upstream is for Docker replicas' names: add --runtime docker (process replicas use their host's resolver)"
+        );
+    }
     let controller_bin = lab::find_binary("drover-controller")?;
     let agent_bin = lab::find_binary("drover-agent")?;
     let opts = UpOptions {
@@ -142,7 +147,13 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
                     drover_proto::duration::short(d),
                 ]
             })
-            .unwrap_or_default(),
+            .into_iter()
+            .chain(
+                args.dns_upstream
+                    .map(|a| vec!["--service-dns-upstream".to_string(), a.to_string()]),
+            )
+            .flatten()
+            .collect(),
         busybox_path: args.busybox_path.clone(),
     };
     let mut lab = lab::up(&opts, &mut |line| {

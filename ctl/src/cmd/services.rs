@@ -21,6 +21,7 @@ use drover_proto::pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::get::{all_pages, CHUNK_SIZE};
 use crate::client::{Client, ClientError};
 use crate::output::{self, age, rfc3339, Table};
 use crate::resource::ResourceKind;
@@ -62,17 +63,23 @@ pub struct Item<T> {
     pub object: T,
 }
 
+/// A page of the Services (or their endpoints) a list asks for, the page
+/// after `continue_token` ([`CHUNK_SIZE`] at a time, as deployments and
+/// replicas are listed).
 fn request(
     namespace: &str,
     names: &[String],
     labels: &str,
     read: Option<pb::ReadOptions>,
+    continue_token: String,
 ) -> pb::ListConfigRequest {
     pb::ListConfigRequest {
         namespace: namespace.to_string(),
         read,
         names: names.to_vec(),
         label_selector: labels.to_string(),
+        limit: CHUNK_SIZE,
+        continue_token,
     }
 }
 
@@ -98,15 +105,13 @@ pub async fn list(
     labels: &str,
     read: Option<pb::ReadOptions>,
 ) -> anyhow::Result<Vec<Item<ServiceRecord>>> {
-    let request = request(namespace, names, labels, read);
-    let response = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_services(request).await }
-        })
-        .await
-        .map_err(anyhow::Error::from)?;
-    decode(response.objects, "a service")
+    let objects = all_pages(client, |mut c, token| {
+        let request = request(namespace, names, labels, read, token);
+        async move { c.list_services(request).await }
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    decode(objects, "a service")
 }
 
 /// The endpoints of the Services in `namespace` ("" = all).
@@ -117,15 +122,13 @@ pub async fn list_endpoints(
     labels: &str,
     read: Option<pb::ReadOptions>,
 ) -> anyhow::Result<Vec<Item<EndpointsRecord>>> {
-    let request = request(namespace, names, labels, read);
-    let response = client
-        .call(|mut c| {
-            let request = request.clone();
-            async move { c.list_endpoints(request).await }
-        })
-        .await
-        .map_err(anyhow::Error::from)?;
-    decode(response.objects, "endpoints")
+    let objects = all_pages(client, |mut c, token| {
+        let request = request(namespace, names, labels, read, token);
+        async move { c.list_endpoints(request).await }
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    decode(objects, "endpoints")
 }
 
 /// kubectl's PORT(S): `80/TCP`, `80:30080/TCP`, comma-separated.

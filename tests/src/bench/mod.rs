@@ -12,10 +12,13 @@
 //!   Docker, beside `docker service update --image` on the same engine.
 //! - [`debugging`]: `port-forward` and `cp` throughput beside a direct
 //!   GET to the container and `docker cp`.
+//! - [`endpoints`]: the leader's Service table at 100,000 replicas, in
+//!   this process: a status batch's update beside a full recompute.
 //! - [`measure`]: the polling clock, percentiles and `/proc` memory they share.
 
 pub mod debugging;
 pub mod docker_start;
+pub mod endpoints;
 pub mod measure;
 pub mod placement;
 pub mod recovery;

@@ -644,6 +644,7 @@ impl SimFleet {
                 stop_after_disconnect: None,
                 service_proxy: drover_agent::services::ServiceProxy::Off,
                 service_dns: None,
+                service_dns_upstream: Vec::new(),
                 security,
                 join: None,
                 tls_dir: None,

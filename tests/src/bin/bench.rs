@@ -9,6 +9,7 @@
 //! target/release/bench rollout [--replicas 50] [--process-only]
 //! target/release/bench debugging [--mebibytes 256] [--rounds 3]
 //! target/release/bench services [--requests 5000] [--concurrency 8] [--rounds 3] [--kills 5] [--runtime process|docker]
+//! target/release/bench endpoints [--nodes 100] [--deployments 1000] [--replicas 100] [--services 1000] [--rounds 5]
 //! ```
 //!
 //! Each subcommand prints one line per figure (the lines the README's
@@ -119,6 +120,23 @@ enum What {
         /// `--runtime docker` its own Docker engine; kills are `lab kill`.
         #[arg(long)]
         lab: bool,
+    },
+    /// The leader's Service table at scale, in this process: a status
+    /// batch's update beside a full recompute of every Service.
+    Endpoints {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1000)]
+        deployments: usize,
+        /// Replicas per deployment.
+        #[arg(long, default_value_t = 100)]
+        replicas: usize,
+        /// Services, Service i selecting deployment i.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Rounds per figure (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Services on a lab (as root): cluster IP vs direct requests/s and
     /// latency, and how long a dead host's replica stays in rotation.
@@ -254,6 +272,19 @@ async fn run(what: What) -> anyhow::Result<()> {
             })
             .await
         }
+        What::Endpoints {
+            nodes,
+            deployments,
+            replicas,
+            services,
+            rounds,
+        } => bench::endpoints::run(bench::endpoints::Config {
+            nodes,
+            deployments,
+            replicas,
+            services,
+            rounds,
+        }),
         What::Services {
             requests,
             concurrency,
