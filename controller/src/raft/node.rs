@@ -402,33 +402,42 @@ impl Node {
         let mut ticker = tokio::time::interval(self.core_tick());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut ticked = false;
             tokio::select! {
-                // Raft's own traffic first: heartbeats and votes are never
-                // starved by client writes (which wait in `inbox`).
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => self.core.tick(Instant::now()),
+                _ = ticker.tick() => ticked = true,
                 msgs = self.peer_inbox.recv() => {
                     let Some(msgs) = msgs else { break };
                     self.core.step(msgs);
-                    while let Ok(msgs) = self.peer_inbox.try_recv() {
-                        self.core.step(msgs);
-                    }
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
-                    // Take everything already queued before writing to disk:
-                    // one fsync then covers many proposals (group commit).
-                    let mut n = 0;
-                    while n < INBOX {
-                        match self.inbox.try_recv() {
-                            Ok(msg) => self.handle(msg),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
                 }
+            }
+            // Whichever branch woke the loop, everything already queued is
+            // taken before the next Ready: raft's own traffic first, then
+            // client requests (one fsync then covers many proposals: group
+            // commit). Taking only the woken branch starved both once an
+            // iteration outlasted a tick (large applies under load): the
+            // ticker was ready every time, heartbeats and votes waited until
+            // elections fired, and client writes until the load fell.
+            while let Ok(msgs) = self.peer_inbox.try_recv() {
+                self.core.step(msgs);
+            }
+            let mut n = 0;
+            while n < INBOX {
+                match self.inbox.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            // The tick after the messages: a leader's quorum check counts
+            // the answers that are already here.
+            if ticked {
+                self.core.tick(Instant::now());
             }
             self.on_ready().await?;
         }
