@@ -60,6 +60,9 @@ pub struct GrpcTransport {
     peers: Mutex<HashMap<u64, Peer>>,
     /// This controller's current client credentials (renewed in place).
     security: watch::Receiver<Security>,
+    /// The runtime peer senders run on: the one this transport was made on,
+    /// not the raft node's own (which may learn a new peer).
+    runtime: tokio::runtime::Handle,
 }
 
 struct Peer {
@@ -92,6 +95,7 @@ impl GrpcTransport {
             node,
             peers: Mutex::new(HashMap::new()),
             security,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -119,7 +123,7 @@ impl GrpcTransport {
             node: self.node.clone(),
             security: self.security.clone(),
         };
-        tokio::spawn(sender.run(rx));
+        self.runtime.spawn(sender.run(rx));
         tx
     }
 }
