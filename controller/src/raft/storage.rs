@@ -232,6 +232,24 @@ impl LogState {
     }
 }
 
+/// Whether a saved snapshot can be sent to member `to`, which raft asks for
+/// at `request_index`: not one older than that (raft asks again, and a newer
+/// one is saved), and not one whose conf state lacks `to` (raft-rs restores
+/// only a snapshot whose conf state holds the member, so a member added after
+/// it would refuse it).
+pub fn snapshot_serves(meta: &SnapshotMetadata, request_index: u64, to: u64) -> bool {
+    let cs = meta.get_conf_state();
+    let knows = [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&to));
+    meta.index >= request_index && knows
+}
+
 /// raft-rs's [`Storage`] on sled. Cloning is cheap; clones share the cached state.
 #[derive(Clone)]
 pub struct SledStorage {
@@ -881,18 +899,7 @@ impl Storage for SledStorage {
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         };
-        // A member added after the snapshot would refuse it (raft-rs restores
-        // only a snapshot whose conf state holds the member).
-        let cs = metadata.get_conf_state();
-        let knows = [
-            &cs.voters,
-            &cs.learners,
-            &cs.voters_outgoing,
-            &cs.learners_next,
-        ]
-        .iter()
-        .any(|ids| ids.contains(&to));
-        if metadata.index < request_index || !knows {
+        if !snapshot_serves(&metadata, request_index, to) {
             tracing::debug!(
                 saved = metadata.index,
                 request_index,

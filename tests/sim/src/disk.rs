@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use drover_controller::raft::core::LogStore;
-use drover_controller::raft::storage::StorageError;
+use drover_controller::raft::storage::{snapshot_serves, StorageError};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 
@@ -366,16 +366,7 @@ impl Storage for SimDisk {
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         };
-        let cs = meta.get_conf_state();
-        let knows = [
-            &cs.voters,
-            &cs.learners,
-            &cs.voters_outgoing,
-            &cs.learners_next,
-        ]
-        .iter()
-        .any(|ids| ids.contains(&to));
-        if meta.index < request_index || !knows {
+        if !snapshot_serves(&meta, request_index, to) {
             self.wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
