@@ -419,12 +419,12 @@ impl Sent {
         accepts_changes: bool,
     ) -> Option<pb::AssignmentSet> {
         let current = book.for_node(node);
-        let services = book.services.clone();
+        let routes = book.services.clone();
         // The Service table changed: send a set even if the node's did not.
         let services_changed = self
             .services
             .as_ref()
-            .is_none_or(|old| !Arc::ptr_eq(old, &services) && !services::same(old, &services));
+            .is_none_or(|old| !Arc::ptr_eq(old, &routes) && !services::same(old, &routes));
         // The book keeps a node's Arc while its set is unchanged: a
         // different Arc is (nearly always) a different set.
         let set_changed = self
@@ -440,7 +440,7 @@ impl Sent {
             Some(before) => {
                 let (assignments, removed) = current.changes_since(before);
                 let (changed_services, removed_services) = services::changes_since(
-                    &services,
+                    &routes,
                     self.services.as_deref().map_or(&[][..], |s| &s[..]),
                 );
                 pb::AssignmentSet {
@@ -457,10 +457,7 @@ impl Sent {
             }
             None => pb::AssignmentSet {
                 version,
-                services: services
-                    .iter()
-                    .map(|r| pb::ServiceRoute::clone(r))
-                    .collect(),
+                services: routes.iter().map(|r| pb::ServiceRoute::clone(r)).collect(),
                 assignments: current.assignments.clone(),
                 terminating: current.terminating.clone(),
                 terminating_grace_seconds: current.terminating_grace_seconds.clone(),
@@ -469,7 +466,7 @@ impl Sent {
             },
         };
         self.set = Some(current);
-        self.services = Some(services);
+        self.services = Some(routes);
         Some(set)
     }
 }

@@ -1,10 +1,13 @@
-//! The raft member task: a tokio driver over the synchronous [`Core`].
+//! The raft member task: a tokio driver over the synchronous [`Core`], run
+//! on a thread of its own (`server::spawn_node`).
 //!
 //! ```text
 //!   Handle (cloneable) ──Msg──▶ ┌──────────── node task ─────────────┐
-//!   transport (peers) ──Msg──▶  │ ticker → core.tick(now)             │
-//!                               │ peers  → core.step(msgs)            │
+//!   transport (peers) ──Msg──▶  │ wake on ticker, peers or inbox;     │
+//!                               │ then every iteration, in order:     │
+//!                               │ peers  → core.step(msgs)  (all)     │
 //!                               │ inbox  → core.propose / read / ...  │
+//!                               │ ticker → core.tick(now)  (if due)   │
 //!                               │ core.persist()                      │
 //!                               │ storage.flush().await  (group fsync)│
 //!                               │ core.after_flush() → snapshot job   │──▶ spawn_blocking
