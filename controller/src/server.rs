@@ -267,12 +267,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
                 );
             let mut task = tokio::spawn(generation);
             tokio::select! {
-                ended = &mut task => {
-                    return match ended {
-                        Ok(r) => r.context("gRPC server failed"),
-                        Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
-                    };
-                }
+                // A renewal first: it also ends the old generation, and a
+                // loaded runtime may see both at once; taking the ending as
+                // the server's end stopped the whole controller.
+                biased;
                 _ = renewed.cancelled() => {
                     // New connections (and clients' reconnects after the old
                     // server's GOAWAY) get the new certificate at once.
@@ -280,6 +278,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
                     draining.spawn(async move {
                         let _ = task.await;
                     });
+                }
+                ended = &mut task => {
+                    return match ended {
+                        Ok(r) => r.context("gRPC server failed"),
+                        Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+                    };
                 }
             }
         }
