@@ -90,10 +90,12 @@ impl Scraper {
     }
 }
 
-/// The worker Deployment: `replicas` copies of [`WORKER_SCRIPT`] with small
-/// requests, killed at once on delete (a shell as PID 1 ignores SIGTERM, so
-/// any grace period would only be waited out).
-pub fn worker_manifest(name: &str, replicas: u32) -> String {
+/// The worker Deployment: `replicas` copies of [`WORKER_SCRIPT`] in `image`
+/// with small requests, killed at once on delete (a shell as PID 1 ignores
+/// SIGTERM, so any grace period would only be waited out). Another image is
+/// a new template: applying it starts a rolling update (maxSurge and
+/// maxUnavailable 25 %, Kubernetes' defaults).
+pub fn worker_manifest(name: &str, replicas: u32, image: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -114,7 +116,7 @@ spec:
       terminationGracePeriodSeconds: 0
       containers:
       - name: worker
-        image: {IMAGE}
+        image: {image}
         command: ["sh", "-c", "{WORKER_SCRIPT}"]
         resources:
           requests:
@@ -124,17 +126,27 @@ spec:
     )
 }
 
-/// Apply [`worker_manifest`] through the API, as droverctl would.
+/// Apply [`worker_manifest`] of [`IMAGE`] through the API, as droverctl would.
 pub async fn apply_worker(
     client: &mut ControlClient<Channel>,
     name: &str,
     replicas: u32,
 ) -> anyhow::Result<()> {
+    apply_worker_of(client, name, replicas, IMAGE).await
+}
+
+/// Apply [`worker_manifest`] of `image` through the API.
+pub async fn apply_worker_of(
+    client: &mut ControlClient<Channel>,
+    name: &str,
+    replicas: u32,
+    image: &str,
+) -> anyhow::Result<()> {
     client
         .apply(pb::ApplyRequest {
             files: vec![pb::ManifestFile {
                 name: format!("{name}.yaml"),
-                content: worker_manifest(name, replicas),
+                content: worker_manifest(name, replicas, image),
             }],
             ..Default::default()
         })

@@ -36,7 +36,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Channel;
 
 use super::measure::{cores, cpu_time, memory_of, own_cpu_time, poll_until, secs, Memory, Poll};
-use super::{apply_worker, client, list_replicas, ready_nodes, Progress};
+use super::{apply_worker, apply_worker_of, client, list_replicas, ready_nodes, Progress};
 
 /// The throughput the issue asks for.
 const TARGET_PER_SEC: f64 = 10_000.0;
@@ -59,6 +59,9 @@ pub struct Config {
     pub sample: Duration,
     /// How long to keep the cluster up after placement, watching it (0: not).
     pub hold: Duration,
+    /// After placement (and the hold), roll the first deployment to a new
+    /// template and time it, checking its bounds at every sample.
+    pub rollout: bool,
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -382,7 +385,91 @@ async fn measure(
     if !cfg.hold.is_zero() {
         hold(c, &mut watcher, cfg).await?;
     }
+    if cfg.rollout {
+        rollout(c, cfg).await?;
+    }
     Ok(at)
+}
+
+/// The image the rolled deployment changes to (the sim runtime runs
+/// nothing, so any name is a new template).
+const NEXT_IMAGE: &str = "drover/busybox:rollout-bench";
+
+/// Roll the first deployment (`place-0000`) to [`NEXT_IMAGE`] with
+/// Kubernetes' default bounds (maxSurge and maxUnavailable 25 %, rounded up
+/// and down) and time apply → rollout complete, sampling its status at the
+/// leader every `cfg.sample`: at no sample may it have more than desired +
+/// maxSurge replicas or fewer than desired − maxUnavailable available.
+async fn rollout(c: &Cluster, cfg: &Config) -> anyhow::Result<()> {
+    const NAME: &str = "place-0000";
+    let desired = cfg.replicas;
+    let (surge, unavailable) = (desired.div_ceil(4), desired / 4);
+    let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+    let mut api = client(&c.controllers[leader].address, &c.security).await?;
+    let cpu_before = CpuUse::now(c);
+    let t0 = Instant::now();
+    apply_worker_of(&mut api, NAME, desired, NEXT_IMAGE).await?;
+    let (mut most, mut fewest_available, mut samples) = (0, u32::MAX, 0);
+    let mut poll = Poll::new(cfg.sample, cfg.timeout);
+    let mut said = Instant::now();
+    let mut done = None;
+    while poll.next().await {
+        let status = match api
+            .get_deployment(pb::GetDeploymentRequest {
+                namespace: "default".into(),
+                name: NAME.into(),
+                read: None,
+            })
+            .await
+        {
+            Ok(d) => d.into_inner().status.unwrap_or_default(),
+            Err(s) => {
+                eprintln!("  {:>8}: {}", secs(t0.elapsed()), s.message());
+                continue;
+            }
+        };
+        samples += 1;
+        most = most.max(status.replicas);
+        fewest_available = fewest_available.min(status.available);
+        if status.revision == 2 && status.complete {
+            done = Some((t0.elapsed(), CpuUse::now(c)));
+            break;
+        }
+        if said.elapsed() >= SAY_EVERY {
+            eprintln!(
+                "  {:>8}: revision {}: {} replicas, {} updated, {} available, {} updated available",
+                secs(t0.elapsed()),
+                status.revision,
+                status.replicas,
+                status.updated,
+                status.available,
+                status.updated_available
+            );
+            said = Instant::now();
+        }
+    }
+    let Some((took, cpu_after)) = done else {
+        anyhow::bail!(
+            "the rollout of {NAME} did not complete within {:?}",
+            cfg.timeout
+        );
+    };
+    let held = most <= desired + surge && fewest_available >= desired - unavailable;
+    println!(
+        "rolling update of {NAME} ({desired} replicas, maxSurge {surge}, maxUnavailable {unavailable}): \
+         apply → complete {}; over {samples} samples at most {most} replicas (bound {}) and at \
+         least {fewest_available} available (bound {}): bounds {}",
+        secs(took),
+        desired + surge,
+        desired - unavailable,
+        if held { "held" } else { "BROKEN" }
+    );
+    println!(
+        "CPU used by the rolling update: {}",
+        cpu_after.since(&cpu_before, leader)
+    );
+    anyhow::ensure!(held, "the rolling update went past its bounds");
+    Ok(())
 }
 
 /// Keep the placed cluster up for `cfg.hold`, once a second asking who

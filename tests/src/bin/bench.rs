@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release --workspace
 //! target/release/bench store [--metrics-compare [--rounds 2]]
-//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300] [--metrics-compare|--watch-compare]
+//! target/release/bench placement [--agents 1000] [--deployments 100] [--replicas 100] [--hold-secs 300] [--metrics-compare|--watch-compare|--rollout]
 //! target/release/bench docker-start [--replicas 20]
 //! target/release/bench recovery [--agents 3] [--replicas 30] [--kills 20] [--runtime process|docker] [--lab]
 //! target/release/bench rollout [--replicas 50] [--process-only]
@@ -88,6 +88,11 @@ enum What {
         /// --watch-history 1; print both and the ratio.
         #[arg(long, conflicts_with = "metrics_compare")]
         watch_compare: bool,
+        /// Then roll the first deployment to a new image and time it, its
+        /// bounds checked at every sample (`--deployments 1 --replicas
+        /// 10000`: one 10,000-replica deployment).
+        #[arg(long, conflicts_with_all = ["metrics_compare", "watch_compare"])]
+        rollout: bool,
     },
     /// Replica start through drover (2 Docker agents) against `docker run -d`.
     DockerStart {
@@ -224,6 +229,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             hold_secs,
             metrics_compare,
             watch_compare,
+            rollout,
         } => {
             let cfg = bench::placement::Config {
                 agents,
@@ -233,6 +239,7 @@ async fn run(what: What) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_secs),
                 sample: Duration::from_millis(sample_ms.max(1)),
                 hold: Duration::from_secs(hold_secs),
+                rollout,
             };
             if metrics_compare {
                 bench::placement::metrics_compare(cfg).await
