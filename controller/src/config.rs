@@ -60,9 +60,14 @@ pub struct ControllerConfig {
     #[arg(long, default_value_t = 2)]
     pub heartbeat_ticks: usize,
 
-    /// Compact the raft log every N applied entries.
+    /// Compact the raft log every N applied entries...
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_interval: u64,
+
+    /// ... or once the entries applied since the last snapshot hold this
+    /// many MiB, whichever comes first (the log is in memory until then).
+    #[arg(long, default_value_t = 64)]
+    pub snapshot_log_mib: u64,
 
     /// Entries kept behind the applied index when compacting.
     #[arg(long, default_value_t = 1_000)]
@@ -201,6 +206,7 @@ impl ControllerConfig {
             election_ticks: self.election_ticks,
             heartbeat_ticks: self.heartbeat_ticks,
             snapshot_interval: self.snapshot_interval.max(1),
+            snapshot_log_bytes: self.snapshot_log_mib.max(1) << 20,
             trailing_entries: self.trailing_entries,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             ..NodeConfig::new(self.id)

@@ -46,6 +46,16 @@ fn fast_small_log(id: u64) -> NodeConfig {
     }
 }
 
+/// Entries far below the interval, but a byte bound that 30 applies pass.
+fn fast_byte_bounded_log(id: u64) -> NodeConfig {
+    NodeConfig {
+        snapshot_interval: 1_000_000,
+        snapshot_log_bytes: 8 << 10,
+        trailing_entries: 10,
+        ..fast(id)
+    }
+}
+
 impl TestCluster {
     async fn start(n: u64, cfg: fn(u64) -> NodeConfig) -> TestCluster {
         let mut c = TestCluster {
@@ -242,6 +252,28 @@ async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
     c.boot(lagging, &[]).await;
     c.converged(&[0, 1, 2]).await;
     assert_eq!(c.store(lagging).deployments(None).len(), 200);
+}
+
+/// The log's bytes bound it too: large entries are compacted long before the
+/// entry count is reached, and a member that missed them catches up from
+/// the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_compacted_by_its_bytes() {
+    let mut c = TestCluster::start(3, fast_byte_bounded_log).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let lagging = (l + 1) % 3;
+    c.stop(lagging).await;
+    for i in 0..60 {
+        write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
+    }
+    let s = c.handle(l).status().await.expect("status");
+    assert!(
+        s.snapshot_index > 20,
+        "60 entries of a few hundred bytes each pass the 8 KiB bound: {s:?}"
+    );
+    c.boot(lagging, &[]).await;
+    c.converged(&[0, 1, 2]).await;
+    assert_eq!(c.store(lagging).deployments(None).len(), 60);
 }
 
 /// The first snapshot sent to the lagging member is lost on the way: the

@@ -273,6 +273,8 @@ pub struct Core<S: LogStore> {
     election_seen: (u64, StateRole, usize),
     /// The applied index of the newest snapshot saved or being saved.
     snapshot_at: u64,
+    /// Bytes of the entries applied since `snapshot_at`.
+    applied_bytes: u64,
     leadership: watch::Sender<Leadership>,
     applied: watch::Sender<u64>,
     /// Set when a committed entry could not be applied: why. Nothing after
@@ -324,6 +326,7 @@ impl<S: LogStore> Core<S> {
             election_range,
             election_seen: (0, StateRole::Follower, 0),
             snapshot_at: applied,
+            applied_bytes: 0,
             leadership,
             applied: applied_tx,
             stalled: None,
@@ -771,6 +774,7 @@ impl<S: LogStore> Core<S> {
         self.raw.store().apply_snapshot(&snap)?;
         self.store.replace(state);
         self.snapshot_at = meta.index;
+        self.applied_bytes = 0;
         crate::metrics::get().snapshot("installed", snap.get_data().len());
         for m in self.store.members() {
             self.transport.set_peer(m.id, m.address);
@@ -796,6 +800,7 @@ impl<S: LogStore> Core<S> {
             if self.stalled.is_some() {
                 return Ok(());
             }
+            self.applied_bytes += entry.data.len() as u64;
             match entry.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(&entry)?,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -945,19 +950,22 @@ impl<S: LogStore> Core<S> {
         self.ready_reads = waiting;
     }
 
-    /// Once `snapshot_interval` entries were applied since the last snapshot
-    /// (or a follower needs a newer one), a snapshot job: the state is cloned
+    /// Once `snapshot_interval` entries, or `snapshot_log_bytes` of them, were
+    /// applied since the last snapshot (or a follower needs a newer one), a
+    /// snapshot job: the state is cloned
     /// here (free); the driver encodes and saves it off its loop, so the node
     /// goes on meanwhile, and reports back with [`Core::snapshot_saved`].
     fn maybe_snapshot(&mut self) -> Option<SnapshotJob<S>> {
         let state = self.store.snapshot();
         let (index, term) = state.applied();
-        let due = index >= self.snapshot_at + self.cfg.snapshot_interval;
+        let due = index >= self.snapshot_at + self.cfg.snapshot_interval
+            || (index > self.snapshot_at && self.applied_bytes >= self.cfg.snapshot_log_bytes);
         let wanted = index > self.snapshot_at && self.raw.store().take_snapshot_wanted();
         if !due && !wanted {
             return None;
         }
         self.snapshot_at = index;
+        self.applied_bytes = 0;
         let meta = SnapshotMetadata {
             index,
             term,

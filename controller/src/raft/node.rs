@@ -20,7 +20,8 @@
 //! deterministic simulator drives the same `Core` without tokio.
 //!
 //! The state machine is in memory ([`Store`]). Every `snapshot_interval`
-//! applied entries the core clones it (free), this task encodes and saves it
+//! applied entries (or `snapshot_log_bytes` of them, whichever comes first)
+//! the core clones it (free), this task encodes and saves it
 //! on a blocking thread, and once saved the core compacts the log behind it;
 //! a restart decodes the saved snapshot and re-applies the log after it.
 
@@ -48,8 +49,13 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     /// Save a snapshot of the state (and compact the log behind it) once this
-    /// many entries were applied since the last one.
+    /// many entries were applied since the last one...
     pub snapshot_interval: u64,
+    /// ... or once the entries applied since the last one hold this many
+    /// bytes. sled keeps the log's entries in memory until they are
+    /// compacted, so this bounds the log's memory: at 100,000 replicas a
+    /// status batch is tens of kilobytes, and 10,000 of them held 300 MB.
+    pub snapshot_log_bytes: u64,
     /// Entries kept behind the applied index at compaction, for slow followers.
     pub trailing_entries: u64,
     /// How long a proposal may wait for its entry to apply.
@@ -66,6 +72,7 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_interval: 10_000,
+            snapshot_log_bytes: 64 << 20,
             trailing_entries: 1_000,
             write_timeout: Duration::from_secs(8),
             // Short: a read that raft dropped silently (no leader yet, or a
