@@ -181,8 +181,9 @@ pub struct State {
     services: OrdMap<ObjectRef, Arc<StoredService>>,
     events: Vector<Arc<EventRecord>>,
     last_event_seq: u64,
-    /// Each retained event's repeat key → its sequence number (derived).
-    event_keys: OrdMap<String, u64>,
+    /// Each retained event's repeat key ([`super::events::same_key`]) → its
+    /// sequence number (derived).
+    event_keys: OrdMap<u64, u64>,
     index: Indexes,
     /// Not replicated: what changed since the node task last took it.
     touched: Touched,
@@ -795,11 +796,11 @@ impl State {
         let key = super::events::same_key(e.event_type, e.reason, &e.object, &e.message);
         let (count, first) = match self.event_keys.get(&key).copied() {
             Some(seq) => match self.events.binary_search_by(|x| x.seq.cmp(&seq)) {
-                Ok(at) => {
+                Ok(at) if self.events[at].repeats(&e) => {
                     let old = self.events.remove(at);
                     (old.count.saturating_add(1), old.first_time_unix_ms)
                 }
-                Err(_) => (1, now),
+                _ => (1, now),
             },
             None => (1, now),
         };
