@@ -11,7 +11,7 @@
 //! earlier (two replicas created in one entry see each other), and
 //! [`State::apply`] puts the state back when it is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -1140,23 +1140,34 @@ fn reconcile(
 /// Create replicas whose slot is free; returns how many were created.
 /// A rollout runs two revisions side by side, so the same slot number may
 /// exist once per revision.
+///
+/// Cost: each deployment's taken slots are read once per entry, O(its
+/// replicas), then each creation is O(log n). (Checking each creation
+/// against every replica of its deployment made a 10,000-replica
+/// `Reconcile` 50 million map lookups, on every member.)
 fn create_replicas(
     state: &mut State,
     create: &[ReplicaRecord],
     created: &mut BTreeMap<(String, String), Vec<String>>,
 ) -> usize {
+    let mut taken: HashMap<ObjectRef, HashSet<(String, u32)>> = HashMap::new();
     let mut changed = 0;
     for r in create {
         let deployment = ObjectRef {
             namespace: r.namespace.clone(),
             name: r.deployment.clone(),
         };
-        let taken = state
-            .replicas_of(&deployment)
-            .any(|o| o.revision == r.revision && o.slot == r.slot);
-        if taken || state.replica(&r.namespace, &r.name).is_some() {
+        let slots = taken.entry(deployment).or_insert_with_key(|d| {
+            state
+                .replicas_of(d)
+                .map(|o| (o.revision.clone(), o.slot))
+                .collect()
+        });
+        let slot = (r.revision.clone(), r.slot);
+        if slots.contains(&slot) || state.replica(&r.namespace, &r.name).is_some() {
             continue;
         }
+        slots.insert(slot);
         state.put_replica(r.clone());
         created
             .entry((r.namespace.clone(), r.deployment.clone()))
