@@ -242,9 +242,16 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
             let mut changes = security.clone();
             let renewed = CancellationToken::new();
             let restart = renewed.clone();
+            // Keep-alives only clear away dead connections (node liveness
+            // is judged by heartbeats): a peer may take 10 s to answer a
+            // ping. With 3 s, a client or agent process starved of CPU for
+            // a moment lost its connection and everything in flight on it,
+            // and the reconnections' TLS handshakes loaded the machine
+            // further (at 100,000 replicas: thousands of agent sessions and
+            // most progress listings cut).
             let generation = builder
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
-                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
                 .layer(AuthorizeLayer::new(
                     authz::controller_policy,
                     !current.is_insecure(),
