@@ -11,11 +11,13 @@
 //! earlier (two replicas created in one entry see each other), and
 //! [`State::apply`] puts the state back when it is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use drover_manifest::Deployment;
+
+use crate::orchestrator::rollout;
 
 use super::events::{name_list, InvolvedObject, NewEvent};
 use super::objects::{
@@ -52,9 +54,28 @@ pub struct NodeRegistration {
     pub incarnation: String,
 }
 
+/// The format of the commands this controller writes, and the newest it can
+/// apply. Bump it with every change to [`Command`] (or the types inside it)
+/// that an older controller would not apply exactly as this one does: an
+/// older member then stops applying at the first newer entry, with a
+/// sentence in `cluster status`, instead of skipping or misreading it.
+/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
+/// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16);
+/// format 6 `ApplyConfig.services` and `.service_range`, and `DeleteServices`
+/// (issue 15); format 7 `ReplicaObserved.published_ports` in `ReportStatus`
+/// (issue 15: an older member would drop them and compute other endpoints);
+/// format 8 changes how `Reconcile` applies ([`CAPPED_RECONCILE`]).
+pub const COMMAND_FORMAT: u32 = 8;
+
+/// The first format whose `Reconcile` creates no replica beyond the
+/// deployment's current desired count + maxSurge. An entry of an older
+/// format applies as it did when it was written (a stale one may overshoot),
+/// so a log replays to the same state whatever version replays it.
+pub const CAPPED_RECONCILE: u32 = 8;
+
 /// A state-machine command, as stored in a raft entry. A change to its shape
 /// that an older controller would not apply exactly the same way bumps
-/// `raft::node::COMMAND_FORMAT`; an unknown field is refused, not ignored.
+/// [`COMMAND_FORMAT`]; an unknown field is refused, not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Command {
@@ -144,6 +165,10 @@ pub enum Command {
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
+    /// From format [`CAPPED_RECONCILE`] on, so is a creation that would take
+    /// its deployment beyond its current desired count + maxSurge (a `Scale`
+    /// down or a `Delete` committed after the decision), or of a deployment
+    /// that is gone.
     Reconcile {
         create: Vec<ReplicaRecord>,
         remove: Vec<ObjectRef>,
@@ -362,7 +387,11 @@ fn no_revision(name: &str, revision: &Option<u64>) -> String {
     }
 }
 
-pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResult, WriteError> {
+pub(super) fn execute(
+    state: &mut State,
+    command: &Command,
+    format: u32,
+) -> Result<WriteResult, WriteError> {
     match command {
         Command::Apply {
             deployments,
@@ -477,7 +506,10 @@ pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResul
             create,
             remove,
             now_unix_ms,
-        } => reconcile(state, create, remove, *now_unix_ms),
+        } => {
+            let capped = format >= CAPPED_RECONCILE;
+            reconcile(state, create, remove, capped, *now_unix_ms)
+        }
         Command::Schedule {
             place,
             unschedulable,
@@ -1086,6 +1118,7 @@ fn reconcile(
     state: &mut State,
     create: &[ReplicaRecord],
     remove: &[ObjectRef],
+    capped: bool,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
@@ -1117,7 +1150,7 @@ fn reconcile(
         changed += 1;
     }
     if !create.is_empty() {
-        changed += create_replicas(state, create, &mut created);
+        changed += create_replicas(state, create, capped, &mut created);
     }
     for (verb, reason, names) in [
         ("Created", "SuccessfulCreate", created),
@@ -1139,12 +1172,23 @@ fn reconcile(
 
 /// Create replicas whose slot is free; returns how many were created.
 /// A rollout runs two revisions side by side, so the same slot number may
-/// exist once per revision.
+/// exist once per revision. `capped` (format [`CAPPED_RECONCILE`] on): only
+/// within the deployment's current bounds too ([`within_bounds`]).
 fn create_replicas(
     state: &mut State,
     create: &[ReplicaRecord],
+    capped: bool,
     created: &mut BTreeMap<(String, String), Vec<String>>,
 ) -> usize {
+    let draining: HashSet<String> = if capped {
+        state
+            .nodes()
+            .filter(|n| n.draining)
+            .map(|n| n.name.clone())
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let mut changed = 0;
     for r in create {
         let deployment = ObjectRef {
@@ -1157,6 +1201,9 @@ fn create_replicas(
         if taken || state.replica(&r.namespace, &r.name).is_some() {
             continue;
         }
+        if capped && !within_bounds(state, &deployment, r, &draining) {
+            continue;
+        }
         state.put_replica(r.clone());
         created
             .entry((r.namespace.clone(), r.deployment.clone()))
@@ -1165,6 +1212,29 @@ fn create_replicas(
         changed += 1;
     }
     changed
+}
+
+/// Whether creating `r` keeps `deployment` within what its spec allows
+/// now: at most desired + maxSurge units (`rollout::max_units`, counted as
+/// the planner counts them, a drained replica and its replacement as one).
+/// The leader decides its `Reconcile` on the state it read; a `Scale` down
+/// or a `Delete` committed before the entry (or an older term's entry
+/// committed by a newer leader) would otherwise start replicas that the
+/// next round stops again.
+fn within_bounds(
+    state: &State,
+    deployment: &ObjectRef,
+    r: &ReplicaRecord,
+    draining: &HashSet<String>,
+) -> bool {
+    let Some(d) = state.deployment(&deployment.namespace, &deployment.name) else {
+        return false;
+    };
+    let spec = &d.deployment.spec;
+    let mut replicas: Vec<&ReplicaRecord> =
+        state.replicas_of(deployment).map(|o| o.as_ref()).collect();
+    replicas.push(r);
+    rollout::unit_count(&replicas, draining) <= rollout::max_units(&spec.strategy, spec.replicas)
 }
 
 fn schedule(
