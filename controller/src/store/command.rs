@@ -64,14 +64,18 @@ pub struct NodeRegistration {
 /// format 6 `ApplyConfig.services` and `.service_range`, and `DeleteServices`
 /// (issue 15); format 7 `ReplicaObserved.published_ports` in `ReportStatus`
 /// (issue 15: an older member would drop them and compute other endpoints);
-/// format 8 changes how `Reconcile` applies ([`CAPPED_RECONCILE`]).
+/// format 8 changes how `Reconcile` and `Schedule` apply
+/// ([`DECISIONS_RECHECKED`]).
 pub const COMMAND_FORMAT: u32 = 8;
 
-/// The first format whose `Reconcile` creates no replica beyond the
-/// deployment's current desired count + maxSurge. An entry of an older
-/// format applies as it did when it was written (a stale one may overshoot),
-/// so a log replays to the same state whatever version replays it.
-pub const CAPPED_RECONCILE: u32 = 8;
+/// The first format whose leader decisions are re-checked against the state
+/// they apply to, not only the one they were decided on: a `Reconcile`
+/// creates no replica beyond the deployment's current desired count +
+/// maxSurge, and a `Schedule` places nothing on a cordoned node. An entry of
+/// an older format applies as it did when it was written (a stale one may
+/// overshoot, or bind to a node cordoned meanwhile), so a log replays to the
+/// same state whatever version replays it.
+pub const DECISIONS_RECHECKED: u32 = 8;
 
 /// A state-machine command, as stored in a raft entry. A change to its shape
 /// that an older controller would not apply exactly the same way bumps
@@ -165,7 +169,7 @@ pub enum Command {
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
-    /// From format [`CAPPED_RECONCILE`] on, so is a creation that would take
+    /// From format [`DECISIONS_RECHECKED`] on, so is a creation that would take
     /// its deployment beyond its current desired count + maxSurge (a `Scale`
     /// down or a `Delete` committed after the decision), or of a deployment
     /// that is gone.
@@ -175,7 +179,10 @@ pub enum Command {
         #[serde(default)]
         now_unix_ms: i64,
     },
-    /// The scheduler's decisions for unbound replicas.
+    /// The scheduler's decisions for unbound replicas. A placement on a node
+    /// that is gone, not Ready or too full by now is skipped (the next round
+    /// places the replica again); from format [`DECISIONS_RECHECKED`] on, so
+    /// is one on a node cordoned since.
     Schedule {
         place: Vec<(ObjectRef, String)>,
         unschedulable: Vec<(ObjectRef, String)>,
@@ -507,14 +514,17 @@ pub(super) fn execute(
             remove,
             now_unix_ms,
         } => {
-            let capped = format >= CAPPED_RECONCILE;
-            reconcile(state, create, remove, capped, *now_unix_ms)
+            let rechecked = format >= DECISIONS_RECHECKED;
+            reconcile(state, create, remove, rechecked, *now_unix_ms)
         }
         Command::Schedule {
             place,
             unschedulable,
             now_unix_ms,
-        } => schedule(state, place, unschedulable, *now_unix_ms),
+        } => {
+            let rechecked = format >= DECISIONS_RECHECKED;
+            schedule(state, place, unschedulable, rechecked, *now_unix_ms)
+        }
         Command::ReportStatus {
             reports,
             now_unix_ms,
@@ -1172,7 +1182,7 @@ fn reconcile(
 
 /// Create replicas whose slot is free; returns how many were created.
 /// A rollout runs two revisions side by side, so the same slot number may
-/// exist once per revision. `capped` (format [`CAPPED_RECONCILE`] on): only
+/// exist once per revision. `capped` (format [`DECISIONS_RECHECKED`] on): only
 /// within the deployment's current bounds too ([`within_bounds`]).
 fn create_replicas(
     state: &mut State,
@@ -1241,6 +1251,7 @@ fn schedule(
     state: &mut State,
     place: &[(ObjectRef, String)],
     unschedulable: &[(ObjectRef, String)],
+    rechecked: bool,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
@@ -1252,15 +1263,17 @@ fn schedule(
             continue;
         };
         // The scheduler decided on slightly older state: the node may have
-        // gone NotReady or filled up since. Such a placement is skipped (the
-        // next round places the replica again), never over-committed.
+        // gone NotReady, filled up or been cordoned since. Such a placement
+        // is skipped (the next round places the replica again), never
+        // over-committed.
         let booking = replica.booking.clone().unwrap_or_default();
         let nothing = Held::default();
         let fits = state
             .held(node)
             .unwrap_or(&nothing)
             .fits(&booking, &record.capacity);
-        if replica.node.is_some() || record.condition != NodeCondition::Ready || !fits {
+        let cordoned = rechecked && record.cordoned;
+        if replica.node.is_some() || record.condition != NodeCondition::Ready || !fits || cordoned {
             continue;
         }
         let mut replica = ReplicaRecord::clone(replica);

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 pub use command::{
     ApplyOutcome, Command, NodeRegistration, ObjectRef, RolloutRecord, Write, WriteError,
-    WriteResult, CAPPED_RECONCILE, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT,
+    WriteResult, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT, DECISIONS_RECHECKED,
 };
 pub use objects::{
     Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,

@@ -1437,3 +1437,22 @@ fn a_format_7_log_replays_to_the_state_it_made_then() {
         "format 7's Reconcile created them all"
     );
 }
+
+#[test]
+fn a_stale_schedule_places_nothing_on_a_node_cordoned_since_from_format_8() {
+    for (format, bound) in [(COMMAND_FORMAT, None), (7, Some("n1".to_string()))] {
+        let (_dir, store) = store_with_web();
+        let _ = store.apply_entry(2, 1, format, &node_registration("n1"));
+        let _ = store.apply_entry(3, 1, format, &create_web_a0());
+        let cordon = Command::Cordon {
+            node: "n1".into(),
+            cordoned: true,
+            now_unix_ms: 4,
+        };
+        let _ = store.apply_entry(4, 1, format, &cordon);
+        // Decided before the cordon committed.
+        let _ = store.apply_entry(5, 1, format, &place_web_a0("n1"));
+        let node = store.replicas(None).remove(0).node;
+        assert_eq!(node, bound, "format {format}");
+    }
+}
