@@ -27,7 +27,7 @@ use drover_controller::orchestrator::rollout;
 use drover_controller::store::history::Since;
 use drover_controller::store::{
     Command, NodeCondition, NodeRegistration, ObjectRef, ReplicaObserved, ReplicaPhase,
-    ReplicaRecord, Resources, State, Write,
+    ReplicaRecord, Resources, State, Touched, Write,
 };
 use rand::Rng;
 use tokio::sync::oneshot;
@@ -370,49 +370,60 @@ impl World {
                 continue;
             }
             self.members[m].surge_checked_at = applied;
-            let states: Vec<Arc<State>> = match store.since(checked, usize::MAX) {
-                Since::Versions { after, .. } if checked > 0 => {
-                    after.into_iter().map(|v| v.state).collect()
-                }
-                _ => {
-                    self.members[m].live_seen.clear();
-                    self.members[m].placed_seen = None;
-                    vec![store.snapshot()]
-                }
-            };
-            for state in states {
-                self.check_entry(m, &state)?;
+            let versions: Vec<(Arc<State>, Option<Touched>)> =
+                match store.since(checked, usize::MAX) {
+                    Since::Versions { after, .. } if checked > 0 => after
+                        .into_iter()
+                        .map(|v| (v.state, Some(v.touched)))
+                        .collect(),
+                    _ => {
+                        self.members[m].live_seen.clear();
+                        self.members[m].placed_seen = None;
+                        vec![(store.snapshot(), None)]
+                    }
+                };
+            for (state, touched) in versions {
+                self.check_entry(m, &state, touched.as_ref())?;
             }
         }
         Ok(())
     }
 
-    /// What one applied entry left on member `m`:
-    /// - **never beyond desired + maxSurge**: a deployment whose live
-    ///   replicas grew has at most desired + maxSurge, counted in the
-    ///   rollout planner's units ([`units`]); no allowance for a decision
-    ///   made on an older state (the state machine refuses a creation beyond
-    ///   the current bound from command format 8 on);
+    /// What one applied entry left on member `m`, looking at what it
+    /// `touched` (everything when `None`):
+    /// - **never beyond desired + maxSurge**: an entry that created replicas
+    ///   leaves each deployment at most desired + maxSurge live units
+    ///   ([`units`]); no allowance for a decision made on an older state
+    ///   (the state machine refuses a creation beyond the current bound from
+    ///   command format 8 on);
     /// - **a host port once per node**: never two replicas of a host-port
     ///   deployment bound to one node (terminating ones hold the port too);
     /// - **a cordoned node gets no new replicas**.
-    fn check_entry(&mut self, m: usize, state: &State) -> Checked<()> {
+    fn check_entry(&mut self, m: usize, state: &State, touched: Option<&Touched>) -> Checked<()> {
         let id = self.members[m].id;
         let at = state.applied().0;
-        let mut held: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        let mut placed = BTreeMap::new();
-        for r in state.replicas(None) {
-            let Some(node) = r.node.as_deref() else {
+        let touched = touched.filter(|t| !t.all);
+        let replicas: Vec<ObjectRef> = match touched {
+            Some(t) => t.replicas.iter().cloned().collect(),
+            None => state.replicas(None).map(|r| r.key()).collect(),
+        };
+        // Nothing to compare with on a first look.
+        let first_look = self.members[m].placed_seen.is_none();
+        for key in replicas {
+            let replica = state.replica(&key.namespace, &key.name);
+            let node = replica.and_then(|r| r.node.clone());
+            let seen = self.members[m]
+                .placed_seen
+                .get_or_insert_with(BTreeMap::new);
+            let before = match &node {
+                Some(n) => seen.insert(key.clone(), n.clone()),
+                None => seen.remove(&key),
+            };
+            let (Some(r), Some(node)) = (replica, node) else {
                 continue;
             };
-            placed.insert(r.key(), node.to_string());
-            // Bound by this entry (not on a first look: nothing to compare).
-            let newly = self.members[m]
-                .placed_seen
-                .as_ref()
-                .is_some_and(|seen| seen.get(&r.key()).is_none_or(|before| before != node));
-            let cordoned = state.node(node).is_some_and(|n| n.cordoned);
-            if newly && cordoned {
+            let newly = !first_look && before.as_deref() != Some(node.as_str());
+            if newly && state.node(&node).is_some_and(|n| n.cordoned) {
                 return Err(format!(
                     "placed on a cordoned node: controller {id} binds {} to {node} at entry {at}",
                     r.name
@@ -425,9 +436,11 @@ impl World {
             if !op.is_some_and(|op| self.host_ports.contains_key(&op)) {
                 continue;
             }
-            let n = held.entry((node, r.deployment.as_str())).or_default();
-            *n += 1;
-            if *n > 1 {
+            let same = state
+                .replicas_on(&node)
+                .filter(|o| o.namespace == r.namespace && o.deployment == r.deployment)
+                .count();
+            if same > 1 {
                 return Err(format!(
                     "host port taken twice: controller {id} binds two replicas of {} (one host \
                      port) to node {node} at entry {at}",
@@ -435,16 +448,26 @@ impl World {
                 ));
             }
         }
-        self.members[m].placed_seen = Some(placed);
         let draining: BTreeSet<&str> = state
             .nodes()
             .filter(|n| n.draining)
             .map(|n| n.name.as_str())
             .collect();
-        for d in state.deployments(None) {
-            let target = ObjectRef {
-                namespace: d.deployment.metadata.namespace.clone(),
-                name: d.deployment.metadata.name.clone(),
+        // A node's drain starting or ending changes its deployments' units.
+        let deployments: Vec<ObjectRef> = match touched {
+            Some(t) if t.node_records.is_empty() => t.deployments.iter().cloned().collect(),
+            _ => state
+                .deployments(None)
+                .map(|d| ObjectRef {
+                    namespace: d.deployment.metadata.namespace.clone(),
+                    name: d.deployment.metadata.name.clone(),
+                })
+                .collect(),
+        };
+        for target in deployments {
+            let Some(d) = state.deployment(&target.namespace, &target.name) else {
+                self.members[m].live_seen.remove(&target);
+                continue;
             };
             let (live, replicas) = units(state.replicas_of(&target).map(|r| r.as_ref()), &draining);
             let spec = &d.deployment.spec;

@@ -186,6 +186,11 @@ impl World {
                 let name = self.proposed.get(&op).cloned().unwrap_or_default();
                 self.acked.push((op, name, *generation));
             }
+            // Whatever an acknowledged create says, its deployment exists.
+            _ if self.creates.contains(&op) => {
+                let name = self.proposed.get(&op).cloned().unwrap_or_default();
+                self.acked.push((op, name, 1));
+            }
             _ => {}
         }
     }
