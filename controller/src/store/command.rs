@@ -1183,7 +1183,7 @@ fn reconcile(
 /// Create replicas whose slot is free; returns how many were created.
 /// A rollout runs two revisions side by side, so the same slot number may
 /// exist once per revision. `capped` (format [`DECISIONS_RECHECKED`] on): only
-/// within the deployment's current bounds too ([`within_bounds`]).
+/// within the deployment's current bounds too ([`Room`]).
 fn create_replicas(
     state: &mut State,
     create: &[ReplicaRecord],
@@ -1199,6 +1199,9 @@ fn create_replicas(
     } else {
         HashSet::new()
     };
+    // Worked out once per deployment, at its first creation (after the
+    // entry's removals), then counted along.
+    let mut rooms: BTreeMap<ObjectRef, Option<Room>> = BTreeMap::new();
     let mut changed = 0;
     for r in create {
         let deployment = ObjectRef {
@@ -1211,8 +1214,16 @@ fn create_replicas(
         if taken || state.replica(&r.namespace, &r.name).is_some() {
             continue;
         }
-        if capped && !within_bounds(state, &deployment, r, &draining) {
-            continue;
+        if capped {
+            let room = rooms
+                .entry(deployment.clone())
+                .or_insert_with(|| Room::of(state, &deployment, &draining));
+            if !room
+                .as_mut()
+                .is_some_and(|room| room.take(state, r, &draining))
+            {
+                continue;
+            }
         }
         state.put_replica(r.clone());
         created
@@ -1224,27 +1235,60 @@ fn create_replicas(
     changed
 }
 
-/// Whether creating `r` keeps `deployment` within what its spec allows
-/// now: at most desired + maxSurge units (`rollout::max_units`, counted as
-/// the planner counts them, a drained replica and its replacement as one).
-/// The leader decides its `Reconcile` on the state it read; a `Scale` down
-/// or a `Delete` committed before the entry (or an older term's entry
-/// committed by a newer leader) would otherwise start replicas that the
-/// next round stops again.
-fn within_bounds(
-    state: &State,
-    deployment: &ObjectRef,
-    r: &ReplicaRecord,
-    draining: &HashSet<String>,
-) -> bool {
-    let Some(d) = state.deployment(&deployment.namespace, &deployment.name) else {
-        return false;
-    };
-    let spec = &d.deployment.spec;
-    let mut replicas: Vec<&ReplicaRecord> =
-        state.replicas_of(deployment).map(|o| o.as_ref()).collect();
-    replicas.push(r);
-    rollout::unit_count(&replicas, draining) <= rollout::max_units(&spec.strategy, spec.replicas)
+/// What a deployment may still create in one `Reconcile`: at most
+/// desired + maxSurge units as its spec stands now (`rollout::max_units`),
+/// counted as the planner counts them (`rollout::unit_count`: a replica on a
+/// draining node and its replacement are one unit). The leader decides its
+/// `Reconcile` on the state it read; a `Scale` down or a `Delete` committed
+/// before the entry (or an older term's entry committed by a newer leader)
+/// would otherwise start replicas that the next round stops again.
+///
+/// Cost: O(the deployment's replicas) once, then O(1) per creation.
+struct Room {
+    units: u32,
+    max: u32,
+    /// Replicas some replica replaces (terminating ones included, as the
+    /// planner has it): a new replacement for one of them is a unit of its own.
+    replaced: HashSet<String>,
+}
+
+impl Room {
+    /// `None` for a deployment that is gone: no room at all.
+    fn of(state: &State, deployment: &ObjectRef, draining: &HashSet<String>) -> Option<Room> {
+        let d = state.deployment(&deployment.namespace, &deployment.name)?;
+        let spec = &d.deployment.spec;
+        let replicas: Vec<&ReplicaRecord> =
+            state.replicas_of(deployment).map(|o| o.as_ref()).collect();
+        Some(Room {
+            units: rollout::unit_count(&replicas, draining),
+            max: rollout::max_units(&spec.strategy, spec.replicas),
+            replaced: replicas.iter().filter_map(|o| o.replaces.clone()).collect(),
+        })
+    }
+
+    /// Whether creating `r` stays within the room; counts it if so. A
+    /// replacement for a live replica on a draining node that nothing
+    /// replaces yet adds no unit, so it always fits.
+    fn take(&mut self, state: &State, r: &ReplicaRecord, draining: &HashSet<String>) -> bool {
+        let pairs = r.replaces.as_deref().is_some_and(|old| {
+            !self.replaced.contains(old)
+                && state.replica(&r.namespace, old).is_some_and(|o| {
+                    o.deployment == r.deployment
+                        && !o.is_terminating()
+                        && o.node.as_ref().is_some_and(|n| draining.contains(n))
+                })
+        });
+        if !pairs {
+            if self.units >= self.max {
+                return false;
+            }
+            self.units += 1;
+        }
+        if let Some(old) = &r.replaces {
+            self.replaced.insert(old.clone());
+        }
+        true
+    }
 }
 
 fn schedule(

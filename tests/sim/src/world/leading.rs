@@ -907,20 +907,25 @@ fn placements_fit(state: &State, command: &Command) -> Checked<()> {
 }
 
 /// Live replicas counted as the rollout planner counts units, and as
-/// replicas: a replica on a draining node that a live replica replaces is one
-/// unit with it. Terminating replicas count for nothing. Written here from
-/// the rule, not taken from `rollout`, so the check does not share the code
-/// it checks.
+/// replicas: a live replica on a draining node that some replica replaces
+/// (a terminating one too, as the planner has it) is one unit with it.
+/// Terminating replicas count for nothing. Written here from the rule, not
+/// taken from `rollout`, so the check does not share the code it checks.
 fn units<'a>(
     replicas: impl Iterator<Item = &'a ReplicaRecord>,
     draining: &BTreeSet<&str>,
 ) -> (u32, u32) {
-    let live: Vec<&ReplicaRecord> = replicas.filter(|r| !r.is_terminating()).collect();
+    let all: Vec<&ReplicaRecord> = replicas.collect();
+    let live: Vec<&ReplicaRecord> = all
+        .iter()
+        .copied()
+        .filter(|r| !r.is_terminating())
+        .collect();
     let replaced = live
         .iter()
         .filter(|r| r.node.as_deref().is_some_and(|n| draining.contains(n)))
         .filter(|r| {
-            live.iter()
+            all.iter()
                 .any(|o| o.replaces.as_deref() == Some(r.name.as_str()))
         })
         .count();
