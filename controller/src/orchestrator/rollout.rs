@@ -81,6 +81,19 @@ pub fn bounds(strategy: &Strategy, desired: u32) -> Bounds {
     }
 }
 
+/// The most units `desired` replicas may have under `strategy` at any
+/// step: `desired + surge` (the first bound above). The planner creates only
+/// up to it, and the state machine refuses a creation beyond it.
+pub fn max_units(strategy: &Strategy, desired: u32) -> u32 {
+    desired.saturating_add(bounds(strategy, desired).surge)
+}
+
+/// How many units one deployment's `replicas` make (terminating ones make
+/// none): what `max_units` bounds.
+pub fn unit_count(replicas: &[&ReplicaRecord], draining: &HashSet<String>) -> u32 {
+    u32::try_from(units(replicas, draining).len()).unwrap_or(u32::MAX)
+}
+
 fn resolve(v: IntOrPercent, desired: u32, round_up: bool) -> u32 {
     match v {
         IntOrPercent::Int(n) => n,
@@ -271,7 +284,7 @@ pub fn plan(
             let max_total = if stopped && !old_units.is_empty() {
                 total.min(desired)
             } else {
-                desired.saturating_add(b.surge)
+                max_units(&spec.strategy, desired)
             };
             let room = max_total.saturating_sub(total);
             let scaled_down_available =

@@ -147,17 +147,9 @@ struct Proposal {
     command: Command,
 }
 
-/// The format of the commands this controller writes, and the newest it can
-/// apply. Bump it with every change to [`Command`] (or the types inside it)
-/// that an older controller would not apply exactly as this one does: an
-/// older member then stops applying at the first newer entry, with a
-/// sentence in `cluster status`, instead of skipping or misreading it.
-/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
-/// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16);
-/// format 6 `ApplyConfig.services` and `.service_range`, and `DeleteServices`
-/// (issue 15); format 7 `ReplicaObserved.published_ports` in `ReportStatus`
-/// (issue 15: an older member would drop them and compute other endpoints).
-pub const COMMAND_FORMAT: u32 = 7;
+/// The command format this controller writes, and the newest it applies
+/// (its history is with the commands, in the store).
+pub use crate::store::COMMAND_FORMAT;
 
 /// Entries written before formats were numbered.
 fn first_format() -> u32 {
@@ -821,7 +813,9 @@ impl<S: LogStore> Core<S> {
         }
         match decode_proposal(&entry.data) {
             Ok(p) => {
-                let result = self.store.apply(entry.index, entry.term, &p.command);
+                let result = self
+                    .store
+                    .apply_entry(entry.index, entry.term, p.format, &p.command);
                 self.finish(entry.index, Some(p.id), result);
             }
             Err(why) => self.stall(entry.index, why),

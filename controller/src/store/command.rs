@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use drover_manifest::Deployment;
 
+use crate::orchestrator::rollout;
+
 use super::events::{name_list, InvolvedObject, NewEvent};
 use super::objects::{
     NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,
@@ -52,9 +54,32 @@ pub struct NodeRegistration {
     pub incarnation: String,
 }
 
+/// The format of the commands this controller writes, and the newest it can
+/// apply. Bump it with every change to [`Command`] (or the types inside it)
+/// that an older controller would not apply exactly as this one does: an
+/// older member then stops applying at the first newer entry, with a
+/// sentence in `cluster status`, instead of skipping or misreading it.
+/// Format 3 added `ApplyIf` and `ChangeNodeMeta` (issue 21); format 5
+/// `DeleteNodes` (issue 12), `ApplyConfig` and `DeleteConfig` (issue 16);
+/// format 6 `ApplyConfig.services` and `.service_range`, and `DeleteServices`
+/// (issue 15); format 7 `ReplicaObserved.published_ports` in `ReportStatus`
+/// (issue 15: an older member would drop them and compute other endpoints);
+/// format 8 changes how `Reconcile` and `Schedule` apply
+/// ([`DECISIONS_RECHECKED`]).
+pub const COMMAND_FORMAT: u32 = 8;
+
+/// The first format whose leader decisions are re-checked against the state
+/// they apply to, not only the one they were decided on: a `Reconcile`
+/// creates no replica beyond the deployment's current desired count +
+/// maxSurge, and a `Schedule` places nothing on a cordoned node. An entry of
+/// an older format applies as it did when it was written (a stale one may
+/// overshoot, or bind to a node cordoned meanwhile), so a log replays to the
+/// same state whatever version replays it.
+pub const DECISIONS_RECHECKED: u32 = 8;
+
 /// A state-machine command, as stored in a raft entry. A change to its shape
 /// that an older controller would not apply exactly the same way bumps
-/// `raft::node::COMMAND_FORMAT`; an unknown field is refused, not ignored.
+/// [`COMMAND_FORMAT`]; an unknown field is refused, not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Command {
@@ -144,13 +169,20 @@ pub enum Command {
     /// The orchestrator's decisions: replicas to create and to remove.
     /// Creating a replica whose deployment slot is taken, or removing one that
     /// is gone, is skipped, so a decision made on slightly old state is harmless.
+    /// From format [`DECISIONS_RECHECKED`] on, so is a creation that would take
+    /// its deployment beyond its current desired count + maxSurge (a `Scale`
+    /// down or a `Delete` committed after the decision), or of a deployment
+    /// that is gone.
     Reconcile {
         create: Vec<ReplicaRecord>,
         remove: Vec<ObjectRef>,
         #[serde(default)]
         now_unix_ms: i64,
     },
-    /// The scheduler's decisions for unbound replicas.
+    /// The scheduler's decisions for unbound replicas. A placement on a node
+    /// that is gone, not Ready or too full by now is skipped (the next round
+    /// places the replica again); from format [`DECISIONS_RECHECKED`] on, so
+    /// is one on a node cordoned since.
     Schedule {
         place: Vec<(ObjectRef, String)>,
         unschedulable: Vec<(ObjectRef, String)>,
@@ -362,7 +394,11 @@ fn no_revision(name: &str, revision: &Option<u64>) -> String {
     }
 }
 
-pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResult, WriteError> {
+pub(super) fn execute(
+    state: &mut State,
+    command: &Command,
+    format: u32,
+) -> Result<WriteResult, WriteError> {
     match command {
         Command::Apply {
             deployments,
@@ -477,12 +513,18 @@ pub(super) fn execute(state: &mut State, command: &Command) -> Result<WriteResul
             create,
             remove,
             now_unix_ms,
-        } => reconcile(state, create, remove, *now_unix_ms),
+        } => {
+            let rechecked = format >= DECISIONS_RECHECKED;
+            reconcile(state, create, remove, rechecked, *now_unix_ms)
+        }
         Command::Schedule {
             place,
             unschedulable,
             now_unix_ms,
-        } => schedule(state, place, unschedulable, *now_unix_ms),
+        } => {
+            let rechecked = format >= DECISIONS_RECHECKED;
+            schedule(state, place, unschedulable, rechecked, *now_unix_ms)
+        }
         Command::ReportStatus {
             reports,
             now_unix_ms,
@@ -1086,6 +1128,7 @@ fn reconcile(
     state: &mut State,
     create: &[ReplicaRecord],
     remove: &[ObjectRef],
+    capped: bool,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
@@ -1117,7 +1160,7 @@ fn reconcile(
         changed += 1;
     }
     if !create.is_empty() {
-        changed += create_replicas(state, create, &mut created);
+        changed += create_replicas(state, create, capped, &mut created);
     }
     for (verb, reason, names) in [
         ("Created", "SuccessfulCreate", created),
@@ -1139,25 +1182,39 @@ fn reconcile(
 
 /// Create replicas whose slot is free; returns how many were created.
 /// A rollout runs two revisions side by side, so the same slot number may
-/// exist once per revision.
+/// exist once per revision. `capped` (format [`DECISIONS_RECHECKED`] on): only
+/// within the deployment's current bounds too ([`Room`]).
 ///
-/// Cost: each deployment's taken slots are read once per entry, O(its
-/// replicas), then each creation is O(log n). (Checking each creation
+/// Cost: each deployment's taken slots (and room) are read once per entry,
+/// O(its replicas), then each creation is O(log n). (Checking each creation
 /// against every replica of its deployment made a 10,000-replica
 /// `Reconcile` 50 million map lookups, on every member.)
 fn create_replicas(
     state: &mut State,
     create: &[ReplicaRecord],
+    capped: bool,
     created: &mut BTreeMap<(String, String), Vec<String>>,
 ) -> usize {
     let mut taken: HashMap<ObjectRef, HashSet<(String, u32)>> = HashMap::new();
+    let draining: HashSet<String> = if capped {
+        state
+            .nodes()
+            .filter(|n| n.draining)
+            .map(|n| n.name.clone())
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    // Worked out once per deployment, at its first creation (after the
+    // entry's removals), then counted along.
+    let mut rooms: BTreeMap<ObjectRef, Option<Room>> = BTreeMap::new();
     let mut changed = 0;
     for r in create {
         let deployment = ObjectRef {
             namespace: r.namespace.clone(),
             name: r.deployment.clone(),
         };
-        let slots = taken.entry(deployment).or_insert_with_key(|d| {
+        let slots = taken.entry(deployment.clone()).or_insert_with_key(|d| {
             state
                 .replicas_of(d)
                 .map(|o| (o.revision.clone(), o.slot))
@@ -1166,6 +1223,17 @@ fn create_replicas(
         let slot = (r.revision.clone(), r.slot);
         if slots.contains(&slot) || state.replica(&r.namespace, &r.name).is_some() {
             continue;
+        }
+        if capped {
+            let room = rooms
+                .entry(deployment.clone())
+                .or_insert_with(|| Room::of(state, &deployment, &draining));
+            if !room
+                .as_mut()
+                .is_some_and(|room| room.take(state, r, &draining))
+            {
+                continue;
+            }
         }
         slots.insert(slot);
         state.put_replica(r.clone());
@@ -1178,10 +1246,67 @@ fn create_replicas(
     changed
 }
 
+/// What a deployment may still create in one `Reconcile`: at most
+/// desired + maxSurge units as its spec stands now (`rollout::max_units`),
+/// counted as the planner counts them (`rollout::unit_count`: a replica on a
+/// draining node and its replacement are one unit). The leader decides its
+/// `Reconcile` on the state it read; a `Scale` down or a `Delete` committed
+/// before the entry (or an older term's entry committed by a newer leader)
+/// would otherwise start replicas that the next round stops again.
+///
+/// Cost: O(the deployment's replicas) once, then O(1) per creation.
+struct Room {
+    units: u32,
+    max: u32,
+    /// Replicas some replica replaces (terminating ones included, as the
+    /// planner has it): a new replacement for one of them is a unit of its own.
+    replaced: HashSet<String>,
+}
+
+impl Room {
+    /// `None` for a deployment that is gone: no room at all.
+    fn of(state: &State, deployment: &ObjectRef, draining: &HashSet<String>) -> Option<Room> {
+        let d = state.deployment(&deployment.namespace, &deployment.name)?;
+        let spec = &d.deployment.spec;
+        let replicas: Vec<&ReplicaRecord> =
+            state.replicas_of(deployment).map(|o| o.as_ref()).collect();
+        Some(Room {
+            units: rollout::unit_count(&replicas, draining),
+            max: rollout::max_units(&spec.strategy, spec.replicas),
+            replaced: replicas.iter().filter_map(|o| o.replaces.clone()).collect(),
+        })
+    }
+
+    /// Whether creating `r` stays within the room; counts it if so. A
+    /// replacement for a live replica on a draining node that nothing
+    /// replaces yet adds no unit, so it always fits.
+    fn take(&mut self, state: &State, r: &ReplicaRecord, draining: &HashSet<String>) -> bool {
+        let pairs = r.replaces.as_deref().is_some_and(|old| {
+            !self.replaced.contains(old)
+                && state.replica(&r.namespace, old).is_some_and(|o| {
+                    o.deployment == r.deployment
+                        && !o.is_terminating()
+                        && o.node.as_ref().is_some_and(|n| draining.contains(n))
+                })
+        });
+        if !pairs {
+            if self.units >= self.max {
+                return false;
+            }
+            self.units += 1;
+        }
+        if let Some(old) = &r.replaces {
+            self.replaced.insert(old.clone());
+        }
+        true
+    }
+}
+
 fn schedule(
     state: &mut State,
     place: &[(ObjectRef, String)],
     unschedulable: &[(ObjectRef, String)],
+    rechecked: bool,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
@@ -1193,15 +1318,17 @@ fn schedule(
             continue;
         };
         // The scheduler decided on slightly older state: the node may have
-        // gone NotReady or filled up since. Such a placement is skipped (the
-        // next round places the replica again), never over-committed.
+        // gone NotReady, filled up or been cordoned since. Such a placement
+        // is skipped (the next round places the replica again), never
+        // over-committed.
         let booking = replica.booking.clone().unwrap_or_default();
         let nothing = Held::default();
         let fits = state
             .held(node)
             .unwrap_or(&nothing)
             .fits(&booking, &record.capacity);
-        if replica.node.is_some() || record.condition != NodeCondition::Ready || !fits {
+        let cordoned = rechecked && record.cordoned;
+        if replica.node.is_some() || record.condition != NodeCondition::Ready || !fits || cordoned {
             continue;
         }
         let mut replica = ReplicaRecord::clone(replica);

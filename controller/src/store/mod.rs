@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 pub use command::{
     ApplyOutcome, Command, NodeRegistration, ObjectRef, RolloutRecord, Write, WriteError,
-    WriteResult, CHANGE_CAUSE_ANNOTATION,
+    WriteResult, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT, DECISIONS_RECHECKED,
 };
 pub use objects::{
     Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
@@ -285,14 +285,27 @@ impl Store {
         self.publish(&Touched::everything());
     }
 
-    /// Apply one committed command at `(index, term)`.
+    /// Apply one committed command at `(index, term)`, written in this
+    /// controller's [`COMMAND_FORMAT`].
     pub fn apply(
         &self,
         index: u64,
         term: u64,
         command: &Command,
     ) -> Result<WriteResult, WriteError> {
-        self.update(|s| s.apply(index, term, command))
+        self.apply_entry(index, term, COMMAND_FORMAT, command)
+    }
+
+    /// Apply one committed command at `(index, term)` as the command
+    /// `format` its entry was written in says.
+    pub fn apply_entry(
+        &self,
+        index: u64,
+        term: u64,
+        format: u32,
+        command: &Command,
+    ) -> Result<WriteResult, WriteError> {
+        self.update(|s| s.apply_entry(index, term, format, command))
     }
 
     /// `(index, term)` of the last applied entry; `(0, 0)` for a fresh store.

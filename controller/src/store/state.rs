@@ -267,18 +267,32 @@ fn key(namespace: &str, name: &str) -> ObjectRef {
 impl State {
     // ---- applying the log -------------------------------------------------
 
-    /// Apply one committed command at `(index, term)`. A refused command
-    /// leaves the records as they were (only the applied index moves).
+    /// Apply one committed command at `(index, term)`, written in this
+    /// controller's [`COMMAND_FORMAT`](super::COMMAND_FORMAT).
     pub fn apply(
         &mut self,
         index: u64,
         term: u64,
         command: &Command,
     ) -> Result<WriteResult, WriteError> {
+        self.apply_entry(index, term, super::COMMAND_FORMAT, command)
+    }
+
+    /// Apply one committed command at `(index, term)` the way the command
+    /// `format` its entry was written in applies it, so an old log replays
+    /// to the state it made then. A refused command leaves the records as
+    /// they were (only the applied index moves).
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        term: u64,
+        format: u32,
+        command: &Command,
+    ) -> Result<WriteResult, WriteError> {
         // Only a command that can be refused needs a copy to go back to
         // (a clone is cheap, but every change after it copies a path).
         let before = command.may_be_refused().then(|| self.clone());
-        let result = command::execute(self, command);
+        let result = command::execute(self, command, format);
         debug_assert!(
             result.is_ok() || before.is_some(),
             "{command:?} was refused but is classified as never refused"

@@ -7,6 +7,14 @@ fn temp_store() -> ((), Store) {
     ((), Store::default())
 }
 
+/// A store holding deployment `web` (10 replicas), at index 1: the state
+/// machine creates replicas only for a deployment that wants them.
+fn store_with_web() -> ((), Store) {
+    let store = Store::default();
+    let _ = store.apply(1, 1, &apply(&[("web", 10)], 0));
+    ((), store)
+}
+
 fn apply(names: &[(&str, u32)], now: i64) -> Command {
     Command::Apply {
         deployments: names.iter().map(|(n, r)| deployment(n, *r)).collect(),
@@ -251,7 +259,7 @@ fn node_registration(name: &str) -> Command {
 
 #[test]
 fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let create = Command::Reconcile {
         create: vec![
             replica("web-a-0", "web", 0),
@@ -281,7 +289,7 @@ fn reconcile_skips_taken_slots_and_one_entry_sees_its_own_writes() {
 
 #[test]
 fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &node_registration("n2"));
     let _ = store.apply(4, 1, &create_web_a0());
@@ -317,7 +325,7 @@ fn an_agent_reports_only_for_replicas_bound_to_its_own_node() {
 #[test]
 fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
     use drover_manifest::Protocol;
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &node_registration("n2"));
     // n1 has 2000m and 1 GiB (node_registration): three replicas of 800m,
@@ -387,7 +395,7 @@ fn applying_a_schedule_never_overcommits_a_node_or_uses_a_lost_one() {
 
 #[test]
 fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &create_web_a0());
     let _ = store.apply(4, 1, &place_web_a0("ghost"));
@@ -404,7 +412,7 @@ fn scheduling_onto_an_unknown_node_or_twice_is_skipped() {
 
 #[test]
 fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     for (i, n) in ["n1", "n2"].iter().enumerate() {
         let _ = store.apply(2 + i as u64, 1, &node_registration(n));
     }
@@ -479,7 +487,7 @@ fn report_web_a0(node: &str, phase: ReplicaPhase) -> Command {
 
 #[test]
 fn a_removed_replica_a_node_runs_terminates_until_its_agent_reports_it_gone() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &node_registration("n2"));
     let _ = store.apply(4, 1, &create_web_a0());
@@ -511,7 +519,7 @@ fn a_removed_replica_a_node_runs_terminates_until_its_agent_reports_it_gone() {
 
 #[test]
 fn a_gone_report_for_an_assigned_replica_changes_nothing() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &create_web_a0());
     let _ = store.apply(4, 1, &place_web_a0("n1"));
@@ -524,7 +532,7 @@ fn a_gone_report_for_an_assigned_replica_changes_nothing() {
 
 #[test]
 fn removing_an_unbound_replica_or_losing_the_node_of_a_terminating_one_deletes_it() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &create_web_a0());
     let _ = store.apply(4, 1, &remove_web_a0(9));
@@ -647,7 +655,7 @@ fn revision_history_limit_keeps_the_newest_old_revisions() {
 
 #[test]
 fn ready_since_is_the_commit_time_of_the_first_ready_report() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(1, 1, &node_registration("n1"));
     let _ = store.apply(2, 1, &create_web_a0());
     let _ = store.apply(3, 1, &place_web_a0("n1"));
@@ -715,7 +723,7 @@ fn reasons(store: &Store) -> Vec<(String, String)> {
 
 #[test]
 fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let mut index = 1;
     let mut run = |c: Command| {
         index += 1;
@@ -780,7 +788,7 @@ fn a_lost_node_records_its_own_event_and_one_per_moved_replica() {
 
 #[test]
 fn a_crash_loop_is_told_as_exit_then_back_off_then_start() {
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     let _ = store.apply(2, 1, &node_registration("n1"));
     let _ = store.apply(3, 1, &create_web_a0());
     let _ = store.apply(4, 1, &place_web_a0("n1"));
@@ -1192,7 +1200,7 @@ fn admin_node_labels_compose_and_survive_the_agents_reregistration() {
 #[test]
 fn deleting_nodes_frees_their_names_and_unbinds_their_replicas() {
     use super::node_meta::NodeMetaChange;
-    let (_dir, store) = temp_store();
+    let (_dir, store) = store_with_web();
     for (i, n) in ["n1", "n2"].iter().enumerate() {
         let _ = store.apply(2 + i as u64, 1, &node_registration(n));
     }
@@ -1311,4 +1319,140 @@ fn pages_start_after_a_key_and_stay_in_their_namespace() {
     // later one leaves nothing.
     assert_eq!(names(Some("b"), Some(("a", "x"))), ["b/p", "b/q", "b/r"]);
     assert!(names(Some("b"), Some(("c", "a"))).is_empty());
+}
+
+/// A leader's round decided on desired 3 (`web`) and on a live `api`; a
+/// `Scale` to 0 and a `Delete` committed before its `Reconcile`.
+fn stale_reconcile_log() -> Vec<Command> {
+    vec![
+        node_registration("n1"),
+        apply(&[("web", 3), ("api", 1)], 1_000),
+        Command::Scale {
+            target: r("web"),
+            replicas: 0,
+            now_unix_ms: 2_000,
+        },
+        Command::Delete {
+            refs: vec![r("api")],
+            ignore_not_found: false,
+            now_unix_ms: 2_500,
+            grace_period_seconds: None,
+        },
+        Command::Reconcile {
+            create: vec![
+                replica("web-a-0", "web", 0),
+                replica("web-a-1", "web", 1),
+                replica("web-a-2", "web", 2),
+                replica("api-a-0", "api", 0),
+            ],
+            remove: vec![],
+            now_unix_ms: 3_000,
+        },
+    ]
+}
+
+fn live_replicas(store: &Store) -> Vec<String> {
+    store
+        .replicas(None)
+        .into_iter()
+        .filter(|r| !r.is_terminating())
+        .map(|r| r.name)
+        .collect()
+}
+
+#[test]
+fn a_stale_reconcile_creates_nothing_beyond_the_current_desired_count() {
+    let store = Store::default();
+    for (i, c) in stale_reconcile_log().iter().enumerate() {
+        let _ = store.apply(i as u64 + 2, 1, c);
+    }
+    assert_eq!(
+        live_replicas(&store),
+        Vec::<String>::new(),
+        "web was scaled to 0 and api deleted before the Reconcile applied"
+    );
+}
+
+#[test]
+fn reconcile_creates_up_to_desired_plus_surge_and_drain_replacements_beyond() {
+    let store = Store::default();
+    let _ = store.apply(2, 1, &node_registration("n1"));
+    // 3 replicas, maxSurge 25% (rounds up to 1): at most 4 units.
+    let _ = store.apply(3, 1, &apply(&[("web", 3)], 1_000));
+    let five = Command::Reconcile {
+        create: (0..5)
+            .map(|slot| replica(&format!("web-a-{slot}"), "web", slot))
+            .collect(),
+        remove: vec![],
+        now_unix_ms: 2_000,
+    };
+    let _ = store.apply(4, 1, &five);
+    assert_eq!(
+        live_replicas(&store),
+        ["web-a-0", "web-a-1", "web-a-2", "web-a-3"]
+    );
+    // A replacement for a replica on a draining node is the same unit.
+    let _ = store.apply(5, 1, &place_web_a0("n1"));
+    let _ = store.apply(
+        6,
+        1,
+        &Command::Drain {
+            node: "n1".into(),
+            now_unix_ms: 3_000,
+        },
+    );
+    let mut replacement = replica("web-a-9", "web", 9);
+    replacement.replaces = Some("web-a-0".into());
+    let more = Command::Reconcile {
+        create: vec![replacement, replica("web-a-8", "web", 8)],
+        remove: vec![],
+        now_unix_ms: 4_000,
+    };
+    let _ = store.apply(7, 1, &more);
+    assert_eq!(
+        live_replicas(&store),
+        ["web-a-0", "web-a-1", "web-a-2", "web-a-3", "web-a-9"],
+        "the replacement is taken, the fifth unit is not"
+    );
+}
+
+/// The state hash the log `sample_log` + `stale_reconcile_log` made when
+/// every entry was format 7, computed before format 8 existed.
+const FORMAT_7_HASH: &str = "d76b54f04a386357";
+
+#[test]
+fn a_format_7_log_replays_to_the_state_it_made_then() {
+    let store = Store::default();
+    for (i, c) in sample_log()
+        .iter()
+        .chain(&stale_reconcile_log())
+        .enumerate()
+    {
+        let _ = store.apply_entry(i as u64 + 2, 1, 7, c);
+    }
+    assert_eq!(store.snapshot().state_hash(), FORMAT_7_HASH);
+    assert_eq!(
+        live_replicas(&store),
+        ["api-a-0", "web-a-0", "web-a-1", "web-a-2"],
+        "format 7's Reconcile created them all"
+    );
+}
+
+#[test]
+fn a_stale_schedule_places_nothing_on_a_node_cordoned_since_from_format_8() {
+    for (format, bound) in [(COMMAND_FORMAT, None), (7, Some("n1".to_string()))] {
+        let (_dir, store) = store_with_web();
+        let _ = store.apply_entry(2, 1, format, &node_registration("n1"));
+        let _ = store.apply_entry(3, 1, format, &create_web_a0());
+        let cordon = Command::Cordon {
+            node: "n1".into(),
+            cordoned: true,
+            now_unix_ms: 4,
+        };
+        let _ = store.apply_entry(4, 1, format, &cordon);
+        // Decided before the cordon committed.
+        let _ = store.apply_entry(5, 1, format, &place_web_a0("n1"));
+        let node = store.replicas(None).remove(0).node;
+        assert_eq!(node, bound, "format {format}");
+    }
 }

@@ -20,12 +20,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use drover_controller::fixtures;
 use drover_controller::raft::core::{Core, SnapshotJob, Unflushed};
 use drover_controller::raft::node::{NodeConfig, NodeError};
 use drover_controller::raft::transport::Transport;
-use drover_controller::store::{Command, ObjectRef, State, Store, Write, WriteError, WriteResult};
-use drover_manifest::{ContainerPort, Protocol};
+use drover_controller::store::{ObjectRef, State, Store, WriteError, WriteResult};
 use raft::prelude::{Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -35,6 +33,7 @@ use tokio::sync::oneshot;
 use crate::disk::SimDisk;
 
 mod leading;
+mod workload;
 
 use leading::{LeaderLoop, SimAgent};
 
@@ -275,9 +274,11 @@ struct SimMember {
     /// Agents' last heartbeats as this member heard them (its dispatcher's
     /// memory: lost with it).
     heartbeats: BTreeMap<String, Instant>,
-    /// Each deployment's (live replicas, desired) when last looked at, and
-    /// the applied index then (0: not looked at since the start).
+    /// Each deployment's live (units, replicas) after the last entry
+    /// checked, where each replica was bound then, and that entry's index
+    /// (0: not looked at since the start or a snapshot install).
     live_seen: BTreeMap<ObjectRef, (u32, u32)>,
+    placed_seen: Option<BTreeMap<ObjectRef, String>>,
     surge_checked_at: u64,
 }
 
@@ -310,9 +311,6 @@ pub struct World {
     /// Directed links that drop everything: (from id, to id).
     cut: BTreeSet<(u64, u64)>,
     agents: Vec<SimAgent>,
-    /// The largest desired count any leader round created replicas of each
-    /// deployment for.
-    decided_on: BTreeMap<ObjectRef, u32>,
     /// Agents cut off from every controller.
     agent_cut: BTreeSet<String>,
     chaos: bool,
@@ -323,7 +321,10 @@ pub struct World {
     creates: BTreeSet<u64>,
     /// The host port of those that have one.
     host_ports: BTreeMap<u64, u16>,
-    acked: Vec<(u64, String)>,
+    /// Deployments some op asked to delete (never applied again).
+    deleting: BTreeSet<String>,
+    /// Acknowledged writes: (op, deployment, the generation it returned).
+    acked: Vec<(u64, String, u64)>,
     writes: Vec<InflightWrite>,
     reads: Vec<InflightRead>,
     next_read: u64,
@@ -373,6 +374,7 @@ impl World {
                 leader: None,
                 heartbeats: BTreeMap::new(),
                 live_seen: BTreeMap::new(),
+                placed_seen: None,
                 surge_checked_at: 0,
             })
             .collect();
@@ -392,13 +394,13 @@ impl World {
             members,
             cut: BTreeSet::new(),
             agents,
-            decided_on: BTreeMap::new(),
             agent_cut: BTreeSet::new(),
             chaos: true,
             next_op: 1,
             proposed: BTreeMap::new(),
             creates: BTreeSet::new(),
             host_ports: BTreeMap::new(),
+            deleting: BTreeSet::new(),
             acked: Vec::new(),
             writes: Vec::new(),
             reads: Vec::new(),
@@ -644,8 +646,7 @@ impl World {
                 self.drive(m)?;
             }
             Ev::Propose { m, op } => {
-                let name = self.proposed.get(&op).cloned().unwrap_or_default();
-                let write = self.command_for(op, &name);
+                let write = self.command_for(op, m);
                 let (tx, rx) = oneshot::channel();
                 let now = self.member_now(m);
                 if let Some(core) = self.members[m].core.as_mut() {
@@ -759,42 +760,6 @@ impl World {
             Some(m) if self.rng.gen_bool(0.85) => m,
             _ => self.rng.gen_range(0..self.members.len()),
         }
-    }
-
-    /// The write for client op `op`: mostly a new deployment named after
-    /// it; sometimes a scale of an earlier one (which may be refused).
-    fn command_for(&mut self, op: u64, name: &str) -> Write {
-        if op > 3 && self.rng.gen_bool(0.5) {
-            let target = self.rng.gen_range(1..op);
-            // At most 3: a deployment with a host port fits once per node,
-            // on the 3 or 4 nodes once the faults stop (not while some are
-            // down: then a replica waits, unschedulable).
-            return Write::Command(Command::Scale {
-                target: ObjectRef {
-                    namespace: "default".into(),
-                    name: format!("op-{target}"),
-                },
-                replicas: self.rng.gen_range(0..4),
-                now_unix_ms: 1_000 + self.now_us as i64 / 1000,
-            });
-        }
-        self.creates.insert(op);
-        let mut d = fixtures::deployment(name, (op % 4) as u32);
-        if self.rng.gen_bool(0.25) {
-            // Its own host port: two such deployments never compete.
-            let port = 20_000 + (op % 40_000) as u16;
-            d.spec.template.spec.containers[0].ports = vec![ContainerPort {
-                name: None,
-                container_port: port,
-                host_port: Some(port),
-                protocol: Protocol::Tcp,
-            }];
-            self.host_ports.insert(op, port);
-        }
-        Write::Command(Command::Apply {
-            deployments: vec![d],
-            now_unix_ms: 1_000 + self.now_us as i64 / 1000,
-        })
     }
 
     fn fault(&mut self) -> Checked<()> {
@@ -1089,10 +1054,9 @@ impl World {
                         Err(e) => format!("refused: {e}"),
                     };
                     self.trace(format!("ack op {} ({name}) from m{id}: {outcome}", w.op));
-                    // An Apply that committed created its deployment; the
-                    // checks look for it on every member from now on.
-                    if result.is_ok() && self.creates.contains(&w.op) {
-                        self.acked.push((w.op, name));
+                    // What committed is looked for on every member from now on.
+                    if let Ok(result) = &result {
+                        self.acknowledge(w.op, result);
                     }
                 }
                 Err(e) => {
@@ -1125,15 +1089,14 @@ impl World {
                         r.read,
                         state.applied().0
                     ));
-                    for (op, name) in &self.acked[..r.acked_before] {
-                        if state.deployment("default", name).is_none() {
-                            return Err(format!(
-                                "stale read: read {} at controller {id} (applied {}) does not see \
-                                 op {op} ({name}), acknowledged before the read started",
-                                r.read,
-                                state.applied().0
-                            ));
-                        }
+                    if let Some(missing) = self.missing_write(&state, &self.acked[..r.acked_before])
+                    {
+                        return Err(format!(
+                            "stale read: read {} at controller {id} (applied {}) does not see \
+                             {missing}, acknowledged before the read started",
+                            r.read,
+                            state.applied().0
+                        ));
                     }
                     self.check_only_proposed(r.m)?;
                 }
@@ -1255,13 +1218,11 @@ impl World {
             } else {
                 seen = Some((applied, hash, id));
             }
-            for (op, name) in &self.acked {
-                if state.deployment("default", name).is_none() {
-                    return Err(format!(
-                        "lost write: op {op} ({name}) was acknowledged but controller {id} \
-                         (applied {applied}) does not hold it"
-                    ));
-                }
+            if let Some(missing) = self.missing_write(&state, &self.acked) {
+                return Err(format!(
+                    "lost write: {missing} was acknowledged but controller {id} (applied \
+                     {applied}) does not hold it"
+                ));
             }
             self.check_only_proposed(m)?;
         }

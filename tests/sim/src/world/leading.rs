@@ -18,14 +18,16 @@
 //! the term it started in. Agents are simulated: their replicas start after
 //! a seeded delay, fail their probes for a while, and die with their host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_controller::leader::{self, Orchestration};
 use drover_controller::orchestrator::rollout;
+use drover_controller::store::history::Since;
 use drover_controller::store::{
-    Command, NodeCondition, NodeRegistration, ObjectRef, ReplicaObserved, ReplicaPhase, Resources,
-    Write,
+    Command, NodeCondition, NodeRegistration, ObjectRef, ReplicaObserved, ReplicaPhase,
+    ReplicaRecord, Resources, State, Touched, Write,
 };
 use rand::Rng;
 use tokio::sync::oneshot;
@@ -252,22 +254,6 @@ impl World {
                 return Ok(());
             };
             let decisions = l.orchestration.next(&store, now_ms);
-            // The desired counts this round creates replicas for: its
-            // Reconcile may apply after a scale-down, even in a later term
-            // (see `check_surge`).
-            let state = store.snapshot();
-            for r in &decisions.plan.create {
-                let Some(d) = state.deployment(&r.namespace, &r.deployment) else {
-                    continue;
-                };
-                let target = ObjectRef {
-                    namespace: r.namespace.clone(),
-                    name: r.deployment.clone(),
-                };
-                let desired = d.deployment.spec.replicas;
-                let most = self.decided_on.entry(target).or_default();
-                *most = (*most).max(desired);
-            }
             let Some(l) = self.members[m].leader.as_mut() else {
                 return Ok(());
             };
@@ -284,7 +270,11 @@ impl World {
             None if !l.scheduled => {
                 l.scheduled = true;
                 let state = self.members[m].store.snapshot();
-                leader::schedule_command(&state, self.unix_ms(m))
+                let command = leader::schedule_command(&state, self.unix_ms(m));
+                if let Some(command) = &command {
+                    placements_fit(&state, command)?;
+                }
+                command
             }
             None => None,
         };
@@ -362,99 +352,141 @@ impl World {
         Ok(())
     }
 
-    /// Replicas are never created beyond desired + maxSurge. Checked on
-    /// every member after each step that applied entries: a deployment
-    /// whose live replicas grew must stay within desired + maxSurge, for the
-    /// larger of the desired counts before and after (a scale-down applied
-    /// in the same step as the creations it follows is not a surge).
+    /// The checks on what each applied entry did, on every member, for the
+    /// entries applied since the last step ([`World::check_entry`]): the
+    /// store's history holds the state after each entry that changed
+    /// something, so an entry is judged on its own even when a member
+    /// catching up applies dozens in one step. After a start or a snapshot
+    /// install the state jumped: its first state is only looked at.
     pub(super) fn check_surge(&mut self) -> Checked<()> {
         for m in 0..self.members.len() {
             if self.members[m].core.is_none() {
                 continue;
             }
-            let state = self.members[m].store.snapshot();
-            let applied = state.applied().0;
-            if applied == self.members[m].surge_checked_at {
+            let store = self.members[m].store.clone();
+            let applied = store.applied().0;
+            let checked = self.members[m].surge_checked_at;
+            if applied == checked {
                 continue;
             }
-            // After a start or a snapshot install the state jumped: look afresh.
-            let first_look = self.members[m].surge_checked_at == 0;
             self.members[m].surge_checked_at = applied;
-            if first_look {
-                self.members[m].live_seen.clear();
-            }
-            // A host port is held on its node until its replica is gone:
-            // never two replicas of a host-port deployment on one node.
-            let mut held: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-            for r in state.replicas(None) {
-                let op = r
-                    .deployment
-                    .strip_prefix("op-")
-                    .and_then(|n| n.parse::<u64>().ok());
-                if !op.is_some_and(|op| self.host_ports.contains_key(&op)) {
-                    continue;
-                }
-                let Some(node) = r.node.as_deref() else {
-                    continue;
+            let versions: Vec<(Arc<State>, Option<Touched>)> =
+                match store.since(checked, usize::MAX) {
+                    Since::Versions { after, .. } if checked > 0 => after
+                        .into_iter()
+                        .map(|v| (v.state, Some(v.touched)))
+                        .collect(),
+                    _ => {
+                        self.members[m].live_seen.clear();
+                        self.members[m].placed_seen = None;
+                        vec![(store.snapshot(), None)]
+                    }
                 };
-                let n = held.entry((node, r.deployment.as_str())).or_default();
-                *n += 1;
-                if *n > 1 {
-                    return Err(format!(
-                        "host port taken twice: controller {} binds two replicas of {} (one \
-                         host port) to node {node}",
-                        self.members[m].id, r.deployment
-                    ));
-                }
+            for (state, touched) in versions {
+                self.check_entry(m, &state, touched.as_ref())?;
             }
-            for d in state.deployments(None) {
-                let target = ObjectRef {
+        }
+        Ok(())
+    }
+
+    /// What one applied entry left on member `m`, looking at what it
+    /// `touched` (everything when `None`):
+    /// - **never beyond desired + maxSurge**: an entry that created replicas
+    ///   leaves each deployment at most desired + maxSurge live units
+    ///   ([`units`]); no allowance for a decision made on an older state
+    ///   (the state machine refuses a creation beyond the current bound from
+    ///   command format 8 on);
+    /// - **a host port once per node**: never two replicas of a host-port
+    ///   deployment bound to one node (terminating ones hold the port too);
+    /// - **a cordoned node gets no new replicas**.
+    fn check_entry(&mut self, m: usize, state: &State, touched: Option<&Touched>) -> Checked<()> {
+        let id = self.members[m].id;
+        let at = state.applied().0;
+        let touched = touched.filter(|t| !t.all);
+        let replicas: Vec<ObjectRef> = match touched {
+            Some(t) => t.replicas.iter().cloned().collect(),
+            None => state.replicas(None).map(|r| r.key()).collect(),
+        };
+        // Nothing to compare with on a first look.
+        let first_look = self.members[m].placed_seen.is_none();
+        for key in replicas {
+            let replica = state.replica(&key.namespace, &key.name);
+            let node = replica.and_then(|r| r.node.clone());
+            let seen = self.members[m]
+                .placed_seen
+                .get_or_insert_with(BTreeMap::new);
+            let before = match &node {
+                Some(n) => seen.insert(key.clone(), n.clone()),
+                None => seen.remove(&key),
+            };
+            let (Some(r), Some(node)) = (replica, node) else {
+                continue;
+            };
+            let newly = !first_look && before.as_deref() != Some(node.as_str());
+            if newly && state.node(&node).is_some_and(|n| n.cordoned) {
+                return Err(format!(
+                    "placed on a cordoned node: controller {id} binds {} to {node} at entry {at}",
+                    r.name
+                ));
+            }
+            let op = r
+                .deployment
+                .strip_prefix("op-")
+                .and_then(|n| n.parse::<u64>().ok());
+            if !op.is_some_and(|op| self.host_ports.contains_key(&op)) {
+                continue;
+            }
+            let same = state
+                .replicas_on(&node)
+                .filter(|o| o.namespace == r.namespace && o.deployment == r.deployment)
+                .count();
+            if same > 1 {
+                return Err(format!(
+                    "host port taken twice: controller {id} binds two replicas of {} (one host \
+                     port) to node {node} at entry {at}",
+                    r.deployment
+                ));
+            }
+        }
+        let draining: BTreeSet<&str> = state
+            .nodes()
+            .filter(|n| n.draining)
+            .map(|n| n.name.as_str())
+            .collect();
+        // A node's drain starting or ending changes its deployments' units.
+        let deployments: Vec<ObjectRef> = match touched {
+            Some(t) if t.node_records.is_empty() => t.deployments.iter().cloned().collect(),
+            _ => state
+                .deployments(None)
+                .map(|d| ObjectRef {
                     namespace: d.deployment.metadata.namespace.clone(),
                     name: d.deployment.metadata.name.clone(),
-                };
-                let live = state
-                    .replicas_of(&target)
-                    .filter(|r| !r.is_terminating())
-                    .count() as u32;
-                let desired = d.deployment.spec.replicas;
-                let before = self.members[m]
-                    .live_seen
-                    .insert(target.clone(), (live, desired));
-                let Some((live_before, desired_before)) = before else {
-                    continue;
-                };
-                if first_look || live <= live_before {
-                    continue;
-                }
-                let most = desired.max(desired_before);
-                let bound = most + rollout::bounds(&d.deployment.spec.strategy, most).surge;
-                // A Reconcile decided on a larger desired count than a Scale
-                // committed before it (by this leader or one of an earlier
-                // term whose entry a later leader committed): drover's state
-                // machine creates the replicas anyway (it skips only taken
-                // slots), and the next round removes them. Known, counted, not
-                // a failure; a creation beyond what any Reconcile was decided
-                // for is.
-                let decided = self.decided_on.get(&target).copied().unwrap_or(0);
-                let stale = decided.max(most);
-                let stale_bound = stale + rollout::bounds(&d.deployment.spec.strategy, stale).surge;
-                if live > bound && live <= stale_bound {
-                    let id = self.members[m].id;
-                    self.count("stale Reconcile beyond desired + maxSurge");
-                    self.trace(format!(
-                        "m{id}: {target} at {live} live replicas, desired {desired}: a Reconcile \
-                         decided on {decided} desired applied after a scale-down"
-                    ));
-                    continue;
-                }
-                if live > bound {
-                    return Err(format!(
-                        "{target} grew from {live_before} to {live} live replicas on controller \
-                         {} (desired {desired_before} then {desired}: at most {bound} with \
-                         maxSurge)",
-                        self.members[m].id
-                    ));
-                }
+                })
+                .collect(),
+        };
+        for target in deployments {
+            let Some(d) = state.deployment(&target.namespace, &target.name) else {
+                self.members[m].live_seen.remove(&target);
+                continue;
+            };
+            let (live, replicas) = units(state.replicas_of(&target).map(|r| r.as_ref()), &draining);
+            let spec = &d.deployment.spec;
+            let bound = rollout::max_units(&spec.strategy, spec.replicas);
+            let before = self.members[m]
+                .live_seen
+                .insert(target.clone(), (live, replicas));
+            // Units grow without a creation when a drain ends (a drained
+            // replica and its replacement count apart again): only an entry
+            // that created replicas is judged.
+            let Some((live_before, replicas_before)) = before else {
+                continue;
+            };
+            if replicas > replicas_before && live > live_before && live > bound {
+                return Err(format!(
+                    "{target} grew from {live_before} to {live} live replicas on controller \
+                     {id} at entry {at} (desired {}: at most {bound} with maxSurge)",
+                    spec.replicas
+                ));
             }
         }
         Ok(())
@@ -710,37 +742,70 @@ impl World {
         Ok(())
     }
 
-    /// Once settled: every deployment has exactly its desired replicas, each
-    /// bound to a Ready, schedulable node whose agent runs it and reported
-    /// it ready; no agent runs anything not bound to it.
+    /// Once settled: every deployment has exactly its desired replicas, all
+    /// of its newest revision (its rollout finished), each bound to a Ready
+    /// node that is not being drained (a cordoned one keeps what it ran)
+    /// whose agent runs it and reported it ready; a deleted deployment has
+    /// no live replica left; no agent runs anything not bound to it.
     pub(super) fn check_converged(&self) -> Checked<()> {
         let state = self.members[0].store.snapshot();
+        for r in state.replicas(None) {
+            if !r.is_terminating() && state.deployment(&r.namespace, &r.deployment).is_none() {
+                return Err(format!(
+                    "not converged: {} of deleted deployment {} is still live",
+                    r.name, r.deployment
+                ));
+            }
+        }
         for d in state.deployments(None) {
             let target = ObjectRef {
                 namespace: d.deployment.metadata.namespace.clone(),
                 name: d.deployment.metadata.name.clone(),
             };
+            let newest = d.current_revision_hash();
             let live: Vec<_> = state
                 .replicas_of(&target)
                 .filter(|r| !r.is_terminating())
                 .collect();
             let desired = d.deployment.spec.replicas as usize;
             if live.len() != desired {
+                let all: Vec<String> = state
+                    .replicas_of(&target)
+                    .map(|r| {
+                        format!(
+                            "{} on {:?} ready={} terminating={}",
+                            r.name,
+                            r.node,
+                            r.is_ready(),
+                            r.is_terminating()
+                        )
+                    })
+                    .collect();
                 return Err(format!(
-                    "not converged: {target} has {} live replicas, desired {desired}",
-                    live.len()
+                    "not converged: {target} has {} live replicas, desired {desired} (strategy \
+                     {:?}, newest revision {newest}, rollout {:?}): {}",
+                    live.len(),
+                    d.deployment.spec.strategy,
+                    d.rollout,
+                    all.join("; ")
                 ));
             }
             for r in &live {
+                if r.revision != newest {
+                    return Err(format!(
+                        "not converged: {} runs revision {}, not {target}'s newest ({newest})",
+                        r.name, r.revision
+                    ));
+                }
                 let Some(node) = r.node.as_deref() else {
                     return Err(format!("not converged: {} is not placed", r.name));
                 };
                 let ready_node = state
                     .node(node)
-                    .is_some_and(|n| n.condition == NodeCondition::Ready && !n.cordoned);
+                    .is_some_and(|n| n.condition == NodeCondition::Ready && !n.draining);
                 if !ready_node {
                     return Err(format!(
-                        "not converged: {} is on node {node}, not Ready",
+                        "not converged: {} is on node {node}, not Ready or being drained",
                         r.name
                     ));
                 }
@@ -811,4 +876,59 @@ fn command_name(c: &Command) -> String {
                 .to_string()
         }
     }
+}
+
+/// Every placement in a `Schedule`, applied to the state it was decided
+/// on, is taken. The state machine re-checks each placement (the node is
+/// Ready, the booking and host ports fit) because a decision may be applied
+/// on a newer state; on its own state a refusal is a scheduler that placed
+/// where nothing fits. Safety never sees it (the replica is placed again
+/// elsewhere), so only this check does.
+fn placements_fit(state: &State, command: &Command) -> Checked<()> {
+    let Command::Schedule { place, .. } = command else {
+        return Ok(());
+    };
+    let mut after = state.clone();
+    let (index, term) = state.applied();
+    // A refusal leaves the state as it was, and is itself a failure below.
+    let _ = after.apply(index + 1, term, command);
+    for (r, node) in place {
+        let bound = after
+            .replica(&r.namespace, &r.name)
+            .and_then(|x| x.node.clone());
+        if bound.as_deref() != Some(node.as_str()) {
+            return Err(format!(
+                "scheduler: {r} placed on {node}, which the state it was decided on (applied \
+                 {index}) refuses"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Live replicas counted as the rollout planner counts units, and as
+/// replicas: a live replica on a draining node that some replica replaces
+/// (a terminating one too, as the planner has it) is one unit with it.
+/// Terminating replicas count for nothing. Written here from the rule, not
+/// taken from `rollout`, so the check does not share the code it checks.
+fn units<'a>(
+    replicas: impl Iterator<Item = &'a ReplicaRecord>,
+    draining: &BTreeSet<&str>,
+) -> (u32, u32) {
+    let all: Vec<&ReplicaRecord> = replicas.collect();
+    let live: Vec<&ReplicaRecord> = all
+        .iter()
+        .copied()
+        .filter(|r| !r.is_terminating())
+        .collect();
+    let replaced = live
+        .iter()
+        .filter(|r| r.node.as_deref().is_some_and(|n| draining.contains(n)))
+        .filter(|r| {
+            all.iter()
+                .any(|o| o.replaces.as_deref() == Some(r.name.as_str()))
+        })
+        .count();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (count(live.len() - replaced), count(live.len()))
 }
