@@ -117,6 +117,39 @@ impl Record {
         self.next_attempt_unix_ms = failure.retryable.then(|| now + millis(delay));
         self.failure = Some(failure);
     }
+
+    /// A [`Action::BackOff`]: the exit of `container_id` is accounted for,
+    /// the next attempt waits until `restart_at`.
+    pub fn backed_off(
+        &mut self,
+        container_id: &str,
+        exit: Exit,
+        restarts: u32,
+        delay: Duration,
+        restart_at: UnixMs,
+    ) {
+        if self
+            .unhealthy
+            .as_ref()
+            .is_some_and(|u| u.container_id != container_id)
+        {
+            // This exit was the container's own doing.
+            self.unhealthy = None;
+        }
+        self.container_id = Some(container_id.to_string());
+        self.handled_exit = Some(container_id.to_string());
+        self.last_exit = Some(exit);
+        self.restarts = restarts;
+        self.delay = Some(delay);
+        self.next_attempt_unix_ms = Some(restart_at);
+    }
+
+    /// A container of this replica was deleted.
+    pub fn removed(&mut self, container_id: &str) {
+        if self.container_id.as_deref() == Some(container_id) {
+            self.container_id = None;
+        }
+    }
 }
 
 /// What the runner is doing to a replica right now.
