@@ -363,6 +363,30 @@ pub fn reconcile(
     actions
 }
 
+/// The actions as a runner carries them out: grouped per replica, in
+/// order (a replica's steps run in sequence, different replicas in
+/// parallel), each Stop with the grace it gets on this node: none while
+/// fenced (`--stop-after-disconnect` kills at once), else a delete's
+/// `--grace-period` when the controller sent one, else the decided one.
+pub fn per_replica(
+    actions: Vec<Action>,
+    fencing: bool,
+    stop_grace: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Vec<Action>> {
+    let mut groups: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+    for mut a in actions {
+        if let Action::Stop { replica, grace, .. } = &mut a {
+            if fencing {
+                *grace = Duration::ZERO;
+            } else if let Some(g) = stop_grace.get(replica.as_str()) {
+                *grace = *g;
+            }
+        }
+        groups.entry(a.replica().to_string()).or_default().push(a);
+    }
+    groups
+}
+
 /// Whether an assigned replica with no container may be started now.
 fn may_start(a: &Assignment, record: Option<&Record>, now: UnixMs) -> bool {
     let Some(r) = record else { return true };
@@ -1051,5 +1075,40 @@ mod tests {
                 first
             );
         }
+    }
+
+    #[test]
+    fn per_replica_keeps_each_replicas_order_and_fencing_kills_without_grace() {
+        let obs = [running("a-r-0", "c1"), running("b-r-0", "c2")];
+        let actions = reconcile(&assigned(&[]), &obs, &BTreeMap::new(), &none_busy(), NOW);
+        let graces = |groups: &BTreeMap<String, Vec<Action>>| -> Vec<(String, Duration)> {
+            groups
+                .values()
+                .flatten()
+                .filter_map(|a| match a {
+                    Action::Stop { replica, grace, .. } => Some((replica.clone(), *grace)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let deleted: BTreeMap<String, Duration> =
+            [("b-r-0".to_string(), Duration::from_secs(2))].into();
+        let groups = per_replica(actions.clone(), false, &deleted);
+        assert_eq!(groups.keys().collect::<Vec<_>>(), ["a-r-0", "b-r-0"]);
+        for steps in groups.values() {
+            assert!(matches!(
+                steps[..],
+                [Action::Stop { .. }, Action::Remove { .. }]
+            ));
+        }
+        assert_eq!(
+            graces(&groups),
+            [
+                ("a-r-0".to_string(), DEFAULT_GRACE),
+                ("b-r-0".to_string(), Duration::from_secs(2))
+            ]
+        );
+        let fenced = per_replica(actions, true, &deleted);
+        assert!(graces(&fenced).iter().all(|(_, g)| g.is_zero()));
     }
 }

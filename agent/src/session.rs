@@ -620,6 +620,33 @@ async fn session(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_replica_assigned_anew_has_its_last_status_sent_again() {
+        let status = |id: &str| pb::ReplicaStatus {
+            replica: id.into(),
+            ready: true,
+            ..Default::default()
+        };
+        let last_sent: StatusMap = [
+            ("a".to_string(), status("a")),
+            ("b".to_string(), status("b")),
+        ]
+        .into();
+        let set = |ids: &[&str]| pb::AssignmentSet {
+            assignments: ids.iter().map(|id| assignment(id, "r1")).collect(),
+            ..Default::default()
+        };
+        // A session's first set repeats what it knows.
+        let mut assigned = BTreeSet::new();
+        let fresh = newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent);
+        assert_eq!(fresh, [status("a"), status("b")]);
+        // Unchanged: nothing; moved away: nothing; back: its status again.
+        assert!(newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent).is_empty());
+        assert!(newly_assigned(&mut assigned, &set(&["a"]), &last_sent).is_empty());
+        let back = newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent);
+        assert_eq!(back, [status("b")]);
+    }
+
     fn assignment(id: &str, revision: &str) -> pb::Assignment {
         pb::Assignment {
             replica: id.into(),

@@ -636,27 +636,11 @@ impl<R: Runtime> Supervisor<R> {
             return now;
         };
         let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let mut actions =
-            reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
         if actions.is_empty() {
             return now;
         }
-        for a in &mut actions {
-            if let Action::Stop { replica, grace, .. } = a {
-                if self.fencing {
-                    *grace = Duration::ZERO;
-                } else if let Some(g) = self.stop_grace.get(replica.as_str()) {
-                    *grace = *g;
-                }
-            }
-        }
-        // Group per replica, keeping order: a replica's steps run in sequence
-        // in one task, different replicas in parallel.
-        let mut groups: BTreeMap<String, Vec<Action>> = BTreeMap::new();
-        for a in actions {
-            groups.entry(a.replica().to_string()).or_default().push(a);
-        }
-        for (replica, actions) in groups {
+        for (replica, actions) in reconcile::per_replica(actions, self.fencing, &self.stop_grace) {
             let mut steps = Vec::new();
             let mut busy = Busy::Stopping;
             for action in actions {
