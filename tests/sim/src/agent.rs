@@ -82,6 +82,8 @@ pub struct SimAgent {
     // The container model.
     containers: BTreeMap<String, Observed>,
     tasks: BTreeMap<String, Task>,
+    /// When each container's start finished, simulated µs.
+    started_us: BTreeMap<String, u64>,
     /// Readiness probe verdicts: replica → (container, failing until µs).
     unready: BTreeMap<String, (String, u64)>,
     next_container: u64,
@@ -159,6 +161,7 @@ impl SimAgent {
             statuses: StatusMap::new(),
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            started_us: BTreeMap::new(),
             unready: BTreeMap::new(),
             next_container: 0,
             wake_at_us: None,
@@ -198,6 +201,24 @@ impl SimAgent {
 
     pub fn jump_clock(&mut self, us: i64) {
         self.skew_us += us;
+    }
+
+    /// Replicas (agent ids) with a running container here, and when that
+    /// container's start finished (simulated µs).
+    pub fn running_since(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.containers
+            .values()
+            .filter(|c| c.is_running())
+            .map(|c| {
+                let since = self.started_us.get(&c.container_id).copied();
+                (c.replica.as_str(), since.unwrap_or_default())
+            })
+    }
+
+    /// The fence's deadline as it stood at the last contact: L after it.
+    pub fn fence_deadline_us(&self) -> Option<u64> {
+        self.limit
+            .map(|l| (SimInstant(self.fence.last_contact().0) + l).0)
     }
 
     /// Replicas (agent ids) with a running container here.
@@ -361,7 +382,16 @@ impl SimAgent {
             .collect();
         for replica in done {
             if let Some(task) = self.tasks.remove(&replica) {
-                self.finish(&replica, task, now);
+                let starts = task.steps.iter().any(|s| matches!(s, Step::Start { .. }));
+                if starts && self.fence.is_fenced() {
+                    out.counts
+                        .push("a start in flight at the fence finished after it");
+                    out.trace.push(format!(
+                        "agent {}: {replica} started after the fence (its start was in flight)",
+                        self.name
+                    ));
+                }
+                self.finish(&replica, task, now, now_us);
             }
         }
         if self.fence.deadline().is_some_and(|d| d.0 <= now_us) {
@@ -397,7 +427,7 @@ impl SimAgent {
     }
 
     /// A task's steps take effect, and the supervisor's outcome bookkeeping.
-    fn finish(&mut self, replica: &str, task: Task, now: UnixMs) {
+    fn finish(&mut self, replica: &str, task: Task, now: UnixMs, now_us: u64) {
         self.busy.remove(replica);
         for step in task.steps {
             match step {
@@ -414,6 +444,7 @@ impl SimAgent {
                 }
                 Step::Remove { container_id } => {
                     self.containers.remove(&container_id);
+                    self.started_us.remove(&container_id);
                     if let Some(r) = self.records.get_mut(replica) {
                         r.removed(&container_id);
                     }
@@ -425,6 +456,7 @@ impl SimAgent {
                     self.next_container += 1;
                     let id = format!("{}-c{}", self.name, self.next_container);
                     let a = *assignment;
+                    self.started_us.insert(id.clone(), now_us);
                     self.records
                         .entry(replica.to_string())
                         .or_default()
@@ -458,22 +490,8 @@ impl SimAgent {
             return;
         };
         let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let mut actions =
-            reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
-        for a in &mut actions {
-            if let Action::Stop { replica, grace, .. } = a {
-                if self.fencing {
-                    *grace = Duration::ZERO;
-                } else if let Some(g) = self.stop_grace.get(replica.as_str()) {
-                    *grace = *g;
-                }
-            }
-        }
-        let mut groups: BTreeMap<String, Vec<Action>> = BTreeMap::new();
-        for a in actions {
-            groups.entry(a.replica().to_string()).or_default().push(a);
-        }
-        for (replica, actions) in groups {
+        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        for (replica, actions) in reconcile::per_replica(actions, self.fencing, &self.stop_grace) {
             let mut steps = Vec::new();
             let mut busy = Busy::Stopping;
             let mut kill = false;

@@ -7,8 +7,12 @@ use drover_sim::{run, run_batch, Options};
 /// Seeds that once failed, kept as regressions (see docs/simulation.md).
 /// 1001926: an agent's ready report committed while its node was briefly NotReady
 /// (the leader's clock jumped) was dropped; placed back on that node, the replica
-/// stayed Pending (the simulated agent now reports again what the state lacks).
-const REGRESSIONS: &[u64] = &[1_001_926];
+/// stayed Pending (the simulated agent now reports again what the state lacks;
+/// the seed no longer makes that schedule since the production agent replaced it).
+/// 293, 455: a fencing agent's start in flight at its deadline finished after
+/// it (fencing cancels no runtime work) and ran past the window until the kill
+/// that followed; the fencing check allows exactly that (docs/simulation.md).
+const REGRESSIONS: &[u64] = &[1_001_926, 293, 455];
 
 fn only_seed() -> Option<u64> {
     let s = std::env::var("DROVER_SIM_SEED").ok()?;

@@ -16,21 +16,22 @@
 //! the assignment book (`Assignments::build`), the per-session `Sent`
 //! (whole set, then `NodeSet::changes_since`), `Pending` (newest status per
 //! node and replica; a failed batch restored while leading), and
-//! `observed_from_pb`. The book is built in full at each applied index a
-//! session looks at (as a new leader's first build), not from the change
-//! feed; it serves sets only once the leader loops passed their ReadIndex
+//! `observed_from_pb`. The book is built from the state at each applied
+//! index a session looks at, for that session's node (not from the change
+//! feed); it serves sets only once the leader loops passed their ReadIndex
 //! barrier, as the production book's term does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use drover_controller::cluster::wire::observed_from_pb;
-use drover_controller::dispatcher::{Assignments, Pending, Report};
+use drover_controller::dispatcher::{Assignments, Pending, Report, FENCING_MARGIN};
 use drover_controller::store::{Command, NodeRegistration, Resources, Touched};
 use drover_proto::pb;
 use rand::Rng;
 
-use super::leading::answered;
+use super::leading::{answered, NODE_TIMEOUT};
 use super::{Checked, Ev, World, WriteRx};
 use crate::agent::KILL_MAX_US;
 
@@ -41,14 +42,23 @@ const STATUS_BATCH_US: u64 = 100_000;
 /// between two beats.
 const CUT_OFF_US: u64 = 400_000;
 
+/// How long an agent fencing with `limit` may run its replicas after its
+/// last contact: its limit, at most what the cluster accepts (the node
+/// timeout less the dispatcher's margin: the controller replaces a silent
+/// node's replicas only after the node timeout), plus the longest kill.
+fn fencing_window_us(limit: Duration) -> u64 {
+    let accepted = NODE_TIMEOUT.saturating_sub(FENCING_MARGIN);
+    limit.min(accepted).as_micros() as u64 + KILL_MAX_US
+}
+
 /// One controller's dispatcher memory: lost with it.
 #[derive(Default)]
 pub(super) struct Dispatch {
     pending: Pending,
     batch_due_us: Option<u64>,
     inflight: Option<(WriteRx, Vec<Report>)>,
-    /// The book as of an applied index.
-    book: Option<(u64, Arc<Assignments>)>,
+    /// Per node, the book with that node's set as of an applied index.
+    book: BTreeMap<String, (u64, Arc<Assignments>)>,
 }
 
 impl World {
@@ -120,7 +130,7 @@ impl World {
         self.agents[a].heartbeat_acked(now_us);
         let serves = self.members[m].leader.as_ref().is_some_and(|l| l.ready());
         if serves {
-            let book = self.book(m);
+            let book = self.book(m, &name);
             let msg = self.agents[a]
                 .session
                 .as_mut()
@@ -291,32 +301,40 @@ impl World {
         Ok(())
     }
 
-    /// The assignment book of member `m` as of its applied index.
-    fn book(&mut self, m: usize) -> Arc<Assignments> {
+    /// Member `m`'s assignment book with `node`'s set as of its state now:
+    /// `Assignments::build` told that only this node changed rebuilds its
+    /// set alone (keeping its `Arc` when equal, which `Sent::next` relies
+    /// on); the other nodes' sets are left as they were and not read.
+    fn book(&mut self, m: usize, node: &str) -> Arc<Assignments> {
         let state = self.members[m].store.snapshot();
         let applied = state.applied().0;
         let d = &mut self.members[m].dispatch;
-        match &d.book {
-            Some((at, book)) if *at == applied => book.clone(),
-            previous => {
-                let empty = Assignments::default();
-                let previous = previous.as_ref().map_or(&empty, |(_, b)| b);
-                let book = Arc::new(Assignments::build(&state, previous, &Touched::everything()));
-                d.book = Some((applied, book.clone()));
-                book
+        if let Some((at, book)) = d.book.get(node) {
+            if *at == applied {
+                return book.clone();
             }
         }
+        let previous = d.book.get(node).map(|(_, b)| b.clone()).unwrap_or_default();
+        let changes = Touched {
+            nodes: [node.to_string()].into(),
+            ..Touched::default()
+        };
+        let book = Arc::new(Assignments::build(&state, &previous, &changes));
+        d.book.insert(node.to_string(), (applied, book.clone()));
+        book
     }
 
     /// Fencing (SPEC guarantee 9), in seeds whose agents run with
-    /// `--stop-after-disconnect L`: an agent out of contact for longer than
-    /// L plus the longest kill runs nothing, so no replica runs both there
-    /// and where it was moved. The controller replaces a node's replicas
-    /// only after the node timeout (3 s ≥ L + 500 ms) without a heartbeat,
-    /// and the agent counts from the acknowledgement of its last one, so
-    /// the replacement starts after the kill: the check is that no replica
-    /// runs on two hosts while one of them is past its fencing window, and
-    /// every other overlap is counted by cause.
+    /// `--stop-after-disconnect L`. The controller replaces a node's
+    /// replicas only once it has not heard the node for the node timeout T
+    /// (then a monitor tick, a scheduling round and a start), and the agent
+    /// counts L from the acknowledgement of its last heartbeat, with
+    /// L ≤ T − 500 ms: the kill comes first. The check: an agent out of
+    /// contact for longer than [`fencing_window_us`] runs nothing, so no
+    /// replica runs both on a cut-off node past its window and where it was
+    /// moved. Every replica seen on two hosts at once is counted by cause
+    /// (no fencing; both hosts in contact, as a move while a leader's clock
+    /// jumped; one host cut off but within its window).
     fn check_fencing(&mut self) -> Checked<()> {
         let now_us = self.now_us;
         let mut hosts: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -324,11 +342,15 @@ impl World {
             if !agent.up {
                 continue;
             }
-            let past = agent.limit.is_some_and(|l| {
-                agent.out_of_contact_us(now_us) > l.as_micros() as u64 + KILL_MAX_US
-            });
-            for r in agent.running() {
-                if past {
+            let past = agent
+                .limit
+                .is_some_and(|l| agent.out_of_contact_us(now_us) > fencing_window_us(l));
+            for (r, since) in agent.running_since() {
+                // Fencing cancels no runtime work: a start in flight at the
+                // deadline finishes, and the kill follows it.
+                let in_flight = agent.fence_deadline_us().is_some_and(|d| since > d)
+                    && now_us - since <= KILL_MAX_US;
+                if past && !in_flight {
                     return Err(format!(
                         "fencing: agent {} has had no contact for {}µs (--stop-after-disconnect \
                          {:?}) and still runs {r}",
