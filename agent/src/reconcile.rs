@@ -363,6 +363,43 @@ pub fn reconcile(
     actions
 }
 
+/// What the bookkeeping actions do to the records (Adopt, BackOff,
+/// Forget); the runtime ones change them through their outcomes
+/// ([`Record::started`], [`Record::removed`], ...).
+pub fn keep_books(records: &mut BTreeMap<String, Record>, action: &Action) {
+    match action {
+        Action::Adopt {
+            replica,
+            container_id,
+            restarts,
+        } => records
+            .entry(replica.clone())
+            .or_default()
+            .started(container_id, *restarts),
+        Action::BackOff {
+            replica,
+            container_id,
+            exit,
+            restarts,
+            delay,
+            restart_at,
+        } => records.entry(replica.clone()).or_default().backed_off(
+            container_id,
+            *exit,
+            *restarts,
+            *delay,
+            *restart_at,
+        ),
+        Action::Forget { replica } => {
+            records.remove(replica);
+        }
+        Action::Start { .. }
+        | Action::Stop { .. }
+        | Action::Remove { .. }
+        | Action::Restart { .. } => {}
+    }
+}
+
 /// The actions as a runner carries them out: grouped per replica, in
 /// order (a replica's steps run in sequence, different replicas in
 /// parallel), each Stop with the grace it gets on this node: none while

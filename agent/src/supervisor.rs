@@ -644,6 +644,7 @@ impl<R: Runtime> Supervisor<R> {
             let mut steps = Vec::new();
             let mut busy = Busy::Stopping;
             for action in actions {
+                reconcile::keep_books(&mut self.records, &action);
                 match action {
                     Action::Adopt {
                         container_id,
@@ -651,32 +652,18 @@ impl<R: Runtime> Supervisor<R> {
                         ..
                     } => {
                         info!(replica = %replica, container = %container_id, restarts, "adopted a running container");
-                        self.records
-                            .entry(replica.clone())
-                            .or_default()
-                            .started(&container_id, restarts);
                     }
                     Action::BackOff {
                         container_id,
                         exit,
-                        restarts,
                         delay,
-                        restart_at,
                         ..
                     } => {
                         info!(replica = %replica, container = %container_id, code = exit.code,
                             reason = exit.reason(), ?delay, "container exited; restarting after backoff");
                         crate::metrics::get().restart();
-                        self.records.entry(replica.clone()).or_default().backed_off(
-                            &container_id,
-                            exit,
-                            restarts,
-                            delay,
-                            restart_at,
-                        );
                     }
                     Action::Forget { .. } => {
-                        self.records.remove(&replica);
                         self.touched.remove(&replica);
                         self.runtime.forget_previous(&replica);
                         if let Some(volumes) = &self.volumes {

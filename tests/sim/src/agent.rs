@@ -496,40 +496,17 @@ impl SimAgent {
             let mut busy = Busy::Stopping;
             let mut kill = false;
             for action in actions {
+                reconcile::keep_books(&mut self.records, &action);
                 match action {
-                    Action::Adopt {
-                        container_id,
-                        restarts,
-                        ..
-                    } => {
-                        self.records
-                            .entry(replica.clone())
-                            .or_default()
-                            .started(&container_id, restarts);
-                    }
-                    Action::BackOff {
-                        container_id,
-                        exit,
-                        restarts,
-                        delay,
-                        restart_at,
-                        ..
-                    } => {
+                    Action::Adopt { .. } => {}
+                    Action::BackOff { exit, delay, .. } => {
                         out.counts.push("container backed off");
                         out.trace.push(format!(
                             "agent {}: {replica} exited ({}), restart in {delay:?}",
                             self.name, exit.code
                         ));
-                        self.records.entry(replica.clone()).or_default().backed_off(
-                            &container_id,
-                            exit,
-                            restarts,
-                            delay,
-                            restart_at,
-                        );
                     }
                     Action::Forget { .. } => {
-                        self.records.remove(&replica);
                         self.unready.remove(&replica);
                     }
                     Action::Stop {
