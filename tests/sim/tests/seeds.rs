@@ -12,7 +12,10 @@ use drover_sim::{run, run_batch, Options};
 /// 293, 455: a fencing agent's start in flight at its deadline finished after
 /// it (fencing cancels no runtime work) and ran past the window until the kill
 /// that followed; the fencing check allows exactly that (docs/simulation.md).
-const REGRESSIONS: &[u64] = &[1_001_926, 293, 455];
+/// 1000012, 1001191: the simulator's session dropped the status changes an
+/// agent made while its link was cut for a moment, and the session outlived
+/// the cut: a model bug (a session is a reliable stream), not drover's.
+const REGRESSIONS: &[u64] = &[1_001_926, 293, 455, 1_000_012, 1_001_191];
 
 fn only_seed() -> Option<u64> {
     let s = std::env::var("DROVER_SIM_SEED").ok()?;

@@ -218,12 +218,15 @@ impl World {
                 self.at(at - now_us, Ev::AgentWork { a, life });
             }
         }
+        // A session is a reliable stream: while its link is cut, what the
+        // agent sends waits (and the changes coalesce) until the link heals
+        // or the session ends (then the next Hello repeats every status).
         let m = self.agents[a].session.as_ref().map(|s| s.m);
         if let Some(m) = m {
             let name = self.agents[a].name.clone();
             let reachable = self.members[m].core.is_some() && !self.agent_cut.contains(&name);
-            let changes = self.agents[a].status_changes();
             if reachable {
+                let changes = self.agents[a].status_changes();
                 self.report(m, &name, changes);
             }
         }
