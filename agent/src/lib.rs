@@ -32,6 +32,7 @@ pub mod backoff;
 pub mod config;
 pub mod debugging;
 pub mod error;
+pub mod fence;
 pub mod fixtures;
 pub mod join;
 pub mod metrics;

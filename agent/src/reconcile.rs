@@ -117,6 +117,39 @@ impl Record {
         self.next_attempt_unix_ms = failure.retryable.then(|| now + millis(delay));
         self.failure = Some(failure);
     }
+
+    /// A [`Action::BackOff`]: the exit of `container_id` is accounted for,
+    /// the next attempt waits until `restart_at`.
+    pub fn backed_off(
+        &mut self,
+        container_id: &str,
+        exit: Exit,
+        restarts: u32,
+        delay: Duration,
+        restart_at: UnixMs,
+    ) {
+        if self
+            .unhealthy
+            .as_ref()
+            .is_some_and(|u| u.container_id != container_id)
+        {
+            // This exit was the container's own doing.
+            self.unhealthy = None;
+        }
+        self.container_id = Some(container_id.to_string());
+        self.handled_exit = Some(container_id.to_string());
+        self.last_exit = Some(exit);
+        self.restarts = restarts;
+        self.delay = Some(delay);
+        self.next_attempt_unix_ms = Some(restart_at);
+    }
+
+    /// A container of this replica was deleted.
+    pub fn removed(&mut self, container_id: &str) {
+        if self.container_id.as_deref() == Some(container_id) {
+            self.container_id = None;
+        }
+    }
 }
 
 /// What the runner is doing to a replica right now.
@@ -328,6 +361,67 @@ pub fn reconcile(
         }
     }
     actions
+}
+
+/// What the bookkeeping actions do to the records (Adopt, BackOff,
+/// Forget); the runtime ones change them through their outcomes
+/// ([`Record::started`], [`Record::removed`], ...).
+pub fn keep_books(records: &mut BTreeMap<String, Record>, action: &Action) {
+    match action {
+        Action::Adopt {
+            replica,
+            container_id,
+            restarts,
+        } => records
+            .entry(replica.clone())
+            .or_default()
+            .started(container_id, *restarts),
+        Action::BackOff {
+            replica,
+            container_id,
+            exit,
+            restarts,
+            delay,
+            restart_at,
+        } => records.entry(replica.clone()).or_default().backed_off(
+            container_id,
+            *exit,
+            *restarts,
+            *delay,
+            *restart_at,
+        ),
+        Action::Forget { replica } => {
+            records.remove(replica);
+        }
+        Action::Start { .. }
+        | Action::Stop { .. }
+        | Action::Remove { .. }
+        | Action::Restart { .. } => {}
+    }
+}
+
+/// The actions as a runner carries them out: grouped per replica, in
+/// order (a replica's steps run in sequence, different replicas in
+/// parallel), each Stop with the grace it gets on this node: none while
+/// fenced (`--stop-after-disconnect` kills at once), else a delete's
+/// `--grace-period` when the controller sent one, else the decided one.
+pub fn per_replica(
+    actions: Vec<Action>,
+    fencing: bool,
+    stop_grace: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Vec<Action>> {
+    let mut groups: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+    for mut a in actions {
+        if let Action::Stop { replica, grace, .. } = &mut a {
+            if fencing {
+                *grace = Duration::ZERO;
+            } else if let Some(g) = stop_grace.get(replica.as_str()) {
+                *grace = *g;
+            }
+        }
+        groups.entry(a.replica().to_string()).or_default().push(a);
+    }
+    groups
 }
 
 /// Whether an assigned replica with no container may be started now.
@@ -1018,5 +1112,40 @@ mod tests {
                 first
             );
         }
+    }
+
+    #[test]
+    fn per_replica_keeps_each_replicas_order_and_fencing_kills_without_grace() {
+        let obs = [running("a-r-0", "c1"), running("b-r-0", "c2")];
+        let actions = reconcile(&assigned(&[]), &obs, &BTreeMap::new(), &none_busy(), NOW);
+        let graces = |groups: &BTreeMap<String, Vec<Action>>| -> Vec<(String, Duration)> {
+            groups
+                .values()
+                .flatten()
+                .filter_map(|a| match a {
+                    Action::Stop { replica, grace, .. } => Some((replica.clone(), *grace)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let deleted: BTreeMap<String, Duration> =
+            [("b-r-0".to_string(), Duration::from_secs(2))].into();
+        let groups = per_replica(actions.clone(), false, &deleted);
+        assert_eq!(groups.keys().collect::<Vec<_>>(), ["a-r-0", "b-r-0"]);
+        for steps in groups.values() {
+            assert!(matches!(
+                steps[..],
+                [Action::Stop { .. }, Action::Remove { .. }]
+            ));
+        }
+        assert_eq!(
+            graces(&groups),
+            [
+                ("a-r-0".to_string(), DEFAULT_GRACE),
+                ("b-r-0".to_string(), Duration::from_secs(2))
+            ]
+        );
+        let fenced = per_replica(actions, true, &deleted);
+        assert!(graces(&fenced).iter().all(|(_, g)| g.is_zero()));
     }
 }

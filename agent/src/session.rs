@@ -37,6 +37,7 @@ use tonic::Code;
 use tracing::{debug, info, instrument, warn};
 
 use crate::error::{AgentError, Result};
+use crate::fence::Fence;
 use crate::metrics::SessionState;
 use crate::status::{self, StatusMap};
 use crate::supervisor::SupervisorHandle;
@@ -132,7 +133,7 @@ pub async fn run(
     // For telling a person, now and then, that no controller answers.
     let mut failures = 0u32;
     let mut last_warning: Option<tokio::time::Instant> = None;
-    let mut fence = Fence::new(cfg.stop_after_disconnect);
+    let mut fence = Fence::new(cfg.stop_after_disconnect, tokio::time::Instant::now());
     loop {
         let addr = match redirect.take() {
             Some(leader) => leader,
@@ -157,7 +158,7 @@ pub async fn run(
             }
         );
         if productive {
-            fence.session_ended();
+            fence.session_ended(tokio::time::Instant::now());
             failures = 0;
         }
         let wait = match ended {
@@ -189,7 +190,7 @@ pub async fn run(
         if let Some(deadline) = fence.deadline() {
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                if fence.fence(&supervisor).await.is_err() {
+                if fence_now(&mut fence, &supervisor).await.is_err() {
                     return Ok(());
                 }
             } else {
@@ -316,59 +317,36 @@ fn classify(status: &tonic::Status, productive: bool) -> Ended {
     }
 }
 
-/// Fencing (`--stop-after-disconnect`): since when the controllers have not
-/// confirmed contact, and whether this node's replicas were killed for it.
-///
-/// Contact is an acknowledged heartbeat or an assignment set, as they
-/// arrive: the controller judges the node by the heartbeats it receives, so
-/// the agent, counting from the acknowledgement of the last one, kills its
-/// replicas before the controller replaces them elsewhere (the controller
-/// refuses a limit that could not). A controller that does not acknowledge
-/// heartbeats (an older version) is judged by its sessions' ends instead.
-struct Fence {
-    limit: Option<Duration>,
-    last_contact: tokio::time::Instant,
-    /// The current or last session's controller acknowledges heartbeats.
-    acked: bool,
-    fenced: bool,
+/// Fence now: kill this node's replicas (see [`crate::fence`]).
+async fn fence_now(
+    fence: &mut Fence<tokio::time::Instant>,
+    supervisor: &SupervisorHandle,
+) -> Result<(), AgentError> {
+    warn!(without_controller = ?fence.last_contact().elapsed(),
+        "no contact with a controller for --stop-after-disconnect: killing this node's replicas");
+    fence.fenced();
+    supervisor.fence().await
 }
 
-impl Fence {
-    fn new(limit: Option<Duration>) -> Fence {
-        Fence {
-            limit,
-            last_contact: tokio::time::Instant::now(),
-            acked: false,
-            fenced: false,
-        }
-    }
-
-    fn contact(&mut self) {
-        self.last_contact = tokio::time::Instant::now();
-        self.fenced = false;
-    }
-
-    /// A session that delivered assignments ended: without acknowledged
-    /// heartbeats, its end is the last contact known.
-    fn session_ended(&mut self) {
-        if !self.acked {
-            self.contact();
-        }
-    }
-
-    /// When to fence, unless already fenced or fencing is off.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.limit
-            .filter(|_| !self.fenced)
-            .map(|limit| self.last_contact + limit)
-    }
-
-    async fn fence(&mut self, supervisor: &SupervisorHandle) -> Result<(), AgentError> {
-        warn!(without_controller = ?self.last_contact.elapsed(),
-            "no contact with a controller for --stop-after-disconnect: killing this node's replicas");
-        self.fenced = true;
-        supervisor.fence().await
-    }
+/// The statuses to send again for replicas newly assigned in `set` (and
+/// `assigned` becomes `set`'s replicas). A replica newly assigned here may
+/// already run here (it was moved away while this node looked dead, and
+/// back): the controller reset its status, and an unchanged status is
+/// otherwise never resent. A session starts with `assigned` empty, so its
+/// first set repeats every status it knows.
+pub fn newly_assigned(
+    assigned: &mut BTreeSet<String>,
+    set: &pb::AssignmentSet,
+    last_sent: &StatusMap,
+) -> Vec<pb::ReplicaStatus> {
+    let now_assigned: BTreeSet<String> =
+        set.assignments.iter().map(|a| a.replica.clone()).collect();
+    let fresh = now_assigned
+        .difference(assigned)
+        .filter_map(|id| last_sent.get(id).cloned())
+        .collect();
+    *assigned = now_assigned;
+    fresh
 }
 
 /// The whole set a message means: itself when whole; applied to `current`
@@ -462,7 +440,7 @@ async fn session(
     cfg: &SessionConfig,
     addr: &str,
     supervisor: &SupervisorHandle,
-    fence: &mut Fence,
+    fence: &mut Fence<tokio::time::Instant>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let lost = |reason: String| Ended::Lost {
@@ -529,7 +507,7 @@ async fn session(
         tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
             _ = sleep_until(deadline), if deadline.is_some() => {
-                if fence.fence(supervisor).await.is_err() {
+                if fence_now(fence, supervisor).await.is_err() {
                     return Ended::Shutdown;
                 }
                 // A new session brings the full set again once contact is back.
@@ -604,18 +582,9 @@ async fn session(
                     }
                     last_version = set.version;
                     productive = true;
-                    fence.contact();
+                    fence.contact(tokio::time::Instant::now());
                     debug!(version = set.version, replicas = set.assignments.len(), "assignment set");
-                    // A replica newly assigned here may already run here (it
-                    // was moved away while this node looked dead, and back):
-                    // the controller reset its status, and an unchanged status
-                    // is otherwise never resent. Report it now.
-                    let now_assigned: BTreeSet<String> = set.assignments.iter().map(|a| a.replica.clone()).collect();
-                    let fresh: Vec<pb::ReplicaStatus> = now_assigned
-                        .difference(&assigned)
-                        .filter_map(|id| last_sent.get(id).cloned())
-                        .collect();
-                    assigned = now_assigned;
+                    let fresh = newly_assigned(&mut assigned, &set, &last_sent);
                     if !fresh.is_empty() {
                         let msg = pb::AgentMessage {
                             kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: fresh, usage: None })),
@@ -631,7 +600,7 @@ async fn session(
                 Ok(Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::HeartbeatAck(_)) })) => {
                     crate::metrics::get().heartbeat_acknowledged();
                     fence.acked = true;
-                    fence.contact();
+                    fence.contact(tokio::time::Instant::now());
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ended::Lost { reason: "the controller closed the session".into(), productive },
@@ -650,6 +619,33 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_assigned_anew_has_its_last_status_sent_again() {
+        let status = |id: &str| pb::ReplicaStatus {
+            replica: id.into(),
+            ready: true,
+            ..Default::default()
+        };
+        let last_sent: StatusMap = [
+            ("a".to_string(), status("a")),
+            ("b".to_string(), status("b")),
+        ]
+        .into();
+        let set = |ids: &[&str]| pb::AssignmentSet {
+            assignments: ids.iter().map(|id| assignment(id, "r1")).collect(),
+            ..Default::default()
+        };
+        // A session's first set repeats what it knows.
+        let mut assigned = BTreeSet::new();
+        let fresh = newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent);
+        assert_eq!(fresh, [status("a"), status("b")]);
+        // Unchanged: nothing; moved away: nothing; back: its status again.
+        assert!(newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent).is_empty());
+        assert!(newly_assigned(&mut assigned, &set(&["a"]), &last_sent).is_empty());
+        let back = newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent);
+        assert_eq!(back, [status("b")]);
+    }
 
     fn assignment(id: &str, revision: &str) -> pb::Assignment {
         pb::Assignment {

@@ -20,7 +20,7 @@
 //! not arrived yet is not ready (its probes are not known). A container killed by its liveness probe
 //! shows reason `Unhealthy` and kubelet's "Liveness probe failed: …".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_proto::pb::{ReplicaState, ReplicaStatus};
 
@@ -185,6 +185,60 @@ fn failed(s: &mut ReplicaStatus, f: &Failure, record: Option<&Record>) -> Replic
     s.message = f.message.clone();
     s.next_restart_unix_ms = record.and_then(|r| r.next_attempt_unix_ms).unwrap_or(0);
     ReplicaState::Failed
+}
+
+/// Everything on one node the statuses derive from: the supervisor's state
+/// (and the simulator's agent, which keeps the same).
+pub struct Node<'a> {
+    /// None until the first assignment set.
+    pub assignments: Option<&'a BTreeMap<String, Assignment>>,
+    /// Assignments that did not decode, with why.
+    pub invalid: &'a BTreeMap<String, Failure>,
+    /// Replicas the controller waits to hear are gone.
+    pub terminating: &'a BTreeSet<String>,
+    pub records: &'a BTreeMap<String, Record>,
+    pub busy: &'a BTreeMap<String, Busy>,
+}
+
+/// Every replica's status on a node: each assigned, present or busy
+/// replica's [`replica_status`], a FAILED one for each assignment that
+/// did not decode, and GONE for each terminating replica nothing is left
+/// of (the entry stays while the controller asks, so a reconnect repeats it).
+pub fn status_map<'a>(
+    node: &Node<'a>,
+    containers: impl IntoIterator<Item = &'a Observed>,
+    readiness: impl Fn(&str) -> Option<Readiness<'a>>,
+) -> StatusMap {
+    let (current, _) = crate::reconcile::by_replica(containers);
+    let empty = BTreeMap::new();
+    let assignments = node.assignments.unwrap_or(&empty);
+    let mut names: BTreeSet<&str> = assignments.keys().map(String::as_str).collect();
+    names.extend(current.keys().copied());
+    names.extend(node.busy.keys().map(String::as_str));
+    let mut map = StatusMap::new();
+    for name in names {
+        let s = replica_status(&Inputs {
+            name,
+            assigned: assignments.get(name),
+            have_assignments: node.assignments.is_some(),
+            container: current.get(name).copied(),
+            record: node.records.get(name),
+            busy: node.busy.get(name).copied(),
+            readiness: readiness(name),
+        });
+        map.insert(name.to_string(), s);
+    }
+    for (name, f) in node.invalid {
+        let mut s = gone(name);
+        s.state = ReplicaState::Failed as i32;
+        s.reason = f.reason.clone();
+        s.message = f.message.clone();
+        map.insert(name.clone(), s);
+    }
+    for name in node.terminating {
+        map.entry(name.clone()).or_insert_with(|| gone(name));
+    }
+    map
 }
 
 /// What to report after `prev`: every replica whose status differs, and a

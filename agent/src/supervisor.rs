@@ -560,9 +560,7 @@ impl<R: Runtime> Supervisor<R> {
             Done::Removed { container_id } => {
                 self.containers.remove(&container_id);
                 if let Some(r) = self.records.get_mut(replica) {
-                    if r.container_id.as_deref() == Some(&container_id) {
-                        r.container_id = None;
-                    }
+                    r.removed(&container_id);
                 }
             }
             Done::Started(mut o) => {
@@ -638,30 +636,15 @@ impl<R: Runtime> Supervisor<R> {
             return now;
         };
         let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let mut actions =
-            reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
         if actions.is_empty() {
             return now;
         }
-        for a in &mut actions {
-            if let Action::Stop { replica, grace, .. } = a {
-                if self.fencing {
-                    *grace = Duration::ZERO;
-                } else if let Some(g) = self.stop_grace.get(replica.as_str()) {
-                    *grace = *g;
-                }
-            }
-        }
-        // Group per replica, keeping order: a replica's steps run in sequence
-        // in one task, different replicas in parallel.
-        let mut groups: BTreeMap<String, Vec<Action>> = BTreeMap::new();
-        for a in actions {
-            groups.entry(a.replica().to_string()).or_default().push(a);
-        }
-        for (replica, actions) in groups {
+        for (replica, actions) in reconcile::per_replica(actions, self.fencing, &self.stop_grace) {
             let mut steps = Vec::new();
             let mut busy = Busy::Stopping;
             for action in actions {
+                reconcile::keep_books(&mut self.records, &action);
                 match action {
                     Action::Adopt {
                         container_id,
@@ -669,39 +652,18 @@ impl<R: Runtime> Supervisor<R> {
                         ..
                     } => {
                         info!(replica = %replica, container = %container_id, restarts, "adopted a running container");
-                        self.records
-                            .entry(replica.clone())
-                            .or_default()
-                            .started(&container_id, restarts);
                     }
                     Action::BackOff {
                         container_id,
                         exit,
-                        restarts,
                         delay,
-                        restart_at,
                         ..
                     } => {
                         info!(replica = %replica, container = %container_id, code = exit.code,
                             reason = exit.reason(), ?delay, "container exited; restarting after backoff");
                         crate::metrics::get().restart();
-                        let r = self.records.entry(replica.clone()).or_default();
-                        if r.unhealthy
-                            .as_ref()
-                            .is_some_and(|u| u.container_id != container_id)
-                        {
-                            // This exit was the container's own doing.
-                            r.unhealthy = None;
-                        }
-                        r.container_id = Some(container_id.clone());
-                        r.handled_exit = Some(container_id);
-                        r.last_exit = Some(exit);
-                        r.restarts = restarts;
-                        r.delay = Some(delay);
-                        r.next_attempt_unix_ms = Some(restart_at);
                     }
                     Action::Forget { .. } => {
-                        self.records.remove(&replica);
                         self.touched.remove(&replica);
                         self.runtime.forget_previous(&replica);
                         if let Some(volumes) = &self.volumes {
@@ -878,44 +840,21 @@ impl<R: Runtime> Supervisor<R> {
 
     /// Recompute every status and publish the map if it changed.
     fn publish(&mut self) {
-        let (current, _) = reconcile::by_replica(self.containers.values());
-        let empty = BTreeMap::new();
-        let assignments = self.assignments.as_ref().unwrap_or(&empty);
-        let mut names: std::collections::BTreeSet<&str> =
-            assignments.keys().map(String::as_str).collect();
-        names.extend(current.keys().copied());
-        names.extend(self.busy.keys().map(String::as_str));
-        let mut map = StatusMap::new();
-        for name in names {
-            let s = status::replica_status(&status::Inputs {
-                name,
-                assigned: assignments.get(name),
-                have_assignments: self.assignments.is_some(),
-                container: current.get(name).copied(),
-                record: self.records.get(name),
-                busy: self.busy.get(name).copied(),
-                readiness: self.probes.get(name).map(|p| Readiness {
-                    container_id: &p.container_id,
-                    ready: p.ready,
-                    message: p.readiness_failure.as_deref(),
-                }),
-            });
-            map.insert(name.to_string(), s);
-        }
-        for (name, f) in &self.invalid {
-            let mut s = status::gone(name);
-            s.state = pb::ReplicaState::Failed as i32;
-            s.reason = f.reason.clone();
-            s.message = f.message.clone();
-            map.insert(name.clone(), s);
-        }
-        // Nothing of a replica the controller is stopping is left here: say
-        // so (the entry stays while the controller asks, so a reconnect
-        // repeats it).
-        for name in &self.terminating {
-            map.entry(name.clone())
-                .or_insert_with(|| status::gone(name));
-        }
+        let node = status::Node {
+            assignments: self.assignments.as_ref(),
+            invalid: &self.invalid,
+            terminating: &self.terminating,
+            records: &self.records,
+            busy: &self.busy,
+        };
+        let probes = &self.probes;
+        let map = status::status_map(&node, self.containers.values(), |name| {
+            probes.get(name).map(|p| Readiness {
+                container_id: &p.container_id,
+                ready: p.ready,
+                message: p.readiness_failure.as_deref(),
+            })
+        });
         crate::metrics::get().replicas(&map);
         self.statuses.send_if_modified(|old| {
             if **old == map {

@@ -40,9 +40,9 @@ use drover_proto::{names, pb};
 use crate::cluster::wire::observed_from_pb;
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, NodeRegistration, Resources, Write};
-use pending::Pending;
 
 pub use book::{AssignmentBook, Assignments, NodeSet};
+pub use pending::{Pending, Report};
 
 /// How long status reports are collected before one raft entry carries them.
 const STATUS_BATCH: Duration = Duration::from_millis(100);
@@ -402,7 +402,7 @@ impl Dispatcher {
 /// What one session sent its agent last: the node's set and the Service
 /// table, and the version they carried.
 #[derive(Default)]
-struct Sent {
+pub struct Sent {
     set: Option<Arc<NodeSet>>,
     services: Option<Arc<Vec<services::Route>>>,
     version: u64,
@@ -412,7 +412,7 @@ impl Sent {
     /// The message that brings the agent from what it was sent to `book`:
     /// the whole set the first time (or always, for an agent that does not
     /// take changes), then the changes; `None` when nothing differs.
-    fn next(
+    pub fn next(
         &mut self,
         book: &Assignments,
         node: &str,

@@ -5,6 +5,7 @@
 //! cluster size, the network's hostility, the faults and the clients' load;
 //! the same seed gives the same run, step for step. See `docs/simulation.md`.
 
+pub mod agent;
 pub mod disk;
 pub mod world;
 

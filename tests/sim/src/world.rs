@@ -32,12 +32,15 @@ use tokio::sync::oneshot;
 
 use crate::disk::SimDisk;
 
+mod dispatch;
 mod leading;
 mod workload;
 
-use leading::{LeaderLoop, SimAgent};
+use crate::agent::SimAgent;
+use dispatch::Dispatch;
+use leading::LeaderLoop;
 
-type WriteRx = oneshot::Receiver<Result<Result<WriteResult, WriteError>, NodeError>>;
+pub(crate) type WriteRx = oneshot::Receiver<Result<Result<WriteResult, WriteError>, NodeError>>;
 
 /// What a run does, beyond its seed.
 #[derive(Debug, Clone)]
@@ -212,6 +215,11 @@ enum Ev {
     AgentRestart {
         a: usize,
     },
+    /// An agent's supervisor step, in the agent life it was scheduled in.
+    AgentWork {
+        a: usize,
+        life: u32,
+    },
     Check,
     EndChaos,
 }
@@ -274,6 +282,8 @@ struct SimMember {
     /// Agents' last heartbeats as this member heard them (its dispatcher's
     /// memory: lost with it).
     heartbeats: BTreeMap<String, Instant>,
+    /// Its dispatcher's status batcher and assignment book (lost with it).
+    dispatch: Dispatch,
     /// Each deployment's live (units, replicas) after the last entry
     /// checked, where each replica was bound then, and that entry's index
     /// (0: not looked at since the start or a snapshot install).
@@ -373,13 +383,19 @@ impl World {
                 leader_view: (0, 0, false),
                 leader: None,
                 heartbeats: BTreeMap::new(),
+                dispatch: Dispatch::default(),
                 live_seen: BTreeMap::new(),
                 placed_seen: None,
                 surge_checked_at: 0,
             })
             .collect();
+        // A third of the seeds run their agents with --stop-after-disconnect,
+        // at most 2.5 s (the dispatcher refuses more with a 3 s node timeout).
+        let limit = rng
+            .gen_bool(1.0 / 3.0)
+            .then(|| Duration::from_millis(rng.gen_range(1_000..=2_500)));
         let agents = (1..=profile.agents)
-            .map(|i| SimAgent::new(format!("n{i}")))
+            .map(|i| SimAgent::new(format!("n{i}"), limit, 0))
             .collect();
         World {
             opts,
@@ -558,6 +574,7 @@ impl World {
         member.leader_view = (0, 0, false);
         member.leader = None;
         member.heartbeats.clear();
+        member.dispatch = Dispatch::default();
         member.live_seen.clear();
         member.surge_checked_at = 0;
         let (epoch, tick) = (member.epoch, member.tick_us);
@@ -710,6 +727,7 @@ impl World {
             }
             Ev::LeaderWork => {
                 self.leader_work()?;
+                self.dispatch_work()?;
                 self.at(50_000, Ev::LeaderWork);
             }
             Ev::AgentBeat { a } => {
@@ -719,9 +737,14 @@ impl World {
             }
             Ev::AgentRestart { a } => {
                 if !self.agents[a].up {
-                    self.agents[a].restart();
+                    self.agents[a].restart(self.now_us);
                     let name = self.agents[a].name.clone();
                     self.trace(format!("agent {name} restarts"));
+                }
+            }
+            Ev::AgentWork { a, life } => {
+                if self.agents[a].life == life {
+                    self.agent_work(a)?;
                 }
             }
             Ev::Check => {
@@ -734,7 +757,7 @@ impl World {
                 self.agent_cut.clear();
                 for a in 0..self.agents.len() {
                     if !self.agents[a].up {
-                        self.agents[a].restart();
+                        self.agents[a].restart(self.now_us);
                     }
                 }
                 for m in 0..self.members.len() {
@@ -846,7 +869,15 @@ impl World {
                     self.agent_cut.insert(name);
                 }
             }
-            85..=89 => {
+            88..=89 => {
+                let a = self.rng.gen_range(0..self.agents.len());
+                let jump: i64 = self.rng.gen_range(-2_000_000..10_000_000);
+                self.agents[a].jump_clock(jump);
+                let name = self.agents[a].name.clone();
+                self.count("agent clock jump");
+                self.trace(format!("fault: clock of agent {name} jumps {jump}µs"));
+            }
+            85..=87 => {
                 let jump: i64 = self.rng.gen_range(-2_000_000..10_000_000);
                 self.members[m].skew_us += jump;
                 self.count("clock jump");

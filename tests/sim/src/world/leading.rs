@@ -1,4 +1,4 @@
-//! The work around raft: the leader's control loops and the agents.
+//! The work around raft: the leader's control loops.
 //!
 //! ```text
 //!   LeaderWork (every 50 ms), on each member that leads:
@@ -6,17 +6,13 @@
 //!       Orchestration::next ─▶ decision_commands ─▶ propose one by one
 //!       ─▶ schedule_command on the state after them ─▶ propose
 //!     every 300 ms: monitor_commands (heartbeats this member heard) ─▶ propose
-//!   AgentBeat (every 250-350 ms), per agent:
-//!     not connected to a leader ─▶ find one ─▶ RegisterNode (Hello) + every status
-//!     connected ─▶ heartbeat; run what is bound to its node in the leader's
-//!     state, stop what is not; report changes as one ReportStatus
 //! ```
 //!
 //! The leader proposes what the production loops propose, from the same
 //! pure functions (`leader::decision_commands`, `schedule_command`,
 //! `monitor_commands`), one entry at a time and only while it still leads
-//! the term it started in. Agents are simulated: their replicas start after
-//! a seeded delay, fail their probes for a while, and die with their host.
+//! the term it started in. The agents and the dispatcher's end of their
+//! sessions are in [`super::dispatch`] and [`crate::agent`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,11 +21,10 @@ use std::time::{Duration, Instant};
 use drover_controller::leader::{self, Orchestration};
 use drover_controller::orchestrator::rollout;
 use drover_controller::store::history::Since;
+use drover_controller::store::objects::parse_agent_id;
 use drover_controller::store::{
-    Command, NodeCondition, NodeRegistration, ObjectRef, ReplicaObserved, ReplicaPhase,
-    ReplicaRecord, Resources, State, Touched, Write,
+    Command, NodeCondition, ObjectRef, ReplicaRecord, State, Touched, Write,
 };
-use rand::Rng;
 use tokio::sync::oneshot;
 
 use super::{Checked, World, WriteRx};
@@ -60,66 +55,16 @@ pub(super) struct LeaderLoop {
     last_monitor_us: u64,
 }
 
-/// One simulated agent host.
-pub(super) struct SimAgent {
-    pub(super) name: String,
-    pub(super) up: bool,
-    pub(super) incarnation: u64,
-    /// The member its session is with.
-    connected: Option<usize>,
-    /// Replicas it runs: name → (started at µs, reported ready, unready until µs).
-    running: BTreeMap<ObjectRef, Running>,
-    /// Statuses not yet committed.
-    unreported: BTreeMap<ObjectRef, ReplicaObserved>,
-    hello_inflight: Option<WriteRx>,
-    report_inflight: Option<(WriteRx, Vec<(ObjectRef, ReplicaObserved)>)>,
-}
-
-#[derive(Clone)]
-struct Running {
-    start_at_us: u64,
-    reported_ready: Option<bool>,
-    unready_until_us: u64,
-    restarts: u32,
-}
-
-impl SimAgent {
-    pub(super) fn new(name: String) -> SimAgent {
-        SimAgent {
-            name,
-            up: true,
-            incarnation: 1,
-            connected: None,
-            running: BTreeMap::new(),
-            unreported: BTreeMap::new(),
-            hello_inflight: None,
-            report_inflight: None,
-        }
-    }
-
-    /// The host died: its replicas with it.
-    pub(super) fn crash(&mut self) {
-        self.up = false;
-        self.connected = None;
-        self.running.clear();
-        self.unreported.clear();
-        self.hello_inflight = None;
-        self.report_inflight = None;
-    }
-
-    pub(super) fn restart(&mut self) {
-        self.up = true;
-        self.incarnation += 1;
-    }
-
-    /// The replicas it runs.
-    pub(super) fn runs(&self) -> impl Iterator<Item = &ObjectRef> {
-        self.running.keys()
+impl LeaderLoop {
+    /// Its ReadIndex barrier passed: the state holds everything committed
+    /// before this term, and the dispatcher's book may serve sets.
+    pub(super) fn ready(&self) -> bool {
+        self.ready
     }
 }
 
 /// What a write's answer says, if it came.
-fn answered(rx: &mut WriteRx) -> Option<bool> {
+pub(super) fn answered(rx: &mut WriteRx) -> Option<bool> {
     match rx.try_recv() {
         Ok(Ok(Ok(_))) => Some(true),
         Ok(_) => Some(false),
@@ -135,7 +80,7 @@ impl World {
     }
 
     /// Propose `command` on member `m` for the world's own loops.
-    fn propose_internal(&mut self, m: usize, command: Command) -> Checked<WriteRx> {
+    pub(super) fn propose_internal(&mut self, m: usize, command: Command) -> Checked<WriteRx> {
         let (tx, rx) = oneshot::channel();
         let now = self.member_now(m);
         if let Some(core) = self.members[m].core.as_mut() {
@@ -492,256 +437,6 @@ impl World {
         Ok(())
     }
 
-    /// One agent's beat: connect, heartbeat, run and stop replicas, report.
-    pub(super) fn agent_beat(&mut self, a: usize) -> Checked<()> {
-        if !self.agents[a].up {
-            return Ok(());
-        }
-        let name = self.agents[a].name.clone();
-        // The session holds while its controller is up, reachable, and leads.
-        if let Some(m) = self.agents[a].connected {
-            let leads = self.members[m].core.is_some() && self.members[m].leader_view.2;
-            if !leads || self.agent_cut.contains(&name) {
-                self.agents[a].connected = None;
-                self.agents[a].hello_inflight = None;
-                self.agents[a].report_inflight = None;
-                self.trace(format!("agent {name}: session lost"));
-            }
-        }
-        if self.agent_cut.contains(&name) {
-            return Ok(());
-        }
-        let Some(m) = self.agents[a].connected else {
-            return self.agent_hello(a);
-        };
-        if self.members[m].flushing.is_some() {
-            return Ok(());
-        }
-        // The Hello must have committed before the session serves.
-        if let Some(rx) = self.agents[a].hello_inflight.as_mut() {
-            match answered(rx) {
-                None => return Ok(()),
-                Some(true) => self.agents[a].hello_inflight = None,
-                Some(false) => {
-                    self.agents[a].connected = None;
-                    self.agents[a].hello_inflight = None;
-                    return Ok(());
-                }
-            }
-        }
-        let now = self.member_now(m);
-        self.members[m].heartbeats.insert(name.clone(), now);
-        self.agent_reconcile(a, m);
-        self.agent_report(a, m)
-    }
-
-    fn agent_hello(&mut self, a: usize) -> Checked<()> {
-        let leader = (0..self.members.len()).find(|m| {
-            self.members[*m].core.is_some()
-                && self.members[*m].leader_view.2
-                && self.members[*m].flushing.is_none()
-        });
-        let Some(m) = leader else {
-            return Ok(());
-        };
-        let agent = &self.agents[a];
-        let registration = NodeRegistration {
-            name: agent.name.clone(),
-            labels: BTreeMap::new(),
-            capacity: Resources {
-                cpu_millis: 8_000,
-                memory_bytes: 16 << 30,
-            },
-            address: format!("10.0.0.{}", a + 1),
-            runtime: "sim".into(),
-            agent_version: "sim".into(),
-            incarnation: format!("{}", agent.incarnation),
-        };
-        let name = agent.name.clone();
-        let now_ms = self.unix_ms(m);
-        let rx = self.propose_internal(
-            m,
-            Command::RegisterNode {
-                node: registration,
-                now_unix_ms: now_ms,
-            },
-        )?;
-        let now = self.member_now(m);
-        self.members[m].heartbeats.insert(name.clone(), now);
-        let agent = &mut self.agents[a];
-        agent.connected = Some(m);
-        agent.hello_inflight = Some(rx);
-        // The Hello carries every status afresh.
-        for (r, run) in agent.running.iter_mut() {
-            run.reported_ready = None;
-            agent
-                .unreported
-                .insert(r.clone(), ReplicaObserved::default());
-        }
-        let id = self.members[m].id;
-        self.trace(format!("agent {name}: hello to m{id}"));
-        Ok(())
-    }
-
-    /// Run what the leader's state binds to this node; stop the rest.
-    fn agent_reconcile(&mut self, a: usize, m: usize) {
-        let state = self.members[m].store.snapshot();
-        let name = self.agents[a].name.clone();
-        let now_us = self.now_us;
-        let mut assigned = BTreeMap::new();
-        // What the state says this node last reported, per replica.
-        let mut recorded = BTreeMap::new();
-        for r in state.replicas_on(&name) {
-            assigned.insert(r.key(), r.is_terminating());
-            recorded.insert(r.key(), r.current_status().map(|o| o.ready));
-        }
-        // Stop what is not assigned, or terminating: Gone once stopped.
-        let running: Vec<ObjectRef> = self.agents[a].running.keys().cloned().collect();
-        for r in running {
-            match assigned.get(&r) {
-                Some(false) => {}
-                Some(true) => {
-                    self.agents[a].running.remove(&r);
-                    let gone = ReplicaObserved {
-                        phase: ReplicaPhase::Gone,
-                        ..Default::default()
-                    };
-                    self.agents[a].unreported.insert(r, gone);
-                }
-                None => {
-                    self.agents[a].running.remove(&r);
-                }
-            }
-        }
-        for (r, terminating) in &assigned {
-            if *terminating {
-                if !self.agents[a].running.contains_key(r) {
-                    let gone = ReplicaObserved {
-                        phase: ReplicaPhase::Gone,
-                        ..Default::default()
-                    };
-                    self.agents[a].unreported.insert(r.clone(), gone);
-                }
-                continue;
-            }
-            if !self.agents[a].running.contains_key(r) {
-                let delay = self.rng.gen_range(50_000..400_000);
-                self.agents[a].running.insert(
-                    r.clone(),
-                    Running {
-                        start_at_us: now_us + delay,
-                        reported_ready: None,
-                        unready_until_us: 0,
-                        restarts: 0,
-                    },
-                );
-            }
-        }
-        // Probe failures and container crashes, from the seed.
-        if self.chaos && !self.agents[a].running.is_empty() && self.rng.gen_bool(0.05) {
-            let n = self.agents[a].running.len();
-            let i = self.rng.gen_range(0..n);
-            let crash = self.rng.gen_bool(0.5);
-            let until = now_us + self.rng.gen_range(200_000..2_000_000);
-            if let Some((r, run)) = self.agents[a].running.iter_mut().nth(i) {
-                run.unready_until_us = until;
-                if crash {
-                    run.restarts += 1;
-                }
-                let what = if crash {
-                    "crashes"
-                } else {
-                    "fails its readiness probe"
-                };
-                let line = format!("agent {name}: {}/{} {what}", r.namespace, r.name);
-                self.count(if crash {
-                    "container crash"
-                } else {
-                    "probe failure"
-                });
-                self.trace(line);
-            }
-        }
-        // What changed since the last report.
-        let started = self.unix_ms(m);
-        let mut self_counts = Vec::new();
-        let agent = &mut self.agents[a];
-        for (r, run) in agent.running.iter_mut() {
-            if now_us < run.start_at_us {
-                continue;
-            }
-            let ready = now_us >= run.unready_until_us;
-            // A report can be lost to a race: committed while the replica
-            // was unbound (its node briefly NotReady), then the replica is
-            // placed back here. Report again whatever the state does not say.
-            let said = recorded.get(r).copied().flatten();
-            if run.reported_ready == Some(ready) && said == Some(ready) {
-                continue;
-            }
-            if run.reported_ready == Some(ready) {
-                self_counts.push("status reported again");
-            }
-            run.reported_ready = Some(ready);
-            let observed = ReplicaObserved {
-                phase: ReplicaPhase::Running,
-                ready,
-                restarts: run.restarts,
-                container_id: format!("{}-{}", r.name, run.restarts),
-                image: "drover/busybox:1".into(),
-                started_unix_ms: started,
-                ..Default::default()
-            };
-            agent.unreported.insert(r.clone(), observed);
-        }
-        for what in self_counts {
-            self.count(what);
-        }
-    }
-
-    /// Commit what changed, one ReportStatus entry at a time (as the
-    /// dispatcher's batcher); a failed batch is reported again.
-    fn agent_report(&mut self, a: usize, m: usize) -> Checked<()> {
-        if let Some((rx, _)) = self.agents[a].report_inflight.as_mut() {
-            match answered(rx) {
-                None => return Ok(()),
-                Some(true) => self.agents[a].report_inflight = None,
-                Some(false) => {
-                    if let Some((_, lost)) = self.agents[a].report_inflight.take() {
-                        for (r, o) in lost {
-                            self.agents[a].unreported.entry(r).or_insert(o);
-                        }
-                    }
-                }
-            }
-        }
-        if self.agents[a].unreported.is_empty() {
-            return Ok(());
-        }
-        let name = self.agents[a].name.clone();
-        let batch: Vec<(ObjectRef, ReplicaObserved)> =
-            std::mem::take(&mut self.agents[a].unreported)
-                .into_iter()
-                .collect();
-        let reports = batch
-            .iter()
-            .filter(|(_, o)| o.phase != ReplicaPhase::Pending)
-            .map(|(r, o)| (name.clone(), r.clone(), o.clone()))
-            .collect::<Vec<_>>();
-        if reports.is_empty() {
-            return Ok(());
-        }
-        let now_ms = self.unix_ms(m);
-        let rx = self.propose_internal(
-            m,
-            Command::ReportStatus {
-                reports,
-                now_unix_ms: now_ms,
-            },
-        )?;
-        self.agents[a].report_inflight = Some((rx, batch));
-        Ok(())
-    }
-
     /// Once settled: every deployment has exactly its desired replicas, all
     /// of its newest revision (its rollout finished), each bound to a Ready
     /// node that is not being drained (a cordoned one keeps what it ran)
@@ -810,37 +505,34 @@ impl World {
                     ));
                 }
                 let agent = self.agents.iter().find(|x| x.name == node);
-                if !agent.is_some_and(|x| x.running.contains_key(&r.key())) {
+                if !agent.is_some_and(|x| x.runs(&r.agent_id())) {
                     return Err(format!(
                         "not converged: {} is bound to {node} but its agent does not run it",
                         r.name
                     ));
                 }
                 if !r.current_status().is_some_and(|o| o.ready) {
-                    let run = agent.and_then(|x| x.running.get(&r.key()));
                     return Err(format!(
                         "not converged: {} on {node} is not reported ready (its last report: \
-                         {:?} ready={} from node {:?}; its agent runs it since {:?}µs, last \
-                         reported ready={:?})",
+                         {:?} ready={} from node {:?}; its agent says {})",
                         r.name,
                         r.observed.phase,
                         r.observed.ready,
                         r.observed.node,
-                        run.map(|x| x.start_at_us),
-                        run.and_then(|x| x.reported_ready)
+                        agent.map_or_else(|| "nothing".into(), |x| x.describe(&r.agent_id()))
                     ));
                 }
             }
         }
         for agent in &self.agents {
-            for r in agent.runs() {
-                let bound = state
-                    .replica(&r.namespace, &r.name)
+            for r in agent.running() {
+                let bound = parse_agent_id(r)
+                    .and_then(|(namespace, name)| state.replica(namespace, name))
                     .is_some_and(|x| x.node.as_deref() == Some(agent.name.as_str()));
                 if !bound {
                     return Err(format!(
-                        "agent {} runs {}/{}, which is not bound to it",
-                        agent.name, r.namespace, r.name
+                        "agent {} runs {r}, which is not bound to it",
+                        agent.name
                     ));
                 }
             }
