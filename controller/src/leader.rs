@@ -471,8 +471,15 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
     for command in decision_commands(decisions, now) {
         leading.write(command).await?;
     }
-    let command =
-        crate::metrics::get().time_scheduler(|| schedule_command(&store.snapshot(), now_unix_ms()));
+    // Off the runtime's worker threads: with tens of thousands of replicas
+    // unbound a pass takes a core for hundreds of milliseconds, and on a
+    // worker it held up every session's heartbeats and keep-alives.
+    let state = store.snapshot();
+    let command = tokio::task::spawn_blocking(move || {
+        crate::metrics::get().time_scheduler(|| schedule_command(&state, now_unix_ms()))
+    })
+    .await
+    .map_err(|e| format!("the scheduler pass failed: {e}"))?;
     if let Some(command) = command {
         let decided = match &command {
             Command::Schedule {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, error};
 
 use drover_proto::pb;
 
@@ -299,10 +299,26 @@ impl AssignmentBook {
                     let previous = tx.borrow().clone();
                     let changes = feed.take();
                     if !changes.is_empty() || previous.term != current_term {
-                        let mut a =
-                            Assignments::build(&cluster.store.snapshot(), &previous, &changes);
-                        a.term = current_term;
-                        tx.send_replace(Arc::new(a));
+                        // Off the runtime's worker threads, as the
+                        // scheduler: a rebuild of many nodes' sets must not
+                        // hold up the sessions' heartbeats.
+                        let state = cluster.store.snapshot();
+                        let built = tokio::task::spawn_blocking(move || {
+                            Assignments::build(&state, &previous, &changes)
+                        })
+                        .await;
+                        match built {
+                            Ok(mut a) => {
+                                a.term = current_term;
+                                tx.send_replace(Arc::new(a));
+                            }
+                            Err(e) => {
+                                // The changes taken are lost with it: the
+                                // next book is built whole.
+                                error!(error = %e, "rebuilding the assignment book failed");
+                                feed.reset();
+                            }
+                        }
                     }
                 }
                 tokio::select! {
