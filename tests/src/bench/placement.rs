@@ -46,6 +46,8 @@ const SAY_EVERY: Duration = Duration::from_secs(5);
 const WARM_UP: &str = "warm-up";
 /// Attempts per apply before the benchmark gives up.
 const APPLY_ATTEMPTS: u32 = 5;
+/// The longest one progress listing (every replica, paged) may take.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Config {
     pub agents: usize,
@@ -316,9 +318,15 @@ async fn measure(
     let mut running_at = None;
     let mut said = Instant::now();
     while poll.next().await {
-        match list_replicas(&mut watcher, "", true).await {
-            Ok(replicas) => seen = Progress::of(&replicas),
-            Err(e) => eprintln!("  {:>8}: {e}", secs(t0.elapsed())),
+        // A listing that hangs (a stream stalled on a starved connection)
+        // must not hang the benchmark: say so and sample again.
+        match tokio::time::timeout(LISTING_TIMEOUT, list_replicas(&mut watcher, "", true)).await {
+            Ok(Ok(replicas)) => seen = Progress::of(&replicas),
+            Ok(Err(e)) => eprintln!("  {:>8}: {e}", secs(t0.elapsed())),
+            Err(_) => eprintln!(
+                "  {:>8}: listing replicas took longer than {LISTING_TIMEOUT:?}; sampling again",
+                secs(t0.elapsed())
+            ),
         }
         let at = t0.elapsed();
         if seen.total == total && seen.scheduled == total && scheduled_at.is_none() {
