@@ -548,13 +548,7 @@ impl<R: Runtime> Supervisor<R> {
                 // The runtime usually reports the exit first; when it has
                 // not, the container is known to be stopped all the same.
                 if let Some(c) = self.containers.get_mut(&container_id) {
-                    if c.state == ContainerState::Running {
-                        c.state = ContainerState::Exited(Exit {
-                            code: 143,
-                            oom_killed: false,
-                            finished_unix_ms: now,
-                        });
-                    }
+                    c.killed(now);
                 }
             }
             Done::Removed { container_id } => {

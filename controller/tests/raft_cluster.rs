@@ -235,23 +235,38 @@ async fn an_isolated_minority_cannot_commit_and_the_majority_can() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
-    let mut c = TestCluster::start(3, fast_small_log).await;
+/// With one member stopped, `writes` applies at the leader must compact
+/// the log past `compacted_past` (`why` says by what); the member then
+/// catches up from the snapshot.
+async fn compacts_and_a_lagging_member_catches_up(
+    cfg: fn(u64) -> NodeConfig,
+    writes: usize,
+    compacted_past: u64,
+    why: &str,
+) {
+    let mut c = TestCluster::start(3, cfg).await;
     let l = c.leader(&[0, 1, 2]).await;
     let lagging = (l + 1) % 3;
     c.stop(lagging).await;
-    for i in 0..200 {
+    for i in 0..writes {
         write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
     }
     let s = c.handle(l).status().await.expect("status");
-    assert!(
-        s.snapshot_index > 100,
-        "leader should have compacted: {s:?}"
-    );
+    assert!(s.snapshot_index > compacted_past, "{why}: {s:?}");
     c.boot(lagging, &[]).await;
     c.converged(&[0, 1, 2]).await;
-    assert_eq!(c.store(lagging).deployments(None).len(), 200);
+    assert_eq!(c.store(lagging).deployments(None).len(), writes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
+    compacts_and_a_lagging_member_catches_up(
+        fast_small_log,
+        200,
+        100,
+        "leader should have compacted",
+    )
+    .await;
 }
 
 /// The log's bytes bound it too: large entries are compacted long before the
@@ -259,21 +274,13 @@ async fn a_lagging_member_catches_up_from_a_snapshot_after_compaction() {
 /// the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_of_large_entries_is_compacted_by_its_bytes() {
-    let mut c = TestCluster::start(3, fast_byte_bounded_log).await;
-    let l = c.leader(&[0, 1, 2]).await;
-    let lagging = (l + 1) % 3;
-    c.stop(lagging).await;
-    for i in 0..60 {
-        write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
-    }
-    let s = c.handle(l).status().await.expect("status");
-    assert!(
-        s.snapshot_index > 20,
-        "60 entries of a few hundred bytes each pass the 8 KiB bound: {s:?}"
-    );
-    c.boot(lagging, &[]).await;
-    c.converged(&[0, 1, 2]).await;
-    assert_eq!(c.store(lagging).deployments(None).len(), 60);
+    compacts_and_a_lagging_member_catches_up(
+        fast_byte_bounded_log,
+        60,
+        20,
+        "60 entries of a few hundred bytes each pass the 8 KiB bound",
+    )
+    .await;
 }
 
 /// The first snapshot sent to the lagging member is lost on the way: the

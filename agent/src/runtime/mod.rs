@@ -142,6 +142,18 @@ impl Observed {
     pub fn is_running(&self) -> bool {
         self.state == ContainerState::Running
     }
+
+    /// The agent killed it: a running container is known to have stopped
+    /// (SIGTERM's 143) even before the runtime reports the exit.
+    pub fn killed(&mut self, now: UnixMs) {
+        if self.is_running() {
+            self.state = ContainerState::Exited(Exit {
+                code: 143,
+                oom_killed: false,
+                finished_unix_ms: now,
+            });
+        }
+    }
 }
 
 /// What a replica has used: CPU time so far (a counter) and memory now.

@@ -433,13 +433,7 @@ impl SimAgent {
             match step {
                 Step::Stop { container_id } => {
                     if let Some(c) = self.containers.get_mut(&container_id) {
-                        if c.is_running() {
-                            c.state = ContainerState::Exited(Exit {
-                                code: 143,
-                                oom_killed: false,
-                                finished_unix_ms: now,
-                            });
-                        }
+                        c.killed(now);
                     }
                 }
                 Step::Remove { container_id } => {
