@@ -31,6 +31,9 @@ pub struct Assignment {
     /// decides "same spec" on this full hash.
     pub spec_hash: String,
     pub template: PodTemplate,
+    /// The template as the controller sent it, to tell a repeated
+    /// assignment from a changed one without decoding it again.
+    pub template_json: String,
     /// Deployment annotations (`drover.io/restart-backoff-*`).
     pub annotations: BTreeMap<String, String>,
     /// Kubernetes' service variables the controller sent (`FOO_SERVICE_HOST`...),
@@ -54,6 +57,20 @@ impl Assignment {
     /// Decode a wire assignment. On failure the error names the replica so its
     /// status can say why it will not run.
     pub fn from_pb(a: pb::Assignment) -> Result<Assignment, (String, AgentError)> {
+        Assignment::from_pb_after(a, None)
+    }
+
+    /// [`Assignment::from_pb`], or `previous` as it is when `a` repeats it
+    /// field for field: a node's whole set comes again on every change to
+    /// it, and decoding each template again would cost a node of a hundred
+    /// replicas a hundred decodes per change.
+    pub fn from_pb_after(
+        a: pb::Assignment,
+        previous: Option<Assignment>,
+    ) -> Result<Assignment, (String, AgentError)> {
+        if let Some(p) = previous.filter(|p| p.repeated_by(&a)) {
+            return Ok(p);
+        }
         let template: PodTemplate = match serde_json::from_str(&a.template_json) {
             Ok(t) => t,
             Err(e) => {
@@ -78,10 +95,14 @@ impl Assignment {
                 AgentError::InvalidSpec("the assignment has no replica name".into()),
             ));
         }
-        let spec_hash = Sha256::digest(a.template_json.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let spec_hash = Sha256::digest(a.template_json.as_bytes()).iter().fold(
+            String::with_capacity(64),
+            |mut hex, b| {
+                use std::fmt::Write;
+                let _ = write!(hex, "{b:02x}");
+                hex
+            },
+        );
         Ok(Assignment {
             replica: a.replica,
             namespace: a.namespace,
@@ -90,10 +111,25 @@ impl Assignment {
             revision: a.revision,
             spec_hash,
             template,
+            template_json: a.template_json,
             annotations: a.annotations.into_iter().collect(),
             service_env: a.service_env.into_iter().collect(),
             prepared: None,
         })
+    }
+
+    /// Whether the wire assignment `a` says exactly what this one was
+    /// decoded from.
+    pub fn repeated_by(&self, a: &pb::Assignment) -> bool {
+        self.prepared.is_none()
+            && self.replica == a.replica
+            && self.namespace == a.namespace
+            && self.deployment == a.deployment
+            && self.slot == a.slot
+            && self.revision == a.revision
+            && self.template_json == a.template_json
+            && same_map(&self.annotations, &a.annotations)
+            && same_map(&self.service_env, &a.service_env)
     }
 
     /// The container's environment: the resolved one, or else the
@@ -172,8 +208,22 @@ impl Assignment {
     }
 }
 
+/// Whether a decoded map holds exactly the wire map's entries.
+fn same_map<'a>(
+    mine: &BTreeMap<String, String>,
+    wire: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> bool {
+    let mut n = 0;
+    let all_mine = wire.into_iter().all(|(k, v)| {
+        n += 1;
+        mine.get(k) == Some(v)
+    });
+    all_mine && n == mine.len()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::fixtures;
 
     #[test]
@@ -184,5 +234,52 @@ mod tests {
         assert_eq!(bare.hostname(), "web-1a2b3-0");
         let long = fixtures::assignment(&format!("default.{}", "x".repeat(80)));
         assert_eq!(long.hostname().len(), 63, "a DNS label at most");
+    }
+
+    #[test]
+    fn a_repeated_assignment_is_kept_and_a_changed_one_decoded_again() {
+        let wire = fixtures::to_pb(&fixtures::assignment("web-1a2b3-0"));
+        let first = Assignment::from_pb(wire.clone()).expect("decodes");
+        // A mark decoding would not reproduce shows which one came back.
+        let mut kept = first.clone();
+        kept.spec_hash = "kept".into();
+        let again = Assignment::from_pb_after(wire.clone(), Some(kept)).expect("decodes");
+        assert_eq!(
+            again.spec_hash, "kept",
+            "the same wire assignment is not decoded again"
+        );
+
+        type Change = fn(&mut pb::Assignment);
+        let changes: [(&str, Change); 5] = [
+            ("template", |w| {
+                w.template_json = w.template_json.replace("busybox", "nginx")
+            }),
+            ("annotation", |w| {
+                w.annotations
+                    .insert("drover.io/restart-backoff-max".into(), "10s".into());
+            }),
+            ("service variable", |w| {
+                w.service_env
+                    .insert("WEB_SERVICE_HOST".into(), "10.96.0.1".into());
+            }),
+            ("slot", |w| w.slot += 1),
+            ("deployment", |w| w.deployment.push('x')),
+        ];
+        for (what, change) in changes {
+            let mut changed = wire.clone();
+            change(&mut changed);
+            let mut kept = first.clone();
+            kept.spec_hash = "kept".into();
+            let decoded = Assignment::from_pb_after(changed.clone(), Some(kept)).expect("decodes");
+            assert_ne!(
+                decoded.spec_hash, "kept",
+                "a changed {what} is decoded again"
+            );
+            assert_eq!(
+                decoded,
+                Assignment::from_pb(changed).expect("decodes"),
+                "{what}"
+            );
+        }
     }
 }

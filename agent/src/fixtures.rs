@@ -41,6 +41,7 @@ pub fn assignment(replica: &str) -> Assignment {
                 ..Default::default()
             },
         },
+        template_json: String::new(),
         annotations: BTreeMap::new(),
         service_env: BTreeMap::new(),
         prepared: None,

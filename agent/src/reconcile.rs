@@ -233,9 +233,9 @@ impl Action {
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Decide what to do. See the module docs for the table.
-pub fn reconcile(
+pub fn reconcile<'a>(
     assignments: &BTreeMap<String, Assignment>,
-    observed: &[Observed],
+    observed: impl IntoIterator<Item = &'a Observed>,
     records: &BTreeMap<String, Record>,
     busy: &BTreeMap<String, Busy>,
     now: UnixMs,
@@ -463,7 +463,7 @@ pub fn by_replica<'a>(
 ) -> (BTreeMap<&'a str, &'a Observed>, Vec<&'a Observed>) {
     let mut current: BTreeMap<&str, &Observed> = BTreeMap::new();
     let mut strays = Vec::new();
-    let rank = |o: &Observed| (o.is_running(), o.started_unix_ms, o.container_id.clone());
+    let rank = |o: &'a Observed| (o.is_running(), o.started_unix_ms, o.container_id.as_str());
     for o in observed {
         match current.get(o.replica.as_str()) {
             Some(prev) if rank(prev) >= rank(o) => strays.push(o),

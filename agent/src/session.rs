@@ -631,7 +631,8 @@ mod tests {
             ("a".to_string(), status("a")),
             ("b".to_string(), status("b")),
         ]
-        .into();
+        .into_iter()
+        .collect();
         let set = |ids: &[&str]| pb::AssignmentSet {
             assignments: ids.iter().map(|id| assignment(id, "r1")).collect(),
             ..Default::default()

@@ -29,7 +29,7 @@
 //! grace period), after which the normal exit path backs off and restarts it,
 //! counting a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +75,23 @@ impl Default for SupervisorConfig {
             data_dir: None,
         }
     }
+}
+
+/// The most inputs taken between two decision passes: a steady stream of
+/// events still gets decisions this often.
+const MAX_BATCH: usize = 256;
+
+/// One thing that woke the supervisor.
+enum Input {
+    /// From the handle; None: every handle is gone.
+    Msg(Option<Msg>),
+    Event(std::result::Result<RuntimeEvent, broadcast::error::RecvError>),
+    Joined(std::result::Result<Outcome, tokio::task::JoinError>),
+    Probe(ProbeReport),
+    /// A backoff or retry deadline.
+    Wake,
+    /// Time for the periodic re-list.
+    Resync,
 }
 
 enum Msg {
@@ -232,6 +249,8 @@ pub struct Supervisor<R: Runtime> {
     /// once can be reported before its start task returns.
     early_exits: BTreeMap<String, Exit>,
     statuses: watch::Sender<Arc<StatusMap>>,
+    /// The replicas whose status inputs changed since the last publish.
+    stale: Stale,
     /// Probe workers by replica, for its current running container.
     probes: BTreeMap<String, Probing>,
     probe_tx: mpsc::Sender<ProbeReport>,
@@ -239,6 +258,28 @@ pub struct Supervisor<R: Runtime> {
     /// The ConfigMaps and Secrets of the last assignment set.
     objects: ConfigObjects,
     volumes: Option<Arc<VolumeDirs>>,
+}
+
+/// Replicas whose status may differ from the published map: every change
+/// to what a status derives from (assignment, container, record, busy,
+/// readiness, the invalid and terminating lists) marks its replica, and a
+/// publish recomputes only those. Debug builds check the result against
+/// every status recomputed.
+enum Stale {
+    /// Any replica (the first set, a re-list, changed configuration).
+    All,
+    Some(BTreeSet<String>),
+}
+
+impl Stale {
+    /// Mark `replica`'s status for the next publish.
+    fn mark(&mut self, replica: &str) {
+        if let Stale::Some(names) = self {
+            if !names.contains(replica) {
+                names.insert(replica.to_string());
+            }
+        }
+    }
 }
 
 /// The probes of one running container.
@@ -295,6 +336,7 @@ impl<R: Runtime> Supervisor<R> {
             listing: false,
             early_exits: BTreeMap::new(),
             statuses,
+            stale: Stale::All,
             probes: BTreeMap::new(),
             probe_tx,
             probe_rx,
@@ -322,46 +364,101 @@ impl<R: Runtime> Supervisor<R> {
         loop {
             let wake = reconcile::sleep_for(&self.records, &self.busy, decided_at, now_unix_ms())
                 .map(|wait| tokio::time::Instant::now() + wait);
-            tokio::select! {
+            let input = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                msg = self.inbox.recv() => match msg {
-                    Some(Msg::Assign { assignments, terminating, grace, objects }) => {
-                        self.fencing = false;
-                        self.terminating = terminating.into_iter().collect();
-                        self.stop_grace = grace;
-                        self.assign(assignments);
-                        self.config_objects(ConfigObjects::from_pb(objects));
-                    }
-                    Some(Msg::Fence) => {
-                        self.fencing = true;
-                        self.terminating.clear();
-                        self.assign(Vec::new());
-                    }
-                    None => break,
-                },
-                ev = self.events.recv(), if self.events_open => match ev {
-                    Ok(ev) => self.on_event(ev),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "runtime events were dropped; re-listing");
-                        self.relist();
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        warn!("the runtime's event stream closed; relying on periodic re-lists");
-                        self.events_open = false;
-                    }
-                },
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => match joined {
-                    Ok(outcome) => self.on_outcome(outcome),
-                    Err(e) => warn!(error = %e, "a runtime task failed"),
-                },
-                Some(report) = self.probe_rx.recv() => self.on_probe(report),
-                _ = sleep_until(wake) => {}
-                _ = resync.tick() => self.relist(),
+                msg = self.inbox.recv() => Input::Msg(msg),
+                ev = self.events.recv(), if self.events_open => Input::Event(ev),
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => Input::Joined(joined),
+                Some(report) = self.probe_rx.recv() => Input::Probe(report),
+                _ = sleep_until(wake) => Input::Wake,
+                _ = resync.tick() => Input::Resync,
+            };
+            if self.take(input).is_break() {
+                break;
+            }
+            // Whatever else is already waiting is taken before deciding: one
+            // pass (reconcile, probes, statuses: each walks every replica)
+            // for a burst of events, not one per event.
+            for _ in 0..MAX_BATCH {
+                let Some(input) = self.ready() else { break };
+                if self.take(input).is_break() {
+                    return self.stop().await;
+                }
             }
             decided_at = self.reconcile();
             self.sync_probes();
             self.publish();
         }
+        self.stop().await;
+    }
+
+    /// An input that is already waiting, without waiting for one.
+    fn ready(&mut self) -> Option<Input> {
+        match self.inbox.try_recv() {
+            Ok(msg) => return Some(Input::Msg(Some(msg))),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Some(Input::Msg(None)),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if self.events_open {
+            match self.events.try_recv() {
+                Ok(ev) => return Some(Input::Event(Ok(ev))),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    return Some(Input::Event(Err(broadcast::error::RecvError::Lagged(n))))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    return Some(Input::Event(Err(broadcast::error::RecvError::Closed)))
+                }
+                Err(broadcast::error::TryRecvError::Empty) => {}
+            }
+        }
+        if let Some(joined) = self.tasks.try_join_next() {
+            return Some(Input::Joined(joined));
+        }
+        self.probe_rx.try_recv().ok().map(Input::Probe)
+    }
+
+    /// Take one input into the supervisor's state; `Break` when the
+    /// handle is gone and the supervisor should stop.
+    fn take(&mut self, input: Input) -> std::ops::ControlFlow<()> {
+        match input {
+            Input::Msg(Some(Msg::Assign {
+                assignments,
+                terminating,
+                grace,
+                objects,
+            })) => {
+                self.fencing = false;
+                self.terminate(terminating.into_iter().collect());
+                self.stop_grace = grace;
+                self.assign(assignments);
+                self.config_objects(ConfigObjects::from_pb(objects));
+            }
+            Input::Msg(Some(Msg::Fence)) => {
+                self.fencing = true;
+                self.terminate(BTreeSet::new());
+                self.assign(Vec::new());
+            }
+            Input::Msg(None) => return std::ops::ControlFlow::Break(()),
+            Input::Event(Ok(ev)) => self.on_event(ev),
+            Input::Event(Err(broadcast::error::RecvError::Lagged(n))) => {
+                warn!(missed = n, "runtime events were dropped; re-listing");
+                self.relist();
+            }
+            Input::Event(Err(broadcast::error::RecvError::Closed)) => {
+                warn!("the runtime's event stream closed; relying on periodic re-lists");
+                self.events_open = false;
+            }
+            Input::Joined(Ok(outcome)) => self.on_outcome(outcome),
+            Input::Joined(Err(e)) => warn!(error = %e, "a runtime task failed"),
+            Input::Probe(report) => self.on_probe(report),
+            Input::Wake => {}
+            Input::Resync => self.relist(),
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    /// Stop deciding: probes end, in-flight work finishes briefly.
+    async fn stop(&mut self) {
         self.probes.clear();
         self.drain().await;
     }
@@ -392,21 +489,40 @@ impl<R: Runtime> Supervisor<R> {
         self.publish();
     }
 
+    /// The controller's list of replicas it waits to hear are gone.
+    fn terminate(&mut self, terminating: BTreeSet<String>) {
+        let old = std::mem::replace(&mut self.terminating, terminating);
+        let changed: Vec<String> = old
+            .symmetric_difference(&self.terminating)
+            .cloned()
+            .collect();
+        for name in changed {
+            self.stale.mark(&name);
+        }
+    }
+
     fn touch(&mut self, replica: &str) {
+        self.stale.mark(replica);
         self.epoch += 1;
         self.touched.insert(replica.to_string(), self.epoch);
     }
 
     fn assign(&mut self, set: Vec<pb::Assignment>) {
-        let previous = self.assignments.take().unwrap_or_default();
+        let first = self.assignments.is_none();
+        let mut previous = self.assignments.take().unwrap_or_default();
         let mut next = BTreeMap::new();
-        self.invalid.clear();
+        let invalid = std::mem::take(&mut self.invalid);
+        for name in invalid.keys() {
+            self.stale.mark(name);
+        }
         for a in set {
-            match Assignment::from_pb(a) {
+            let before = previous.remove(&a.replica);
+            let changed = before.as_ref().is_none_or(|p| p.revision != a.revision);
+            if !before.as_ref().is_some_and(|b| b.repeated_by(&a)) {
+                self.stale.mark(&a.replica);
+            }
+            match Assignment::from_pb_after(a, before) {
                 Ok(a) => {
-                    let changed = previous
-                        .get(&a.replica)
-                        .is_none_or(|p| p.revision != a.revision);
                     if changed {
                         for w in a.backoff_policy().1 {
                             warn!(replica = %a.replica, deployment = %a.deployment, warning = %w, "restart backoff");
@@ -419,6 +535,12 @@ impl<R: Runtime> Supervisor<R> {
                     self.invalid.insert(replica, Failure::from_error(&e, ""));
                 }
             }
+        }
+        for name in previous.keys() {
+            self.stale.mark(name);
+        }
+        if first {
+            self.stale = Stale::All;
         }
         debug!(replicas = next.len(), "assignment set received");
         self.assignments = Some(next);
@@ -435,10 +557,15 @@ impl<R: Runtime> Supervisor<R> {
             return;
         }
         debug!(objects = changed.len(), "configuration objects changed");
-        for r in self.records.values_mut() {
+        let mut retried = Vec::new();
+        for (name, r) in self.records.iter_mut() {
             if r.failure.as_ref().is_some_and(|f| f.reason == CONFIG_ERROR) {
                 r.next_attempt_unix_ms = None;
+                retried.push(name.clone());
             }
+        }
+        for name in retried {
+            self.stale.mark(&name);
         }
         let (Some(volumes), Some(assignments)) = (&self.volumes, &self.assignments) else {
             return;
@@ -618,6 +745,7 @@ impl<R: Runtime> Supervisor<R> {
                 self.containers.insert(o.container_id.clone(), o);
             }
         }
+        self.stale = Stale::All;
         // Old touch marks only matter for lists started before them.
         let epoch = self.epoch;
         self.touched.retain(|_, e| *e > since_epoch || *e == epoch);
@@ -629,8 +757,13 @@ impl<R: Runtime> Supervisor<R> {
         let Some(assignments) = &self.assignments else {
             return now;
         };
-        let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        let actions = reconcile::reconcile(
+            assignments,
+            self.containers.values(),
+            &self.records,
+            &self.busy,
+            now,
+        );
         if actions.is_empty() {
             return now;
         }
@@ -709,6 +842,7 @@ impl<R: Runtime> Supervisor<R> {
                     }
                 }
             }
+            self.stale.mark(&replica);
             if steps.is_empty() {
                 continue;
             }
@@ -735,10 +869,15 @@ impl<R: Runtime> Supervisor<R> {
                         .is_some_and(|a| a.revision == c.revision)
             })
             .collect();
+        let stale = &mut self.stale;
         self.probes.retain(|name, p| {
-            running
+            let keep = running
                 .get(name.as_str())
-                .is_some_and(|c| c.container_id == p.container_id)
+                .is_some_and(|c| c.container_id == p.container_id);
+            if !keep {
+                stale.mark(name);
+            }
+            keep
         });
         for (name, c) in running {
             if self.probes.contains_key(name) {
@@ -795,10 +934,12 @@ impl<R: Runtime> Supervisor<R> {
             (ProbeKind::Readiness, verdict) => {
                 p.ready = verdict == Verdict::Success;
                 p.readiness_failure = (!p.ready).then_some(report.message);
+                self.stale.mark(&report.replica);
             }
             (ProbeKind::Liveness, Verdict::Success) => {}
             (ProbeKind::Liveness, Verdict::Failure) => {
                 p.ready = false;
+                self.stale.mark(&report.replica);
                 if self.busy.contains_key(&report.replica) {
                     return;
                 }
@@ -832,8 +973,13 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
-    /// Recompute every status and publish the map if it changed.
+    /// Bring the statuses of the replicas marked stale up to date and
+    /// publish the map if it changed.
     fn publish(&mut self) {
+        let stale = std::mem::replace(&mut self.stale, Stale::Some(BTreeSet::new()));
+        if matches!(&stale, Stale::Some(names) if names.is_empty()) {
+            return;
+        }
         let node = status::Node {
             assignments: self.assignments.as_ref(),
             invalid: &self.invalid,
@@ -842,13 +988,27 @@ impl<R: Runtime> Supervisor<R> {
             busy: &self.busy,
         };
         let probes = &self.probes;
-        let map = status::status_map(&node, self.containers.values(), |name| {
+        let readiness = |name: &str| {
             probes.get(name).map(|p| Readiness {
                 container_id: &p.container_id,
                 ready: p.ready,
                 message: p.readiness_failure.as_deref(),
             })
-        });
+        };
+        let map = match &stale {
+            Stale::All => status::status_map(&node, self.containers.values(), readiness),
+            Stale::Some(names) => {
+                let mut map = (**self.statuses.borrow()).clone();
+                let names = names.iter().map(String::as_str);
+                status::update(&mut map, names, &node, self.containers.values(), readiness);
+                map
+            }
+        };
+        debug_assert_eq!(
+            map,
+            status::status_map(&node, self.containers.values(), readiness),
+            "the statuses brought up to date differ from all of them recomputed: a change left its replica unmarked"
+        );
         crate::metrics::get().replicas(&map);
         self.statuses.send_if_modified(|old| {
             if **old == map {

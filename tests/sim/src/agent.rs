@@ -310,10 +310,12 @@ impl SimAgent {
             .into_iter()
             .map(|(replica, s)| (replica, Duration::from_secs(u64::from(s))))
             .collect();
+        let mut previous = self.assignments.take().unwrap_or_default();
         let mut next = BTreeMap::new();
         self.invalid.clear();
         for a in set.assignments {
-            match Assignment::from_pb(a) {
+            let before = previous.remove(&a.replica);
+            match Assignment::from_pb_after(a, before) {
                 Ok(a) => {
                     next.insert(a.replica.clone(), a);
                 }
