@@ -20,6 +20,7 @@
 //! slot taken, a replica gone).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,14 @@ use crate::store::{
 /// Shortest pause between two rounds, so a stream of status batches does not
 /// make the loops spin.
 const MIN_ROUND: Duration = Duration::from_millis(20);
+/// The pause after a round that took `took`: at least [`MIN_ROUND`], and
+/// at least the round itself, so that under load (tens of thousands of
+/// replicas changing at once) the loops take at most about half of a core
+/// and status batches, sessions and heartbeats keep theirs.
+fn pause_after(took: Duration) -> Duration {
+    MIN_ROUND.max(took)
+}
+
 /// A round runs at least this often even when nothing was applied.
 const MAX_ROUND: Duration = Duration::from_secs(2);
 /// At most this many replicas are created, and placed, per round: each
@@ -136,6 +145,7 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
     let mut applied = leading.handle.applied();
     let mut orchestration = Orchestration::new(&leading.store);
     loop {
+        let started = tokio::time::Instant::now();
         // A round in flight when leadership is lost is abandoned there.
         tokio::select! {
             _ = token.cancelled() => return,
@@ -145,12 +155,13 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
                 warn!(error = %e, "control loop round failed");
             },
         }
+        let ended = tokio::time::Instant::now();
         tokio::select! {
             _ = token.cancelled() => return,
             _ = applied.changed() => {}
             _ = tokio::time::sleep(MAX_ROUND) => {}
         }
-        tokio::time::sleep(MIN_ROUND).await;
+        tokio::time::sleep_until(ended + pause_after(ended - started)).await;
     }
 }
 
@@ -274,15 +285,46 @@ impl Orchestration {
     /// round (taken first: the state read after is at least that new), the
     /// deployments they touch and the unsettled ones, decided at `now`.
     pub fn next(&mut self, store: &Store, now: i64) -> Decisions {
-        let changes = self.feed.take();
-        let state = store.snapshot();
-        let todo = to_look_at(&state, &changes, &self.unsettled);
-        decide(&state, &todo, &mut self.unsettled, now)
+        let mut round = self.begin(store);
+        let decisions = round.decide(now);
+        self.end(round);
+        decisions
+    }
+
+    /// [`Orchestration::next`] in three steps, so that the deciding (a walk
+    /// over every replica of every changed deployment) can run off the
+    /// runtime's workers: take the round's input here, decide anywhere,
+    /// then hand the unsettled set back with [`Orchestration::end`].
+    pub fn begin(&mut self, store: &Store) -> RoundInput {
+        RoundInput {
+            changes: self.feed.take(),
+            state: store.snapshot(),
+            unsettled: std::mem::take(&mut self.unsettled),
+        }
+    }
+
+    pub fn end(&mut self, round: RoundInput) {
+        self.unsettled = round.unsettled;
     }
 
     /// A round failed: what it did not get to is looked at again.
     pub fn retry_all(&self) {
         self.feed.reset();
+    }
+}
+
+/// What one round decides from: the changes applied since the last round,
+/// the state read after them, and the deployments still unsettled.
+pub struct RoundInput {
+    changes: Touched,
+    state: Arc<State>,
+    unsettled: BTreeSet<ObjectRef>,
+}
+
+impl RoundInput {
+    pub fn decide(&mut self, now: i64) -> Decisions {
+        let todo = to_look_at(&self.state, &self.changes, &self.unsettled);
+        decide(&self.state, &todo, &mut self.unsettled, now)
     }
 }
 
@@ -467,7 +509,16 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
     let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.store;
     let now = now_unix_ms();
-    let decisions = orchestration.next(store, now);
+    // Off the runtime's workers too: a round over thousands of changed
+    // deployments walks every one of their replicas.
+    let mut input = orchestration.begin(store);
+    let (decisions, input) = tokio::task::spawn_blocking(move || {
+        let decisions = input.decide(now);
+        (decisions, input)
+    })
+    .await
+    .map_err(|e| format!("the orchestrator pass failed: {e}"))?;
+    orchestration.end(input);
     for command in decision_commands(decisions, now) {
         leading.write(command).await?;
     }

@@ -8,7 +8,7 @@
 //!         ├─ node_metas, tokens, members, events (newest last, at most RETAINED)
 //!         ├─ config_maps, secrets, services (ns, name)
 //!         └─ indexes (derived, never stored):
-//!              by_deployment  (ns, deployment) → replica names
+//!              by_deployment  (ns, deployment) → replica keys
 //!              by_node        node → replicas bound there
 //!              unbound        replicas with no node
 //!              held           node → requests and host ports its replicas hold
@@ -154,7 +154,7 @@ impl Held {
 /// Indexes over the records, kept by the write helpers; rebuilt on decode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Indexes {
-    by_deployment: OrdMap<ObjectRef, OrdSet<String>>,
+    by_deployment: OrdMap<ObjectRef, OrdSet<ObjectRef>>,
     by_node: OrdMap<String, OrdSet<ObjectRef>>,
     unbound: OrdSet<ObjectRef>,
     held: OrdMap<String, Held>,
@@ -468,13 +468,12 @@ impl State {
         &'a self,
         deployment: &ObjectRef,
     ) -> impl Iterator<Item = &'a Arc<ReplicaRecord>> + 'a {
-        let namespace = deployment.namespace.clone();
         self.index
             .by_deployment
             .get(deployment)
             .into_iter()
-            .flat_map(|names| names.iter())
-            .filter_map(move |name| self.replicas.get(&key(&namespace, name)))
+            .flat_map(|keys| keys.iter())
+            .filter_map(|k| self.replicas.get(k))
     }
 
     /// Nodes that replicas are bound to.
@@ -702,7 +701,7 @@ impl State {
             .by_deployment
             .entry(d.clone())
             .or_default()
-            .insert(r.name.clone());
+            .insert(k.clone());
         self.touched.deployments.insert(d);
         match &r.node {
             Some(node) => {
@@ -726,9 +725,9 @@ impl State {
 
     fn unindex(&mut self, k: &ObjectRef, r: &ReplicaRecord) {
         let d = key(&r.namespace, &r.deployment);
-        if let Some(names) = self.index.by_deployment.get_mut(&d) {
-            names.remove(&r.name);
-            if names.is_empty() {
+        if let Some(keys) = self.index.by_deployment.get_mut(&d) {
+            keys.remove(k);
+            if keys.is_empty() {
                 self.index.by_deployment.remove(&d);
             }
         }
@@ -771,7 +770,7 @@ impl State {
         self.index
             .by_deployment
             .get(deployment)
-            .map(|s| s.iter().map(|n| key(&deployment.namespace, n)).collect())
+            .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }
 
