@@ -77,5 +77,6 @@ pub mod raft;
 pub mod renewal;
 pub mod scheduler;
 pub mod server;
+pub mod stalls;
 pub mod store;
 pub mod usage;

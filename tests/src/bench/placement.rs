@@ -740,6 +740,19 @@ impl SimFleet {
         let controllers = c.addresses();
         // Room for everything: a bench about the control plane, not about fit.
         let capacity = drover_agent::config::capacity(Some("64"), Some("256Gi"))?;
+        // The agents' own runtime stalling would delay their heartbeats and
+        // keep-alive answers as much as a stalled controller: say so.
+        let since = Instant::now();
+        tasks.spawn(drover_controller::stalls::watch(
+            stop.clone(),
+            move |late| {
+                println!(
+                    "  {:>8}: the bench process's runtime (its sim agents) was stalled for {}",
+                    secs(since.elapsed()),
+                    secs(late)
+                )
+            },
+        ));
         for i in 1..=n {
             let node = format!("sim-{i:04}");
             let data_dir = c.dir.path().join("sim-agents").join(&node);
