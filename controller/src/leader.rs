@@ -40,12 +40,13 @@ use crate::store::{
 /// Shortest pause between two rounds, so a stream of status batches does not
 /// make the loops spin.
 const MIN_ROUND: Duration = Duration::from_millis(20);
-/// The pause after a round that took `took`: at least [`MIN_ROUND`], and
-/// at least the round itself, so that under load (tens of thousands of
-/// replicas changing at once) the loops take at most about half of a core
-/// and status batches, sessions and heartbeats keep theirs.
-fn pause_after(took: Duration) -> Duration {
-    MIN_ROUND.max(took)
+/// The pause after a round whose passes computed for `computed`: at least
+/// [`MIN_ROUND`], and at least as long as they computed, so that under load
+/// (tens of thousands of replicas changing at once) the loops take at most
+/// about half of a core and status batches, sessions and heartbeats keep
+/// theirs. Waiting for commits does not count.
+fn pause_after(computed: Duration) -> Duration {
+    MIN_ROUND.max(computed)
 }
 
 /// A round runs at least this often even when nothing was applied.
@@ -145,23 +146,23 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
     let mut applied = leading.handle.applied();
     let mut orchestration = Orchestration::new(&leading.store);
     loop {
-        let started = tokio::time::Instant::now();
         // A round in flight when leadership is lost is abandoned there.
-        tokio::select! {
+        let computed = tokio::select! {
             _ = token.cancelled() => return,
-            r = round(&leading, &mut orchestration) => if let Err(e) = r {
+            r = round(&leading, &mut orchestration) => r.unwrap_or_else(|e| {
                 // What the round did not get to is looked at again.
                 orchestration.retry_all();
                 warn!(error = %e, "control loop round failed");
-            },
-        }
+                Duration::ZERO
+            }),
+        };
         let ended = tokio::time::Instant::now();
         tokio::select! {
             _ = token.cancelled() => return,
             _ = applied.changed() => {}
             _ = tokio::time::sleep(MAX_ROUND) => {}
         }
-        tokio::time::sleep_until(ended + pause_after(ended - started)).await;
+        tokio::time::sleep_until(ended + pause_after(computed)).await;
     }
 }
 
@@ -505,16 +506,19 @@ pub fn schedule_command(state: &State, now: i64) -> Option<Command> {
 }
 
 /// One pass of the orchestrator and then the scheduler.
-async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(), String> {
+/// One round; returns the time its two passes (orchestrator and scheduler)
+/// computed for, commits not counted.
+async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<Duration, String> {
     let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.store;
     let now = now_unix_ms();
     // Off the runtime's workers too: a round over thousands of changed
     // deployments walks every one of their replicas.
     let mut input = orchestration.begin(store);
-    let (decisions, input) = tokio::task::spawn_blocking(move || {
+    let (decisions, input, mut computed) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let decisions = input.decide(now);
-        (decisions, input)
+        (decisions, input, started.elapsed())
     })
     .await
     .map_err(|e| format!("the orchestrator pass failed: {e}"))?;
@@ -526,11 +530,15 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
     // unbound a pass takes a core for hundreds of milliseconds, and on a
     // worker it held up every session's heartbeats and keep-alives.
     let state = store.snapshot();
-    let command = tokio::task::spawn_blocking(move || {
-        crate::metrics::get().time_scheduler(|| schedule_command(&state, now_unix_ms()))
+    let (command, scheduling) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let command =
+            crate::metrics::get().time_scheduler(|| schedule_command(&state, now_unix_ms()));
+        (command, started.elapsed())
     })
     .await
     .map_err(|e| format!("the scheduler pass failed: {e}"))?;
+    computed += scheduling;
     if let Some(command) = command {
         let decided = match &command {
             Command::Schedule {
@@ -543,7 +551,7 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<(
         leading.write(command).await?;
         crate::metrics::get().scheduled(decided.0, decided.1);
     }
-    Ok(())
+    Ok(computed)
 }
 
 type Placements = (Vec<(ObjectRef, String)>, Vec<(ObjectRef, String)>);
