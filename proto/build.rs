@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
     println!("cargo:rerun-if-changed=drover/v1");
+    // A revision's template is encoded once and shared (refcounted) by
+    // every replica's assignment that runs it.
+    config.bytes([".drover.v1.Assignment.template_json"]);
     tonic_prost_build::configure()
         // Secrets travel in these: their Debug (hand-written in lib.rs)
         // shows names and sizes, never values.

@@ -71,7 +71,16 @@ impl Assignment {
         if let Some(p) = previous.filter(|p| p.repeated_by(&a)) {
             return Ok(p);
         }
-        let template: PodTemplate = match serde_json::from_str(&a.template_json) {
+        let json = match std::str::from_utf8(&a.template_json) {
+            Ok(json) => json,
+            Err(e) => {
+                return Err((
+                    a.replica,
+                    AgentError::InvalidSpec(format!("the pod template is not UTF-8: {e}")),
+                ))
+            }
+        };
+        let template: PodTemplate = match serde_json::from_str(json) {
             Ok(t) => t,
             Err(e) => {
                 return Err((
@@ -95,14 +104,14 @@ impl Assignment {
                 AgentError::InvalidSpec("the assignment has no replica name".into()),
             ));
         }
-        let spec_hash = Sha256::digest(a.template_json.as_bytes()).iter().fold(
-            String::with_capacity(64),
-            |mut hex, b| {
-                use std::fmt::Write;
-                let _ = write!(hex, "{b:02x}");
-                hex
-            },
-        );
+        let spec_hash =
+            Sha256::digest(json.as_bytes())
+                .iter()
+                .fold(String::with_capacity(64), |mut hex, b| {
+                    use std::fmt::Write;
+                    let _ = write!(hex, "{b:02x}");
+                    hex
+                });
         Ok(Assignment {
             replica: a.replica,
             namespace: a.namespace,
@@ -111,7 +120,7 @@ impl Assignment {
             revision: a.revision,
             spec_hash,
             template,
-            template_json: a.template_json,
+            template_json: json.to_string(),
             annotations: a.annotations.into_iter().collect(),
             service_env: a.service_env.into_iter().collect(),
             prepared: None,
@@ -127,7 +136,7 @@ impl Assignment {
             && self.deployment == a.deployment
             && self.slot == a.slot
             && self.revision == a.revision
-            && self.template_json == a.template_json
+            && self.template_json.as_bytes() == a.template_json.as_ref()
             && same_map(&self.annotations, &a.annotations)
             && same_map(&self.service_env, &a.service_env)
     }
@@ -252,7 +261,8 @@ mod tests {
         type Change = fn(&mut pb::Assignment);
         let changes: [(&str, Change); 5] = [
             ("template", |w| {
-                w.template_json = w.template_json.replace("busybox", "nginx")
+                let json = String::from_utf8_lossy(&w.template_json).replace("busybox", "nginx");
+                w.template_json = json.into_bytes().into();
             }),
             ("annotation", |w| {
                 w.annotations

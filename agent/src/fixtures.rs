@@ -63,7 +63,7 @@ pub fn to_pb(a: &Assignment) -> pb::Assignment {
         deployment: a.deployment.clone(),
         slot: a.slot,
         revision: a.revision.clone(),
-        template_json: serde_json::to_string(&a.template).unwrap_or_default(),
+        template_json: serde_json::to_vec(&a.template).unwrap_or_default().into(),
         annotations: a.annotations.clone().into_iter().collect(),
         service_env: a.service_env.clone().into_iter().collect(),
     }

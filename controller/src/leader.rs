@@ -779,6 +779,50 @@ mod tests {
         assert_eq!(place.len(), 1, "placed once the old one is gone");
     }
 
+    #[test]
+    fn every_assignment_of_a_revision_shares_one_template_buffer_across_books() {
+        use crate::dispatcher::Assignments;
+        let mut db = Db::new();
+        for n in ["n1", "n2"] {
+            db.apply(Command::RegisterNode {
+                node: registration(n),
+                now_unix_ms: 1,
+            });
+        }
+        let feed = db.store.subscribe();
+        db.apply(Command::Apply {
+            deployments: vec![deployment("web", 2)],
+            now_unix_ms: 1,
+        });
+        db.round();
+        let first = Assignments::build(&db.store.snapshot(), &Assignments::default(), &feed.take());
+        // A second book after another deployment's replica: only its node's
+        // set is built again, the other node keeps the first book's.
+        db.apply(Command::Apply {
+            deployments: vec![deployment("api", 1)],
+            now_unix_ms: 2,
+        });
+        db.round();
+        let second = Assignments::build(&db.store.snapshot(), &first, &feed.take());
+        let web: Vec<drover_proto::pb::Assignment> = ["n1", "n2"]
+            .iter()
+            .flat_map(|n| second.for_node(n).assignments.clone())
+            .filter(|a| a.deployment == "web")
+            .collect();
+        assert_eq!(web.len(), 2);
+        assert!(
+            ["n1", "n2"]
+                .iter()
+                .all(|n| !second.for_node(n).assignments.is_empty()),
+            "one web replica on each node"
+        );
+        let buffers: BTreeSet<usize> = web
+            .iter()
+            .map(|a| a.template_json.as_ptr() as usize)
+            .collect();
+        assert_eq!(buffers.len(), 1, "one buffer for the revision's template");
+    }
+
     mod incremental {
         //! The incremental round against a from-scratch one: after any
         //! sequence of commands, looking only at what changed (and what is

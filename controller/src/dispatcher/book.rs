@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use drover_proto::pb;
+use prost::bytes::Bytes;
 
 use super::config;
 use crate::cluster::Cluster;
@@ -86,7 +87,15 @@ pub struct Assignments {
     /// Sessions send nothing older: a new leader still applying its
     /// predecessor's last entries would hand agents a set that lacks them.
     pub term: u64,
+    /// Every revision's template JSON, encoded once and shared by all the
+    /// assignments that run it, from one book to the next.
+    json: JsonCache,
 }
+
+/// `(namespace, deployment, revision hash)` → the revision's template as
+/// JSON. A revision's template never changes (its hash names it), so an
+/// entry stays right until its revision goes.
+type JsonCache = Arc<std::sync::Mutex<HashMap<(String, String, String), Bytes>>>;
 
 impl Assignments {
     /// Whether both books give every node the same set and the same
@@ -133,7 +142,10 @@ impl Assignments {
                 // A deleted deployment's replicas are still indexed under it.
                 (previous.by_node.clone(), nodes)
             };
-        let mut templates = TemplateCache::default();
+        let mut templates = TemplateCache {
+            json: previous.json.clone(),
+            ..TemplateCache::default()
+        };
         for node in nodes {
             let set = node_set(state, &node, &mut templates);
             if set == NodeSet::default() {
@@ -153,10 +165,12 @@ impl Assignments {
         } else {
             Arc::new(table)
         };
+        forget_gone_revisions(state, &previous.json);
         Assignments {
             by_node,
             services,
             term: 0,
+            json: previous.json.clone(),
         }
     }
 }
@@ -186,7 +200,7 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
             deployment: r.deployment.clone(),
             slot: r.slot,
             revision: r.revision.clone(),
-            template_json: String::clone(&template),
+            template_json: template.clone(),
             annotations: HashMap::clone(&annotations),
             service_env: service_env(state, r),
         });
@@ -213,6 +227,8 @@ fn service_env(state: &State, r: &ReplicaRecord) -> HashMap<String, String> {
 /// the deployment's annotations that agents act on.
 #[derive(Default)]
 struct TemplateCache {
+    /// The book's JSON encodings, shared across builds.
+    json: JsonCache,
     /// `(namespace, deployment, revision)` → its encoding, if still kept.
     by_revision: HashMap<(String, String, String), Option<Encoded>>,
     /// `(namespace, deployment, revision)` → the config objects it reads.
@@ -220,7 +236,7 @@ struct TemplateCache {
 }
 
 /// A template's JSON and the annotations agents act on.
-type Encoded = (Arc<String>, Arc<HashMap<String, String>>);
+type Encoded = (Bytes, Arc<HashMap<String, String>>);
 
 impl TemplateCache {
     /// The ConfigMaps and Secrets a revision's template references.
@@ -249,17 +265,37 @@ impl TemplateCache {
                 } else {
                     &d.revision_by_hash(hash)?.template
                 };
-                let json = serde_json::to_string(template).unwrap_or_default();
+                let key = (m.namespace.clone(), m.name.clone(), hash.to_string());
+                let mut shared = self.json.lock().unwrap_or_else(|e| e.into_inner());
+                let json = shared
+                    .entry(key)
+                    .or_insert_with(|| serde_json::to_vec(template).unwrap_or_default().into())
+                    .clone();
                 let annotations: HashMap<String, String> = m
                     .annotations
                     .iter()
                     .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                Some((Arc::new(json), Arc::new(annotations)))
+                Some((json, Arc::new(annotations)))
             })
             .clone()
     }
+}
+
+/// Drop the JSON of revisions no deployment keeps any more, once the
+/// cache holds more entries than the state has revisions.
+fn forget_gone_revisions(state: &State, json: &JsonCache) {
+    let mut json = json.lock().unwrap_or_else(|e| e.into_inner());
+    let kept: usize = state.deployments(None).map(|d| d.revisions.len() + 1).sum();
+    if json.len() <= kept {
+        return;
+    }
+    json.retain(|(namespace, name, hash), _| {
+        state.deployment(namespace, name).is_some_and(|d| {
+            d.current_revision_hash() == *hash || d.revision_by_hash(hash).is_some()
+        })
+    });
 }
 
 /// Publishes [`Assignments`] to the sessions.
