@@ -250,9 +250,11 @@ mod tests {
         let wire = fixtures::to_pb(&fixtures::assignment("web-1a2b3-0"));
         let first = Assignment::from_pb(wire.clone()).expect("decodes");
         // A mark decoding would not reproduce shows which one came back.
-        let mut kept = first.clone();
-        kept.spec_hash = "kept".into();
-        let again = Assignment::from_pb_after(wire.clone(), Some(kept)).expect("decodes");
+        let marked = || Assignment {
+            spec_hash: "kept".into(),
+            ..first.clone()
+        };
+        let again = Assignment::from_pb_after(wire.clone(), Some(marked())).expect("decodes");
         assert_eq!(
             again.spec_hash, "kept",
             "the same wire assignment is not decoded again"
@@ -278,9 +280,8 @@ mod tests {
         for (what, change) in changes {
             let mut changed = wire.clone();
             change(&mut changed);
-            let mut kept = first.clone();
-            kept.spec_hash = "kept".into();
-            let decoded = Assignment::from_pb_after(changed.clone(), Some(kept)).expect("decodes");
+            let decoded =
+                Assignment::from_pb_after(changed.clone(), Some(marked())).expect("decodes");
             assert_ne!(
                 decoded.spec_hash, "kept",
                 "a changed {what} is decoded again"
