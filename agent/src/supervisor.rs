@@ -909,6 +909,7 @@ impl<R: Runtime> Supervisor<R> {
                     );
                 }
             }
+            self.stale.mark(name);
             self.probes.insert(
                 name.to_string(),
                 Probing {
