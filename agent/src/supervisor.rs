@@ -492,12 +492,8 @@ impl<R: Runtime> Supervisor<R> {
     /// The controller's list of replicas it waits to hear are gone.
     fn terminate(&mut self, terminating: BTreeSet<String>) {
         let old = std::mem::replace(&mut self.terminating, terminating);
-        let changed: Vec<String> = old
-            .symmetric_difference(&self.terminating)
-            .cloned()
-            .collect();
-        for name in changed {
-            self.stale.mark(&name);
+        for name in old.symmetric_difference(&self.terminating) {
+            self.stale.mark(name);
         }
     }
 
@@ -518,10 +514,11 @@ impl<R: Runtime> Supervisor<R> {
         for a in set {
             let before = previous.remove(&a.replica);
             let changed = before.as_ref().is_none_or(|p| p.revision != a.revision);
-            if !before.as_ref().is_some_and(|b| b.repeated_by(&a)) {
+            let kept = before.filter(|b| b.repeated_by(&a));
+            if kept.is_none() {
                 self.stale.mark(&a.replica);
             }
-            match Assignment::from_pb_after(a, before) {
+            match kept.map_or_else(|| Assignment::from_pb(a), Ok) {
                 Ok(a) => {
                     if changed {
                         for w in a.backoff_policy().1 {

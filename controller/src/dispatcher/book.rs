@@ -165,7 +165,10 @@ impl Assignments {
         } else {
             Arc::new(table)
         };
-        forget_gone_revisions(state, &previous.json);
+        // Revisions go only with a change to their deployment's record.
+        if changes.all || !changes.deployment_records.is_empty() {
+            forget_gone_revisions(state, &previous.json);
+        }
         Assignments {
             by_node,
             services,

@@ -485,8 +485,13 @@ impl SimAgent {
         let Some(assignments) = &self.assignments else {
             return;
         };
-        let observed: Vec<Observed> = self.containers.values().cloned().collect();
-        let actions = reconcile::reconcile(assignments, &observed, &self.records, &self.busy, now);
+        let actions = reconcile::reconcile(
+            assignments,
+            self.containers.values(),
+            &self.records,
+            &self.busy,
+            now,
+        );
         for (replica, actions) in reconcile::per_replica(actions, self.fencing, &self.stop_grace) {
             let mut steps = Vec::new();
             let mut busy = Busy::Stopping;
