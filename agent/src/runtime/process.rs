@@ -1128,8 +1128,9 @@ async fn read_tail(files: Vec<&mut tokio::fs::File>, n: u32) -> Result<Vec<u8>> 
 /// its end, then, once the name points at a newer file (the shim rotated),
 /// goes on from the start of the file that came after it: `PATH.k-1` when
 /// the one held is now `PATH.k`. The shim renames a file only after its last
-/// write, so the one held is complete when it is left, and nothing is
-/// skipped unless the reader falls `max_files` files behind the writer.
+/// write, so the held file, read once more after the rename is seen, is
+/// complete when it is left, and nothing is skipped unless the reader falls
+/// `max_files` files behind the writer.
 struct Follower {
     path: PathBuf,
     max_files: u32,
@@ -1169,20 +1170,34 @@ impl Follower {
 
     /// What was appended since the last call (at most one chunk).
     async fn next(&mut self) -> std::io::Result<Vec<u8>> {
-        use std::os::unix::fs::MetadataExt;
         if let Some(f) = self.file.as_mut() {
             let data = read_chunk(f).await?;
             if !data.is_empty() {
                 return Ok(data);
             }
         }
-        // At the end of the file held: has the name moved on to a new one?
+        self.after_end().await
+    }
+
+    /// At the end of the file held, as a read found it a moment ago: has the
+    /// name moved on to a new one? Then what comes next.
+    async fn after_end(&mut self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::MetadataExt;
         let Some(now) = inode_of(&self.path).await else {
             // Between a rename and the next file's creation, or removed.
             return Ok(Vec::new());
         };
         if Some(now) == self.inode {
             return Ok(Vec::new());
+        }
+        // The name moved on, so the held file had its last write; but that
+        // write may have come after the read above found the end. Finish
+        // the held file before leaving it.
+        if let Some(f) = self.file.as_mut() {
+            let data = read_chunk(f).await?;
+            if !data.is_empty() {
+                return Ok(data);
+            }
         }
         // The file after the one held: found again after opening it, so a
         // rotation in between is noticed (and the search repeated).
@@ -1629,6 +1644,34 @@ mod tests {
         signal_group((pid, start), Signal::SIGKILL);
         let _ = child.wait();
         assert!(group_usage(&groups).is_empty(), "the group is gone");
+    }
+
+    /// Regression (CI, stop 28): the reader found the held file's end, the
+    /// shim wrote its last bytes there and rotated, and the reader went on
+    /// to the new file without them. Those bytes come first.
+    #[tokio::test]
+    async fn a_follower_finishes_the_held_file_when_it_sees_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.stdout");
+        std::fs::write(&path, b"one\n").expect("write");
+        let file = tokio::fs::File::open(&path).await.expect("open");
+        let mut follower = Follower::new(path.clone(), 3, LogSource::Stdout, Some(file)).await;
+        assert_eq!(follower.next().await.expect("read"), b"one\n");
+        assert_eq!(follower.next().await.expect("read"), b"");
+        // The shim's last write to the held file, then its rotation.
+        let mut held = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append");
+        std::io::Write::write_all(&mut held, b"two\n").expect("write");
+        std::fs::rename(&path, log_files::rotated(&path, 1)).expect("rename");
+        std::fs::write(&path, b"three\n").expect("write");
+        // The follower found the end before that write.
+        let mut seen = follower.after_end().await.expect("read");
+        for _ in 0..4 {
+            seen.extend(follower.next().await.expect("read"));
+        }
+        assert_eq!(String::from_utf8_lossy(&seen), "two\nthree\n");
     }
 
     /// Regression (found by `droverctl lab chaos`): concurrent writers of
