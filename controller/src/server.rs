@@ -62,7 +62,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let advertise = cfg.advertise_address();
     let db = open_db(&cfg.data_dir, cfg.cache_mb)?;
     let store = Store::with_history(cfg.watch_history);
-    let storage = SledStorage::open(&db)?;
+    let storage = SledStorage::open(&db, &cfg.data_dir.join("snapshots"))?;
 
     if !storage.is_initialized() {
         if cfg.join {
@@ -478,7 +478,7 @@ async fn join_pki(
 pub fn bootstrap(storage: &SledStorage, members: &BTreeMap<u64, String>) -> anyhow::Result<()> {
     let voters: Vec<u64> = members.keys().copied().collect();
     let data = crate::store::state::initial(members).encode()?;
-    storage.bootstrap(&voters, data)?;
+    storage.bootstrap(&voters, &data)?;
     info!(voters = ?voters, "bootstrapped a new cluster");
     Ok(())
 }

@@ -80,7 +80,8 @@ impl TestCluster {
         let m = &mut self.members[i];
         let db = drover_controller::fixtures::open_test_db(m.dir.path(), 8);
         let store = Store::default();
-        let storage = SledStorage::open(&db).expect("storage");
+        let storage =
+            SledStorage::open(&db, &m.dir.path().join("raft-snapshots")).expect("storage");
         if !storage.is_initialized() && !voters.is_empty() {
             let addrs: BTreeMap<u64, String> =
                 voters.iter().map(|v| (*v, format!("mem:{v}"))).collect();
@@ -320,7 +321,8 @@ async fn an_entry_from_a_newer_drover_stops_applying_with_a_sentence_never_skips
     // A newer leader's entry, committed, as the log would hold it.
     let (newer, last) = {
         let db = drover_controller::fixtures::open_test_db(c.members[0].dir.path(), 8);
-        let storage = SledStorage::open(&db).expect("storage");
+        let storage = SledStorage::open(&db, &c.members[0].dir.path().join("raft-snapshots"))
+            .expect("storage");
         let last = storage.last_index_cached();
         let entry = raft::prelude::Entry {
             index: last + 1,
@@ -384,7 +386,8 @@ async fn a_snapshot_install_replaces_a_divergent_log_at_once_and_survives_a_rest
 
     {
         let db = drover_controller::fixtures::open_test_db(c.members[0].dir.path(), 8);
-        let storage = SledStorage::open(&db).expect("storage");
+        let storage = SledStorage::open(&db, &c.members[0].dir.path().join("raft-snapshots"))
+            .expect("storage");
         let last = storage.last_index_cached();
         // This member's last two entries were never committed (they are the
         // tail of a history the cluster went past).

@@ -108,10 +108,11 @@ impl Member {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open_db(dir.path());
         let machine = Arc::new(Machine::default());
-        let storage = SledStorage::open(&db).expect("open storage");
+        let storage =
+            SledStorage::open(&db, &dir.path().join("raft-snapshots")).expect("open storage");
         // Every initial voter starts from the same (empty) state machine at index 1.
         machine.restore(&[], 1);
-        storage.bootstrap(voters, Vec::new()).expect("bootstrap");
+        storage.bootstrap(voters, &[]).expect("bootstrap");
         let node = RawNode::new(&config(id, 1), storage, &logger()).expect("raw node");
         Member {
             id,
@@ -140,7 +141,8 @@ impl Member {
         drop(node);
         drop(db);
         let db = open_db(dir.path());
-        let storage = SledStorage::open(&db).expect("reopen storage");
+        let storage =
+            SledStorage::open(&db, &dir.path().join("raft-snapshots")).expect("reopen storage");
         let (snapshot, data) = storage
             .saved_snapshot()
             .expect("read snapshot")
@@ -381,7 +383,10 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
             conf_state: Some(member.storage().conf_state()).into(),
             ..Default::default()
         };
-        assert!(member.storage().save_snapshot(&meta, &data).expect("save"));
+        assert!(member
+            .storage()
+            .save_snapshot(&meta, |out| out.write_all(&data))
+            .expect("save"));
         member.storage().compact(applied).expect("compact");
         assert_eq!(member.storage().first_index_cached(), applied);
     }

@@ -76,9 +76,14 @@ pub trait LogStore: raft::Storage + Clone {
     /// Install a leader's snapshot: its data, the log truncated to it, the
     /// hard and conf state, all or nothing.
     fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError>;
-    /// Save a snapshot of this member's own state; an older one than the
-    /// saved one is ignored (`Ok(false)`).
-    fn save_snapshot(&self, meta: &SnapshotMetadata, data: &[u8]) -> Result<bool, StorageError>;
+    /// Save a snapshot of this member's own state, `write` encoding it
+    /// (streamed, never whole in memory); an older one than the saved one
+    /// is ignored (`Ok(false)`).
+    fn save_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<bool, StorageError>;
     /// The saved snapshot: metadata and encoded state.
     fn saved_snapshot(&self) -> Result<Option<(SnapshotMetadata, Vec<u8>)>, StorageError>;
     /// Whether a follower needed a newer snapshot since the last call.
@@ -110,8 +115,12 @@ impl LogStore for SledStorage {
     fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
         SledStorage::apply_snapshot(self, snap)
     }
-    fn save_snapshot(&self, meta: &SnapshotMetadata, data: &[u8]) -> Result<bool, StorageError> {
-        SledStorage::save_snapshot(self, meta, data)
+    fn save_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<bool, StorageError> {
+        SledStorage::save_snapshot(self, meta, write)
     }
     fn saved_snapshot(&self) -> Result<Option<(SnapshotMetadata, Vec<u8>)>, StorageError> {
         SledStorage::saved_snapshot(self)
@@ -241,11 +250,14 @@ pub struct SnapshotJob<S> {
 }
 
 impl<S: LogStore> SnapshotJob<S> {
-    /// Encode the state and save it. `Ok` also when a newer snapshot was
-    /// saved meanwhile: either way the log behind `index` may go.
+    /// Encode the state into the storage and save it. `Ok` also when a
+    /// newer snapshot was saved meanwhile: either way the log behind `index`
+    /// may go.
     pub fn run(self) -> anyhow::Result<u64> {
-        let data = self.state.encode()?;
-        self.storage.save_snapshot(&self.meta, &data)?;
+        let state = &self.state;
+        self.storage.save_snapshot(&self.meta, |out| {
+            state.encode_to(out).map_err(std::io::Error::other)
+        })?;
         Ok(self.index)
     }
 }

@@ -19,7 +19,8 @@
 //!                                                               compaction or a snapshot
 //!                     "snapshot"   → eraftpb::SnapshotMetadata  the snapshot below
 //!
-//!  tree "raft_snapshot" "data"     → the state machine encoded at the snapshot's index
+//!  file snapshots/state-INDEX.snap  the state machine encoded at the snapshot's
+//!                                   index (INDEX zero-padded to 20 digits)
 //! ```
 //!
 //! Invariants, on disk and in the in-memory copy alike:
@@ -34,6 +35,12 @@
 //!   snapshot) is one sled transaction, so a crash leaves the old layout or the
 //!   new one: a snapshot from the leader lands with the log truncated to it,
 //!   or not at all;
+//! - the snapshot's data is a file of its own, out of sled (which would keep
+//!   a copy in memory). It is written whole (a temporary name, fsync, a link)
+//!   before the transaction that names its index, and the file it replaces is
+//!   removed only once that transaction is on disk; so whichever metadata a
+//!   crash leaves, its file is there. Files no metadata names are removed at
+//!   open;
 //! - the cached state changes only after its sled write succeeded, under the write
 //!   lock, so readers never see a state that is not on disk (or in sled's buffers).
 //!
@@ -43,14 +50,17 @@
 //!
 //! The state machine lives in memory; its snapshot is its only copy on disk.
 //! The node saves a new one every so many entries ([`SledStorage::save_snapshot`],
-//! encoded off its task), [`Storage::snapshot`] hands the saved one to a
-//! follower that needs it, and a restart decodes it and re-applies the log
-//! after it, starting from the snapshot's conf state.
+//! encoded off its task straight into the file, never whole in memory),
+//! [`Storage::snapshot`] reads the saved one back for a follower that needs
+//! it, and a restart decodes it and re-applies the log after it, starting
+//! from the snapshot's conf state.
 
 use std::cmp;
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use protobuf::Message as _;
@@ -61,8 +71,10 @@ use sled::{Batch, Db, Tree};
 
 const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
-const SNAPSHOT_TREE: &str = "raft_snapshot";
-const SNAPSHOT_DATA_KEY: &str = "data";
+/// Where drovers before the snapshot files kept the snapshot's data; moved
+/// to its file at open.
+const OLD_SNAPSHOT_TREE: &str = "raft_snapshot";
+const OLD_SNAPSHOT_DATA_KEY: &str = "data";
 
 const HARD_STATE_KEY: &str = "hard_state";
 const CONF_STATE_KEY: &str = "conf_state";
@@ -192,6 +204,17 @@ pub enum StorageError {
     /// The state machine failed to serialise itself for a snapshot.
     #[error("cannot build a snapshot: the state machine failed: {0}")]
     StateMachine(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// A snapshot file could not be written, read or removed.
+    #[error("raft storage: cannot {what} {}: {source}; check the disk under the data directory", path.display())]
+    SnapshotFile {
+        /// What was being done, e.g. "write the snapshot file".
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// raft-rs sees our errors as `Error::Store(StorageError::Other(..))`, which it
@@ -256,7 +279,8 @@ pub struct SledStorage {
     db: Db,
     log: Tree,
     meta: Tree,
-    snapshot: Tree,
+    /// The snapshot files' directory.
+    snapshots: Arc<Path>,
     state: Arc<RwLock<LogState>>,
     /// Set when a follower needs a snapshot the saved one cannot be (it
     /// predates the follower's membership): the node saves a new one soon.
@@ -276,15 +300,21 @@ impl fmt::Debug for SledStorage {
 }
 
 impl SledStorage {
-    /// Opens the raft trees of `db` (creating them when absent) and loads the
-    /// metadata. Fails with `Corrupt` when the stored data is inconsistent.
+    /// Opens the raft trees of `db` (creating them when absent), with the
+    /// snapshot files in the directory `snapshots` (created when absent), and
+    /// loads the metadata. Fails with `Corrupt` when the stored data is
+    /// inconsistent.
     ///
     /// The conf state raft starts from is the snapshot's: the node re-applies
     /// the log after the snapshot, conf changes included, in their order.
-    pub fn open(db: &Db) -> Result<Self, StorageError> {
+    pub fn open(db: &Db, snapshots: &Path) -> Result<Self, StorageError> {
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
-        let snapshot = db.open_tree(SNAPSHOT_TREE)?;
+        std::fs::create_dir_all(snapshots).map_err(|source| StorageError::SnapshotFile {
+            what: "create the snapshot directory",
+            path: snapshots.to_path_buf(),
+            source,
+        })?;
 
         let hard_state: HardState = read_meta(&meta, HARD_STATE_KEY)?.unwrap_or_default();
         let snapshot_meta: Option<SnapshotMetadata> = read_meta(&meta, SNAPSHOT_KEY)?;
@@ -292,14 +322,18 @@ impl SledStorage {
             Some(m) => m.get_conf_state().clone(),
             None => read_meta(&meta, CONF_STATE_KEY)?.unwrap_or_default(),
         };
-        if snapshot_meta.is_some() && snapshot.get(SNAPSHOT_DATA_KEY)?.is_none() {
-            return Err(corrupt(
-                format!("{SNAPSHOT_TREE}/{SNAPSHOT_DATA_KEY}"),
-                "the snapshot's data is missing (a data directory written by a drover \
-                 older than the in-memory state keeps it elsewhere)"
-                    .into(),
-            ));
+        let current = snapshot_meta.as_ref().map(|m| m.index);
+        if let Some(index) = current {
+            move_old_snapshot(db, snapshots, index)?;
+            if !snapshot_file(snapshots, index).exists() {
+                return Err(corrupt(
+                    snapshot_file(snapshots, index).display().to_string(),
+                    "the snapshot's data is missing".into(),
+                ));
+            }
         }
+        // Nothing writes yet: every file but the current one is left over.
+        remove_snapshot_files(snapshots, |index, _| Some(index) != current)?;
         let truncated = match meta.get(TRUNCATED_KEY)? {
             Some(bytes) => decode_position(&bytes)?,
             None => Position::default(),
@@ -360,7 +394,7 @@ impl SledStorage {
             db: db.clone(),
             log,
             meta,
-            snapshot,
+            snapshots: snapshots.into(),
             state: Arc::new(RwLock::new(state)),
             wanted: Arc::new(AtomicBool::new(false)),
         })
@@ -379,7 +413,7 @@ impl SledStorage {
     ///
     /// `data` is the state machine at index 1 (every initial voter must use the
     /// same `data`).
-    pub fn bootstrap(&self, voters: &[u64], data: Vec<u8>) -> Result<(), StorageError> {
+    pub fn bootstrap(&self, voters: &[u64], data: &[u8]) -> Result<(), StorageError> {
         let mut state = self.write();
         if state.is_initialized()
             || state.last_index > 0
@@ -402,7 +436,7 @@ impl SledStorage {
         metadata.index = BOOTSTRAP_INDEX;
         metadata.term = BOOTSTRAP_TERM;
         metadata.mut_conf_state().voters = voters.to_vec();
-        self.install_snapshot(&mut state, snapshot.get_metadata(), &data)?;
+        self.install_snapshot(&mut state, snapshot.get_metadata(), data)?;
         tracing::info!(?voters, "bootstrapped raft storage");
         Ok(())
     }
@@ -499,67 +533,162 @@ impl SledStorage {
         self.wanted.swap(false, Ordering::Relaxed)
     }
 
-    /// The saved snapshot (metadata and the encoded state), if any.
+    /// The saved snapshot (metadata and the encoded state, read from its
+    /// file), if any.
     pub fn saved_snapshot(&self) -> Result<Option<(SnapshotMetadata, Vec<u8>)>, StorageError> {
         let Some(metadata) = self.snapshot_metadata()? else {
             return Ok(None);
         };
-        let data = self.snapshot.get(SNAPSHOT_DATA_KEY)?.ok_or_else(|| {
-            corrupt(
-                format!("{SNAPSHOT_TREE}/{SNAPSHOT_DATA_KEY}"),
-                "the snapshot's data is missing".into(),
-            )
-        })?;
-        Ok(Some((metadata, data.to_vec())))
+        let data = self.read_snapshot_file(&metadata)?;
+        Ok(Some((metadata, data)))
+    }
+
+    /// The data of the snapshot `metadata` names. A newer snapshot saved
+    /// meanwhile may have removed that file: then the newer one's metadata
+    /// is read again, and its file.
+    fn read_snapshot_file(&self, metadata: &SnapshotMetadata) -> Result<Vec<u8>, StorageError> {
+        let mut index = metadata.index;
+        loop {
+            let path = snapshot_file(&self.snapshots, index);
+            match std::fs::read(&path) {
+                Ok(data) => return Ok(data),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match self.snapshot_metadata()? {
+                        Some(now) if now.index != index => index = now.index,
+                        _ => {
+                            return Err(corrupt(
+                                path.display().to_string(),
+                                "the snapshot's data is missing".into(),
+                            ))
+                        }
+                    }
+                }
+                Err(source) => {
+                    return Err(StorageError::SnapshotFile {
+                        what: "read the snapshot file",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// Save a snapshot this member built of its own state at `metadata.index`
-    /// (an applied index, so in the log or at its truncated end). An older one
-    /// than the saved snapshot is ignored: a snapshot from the leader may have
-    /// landed meanwhile. Returns whether it was saved. Safe to call from any
-    /// thread.
+    /// (an applied index, so in the log or at its truncated end): `write`
+    /// encodes the state into its file, streamed. An older one than the saved
+    /// snapshot is ignored: a snapshot from the leader may have landed
+    /// meanwhile. Returns whether it was saved. Safe to call from any thread.
     pub fn save_snapshot(
         &self,
         metadata: &SnapshotMetadata,
-        data: &[u8],
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<bool, StorageError> {
         let encoded = encode(metadata, "snapshot metadata")?;
-        // Checked and written in one transaction, without the log's lock: the
-        // node goes on appending meanwhile, and a snapshot from the leader
-        // that lands first (a newer one, with the log truncated to it) wins.
-        let result: TransactionResult<bool, Infallible> =
-            (&self.meta, &self.snapshot).transaction(|(meta, snapshot)| {
-                let saved = match meta.get(SNAPSHOT_KEY)? {
-                    Some(bytes) => {
-                        SnapshotMetadata::parse_from_bytes(&bytes).map_or(u64::MAX, |m| m.index)
-                    }
-                    None => 0,
-                };
-                let truncated = match meta.get(TRUNCATED_KEY)? {
-                    Some(bytes) => decode_position(&bytes).map_or(u64::MAX, |p| p.index),
-                    None => 0,
-                };
-                if metadata.index <= saved || metadata.index < truncated {
-                    return Ok(false);
-                }
-                meta.insert(SNAPSHOT_KEY, encoded.as_slice())?;
-                snapshot.insert(SNAPSHOT_DATA_KEY, data)?;
-                Ok(true)
+        let outdated = |saved: Option<&[u8]>, truncated: Option<&[u8]>| {
+            let saved = saved.map_or(0, |bytes| {
+                SnapshotMetadata::parse_from_bytes(bytes).map_or(u64::MAX, |m| m.index)
             });
+            let truncated = truncated.map_or(0, |bytes| {
+                decode_position(bytes).map_or(u64::MAX, |p| p.index)
+            });
+            metadata.index <= saved || metadata.index < truncated
+        };
+        if outdated(
+            self.meta.get(SNAPSHOT_KEY)?.as_deref(),
+            self.meta.get(TRUNCATED_KEY)?.as_deref(),
+        ) {
+            return Ok(false);
+        }
+        let bytes = self.write_snapshot_file(metadata.index, write)?;
+        // Checked again and written in one transaction, without the log's
+        // lock: the node goes on appending meanwhile, and a snapshot from the
+        // leader that lands first (a newer one, with the log truncated to it)
+        // wins. The file written stays until a newer snapshot's clean-up or
+        // the next open.
+        let result: TransactionResult<bool, Infallible> = self.meta.transaction(|meta| {
+            if outdated(
+                meta.get(SNAPSHOT_KEY)?.as_deref(),
+                meta.get(TRUNCATED_KEY)?.as_deref(),
+            ) {
+                return Ok(false);
+            }
+            meta.insert(SNAPSHOT_KEY, encoded.as_slice())?;
+            Ok(true)
+        });
         let saved = result.map_err(|e| match e {
             TransactionError::Storage(e) => StorageError::Sled(e),
             TransactionError::Abort(never) => match never {},
         })?;
-        if saved {
-            self.db.flush()?;
-            tracing::info!(
-                index = metadata.index,
-                term = metadata.term,
-                bytes = data.len(),
-                "saved state snapshot"
-            );
+        if !saved {
+            return Ok(false);
         }
-        Ok(saved)
+        self.db.flush()?;
+        self.remove_replaced_snapshots()?;
+        tracing::info!(
+            index = metadata.index,
+            term = metadata.term,
+            bytes,
+            "saved state snapshot"
+        );
+        Ok(true)
+    }
+
+    /// Write the snapshot file for `index` whole: under a temporary name,
+    /// fsynced, then linked to its own name and the directory fsynced.
+    /// Returns its size. A file already there for `index` is kept (a state
+    /// at one index is one state: this member's own or the leader's).
+    fn write_snapshot_file(
+        &self,
+        index: u64,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<u64, StorageError> {
+        static TEMPORARY: AtomicU64 = AtomicU64::new(0);
+        let path = snapshot_file(&self.snapshots, index);
+        let temporary = self.snapshots.join(format!(
+            "{}.tmp-{}-{}",
+            snapshot_file_name(index),
+            std::process::id(),
+            TEMPORARY.fetch_add(1, Ordering::Relaxed)
+        ));
+        let failed = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::SnapshotFile { what, path, source }
+        };
+        let written = (|| {
+            let file = std::fs::File::create(&temporary)?;
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            write(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            file.metadata().map(|m| m.len())
+        })();
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(failed("write the snapshot file", &temporary)(e));
+            }
+        };
+        let linked = match std::fs::hard_link(&temporary, &path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        };
+        let _ = std::fs::remove_file(&temporary);
+        linked.map_err(failed("name the snapshot file", &path))?;
+        std::fs::File::open(&*self.snapshots)
+            .and_then(|dir| dir.sync_all())
+            .map_err(failed("sync the snapshot directory", &self.snapshots))?;
+        Ok(bytes)
+    }
+
+    /// Once a snapshot's metadata is on disk: remove the files of the older
+    /// ones (not the temporary ones: another thread may be writing one).
+    fn remove_replaced_snapshots(&self) -> Result<(), StorageError> {
+        let current = self.snapshot_metadata()?.map_or(0, |m| m.index);
+        remove_snapshot_files(&self.snapshots, |index, temporary| {
+            !temporary && index < current
+        })
     }
 
     /// Installing a snapshot received from the leader: stores its data, drops
@@ -623,7 +752,10 @@ impl SledStorage {
         meta_batch.insert(CONF_STATE_KEY, encode(&conf_state, "conf state")?);
         meta_batch.insert(TRUNCATED_KEY, &encode_position(snapshot)[..]);
         meta_batch.insert(SNAPSHOT_KEY, encode(metadata, "snapshot metadata")?);
-        self.apply_to_all(&log_batch, &meta_batch, Some(data))?;
+        self.write_snapshot_file(metadata.index, |out| out.write_all(data))?;
+        self.apply_to_all(&log_batch, &meta_batch)?;
+        self.db.flush()?;
+        self.remove_replaced_snapshots()?;
 
         *state = LogState {
             hard_state,
@@ -676,7 +808,7 @@ impl SledStorage {
             hard_state.commit = last_removed.index;
             meta_batch.insert(HARD_STATE_KEY, encode(&hard_state, "hard state")?);
         }
-        self.apply_to_all(&log_batch, &meta_batch, None)?;
+        self.apply_to_all(&log_batch, &meta_batch)?;
 
         tracing::debug!(
             compact_index,
@@ -752,23 +884,14 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies a batch to the log and meta trees and stores `data` as the
-    /// snapshot's data, if given: atomically.
-    fn apply_to_all(
-        &self,
-        log_batch: &Batch,
-        meta_batch: &Batch,
-        data: Option<&[u8]>,
-    ) -> Result<(), StorageError> {
+    /// Applies a batch to the log and meta trees, atomically.
+    fn apply_to_all(&self, log_batch: &Batch, meta_batch: &Batch) -> Result<(), StorageError> {
         // No reads and no side effects in the closure, so sled may re-run it on a
         // conflict.
-        let result: TransactionResult<(), Infallible> = (&self.log, &self.meta, &self.snapshot)
-            .transaction(|(log, meta, snapshot)| {
+        let result: TransactionResult<(), Infallible> =
+            (&self.log, &self.meta).transaction(|(log, meta)| {
                 log.apply_batch(log_batch)?;
                 meta.apply_batch(meta_batch)?;
-                if let Some(data) = data {
-                    snapshot.insert(SNAPSHOT_DATA_KEY, data)?;
-                }
                 Ok(())
             });
         result.map_err(|e| match e {
@@ -894,7 +1017,7 @@ impl Storage for SledStorage {
     /// The saved snapshot. One older than `request_index` is not there yet:
     /// raft asks again, and the node saves a newer one soon.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let Some((metadata, data)) = self.saved_snapshot()? else {
+        let Some(metadata) = self.snapshot_metadata()? else {
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -911,6 +1034,7 @@ impl Storage for SledStorage {
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
+        let data = self.read_snapshot_file(&metadata)?;
         tracing::info!(
             to,
             index = metadata.index,
@@ -1001,6 +1125,83 @@ fn corrupt(key: String, detail: String) -> StorageError {
     StorageError::Corrupt { key, detail }
 }
 
+fn snapshot_file_name(index: u64) -> String {
+    format!("state-{index:020}.snap")
+}
+
+/// The file holding the data of the snapshot at `index`.
+fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
+    dir.join(snapshot_file_name(index))
+}
+
+/// Remove the snapshot files in `dir` that `gone` picks by their index and
+/// whether they are temporary (being written, or left by a crash).
+fn remove_snapshot_files(dir: &Path, gone: impl Fn(u64, bool) -> bool) -> Result<(), StorageError> {
+    let failed = |source| StorageError::SnapshotFile {
+        what: "list the snapshot directory",
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(failed)? {
+        let path = entry.map_err(failed)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(index) = name
+            .strip_prefix("state-")
+            .and_then(|rest| rest.get(..20))
+            .and_then(|digits| digits.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if gone(index, name.contains(".tmp-")) {
+            std::fs::remove_file(&path).map_err(|source| StorageError::SnapshotFile {
+                what: "remove the snapshot file",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A data directory of a drover before the snapshot files holds the
+/// snapshot at `index` in a sled tree: write it to its file, then drop it
+/// from sled.
+fn move_old_snapshot(db: &Db, dir: &Path, index: u64) -> Result<(), StorageError> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == OLD_SNAPSHOT_TREE.as_bytes())
+    {
+        return Ok(());
+    }
+    let old = db.open_tree(OLD_SNAPSHOT_TREE)?;
+    if let Some(data) = old.get(OLD_SNAPSHOT_DATA_KEY)? {
+        if !snapshot_file(dir, index).exists() {
+            let path = snapshot_file(dir, index);
+            let temporary = dir.join(format!("{}.tmp-moved", snapshot_file_name(index)));
+            let failed = |source| StorageError::SnapshotFile {
+                what: "write the snapshot file",
+                path: temporary.clone(),
+                source,
+            };
+            let mut file = std::fs::File::create(&temporary).map_err(failed)?;
+            file.write_all(&data).map_err(failed)?;
+            file.sync_all().map_err(failed)?;
+            std::fs::rename(&temporary, &path).map_err(failed)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(failed)?;
+            tracing::info!(index, "moved the saved snapshot out of sled into its file");
+        }
+    }
+    drop(old);
+    db.drop_tree(OLD_SNAPSHOT_TREE)?;
+    db.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     //! The raft-rs storage contract, after `MemStorage`'s own tests
@@ -1024,11 +1225,15 @@ mod tests {
         crate::fixtures::open_test_db(path, 16)
     }
 
+    fn snapshots(dir: &TempDir) -> std::path::PathBuf {
+        dir.path().join("raft-snapshots")
+    }
+
     impl Fixture {
         fn new() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
             let db = open_db(dir.path());
-            let storage = SledStorage::open(&db).expect("open storage");
+            let storage = SledStorage::open(&db, &snapshots(&dir)).expect("open storage");
             Fixture { storage, db, dir }
         }
 
@@ -1053,7 +1258,7 @@ mod tests {
             drop(storage);
             drop(db);
             let db = open_db(dir.path());
-            let storage = SledStorage::open(&db).expect("reopen storage");
+            let storage = SledStorage::open(&db, &snapshots(&dir)).expect("reopen storage");
             Fixture { storage, db, dir }
         }
 
@@ -1065,7 +1270,10 @@ mod tests {
                 conf_state: Some(self.storage.conf_state()).into(),
                 ..Default::default()
             };
-            assert!(self.storage.save_snapshot(&meta, b"state").unwrap());
+            assert!(self
+                .storage
+                .save_snapshot(&meta, |out| out.write_all(b"state"))
+                .unwrap());
         }
 
         fn all_entries(&self) -> Vec<Entry> {
@@ -1330,6 +1538,87 @@ mod tests {
         assert_eq!(f.storage.hard_state().commit, 4);
     }
 
+    /// The names in the snapshot directory, sorted.
+    fn snapshot_files(f: &Fixture) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(snapshots(&f.dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The snapshot's data is a file of its own: one per saved snapshot,
+    /// the one replaced removed once the new one is named, leftovers of a
+    /// crash removed at open, and a missing one refused.
+    #[test]
+    fn the_snapshot_is_a_file_and_only_the_saved_one_is_kept() {
+        let f = Fixture::with_entries(&ents_3_4_5());
+        assert_eq!(snapshot_files(&f), ["state-00000000000000000002.snap"]);
+        f.save_snapshot_at(4);
+        assert_eq!(snapshot_files(&f), ["state-00000000000000000004.snap"]);
+        let dir = snapshots(&f.dir);
+        assert_eq!(
+            std::fs::read(dir.join("state-00000000000000000004.snap")).unwrap(),
+            b"state"
+        );
+        // A crash while writing a newer one, and after writing one whose
+        // metadata never landed.
+        std::fs::write(dir.join("state-00000000000000000005.snap.tmp-1-0"), b"st").unwrap();
+        std::fs::write(dir.join("state-00000000000000000005.snap"), b"state").unwrap();
+        let f = f.reopen();
+        assert_eq!(snapshot_files(&f), ["state-00000000000000000004.snap"]);
+        assert_eq!(f.storage.saved_snapshot().unwrap().unwrap().1, b"state");
+        // A file the writer failed on is not left behind.
+        let meta = raft::eraftpb::SnapshotMetadata {
+            index: 5,
+            term: 5,
+            ..Default::default()
+        };
+        let failed = f
+            .storage
+            .save_snapshot(&meta, |_| Err(std::io::Error::other("disk full")));
+        assert!(
+            matches!(&failed, Err(StorageError::SnapshotFile { .. })),
+            "{failed:?}"
+        );
+        assert!(failed.unwrap_err().to_string().contains("disk full"));
+        assert_eq!(snapshot_files(&f), ["state-00000000000000000004.snap"]);
+
+        std::fs::remove_file(dir.join("state-00000000000000000004.snap")).unwrap();
+        let Fixture { storage, db, dir } = f;
+        drop(storage);
+        match SledStorage::open(&db, &snapshots(&dir)) {
+            Err(StorageError::Corrupt { key, detail }) => {
+                assert!(key.ends_with("state-00000000000000000004.snap"), "{key}");
+                assert_eq!(detail, "the snapshot's data is missing");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    /// A data directory written before the snapshot files keeps the data in
+    /// sled: opening it moves the data to its file.
+    #[test]
+    fn a_snapshot_kept_in_sled_moves_to_its_file_at_open() {
+        let f = Fixture::with_entries(&ents_3_4_5());
+        f.save_snapshot_at(4);
+        std::fs::remove_file(snapshots(&f.dir).join("state-00000000000000000004.snap")).unwrap();
+        f.db.open_tree("raft_snapshot")
+            .unwrap()
+            .insert("data", &b"old state"[..])
+            .unwrap();
+        let f = f.reopen();
+        let (meta, data) = f.storage.saved_snapshot().unwrap().unwrap();
+        assert_eq!((meta.index, data.as_slice()), (4, b"old state".as_slice()));
+        assert!(!f
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"raft_snapshot"));
+        assert_eq!(snapshot_files(&f), ["state-00000000000000000004.snap"]);
+    }
+
     #[test]
     fn the_saved_snapshot_is_sent_and_an_older_one_never_replaces_it() {
         let f = Fixture::with_entries(&ents_3_4_5());
@@ -1344,9 +1633,18 @@ mod tests {
         assert!(f.storage.snapshot(0, 2).is_err());
         assert!(f.storage.take_snapshot_wanted());
         assert!(!f.storage.take_snapshot_wanted());
-        assert!(f.storage.save_snapshot(&meta(4), b"state at 4").unwrap());
-        assert!(!f.storage.save_snapshot(&meta(3), b"state at 3").unwrap());
-        assert!(!f.storage.save_snapshot(&meta(4), b"again").unwrap());
+        assert!(f
+            .storage
+            .save_snapshot(&meta(4), |out| out.write_all(b"state at 4"))
+            .unwrap());
+        assert!(!f
+            .storage
+            .save_snapshot(&meta(3), |out| out.write_all(b"state at 3"))
+            .unwrap());
+        assert!(!f
+            .storage
+            .save_snapshot(&meta(4), |out| out.write_all(b"again"))
+            .unwrap());
 
         let mut want = new_snapshot(4, 4, voters.clone());
         want.set_data(b"state at 4".to_vec().into());
@@ -1375,7 +1673,7 @@ mod tests {
         assert_eq!(f.storage.first_index().unwrap(), 3, "no snapshot past 2");
         let mut snap = new_snapshot(4, 4, vec![1]);
         f.storage
-            .save_snapshot(&snap.take_metadata(), b"state at 4")
+            .save_snapshot(&snap.take_metadata(), |out| out.write_all(b"state at 4"))
             .unwrap();
         f.storage.compact(6).unwrap();
         assert_eq!(f.storage.first_index().unwrap(), 5);
@@ -1531,7 +1829,7 @@ mod tests {
     #[test]
     fn bootstrap_starts_from_a_snapshot_at_index_one() {
         let f = Fixture::new();
-        f.storage.bootstrap(&[1, 2, 3], b"empty".to_vec()).unwrap();
+        f.storage.bootstrap(&[1, 2, 3], b"empty").unwrap();
         let check = |s: &SledStorage| {
             assert!(s.is_initialized());
             let state = s.initial_state().unwrap();
@@ -1548,7 +1846,7 @@ mod tests {
         let f = f.reopen();
         check(&f.storage);
 
-        let err = f.storage.bootstrap(&[1, 2, 3], vec![]).unwrap_err();
+        let err = f.storage.bootstrap(&[1, 2, 3], &[]).unwrap_err();
         assert!(
             matches!(err, StorageError::AlreadyInitialized { .. }),
             "{err}"
@@ -1559,7 +1857,7 @@ mod tests {
     fn bootstrap_refuses_bad_voters_and_used_storage() {
         let f = Fixture::new();
         for voters in [&[][..], &[1, 0][..]] {
-            let err = f.storage.bootstrap(voters, vec![]).unwrap_err();
+            let err = f.storage.bootstrap(voters, &[]).unwrap_err();
             assert!(matches!(err, StorageError::InvalidVoters { .. }), "{err}");
         }
         assert!(!f.storage.is_initialized());
@@ -1567,7 +1865,7 @@ mod tests {
         // A member that joined empty and already voted is not fresh either.
         let hs = hard_state(3, 2, 0);
         f.storage.set_hard_state(&hs).unwrap();
-        let err = f.storage.bootstrap(&[1], vec![]).unwrap_err();
+        let err = f.storage.bootstrap(&[1], &[]).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1584,7 +1882,7 @@ mod tests {
     #[test]
     fn everything_survives_a_reopen() {
         let f = Fixture::new();
-        f.storage.bootstrap(&[1, 2, 3], vec![]).unwrap();
+        f.storage.bootstrap(&[1, 2, 3], &[]).unwrap();
         let entries: Vec<Entry> = (2..=10).map(|i| new_entry(i, 2)).collect();
         f.storage.append(&entries).unwrap();
         let mut hs = hard_state(2, 3, 6);
@@ -1679,17 +1977,17 @@ mod tests {
         let f = Fixture::with_entries(&ents_3_4_5());
         let meta = f.db.open_tree("raft_meta").unwrap();
         meta.insert("truncated", &b"short"[..]).unwrap();
-        match SledStorage::open(&f.db) {
+        match SledStorage::open(&f.db, &snapshots(&f.dir)) {
             Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, "raft_meta/truncated"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
         meta.insert("truncated", &[0u8; 16][..]).unwrap();
-        match SledStorage::open(&f.db) {
+        match SledStorage::open(&f.db, &snapshots(&f.dir)) {
             Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, "raft_log/3"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
         meta.insert("hard_state", &b"\xff\xff"[..]).unwrap();
-        match SledStorage::open(&f.db) {
+        match SledStorage::open(&f.db, &snapshots(&f.dir)) {
             Err(StorageError::Corrupt { key, .. }) => assert_eq!(key, "raft_meta/hard_state"),
             other => panic!("expected Corrupt, got {other:?}"),
         }

@@ -844,9 +844,17 @@ impl State {
     /// The state encoded for a raft snapshot. Runs on any thread (the state
     /// is a snapshot); the output is the same for equal states.
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let mut out = MAGIC.to_vec();
-        serde_json::to_writer(&mut out, &self.persisted(true)).map_err(encoding)?;
+        let mut out = Vec::new();
+        self.encode_to(&mut out)?;
         Ok(out)
+    }
+
+    /// [`State::encode`] into `out`, streamed: at 100,000 replicas the
+    /// encoding is tens of megabytes, never held whole.
+    pub fn encode_to(&self, mut out: impl std::io::Write) -> Result<(), StoreError> {
+        out.write_all(MAGIC)
+            .map_err(|e| encoding(serde_json::Error::io(e)))?;
+        serde_json::to_writer(out, &self.persisted(true)).map_err(encoding)
     }
 
     /// A state from [`State::encode`]'s bytes, indexes rebuilt.

@@ -269,8 +269,14 @@ impl LogStore for SimDisk {
         ))
         .map(|_| ())
     }
-    fn save_snapshot(&self, meta: &SnapshotMetadata, data: &[u8]) -> Result<bool, StorageError> {
-        let saved = self.write(Op::Save(meta.clone(), data.to_vec()))?;
+    fn save_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<bool, StorageError> {
+        let mut data = Vec::new();
+        write(&mut data).map_err(|e| StorageError::StateMachine(Box::new(e)))?;
+        let saved = self.write(Op::Save(meta.clone(), data))?;
         // As sled's: a saved snapshot is flushed, with everything before it.
         self.flush();
         Ok(saved)
@@ -475,8 +481,14 @@ mod tests {
             ..Default::default()
         };
         meta.mut_conf_state().voters = vec![1, 2, 3];
-        assert_eq!(d.save_snapshot(&meta, b"at 3").ok(), Some(true));
-        assert_eq!(d.save_snapshot(&meta, b"again").ok(), Some(false));
+        assert_eq!(
+            d.save_snapshot(&meta, |out| out.write_all(b"at 3")).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            d.save_snapshot(&meta, |out| out.write_all(b"again")).ok(),
+            Some(false)
+        );
         assert_eq!(d.crash(0), 0, "saving flushed everything");
         d.compact(4).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.first_index().ok(), Some(4));
