@@ -20,7 +20,8 @@
 //!  5  server                          wiring: sled, raft task, gRPC server, shutdown
 //!     leader                          the loops only the leader runs
 //!     renewal                         the controller renewing its own certificate
-//!  any  metrics, usage                 process-wide: Prometheus families, agents' usage samples
+//!  any  metrics, usage, memory         process-wide: Prometheus families, agents' usage samples,
+//!                                     giving freed memory back
 //!  4  api  (control, peer, security)  gRPC services for droverctl and peers
 //!     dispatcher                      agent sessions on the leader
 //!  3  cluster  (+ cluster::wire)      the way into raft shared by services and loops
@@ -60,6 +61,8 @@
 //!   Reads `store` and `raft` status at scrape time only.
 //! - [`usage`]: the agents' latest CPU and memory samples, in the leader's
 //!   memory (never replicated), for `droverctl top`. Uses nothing.
+//! - [`memory`]: malloc's arenas limited at start and freed pages returned
+//!   every few seconds. Uses nothing.
 //! - [`server`]: wires everything together; the only module that uses all.
 //! - [`fixtures`]: small valid objects and test databases, for tests only.
 
@@ -70,6 +73,7 @@ pub mod dispatcher;
 pub mod endpoints;
 pub mod fixtures;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod nodes;
 pub mod orchestrator;

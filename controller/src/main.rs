@@ -8,6 +8,7 @@ use drover_controller::config::ControllerConfig;
 
 fn main() -> std::process::ExitCode {
     let cfg = ControllerConfig::parse();
+    drover_controller::memory::limit_arenas();
     init_logging(&cfg.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -150,6 +150,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::
     let node_stop = shutdown.child_token();
     let node_task = spawn_node(node, node_stop.clone())?;
     tokio::spawn(crate::stalls::watch(shutdown.clone(), crate::stalls::warn));
+    tokio::spawn(crate::memory::trim_every(shutdown.clone()));
     tokio::spawn(crate::metrics::watch_leadership(
         cluster.handle.clone(),
         shutdown.clone(),
