@@ -97,10 +97,19 @@ impl NodeConfig {
             check_quorum: true,
             pre_vote: true,
             max_uncommitted_size: 64 * 1024 * 1024,
+            // Committed entries handed out per Ready: the raft thread
+            // applies them before it ticks again. Unbounded, a member that
+            // fell behind (or a leader with a backlog) applied tens of MiB
+            // of entries in one go, past the election timeout, and its
+            // peers started elections. At least one entry is always given.
+            max_committed_size_per_ready: MAX_APPLY_PER_READY,
             ..Default::default()
         }
     }
 }
+
+/// The most committed entry bytes applied between two ticks.
+pub const MAX_APPLY_PER_READY: u64 = 1024 * 1024;
 
 /// Why a request to the node did not produce a result.
 #[derive(Debug, Clone, thiserror::Error)]
