@@ -1154,12 +1154,20 @@ fn remove_snapshot_files(dir: &Path, gone: impl Fn(u64, bool) -> bool) -> Result
         else {
             continue;
         };
-        if gone(index, name.contains(".tmp-")) {
-            std::fs::remove_file(&path).map_err(|source| StorageError::SnapshotFile {
-                what: "remove the snapshot file",
-                path: path.clone(),
-                source,
-            })?;
+        if !gone(index, name.contains(".tmp-")) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            // Another clean-up (a save and an install at once) was first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StorageError::SnapshotFile {
+                    what: "remove the snapshot file",
+                    path,
+                    source,
+                })
+            }
         }
     }
     Ok(())
