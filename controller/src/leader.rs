@@ -505,9 +505,8 @@ pub fn schedule_command(state: &State, now: i64) -> Option<Command> {
     })
 }
 
-/// One pass of the orchestrator and then the scheduler.
-/// One round; returns the time its two passes (orchestrator and scheduler)
-/// computed for, commits not counted.
+/// One round: a pass of the orchestrator and then the scheduler. Returns the
+/// time the two passes computed for, commits not counted.
 async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<Duration, String> {
     let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.store;

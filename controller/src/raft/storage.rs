@@ -600,7 +600,7 @@ impl SledStorage {
         ) {
             return Ok(false);
         }
-        let bytes = self.write_snapshot_file(metadata.index, write)?;
+        let bytes = write_snapshot_file(&self.snapshots, metadata.index, write)?;
         // Checked again and written in one transaction, without the log's
         // lock: the node goes on appending meanwhile, and a snapshot from the
         // leader that lands first (a newer one, with the log truncated to it)
@@ -632,54 +632,6 @@ impl SledStorage {
             "saved state snapshot"
         );
         Ok(true)
-    }
-
-    /// Write the snapshot file for `index` whole: under a temporary name,
-    /// fsynced, then linked to its own name and the directory fsynced.
-    /// Returns its size. A file already there for `index` is kept (a state
-    /// at one index is one state: this member's own or the leader's).
-    fn write_snapshot_file(
-        &self,
-        index: u64,
-        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-    ) -> Result<u64, StorageError> {
-        static TEMPORARY: AtomicU64 = AtomicU64::new(0);
-        let path = snapshot_file(&self.snapshots, index);
-        let temporary = self.snapshots.join(format!(
-            "{}.tmp-{}-{}",
-            snapshot_file_name(index),
-            std::process::id(),
-            TEMPORARY.fetch_add(1, Ordering::Relaxed)
-        ));
-        let failed = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StorageError::SnapshotFile { what, path, source }
-        };
-        let written = (|| {
-            let file = std::fs::File::create(&temporary)?;
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-            write(&mut out)?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            file.metadata().map(|m| m.len())
-        })();
-        let bytes = match written {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                let _ = std::fs::remove_file(&temporary);
-                return Err(failed("write the snapshot file", &temporary)(e));
-            }
-        };
-        let linked = match std::fs::hard_link(&temporary, &path) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        };
-        let _ = std::fs::remove_file(&temporary);
-        linked.map_err(failed("name the snapshot file", &path))?;
-        std::fs::File::open(&*self.snapshots)
-            .and_then(|dir| dir.sync_all())
-            .map_err(failed("sync the snapshot directory", &self.snapshots))?;
-        Ok(bytes)
     }
 
     /// Once a snapshot's metadata is on disk: remove the files of the older
@@ -752,7 +704,7 @@ impl SledStorage {
         meta_batch.insert(CONF_STATE_KEY, encode(&conf_state, "conf state")?);
         meta_batch.insert(TRUNCATED_KEY, &encode_position(snapshot)[..]);
         meta_batch.insert(SNAPSHOT_KEY, encode(metadata, "snapshot metadata")?);
-        self.write_snapshot_file(metadata.index, |out| out.write_all(data))?;
+        write_snapshot_file(&self.snapshots, metadata.index, |out| out.write_all(data))?;
         self.apply_to_all(&log_batch, &meta_batch)?;
         self.db.flush()?;
         self.remove_replaced_snapshots()?;
@@ -1173,6 +1125,54 @@ fn remove_snapshot_files(dir: &Path, gone: impl Fn(u64, bool) -> bool) -> Result
     Ok(())
 }
 
+/// Write the snapshot file for `index` whole: under a temporary name,
+/// fsynced, then linked to its own name and the directory fsynced.
+/// Returns its size. A file already there for `index` is kept (a state
+/// at one index is one state: this member's own or the leader's).
+fn write_snapshot_file(
+    dir: &Path,
+    index: u64,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<u64, StorageError> {
+    static TEMPORARY: AtomicU64 = AtomicU64::new(0);
+    let path = snapshot_file(dir, index);
+    let temporary = dir.join(format!(
+        "{}.tmp-{}-{}",
+        snapshot_file_name(index),
+        std::process::id(),
+        TEMPORARY.fetch_add(1, Ordering::Relaxed)
+    ));
+    let failed = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StorageError::SnapshotFile { what, path, source }
+    };
+    let written = (|| {
+        let file = std::fs::File::create(&temporary)?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        file.metadata().map(|m| m.len())
+    })();
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(failed("write the snapshot file", &temporary)(e));
+        }
+    };
+    let linked = match std::fs::hard_link(&temporary, &path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    };
+    let _ = std::fs::remove_file(&temporary);
+    linked.map_err(failed("name the snapshot file", &path))?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(failed("sync the snapshot directory", dir))?;
+    Ok(bytes)
+}
+
 /// A data directory of a drover before the snapshot files holds the
 /// snapshot at `index` in a sled tree: write it to its file, then drop it
 /// from sled.
@@ -1187,20 +1187,7 @@ fn move_old_snapshot(db: &Db, dir: &Path, index: u64) -> Result<(), StorageError
     let old = db.open_tree(OLD_SNAPSHOT_TREE)?;
     if let Some(data) = old.get(OLD_SNAPSHOT_DATA_KEY)? {
         if !snapshot_file(dir, index).exists() {
-            let path = snapshot_file(dir, index);
-            let temporary = dir.join(format!("{}.tmp-moved", snapshot_file_name(index)));
-            let failed = |source| StorageError::SnapshotFile {
-                what: "write the snapshot file",
-                path: temporary.clone(),
-                source,
-            };
-            let mut file = std::fs::File::create(&temporary).map_err(failed)?;
-            file.write_all(&data).map_err(failed)?;
-            file.sync_all().map_err(failed)?;
-            std::fs::rename(&temporary, &path).map_err(failed)?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(failed)?;
+            write_snapshot_file(dir, index, |out| out.write_all(&data))?;
             tracing::info!(index, "moved the saved snapshot out of sled into its file");
         }
     }
