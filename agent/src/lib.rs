@@ -12,7 +12,8 @@
 //! ```
 //!
 //! - [`session`]: the stream to the leader, reconnects, leader redirects.
-//! - [`supervisor`]: the task that owns replica state and runs actions.
+//! - [`supervisor`]: the task that owns replica state and runs actions;
+//!   [`containers`]: its cache of the node's containers, by replica too.
 //! - [`reconcile`] and [`backoff`]: pure decisions, unit-tested.
 //! - [`resolve`]: a replica's env and volume contents from the ConfigMaps and
 //!   Secrets sent with the assignment set (pure); [`volumes`]: their
@@ -30,6 +31,7 @@
 pub mod assignment;
 pub mod backoff;
 pub mod config;
+pub mod containers;
 pub mod debugging;
 pub mod error;
 pub mod fence;

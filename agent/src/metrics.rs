@@ -29,7 +29,6 @@ use prometheus_client::registry::Registry;
 use drover_proto::pb::{self, ReplicaState};
 
 use crate::probe::{ProbeKind, ProbeResult};
-use crate::status::StatusMap;
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -48,6 +47,30 @@ pub const STATES: [&str; 6] = [
     "Terminating",
     "Gone",
 ];
+
+/// Replicas per state, in [`STATES`]' order.
+pub type StateCounts = [i64; STATES.len()];
+
+/// Where a replica with this status is counted in [`StateCounts`].
+pub fn state_slot(s: &pb::ReplicaStatus) -> usize {
+    match s.state() {
+        ReplicaState::Unspecified | ReplicaState::Pending => 0,
+        ReplicaState::Running => 1,
+        ReplicaState::CrashLoopBackOff => 2,
+        ReplicaState::Failed => 3,
+        ReplicaState::Terminating => 4,
+        ReplicaState::Gone => 5,
+    }
+}
+
+/// The replicas of `statuses` per state.
+pub fn state_counts(statuses: &crate::status::StatusMap) -> StateCounts {
+    let mut counts = StateCounts::default();
+    for s in statuses.values() {
+        counts[state_slot(s)] += 1;
+    }
+    counts
+}
 
 /// Where the session with the leader stands, as the `state` label spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,25 +232,13 @@ impl Metrics {
         m
     }
 
-    /// The replicas' states, as the supervisor just published them.
-    pub fn replicas(&self, statuses: &StatusMap) {
+    /// The replicas per state, as the supervisor just published them.
+    pub fn replicas(&self, counts: &StateCounts) {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        let mut counts = [0i64; STATES.len()];
-        for s in statuses.values() {
-            let i = match s.state() {
-                ReplicaState::Unspecified | ReplicaState::Pending => 0,
-                ReplicaState::Running => 1,
-                ReplicaState::CrashLoopBackOff => 2,
-                ReplicaState::Failed => 3,
-                ReplicaState::Terminating => 4,
-                ReplicaState::Gone => 5,
-            };
-            counts[i] += 1;
-        }
         for (state, n) in STATES.iter().zip(counts) {
-            self.replicas.get_or_create(&[("state", state)]).set(n);
+            self.replicas.get_or_create(&[("state", state)]).set(*n);
         }
     }
 

@@ -144,6 +144,14 @@ impl Record {
         self.next_attempt_unix_ms = Some(restart_at);
     }
 
+    /// The times its decision may change without any other input: the
+    /// next start attempt (backing off) and the retry of a failed stop.
+    pub fn deadlines(&self) -> impl Iterator<Item = UnixMs> {
+        [self.next_attempt_unix_ms, self.retry_io_at]
+            .into_iter()
+            .flatten()
+    }
+
     /// A container of this replica was deleted.
     pub fn removed(&mut self, container_id: &str) {
         if self.container_id.as_deref() == Some(container_id) {
@@ -240,127 +248,157 @@ pub fn reconcile<'a>(
     busy: &BTreeMap<String, Busy>,
     now: UnixMs,
 ) -> Vec<Action> {
-    let (current, strays) = by_replica(observed);
+    let mut by_name: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
+    for o in observed {
+        by_name.entry(o.replica.as_str()).or_default().push(o);
+    }
     let names: BTreeSet<&str> = assignments
         .keys()
         .map(String::as_str)
-        .chain(current.keys().copied())
+        .chain(by_name.keys().copied())
         .chain(records.keys().map(String::as_str))
         .collect();
-
     let mut actions = Vec::new();
     for name in names {
-        if busy.contains_key(name) {
-            continue;
-        }
-        let record = records.get(name);
-        if record.and_then(|r| r.retry_io_at).is_some_and(|t| now < t) {
-            continue;
-        }
-        let assigned = assignments.get(name);
-        // The assignment's grace; once it is gone, the one the container was
-        // made with.
-        let grace = |c: &Observed| {
-            assigned
-                .map(Assignment::grace)
-                .or(c.grace)
-                .unwrap_or(DEFAULT_GRACE)
-        };
-        for stray in strays.iter().filter(|o| o.replica == name) {
-            stop_and_remove(&mut actions, stray, grace(stray));
-        }
-        let container = current.get(name).copied();
-        match (assigned, container) {
-            (None, Some(c)) => stop_and_remove(&mut actions, c, grace(c)),
-            (None, None) => actions.push(Action::Forget {
-                replica: name.to_string(),
-            }),
-            (Some(a), None) => {
-                if may_start(a, record, now) {
-                    actions.push(Action::Start {
-                        replica: name.to_string(),
-                        restarts: record.map_or(0, |r| r.restarts),
-                    });
-                }
-            }
-            (Some(a), Some(c)) if !same_spec(a, c) => {
-                stop_and_remove(&mut actions, c, grace(c));
+        decide(
+            name,
+            assignments.get(name),
+            by_name.get(name).into_iter().flatten().copied(),
+            records.get(name),
+            busy.contains_key(name),
+            now,
+            &mut actions,
+        );
+    }
+    actions
+}
+
+/// One replica's row of the table: the actions [`reconcile`] takes for
+/// `name`, from its assignment, its containers (`observed`: this replica's
+/// only), its record and whether it is busy. Appended to `actions`; none
+/// for a replica that is neither assigned, present nor remembered. The
+/// supervisor calls it for the replicas whose inputs changed and those
+/// whose deadline ([`Record::deadlines`]) came, instead of for all.
+pub fn decide<'a>(
+    name: &str,
+    assigned: Option<&Assignment>,
+    observed: impl IntoIterator<Item = &'a Observed>,
+    record: Option<&Record>,
+    busy: bool,
+    now: UnixMs,
+    actions: &mut Vec<Action>,
+) {
+    if busy {
+        return;
+    }
+    if record.and_then(|r| r.retry_io_at).is_some_and(|t| now < t) {
+        return;
+    }
+    let (current, strays) = by_replica(observed);
+    let container = current.get(name).copied();
+    if assigned.is_none() && container.is_none() && record.is_none() {
+        return;
+    }
+    // The assignment's grace; once it is gone, the one the container was
+    // made with.
+    let grace = |c: &Observed| {
+        assigned
+            .map(Assignment::grace)
+            .or(c.grace)
+            .unwrap_or(DEFAULT_GRACE)
+    };
+    for stray in strays {
+        stop_and_remove(actions, stray, grace(stray));
+    }
+    match (assigned, container) {
+        (None, Some(c)) => stop_and_remove(actions, c, grace(c)),
+        (None, None) => actions.push(Action::Forget {
+            replica: name.to_string(),
+        }),
+        (Some(a), None) => {
+            if may_start(a, record, now) {
                 actions.push(Action::Start {
                     replica: name.to_string(),
-                    restarts: 0,
+                    restarts: record.map_or(0, |r| r.restarts),
                 });
             }
-            (Some(a), Some(c)) => {
-                let restarts = record.map_or(c.restarts, |r| r.restarts);
-                let known = record.and_then(|r| r.container_id.as_deref()) == Some(&c.container_id);
-                match c.state {
-                    ContainerState::Running if !known => actions.push(Action::Adopt {
+        }
+        (Some(a), Some(c)) if !same_spec(a, c) => {
+            stop_and_remove(actions, c, grace(c));
+            actions.push(Action::Start {
+                replica: name.to_string(),
+                restarts: 0,
+            });
+        }
+        (Some(a), Some(c)) => {
+            let restarts = record.map_or(c.restarts, |r| r.restarts);
+            let known = record.and_then(|r| r.container_id.as_deref()) == Some(&c.container_id);
+            match c.state {
+                ContainerState::Running if !known => actions.push(Action::Adopt {
+                    replica: name.to_string(),
+                    container_id: c.container_id.clone(),
+                    restarts: c.restarts.max(record.map_or(0, |r| r.restarts)),
+                }),
+                // Killed for a failed liveness probe, yet running: the
+                // kill failed. Kill it again (once the retry delay of a
+                // failed stop has passed: see the check above).
+                ContainerState::Running
+                    if record
+                        .and_then(|r| r.unhealthy.as_ref())
+                        .is_some_and(|u| u.container_id == c.container_id) =>
+                {
+                    actions.push(Action::Stop {
                         replica: name.to_string(),
                         container_id: c.container_id.clone(),
-                        restarts: c.restarts.max(record.map_or(0, |r| r.restarts)),
-                    }),
-                    // Killed for a failed liveness probe, yet running: the
-                    // kill failed. Kill it again (once the retry delay of a
-                    // failed stop has passed: see the check above).
-                    ContainerState::Running
-                        if record
-                            .and_then(|r| r.unhealthy.as_ref())
-                            .is_some_and(|u| u.container_id == c.container_id) =>
-                    {
-                        actions.push(Action::Stop {
+                        grace: grace(c),
+                    });
+                }
+                ContainerState::Running => {}
+                ContainerState::Created => {
+                    actions.push(Action::Remove {
+                        replica: name.to_string(),
+                        container_id: c.container_id.clone(),
+                    });
+                    actions.push(Action::Start {
+                        replica: name.to_string(),
+                        restarts,
+                    });
+                }
+                ContainerState::Exited(exit) => {
+                    let handled =
+                        record.and_then(|r| r.handled_exit.as_deref()) == Some(&c.container_id);
+                    if !handled {
+                        let (policy, _) = a.backoff_policy();
+                        let ran_for = (c.started_unix_ms > 0
+                            && exit.finished_unix_ms >= c.started_unix_ms)
+                            .then(|| {
+                                Duration::from_millis(
+                                    (exit.finished_unix_ms - c.started_unix_ms) as u64,
+                                )
+                            });
+                        let delay = policy.next_delay(record.and_then(|r| r.delay), ran_for);
+                        actions.push(Action::BackOff {
                             replica: name.to_string(),
                             container_id: c.container_id.clone(),
-                            grace: grace(c),
-                        });
-                    }
-                    ContainerState::Running => {}
-                    ContainerState::Created => {
-                        actions.push(Action::Remove {
-                            replica: name.to_string(),
-                            container_id: c.container_id.clone(),
-                        });
-                        actions.push(Action::Start {
-                            replica: name.to_string(),
+                            exit,
                             restarts,
+                            delay,
+                            restart_at: now + millis(delay),
                         });
-                    }
-                    ContainerState::Exited(exit) => {
-                        let handled =
-                            record.and_then(|r| r.handled_exit.as_deref()) == Some(&c.container_id);
-                        if !handled {
-                            let (policy, _) = a.backoff_policy();
-                            let ran_for = (c.started_unix_ms > 0
-                                && exit.finished_unix_ms >= c.started_unix_ms)
-                                .then(|| {
-                                    Duration::from_millis(
-                                        (exit.finished_unix_ms - c.started_unix_ms) as u64,
-                                    )
-                                });
-                            let delay = policy.next_delay(record.and_then(|r| r.delay), ran_for);
-                            actions.push(Action::BackOff {
-                                replica: name.to_string(),
-                                container_id: c.container_id.clone(),
-                                exit,
-                                restarts,
-                                delay,
-                                restart_at: now + millis(delay),
-                            });
-                        } else if record
-                            .and_then(|r| r.next_attempt_unix_ms)
-                            .is_none_or(|t| now >= t)
-                        {
-                            actions.push(Action::Restart {
-                                replica: name.to_string(),
-                                container_id: c.container_id.clone(),
-                                restarts: restarts.saturating_add(1),
-                            });
-                        }
+                    } else if record
+                        .and_then(|r| r.next_attempt_unix_ms)
+                        .is_none_or(|t| now >= t)
+                    {
+                        actions.push(Action::Restart {
+                            replica: name.to_string(),
+                            container_id: c.container_id.clone(),
+                            restarts: restarts.saturating_add(1),
+                        });
                     }
                 }
             }
         }
     }
-    actions
 }
 
 /// What the bookkeeping actions do to the records (Adopt, BackOff,
@@ -491,8 +529,7 @@ pub fn next_wakeup(
     records
         .iter()
         .filter(|(name, _)| !busy.contains_key(*name))
-        .flat_map(|(_, r)| [r.next_attempt_unix_ms, r.retry_io_at])
-        .flatten()
+        .flat_map(|(_, r)| r.deadlines())
         .filter(|t| *t > decided_at)
         .min()
 }
@@ -571,6 +608,65 @@ mod tests {
 
     fn none_busy() -> BTreeMap<String, Busy> {
         BTreeMap::new()
+    }
+
+    /// The supervisor decides replica by replica, for the changed ones
+    /// only: each replica's decision must be its rows of the whole one,
+    /// whatever else the node holds.
+    #[test]
+    fn deciding_replica_by_replica_is_the_whole_reconcile() {
+        let assignments = assigned(&["a-r-0", "b-r-0", "c-r-0", "d-r-0", "e-r-0"]);
+        let mut stray = exited("a-r-0", "a-old", 1, 10);
+        stray.started_unix_ms -= 1_000;
+        let observed = vec![
+            running("a-r-0", "a1"),
+            stray,
+            exited("b-r-0", "b1", 1, 10),
+            running("gone-r-0", "g1"),
+            running("e-r-0", "e1"),
+        ];
+        let records = records(vec![
+            ("a-r-0", known("a1")),
+            (
+                "c-r-0",
+                Record {
+                    next_attempt_unix_ms: Some(NOW + 1),
+                    ..Default::default()
+                },
+            ),
+            ("forgotten-r-0", Record::default()),
+            (
+                "e-r-0",
+                Record {
+                    retry_io_at: Some(NOW + 5),
+                    ..known("other")
+                },
+            ),
+        ]);
+        let busy = BTreeMap::from([("d-r-0".to_string(), Busy::Starting)]);
+        let whole = reconcile(&assignments, &observed, &records, &busy, NOW);
+        assert!(!whole.is_empty());
+        let mut names: Vec<&str> = whole.iter().map(Action::replica).collect();
+        names.extend(["c-r-0", "d-r-0", "e-r-0", "nothing-r-0"]);
+        names.sort();
+        names.dedup();
+        let mut one_by_one = Vec::new();
+        for name in names {
+            decide(
+                name,
+                assignments.get(name),
+                observed.iter().filter(|o| o.replica == name),
+                records.get(name),
+                busy.contains_key(name),
+                NOW,
+                &mut one_by_one,
+            );
+        }
+        assert_eq!(one_by_one, whole);
+        // c backs off, d is busy, e waits to retry, "nothing" is unknown.
+        assert!(whole
+            .iter()
+            .all(|a| !["c-r-0", "d-r-0", "e-r-0"].contains(&a.replica())));
     }
 
     #[test]

@@ -222,9 +222,10 @@ pub fn status_map<'a>(
     names
         .into_iter()
         .filter_map(|name| {
+            let container = current.get(name).copied();
             Some((
                 name.to_string(),
-                status_of(name, node, &current, &readiness)?,
+                status_of(name, node, container, &readiness)?,
             ))
         })
         .collect()
@@ -233,17 +234,18 @@ pub fn status_map<'a>(
 /// [`status_map`] brought up to date in place for the replicas in `names`
 /// only: those whose inputs changed since `map` was made (the supervisor
 /// marks them). The same map as a full [`status_map`], for a pass's cost in
-/// the replicas that changed rather than in all of the node's.
+/// the replicas that changed rather than in all of the node's: `current`
+/// gives a replica's current container (as [`crate::reconcile::by_replica`]
+/// ranks them) without walking the node's.
 pub fn update<'a>(
     map: &mut StatusMap,
     names: impl IntoIterator<Item = &'a str>,
     node: &Node<'a>,
-    containers: impl IntoIterator<Item = &'a Observed>,
+    current: impl Fn(&str) -> Option<&'a Observed>,
     readiness: impl Fn(&str) -> Option<Readiness<'a>>,
 ) {
-    let (current, _) = crate::reconcile::by_replica(containers);
     for name in names {
-        match status_of(name, node, &current, &readiness) {
+        match status_of(name, node, current(name), &readiness) {
             Some(s) if map.get(name) != Some(&s) => {
                 map.insert(name.to_string(), s);
             }
@@ -262,7 +264,7 @@ pub fn update<'a>(
 fn status_of<'a>(
     name: &str,
     node: &Node<'a>,
-    current: &BTreeMap<&'a str, &'a Observed>,
+    container: Option<&'a Observed>,
     readiness: &impl Fn(&str) -> Option<Readiness<'a>>,
 ) -> Option<ReplicaStatus> {
     if let Some(f) = node.invalid.get(name) {
@@ -273,7 +275,6 @@ fn status_of<'a>(
         return Some(s);
     }
     let assigned = node.assignments.and_then(|a| a.get(name));
-    let container = current.get(name).copied();
     let busy = node.busy.get(name).copied();
     if assigned.is_some() || container.is_some() || busy.is_some() {
         return Some(replica_status(&Inputs {

@@ -42,7 +42,9 @@ use tracing::{debug, info, instrument, warn};
 use std::path::PathBuf;
 
 use crate::assignment::{Assignment, Prepared};
+use crate::containers::Containers;
 use crate::error::{AgentError, Result};
+use crate::metrics::{self, StateCounts};
 use crate::probe::worker::{self, ProbeReport, Target};
 use crate::probe::{ProbeKind, Verdict};
 use crate::reconcile::{self, Action, Busy, Failure, Record, Unhealthy};
@@ -235,8 +237,7 @@ pub struct Supervisor<R: Runtime> {
     /// Grace periods that replace a container's own when it is stopped
     /// (`delete --grace-period`), by replica.
     stop_grace: BTreeMap<String, Duration>,
-    /// By container id.
-    containers: BTreeMap<String, Observed>,
+    containers: Containers,
     records: BTreeMap<String, Record>,
     busy: BTreeMap<String, Busy>,
     tasks: JoinSet<Outcome>,
@@ -249,8 +250,15 @@ pub struct Supervisor<R: Runtime> {
     /// once can be reported before its start task returns.
     early_exits: BTreeMap<String, Exit>,
     statuses: watch::Sender<Arc<StatusMap>>,
-    /// The replicas whose status inputs changed since the last publish.
+    /// The replicas whose inputs changed since the last pass: each pass
+    /// decides, probes and reports for these only (see [`Stale`]).
     stale: Stale,
+    /// Deadlines of the records (backoff, retry), with their replica: a
+    /// pass decides again for a replica whose deadline came. Entries a later
+    /// change made moot only cost that replica one more decision.
+    due: BTreeSet<(UnixMs, String)>,
+    /// The published map's replicas per state (the metric).
+    counts: StateCounts,
     /// Probe workers by replica, for its current running container.
     probes: BTreeMap<String, Probing>,
     probe_tx: mpsc::Sender<ProbeReport>,
@@ -260,11 +268,13 @@ pub struct Supervisor<R: Runtime> {
     volumes: Option<Arc<VolumeDirs>>,
 }
 
-/// Replicas whose status may differ from the published map: every change
-/// to what a status derives from (assignment, container, record, busy,
+/// Replicas whose decision, probes or status may have changed: every change
+/// to what they derive from (assignment, container, record, busy,
 /// readiness, the invalid and terminating lists) marks its replica, and a
-/// publish recomputes only those. Debug builds check the result against
-/// every status recomputed.
+/// pass decides, syncs probes and recomputes the status of only those (and
+/// of the replicas whose deadline came), for a cost in the replicas that
+/// changed rather than in all of the node's. Debug builds check each result
+/// against the one computed for every replica.
 enum Stale {
     /// Any replica (the first set, a re-list, changed configuration).
     All,
@@ -309,10 +319,7 @@ impl<R: Runtime> Supervisor<R> {
             runtime = runtime.kind(),
             "found existing containers"
         );
-        let containers = listed
-            .into_iter()
-            .map(|o| (o.container_id.clone(), o))
-            .collect();
+        let containers = Containers::new(listed);
         let (tx, inbox) = mpsc::channel(16);
         let (statuses, rx) = watch::channel(Arc::new(StatusMap::new()));
         let (probe_tx, probe_rx) = mpsc::channel(64);
@@ -337,6 +344,8 @@ impl<R: Runtime> Supervisor<R> {
             early_exits: BTreeMap::new(),
             statuses,
             stale: Stale::All,
+            due: BTreeSet::new(),
+            counts: StateCounts::default(),
             probes: BTreeMap::new(),
             probe_tx,
             probe_rx,
@@ -358,12 +367,13 @@ impl<R: Runtime> Supervisor<R> {
         let mut resync = tokio::time::interval(self.cfg.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
-        // The time the last decisions were made at: every deadline after it
-        // gets a wake-up, also one that passed since (it is due at once).
-        let mut decided_at = now_unix_ms();
         loop {
-            let wake = reconcile::sleep_for(&self.records, &self.busy, decided_at, now_unix_ms())
-                .map(|wait| tokio::time::Instant::now() + wait);
+            // The next deadline; one that passed since the last pass is due
+            // at once.
+            let wake = self.due.first().map(|(at, _)| {
+                let wait = (at - now_unix_ms()).clamp(0, 24 * 3600 * 1000);
+                tokio::time::Instant::now() + Duration::from_millis(wait as u64)
+            });
             let input = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => Input::Msg(msg),
@@ -377,16 +387,15 @@ impl<R: Runtime> Supervisor<R> {
                 break;
             }
             // Whatever else is already waiting is taken before deciding: one
-            // pass (reconcile, probes, statuses: each walks every replica)
-            // for a burst of events, not one per event.
+            // pass (reconcile, probes, statuses) for a burst of events, not
+            // one per event.
             for _ in 0..MAX_BATCH {
                 let Some(input) = self.ready() else { break };
                 if self.take(input).is_break() {
                     return self.stop().await;
                 }
             }
-            decided_at = self.reconcile();
-            self.sync_probes();
+            self.pass();
             self.publish();
         }
         self.stop().await;
@@ -596,18 +605,26 @@ impl<R: Runtime> Supervisor<R> {
                 container_id,
                 exit,
             } => {
-                let Some(c) = self.containers.get_mut(&container_id) else {
-                    if self.early_exits.len() >= EARLY_EXITS {
-                        self.early_exits.pop_first();
+                let exited = self.containers.update(&container_id, |c| {
+                    let first = !matches!(c.state, ContainerState::Exited(_));
+                    if first {
+                        c.state = ContainerState::Exited(exit);
                     }
-                    self.early_exits.insert(container_id, exit);
-                    return;
-                };
-                if !matches!(c.state, ContainerState::Exited(_)) {
-                    info!(replica = %replica, container = %container_id, code = exit.code,
-                        oom_killed = exit.oom_killed, "container exited");
-                    c.state = ContainerState::Exited(exit);
-                    self.touch(&replica);
+                    first
+                });
+                match exited {
+                    None => {
+                        if self.early_exits.len() >= EARLY_EXITS {
+                            self.early_exits.pop_first();
+                        }
+                        self.early_exits.insert(container_id, exit);
+                    }
+                    Some(true) => {
+                        info!(replica = %replica, container = %container_id, code = exit.code,
+                            oom_killed = exit.oom_killed, "container exited");
+                        self.touch(&replica);
+                    }
+                    Some(false) => {}
                 }
             }
             RuntimeEvent::Removed {
@@ -671,9 +688,7 @@ impl<R: Runtime> Supervisor<R> {
             Done::Killed { container_id } => {
                 // The runtime usually reports the exit first; when it has
                 // not, the container is known to be stopped all the same.
-                if let Some(c) = self.containers.get_mut(&container_id) {
-                    c.killed(now);
-                }
+                self.containers.update(&container_id, |c| c.killed(now));
             }
             Done::Removed { container_id } => {
                 self.containers.remove(&container_id);
@@ -690,7 +705,7 @@ impl<R: Runtime> Supervisor<R> {
                     .entry(replica.to_string())
                     .or_default()
                     .started(&o.container_id, o.restarts);
-                self.containers.insert(o.container_id.clone(), o);
+                self.containers.insert(o);
             }
             Done::StartFailed { error, assignment } => {
                 warn!(replica, reason = error.reason(), error = %error, "replica failed to start");
@@ -736,10 +751,10 @@ impl<R: Runtime> Supervisor<R> {
             .map(|(r, _)| r.clone())
             .chain(self.busy.keys().cloned())
             .collect();
-        self.containers.retain(|_, c| keep.contains(&c.replica));
+        self.containers.retain(|c| keep.contains(&c.replica));
         for o in list {
             if !keep.contains(&o.replica) {
-                self.containers.insert(o.container_id.clone(), o);
+                self.containers.insert(o);
             }
         }
         self.stale = Stale::All;
@@ -748,22 +763,71 @@ impl<R: Runtime> Supervisor<R> {
         self.touched.retain(|_, e| *e > since_epoch || *e == epoch);
     }
 
-    /// Decide and start the actions; returns the time decided at.
-    fn reconcile(&mut self) -> UnixMs {
+    /// One pass over the replicas marked stale and those whose deadline
+    /// came: decide and start their actions, then sync their probes. The
+    /// marks stay for [`Self::publish`].
+    fn pass(&mut self) {
         let now = now_unix_ms();
-        let Some(assignments) = &self.assignments else {
-            return now;
-        };
-        let actions = reconcile::reconcile(
-            assignments,
-            self.containers.values(),
-            &self.records,
-            &self.busy,
-            now,
-        );
-        if actions.is_empty() {
-            return now;
+        while let Some((at, _)) = self.due.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, name)) = self.due.pop_first() {
+                self.stale.mark(&name);
+            }
         }
+        let names: Vec<String> = match &self.stale {
+            Stale::All => self.every_replica().into_iter().collect(),
+            Stale::Some(names) => names.iter().cloned().collect(),
+        };
+        self.reconcile(&names, now);
+        self.sync_probes(&names);
+    }
+
+    /// Every replica the node knows of in any way.
+    fn every_replica(&self) -> BTreeSet<String> {
+        let empty = BTreeMap::new();
+        let assignments = self.assignments.as_ref().unwrap_or(&empty);
+        assignments
+            .keys()
+            .map(String::as_str)
+            .chain(self.containers.replicas())
+            .chain(self.records.keys().map(String::as_str))
+            .chain(self.busy.keys().map(String::as_str))
+            .chain(self.probes.keys().map(String::as_str))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Decide for `names` (sorted) at `now`, start the actions, and keep
+    /// the deadlines the decisions leave.
+    fn reconcile(&mut self, names: &[String], now: UnixMs) {
+        let Some(assignments) = &self.assignments else {
+            return;
+        };
+        let mut actions = Vec::new();
+        for name in names {
+            reconcile::decide(
+                name,
+                assignments.get(name),
+                self.containers.of(name),
+                self.records.get(name),
+                self.busy.contains_key(name),
+                now,
+                &mut actions,
+            );
+        }
+        debug_assert_eq!(
+            actions,
+            reconcile::reconcile(
+                assignments,
+                self.containers.values(),
+                &self.records,
+                &self.busy,
+                now
+            ),
+            "deciding for the replicas marked differs from deciding for all: a change left its replica unmarked, or a deadline was lost"
+        );
         for (replica, actions) in reconcile::per_replica(actions, self.fencing, &self.stop_grace) {
             let mut steps = Vec::new();
             let mut busy = Busy::Stopping;
@@ -847,40 +911,34 @@ impl<R: Runtime> Supervisor<R> {
             let runtime = self.runtime.clone();
             self.tasks.spawn(run_steps(runtime, replica, steps));
         }
-        now
+        for name in names {
+            if self.busy.contains_key(name) {
+                continue; // decided again when its work is done
+            }
+            if let Some(r) = self.records.get(name) {
+                for at in r.deadlines().filter(|at| *at > now) {
+                    self.due.insert((at, name.clone()));
+                }
+            }
+        }
     }
 
-    /// Give every running container of an assigned replica its probe
-    /// workers, and stop the workers of containers that no longer run.
-    fn sync_probes(&mut self) {
+    /// Give the running container of each of `names` that is assigned its
+    /// probe workers, and stop the workers of containers that no longer run.
+    fn sync_probes(&mut self, names: &[String]) {
         let empty = BTreeMap::new();
         let assignments = self.assignments.as_ref().unwrap_or(&empty);
-        let (current, _) = reconcile::by_replica(self.containers.values());
-        let running: BTreeMap<&str, &Observed> = current
-            .into_iter()
-            .filter(|(name, c)| {
-                c.is_running()
-                    && self.busy.get(*name) != Some(&Busy::Stopping)
-                    && assignments
-                        .get(*name)
-                        .is_some_and(|a| a.revision == c.revision)
-            })
-            .collect();
-        let stale = &mut self.stale;
-        self.probes.retain(|name, p| {
-            let keep = running
-                .get(name.as_str())
-                .is_some_and(|c| c.container_id == p.container_id);
-            if !keep {
-                stale.mark(name);
+        for name in names {
+            let c = probed(name, assignments, &self.containers, &self.busy);
+            let kept = self
+                .probes
+                .get(name)
+                .map(|p| c.is_some_and(|c| c.container_id == p.container_id));
+            if kept == Some(false) {
+                self.probes.remove(name);
+                self.stale.mark(name);
             }
-            keep
-        });
-        for (name, c) in running {
-            if self.probes.contains_key(name) {
-                continue;
-            }
-            let Some(a) = assignments.get(name) else {
+            let (None | Some(false), Some(c), Some(a)) = (kept, c, assignments.get(name)) else {
                 continue;
             };
             let spec = a.container();
@@ -917,6 +975,23 @@ impl<R: Runtime> Supervisor<R> {
                 },
             );
         }
+        debug_assert_eq!(
+            self.probes
+                .iter()
+                .map(|(name, p)| (name.as_str(), p.container_id.as_str()))
+                .collect::<BTreeMap<_, _>>(),
+            self.every_replica()
+                .iter()
+                .filter_map(|name| {
+                    let c = probed(name, assignments, &self.containers, &self.busy)?;
+                    Some((
+                        assignments.get_key_value(name)?.0.as_str(),
+                        c.container_id.as_str(),
+                    ))
+                })
+                .collect::<BTreeMap<_, _>>(),
+            "the probes synced for the replicas marked differ from those of all: a change left its replica unmarked"
+        );
     }
 
     /// A probe's verdict flipped for a container.
@@ -993,12 +1068,25 @@ impl<R: Runtime> Supervisor<R> {
                 message: p.readiness_failure.as_deref(),
             })
         };
+        let containers = &self.containers;
+        let mut counts = self.counts;
         let map = match &stale {
-            Stale::All => status::status_map(&node, self.containers.values(), readiness),
+            Stale::All => {
+                let map = status::status_map(&node, containers.values(), readiness);
+                counts = metrics::state_counts(&map);
+                map
+            }
             Stale::Some(names) => {
                 let mut map = (**self.statuses.borrow()).clone();
+                for s in names.iter().filter_map(|name| map.get(name)) {
+                    counts[metrics::state_slot(s)] -= 1;
+                }
+                let current = |name: &str| containers.current(name);
                 let names = names.iter().map(String::as_str);
-                status::update(&mut map, names, &node, self.containers.values(), readiness);
+                status::update(&mut map, names.clone(), &node, current, readiness);
+                for s in names.filter_map(|name| map.get(name)) {
+                    counts[metrics::state_slot(s)] += 1;
+                }
                 map
             }
         };
@@ -1007,7 +1095,11 @@ impl<R: Runtime> Supervisor<R> {
             status::status_map(&node, self.containers.values(), readiness),
             "the statuses brought up to date differ from all of them recomputed: a change left its replica unmarked"
         );
-        crate::metrics::get().replicas(&map);
+        debug_assert_eq!(counts, metrics::state_counts(&map));
+        if counts != self.counts {
+            self.counts = counts;
+            metrics::get().replicas(&counts);
+        }
         self.statuses.send_if_modified(|old| {
             if **old == map {
                 false
@@ -1017,6 +1109,20 @@ impl<R: Runtime> Supervisor<R> {
             }
         });
     }
+}
+
+/// `name`'s container that should have probes: its current one, when it
+/// runs what the replica is assigned and is not being stopped.
+fn probed<'a>(
+    name: &str,
+    assignments: &BTreeMap<String, Assignment>,
+    containers: &'a Containers,
+    busy: &BTreeMap<String, Busy>,
+) -> Option<&'a Observed> {
+    let c = containers.current(name)?;
+    let assigned = assignments.get(name)?;
+    (c.is_running() && busy.get(name) != Some(&Busy::Stopping) && assigned.revision == c.revision)
+        .then_some(c)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
