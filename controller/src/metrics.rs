@@ -16,13 +16,14 @@
 //! counters and histograms updated where they happen, through the
 //! process-wide [`get`]: a lock-free atomic add, or one short mutex for a
 //! histogram bucket. State (objects by kind, replicas by phase, pending
-//! replicas, raft indexes) is computed at scrape time, so nothing on a write
-//! path pays for it and it is never stale. [`state_counts`] is the only
-//! function that reads the replicated state for metrics.
+//! replicas, raft indexes) is read at scrape time, so it is never stale.
+//! [`state_counts`] is the only function that reads the replicated state for
+//! metrics.
 //!
-//! **Cost.** Nothing is computed per scrape beyond one pass over
-//! deployments, replicas and nodes; `bench store` and `bench placement` run
-//! with metrics on and off side by side (docs/performance.md).
+//! **Cost.** A scrape reads counts the state keeps (replicas per phase are
+//! counted as records change, an array update per write) and walks only the
+//! nodes and members; `bench store` and `bench placement` run with metrics on
+//! and off side by side (docs/performance.md).
 //!
 //! **Switch.** [`set_enabled`] turns the event metrics off (the benches'
 //! "off" column): every update then returns after one relaxed atomic load.
@@ -405,14 +406,14 @@ pub struct StateCounts {
     pub pending: u64,
 }
 
-/// Every replica phase, as the `phase` label spells it.
-pub const PHASES: [&str; 6] = [
-    "Pending",
-    "Running",
-    "CrashLoopBackOff",
-    "Failed",
-    "Terminating",
-    "Gone",
+/// Every replica phase (the `phase` label: [`phase_label`]).
+const PHASES: [ReplicaPhase; 6] = [
+    ReplicaPhase::Pending,
+    ReplicaPhase::Running,
+    ReplicaPhase::CrashLoopBackOff,
+    ReplicaPhase::Failed,
+    ReplicaPhase::Terminating,
+    ReplicaPhase::Gone,
 ];
 
 /// Count the replicated state for the scrape: the ONE function that reads
@@ -421,8 +422,8 @@ pub const PHASES: [&str; 6] = [
 /// A replica's phase is what its node last reported, `Terminating` once it
 /// was removed from its deployment, and `Pending` while unbound or not yet
 /// reported by the node it is bound to (as `get replicas` shows it).
-/// Cost: one pass over the replicas of a snapshot of the state (nothing is
-/// copied); the other counts come from its maps.
+/// Cost: O(1): the state keeps its replicas per phase as records change
+/// ([`crate::store::State::phase_count`]).
 pub fn state_counts(store: &Store) -> StateCounts {
     let state = store.snapshot();
     let mut counts = StateCounts::default();
@@ -437,16 +438,9 @@ pub fn state_counts(store: &Store) -> StateCounts {
         .objects
         .insert("member", state.members().count() as u64);
     for phase in PHASES {
-        counts.replicas.insert(phase, 0);
-    }
-    for r in state.replicas(None) {
-        let phase = if r.is_terminating() {
-            ReplicaPhase::Terminating
-        } else {
-            r.current_status()
-                .map_or(ReplicaPhase::Pending, |o| o.phase)
-        };
-        *counts.replicas.entry(phase_label(phase)).or_default() += 1;
+        counts
+            .replicas
+            .insert(phase_label(phase), state.phase_count(phase));
     }
     // Unbound replicas are never terminating (one no node runs is removed
     // at once).

@@ -227,6 +227,18 @@ impl ReplicaRecord {
         self.terminating_since_unix_ms != 0
     }
 
+    /// Its phase as `get replicas` shows it: `Terminating` once removed from
+    /// its deployment, else what its node last reported, `Pending` while
+    /// unbound or not yet reported by the node it is bound to.
+    pub fn phase(&self) -> ReplicaPhase {
+        if self.is_terminating() {
+            ReplicaPhase::Terminating
+        } else {
+            self.current_status()
+                .map_or(ReplicaPhase::Pending, |o| o.phase)
+        }
+    }
+
     /// Running and ready now, as its node last reported (a terminating
     /// replica never is: it is being stopped).
     pub fn is_ready(&self) -> bool {

@@ -41,7 +41,7 @@ use super::command::{self, Command, ObjectRef, WriteError, WriteResult};
 use super::config_objects::{StoredConfigMap, StoredSecret};
 use super::events::{EventFilter, EventRecord, NewEvent, RETAINED};
 use super::node_meta::NodeMeta;
-use super::objects::{Booking, NodeRecord, ReplicaRecord, Resources, TokenRecord};
+use super::objects::{Booking, NodeRecord, ReplicaPhase, ReplicaRecord, Resources, TokenRecord};
 use super::services::StoredService;
 use super::{Member, StoreError, StoredDeployment};
 
@@ -160,7 +160,12 @@ struct Indexes {
     held: OrdMap<String, Held>,
     cluster_ips: OrdMap<std::net::Ipv4Addr, ObjectRef>,
     node_ports: OrdMap<u16, ObjectRef>,
+    /// Replicas per [`ReplicaRecord::phase`], in [`ReplicaPhase`]'s order.
+    phases: [u64; PHASES],
 }
+
+/// How many [`ReplicaPhase`]s there are (`Gone` is the last).
+const PHASES: usize = ReplicaPhase::Gone as usize + 1;
 
 /// The whole replicated state of the cluster.
 #[derive(Debug, Clone, Default)]
@@ -512,6 +517,12 @@ impl State {
         self.index.unbound.len()
     }
 
+    /// How many replicas are in `phase` ([`ReplicaRecord::phase`]), kept
+    /// as records change: O(1).
+    pub fn phase_count(&self, phase: ReplicaPhase) -> u64 {
+        self.index.phases[phase as usize]
+    }
+
     /// What the replicas bound to `node` hold.
     pub fn held(&self, node: &str) -> Option<&Held> {
         self.index.held.get(node)
@@ -591,6 +602,7 @@ impl State {
             && self.index.by_deployment == fresh.index.by_deployment
             && self.index.by_node == fresh.index.by_node
             && self.index.unbound == fresh.index.unbound
+            && self.index.phases == fresh.index.phases
             && held_a == held_b
     }
 
@@ -685,11 +697,15 @@ impl State {
             }
         }
         self.touched.replicas.insert(k.clone());
-        self.replicas.insert(k, Arc::new(r));
+        self.index.phases[r.phase() as usize] += 1;
+        if let Some(old) = self.replicas.insert(k, Arc::new(r)) {
+            self.index.phases[old.phase() as usize] -= 1;
+        }
     }
 
     pub(super) fn remove_replica(&mut self, k: &ObjectRef) -> Option<Arc<ReplicaRecord>> {
         let old = self.replicas.remove(k)?;
+        self.index.phases[old.phase() as usize] -= 1;
         self.touched.replicas.insert(k.clone());
         self.unindex(k, &old);
         Some(old)
