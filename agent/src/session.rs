@@ -22,7 +22,7 @@
 //! keep running. A session that delivered at least one set resets the
 //! reconnect delay, so a leader change costs one short pause.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,25 +328,16 @@ async fn fence_now(
     supervisor.fence().await
 }
 
-/// The statuses to send again for replicas newly assigned in `set` (and
-/// `assigned` becomes `set`'s replicas). A replica newly assigned here may
-/// already run here (it was moved away while this node looked dead, and
-/// back): the controller reset its status, and an unchanged status is
-/// otherwise never resent. A session starts with `assigned` empty, so its
-/// first set repeats every status it knows.
-pub fn newly_assigned(
-    assigned: &mut BTreeSet<String>,
-    set: &pb::AssignmentSet,
-    last_sent: &StatusMap,
-) -> Vec<pb::ReplicaStatus> {
-    let now_assigned: BTreeSet<String> =
-        set.assignments.iter().map(|a| a.replica.clone()).collect();
-    let fresh = now_assigned
-        .difference(assigned)
-        .filter_map(|id| last_sent.get(id).cloned())
-        .collect();
-    *assigned = now_assigned;
+/// The statuses to send again for the replicas a set newly gives this node
+/// ([`Taken::fresh`]). Such a replica may already run here (it was moved
+/// away while this node looked dead, and back): the controller reset its
+/// status, and an unchanged status is otherwise never resent. A session
+/// starts with nothing held, so its first set repeats every status it knows.
+pub fn resend(fresh: &[String], last_sent: &StatusMap) -> Vec<pb::ReplicaStatus> {
     fresh
+        .iter()
+        .filter_map(|id| last_sent.get(id).cloned())
+        .collect()
 }
 
 /// The whole set a message means: itself when whole; applied to `current`
@@ -356,48 +347,140 @@ pub fn whole_set(
     current: &pb::AssignmentSet,
     msg: pb::AssignmentSet,
 ) -> std::result::Result<pb::AssignmentSet, String> {
-    if msg.base_version == 0 {
-        return Ok(msg);
+    let mut held = HeldSet::default();
+    held.take(current.clone())?;
+    held.take(msg)?;
+    Ok(held.to_set())
+}
+
+/// The assignment set a session holds: the last whole set with every change
+/// since applied to it, kept by replica so that taking a change costs the
+/// change's size, not the node's.
+#[derive(Debug, Clone, Default)]
+pub struct HeldSet {
+    version: u64,
+    assignments: BTreeMap<String, pb::Assignment>,
+    /// By `namespace/name`.
+    services: BTreeMap<String, pb::ServiceRoute>,
+    terminating: Vec<String>,
+    terminating_grace_seconds: std::collections::HashMap<String, u32>,
+    config_objects: Vec<pb::ConfigObject>,
+}
+
+/// What taking one message changed in a [`HeldSet`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Taken {
+    /// A whole set: `upserts` is every assignment, and whatever the set held
+    /// before and `upserts` lacks is gone.
+    pub whole: bool,
+    /// Assignments added or replaced.
+    pub upserts: Vec<pb::Assignment>,
+    /// Replicas no longer assigned (a change's; empty for a whole set).
+    pub removed: Vec<String>,
+    /// Replicas the held set did not have before this message, sorted.
+    pub fresh: Vec<String>,
+    /// Whether the Service table may differ.
+    pub services_changed: bool,
+}
+
+impl HeldSet {
+    pub fn version(&self) -> u64 {
+        self.version
     }
-    if msg.base_version != current.version {
-        return Err(format!(
-            "a change to assignment set {} arrived, but this agent holds set {}",
-            msg.base_version, current.version
-        ));
+
+    /// Take a message: a whole set replaces what is held; a change applies
+    /// to it, and must be of the held version (else nothing changes and the
+    /// error says why).
+    pub fn take(&mut self, msg: pb::AssignmentSet) -> std::result::Result<Taken, String> {
+        let route_key = |r: &pb::ServiceRoute| format!("{}/{}", r.namespace, r.name);
+        let mut taken = Taken::default();
+        if msg.base_version == 0 {
+            let before = std::mem::take(&mut self.assignments);
+            for a in &msg.assignments {
+                if !before.contains_key(&a.replica) {
+                    taken.fresh.push(a.replica.clone());
+                }
+                self.assignments.insert(a.replica.clone(), a.clone());
+            }
+            taken.fresh.sort();
+            taken.fresh.dedup();
+            taken.whole = true;
+            taken.upserts = msg.assignments;
+            self.services = msg
+                .services
+                .into_iter()
+                .map(|r| (route_key(&r), r))
+                .collect();
+            taken.services_changed = true;
+        } else {
+            if msg.base_version != self.version {
+                return Err(format!(
+                    "a change to assignment set {} arrived, but this agent holds set {}",
+                    msg.base_version, self.version
+                ));
+            }
+            for id in &msg.removed {
+                self.assignments.remove(id);
+            }
+            for a in &msg.assignments {
+                if self
+                    .assignments
+                    .insert(a.replica.clone(), a.clone())
+                    .is_none()
+                {
+                    taken.fresh.push(a.replica.clone());
+                }
+            }
+            taken.fresh.sort();
+            taken.upserts = msg.assignments;
+            taken.removed = msg.removed;
+            taken.services_changed = !msg.removed_services.is_empty() || !msg.services.is_empty();
+            for key in &msg.removed_services {
+                self.services.remove(key);
+            }
+            for r in msg.services {
+                self.services.insert(route_key(&r), r);
+            }
+        }
+        self.version = msg.version;
+        self.terminating = msg.terminating;
+        self.terminating_grace_seconds = msg.terminating_grace_seconds;
+        self.config_objects = msg.config_objects;
+        Ok(taken)
     }
-    let mut services: std::collections::BTreeMap<String, pb::ServiceRoute> = current
-        .services
-        .iter()
-        .map(|r| (format!("{}/{}", r.namespace, r.name), r.clone()))
-        .collect();
-    for key in &msg.removed_services {
-        services.remove(key);
+
+    /// The Service table, sorted by namespace and name.
+    pub fn services(&self) -> Vec<pb::ServiceRoute> {
+        self.services.values().cloned().collect()
     }
-    for r in msg.services {
-        services.insert(format!("{}/{}", r.namespace, r.name), r);
+
+    /// The whole set held, as one message.
+    pub fn to_set(&self) -> pb::AssignmentSet {
+        pb::AssignmentSet {
+            version: self.version,
+            assignments: self.assignments.values().cloned().collect(),
+            terminating: self.terminating.clone(),
+            terminating_grace_seconds: self.terminating_grace_seconds.clone(),
+            base_version: 0,
+            removed: Vec::new(),
+            config_objects: self.config_objects.clone(),
+            services: self.services(),
+            removed_services: Vec::new(),
+        }
     }
-    let mut by_id: std::collections::BTreeMap<String, pb::Assignment> = current
-        .assignments
-        .iter()
-        .map(|a| (a.replica.clone(), a.clone()))
-        .collect();
-    for id in &msg.removed {
-        by_id.remove(id);
+
+    /// What the supervisor takes: the message's changes (or the whole
+    /// set), with the lists every message carries whole.
+    pub fn for_supervisor(&self, taken: Taken) -> crate::supervisor::SetChange {
+        crate::supervisor::SetChange {
+            whole: taken.whole,
+            upserts: taken.upserts,
+            removed: taken.removed,
+            terminating: self.terminating.clone(),
+            terminating_grace_seconds: self.terminating_grace_seconds.clone(),
+            config_objects: self.config_objects.clone(),
+        }
     }
-    for a in msg.assignments {
-        by_id.insert(a.replica.clone(), a);
-    }
-    Ok(pb::AssignmentSet {
-        version: msg.version,
-        assignments: by_id.into_values().collect(),
-        terminating: msg.terminating,
-        terminating_grace_seconds: msg.terminating_grace_seconds,
-        base_version: 0,
-        removed: Vec::new(),
-        config_objects: msg.config_objects,
-        services: services.into_values().collect(),
-        removed_services: Vec::new(),
-    })
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -495,10 +578,9 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut productive = false;
     let mut last_version = 0u64;
-    // The whole set as of `last_version`, that changes apply to.
-    let mut current_set = pb::AssignmentSet::default();
-    // Replicas in the last assignment set, to spot ones newly given to us.
-    let mut assigned: BTreeSet<String> = BTreeSet::new();
+    // The whole set as of `last_version`, that changes apply to. A session
+    // starts with it empty, so its first set repeats every status it knows.
+    let mut held = HeldSet::default();
     loop {
         // While the controller acknowledges heartbeats, silence in an open
         // session counts too: a partition may keep the stream looking open
@@ -559,19 +641,19 @@ async fn session(
                         debug!(version = set.version, last = last_version, "ignoring an older assignment set");
                         continue;
                     }
-                    let set = match whole_set(&current_set, set) {
-                        Ok(set) => set,
+                    let taken = match held.take(set) {
+                        Ok(taken) => taken,
                         Err(why) => {
                             warn!(controller = %addr, reason = %why, "assignment change out of order; reconnecting for a whole set");
                             return Ended::Lost { reason: why, productive };
                         }
                     };
-                    current_set = set.clone();
-                    if let Some(routes) = &cfg.services {
+                    if let (Some(routes), true) = (&cfg.services, taken.services_changed) {
+                        let services = held.services();
                         routes.send_if_modified(|now| {
-                            let changed = **now != set.services;
+                            let changed = **now != services;
                             if changed {
-                                *now = Arc::new(set.services.clone());
+                                *now = Arc::new(services);
                             }
                             changed
                         });
@@ -580,11 +662,12 @@ async fn session(
                         info!(controller = %addr, node = %cfg.node, "session established");
                         crate::metrics::get().session(SessionState::Established);
                     }
-                    last_version = set.version;
+                    last_version = held.version();
                     productive = true;
                     fence.contact(tokio::time::Instant::now());
-                    debug!(version = set.version, replicas = set.assignments.len(), "assignment set");
-                    let fresh = newly_assigned(&mut assigned, &set, &last_sent);
+                    debug!(version = last_version, whole = taken.whole, upserts = taken.upserts.len(),
+                        removed = taken.removed.len(), "assignment set");
+                    let fresh = resend(&taken.fresh, &last_sent);
                     if !fresh.is_empty() {
                         let msg = pb::AgentMessage {
                             kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: fresh, usage: None })),
@@ -593,7 +676,7 @@ async fn session(
                             return Ended::Lost { reason: "the controller stopped reading".into(), productive };
                         }
                     }
-                    if supervisor.assign_set(set).await.is_err() {
+                    if supervisor.change_set(held.for_supervisor(taken)).await.is_err() {
                         return Ended::Shutdown;
                     }
                 }
@@ -634,18 +717,29 @@ mod tests {
         .into_iter()
         .collect();
         let set = |ids: &[&str]| pb::AssignmentSet {
+            version: 1,
             assignments: ids.iter().map(|id| assignment(id, "r1")).collect(),
             ..Default::default()
         };
+        let change = |version: u64, add: &[&str], removed: &[&str]| pb::AssignmentSet {
+            version,
+            base_version: version - 1,
+            assignments: add.iter().map(|id| assignment(id, "r1")).collect(),
+            removed: removed.iter().map(|id| id.to_string()).collect(),
+            ..Default::default()
+        };
         // A session's first set repeats what it knows.
-        let mut assigned = BTreeSet::new();
-        let fresh = newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent);
-        assert_eq!(fresh, [status("a"), status("b")]);
-        // Unchanged: nothing; moved away: nothing; back: its status again.
-        assert!(newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent).is_empty());
-        assert!(newly_assigned(&mut assigned, &set(&["a"]), &last_sent).is_empty());
-        let back = newly_assigned(&mut assigned, &set(&["a", "b"]), &last_sent);
-        assert_eq!(back, [status("b")]);
+        let mut held = HeldSet::default();
+        let mut take = |msg| resend(&held.take(msg).expect("applies").fresh, &last_sent);
+        assert_eq!(take(set(&["a", "b"])), [status("a"), status("b")]);
+        // Unchanged: nothing; moved away: nothing; back: its status again,
+        // by a change as by a whole set.
+        assert!(take(set(&["a", "b"])).is_empty());
+        assert!(take(change(2, &[], &["b"])).is_empty());
+        assert_eq!(take(change(3, &["b"], &[])), [status("b")]);
+        assert!(take(change(4, &["b"], &[])).is_empty());
+        assert!(take(set(&["a"])).is_empty());
+        assert_eq!(take(set(&["a", "b"])), [status("b")]);
     }
 
     fn assignment(id: &str, revision: &str) -> pb::Assignment {

@@ -98,13 +98,33 @@ enum Input {
 
 enum Msg {
     Assign {
-        assignments: Vec<pb::Assignment>,
+        /// A whole set: `upserts` replace every assignment.
+        whole: bool,
+        upserts: Vec<pb::Assignment>,
+        removed: Vec<String>,
         terminating: Vec<String>,
         grace: BTreeMap<String, Duration>,
         objects: Vec<pb::ConfigObject>,
     },
     /// Fencing: kill every replica now, without a grace period.
     Fence,
+}
+
+/// A change to the node's assignment set, as a session takes it from the
+/// controller ([`crate::session::HeldSet::for_supervisor`]): the whole set,
+/// or the assignments added or replaced and those removed. The other lists
+/// come whole with every change.
+#[derive(Debug, Clone, Default)]
+pub struct SetChange {
+    pub whole: bool,
+    pub upserts: Vec<pb::Assignment>,
+    pub removed: Vec<String>,
+    /// Replicas the controller waits to hear are gone.
+    pub terminating: Vec<String>,
+    /// Grace periods that replace the containers' own for some of them
+    /// (`delete --grace-period`).
+    pub terminating_grace_seconds: std::collections::HashMap<String, u32>,
+    pub config_objects: Vec<pb::ConfigObject>,
 }
 
 /// Cloneable access to the supervisor.
@@ -141,17 +161,34 @@ impl SupervisorHandle {
     /// `terminating_grace_seconds` replace the containers' own grace periods
     /// for some of them (`delete --grace-period`).
     pub async fn assign_set(&self, set: pb::AssignmentSet) -> Result<()> {
-        let grace = set
+        self.change_set(SetChange {
+            whole: true,
+            upserts: set.assignments,
+            removed: Vec::new(),
+            terminating: set.terminating,
+            terminating_grace_seconds: set.terminating_grace_seconds,
+            config_objects: set.config_objects,
+        })
+        .await
+    }
+
+    /// Change the node's assignments: a whole set replaces them (as
+    /// [`Self::assign_set`]); a change touches only the replicas it names,
+    /// at a cost in its size rather than the node's.
+    pub async fn change_set(&self, change: SetChange) -> Result<()> {
+        let grace = change
             .terminating_grace_seconds
             .into_iter()
             .map(|(replica, s)| (replica, Duration::from_secs(u64::from(s))))
             .collect();
         self.tx
             .send(Msg::Assign {
-                assignments: set.assignments,
-                terminating: set.terminating,
+                whole: change.whole,
+                upserts: change.upserts,
+                removed: change.removed,
+                terminating: change.terminating,
                 grace,
-                objects: set.config_objects,
+                objects: change.config_objects,
             })
             .await
             .map_err(|_| AgentError::Config("the supervisor has stopped".into()))
@@ -431,7 +468,9 @@ impl<R: Runtime> Supervisor<R> {
     fn take(&mut self, input: Input) -> std::ops::ControlFlow<()> {
         match input {
             Input::Msg(Some(Msg::Assign {
-                assignments,
+                whole,
+                upserts,
+                removed,
                 terminating,
                 grace,
                 objects,
@@ -439,7 +478,11 @@ impl<R: Runtime> Supervisor<R> {
                 self.fencing = false;
                 self.terminate(terminating.into_iter().collect());
                 self.stop_grace = grace;
-                self.assign(assignments);
+                if whole || self.assignments.is_none() {
+                    self.assign(upserts);
+                } else {
+                    self.change(upserts, removed);
+                }
                 self.config_objects(ConfigObjects::from_pb(objects));
             }
             Input::Msg(Some(Msg::Fence)) => {
@@ -512,6 +555,7 @@ impl<R: Runtime> Supervisor<R> {
         self.touched.insert(replica.to_string(), self.epoch);
     }
 
+    /// Replace the node's assignments with the whole `set`.
     fn assign(&mut self, set: Vec<pb::Assignment>) {
         let first = self.assignments.is_none();
         let mut previous = self.assignments.take().unwrap_or_default();
@@ -522,25 +566,7 @@ impl<R: Runtime> Supervisor<R> {
         }
         for a in set {
             let before = previous.remove(&a.replica);
-            let changed = before.as_ref().is_none_or(|p| p.revision != a.revision);
-            let kept = before.filter(|b| b.repeated_by(&a));
-            if kept.is_none() {
-                self.stale.mark(&a.replica);
-            }
-            match kept.map_or_else(|| Assignment::from_pb(a), Ok) {
-                Ok(a) => {
-                    if changed {
-                        for w in a.backoff_policy().1 {
-                            warn!(replica = %a.replica, deployment = %a.deployment, warning = %w, "restart backoff");
-                        }
-                    }
-                    next.insert(a.replica.clone(), a);
-                }
-                Err((replica, e)) => {
-                    warn!(replica = %replica, error = %e, "assignment cannot be run");
-                    self.invalid.insert(replica, Failure::from_error(&e, ""));
-                }
-            }
+            self.put_assignment(&mut next, before, a);
         }
         for name in previous.keys() {
             self.stale.mark(name);
@@ -550,6 +576,57 @@ impl<R: Runtime> Supervisor<R> {
         }
         debug!(replicas = next.len(), "assignment set received");
         self.assignments = Some(next);
+    }
+
+    /// Apply a change to the node's assignments: `upserts` added or
+    /// replaced, `removed` gone; the others stay as they are (the same
+    /// result as the whole set, at the change's cost).
+    fn change(&mut self, upserts: Vec<pb::Assignment>, removed: Vec<String>) {
+        let mut current = self.assignments.take().unwrap_or_default();
+        for name in &removed {
+            let assigned = current.remove(name).is_some();
+            if self.invalid.remove(name).is_some() || assigned {
+                self.stale.mark(name);
+            }
+        }
+        for a in upserts {
+            if self.invalid.remove(&a.replica).is_some() {
+                self.stale.mark(&a.replica);
+            }
+            let before = current.remove(&a.replica);
+            self.put_assignment(&mut current, before, a);
+        }
+        debug!(replicas = current.len(), "assignment change received");
+        self.assignments = Some(current);
+    }
+
+    /// Decode `a` into `next` (or the invalid list), keeping the decoded
+    /// `before` when `a` repeats it, and mark its replica when it changed.
+    fn put_assignment(
+        &mut self,
+        next: &mut BTreeMap<String, Assignment>,
+        before: Option<Assignment>,
+        a: pb::Assignment,
+    ) {
+        let changed = before.as_ref().is_none_or(|p| p.revision != a.revision);
+        let kept = before.filter(|b| b.repeated_by(&a));
+        if kept.is_none() {
+            self.stale.mark(&a.replica);
+        }
+        match kept.map_or_else(|| Assignment::from_pb(a), Ok) {
+            Ok(a) => {
+                if changed {
+                    for w in a.backoff_policy().1 {
+                        warn!(replica = %a.replica, deployment = %a.deployment, warning = %w, "restart backoff");
+                    }
+                }
+                next.insert(a.replica.clone(), a);
+            }
+            Err((replica, e)) => {
+                warn!(replica = %replica, error = %e, "assignment cannot be run");
+                self.invalid.insert(replica, Failure::from_error(&e, ""));
+            }
+        }
     }
 
     /// Take the set's ConfigMaps and Secrets. When any changed: replicas

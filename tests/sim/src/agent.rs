@@ -4,8 +4,8 @@
 //! ```text
 //!   session (agent end)                 supervisor state               container model
 //!   Hello: every status ─▶ dispatcher   assignments · records · busy   containers by id
-//!   set ─▶ session::whole_set ─▶ ───▶  reconcile::reconcile(now) ──▶ tasks: Start, Stop,
-//!          session::newly_assigned      Record::{started, backed_off,    Remove finish after
+//!   set ─▶ session::HeldSet::take ───▶  reconcile::reconcile(now) ──▶ tasks: Start, Stop,
+//!          session::resend              Record::{started, backed_off,    Remove finish after
 //!   acked heartbeat, set ─▶ Fence       removed} bookkeeping             a seeded delay
 //!   Fence::deadline passed ─▶ fence     status::status_map ──▶ status::changed ──▶ reports
 //! ```
@@ -103,10 +103,9 @@ pub struct Session {
     /// What the Hello said, reported once the session serves.
     pub hello_statuses: Vec<pb::ReplicaStatus>,
     pub sent: Sent,
-    current_set: pb::AssignmentSet,
+    held: session::HeldSet,
     last_version: u64,
     last_sent: StatusMap,
-    assigned: BTreeSet<String>,
     /// It delivered an assignment set.
     productive: bool,
 }
@@ -255,10 +254,9 @@ impl SimAgent {
             hello: Some(hello),
             hello_statuses: statuses.values().cloned().collect(),
             sent: Sent::default(),
-            current_set: pb::AssignmentSet::default(),
+            held: session::HeldSet::default(),
             last_version: 0,
             last_sent: statuses,
-            assigned: BTreeSet::new(),
             productive: false,
         });
     }
@@ -291,12 +289,12 @@ impl SimAgent {
         if msg.version < s.last_version {
             return Ok(Vec::new());
         }
-        let set = session::whole_set(&s.current_set, msg)?;
-        s.current_set = set.clone();
+        let taken = s.held.take(msg)?;
+        let set = s.held.to_set();
         s.last_version = set.version;
         s.productive = true;
         self.fence.contact(SimInstant(now_us));
-        let fresh = session::newly_assigned(&mut s.assigned, &set, &s.last_sent);
+        let fresh = session::resend(&taken.fresh, &s.last_sent);
         self.assign_set(set);
         Ok(fresh)
     }
