@@ -96,7 +96,16 @@ impl Touched {
 
     /// Add `other` to this set.
     pub fn merge(&mut self, other: &Touched) {
-        self.all |= other.all;
+        // A look at everything needs no list: keeping one would only copy
+        // every change into it (a follower's assignment-book feed is not
+        // read until it leads, and would hold every key ever touched).
+        if self.all {
+            return;
+        }
+        if other.all {
+            *self = Touched::everything();
+            return;
+        }
         self.config_objects |= other.config_objects;
         self.services |= other.services;
         self.deployments.extend(other.deployments.iter().cloned());

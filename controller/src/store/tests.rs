@@ -1456,3 +1456,28 @@ fn a_stale_schedule_places_nothing_on_a_node_cordoned_since_from_format_8() {
         assert_eq!(node, bound, "format {format}");
     }
 }
+
+/// A feed that will look at everything keeps no list of what changed (a
+/// follower's feed is not read until it leads: a list would grow with every
+/// change); once taken, it lists the changes again.
+#[test]
+fn a_feed_that_will_look_at_everything_keeps_no_list() {
+    let (_, store) = store_with_web();
+    let feed = store.subscribe();
+    let _ = store.apply(2, 1, &create_web_a0());
+    let first = feed.take();
+    assert!(first.all);
+    assert!(first.replicas.is_empty() && first.deployments.is_empty());
+
+    let _ = store.apply(3, 1, &node_registration("n1"));
+    let _ = store.apply(4, 1, &place_web_a0("n1"));
+    let next = feed.take();
+    assert!(!next.all);
+    assert!(next.replicas.contains(&r("web-a-0")), "{next:?}");
+    assert!(next.nodes.contains("n1"), "{next:?}");
+
+    feed.reset();
+    let _ = store.apply(5, 1, &apply(&[("api", 1)], 0));
+    let reset = feed.take();
+    assert!(reset.all && reset.deployments.is_empty(), "{reset:?}");
+}
