@@ -3,7 +3,7 @@
 //! ```text
 //!   controllers ◀──── session (Hello, heartbeats, status) ────┐
 //!        │                                                    │
-//!        └── AssignmentSet (full) ──▶ supervisor ── reconcile ─┤
+//!        └── AssignmentSet (Δ) ─────▶ supervisor ── reconcile ─┤
 //!                                        │  ▲                  │ statuses
 //!                                        ▼  │ events           │
 //!                                      Runtime (docker | process | sim)
