@@ -38,10 +38,16 @@
 //!    maximum keeps one resource from filling up while the other looks idle;
 //! 3. node name, so ties resolve the same way whatever order nodes arrive in.
 //!
-//! Cost: O(nodes + placed) to build the view, then O(eligible nodes) per
-//! replica; nothing rescans `placed`. Nodes that fail the static filters
-//! (ready, cordon, selector) are worked out once per distinct nodeSelector.
+//! Cost: O(nodes + placed) to build the view; nothing rescans `placed`. Nodes
+//! that fail the static filters (ready, cordon, selector) are worked out once
+//! per distinct nodeSelector. A replica whose shape (deployment, requests,
+//! selector, host ports) comes once in the call costs O(eligible nodes); the
+//! replicas of a shape that comes several times share its [`candidates`]: one
+//! pass to build them, then O(log nodes) per replica plus the nodes placed on
+//! since that shape's last replica (at most [`MAX_CANDIDATES`] entries held at
+//! once; beyond that, replicas are scored node by node).
 
+mod candidates;
 mod filter;
 mod score;
 mod view;
@@ -53,6 +59,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use drover_manifest::Protocol;
 
+use candidates::{Candidates, Shape};
 use filter::{EligibleNodes, FailureHistogram};
 use score::Score;
 use view::ClusterView;
@@ -133,6 +140,18 @@ pub enum Decision {
 /// `nodes` or `placed`.
 #[must_use]
 pub fn schedule(pending: &[Pending], nodes: &[NodeInfo], placed: &[Placed]) -> Vec<Decision> {
+    schedule_within(pending, nodes, placed, MAX_CANDIDATES)
+}
+
+/// [`schedule`], holding at most `max_candidates` candidate entries at once
+/// (0: every replica scored node by node, the reference the tests compare
+/// with).
+fn schedule_within(
+    pending: &[Pending],
+    nodes: &[NodeInfo],
+    placed: &[Placed],
+    max_candidates: usize,
+) -> Vec<Decision> {
     if nodes.is_empty() {
         return pending
             .iter()
@@ -148,6 +167,15 @@ pub fn schedule(pending: &[Pending], nodes: &[NodeInfo], placed: &[Placed]) -> V
     // of one deployment share a selector: evaluate them once per selector.
     let mut eligible_by_selector: HashMap<&BTreeMap<String, String>, EligibleNodes> =
         HashMap::new();
+    // Replicas of each shape still to come, and the candidates of the shapes
+    // that come more than once (dropped after their last replica).
+    let mut to_come: HashMap<Shape, usize> = HashMap::new();
+    for replica in pending {
+        *to_come.entry(Shape::of(replica)).or_default() += 1;
+    }
+    // With the entries each held when built, for the bound on all of them.
+    let mut candidates: HashMap<Shape, (Candidates, usize)> = HashMap::new();
+    let mut held = 0usize;
 
     pending
         .iter()
@@ -155,7 +183,35 @@ pub fn schedule(pending: &[Pending], nodes: &[NodeInfo], placed: &[Placed]) -> V
             let eligible = eligible_by_selector
                 .entry(&replica.node_selector)
                 .or_insert_with(|| EligibleNodes::new(&view, &replica.node_selector));
-            match best_node(&mut view, eligible, replica) {
+            let shape = Shape::of(replica);
+            let left = to_come.get_mut(&shape).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            if left > 0
+                && !candidates.contains_key(&shape)
+                && held + eligible.nodes.len() <= max_candidates
+            {
+                let built = Candidates::new(&mut view, eligible, replica);
+                held += built.len();
+                let entries = built.len();
+                candidates.insert(shape, (built, entries));
+            }
+            let picked = candidates.get_mut(&shape).and_then(|(c, _)| {
+                let picked = c.best(&mut view, replica);
+                debug_assert_eq!(
+                    picked,
+                    best_node(&mut view, eligible, replica).ok(),
+                    "the candidates of a shape picked another node than a pass over every node"
+                );
+                picked
+            });
+            if left == 0 {
+                if let Some((_, entries)) = candidates.remove(&shape) {
+                    held -= entries;
+                }
+            }
+            match picked.map_or_else(|| best_node(&mut view, eligible, replica), Ok) {
                 Ok(node) => {
                     view.commit(node, replica);
                     Decision::Place {
@@ -172,7 +228,12 @@ pub fn schedule(pending: &[Pending], nodes: &[NodeInfo], placed: &[Placed]) -> V
         .collect()
 }
 
-/// The index of the best node for `replica`, or why every node was rejected.
+/// The most candidate entries ([`Candidates`]) held at once in one call: 32
+/// bytes each, so at most 32 MiB.
+const MAX_CANDIDATES: usize = 1 << 20;
+
+/// The index of the best node for `replica`, or why every node was rejected:
+/// a pass over every eligible node.
 fn best_node<'a>(
     view: &mut ClusterView<'a>,
     eligible: &EligibleNodes,

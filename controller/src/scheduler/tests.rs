@@ -1136,3 +1136,84 @@ fn timing_probe_10k_replicas_over_1k_nodes() {
     );
     assert_eq!(placed_count, batch.len());
 }
+
+// ------------------------------------------------- candidates vs every node
+
+mod candidates_property {
+    use proptest::prelude::{prop_assert_eq, proptest, ProptestConfig};
+
+    use super::super::schedule_within;
+    use super::*;
+
+    /// Node `i` of a small cluster: some full, some small, one label, some
+    /// not Ready or cordoned.
+    fn cluster(shapes: &[(u8, u8, bool, bool, bool)]) -> Vec<NodeInfo> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(cpu, mem, zone_a, ready, cordoned))| {
+                let mut n = node(&format!("n{i:02}"))
+                    .cpu(u64::from(cpu) * 250)
+                    .mem(u64::from(mem) * 256 * MI)
+                    .label("zone", if zone_a { "a" } else { "b" });
+                n.ready = ready || i == 0;
+                n.cordoned = cordoned && i != 0;
+                n
+            })
+            .collect()
+    }
+
+    /// Replicas in runs of one shape (the order the leader passes them in)
+    /// and mixed ones: a deployment, a cpu and memory request, maybe a
+    /// selector and a host port.
+    fn batch(shapes: &[(u8, u8, u8, u8, u8)]) -> Vec<Pending> {
+        let mut out = Vec::new();
+        for (run, &(deployment, cpu, mem, count, extra)) in shapes.iter().enumerate() {
+            for i in 0..count {
+                let mut p = pending(&format!("r{run}-{i}"))
+                    .deployment(&format!("default/d{deployment}"))
+                    .cpu(u64::from(cpu) * 100)
+                    .mem(u64::from(mem) * 64 * MI);
+                if extra % 5 == 1 {
+                    p = p.selector("zone", "a");
+                }
+                if extra % 7 == 2 {
+                    p = p.host_port(8080);
+                }
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Placing replicas of a shape from its candidates decides what
+        /// scoring every node for each replica decides, failures included.
+        #[test]
+        fn candidates_decide_what_a_pass_over_every_node_decides(
+            nodes in proptest::collection::vec((1u8..16, 1u8..16, proptest::bool::ANY, proptest::bool::weighted(0.9), proptest::bool::weighted(0.1)), 1..12),
+            runs in proptest::collection::vec((0u8..4, 0u8..8, 0u8..8, 1u8..12, 0u8..35), 1..10),
+            before in proptest::collection::vec((0u8..12, 0u8..4, 0u8..8), 0..20),
+            shuffle in proptest::bool::ANY,
+        ) {
+            let nodes = cluster(&nodes);
+            let mut pending = batch(&runs);
+            if shuffle {
+                // Shapes interleaved: candidates of several shapes held at once.
+                pending.sort_by_key(|p| (p.replica.len() % 3, p.replica.clone()));
+            }
+            let placed: Vec<Placed> = before
+                .iter()
+                .map(|&(n, d, cpu)| {
+                    placed(&format!("n{:02}", usize::from(n) % nodes.len()), &format!("default/d{d}"))
+                        .cpu(u64::from(cpu) * 100)
+                })
+                .collect();
+            prop_assert_eq!(
+                schedule(&pending, &nodes, &placed),
+                schedule_within(&pending, &nodes, &placed, 0)
+            );
+        }
+    }
+}
