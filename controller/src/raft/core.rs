@@ -194,19 +194,30 @@ struct Stall {
     reason: String,
 }
 
-/// A normal entry's proposal, or why this controller cannot apply it.
+/// A normal entry's proposal, or why this controller cannot apply it. The
+/// entry is parsed once; only one that does not decode is read again for
+/// its format, to say why.
 fn decode_proposal(data: &[u8]) -> Result<Proposal, String> {
-    let format = serde_json::from_slice::<Envelope>(data)
-        .map_err(|e| format!("it is not a drover command ({e})"))?
-        .format;
-    if format > COMMAND_FORMAT {
-        return Err(format!(
+    let newer = |format: u32| {
+        format!(
             "it was written by a newer drover (command format {format}; this controller \
              applies up to {COMMAND_FORMAT})"
-        ));
+        )
+    };
+    match serde_json::from_slice::<Proposal>(data) {
+        Ok(p) if p.format > COMMAND_FORMAT => Err(newer(p.format)),
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let format = serde_json::from_slice::<Envelope>(data)
+                .map_err(|e| format!("it is not a drover command ({e})"))?
+                .format;
+            if format > COMMAND_FORMAT {
+                Err(newer(format))
+            } else {
+                Err(format!("its command cannot be decoded ({e})"))
+            }
+        }
     }
-    serde_json::from_slice::<Proposal>(data)
-        .map_err(|e| format!("its command cannot be decoded ({e})"))
 }
 
 /// raft-rs refuses a proposal with `ProposalDropped` while a leadership
