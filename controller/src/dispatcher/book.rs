@@ -182,6 +182,10 @@ impl Assignments {
 fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet {
     let mut set = NodeSet::default();
     let mut references = BTreeSet::new();
+    // The revision of the previous replica, with what it runs: a node's
+    // replicas come in key order, so a deployment's are adjacent and share
+    // one lookup of their deployment, template and references.
+    let mut last: Option<(&ReplicaRecord, Option<Encoded>)> = None;
     for r in state.replicas_on(node) {
         if r.is_terminating() {
             if let Some(grace) = r.stop_grace_seconds {
@@ -190,13 +194,20 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
             set.terminating.push(r.agent_id());
             continue;
         }
-        let Some(d) = state.deployment(&r.namespace, &r.deployment) else {
+        let same_revision = last.as_ref().is_some_and(|(p, _)| {
+            p.revision == r.revision && p.deployment == r.deployment && p.namespace == r.namespace
+        });
+        if !same_revision {
+            let runs = state.deployment(&r.namespace, &r.deployment).and_then(|d| {
+                let encoded = templates.get(d, &r.revision)?;
+                references.extend(templates.references(d, &r.revision).iter().cloned());
+                Some(encoded)
+            });
+            last = Some((r, runs));
+        }
+        let Some((_, Some((template, annotations)))) = &last else {
             continue;
         };
-        let Some((template, annotations)) = templates.get(d, &r.revision) else {
-            continue;
-        };
-        references.extend(templates.references(d, &r.revision).iter().cloned());
         set.assignments.push(pb::Assignment {
             replica: r.agent_id(),
             namespace: r.namespace.clone(),
@@ -204,7 +215,7 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
             slot: r.slot,
             revision: r.revision.clone(),
             template_json: template.clone(),
-            annotations: HashMap::clone(&annotations),
+            annotations: HashMap::clone(annotations),
             service_env: service_env(state, r),
         });
     }
