@@ -340,19 +340,6 @@ pub fn resend(fresh: &[String], last_sent: &StatusMap) -> Vec<pb::ReplicaStatus>
         .collect()
 }
 
-/// The whole set a message means: itself when whole; applied to `current`
-/// when it is a change (`base_version`), which must be of `current`'s
-/// version. Assignments stay sorted by replica id.
-pub fn whole_set(
-    current: &pb::AssignmentSet,
-    msg: pb::AssignmentSet,
-) -> std::result::Result<pb::AssignmentSet, String> {
-    let mut held = HeldSet::default();
-    held.take(current.clone())?;
-    held.take(msg)?;
-    Ok(held.to_set())
-}
-
 /// The assignment set a session holds: the last whole set with every change
 /// since applied to it, kept by replica so that taking a change costs the
 /// change's size, not the node's.
@@ -757,7 +744,8 @@ mod tests {
             assignments: vec![assignment("a", "1"), assignment("b", "1")],
             ..Default::default()
         };
-        let current = whole_set(&pb::AssignmentSet::default(), whole).expect("whole");
+        let mut held = HeldSet::default();
+        held.take(whole).expect("whole");
         let change = pb::AssignmentSet {
             version: 2,
             base_version: 1,
@@ -766,7 +754,8 @@ mod tests {
             terminating: vec!["x".into()],
             ..Default::default()
         };
-        let next = whole_set(&current, change.clone()).expect("applies");
+        held.take(change.clone()).expect("applies");
+        let next = held.to_set();
         assert_eq!(next.version, 2);
         assert_eq!(
             next.assignments,
@@ -774,7 +763,7 @@ mod tests {
         );
         assert_eq!(next.terminating, ["x"]);
         // The same change again is not of the set now held: refused.
-        let refused = whole_set(&next, change).expect_err("out of order");
+        let refused = held.take(change).expect_err("out of order");
         assert!(refused.contains("holds set 2"), "{refused}");
     }
 

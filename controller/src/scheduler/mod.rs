@@ -193,8 +193,8 @@ fn schedule_within(
                 && held + eligible.nodes.len() <= max_candidates
             {
                 let built = Candidates::new(&mut view, eligible, replica);
-                held += built.len();
                 let entries = built.len();
+                held += entries;
                 candidates.insert(shape, (built, entries));
             }
             let picked = candidates.get_mut(&shape).and_then(|(c, _)| {
