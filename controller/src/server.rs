@@ -345,7 +345,7 @@ fn spawn_node(
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(node.run(stop)),
+                Ok(runtime) => runtime.block_on(node.run_on_own_thread(stop)),
                 Err(e) => Err(anyhow::Error::from(e).context("starting the raft node's runtime")),
             };
             let _ = tx.send(ended);
