@@ -861,7 +861,7 @@ async fn a_controller_certificate_cannot_mint_admins_or_speak_for_other_members(
         .step(pb::RaftBatch {
             from: 9,
             from_address: "127.0.0.99:1".into(),
-            messages: vec![heartbeat],
+            messages: vec![heartbeat.clone()],
         })
         .await
         .expect_err("refused");
@@ -873,11 +873,34 @@ async fn a_controller_certificate_cannot_mint_admins_or_speak_for_other_members(
         .step(pb::RaftBatch {
             from: 2,
             from_address: "127.0.0.99:1".into(),
-            messages: vec![as_two],
+            messages: vec![as_two.clone()],
         })
         .await
         .expect_err("refused");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // The same on the stream members use: a stranger is refused, and so is
+    // a member's batch in another member's name (the stream ends).
+    let batch = |from: u64, message: &[u8]| pb::RaftBatch {
+        from,
+        from_address: "127.0.0.99:1".into(),
+        messages: vec![message.to_vec()],
+    };
+    let refused = stranger
+        .step_stream(tokio_stream::iter([batch(9, &heartbeat)]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = member
+        .step_stream(tokio_stream::iter([batch(2, &as_two)]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("as member 2"),
+        "{}",
+        refused.message()
+    );
 
     // Local-only types are dropped: an empty MsgPropose (2) would panic raft-rs.
     let propose = vec![0x08u8, 0x02, 0x10, 0x01, 0x18, 0x01];

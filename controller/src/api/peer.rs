@@ -8,11 +8,14 @@
 //! checks again before decoding. A message that fails to decode is refused and
 //! logged, never stepped.
 //!
-//! A controller certificate alone is not enough: `Step` and `Forward` are
-//! accepted only from a current member whose certificate name is its member
-//! id, and `Step` only for messages that member sent (`from`). Message types
+//! A controller certificate alone is not enough: `Step`, `StepStream` and
+//! `Forward` are accepted only from a current member whose certificate name
+//! is its member id (a stream checks membership again for every batch), and
+//! raft messages only those that member sent (`from`). Message types
 //! raft uses only inside one node (`MsgHup`, `MsgPropose`, ...) are dropped:
 //! a peer has no business sending them (an empty `MsgPropose` panics raft-rs).
+
+use std::net::SocketAddr;
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
@@ -38,56 +41,39 @@ impl PeerService {
     /// snapshot) accepts any controller whose certificate name is a member id:
     /// it cannot know the membership before the leader sends it.
     fn member_caller<T>(&self, request: &Request<T>, what: &str) -> Result<Option<u64>, Status> {
-        let remote = request.remote_addr();
-        let id = match Caller::of(request) {
-            Caller::Insecure => return Ok(None),
-            Caller::Verified(id) if id.role == Role::Controller => id,
-            other => {
-                warn!(remote = ?remote, caller = ?other, "refusing {what} from a non-controller");
-                return Err(Status::permission_denied(format!(
-                    "{what} are accepted from controllers only"
-                )));
-            }
-        };
-        let Ok(member) = id.name.parse::<u64>() else {
-            warn!(remote = ?remote, caller = %id, "refusing {what} from a controller certificate that names no member id");
-            return Err(Status::permission_denied(format!(
-                "{what} are accepted from members only, and {id} names no member id"
-            )));
-        };
+        let member = caller_member_id(request, what)?;
+        if let Some(member) = member {
+            self.check_member(member, what, request.remote_addr())?;
+        }
+        Ok(member)
+    }
+
+    /// Refuses a caller that is not (or no longer) a member.
+    fn check_member(
+        &self,
+        member: u64,
+        what: &str,
+        remote: Option<SocketAddr>,
+    ) -> Result<(), Status> {
         let members = self.cluster.store.members();
         if members.is_empty() || members.iter().any(|m| m.id == member) {
-            Ok(Some(member))
+            Ok(())
         } else {
-            warn!(remote = ?remote, caller = %id, "refusing {what} from a controller that is not a member");
+            warn!(remote = ?remote, member, "refusing {what} from a controller that is not a member");
             Err(Status::permission_denied(format!(
                 "{what} are accepted from current members only, and member {member} is not one"
             )))
         }
     }
-}
 
-/// Message types raft-rs only creates inside one node; never stepped from a peer.
-fn is_local_only(kind: MessageType) -> bool {
-    matches!(
-        kind,
-        MessageType::MsgHup
-            | MessageType::MsgBeat
-            | MessageType::MsgPropose
-            | MessageType::MsgUnreachable
-            | MessageType::MsgSnapStatus
-            | MessageType::MsgCheckQuorum
-    )
-}
-
-#[tonic::async_trait]
-impl pb::raft_server::Raft for PeerService {
-    async fn step(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::StepAck>, Status> {
-        let remote = request.remote_addr();
-        // The layer already refused non-controllers; this keeps the decoder
-        // safe even if the service is ever mounted without it.
-        let sender = self.member_caller(&request, "raft messages")?;
-        let batch = request.into_inner();
+    /// Checks one batch from `sender` (the caller's member id; None when
+    /// `--insecure`) and steps its messages.
+    fn deliver(
+        &self,
+        sender: Option<u64>,
+        remote: Option<SocketAddr>,
+        batch: pb::RaftBatch,
+    ) -> Result<(), Status> {
         if let Some(sender) = sender {
             if sender != batch.from {
                 warn!(remote = ?remote, member = sender, from = batch.from, "refusing raft messages sent in another member's name");
@@ -137,6 +123,75 @@ impl pb::raft_server::Raft for PeerService {
             .transport
             .learn(batch.from, &batch.from_address);
         self.cluster.handle.step(msgs);
+        Ok(())
+    }
+}
+
+/// The member id a verified controller caller's certificate names (None
+/// when the server runs `--insecure`); anyone else is refused.
+fn caller_member_id<T>(request: &Request<T>, what: &str) -> Result<Option<u64>, Status> {
+    let remote = request.remote_addr();
+    let id = match Caller::of(request) {
+        Caller::Insecure => return Ok(None),
+        Caller::Verified(id) if id.role == Role::Controller => id,
+        other => {
+            warn!(remote = ?remote, caller = ?other, "refusing {what} from a non-controller");
+            return Err(Status::permission_denied(format!(
+                "{what} are accepted from controllers only"
+            )));
+        }
+    };
+    match id.name.parse::<u64>() {
+        Ok(member) => Ok(Some(member)),
+        Err(_) => {
+            warn!(remote = ?remote, caller = %id, "refusing {what} from a controller certificate that names no member id");
+            Err(Status::permission_denied(format!(
+                "{what} are accepted from members only, and {id} names no member id"
+            )))
+        }
+    }
+}
+
+/// Message types raft-rs only creates inside one node; never stepped from a peer.
+fn is_local_only(kind: MessageType) -> bool {
+    matches!(
+        kind,
+        MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgPropose
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum
+    )
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for PeerService {
+    async fn step(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::StepAck>, Status> {
+        let remote = request.remote_addr();
+        // The layer already refused non-controllers; this keeps the decoder
+        // safe even if the service is ever mounted without it.
+        let sender = self.member_caller(&request, "raft messages")?;
+        self.deliver(sender, remote, request.into_inner())?;
+        Ok(Response::new(pb::StepAck {}))
+    }
+
+    /// Batches on one stream, each checked as `step` checks one. Membership
+    /// is checked again per batch: a member removed while its stream is
+    /// open is refused from then on. A refused batch ends the stream.
+    async fn step_stream(
+        &self,
+        request: Request<Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::StepAck>, Status> {
+        let remote = request.remote_addr();
+        let sender = self.member_caller(&request, "raft messages")?;
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            if let Some(sender) = sender {
+                self.check_member(sender, "raft messages", remote)?;
+            }
+            self.deliver(sender, remote, batch)?;
+        }
         Ok(Response::new(pb::StepAck {}))
     }
 
