@@ -160,12 +160,19 @@ impl Held {
     }
 }
 
+/// A key of the maps and indexes below: shared, so that copying a node of
+/// a persistent map (every change copies the path to what it changed, up
+/// to 64 keys a node) counts references instead of cloning two strings per
+/// key, and dropping an old version frees no strings. A key is made once
+/// per insert, and the indexes share the record's.
+type Key = Arc<ObjectRef>;
+
 /// Indexes over the records, kept by the write helpers; rebuilt on decode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Indexes {
-    by_deployment: OrdMap<ObjectRef, OrdSet<ObjectRef>>,
-    by_node: OrdMap<String, OrdSet<ObjectRef>>,
-    unbound: OrdSet<ObjectRef>,
+    by_deployment: OrdMap<Key, OrdSet<Key>>,
+    by_node: OrdMap<String, OrdSet<Key>>,
+    unbound: OrdSet<Key>,
     held: OrdMap<String, Held>,
     cluster_ips: OrdMap<std::net::Ipv4Addr, ObjectRef>,
     node_ports: OrdMap<u16, ObjectRef>,
@@ -182,17 +189,17 @@ pub struct State {
     /// `(index, term)` of the last applied entry.
     applied: (u64, u64),
     members: OrdMap<u64, Member>,
-    deployments: OrdMap<ObjectRef, Arc<StoredDeployment>>,
-    replicas: OrdMap<ObjectRef, Arc<ReplicaRecord>>,
+    deployments: OrdMap<Key, Arc<StoredDeployment>>,
+    replicas: OrdMap<Key, Arc<ReplicaRecord>>,
     nodes: OrdMap<String, Arc<NodeRecord>>,
     node_metas: OrdMap<String, NodeMeta>,
     /// How many times each node name was deleted (`delete node`): node
     /// certificates carry the epoch they were issued at; older ones are revoked.
     node_epochs: OrdMap<String, u64>,
     tokens: OrdMap<String, TokenRecord>,
-    config_maps: OrdMap<ObjectRef, Arc<StoredConfigMap>>,
-    secrets: OrdMap<ObjectRef, Arc<StoredSecret>>,
-    services: OrdMap<ObjectRef, Arc<StoredService>>,
+    config_maps: OrdMap<Key, Arc<StoredConfigMap>>,
+    secrets: OrdMap<Key, Arc<StoredSecret>>,
+    services: OrdMap<Key, Arc<StoredService>>,
     events: Vector<Arc<EventRecord>>,
     last_event_seq: u64,
     /// Each retained event's repeat key ([`super::events::same_key`]) → its
@@ -225,7 +232,7 @@ impl PartialEq for State {
 
 /// The entries of `map` after `after`, in `namespace` (or all), in key order.
 fn in_namespace_after<'a, V>(
-    map: &'a OrdMap<ObjectRef, V>,
+    map: &'a OrdMap<Key, V>,
     namespace: Option<&'a str>,
     after: Option<&ObjectRef>,
 ) -> impl Iterator<Item = (&'a ObjectRef, &'a V)> + 'a {
@@ -235,8 +242,9 @@ fn in_namespace_after<'a, V>(
         (None, Some(ns)) => Bound::Included(key(ns, "")),
         (None, None) => Bound::Unbounded,
     };
-    map.range((start, Bound::Unbounded))
+    map.range::<_, ObjectRef>((start, Bound::Unbounded))
         .take_while(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+        .map(|(k, v)| (&**k, v))
 }
 
 /// Whether two records of one replica differ in nothing the indexes or its
@@ -511,7 +519,7 @@ impl State {
     /// Every deployment that has replicas (a deleted one's included, until
     /// its replicas are gone).
     pub fn deployments_with_replicas(&self) -> impl Iterator<Item = &ObjectRef> + '_ {
-        self.index.by_deployment.keys()
+        self.index.by_deployment.keys().map(|k| &**k)
     }
 
     /// Replicas bound to no node, by namespace and name.
@@ -630,14 +638,14 @@ impl State {
         if !progress_only {
             self.touched.deployment_records.insert(k.clone());
         }
-        self.deployments.insert(k, Arc::new(d));
+        self.deployments.insert(Arc::new(k), Arc::new(d));
     }
 
     pub(super) fn put_config_map(&mut self, c: StoredConfigMap) {
         let m = &c.config_map.metadata;
         self.touched.config_objects = true;
         self.config_maps
-            .insert(key(&m.namespace, &m.name), Arc::new(c));
+            .insert(Arc::new(key(&m.namespace, &m.name)), Arc::new(c));
     }
 
     pub(super) fn remove_config_map(&mut self, k: &ObjectRef) -> Option<Arc<StoredConfigMap>> {
@@ -648,7 +656,8 @@ impl State {
     pub(super) fn put_secret(&mut self, s: StoredSecret) {
         let m = &s.secret.metadata;
         self.touched.config_objects = true;
-        self.secrets.insert(key(&m.namespace, &m.name), Arc::new(s));
+        self.secrets
+            .insert(Arc::new(key(&m.namespace, &m.name)), Arc::new(s));
     }
 
     pub(super) fn remove_secret(&mut self, k: &ObjectRef) -> Option<Arc<StoredSecret>> {
@@ -665,7 +674,7 @@ impl State {
         for port in sv.node_ports.iter().filter(|p| **p != 0) {
             self.index.node_ports.insert(*port, k.clone());
         }
-        self.services.insert(k, Arc::new(sv));
+        self.services.insert(Arc::new(k), Arc::new(sv));
     }
 
     pub(super) fn remove_service(&mut self, k: &ObjectRef) -> Option<Arc<StoredService>> {
@@ -688,7 +697,12 @@ impl State {
 
     pub(super) fn put_replica(&mut self, r: ReplicaRecord) {
         let k = key(&r.namespace, &r.name);
-        match self.replicas.get(&k).cloned() {
+        let (k, old) = match self.replicas.get_key_value(&k) {
+            // The key already in the map, shared rather than made again.
+            Some((held, old)) => (Arc::clone(held), Some(Arc::clone(old))),
+            None => (Arc::new(k), None),
+        };
+        match old {
             // A status report or a pending reason: the indexes and the
             // node's assignment set stay as they are (at 100,000 replicas
             // re-indexing each reported replica was a tenth of the leader's
@@ -705,7 +719,7 @@ impl State {
                 self.index_replica(&k, &r);
             }
         }
-        self.touched.replicas.insert(k.clone());
+        self.touched.replicas.insert(ObjectRef::clone(&k));
         self.index.phases[r.phase() as usize] += 1;
         if let Some(old) = self.replicas.insert(k, Arc::new(r)) {
             self.index.phases[old.phase() as usize] -= 1;
@@ -720,13 +734,18 @@ impl State {
         Some(old)
     }
 
-    fn index_replica(&mut self, k: &ObjectRef, r: &ReplicaRecord) {
+    fn index_replica(&mut self, k: &Key, r: &ReplicaRecord) {
         let d = key(&r.namespace, &r.deployment);
-        self.index
-            .by_deployment
-            .entry(d.clone())
-            .or_default()
-            .insert(k.clone());
+        match self.index.by_deployment.get_mut(&d) {
+            Some(keys) => {
+                keys.insert(Arc::clone(k));
+            }
+            None => {
+                self.index
+                    .by_deployment
+                    .insert(Arc::new(d.clone()), OrdSet::unit(Arc::clone(k)));
+            }
+        }
         self.touched.deployments.insert(d);
         match &r.node {
             Some(node) => {
@@ -786,7 +805,7 @@ impl State {
         self.index
             .by_node
             .get(node)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.iter().map(|k| ObjectRef::clone(k)).collect())
             .unwrap_or_default()
     }
 
@@ -795,7 +814,7 @@ impl State {
         self.index
             .by_deployment
             .get(deployment)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.iter().map(|k| ObjectRef::clone(k)).collect())
             .unwrap_or_default()
     }
 
@@ -909,7 +928,7 @@ impl State {
                 .into_iter()
                 .map(|c| {
                     let m = &c.config_map.metadata;
-                    (key(&m.namespace, &m.name), Arc::new(c))
+                    (Arc::new(key(&m.namespace, &m.name)), Arc::new(c))
                 })
                 .collect(),
             secrets: p
@@ -917,7 +936,7 @@ impl State {
                 .into_iter()
                 .map(|s| {
                     let m = &s.secret.metadata;
-                    (key(&m.namespace, &m.name), Arc::new(s))
+                    (Arc::new(key(&m.namespace, &m.name)), Arc::new(s))
                 })
                 .collect(),
             event_keys: p.events.iter().map(|e| (e.same_key(), e.seq)).collect(),
@@ -1007,18 +1026,18 @@ struct Borrowed<'a> {
     applied_index: u64,
     applied_term: u64,
     members: Seq<'a, u64, Member, Member>,
-    deployments: Seq<'a, ObjectRef, Arc<StoredDeployment>, StoredDeployment>,
-    replicas: Seq<'a, ObjectRef, Arc<ReplicaRecord>, ReplicaRecord>,
+    deployments: Seq<'a, Key, Arc<StoredDeployment>, StoredDeployment>,
+    replicas: Seq<'a, Key, Arc<ReplicaRecord>, ReplicaRecord>,
     nodes: Seq<'a, String, Arc<NodeRecord>, NodeRecord>,
     node_metas: Seq<'a, String, NodeMeta, NodeMeta>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     node_epochs: Vec<(&'a str, u64)>,
     tokens: Seq<'a, String, TokenRecord, TokenRecord>,
-    config_maps: Seq<'a, ObjectRef, Arc<StoredConfigMap>, StoredConfigMap>,
-    secrets: Seq<'a, ObjectRef, Arc<StoredSecret>, StoredSecret>,
+    config_maps: Seq<'a, Key, Arc<StoredConfigMap>, StoredConfigMap>,
+    secrets: Seq<'a, Key, Arc<StoredSecret>, StoredSecret>,
     /// Left out when empty: states without Services hash as before issue 15.
     #[serde(skip_serializing_if = "Seq::is_empty")]
-    services: Seq<'a, ObjectRef, Arc<StoredService>, StoredService>,
+    services: Seq<'a, Key, Arc<StoredService>, StoredService>,
     events: Vec<&'a EventRecord>,
     last_event_seq: u64,
 }
