@@ -336,7 +336,7 @@ async fn fence_now(
 pub fn resend(fresh: &[String], last_sent: &StatusMap) -> Vec<pb::ReplicaStatus> {
     fresh
         .iter()
-        .filter_map(|id| last_sent.get(id).cloned())
+        .filter_map(|id| last_sent.get(id).map(|s| pb::ReplicaStatus::clone(s)))
         .collect()
 }
 
@@ -487,7 +487,10 @@ fn hello(cfg: &SessionConfig, replicas: &StatusMap) -> pb::AgentMessage {
             runtime: cfg.runtime.clone(),
             version: drover_proto::VERSION.to_string(),
             incarnation: cfg.incarnation.clone(),
-            replicas: replicas.values().cloned().collect(),
+            replicas: replicas
+                .values()
+                .map(|s| pb::ReplicaStatus::clone(s))
+                .collect(),
             stop_after_disconnect_ms: cfg
                 .stop_after_disconnect
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -698,8 +701,8 @@ mod tests {
             ..Default::default()
         };
         let last_sent: StatusMap = [
-            ("a".to_string(), status("a")),
-            ("b".to_string(), status("b")),
+            ("a".to_string(), Arc::new(status("a"))),
+            ("b".to_string(), Arc::new(status("b"))),
         ]
         .into_iter()
         .collect();

@@ -196,7 +196,7 @@ async fn send(sup: &SupervisorHandle, a: &Assignment, objects: Vec<pb::ConfigObj
 }
 
 fn status(sup: &SupervisorHandle, replica: &str) -> Option<pb::ReplicaStatus> {
-    sup.statuses().borrow().get(replica).cloned()
+    sup.statuses().borrow().get(replica).map(|s| (**s).clone())
 }
 
 /// `sh -c SCRIPT` in the replica, its output trimmed.

@@ -73,7 +73,7 @@ impl Node {
     ) -> ReplicaStatus {
         let statuses: watch::Receiver<Arc<StatusMap>> = self.sup.statuses();
         eventually(what, LIMIT, || {
-            let s = statuses.borrow().get(replica).cloned();
+            let s = statuses.borrow().get(replica).map(|s| (**s).clone());
             let found = s.filter(|s| ok(s));
             async move { found }
         })

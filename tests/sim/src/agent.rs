@@ -252,7 +252,10 @@ impl SimAgent {
         self.session = Some(Session {
             m,
             hello: Some(hello),
-            hello_statuses: statuses.values().cloned().collect(),
+            hello_statuses: statuses
+                .values()
+                .map(|s| pb::ReplicaStatus::clone(s))
+                .collect(),
             sent: Sent::default(),
             held: session::HeldSet::default(),
             last_version: 0,
