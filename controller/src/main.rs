@@ -6,9 +6,12 @@ use tracing_subscriber::EnvFilter;
 
 use drover_controller::config::ControllerConfig;
 
+/// See [`drover_controller::memory`] for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cfg = ControllerConfig::parse();
-    drover_controller::memory::limit_arenas();
     init_logging(&cfg.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
