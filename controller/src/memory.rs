@@ -4,9 +4,10 @@
 //! glibc's malloc, allocating and freeing were about a third of the raft
 //! threads' samples in a profile of the 100,000-replica placement
 //! (`malloc_consolidate` alone 9 %: every free of a large buffer, such as
-//! an applied entry's, merges all of an arena's small free chunks). Alternating runs of that placement, the same build
-//! otherwise: 12.3-14.5 s with glibc, 10.0-11.3 s with mimalloc, the leader's
-//! CPU 9.4-11.6 s against 7.4-8.6 s. The cost: after a 60 s hold the
+//! an applied entry's, merges all of an arena's small free chunks).
+//! Alternating runs of that placement, the same build otherwise: 12.3-14.5 s
+//! with glibc, 10.0-11.3 s with mimalloc, the leader's CPU 9.4-11.6 s
+//! against 7.4-8.6 s. The cost: after a 60 s hold the
 //! followers were at 296-299 MiB against 259-261 MiB, the leader at 431 MiB
 //! against 384 MiB. Version 2 rather than 3: at 10,000 replicas version 3
 //! kept the controllers at 146-268 MiB, version 2 at 114-198 MiB. (The

@@ -211,9 +211,9 @@ struct PeerSender {
     security: watch::Receiver<Security>,
 }
 
-/// A peer's two raft clients: steps with a 10 s timeout, and snapshots on a
-/// channel without it (their deadline grows with their size, see
-/// `send_snapshot`).
+/// A peer's two raft clients: one for the lanes' streams, with HTTP/2
+/// keep-alive pings (a stream has no deadline), and one for snapshots
+/// (their deadline grows with their size, see `send_snapshot`).
 fn raft_clients(
     security: &Security,
     address: &str,
@@ -222,8 +222,8 @@ fn raft_clients(
         .endpoint(address, &pki::Server::Controller)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true);
-    // A stream has no deadline: the keep-alive pings are what notice a
-    // peer that is gone without closing its connection (a partition).
+    // The keep-alive pings are what notice a peer that is gone without
+    // closing its connection (a partition).
     let client = RaftClient::new(
         endpoint
             .clone()
@@ -249,6 +249,7 @@ impl PeerSender {
         };
         let mut stream: Option<mpsc::Sender<RaftBatch>> = None;
         while let Some(first) = rx.recv().await {
+            // A renewed certificate: connect again with it.
             if self.security.has_changed().unwrap_or(false) {
                 let renewed = self.security.borrow_and_update().clone();
                 if let Ok((c, s)) = raft_clients(&renewed, &self.address) {
@@ -335,6 +336,9 @@ impl PeerSender {
         tx
     }
 
+    /// Stream one MsgSnapshot to the peer: the message without its data
+    /// first, then the data in [`drover_proto::SNAPSHOT_CHUNK_BYTES`] pieces,
+    /// within 10 s plus 1 s per MiB. Whether the peer took it.
     async fn send_snapshot(&self, client: &mut RaftClient<Channel>, mut m: Message) -> bool {
         let data = m.mut_snapshot().take_data();
         let header = match m.write_to_bytes() {
