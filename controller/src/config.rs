@@ -66,12 +66,17 @@ pub struct ControllerConfig {
 
     /// ... or once the entries applied since the last snapshot hold this
     /// many MiB, whichever comes first (the log is in memory until then).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 16)]
     pub snapshot_log_mib: u64,
 
-    /// Entries kept behind the applied index when compacting.
+    /// Entries kept behind the applied index when compacting, for slow
+    /// followers...
     #[arg(long, default_value_t = 1_000)]
     pub trailing_entries: u64,
+
+    /// ... but no more than this many MiB of them.
+    #[arg(long, default_value_t = 4)]
+    pub trailing_log_mib: u64,
 
     /// How long a write waits for a leader before failing with "no leader".
     #[arg(long, default_value_t = 5_000)]
@@ -208,6 +213,7 @@ impl ControllerConfig {
             snapshot_interval: self.snapshot_interval.max(1),
             snapshot_log_bytes: self.snapshot_log_mib.max(1) << 20,
             trailing_entries: self.trailing_entries,
+            trailing_bytes: self.trailing_log_mib << 20,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             ..NodeConfig::new(self.id)
         }

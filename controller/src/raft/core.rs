@@ -39,7 +39,7 @@
 //! would otherwise draw from its thread RNG), and why the maps whose order
 //! reaches replies are `BTreeMap`s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -290,6 +290,10 @@ pub struct Core<S: LogStore> {
     snapshot_at: u64,
     /// Bytes of the entries applied since `snapshot_at`.
     applied_bytes: u64,
+    /// The index and size of each of the last `trailing_entries` entries
+    /// applied, oldest first: compaction keeps no more than
+    /// `trailing_bytes` of them.
+    recent: VecDeque<(u64, u64)>,
     leadership: watch::Sender<Leadership>,
     applied: watch::Sender<u64>,
     /// Set when a committed entry could not be applied: why. Nothing after
@@ -342,6 +346,7 @@ impl<S: LogStore> Core<S> {
             election_seen: (0, StateRole::Follower, 0),
             snapshot_at: applied,
             applied_bytes: 0,
+            recent: VecDeque::new(),
             leadership,
             applied: applied_tx,
             stalled: None,
@@ -790,6 +795,7 @@ impl<S: LogStore> Core<S> {
         self.store.replace(state);
         self.snapshot_at = meta.index;
         self.applied_bytes = 0;
+        self.recent.clear();
         crate::metrics::get().snapshot("installed", snap.get_data().len());
         for m in self.store.members() {
             self.transport.set_peer(m.id, m.address);
@@ -816,6 +822,11 @@ impl<S: LogStore> Core<S> {
                 return Ok(());
             }
             self.applied_bytes += entry.data.len() as u64;
+            self.recent
+                .push_back((entry.index, entry.data.len() as u64));
+            if self.recent.len() as u64 > self.cfg.trailing_entries {
+                self.recent.pop_front();
+            }
             match entry.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(&entry)?,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -998,10 +1009,15 @@ impl<S: LogStore> Core<S> {
     }
 
     /// A snapshot at `index` is saved: drop the log behind it, keeping
-    /// `trailing_entries` for slow followers (storage never compacts past the
-    /// saved snapshot).
+    /// `trailing_entries` (no more than `trailing_bytes` of them) for slow
+    /// followers (storage never compacts past the saved snapshot).
     pub fn snapshot_saved(&mut self, index: u64) {
-        let compact_to = index.saturating_sub(self.cfg.trailing_entries);
+        let compact_to = compact_below(
+            &self.recent,
+            index,
+            self.cfg.trailing_entries,
+            self.cfg.trailing_bytes,
+        );
         match self.raw.store().compact(compact_to) {
             Ok(()) => info!(
                 snapshot = index,
@@ -1011,6 +1027,34 @@ impl<S: LogStore> Core<S> {
             Err(e) => error!(error = %e, "could not compact the raft log"),
         }
     }
+}
+
+/// The first log index kept when compacting behind a snapshot at `index`:
+/// at most `max_entries` entries before it, and only as many of those as fit
+/// in `max_bytes` (the entry at `index` itself is always kept). `recent`
+/// holds the index and size of the entries applied last, oldest first; an
+/// entry older than it is bounded by `max_entries` alone.
+///
+/// Why bytes too: at 100,000 replicas an entry is tens of kilobytes, and
+/// 1,000 trailing entries kept 40 MB of log in memory on every member.
+fn compact_below(
+    recent: &VecDeque<(u64, u64)>,
+    index: u64,
+    max_entries: u64,
+    max_bytes: u64,
+) -> u64 {
+    let by_count = index.saturating_sub(max_entries);
+    let mut bytes = 0u64;
+    for &(i, size) in recent.iter().rev().skip_while(|(i, _)| *i > index) {
+        if i < by_count {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        if bytes > max_bytes {
+            return (i + 1).min(index);
+        }
+    }
+    by_count
 }
 
 /// The state as the saved snapshot holds it (empty for a member that has
@@ -1074,6 +1118,27 @@ mod tests {
 
         let why = decode_proposal(b"\x00garbage").err().unwrap_or_default();
         assert!(why.contains("not a drover command"), "{why}");
+    }
+
+    #[test]
+    fn compaction_keeps_trailing_entries_up_to_their_bytes() {
+        // Entries 1..=100 of 10 bytes each, the last 50 remembered.
+        let recent: VecDeque<(u64, u64)> = (51..=100).map(|i| (i, 10)).collect();
+        // The count bounds when the bytes allow it: 20 behind 100.
+        assert_eq!(compact_below(&recent, 100, 20, 1_000), 80);
+        // 95 bytes hold 9 entries: 92..=100 kept.
+        assert_eq!(compact_below(&recent, 100, 20, 95), 92);
+        // Entries applied after the snapshot's index do not count.
+        assert_eq!(compact_below(&recent, 90, 20, 95), 82);
+        // Entries older than those remembered: only the count bounds them.
+        assert_eq!(compact_below(&recent, 100, 80, 10_000), 20);
+        // An entry larger than the bound: the snapshot's own entry stays.
+        let big: VecDeque<(u64, u64)> = [(7, 5), (8, 1_000)].into_iter().collect();
+        assert_eq!(compact_below(&big, 8, 5, 100), 8);
+        // Nothing remembered (just restarted) or no trailing entries wanted.
+        assert_eq!(compact_below(&VecDeque::new(), 100, 20, 0), 80);
+        assert_eq!(compact_below(&recent, 100, 0, 1_000), 100);
+        assert_eq!(compact_below(&recent, 5, 20, 1_000), 0);
     }
 
     #[test]

@@ -56,8 +56,11 @@ pub struct NodeConfig {
     /// compacted, so this bounds the log's memory: at 100,000 replicas a
     /// status batch is tens of kilobytes, and 10,000 of them held 300 MB.
     pub snapshot_log_bytes: u64,
-    /// Entries kept behind the applied index at compaction, for slow followers.
+    /// Entries kept behind the applied index at compaction, for slow followers...
     pub trailing_entries: u64,
+    /// ... but no more than this many bytes of them: what they keep in
+    /// memory is bounded too.
+    pub trailing_bytes: u64,
     /// How long a proposal may wait for its entry to apply.
     pub write_timeout: Duration,
     /// How long a read waits for its ReadIndex answer before giving up.
@@ -72,8 +75,9 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_interval: 10_000,
-            snapshot_log_bytes: 64 << 20,
+            snapshot_log_bytes: 16 << 20,
             trailing_entries: 1_000,
+            trailing_bytes: 4 << 20,
             write_timeout: Duration::from_secs(8),
             // Short: a read that raft dropped silently (no leader yet, or a
             // new leader without a committed entry of its term) is retried soon.
