@@ -10,6 +10,19 @@ use drover_controller::config::ControllerConfig;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's settings, applied before the first allocation: the runtime
+/// calls the initialisers in `.init_array` before Rust's `main` (and its
+/// start-up allocations). See [`drover_controller::memory::configure_allocator`].
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn configure() {
+        drover_controller::memory::configure_allocator();
+    }
+    configure
+};
+
 fn main() -> std::process::ExitCode {
     let cfg = ControllerConfig::parse();
     init_logging(&cfg.log_format);

@@ -26,6 +26,42 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc 2's option numbers (the order of `mi_option_e` in its
+/// `mimalloc.h`; `libmimalloc-sys` names only some of them, and a test pins
+/// these against the named neighbours).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Set mimalloc up for a long-running server; the binary runs this before
+/// its first allocation (from its initialisers, `main.rs`), since an arena
+/// is committed as the option says when it is reserved:
+/// - **freed pages go back at once** (`purge_delay` 0, against 10 ms later:
+///   a page freed by a thread that then sleeps stays resident);
+/// - **arenas are committed as they are used**, not all at once
+///   (`arena_eager_commit` 0: with eager commit, purged pages are only
+///   reset, and stay in the resident size until the system needs them).
+///
+/// After placing 100,000 replicas and a 60 s hold: followers 238 / 246 MiB
+/// and the leader 323 MiB with mimalloc's defaults; 213-221 / 313 MiB with
+/// the purge delay at 0; 190 / 191 / 287 MiB with both. An
+/// `MIMALLOC_PURGE_DELAY` or `MIMALLOC_ARENA_EAGER_COMMIT` in the
+/// environment is left to win.
+pub fn configure_allocator() {
+    for (option, env) in [
+        (MI_OPTION_PURGE_DELAY, c"MIMALLOC_PURGE_DELAY"),
+        (MI_OPTION_ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+    ] {
+        // SAFETY: getenv reads the environment (nothing writes it this
+        // early); mi_option_set writes one entry of mimalloc's option table
+        // and may be called at any time, before its initialisation too.
+        unsafe {
+            if libc::getenv(env.as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(option, 0);
+            }
+        }
+    }
+}
+
 /// How often free memory is returned.
 pub const TRIM_PERIOD: Duration = Duration::from_secs(10);
 
@@ -52,5 +88,29 @@ pub async fn trim_every(stop: CancellationToken) {
             _ = tokio::time::sleep(TRIM_PERIOD) => {}
         }
         let _ = tokio::task::spawn_blocking(trim).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_numbers_sit_between_their_named_neighbours() {
+        // mimalloc.h: eager_commit (3), arena_eager_commit (4),
+        // purge_decommits (5), allow_large_os_pages (6), ...,
+        // eager_commit_delay (14), purge_delay (15), use_numa_nodes (16).
+        assert_eq!(
+            MI_OPTION_ARENA_EAGER_COMMIT + 2,
+            libmimalloc_sys::mi_option_large_os_pages
+        );
+        assert_eq!(
+            MI_OPTION_PURGE_DELAY - 1,
+            libmimalloc_sys::mi_option_eager_commit_delay
+        );
+        assert_eq!(
+            MI_OPTION_PURGE_DELAY + 1,
+            libmimalloc_sys::mi_option_use_numa_nodes
+        );
     }
 }
