@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // every replica's assignment that runs it.
     config.bytes([".drover.v1.Assignment.template_json"]);
     tonic_prost_build::configure()
+        // prost's codec with small starting buffers (src/codec.rs).
+        .codec_path("crate::codec::ProstCodec")
         // Secrets travel in these: their Debug (hand-written in lib.rs)
         // shows names and sizes, never values.
         .skip_debug([

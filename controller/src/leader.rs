@@ -805,7 +805,7 @@ mod tests {
         let second = Assignments::build(&db.store.snapshot(), &first, &feed.take());
         let web: Vec<drover_proto::pb::Assignment> = ["n1", "n2"]
             .iter()
-            .flat_map(|n| second.for_node(n).assignments.clone())
+            .flat_map(|n| second.for_node(n).assignments_pb())
             .filter(|a| a.deployment == "web")
             .collect();
         assert_eq!(web.len(), 2);

@@ -11,7 +11,9 @@
 //! - [`duration`] and [`timestamp`]: durations and times as people type and
 //!   read them, one grammar and one format for every binary (formatting
 //!   only: no clock is read here).
-//! - the size limits and version every binary shares.
+//! - the size limits and version every binary shares, and [`codec`], the
+//!   gRPC codec of every service (prost's, with small starting buffers for
+//!   agents' sessions).
 //!
 //! **What it may depend on.** Nothing of drover's, and no I/O: no files, no
 //! sockets, no certificates, no clocks. Everything here is a pure function or
@@ -19,6 +21,7 @@
 //! controller, the agent, droverctl) may depend on it. Only the generated
 //! `pb` code pulls in tonic and prost.
 
+pub mod codec;
 pub mod duration;
 pub mod image;
 pub mod names;

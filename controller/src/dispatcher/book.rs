@@ -24,7 +24,7 @@ const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
 #[derive(Debug, Default, PartialEq)]
 pub struct NodeSet {
     /// Sorted by replica id.
-    pub assignments: Vec<pb::Assignment>,
+    pub assignments: Vec<Assigned>,
     /// Agent ids of the replicas bound here that are terminating, sorted:
     /// the agent stops them (they are not assigned) and reports each one
     /// gone, also one it never had.
@@ -37,7 +37,57 @@ pub struct NodeSet {
     pub config_objects: Vec<pb::ConfigObject>,
 }
 
+/// One replica in its node's set: what its `pb::Assignment` carries, with
+/// what the replicas of one revision share held once. The book holds every
+/// assigned replica; as `pb::Assignment`s (four strings and two maps each)
+/// 100,000 of them held 44 MB on the leader, as these about 8 MB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assigned {
+    /// The replica's agent id (`namespace.name`).
+    pub replica: Box<str>,
+    pub slot: u32,
+    /// Its revision, and what that runs.
+    pub runs: Arc<Runs>,
+    /// Kubernetes' service variables for it ([`service_env`]): the same
+    /// `Arc` for neighbours in the set that get the same variables.
+    pub service_env: Arc<HashMap<String, String>>,
+}
+
+/// What every replica of one revision runs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Runs {
+    pub namespace: String,
+    pub deployment: String,
+    pub revision: String,
+    /// The template as JSON, one buffer per revision from book to book.
+    pub template_json: Bytes,
+    /// The deployment's annotations that agents act on.
+    pub annotations: HashMap<String, String>,
+}
+
+impl Assigned {
+    /// The assignment as agents get it.
+    pub fn to_pb(&self) -> pb::Assignment {
+        let runs = &*self.runs;
+        pb::Assignment {
+            replica: self.replica.to_string(),
+            namespace: runs.namespace.clone(),
+            deployment: runs.deployment.clone(),
+            slot: self.slot,
+            revision: runs.revision.clone(),
+            template_json: runs.template_json.clone(),
+            annotations: runs.annotations.clone(),
+            service_env: HashMap::clone(&self.service_env),
+        }
+    }
+}
+
 impl NodeSet {
+    /// Every assignment, as agents get them (the whole set).
+    pub fn assignments_pb(&self) -> Vec<pb::Assignment> {
+        self.assignments.iter().map(Assigned::to_pb).collect()
+    }
+
     /// What changed from `sent` to this set: the assignments added or
     /// changed, and the replicas no longer assigned. Both sets are sorted by
     /// replica id, so this is one merge pass.
@@ -52,21 +102,21 @@ impl NodeSet {
                 (None, None) => break,
                 (Some(o), Some(n)) if o.replica == n.replica => {
                     if o != n {
-                        changed.push((*n).clone());
+                        changed.push(n.to_pb());
                     }
                     old.next();
                     new.next();
                 }
                 (Some(o), Some(n)) if o.replica < n.replica => {
-                    removed.push(o.replica.clone());
+                    removed.push(o.replica.to_string());
                     old.next();
                 }
                 (Some(o), None) => {
-                    removed.push(o.replica.clone());
+                    removed.push(o.replica.to_string());
                     old.next();
                 }
                 (_, Some(n)) => {
-                    changed.push((*n).clone());
+                    changed.push(n.to_pb());
                     new.next();
                 }
             }
@@ -185,7 +235,7 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
     // The revision of the previous replica, with what it runs: a node's
     // replicas come in key order, so a deployment's are adjacent and share
     // one lookup of their deployment, template and references.
-    let mut last: Option<(&ReplicaRecord, Option<Encoded>)> = None;
+    let mut last: Option<(&ReplicaRecord, Option<Arc<Runs>>)> = None;
     for r in state.replicas_on(node) {
         if r.is_terminating() {
             if let Some(grace) = r.stop_grace_seconds {
@@ -199,24 +249,25 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
         });
         if !same_revision {
             let runs = state.deployment(&r.namespace, &r.deployment).and_then(|d| {
-                let encoded = templates.get(d, &r.revision)?;
+                let runs = templates.get(d, &r.revision)?;
                 references.extend(templates.references(d, &r.revision).iter().cloned());
-                Some(encoded)
+                Some(runs)
             });
             last = Some((r, runs));
         }
-        let Some((_, Some((template, annotations)))) = &last else {
+        let Some((_, Some(runs))) = &last else {
             continue;
         };
-        set.assignments.push(pb::Assignment {
-            replica: r.agent_id(),
-            namespace: r.namespace.clone(),
-            deployment: r.deployment.clone(),
+        let env = service_env(state, r);
+        let env = match set.assignments.last() {
+            Some(prev) if *prev.service_env == env => prev.service_env.clone(),
+            _ => Arc::new(env),
+        };
+        set.assignments.push(Assigned {
+            replica: r.agent_id().into_boxed_str(),
             slot: r.slot,
-            revision: r.revision.clone(),
-            template_json: template.clone(),
-            annotations: HashMap::clone(annotations),
-            service_env: service_env(state, r),
+            runs: runs.clone(),
+            service_env: env,
         });
     }
     set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
@@ -243,14 +294,11 @@ fn service_env(state: &State, r: &ReplicaRecord) -> HashMap<String, String> {
 struct TemplateCache {
     /// The book's JSON encodings, shared across builds.
     json: JsonCache,
-    /// `(namespace, deployment, revision)` → its encoding, if still kept.
-    by_revision: HashMap<(String, String, String), Option<Encoded>>,
+    /// `(namespace, deployment, revision)` → what it runs, if still kept.
+    by_revision: HashMap<(String, String, String), Option<Arc<Runs>>>,
     /// `(namespace, deployment, revision)` → the config objects it reads.
     references: HashMap<(String, String, String), Arc<Vec<config::Reference>>>,
 }
-
-/// A template's JSON and the annotations agents act on.
-type Encoded = (Bytes, Arc<HashMap<String, String>>);
 
 impl TemplateCache {
     /// The ConfigMaps and Secrets a revision's template references.
@@ -269,7 +317,7 @@ impl TemplateCache {
             .clone()
     }
 
-    fn get(&mut self, d: &StoredDeployment, hash: &str) -> Option<Encoded> {
+    fn get(&mut self, d: &StoredDeployment, hash: &str) -> Option<Arc<Runs>> {
         let m = &d.deployment.metadata;
         self.by_revision
             .entry((m.namespace.clone(), m.name.clone(), hash.to_string()))
@@ -281,17 +329,23 @@ impl TemplateCache {
                 };
                 let key = (m.namespace.clone(), m.name.clone(), hash.to_string());
                 let mut shared = self.json.lock().unwrap_or_else(|e| e.into_inner());
-                let json = shared
+                let template_json = shared
                     .entry(key)
                     .or_insert_with(|| serde_json::to_vec(template).unwrap_or_default().into())
                     .clone();
-                let annotations: HashMap<String, String> = m
+                let annotations = m
                     .annotations
                     .iter()
                     .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                Some((json, Arc::new(annotations)))
+                Some(Arc::new(Runs {
+                    namespace: m.namespace.clone(),
+                    deployment: m.name.clone(),
+                    revision: hash.to_string(),
+                    template_json,
+                    annotations,
+                }))
             })
             .clone()
     }
@@ -396,10 +450,17 @@ mod tests {
     fn set(replicas: &[(u8, u8)]) -> NodeSet {
         let mut s = NodeSet::default();
         for (id, rev) in replicas {
-            s.assignments.push(pb::Assignment {
-                replica: format!("default.r{id:03}"),
-                revision: format!("rev{rev}"),
-                ..Default::default()
+            s.assignments.push(Assigned {
+                replica: format!("default.r{id:03}").into_boxed_str(),
+                slot: 0,
+                runs: Arc::new(Runs {
+                    namespace: "default".into(),
+                    deployment: "r".into(),
+                    revision: format!("rev{rev}"),
+                    template_json: Bytes::new(),
+                    annotations: HashMap::new(),
+                }),
+                service_env: Arc::default(),
             });
         }
         s.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
@@ -427,9 +488,9 @@ mod tests {
             let (before, after) = (set(&before), set(&after));
             let (changed, removed) = after.changes_since(&before);
             let mut by_id: std::collections::BTreeMap<String, pb::Assignment> = before
-                .assignments
-                .iter()
-                .map(|a| (a.replica.clone(), a.clone()))
+                .assignments_pb()
+                .into_iter()
+                .map(|a| (a.replica.clone(), a))
                 .collect();
             for id in &removed {
                 by_id.remove(id);
@@ -437,7 +498,7 @@ mod tests {
             for a in changed {
                 by_id.insert(a.replica.clone(), a);
             }
-            prop_assert_eq!(by_id.into_values().collect::<Vec<_>>(), after.assignments);
+            prop_assert_eq!(by_id.into_values().collect::<Vec<_>>(), after.assignments_pb());
         }
     }
 }
