@@ -563,8 +563,12 @@ async fn session(
     // A sender that is gone (no sampler) is not an end of the session.
     let mut sampling = true;
 
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
+    // The first heartbeat goes at once: until one is acknowledged, silence
+    // in an open session does not count toward fencing (below), and a
+    // partition in the first interval of an agent's first session left its
+    // replicas running until the stream broke, while the controllers moved
+    // them after their node timeout (two hosts ran one replica).
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut productive = false;
     let mut last_version = 0u64;

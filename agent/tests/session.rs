@@ -31,12 +31,13 @@ struct TestAgent {
 
 impl TestAgent {
     async fn start(controllers: Vec<String>) -> TestAgent {
-        TestAgent::start_with(controllers, None).await
+        TestAgent::start_with(controllers, None, Duration::from_millis(100)).await
     }
 
     async fn start_with(
         controllers: Vec<String>,
         stop_after_disconnect: Option<Duration>,
+        heartbeat: Duration,
     ) -> TestAgent {
         let dir = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("runtime"));
@@ -52,7 +53,7 @@ impl TestAgent {
             },
             data_dir: dir.path().to_path_buf(),
             advertise: address.clone(),
-            heartbeat: Duration::from_millis(100),
+            heartbeat,
             stop_after_disconnect,
             service_proxy: drover_agent::services::ServiceProxy::Off,
             service_dns: None,
@@ -374,7 +375,8 @@ async fn replicas_being_stopped_are_reported_gone_also_ones_never_had() {
 async fn fencing_counts_from_the_last_acknowledged_heartbeat_while_the_stream_stays_open() {
     let mut ctl = FakeController::start().await;
     let limit = Duration::from_millis(800);
-    let agent = TestAgent::start_with(vec![ctl.addr.to_string()], Some(limit)).await;
+    let heartbeat = Duration::from_millis(100);
+    let agent = TestAgent::start_with(vec![ctl.addr.to_string()], Some(limit), heartbeat).await;
     let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
     let hello = conn.hello().await;
     assert_eq!(hello.stop_after_disconnect_ms, 800);
@@ -420,6 +422,63 @@ async fn fencing_counts_from_the_last_acknowledged_heartbeat_while_the_stream_st
         after + Duration::from_millis(100) >= limit,
         "fenced {after:?} after the last acknowledgement (limit {limit:?})"
     );
+}
+
+/// Fencing in an open session counts only once the controller acknowledged
+/// a heartbeat; a session's first heartbeat therefore goes at once. Before,
+/// it went one interval after the session opened, and a partition in that
+/// interval of an agent's first session left its replicas running while the
+/// controllers moved them (a lab test saw one replica on two hosts). Here
+/// the interval is 30 s: only a heartbeat sent at once arms the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_right_after_the_first_session_opens_is_fenced_too() {
+    let mut ctl = FakeController::start().await;
+    let limit = Duration::from_millis(1500);
+    let agent = TestAgent::start_with(
+        vec![ctl.addr.to_string()],
+        Some(limit),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
+    conn.hello().await;
+    conn.assign(1, vec![sleeper("web-r-0")]).await;
+    // The session's first heartbeat, among its status reports.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let msg = tokio::time::timeout_at(give_up, conn.from_agent.recv()).await;
+        match msg {
+            Ok(Some(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::Heartbeat(_)),
+            })) => break,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the agent closed the session"),
+            Err(_) => panic!("no heartbeat within 5 s of the session opening"),
+        }
+    }
+    let ack = pb::ControllerMessage {
+        kind: Some(pb::controller_message::Kind::HeartbeatAck(
+            pb::HeartbeatAck {},
+        )),
+    };
+    conn.to_agent.send(Ok(ack)).await.expect("ack");
+
+    // Then silence with the stream open: the replica runs, then is killed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut ran = false;
+    loop {
+        let running = !agent.running().await.is_empty();
+        ran |= running;
+        if ran && !running {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica was {} fenced within 20 s of the acknowledgement",
+            if ran { "never" } else { "never started, nor" }
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), conn.from_agent.recv()).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
