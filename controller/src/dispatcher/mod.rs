@@ -41,7 +41,7 @@ use crate::cluster::wire::observed_from_pb;
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::{Command, NodeRegistration, Resources, Write};
 
-pub use book::{Assigned, AssignmentBook, Assignments, NodeSet, Runs};
+pub use book::{AssignmentBook, Assignments, NodeSet};
 pub use pending::{Pending, Report};
 
 /// How long status reports are collected before one raft entry carries them.
