@@ -1,6 +1,8 @@
 //! The replicated store alone: three controllers on 127.0.0.1/.2/.3 with
 //! fsync on (sled flush before raft's persisted messages), measuring apply
-//! commit latency with one client, throughput with many concurrent clients,
+//! commit latency with one client, throughput with many concurrent clients
+//! (all on the leader, then spread over the members as etcd-load spreads
+//! its clients: the peer's figure compares with the second),
 //! and leader failover (SIGKILL the leader → first acknowledged write) over
 //! repeated kills.
 
@@ -18,7 +20,10 @@ use super::measure::{cores, cpu_time, ms, percentile};
 struct Figures {
     p50: Duration,
     p99: Duration,
+    /// All clients on the leader.
     throughput: f64,
+    /// Clients spread over the members, as etcd-load spreads them.
+    spread: f64,
     /// Applies acknowledged in all (warm-up, latency and throughput parts).
     applies: u64,
 }
@@ -63,6 +68,12 @@ pub async fn run(
         insecure.throughput,
         tls.throughput / insecure.throughput.max(1e-9)
     );
+    println!(
+        "TLS / --insecure, clients spread over the members: {:.0} vs {:.0} applies/s ({:.2}x)",
+        tls.spread,
+        insecure.spread,
+        tls.spread / insecure.spread.max(1e-9)
+    );
 
     // 3. Failover (TLS cluster): SIGKILL the leader, time until a write is acknowledged.
     let mut detect = Vec::new();
@@ -106,7 +117,8 @@ pub async fn run(
 }
 
 /// Latency (one client, sequential applies via the leader, then via a
-/// follower), then throughput (`clients` concurrent clients for `seconds`).
+/// follower), then throughput (`clients` concurrent clients for `seconds`,
+/// all on the leader, then spread over the members).
 async fn measure(
     c: &Cluster,
     latency_ops: usize,
@@ -151,16 +163,50 @@ async fn measure(
         ms(percentile(&fsamples, 0.99))
     );
 
+    let on_leader = vec![c.controllers[leader].address.clone()];
+    let (on_leader_rate, n) = throughput(c, &on_leader, clients, seconds).await;
+    println!(
+        "throughput, {clients} concurrent clients on the leader for {seconds}s: {on_leader_rate:.0} applies/s ({n} acknowledged)"
+    );
+    // etcd-load's shape: client i on member i mod 3, a follower forwarding
+    // what it is sent to the leader.
+    let members: Vec<String> = (0..c.controllers.len())
+        .map(|i| {
+            c.controllers[(leader + i) % c.controllers.len()]
+                .address
+                .clone()
+        })
+        .collect();
+    let (spread, spread_n) = throughput(c, &members, clients, seconds).await;
+    println!(
+        "throughput, {clients} concurrent clients spread over the {} members (client i on member i mod {}, the leader first: etcd-load's shape) for {seconds}s: {spread:.0} applies/s ({spread_n} acknowledged)",
+        members.len(),
+        members.len()
+    );
+    Ok(Figures {
+        p50: percentile(&samples, 0.50),
+        p99: percentile(&samples, 0.99),
+        throughput: on_leader_rate,
+        spread,
+        applies: 20 + latency_ops as u64 + (latency_ops / 4) as u64 + n + spread_n,
+    })
+}
+
+/// `clients` concurrent clients for `seconds`, client i writing through
+/// `addresses[i % len]`: the applies per second acknowledged, and how many.
+/// A failed apply is counted apart and reported.
+async fn throughput(c: &Cluster, addresses: &[String], clients: usize, seconds: u64) -> (f64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + Duration::from_secs(seconds);
-    let address = c.controllers[leader].address.clone();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..clients {
-        let (done, failed, address) = (done.clone(), failed.clone(), address.clone());
+        let (done, failed) = (done.clone(), failed.clone());
+        let address = addresses[n % addresses.len()].clone();
         let security = c.security.clone();
         tasks.spawn(async move {
             let Ok(mut client) = connect(&address, &security).await else {
+                failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
             let mut i = 0u32;
@@ -184,17 +230,11 @@ async fn measure(
     while tasks.join_next().await.is_some() {}
     let elapsed = t.elapsed().as_secs_f64();
     let n = done.load(Ordering::Relaxed);
-    let throughput = n as f64 / elapsed;
-    println!(
-        "throughput, {clients} concurrent clients for {seconds}s: {throughput:.0} applies/s ({n} acknowledged, {} failed)",
-        failed.load(Ordering::Relaxed)
-    );
-    Ok(Figures {
-        p50: percentile(&samples, 0.50),
-        p99: percentile(&samples, 0.99),
-        throughput,
-        applies: 20 + latency_ops as u64 + (latency_ops / 4) as u64 + n,
-    })
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        println!("  ({failed} applies or connections failed during this run)");
+    }
+    (n as f64 / elapsed, n)
 }
 
 /// Latency and throughput with metrics on and off, alternating `rounds`
