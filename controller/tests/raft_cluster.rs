@@ -192,11 +192,82 @@ async fn commits_replicate_and_every_member_reaches_the_same_state() {
     for i in 0..3 {
         assert_eq!(c.store(i).deployments(None).len(), 20);
     }
-    // A follower refuses to propose and names the leader.
+    // A follower refuses a membership change and names the leader.
     let f = (l + 1) % 3;
-    match c.handle(f).propose(apply("x", 1)).await {
+    match c.handle(f).propose(Write::PromoteMember { id: 9 }).await {
         Err(NodeError::NotLeader { leader: Some(id) }) => assert_eq!(id, c.members[l].id),
-        other => panic!("follower proposal: {other:?}"),
+        other => panic!("follower membership change: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_relays_a_write_and_answers_once_it_applied_it() {
+    let c = TestCluster::start(3, fast).await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let f = (l + 1) % 3;
+    let result = write_ok(c.handle(f), apply("relayed", 2)).await;
+    assert!(
+        matches!(result, WriteResult::Applied(_)),
+        "the follower answers with the apply's own result: {result:?}"
+    );
+    // Answered after it applied the entry itself: a read on it sees the write.
+    assert!(
+        c.store(f).deployment("default", "relayed").is_some(),
+        "the follower that answered has the write"
+    );
+    // Many at once, from both followers, each answered with its own result.
+    let mut writes = Vec::new();
+    for i in 0..40 {
+        let h = c.handle((l + 1 + i % 2) % 3).clone();
+        writes.push(tokio::spawn(async move {
+            h.propose(apply(&format!("r-{i}"), 1)).await
+        }));
+    }
+    for w in writes {
+        let answer = w.await.expect("task");
+        assert!(
+            matches!(answer, Ok(Ok(WriteResult::Applied(_)))),
+            "relayed write: {answer:?}"
+        );
+    }
+    c.converged(&[0, 1, 2]).await;
+    for i in 0..3 {
+        assert_eq!(c.store(i).deployments(None).len(), 41, "member {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_relayed_to_a_leader_that_is_cut_off_is_unconfirmed_when_the_leader_changes() {
+    let c = TestCluster::start(3, fast).await;
+    let old = c.leader(&[0, 1, 2]).await;
+    write_ok(c.handle(old), apply("before", 1)).await;
+    c.converged(&[0, 1, 2]).await;
+    c.router.isolate(c.members[old].id);
+    // The follower still follows the old leader: the write goes to it and
+    // is lost. It is answered when the survivors elect a new leader (not at
+    // its deadline: an unconfirmed answer after a leader change says zero).
+    let f = (old + 1) % 3;
+    let answer = c.handle(f).propose(apply("lost", 1)).await;
+    assert!(
+        matches!(answer, Err(NodeError::Unconfirmed(d)) if d.is_zero()),
+        "a relayed write whose leader is gone: {answer:?}"
+    );
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = c.leader(&rest).await;
+    assert_ne!(new, old);
+    // And the retry, once the follower knows the new leader, commits.
+    c.handle(f)
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("the follower learns the new leader");
+    write_ok(c.handle(f), apply("lost", 1)).await;
+    c.router.heal();
+    c.converged(&[0, 1, 2]).await;
+    for i in 0..3 {
+        assert!(
+            c.store(i).deployment("default", "lost").is_some(),
+            "member {i}"
+        );
     }
 }
 

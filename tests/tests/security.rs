@@ -902,14 +902,23 @@ async fn a_controller_certificate_cannot_mint_admins_or_speak_for_other_members(
         refused.message()
     );
 
-    // Local-only types are dropped: an empty MsgPropose (2) would panic raft-rs.
+    // Local-only types are dropped, and so is a relayed write (MsgPropose,
+    // 2) that holds no entry (it would panic raft-rs), an entry that is not
+    // a drover command, or a configuration change (entry type 1), which
+    // would skip the membership checks.
     let propose = vec![0x08u8, 0x02, 0x10, 0x01, 0x18, 0x01];
+    let not_a_command = vec![
+        0x08u8, 0x02, 0x10, 0x01, 0x18, 0x01, 0x3a, 0x05, 0x22, 0x03, b'a', b'b', b'c',
+    ];
+    let conf_change = vec![
+        0x08u8, 0x02, 0x10, 0x01, 0x18, 0x01, 0x3a, 0x06, 0x08, 0x01, 0x22, 0x02, 0x08, 0x00,
+    ];
     let hup = vec![0x10u8, 0x01, 0x18, 0x01];
     member
         .step(pb::RaftBatch {
             from: 1,
             from_address: c.controllers[0].address.clone(),
-            messages: vec![propose, hup],
+            messages: vec![propose, not_a_command, conf_change, hup],
         })
         .await
         .expect("accepted and dropped");
@@ -925,6 +934,11 @@ async fn a_controller_certificate_cannot_mint_admins_or_speak_for_other_members(
     let log = std::fs::read_to_string(&c.controllers[0].log).expect("log");
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("local-only"), "the drop is logged");
+    assert_eq!(
+        log.matches("dropped a relayed write").count(),
+        3,
+        "each refused relayed write is logged: {log}"
+    );
 }
 
 /// Item 3: an agent token makes new nodes only, and agents cannot claim

@@ -12,8 +12,10 @@
 //! `Forward` are accepted only from a current member whose certificate name
 //! is its member id (a stream checks membership again for every batch), and
 //! raft messages only those that member sent (`from`). Message types
-//! raft uses only inside one node (`MsgHup`, `MsgPropose`, ...) are dropped:
-//! a peer has no business sending them (an empty `MsgPropose` panics raft-rs).
+//! raft uses only inside one node (`MsgHup`, `MsgBeat`, ...) are dropped: a
+//! peer has no business sending them. A `MsgPropose` is a follower's relayed
+//! write: stepped only when it holds at least one entry (an empty one panics
+//! raft-rs) and every entry is a command this controller can apply.
 
 use std::net::SocketAddr;
 
@@ -27,6 +29,7 @@ use drover_pki::Role;
 use drover_proto::pb;
 
 use crate::cluster::{node_error, Cluster};
+use crate::raft::core::check_relayed;
 use crate::store::Write;
 
 pub struct PeerService {
@@ -98,6 +101,27 @@ impl PeerService {
                         m.from, batch.from
                     )));
                 }
+                Ok(m) if m.get_msg_type() == MessageType::MsgPropose => {
+                    // A follower's write relayed through raft: appended only
+                    // if every entry is a command this controller applies.
+                    let checked = if m.entries.is_empty() {
+                        // raft-rs panics on an empty one.
+                        Err("it holds no entry".to_string())
+                    } else {
+                        m.entries.iter().try_for_each(check_relayed)
+                    };
+                    match checked {
+                        Ok(()) if m.to == me => msgs.push(m),
+                        Ok(()) => warn!(
+                            from = batch.from,
+                            to = m.to,
+                            "dropped a relayed write addressed to another member"
+                        ),
+                        Err(why) => {
+                            warn!(from = batch.from, reason = %why, "dropped a relayed write")
+                        }
+                    }
+                }
                 Ok(m) if is_local_only(m.get_msg_type()) => {
                     warn!(from = batch.from, kind = ?m.get_msg_type(), "dropped a raft message of a local-only type from a peer");
                 }
@@ -152,13 +176,14 @@ fn caller_member_id<T>(request: &Request<T>, what: &str) -> Result<Option<u64>, 
     }
 }
 
-/// Message types raft-rs only creates inside one node; never stepped from a peer.
+/// Message types raft-rs only creates inside one node; never stepped from a
+/// peer. (`MsgPropose` crosses members only as a follower's relayed write,
+/// checked entry by entry in `deliver`.)
 fn is_local_only(kind: MessageType) -> bool {
     matches!(
         kind,
         MessageType::MsgHup
             | MessageType::MsgBeat
-            | MessageType::MsgPropose
             | MessageType::MsgUnreachable
             | MessageType::MsgSnapStatus
             | MessageType::MsgCheckQuorum

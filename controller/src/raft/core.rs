@@ -29,6 +29,9 @@
 //! state are on disk. Clients wait on a proposal until its log index is
 //! applied: if the entry applied there is theirs they get its result; if
 //! another leader's entry took the index, theirs was dropped and they may retry.
+//! A follower relays a command to the leader inside raft (`MsgPropose`) and
+//! waits by proposal id instead (it never learns the index): answered when
+//! it applies the entry, unconfirmed when the leader changes before that.
 //!
 //! Two drivers use this one code path: the tokio [`super::node::Node`] (a
 //! select loop over inboxes and a ticker, `flush().await`, `spawn_blocking`
@@ -197,6 +200,19 @@ struct Stall {
 /// A normal entry's proposal, or why this controller cannot apply it. The
 /// entry is parsed once; only one that does not decode is read again for
 /// its format, to say why.
+/// Whether an entry a follower relayed (`MsgPropose` from a peer) may go
+/// into the log: a normal entry holding a command this controller can
+/// apply. Anything else would stop every member at the entry (or, a
+/// configuration change, skip the checks of `Write::AddMember` and the
+/// rest), so the leader drops it rather than appending it; the follower's
+/// write then times out unconfirmed.
+pub fn check_relayed(entry: &Entry) -> Result<(), String> {
+    if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+        return Err("only a command may be relayed, not a configuration change".into());
+    }
+    decode_proposal(&entry.data).map(|_| ())
+}
+
 fn decode_proposal(data: &[u8]) -> Result<Proposal, String> {
     let newer = |format: u32| {
         format!(
@@ -237,6 +253,19 @@ struct PendingWrite {
     reply: WriteReply,
     deadline: Instant,
 }
+
+struct RelayedWrite {
+    /// The leader it was relayed to.
+    to: u64,
+    reply: WriteReply,
+    deadline: Instant,
+}
+
+/// Writes a follower relays at once; beyond, it answers `Busy`. A relayed
+/// write the leader drops (its uncommitted log over `max_uncommitted_size`,
+/// a leadership transfer) is only noticed at its deadline, so this bounds
+/// what can wait that long.
+const MAX_RELAYED: usize = 1024;
 
 struct PendingRead {
     reply: ReadReply,
@@ -301,6 +330,11 @@ pub struct Core<S: LogStore> {
     stalled: Option<Stall>,
     /// Proposals waiting for their log index to apply, by index.
     writes: BTreeMap<u64, PendingWrite>,
+    /// Writes proposed while following, which raft carried to the leader
+    /// (`MsgPropose`), by proposal id: answered when this member applies the
+    /// entry holding their id, failed as unconfirmed when the leader they
+    /// went to is no longer the leader, or at their deadline.
+    relayed: BTreeMap<u64, RelayedWrite>,
     /// Reads asked for since the last ReadIndex round: they share the next.
     read_batch: Vec<PendingRead>,
     /// ReadIndex rounds waiting for the leader's answer, by request context:
@@ -351,6 +385,7 @@ impl<S: LogStore> Core<S> {
             applied: applied_tx,
             stalled: None,
             writes: BTreeMap::new(),
+            relayed: BTreeMap::new(),
             read_batch: Vec::new(),
             reads: BTreeMap::new(),
             ready_reads: Vec::new(),
@@ -471,14 +506,26 @@ impl<S: LogStore> Core<S> {
         self.reads.insert(ctx, std::mem::take(&mut self.read_batch));
     }
 
-    /// Propose a write. Fails at once (through `reply`) on a follower:
-    /// forwarding to the leader is the API layer's job.
+    /// Propose a write. On a follower that knows its leader, a command
+    /// goes to the leader inside raft (`MsgPropose`, batched with the rest of
+    /// raft's traffic) and is answered when this member applies it; anything
+    /// else fails at once with `NotLeader` (through `reply`), and the API
+    /// layer forwards it.
     pub fn propose(&mut self, write: Write, reply: WriteReply, now: Instant) {
         if self.raw.raft.state != StateRole::Leader {
             let leader = self.raw.raft.leader_id;
-            let _ = reply.send(Err(NodeError::NotLeader {
-                leader: (leader != 0).then_some(leader),
-            }));
+            match write {
+                Write::Command(command)
+                    if leader != 0 && self.raw.raft.state == StateRole::Follower =>
+                {
+                    self.relay(command, leader, reply, now);
+                }
+                _ => {
+                    let _ = reply.send(Err(NodeError::NotLeader {
+                        leader: (leader != 0).then_some(leader),
+                    }));
+                }
+            }
             return;
         }
         if matches!(write, Write::RemoveMember { id } if id == self.cfg.id) {
@@ -522,6 +569,61 @@ impl<S: LogStore> Core<S> {
                 deadline: now + self.cfg.write_timeout,
             },
         );
+    }
+
+    /// A follower's command, to the leader through raft. The entry carries
+    /// the proposal's id, which is how this member knows it when it applies
+    /// it (a follower never learns the entry's index).
+    fn relay(&mut self, command: Command, leader: u64, reply: WriteReply, now: Instant) {
+        if self.relayed.len() >= MAX_RELAYED {
+            let _ = reply.send(Err(NodeError::Busy));
+            return;
+        }
+        let id = self.rng.next_u64();
+        let data = match serde_json::to_vec(&Proposal {
+            format: COMMAND_FORMAT,
+            id,
+            command,
+        }) {
+            Ok(data) => data,
+            Err(e) => {
+                let _ = reply.send(Err(NodeError::Refused(e.to_string())));
+                return;
+            }
+        };
+        if self.raw.propose(vec![], data).is_err() {
+            // raft-rs refuses when it cannot forward: let the API layer.
+            let _ = reply.send(Err(NodeError::NotLeader {
+                leader: Some(leader),
+            }));
+            return;
+        }
+        self.relayed.insert(
+            id,
+            RelayedWrite {
+                to: leader,
+                reply,
+                deadline: now + self.cfg.write_timeout,
+            },
+        );
+    }
+
+    /// Relayed writes sent to a member that is no longer the leader: they
+    /// may or may not commit. Called once a Ready's committed entries are
+    /// applied, so a write committed in the same Ready is answered first.
+    fn fail_relayed_elsewhere(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        let gone: Vec<u64> = self
+            .relayed
+            .iter()
+            .filter(|(_, r)| r.to != leader || self.raw.raft.state != StateRole::Follower)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(r) = self.relayed.remove(&id) {
+                let _ = r.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
+            }
+        }
     }
 
     /// A leader never removes itself: raft-rs 0.7 keeps a leader that applied
@@ -672,6 +774,17 @@ impl<S: LogStore> Core<S> {
                 let _ = p.reply.send(Err(NodeError::Unconfirmed(timeout)));
             }
         }
+        let expired: Vec<u64> = self
+            .relayed
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.relayed.remove(&id) {
+                let _ = r.reply.send(Err(NodeError::Unconfirmed(timeout)));
+            }
+        }
         // A round's reads share one deadline: the first's.
         let expired: Vec<Vec<u8>> = self
             .reads
@@ -705,6 +818,7 @@ impl<S: LogStore> Core<S> {
             return Ok(None);
         }
         let mut rd = self.raw.ready();
+        let moved = rd.ss().is_some();
         if let Some(ss) = rd.ss() {
             self.publish_leadership(ss.leader_id, ss.raft_state);
         }
@@ -716,6 +830,9 @@ impl<S: LogStore> Core<S> {
             must_flush = true;
         }
         self.apply_committed(rd.take_committed_entries())?;
+        if moved {
+            self.fail_relayed_elsewhere();
+        }
         for rs in rd.take_read_states() {
             self.read_state(rs);
         }
@@ -812,6 +929,10 @@ impl<S: LogStore> Core<S> {
             if let Some(p) = self.writes.remove(&index) {
                 let _ = p.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
             }
+        }
+        // So may every relayed write (they are known by id, not index).
+        for (_, r) in std::mem::take(&mut self.relayed) {
+            let _ = r.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
         }
         Ok(())
     }
@@ -947,6 +1068,17 @@ impl<S: LogStore> Core<S> {
         id: Option<u64>,
         answer: Result<Result<WriteResult, WriteError>, NodeError>,
     ) {
+        if let Some(r) = id.and_then(|id| self.relayed.remove(&id)) {
+            // This member relayed it as a follower. A write it proposed as a
+            // leader at this index lost the index to it.
+            if let Some(p) = self.writes.remove(&index) {
+                let _ = p
+                    .reply
+                    .send(Err(NodeError::Dropped("leadership changed".into())));
+            }
+            let _ = r.reply.send(answer);
+            return;
+        }
         let Some(p) = self.writes.remove(&index) else {
             return;
         };

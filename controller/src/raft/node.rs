@@ -214,8 +214,11 @@ impl Handle {
         self.id
     }
 
-    /// Propose a write on this member. Fails with `NotLeader` on a follower:
-    /// forwarding to the leader is the API layer's job.
+    /// Propose a write on this member. A follower that knows its leader
+    /// relays a command through raft and answers once it applied it itself
+    /// (so a read on this member then sees it); a membership change, or a
+    /// member that knows no leader, fails with `NotLeader`, and forwarding
+    /// is the API layer's job.
     ///
     /// A full queue is answered at once with [`NodeError::Busy`] (the caller
     /// backs off and retries) rather than waiting into a timeout.

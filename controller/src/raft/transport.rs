@@ -91,11 +91,14 @@ struct Peer {
 }
 
 impl Peer {
-    /// The lane a message travels in: log entries and snapshots in bulk,
-    /// everything small and time-critical apart.
+    /// The lane a message travels in: log entries, snapshots and writes a
+    /// follower relays to the leader in bulk, everything small and
+    /// time-critical apart.
     fn lane(&self, m: &Message) -> &mpsc::Sender<Message> {
         match m.get_msg_type() {
-            MessageType::MsgAppend | MessageType::MsgSnapshot => &self.bulk,
+            MessageType::MsgAppend | MessageType::MsgSnapshot | MessageType::MsgPropose => {
+                &self.bulk
+            }
             _ => &self.urgent,
         }
     }

@@ -773,7 +773,8 @@ impl World {
     }
 
     /// Clients mostly find the leader (as droverctl does, by retrying), and
-    /// sometimes hit a follower (which refuses with NotLeader).
+    /// sometimes hit a follower (which relays a command to its leader
+    /// through raft, and refuses a membership change with NotLeader).
     fn pick_member(&mut self) -> usize {
         let leader = (0..self.members.len()).rev().max_by_key(|m| {
             let (_, term, is_leader) = self.members[*m].leader_view;
