@@ -236,13 +236,20 @@ async fn a_follower_relays_a_write_and_answers_once_it_applied_it() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_relayed_to_a_leader_that_is_cut_off_is_unconfirmed_when_the_leader_changes() {
+/// Three members, a write ("before") applied on all of them, then the
+/// leader cut off from the other two: the cluster and the old leader.
+async fn with_the_leader_cut_off() -> (TestCluster, usize) {
     let c = TestCluster::start(3, fast).await;
     let old = c.leader(&[0, 1, 2]).await;
     write_ok(c.handle(old), apply("before", 1)).await;
     c.converged(&[0, 1, 2]).await;
     c.router.isolate(c.members[old].id);
+    (c, old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_relayed_to_a_leader_that_is_cut_off_is_unconfirmed_when_the_leader_changes() {
+    let (c, old) = with_the_leader_cut_off().await;
     // The follower still follows the old leader: the write goes to it and
     // is lost. It is answered when the survivors elect a new leader (not at
     // its deadline: an unconfirmed answer after a leader change says zero).
@@ -273,12 +280,7 @@ async fn a_write_relayed_to_a_leader_that_is_cut_off_is_unconfirmed_when_the_lea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_minority_cannot_commit_and_the_majority_can() {
-    let c = TestCluster::start(3, fast).await;
-    let old = c.leader(&[0, 1, 2]).await;
-    write_ok(c.handle(old), apply("before", 1)).await;
-    c.converged(&[0, 1, 2]).await;
-
-    c.router.isolate(c.members[old].id);
+    let (c, old) = with_the_leader_cut_off().await;
     // The cut-off leader may still accept the proposal, but it must never commit.
     let stranded = c.handle(old).propose(apply("stranded", 1)).await;
     assert!(

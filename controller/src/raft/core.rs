@@ -261,6 +261,16 @@ struct RelayedWrite {
     deadline: Instant,
 }
 
+/// Remove and return, in key order, the values of `map` that `gone` picks.
+fn take_where<V>(map: &mut BTreeMap<u64, V>, gone: impl Fn(u64, &V) -> bool) -> Vec<V> {
+    let keys: Vec<u64> = map
+        .iter()
+        .filter(|(k, v)| gone(**k, v))
+        .map(|(k, _)| *k)
+        .collect();
+    keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+}
+
 /// Writes a follower relays at once; beyond, it answers `Busy`. A relayed
 /// write the leader drops (its uncommitted log over `max_uncommitted_size`,
 /// a leadership transfer) is only noticed at its deadline, so this bounds
@@ -613,16 +623,9 @@ impl<S: LogStore> Core<S> {
     /// applied, so a write committed in the same Ready is answered first.
     fn fail_relayed_elsewhere(&mut self) {
         let leader = self.raw.raft.leader_id;
-        let gone: Vec<u64> = self
-            .relayed
-            .iter()
-            .filter(|(_, r)| r.to != leader || self.raw.raft.state != StateRole::Follower)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if let Some(r) = self.relayed.remove(&id) {
-                let _ = r.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
-            }
+        let following = self.raw.raft.state == StateRole::Follower;
+        for r in take_where(&mut self.relayed, |_, r| r.to != leader || !following) {
+            let _ = r.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
         }
     }
 
@@ -763,27 +766,11 @@ impl<S: LogStore> Core<S> {
     /// Fail requests whose deadline passed.
     pub fn expire(&mut self, now: Instant) {
         let timeout = self.cfg.write_timeout;
-        let expired: Vec<u64> = self
-            .writes
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(i, _)| *i)
-            .collect();
-        for index in expired {
-            if let Some(p) = self.writes.remove(&index) {
-                let _ = p.reply.send(Err(NodeError::Unconfirmed(timeout)));
-            }
+        for p in take_where(&mut self.writes, |_, p| p.deadline <= now) {
+            let _ = p.reply.send(Err(NodeError::Unconfirmed(timeout)));
         }
-        let expired: Vec<u64> = self
-            .relayed
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(r) = self.relayed.remove(&id) {
-                let _ = r.reply.send(Err(NodeError::Unconfirmed(timeout)));
-            }
+        for r in take_where(&mut self.relayed, |_, r| r.deadline <= now) {
+            let _ = r.reply.send(Err(NodeError::Unconfirmed(timeout)));
         }
         // A round's reads share one deadline: the first's.
         let expired: Vec<Vec<u8>> = self
@@ -919,16 +906,8 @@ impl<S: LogStore> Core<S> {
         }
         // Any proposal still waiting at or below the snapshot lost track of
         // its entry: whether it committed is unknown.
-        let covered: Vec<u64> = self
-            .writes
-            .keys()
-            .copied()
-            .filter(|i| *i <= meta.index)
-            .collect();
-        for index in covered {
-            if let Some(p) = self.writes.remove(&index) {
-                let _ = p.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
-            }
+        for p in take_where(&mut self.writes, |index, _| index <= meta.index) {
+            let _ = p.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
         }
         // So may every relayed write (they are known by id, not index).
         for (_, r) in std::mem::take(&mut self.relayed) {
