@@ -197,9 +197,6 @@ struct Stall {
     reason: String,
 }
 
-/// A normal entry's proposal, or why this controller cannot apply it. The
-/// entry is parsed once; only one that does not decode is read again for
-/// its format, to say why.
 /// Whether an entry a follower relayed (`MsgPropose` from a peer) may go
 /// into the log: a normal entry holding a command this controller can
 /// apply. Anything else would stop every member at the entry (or, a
@@ -208,11 +205,26 @@ struct Stall {
 /// write then times out unconfirmed.
 pub fn check_relayed(entry: &Entry) -> Result<(), String> {
     if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-        return Err("only a command may be relayed, not a configuration change".into());
+        return Err(
+            "only a command may be relayed, not a configuration change or an empty entry".into(),
+        );
     }
     decode_proposal(&entry.data).map(|_| ())
 }
 
+/// A command as an entry's data, under a fresh proposal `id`.
+fn encode_command(id: u64, command: Command) -> Result<Vec<u8>, NodeError> {
+    serde_json::to_vec(&Proposal {
+        format: COMMAND_FORMAT,
+        id,
+        command,
+    })
+    .map_err(|e| NodeError::Refused(e.to_string()))
+}
+
+/// A normal entry's proposal, or why this controller cannot apply it. The
+/// entry is parsed once; only one that does not decode is read again for
+/// its format, to say why.
 fn decode_proposal(data: &[u8]) -> Result<Proposal, String> {
     let newer = |format: u32| {
         format!(
@@ -547,14 +559,8 @@ impl<S: LogStore> Core<S> {
         }
         let id = self.rng.next_u64();
         let result = match write {
-            Write::Command(command) => match serde_json::to_vec(&Proposal {
-                format: COMMAND_FORMAT,
-                id,
-                command,
-            }) {
-                Ok(data) => self.raw.propose(vec![], data).map_err(proposal_error),
-                Err(e) => Err(NodeError::Refused(e.to_string())),
-            },
+            Write::Command(command) => encode_command(id, command)
+                .and_then(|data| self.raw.propose(vec![], data).map_err(proposal_error)),
             Write::AddMember {
                 id: member,
                 address,
@@ -590,14 +596,10 @@ impl<S: LogStore> Core<S> {
             return;
         }
         let id = self.rng.next_u64();
-        let data = match serde_json::to_vec(&Proposal {
-            format: COMMAND_FORMAT,
-            id,
-            command,
-        }) {
+        let data = match encode_command(id, command) {
             Ok(data) => data,
             Err(e) => {
-                let _ = reply.send(Err(NodeError::Refused(e.to_string())));
+                let _ = reply.send(Err(e));
                 return;
             }
         };

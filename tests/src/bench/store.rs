@@ -168,7 +168,7 @@ async fn measure(
     println!(
         "throughput, {clients} concurrent clients on the leader for {seconds}s: {on_leader_rate:.0} applies/s ({n} acknowledged)"
     );
-    // etcd-load's shape: client i on member i mod 3, a follower forwarding
+    // etcd-load's shape: client i on member i mod 3, a follower relaying
     // what it is sent to the leader.
     let members: Vec<String> = (0..c.controllers.len())
         .map(|i| {
