@@ -325,8 +325,17 @@ async fn compacts_and_a_lagging_member_catches_up(
     for i in 0..writes {
         write_ok(c.handle(l), apply(&format!("app-{i}"), 1)).await;
     }
-    let s = c.handle(l).status().await.expect("status");
-    assert!(s.snapshot_index > compacted_past, "{why}: {s:?}");
+    // Snapshots are saved on a thread of their own and the log is compacted
+    // once one is saved: wait for it rather than read the status once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.handle(l).status().await.expect("status");
+        if s.snapshot_index > compacted_past {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{why}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.boot(lagging, &[]).await;
     c.converged(&[0, 1, 2]).await;
     assert_eq!(c.store(lagging).deployments(None).len(), writes);
