@@ -5,4 +5,5 @@
 pub mod core;
 pub mod node;
 pub mod storage;
+pub mod terms;
 pub mod transport;

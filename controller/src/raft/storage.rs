@@ -69,6 +69,8 @@ use raft::{GetEntriesContext, RaftState, Storage, NO_LIMIT};
 use sled::transaction::{TransactionError, TransactionResult, Transactional};
 use sled::{Batch, Db, Tree};
 
+use super::terms::Terms;
+
 const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
 /// Where drovers before the snapshot files kept the snapshot's data; moved
@@ -243,6 +245,10 @@ struct LogState {
     truncated: Position,
     /// The last entry in the log, or `truncated.index` when the log is empty.
     last_index: u64,
+    /// The terms of the entries written since the open (or the last
+    /// snapshot install): `term` answers from here rather than decoding
+    /// the entry.
+    terms: Terms,
 }
 
 impl LogState {
@@ -364,6 +370,7 @@ impl SledStorage {
             conf_state,
             truncated,
             last_index,
+            terms: Terms::starting_at(last_index + 1),
         };
         if state.hard_state != HardState::default()
             && (state.hard_state.commit < truncated.index || state.hard_state.commit > last_index)
@@ -472,6 +479,7 @@ impl SledStorage {
             self.log
                 .insert(&log_key(head.index)[..], encode(head, "raft entry")?)?;
             state.last_index = tail.index;
+            state.terms.record([(head.index, head.term)]);
             return Ok(());
         }
         let mut batch = Batch::default();
@@ -491,6 +499,9 @@ impl SledStorage {
         }
         self.log.apply_batch(batch)?;
         state.last_index = tail.index;
+        state
+            .terms
+            .record(entries.iter().map(|e| (e.index, e.term)));
         Ok(())
     }
 
@@ -694,8 +705,8 @@ impl SledStorage {
             });
         }
 
-        let keep_tail =
-            snapshot.index < state.last_index && self.entry_term(snapshot.index)? == snapshot.term;
+        let keep_tail = snapshot.index < state.last_index
+            && self.entry_term(state, snapshot.index)? == snapshot.term;
         let last_removed = if keep_tail {
             snapshot.index
         } else {
@@ -721,6 +732,12 @@ impl SledStorage {
         self.db.flush()?;
         self.remove_replaced_snapshots()?;
 
+        let mut terms = std::mem::take(&mut state.terms);
+        if keep_tail {
+            terms.forget_before(snapshot.index + 1);
+        } else {
+            terms = Terms::starting_at(snapshot.index + 1);
+        }
         *state = LogState {
             hard_state,
             conf_state,
@@ -730,6 +747,7 @@ impl SledStorage {
             } else {
                 snapshot.index
             },
+            terms,
         };
         Ok(())
     }
@@ -756,7 +774,7 @@ impl SledStorage {
 
         let last_removed = Position {
             index: compact_index - 1,
-            term: self.entry_term(compact_index - 1)?,
+            term: self.entry_term(&state, compact_index - 1)?,
         };
         let mut log_batch = Batch::default();
         for index in first_index..compact_index {
@@ -781,6 +799,7 @@ impl SledStorage {
         );
         state.truncated = last_removed;
         state.hard_state = hard_state;
+        state.terms.forget_before(compact_index);
         Ok(())
     }
 
@@ -874,8 +893,13 @@ impl SledStorage {
         })
     }
 
-    fn entry_term(&self, index: u64) -> Result<u64, StorageError> {
-        Ok(self.read_entry(index)?.term)
+    /// The term of entry `index`, which the caller has checked is in the
+    /// log: from the kept terms, or else read from the entry.
+    fn entry_term(&self, state: &LogState, index: u64) -> Result<u64, StorageError> {
+        match state.terms.get(index) {
+            Some(term) => Ok(term),
+            None => Ok(self.read_entry(index)?.term),
+        }
     }
 
     fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
@@ -977,7 +1001,7 @@ impl Storage for SledStorage {
         if idx > state.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        Ok(self.entry_term(idx)?)
+        Ok(self.entry_term(&state, idx)?)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -1959,9 +1983,15 @@ mod tests {
     #[test]
     fn corrupt_entries_are_reported_not_panicked_on() {
         let f = Fixture::with_entries(&ents_3_4_5());
-        let log = f.db.open_tree("raft_log").unwrap();
-        log.insert(4u64.to_be_bytes(), &b"\xff\xff\xff"[..])
+        f.db.open_tree("raft_log")
+            .unwrap()
+            .insert(4u64.to_be_bytes(), &b"\xff\xff\xff"[..])
             .unwrap();
+        // The member that wrote entry 4 knows its term without reading it;
+        // a restarted one reads it.
+        assert_eq!(f.storage.term(4), Ok(4));
+        let f = f.reopen();
+        let log = f.db.open_tree("raft_log").unwrap();
 
         for err in [
             ours(f.storage.term(4)),
