@@ -65,8 +65,13 @@ pub struct NodeRegistration {
 /// (issue 15); format 7 `ReplicaObserved.published_ports` in `ReportStatus`
 /// (issue 15: an older member would drop them and compute other endpoints);
 /// format 8 changes how `Reconcile` and `Schedule` apply
-/// ([`DECISIONS_RECHECKED`]).
-pub const COMMAND_FORMAT: u32 = 8;
+/// ([`DECISIONS_RECHECKED`]); format 9 leaves a replica record's and its
+/// observed status's fields out at their defaults (`objects.rs`: an older
+/// member would refuse them as missing, so it must stop, not misread).
+/// Snapshots carry the same records: a member older than format 9 cannot
+/// install a newer one's snapshot, which the upgrade order (followers
+/// first, `docs/operations.md`) never asks of it.
+pub const COMMAND_FORMAT: u32 = 9;
 
 /// The first format whose leader decisions are re-checked against the state
 /// they apply to, not only the one they were decided on: a `Reconcile`
