@@ -312,7 +312,8 @@ impl View {
             Kind::Deployment => t.deployments.clone(),
             // A replica's row shows its node's address.
             Kind::Replica => {
-                let mut keys = t.replicas.clone();
+                let mut keys: BTreeSet<ObjectRef> =
+                    t.replicas.iter().map(|k| ObjectRef::clone(k)).collect();
                 for n in &t.node_records {
                     for s in [prev, new] {
                         keys.extend(s.replicas_on(n).map(|r| ObjectRef {

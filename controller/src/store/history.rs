@@ -246,9 +246,11 @@ mod tests {
     fn versions_that_touched_many_objects_are_dropped_first_by_their_weight() {
         let touching = |n: usize| Touched {
             replicas: (0..n)
-                .map(|i| super::super::ObjectRef {
-                    namespace: "default".into(),
-                    name: format!("r{i}"),
+                .map(|i| {
+                    std::sync::Arc::new(super::super::ObjectRef {
+                        namespace: "default".into(),
+                        name: format!("r{i}"),
+                    })
                 })
                 .collect(),
             ..Touched::default()

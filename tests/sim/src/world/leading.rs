@@ -349,7 +349,7 @@ impl World {
         let at = state.applied().0;
         let touched = touched.filter(|t| !t.all);
         let replicas: Vec<ObjectRef> = match touched {
-            Some(t) => t.replicas.iter().cloned().collect(),
+            Some(t) => t.replicas.iter().map(|k| ObjectRef::clone(k)).collect(),
             None => state.replicas(None).map(|r| r.key()).collect(),
         };
         // Nothing to compare with on a first look.
