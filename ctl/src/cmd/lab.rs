@@ -173,10 +173,7 @@ async fn up(env: &Env, args: LabUpArgs) -> anyhow::Result<()> {
         env.config_path()?.display()
     ))?;
     print(&status(&lab))?;
-    let me = std::env::current_exe()
-        .ok()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "droverctl".into());
+    let me = invoked_as();
     let dir_flag = if dir == Path::new(".drover-lab") {
         String::new()
     } else {
@@ -251,6 +248,18 @@ fn remove_context(lab: &Lab, path: &Path) -> Option<String> {
 }
 
 /// Run another droverctl verb against the lab's context.
+/// droverctl as the user ran it, for the commands printed to paste next:
+/// the path as typed (`target/release/droverctl`, not where a symlinked
+/// `target/` resolves to, as `current_exe` says), or the bare name found
+/// on `PATH`.
+fn invoked_as() -> String {
+    std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "droverctl".into())
+}
+
 async fn run_self(env: &Env, args: &[&str]) -> anyhow::Result<()> {
     let mut argv = vec!["droverctl", "--context", lab::CONTEXT];
     argv.extend_from_slice(args);
