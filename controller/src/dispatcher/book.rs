@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use drover_manifest::PodTemplate;
 use drover_proto::pb;
 use prost::bytes::Bytes;
 
@@ -341,8 +342,11 @@ impl TemplateCache<'_> {
             return found.clone();
         }
         let found = state.deployment(namespace, deployment).and_then(|d| {
-            let runs = self.runs(d, hash)?;
-            Some((runs, Arc::new(references(d, hash))))
+            let template = d.template_by_hash(hash)?;
+            Some((
+                self.runs(d, hash, template),
+                Arc::new(config::references(namespace, template)),
+            ))
         });
         self.revisions
             .entry(namespace.to_string())
@@ -353,13 +357,8 @@ impl TemplateCache<'_> {
         found
     }
 
-    fn runs(&self, d: &StoredDeployment, hash: &str) -> Option<Arc<Runs>> {
+    fn runs(&self, d: &StoredDeployment, hash: &str, template: &PodTemplate) -> Arc<Runs> {
         let m = &d.deployment.metadata;
-        let template = if hash == d.current_revision_hash() {
-            &d.deployment.spec.template
-        } else {
-            &d.revision_by_hash(hash)?.template
-        };
         let key = (m.namespace.clone(), m.name.clone(), hash.to_string());
         let mut shared = self.json.lock().unwrap_or_else(|e| e.into_inner());
         let template_json = shared
@@ -372,25 +371,14 @@ impl TemplateCache<'_> {
             .filter(|(k, _)| k.starts_with(AGENT_ANNOTATION_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Some(Arc::new(Runs {
+        Arc::new(Runs {
             namespace: m.namespace.clone(),
             deployment: m.name.clone(),
             revision: hash.to_string(),
             template_json,
             annotations,
-        }))
+        })
     }
-}
-
-/// The ConfigMaps and Secrets a revision's template references.
-fn references(d: &StoredDeployment, hash: &str) -> Vec<config::Reference> {
-    let m = &d.deployment.metadata;
-    let template = if hash == d.current_revision_hash() {
-        Some(&d.deployment.spec.template)
-    } else {
-        d.revision_by_hash(hash).map(|r| &r.template)
-    };
-    template.map_or_else(Vec::new, |t| config::references(&m.namespace, t))
 }
 
 /// Drop the JSON of revisions no deployment keeps any more, once the
@@ -402,9 +390,9 @@ fn forget_gone_revisions(state: &State, json: &JsonCache) {
         return;
     }
     json.retain(|(namespace, name, hash), _| {
-        state.deployment(namespace, name).is_some_and(|d| {
-            d.current_revision_hash() == *hash || d.revision_by_hash(hash).is_some()
-        })
+        state
+            .deployment(namespace, name)
+            .is_some_and(|d| d.template_by_hash(hash).is_some())
     });
 }
 

@@ -732,12 +732,13 @@ impl SledStorage {
         self.db.flush()?;
         self.remove_replaced_snapshots()?;
 
-        let mut terms = std::mem::take(&mut state.terms);
-        if keep_tail {
-            terms.forget_before(snapshot.index + 1);
+        let terms = if keep_tail {
+            let mut kept = std::mem::take(&mut state.terms);
+            kept.forget_before(snapshot.index + 1);
+            kept
         } else {
-            terms = Terms::starting_at(snapshot.index + 1);
-        }
+            Terms::starting_at(snapshot.index + 1)
+        };
         *state = LogState {
             hard_state,
             conf_state,

@@ -74,6 +74,16 @@ impl StoredDeployment {
         self.revisions.iter().find(|r| r.hash == hash)
     }
 
+    /// The template of the revision with this hash, the current one's
+    /// included; `None` once the revision is no longer kept.
+    pub fn template_by_hash(&self, hash: &str) -> Option<&PodTemplate> {
+        if hash == self.current_revision_hash() {
+            Some(&self.deployment.spec.template)
+        } else {
+            self.revision_by_hash(hash).map(|r| &r.template)
+        }
+    }
+
     /// The hash of the current template: its newest revision's (computed for
     /// a deployment stored before revisions existed).
     pub fn current_revision_hash(&self) -> String {

@@ -247,7 +247,6 @@ fn remove_context(lab: &Lab, path: &Path) -> Option<String> {
     Some(format!("removed context {}", lab::CONTEXT))
 }
 
-/// Run another droverctl verb against the lab's context.
 /// droverctl as the user ran it, for the commands printed to paste next:
 /// the path as typed (`target/release/droverctl`, not where a symlinked
 /// `target/` resolves to, as `current_exe` says), or the bare name found
@@ -260,6 +259,7 @@ fn invoked_as() -> String {
         .unwrap_or_else(|| "droverctl".into())
 }
 
+/// Run another droverctl verb against the lab's context.
 async fn run_self(env: &Env, args: &[&str]) -> anyhow::Result<()> {
     let mut argv = vec!["droverctl", "--context", lab::CONTEXT];
     argv.extend_from_slice(args);
