@@ -4,8 +4,12 @@
 //! ```text
 //!  leadership ──is_leader──▶ start loops ──(ReadIndex: state is current)──▶
 //!      loop { wait for an applied change ─▶ rollout::progress        ─▶ RolloutProgress (+ Undo)
-//!             (or 2 s: minReadySeconds,  ─▶ orchestrator::reconcile ─▶ Reconcile entry
-//!              progress deadlines)       ─▶ scheduler::schedule      ─▶ Schedule entry }
+//!             (or 2 s: minReadySeconds,  ─▶ orchestrator::reconcile ─┐
+//!              progress deadlines)       ─▶ scheduler::schedule ─────┴▶ Reconcile entry,
+//!                                           (the new replicas, on the   new replicas bound
+//!                                            state as it will be)
+//!                                        ─▶ scheduler::schedule      ─▶ Schedule entry
+//!                                           (replicas still unbound) }
 //!      loop { every node-timeout/10      ─▶ nodes::assess           ─▶ NodeDown / NodeUp }
 //!  leadership lost ─▶ cancel
 //! ```
@@ -486,6 +490,54 @@ pub fn decision_commands(decisions: Decisions, now: i64) -> Vec<Command> {
     commands
 }
 
+/// `command` with the replicas a `Reconcile` creates bound where the
+/// scheduler would place them once it applied: [`schedule`] over the state
+/// projected through the entry (a copy: the state's maps are persistent),
+/// its placements of the new replicas written into their records
+/// ([`CREATES_BOUND`](crate::store::CREATES_BOUND)). Creating and binding a
+/// replica is then one entry, one record written and one watch event on
+/// every member instead of two. Replicas it cannot place stay unbound: the
+/// scheduler's own pass after the entry gives them their pending reasons.
+/// Any other command comes back as it was. Pure; the simulator's leader
+/// binds its creations with it too.
+///
+/// Cost: applying the entry once more (on the leader only) and one scheduler
+/// pass, which the pass after the entry then no longer makes.
+pub fn bind_creations(state: &State, command: Command) -> Command {
+    let creates = matches!(&command, Command::Reconcile { create, .. } if !create.is_empty());
+    if !creates {
+        return command;
+    }
+    let mut projected = state.clone();
+    let (index, term) = state.applied();
+    if projected.apply(index + 1, term, &command).is_err() {
+        return command;
+    }
+    let (place, _) = schedule(&projected);
+    let Command::Reconcile {
+        mut create,
+        remove,
+        now_unix_ms,
+    } = command
+    else {
+        return command;
+    };
+    let placed: HashMap<(&str, &str), &String> = place
+        .iter()
+        .map(|(r, node)| ((r.namespace.as_str(), r.name.as_str()), node))
+        .collect();
+    for r in &mut create {
+        if let Some(node) = placed.get(&(r.namespace.as_str(), r.name.as_str())) {
+            r.node = Some(String::clone(node));
+        }
+    }
+    Command::Reconcile {
+        create,
+        remove,
+        now_unix_ms,
+    }
+}
+
 /// The scheduler's entry for the state's unbound replicas, if it decides
 /// anything (see [`schedule`]).
 pub fn schedule_command(state: &State, now: i64) -> Option<Command> {
@@ -523,6 +575,26 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<D
     .map_err(|e| format!("the orchestrator pass failed: {e}"))?;
     orchestration.end(input);
     for command in decision_commands(decisions, now) {
+        let command = if matches!(command, Command::Reconcile { .. }) {
+            // Off the workers, as the scheduler's own pass below.
+            let state = store.snapshot();
+            let (command, binding) = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let command =
+                    crate::metrics::get().time_scheduler(|| bind_creations(&state, command));
+                (command, started.elapsed())
+            })
+            .await
+            .map_err(|e| format!("the scheduler pass failed: {e}"))?;
+            computed += binding;
+            if let Command::Reconcile { create, .. } = &command {
+                let bound = create.iter().filter(|r| r.node.is_some()).count();
+                crate::metrics::get().scheduled(bound, 0);
+            }
+            command
+        } else {
+            command
+        };
         leading.write(command).await?;
     }
     // Off the runtime's worker threads: with tens of thousands of replicas
@@ -724,6 +796,124 @@ mod tests {
             agent_version: "test".into(),
             incarnation: "i1".into(),
         }
+    }
+
+    /// Three nodes; `web` wants 5 replicas on host port 8080 (3 fit), `api` 4.
+    fn three_nodes_two_deployments() -> Db {
+        let mut db = Db::new();
+        for n in ["n1", "n2", "n3"] {
+            db.apply(Command::RegisterNode {
+                node: registration(n),
+                now_unix_ms: 1,
+            });
+        }
+        let mut web = on_host_port("web", 8080);
+        web.spec.replicas = 5;
+        db.apply(Command::Apply {
+            deployments: vec![web, deployment("api", 4)],
+            now_unix_ms: 1,
+        });
+        db
+    }
+
+    fn orchestrate(db: &Db) -> Command {
+        let plan = orchestrator::reconcile(
+            &db.store.deployments(None),
+            &db.store.replicas(None),
+            &HashSet::new(),
+            10,
+        );
+        Command::Reconcile {
+            create: plan.create,
+            remove: plan.remove,
+            now_unix_ms: 10,
+        }
+    }
+
+    fn placements(db: &Db) -> Vec<(String, Option<String>, String)> {
+        db.store
+            .replicas(None)
+            .into_iter()
+            .map(|r| (r.name, r.node, r.pending_reason))
+            .collect()
+    }
+
+    fn events(db: &Db) -> Vec<(String, String)> {
+        db.store
+            .events(&Default::default(), 100)
+            .into_iter()
+            .map(|e| (e.reason, e.object.name))
+            .collect()
+    }
+
+    /// Creating replicas bound (one entry) ends where creating them and then
+    /// scheduling them (two entries) ends: the same nodes, the same pending
+    /// reasons for the ones nothing fits, each new replica's `Scheduled`
+    /// event after its deployment's `SuccessfulCreate`.
+    #[test]
+    fn creations_bound_in_their_entry_end_where_create_then_schedule_ends() {
+        let mut two_entries = three_nodes_two_deployments();
+        two_entries.round();
+
+        let mut one_entry = three_nodes_two_deployments();
+        let command = bind_creations(&one_entry.store.snapshot(), orchestrate(&one_entry));
+        let Command::Reconcile { create, .. } = &command else {
+            panic!("{command:?}");
+        };
+        assert_eq!(create.iter().filter(|r| r.node.is_some()).count(), 7);
+        one_entry.apply(command);
+        let (place, unschedulable) = schedule(&one_entry.store.snapshot());
+        assert!(place.is_empty(), "{place:?}");
+        assert_eq!(unschedulable.len(), 2, "{unschedulable:?}");
+        one_entry.apply(Command::Schedule {
+            place,
+            unschedulable,
+            now_unix_ms: 10,
+        });
+
+        assert_eq!(placements(&one_entry), placements(&two_entries));
+        let mut expected = events(&two_entries);
+        let mut got = events(&one_entry);
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected);
+        let created = events(&one_entry)
+            .iter()
+            .position(|(reason, _)| reason == "SuccessfulCreate");
+        let first_scheduled = events(&one_entry)
+            .iter()
+            .position(|(reason, _)| reason == "Scheduled");
+        assert!(created < first_scheduled, "{:?}", events(&one_entry));
+    }
+
+    /// A creation bound to a node that was cordoned (or went NotReady)
+    /// after the leader decided is created unbound, with no `Scheduled`
+    /// event, for the next scheduler pass.
+    #[test]
+    fn a_creation_bound_to_a_node_cordoned_since_is_created_unbound() {
+        let mut db = Db::new();
+        db.apply(Command::RegisterNode {
+            node: registration("n1"),
+            now_unix_ms: 1,
+        });
+        db.apply(Command::Apply {
+            deployments: vec![deployment("api", 2)],
+            now_unix_ms: 1,
+        });
+        let command = bind_creations(&db.store.snapshot(), orchestrate(&db));
+        db.apply(Command::Cordon {
+            node: "n1".into(),
+            cordoned: true,
+            now_unix_ms: 5,
+        });
+        db.apply(command);
+        let nodes: Vec<Option<String>> = placements(&db).into_iter().map(|p| p.1).collect();
+        assert_eq!(nodes, [None, None]);
+        assert!(
+            !events(&db).iter().any(|(reason, _)| reason == "Scheduled"),
+            "{:?}",
+            events(&db)
+        );
     }
 
     #[test]

@@ -43,6 +43,13 @@ pub fn bin(name: &str) -> PathBuf {
 /// a controller that could not bind made a "no leader" test failure). Each
 /// test process starts at an offset of its own and hands ports out in turn;
 /// one found in use is skipped.
+/// The controllers' log filter: `DROVER_TEST_LOG` when set (e.g.
+/// `info,drover_controller::leader=debug` with `DROVER_KEEP_TEST_DIR=1`
+/// for a post-mortem of a run), else info without raft's and sled's chatter.
+fn controller_log_filter() -> String {
+    std::env::var("DROVER_TEST_LOG").unwrap_or_else(|_| "info,raft=info,sled=warn,h2=warn".into())
+}
+
 fn free_port(ip: &str) -> anyhow::Result<u16> {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 10_000;
@@ -249,7 +256,7 @@ impl Cluster {
             .args(&tls)
             .args(&self.options.extra_args)
             .args(extra)
-            .env("DROVER_LOG", "info,raft=info,sled=warn,h2=warn")
+            .env("DROVER_LOG", controller_log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

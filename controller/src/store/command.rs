@@ -21,7 +21,8 @@ use crate::orchestrator::rollout;
 
 use super::events::{name_list, InvolvedObject, NewEvent};
 use super::objects::{
-    NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources, TokenRecord,
+    Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,
+    TokenRecord,
 };
 use super::state::{Held, State};
 use super::{revision, Revision, RolloutState, StoredDeployment};
@@ -70,8 +71,9 @@ pub struct NodeRegistration {
 /// member would refuse them as missing, so it must stop, not misread).
 /// Snapshots carry the same records: a member older than format 9 cannot
 /// install a newer one's snapshot, which the upgrade order (followers
-/// first, `docs/operations.md`) never asks of it.
-pub const COMMAND_FORMAT: u32 = 9;
+/// first, `docs/operations.md`) never asks of it. Format 10 lets a
+/// `Reconcile` bind the replicas it creates ([`CREATES_BOUND`]).
+pub const COMMAND_FORMAT: u32 = 10;
 
 /// The first format whose leader decisions are re-checked against the state
 /// they apply to, not only the one they were decided on: a `Reconcile`
@@ -81,6 +83,14 @@ pub const COMMAND_FORMAT: u32 = 9;
 /// overshoot, or bind to a node cordoned meanwhile), so a log replays to the
 /// same state whatever version replays it.
 pub const DECISIONS_RECHECKED: u32 = 8;
+
+/// The first format in which a `Reconcile`'s new replica may carry the node
+/// the leader's scheduler chose for it, so that creating and binding it is
+/// one entry instead of two (half the entries, records written and watch
+/// events of a placement). The node is checked as a `Schedule`'s placement
+/// is; a replica the node can no longer take is created unbound, for the
+/// next scheduler pass. An older format's creation is stored as written.
+pub const CREATES_BOUND: u32 = 10;
 
 /// A state-machine command, as stored in a raft entry. A change to its shape
 /// that an older controller would not apply exactly the same way bumps
@@ -177,7 +187,9 @@ pub enum Command {
     /// From format [`DECISIONS_RECHECKED`] on, so is a creation that would take
     /// its deployment beyond its current desired count + maxSurge (a `Scale`
     /// down or a `Delete` committed after the decision), or of a deployment
-    /// that is gone.
+    /// that is gone. From format [`CREATES_BOUND`] on, a creation that
+    /// names a node is bound to it if the node can take it as a `Schedule`
+    /// placement would be taken, and created unbound otherwise.
     Reconcile {
         create: Vec<ReplicaRecord>,
         remove: Vec<ObjectRef>,
@@ -520,7 +532,8 @@ pub(super) fn execute(
             now_unix_ms,
         } => {
             let rechecked = format >= DECISIONS_RECHECKED;
-            reconcile(state, create, remove, rechecked, *now_unix_ms)
+            let bind = format >= CREATES_BOUND;
+            reconcile(state, create, remove, rechecked, bind, *now_unix_ms)
         }
         Command::Schedule {
             place,
@@ -1134,9 +1147,11 @@ fn reconcile(
     create: &[ReplicaRecord],
     remove: &[ObjectRef],
     capped: bool,
+    bind: bool,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
+    let mut bound = Vec::new();
     // Names per deployment, for one event each way.
     let mut removed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut created: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -1165,7 +1180,7 @@ fn reconcile(
         changed += 1;
     }
     if !create.is_empty() {
-        changed += create_replicas(state, create, capped, &mut created);
+        changed += create_replicas(state, create, capped, bind, &mut created, &mut bound);
     }
     for (verb, reason, names) in [
         ("Created", "SuccessfulCreate", created),
@@ -1182,13 +1197,18 @@ fn reconcile(
             );
         }
     }
+    for (r, node) in bound {
+        record_scheduled(state, &r, &node, now);
+    }
     Ok(WriteResult::Changed(changed))
 }
 
 /// Create replicas whose slot is free; returns how many were created.
 /// A rollout runs two revisions side by side, so the same slot number may
 /// exist once per revision. `capped` (format [`DECISIONS_RECHECKED`] on): only
-/// within the deployment's current bounds too ([`Room`]).
+/// within the deployment's current bounds too ([`Room`]). `bind` (format
+/// [`CREATES_BOUND`] on): a creation naming a node is bound there if
+/// [`placeable`], unbound otherwise; the ones bound are added to `bound`.
 ///
 /// Cost: each deployment's taken slots (and room) are read once per entry,
 /// O(its replicas), then each creation is O(log n). (Checking each creation
@@ -1198,7 +1218,9 @@ fn create_replicas(
     state: &mut State,
     create: &[ReplicaRecord],
     capped: bool,
+    bind: bool,
     created: &mut BTreeMap<(String, String), Vec<String>>,
+    bound: &mut Vec<(ObjectRef, String)>,
 ) -> usize {
     let mut taken: HashMap<ObjectRef, HashSet<(String, u32)>> = HashMap::new();
     let draining: HashSet<String> = if capped {
@@ -1241,7 +1263,22 @@ fn create_replicas(
             }
         }
         slots.insert(slot);
-        state.put_replica(r.clone());
+        let mut record = r.clone();
+        if bind {
+            if let Some(node) = record.node.take() {
+                if placeable(state, &record, &node, true) {
+                    record.node = Some(node.clone());
+                    bound.push((
+                        ObjectRef {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                        },
+                        node,
+                    ));
+                }
+            }
+        }
+        state.put_replica(record);
         created
             .entry((r.namespace.clone(), r.deployment.clone()))
             .or_default()
@@ -1319,35 +1356,14 @@ fn schedule(
         let Some(replica) = state.replica(&r.namespace, &r.name) else {
             continue;
         };
-        let Some(record) = state.node(node) else {
-            continue;
-        };
-        // The scheduler decided on slightly older state: the node may have
-        // gone NotReady, filled up or been cordoned since. Such a placement
-        // is skipped (the next round places the replica again), never
-        // over-committed.
-        let booking = replica.booking.clone().unwrap_or_default();
-        let nothing = Held::default();
-        let fits = state
-            .held(node)
-            .unwrap_or(&nothing)
-            .fits(&booking, &record.capacity);
-        let cordoned = rechecked && record.cordoned;
-        if replica.node.is_some() || record.condition != NodeCondition::Ready || !fits || cordoned {
+        if replica.node.is_some() || !placeable(state, replica, node, rechecked) {
             continue;
         }
         let mut replica = ReplicaRecord::clone(replica);
         replica.node = Some(node.clone());
         replica.pending_reason.clear();
         state.put_replica(replica);
-        state.record(
-            now,
-            NewEvent::normal(
-                "Scheduled",
-                InvolvedObject::replica(&r.namespace, &r.name),
-                format!("Successfully assigned {r} to {node}"),
-            ),
-        );
+        record_scheduled(state, r, node, now);
         changed += 1;
     }
     for (r, reason) in unschedulable {
@@ -1371,6 +1387,35 @@ fn schedule(
         changed += 1;
     }
     Ok(WriteResult::Changed(changed))
+}
+
+/// Whether `node` can take `replica` now. The scheduler decided on slightly
+/// older state: the node may have gone NotReady, filled up or (`rechecked`,
+/// format [`DECISIONS_RECHECKED`] on) been cordoned since. Such a placement
+/// is skipped (the next round places the replica again), never
+/// over-committed.
+fn placeable(state: &State, replica: &ReplicaRecord, node: &str, rechecked: bool) -> bool {
+    let Some(record) = state.node(node) else {
+        return false;
+    };
+    let (no_booking, nothing) = (Booking::default(), Held::default());
+    let booking = replica.booking.as_ref().unwrap_or(&no_booking);
+    let fits = state
+        .held(node)
+        .unwrap_or(&nothing)
+        .fits(booking, &record.capacity);
+    record.condition == NodeCondition::Ready && fits && !(rechecked && record.cordoned)
+}
+
+fn record_scheduled(state: &mut State, r: &ObjectRef, node: &str, now: i64) {
+    state.record(
+        now,
+        NewEvent::normal(
+            "Scheduled",
+            InvolvedObject::replica(&r.namespace, &r.name),
+            format!("Successfully assigned {r} to {node}"),
+        ),
+    );
 }
 
 fn report_status(

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 pub use command::{
     ApplyOutcome, Command, NodeRegistration, ObjectRef, RolloutRecord, Write, WriteError,
-    WriteResult, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT, DECISIONS_RECHECKED,
+    WriteResult, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT, CREATES_BOUND, DECISIONS_RECHECKED,
 };
 pub use objects::{
     Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,

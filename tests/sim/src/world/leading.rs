@@ -211,6 +211,12 @@ impl World {
             return Ok(());
         };
         let next = match l.queue.pop() {
+            Some(command @ Command::Reconcile { .. }) => {
+                let state = self.members[m].store.snapshot();
+                let command = leader::bind_creations(&state, command);
+                placements_fit(&state, &command)?;
+                Some(command)
+            }
             Some(command) => Some(command),
             None if !l.scheduled => {
                 l.scheduled = true;
@@ -570,21 +576,35 @@ fn command_name(c: &Command) -> String {
     }
 }
 
-/// Every placement in a `Schedule`, applied to the state it was decided
-/// on, is taken. The state machine re-checks each placement (the node is
-/// Ready, the booking and host ports fit) because a decision may be applied
+/// Every placement in a `Schedule` (and every creation a `Reconcile` binds),
+/// applied to the state it was decided on, is taken. The state machine
+/// re-checks each placement (the node is Ready, the booking and host ports
+/// fit) because a decision may be applied
 /// on a newer state; on its own state a refusal is a scheduler that placed
 /// where nothing fits. Safety never sees it (the replica is placed again
 /// elsewhere), so only this check does.
 fn placements_fit(state: &State, command: &Command) -> Checked<()> {
-    let Command::Schedule { place, .. } = command else {
-        return Ok(());
+    let place: Vec<(ObjectRef, String)> = match command {
+        Command::Schedule { place, .. } => place.clone(),
+        // Creations bound in their entry (`leader::bind_creations`).
+        Command::Reconcile { create, .. } => create
+            .iter()
+            .filter_map(|r| {
+                let node = r.node.clone()?;
+                let replica = ObjectRef {
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                };
+                Some((replica, node))
+            })
+            .collect(),
+        _ => return Ok(()),
     };
     let mut after = state.clone();
     let (index, term) = state.applied();
     // A refusal leaves the state as it was, and is itself a failure below.
     let _ = after.apply(index + 1, term, command);
-    for (r, node) in place {
+    for (r, node) in &place {
         let bound = after
             .replica(&r.namespace, &r.name)
             .and_then(|x| x.node.clone());
