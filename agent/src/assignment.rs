@@ -5,7 +5,8 @@
 //! Decoding checks what every runtime relies on (the template parses, it has
 //! exactly one container), so the rest of the agent never re-checks it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_manifest::{Container, PodTemplate};
@@ -30,10 +31,12 @@ pub struct Assignment {
     /// SHA-256 of the template as the controller sent it (hex): the agent
     /// decides "same spec" on this full hash.
     pub spec_hash: String,
-    pub template: PodTemplate,
+    /// Shared by every assignment of the node with the same template
+    /// ([`Templates`]); [`Assignment::template_mut`] copies it on write.
+    pub template: Arc<PodTemplate>,
     /// The template as the controller sent it, to tell a repeated
     /// assignment from a changed one without decoding it again.
-    pub template_json: String,
+    pub template_json: Arc<str>,
     /// Deployment annotations (`drover.io/restart-backoff-*`).
     pub annotations: BTreeMap<String, String>,
     /// Kubernetes' service variables the controller sent (`FOO_SERVICE_HOST`...),
@@ -57,46 +60,21 @@ impl Assignment {
     /// Decode a wire assignment. On failure the error names the replica so its
     /// status can say why it will not run.
     pub fn from_pb(a: pb::Assignment) -> Result<Assignment, (String, AgentError)> {
-        Assignment::from_pb_after(a, None)
+        Assignment::from_pb_after(a, None, &mut Templates::default())
     }
 
     /// [`Assignment::from_pb`], or `previous` as it is when `a` repeats it
-    /// field for field: a node's whole set comes again on every change to
-    /// it, and decoding each template again would cost a node of a hundred
-    /// replicas a hundred decodes per change.
+    /// field for field: a node's whole set comes again on every (re)connect,
+    /// and decoding each template again would cost a node of a hundred
+    /// replicas a hundred decodes. A new assignment's template is decoded
+    /// once per distinct template in `templates`.
     pub fn from_pb_after(
         a: pb::Assignment,
         previous: Option<Assignment>,
+        templates: &mut Templates,
     ) -> Result<Assignment, (String, AgentError)> {
         if let Some(p) = previous.filter(|p| p.repeated_by(&a)) {
             return Ok(p);
-        }
-        let json = match std::str::from_utf8(&a.template_json) {
-            Ok(json) => json,
-            Err(e) => {
-                return Err((
-                    a.replica,
-                    AgentError::InvalidSpec(format!("the pod template is not UTF-8: {e}")),
-                ))
-            }
-        };
-        let template: PodTemplate = match serde_json::from_str(json) {
-            Ok(t) => t,
-            Err(e) => {
-                return Err((
-                    a.replica,
-                    AgentError::InvalidSpec(format!("the pod template does not decode: {e}")),
-                ))
-            }
-        };
-        if template.spec.containers.len() != 1 {
-            return Err((
-                a.replica,
-                AgentError::InvalidSpec(format!(
-                    "a replica must have exactly one container, this one has {}",
-                    template.spec.containers.len()
-                )),
-            ));
         }
         if a.replica.is_empty() {
             return Err((
@@ -104,27 +82,28 @@ impl Assignment {
                 AgentError::InvalidSpec("the assignment has no replica name".into()),
             ));
         }
-        let spec_hash =
-            Sha256::digest(json.as_bytes())
-                .iter()
-                .fold(String::with_capacity(64), |mut hex, b| {
-                    use std::fmt::Write;
-                    let _ = write!(hex, "{b:02x}");
-                    hex
-                });
+        let decoded = match templates.decode(&a.template_json) {
+            Ok(decoded) => decoded,
+            Err(e) => return Err((a.replica, e)),
+        };
         Ok(Assignment {
             replica: a.replica,
             namespace: a.namespace,
             deployment: a.deployment,
             slot: a.slot,
             revision: a.revision,
-            spec_hash,
-            template,
-            template_json: json.to_string(),
+            spec_hash: decoded.spec_hash.clone(),
+            template: Arc::clone(&decoded.template),
+            template_json: Arc::clone(&decoded.json),
             annotations: a.annotations.into_iter().collect(),
             service_env: a.service_env.into_iter().collect(),
             prepared: None,
         })
+    }
+
+    /// The template, to change (tests): copied first if it is shared.
+    pub fn template_mut(&mut self) -> &mut PodTemplate {
+        Arc::make_mut(&mut self.template)
     }
 
     /// Whether the wire assignment `a` says exactly what this one was
@@ -217,6 +196,77 @@ impl Assignment {
     }
 }
 
+/// The templates a node's assignments were decoded from, each decoded and
+/// hashed once however many replicas of it the node runs (a hundred replicas
+/// of a deployment on a node were a hundred decodes and copies of the same
+/// template). Keyed by the JSON as sent; [`Templates::prune`] forgets the
+/// ones no assignment holds any more.
+#[derive(Debug, Default)]
+pub struct Templates(HashMap<Box<[u8]>, Decoded>);
+
+/// One template as decoded and checked, shared by its assignments.
+#[derive(Debug, Clone)]
+struct Decoded {
+    template: Arc<PodTemplate>,
+    json: Arc<str>,
+    /// SHA-256 of the JSON, hex.
+    spec_hash: String,
+}
+
+impl Templates {
+    /// The template `json` decodes to, checked for what every runtime relies
+    /// on (UTF-8, it parses, exactly one container).
+    fn decode(&mut self, json: &[u8]) -> Result<&Decoded, AgentError> {
+        if !self.0.contains_key(json) {
+            let decoded = decode_template(json)?;
+            self.0.insert(json.into(), decoded);
+        }
+        self.0
+            .get(json)
+            .ok_or_else(|| AgentError::InvalidSpec("the pod template was not kept".into()))
+    }
+
+    /// Forget the templates only this cache still holds.
+    pub fn prune(&mut self) {
+        self.0.retain(|_, d| Arc::strong_count(&d.template) > 1);
+    }
+
+    /// How many distinct templates are kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn decode_template(bytes: &[u8]) -> Result<Decoded, AgentError> {
+    let json = std::str::from_utf8(bytes)
+        .map_err(|e| AgentError::InvalidSpec(format!("the pod template is not UTF-8: {e}")))?;
+    let template: PodTemplate = serde_json::from_str(json)
+        .map_err(|e| AgentError::InvalidSpec(format!("the pod template does not decode: {e}")))?;
+    if template.spec.containers.len() != 1 {
+        return Err(AgentError::InvalidSpec(format!(
+            "a replica must have exactly one container, this one has {}",
+            template.spec.containers.len()
+        )));
+    }
+    let spec_hash =
+        Sha256::digest(json.as_bytes())
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, b| {
+                use std::fmt::Write;
+                let _ = write!(hex, "{b:02x}");
+                hex
+            });
+    Ok(Decoded {
+        template: Arc::new(template),
+        json: Arc::from(json),
+        spec_hash,
+    })
+}
+
 /// Whether a decoded map holds exactly the wire map's entries.
 fn same_map<'a>(
     mine: &BTreeMap<String, String>,
@@ -245,6 +295,49 @@ mod tests {
         assert_eq!(long.hostname().len(), 63, "a DNS label at most");
     }
 
+    /// Replicas of one template share its decoded form; a template no
+    /// assignment holds any more is forgotten.
+    #[test]
+    fn a_template_is_decoded_once_for_all_its_replicas_and_forgotten_after_them() {
+        let mut templates = Templates::default();
+        let decode = |name: &str, templates: &mut Templates| {
+            let wire = fixtures::to_pb(&fixtures::assignment(name));
+            Assignment::from_pb_after(wire, None, templates).expect("decodes")
+        };
+        let a = decode("web-1a2b3-0", &mut templates);
+        let b = decode("web-1a2b3-1", &mut templates);
+        assert!(Arc::ptr_eq(&a.template, &b.template));
+        assert!(Arc::ptr_eq(&a.template_json, &b.template_json));
+        assert_eq!(a.spec_hash, b.spec_hash);
+        assert_eq!(
+            a,
+            Assignment::from_pb(fixtures::to_pb(&a)).expect("decodes")
+        );
+        assert_eq!(templates.len(), 1);
+
+        let mut other = fixtures::assignment("api-9f8e7-0");
+        other.template_mut().spec.containers[0].image = "drover/busybox:2".into();
+        let other = Assignment::from_pb_after(fixtures::to_pb(&other), None, &mut templates)
+            .expect("decodes");
+        assert_eq!(templates.len(), 2);
+        drop((a, b));
+        templates.prune();
+        assert_eq!(templates.len(), 1, "web's template is held by nothing");
+        drop(other);
+        templates.prune();
+        assert!(templates.is_empty());
+
+        let mut none = fixtures::assignment("web-1a2b3-0");
+        none.template_mut().spec.containers.clear();
+        let none = fixtures::to_pb(&none);
+        let Err((replica, e)) = Assignment::from_pb_after(none, None, &mut templates) else {
+            panic!("a template without a container decoded");
+        };
+        assert_eq!(replica, "web-1a2b3-0");
+        assert!(e.to_string().contains("exactly one container"), "{e}");
+        assert!(templates.is_empty(), "a refused template is not kept");
+    }
+
     #[test]
     fn a_repeated_assignment_is_kept_and_a_changed_one_decoded_again() {
         let wire = fixtures::to_pb(&fixtures::assignment("web-1a2b3-0"));
@@ -254,7 +347,9 @@ mod tests {
             spec_hash: "kept".into(),
             ..first.clone()
         };
-        let again = Assignment::from_pb_after(wire.clone(), Some(marked())).expect("decodes");
+        let again =
+            Assignment::from_pb_after(wire.clone(), Some(marked()), &mut Templates::default())
+                .expect("decodes");
         assert_eq!(
             again.spec_hash, "kept",
             "the same wire assignment is not decoded again"
@@ -280,8 +375,12 @@ mod tests {
         for (what, change) in changes {
             let mut changed = wire.clone();
             change(&mut changed);
-            let decoded =
-                Assignment::from_pb_after(changed.clone(), Some(marked())).expect("decodes");
+            let decoded = Assignment::from_pb_after(
+                changed.clone(),
+                Some(marked()),
+                &mut Templates::default(),
+            )
+            .expect("decodes");
             assert_ne!(
                 decoded.spec_hash, "kept",
                 "a changed {what} is decoded again"

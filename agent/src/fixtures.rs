@@ -23,7 +23,7 @@ pub fn assignment(replica: &str) -> Assignment {
             .unwrap_or(0),
         revision: "rev1".into(),
         spec_hash: String::new(),
-        template: PodTemplate {
+        template: std::sync::Arc::new(PodTemplate {
             metadata: TemplateMeta {
                 labels: BTreeMap::from([("app".to_string(), deployment)]),
                 ..Default::default()
@@ -40,8 +40,8 @@ pub fn assignment(replica: &str) -> Assignment {
                 volumes: Vec::new(),
                 ..Default::default()
             },
-        },
-        template_json: String::new(),
+        }),
+        template_json: "".into(),
         annotations: BTreeMap::new(),
         service_env: BTreeMap::new(),
         prepared: None,
@@ -51,7 +51,7 @@ pub fn assignment(replica: &str) -> Assignment {
 /// [`assignment`] running `command` (the container's `command`, Kubernetes-style).
 pub fn with_command(replica: &str, command: &[&str]) -> Assignment {
     let mut a = assignment(replica);
-    a.template.spec.containers[0].command = command.iter().map(|s| s.to_string()).collect();
+    a.template_mut().spec.containers[0].command = command.iter().map(|s| s.to_string()).collect();
     a
 }
 

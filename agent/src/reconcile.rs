@@ -780,7 +780,7 @@ mod tests {
         let mut set = assigned(&["web-r-0"]);
         let a = set.get_mut("web-r-0").expect("assignment");
         a.revision = "rev2".into();
-        a.template.spec.termination_grace_period_seconds = 5;
+        a.template_mut().spec.termination_grace_period_seconds = 5;
         let actions = reconcile(
             &set,
             &[running("web-r-0", "c1")],

@@ -436,7 +436,7 @@ mod tests {
             ("BACKEND_SERVICE_HOST".to_string(), "10.96.0.9".to_string()),
             ("BACKEND_SERVICE_PORT".to_string(), "80".to_string()),
         ]);
-        a.template.spec.containers[0].env = vec![EnvVar {
+        a.template_mut().spec.containers[0].env = vec![EnvVar {
             name: "BACKEND_SERVICE_PORT".into(),
             value: "8080".into(),
             value_from: None,
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn env_rows_resolve_in_kubernetes_order() {
         let mut a = fixtures::assignment("default.web-r-0");
-        let c = &mut a.template.spec.containers[0];
+        let c = &mut a.template_mut().spec.containers[0];
         c.env_from = vec![
             EnvFromSource {
                 prefix: String::new(),
@@ -575,11 +575,11 @@ mod tests {
             ),
         ];
         for (source, expected) in cases {
-            a.template.spec.containers[0].env = vec![var("X", source)];
+            a.template_mut().spec.containers[0].env = vec![var("X", source)];
             assert_eq!(env(&a, &objects, &fields()), Err(expected.to_string()));
         }
-        a.template.spec.containers[0].env = vec![];
-        a.template.spec.containers[0].env_from = vec![EnvFromSource {
+        a.template_mut().spec.containers[0].env = vec![];
+        a.template_mut().spec.containers[0].env_from = vec![EnvFromSource {
             prefix: String::new(),
             source: EnvFromRef::ConfigMapRef(ObjectRef {
                 name: "cfg".into(),
@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn config_volumes_become_files_with_their_modes() {
         let mut a = fixtures::assignment("default.web-r-0");
-        a.template.spec.volumes = vec![
+        a.template_mut().spec.volumes = vec![
             Volume {
                 name: "conf".into(),
                 source: VolumeSource::ConfigMap(projected("app", vec![], 0o644, false)),
@@ -678,7 +678,7 @@ mod tests {
         assert_eq!(files("maybe"), (true, vec![]));
         assert!(!format!("{plan:?}").contains("s3cr3t"));
 
-        a.template.spec.volumes[1].source = VolumeSource::ConfigMap(projected(
+        a.template_mut().spec.volumes[1].source = VolumeSource::ConfigMap(projected(
             "app",
             vec![KeyToPath {
                 key: "nope".into(),
@@ -692,7 +692,7 @@ mod tests {
             volumes(&a, &objects),
             Err("couldn't find key nope in ConfigMap default/app".to_string())
         );
-        a.template.spec.volumes[1].source =
+        a.template_mut().spec.volumes[1].source =
             VolumeSource::Secret(projected("nope", vec![], 0o400, false));
         assert_eq!(
             volumes(&a, &objects),

@@ -705,8 +705,8 @@ mod tests {
             ..Default::default()
         };
         let last_sent: StatusMap = [
-            ("a".to_string(), Arc::new(status("a"))),
-            ("b".to_string(), Arc::new(status("b"))),
+            ("a".to_string(), status::Shared::new(status("a"))),
+            ("b".to_string(), status::Shared::new(status("b"))),
         ]
         .into_iter()
         .collect();

@@ -41,7 +41,7 @@ use tracing::{debug, info, instrument, warn};
 
 use std::path::PathBuf;
 
-use crate::assignment::{Assignment, Prepared};
+use crate::assignment::{Assignment, Prepared, Templates};
 use crate::containers::Containers;
 use crate::error::{AgentError, Result};
 use crate::metrics::{self, StateCounts};
@@ -267,6 +267,8 @@ pub struct Supervisor<R: Runtime> {
     assignments: Option<BTreeMap<String, Assignment>>,
     /// Assignments that did not decode, with why.
     invalid: BTreeMap<String, Failure>,
+    /// The templates of the assignments, each decoded once.
+    templates: Templates,
     /// Replicas the controller waits to hear are gone (see `assign_set`).
     terminating: std::collections::BTreeSet<String>,
     /// Fenced: stops kill at once (see `SupervisorHandle::fence`).
@@ -368,6 +370,7 @@ impl<R: Runtime> Supervisor<R> {
             events_open: true,
             assignments: None,
             invalid: BTreeMap::new(),
+            templates: Templates::default(),
             terminating: Default::default(),
             fencing: false,
             stop_grace: BTreeMap::new(),
@@ -571,6 +574,8 @@ impl<R: Runtime> Supervisor<R> {
         for name in previous.keys() {
             self.stale.mark(name);
         }
+        drop(previous);
+        self.templates.prune();
         if first {
             self.stale = Stale::All;
         }
@@ -596,6 +601,7 @@ impl<R: Runtime> Supervisor<R> {
             let before = current.remove(&a.replica);
             self.put_assignment(&mut current, before, a);
         }
+        self.templates.prune();
         debug!(replicas = current.len(), "assignment change received");
         self.assignments = Some(current);
     }
@@ -613,7 +619,11 @@ impl<R: Runtime> Supervisor<R> {
         if kept.is_none() {
             self.stale.mark(&a.replica);
         }
-        match kept.map_or_else(|| Assignment::from_pb(a), Ok) {
+        let decoded = match kept {
+            Some(kept) => Ok(kept),
+            None => Assignment::from_pb_after(a, None, &mut self.templates),
+        };
+        match decoded {
             Ok(a) => {
                 if changed {
                     for w in a.backoff_policy().1 {

@@ -142,7 +142,7 @@ async fn bad_flags_are_refused_clearly() {
 
 fn sleeper(replica: &str) -> pb::Assignment {
     let mut a = common::shell(replica, "exec sleep 30");
-    a.template.spec.termination_grace_period_seconds = 2;
+    a.template_mut().spec.termination_grace_period_seconds = 2;
     fixtures::to_pb(&a)
 }
 

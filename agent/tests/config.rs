@@ -120,7 +120,7 @@ fn configured(replica: &str) -> Assignment {
         (ANNOTATION_INITIAL.to_string(), "200ms".to_string()),
         (ANNOTATION_MAX.to_string(), "400ms".to_string()),
     ]);
-    a.template.spec.termination_grace_period_seconds = 1;
+    a.template_mut().spec.termination_grace_period_seconds = 1;
     let key = |name: &str, key: &str| KeyRef {
         name: name.into(),
         key: key.into(),
@@ -131,7 +131,7 @@ fn configured(replica: &str) -> Assignment {
         value: String::new(),
         value_from: Some(source),
     };
-    let c = &mut a.template.spec.containers[0];
+    let c = &mut a.template_mut().spec.containers[0];
     c.env = vec![
         var(
             "GREETING",
@@ -165,7 +165,7 @@ fn configured(replica: &str) -> Assignment {
         default_mode: mode,
         optional: false,
     };
-    a.template.spec.volumes = vec![
+    a.template_mut().spec.volumes = vec![
         Volume {
             name: "config".into(),
             source: VolumeSource::ConfigMap(projected("app", 0o644)),
@@ -366,8 +366,8 @@ async fn the_process_state_file_holds_secret_values_empty_and_exec_still_sees_th
         .await
         .expect("supervisor");
     let mut a = configured("state-r-0");
-    a.template.spec.volumes.clear();
-    a.template.spec.containers[0].volume_mounts.clear();
+    a.template_mut().spec.volumes.clear();
+    a.template_mut().spec.containers[0].volume_mounts.clear();
     send(&sup, &a, vec![config_map("hello", 1), secret()]).await;
     eventually("running", Duration::from_secs(30), || {
         let s = status(&sup, "state-r-0");

@@ -150,7 +150,7 @@ impl Drop for TestNode {
 /// stop waits the full grace).
 fn shell(replica: &str, script: &str) -> Assignment {
     let mut a = fixtures::with_command(replica, &["sh", "-c", script]);
-    a.template.spec.termination_grace_period_seconds = 1;
+    a.template_mut().spec.termination_grace_period_seconds = 1;
     a
 }
 
@@ -172,7 +172,7 @@ async fn integration_docker_start_maps_the_spec_and_stop_remove_clean_up() {
     let port = free_port();
     let replica = t.replica("web-0");
     let mut a = fixtures::with_command(&replica, &["sh", "-c"]);
-    let c = &mut a.template.spec.containers[0];
+    let c = &mut a.template_mut().spec.containers[0];
     c.args = vec!["echo \"hi $GREETING\"; pwd; exec sleep 30".into()];
     c.env = vec![EnvVar {
         name: "GREETING".into(),
@@ -188,7 +188,7 @@ async fn integration_docker_start_maps_the_spec_and_stop_remove_clean_up() {
     }];
     c.resources.limits.cpu_millis = Some(250);
     c.resources.limits.memory_bytes = Some(64 * 1024 * 1024);
-    a.template.spec.termination_grace_period_seconds = 1;
+    a.template_mut().spec.termination_grace_period_seconds = 1;
 
     let started = Instant::now();
     let o = rt.start(&a, 0).await.expect("start");
@@ -285,7 +285,7 @@ async fn integration_docker_missing_image_fails_fast_with_err_image_pull() {
     let t = TestNode::new();
     let rt = t.runtime().await;
     let mut a = shell(&t.replica("ghost-0"), "true");
-    a.template.spec.containers[0].image = "drover-test/does-not-exist:1".into();
+    a.template_mut().spec.containers[0].image = "drover-test/does-not-exist:1".into();
     let started = Instant::now();
     let err = rt.start(&a, 0).await.expect_err("no such image");
     assert!(
@@ -298,7 +298,7 @@ async fn integration_docker_missing_image_fails_fast_with_err_image_pull() {
     eprintln!("ErrImagePull message: {}", err.status_message());
     assert!(rt.list().await.expect("list").is_empty());
 
-    a.template.spec.containers[0].image_pull_policy = drover_manifest::PullPolicy::Never;
+    a.template_mut().spec.containers[0].image_pull_policy = drover_manifest::PullPolicy::Never;
     let err = rt.start(&a, 0).await.expect_err("never pull");
     assert!(
         matches!(&err, AgentError::ImagePull { message, .. } if message.contains("Never")),
@@ -316,7 +316,7 @@ async fn integration_docker_taken_host_port_fails_with_port_in_use() {
     let port = free_port();
     let with_port = |name: &str| {
         let mut a = shell(&t.replica(name), "exec sleep 30");
-        a.template.spec.containers[0].ports = vec![ContainerPort {
+        a.template_mut().spec.containers[0].ports = vec![ContainerPort {
             name: None,
             container_port: 8080,
             host_port: Some(port),
@@ -359,7 +359,7 @@ async fn integration_docker_ports_without_host_port_are_published_on_ephemeral_p
         &replica,
         "mkdir -p /www && echo published > /www/index.html && exec httpd -f -p 8081 -h /www",
     );
-    a.template.spec.containers[0].ports = vec![
+    a.template_mut().spec.containers[0].ports = vec![
         ContainerPort {
             name: Some("http".into()),
             container_port: 8081,
@@ -525,7 +525,10 @@ async fn integration_docker_memory_limit_kill_is_reported_as_oom() {
     let mut events = rt.events();
     // A shell variable growing past a 16 MiB limit with swap pinned to it.
     let mut a = shell(&t.replica("hog-0"), "x=a; while true; do x=\"$x$x\"; done");
-    a.template.spec.containers[0].resources.limits.memory_bytes = Some(16 * 1024 * 1024);
+    a.template_mut().spec.containers[0]
+        .resources
+        .limits
+        .memory_bytes = Some(16 * 1024 * 1024);
     let o = rt.start(&a, 0).await.expect("start");
     let exit = next_exit(&mut events, &o.container_id, Duration::from_secs(30)).await;
     assert!(exit.oom_killed, "{exit:?}");

@@ -124,7 +124,7 @@ async fn an_exec_readiness_probe_gates_ready_until_the_file_appears() {
     let node = Node::start().await;
     let ready_file = node.file("ready");
     let mut a = shell("web-r-0", "exec sleep 60");
-    a.template.spec.containers[0].readiness_probe = Some(probe(file_exists(&ready_file), 1));
+    a.template_mut().spec.containers[0].readiness_probe = Some(probe(file_exists(&ready_file), 1));
     node.assign(&a).await;
 
     let s = node
@@ -164,8 +164,8 @@ async fn a_failing_liveness_probe_restarts_the_process() {
         (ANNOTATION_INITIAL.to_string(), "200ms".to_string()),
         (ANNOTATION_MAX.to_string(), "400ms".to_string()),
     ]);
-    a.template.spec.termination_grace_period_seconds = 2;
-    a.template.spec.containers[0].liveness_probe = Some(probe(file_exists(&alive_file), 2));
+    a.template_mut().spec.termination_grace_period_seconds = 2;
+    a.template_mut().spec.containers[0].liveness_probe = Some(probe(file_exists(&alive_file), 2));
     node.assign(&a).await;
 
     let first = node
@@ -216,7 +216,7 @@ async fn a_tcp_socket_readiness_probe_on_a_named_port_follows_the_listener() {
     });
 
     let mut a = shell("web-r-0", "exec sleep 60");
-    let c = &mut a.template.spec.containers[0];
+    let c = &mut a.template_mut().spec.containers[0];
     c.ports = vec![ContainerPort {
         name: Some("web".into()),
         container_port: port,
@@ -280,7 +280,7 @@ async fn an_http_get_readiness_probe_needs_a_2xx_or_3xx_answer_and_sends_headers
     let port = http_server(status.clone(), seen.clone()).await;
 
     let mut a = shell("web-r-0", "exec sleep 60");
-    a.template.spec.containers[0].readiness_probe = Some(probe(
+    a.template_mut().spec.containers[0].readiness_probe = Some(probe(
         ProbeHandler::HttpGet {
             path: "/healthz".into(),
             port: PortRef::Number(port),
@@ -377,14 +377,14 @@ async fn https_probes_speak_tls_without_checking_the_certificate() {
         )
     };
     let mut a = shell("web-r-0", "exec sleep 60");
-    a.template.spec.containers[0].readiness_probe = Some(https_probe(https));
+    a.template_mut().spec.containers[0].readiness_probe = Some(https_probe(https));
     node.assign(&a).await;
     node.wait_for("ready over HTTPS", "web-r-0", |s| running(s) && s.ready)
         .await;
 
     // HTTPS against a plaintext server never completes a handshake: not ready.
     let mut b = shell("web-r-1", "exec sleep 60");
-    b.template.spec.containers[0].readiness_probe = Some(https_probe(plain));
+    b.template_mut().spec.containers[0].readiness_probe = Some(https_probe(plain));
     node.assign(&b).await;
     let s = node
         .wait_for("a failed HTTPS probe", "web-r-1", |s| {

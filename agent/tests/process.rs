@@ -48,7 +48,7 @@ async fn start_logs_and_stop_with_sigterm() {
         "web-r-0",
         "echo \"hello $GREETING\"; pwd; echo oops >&2; exec sleep 30",
     );
-    let c = &mut a.template.spec.containers[0];
+    let c = &mut a.template_mut().spec.containers[0];
     c.env = vec![drover_manifest::EnvVar {
         name: "GREETING".into(),
         value: "from drover".into(),
@@ -202,7 +202,7 @@ async fn exec_runs_in_the_replicas_environment() {
     let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
     let _cleanup = Cleanup(&rt);
     let mut a = shell("web-r-0", "exec sleep 30");
-    a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
+    a.template_mut().spec.containers[0].env = vec![drover_manifest::EnvVar {
         name: "PROBE".into(),
         value: "ok".into(),
         value_from: None,
@@ -443,7 +443,7 @@ async fn a_replica_does_not_inherit_the_agents_environment() {
     let rt = ProcessRuntime::open(dir.path(), "n1").expect("open");
     let _cleanup = Cleanup(&rt);
     let mut a = shell("default.env-r-0", "env; echo END; exec sleep 30");
-    a.template.spec.containers[0].env = vec![drover_manifest::EnvVar {
+    a.template_mut().spec.containers[0].env = vec![drover_manifest::EnvVar {
         name: "GIVEN".into(),
         value: "by-the-manifest".into(),
         value_from: None,

@@ -165,7 +165,7 @@ impl View {
 
 fn sleeper(replica: &str) -> pb::Assignment {
     let mut a = shell(replica, &format!("echo {replica} ready; exec sleep 30"));
-    a.template.spec.termination_grace_period_seconds = 2;
+    a.template_mut().spec.termination_grace_period_seconds = 2;
     fixtures::to_pb(&a)
 }
 
@@ -527,7 +527,7 @@ async fn an_assignment_set_above_four_mib_is_received() {
     let mut conn = ctl.next_conn(Duration::from_secs(5)).await;
     conn.hello().await;
     let mut big = shell("big-r-0", "exec sleep 30");
-    big.template.spec.termination_grace_period_seconds = 2;
+    big.template_mut().spec.termination_grace_period_seconds = 2;
     // An annotation, not env: one environment string may not exceed 128 KiB.
     big.annotations
         .insert("example.com/payload".into(), "x".repeat(5 * 1024 * 1024));

@@ -1265,7 +1265,7 @@ mod tests {
     #[test]
     fn command_maps_to_entrypoint_and_args_to_cmd() {
         let mut a = fixtures::assignment("web-abc12-0");
-        let c = &mut a.template.spec.containers[0];
+        let c = &mut a.template_mut().spec.containers[0];
         c.command = vec!["sh".into(), "-c".into()];
         c.args = vec!["echo hi".into()];
         let body = container_body(&a, "n1", 0);
@@ -1273,14 +1273,14 @@ mod tests {
         assert_eq!(body.cmd, Some(vec!["echo hi".into()]));
 
         // Only args: the image's entrypoint stays, args replace CMD.
-        let c = &mut a.template.spec.containers[0];
+        let c = &mut a.template_mut().spec.containers[0];
         c.command.clear();
         let body = container_body(&a, "n1", 0);
         assert_eq!(body.entrypoint, None);
         assert_eq!(body.cmd, Some(vec!["echo hi".into()]));
 
         // Neither: the image decides.
-        a.template.spec.containers[0].args.clear();
+        a.template_mut().spec.containers[0].args.clear();
         let body = container_body(&a, "n1", 0);
         assert_eq!((body.entrypoint, body.cmd), (None, None));
     }
@@ -1288,7 +1288,7 @@ mod tests {
     #[test]
     fn env_working_dir_ports_and_limits_map_to_docker() {
         let mut a = fixtures::assignment("web-abc12-0");
-        let c = &mut a.template.spec.containers[0];
+        let c = &mut a.template_mut().spec.containers[0];
         c.env = vec![
             EnvVar {
                 name: "GREETING".into(),
@@ -1385,7 +1385,7 @@ mod tests {
     fn quantities_from_the_manifest_become_nano_cpus_and_bytes() {
         use drover_manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
         let mut a = fixtures::assignment("web-abc12-0");
-        let limits = &mut a.template.spec.containers[0].resources.limits;
+        let limits = &mut a.template_mut().spec.containers[0].resources.limits;
         limits.cpu_millis = Some(parse_cpu_millis("0.5").expect("cpu"));
         limits.memory_bytes = Some(parse_memory_bytes("1G").expect("memory"));
         let hc = container_body(&a, "n1", 0)

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Add;
 use std::time::Duration;
 
-use drover_agent::assignment::Assignment;
+use drover_agent::assignment::{Assignment, Templates};
 use drover_agent::fence::Fence;
 use drover_agent::reconcile::{self, Action, Busy, Failure, Record};
 use drover_agent::runtime::{ContainerState, Exit, Observed, UnixMs};
@@ -73,6 +73,8 @@ pub struct SimAgent {
     // The supervisor's state, as `Supervisor` keeps it.
     assignments: Option<BTreeMap<String, Assignment>>,
     invalid: BTreeMap<String, Failure>,
+    /// The templates of the assignments, each decoded once.
+    templates: Templates,
     terminating: BTreeSet<String>,
     fencing: bool,
     stop_grace: BTreeMap<String, Duration>,
@@ -152,6 +154,7 @@ impl SimAgent {
             fence: Fence::new(limit, SimInstant(now_us)),
             assignments: None,
             invalid: BTreeMap::new(),
+            templates: Templates::default(),
             terminating: BTreeSet::new(),
             fencing: false,
             stop_grace: BTreeMap::new(),
@@ -316,7 +319,7 @@ impl SimAgent {
         self.invalid.clear();
         for a in set.assignments {
             let before = previous.remove(&a.replica);
-            match Assignment::from_pb_after(a, before) {
+            match Assignment::from_pb_after(a, before, &mut self.templates) {
                 Ok(a) => {
                     next.insert(a.replica.clone(), a);
                 }
@@ -326,6 +329,8 @@ impl SimAgent {
             }
         }
         self.assignments = Some(next);
+        drop(previous);
+        self.templates.prune();
     }
 
     /// What the session sends now: every status that changed since it last
