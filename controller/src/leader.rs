@@ -6,8 +6,7 @@
 //!      loop { wait for an applied change ─▶ rollout::progress        ─▶ RolloutProgress (+ Undo)
 //!             (or 2 s: minReadySeconds,  ─▶ orchestrator::reconcile ─┐
 //!              progress deadlines)       ─▶ scheduler::schedule ─────┴▶ Reconcile entry,
-//!                                           (the new replicas, on the   new replicas bound
-//!                                            state as it will be)
+//!                                           (the new replicas first)     new replicas bound
 //!                                        ─▶ scheduler::schedule      ─▶ Schedule entry
 //!                                           (replicas still unbound) }
 //!      loop { every node-timeout/10      ─▶ nodes::assess           ─▶ NodeDown / NodeUp }
@@ -491,29 +490,20 @@ pub fn decision_commands(decisions: Decisions, now: i64) -> Vec<Command> {
 }
 
 /// `command` with the replicas a `Reconcile` creates bound where the
-/// scheduler would place them once it applied: [`schedule`] over the state
-/// projected through the entry (a copy: the state's maps are persistent),
-/// its placements of the new replicas written into their records
-/// ([`CREATES_BOUND`](crate::store::CREATES_BOUND)). Creating and binding a
-/// replica is then one entry, one record written and one watch event on
-/// every member instead of two. Replicas it cannot place stay unbound: the
-/// scheduler's own pass after the entry gives them their pending reasons.
-/// Any other command comes back as it was. Pure; the simulator's leader
-/// binds its creations with it too.
+/// scheduler places them: [`schedule`]'s pass over the new replicas, on the
+/// nodes as the state has them (what the entry removes holds what it held:
+/// a bound replica stays, terminating, until its node reports it gone), its
+/// choices written into the new records ([`CREATES_BOUND`](crate::store::CREATES_BOUND)).
+/// Creating and binding a replica is then one entry, one record written
+/// and one watch event on every member instead of two. The new replicas
+/// are placed before older unbound ones, which the scheduler's own pass
+/// after the entry places in what is left, giving pending reasons to what
+/// fits nowhere. Any other command comes back as it was. Pure; the
+/// simulator's leader binds its creations with it too.
 ///
-/// Cost: applying the entry once more (on the leader only) and one scheduler
-/// pass, which the pass after the entry then no longer makes.
+/// Cost: one scheduler pass over the new replicas, which the pass after the
+/// entry then no longer makes.
 pub fn bind_creations(state: &State, command: Command) -> Command {
-    let creates = matches!(&command, Command::Reconcile { create, .. } if !create.is_empty());
-    if !creates {
-        return command;
-    }
-    let mut projected = state.clone();
-    let (index, term) = state.applied();
-    if projected.apply(index + 1, term, &command).is_err() {
-        return command;
-    }
-    let (place, _) = schedule(&projected);
     let Command::Reconcile {
         mut create,
         remove,
@@ -522,6 +512,7 @@ pub fn bind_creations(state: &State, command: Command) -> Command {
     else {
         return command;
     };
+    let (place, _) = schedule_these(state, create.iter());
     let placed: HashMap<(&str, &str), &String> = place
         .iter()
         .map(|(r, node)| ((r.namespace.as_str(), r.name.as_str()), node))
@@ -636,6 +627,20 @@ type Placements = (Vec<(ObjectRef, String)>, Vec<(ObjectRef, String)>);
 /// per-node totals, and only the pending deployments' bound replicas are
 /// listed, for spread.
 pub fn schedule(state: &State) -> Placements {
+    // Replicas never tried first, so ones that fit nowhere cannot crowd
+    // new ones out of a round.
+    let untried = state.unbound().filter(|r| r.pending_reason.is_empty());
+    let tried = state.unbound().filter(|r| !r.pending_reason.is_empty());
+    schedule_these(state, untried.chain(tried).map(|r| r.as_ref()))
+}
+
+/// [`schedule`] for the replicas `unbound` (the state's own, or ones about
+/// to be created), at most [`MAX_PER_ROUND`] of them, on the nodes as the
+/// state has them.
+fn schedule_these<'a>(
+    state: &'a State,
+    unbound: impl Iterator<Item = &'a ReplicaRecord>,
+) -> Placements {
     let nodes: Vec<NodeInfo> = state
         .nodes()
         .map(|n| {
@@ -654,11 +659,7 @@ pub fn schedule(state: &State) -> Placements {
     let mut pending = Vec::new();
     let mut spread_of: BTreeSet<ObjectRef> = BTreeSet::new();
     let mut reasons: HashMap<String, (&ReplicaRecord, ObjectRef)> = HashMap::new();
-    // Replicas never tried first, so ones that fit nowhere cannot crowd
-    // new ones out of a round.
-    let untried = state.unbound().filter(|r| r.pending_reason.is_empty());
-    let tried = state.unbound().filter(|r| !r.pending_reason.is_empty());
-    for r in untried.chain(tried).take(MAX_PER_ROUND) {
+    for r in unbound.take(MAX_PER_ROUND) {
         // Replicas of a deleted deployment are not placed.
         let Some(d) = state.deployment(&r.namespace, &r.deployment) else {
             continue;
@@ -671,7 +672,7 @@ pub fn schedule(state: &State) -> Placements {
             .map_or(&d.deployment.spec.template.spec, |rev| &rev.template.spec);
         let booking = r.booking.clone().unwrap_or_else(|| Booking::of(pod));
         let id = r.agent_id();
-        reasons.insert(id.clone(), (&**r, r.key()));
+        reasons.insert(id.clone(), (r, r.key()));
         spread_of.insert(ObjectRef {
             namespace: r.namespace.clone(),
             name: r.deployment.clone(),
