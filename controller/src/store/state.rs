@@ -170,6 +170,31 @@ impl Held {
 /// per insert, and the indexes share the record's.
 type Key = Arc<ObjectRef>;
 
+/// A namespaced name, borrowed: looks a [`Key`] up without making one (two
+/// strings allocated and freed per lookup, several lookups per replica per
+/// entry on every member). Compares as `ObjectRef`'s derived order does.
+#[derive(Debug, Clone, Copy)]
+struct NameRef<'a> {
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl equivalent::Equivalent<Key> for NameRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.namespace == key.namespace && self.name == key.name
+    }
+}
+
+impl equivalent::Comparable<Key> for NameRef<'_> {
+    fn compare(&self, key: &Key) -> std::cmp::Ordering {
+        (self.namespace, self.name).cmp(&(key.namespace.as_str(), key.name.as_str()))
+    }
+}
+
+fn name_ref<'a>(namespace: &'a str, name: &'a str) -> NameRef<'a> {
+    NameRef { namespace, name }
+}
+
 /// Indexes over the records, kept by the write helpers; rebuilt on decode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Indexes {
@@ -364,19 +389,19 @@ impl State {
     }
 
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<&Arc<StoredDeployment>> {
-        self.deployments.get(&key(namespace, name))
+        self.deployments.get(&name_ref(namespace, name))
     }
 
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<&Arc<StoredConfigMap>> {
-        self.config_maps.get(&key(namespace, name))
+        self.config_maps.get(&name_ref(namespace, name))
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&Arc<StoredSecret>> {
-        self.secrets.get(&key(namespace, name))
+        self.secrets.get(&name_ref(namespace, name))
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<StoredService>> {
-        self.services.get(&key(namespace, name))
+        self.services.get(&name_ref(namespace, name))
     }
 
     /// Services in one namespace, or all, sorted by namespace then name.
@@ -459,7 +484,7 @@ impl State {
     }
 
     pub fn replica(&self, namespace: &str, name: &str) -> Option<&Arc<ReplicaRecord>> {
-        self.replicas.get(&key(namespace, name))
+        self.replicas.get(&name_ref(namespace, name))
     }
 
     /// Replicas in one namespace, or all, sorted by namespace then name.
@@ -699,11 +724,13 @@ impl State {
     }
 
     pub(super) fn put_replica(&mut self, r: ReplicaRecord) {
-        let k = key(&r.namespace, &r.name);
-        let (k, old) = match self.replicas.get_key_value(&k) {
+        let (k, old) = match self
+            .replicas
+            .get_key_value(&name_ref(&r.namespace, &r.name))
+        {
             // The key already in the map, shared rather than made again.
             Some((held, old)) => (Arc::clone(held), Some(Arc::clone(old))),
-            None => (Arc::new(k), None),
+            None => (Arc::new(key(&r.namespace, &r.name)), None),
         };
         match old {
             // A status report or a pending reason: the indexes and the
@@ -739,7 +766,11 @@ impl State {
 
     fn index_replica(&mut self, k: &Key, r: &ReplicaRecord) {
         let d = key(&r.namespace, &r.deployment);
-        match self.index.by_deployment.get_mut(&d) {
+        match self
+            .index
+            .by_deployment
+            .get_mut(&name_ref(&r.namespace, &r.deployment))
+        {
             Some(keys) => {
                 keys.insert(Arc::clone(k));
             }
@@ -772,10 +803,11 @@ impl State {
 
     fn unindex(&mut self, k: &ObjectRef, r: &ReplicaRecord) {
         let d = key(&r.namespace, &r.deployment);
-        if let Some(keys) = self.index.by_deployment.get_mut(&d) {
+        let deployment = name_ref(&r.namespace, &r.deployment);
+        if let Some(keys) = self.index.by_deployment.get_mut(&deployment) {
             keys.remove(k);
             if keys.is_empty() {
-                self.index.by_deployment.remove(&d);
+                self.index.by_deployment.remove(&deployment);
             }
         }
         self.touched.deployments.insert(d);
@@ -1097,4 +1129,26 @@ pub fn initial(members: &std::collections::BTreeMap<u64, String>) -> State {
     }
     s.applied = (1, 1);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use equivalent::{Comparable, Equivalent};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A borrowed name finds exactly what an `ObjectRef` key finds: it
+        /// orders and equals as the derived order does.
+        #[test]
+        fn a_borrowed_name_orders_as_an_object_ref(
+            a in ("[a-c]{0,3}", "[a-c-]{0,4}"),
+            b in ("[a-c]{0,3}", "[a-c-]{0,4}"),
+        ) {
+            let other: Key = Arc::new(key(&b.0, &b.1));
+            let borrowed = name_ref(&a.0, &a.1);
+            prop_assert_eq!(borrowed.compare(&other), key(&a.0, &a.1).cmp(&other));
+            prop_assert_eq!(borrowed.equivalent(&other), a == b);
+        }
+    }
 }
