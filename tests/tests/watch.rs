@@ -262,7 +262,8 @@ async fn replica_and_node_watches_show_phase_changes() {
 
     let mut client = c.client(0).await.expect("client");
     apply(&mut client, "web", 1).await.expect("apply");
-    wait_line(&c, &replicas, &["ADDED", "Pending"]).await;
+    // Created bound to n1 (one entry): added on its node, not started yet.
+    wait_line(&c, &replicas, &["ADDED", "ContainerCreating", "n1"]).await;
     wait_line(&c, &replicas, &["MODIFIED", "Running"]).await;
 
     ok(&c.ctl().run(&["cordon", "n1"]));
@@ -275,8 +276,8 @@ async fn replica_and_node_watches_show_phase_changes() {
     )
     .await;
 
-    // Pending, then Running, each printed once for the replica: the
-    // replica's rows in order never go back to a phase they left.
+    // ContainerCreating, then Running, each printed once for the replica:
+    // the replica's rows in order never go back to a phase they left.
     let text = replicas.output();
     let phases: Vec<&str> = text
         .lines()
@@ -291,7 +292,7 @@ async fn replica_and_node_watches_show_phase_changes() {
         phases[..first_running].iter().all(|p| *p != "Running"),
         "{text}"
     );
-    assert!(phases.contains(&"Pending"), "{text}");
+    assert!(phases.contains(&"ContainerCreating"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
