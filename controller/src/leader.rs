@@ -799,22 +799,27 @@ mod tests {
         }
     }
 
-    /// Three nodes; `web` wants 5 replicas on host port 8080 (3 fit), `api` 4.
-    fn three_nodes_two_deployments() -> Db {
+    /// `nodes` registered, then `deployments` applied.
+    fn db_with(nodes: &[&str], deployments: Vec<drover_manifest::Deployment>) -> Db {
         let mut db = Db::new();
-        for n in ["n1", "n2", "n3"] {
+        for n in nodes {
             db.apply(Command::RegisterNode {
                 node: registration(n),
                 now_unix_ms: 1,
             });
         }
-        let mut web = on_host_port("web", 8080);
-        web.spec.replicas = 5;
         db.apply(Command::Apply {
-            deployments: vec![web, deployment("api", 4)],
+            deployments,
             now_unix_ms: 1,
         });
         db
+    }
+
+    /// Three nodes; `web` wants 5 replicas on host port 8080 (3 fit), `api` 4.
+    fn three_nodes_two_deployments() -> Db {
+        let mut web = on_host_port("web", 8080);
+        web.spec.replicas = 5;
+        db_with(&["n1", "n2", "n3"], vec![web, deployment("api", 4)])
     }
 
     fn orchestrate(db: &Db) -> Command {
@@ -892,15 +897,7 @@ mod tests {
     /// event, for the next scheduler pass.
     #[test]
     fn a_creation_bound_to_a_node_cordoned_since_is_created_unbound() {
-        let mut db = Db::new();
-        db.apply(Command::RegisterNode {
-            node: registration("n1"),
-            now_unix_ms: 1,
-        });
-        db.apply(Command::Apply {
-            deployments: vec![deployment("api", 2)],
-            now_unix_ms: 1,
-        });
+        let mut db = db_with(&["n1"], vec![deployment("api", 2)]);
         let command = bind_creations(&db.store.snapshot(), orchestrate(&db));
         db.apply(Command::Cordon {
             node: "n1".into(),
@@ -919,15 +916,7 @@ mod tests {
 
     #[test]
     fn a_terminating_replica_of_a_deleted_deployment_keeps_its_host_port_to_the_end() {
-        let mut db = Db::new();
-        db.apply(Command::RegisterNode {
-            node: registration("n1"),
-            now_unix_ms: 1,
-        });
-        db.apply(Command::Apply {
-            deployments: vec![on_host_port("old", 8080)],
-            now_unix_ms: 1,
-        });
+        let mut db = db_with(&["n1"], vec![on_host_port("old", 8080)]);
         let (place, _) = db.round();
         assert_eq!(place.len(), 1);
         let old = place[0].0.clone();
