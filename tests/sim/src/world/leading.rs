@@ -576,28 +576,33 @@ fn command_name(c: &Command) -> String {
     }
 }
 
-/// Every placement in a `Schedule` (and every creation a `Reconcile` binds),
-/// applied to the state it was decided on, is taken. The state machine
-/// re-checks each placement (the node is Ready, the booking and host ports
-/// fit) because a decision may be applied
-/// on a newer state; on its own state a refusal is a scheduler that placed
-/// where nothing fits. Safety never sees it (the replica is placed again
-/// elsewhere), so only this check does.
+/// Every placement in a `Schedule`, and every creation a `Reconcile` binds
+/// and makes, applied to the state it was decided on, is taken. The state
+/// machine re-checks each placement (the node is Ready, the booking and
+/// host ports fit) because a decision may be applied on a newer state; on
+/// its own state a refusal is a scheduler that placed where nothing fits.
+/// Safety never sees it (the replica is placed again elsewhere), so only
+/// this check does. A creation the entry does not make (its slot taken, or
+/// beyond its deployment's room) places nothing, so it is not counted.
 fn placements_fit(state: &State, command: &Command) -> Checked<()> {
-    let place: Vec<(ObjectRef, String)> = match command {
-        Command::Schedule { place, .. } => place.clone(),
+    let (place, created): (Vec<(ObjectRef, String)>, bool) = match command {
+        Command::Schedule { place, .. } => (place.clone(), false),
         // Creations bound in their entry (`leader::bind_creations`).
-        Command::Reconcile { create, .. } => create
-            .iter()
-            .filter_map(|r| {
-                let node = r.node.clone()?;
-                let replica = ObjectRef {
-                    namespace: r.namespace.clone(),
-                    name: r.name.clone(),
-                };
-                Some((replica, node))
-            })
-            .collect(),
+        Command::Reconcile { create, .. } => (
+            create
+                .iter()
+                .filter(|r| state.replica(&r.namespace, &r.name).is_none())
+                .filter_map(|r| {
+                    let node = r.node.clone()?;
+                    let replica = ObjectRef {
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                    };
+                    Some((replica, node))
+                })
+                .collect(),
+            true,
+        ),
         _ => return Ok(()),
     };
     let mut after = state.clone();
@@ -605,10 +610,13 @@ fn placements_fit(state: &State, command: &Command) -> Checked<()> {
     // A refusal leaves the state as it was, and is itself a failure below.
     let _ = after.apply(index + 1, term, command);
     for (r, node) in &place {
-        let bound = after
-            .replica(&r.namespace, &r.name)
-            .and_then(|x| x.node.clone());
-        if bound.as_deref() != Some(node.as_str()) {
+        let Some(replica) = after.replica(&r.namespace, &r.name) else {
+            if created {
+                continue;
+            }
+            return Err(format!("scheduler: {r} placed on {node} is gone"));
+        };
+        if replica.node.as_deref() != Some(node.as_str()) {
             return Err(format!(
                 "scheduler: {r} placed on {node}, which the state it was decided on (applied \
                  {index}) refuses"
