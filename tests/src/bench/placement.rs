@@ -38,8 +38,15 @@ use tonic::transport::Channel;
 use super::measure::{cores, cpu_time, memory_of, own_cpu_time, poll_until, secs, Memory, Poll};
 use super::{apply_worker, apply_worker_of, client, list_replicas, ready_nodes, Progress};
 
-/// The throughput the issue asks for.
-const TARGET_PER_SEC: f64 = 10_000.0;
+/// The throughput issue 14 asks for: 20,000 placements/s for up to 10,000
+/// replicas, 10,000/s beyond (100,000 replicas on 1,000 agents).
+fn target_per_sec(total: usize) -> f64 {
+    if total <= 10_000 {
+        20_000.0
+    } else {
+        10_000.0
+    }
+}
 /// How often a progress line goes to stderr while waiting.
 const SAY_EVERY: Duration = Duration::from_secs(5);
 /// The deployment that goes through the pipeline before the clock starts.
@@ -376,12 +383,12 @@ async fn measure(
         }
         anyhow::bail!("placement did not complete");
     };
-    let rate = total as f64 / at.as_secs_f64();
+    let (rate, target) = (total as f64 / at.as_secs_f64(), target_per_sec(total));
     println!(
         "time to all {total} replicas Running (apply → agents' status committed): {} → {rate:.0} placements/s \
-         (target ≥ {TARGET_PER_SEC:.0}/s: {})",
+         (target ≥ {target:.0}/s: {})",
         secs(at),
-        if rate >= TARGET_PER_SEC { "met" } else { "missed" }
+        if rate >= target { "met" } else { "missed" }
     );
     println!(
         "CPU used from apply to all Running ({} cores × {} = {:.2} core-s available): {}",
