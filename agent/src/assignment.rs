@@ -92,9 +92,9 @@ impl Assignment {
             deployment: a.deployment,
             slot: a.slot,
             revision: a.revision,
-            spec_hash: decoded.spec_hash.clone(),
-            template: Arc::clone(&decoded.template),
-            template_json: Arc::clone(&decoded.json),
+            spec_hash: decoded.spec_hash,
+            template: decoded.template,
+            template_json: decoded.json,
             annotations: a.annotations.into_iter().collect(),
             service_env: a.service_env.into_iter().collect(),
             prepared: None,
@@ -216,14 +216,13 @@ struct Decoded {
 impl Templates {
     /// The template `json` decodes to, checked for what every runtime relies
     /// on (UTF-8, it parses, exactly one container).
-    fn decode(&mut self, json: &[u8]) -> Result<&Decoded, AgentError> {
-        if !self.0.contains_key(json) {
-            let decoded = decode_template(json)?;
-            self.0.insert(json.into(), decoded);
+    fn decode(&mut self, json: &[u8]) -> Result<Decoded, AgentError> {
+        if let Some(known) = self.0.get(json) {
+            return Ok(known.clone());
         }
-        self.0
-            .get(json)
-            .ok_or_else(|| AgentError::InvalidSpec("the pod template was not kept".into()))
+        let decoded = decode_template(json)?;
+        self.0.insert(json.into(), decoded.clone());
+        Ok(decoded)
     }
 
     /// Forget the templates only this cache still holds.

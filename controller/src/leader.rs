@@ -554,52 +554,44 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<D
     let _timer = crate::metrics::get().round("orchestrator");
     let store = &leading.store;
     let now = now_unix_ms();
-    // Off the runtime's workers too: a round over thousands of changed
-    // deployments walks every one of their replicas.
-    let mut input = orchestration.begin(store);
-    let (decisions, input, mut computed) = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let decisions = input.decide(now);
-        (decisions, input, started.elapsed())
+    // A round over thousands of changed deployments walks every one of
+    // their replicas.
+    let input = orchestration.begin(store);
+    let ((decisions, input), mut computed) = off_workers("orchestrator", move || {
+        let mut input = input;
+        (input.decide(now), input)
     })
-    .await
-    .map_err(|e| format!("the orchestrator pass failed: {e}"))?;
+    .await?;
     orchestration.end(input);
     for command in decision_commands(decisions, now) {
-        let command = if matches!(command, Command::Reconcile { .. }) {
-            // Off the workers, as the scheduler's own pass below.
-            let state = store.snapshot();
-            let (command, binding) = tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                let command =
-                    crate::metrics::get().time_scheduler(|| bind_creations(&state, command));
-                (command, started.elapsed())
-            })
-            .await
-            .map_err(|e| format!("the scheduler pass failed: {e}"))?;
-            computed += binding;
-            if let Command::Reconcile { create, .. } = &command {
-                let bound = create.iter().filter(|r| r.node.is_some()).count();
-                crate::metrics::get().scheduled(bound, 0);
+        let (command, bound) = match command {
+            reconcile @ Command::Reconcile { .. } => {
+                let state = store.snapshot();
+                let (bound, binding) = off_workers("scheduler", move || {
+                    crate::metrics::get().time_scheduler(|| bind_creations(&state, reconcile))
+                })
+                .await?;
+                computed += binding;
+                let n = match &bound {
+                    Command::Reconcile { create, .. } => {
+                        create.iter().filter(|r| r.node.is_some()).count()
+                    }
+                    _ => 0,
+                };
+                (bound, n)
             }
-            command
-        } else {
-            command
+            other => (other, 0),
         };
         leading.write(command).await?;
+        if bound > 0 {
+            crate::metrics::get().scheduled(bound, 0);
+        }
     }
-    // Off the runtime's worker threads: with tens of thousands of replicas
-    // unbound a pass takes a core for hundreds of milliseconds, and on a
-    // worker it held up every session's heartbeats and keep-alives.
     let state = store.snapshot();
-    let (command, scheduling) = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let command =
-            crate::metrics::get().time_scheduler(|| schedule_command(&state, now_unix_ms()));
-        (command, started.elapsed())
+    let (command, scheduling) = off_workers("scheduler", move || {
+        crate::metrics::get().time_scheduler(|| schedule_command(&state, now_unix_ms()))
     })
-    .await
-    .map_err(|e| format!("the scheduler pass failed: {e}"))?;
+    .await?;
     computed += scheduling;
     if let Some(command) = command {
         let decided = match &command {
@@ -614,6 +606,23 @@ async fn round(leading: &Leading, orchestration: &mut Orchestration) -> Result<D
         crate::metrics::get().scheduled(decided.0, decided.1);
     }
     Ok(computed)
+}
+
+/// Run a round's `pass` off the runtime's worker threads (with tens of
+/// thousands of replicas to look at a pass takes a core for hundreds of
+/// milliseconds, and on a worker it held up every session's heartbeats and
+/// keep-alives); what it returned and how long it computed.
+async fn off_workers<T: Send + 'static>(
+    what: &str,
+    pass: impl FnOnce() -> T + Send + 'static,
+) -> Result<(T, Duration), String> {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = pass();
+        (out, started.elapsed())
+    })
+    .await
+    .map_err(|e| format!("the {what} pass failed: {e}"))
 }
 
 type Placements = (Vec<(ObjectRef, String)>, Vec<(ObjectRef, String)>);

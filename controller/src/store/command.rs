@@ -1265,17 +1265,12 @@ fn create_replicas(
         slots.insert(slot);
         let mut record = r.clone();
         if bind {
-            if let Some(node) = record.node.take() {
-                if placeable(state, &record, &node, true) {
-                    record.node = Some(node.clone());
-                    bound.push((
-                        ObjectRef {
-                            namespace: r.namespace.clone(),
-                            name: r.name.clone(),
-                        },
-                        node,
-                    ));
-                }
+            record.node = record
+                .node
+                .take()
+                .filter(|n| placeable(state, &record, n, true));
+            if let Some(node) = &record.node {
+                bound.push((r.key(), node.clone()));
             }
         }
         state.put_replica(record);

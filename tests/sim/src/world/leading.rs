@@ -592,14 +592,7 @@ fn placements_fit(state: &State, command: &Command) -> Checked<()> {
             create
                 .iter()
                 .filter(|r| state.replica(&r.namespace, &r.name).is_none())
-                .filter_map(|r| {
-                    let node = r.node.clone()?;
-                    let replica = ObjectRef {
-                        namespace: r.namespace.clone(),
-                        name: r.name.clone(),
-                    };
-                    Some((replica, node))
-                })
+                .filter_map(|r| Some((r.key(), r.node.clone()?)))
                 .collect(),
             true,
         ),
