@@ -43,13 +43,18 @@ use crate::store::{
 /// Shortest pause between two rounds, so a stream of status batches does not
 /// make the loops spin.
 const MIN_ROUND: Duration = Duration::from_millis(20);
-/// The pause after a round whose passes computed for `computed`: at least
-/// [`MIN_ROUND`], and at least as long as they computed, so that under load
-/// (tens of thousands of replicas changing at once) the loops take at most
-/// about half of a core and status batches, sessions and heartbeats keep
-/// theirs. Waiting for commits does not count.
-fn pause_after(computed: Duration) -> Duration {
-    MIN_ROUND.max(computed)
+/// When the round after one that started at `started`, ended at `ended` and
+/// computed for `computed` may start: at least [`MIN_ROUND`] after it ended,
+/// and no sooner than `started + 2 × computed`, so that under load (tens of
+/// thousands of replicas changing at once) the loops compute for at most
+/// half of the time, about half of a core, and status batches, sessions and
+/// heartbeats keep theirs. The time a round spent waiting for its entries
+/// to commit counts as the pause: the loops computed nothing meanwhile.
+fn next_round_at<T>(started: T, ended: T, computed: Duration) -> T
+where
+    T: std::ops::Add<Duration, Output = T> + Ord,
+{
+    (ended + MIN_ROUND).max(started + computed * 2)
 }
 
 /// A round runs at least this often even when nothing was applied.
@@ -149,6 +154,7 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
     let mut applied = leading.handle.applied();
     let mut orchestration = Orchestration::new(&leading.store);
     loop {
+        let started = tokio::time::Instant::now();
         // A round in flight when leadership is lost is abandoned there.
         let computed = tokio::select! {
             _ = token.cancelled() => return,
@@ -165,7 +171,7 @@ async fn loops(leading: Leading, cfg: LoopConfig, token: CancellationToken) {
             _ = applied.changed() => {}
             _ = tokio::time::sleep(MAX_ROUND) => {}
         }
-        tokio::time::sleep_until(ended + pause_after(computed)).await;
+        tokio::time::sleep_until(next_round_at(started, ended, computed)).await;
     }
 }
 
@@ -778,6 +784,30 @@ mod tests {
                 now_unix_ms: 10,
             });
             (place, unschedulable)
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_loops_compute_at_most_half_of_the_time_waiting_for_commits_included() {
+        // Times in ms since some instant: (started, ended, computed) → next.
+        // A round that computed 100 ms and then waited 300 ms for its
+        // entries has paused long enough: the next one waits MIN_ROUND only.
+        assert_eq!(next_round_at(ms(0), ms(400), ms(100)), ms(420));
+        // One that computed 100 ms and committed in 10 ms waits until 200 ms.
+        assert_eq!(next_round_at(ms(0), ms(110), ms(100)), ms(200));
+        // A small round still waits MIN_ROUND after it ended.
+        assert_eq!(next_round_at(ms(0), ms(3), ms(1)), ms(23));
+        for (started, ended, computed) in [(0, 400, 100), (0, 110, 100), (0, 3, 1), (5, 5, 0)] {
+            let next = next_round_at(ms(started), ms(ended), ms(computed));
+            assert!(
+                ms(computed) * 2 <= next - ms(started),
+                "at most half computing"
+            );
+            assert!(next >= ms(ended) + MIN_ROUND);
         }
     }
 
