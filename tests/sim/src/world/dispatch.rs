@@ -7,7 +7,7 @@
 //!                   session and the Hello's statuses go to the batcher
 //!     session ─▶ heartbeat (the leader's memory; acknowledged: fence contact)
 //!             ─▶ Sent::next(book) ─▶ the agent's set (whole, then changes)
-//!             ─▶ status changes ─▶ Pending ─100 ms─▶ ReportStatus (LeaderWork)
+//!             ─▶ status changes ─▶ Pending ─status_batch_due─▶ ReportStatus (LeaderWork)
 //!   AgentWork (when a task finishes, a backoff or the fence is due):
 //!     the agent's supervisor step; its status changes go out at once
 //! ```
@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_controller::cluster::wire::observed_from_pb;
-use drover_controller::dispatcher::{Assignments, Pending, Report, FENCING_MARGIN};
+use drover_controller::dispatcher::{
+    status_batch_due, Assignments, Pending, Report, FENCING_MARGIN,
+};
 use drover_controller::store::{Command, NodeRegistration, Resources, Touched};
 use drover_proto::pb;
 use rand::Rng;
@@ -35,9 +37,12 @@ use super::leading::{answered, NODE_TIMEOUT};
 use super::{Checked, Ev, World, WriteRx};
 use crate::agent::KILL_MAX_US;
 
-/// How long status reports are collected before one entry carries them
-/// (the dispatcher's `STATUS_BATCH`).
-const STATUS_BATCH_US: u64 = 100_000;
+/// The dispatcher's `status_batch_due` on the simulator's clock (µs).
+fn batch_due_us(first_us: u64, last_us: Option<u64>) -> u64 {
+    let us = Duration::from_micros;
+    status_batch_due(us(first_us), last_us.map(us)).as_micros() as u64
+}
+
 /// Out of contact for longer than a heartbeat or so: cut off, not merely
 /// between two beats.
 const CUT_OFF_US: u64 = 400_000;
@@ -56,6 +61,8 @@ fn fencing_window_us(limit: Duration) -> u64 {
 pub(super) struct Dispatch {
     pending: Pending,
     batch_due_us: Option<u64>,
+    /// When the last batch was taken (`status_batch_due`'s `last`).
+    last_batch_us: Option<u64>,
     inflight: Option<(WriteRx, Vec<Report>)>,
     /// Per node, the book with that node's set as of an applied index.
     book: BTreeMap<String, (u64, Arc<Assignments>)>,
@@ -248,8 +255,9 @@ impl World {
                     .push((node.to_string(), target, observed));
             }
         }
-        let due = self.now_us + STATUS_BATCH_US;
-        self.members[m].dispatch.batch_due_us.get_or_insert(due);
+        let d = &mut self.members[m].dispatch;
+        let due = batch_due_us(self.now_us, d.last_batch_us);
+        d.batch_due_us.get_or_insert(due);
     }
 
     /// Every controller's status batcher (`batch_statuses`): one
@@ -276,7 +284,8 @@ impl World {
                         if let Some((_, reports)) = d.inflight.take() {
                             if leads {
                                 d.pending.restore(reports);
-                                d.batch_due_us.get_or_insert(now_us + STATUS_BATCH_US);
+                                let due = batch_due_us(now_us, d.last_batch_us);
+                                d.batch_due_us.get_or_insert(due);
                             } else {
                                 self.count("status batch dropped: leadership lost");
                             }
@@ -289,6 +298,7 @@ impl World {
                 continue;
             }
             d.batch_due_us = None;
+            d.last_batch_us = Some(now_us);
             let reports = d.pending.take();
             if reports.is_empty() {
                 continue;
