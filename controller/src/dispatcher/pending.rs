@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 
 use crate::store::{ObjectRef, ReplicaObserved};
 
+/// The reports the map keeps room for between batches (a few hundred KiB).
+const KEPT_ROOM: usize = 4096;
+
 /// One replica status as a node reported it.
 pub type Report = (String, ObjectRef, ReplicaObserved);
 
@@ -42,10 +45,14 @@ impl Pending {
         self.ready.notified().await;
     }
 
-    /// Everything pending, in a stable order (replica, then node).
+    /// Everything pending, in a stable order (replica, then node). The map
+    /// keeps room for [`KEPT_ROOM`] reports: the next batch, about as large,
+    /// does not grow it again from nothing, and a burst's room is given back.
     pub fn take(&self) -> Vec<Report> {
-        let map = std::mem::take(&mut *self.lock());
-        let mut reports: Vec<Report> = map.into_iter().map(|((n, t), o)| (n, t, o)).collect();
+        let mut map = self.lock();
+        let mut reports: Vec<Report> = map.drain().map(|((n, t), o)| (n, t, o)).collect();
+        map.shrink_to(KEPT_ROOM);
+        drop(map);
         reports.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         reports
     }
