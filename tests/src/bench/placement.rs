@@ -11,12 +11,16 @@
 //!   └────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The clock starts when the first apply is sent and stops at the first
-//! progress sample (a stale read from a follower) showing every replica
-//! Running, confirmed by a linearizable read at the leader. Samples are
-//! 250 ms apart by default, so the times are upper bounds at that resolution.
-//! A warm-up replica goes through the whole path first, so the clock never
-//! includes the first moments of a new leader.
+//! The clock starts when the first apply is sent and stops when a `Watch` of
+//! every replica on a follower (what `droverctl get replicas -w` opens) has
+//! seen every replica Running, confirmed by a linearizable read at the leader
+//! (`--clock watch`, the default: the watch carries each change once, at the
+//! moment the follower applied it). `--clock poll` stops it instead at the
+//! first progress sample (every replica listed from the follower, every
+//! `--sample-ms`) showing them all Running: upper bounds at that resolution,
+//! and the listing's own cost is part of what is measured. A warm-up
+//! replica goes through the whole path first, so the clock never includes
+//! the first moments of a new leader.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,8 +57,19 @@ const SAY_EVERY: Duration = Duration::from_secs(5);
 const WARM_UP: &str = "warm-up";
 /// Attempts per apply before the benchmark gives up.
 const APPLY_ATTEMPTS: u32 = 5;
+/// How often the watch clock looks at what its watch saw.
+const WATCH_TICK: Duration = Duration::from_millis(5);
 /// The longest one progress listing (every replica, paged) may take.
 const LISTING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What stops the placement clock (see the module's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Clock {
+    /// A `Watch` of every replica on a follower.
+    Watch,
+    /// Listing every replica from a follower every `--sample-ms`.
+    Poll,
+}
 
 pub struct Config {
     pub agents: usize,
@@ -66,6 +81,8 @@ pub struct Config {
     pub timeout: Duration,
     /// How often progress is sampled.
     pub sample: Duration,
+    /// What stops the clock.
+    pub clock: Clock,
     /// How long to keep the cluster up after placement, watching it (0: not).
     pub hold: Duration,
     /// After placement (and the hold), roll the first deployment to a new
@@ -80,7 +97,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// The placement run twice in one process, metrics on (controllers scraped
 /// every second, agents recording) then off (`--metrics-listen=` on the
 /// controllers, the in-process agents' metrics switched off), and the ratio.
-pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
+pub async fn metrics_compare(mut cfg: Config) -> anyhow::Result<()> {
+    // A watch clock would add a watch to both sides: list instead.
+    cfg.clock = Clock::Poll;
     println!("-- metrics on --");
     drover_agent::metrics::set_enabled(true);
     let on = run_with(&cfg, Options::default(), false).await?;
@@ -117,7 +136,9 @@ pub async fn metrics_compare(cfg: Config) -> anyhow::Result<()> {
 /// history can cost); the ratio, and how far the watch lagged behind.
 /// Metrics are off on both sides (`--metrics-listen=`), so only the watch
 /// differs.
-pub async fn watch_compare(cfg: Config) -> anyhow::Result<()> {
+pub async fn watch_compare(mut cfg: Config) -> anyhow::Result<()> {
+    // The unwatched side must have no watch: both sides list instead.
+    cfg.clock = Clock::Poll;
     println!("-- watched (get replicas -w on a follower, --watch-history default) --");
     let watched = run_with(
         &cfg,
@@ -157,6 +178,24 @@ pub async fn watch_compare(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a watch of every replica has seen so far (the warm-up replica not
+/// counted).
+#[derive(Debug, Default)]
+struct Followed {
+    progress: Progress,
+    /// When it first saw every replica bound to a node, and every one Running.
+    all_scheduled: Option<Instant>,
+    all_running: Option<Instant>,
+    events: usize,
+    batches: usize,
+}
+
+type Following = Arc<Mutex<Followed>>;
+
+fn lock(f: &Following) -> std::sync::MutexGuard<'_, Followed> {
+    f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Follow every replica through `Watch` until `total` are Running; the
 /// events received and when the last one arrived.
 async fn watch_until_running(
@@ -164,6 +203,23 @@ async fn watch_until_running(
     security: drover_pki::Security,
     total: usize,
 ) -> anyhow::Result<(usize, usize, Instant)> {
+    let followed = Following::default();
+    follow(address, security, total, followed.clone(), None).await?;
+    let f = lock(&followed);
+    let at = f.all_running.context("the watch ended early")?;
+    Ok((f.events, f.batches, at))
+}
+
+/// Follow every replica through `Watch` on `address`, writing what it sees
+/// into `followed` after each batch, until `total` are Running. `open` is
+/// told once the stream is open (before any apply, for the clock).
+async fn follow(
+    address: String,
+    security: drover_pki::Security,
+    total: usize,
+    followed: Following,
+    open: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
     use pb::watch_event::Object;
     let mut client = client(&address, &security).await?;
     // The list at the start reads through the leader: wait for one.
@@ -182,30 +238,50 @@ async fn watch_until_running(
             Err(e) => return Err(e.into()),
         }
     };
-    let mut running = std::collections::HashSet::new();
-    let (mut events, mut batches) = (0, 0);
+    if let Some(open) = open {
+        let _ = open.send(());
+    }
+    // Each replica's (bound, Running) as last seen.
+    let mut replicas: std::collections::HashMap<String, (bool, bool)> = Default::default();
     while let Some(batch) = stream.message().await? {
-        batches += 1;
+        let n = batch.events.len();
         for e in batch.events {
-            events += 1;
             let deleted = e.r#type() == pb::WatchEventType::Deleted;
-            if let Some(Object::Replica(r)) = e.object {
-                let is_running = r
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.state() == pb::ReplicaState::Running);
-                if is_running && !deleted && r.deployment != WARM_UP {
-                    running.insert(r.name);
-                } else {
-                    running.remove(&r.name);
-                }
+            let Some(Object::Replica(r)) = e.object else {
+                continue;
+            };
+            if deleted || r.deployment == WARM_UP {
+                replicas.remove(&r.name);
+                continue;
             }
+            let running = r
+                .status
+                .as_ref()
+                .is_some_and(|s| s.state() == pb::ReplicaState::Running);
+            replicas.insert(r.name, (!r.node.is_empty(), running));
         }
-        if running.len() == total {
-            return Ok((events, batches, Instant::now()));
+        let progress = Progress {
+            total: replicas.len(),
+            scheduled: replicas.values().filter(|(bound, _)| *bound).count(),
+            running: replicas.values().filter(|(_, running)| *running).count(),
+        };
+        let now = Instant::now();
+        let mut f = lock(&followed);
+        f.events += n;
+        f.batches += 1;
+        if progress.total == total && progress.scheduled == total {
+            f.all_scheduled.get_or_insert(now);
+        }
+        let done = progress.total == total && progress.running == total;
+        if done {
+            f.all_running.get_or_insert(now);
+        }
+        f.progress = progress;
+        if done {
+            return Ok(());
         }
     }
-    anyhow::bail!("the watch ended with {} of {total} Running", running.len())
+    anyhow::bail!("the watch ended with {}", lock(&followed).progress)
 }
 
 /// One placement run; the time from the first apply to all Running.
@@ -308,9 +384,41 @@ async fn measure(
     let mut confirm = client(&leader_address, &c.security).await?;
     warm_up(&mut confirm, cfg).await?;
 
+    // The clock's watch is open before the first apply.
+    let followed = Following::default();
+    let following = match cfg.clock {
+        Clock::Watch => {
+            let (open, opened) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(follow(
+                c.controllers[follower].address.clone(),
+                c.security.clone(),
+                total,
+                followed.clone(),
+                Some(open),
+            ));
+            if opened.await.is_err() {
+                let why = match task.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    _ => "it ended".to_string(),
+                };
+                anyhow::bail!("could not watch the replicas on a follower: {why}");
+            }
+            Some(task)
+        }
+        Clock::Poll => None,
+    };
+
     // Placement: apply everything while sampling progress.
     let cpu_before = CpuUse::now(c);
     let t0 = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    println!(
+        "placement started at unix time {}.{:06} (to find it in the controllers' logs)",
+        wall.as_secs(),
+        wall.subsec_micros()
+    );
     let applies = tokio::spawn(apply_all(
         leader_address,
         c.security.clone(),
@@ -319,25 +427,48 @@ async fn measure(
         cfg.clients,
     ));
     let mut watcher = watcher;
-    let mut poll = Poll::new(cfg.sample, cfg.timeout);
+    // The watch clock only reads what the watch saw: a short tick costs nothing.
+    let tick = match cfg.clock {
+        Clock::Watch => cfg.sample.min(WATCH_TICK),
+        Clock::Poll => cfg.sample,
+    };
+    let mut poll = Poll::new(tick, cfg.timeout);
     let mut seen = Progress::default();
     let mut scheduled_at = None;
     let mut running_at = None;
     let mut said = Instant::now();
     while poll.next().await {
-        // A listing that hangs (a stream stalled on a starved connection)
-        // must not hang the benchmark: say so and sample again.
-        match tokio::time::timeout(LISTING_TIMEOUT, list_replicas(&mut watcher, "", true)).await {
-            Ok(Ok(replicas)) => seen = Progress::of(&replicas),
-            Ok(Err(e)) => eprintln!("  {:>8}: {e}", secs(t0.elapsed())),
-            Err(_) => eprintln!(
-                "  {:>8}: listing replicas took longer than {LISTING_TIMEOUT:?}; sampling again",
-                secs(t0.elapsed())
-            ),
-        }
-        let at = t0.elapsed();
-        if seen.total == total && seen.scheduled == total && scheduled_at.is_none() {
-            scheduled_at = Some(at);
+        let mut at = t0.elapsed();
+        match &following {
+            Some(task) => {
+                let f = lock(&followed);
+                seen = f.progress;
+                scheduled_at = f.all_scheduled.map(|i| i.duration_since(t0));
+                if let Some(all) = f.all_running {
+                    at = all.duration_since(t0);
+                } else if task.is_finished() {
+                    drop(f);
+                    break;
+                }
+            }
+            None => {
+                // A listing that hangs (a stream stalled on a starved
+                // connection) must not hang the benchmark: say so and sample again.
+                match tokio::time::timeout(LISTING_TIMEOUT, list_replicas(&mut watcher, "", true))
+                    .await
+                {
+                    Ok(Ok(replicas)) => seen = Progress::of(&replicas),
+                    Ok(Err(e)) => eprintln!("  {:>8}: {e}", secs(t0.elapsed())),
+                    Err(_) => eprintln!(
+                        "  {:>8}: listing replicas took longer than {LISTING_TIMEOUT:?}; sampling again",
+                        secs(t0.elapsed())
+                    ),
+                }
+                at = t0.elapsed();
+                if seen.total == total && seen.scheduled == total && scheduled_at.is_none() {
+                    scheduled_at = Some(at);
+                }
+            }
         }
         if seen.total == total && seen.running == total {
             let confirmed = list_replicas(&mut confirm, "", false)
@@ -352,6 +483,22 @@ async fn measure(
             eprintln!("  {:>8}: {seen}", secs(at));
             said = Instant::now();
         }
+    }
+    if let Some(task) = following {
+        if task.is_finished() {
+            match task.await {
+                Ok(Err(e)) => eprintln!("the clock's watch failed: {e:#}"),
+                Err(e) => eprintln!("the clock's watch task failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+        } else {
+            task.abort();
+        }
+        let f = lock(&followed);
+        println!(
+            "the clock's watch (controller {}) received {} events in {} batches",
+            c.controllers[follower].id, f.events, f.batches
+        );
     }
     let applied = applies
         .await

@@ -72,9 +72,14 @@ enum What {
         /// Give up on registration, and on placement, after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
-        /// Milliseconds between progress samples (each lists every replica).
+        /// Milliseconds between progress samples (with `--clock poll` each
+        /// lists every replica; the hold and the rollout always list).
         #[arg(long, default_value_t = 250)]
         sample_ms: u64,
+        /// What stops the clock: a watch of every replica on a follower, or
+        /// listing them all from it every --sample-ms.
+        #[arg(long, value_enum, default_value = "watch")]
+        clock: bench::placement::Clock,
         /// After every replica is Running, keep the cluster up this many
         /// seconds and count leader changes and NotReady nodes (0: skip).
         #[arg(long, default_value_t = 0)]
@@ -226,6 +231,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             clients,
             timeout_secs,
             sample_ms,
+            clock,
             hold_secs,
             metrics_compare,
             watch_compare,
@@ -238,6 +244,7 @@ async fn run(what: What) -> anyhow::Result<()> {
                 clients,
                 timeout: Duration::from_secs(timeout_secs),
                 sample: Duration::from_millis(sample_ms.max(1)),
+                clock,
                 hold: Duration::from_secs(hold_secs),
                 rollout,
             };
