@@ -73,8 +73,16 @@ pub struct Heartbeats(Arc<Mutex<HashMap<String, Instant>>>);
 
 impl Heartbeats {
     pub fn beat(&self, node: &str) {
+        let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(node.to_string(), Instant::now());
+        // A known node's time is overwritten in place: 2,000 beats a second
+        // from 1,000 agents allocate nothing.
+        match map.get_mut(node) {
+            Some(last) => *last = now,
+            None => {
+                map.insert(node.to_string(), now);
+            }
+        }
     }
 
     pub fn last(&self, node: &str) -> Option<Instant> {
