@@ -11,16 +11,17 @@
 //!   └────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The clock starts when the first apply is sent and stops when a `Watch` of
-//! every replica on a follower (what `droverctl get replicas -w` opens) has
-//! seen every replica Running, confirmed by a linearizable read at the leader
-//! (`--clock watch`, the default: the watch carries each change once, at the
-//! moment the follower applied it). `--clock poll` stops it instead at the
-//! first progress sample (every replica listed from the follower, every
-//! `--sample-ms`) showing them all Running: upper bounds at that resolution,
-//! and the listing's own cost is part of what is measured. A warm-up
-//! replica goes through the whole path first, so the clock never includes
-//! the first moments of a new leader.
+//! The clock starts when the first apply is sent and stops at the first
+//! progress sample (every replica listed from a follower, a stale read,
+//! every `--sample-ms`: 250 ms by default) showing every replica Running,
+//! confirmed by a linearizable read at the leader: upper bounds at that
+//! resolution, the listing's own cost included. `--clock watch` stops it
+//! instead when a `Watch` of every replica on the follower (what `droverctl
+//! get replicas -w` opens) has seen them all Running, confirmed the same
+//! way: exact to the batch, but the watch costs that follower as much as a
+//! 50 ms poll at 10,000 replicas and more than the placement itself at
+//! 100,000. A warm-up replica goes through the whole path first, so the
+//! clock never includes the first moments of a new leader.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -188,6 +189,8 @@ struct Followed {
     all_running: Option<Instant>,
     events: usize,
     batches: usize,
+    /// Times the watch fell behind the follower's history and listed again.
+    relists: usize,
 }
 
 type Following = Arc<Mutex<Followed>>;
@@ -222,66 +225,89 @@ async fn follow(
 ) -> anyhow::Result<()> {
     use pb::watch_event::Object;
     let mut client = client(&address, &security).await?;
-    // The list at the start reads through the leader: wait for one.
+    let mut open = open;
+    // Each replica's (bound, Running) as last seen.
+    let mut replicas: std::collections::HashMap<String, (bool, bool)> = Default::default();
+    loop {
+        let mut stream = open_watch(&mut client).await?;
+        if let Some(open) = open.take() {
+            let _ = open.send(());
+        }
+        // A watch starts with every replica as it is now.
+        replicas.clear();
+        loop {
+            let batch = match stream.message().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => anyhow::bail!("the watch ended with {}", lock(&followed).progress),
+                // The watch fell further behind than the follower's history
+                // (`--watch-history`): list again, as `get -w` does.
+                Err(e) if e.code() == tonic::Code::OutOfRange => {
+                    eprintln!("  watch: {}", e.message());
+                    lock(&followed).relists += 1;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let n = batch.events.len();
+            for e in batch.events {
+                let deleted = e.r#type() == pb::WatchEventType::Deleted;
+                let Some(Object::Replica(r)) = e.object else {
+                    continue;
+                };
+                if deleted || r.deployment == WARM_UP {
+                    replicas.remove(&r.name);
+                    continue;
+                }
+                let running = r
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state() == pb::ReplicaState::Running);
+                replicas.insert(r.name, (!r.node.is_empty(), running));
+            }
+            let progress = Progress {
+                total: replicas.len(),
+                scheduled: replicas.values().filter(|(bound, _)| *bound).count(),
+                running: replicas.values().filter(|(_, running)| *running).count(),
+            };
+            let now = Instant::now();
+            let mut f = lock(&followed);
+            f.events += n;
+            f.batches += 1;
+            if progress.total == total && progress.scheduled == total {
+                f.all_scheduled.get_or_insert(now);
+            }
+            let done = progress.total == total && progress.running == total;
+            if done {
+                f.all_running.get_or_insert(now);
+            }
+            f.progress = progress;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A `Watch` of every replica; its list at the start reads through the
+/// leader, so this waits (30 s at most) for one.
+async fn open_watch(
+    client: &mut ControlClient<Channel>,
+) -> anyhow::Result<tonic::Streaming<pb::WatchBatch>> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stream = loop {
+    loop {
         let request = pb::WatchRequest {
             kind: pb::WatchKind::Replica as i32,
             ..Default::default()
         };
         match client.watch(request).await {
-            Ok(stream) => break stream.into_inner(),
+            Ok(stream) => return Ok(stream.into_inner()),
             Err(e) if Instant::now() < deadline => {
                 eprintln!("  watch: {}; again", e.message());
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e.into()),
         }
-    };
-    if let Some(open) = open {
-        let _ = open.send(());
     }
-    // Each replica's (bound, Running) as last seen.
-    let mut replicas: std::collections::HashMap<String, (bool, bool)> = Default::default();
-    while let Some(batch) = stream.message().await? {
-        let n = batch.events.len();
-        for e in batch.events {
-            let deleted = e.r#type() == pb::WatchEventType::Deleted;
-            let Some(Object::Replica(r)) = e.object else {
-                continue;
-            };
-            if deleted || r.deployment == WARM_UP {
-                replicas.remove(&r.name);
-                continue;
-            }
-            let running = r
-                .status
-                .as_ref()
-                .is_some_and(|s| s.state() == pb::ReplicaState::Running);
-            replicas.insert(r.name, (!r.node.is_empty(), running));
-        }
-        let progress = Progress {
-            total: replicas.len(),
-            scheduled: replicas.values().filter(|(bound, _)| *bound).count(),
-            running: replicas.values().filter(|(_, running)| *running).count(),
-        };
-        let now = Instant::now();
-        let mut f = lock(&followed);
-        f.events += n;
-        f.batches += 1;
-        if progress.total == total && progress.scheduled == total {
-            f.all_scheduled.get_or_insert(now);
-        }
-        let done = progress.total == total && progress.running == total;
-        if done {
-            f.all_running.get_or_insert(now);
-        }
-        f.progress = progress;
-        if done {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("the watch ended with {}", lock(&followed).progress)
 }
 
 /// One placement run; the time from the first apply to all Running.
@@ -485,20 +511,24 @@ async fn measure(
         }
     }
     if let Some(task) = following {
-        if task.is_finished() {
+        let failed = if task.is_finished() {
             match task.await {
-                Ok(Err(e)) => eprintln!("the clock's watch failed: {e:#}"),
-                Err(e) => eprintln!("the clock's watch task failed: {e}"),
-                Ok(Ok(())) => {}
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(e) => Some(format!("its task failed: {e}")),
+                Ok(Ok(())) => None,
             }
         } else {
             task.abort();
-        }
+            None
+        };
         let f = lock(&followed);
         println!(
-            "the clock's watch (controller {}) received {} events in {} batches",
-            c.controllers[follower].id, f.events, f.batches
+            "the clock's watch (controller {}) received {} events in {} batches, listing again {} times",
+            c.controllers[follower].id, f.events, f.batches, f.relists
         );
+        if let (Some(why), None) = (failed, &running_at) {
+            anyhow::bail!("the clock's watch failed at {}: {why}", f.progress);
+        }
     }
     let applied = applies
         .await
