@@ -163,19 +163,26 @@ pub(super) async fn watch(cluster: &Cluster, req: pb::WatchRequest) -> Result<Wa
 
 /// Send `events` at `index` in messages of at most [`MAX_EVENTS`]; false
 /// when the client went away.
+///
+/// Each message holds its own events only: splitting the rest off the
+/// front instead left every message with the whole list's allocation and
+/// moved the rest once per message, so a list of 100,000 replicas to a
+/// client that lagged pinned hundreds of MiB in the stream's queue (a
+/// follower at 1 GiB) and moved 10 million events.
 async fn send(
     tx: &mpsc::Sender<Result<pb::WatchBatch, Status>>,
     index: u64,
     initial: bool,
-    mut events: Vec<pb::WatchEvent>,
+    events: Vec<pb::WatchEvent>,
 ) -> bool {
+    let mut events = events.into_iter();
     loop {
-        let rest = events.split_off(events.len().min(MAX_EVENTS));
-        let more = !rest.is_empty();
+        let batch: Vec<pb::WatchEvent> = events.by_ref().take(MAX_EVENTS).collect();
+        let more = events.len() > 0;
         let batch = pb::WatchBatch {
             index,
             initial,
-            events,
+            events: batch,
             more,
         };
         if tx.send(Ok(batch)).await.is_err() {
@@ -184,7 +191,6 @@ async fn send(
         if !more {
             return true;
         }
-        events = rest;
     }
 }
 
@@ -526,5 +532,66 @@ pub(super) fn node_pb(s: &State, n: &Arc<NodeRecord>) -> pb::Node {
         registered_unix_ms: n.registered_unix_ms,
         annotations,
         name: n.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(i: usize) -> pb::WatchEvent {
+        event(
+            pb::WatchEventType::Added,
+            Object::Replica(pb::Replica {
+                name: format!("web-{i}"),
+                ..Default::default()
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_long_list_goes_in_messages_that_hold_only_their_own_events() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let n = 2 * MAX_EVENTS + 234;
+        let sender =
+            tokio::spawn(async move { send(&tx, 7, true, (0..n).map(replica).collect()).await });
+        let mut names = Vec::new();
+        let mut shapes = Vec::new();
+        while let Some(Ok(batch)) = rx.recv().await {
+            assert!(
+                batch.events.capacity() <= MAX_EVENTS,
+                "a message keeps room for {} events",
+                batch.events.capacity()
+            );
+            shapes.push((batch.index, batch.initial, batch.events.len(), batch.more));
+            names.extend(batch.events.into_iter().map(|e| match e.object {
+                Some(Object::Replica(r)) => r.name,
+                other => panic!("{other:?}"),
+            }));
+        }
+        assert!(sender.await.expect("sender"), "the client was there");
+        assert_eq!(
+            shapes,
+            vec![
+                (7, true, MAX_EVENTS, true),
+                (7, true, MAX_EVENTS, true),
+                (7, true, 234, false)
+            ]
+        );
+        let want: Vec<String> = (0..n).map(|i| format!("web-{i}")).collect();
+        assert_eq!(names, want, "every event once, in order");
+    }
+
+    #[tokio::test]
+    async fn an_empty_list_is_one_message_and_a_client_gone_is_told() {
+        let (tx, mut rx) = mpsc::channel(16);
+        assert!(send(&tx, 3, false, Vec::new()).await);
+        let bookmark = rx.recv().await.expect("a message").expect("ok");
+        assert_eq!(
+            (bookmark.index, bookmark.events.len(), bookmark.more),
+            (3, 0, false)
+        );
+        drop(rx);
+        assert!(!send(&tx, 4, false, vec![replica(1)]).await);
     }
 }
