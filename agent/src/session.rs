@@ -328,15 +328,38 @@ async fn fence_now(
     supervisor.fence().await
 }
 
-/// The statuses to send again for the replicas a set newly gives this node
-/// ([`Taken::fresh`]). Such a replica may already run here (it was moved
-/// away while this node looked dead, and back): the controller reset its
-/// status, and an unchanged status is otherwise never resent. A session
-/// starts with nothing held, so its first set repeats every status it knows.
-pub fn resend(fresh: &[String], last_sent: &StatusMap) -> Vec<pb::ReplicaStatus> {
-    fresh
-        .iter()
-        .filter_map(|id| last_sent.get(id).map(|s| pb::ReplicaStatus::clone(s)))
+/// The statuses to send again when a set arrives:
+/// - for the replicas it newly gives this node ([`Taken::fresh`]). Such a
+///   replica may already run here (it was moved away while this node looked
+///   dead, and back): the controller reset its status, and an unchanged
+///   status is otherwise never resent. A session starts with nothing held,
+///   so its first set repeats every status it knows;
+/// - `Gone` for each replica the set still lists as terminating here
+///   (`terminating`, the held set's) that this node last reported gone. A
+///   name can come back as a new replica (a slot freed and taken again)
+///   that is bound here and removed before this node sees a set assigning
+///   it: the node then sees the same name stay terminating, and without
+///   this its one `Gone` (sent for the replica before) was all the
+///   controller got, so the new one stayed terminating for good.
+pub fn resend(
+    fresh: &[String],
+    terminating: &[String],
+    last_sent: &StatusMap,
+) -> Vec<pb::ReplicaStatus> {
+    let gone = terminating.iter().filter(|id| {
+        last_sent
+            .get(id.as_str())
+            .is_some_and(|s| s.state() == pb::ReplicaState::Gone)
+    });
+    let mut ids: Vec<&String> = fresh.iter().chain(gone).collect();
+    ids.sort();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| {
+            last_sent
+                .get(id.as_str())
+                .map(|s| pb::ReplicaStatus::clone(s))
+        })
         .collect()
 }
 
@@ -434,6 +457,11 @@ impl HeldSet {
         self.terminating_grace_seconds = msg.terminating_grace_seconds;
         self.config_objects = msg.config_objects;
         Ok(taken)
+    }
+
+    /// The replicas the held set lists as terminating here.
+    pub fn terminating(&self) -> &[String] {
+        &self.terminating
     }
 
     /// The Service table, sorted by namespace and name.
@@ -661,7 +689,7 @@ async fn session(
                     fence.contact(tokio::time::Instant::now());
                     debug!(version = last_version, whole = taken.whole, upserts = taken.upserts.len(),
                         removed = taken.removed.len(), "assignment set");
-                    let fresh = resend(&taken.fresh, &last_sent);
+                    let fresh = resend(&taken.fresh, held.terminating(), &last_sent);
                     if !fresh.is_empty() {
                         let msg = pb::AgentMessage {
                             kind: Some(pb::agent_message::Kind::Status(pb::StatusReport { replicas: fresh, usage: None })),
@@ -724,7 +752,10 @@ mod tests {
         };
         // A session's first set repeats what it knows.
         let mut held = HeldSet::default();
-        let mut take = |msg| resend(&held.take(msg).expect("applies").fresh, &last_sent);
+        let mut take = |msg| {
+            let fresh = held.take(msg).expect("applies").fresh;
+            resend(&fresh, held.terminating(), &last_sent)
+        };
         assert_eq!(take(set(&["a", "b"])), [status("a"), status("b")]);
         // Unchanged: nothing; moved away: nothing; back: its status again,
         // by a change as by a whole set.
@@ -734,6 +765,52 @@ mod tests {
         assert!(take(change(4, &["b"], &[])).is_empty());
         assert!(take(set(&["a"])).is_empty());
         assert_eq!(take(set(&["a", "b"])), [status("b")]);
+    }
+
+    #[test]
+    fn a_replica_still_terminating_here_after_this_node_said_gone_is_said_gone_again() {
+        let status = |id: &str, state: pb::ReplicaState| pb::ReplicaStatus {
+            replica: id.into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        // "old" was reported gone; "stopping" is still being stopped here.
+        let last_sent: StatusMap = [
+            ("old", pb::ReplicaState::Gone),
+            ("stopping", pb::ReplicaState::Running),
+            ("a", pb::ReplicaState::Running),
+        ]
+        .into_iter()
+        .map(|(id, state)| (id.to_string(), status::Shared::new(status(id, state))))
+        .collect();
+        let set = |version: u64, terminating: &[&str]| pb::AssignmentSet {
+            version,
+            assignments: vec![assignment("a", "r1")],
+            terminating: terminating.iter().map(|id| id.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut held = HeldSet::default();
+        let mut take = |msg| {
+            let fresh = held.take(msg).expect("applies").fresh;
+            resend(&fresh, held.terminating(), &last_sent)
+        };
+        // The first set: "a" is fresh; "old" is still listed as terminating
+        // (the name may be a new replica's): its Gone goes again. A replica
+        // being stopped keeps its own reports.
+        assert_eq!(
+            take(set(1, &["old", "stopping"])),
+            [
+                status("a", pb::ReplicaState::Running),
+                status("old", pb::ReplicaState::Gone)
+            ]
+        );
+        // Every set that still lists it repeats it; once it is no longer
+        // listed, nothing.
+        assert_eq!(
+            take(set(2, &["old"])),
+            [status("old", pb::ReplicaState::Gone)]
+        );
+        assert!(take(set(3, &[])).is_empty());
     }
 
     fn assignment(id: &str, revision: &str) -> pb::Assignment {

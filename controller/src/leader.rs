@@ -766,22 +766,26 @@ mod tests {
 
         /// One orchestrator pass and one scheduler pass, as a leader round.
         fn round(&mut self) -> Placements {
+            self.round_at(10)
+        }
+
+        fn round_at(&mut self, now: i64) -> Placements {
             let plan = orchestrator::reconcile(
                 &self.store.deployments(None),
                 &self.store.replicas(None),
                 &HashSet::new(),
-                10,
+                now,
             );
             self.apply(Command::Reconcile {
                 create: plan.create,
                 remove: plan.remove,
-                now_unix_ms: 10,
+                now_unix_ms: now,
             });
             let (place, unschedulable) = schedule(&self.store.snapshot());
             self.apply(Command::Schedule {
                 place: place.clone(),
                 unschedulable: unschedulable.clone(),
-                now_unix_ms: 10,
+                now_unix_ms: now,
             });
             (place, unschedulable)
         }
@@ -995,6 +999,60 @@ mod tests {
         });
         let (place, _) = db.round();
         assert_eq!(place.len(), 1, "placed once the old one is gone");
+    }
+
+    #[test]
+    fn a_name_terminating_again_as_a_new_replica_makes_a_new_set_for_its_node() {
+        use crate::dispatcher::Assignments;
+        let mut db = db_with(&["n1"], vec![deployment("web", 1)]);
+        let web = ObjectRef {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let scale = |db: &mut Db, replicas: u32, now: i64| {
+            db.apply(Command::Scale {
+                target: web.clone(),
+                replicas,
+                now_unix_ms: now,
+            });
+            db.round_at(now);
+        };
+        db.round_at(10);
+        scale(&mut db, 0, 20);
+        let book = |db: &Db| {
+            Assignments::build(
+                &db.store.snapshot(),
+                &Assignments::default(),
+                &Touched::everything(),
+            )
+        };
+        let first = book(&db);
+        let name = first.for_node("n1").terminating.clone();
+        assert_eq!(name.len(), 1, "{:?}", first.for_node("n1"));
+        // n1 reports it gone; the slot is free, and the same name comes back
+        // as a new replica, bound to n1 and removed again.
+        let gone = db.store.replicas(None).remove(0).key();
+        db.apply(Command::ReportStatus {
+            reports: vec![(
+                "n1".into(),
+                gone,
+                ReplicaObserved {
+                    node: "n1".into(),
+                    phase: ReplicaPhase::Gone,
+                    ..Default::default()
+                },
+            )],
+            now_unix_ms: 30,
+        });
+        scale(&mut db, 1, 40);
+        scale(&mut db, 0, 50);
+        let second = book(&db);
+        assert_eq!(second.for_node("n1").terminating, name, "the same name");
+        assert_ne!(
+            *second.for_node("n1"),
+            *first.for_node("n1"),
+            "a set that differs, so the session sends it and the agent says gone again"
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct NodeSet {
     /// the agent stops them (they are not assigned) and reports each one
     /// gone, also one it never had.
     pub terminating: Vec<String>,
+    /// When each of `terminating` was created, in the same order: not sent,
+    /// but part of the set's equality, so that a name that came back as a
+    /// new replica and is terminating again makes a set that differs from
+    /// the one sent and goes to the agent, which repeats its `Gone` for it
+    /// (`drover_agent::session::resend`).
+    pub terminating_created: Vec<i64>,
     /// Grace periods (seconds) replacing the container's own for some of
     /// the terminating replicas (`delete --grace-period`).
     pub terminating_grace_seconds: HashMap<String, u32>,
@@ -258,12 +264,13 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
     // replicas come in key order, so a deployment's are adjacent and share
     // one lookup of their deployment, template and references.
     let mut last: Option<(&ReplicaRecord, Option<Arc<Runs>>)> = None;
+    let mut terminating = Vec::new();
     for r in state.replicas_on(node) {
         if r.is_terminating() {
             if let Some(grace) = r.stop_grace_seconds {
                 set.terminating_grace_seconds.insert(r.agent_id(), grace);
             }
-            set.terminating.push(r.agent_id());
+            terminating.push((r.agent_id(), r.created_unix_ms));
             continue;
         }
         let same_revision = last.as_ref().is_some_and(|(p, _)| {
@@ -292,7 +299,8 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
         });
     }
     set.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
-    set.terminating.sort();
+    terminating.sort();
+    (set.terminating, set.terminating_created) = terminating.into_iter().unzip();
     set.config_objects = config::objects(state, &references);
     set
 }

@@ -300,7 +300,7 @@ impl SimAgent {
         s.last_version = set.version;
         s.productive = true;
         self.fence.contact(SimInstant(now_us));
-        let fresh = session::resend(&taken.fresh, &s.last_sent);
+        let fresh = session::resend(&taken.fresh, s.held.terminating(), &s.last_sent);
         self.assign_set(set);
         Ok(fresh)
     }

@@ -20,7 +20,12 @@ use drover_sim::{run, run_batch, Options};
 /// 1000012, 1001191: the simulator's session dropped the status changes an
 /// agent made while its link was cut for a moment, and the session outlived
 /// the cut: a model bug (a session is a reliable stream), not drover's.
-const REGRESSIONS: &[u64] = &[1_001_926, 42, 51, 293, 455, 1_000_012, 1_001_191];
+/// 6638: a replica reported gone was deleted, its slot taken again by a new
+/// replica of the same name bound to the same node, and that one removed
+/// before the node saw a set assigning it: the node saw the name stay
+/// terminating and never said gone again, so the rollout never finished
+/// (agents now repeat `Gone` for a name a set still lists as terminating).
+const REGRESSIONS: &[u64] = &[1_001_926, 42, 51, 293, 455, 1_000_012, 1_001_191, 6_638];
 
 fn only_seed() -> Option<u64> {
     let s = std::env::var("DROVER_SIM_SEED").ok()?;
