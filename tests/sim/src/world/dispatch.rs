@@ -38,9 +38,8 @@ use super::{Checked, Ev, World, WriteRx};
 use crate::agent::KILL_MAX_US;
 
 /// The dispatcher's `status_batch_due` on the simulator's clock (µs).
-fn batch_due_us(first_us: u64, last_us: Option<u64>) -> u64 {
-    let us = Duration::from_micros;
-    status_batch_due(us(first_us), last_us.map(us)).as_micros() as u64
+fn batch_due_us(first_us: u64) -> u64 {
+    status_batch_due(Duration::from_micros(first_us)).as_micros() as u64
 }
 
 /// Out of contact for longer than a heartbeat or so: cut off, not merely
@@ -61,8 +60,6 @@ fn fencing_window_us(limit: Duration) -> u64 {
 pub(super) struct Dispatch {
     pending: Pending,
     batch_due_us: Option<u64>,
-    /// When the last batch was taken (`status_batch_due`'s `last`).
-    last_batch_us: Option<u64>,
     inflight: Option<(WriteRx, Vec<Report>)>,
     /// Per node, the book with that node's set as of an applied index.
     book: BTreeMap<String, (u64, Arc<Assignments>)>,
@@ -255,9 +252,8 @@ impl World {
                     .push((node.to_string(), target, observed));
             }
         }
-        let d = &mut self.members[m].dispatch;
-        let due = batch_due_us(self.now_us, d.last_batch_us);
-        d.batch_due_us.get_or_insert(due);
+        let due = batch_due_us(self.now_us);
+        self.members[m].dispatch.batch_due_us.get_or_insert(due);
     }
 
     /// Every controller's status batcher (`batch_statuses`): one
@@ -284,8 +280,7 @@ impl World {
                         if let Some((_, reports)) = d.inflight.take() {
                             if leads {
                                 d.pending.restore(reports);
-                                let due = batch_due_us(now_us, d.last_batch_us);
-                                d.batch_due_us.get_or_insert(due);
+                                d.batch_due_us.get_or_insert(batch_due_us(now_us));
                             } else {
                                 self.count("status batch dropped: leadership lost");
                             }
@@ -298,7 +293,6 @@ impl World {
                 continue;
             }
             d.batch_due_us = None;
-            d.last_batch_us = Some(now_us);
             let reports = d.pending.take();
             if reports.is_empty() {
                 continue;
