@@ -752,10 +752,7 @@ mod tests {
         };
         // A session's first set repeats what it knows.
         let mut held = HeldSet::default();
-        let mut take = |msg| {
-            let fresh = held.take(msg).expect("applies").fresh;
-            resend(&fresh, held.terminating(), &last_sent)
-        };
+        let mut take = |msg| resend_after(&mut held, msg, &last_sent);
         assert_eq!(take(set(&["a", "b"])), [status("a"), status("b")]);
         // Unchanged: nothing; moved away: nothing; back: its status again,
         // by a change as by a whole set.
@@ -790,10 +787,7 @@ mod tests {
             ..Default::default()
         };
         let mut held = HeldSet::default();
-        let mut take = |msg| {
-            let fresh = held.take(msg).expect("applies").fresh;
-            resend(&fresh, held.terminating(), &last_sent)
-        };
+        let mut take = |msg| resend_after(&mut held, msg, &last_sent);
         // The first set: "a" is fresh; "old" is still listed as terminating
         // (the name may be a new replica's): its Gone goes again. A replica
         // being stopped keeps its own reports.
@@ -811,6 +805,16 @@ mod tests {
             [status("old", pb::ReplicaState::Gone)]
         );
         assert!(take(set(3, &[])).is_empty());
+    }
+
+    /// What the session resends on taking `msg` into `held`.
+    fn resend_after(
+        held: &mut HeldSet,
+        msg: pb::AssignmentSet,
+        last_sent: &StatusMap,
+    ) -> Vec<pb::ReplicaStatus> {
+        let fresh = held.take(msg).expect("applies").fresh;
+        resend(&fresh, held.terminating(), last_sent)
     }
 
     fn assignment(id: &str, revision: &str) -> pb::Assignment {

@@ -44,23 +44,15 @@ use crate::store::{Command, NodeRegistration, Resources, Write};
 pub use book::{AssignmentBook, Assignments, NodeSet};
 pub use pending::{Pending, Report};
 
-/// How long status reports are collected before one raft entry carries them.
+/// How long status reports are collected before one raft entry carries
+/// them, from the first report of a batch: changes that follow each other
+/// quickly reach the store as their last state. A container that starts and
+/// exits at once is one `Error` report, not a `Running` and ready replica
+/// for a moment: with a 10 ms wait after a lone report (tried in session
+/// 17) such a replica counted as available between its restarts, and `lab
+/// up` saw a deployment that cannot run as 1 of 2 available. The
+/// simulator's batcher waits the same.
 pub const STATUS_BATCH: Duration = Duration::from_millis(100);
-
-/// When the batch holding a report that arrived (or was put back) at
-/// `first` is taken: [`STATUS_BATCH`] later, so that changes that follow
-/// each other quickly reach the store as their last state. A container that
-/// starts and exits at once is one `Error` report, not a `Running` and ready
-/// replica for a moment: with a 10 ms wait (tried in session 17) such a
-/// replica counted as available between its restarts, and `lab up` saw a
-/// deployment that cannot run as 1 of 2 available. The simulator's batcher
-/// follows the same rule.
-pub fn status_batch_due<T>(first: T) -> T
-where
-    T: std::ops::Add<Duration, Output = T>,
-{
-    first + STATUS_BATCH
-}
 
 /// When each node's agent was last heard from (leader memory only).
 #[derive(Clone, Default)]
@@ -503,17 +495,16 @@ impl Sent {
 }
 
 /// Collect agents' status reports and commit them as one entry at a time,
-/// [`STATUS_BATCH`] after the first report of each ([`status_batch_due`]).
+/// [`STATUS_BATCH`] after the first report of each.
 async fn batch_statuses(cluster: Cluster, pending: Arc<Pending>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = pending.wait() => {}
         }
-        let due = status_batch_due(tokio::time::Instant::now());
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(due) => {}
+            _ = tokio::time::sleep(STATUS_BATCH) => {}
         }
         let reports = pending.take();
         if reports.is_empty() {

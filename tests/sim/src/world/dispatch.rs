@@ -7,7 +7,7 @@
 //!                   session and the Hello's statuses go to the batcher
 //!     session ─▶ heartbeat (the leader's memory; acknowledged: fence contact)
 //!             ─▶ Sent::next(book) ─▶ the agent's set (whole, then changes)
-//!             ─▶ status changes ─▶ Pending ─status_batch_due─▶ ReportStatus (LeaderWork)
+//!             ─▶ status changes ─▶ Pending ─100 ms─▶ ReportStatus (LeaderWork)
 //!   AgentWork (when a task finishes, a backoff or the fence is due):
 //!     the agent's supervisor step; its status changes go out at once
 //! ```
@@ -26,9 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_controller::cluster::wire::observed_from_pb;
-use drover_controller::dispatcher::{
-    status_batch_due, Assignments, Pending, Report, FENCING_MARGIN,
-};
+use drover_controller::dispatcher::{Assignments, Pending, Report, FENCING_MARGIN, STATUS_BATCH};
 use drover_controller::store::{Command, NodeRegistration, Resources, Touched};
 use drover_proto::pb;
 use rand::Rng;
@@ -37,10 +35,9 @@ use super::leading::{answered, NODE_TIMEOUT};
 use super::{Checked, Ev, World, WriteRx};
 use crate::agent::KILL_MAX_US;
 
-/// The dispatcher's `status_batch_due` on the simulator's clock (µs).
-fn batch_due_us(first_us: u64) -> u64 {
-    status_batch_due(Duration::from_micros(first_us)).as_micros() as u64
-}
+/// How long status reports are collected before one entry carries them
+/// (the dispatcher's `STATUS_BATCH`), on the simulator's clock.
+const STATUS_BATCH_US: u64 = STATUS_BATCH.as_micros() as u64;
 
 /// Out of contact for longer than a heartbeat or so: cut off, not merely
 /// between two beats.
@@ -252,7 +249,7 @@ impl World {
                     .push((node.to_string(), target, observed));
             }
         }
-        let due = batch_due_us(self.now_us);
+        let due = self.now_us + STATUS_BATCH_US;
         self.members[m].dispatch.batch_due_us.get_or_insert(due);
     }
 
@@ -280,7 +277,7 @@ impl World {
                         if let Some((_, reports)) = d.inflight.take() {
                             if leads {
                                 d.pending.restore(reports);
-                                d.batch_due_us.get_or_insert(batch_due_us(now_us));
+                                d.batch_due_us.get_or_insert(now_us + STATUS_BATCH_US);
                             } else {
                                 self.count("status batch dropped: leadership lost");
                             }
