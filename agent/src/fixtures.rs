@@ -66,5 +66,6 @@ pub fn to_pb(a: &Assignment) -> pb::Assignment {
         template_json: serde_json::to_vec(&a.template).unwrap_or_default().into(),
         annotations: a.annotations.clone().into_iter().collect(),
         service_env: a.service_env.clone().into_iter().collect(),
+        bound_at: 0,
     }
 }

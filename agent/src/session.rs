@@ -329,11 +329,13 @@ async fn fence_now(
 }
 
 /// The statuses to send again when a set arrives:
-/// - for the replicas it newly gives this node ([`Taken::fresh`]). Such a
-///   replica may already run here (it was moved away while this node looked
-///   dead, and back): the controller reset its status, and an unchanged
-///   status is otherwise never resent. A session starts with nothing held,
-///   so its first set repeats every status it knows;
+/// - for the replicas it newly gives this node ([`Taken::fresh`]), or gives
+///   it again with another `bound_at`. Such a replica may already run here
+///   (it was moved away while this node looked dead, and back, perhaps
+///   before this node saw a set without it): the controller ignored what
+///   this node said meanwhile, and an unchanged status is otherwise never
+///   resent. A session starts with nothing held, so its first set repeats
+///   every status it knows;
 /// - `Gone` for each replica the set still lists as terminating here
 ///   (`terminating`, the held set's) that this node last reported gone. A
 ///   name can come back as a new replica (a slot freed and taken again)
@@ -363,6 +365,13 @@ pub fn resend(
         .collect()
 }
 
+/// Whether `a` is new to this node: not held before, or held from another
+/// binding (`bound_at`: the replica was moved away and placed back here, and
+/// the controllers ignored what this node said about it meanwhile).
+fn is_fresh(before: Option<&pb::Assignment>, a: &pb::Assignment) -> bool {
+    before.is_none_or(|b| b.bound_at != a.bound_at)
+}
+
 /// The assignment set a session holds: the last whole set with every change
 /// since applied to it, kept by replica so that taking a change costs the
 /// change's size, not the node's.
@@ -387,7 +396,8 @@ pub struct Taken {
     pub upserts: Vec<pb::Assignment>,
     /// Replicas no longer assigned (a change's; empty for a whole set).
     pub removed: Vec<String>,
-    /// Replicas the held set did not have before this message, sorted.
+    /// Replicas the held set did not have before this message, or had from
+    /// another binding ([`pb::Assignment::bound_at`]), sorted.
     pub fresh: Vec<String>,
     /// Whether the Service table may differ.
     pub services_changed: bool,
@@ -407,7 +417,7 @@ impl HeldSet {
         if msg.base_version == 0 {
             let before = std::mem::take(&mut self.assignments);
             for a in &msg.assignments {
-                if !before.contains_key(&a.replica) {
+                if is_fresh(before.get(&a.replica), a) {
                     taken.fresh.push(a.replica.clone());
                 }
                 self.assignments.insert(a.replica.clone(), a.clone());
@@ -433,11 +443,8 @@ impl HeldSet {
                 self.assignments.remove(id);
             }
             for a in &msg.assignments {
-                if self
-                    .assignments
-                    .insert(a.replica.clone(), a.clone())
-                    .is_none()
-                {
+                let before = self.assignments.insert(a.replica.clone(), a.clone());
+                if is_fresh(before.as_ref(), a) {
                     taken.fresh.push(a.replica.clone());
                 }
             }
@@ -805,6 +812,49 @@ mod tests {
             [status("old", pb::ReplicaState::Gone)]
         );
         assert!(take(set(3, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_replica_placed_back_here_has_its_status_said_again() {
+        let running = pb::ReplicaStatus {
+            replica: "a".into(),
+            state: pb::ReplicaState::Running as i32,
+            ready: true,
+            ..Default::default()
+        };
+        let last_sent: StatusMap = [("a".to_string(), status::Shared::new(running.clone()))]
+            .into_iter()
+            .collect();
+        let bound = |at: u64| pb::Assignment {
+            bound_at: at,
+            ..assignment("a", "r1")
+        };
+        let mut held = HeldSet::default();
+        let whole = |version: u64, at: u64| pb::AssignmentSet {
+            version,
+            assignments: vec![bound(at)],
+            ..Default::default()
+        };
+        assert_eq!(
+            resend_after(&mut held, whole(1, 5), &last_sent),
+            std::slice::from_ref(&running)
+        );
+        // The same binding again, whole or as a change: nothing to say.
+        assert!(resend_after(&mut held, whole(2, 5), &last_sent).is_empty());
+        let change = |version: u64, at: u64| pb::AssignmentSet {
+            version,
+            base_version: version - 1,
+            assignments: vec![bound(at)],
+            ..Default::default()
+        };
+        assert!(resend_after(&mut held, change(3, 5), &last_sent).is_empty());
+        // Moved away and placed back before this node saw a set without it:
+        // another binding, so its status goes again (as a change or whole).
+        assert_eq!(
+            resend_after(&mut held, change(4, 9), &last_sent),
+            std::slice::from_ref(&running)
+        );
+        assert_eq!(resend_after(&mut held, whole(5, 12), &last_sent), [running]);
     }
 
     /// What the session resends on taking `msg` into `held`.

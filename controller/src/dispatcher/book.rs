@@ -56,6 +56,9 @@ pub struct Assigned {
     /// The replica's agent id (`namespace.name`).
     pub replica: Box<str>,
     pub slot: u32,
+    /// The entry that bound it here (`ReplicaRecord::bound_at`): placed back
+    /// after being moved away, it differs, so the agent says its status again.
+    pub bound_at: u64,
     /// Its revision, and what that runs.
     pub runs: Arc<Runs>,
     /// Kubernetes' service variables for it ([`service_env`]): the same
@@ -84,6 +87,7 @@ impl Assigned {
             namespace: runs.namespace.clone(),
             deployment: runs.deployment.clone(),
             slot: self.slot,
+            bound_at: self.bound_at,
             revision: runs.revision.clone(),
             template_json: runs.template_json.clone(),
             annotations: runs.annotations.clone(),
@@ -294,6 +298,7 @@ fn node_set(state: &State, node: &str, templates: &mut TemplateCache) -> NodeSet
         set.assignments.push(Assigned {
             replica: r.agent_id().into_boxed_str(),
             slot: r.slot,
+            bound_at: r.bound_at,
             runs: runs.clone(),
             service_env: env,
         });
@@ -501,6 +506,7 @@ mod tests {
             s.assignments.push(Assigned {
                 replica: format!("default.r{id:03}").into_boxed_str(),
                 slot: 0,
+                bound_at: 1,
                 runs: Arc::new(Runs {
                     namespace: "default".into(),
                     deployment: "r".into(),
@@ -525,6 +531,20 @@ mod tests {
         assert_eq!(names, ["default.r003", "default.r004"]);
         assert_eq!(removed, ["default.r001"]);
         assert_eq!(after.changes_since(&after), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_replica_placed_back_on_its_node_is_a_change_there() {
+        let before = set(&[(1, 1), (2, 1)]);
+        let mut after = set(&[(1, 1), (2, 1)]);
+        after.assignments[1].bound_at = 7;
+        let (changed, removed) = after.changes_since(&before);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].replica.as_str(), changed[0].bound_at),
+            ("default.r002", 7)
+        );
+        assert!(removed.is_empty());
     }
 
     proptest! {

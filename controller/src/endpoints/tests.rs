@@ -83,6 +83,7 @@ impl Cluster {
                 slot,
                 revision,
                 node: None,
+                bound_at: 0,
                 pending_reason: String::new(),
                 created_unix_ms: 1,
                 observed: ReplicaObserved::default(),

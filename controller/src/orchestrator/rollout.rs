@@ -335,6 +335,7 @@ impl Builder<'_> {
             slot,
             revision: rev.to_string(),
             node: None,
+            bound_at: 0,
             pending_reason: String::new(),
             created_unix_ms: self.now,
             observed: ReplicaObserved::default(),

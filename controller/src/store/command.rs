@@ -72,8 +72,9 @@ pub struct NodeRegistration {
 /// Snapshots carry the same records: a member older than format 9 cannot
 /// install a newer one's snapshot, which the upgrade order (followers
 /// first, `docs/operations.md`) never asks of it. Format 10 lets a
-/// `Reconcile` bind the replicas it creates ([`CREATES_BOUND`]).
-pub const COMMAND_FORMAT: u32 = 10;
+/// `Reconcile` bind the replicas it creates ([`CREATES_BOUND`]); format 11
+/// numbers each binding ([`BINDINGS_NUMBERED`]).
+pub const COMMAND_FORMAT: u32 = 11;
 
 /// The first format whose leader decisions are re-checked against the state
 /// they apply to, not only the one they were decided on: a `Reconcile`
@@ -91,6 +92,17 @@ pub const DECISIONS_RECHECKED: u32 = 8;
 /// is; a replica the node can no longer take is created unbound, for the
 /// next scheduler pass. An older format's creation is stored as written.
 pub const CREATES_BOUND: u32 = 10;
+
+/// The first format in which binding a replica to a node (a `Schedule`'s
+/// placement, a `Reconcile`'s bound creation) records the entry's log index
+/// in the replica (`ReplicaRecord::bound_at`), and unbinding it clears it.
+/// Agents get it with each assignment: a replica moved off a node (it was
+/// NotReady for a moment) and placed back there before the node saw a set
+/// without it is a new assignment to the agent, which says its status
+/// again; else the store, which ignored what the agent said while the
+/// replica was elsewhere, kept it Pending for good (simulator seeds 7734
+/// and 9105).
+pub const BINDINGS_NUMBERED: u32 = 11;
 
 /// A state-machine command, as stored in a raft entry. A change to its shape
 /// that an older controller would not apply exactly the same way bumps
@@ -414,8 +426,15 @@ fn no_revision(name: &str, revision: &Option<u64>) -> String {
 pub(super) fn execute(
     state: &mut State,
     command: &Command,
+    index: u64,
     format: u32,
 ) -> Result<WriteResult, WriteError> {
+    // What a binding by this entry records ([`BINDINGS_NUMBERED`]).
+    let bound_at = if format >= BINDINGS_NUMBERED {
+        index
+    } else {
+        0
+    };
     match command {
         Command::Apply {
             deployments,
@@ -532,7 +551,7 @@ pub(super) fn execute(
             now_unix_ms,
         } => {
             let rechecked = format >= DECISIONS_RECHECKED;
-            let bind = format >= CREATES_BOUND;
+            let bind = (format >= CREATES_BOUND).then_some(bound_at);
             reconcile(state, create, remove, rechecked, bind, *now_unix_ms)
         }
         Command::Schedule {
@@ -541,7 +560,14 @@ pub(super) fn execute(
             now_unix_ms,
         } => {
             let rechecked = format >= DECISIONS_RECHECKED;
-            schedule(state, place, unschedulable, rechecked, *now_unix_ms)
+            schedule(
+                state,
+                place,
+                unschedulable,
+                rechecked,
+                bound_at,
+                *now_unix_ms,
+            )
         }
         Command::ReportStatus {
             reports,
@@ -958,6 +984,7 @@ fn release_replicas_on(state: &mut State, node: &str) -> (usize, Vec<(String, St
         }
         let mut r = ReplicaRecord::clone(r);
         r.node = None;
+        r.bound_at = 0;
         unbound.push((r.namespace.clone(), r.name.clone()));
         state.put_replica(r);
     }
@@ -1147,7 +1174,7 @@ fn reconcile(
     create: &[ReplicaRecord],
     remove: &[ObjectRef],
     capped: bool,
-    bind: bool,
+    bind: Option<u64>,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
@@ -1208,7 +1235,8 @@ fn reconcile(
 /// exist once per revision. `capped` (format [`DECISIONS_RECHECKED`] on): only
 /// within the deployment's current bounds too ([`Room`]). `bind` (format
 /// [`CREATES_BOUND`] on): a creation naming a node is bound there if
-/// [`placeable`], unbound otherwise; the ones bound are added to `bound`.
+/// [`placeable`], with this `bound_at` (0 before [`BINDINGS_NUMBERED`]),
+/// unbound otherwise; the ones bound are added to `bound`.
 ///
 /// Cost: each deployment's taken slots (and room) are read once per entry,
 /// O(its replicas), then each creation is O(log n). (Checking each creation
@@ -1218,7 +1246,7 @@ fn create_replicas(
     state: &mut State,
     create: &[ReplicaRecord],
     capped: bool,
-    bind: bool,
+    bind: Option<u64>,
     created: &mut BTreeMap<(String, String), Vec<String>>,
     bound: &mut Vec<(ObjectRef, String)>,
 ) -> usize {
@@ -1264,12 +1292,14 @@ fn create_replicas(
         }
         slots.insert(slot);
         let mut record = r.clone();
-        if bind {
+        record.bound_at = 0;
+        if let Some(bound_at) = bind {
             record.node = record
                 .node
                 .take()
                 .filter(|n| placeable(state, &record, n, true));
             if let Some(node) = &record.node {
+                record.bound_at = bound_at;
                 bound.push((r.key(), node.clone()));
             }
         }
@@ -1344,6 +1374,7 @@ fn schedule(
     place: &[(ObjectRef, String)],
     unschedulable: &[(ObjectRef, String)],
     rechecked: bool,
+    bound_at: u64,
     now: i64,
 ) -> Result<WriteResult, WriteError> {
     let mut changed = 0;
@@ -1356,6 +1387,7 @@ fn schedule(
         }
         let mut replica = ReplicaRecord::clone(replica);
         replica.node = Some(node.clone());
+        replica.bound_at = bound_at;
         replica.pending_reason.clear();
         state.put_replica(replica);
         record_scheduled(state, r, node, now);

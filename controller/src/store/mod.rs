@@ -35,7 +35,8 @@ use sha2::{Digest, Sha256};
 
 pub use command::{
     ApplyOutcome, Command, NodeRegistration, ObjectRef, RolloutRecord, Write, WriteError,
-    WriteResult, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT, CREATES_BOUND, DECISIONS_RECHECKED,
+    WriteResult, BINDINGS_NUMBERED, CHANGE_CAUSE_ANNOTATION, COMMAND_FORMAT, CREATES_BOUND,
+    DECISIONS_RECHECKED,
 };
 pub use objects::{
     Booking, NodeCondition, NodeRecord, ReplicaObserved, ReplicaPhase, ReplicaRecord, Resources,

@@ -192,6 +192,14 @@ pub struct ReplicaRecord {
     pub revision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The log index of the entry that bound it to `node` (0 while unbound,
+    /// and for a binding by an entry older than format
+    /// [`BINDINGS_NUMBERED`](super::BINDINGS_NUMBERED)). Its agent gets it
+    /// with the assignment: a replica moved away and placed back on the same
+    /// node is a new assignment there, so the agent says its status again
+    /// (the store ignored what it said while the replica was elsewhere).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bound_at: u64,
     /// Why the scheduler could not place it, while unbound.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pending_reason: String,

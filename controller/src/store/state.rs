@@ -287,6 +287,7 @@ fn same_placement(a: &ReplicaRecord, b: &ReplicaRecord) -> bool {
         slot,
         revision,
         node,
+        bound_at,
         pending_reason: _,
         created_unix_ms,
         observed: _,
@@ -301,6 +302,7 @@ fn same_placement(a: &ReplicaRecord, b: &ReplicaRecord) -> bool {
         && *slot == b.slot
         && *revision == b.revision
         && *node == b.node
+        && *bound_at == b.bound_at
         && *created_unix_ms == b.created_unix_ms
         && *terminating_since_unix_ms == b.terminating_since_unix_ms
         && *booking == b.booking
@@ -342,7 +344,7 @@ impl State {
         // Only a command that can be refused needs a copy to go back to
         // (a clone is cheap, but every change after it copies a path).
         let before = command.may_be_refused().then(|| self.clone());
-        let result = command::execute(self, command, format);
+        let result = command::execute(self, command, index, format);
         debug_assert!(
             result.is_ok() || before.is_some(),
             "{command:?} was refused but is classified as never refused"

@@ -211,6 +211,7 @@ fn replica(name: &str, deployment: &str, slot: u32) -> ReplicaRecord {
         slot,
         revision: "abcde".into(),
         node: None,
+        bound_at: 0,
         pending_reason: String::new(),
         created_unix_ms: 1,
         observed: ReplicaObserved::default(),
@@ -479,8 +480,9 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
         node: "n1".into(),
         now_unix_ms: 10,
     };
+    assert_eq!(get().bound_at, 5, "bound by the entry at index 5");
     let _ = store.apply(7, 1, &down);
-    assert_eq!(get().node, None);
+    assert_eq!((get().node, get().bound_at), (None, 0));
     assert!(
         get().current_status().is_none(),
         "an unbound replica has no current status"
@@ -499,6 +501,10 @@ fn a_report_counts_only_while_the_replica_is_on_the_node_that_made_it() {
     assert!(get()
         .current_status()
         .is_some_and(|o| o.phase == ReplicaPhase::Running));
+    // Its agent is told of the new binding all the same, and says its
+    // status again (`drover_agent::session::resend`): what it said while
+    // the replica was unbound was ignored.
+    assert_eq!(get().bound_at, 9);
     // Moved to n2 instead: Pending until n2 reports.
     let _ = store.apply(10, 1, &down);
     let _ = store.apply(11, 1, &place_web_a0("n2"));
@@ -1482,6 +1488,30 @@ fn a_format_7_log_replays_to_the_state_it_made_then() {
         ["api-a-0", "web-a-0", "web-a-1", "web-a-2"],
         "format 7's Reconcile created them all"
     );
+}
+
+#[test]
+fn bindings_are_numbered_from_format_11_only() {
+    for (format, bound_at) in [(COMMAND_FORMAT, 3), (BINDINGS_NUMBERED - 1, 0)] {
+        let (_dir, store) = store_with_web();
+        let _ = store.apply_entry(2, 1, format, &node_registration("n1"));
+        // Created bound, in one entry.
+        let mut bound = replica("web-a-0", "web", 0);
+        bound.node = Some("n1".into());
+        bound.bound_at = 77; // what the entry says is not what counts
+        let create = Command::Reconcile {
+            create: vec![bound],
+            remove: vec![],
+            now_unix_ms: 3,
+        };
+        let _ = store.apply_entry(3, 1, format, &create);
+        let got = store.replicas(None).remove(0);
+        assert_eq!(
+            (got.node.as_deref(), got.bound_at),
+            (Some("n1"), bound_at),
+            "format {format}"
+        );
+    }
 }
 
 #[test]

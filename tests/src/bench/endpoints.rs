@@ -140,6 +140,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 slot: slot as u32,
                 revision: revision.clone(),
                 node: None,
+                bound_at: 0,
                 pending_reason: String::new(),
                 created_unix_ms: 1,
                 observed: ReplicaObserved::default(),
