@@ -15,7 +15,7 @@ use drover_manifest::Service;
 use drover_proto::{names, pb};
 
 use super::config::{refs_to_delete, write_delete, Filter};
-use super::control::{key_of, page_start, paged};
+use super::control::{page_start, paged};
 use crate::cluster::Cluster;
 use crate::endpoints::{endpoints, Endpoint};
 use crate::store::services::{ServiceResult, StoredService};
@@ -139,9 +139,10 @@ async fn list_page(
             .services_after(filter.namespace.as_deref(), after.as_ref())
             .map(|s| {
                 let m = &s.service.metadata;
-                (key_of(&m.namespace, &m.name), s)
+                ((m.namespace.as_str(), m.name.as_str()), s)
             }),
         req.limit,
+        state.service_count(),
         |s| filter.keeps(&s.service.metadata),
     );
     Ok(pb::ListConfigResponse {
