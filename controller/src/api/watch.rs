@@ -43,7 +43,9 @@ use super::services::{endpoints_pb, service_pb};
 use crate::cluster::wire::observed_to_pb;
 use crate::cluster::{now_unix_ms, Cluster};
 use crate::store::history::{Since, KEPT_VERSIONS};
-use crate::store::{NodeCondition, NodeRecord, ObjectRef, ReplicaRecord, State, Touched};
+use crate::store::{
+    NodeCondition, NodeRecord, ObjectRef, ReplicaRecord, State, StoredDeployment, Touched,
+};
 
 pub(super) type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatch, Status>> + Send>>;
 
@@ -469,11 +471,7 @@ impl<'s> ReplicaRows<'s> {
                     .unwrap_or_default();
                 let host_ports = deployment
                     .map(|d| {
-                        d.deployment
-                            .spec
-                            .template
-                            .spec
-                            .containers
+                        containers(d)
                             .iter()
                             .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port.map(u32::from)))
                             .collect()
@@ -505,6 +503,11 @@ impl<'s> ReplicaRows<'s> {
     }
 }
 
+/// The containers of a deployment's current template.
+fn containers(d: &StoredDeployment) -> &[drover_manifest::Container] {
+    &d.deployment.spec.template.spec.containers
+}
+
 /// A node as `ListNodes` answers it: what its replicas request (by their
 /// deployment's current template), its admins' annotations.
 pub(super) fn node_pb(s: &State, n: &Arc<NodeRecord>) -> pb::Node {
@@ -520,18 +523,12 @@ pub(super) fn node_pb(s: &State, n: &Arc<NodeRecord>) -> pb::Node {
                 &d.deployment.metadata.name,
             ))
             .or_insert_with(|| {
-                d.deployment
-                    .spec
-                    .template
-                    .spec
-                    .containers
-                    .iter()
-                    .fold((0, 0), |(c, m), x| {
-                        (
-                            c + x.resources.requests.cpu_millis.unwrap_or(0),
-                            m + x.resources.requests.memory_bytes.unwrap_or(0),
-                        )
-                    })
+                containers(d).iter().fold((0, 0), |(c, m), x| {
+                    (
+                        c + x.resources.requests.cpu_millis.unwrap_or(0),
+                        m + x.resources.requests.memory_bytes.unwrap_or(0),
+                    )
+                })
             });
         cpu += c;
         memory += m;
