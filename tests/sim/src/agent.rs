@@ -415,6 +415,15 @@ impl SimAgent {
                 "agent {}: no contact for --stop-after-disconnect: fenced",
                 self.name
             ));
+            // As the production session does after fencing in a session
+            // (`Ended::Lost`): the next session brings the whole set, which
+            // ends the fencing. A session kept open past its fence would
+            // leave the node's replicas killed until its set next changed.
+            if self.session.is_some() {
+                self.end_session(now_us);
+                out.trace
+                    .push(format!("agent {}: session ends: fenced", self.name));
+            }
         }
         self.reconcile(now_us, now, rng, &mut out);
         self.publish(now_us);
