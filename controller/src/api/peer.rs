@@ -29,7 +29,7 @@ use drover_pki::Role;
 use drover_proto::pb;
 
 use crate::cluster::{node_error, Cluster};
-use crate::raft::core::check_relayed;
+use crate::raft::core::{check_relayed, Inbound};
 use crate::store::Write;
 
 pub struct PeerService {
@@ -88,6 +88,7 @@ impl PeerService {
         }
         let me = self.cluster.handle.id();
         let mut msgs = Vec::with_capacity(batch.messages.len());
+        let mut relayed = Vec::new();
         for bytes in &batch.messages {
             match Message::parse_from_bytes(bytes) {
                 Ok(m) if m.from != batch.from => {
@@ -104,15 +105,18 @@ impl PeerService {
                 Ok(m) if m.get_msg_type() == MessageType::MsgPropose => {
                     // A follower's write relayed through raft: appended only
                     // if every entry is a command this controller applies.
-                    let checked = if m.entries.is_empty() {
+                    let checked: Result<Vec<_>, _> = if m.entries.is_empty() {
                         // raft-rs panics on an empty one.
                         Err("it holds no entry".to_string())
                     } else {
-                        m.entries.iter().try_for_each(check_relayed)
+                        m.entries.iter().map(check_relayed).collect()
                     };
                     match checked {
-                        Ok(()) if m.to == me => msgs.push(m),
-                        Ok(()) => warn!(
+                        Ok(proposals) if m.to == me => {
+                            relayed.extend(proposals);
+                            msgs.push(m);
+                        }
+                        Ok(_) => warn!(
                             from = batch.from,
                             to = m.to,
                             "dropped a relayed write addressed to another member"
@@ -146,7 +150,10 @@ impl PeerService {
         self.cluster
             .transport
             .learn(batch.from, &batch.from_address);
-        self.cluster.handle.step(msgs);
+        self.cluster.handle.step_inbound(Inbound {
+            messages: msgs,
+            relayed,
+        });
         Ok(())
     }
 }

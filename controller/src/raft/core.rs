@@ -33,6 +33,13 @@
 //! waits by proposal id instead (it never learns the index): answered when
 //! it applies the entry, unconfirmed when the leader changes before that.
 //!
+//! An entry's command is decoded from its JSON once per member at most: the
+//! member that proposed it keeps the command it encoded (the leader by the
+//! entry's index and term, a relaying follower by proposal id and the
+//! entry's bytes), and a leader keeps the commands of the relayed writes it
+//! decoded to check them ([`check_relayed`]); applying the entry takes the
+//! command from there. Debug builds decode the entry anyway and compare.
+//!
 //! Two drivers use this one code path: the tokio [`super::node::Node`] (a
 //! select loop over inboxes and a ticker, `flush().await`, `spawn_blocking`
 //! for snapshot jobs) and the deterministic simulator (`tests/sim`), which
@@ -49,7 +56,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    HardState, Message, Ready, Snapshot, SnapshotMetadata,
+    HardState, Message, MessageType, Ready, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
@@ -197,29 +204,70 @@ struct Stall {
     reason: String,
 }
 
+/// A relayed entry's proposal as [`check_relayed`] decoded it, handed to
+/// the raft thread with the message ([`Inbound`]) so that the leader does
+/// not decode the entry again when it applies it.
+pub struct Checked(Proposal);
+
+/// Raft messages from a peer, and the proposals of the relayed writes among
+/// them ([`check_relayed`]), in the order of those messages' entries.
+#[derive(Default)]
+pub struct Inbound {
+    pub messages: Vec<Message>,
+    pub relayed: Vec<Checked>,
+}
+
 /// Whether an entry a follower relayed (`MsgPropose` from a peer) may go
 /// into the log: a normal entry holding a command this controller can
 /// apply. Anything else would stop every member at the entry (or, a
 /// configuration change, skip the checks of `Write::AddMember` and the
 /// rest), so the leader drops it rather than appending it; the follower's
 /// write then times out unconfirmed.
-pub fn check_relayed(entry: &Entry) -> Result<(), String> {
+pub fn check_relayed(entry: &Entry) -> Result<Checked, String> {
     if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
         return Err(
             "only a command may be relayed, not a configuration change or an empty entry".into(),
         );
     }
-    decode_proposal(&entry.data).map(|_| ())
+    decode_proposal(&entry.data).map(Checked)
 }
 
-/// A command as an entry's data, under a fresh proposal `id`.
-fn encode_command(id: u64, command: Command) -> Result<Vec<u8>, NodeError> {
-    serde_json::to_vec(&Proposal {
+/// A command this member proposed or checked, kept for its entry's apply.
+struct Known {
+    /// The term of the entry that holds it (with the index, which keys it,
+    /// names one entry on every member: raft's log matching).
+    term: u64,
+    proposal: Proposal,
+}
+
+/// The proposal id of an entry this controller wrote, read from the head of
+/// its JSON (`{"format":F,"id":N,`, the order `Proposal`'s fields are
+/// written in) without decoding the rest; `None` for any other head. Only a
+/// hint: whoever uses it compares the entry's bytes as well.
+fn written_id(data: &[u8]) -> Option<u64> {
+    fn digits(bytes: &[u8]) -> usize {
+        bytes.iter().take_while(|b| b.is_ascii_digit()).count()
+    }
+    let rest = data.strip_prefix(b"{\"format\":")?;
+    let rest = rest[digits(rest)..].strip_prefix(b",\"id\":")?;
+    std::str::from_utf8(&rest[..digits(rest)])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A proposal as an entry's data.
+fn encode_proposal(proposal: &Proposal) -> Result<Vec<u8>, NodeError> {
+    serde_json::to_vec(proposal).map_err(|e| NodeError::Refused(e.to_string()))
+}
+
+/// A command under a fresh proposal `id`, in this controller's format.
+fn proposal(id: u64, command: Command) -> Proposal {
+    Proposal {
         format: COMMAND_FORMAT,
         id,
         command,
-    })
-    .map_err(|e| NodeError::Refused(e.to_string()))
+    }
 }
 
 /// A normal entry's proposal, or why this controller cannot apply it. The
@@ -271,6 +319,9 @@ struct RelayedWrite {
     to: u64,
     reply: WriteReply,
     deadline: Instant,
+    /// The entry's data and its proposal, until the entry is applied: the
+    /// proposal is taken for the apply if the applied entry's data is this.
+    sent: Option<(Vec<u8>, Proposal)>,
 }
 
 /// Remove and return, in key order, the values of `map` that `gone` picks.
@@ -352,6 +403,9 @@ pub struct Core<S: LogStore> {
     stalled: Option<Stall>,
     /// Proposals waiting for their log index to apply, by index.
     writes: BTreeMap<u64, PendingWrite>,
+    /// Commands this member appended as the leader (its own, and relayed
+    /// ones it checked), by log index: applied without decoding the entry.
+    known: BTreeMap<u64, Known>,
     /// Writes proposed while following, which raft carried to the leader
     /// (`MsgPropose`), by proposal id: answered when this member applies the
     /// entry holding their id, failed as unconfirmed when the leader they
@@ -407,6 +461,7 @@ impl<S: LogStore> Core<S> {
             applied: applied_tx,
             stalled: None,
             writes: BTreeMap::new(),
+            known: BTreeMap::new(),
             relayed: BTreeMap::new(),
             read_batch: Vec::new(),
             reads: BTreeMap::new(),
@@ -485,10 +540,40 @@ impl<S: LogStore> Core<S> {
     }
 
     /// Peers' raft messages.
-    pub fn step(&mut self, msgs: Vec<Message>) {
-        for m in msgs {
+    pub fn step(&mut self, messages: Vec<Message>) {
+        self.step_inbound(Inbound {
+            messages,
+            relayed: Vec::new(),
+        });
+    }
+
+    /// Peers' raft messages, with the proposals of the relayed writes among
+    /// them as the API checked them: a leader that appends those entries
+    /// keeps their commands for the apply.
+    pub fn step_inbound(&mut self, inbound: Inbound) {
+        let mut relayed = inbound.relayed.into_iter();
+        for m in inbound.messages {
+            let count = m.entries.len();
+            let checked: Vec<Checked> = if m.get_msg_type() == MessageType::MsgPropose {
+                relayed.by_ref().take(count).collect()
+            } else {
+                Vec::new()
+            };
+            let before = self.raw.raft.raft_log.last_index();
             if let Err(e) = self.raw.step(m) {
                 debug!(error = %e, "raft refused a peer message");
+                continue;
+            }
+            // A leader appends a proposal's entries after its last one, in
+            // its term, or drops them all.
+            let appended = self.raw.raft.state == StateRole::Leader
+                && checked.len() == count
+                && self.raw.raft.raft_log.last_index() == before + count as u64;
+            if appended {
+                let term = self.raw.raft.term;
+                for (index, Checked(proposal)) in (before + 1..).zip(checked) {
+                    self.known.insert(index, Known { term, proposal });
+                }
             }
         }
         self.redraw_election_timeout();
@@ -558,9 +643,15 @@ impl<S: LogStore> Core<S> {
             return;
         }
         let id = self.rng.next_u64();
+        let mut kept = None;
         let result = match write {
-            Write::Command(command) => encode_command(id, command)
-                .and_then(|data| self.raw.propose(vec![], data).map_err(proposal_error)),
+            Write::Command(command) => {
+                let proposal = proposal(id, command);
+                encode_proposal(&proposal).and_then(|data| {
+                    kept = Some(proposal);
+                    self.raw.propose(vec![], data).map_err(proposal_error)
+                })
+            }
             Write::AddMember {
                 id: member,
                 address,
@@ -577,6 +668,10 @@ impl<S: LogStore> Core<S> {
             return;
         }
         let index = self.raw.raft.raft_log.last_index();
+        if let Some(proposal) = kept {
+            let term = self.raw.raft.term;
+            self.known.insert(index, Known { term, proposal });
+        }
         self.writes.insert(
             index,
             PendingWrite {
@@ -596,14 +691,15 @@ impl<S: LogStore> Core<S> {
             return;
         }
         let id = self.rng.next_u64();
-        let data = match encode_command(id, command) {
+        let proposal = proposal(id, command);
+        let data = match encode_proposal(&proposal) {
             Ok(data) => data,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
-        if self.raw.propose(vec![], data).is_err() {
+        if self.raw.propose(vec![], data.clone()).is_err() {
             // raft-rs refuses when it cannot forward: let the API layer.
             let _ = reply.send(Err(NodeError::NotLeader {
                 leader: Some(leader),
@@ -616,6 +712,7 @@ impl<S: LogStore> Core<S> {
                 to: leader,
                 reply,
                 deadline: now + self.cfg.write_timeout,
+                sent: Some((data, proposal)),
             },
         );
     }
@@ -911,6 +1008,7 @@ impl<S: LogStore> Core<S> {
         for p in take_where(&mut self.writes, |index, _| index <= meta.index) {
             let _ = p.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
         }
+        self.known.clear();
         // So may every relayed write (they are known by id, not index).
         for (_, r) in std::mem::take(&mut self.relayed) {
             let _ = r.reply.send(Err(NodeError::Unconfirmed(Duration::ZERO)));
@@ -947,7 +1045,10 @@ impl<S: LogStore> Core<S> {
             self.finish(entry.index, None, Ok(WriteResult::MembershipChanged));
             return Ok(());
         }
-        match decode_proposal(&entry.data) {
+        match self
+            .take_known(entry)
+            .map_or_else(|| decode_proposal(&entry.data), Ok)
+        {
             Ok(p) => {
                 let result = self
                     .store
@@ -957,6 +1058,52 @@ impl<S: LogStore> Core<S> {
             Err(why) => self.stall(entry.index, why),
         }
         Ok(())
+    }
+
+    /// The proposal of `entry` if this member kept it (it proposed or
+    /// checked the entry), forgetting those of the entries before it: they
+    /// were applied or replaced.
+    fn take_known(&mut self, entry: &Entry) -> Option<Proposal> {
+        while let Some(first) = self.known.first_entry() {
+            if *first.key() >= entry.index {
+                break;
+            }
+            first.remove();
+        }
+        let proposal = match self.known.remove(&entry.index) {
+            Some(known) if known.term == entry.term => Some(known.proposal),
+            _ => self.take_relayed(entry),
+        };
+        #[cfg(debug_assertions)]
+        if let Some(kept) = &proposal {
+            let decoded = decode_proposal(&entry.data);
+            let same = decoded.as_ref().is_ok_and(|d| {
+                d.format == kept.format && d.id == kept.id && d.command == kept.command
+            });
+            assert!(
+                same,
+                "the command kept for entry {} is not its entry's: {:?} against {:?}",
+                entry.index,
+                kept.command,
+                decoded.map(|d| d.command)
+            );
+        }
+        proposal
+    }
+
+    /// The proposal of `entry` if this member relayed it as a follower.
+    fn take_relayed(&mut self, entry: &Entry) -> Option<Proposal> {
+        if self.relayed.is_empty() {
+            return None;
+        }
+        let write = self.relayed.get_mut(&written_id(&entry.data)?)?;
+        match write.sent.take() {
+            Some((data, proposal)) if data[..] == entry.data[..] => Some(proposal),
+            other => {
+                write.sent = other;
+                None
+            }
+        }
     }
 
     /// Stop applying at `index`: skipping the entry would make this member's
@@ -1200,6 +1347,29 @@ fn role_name(role: StateRole) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_entry_names_its_proposal_id_in_its_head() {
+        let scale = Command::Scale {
+            target: crate::store::ObjectRef {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            replicas: 2,
+            now_unix_ms: 1,
+        };
+        let data = encode_proposal(&proposal(u64::MAX, scale)).unwrap_or_default();
+        assert_eq!(written_id(&data), Some(u64::MAX));
+        // Entries written before formats were numbered, or not JSON at all,
+        // have no such head: decoded as any other entry.
+        assert_eq!(written_id(br#"{"id":7,"command":{}}"#), None);
+        assert_eq!(written_id(br#"{"format":11,"id":"7"}"#), None);
+        assert_eq!(
+            written_id(br#"{"format":11,"id":99999999999999999999}"#),
+            None
+        );
+        assert_eq!(written_id(b"\x00garbage"), None);
+    }
 
     #[test]
     fn entries_decode_by_format_and_newer_or_unknown_ones_are_refused_with_why() {

@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
-use super::core::Core;
 pub use super::core::{load_state, WriteReply, COMMAND_FORMAT};
+use super::core::{Core, Inbound};
 use super::storage::SledStorage;
 use super::transport::Transport;
 use crate::store::{State, Store, Write, WriteError, WriteResult};
@@ -201,7 +201,7 @@ pub struct Handle {
     tx: mpsc::Sender<Msg>,
     /// Peers' raft messages, on their own queue: client load cannot crowd
     /// out heartbeats and votes.
-    peers: mpsc::Sender<Vec<Message>>,
+    peers: mpsc::Sender<Inbound>,
     /// The state hash of the last status, by applied index: the hash encodes
     /// the whole state, so it is computed once per index.
     hash_cache: Arc<Mutex<(u64, String)>>,
@@ -297,8 +297,17 @@ impl Handle {
     /// Hand messages from a peer to the node. Drops them when the node is
     /// overloaded: raft tolerates lost messages, and a peer must not be able
     /// to block us.
-    pub fn step(&self, msgs: Vec<Message>) {
-        if let Err(e) = self.peers.try_send(msgs) {
+    pub fn step(&self, messages: Vec<Message>) {
+        self.step_inbound(Inbound {
+            messages,
+            relayed: Vec::new(),
+        });
+    }
+
+    /// [`Handle::step`], with the proposals of the relayed writes among the
+    /// messages as the API checked them (the leader keeps them to apply).
+    pub fn step_inbound(&self, inbound: Inbound) {
+        if let Err(e) = self.peers.try_send(inbound) {
             debug!(error = %e, "raft peer inbox full; dropping peer messages");
         }
     }
@@ -379,7 +388,7 @@ pub struct Node {
     core: Core<SledStorage>,
     inbox: mpsc::Receiver<Msg>,
     /// Peers' raft messages, served before anything in `inbox`.
-    peer_inbox: mpsc::Receiver<Vec<Message>>,
+    peer_inbox: mpsc::Receiver<Inbound>,
     /// The inbox's sender, for the snapshot saver to report back.
     tx: mpsc::Sender<Msg>,
     /// Whether this task has a thread of its own ([`Node::run_on_own_thread`]):
@@ -451,9 +460,9 @@ impl Node {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => ticked = true,
-                msgs = self.peer_inbox.recv() => {
-                    let Some(msgs) = msgs else { break };
-                    self.core.step(msgs);
+                inbound = self.peer_inbox.recv() => {
+                    let Some(inbound) = inbound else { break };
+                    self.core.step_inbound(inbound);
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { break };
@@ -467,8 +476,8 @@ impl Node {
             // iteration outlasted a tick (large applies under load): the
             // ticker was ready every time, heartbeats and votes waited until
             // elections fired, and client writes until the load fell.
-            while let Ok(msgs) = self.peer_inbox.try_recv() {
-                self.core.step(msgs);
+            while let Ok(inbound) = self.peer_inbox.try_recv() {
+                self.core.step_inbound(inbound);
             }
             let mut n = 0;
             while n < INBOX {

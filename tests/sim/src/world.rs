@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use drover_controller::raft::core::{Core, SnapshotJob, Unflushed};
+use drover_controller::raft::core::{check_relayed, Core, Inbound, SnapshotJob, Unflushed};
 use drover_controller::raft::node::{NodeConfig, NodeError};
 use drover_controller::raft::transport::Transport;
 use drover_controller::store::{ObjectRef, State, Store, WriteError, WriteResult};
@@ -620,8 +620,24 @@ impl World {
                     // check looks afresh.
                     self.members[m].surge_checked_at = 0;
                 }
+                // As the peer service does: a relayed write's entries are
+                // checked, and go to the core decoded with the message.
+                let relayed = if msg.get_msg_type() == MessageType::MsgPropose {
+                    match msg.entries.iter().map(check_relayed).collect() {
+                        Ok(relayed) => relayed,
+                        Err(why) => {
+                            self.trace(format!("dropped a relayed write: {why}"));
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
                 if let Some(core) = self.members[m].core.as_mut() {
-                    core.step(vec![msg]);
+                    core.step_inbound(Inbound {
+                        messages: vec![msg],
+                        relayed,
+                    });
                 }
                 self.drive(m)?;
             }
