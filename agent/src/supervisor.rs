@@ -254,6 +254,9 @@ enum Outcome {
         since_epoch: u64,
         result: Result<Vec<Observed>>,
     },
+    /// A stop under way was given a shorter grace ([`Supervisor::hurry_stops`]);
+    /// the first stop's own outcome says when the container is gone.
+    Hurried,
 }
 
 /// The task owning the node's replica state.
@@ -279,6 +282,8 @@ pub struct Supervisor<R: Runtime> {
     containers: Containers,
     records: BTreeMap<String, Record>,
     busy: BTreeMap<String, Busy>,
+    /// The container and grace of each replica's stop under way.
+    stopping: BTreeMap<String, (String, Duration)>,
     tasks: JoinSet<Outcome>,
     /// Local-change counter and, per replica, the epoch of its last change:
     /// lets a re-list that raced with local changes keep the newer cache.
@@ -377,6 +382,7 @@ impl<R: Runtime> Supervisor<R> {
             containers,
             records: BTreeMap::new(),
             busy: BTreeMap::new(),
+            stopping: BTreeMap::new(),
             tasks: JoinSet::new(),
             epoch: 0,
             touched: BTreeMap::new(),
@@ -481,6 +487,7 @@ impl<R: Runtime> Supervisor<R> {
                 self.fencing = false;
                 self.terminate(terminating.into_iter().collect());
                 self.stop_grace = grace;
+                self.hurry_stops();
                 if whole || self.assignments.is_none() {
                     self.assign(upserts);
                 } else {
@@ -490,6 +497,7 @@ impl<R: Runtime> Supervisor<R> {
             }
             Input::Msg(Some(Msg::Fence)) => {
                 self.fencing = true;
+                self.hurry_stops();
                 self.terminate(BTreeSet::new());
                 self.assign(Vec::new());
             }
@@ -545,6 +553,40 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     /// The controller's list of replicas it waits to hear are gone.
+    /// A stop under way whose replica now has a shorter grace (a delete's
+    /// `--grace-period` reaching a replica a rollout was already stopping
+    /// with its template's 60 s; or fencing, none at all) is stopped again
+    /// with it, as kubelet shortens a terminating pod's grace: the runtime
+    /// kills the container then, and the first stop returns with it.
+    fn hurry_stops(&mut self) {
+        for (replica, (container_id, grace)) in &mut self.stopping {
+            let shorter = if self.fencing {
+                Duration::ZERO
+            } else {
+                match self.stop_grace.get(replica) {
+                    Some(g) => *g,
+                    None => continue,
+                }
+            };
+            if shorter >= *grace {
+                continue;
+            }
+            info!(replica = %replica, container = %container_id, from = ?*grace, to = ?shorter,
+                "a stop under way was given a shorter grace period");
+            *grace = shorter;
+            let runtime = self.runtime.clone();
+            let container_id = container_id.clone();
+            let replica = replica.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = runtime.stop(&container_id, shorter).await {
+                    warn!(replica = %replica, container = %container_id, error = %e,
+                        "stopping again with a shorter grace period failed");
+                }
+                Outcome::Hurried
+            });
+        }
+    }
+
     fn terminate(&mut self, terminating: BTreeSet<String>) {
         let old = std::mem::replace(&mut self.terminating, terminating);
         for name in old.symmetric_difference(&self.terminating) {
@@ -759,8 +801,10 @@ impl<R: Runtime> Supervisor<R> {
                     Err(e) => warn!(error = %e, "re-listing containers failed"),
                 }
             }
+            Outcome::Hurried => {}
             Outcome::Steps { replica, done } => {
                 self.busy.remove(&replica);
+                self.stopping.remove(&replica);
                 self.touch(&replica);
                 for d in done {
                     self.apply_done(&replica, d, now);
@@ -995,6 +1039,14 @@ impl<R: Runtime> Supervisor<R> {
                 continue;
             }
             self.busy.insert(replica.clone(), busy);
+            if let Some(Step::Stop {
+                container_id,
+                grace,
+            }) = steps.iter().find(|s| matches!(s, Step::Stop { .. }))
+            {
+                self.stopping
+                    .insert(replica.clone(), (container_id.clone(), *grace));
+            }
             let runtime = self.runtime.clone();
             self.tasks.spawn(run_steps(runtime, replica, steps));
         }

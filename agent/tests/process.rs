@@ -704,3 +704,71 @@ async fn logs_rotate_at_their_size_cap_and_are_read_across_files() {
     .await;
     assert_eq!(previous, kept);
 }
+
+/// A replica already stopping with its template's 60 s (unassigned, as a
+/// rollout replaces it) is stopped again when the controller gives it a
+/// shorter grace (`delete --grace-period=1`): gone in about a second, not
+/// after the 60 s the first stop would wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_grace_reaches_a_stop_already_under_way() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
+    let _cleanup = Cleanup(&rt);
+    let shutdown = CancellationToken::new();
+    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), shutdown.clone())
+        .await
+        .expect("supervisor");
+    let mut stubborn = shell("stubborn-r-0", "trap '' TERM; while true; do sleep 1; done");
+    stubborn
+        .template_mut()
+        .spec
+        .termination_grace_period_seconds = 60;
+    sup.assign(vec![fixtures::to_pb(&stubborn)])
+        .await
+        .expect("assign");
+    let mut statuses = sup.statuses();
+    eventually("running", Duration::from_secs(10), || {
+        let running = statuses
+            .borrow_and_update()
+            .get("stubborn-r-0")
+            .is_some_and(|s| s.state() == ReplicaState::Running);
+        async move { running.then_some(()) }
+    })
+    .await;
+
+    // Unassigned: its stop begins, with 60 s.
+    sup.change_set(drover_agent::supervisor::SetChange {
+        removed: vec!["stubborn-r-0".into()],
+        terminating: vec!["stubborn-r-0".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("unassign");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rt.list().await.expect("list").len(), 1, "still stopping");
+
+    let hurried = Instant::now();
+    sup.change_set(drover_agent::supervisor::SetChange {
+        terminating: vec!["stubborn-r-0".into()],
+        terminating_grace_seconds: std::collections::HashMap::from([(
+            "stubborn-r-0".to_string(),
+            1,
+        )]),
+        ..Default::default()
+    })
+    .await
+    .expect("shorter grace");
+    eventually("gone", Duration::from_secs(20), || {
+        let rt = rt.clone();
+        async move { rt.list().await.ok()?.is_empty().then_some(()) }
+    })
+    .await;
+    assert!(
+        hurried.elapsed() < Duration::from_secs(15),
+        "the shorter grace was used: {:?}",
+        hurried.elapsed()
+    );
+
+    shutdown.cancel();
+    task.await.expect("supervisor task");
+}
