@@ -12,7 +12,7 @@ use common::{collect_logs, eventually, next_exit, shell};
 use drover_agent::backoff::{ANNOTATION_INITIAL, ANNOTATION_MAX};
 use drover_agent::fixtures;
 use drover_agent::runtime::{ContainerState, LogOptions, ProcessRuntime, Runtime};
-use drover_agent::supervisor::{Supervisor, SupervisorConfig};
+use drover_agent::supervisor::{Supervisor, SupervisorConfig, SupervisorHandle};
 use drover_agent::AgentError;
 use drover_proto::pb::ReplicaState;
 use tokio_util::sync::CancellationToken;
@@ -287,15 +287,27 @@ async fn bad_specs_fail_with_clear_errors() {
     assert!(rt.list().await.expect("list").is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_supervisor_restarts_a_crasher_with_backoff_and_counts_restarts() {
+/// A process runtime in a fresh directory, and a supervisor over it.
+async fn supervised() -> (
+    tempfile::TempDir,
+    Arc<ProcessRuntime>,
+    CancellationToken,
+    SupervisorHandle,
+    tokio::task::JoinHandle<()>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
-    let _cleanup = Cleanup(&rt);
     let shutdown = CancellationToken::new();
     let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), shutdown.clone())
         .await
         .expect("supervisor");
+    (dir, rt, shutdown, sup, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_restarts_a_crasher_with_backoff_and_counts_restarts() {
+    let (_dir, rt, shutdown, sup, task) = supervised().await;
+    let _cleanup = Cleanup(&rt);
     let mut crasher = shell("crasher-r-0", "echo crashing; exit 1");
     crasher.annotations = BTreeMap::from([
         (ANNOTATION_INITIAL.to_string(), "200ms".to_string()),
@@ -711,13 +723,8 @@ async fn logs_rotate_at_their_size_cap_and_are_read_across_files() {
 /// after the 60 s the first stop would wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_grace_reaches_a_stop_already_under_way() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = Arc::new(ProcessRuntime::open(dir.path(), "n1").expect("open"));
+    let (_dir, rt, shutdown, sup, task) = supervised().await;
     let _cleanup = Cleanup(&rt);
-    let shutdown = CancellationToken::new();
-    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), shutdown.clone())
-        .await
-        .expect("supervisor");
     let mut stubborn = shell("stubborn-r-0", "trap '' TERM; while true; do sleep 1; done");
     stubborn
         .template_mut()
