@@ -552,7 +552,6 @@ impl<R: Runtime> Supervisor<R> {
         self.publish();
     }
 
-    /// The controller's list of replicas it waits to hear are gone.
     /// A stop under way whose replica now has a shorter grace (a delete's
     /// `--grace-period` reaching a replica a rollout was already stopping
     /// with its template's 60 s; or fencing, none at all) is stopped again
@@ -587,6 +586,7 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
+    /// The controller's list of replicas it waits to hear are gone.
     fn terminate(&mut self, terminating: BTreeSet<String>) {
         let old = std::mem::replace(&mut self.terminating, terminating);
         for name in old.symmetric_difference(&self.terminating) {

@@ -723,9 +723,17 @@ async fn logs_rotate_at_their_size_cap_and_are_read_across_files() {
 /// after the 60 s the first stop would wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_grace_reaches_a_stop_already_under_way() {
-    let (_dir, rt, shutdown, sup, task) = supervised().await;
+    let (dir, rt, shutdown, sup, task) = supervised().await;
     let _cleanup = Cleanup(&rt);
-    let mut stubborn = shell("stubborn-r-0", "trap '' TERM; while true; do sleep 1; done");
+    // It notes each SIGTERM and goes on.
+    let termed = dir.path().join("termed");
+    let mut stubborn = shell(
+        "stubborn-r-0",
+        &format!(
+            "trap 'touch {}' TERM; while true; do sleep 1; done",
+            termed.display()
+        ),
+    );
     stubborn
         .template_mut()
         .spec
@@ -751,7 +759,11 @@ async fn a_shorter_grace_reaches_a_stop_already_under_way() {
     })
     .await
     .expect("unassign");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the 60 s stop's SIGTERM", Duration::from_secs(10), || {
+        let seen = termed.exists();
+        async move { seen.then_some(()) }
+    })
+    .await;
     assert_eq!(rt.list().await.expect("list").len(), 1, "still stopping");
 
     let hurried = Instant::now();
