@@ -535,3 +535,81 @@ async fn integration_docker_memory_limit_kill_is_reported_as_oom() {
     assert_eq!(exit.reason(), "OOMKilled");
     assert_eq!(exit.code, 137);
 }
+
+/// A container already stopping with its template's 60 s (unassigned, as a
+/// rollout replaces it) is stopped again when the controller gives it a
+/// shorter grace (`delete --grace-period=1`): the engine takes a second
+/// `stop` with a shorter timeout on a container it is still stopping, so the
+/// container is gone in about a second, not after the first stop's 60.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_docker_a_shorter_grace_reaches_a_stop_already_under_way() {
+    if !docker_or_skip("integration_docker_a_shorter_grace_reaches_a_stop_already_under_way") {
+        return;
+    }
+    let t = TestNode::new();
+    let rt = Arc::new(t.runtime().await);
+    let stop = CancellationToken::new();
+    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), stop.clone())
+        .await
+        .expect("supervisor");
+    // It says so at each SIGTERM and goes on.
+    let replica = t.replica("stubborn-0");
+    let mut a = shell(
+        &replica,
+        "trap 'echo TERM' TERM; echo up; while true; do sleep 1; done",
+    );
+    a.template_mut().spec.termination_grace_period_seconds = 60;
+    sup.assign(vec![fixtures::to_pb(&a)]).await.expect("assign");
+    let mut statuses = sup.statuses();
+    eventually("running", Duration::from_secs(30), || {
+        let running = statuses
+            .borrow_and_update()
+            .get(&replica)
+            .is_some_and(|s| s.state() == ReplicaState::Running);
+        async move { running.then_some(()) }
+    })
+    .await;
+    let said = |line: &'static str| {
+        let (rt, replica) = (rt.clone(), replica.clone());
+        async move {
+            let logs = rt.logs(&replica, LogOptions::default()).await.ok()?;
+            collect_logs(logs).await.0.contains(line).then_some(())
+        }
+    };
+    eventually("its trap set", Duration::from_secs(10), || said("up")).await;
+
+    // Unassigned: its stop begins, with 60 s.
+    sup.change_set(drover_agent::supervisor::SetChange {
+        removed: vec![replica.clone()],
+        terminating: vec![replica.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("unassign");
+    eventually("the 60 s stop's SIGTERM", Duration::from_secs(10), || {
+        said("TERM")
+    })
+    .await;
+    assert_eq!(rt.list().await.expect("list").len(), 1, "still stopping");
+
+    let hurried = Instant::now();
+    sup.change_set(drover_agent::supervisor::SetChange {
+        terminating: vec![replica.clone()],
+        terminating_grace_seconds: HashMap::from([(replica.clone(), 1)]),
+        ..Default::default()
+    })
+    .await
+    .expect("shorter grace");
+    eventually("gone", Duration::from_secs(30), || {
+        let rt = rt.clone();
+        async move { rt.list().await.ok()?.is_empty().then_some(()) }
+    })
+    .await;
+    assert!(
+        hurried.elapsed() < Duration::from_secs(20),
+        "the shorter grace was used: {:?}",
+        hurried.elapsed()
+    );
+    stop.cancel();
+    task.await.expect("supervisor");
+}
