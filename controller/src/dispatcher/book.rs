@@ -23,6 +23,9 @@ const AGENT_ANNOTATION_PREFIX: &str = "drover.io/";
 
 /// The least time between two rebuilds of the book.
 const SETTLE: Duration = Duration::from_millis(10);
+/// Between two rebuilds the book waits this many times as long as the last
+/// one took (at least [`SETTLE`]), so it takes at most a quarter of a core.
+const PACE: u32 = 3;
 
 /// What one node must run, and the replicas it must confirm gone.
 #[derive(Debug, Default, PartialEq)]
@@ -478,13 +481,16 @@ impl AssignmentBook {
                     r = leadership.changed() => if r.is_err() { return },
                 }
                 // Let a burst of applies settle into one rebuild, and wait
-                // at least as long as the last rebuild took: under a stream
-                // of bindings (100,000 replicas placed at once, every node
-                // touched by every rebuild) the book then takes at most
-                // half a core, and each rebuild covers twice the changes
-                // for about the same cost. A quiet cluster's rebuilds take
-                // well under the 10 ms.
-                tokio::time::sleep(last_build.max(SETTLE)).await;
+                // [`PACE`] times as long as the last rebuild took: under a
+                // stream of bindings (100,000 replicas placed at once, every
+                // node touched by every rebuild) each rebuild then covers
+                // more changes for about the same cost, and every session
+                // sends its agent fewer, larger changes (both the leader's
+                // and the agents' CPU over the followers' fell by about a
+                // tenth from waiting once to waiting three times; docs/
+                // performance.md, session 20). A quiet cluster's rebuilds
+                // take well under a millisecond: the 10 ms floor rules.
+                tokio::time::sleep((last_build * PACE).max(SETTLE)).await;
             }
         });
         AssignmentBook { rx }
