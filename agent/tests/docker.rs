@@ -21,7 +21,7 @@ use drover_agent::assignment::Assignment;
 use drover_agent::fixtures;
 use drover_agent::runtime::docker::DockerConfig;
 use drover_agent::runtime::{labels, ContainerState, DockerRuntime, LogOptions, Runtime};
-use drover_agent::supervisor::{Supervisor, SupervisorConfig};
+use drover_agent::supervisor::{Supervisor, SupervisorConfig, SupervisorHandle};
 use drover_agent::AgentError;
 use drover_manifest::{ContainerPort, EnvVar, Protocol};
 use drover_proto::pb::ReplicaState;
@@ -95,6 +95,23 @@ impl TestNode {
         DockerRuntime::connect(cfg)
             .await
             .expect("connect to Docker")
+    }
+
+    /// This node's runtime, and a supervisor over it (an agent's life).
+    async fn supervised(
+        &self,
+    ) -> (
+        Arc<DockerRuntime>,
+        CancellationToken,
+        SupervisorHandle,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let rt = Arc::new(self.runtime().await);
+        let stop = CancellationToken::new();
+        let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), stop.clone())
+            .await
+            .expect("supervisor");
+        (rt, stop, sup, task)
     }
 }
 
@@ -423,11 +440,7 @@ async fn integration_docker_restarted_agent_adopts_the_same_containers() {
     let wire: Vec<_> = set.iter().map(fixtures::to_pb).collect();
 
     // First agent life: the supervisor starts both.
-    let rt = Arc::new(t.runtime().await);
-    let stop = CancellationToken::new();
-    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), stop.clone())
-        .await
-        .expect("supervisor");
+    let (rt, stop, sup, task) = t.supervised().await;
     sup.assign(wire.clone()).await.expect("assign");
     let statuses = sup.statuses();
     let first_ids = eventually("both running", Duration::from_secs(30), || {
@@ -489,11 +502,7 @@ async fn integration_docker_crash_is_restarted_with_backoff() {
         return;
     }
     let t = TestNode::new();
-    let rt = Arc::new(t.runtime().await);
-    let stop = CancellationToken::new();
-    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), stop.clone())
-        .await
-        .expect("supervisor");
+    let (rt, stop, sup, task) = t.supervised().await;
     let mut a = shell(&t.replica("crasher-0"), "exit 2");
     a.annotations.insert(
         drover_agent::backoff::ANNOTATION_INITIAL.into(),
@@ -547,11 +556,7 @@ async fn integration_docker_a_shorter_grace_reaches_a_stop_already_under_way() {
         return;
     }
     let t = TestNode::new();
-    let rt = Arc::new(t.runtime().await);
-    let stop = CancellationToken::new();
-    let (sup, task) = Supervisor::start(rt.clone(), SupervisorConfig::default(), stop.clone())
-        .await
-        .expect("supervisor");
+    let (rt, stop, sup, task) = t.supervised().await;
     // It says so at each SIGTERM and goes on.
     let replica = t.replica("stubborn-0");
     let mut a = shell(
